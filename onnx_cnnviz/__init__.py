@@ -1,0 +1,25 @@
+"""onnx_cnnviz: explain CNN image classifiers from any framework through ONNX.
+
+    import onnx_cnnviz as cv
+    m = cv.load("model.onnx")
+    maps = cv.grad_cam(m, x)
+
+Gradients come from a backward graph of standard ONNX operators appended to the model, run by onnxruntime.
+"""
+from .errors import (CnnvizError, InputError, ModelLoadError, ModelStructureError, RuntimeFailure, UnknownLayerError,
+                     UnsupportedOpError)
+from .graph.structure import Layer
+from .methods import gradients, saliency
+from .model import Model, RunResult
+
+__version__ = "0.1.0"
+
+
+def load(source, device: str = "auto", input: str | None = None, output: str | None = None,
+         batch_size: int | None = None, threads: int | None = None) -> Model:
+    """Load an ONNX classifier (a path or an ``onnx.ModelProto``) for explanation; ``device`` "auto"|"cpu"|"cuda"."""
+    return Model(source, device=device, input=input, output=output, batch_size=batch_size, threads=threads)
+
+
+__all__ = ["load", "Model", "RunResult", "Layer", "gradients", "saliency", "CnnvizError", "InputError",
+           "ModelLoadError", "ModelStructureError", "RuntimeFailure", "UnknownLayerError", "UnsupportedOpError"]

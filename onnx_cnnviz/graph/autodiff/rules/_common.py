@@ -1,0 +1,33 @@
+"""Helpers shared by several backward rules."""
+from __future__ import annotations
+
+
+def unbroadcast(ctx, g: str, like: str, result_shape: tuple) -> str:
+    """Sum ``g`` (shaped like the broadcast result) back to the shape of input ``like`` (numpy broadcasting rules).
+
+    An input dim of 1 facing a result dim other than 1 was broadcast, and so was every leading dim the input lacks.
+    A batch dim (None) facing an input dim of 1 is summed too: correct for every batch size, 1 included.
+    """
+    b = ctx.b
+    in_shape = ctx.shape(like)
+    offset = len(result_shape) - len(in_shape)
+    axes = list(range(offset))
+    axes += [offset + i for i, d in enumerate(in_shape) if d == 1 and result_shape[offset + i] != 1]
+    if not axes:
+        return g
+    summed = b.reduce_sum(g, axes, keepdims=True, hint="unbroadcast")
+    if offset == 0:
+        return summed
+    target = b.ints(in_shape) if all(d is not None for d in in_shape) else b.shape(like)
+    return b.op("Reshape", [summed, target], hint="unbroadcast_reshape")
+
+
+def reshape_to_input(ctx, g: str, x: str) -> str:
+    """The gradient of any pure re-view (Reshape, Flatten, Squeeze, ...) is the output gradient in the input's shape."""
+    shape = ctx.shape(x) if ctx.info.get(x) is not None and ctx.info[x].shape is not None else None
+    if shape is not None and all(d is not None for d in shape[1:]) and len(shape) >= 1:
+        # -1 stands for the batch: the element count fixes it whatever g's own layout is.
+        target = ctx.b.ints([-1 if d is None else int(d) for d in shape])
+    else:
+        target = ctx.b.shape(x)
+    return ctx.b.op("Reshape", [g, target], hint="view_back")

@@ -1,0 +1,290 @@
+"""Backward rules of ops that move, copy or select elements without arithmetic.
+
+Re-views (Reshape, Flatten, Squeeze, Unsqueeze) reshape ``g`` back; Transpose applies the inverse permutation;
+Concat splits ``g``, Split concatenates; Slice, Pad and Gather put ``g`` back where the elements came from; Resize
+applies the transpose of its (separable, per-axis) interpolation matrices.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import register
+from ._common import reshape_to_input, unbroadcast
+
+
+@register("Identity")
+def identity(ctx, node, dys):
+    return [dys[0]]
+
+
+@register("Dropout")
+def dropout(ctx, node, dys):
+    """Inference: identity (the ratio and training-mode inputs get no gradient)."""
+    if len(node.input) > 2 and node.input[2] and ctx.value(node.input[2]) is not None \
+            and bool(ctx.value(node.input[2]).reshape(-1)[0]):
+        ctx.unsupported("Dropout in training mode (export the model in eval mode)")
+    return [dys[0], None, None]
+
+
+@register("Cast")
+def cast(ctx, node, dys):
+    ti = ctx.info.get(node.input[0])
+    to = ti.elem_type if ti is not None else TensorProto.FLOAT
+    return [ctx.b.op("Cast", [dys[0]], hint="cast_grad", to=to)]
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def view(ctx, node, dys):
+    return [reshape_to_input(ctx, dys[0], node.input[0])] + [None] * (len(node.input) - 1)
+
+
+@register("Transpose")
+def transpose(ctx, node, dys):
+    rank = len(ctx.shape(node.input[0]))
+    perm = ctx.attr("perm", list(reversed(range(rank))))
+    inverse = [0] * rank
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return [ctx.b.op("Transpose", [dys[0]], hint="transpose_grad", perm=inverse)]
+
+
+@register("Expand")
+def expand(ctx, node, dys):
+    return [unbroadcast(ctx, dys[0], node.input[0], ctx.shape(node.output[0])), None]
+
+
+@register("Tile")
+def tile(ctx, node, dys):
+    """y = tile(x, r): view g as (r0, d0, r1, d1, ...) and sum over the repeat axes."""
+    b = ctx.b
+    reps = ctx.value(node.input[1])
+    if reps is None:
+        ctx.unsupported("the repeats are computed at run time")
+    shape = ctx.shape(node.input[0])
+    if any(d is None for d, r in zip(shape, reps) if r != 1):
+        ctx.unsupported("tiling along the batch axis")
+    split_shape = []
+    for d, r in zip(shape, reps):
+        split_shape += [int(r), -1 if d is None else int(d)]
+    g = b.op("Reshape", [dys[0], b.ints(split_shape)])
+    g = b.reduce_sum(g, [2 * i for i in range(len(shape))], keepdims=False)
+    return [g, None]
+
+
+def _axis(ctx, node, default=0):
+    rank = len(ctx.shape(node.output[0]))
+    axis = ctx.attr("axis", default)
+    return axis + rank if axis < 0 else axis
+
+
+@register("Concat")
+def concat(ctx, node, dys):
+    b = ctx.b
+    axis = _axis(ctx, node)
+    sizes = [ctx.shape(name)[axis] for name in node.input]
+    if any(s is None for s in sizes):
+        ctx.unsupported("concatenation along the batch axis")
+    if len(sizes) == 1:
+        return [dys[0]]
+    parts = b.op("Split", [dys[0], b.ints(sizes)], hint="concat_grad", outputs=len(sizes), axis=axis)
+    return [part if ctx.wants(i) else None for i, part in enumerate(parts)]
+
+
+@register("Split")
+def split(ctx, node, dys):
+    b = ctx.b
+    axis = _axis(ctx, node)
+    parts = [g if g is not None else b.zeros_like(out) for g, out in zip(dys, node.output)]
+    return [b.op("Concat", parts, hint="split_grad", axis=axis), None]
+
+
+def _scatter_axis(ctx, g: str, axis: int, rank: int, index: np.ndarray, size: int) -> str:
+    """Put the slices of ``g`` along ``axis`` back at positions ``index`` of an axis of length ``size``.
+
+    Done as a product with the 0/1 selection matrix P (len(index), size) after moving ``axis`` last: exact (each
+    row of P has one 1), and it needs no run-time shape arithmetic.
+    """
+    b = ctx.b
+    select = np.zeros((len(index), size), dtype=np.float32)
+    select[np.arange(len(index)), index] = 1.0
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    moved = g if axis == rank - 1 else b.op("Transpose", [g], perm=perm)
+    placed = b.op("MatMul", [moved, b.const(select, hint="select")])
+    return placed if axis == rank - 1 else b.op("Transpose", [placed], perm=perm)
+
+
+def slice_indices(start: int, end: int, step: int, dim: int) -> list[int]:
+    """The indices an ONNX Slice takes along one axis (clamping as in the operator spec)."""
+    if step > 0:
+        start = min(max(start + dim if start < 0 else start, 0), dim)
+        end = min(max(end + dim if end < 0 else end, 0), dim)
+    else:
+        start = min(max(start + dim if start < 0 else start, 0), dim - 1)
+        end = min(max(end + dim if end < 0 else end, -1), dim - 1)
+    return list(range(start, end, step))
+
+
+@register("Slice")
+def slice_(ctx, node, dys):
+    b = ctx.b
+    shape = ctx.shape(node.input[0])
+    rank = len(shape)
+    consts = [ctx.value(name) if i < len(node.input) and name else None
+              for i, name in enumerate(list(node.input) + [""] * (5 - len(node.input)))][1:5]
+    starts, ends, axes, steps = consts
+    if starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None) \
+            or (len(node.input) > 4 and node.input[4] and steps is None):
+        ctx.unsupported("slice bounds computed at run time")
+    axes = list(range(len(starts))) if axes is None else [int(a) + rank if a < 0 else int(a) for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    g = dys[0]
+    pads_begin, pads_end = [0] * rank, [0] * rank
+    strided = []
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        dim = shape[axis]
+        if dim is None:
+            ctx.unsupported("slicing along the batch axis")
+        index = slice_indices(int(start), int(end), step, dim)
+        if step == 1 and index:
+            pads_begin[axis], pads_end[axis] = index[0], dim - index[-1] - 1
+        else:
+            strided.append((axis, index, dim))
+    for axis, index, dim in strided:
+        g = _scatter_axis(ctx, g, axis, rank, np.asarray(index, dtype=np.int64), dim)
+    if any(pads_begin) or any(pads_end):
+        g = b.op("Pad", [g, b.ints(pads_begin + pads_end)], hint="slice_grad")
+    return [g] + [None] * (len(node.input) - 1)
+
+
+@register("Pad")
+def pad(ctx, node, dys):
+    """Constant padding: the gradient is the central crop (and zero-padding where the forward cropped)."""
+    b = ctx.b
+    mode = ctx.attr("mode", "constant")
+    if mode != "constant":
+        ctx.unsupported(f"Pad mode '{mode}' (only constant padding is supported)")
+    shape = ctx.shape(node.input[0])
+    rank = len(shape)
+    pads = ctx.value(node.input[1]) if len(node.input) > 1 and node.input[1] else ctx.attr("pads")
+    if pads is None:
+        ctx.unsupported("the pads are computed at run time")
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        value = ctx.value(node.input[3])
+        if value is None:
+            ctx.unsupported("the pad axes are computed at run time")
+        axes = [int(a) + rank if a < 0 else int(a) for a in value.reshape(-1)]
+    n = len(axes)
+    begin = dict(zip(axes, pads[:n]))
+    end = dict(zip(axes, pads[n:]))
+    g = dys[0]
+    out_shape = ctx.shape(node.output[0])
+    starts, ends, slice_axes = [], [], []
+    repad = [0] * (2 * rank)
+    for axis in axes:
+        pb, pe = begin[axis], end[axis]
+        if pb > 0 or pe > 0:
+            if out_shape[axis] is None:
+                ctx.unsupported("padding along the batch axis")
+            starts.append(max(pb, 0))
+            ends.append(out_shape[axis] - max(pe, 0))
+            slice_axes.append(axis)
+        repad[axis], repad[rank + axis] = max(-pb, 0), max(-pe, 0)
+    if slice_axes:
+        g = b.op("Slice", [g, b.ints(starts), b.ints(ends), b.ints(slice_axes)], hint="pad_grad")
+    if any(repad):
+        g = b.op("Pad", [g, b.ints(repad)], hint="pad_grad_uncrop")
+    return [g] + [None] * (len(node.input) - 1)
+
+
+@register("Gather")
+def gather(ctx, node, dys):
+    """Constant indices: scatter g back along ``axis`` (repeated indices add up)."""
+    b = ctx.b
+    indices = ctx.value(node.input[1])
+    if indices is None:
+        ctx.unsupported("the gather indices are computed at run time")
+    data_shape = ctx.shape(node.input[0])
+    rank = len(data_shape)
+    axis = ctx.attr("axis", 0)
+    axis = axis + rank if axis < 0 else axis
+    dim = data_shape[axis]
+    if dim is None:
+        ctx.unsupported("gathering along the batch axis")
+    flat = np.asarray(indices, dtype=np.int64).reshape(-1)
+    flat = np.where(flat < 0, flat + dim, flat)
+    collapsed = [(-1 if d is None else int(d)) for d in data_shape[:axis]] + [len(flat)] \
+        + [(-1 if d is None else int(d)) for d in data_shape[axis + 1:]]
+    g = b.op("Reshape", [dys[0], b.ints(collapsed)])
+    select = np.zeros((len(flat), dim), dtype=np.float32)
+    np.add.at(select, (np.arange(len(flat)), flat), 1.0)
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    moved = g if axis == rank - 1 else b.op("Transpose", [g], perm=perm)
+    placed = b.op("MatMul", [moved, b.const(select, hint="gather_select")])
+    placed = placed if axis == rank - 1 else b.op("Transpose", [placed], perm=perm)
+    return [placed, None]
+
+
+def resize_matrix(node: onnx.NodeProto, opset: int, in_size: int, out_size: int, scale: float | None) -> np.ndarray:
+    """The (out_size, in_size) matrix of one axis of a Resize node, measured with onnxruntime on a one-hot basis.
+
+    Measuring the runtime's own kernel (rather than re-deriving the coordinate transforms) guarantees that the
+    backward pass is the exact transpose of the forward the model runs.
+    """
+    import onnxruntime as ort
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "axes"}
+    inputs = ["x", "", "scales" if scale is not None else "", "" if scale is not None else "sizes"]
+    inits = []
+    if scale is not None:
+        inits.append(helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, float(scale), 1.0]))
+    else:
+        inits.append(helper.make_tensor("sizes", TensorProto.INT64, [4], [in_size, 1, out_size, 1]))
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    resize = helper.make_node("Resize", inputs, ["y"], **attrs)
+    graph = helper.make_graph([resize], "resize_axis",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [in_size, 1, in_size, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 13))])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    basis = np.eye(in_size, dtype=np.float32).reshape(in_size, 1, in_size, 1)
+    out = session.run(["y"], {"x": basis})[0]  # (in, 1, out, 1): row i is the response to e_i
+    return out.reshape(in_size, out_size).T.copy()
+
+
+@register("Resize", "Upsample")
+def resize(ctx, node, dys):
+    """Resize is linear in x: Y = A_h X A_w^T per image and channel, so dX = A_h^T dY A_w."""
+    b = ctx.b
+    if ctx.attr("axes") is not None:
+        ctx.unsupported("Resize with the axes attribute")
+    x_shape = ctx.static_shape(node.input[0])
+    y_shape = ctx.static_shape(node.output[0])
+    if x_shape[1] != y_shape[1] or len(x_shape) != 4:
+        ctx.unsupported("resizing other than the two spatial axes of an NCHW tensor")
+    scales = None
+    scale_input = 2 if node.op_type == "Resize" else 1
+    if len(node.input) > scale_input and node.input[scale_input]:
+        scales = ctx.value(node.input[scale_input])
+        if scales is None:
+            ctx.unsupported("the scales are computed at run time")
+        scales = [float(s) for s in scales.reshape(-1)] or None
+    g = dys[0]
+    for axis in (3, 2):
+        in_size, out_size = x_shape[axis], y_shape[axis]
+        scale = scales[axis] if scales else None
+        matrix = resize_matrix(node, b.opset, in_size, out_size, scale)  # (out, in)
+        if np.array_equal(matrix, np.eye(in_size, dtype=np.float32)):
+            continue
+        if axis == 3:
+            g = b.op("MatMul", [g, b.const(matrix, hint="resize_w")])
+        else:
+            g = b.op("MatMul", [b.const(matrix.T.copy(), hint="resize_hT"), g])
+    return [g] + [None] * (len(node.input) - 1)

@@ -1,0 +1,85 @@
+"""A small helper that appends standard ``ai.onnx`` nodes and constants to a graph under construction.
+
+Graph passes (exposing tensors, the backward graph, the occlusion prefix) use it so that every generated name is
+unique and every constant becomes an initializer. Only operators of the default domain are ever emitted.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+
+
+class GraphBuilder:
+    """Collects new nodes and initializers for a graph; ``opset`` is the model's ``ai.onnx`` version."""
+
+    def __init__(self, existing_names: set[str], opset: int, prefix: str = "cnnviz"):
+        self.taken = set(existing_names)
+        self.opset = opset
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._const_cache: dict[tuple, str] = {}
+        self._count = 0
+
+    def unique(self, hint: str) -> str:
+        base = f"{self.prefix}/{hint}"
+        name = base
+        while name in self.taken:
+            self._count += 1
+            name = f"{base}_{self._count}"
+        self.taken.add(name)
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, outputs: int = 1, **attrs):
+        """Append one node; returns its output name (or a list when ``outputs > 1``)."""
+        hint = hint or op_type
+        names = [self.unique(f"{hint}" if outputs == 1 else f"{hint}_out{i}") for i in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        node = helper.make_node(op_type, list(inputs), names, name=self.unique(f"{hint}_node"), **attrs)
+        self.nodes.append(node)
+        return names[0] if outputs == 1 else names
+
+    def const(self, value, dtype=np.float32, hint: str = "const") -> str:
+        """A constant as an initializer; small scalars/vectors are shared between uses."""
+        arr = np.asarray(value, dtype=dtype)
+        key = None
+        if arr.size <= 16:
+            key = (arr.dtype.str, arr.shape, arr.tobytes())
+            if key in self._const_cache:
+                return self._const_cache[key]
+        name = self.unique(hint)
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        if key is not None:
+            self._const_cache[key] = name
+        return name
+
+    def ints(self, values: Sequence[int], hint: str = "ints") -> str:
+        return self.const(np.asarray(list(values), dtype=np.int64), dtype=np.int64, hint=hint)
+
+    # --- a few composite helpers used by many rules -------------------------------------------------------------
+    def reduce_sum(self, x: str, axes: Sequence[int], keepdims: bool = True, hint: str = "reduce_sum") -> str:
+        if not axes:
+            return x
+        # ReduceSum takes axes as an input since opset 13; the engine normalises models to opset >= 17.
+        return self.op("ReduceSum", [x, self.ints(sorted(axes))], hint=hint, keepdims=int(keepdims))
+
+    def shape(self, x: str, hint: str = "shape") -> str:
+        return self.op("Shape", [x], hint=hint)
+
+    def reshape_like(self, x: str, like: str, hint: str = "reshape") -> str:
+        return self.op("Reshape", [x, self.shape(like)], hint=hint)
+
+    def zeros_like(self, x: str, hint: str = "zeros") -> str:
+        return self.op("ConstantOfShape", [self.shape(x)], hint=hint,
+                       value=helper.make_tensor("value", FLOAT, [1], [0.0]))
+
+    def where_positive(self, cond_src: str, g: str, hint: str = "mask") -> str:
+        """``g`` where ``cond_src > 0``, else 0 (the ReLU mask; derivative 0 at the kink)."""
+        mask = self.op("Greater", [cond_src, self.const(0.0)], hint=f"{hint}_gt0")
+        return self.op("Where", [mask, g, self.const(0.0)], hint=hint)

@@ -1,0 +1,40 @@
+"""Expose intermediate tensors as graph outputs (copy, edit, return)."""
+from __future__ import annotations
+
+import copy
+
+import onnx
+from onnx import helper
+
+from .shapes import TensorInfo
+
+
+def expose(model: onnx.ModelProto, names, info: dict[str, TensorInfo], keep_outputs: bool = False) -> onnx.ModelProto:
+    """Return a copy whose outputs are ``names`` (plus the original outputs when ``keep_outputs``).
+
+    Outputs nobody asked for are dropped, so onnxruntime prunes what only they needed (a final Softmax, say).
+    """
+    model = copy.deepcopy(model)
+    graph = model.graph
+    original = list(graph.output)
+    del graph.output[:]
+    seen = set()
+    if keep_outputs:
+        for value in original:
+            graph.output.append(value)
+            seen.add(value.name)
+    by_name = {v.name: v for v in original}
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in by_name:
+            graph.output.append(by_name[name])
+            continue
+        ti = info.get(name)
+        if ti is not None and ti.shape is not None:
+            dims = [d if d is not None else "N" for d in ti.shape]
+            graph.output.append(helper.make_tensor_value_info(name, ti.elem_type, dims))
+        else:
+            graph.output.append(helper.make_empty_tensor_value_info(name))
+    return model

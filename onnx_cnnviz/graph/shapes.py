@@ -1,0 +1,99 @@
+"""Static shapes of every tensor: ONNX shape inference first, one probe run where inference cannot tell.
+
+Shapes are tuples with ``None`` for the (symbolic) batch dimension and concrete ints elsewhere: the engine fixes the
+image's C, H, W before building any graph, so all but the batch is static.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import ModelStructureError
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    elem_type: int
+    shape: tuple | None  # None = rank unknown; entries None = symbolic (batch)
+
+    @property
+    def is_float(self) -> bool:
+        return self.elem_type in FLOAT_TYPES
+
+    @property
+    def static(self) -> bool:
+        return self.shape is not None and all(d is not None for d in self.shape[1:])
+
+
+def _dims(value: onnx.ValueInfoProto):
+    ttype = value.type.tensor_type
+    if not ttype.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim)
+
+
+def infer(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Shape inference with data propagation; initializers included."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise ModelStructureError(f"ONNX shape inference failed on this model ({str(exc)[:300]}).") from None
+    graph = inferred.graph
+    info: dict[str, TensorInfo] = {}
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        info[value.name] = TensorInfo(value.type.tensor_type.elem_type, _dims(value))
+    for tensor in graph.initializer:
+        info[tensor.name] = TensorInfo(tensor.data_type, tuple(tensor.dims))
+    return info
+
+
+def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict[str, TensorInfo]:
+    """Run the model at batch 1 and 2 exposing ``names``; dims that follow the batch become None."""
+    import onnxruntime as ort
+
+    probe_model = copy.deepcopy(model)
+    existing = {o.name for o in probe_model.graph.output}
+    for name in names:
+        if name not in existing:
+            probe_model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        runs = []
+        for batch in (1, 2):
+            x = np.zeros((batch, *chw), dtype=np.float32)
+            runs.append(session.run(list(names), {input_name: x}))
+    except Exception as exc:
+        raise ModelStructureError(
+            f"shape inference could not tell the shapes of {len(names)} tensors and a probe run failed "
+            f"({str(exc)[:300]}).") from None
+    out = {}
+    for name, a, b in zip(names, *runs):
+        a, b = np.asarray(a), np.asarray(b)
+        shape = tuple(None if (i == 0 and a.shape[0] != b.shape[0]) else int(s) for i, s in enumerate(a.shape))
+        out[name] = TensorInfo(_np_to_onnx(a.dtype), shape)
+    return out
+
+
+def _np_to_onnx(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def annotate(model: onnx.ModelProto, info: dict[str, TensorInfo], names=None) -> None:
+    """Write known shapes into ``value_info`` so that later passes and onnxruntime see them."""
+    graph = model.graph
+    declared = {v.name for v in list(graph.input) + list(graph.output)} | {t.name for t in graph.initializer}
+    del graph.value_info[:]
+    for name in names if names is not None else info:
+        ti = info.get(name)
+        if ti is None or ti.shape is None or name in declared:
+            continue
+        dims = [d if d is not None else "N" for d in ti.shape]
+        graph.value_info.append(helper.make_tensor_value_info(name, ti.elem_type, dims))

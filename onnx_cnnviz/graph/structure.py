@@ -1,0 +1,152 @@
+"""Find what an explanation needs in a classifier graph: the image input, the class-score tensor, the candidate
+layers (4-D feature maps on the path from image to score) and the default layer for CAM methods."""
+from __future__ import annotations
+
+import difflib
+from typing import NamedTuple
+
+import onnx
+
+from ..errors import ModelStructureError, UnknownLayerError
+from .shapes import FLOAT_TYPES, TensorInfo
+
+# Ops that only re-view the class vector; a Softmax found behind them still ends the classifier.
+SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose"}
+NORMALISING_HEADS = {"Softmax", "LogSoftmax", "Sigmoid"}
+# Ops after which the spatial map is gone (the default layer is the last map before one of them).
+POOLING_OPS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum", "Flatten", "Reshape",
+               "AveragePool", "MaxPool"}
+
+
+class Layer(NamedTuple):
+    """A candidate target layer: the tensor ``name``, its ``shape`` (None, C, h, w) and the producing ``op_type``."""
+    name: str
+    shape: tuple
+    op_type: str
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    result: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                result.setdefault(name, []).append(node)
+    return result
+
+
+def downstream(graph: onnx.GraphProto, sources) -> set[str]:
+    """Every tensor computed (directly or not) from one of ``sources``, the sources included."""
+    reached = set(sources)
+    for node in graph.node:  # nodes are topologically sorted (ONNX requires it)
+        if any(name in reached for name in node.input if name):
+            reached.update(o for o in node.output if o)
+    return reached
+
+
+def upstream(graph: onnx.GraphProto, sinks) -> set[str]:
+    """Every tensor that one of ``sinks`` depends on, the sinks included."""
+    reached = set(sinks)
+    for node in reversed(graph.node):
+        if any(o in reached for o in node.output if o):
+            reached.update(i for i in node.input if i)
+    return reached
+
+
+def find_image_input(model: onnx.ModelProto, wanted: str | None = None) -> onnx.ValueInfoProto:
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in inits]
+    if wanted is not None:
+        for v in inputs:
+            if v.name == wanted:
+                return v
+        raise ModelStructureError(
+            f"the model has no input named '{wanted}'; its inputs are: {', '.join(v.name for v in inputs)}.")
+    images = [v for v in inputs if len(v.type.tensor_type.shape.dim) == 4
+              and v.type.tensor_type.elem_type in FLOAT_TYPES]
+    if len(images) == 1:
+        return images[0]
+    if not images:
+        described = ", ".join(f"{v.name} {_describe(v)}" for v in inputs) or "none"
+        raise ModelStructureError(
+            f"the model has no 4-D float image input (N, C, H, W); its inputs are: {described}. "
+            "This tool explains image classifiers that take an NCHW tensor.")
+    raise ModelStructureError(
+        f"the model has several 4-D image inputs ({', '.join(v.name for v in images)}); choose one with input=NAME "
+        "(--input NAME on the command line).")
+
+
+def _describe(value: onnx.ValueInfoProto) -> str:
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value.type.tensor_type.shape.dim]
+    return f"{onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()}{dims}"
+
+
+def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, str, str | None]:
+    """Return ``(output_name, score_tensor, skipped_op)``.
+
+    The score is the class vector before any final Softmax/LogSoftmax/Sigmoid (Simonyan et al.; Grad-CAM), also when
+    the normaliser is followed by Reshape/Flatten/Squeeze: then the normaliser's input is the score.
+    """
+    graph = model.graph
+    outputs = [o.name for o in graph.output]
+    if wanted is not None:
+        if wanted not in outputs and wanted not in producers(graph):
+            raise ModelStructureError(
+                f"the model has no output or tensor named '{wanted}'; its outputs are: {', '.join(outputs)}.")
+        output = wanted
+    elif len(outputs) == 1:
+        output = outputs[0]
+    else:
+        raise ModelStructureError(
+            f"the model has several outputs ({', '.join(outputs)}); choose the class scores with output=NAME "
+            "(--output NAME on the command line).")
+    made_by = producers(graph)
+    name = output
+    while name in made_by:
+        node = made_by[name]
+        if node.op_type in NORMALISING_HEADS:
+            return output, node.input[0], node.op_type
+        if node.op_type not in SHAPE_ONLY_OPS:
+            break
+        name = node.input[0]
+    return output, output, None
+
+
+def candidate_layers(model: onnx.ModelProto, image: str, score: str, info: dict[str, TensorInfo]) -> list[Layer]:
+    """Every 4-D float tensor on a path from the image to the score, in graph order."""
+    graph = model.graph
+    on_path = downstream(graph, [image]) & upstream(graph, [score])
+    layers = []
+    for node in graph.node:
+        for out in node.output:
+            ti = info.get(out)
+            if out in on_path and ti is not None and ti.is_float and ti.shape is not None and len(ti.shape) == 4:
+                layers.append(Layer(out, tuple(ti.shape), node.op_type))
+    return layers
+
+
+def default_layer(layers: list[Layer]) -> str | None:
+    """The last spatial feature map (h * w > 1) before the network collapses space (global pooling / flatten).
+
+    This is what torchcam and OpenVINO XAI choose, and the layer pytorch-grad-cam's examples use (resnet
+    ``layer4[-1]``, vgg ``features[-1]``, densenet ``features[-1]``).
+    """
+    spatial = [layer for layer in layers if (layer.shape[2] or 0) * (layer.shape[3] or 0) > 1]
+    return spatial[-1].name if spatial else None
+
+
+def resolve_layer(layers: list[Layer], name: str) -> Layer:
+    for layer in layers:
+        if layer.name == name:
+            return layer
+    names = [layer.name for layer in layers]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownLayerError(
+        f"'{name}' is not a 4-D feature map on the path from the image to the score.{hint} "
+        "List the candidates with `cnnviz inspect MODEL` or Model.layers.")

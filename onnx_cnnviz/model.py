@@ -1,0 +1,287 @@
+"""``Model``: a loaded classifier plus the cache of rewritten graphs and sessions built for it.
+
+Everything a method needs comes from :meth:`Model.run`: the class scores, any exposed intermediate tensors and the
+gradient of the chosen class score with respect to any tensors, from one onnxruntime run per batch. A rewritten graph
+is built once per (input size, outputs, gradient targets, rule set, seed mode) and kept on the model object; nothing
+else is remembered between calls.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from . import runtime
+from .errors import InputError, ModelStructureError
+from .graph import load as graph_load
+from .graph import shapes as graph_shapes
+from .graph.autodiff import append_gradients
+from .graph.expose import expose
+from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, find_score,
+                              resolve_layer, upstream)
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_SPATIAL = 224
+
+
+@dataclass
+class RunResult:
+    """What one :meth:`Model.run` returns (arrays concatenated over batches)."""
+    scores: np.ndarray  # (N, K) float32, before any final softmax
+    targets: np.ndarray | None  # (N,) int64 class used for the gradients, when gradients were asked for
+    outputs: dict = field(default_factory=dict)  # tensor name -> array
+    grads: dict = field(default_factory=dict)  # tensor name -> dS_target / d tensor
+
+
+@dataclass
+class _Specialised:
+    """The normalised model with the image's C, H, W fixed, and everything derived from it."""
+    model: onnx.ModelProto
+    info: dict
+    layers: list
+
+
+class Model:
+    """A classifier loaded for explanation. Build with :func:`onnx_cnnviz.load`."""
+
+    def __init__(self, source, device: str = "auto", input: str | None = None, output: str | None = None,
+                 batch_size: int | None = None, threads: int | None = None):
+        self.providers = runtime.providers_for(device)
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.threads = threads
+        original = graph_load.read_model(source)
+        self.metadata = {p.key: p.value for p in original.metadata_props}
+        model = graph_load.normalise(original)
+        image = find_image_input(model, input)
+        self.input_name = image.name
+        self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim]
+        self._static_hw = tuple(dims[2:]) if all(d is not None for d in dims[2:]) else None
+        self.channels = dims[1]
+        self.static_batch = False
+        self._base = model
+        self._batched = copy.deepcopy(model)
+        had_static_batch = graph_load.make_batch_dynamic(self._batched, self.input_name)
+        self._cache: dict = {}
+        self._specs: dict = {}
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
+        hw = self._static_hw or self._default_hw()
+        if self.channels is None:
+            raise ModelStructureError("the image input's channel count is not fixed in the model; re-export it with "
+                                      "a static channel dimension.")
+        spec = self._spec(hw)
+        if had_static_batch and not self._batches_correctly(hw):
+            # The graph hard-codes batch 1 somewhere we could not rewrite: run one sample at a time.
+            self.static_batch = True
+            self._specs.clear()
+            spec = self._spec(hw)
+        self.num_classes = int(np.prod(spec.info[self.score_name].shape[1:]))
+        self._layers = spec.layers
+        self._default_layer = default_layer(spec.layers)
+
+    # --- public description ------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        """Candidate target layers: every 4-D feature map on the path from image to score, input to output order."""
+        return list(self._layers)
+
+    @property
+    def default_layer(self) -> str | None:
+        """The last spatial feature map before global pooling / flatten (the usual CAM layer)."""
+        return self._default_layer
+
+    @property
+    def input_shape(self) -> tuple:
+        """(C, H, W) the model expects; H, W are None for models that accept any size."""
+        hw = self._static_hw or (None, None)
+        return (self.channels, *hw)
+
+    def layer(self, name: str) -> Layer:
+        return resolve_layer(self._layers, name)
+
+    def __repr__(self) -> str:
+        return (f"Model(input={self.input_name!r} {self.input_shape}, score={self.score_name!r} "
+                f"[{self.num_classes} classes{', softmax skipped' if self.softmax_skipped else ''}], "
+                f"{len(self._layers)} layers, default_layer={self._default_layer!r}, device={self.device!r})")
+
+    # --- graphs ----------------------------------------------------------------------------------------------
+    def _default_hw(self) -> tuple:
+        size = self.metadata.get("cnnviz.input_size")
+        if size:
+            h, w = (int(v) for v in size.split("x"))
+            return (h, w)
+        return (DEFAULT_SPATIAL, DEFAULT_SPATIAL)
+
+    def _spec(self, hw: tuple) -> _Specialised:
+        hw = tuple(int(v) for v in hw)
+        if hw in self._specs:
+            return self._specs[hw]
+        model = copy.deepcopy(self._base if self.static_batch else self._batched)
+        graph_load.set_input_shape(model, self.input_name, (self.channels, *hw))
+        info = graph_shapes.infer(model)
+        graph = model.graph
+        on_path = downstream(graph, [self.input_name]) & upstream(graph, [self.score_name])
+        unknown = [n for node in graph.node for n in node.output
+                   if n in on_path and not (n in info and info[n].shape is not None)]
+        if unknown or self.score_name not in info or info[self.score_name].shape is None:
+            probe_names = list(dict.fromkeys(unknown + [self.score_name]))
+            info.update(graph_shapes.probe(model, probe_names, self.input_name, (self.channels, *hw)))
+        score = info.get(self.score_name)
+        if score is None or score.shape is None or len(score.shape) < 2:
+            raise ModelStructureError(f"the score tensor '{self.score_name}' has no (N, K) shape; is this a "
+                                      "classifier? Choose the class-score output with output=NAME.")
+        if any(d not in (1, None) for d in score.shape[2:]):
+            raise ModelStructureError(
+                f"the output '{self.score_name}' has shape {score.shape}, not (N, K): this looks like a dense "
+                "prediction (segmentation, detection) rather than an image classifier.")
+        graph_shapes.annotate(model, info)
+        spec = _Specialised(model, info, candidate_layers(model, self.input_name, self.score_name, info))
+        self._specs[hw] = spec
+        return spec
+
+    def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, seed: str):
+        key = (tuple(hw), outputs, wrt, rule if wrt else None, seed if wrt else None)
+        if key not in self._cache:
+            graph = self.build_graph(hw, outputs, wrt, rule, seed)
+            self._cache[key] = runtime.Session(graph, self.providers, self.threads)
+        return self._cache[key]
+
+    def build_graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla", seed: str = "input") -> onnx.ModelProto:
+        """The rewritten graph: outputs = score, ``outputs`` tensors, and ``cnnviz/grad/<T>`` for ``T`` in ``wrt``.
+
+        The result is a plain ONNX model: save it with ``onnx.save`` and run it with any onnxruntime.
+        """
+        spec = self._spec(hw or self._static_hw or self._default_hw())
+        for name in list(outputs) + list(wrt):
+            if name not in spec.info and name != self.input_name:
+                raise InputError(f"'{name}' is not a tensor of this model.")
+        model = spec.model
+        extra = []
+        if wrt:
+            gg = append_gradients(model, self.score_name, list(wrt), spec.info, rule_set=rule, seed=seed)
+            model = gg.model
+            extra = [gg.gradients[w] for w in wrt] + ([gg.target_output] if gg.target_output else [])
+        names = [self.score_name] + [o for o in outputs if o != self.score_name] + extra
+        return _keep_outputs(model, names, spec.info)
+
+    # --- running ----------------------------------------------------------------------------------------------
+    def _check_input(self, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"x must be a numpy array (N, C, H, W), got {type(x).__name__}.")
+        if x.ndim == 3:
+            raise InputError(f"x has shape {x.shape}; add the batch axis: x[None] for one image (N, C, H, W).")
+        if x.ndim != 4:
+            raise InputError(f"x must be 4-D (N, C, H, W), got shape {x.shape}.")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InputError(f"x must be a float array (preprocessed for the model), got dtype {x.dtype}.")
+        if x.shape[1] != self.channels:
+            raise InputError(f"the model takes {self.channels} channels, x has {x.shape[1]} (shape {x.shape}); "
+                             "check the preprocessing (grayscale vs RGB, channels-last vs NCHW).")
+        if self._static_hw and tuple(x.shape[2:]) != tuple(self._static_hw):
+            raise InputError(f"the model takes {self._static_hw[0]}x{self._static_hw[1]} images, x is "
+                             f"{x.shape[2]}x{x.shape[3]}; resize the images first (onnx_cnnviz.image.preprocess).")
+        if x.shape[0] == 0:
+            raise InputError("x holds no images (batch of 0).")
+        if not np.all(np.isfinite(x)):
+            raise InputError("x contains NaN or Inf values; check the image loading and preprocessing.")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def targets_for(self, targets, n: int) -> np.ndarray | None:
+        """Normalise ``targets`` (None, an int, or one int per sample) to an (N,) int64 array, or None for top-1."""
+        if targets is None:
+            return None
+        arr = np.asarray(targets)
+        if arr.ndim == 0:
+            arr = np.full(n, int(arr))
+        if arr.ndim != 1 or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"targets must be None, an int, or {n} ints (one per image), got {targets!r}.")
+        bad = arr[(arr < 0) | (arr >= self.num_classes)]
+        if bad.size:
+            raise InputError(f"target class {int(bad[0])} is out of range: the model has {self.num_classes} classes "
+                             f"(0..{self.num_classes - 1}).")
+        return arr.astype(np.int64)
+
+    def run(self, x, outputs=(), wrt=(), rule: str = "vanilla", targets=None, seed=None,
+            batch_size: int | None = None) -> RunResult:
+        """One pass per batch returning scores, ``outputs`` tensors and gradients of the target score wrt ``wrt``.
+
+        ``seed`` (N, K) replaces the one-hot target rows (the gradient is then of ``sum_k seed[n, k] S[n, k]``).
+        Names in ``outputs``/``wrt`` are tensor names (``Model.layers`` lists the 4-D ones) or the input's name.
+        """
+        x = self._check_input(x)
+        n = x.shape[0]
+        outputs, wrt = tuple(outputs), tuple(wrt)
+        for name in outputs + wrt:
+            if name != self.input_name and name != self.score_name:
+                self._require_tensor(name)
+        target_arr = self.targets_for(targets, n)
+        if seed is not None:
+            seed = np.asarray(seed, dtype=np.float32)
+            if seed.shape != (n, self.num_classes):
+                raise InputError(f"seed must have shape ({n}, {self.num_classes}), got {seed.shape}.")
+        mode = "input" if (seed is not None or target_arr is not None) else "top1"
+        hw = tuple(x.shape[2:])
+        session = self._session(hw, outputs, wrt, rule, mode)
+        step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
+        parts = []
+        for start in range(0, n, step):
+            feeds = {self.input_name: x[start:start + step]}
+            if wrt and mode == "input":
+                rows = seed[start:start + step] if seed is not None else _one_hot(
+                    target_arr[start:start + step], self.num_classes)
+                feeds["cnnviz/seed"] = rows
+            parts.append(session.run(feeds))
+        merged = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        scores = merged[self.score_name].reshape(n, -1)
+        result_targets = None
+        if wrt:
+            result_targets = merged["cnnviz/target"] if mode == "top1" else target_arr
+        result = RunResult(scores=scores, targets=result_targets)
+        result.outputs = {o: merged[o] for o in outputs}
+        result.grads = {w: merged["cnnviz/grad/" + w] for w in wrt}
+        return result
+
+    def scores(self, x, batch_size: int | None = None) -> np.ndarray:
+        """(N, K) float32 class scores before any final Softmax/LogSoftmax/Sigmoid."""
+        return self.run(x, batch_size=batch_size).scores
+
+    def _require_tensor(self, name: str) -> None:
+        spec = self._spec(self._static_hw or self._default_hw())
+        if name in spec.info:
+            return
+        resolve_layer(self._layers, name)  # raises UnknownLayerError with suggestions
+
+    def _batches_correctly(self, hw) -> bool:
+        """Run batch 2 and batch 1 on the batch-dynamic graph; both must agree."""
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, self.channels, *hw)).astype(np.float32)
+        try:
+            session = runtime.Session(self.build_graph(hw), ["CPUExecutionProvider"], self.threads)
+            both = session.run({self.input_name: x})[self.score_name]
+            one = session.run({self.input_name: x[:1]})[self.score_name]
+        except Exception:
+            return False
+        return both.shape[0] == 2 and np.allclose(both[:1], one, rtol=1e-4, atol=1e-5)
+
+
+def _keep_outputs(model: onnx.ModelProto, names, info) -> onnx.ModelProto:
+    """Like :func:`expose` but keeping the outputs the gradient pass declared (their shapes are known)."""
+    declared = {o.name: o for o in model.graph.output}
+    model = expose(model, [n for n in names if n not in declared], info)
+    for name in names:
+        if name in declared:
+            model.graph.output.append(declared[name])
+    # Put outputs in the order asked for.
+    order = {name: i for i, name in enumerate(names)}
+    outs = sorted(model.graph.output, key=lambda o: order.get(o.name, len(order)))
+    del model.graph.output[:]
+    model.graph.output.extend(outs)
+    return model
+
+
+def _one_hot(targets: np.ndarray, k: int) -> np.ndarray:
+    rows = np.zeros((len(targets), k), dtype=np.float32)
+    rows[np.arange(len(targets)), targets] = 1.0
+    return rows
