@@ -41,6 +41,7 @@ class _Specialised:
     model: onnx.ModelProto
     info: dict
     layers: list
+    constants: dict  # run-time computed integer tensors whose value does not depend on the batch
 
 
 class Model:
@@ -123,8 +124,8 @@ class Model:
         info = graph_shapes.infer(model)
         graph = model.graph
         on_path = downstream(graph, [self.input_name]) & upstream(graph, [self.score_name])
-        unknown = [n for node in graph.node for n in node.output
-                   if n in on_path and not (n in info and info[n].shape is not None)]
+        unknown = [n for node in graph.node for n in node.output if n in on_path and not
+                   (n in info and info[n].shape is not None and all(d is not None for d in info[n].shape[1:]))]
         if unknown or self.score_name not in info or info[self.score_name].shape is None:
             probe_names = list(dict.fromkeys(unknown + [self.score_name]))
             info.update(graph_shapes.probe(model, probe_names, self.input_name, (self.channels, *hw)))
@@ -137,7 +138,15 @@ class Model:
                 f"the output '{self.score_name}' has shape {score.shape}, not (N, K): this looks like a dense "
                 "prediction (segmentation, detection) rather than an image classifier.")
         graph_shapes.annotate(model, info)
-        spec = _Specialised(model, info, candidate_layers(model, self.input_name, self.score_name, info))
+        # Shape arithmetic computed at run time (Shape -> Gather -> Div feeding a Slice, say) is constant once C, H, W
+        # are fixed; backward rules need those values.
+        inits = {t.name for t in graph.initializer}
+        computed_ints = list(dict.fromkeys(
+            name for node in graph.node if any(o in on_path for o in node.output)
+            for name in node.input if name and name not in inits and name in info and not info[name].is_float))
+        constants = graph_shapes.batch_independent_values(model, computed_ints, self.input_name,
+                                                           (self.channels, *hw))
+        spec = _Specialised(model, info, candidate_layers(model, self.input_name, self.score_name, info), constants)
         self._specs[hw] = spec
         return spec
 
@@ -160,7 +169,8 @@ class Model:
         model = spec.model
         extra = []
         if wrt:
-            gg = append_gradients(model, self.score_name, list(wrt), spec.info, rule_set=rule, seed=seed)
+            gg = append_gradients(model, self.score_name, list(wrt), spec.info, rule_set=rule, seed=seed,
+                                  constants=spec.constants)
             model = gg.model
             extra = [gg.gradients[w] for w in wrt] + ([gg.target_output] if gg.target_output else [])
         names = [self.score_name] + [o for o in outputs if o != self.score_name] + extra

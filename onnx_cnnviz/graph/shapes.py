@@ -53,8 +53,8 @@ def infer(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     return info
 
 
-def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict[str, TensorInfo]:
-    """Run the model at batch 1 and 2 exposing ``names``; dims that follow the batch become None."""
+def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> list[list[np.ndarray]]:
+    """Run the model at batch 1 and batch 2 (zeros) exposing ``names``; returns the two lists of values."""
     import onnxruntime as ort
 
     probe_model = copy.deepcopy(model)
@@ -66,20 +66,32 @@ def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dic
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        runs = []
-        for batch in (1, 2):
-            x = np.zeros((batch, *chw), dtype=np.float32)
-            runs.append(session.run(list(names), {input_name: x}))
+        return [session.run(list(names), {input_name: np.zeros((batch, *chw), dtype=np.float32)})
+                for batch in (1, 2)]
     except Exception as exc:
         raise ModelStructureError(
-            f"shape inference could not tell the shapes of {len(names)} tensors and a probe run failed "
-            f"({str(exc)[:300]}).") from None
+            f"a probe run of the model (to learn {len(names)} tensor shapes or values that shape inference could "
+            f"not tell) failed: {str(exc)[:300]}") from None
+
+
+def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict[str, TensorInfo]:
+    """Shapes by running the model at batch 1 and 2; dims that follow the batch become None."""
+    one, two = probe_runs(model, names, input_name, chw)
     out = {}
-    for name, a, b in zip(names, *runs):
+    for name, a, b in zip(names, one, two):
         a, b = np.asarray(a), np.asarray(b)
         shape = tuple(None if (i == 0 and a.shape[0] != b.shape[0]) else int(s) for i, s in enumerate(a.shape))
         out[name] = TensorInfo(_np_to_onnx(a.dtype), shape)
     return out
+
+
+def batch_independent_values(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict:
+    """Values of integer tensors (shape arithmetic) that are the same at batch 1 and 2: constants in effect."""
+    if not names:
+        return {}
+    one, two = probe_runs(model, names, input_name, chw)
+    return {name: np.asarray(a) for name, a, b in zip(names, one, two)
+            if np.asarray(a).shape == np.asarray(b).shape and np.array_equal(a, b)}
 
 
 def _np_to_onnx(dtype) -> int:

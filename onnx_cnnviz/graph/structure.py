@@ -117,15 +117,42 @@ def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, 
     return output, output, None
 
 
+NCHW = (0, 1, 2, 3)
+
+
+def layouts(model: onnx.ModelProto, image: str, info: dict[str, TensorInfo]) -> dict[str, tuple]:
+    """For each 4-D tensor, the permutation of the image's NCHW axes it is laid out in.
+
+    Transposes compose permutations; any other op produces NCHW unless all its 4-D inputs are permuted the same
+    other way (a LayerNorm or Linear applied channels-last, as in ConvNeXt blocks, keeps NHWC).
+    """
+    layout = {image: NCHW}
+    for node in model.graph.node:
+        ins = [layout[i] for i in node.input if i in layout]
+        for out in node.output:
+            ti = info.get(out)
+            if ti is None or ti.shape is None or len(ti.shape) != 4:
+                continue
+            if node.op_type == "Transpose" and ins:
+                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
+                layout[out] = tuple(ins[0][p] for p in perm)
+            elif ins and all(i == ins[0] for i in ins) and ins[0] != NCHW:
+                layout[out] = ins[0]
+            else:
+                layout[out] = NCHW
+    return layout
+
+
 def candidate_layers(model: onnx.ModelProto, image: str, score: str, info: dict[str, TensorInfo]) -> list[Layer]:
-    """Every 4-D float tensor on a path from the image to the score, in graph order."""
+    """Every 4-D float NCHW tensor on a path from the image to the score, in graph order."""
     graph = model.graph
     on_path = downstream(graph, [image]) & upstream(graph, [score])
+    layout = layouts(model, image, info)
     layers = []
     for node in graph.node:
         for out in node.output:
             ti = info.get(out)
-            if out in on_path and ti is not None and ti.is_float and ti.shape is not None and len(ti.shape) == 4:
+            if out in on_path and ti is not None and ti.is_float and layout.get(out) == NCHW:
                 layers.append(Layer(out, tuple(ti.shape), node.op_type))
     return layers
 

@@ -119,11 +119,13 @@ def _is_float(info: dict[str, TensorInfo], name: str) -> bool:
 
 
 def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, TensorInfo],
-                     rule_set: str = "vanilla", seed: str = "input") -> GradientGraph:
+                     rule_set: str = "vanilla", seed: str = "input", constants: dict | None = None) -> GradientGraph:
     """Return a copy of ``model`` with gradient outputs ``cnnviz/grad/<T>`` for every ``T`` in ``wrt``.
 
     ``seed="input"`` adds a graph input ``cnnviz/seed`` (N, K) of per-sample class weights; ``seed="top1"`` builds
     a one-hot seed on each sample's top-scoring class inside the graph and outputs that class as ``cnnviz/target``.
+    ``constants`` gives values of run-time computed tensors known to be constant (shape arithmetic), which rules
+    read like initializers.
     """
     if seed not in ("input", "top1"):
         raise ValueError(f"seed must be 'input' or 'top1', not {seed!r}")
@@ -160,6 +162,7 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     grads: dict[str, list[str]] = {score: [b.op("Reshape", [seed_2d, b.shape(score)], hint="seed_like_score")]}
 
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values.update(constants or {})
     ctx = RuleContext(b, info, values)
     for node in reversed(nodes):
         dys = [_total(b, grads, o) if o else None for o in node.output]
