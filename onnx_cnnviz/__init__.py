@@ -16,9 +16,14 @@ __version__ = "0.1.0"
 
 
 def load(source, device: str = "auto", input: str | None = None, output: str | None = None,
-         batch_size: int | None = None, threads: int | None = None) -> Model:
-    """Load an ONNX classifier (a path or an ``onnx.ModelProto``) for explanation; ``device`` "auto"|"cpu"|"cuda"."""
-    return Model(source, device=device, input=input, output=output, batch_size=batch_size, threads=threads)
+         batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None) -> Model:
+    """Load an ONNX classifier (a path or an ``onnx.ModelProto``) for explanation.
+
+    ``device``: "auto" | "cpu" | "cuda". ``input``/``output``: the image input and class-score output when the model
+    has several. ``input_size``: (H, W) for models that accept any size (the layer list is computed at that size).
+    """
+    return Model(source, device=device, input=input, output=output, batch_size=batch_size, threads=threads,
+                 input_size=input_size)
 
 
 __all__ = ["load", "Model", "RunResult", "Layer", "gradients", "saliency", "CnnvizError", "InputError",

@@ -48,7 +48,7 @@ class Model:
     """A classifier loaded for explanation. Build with :func:`onnx_cnnviz.load`."""
 
     def __init__(self, source, device: str = "auto", input: str | None = None, output: str | None = None,
-                 batch_size: int | None = None, threads: int | None = None):
+                 batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None):
         self.providers = runtime.providers_for(device)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
@@ -58,7 +58,8 @@ class Model:
         image = find_image_input(model, input)
         self.input_name = image.name
         self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in image.type.tensor_type.shape.dim]
         self._static_hw = tuple(dims[2:]) if all(d is not None for d in dims[2:]) else None
         self.channels = dims[1]
         self.static_batch = False
@@ -68,11 +69,21 @@ class Model:
         self._cache: dict = {}
         self._specs: dict = {}
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE
+        if input_size is not None and self._static_hw and tuple(input_size) != self._static_hw:
+            raise InputError(f"input_size={tuple(input_size)} but the model fixes its input at {self._static_hw}.")
+        self._input_size = tuple(int(v) for v in input_size) if input_size is not None else None
         hw = self._static_hw or self._default_hw()
         if self.channels is None:
             raise ModelStructureError("the image input's channel count is not fixed in the model; re-export it with "
                                       "a static channel dimension.")
-        spec = self._spec(hw)
+        try:
+            spec = self._spec(hw)
+        except ModelStructureError as exc:
+            if self._static_hw or self._input_size:
+                raise
+            raise ModelStructureError(
+                f"the model accepts images of any size but does not run at {hw[0]}x{hw[1]} ({exc}). Give the size "
+                "it was trained for: load(..., input_size=(H, W)) or --input-size HxW.") from None
         if had_static_batch and not self._batches_correctly(hw):
             # The graph hard-codes batch 1 somewhere we could not rewrite: run one sample at a time.
             self.static_batch = True
@@ -109,6 +120,8 @@ class Model:
 
     # --- graphs ----------------------------------------------------------------------------------------------
     def _default_hw(self) -> tuple:
+        if self._input_size:
+            return self._input_size
         size = self.metadata.get("cnnviz.input_size")
         if size:
             h, w = (int(v) for v in size.split("x"))
@@ -156,6 +169,18 @@ class Model:
             graph = self.build_graph(hw, outputs, wrt, rule, seed)
             self._cache[key] = runtime.Session(graph, self.providers, self.threads)
         return self._cache[key]
+
+    def cached_session(self, key: tuple, build) -> runtime.Session:
+        """A session over the graph ``build()`` returns, built once per ``key`` for this model (methods that need
+        their own rewritten graph, such as the occlusion prefix, use this)."""
+        key = ("custom",) + tuple(key)
+        if key not in self._cache:
+            self._cache[key] = runtime.Session(build(), self.providers, self.threads)
+        return self._cache[key]
+
+    def spec(self, hw=None) -> _Specialised:
+        """The normalised graph specialised to input size ``hw`` (default: the model's own), with its shape info."""
+        return self._spec(hw or self._static_hw or self._default_hw())
 
     def build_graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla", seed: str = "input") -> onnx.ModelProto:
         """The rewritten graph: outputs = score, ``outputs`` tensors, and ``cnnviz/grad/<T>`` for ``T`` in ``wrt``.

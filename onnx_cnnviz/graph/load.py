@@ -183,7 +183,7 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> bool:
     for value in values:
         dims = value.type.tensor_type.shape.dim
         if dims:
-            if dims[0].HasField("dim_value"):
+            if dims[0].HasField("dim_value") and dims[0].dim_value >= 1:  # some exporters write -1 for "any"
                 was_static = was_static or value.name == input_name
             dims[0].Clear()
             dims[0].dim_param = BATCH_DIM

@@ -1,0 +1,95 @@
+"""Shared fixtures: real models exported once per session, the shared SqueezeNet and images, and helpers."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CNNVIZ_SHARED", REPO.parent / "shared"))
+SQUEEZENET = SHARED / "models" / "squeezenet1.1-imagenet-fp16.onnx"
+KITTEN = SHARED / "images" / "kitten_224.png"
+CACHE = Path(os.environ.get("CNNVIZ_TEST_CACHE", REPO / ".cache" / "tests"))
+
+# Input sizes used for exported torchvision models: small enough for CI on 2 cores, large enough that every
+# architecture keeps a spatial map (VGG's adaptive 7x7 pooling exports only from 224).
+TORCHVISION_SIZES = {"vgg11_bn": 224, "vgg16_bn": 224}
+
+
+def torchvision_model(name: str, seed: int = 0):
+    """A torchvision classifier with fixed random weights, in eval mode, ReLUs not in-place (for hook-based refs)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    for module in model.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    return model
+
+
+def export_onnx(model, x, path: Path, opset: int = 17) -> Path:
+    """torch.onnx.export (TorchScript exporter) with a dynamic batch."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    return path
+
+
+@pytest.fixture(scope="session")
+def torchvision_onnx():
+    """Factory: name -> (torch model, onnx path, input size); each model exported once per test session."""
+    import torch
+
+    made = {}
+
+    def get(name: str, seed: int = 0):
+        key = (name, seed)
+        if key not in made:
+            size = TORCHVISION_SIZES.get(name, 112)
+            model = torchvision_model(name, seed)
+            path = CACHE / f"{name}_s{seed}_{size}.onnx"
+            if not path.exists():
+                export_onnx(model, torch.zeros(1, 3, size, size), path)
+            made[key] = (model, path, size)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def squeezenet_path():
+    if not SQUEEZENET.exists():
+        pytest.skip(f"the shared SqueezeNet is not at {SQUEEZENET} (set CNNVIZ_SHARED)")
+    return SQUEEZENET
+
+
+def caffe_preprocess(path: Path) -> np.ndarray:
+    """The SqueezeNet's preprocessing (see shared/models/README.md): BGR, 0..255, mean-subtracted, NCHW."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = cv2.resize(img, (224, 224), interpolation=cv2.INTER_LINEAR)
+    x = img.astype(np.float32) - np.array([103.939, 116.779, 123.68], dtype=np.float32)
+    return x.transpose(2, 0, 1)[None].copy()
+
+
+@pytest.fixture(scope="session")
+def kitten_x():
+    if not KITTEN.exists():
+        pytest.skip(f"the shared kitten image is not at {KITTEN}")
+    return caffe_preprocess(KITTEN)
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
