@@ -146,6 +146,10 @@ def slice_(ctx, node, dys):
     for axis, start, end, step in zip(axes, starts, ends, steps):
         dim = shape[axis]
         if dim is None:
+            # Exporters that write bounds for every axis (tf2onnx: begin 0, end INT_MAX) slice the batch axis in
+            # full: the identity for any batch size, so it needs no gradient step. Anything else is unsupported.
+            if step == 1 and (int(start) == 0 or int(start) <= -2 ** 31) and int(end) >= 2 ** 31 - 1:
+                continue
             ctx.unsupported("slicing along the batch axis")
         index = slice_indices(int(start), int(end), step, dim)
         if step == 1 and index:
