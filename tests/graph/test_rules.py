@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_cnnviz.errors import UnsupportedOpError
 from onnx_cnnviz.graph.autodiff import engine as engine_mod
 from onnx_cnnviz.graph.autodiff.engine import append_gradients, grad_name
-from onnx_cnnviz.graph.shapes import infer
+from onnx_cnnviz.graph.shapes import TensorInfo, infer
 
 IR_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9}
 
@@ -51,6 +51,7 @@ class Case:
     dims: dict = field(default_factory=dict)  # name -> declared dims; default: first dim "N", rest static
     opset: int = 17
     extra_outputs: tuple = ()
+    shape_fixes: dict = field(default_factory=dict)  # name -> shape replacing what ONNX shape inference says
 
 
 def _is_float(a) -> bool:
@@ -146,6 +147,8 @@ def finite_differences(case: Case, run, eps: float, w: np.ndarray, name: str) ->
 def gradient_graph(case: Case, rule_set: str = "vanilla"):
     model = build(case, np.float32)
     info = infer(model)
+    for name, shape in case.shape_fixes.items():
+        info[name] = TensorInfo(info[name].elem_type, tuple(shape))
     gg = append_gradients(model, score=case.score, wrt=list(case.wrt), info=info, rule_set=rule_set, seed="input")
     onnx.checker.check_model(gg.model, full_check=True)
     for node in gg.model.graph.node:
@@ -600,6 +603,28 @@ AVGPOOL = {
 def test_average_pool(name):
     shape, attrs, opset = AVGPOOL[name]
     check(one("AveragePool", rand(shape), opset=opset, **attrs))
+
+
+@pytest.mark.xfail(strict=False, raises=Exception, reason=(
+    "ONNX shape inference (onnx 1.23) keeps a ceil_mode window that starts in the right padding, which the spec "
+    "and onnxruntime drop: the static shape the engine is handed is 4x4 where the run gives 3x3. The fix belongs "
+    "in graph/shapes.py (correct or probe such pools), not in the rules."))
+@pytest.mark.filterwarnings("ignore:divide by zero")  # the phantom window's element count is 0
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_ceil_mode_last_window_in_padding(op):
+    x = distinct((1, 1, 5, 5)) if op == "MaxPool" else rand((1, 1, 5, 5))
+    check(one(op, x, kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1))
+
+
+@pytest.mark.parametrize("include_pad", [0, 1])
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_ceil_mode_last_window_in_padding_true_shape(op, include_pad):
+    """Given the shape onnxruntime really produces (3x3), both rules are right."""
+    x = distinct((1, 1, 5, 5)) if op == "MaxPool" else rand((1, 1, 5, 5))
+    attrs = dict(count_include_pad=include_pad) if op == "AveragePool" else dict(storage_order=0)
+    case = one(op, x, kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, **attrs)
+    case.shape_fixes["Y"] = (None, 1, 3, 3)
+    check(case)
 
 
 def test_global_average_pool():
