@@ -139,6 +139,9 @@ class Model:
         on_path = downstream(graph, [self.input_name]) & upstream(graph, [self.score_name])
         unknown = [n for node in graph.node for n in node.output if n in on_path and not
                    (n in info and info[n].shape is not None and all(d is not None for d in info[n].shape[1:]))]
+        if graph_shapes.misinferred_pools(model, info):
+            # Every shape after such a pool is off by one window: measure the whole path instead.
+            unknown = [n for node in graph.node for n in node.output if n in on_path]
         if unknown or self.score_name not in info or info[self.score_name].shape is None:
             probe_names = list(dict.fromkeys(unknown + [self.score_name]))
             info.update(graph_shapes.probe(model, probe_names, self.input_name, (self.channels, *hw)))

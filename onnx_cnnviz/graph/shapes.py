@@ -109,3 +109,43 @@ def annotate(model: onnx.ModelProto, info: dict[str, TensorInfo], names=None) ->
             continue
         dims = [d if d is not None else "N" for d in ti.shape]
         graph.value_info.append(helper.make_tensor_value_info(name, ti.elem_type, dims))
+
+
+def pool_output_size(size: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int,
+                     ceil_mode: bool) -> int:
+    """Output length of a pooling window along one axis, as the ONNX spec and onnxruntime compute it.
+
+    In ceil mode the last window must start inside the input or the left padding; a window that would start in the
+    right padding is dropped (onnx's shape inference, as of 1.23, keeps it).
+    """
+    span = dilation * (kernel - 1) + 1
+    if not ceil_mode:
+        return (size + pad_begin + pad_end - span) // stride + 1
+    out = -(-(size + pad_begin + pad_end - span) // stride) + 1
+    if (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out
+
+
+def misinferred_pools(model: onnx.ModelProto, info: dict[str, TensorInfo]) -> list[str]:
+    """Outputs of ceil-mode pools whose inferred shape disagrees with :func:`pool_output_size`."""
+    wrong = []
+    for node in model.graph.node:
+        if node.op_type not in ("MaxPool", "AveragePool"):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not attrs.get("ceil_mode") or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        x, y = info.get(node.input[0]), info.get(node.output[0])
+        if x is None or y is None or x.shape is None or y.shape is None:
+            continue
+        kernel = list(attrs["kernel_shape"])
+        rank = len(kernel)
+        strides = list(attrs.get("strides", [1] * rank))
+        dilations = list(attrs.get("dilations", [1] * rank))
+        pads = list(attrs.get("pads", [0] * 2 * rank))
+        expected = [pool_output_size(s, k, st, d, pb, pe, True) for s, k, st, d, pb, pe in
+                    zip(x.shape[2:], kernel, strides, dilations, pads[:rank], pads[rank:])]
+        if None not in x.shape[2:] and list(y.shape[2:]) != expected:
+            wrong.append(node.output[0])
+    return wrong

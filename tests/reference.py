@@ -1,0 +1,120 @@
+"""A torch reference with its activation pattern pinned to the one onnxruntime computed.
+
+Why: the gradient of a ReLU network is piecewise constant in its activation pattern (which units are on, which
+element wins each max-pool window, which segment of a hard activation is active). torch's and onnxruntime's float32
+kernels differ by ~1e-6 relative, so on random-weight networks a few pre-activations per image sit close enough to a
+kink to flip -- and then both frameworks return the exact gradient of *different* linear regions, differing by up to
+a few percent near the flipped unit. To compare gradients at 1e-4 without hand-picking inputs, this reference runs
+torch autograd with every kink decision taken from the ONNX forward pass: the same region, so every other rule
+(convolutions, pooling, normalisation, the head) is compared exactly, and the decisions themselves are checked
+element-wise (``pattern_mismatch``) so a wrong mask cannot hide.
+
+The ONNX graph lists kink ops in the order torch called them (the TorchScript exporter emits nodes in trace order);
+shapes are asserted at every call so a misalignment fails loudly instead of silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import numpy as np
+from onnx import helper
+
+KINK_OPS = ("Relu", "Clip", "MaxPool", "HardSwish", "HardSigmoid")
+
+
+def onnx_kink_pattern(m, x: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """Run the model's normalised graph and return, per kink op type in node order, what torch needs to pin it:
+    Relu/Clip -> the output; MaxPool -> the flat indices; HardSwish/HardSigmoid -> the input."""
+    import onnxruntime as ort
+
+    model = copy.deepcopy(m.spec(tuple(x.shape[2:])).model)
+    wanted, kinds = [], []
+    for node in model.graph.node:
+        if node.op_type not in KINK_OPS:
+            continue
+        if node.op_type == "MaxPool":
+            while len(node.output) < 2:
+                node.output.append("")
+            if not node.output[1]:
+                node.output[1] = node.output[0] + "__indices"
+            wanted.append(node.output[1])
+        elif node.op_type in ("HardSwish", "HardSigmoid"):
+            wanted.append(node.input[0])
+        else:
+            wanted.append(node.output[0])
+        kinds.append(node.op_type)
+    pattern: dict[str, list[np.ndarray]] = {k: [] for k in KINK_OPS}
+    if not wanted:  # a smooth network (SiLU, GELU): nothing to pin
+        return pattern
+    del model.graph.output[:]
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(wanted, {m.input_name: x.astype(np.float32)})
+    for kind, value in zip(kinds, values):
+        pattern[kind].append(value)
+    return pattern
+
+
+@contextlib.contextmanager
+def pinned(model, pattern: dict[str, list[np.ndarray]]):
+    """Within the block, ``model``'s forward uses the ONNX kink decisions (one forward per pattern)."""
+    import torch
+    import torch.nn.functional as F
+
+    calls = {k: 0 for k in KINK_OPS}
+    stats = {"relu_flips": 0, "relu_units": 0}
+    originals = {"relu": F.relu, "torch_relu": torch.relu, "hardtanh": F.hardtanh, "max_pool2d": F.max_pool2d,
+                 "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid}
+
+    def take(kind, shape):
+        i = calls[kind]
+        calls[kind] += 1
+        value = pattern[kind][i]
+        if kind != "MaxPool":
+            assert tuple(value.shape) == tuple(shape), f"{kind} #{i}: ONNX {value.shape} vs torch {tuple(shape)}"
+        return torch.from_numpy(np.ascontiguousarray(value))
+
+    def relu(x, inplace=False):
+        mask = take("Relu", x.shape) > 0
+        stats["relu_flips"] += int(((x.detach() > 0) != mask).sum())
+        stats["relu_units"] += mask.numel()
+        return torch.where(mask, x, torch.zeros_like(x))
+
+    def hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+        y = take("Clip", x.shape)
+        inside = (y > min_val) & (y < max_val)
+        return torch.where(inside, x, x.clamp(min_val, max_val).detach())
+
+    def max_pool2d(x, *args, **kwargs):
+        return_indices = kwargs.pop("return_indices", False)
+        out = originals["max_pool2d"](x.detach(), *args, **kwargs)
+        idx = take("MaxPool", None).reshape(-1)
+        assert idx.numel() == out.numel(), "MaxPool: ONNX and torch window counts differ"
+        y = x.reshape(-1)[torch.as_tensor(idx, dtype=torch.long)].reshape(out.shape)
+        return (y, idx.reshape(out.shape)) if return_indices else y
+
+    def hardswish(x, inplace=False):
+        region = take("HardSwish", x.shape)
+        lo, hi = region < -3, region > 3
+        return torch.where(lo, torch.zeros_like(x), torch.where(hi, x, x * (x + 3) / 6))
+
+    def hardsigmoid(x, inplace=False):
+        region = take("HardSigmoid", x.shape)
+        inside = (region > -3) & (region < 3)
+        return torch.where(inside, x / 6 + 0.5, (x / 6 + 0.5).clamp(0, 1).detach())
+
+    patches = {(F, "relu"): relu, (torch, "relu"): relu, (F, "hardtanh"): hardtanh, (F, "max_pool2d"): max_pool2d,
+               (F, "hardswish"): hardswish, (F, "hardsigmoid"): hardsigmoid}
+    saved = {key: getattr(*key) for key in patches}
+    # nn.ReLU/ReLU6/MaxPool2d modules call the functional forms, so patching those covers modules and F.* alike;
+    # torch.nn.modules.* import F at module level, hence patching the F attributes is enough.
+    try:
+        for (owner, name), fn in patches.items():
+            setattr(owner, name, fn)
+        yield stats
+    finally:
+        for (owner, name), fn in saved.items():
+            setattr(owner, name, fn)
+    for kind, count in calls.items():
+        assert count == len(pattern[kind]), f"{kind}: torch called {count}, ONNX has {len(pattern[kind])}"
