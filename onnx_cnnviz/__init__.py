@@ -10,6 +10,8 @@ from .errors import (CnnvizError, InputError, ModelLoadError, ModelStructureErro
                      UnsupportedOpError)
 from .graph.structure import Layer
 from .methods import gradients, saliency
+from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam, layer_cam, score_cam,
+                      top_k, xgrad_cam)
 from .model import Model, RunResult
 
 __version__ = "0.1.0"
@@ -28,3 +30,5 @@ def load(source, device: str = "auto", input: str | None = None, output: str | N
 
 __all__ = ["load", "Model", "RunResult", "Layer", "gradients", "saliency", "CnnvizError", "InputError",
            "ModelLoadError", "ModelStructureError", "RuntimeFailure", "UnknownLayerError", "UnsupportedOpError"]
+__all__ += ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
+            "guided_grad_cam", "top_k"]

@@ -1,0 +1,508 @@
+"""Class activation maps: CAM, Grad-CAM and its relatives, Score-CAM, Guided Grad-CAM.
+
+Every method here draws a map from a feature layer ``A`` (N, C, h, w) and, for most of them, the gradient
+``G = dS_c / dA`` of the target class score. They differ **only** in how they combine the channels, which is the table
+:data:`COMBINE` below (one small function per method; Grad-CAM is :func:`_grad_cam_weights`). One :meth:`Model.run`
+returns ``A`` and ``G`` at every requested layer; numpy does the rest. Gradient-free methods (CAM, EigenCAM) ask the
+model for the activations only.
+
+Post-processing replicates pytorch-grad-cam 1.5.7 (``BaseCAM.compute_cam_per_layer`` / ``aggregate_multi_layers``)
+so that maps agree with it:
+
+1. ``relu``: ``max(map, 0)``;
+2. ``normalize``: per-image min-max to [0, 1] (pytorch-grad-cam's ``scale_cam_image`` normalises *before* resizing);
+3. ``upsample``: ``cv2.resize(map, (W, H))`` (bilinear, ``INTER_LINEAR``) to the input size;
+4. several layers: the per-layer maps are averaged, then (``normalize``) min-max scaled once more.
+
+With ``upsample=False, normalize=False, relu=False`` a method returns its raw map at the layer's resolution.
+``targets``: None (each image's top-1 class, chosen inside the same run), an int, or one int per image. ``layer``:
+None (``Model.default_layer``), a layer name, or a list of names (maps averaged after upsampling).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from onnx import numpy_helper
+
+from ..errors import InputError, ModelStructureError
+from ..graph.structure import Layer, consumers, producers
+from ..model import Model
+from .gradients import gradients, normalize_maps
+
+__all__ = ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
+           "guided_grad_cam", "top_k", "COMBINE"]
+
+
+# ==================================================================================================================
+# The channel weightings: (A, G) -> raw map (N, h, w). A: activations (N, C, h, w); G: dS_c/dA, same shape.
+# ==================================================================================================================
+def _weighted_sum(weights: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """sum_k w_k A^k: (N, C) weights, (N, C, h, w) activations -> (N, h, w)."""
+    return (weights[:, :, None, None] * A).sum(axis=1)
+
+
+def _grad_cam_weights(A, G):
+    """Grad-CAM (Selvaraju et al., ICCV 2017, Eq. 1): alpha_k^c = 1/Z sum_ij dS_c/dA^k_ij (spatial mean)."""
+    return G.mean(axis=(2, 3))
+
+
+def _grad_cam_pp_weights(A, G):
+    """Grad-CAM++ closed form (Chattopadhyay et al., WACV 2018, arXiv:1710.11063, Eq. 19 with S = exp-score):
+
+    alpha^kc_ij = g^2 / (2 g^2 + sum_ab A^k_ab * g^3 + eps),  g = dS_c/dA^k_ij, alpha = 0 where g == 0;
+    w^c_k = sum_ij alpha^kc_ij * relu(g)   (the paper's weighted, ReLU-gated sum of gradients).
+    """
+    g2 = G ** 2
+    g3 = g2 * G
+    sum_a = A.sum(axis=(2, 3), keepdims=True)
+    alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
+    alpha = np.where(G != 0, alpha, 0)
+    return (alpha * np.maximum(G, 0)).sum(axis=(2, 3))
+
+
+def _xgrad_cam_weights(A, G):
+    """XGrad-CAM (Fu et al., BMVC 2020): w_k = sum_ij (A^k_ij / sum_ab A^k_ab) dS_c/dA^k_ij."""
+    sum_a = A.sum(axis=(2, 3), keepdims=True)
+    return (G * A / (sum_a + 1e-7)).sum(axis=(2, 3))
+
+
+def _get_2d_projection(A: np.ndarray) -> np.ndarray:
+    """EigenCAM (Muhammad & Yeasin, IJCNN 2020): the activations projected on their first principal component.
+
+    Per image: M = (h*w, C) activations centred per channel, M = U S V^T, map = M v_1. The sign of v_1 is what LAPACK
+    returns, exactly as pytorch-grad-cam's ``get_2d_projection`` (which runs the same numpy SVD on the same float32
+    matrix), so the pictures agree with it.
+    """
+    A = np.nan_to_num(A.astype(np.float32), nan=0.0)
+    out = []
+    for a in A:
+        flat = a.reshape(a.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        out.append((flat @ vt[0]).reshape(a.shape[1:]))
+    return np.asarray(out, dtype=np.float32)
+
+
+# method -> (A, G) -> raw (N, h, w) map. Channel-weighting methods: map = sum_k w_k A^k; pixel-wise ones combine G and A
+# per location before summing over channels.
+COMBINE: dict[str, Callable] = {
+    "grad_cam": lambda A, G: _weighted_sum(_grad_cam_weights(A, G), A),
+    "grad_cam_pp": lambda A, G: _weighted_sum(_grad_cam_pp_weights(A, G), A),
+    "xgrad_cam": lambda A, G: _weighted_sum(_xgrad_cam_weights(A, G), A),
+    "hires_cam": lambda A, G: (G * A).sum(axis=1),  # Draelos & Carin 2020: sum_k dS/dA^k (.) A^k
+    "layer_cam": lambda A, G: (np.maximum(G, 0) * A).sum(axis=1),  # Jiang et al. 2021
+    "eigen_cam": lambda A, G: _get_2d_projection(A),
+}
+USES_GRADIENTS = {"grad_cam", "grad_cam_pp", "xgrad_cam", "hires_cam", "layer_cam"}
+
+
+# ==================================================================================================================
+# The core: one run for activations (and gradients) at the layer(s), then combine, then post-process.
+# ==================================================================================================================
+def _layer_names(m: Model, layer) -> list[str]:
+    if layer is None:
+        if m.default_layer is None:
+            raise ModelStructureError("the model has no spatial feature map (h*w > 1) on the path to the score, so "
+                                      "there is no layer for a class activation map.")
+        return [m.default_layer]
+    items = [layer] if isinstance(layer, (str, Layer)) else list(layer)
+    if not items:
+        raise InputError("layer is an empty list; give a layer name, a list of names, or None (the default layer).")
+    names = []
+    for item in items:
+        name = item.name if isinstance(item, Layer) else item
+        if not isinstance(name, str):
+            raise InputError(f"a layer is named by a string (see Model.layers), got {item!r}.")
+        m.layer(name)  # UnknownLayerError with suggestions
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _resolve_targets(m: Model, run, targets, n: int) -> np.ndarray:
+    if run.targets is not None:
+        return np.asarray(run.targets, dtype=np.int64).reshape(n)
+    if targets is not None:
+        return m.targets_for(targets, n)
+    return run.scores.argmax(axis=1).astype(np.int64)
+
+
+def _resize(maps: np.ndarray, hw: tuple) -> np.ndarray:
+    """Bilinear resize of each (h, w) map to hw, as pytorch-grad-cam's ``scale_cam_image`` does (cv2 INTER_LINEAR)."""
+    import cv2
+
+    H, W = int(hw[0]), int(hw[1])
+    return np.stack([cv2.resize(np.ascontiguousarray(m_, dtype=np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+                     for m_ in maps]).astype(np.float32)
+
+
+def _finish(raw_maps: list, hw: tuple, upsample: bool, normalize: bool, relu: bool) -> np.ndarray:
+    """ReLU -> min-max -> resize per layer; mean over layers -> min-max (pytorch-grad-cam's order)."""
+    maps = []
+    for raw in raw_maps:
+        r = np.asarray(raw, dtype=np.float32)
+        if relu:
+            r = np.maximum(r, 0)
+        if normalize:
+            r = normalize_maps(r)
+        if upsample:
+            r = _resize(r, hw)
+        maps.append(r)
+    if len({mp.shape for mp in maps}) > 1:
+        raise InputError("the layers have different resolutions "
+                         f"({', '.join(str(mp.shape[1:]) for mp in maps)}); averaging them needs upsample=True.")
+    out = maps[0] if len(maps) == 1 else np.mean(np.stack(maps), axis=0)
+    if normalize:
+        out = normalize_maps(out)
+    return out.astype(np.float32)
+
+
+def _family(m: Model, x, targets, layer, method: str, upsample: bool, normalize: bool, relu: bool,
+            batch_size, grad_sign: float = 1.0, combine: Callable | None = None):
+    """Maps of one CAM-family ``method`` and the (N,) targets used.
+
+    One ``m.run`` exposes the activations of every layer in ``layer`` (and their gradients when the method uses them);
+    ``COMBINE[method](A, G)`` (or ``combine(A, G, targets)``) makes each layer's raw map; :func:`_finish` does the rest.
+    """
+    names = _layer_names(m, layer)
+    if not upsample and len({m.layer(n).shape[2:] for n in names}) > 1:
+        raise InputError(f"the layers {names} have different resolutions; averaging them needs upsample=True.")
+    grads = method in USES_GRADIENTS
+    run = m.run(x, outputs=names, wrt=names if grads else (), targets=targets, batch_size=batch_size)
+    n = run.scores.shape[0]
+    tgt = _resolve_targets(m, run, targets, n)
+    raw = []
+    for name in names:
+        A = run.outputs[name]
+        G = grad_sign * run.grads[name] if grads else None
+        raw.append(COMBINE[method](A, G) if combine is None else combine(A, G, tgt))
+    return _finish(raw, np.shape(x)[2:], upsample, normalize, relu), tgt
+
+
+# ==================================================================================================================
+# Public functions
+# ==================================================================================================================
+def grad_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+             relu: bool = True, counterfactual: bool = False, batch_size: int | None = None) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization", ICCV 2017): ``alpha_k^c = 1/Z sum_ij dS_c/dA^k_ij`` (Eq. 1), ``L^c = ReLU(sum_k alpha_k^c A^k)``
+    (Eq. 2). ``counterfactual=True`` negates the gradients (the paper's "counterfactual explanations"): regions whose
+    removal would raise the class score. Returns (N, H, W) float32."""
+    return _family(m, x, targets, layer, "grad_cam", upsample, normalize, relu, batch_size,
+                   grad_sign=-1.0 if counterfactual else 1.0)[0]
+
+
+def grad_cam_pp(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+                relu: bool = True, batch_size: int | None = None) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al., WACV 2018, arXiv:1710.11063), the closed form pytorch-grad-cam uses:
+
+    ``g = dS_c/dA``; ``alpha_ij^k = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (Eq. 19: the exponential-score assumption
+    turns the 2nd/3rd derivatives into powers of the first), ``alpha = 0`` where ``g == 0``;
+    ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``; map ``= ReLU(sum_k w_k A^k)``. Returns (N, H, W) float32."""
+    return _family(m, x, targets, layer, "grad_cam_pp", upsample, normalize, relu, batch_size)[0]
+
+
+def hires_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+              relu: bool = True, batch_size: int | None = None) -> np.ndarray:
+    """HiResCAM (Draelos & Carin, arXiv:2011.08891): ``map = ReLU(sum_k dS_c/dA^k (.) A^k)``, the element-wise
+    product instead of Grad-CAM's spatially averaged gradient. Returns (N, H, W) float32."""
+    return _family(m, x, targets, layer, "hires_cam", upsample, normalize, relu, batch_size)[0]
+
+
+def xgrad_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+              relu: bool = True, batch_size: int | None = None) -> np.ndarray:
+    """XGrad-CAM (Fu et al., BMVC 2020, arXiv:2008.02312): ``w_k = sum_ij (A^k_ij / (sum_ab A^k_ab + eps))
+    dS_c/dA^k_ij``, map ``= ReLU(sum_k w_k A^k)``. Returns (N, H, W) float32."""
+    return _family(m, x, targets, layer, "xgrad_cam", upsample, normalize, relu, batch_size)[0]
+
+
+def layer_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+              relu: bool = True, batch_size: int | None = None) -> np.ndarray:
+    """LayerCAM (Jiang et al., IEEE TIP 2021): ``map = ReLU(sum_k ReLU(dS_c/dA^k) (.) A^k)``; meant to be
+    used at shallow layers too (pass a list of layers to combine them). Returns (N, H, W) float32."""
+    return _family(m, x, targets, layer, "layer_cam", upsample, normalize, relu, batch_size)[0]
+
+
+def eigen_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+              relu: bool = True, batch_size: int | None = None) -> np.ndarray:
+    """EigenCAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299): the projection of the (h*w, C) centred
+    activations on their first right singular vector. Class-agnostic: ``targets`` is accepted and ignored; no
+    gradient is computed. Returns (N, H, W) float32."""
+    return _family(m, x, targets, layer, "eigen_cam", upsample, normalize, relu, batch_size)[0]
+
+
+# --- Score-CAM ---------------------------------------------------------------------------------------------------
+def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out, in) interpolation matrix of bilinear resizing with align_corners=True (torch UpsamplingBilinear2d)."""
+    mat = np.zeros((out_size, in_size), dtype=np.float64)
+    if in_size == 1 or out_size == 1:
+        mat[:, 0] = 1.0
+        return mat
+    src = np.arange(out_size) * (in_size - 1) / (out_size - 1)
+    i0 = np.clip(np.floor(src).astype(int), 0, in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = src - i0
+    mat[np.arange(out_size), i0] += 1.0 - frac
+    mat[np.arange(out_size), i1] += frac
+    return mat
+
+
+def _score_cam_weights(m: Model, x: np.ndarray, A: np.ndarray, tgt: np.ndarray, batch_size: int) -> np.ndarray:
+    """Score-CAM channel weights (Wang et al., CVPR-W 2020), as pytorch-grad-cam's ``ScoreCAM``:
+
+    each channel A^k is upsampled to the input size (bilinear, align_corners=True), min-max scaled to [0, 1]
+    (``H^k = (U^k - min) / (max - min + 1e-8)``), the image is masked ``x (.) H^k``, and the target class scores
+    ``S_c(x (.) H^k)`` of all channels go through a softmax over k: ``w_k = softmax_k S_c(x (.) H^k)``.
+    """
+    H, W = x.shape[2:]
+    ry = _bilinear_matrix(H, A.shape[2]).astype(np.float32)
+    rx = _bilinear_matrix(W, A.shape[3]).astype(np.float32)
+    weights = np.zeros(A.shape[:2], dtype=np.float32)
+    for i in range(A.shape[0]):
+        up = np.einsum("Hh,chw,Ww->cHW", ry, A[i], rx, optimize=True)
+        flat = up.reshape(up.shape[0], -1)
+        lo, hi = flat.min(axis=1)[:, None, None], flat.max(axis=1)[:, None, None]
+        up = (up - lo) / (hi - lo + 1e-8)
+        scores = np.empty(A.shape[1], dtype=np.float64)
+        for start in range(0, A.shape[1], batch_size):
+            masked = x[i][None] * up[start:start + batch_size, None]
+            scores[start:start + batch_size] = m.scores(masked.astype(np.float32), batch_size=batch_size)[:, tgt[i]]
+        e = np.exp(scores - scores.max())
+        weights[i] = e / e.sum()
+    return weights
+
+
+def score_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+              relu: bool = True, batch_size: int | None = None) -> np.ndarray:
+    """Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for CNNs", CVPR-W 2020):
+    ``w_k = softmax_k S_c(x (.) norm(up(A^k)))``, map ``= ReLU(sum_k w_k A^k)`` (see :func:`_score_cam_weights`).
+    Gradient-free but costs C extra forward passes per image (C = the layer's channels), run in batches of
+    ``batch_size`` (default: the model's, 16). Returns (N, H, W) float32."""
+    x = np.asarray(x)
+    step = max(1, int(batch_size or m.batch_size))
+
+    def combine(A, G, tgt):
+        return _weighted_sum(_score_cam_weights(m, x.astype(np.float32), A, tgt, step), A)
+
+    return _family(m, x, targets, layer, "score_cam", upsample, normalize, relu, batch_size, combine=combine)[0]
+
+
+# --- CAM (Zhou et al.) -------------------------------------------------------------------------------------------
+_PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+
+
+@dataclass
+class CamHead:
+    """The linear classifier head CAM reads its class weights from."""
+    layer: str  # the feature map feeding the head
+    weights: np.ndarray  # (K, C): S_c = sum_k weights[c, k] * mean_ij A^k_ij (+ bias)
+    form: str  # a readable description
+    aliases: tuple = ()  # tensors equal to ``layer`` (through Identity / Dropout)
+
+
+def _const(graph, name: str, inits: dict, made_by: dict):
+    """The value of a weight tensor (an initializer, possibly behind Identity/Cast/Transpose), or None."""
+    if name in inits:
+        return numpy_helper.to_array(inits[name]).astype(np.float32)
+    node = made_by.get(name)
+    if node is None or not node.input:
+        return None
+    if node.op_type in ("Identity", "Cast"):
+        return _const(graph, node.input[0], inits, made_by)
+    if node.op_type == "Transpose":
+        value = _const(graph, node.input[0], inits, made_by)
+        if value is None:
+            return None
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return np.transpose(value, perm)
+    return None
+
+
+def _attr(node, name, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _global_pool_input(node, info, inits, made_by, graph) -> str | None:
+    """The 4-D input of a global spatial average (GlobalAveragePool, ReduceMean over H and W, or an AveragePool
+    whose kernel covers the map), else None."""
+    if node.op_type == "GlobalAveragePool":
+        return node.input[0]
+    shape = info.get(node.input[0]).shape if info.get(node.input[0]) is not None else None
+    if shape is None or len(shape) != 4:
+        return None
+    if node.op_type == "ReduceMean":
+        axes = _attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            value = _const(graph, node.input[1], inits, made_by)
+            axes = None if value is None else [int(v) for v in value.reshape(-1)]
+        if axes is not None and sorted(a % 4 for a in axes) == [2, 3]:
+            return node.input[0]
+        return None
+    if node.op_type == "AveragePool":
+        kernel = list(_attr(node, "kernel_shape", []))
+        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        if kernel == list(shape[2:]) and not any(pads):
+            return node.input[0]
+    return None
+
+
+def _back_through(name: str, made_by: dict, walked: list) -> str:
+    """Follow ``name`` back through shape-only ops (Reshape/Flatten/Squeeze/Identity/Dropout)."""
+    while name in made_by and made_by[name].op_type in _PASS_THROUGH:
+        walked.append(made_by[name].op_type)
+        name = made_by[name].input[0]
+    return name
+
+
+def cam_head(m: Model) -> CamHead:
+    """Find CAM's class weights: the score must be a linear function of a global average of one feature map.
+
+    Accepted heads (Zhou et al. 2016, Sec. 2, and its fully convolutional variant):
+
+    * ``A -> GlobalAveragePool | ReduceMean(H, W) -> [Flatten/Reshape/Squeeze] -> Gemm | MatMul [+ Add]`` with
+      constant weights (ResNet, DenseNet, MobileNet, EfficientNet, GoogLeNet, ...): ``w^c_k = W[c, k]``;
+    * ``A -> Conv 1x1 (constant weights) -> [Relu] -> GlobalAveragePool -> [Flatten]`` (SqueezeNet, NiN):
+      ``w^c_k = W_conv[c, k, 0, 0]``. A ReLU after the 1x1 conv makes the score no longer exactly linear in ``A``;
+      CAM then uses the linear part ``sum_k w^c_k A^k``, as the paper's definition does.
+
+    Biases are left out (they shift every location of ``M_c`` alike). Raises ModelStructureError otherwise.
+    """
+    spec = m.spec()
+    graph, info = spec.model.graph, spec.info
+    made_by = producers(graph)
+    inits = {t.name: t for t in graph.initializer}
+    walked: list = []
+
+    def fail(reason: str):
+        chain = " <- ".join(["score"] + walked) if walked else "score"
+        raise ModelStructureError(
+            f"CAM needs the class score to be a linear layer over a global average pool of a feature map "
+            f"(GlobalAveragePool/ReduceMean -> [Flatten] -> Gemm/MatMul, or 1x1 Conv -> [Relu] -> "
+            f"GlobalAveragePool); {reason} (walking back from the score: {chain}). Use grad_cam, which needs no "
+            "particular head and equals CAM on such networks.")
+
+    name = _back_through(m.score_name, made_by, walked)
+    node = made_by.get(name)
+    if node is None:
+        fail("the score is not computed by any node")
+    walked.append(node.op_type)
+    bias_add = None
+    if node.op_type == "Add":  # MatMul + bias
+        parts = [i for i in node.input if _const(graph, i, inits, made_by) is None]
+        if len(parts) != 1 or parts[0] not in made_by or made_by[parts[0]].op_type != "MatMul":
+            fail("found an Add that is not a MatMul's bias")
+        bias_add = node
+        node = made_by[parts[0]]
+        walked.append(node.op_type)
+
+    if node.op_type in ("Gemm", "MatMul"):
+        b = _const(graph, node.input[1], inits, made_by)
+        if b is None:
+            fail(f"the {node.op_type} node '{node.name}' has no constant weight matrix")
+        if node.op_type == "Gemm":
+            if _attr(node, "transA", 0):
+                fail(f"the Gemm node '{node.name}' transposes its input (transA=1)")
+            weights = (b if _attr(node, "transB", 0) else b.T) * float(_attr(node, "alpha", 1.0))
+        else:
+            if b.ndim != 2:
+                fail(f"the MatMul node '{node.name}' has a {b.ndim}-D weight")
+            weights = b.T
+        pooled = _back_through(node.input[0], made_by, walked)
+        pool = made_by.get(pooled)
+        feature = _global_pool_input(pool, info, inits, made_by, graph) if pool is not None else None
+        if pool is not None:
+            walked.append(pool.op_type)
+        if feature is None:
+            fail("the linear layer's input is not a global average pool of a feature map")
+        form = (f"{pool.op_type} -> {node.op_type}" + (" + Add" if bias_add is not None else "")
+                + f" ({weights.shape[0]} classes x {weights.shape[1]} channels)")
+    else:
+        feature_map = _global_pool_input(node, info, inits, made_by, graph)
+        if feature_map is None:
+            fail(f"found {node.op_type} where a Gemm/MatMul or a global average pool was expected")
+        conv_out = feature_map
+        relu = made_by.get(conv_out)
+        if relu is not None and relu.op_type == "Relu":
+            walked.append("Relu")
+            conv_out = relu.input[0]
+        conv_out = _back_through(conv_out, made_by, walked)
+        conv = made_by.get(conv_out)
+        if conv is None or conv.op_type != "Conv":
+            if conv is not None:
+                walked.append(conv.op_type)
+            fail("the pooled map is not made by a 1x1 convolution (the CAM layer would be a classifier map)")
+        walked.append("Conv")
+        w = _const(graph, conv.input[1], inits, made_by)
+        if w is None or w.ndim != 4 or w.shape[2:] != (1, 1) or int(_attr(conv, "group", 1)) != 1 \
+                or any(s != 1 for s in _attr(conv, "strides", [1, 1])) or any(_attr(conv, "pads", [0, 0, 0, 0])):
+            fail(f"the Conv node '{conv.name}' before the pooling is not a plain 1x1 convolution with constant "
+                 "weights")
+        weights = w[:, :, 0, 0]
+        feature = conv.input[0]
+        form = (f"Conv 1x1{' -> Relu' if relu is not None and relu.op_type == 'Relu' else ''} -> {node.op_type} "
+                f"({weights.shape[0]} classes x {weights.shape[1]} channels)")
+    if weights.shape[0] != m.num_classes:
+        fail(f"the head's weight matrix has {weights.shape[0]} rows but the model scores {m.num_classes} classes")
+    aliases = [feature]
+    cursor = feature
+    while cursor in made_by and made_by[cursor].op_type in ("Identity", "Dropout"):
+        cursor = made_by[cursor].input[0]
+        aliases.append(cursor)
+    return CamHead(feature, weights.astype(np.float32), form, tuple(aliases))
+
+
+def cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True, relu: bool = True,
+        batch_size: int | None = None) -> np.ndarray:
+    """CAM (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, Sec. 2):
+    ``M_c(x, y) = sum_k w^c_k f_k(x, y)``, with ``w^c`` the classifier weights of class ``c`` after global average
+    pooling of the feature maps ``f_k`` (see :func:`cam_head` for the accepted heads). One forward pass, no
+    gradient. ``layer=None`` picks the feature map feeding the head; any other layer is an error (use grad_cam).
+    Returns (N, H, W) float32."""
+    head = cam_head(m)
+    if layer is not None:
+        names = _layer_names(m, layer)
+        wrong = [n for n in names if n not in head.aliases]
+        if wrong:
+            raise InputError(f"CAM is defined only at the feature map feeding the classifier head ({head.form}): "
+                             f"'{head.layer}', not '{wrong[0]}'. For other layers use grad_cam (equal to CAM at "
+                             f"'{head.layer}' on this network).")
+    weights = head.weights
+
+    def combine(A, G, tgt):
+        return _weighted_sum(weights[tgt], A)
+
+    return _family(m, x, targets, head.layer, "cam", upsample, normalize, relu, batch_size, combine=combine)[0]
+
+
+# --- Guided Grad-CAM and top-k ------------------------------------------------------------------------------------
+def guided_grad_cam(m: Model, x, targets=None, layer=None, batch_size: int | None = None) -> np.ndarray:
+    """Guided Grad-CAM (Selvaraju et al. 2017, Sec. 3.1): guided backpropagation (Springenberg et al. 2015) times the
+    upsampled, normalised Grad-CAM map: ``G_guided(x) (.) L^c_Grad-CAM``. Returns (N, C, H, W) float32."""
+    maps, tgt = _family(m, x, targets, layer, "grad_cam", True, True, True, batch_size)
+    guided = gradients(m, x, tgt, rule="guided", batch_size=batch_size)
+    return (guided * maps[:, None]).astype(np.float32)
+
+
+def top_k(method: Callable, m: Model, x, k: int = 5, **kwargs):
+    """Maps of the ``k`` best-scoring classes of each image (the CAM paper's top-5 figure).
+
+    ``method`` is one of this module's functions (``cam``, ``grad_cam``, ...); ``kwargs`` go to it. Returns
+    ``(maps (N, k, ...), classes (N, k))`` with classes in decreasing score order.
+    """
+    if "targets" in kwargs:
+        raise InputError("top_k chooses the targets itself (the k best classes); do not pass targets.")
+    x = np.asarray(x)
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= m.num_classes:
+        raise InputError(f"k must be an int between 1 and {m.num_classes}, got {k!r}.")
+    scores = m.scores(x, batch_size=kwargs.get("batch_size"))
+    classes = np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
+    n = scores.shape[0]
+    maps = method(m, np.repeat(x, k, axis=0), targets=classes.reshape(-1), **kwargs)
+    return maps.reshape(n, k, *maps.shape[1:]), classes
