@@ -10,6 +10,7 @@ from .errors import (CnnvizError, InputError, ModelLoadError, ModelStructureErro
                      UnsupportedOpError)
 from .graph.structure import Layer
 from .methods import gradients, saliency
+from .methods import input_x_gradient, integrated_gradients, occlusion, smoothgrad
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam, layer_cam, score_cam,
                       top_k, xgrad_cam)
 from .model import Model, RunResult
@@ -32,3 +33,4 @@ __all__ = ["load", "Model", "RunResult", "Layer", "gradients", "saliency", "Cnnv
            "ModelLoadError", "ModelStructureError", "RuntimeFailure", "UnknownLayerError", "UnsupportedOpError"]
 __all__ += ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
             "guided_grad_cam", "top_k"]
+__all__ += ["occlusion", "input_x_gradient", "smoothgrad", "integrated_gradients"]

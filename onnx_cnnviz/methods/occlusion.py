@@ -1,0 +1,111 @@
+"""Occlusion maps (Zeiler & Fergus 2014, Sec. 4.2 and Fig. 7), with the occluded images made inside the graph.
+
+A window of baseline values slides over the image; for every pixel the map averages, over all windows that cover it,
+
+* ``mode="score"``: the drop of the target class score, ``S_c(x) - S_c(x with the window occluded)`` — the same
+  number as captum's ``Occlusion.attribute(x, sliding_window_shapes=(C, wh, ww), strides=(C, sh, sw),
+  baselines=b, target=c)`` (window placement and normalisation included; captum's map is equal across channels);
+* ``mode="probability"``: the probability (softmax of the scores) of the target class with the window occluded, as in
+  Zeiler & Fergus Fig. 7(d): low where the object is.
+
+The graph built by :func:`onnx_cnnviz.graph.occlusion.occlusion_graph` takes the image once plus a (P, 2) tensor of
+window positions and makes the P occluded images itself, so only those two travel to the runtime per run. The
+unoccluded image is evaluated in the same run as one extra "position" outside the image; its scores give the
+reference score and, when ``targets`` is None, the top-1 class.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW, occlusion_graph,
+                               window_positions)
+from ..model import Model
+from .attribution import auto_batch_size
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    try:
+        pair = tuple(int(v) for v in value)
+    except TypeError:
+        raise InputError(f"{name} must be an int or (height, width), got {value!r}.") from None
+    if len(pair) != 2 or min(pair) < 1:
+        raise InputError(f"{name} must be an int or (height, width) of positive ints, got {value!r}.")
+    return pair
+
+
+def occlusion_session(m: Model, hw, mode: str = "score"):
+    """The cached session of the occlusion graph for input size ``hw``."""
+    hw = tuple(int(v) for v in hw)
+    return m.cached_session(("occlusion", hw, mode), lambda: occlusion_graph(
+        m.spec(hw).model, m.input_name, m.score_name, mode=mode))
+
+
+def _baselines(x: np.ndarray, baseline) -> np.ndarray:
+    """(N, C) float32 per-image, per-channel fill values."""
+    n, c = x.shape[:2]
+    if isinstance(baseline, str):
+        if baseline != "mean":
+            raise InputError(f"baseline must be a float, {c} per-channel values or 'mean', not {baseline!r}.")
+        return x.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+    arr = np.asarray(baseline, dtype=np.float32)
+    if arr.ndim == 0:
+        return np.full((n, c), float(arr), dtype=np.float32)
+    if arr.shape == (c,):
+        return np.broadcast_to(arr, (n, c)).copy()
+    if arr.shape == (n, c):
+        return arr.copy()
+    raise InputError(f"baseline must be a float, {c} per-channel values, ({n}, {c}) values or 'mean'; got shape "
+                     f"{arr.shape}.")
+
+
+def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baseline=0.0, mode: str = "score",
+              batch_size: int | None = None) -> np.ndarray:
+    """(N, H, W) float32 occlusion map.
+
+    ``window``/``stride``: (height, width) or one int. Windows start at 0, stride, 2*stride, ... along each axis,
+    ``ceil((H - wh) / sh) + 1`` of them (captum's placement): the last one may reach past the border and is clipped.
+    ``baseline``: the fill value, a float, per-channel values (C,), or ``"mean"`` (each image's channel means).
+    ``mode``: ``"score"`` (score drop, as captum) or ``"probability"`` (softmax probability of the target with the
+    pixel occluded, averaged over the windows covering it). ``targets``: None = top-1 of the unoccluded image.
+    ``batch_size``: occluded images per run (default: as many as a memory budget allows, at most 64).
+    """
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
+    x = m._check_input(x)
+    n, c, h, w = x.shape
+    window, stride = _pair(window, "window"), _pair(stride, "stride")
+    if window[0] > h or window[1] > w:
+        raise InputError(f"window {window} is larger than the image ({h}x{w}).")
+    target_arr = m.targets_for(targets, n)
+    fills = _baselines(x, baseline)
+    positions = window_positions((h, w), window, stride)
+    # Row 0 of every image: a window entirely outside the image, i.e. the image itself.
+    rows = np.concatenate([np.array([[h, w]], dtype=np.int64), positions])
+    bs = int(batch_size) if batch_size else auto_batch_size(m, (h, w), len(rows), backward=False)
+    if m.static_batch:
+        bs = 1
+    if bs < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    session = occlusion_session(m, (h, w), mode)
+    window_feed = np.asarray(window, dtype=np.int64)
+
+    # Row / column membership of every window, to spread each window's value over the pixels it covers.
+    row_idx, col_idx = np.arange(h), np.arange(w)
+    in_rows = ((row_idx[None] >= positions[:, :1]) & (row_idx[None] < positions[:, :1] + window[0])).astype(np.float64)
+    in_cols = ((col_idx[None] >= positions[:, 1:]) & (col_idx[None] < positions[:, 1:] + window[1])).astype(np.float64)
+    counts = in_rows.T @ in_cols  # (H, W) windows covering each pixel
+
+    maps = np.zeros((n, h, w), dtype=np.float32)
+    for i in range(n):
+        image = x[i:i + 1]
+        values = [session.run({IMAGE: image, POSITIONS: rows[s:s + bs], WINDOW: window_feed, BASELINE: fills[i]},
+                              [OUTPUT])[OUTPUT] for s in range(0, len(rows), bs)]
+        values = np.concatenate(values).reshape(len(rows), -1).astype(np.float64)
+        t = int(values[0].argmax()) if target_arr is None else int(target_arr[i])
+        per_window = values[0, t] - values[1:, t] if mode == "score" else values[1:, t]
+        total = in_rows.T @ (per_window[:, None] * in_cols)
+        maps[i] = np.where(counts > 0, total / np.maximum(counts, 1), 0.0)
+    return maps
