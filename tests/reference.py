@@ -64,6 +64,8 @@ def pinned(model, pattern: dict[str, list[np.ndarray]]):
 
     calls = {k: 0 for k in KINK_OPS}
     stats = {"relu_flips": 0, "relu_units": 0}
+    # Pin only inside the model's forward: captum's backward hooks call F.relu on gradients.
+    active = [False]
     originals = {"relu": F.relu, "torch_relu": torch.relu, "hardtanh": F.hardtanh, "max_pool2d": F.max_pool2d,
                  "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid}
 
@@ -76,17 +78,23 @@ def pinned(model, pattern: dict[str, list[np.ndarray]]):
         return torch.from_numpy(np.ascontiguousarray(value))
 
     def relu(x, inplace=False):
+        if not active[0]:
+            return originals["relu"](x, inplace=inplace)
         mask = take("Relu", x.shape) > 0
         stats["relu_flips"] += int(((x.detach() > 0) != mask).sum())
         stats["relu_units"] += mask.numel()
         return torch.where(mask, x, torch.zeros_like(x))
 
     def hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+        if not active[0]:
+            return originals["hardtanh"](x, min_val, max_val, inplace)
         y = take("Clip", x.shape)
         inside = (y > min_val) & (y < max_val)
         return torch.where(inside, x, x.clamp(min_val, max_val).detach())
 
     def max_pool2d(x, *args, **kwargs):
+        if not active[0]:
+            return originals["max_pool2d"](x, *args, **kwargs)
         return_indices = kwargs.pop("return_indices", False)
         out = originals["max_pool2d"](x.detach(), *args, **kwargs)
         idx = take("MaxPool", None).reshape(-1)
@@ -95,20 +103,34 @@ def pinned(model, pattern: dict[str, list[np.ndarray]]):
         return (y, idx.reshape(out.shape)) if return_indices else y
 
     def hardswish(x, inplace=False):
+        if not active[0]:
+            return originals["hardswish"](x, inplace)
         region = take("HardSwish", x.shape)
         lo, hi = region < -3, region > 3
         return torch.where(lo, torch.zeros_like(x), torch.where(hi, x, x * (x + 3) / 6))
 
     def hardsigmoid(x, inplace=False):
+        if not active[0]:
+            return originals["hardsigmoid"](x, inplace)
         region = take("HardSigmoid", x.shape)
         inside = (region > -3) & (region < 3)
         return torch.where(inside, x / 6 + 0.5, (x / 6 + 0.5).clamp(0, 1).detach())
 
-    patches = {(F, "relu"): relu, (torch, "relu"): relu, (F, "hardtanh"): hardtanh, (F, "max_pool2d"): max_pool2d,
+    def torch_relu(x):
+        return relu(x) if active[0] else originals["torch_relu"](x)
+
+    patches = {(F, "relu"): relu, (torch, "relu"): torch_relu, (F, "hardtanh"): hardtanh, (F, "max_pool2d"): max_pool2d,
                (F, "hardswish"): hardswish, (F, "hardsigmoid"): hardsigmoid}
     saved = {key: getattr(*key) for key in patches}
     # nn.ReLU/ReLU6/MaxPool2d modules call the functional forms, so patching those covers modules and F.* alike;
     # torch.nn.modules.* import F at module level, hence patching the F attributes is enough.
+    def start(_module, _inputs):
+        active[0] = True
+
+    def stop(_module, _inputs, _output):
+        active[0] = False
+
+    hooks = [model.register_forward_pre_hook(start), model.register_forward_hook(stop)]
     try:
         for (owner, name), fn in patches.items():
             setattr(owner, name, fn)
@@ -116,5 +138,60 @@ def pinned(model, pattern: dict[str, list[np.ndarray]]):
     finally:
         for (owner, name), fn in saved.items():
             setattr(owner, name, fn)
+        for hook in hooks:
+            hook.remove()
     for kind, count in calls.items():
         assert count == len(pattern[kind]), f"{kind}: torch called {count}, ONNX has {len(pattern[kind])}"
+
+
+def float64_scores(m, hw=None):
+    """``f(x) -> (N, K)`` scores computed by onnx's numpy ReferenceEvaluator on a float64 copy of the normalised graph.
+
+    An implementation independent of onnxruntime, precise enough for finite differences with tiny steps (a float32
+    forward cannot resolve them, and larger steps cross ReLU kinks and measure a secant).
+    """
+    from onnx import TensorProto, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    import onnx
+
+    model = copy.deepcopy(m.spec(hw).model)
+    graph = model.graph
+    for i, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.DOUBLE
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64)))
+    evaluator = ReferenceEvaluator(model)
+
+    def scores(x: np.ndarray) -> np.ndarray:
+        out = evaluator.run([m.score_name], {m.input_name: np.asarray(x, dtype=np.float64)})[0]
+        return out.reshape(len(x), -1)
+
+    return scores
+
+
+def directional_derivative_check(m, x, targets, rng, h: float = 1e-5, rtol: float = 1e-3, patch: int = 16):
+    """Our gradient dotted with a random direction d (one patch per image) against the float64 central difference
+    of the reference scores; returns our gradients."""
+    import onnx_cnnviz as cv
+
+    grads = cv.gradients(m, x, targets=targets)
+    d = np.zeros(x.shape, dtype=np.float64)
+    top, left = (x.shape[2] - patch) // 2, (x.shape[3] - patch) // 2
+    d[:, :, top:top + patch, left:left + patch] = rng.standard_normal((len(x), x.shape[1], patch, patch))
+    f = float64_scores(m, tuple(x.shape[2:]))
+    x64 = x.astype(np.float64)
+    idx = np.arange(len(x))
+    numeric = (f(x64 + h * d)[idx, targets] - f(x64 - h * d)[idx, targets]) / (2 * h)
+    analytic = (grads.astype(np.float64) * d).reshape(len(x), -1).sum(1)
+    scale = np.abs(grads).max() * np.abs(d).sum() / len(x) ** 0  # bound of |<g, d>| per sample
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=rtol * 1e-2 * scale)
+    return grads

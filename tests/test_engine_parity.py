@@ -90,14 +90,14 @@ def test_vanilla_gradient_matches_torch_autograd(loaded, name):
 
 def captum_ready(name: str, model):
     """The same function as ``model`` with every ReLU an nn.ReLU module call (captum misses functional ReLUs)."""
-    import torchvision
+    from torchvision.models.googlenet import BasicConv2d
 
     if name == "densenet121":  # forward() applies F.relu after `features`
         return torch.nn.Sequential(model.features, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                    torch.nn.Flatten(), model.classifier).eval()
     if name == "googlenet":  # BasicConv2d.forward ends with F.relu
         for module in model.modules():
-            if isinstance(module, torchvision.models.googlenet.BasicConv2d):
+            if isinstance(module, BasicConv2d):
                 relu = torch.nn.ReLU()
                 module.add_module("relu_module", relu)
                 module.forward = (lambda mod: (lambda t: mod.relu_module(mod.bn(mod.conv(t)))))(module)
@@ -112,8 +112,9 @@ def test_guided_and_deconvnet_match_captum(loaded, name, rule, reference):
     model, m, size = loaded(name)
     x = batch_for(size)
     ours = cv.gradients(m, x, targets=TARGETS, rule=rule)
-    explainer = getattr(captum_attr, reference)(captum_ready(name, model))
-    with pinned(model, onnx_kink_pattern(m, x)):
+    ready = captum_ready(name, model)
+    explainer = getattr(captum_attr, reference)(ready)
+    with pinned(ready, onnx_kink_pattern(m, x)):
         ref = explainer.attribute(torch.from_numpy(x).clone().requires_grad_(True),
                                   target=torch.as_tensor(TARGETS)).detach().numpy()
     for i in range(len(x)):
