@@ -285,6 +285,51 @@ class Model:
         """(N, K) float32 class scores before any final Softmax/LogSoftmax/Sigmoid."""
         return self.run(x, batch_size=batch_size).scores
 
+    def vjp(self, x, at: str, seed, wrt=None, outputs=(), rule: str = "vanilla",
+            batch_size: int | None = None) -> RunResult:
+        """Backward pass seeded at any tensor: gradients of ``L = sum seed * T`` with ``T`` the tensor ``at``.
+
+        ``seed`` has the shape of ``T`` for the batch, ``(N, *T.shape[1:])`` (or ``(N, prod)``); it is fed to the graph
+        at run time, so one cached graph serves every seed: a one-hot seed gives the gradient of one unit (a neuron
+        objective, guided backprop of a unit), a channel-uniform one the gradient of a channel mean, and
+        ``2 (Phi(x) - Phi_0)`` the gradient of ``||Phi(x) - Phi_0||^2`` (feature inversion). ``wrt``: tensor names
+        (default: the input). Returns a :class:`RunResult` whose ``outputs`` hold ``T`` and ``outputs`` and whose
+        ``grads`` hold ``dL/d wrt``; ``scores`` is None (the class scores are not computed unless ``T`` needs them).
+        """
+        x = self._check_input(x)
+        n = x.shape[0]
+        wrt = (self.input_name,) if wrt is None else tuple([wrt] if isinstance(wrt, str) else wrt)
+        outputs = tuple(outputs)
+        for name in (at,) + outputs + wrt:
+            if name != self.input_name:
+                self._require_tensor(name)
+        hw = tuple(x.shape[2:])
+        spec = self._spec(hw)
+        ti = spec.info.get(at)
+        size = int(np.prod(ti.shape[1:]))
+        seed = np.asarray(seed, dtype=np.float32)
+        if seed.shape[0] != n or int(np.prod(seed.shape[1:])) != size:
+            raise InputError(f"seed must have shape ({n}, {', '.join(str(d) for d in ti.shape[1:])}) like '{at}', "
+                             f"got {seed.shape}.")
+        seed = np.ascontiguousarray(seed.reshape(n, size))
+        key = ("vjp", hw, at, outputs, wrt, rule)
+
+        def build():
+            gg = append_gradients(spec.model, at, list(wrt), spec.info, rule_set=rule, seed="input",
+                                  constants=spec.constants)
+            names = [at] + [o for o in outputs if o != at] + [gg.gradients[w] for w in wrt]
+            return _keep_outputs(gg.model, names, spec.info)
+
+        session = self.cached_session(key, build)
+        step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
+        parts = [session.run({self.input_name: x[s:s + step], "cnnviz/seed": seed[s:s + step]})
+                 for s in range(0, n, step)]
+        merged = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        result = RunResult(scores=None, targets=None)
+        result.outputs = {o: merged[o] for o in (at,) + outputs}
+        result.grads = {w: merged["cnnviz/grad/" + w] for w in wrt}
+        return result
+
     def _require_tensor(self, name: str) -> None:
         spec = self._spec(self._static_hw or self._default_hw())
         if name in spec.info:
