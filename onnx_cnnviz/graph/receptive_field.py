@@ -1,0 +1,229 @@
+"""Receptive fields of feature-map units, computed from the ONNX graph.
+
+For every 4-D tensor on the path from the image, per spatial axis, three integers describe which input pixels a unit
+can see (Araujo, Norris & Sim, "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019):
+
+* ``size`` r: the receptive field size in input pixels;
+* ``jump`` j: the effective stride, the input distance between neighbouring units (product of the strides);
+* ``start`` s: the input coordinate of the first pixel seen by unit 0 (negative where the field reaches into the
+  padding; ``-start`` is Distill's "effective padding").
+
+Unit ``i`` sees input pixels ``[s + i*j, s + i*j + r - 1]``. Walking the graph from the input, a Conv / pooling node of
+kernel k, stride t, begin padding p and dilation d maps ``(r, j, s)`` to
+
+    r' = r + ((k - 1) * d) * j,    s' = s - p * j,    j' = j * t            (Distill, Eqs. 1-3, in recursive form)
+
+Ops that keep the grid (ReLU, BatchNorm, Add, Mul, Concat over channels, ...) take the **union** of their spatial
+inputs' fields (``s' = min s``, ``end' = max end``): where paths merge (a residual Add, an Inception Concat) a unit sees
+everything any path sees. An input broadcast over space (the 1x1 gate of a squeeze-and-excitation block) is not a
+spatial path and is left out: it modulates a unit but does not localise it. Global pooling makes one unit seeing the
+whole input map. Ops that resample (Resize, ConvTranspose, DepthToSpace, ...) or move the spatial axes give an
+"unknown" field; asking for such a tensor raises an error naming the op.
+
+Convention: ``size`` counts the pixels of the *theoretical* field (including the padding it may reach into); boxes
+are clipped to the image only in :meth:`ReceptiveField.box`. With it, VGG-16 conv5_3 has r = 196 and pool5 r = 212
+(Distill's VGG-16 value, which is at pool5), torchvision ResNet-18 layer1 r = 43 and layer4 r = 435.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ModelStructureError
+
+WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool", "ConvInteger", "QLinearConv"}
+GLOBAL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceLogSumExp"}
+RESAMPLING_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "Transpose", "Col2Im",
+                  "GridSample", "Reshape", "Flatten", "Slice", "Gather", "Tile", "Expand"}
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """The receptive field of the units of one layer, in the coordinates of the model input (rows y, columns x)."""
+    layer: str
+    size: tuple  # (r_y, r_x) pixels
+    jump: tuple  # (j_y, j_x) effective stride
+    start: tuple  # (s_y, s_x) input coordinate of unit (0, 0)'s first pixel; -start is the effective padding
+    input_hw: tuple  # (H, W) of the model input the fields refer to
+    layer_hw: tuple  # (h, w) of the layer
+
+    @property
+    def padding(self) -> tuple:
+        """Distill's effective padding ``-start`` per axis."""
+        return tuple(-s for s in self.start)
+
+    def center(self, i: int, j: int) -> tuple:
+        """Input coordinates (y, x) of the centre of unit (i, j)'s field (may be fractional)."""
+        return tuple(self.start[a] + idx * self.jump[a] + (self.size[a] - 1) / 2.0 for a, idx in enumerate((i, j)))
+
+    def box(self, i: int, j: int, clip: bool = True) -> tuple:
+        """The field of unit (row i, column j) as a half-open pixel box ``(x0, y0, x1, y1)``: ``image[y0:y1, x0:x1]``.
+
+        ``clip=True`` cuts it to the image (what a crop can show); ``False`` keeps the theoretical box.
+        """
+        y0 = self.start[0] + int(i) * self.jump[0]
+        x0 = self.start[1] + int(j) * self.jump[1]
+        y1, x1 = y0 + self.size[0], x0 + self.size[1]
+        if clip:
+            H, W = self.input_hw
+            y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, H), min(x1, W)
+        return (int(x0), int(y0), int(x1), int(y1))
+
+
+@dataclass(frozen=True)
+class _Axis:
+    r: int
+    j: int
+    s: int
+
+    @property
+    def end(self) -> int:
+        return self.s + self.r - 1
+
+
+def _union(fields):
+    s = min(f.s for f in fields)
+    end = max(f.end for f in fields)
+    jumps = {f.j for f in fields}
+    if len(jumps) > 1:
+        return None  # paths on different grids merged: no single (r, j, s) describes the units
+    return _Axis(end - s + 1, fields[0].j, s)
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def _spatial(info, name):
+    ti = info.get(name)
+    if ti is None or ti.shape is None or len(ti.shape) != 4 or any(d is None for d in ti.shape[2:]):
+        return None
+    return tuple(int(d) for d in ti.shape[2:])
+
+
+def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict) -> dict:
+    """Walk the graph once; returns ``{tensor: ((axis_y, axis_x) | reason_str)}`` for every spatial tensor reached.
+
+    ``info`` holds static shapes (``Model.spec(hw).info``); an entry that is a string says why the field is unknown.
+    """
+    graph = model.graph
+    values = {t.name: t for t in graph.initializer}
+    in_hw = _spatial(info, input_name)
+    if in_hw is None:
+        raise ModelStructureError(f"the input '{input_name}' has no static (N, C, H, W) shape.")
+    fields: dict = {input_name: (_Axis(1, 1, 0), _Axis(1, 1, 0))}
+    for node in graph.node:
+        tracked = [name for name in node.input if name in fields]
+        if not tracked:
+            continue
+        unknown = [fields[n] for n in tracked if isinstance(fields[n], str)]
+        for out in node.output:
+            out_hw = _spatial(info, out)
+            if not out or out_hw is None:
+                continue  # leaves the spatial domain (Flatten, Gemm, ...): nothing to track
+            if unknown:
+                fields[out] = unknown[0]
+            else:
+                fields[out] = _node_field(node, out_hw, fields, info, values)
+    return fields
+
+
+def _node_field(node, out_hw, fields, info, values):
+    op = node.op_type
+    src = node.input[0]
+    if op in WINDOW_OPS and src in fields:
+        in_hw = _spatial(info, src)
+        if op in ("Conv", "ConvInteger", "QLinearConv"):
+            weight = node.input[3] if op == "QLinearConv" else node.input[1]
+            wshape = info[weight].shape if weight in info and info[weight].shape else values[weight].dims
+            kernel = list(_attr(node, "kernel_shape", list(wshape)[2:]))
+        else:
+            kernel = list(_attr(node, "kernel_shape"))
+        strides = list(_attr(node, "strides", [1, 1]))
+        dilations = list(_attr(node, "dilations", [1, 1]))
+        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        auto_pad = _attr(node, "auto_pad", "NOTSET")
+        out = []
+        for a in range(2):
+            k_eff = (kernel[a] - 1) * dilations[a] + 1
+            if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                total = max((out_hw[a] - 1) * strides[a] + k_eff - in_hw[a], 0)
+                begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            elif auto_pad == "VALID":
+                begin = 0
+            else:
+                begin = pads[a]
+            f = fields[src][a]
+            out.append(_Axis(f.r + (k_eff - 1) * f.j, f.j * strides[a], f.s - begin * f.j))
+        return tuple(out)
+    if op in GLOBAL_OPS or (op in REDUCE_OPS and out_hw == (1, 1)):
+        in_hw = _spatial(info, src)
+        return tuple(_Axis(f.r + (n - 1) * f.j, f.j, f.s) for f, n in zip(fields[src], in_hw))
+    if op == "Pad" and src in fields:
+        pads = _attr(node, "pads")
+        if pads is None and len(node.input) > 1 and node.input[1] in values:
+            pads = numpy_helper.to_array(values[node.input[1]]).tolist()
+        if pads is None or len(pads) != 8:
+            return f"the Pad node '{node.name}' has pads computed at run time"
+        return tuple(_Axis(f.r, f.j, f.s - int(pads[2 + a]) * f.j) for a, f in enumerate(fields[src]))
+    # Everything else keeps the grid when its spatial inputs share the output's size (elementwise ops, BatchNorm,
+    # Concat over channels, ...): union over those inputs, leaving out inputs broadcast over space.
+    spatial_inputs = [n for n in node.input if n in fields]
+    same = [n for n in spatial_inputs if _spatial(info, n) == out_hw]
+    broadcast = [n for n in spatial_inputs if _spatial(info, n) == (1, 1) and out_hw != (1, 1)]
+    if op in RESAMPLING_OPS and not (same and _spatial(info, src) == out_hw and op != "Transpose"):
+        return f"node '{node.name or node.output[0]}' ({op}) resamples or moves the spatial axes"
+    if len(same) + len(broadcast) != len(spatial_inputs) or not same:
+        return f"node '{node.name or node.output[0]}' ({op}) changes the spatial size in a way not modelled"
+    axes = []
+    for a in range(2):
+        merged = _union([fields[n][a] for n in same])
+        if merged is None:
+            return f"node '{node.name or node.output[0]}' ({op}) merges paths with different strides"
+        axes.append(merged)
+    return tuple(axes)
+
+
+def receptive_field(m, layer: str, hw=None) -> ReceptiveField:
+    """The receptive field of ``layer`` (a tensor name of ``m``, a :class:`onnx_cnnviz.Model`) at input size ``hw``.
+
+    See the module docstring for the recursion and the convention. Raises :class:`ModelStructureError` when the
+    layer is not a spatial map computed from the image or an op on the way resamples the grid.
+    """
+    spec = m.spec(hw)
+    key = ("receptive_fields", id(spec))
+    cache = getattr(m, "_rf_cache", None)
+    if cache is None:
+        cache = {}
+        try:
+            m._rf_cache = cache
+        except AttributeError:  # objects without __dict__: just do not cache
+            pass
+    if key not in cache:
+        cache[key] = compute_receptive_fields(spec.model, m.input_name, spec.info)
+    fields = cache[key]
+    name = getattr(layer, "name", layer)
+    if name not in fields:
+        if name not in spec.info:
+            m.layer(name)  # raises UnknownLayerError with suggestions
+        raise ModelStructureError(f"'{name}' is not a spatial (N, C, h, w) tensor computed from the image; it has no "
+                                  "receptive field.")
+    f = fields[name]
+    if isinstance(f, str):
+        raise ModelStructureError(f"the receptive field of '{name}' is not defined: {f}.")
+    return ReceptiveField(layer=name, size=(f[0].r, f[1].r), jump=(f[0].j, f[1].j), start=(f[0].s, f[1].s),
+                          input_hw=_spatial(spec.info, m.input_name), layer_hw=_spatial(spec.info, name))
+
+
+def unit_boxes(rf: ReceptiveField, units: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Boxes ``(x0, y0, x1, y1)`` for an (n, 2) array of (i, j) units, vectorised."""
+    units = np.asarray(units, dtype=np.int64).reshape(-1, 2)
+    return np.array([rf.box(i, j, clip) for i, j in units], dtype=np.int64).reshape(-1, 4)
