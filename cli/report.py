@@ -1,0 +1,67 @@
+"""``cnnviz report``: one self-contained HTML page with the predictions and every requested method per image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import (CsvChoice, collect_images, echo, emit_json, flatten_lists, global_flags, load_model,
+                     model_options, preprocessing_options, progress, resolve_labels, resolve_preprocessing, settings)
+from .explain import METHOD_NAMES, BaselineType
+from .common import SizeType
+
+DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam"]
+
+
+@click.command("report")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the report.")
+@click.option("--name", default="report.html", show_default=True, help="File name of the report inside --out.")
+@click.option("--methods", "-m", type=CsvChoice(METHOD_NAMES), multiple=True,
+              help=f"Methods side by side (default {','.join(DEFAULT_METHODS)}); any of: {', '.join(METHOD_NAMES)}.")
+@click.option("--target", type=int, default=None, help="Explain this class for every image (default: the top-1).")
+@click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Predictions listed.")
+@click.option("--layer", metavar="NAME", default=None, help="Feature map for the CAM family.")
+@click.option("--title", default=None, help="Page title.")
+@click.option("--window", type=SizeType(), default="16x16", show_default=True, help="Occlusion window.")
+@click.option("--stride", type=SizeType(), default="8x8", show_default=True, help="Occlusion stride.")
+@click.option("--baseline", type=BaselineType(), default=0.0, show_default=True, help="Occlusion / IG baseline.")
+@click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True, help="SmoothGrad samples.")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Integrated-gradients steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per onnxruntime run.")
+@click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def report_cmd(ctx, model, images, out_dir, name, methods, target, top, layer, title, window, stride, baseline,
+               samples, steps, batch_size, recursive, overwrite, preprocess, mean, std, size, order, scale, labels,
+               device, input_name, output_name, input_size):
+    """Write one self-contained HTML page (pictures embedded, no network needed) showing, per image, the top
+    predictions and all requested methods side by side with the parameters used."""
+    from onnx_cnnviz.errors import InputError
+    from onnx_cnnviz.report import make_report, write_report
+
+    out = Path(out_dir) / name
+    if Path(name).name != name or not name:
+        raise click.BadParameter("give a file name, not a path.", param_hint="--name")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite to replace it.")
+    paths = collect_images(images, exclude=Path(out_dir), recursive=recursive)
+    m = load_model(model, device, input_name, output_name, input_size, batch_size)
+    pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale)
+    names = resolve_labels(m, labels)
+    chosen = flatten_lists(methods) or DEFAULT_METHODS
+    params = {"window": window, "stride": stride, "baseline": baseline, "samples": samples, "steps": steps}
+    with progress(len(paths), "report") as bar:
+        page = make_report(m, paths, chosen, preprocessing=pre, labels=names, target=target, layer=layer,
+                           params=params, top=top, batch_size=batch_size, progress=bar.update, title=title,
+                           model_name=Path(model).name)
+    write_report(out, page, overwrite=overwrite)
+    if settings().json:
+        emit_json({"model": str(model), "report": str(out.resolve()), "images": [str(p) for p in paths],
+                   "methods": chosen, "bytes": out.stat().st_size})
+        return
+    echo(f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s))")

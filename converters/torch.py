@@ -1,0 +1,336 @@
+"""PyTorch -> ONNX for explanation (installed as ``onnx_cnnviz.converters.torch``).
+
+    from onnx_cnnviz.converters.torch import export
+    export("resnet18", "resnet18.onnx")                    # torchvision architecture, random weights
+    export(my_module, "mine.onnx", input_size=(160, 160), labels=["cat", "dog"])
+
+What it does to the module (on a copy; the caller's module is left as it was):
+
+* ``eval()`` mode, so BatchNorm uses its running statistics and Dropout is the identity;
+* every ``inplace=True`` module attribute (``ReLU``, ``ReLU6``, ``Hardswish``, ``SiLU``, ``Dropout``, ...) set to
+  False: in-place activations break hook-based tools comparing against this model and change nothing in ONNX;
+* export with a symbolic batch dimension (``N``) on the input and the output, so one session runs any batch;
+* optional ``metadata_props``: the preprocessing (:meth:`onnx_cnnviz.image.Preprocessing.to_metadata`), the class
+  names (``cnnviz.labels``, newline-joined) and the input size (``cnnviz.input_size``, "HxW"), which ``cnnviz`` reads
+  so that users need no preprocessing flags;
+* a check: the ONNX model, run by onnxruntime on random inputs (batch 2), must match the module's outputs.
+
+Exporters: ``dynamo=False`` (default) is the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``);
+``dynamo=True`` uses ``torch.export`` + onnxscript (needs the ``onnxscript`` package) and writes opset 18 at least
+(the exporter has no lower-opset implementations; asking for less falls back to 18).
+
+Weights: a torchvision name gives ``weights=None`` (random initialisation, fixed by ``seed``) unless ``weights``
+names an enum value such as ``"ResNet18_Weights.IMAGENET1K_V1"`` (or ``"DEFAULT"``). Those weights are downloaded
+by torchvision on first use (into ``$TORCH_HOME``), so they need the network or an already filled cache; without
+either a :class:`~onnx_cnnviz.errors.ModelLoadError` says so. With weights, the class names and the ImageNet
+preprocessing of the weights' metadata are recorded.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from onnx_cnnviz.errors import CnnvizError, InputError, ModelLoadError, RuntimeFailure
+
+DEFAULT_OPSET = 17
+DYNAMO_MIN_OPSET = 18
+
+
+def resolve_module(spec, weights: str | None = None, seed: int = 0):
+    """A ``torch.nn.Module`` from ``spec``: a module (returned as is), a torchvision model name ("resnet18"),
+    ``"torchvision:NAME"``, ``"timm:NAME"`` (needs timm), or ``"FILE.py:ATTR"`` / ``"package.module:ATTR"`` where
+    ATTR is a module instance, a module class or a function returning a module (called without arguments).
+
+    Returns ``(module, info)`` with ``info`` holding ``labels`` and ``preprocessing`` when the weights know them.
+    """
+    import torch
+
+    info: dict = {}
+    if isinstance(spec, torch.nn.Module):
+        if weights is not None:
+            raise InputError("weights= only applies to a model given by name; load the weights into the module first.")
+        return spec, info
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"expected a torch.nn.Module or a model name, got {spec!r}.")
+    spec = spec.strip()
+    torch.manual_seed(seed)
+    source, sep, rest = spec.partition(":")
+    if sep and source == "timm":
+        return _timm(rest, weights), info
+    if sep and source == "torchvision":
+        return _torchvision(rest, weights, info), info
+    if sep and (source.endswith(".py") or "." in source or os.sep in source or "/" in source):
+        if weights is not None:
+            raise InputError("weights= only applies to torchvision / timm names.")
+        return _from_attribute(source, rest), info
+    if sep:
+        raise InputError(f"cannot read {spec!r}: write a torchvision name (resnet18), timm:NAME, FILE.py:ATTR or "
+                         "package.module:ATTR.")
+    return _torchvision(spec, weights, info), info
+
+
+def _torchvision(name: str, weights: str | None, info: dict):
+    import torchvision
+
+    available = torchvision.models.list_models()
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise InputError(f"'{name}' is not a torchvision model.{hint} See torchvision.models.list_models(), or "
+                         "give FILE.py:ATTR for your own module.")
+    weight_enum = None
+    if weights is not None:
+        try:
+            if weights.upper() == "DEFAULT":
+                weight_enum = torchvision.models.get_model_weights(name).DEFAULT
+            else:
+                weight_enum = torchvision.models.get_weight(
+                    weights if "." in weights else f"{torchvision.models.get_model_weights(name).__name__}.{weights}")
+        except (ValueError, KeyError, AttributeError) as exc:
+            choices = ", ".join(w.name for w in torchvision.models.get_model_weights(name))
+            raise InputError(f"unknown weights {weights!r} for {name} ({exc}); choose one of: {choices}, "
+                             "or none for random weights.") from None
+    kwargs = {}
+    if name in ("googlenet", "inception_v3") and weight_enum is None:
+        kwargs = {"aux_logits": False, "init_weights": True}
+    try:
+        module = torchvision.models.get_model(name, weights=weight_enum, **kwargs)
+    except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+        if weight_enum is None:
+            raise
+        raise ModelLoadError(
+            f"could not get the weights {weight_enum} ({type(exc).__name__}: {str(exc)[:160]}). torchvision "
+            "downloads them on first use, which needs the network (or the file already in $TORCH_HOME/hub/"
+            "checkpoints); export with random weights (no weights) to work offline.") from None
+    if weight_enum is not None:
+        meta = weight_enum.meta
+        if meta.get("categories"):
+            info["labels"] = list(meta["categories"])
+        info["weights"] = str(weight_enum)
+        transforms = weight_enum.transforms()
+        mean, std = getattr(transforms, "mean", None), getattr(transforms, "std", None)
+        crop = getattr(transforms, "crop_size", None)
+        if mean is not None and std is not None:
+            from onnx_cnnviz.image import Preprocessing
+
+            size = tuple(crop) if crop else None
+            size = (size * 2)[:2] if size and len(size) == 1 else size
+            info["preprocessing"] = Preprocessing(size=size, mean=tuple(mean), std=tuple(std), order="RGB",
+                                                  scale=1 / 255)
+    return module
+
+
+def _timm(name: str, weights: str | None):
+    if importlib.util.find_spec("timm") is None:
+        raise InputError("timm models need the timm package: pip install timm.")
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=bool(weights))
+    except (OSError, RuntimeError) as exc:
+        raise ModelLoadError(f"timm could not create {name!r} ({exc}); pretrained weights need the network.") \
+            from None
+
+
+def _from_attribute(source: str, attr: str):
+    import torch
+
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"Python file '{path}' does not exist.")
+        name = f"_cnnviz_user_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise InputError(f"running '{path}' failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(str(path.parent.resolve()))
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as exc:
+            raise InputError(f"cannot import {source!r} ({exc}).") from None
+    if not attr or not hasattr(module, attr):
+        found = sorted(k for k, v in vars(module).items() if not k.startswith("_") and
+                       (isinstance(v, torch.nn.Module) or (isinstance(v, type) and issubclass(v, torch.nn.Module))
+                        or callable(v)))
+        raise InputError(f"'{source}' has no attribute {attr!r}; candidates: {', '.join(found) or 'none'}.")
+    obj = getattr(module, attr)
+    if not isinstance(obj, torch.nn.Module) and callable(obj):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise InputError(f"{source}:{attr} could not be called without arguments ({exc}); expose a module "
+                             "instance or a function without parameters.") from None
+    if not isinstance(obj, torch.nn.Module):
+        raise InputError(f"{source}:{attr} is a {type(obj).__name__}, not a torch.nn.Module.")
+    return obj
+
+
+def prepare(module):
+    """A copy of ``module`` in eval mode with every in-place flag switched off."""
+    module = copy.deepcopy(module).eval()
+    for sub in module.modules():
+        if isinstance(getattr(sub, "inplace", None), bool):
+            sub.inplace = False
+    return module
+
+
+def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPSET, dynamo: bool = False,
+           weights: str | None = None, preprocessing=None, labels=None, channels: int = 3, seed: int = 0,
+           input_name: str = "input", output_name: str = "logits", overwrite: bool = False, check: bool = True,
+           metadata: dict | None = None) -> Path:
+    """Export a classifier to ONNX at ``path`` (written atomically; an existing file is kept unless ``overwrite``).
+
+    ``module_or_name``: see :func:`resolve_module`. ``input_size``: (H, W) (an int = square) of the example input;
+    the batch is dynamic, H and W are fixed by the TorchScript exporter and by dynamo. ``preprocessing``: a preset
+    name ("imagenet", "caffe", "none") or a :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata
+    (default: the weights' own for named weights, else none recorded). ``labels``: class names (a list, or a text
+    file, one per line) recorded as ``cnnviz.labels``. ``check``: compare onnxruntime with torch on a random batch.
+    Returns the path.
+    """
+    import onnx
+    import torch
+
+    from onnx_cnnviz.image import get_preprocessing
+    from onnx_cnnviz.report import LABELS_KEY, read_labels, write_atomic
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it.")
+    if path.suffix.lower() != ".onnx":
+        raise InputError(f"{path}: give the output a .onnx suffix.")
+    hw = (int(input_size), int(input_size)) if np.ndim(input_size) == 0 else tuple(int(v) for v in input_size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise InputError(f"input_size must be (H, W) or one int, got {input_size!r}.")
+    module, info = resolve_module(module_or_name, weights, seed)
+    module = prepare(module)
+    preprocessing = info.get("preprocessing") if preprocessing is None else get_preprocessing(preprocessing)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_labels(labels)
+    if labels is None:
+        labels = info.get("labels")
+    if dynamo:
+        if importlib.util.find_spec("onnxscript") is None:
+            raise InputError("the dynamo exporter needs the onnxscript package: pip install onnxscript.")
+        opset = max(int(opset), DYNAMO_MIN_OPSET)
+
+    x = torch.zeros(1, channels, *hw)
+    with torch.no_grad():
+        try:
+            reference = module(x)
+        except Exception as exc:
+            raise InputError(f"the module does not run on a (1, {channels}, {hw[0]}, {hw[1]}) input: "
+                             f"{type(exc).__name__}: {exc}") from None
+    if isinstance(reference, (tuple, list)) or getattr(reference, "ndim", 0) != 2:
+        raise InputError("the module must return one (N, K) tensor of class scores; got "
+                         f"{type(reference).__name__} {tuple(getattr(reference, 'shape', ()))}.")
+    if labels is not None and len(labels) != reference.shape[1]:
+        raise InputError(f"{len(labels)} labels for a model with {reference.shape[1]} classes.")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.export.tmp")
+    try:
+        _run_exporter(module, x, temp, opset, dynamo, input_name, output_name)
+        model = onnx.load(str(temp))
+    except CnnvizError:
+        raise
+    except Exception as exc:
+        raise RuntimeFailure(f"torch.onnx.export ({'dynamo' if dynamo else 'TorchScript'}) failed: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    finally:
+        for leftover in (temp, Path(str(temp) + ".data")):
+            if leftover.exists():
+                leftover.unlink()
+    props = {}
+    if preprocessing is not None:
+        props.update(preprocessing.to_metadata())
+    if labels is not None:
+        props[LABELS_KEY] = "\n".join(str(v) for v in labels)
+    props["cnnviz.input_size"] = f"{hw[0]}x{hw[1]}"
+    props["cnnviz.source"] = (f"torch {torch.__version__} "
+                              f"{'dynamo' if dynamo else 'torchscript'} export of "
+                              f"{module_or_name if isinstance(module_or_name, str) else type(module_or_name).__name__}"
+                              + (f" ({info['weights']})" if info.get("weights") else " (random weights)"
+                                 if isinstance(module_or_name, str) else ""))
+    props.update(metadata or {})
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+    onnx.checker.check_model(model)
+    if check:
+        _check_outputs(module, model, channels, hw, input_name)
+    write_atomic(path, model.SerializeToString(), overwrite=overwrite)
+    return path
+
+
+def _run_exporter(module, x, path: Path, opset: int, dynamo: bool, input_name: str, output_name: str) -> None:
+    import logging
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not dynamo:
+            torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=[input_name],
+                              output_names=[output_name],
+                              dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}})
+            return
+        quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+        levels = [lg.level for lg in quiet]
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(module, (x,), None, dynamo=True, opset_version=opset,
+                                        input_names=[input_name], output_names=[output_name],
+                                        dynamic_shapes=({0: torch.export.Dim("N", min=1, max=65536)},),
+                                        verbose=False, report=False)
+            program.save(str(path), external_data=False)
+        finally:
+            for lg, level in zip(quiet, levels):
+                lg.setLevel(level)
+
+
+def _check_outputs(module, model, channels, hw, input_name, rtol=1e-3, atol=1e-4) -> None:
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, channels, *hw)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        got = session.run(None, {input_name: x})[0]
+    except Exception as exc:
+        raise RuntimeFailure(f"onnxruntime cannot run the exported model: {str(exc)[:300]}") from None
+    if got.shape != expected.shape:
+        raise RuntimeFailure(f"the exported model returns shape {got.shape} for a batch of 2, torch {expected.shape}:"
+                             " the batch dimension did not export as dynamic.")
+    err = float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-12))
+    if err > rtol and float(np.abs(got - expected).max()) > atol:
+        raise RuntimeFailure(f"the exported model differs from torch (max relative error {err:.2e}); the module may "
+                             "use control flow or ops the exporter does not capture. Try the other exporter.")
+
+
+__all__ = ["export", "resolve_module", "prepare"]

@@ -1,0 +1,540 @@
+"""Explanations for people: the method table the command line uses, model descriptions, and the HTML report.
+
+* :data:`METHODS` names every explanation method by its command-line name (``gradcam``, ``saliency``, ...) with the
+  library function behind it, the parameters it takes and how its result is shown.
+* :func:`explain` runs one method on a batch for given targets; :func:`picture` turns one result into a uint8 RGB
+  picture (heat-map overlay, gradient image or gray attribution image).
+* :func:`describe` summarises a loaded model: inputs, outputs, the score tensor, candidate layers, op types and
+  whether every op on the gradient path from the image to the score has a backward rule.
+* :func:`make_report` runs methods on images and :func:`render_report` builds one self-contained HTML page (pictures
+  embedded as base64 PNG data URIs, inline CSS, no network) with, per image, the top predictions and every method
+  side by side with the parameters used; :func:`write_report` saves it atomically.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import os
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from . import methods as _m
+from .methods.cam import cam_head
+from .errors import CnnvizError, InputError, UnsupportedOpError
+from .image import Preprocessing, deprocess, gradient_image, overlay, read_image, saliency_image
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The method table
+
+
+@dataclass(frozen=True)
+class Method:
+    """One explanation method as the command line and the report know it.
+
+    ``kind``: "map" (an (N, H, W) heat map shown over the image), "gray" (an (N, H, W) map shown in gray, white =
+    most), "gradient" ((N, C, H, W) shown with
+    :func:`~onnx_cnnviz.image.gradient_image`) or "attribution" ((N, C, H, W) shown as a gray image of the absolute
+    sum over channels). ``params``: the keyword arguments it accepts beyond targets/layer, with their defaults.
+    """
+    name: str
+    title: str
+    func: Callable
+    kind: str
+    uses_layer: bool = False
+    class_specific: bool = True
+    params: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)  # keyword arguments always passed (e.g. rule="guided")
+    reference: str = ""
+
+
+def _gradients(rule):
+    def run(m, x, targets=None, batch_size=None):
+        return _m.gradients(m, x, targets, rule=rule, batch_size=batch_size)
+    return run
+
+
+METHODS: dict[str, Method] = {meth.name: meth for meth in [
+    Method("gradcam", "Grad-CAM", _m.grad_cam, "map", True, reference="Selvaraju et al. 2017"),
+    Method("gradcampp", "Grad-CAM++", _m.grad_cam_pp, "map", True, reference="Chattopadhyay et al. 2018"),
+    Method("cam", "CAM", _m.cam, "map", True, reference="Zhou et al. 2016"),
+    Method("hirescam", "HiResCAM", _m.hires_cam, "map", True, reference="Draelos & Carin 2020"),
+    Method("xgradcam", "XGrad-CAM", _m.xgrad_cam, "map", True, reference="Fu et al. 2020"),
+    Method("layercam", "LayerCAM", _m.layer_cam, "map", True, reference="Jiang et al. 2021"),
+    Method("eigencam", "EigenCAM", _m.eigen_cam, "map", True, class_specific=False,
+           reference="Muhammad & Yeasin 2020"),
+    Method("scorecam", "Score-CAM", _m.score_cam, "map", True, reference="Wang et al. 2020"),
+    Method("saliency", "Saliency", _m.saliency, "gray", reference="Simonyan et al. 2014"),
+    Method("guided", "Guided backprop", _gradients("guided"), "gradient", reference="Springenberg et al. 2015"),
+    Method("deconvnet", "Deconvnet", _gradients("deconvnet"), "gradient", reference="Zeiler & Fergus 2014"),
+    Method("guided-gradcam", "Guided Grad-CAM", _m.guided_grad_cam, "gradient", True,
+           reference="Selvaraju et al. 2017"),
+    Method("occlusion", "Occlusion", _m.occlusion, "map",
+           params={"window": (16, 16), "stride": (8, 8), "baseline": 0.0, "mode": "score"},
+           reference="Zeiler & Fergus 2014"),
+    Method("ixg", "Input x gradient", _m.input_x_gradient, "attribution", reference="Shrikumar et al. 2016"),
+    Method("smoothgrad", "SmoothGrad", _m.smoothgrad, "attribution",
+           params={"samples": 25, "noise": 0.15, "seed": 0}, reference="Smilkov et al. 2017"),
+    Method("ig", "Integrated gradients", _m.integrated_gradients, "attribution",
+           params={"steps": 50, "baseline": 0.0}, reference="Sundararajan et al. 2017"),
+]}
+
+
+def method(name: str) -> Method:
+    """The :class:`Method` called ``name`` (an :class:`InputError` listing the names otherwise)."""
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def resolved_layer(m, meth: Method, layer: str | None) -> str | None:
+    """The layer ``meth`` will use on ``m`` (checked; None for methods without a layer)."""
+    if not meth.uses_layer:
+        return None
+    if meth.name == "cam":
+        head = cam_head(m)
+        if layer is not None and layer not in head.aliases:
+            m.layer(layer)  # an unknown name gets the suggestions; a known one the CAM-specific message below
+            raise InputError(f"CAM is defined only at the feature map feeding the classifier head: "
+                             f"'{head.layer}', not '{layer}'. Use gradcam for other layers.")
+        return head.layer
+    if layer is None:
+        if m.default_layer is None:
+            raise InputError("the model has no spatial feature map to explain at; choose one with --layer.")
+        return m.default_layer
+    return m.layer(layer).name
+
+
+def method_parameters(meth: Method, params: dict | None = None) -> dict:
+    """The parameters ``meth`` runs with: its defaults overridden by the keys of ``params`` it knows."""
+    params = params or {}
+    return {k: params.get(k, v) if params.get(k) is not None else v for k, v in meth.params.items()}
+
+
+def explain(m, name: str, x: np.ndarray, targets, layer: str | None = None, params: dict | None = None,
+            batch_size: int | None = None) -> np.ndarray:
+    """Run method ``name`` on the batch ``x`` for ``targets`` ((N,) ints): its raw result, one entry per image."""
+    meth = method(name)
+    kwargs = dict(method_parameters(meth, params))
+    for key in ("window", "stride"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key]) if not isinstance(kwargs[key], int) else kwargs[key]
+    if meth.uses_layer:
+        kwargs["layer"] = resolved_layer(m, meth, layer)
+    return meth.func(m, x, targets=targets, batch_size=batch_size, **kwargs)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    lo, span = float(a.min()), float(a.max() - a.min())
+    return (a - lo) / span if span > 0 and np.isfinite(span) else np.zeros_like(a)
+
+
+def picture(name: str, result: np.ndarray, view: np.ndarray, order: str = "RGB", alpha: float = 0.5,
+            colormap: str = "jet") -> np.ndarray:
+    """One image's result of method ``name`` as a uint8 RGB picture the size of ``view`` (the model's input view).
+
+    Heat maps are min-max scaled and laid over ``view``; saliency maps are shown in gray; gradients go through
+    :func:`~onnx_cnnviz.image.gradient_image` (``order``: the model's channel order); attributions are shown as the
+    min-max scaled absolute sum over channels, in gray (white = most attribution).
+    """
+    kind = method(name).kind
+    result = np.asarray(result, dtype=np.float32)
+    if not np.isfinite(result).all():
+        raise InputError(f"the {name} result has NaN or infinite values; the model may produce NaN on this image.")
+    if kind == "map":
+        return overlay(view, _minmax(result), alpha=alpha, colormap=colormap)
+    if kind == "gray":
+        out = saliency_image(result)
+    elif kind == "gradient":
+        out = gradient_image(result, order=order)
+    else:
+        out = saliency_image(np.abs(result).sum(axis=0))
+    if out.shape[:2] != view.shape[:2]:
+        out = cv2.resize(out, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def probabilities(scores: np.ndarray, head: str | None) -> np.ndarray:
+    """Class probabilities from scores: the sigmoid when the model's own head was a Sigmoid, else the softmax."""
+    s = np.asarray(scores, dtype=np.float64)
+    if head == "Sigmoid":
+        return 1.0 / (1.0 + np.exp(-s))
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def read_labels(path) -> list[str]:
+    """Class names from a text file, one per line (line i = class i - 1); a trailing empty line is ignored."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"labels file '{path}' does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels file '{path}' ({exc}); give a UTF-8 text file, one name per line.") \
+            from None
+    return _split_labels(text)
+
+
+def _split_labels(text: str) -> list[str]:
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+LABELS_KEY = "cnnviz.labels"
+
+
+def labels_from_metadata(metadata: dict) -> list[str] | None:
+    """Class names stored under the ``cnnviz.labels`` metadata key (newline-joined), or None."""
+    text = metadata.get(LABELS_KEY)
+    return _split_labels(text) if text else None
+
+
+def check_labels(labels: list[str] | None, num_classes: int, source: str = "labels") -> list[str] | None:
+    if labels is not None and len(labels) != num_classes:
+        raise InputError(f"{source} has {len(labels)} class names but the model has {num_classes} classes; give "
+                         f"the names of this model's classes, one per line.")
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Describing a model
+
+
+def describe(m, source=None) -> dict:
+    """A JSON-ready summary of a loaded :class:`~onnx_cnnviz.Model`.
+
+    ``source``: the path or ModelProto it was loaded from, to list the inputs and outputs as stored (dtype included).
+    ``gradient_path`` lists the op types on the path from the image to the score, those without a backward rule
+    (:func:`onnx_cnnviz.graph.autodiff.rules.supported_ops`), and whether building the backward graph to the image
+    succeeds (it also checks the attribute variants each rule covers).
+    """
+    from .graph import load as graph_load
+    from .graph.autodiff.rules import supported_ops
+    from .graph.structure import downstream, upstream
+
+    original = graph_load.read_model(source) if source is not None else m._base
+    graph = original.graph
+    inits = {t.name for t in graph.initializer}
+
+    def value(v):
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        import onnx
+        return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims}
+
+    spec = m.spec()
+    sgraph = spec.model.graph
+    on_path = downstream(sgraph, [m.input_name]) & upstream(sgraph, [m.score_name])
+    path_ops = Counter(n.op_type for n in sgraph.node
+                       if any(o in on_path for o in n.output) and any(i in on_path for i in n.input))
+    known = set(supported_ops())
+    missing = sorted(op for op in path_ops if op not in known)
+    error = None
+    try:
+        m.build_graph(wrt=(m.input_name,))
+    except UnsupportedOpError as exc:
+        error = str(exc)
+    except CnnvizError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    pre = Preprocessing.from_metadata(m.metadata)
+    labels = labels_from_metadata(m.metadata)
+    opset = next((i.version for i in original.opset_import if i.domain in ("", "ai.onnx")), None)
+    return {
+        "model": str(source) if isinstance(source, (str, os.PathLike)) else None,
+        "ir_version": int(original.ir_version),
+        "opset": opset,
+        "producer": " ".join(p for p in (original.producer_name, original.producer_version) if p) or None,
+        "inputs": [value(v) for v in graph.input if v.name not in inits],
+        "outputs": [value(v) for v in graph.output],
+        "image_input": m.input_name,
+        "input_shape": list(m.input_shape),
+        "score": {"output": m.output_name, "tensor": m.score_name, "softmax_skipped": m.softmax_skipped},
+        "num_classes": m.num_classes,
+        "static_batch": m.static_batch,
+        "layers": [{"name": layer.name, "shape": list(layer.shape), "op_type": layer.op_type} for layer in m.layers],
+        "default_layer": m.default_layer,
+        "op_types": dict(sorted(Counter(n.op_type for n in graph.node).items())),
+        "gradient_path": {"ops": dict(sorted(path_ops.items())), "missing_rules": missing,
+                          "ok": not missing and error is None, "error": error},
+        "preprocessing": _pre_dict(pre) if pre else None,
+        "labels": len(labels) if labels else None,
+        "metadata": {k: v for k, v in m.metadata.items() if k != LABELS_KEY},
+    }
+
+
+def _pre_dict(pre: Preprocessing) -> dict:
+    return {"size": list(pre.size) if pre.size else None, "mean": list(pre.mean) if pre.mean else None,
+            "std": list(pre.std) if pre.std else None, "order": pre.order, "scale": pre.scale}
+
+
+preprocessing_dict = _pre_dict
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing files
+
+
+def write_atomic(path, data: bytes | str, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so that nobody sees half
+    a file. An existing file is kept (:class:`InputError`) unless ``overwrite``. Parent folders are created."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name.")
+    if not overwrite and path.exists():
+        raise InputError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = None
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        temp = candidate
+        break
+    if temp is None:
+        raise InputError(f"could not create a temporary file next to {path}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise InputError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it.") from None
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    raise InputError(f"{path} already exists; pass --overwrite to replace it.") from None
+                os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    return path
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 RGB picture encoded as PNG."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(np.asarray(image)[..., ::-1]))
+    if not ok:
+        raise InputError("could not encode a picture as PNG.")
+    return encoded.tobytes()
+
+
+def data_uri(image: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class ImageEntry:
+    """What the report shows for one image."""
+    path: str
+    view: np.ndarray  # uint8 RGB, the model's input view
+    top: list  # [(class, name or None, score, probability)], best first
+    panels: list = field(default_factory=list)  # [(method name, class, picture uint8 RGB, parameters dict)]
+    error: str | None = None
+
+
+def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocessing: Preprocessing | None = None,
+                labels: list[str] | None = None, target: int | None = None, layer: str | None = None,
+                params: dict | None = None, top: int = 5, batch_size: int | None = None, progress=None,
+                title: str | None = None, model_name: str | None = None) -> str:
+    """Run ``methods`` on every image and return the HTML report (see :func:`render_report`).
+
+    ``images``: paths (or anything :func:`~onnx_cnnviz.image.read_image` takes). ``preprocessing``: how to make the
+    model input (default: the model's metadata, else the ImageNet preset). ``target``: explain this class for every
+    image (default: each image's top-1). ``progress``: a callable called with 1 after each image. An image that cannot
+    be read gets an error line in the report instead of pictures.
+    """
+    from .image import PRESETS, preprocess
+
+    names = [method(n).name for n in methods]
+    pre = preprocessing or Preprocessing.from_metadata(m.metadata) or PRESETS["imagenet"]
+    pre = fit_preprocessing(m, pre)
+    if labels is None:
+        labels = labels_from_metadata(m.metadata)
+    check_labels(labels, m.num_classes)
+    for n in names:
+        resolved_layer(m, METHODS[n], layer)  # fail before any work on a bad layer
+    if target is not None:
+        m.targets_for(target, 1)
+    k = max(1, min(int(top), m.num_classes))
+    entries = []
+    for source in images:
+        label = str(source)
+        try:
+            x = preprocess([source], preset=pre)
+        except InputError as exc:
+            entries.append(ImageEntry(label, np.zeros((8, 8, 3), np.uint8), [], error=str(exc)))
+            if progress:
+                progress(1)
+            continue
+        view = deprocess(x[0], preset=pre)
+        scores = m.scores(x)[0]
+        probs = probabilities(scores, m.softmax_skipped)
+        order = np.argsort(-scores, kind="stable")[:k]
+        entry = ImageEntry(label, view, [(int(c), labels[c] if labels else None, float(scores[c]), float(probs[c]))
+                                         for c in order])
+        t = int(order[0]) if target is None else int(target)
+        for n in names:
+            meth = METHODS[n]
+            result = explain(m, n, x, np.array([t]), layer=layer, params=params, batch_size=batch_size)[0]
+            used = dict(method_parameters(meth, params))
+            if meth.uses_layer:
+                used["layer"] = resolved_layer(m, meth, layer)
+            entry.panels.append((n, t if meth.class_specific else None, picture(n, result, view, pre.order), used))
+        entries.append(entry)
+        if progress:
+            progress(1)
+    info = {"model": model_name, "input": f"{m.input_name} {tuple(m.input_shape)}",
+            "score": m.score_name + (f" (before {m.softmax_skipped})" if m.softmax_skipped else ""),
+            "classes": m.num_classes, "device": m.device, "preprocessing": _pre_dict(pre)}
+    return render_report(entries, info, labels, title=title)
+
+
+def fit_preprocessing(m, pre: Preprocessing) -> Preprocessing:
+    """``pre`` with its size set to the model's input size when the model fixes one."""
+    import dataclasses
+
+    static = m.input_shape[1:]
+    if all(d is not None for d in static) and pre.size != tuple(static):
+        return dataclasses.replace(pre, size=tuple(static))
+    return pre
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
+h1{font-size:22px;margin:0 0 4px}
+.meta{color:#555;font-size:13px;margin-bottom:18px}
+.meta code{background:#eee;padding:1px 4px;border-radius:3px}
+section.image{background:#fff;border:1px solid #ddd;border-radius:8px;padding:14px 16px;margin-bottom:18px}
+section.image h2{font-size:15px;margin:0 0 10px;word-break:break-all}
+.row{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+figure{margin:0;width:224px}
+figure img{width:224px;height:auto;display:block;border-radius:4px;image-rendering:auto}
+figcaption{font-size:12px;margin-top:4px;line-height:1.35}
+figcaption b{font-size:13px}
+.params{color:#666;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
+table.top{border-collapse:collapse;font-size:12px;min-width:220px}
+table.top th,table.top td{padding:2px 6px;text-align:left;border-bottom:1px solid #eee}
+table.top td.num{text-align:right;font-variant-numeric:tabular-nums}
+.bar{background:#4a7bd0;height:8px;border-radius:2px}
+.error{color:#b00020;font-size:13px}
+footer{color:#888;font-size:11px;margin-top:24px}
+"""
+
+# Marks <body data-images="loaded/total"> once the page has loaded, so a headless browser can check the pictures.
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});
+"""
+
+
+def _fmt_params(params: dict) -> str:
+    parts = []
+    for k, v in params.items():
+        if isinstance(v, (tuple, list)):
+            v = "x".join(str(i) for i in v)
+        parts.append(f"{k}={v}")
+    return ", ".join(parts)
+
+
+def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | None = None,
+                  title: str | None = None) -> str:
+    """The HTML page for ``entries``: one section per image with its input view, the top predictions (class, name,
+    probability, score) and one figure per method with its class and parameters. Self-contained: pictures are
+    base64 PNG data URIs, styles inline, no external resource."""
+    esc = html.escape
+    title = title or "cnnviz report" + (f" — {info['model']}" if info.get("model") else "")
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           # No network: forbid every external fetch, allow the inline style/script and data: images only.
+           "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+           "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
+           f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
+           f"<h1>{esc(title)}</h1>"]
+    pre = info.get("preprocessing") or {}
+    meta = [f"input <code>{esc(str(info.get('input', '')))}</code>",
+            f"score <code>{esc(str(info.get('score', '')))}</code>",
+            f"{info.get('classes')} classes", f"device {esc(str(info.get('device', '')))}",
+            "preprocessing <code>" + esc(_fmt_params({k: v for k, v in pre.items() if v is not None})) + "</code>"]
+    out.append('<div class="meta">' + " · ".join(meta) + "</div>")
+
+    def class_label(c):
+        if c is None:
+            return "class-agnostic"
+        name = labels[c] if labels and 0 <= c < len(labels) else None
+        return f"{c} {name}" if name else f"class {c}"
+
+    for entry in entries:
+        out.append(f'<section class="image"><h2>{esc(entry.path)}</h2>')
+        if entry.error:
+            out.append(f'<div class="error">{esc(entry.error)}</div></section>')
+            continue
+        out.append('<div class="row">')
+        out.append(f'<figure><img alt="input" src="{data_uri(entry.view)}"><figcaption><b>Input</b>'
+                   f'<div class="params">{entry.view.shape[1]}x{entry.view.shape[0]} model view</div>'
+                   "</figcaption></figure>")
+        rows = ["<table class=\"top\"><tr><th>#</th><th>class</th><th>p</th><th>score</th></tr>"]
+        for rank, (c, name, score, prob) in enumerate(entry.top, 1):
+            bar = f'<div class="bar" style="width:{max(1, round(60 * prob))}px"></div>'
+            rows.append(f"<tr><td>{rank}</td><td>{esc(class_label(c))}</td><td class=\"num\">{prob:.3f}{bar}</td>"
+                        f"<td class=\"num\">{score:.2f}</td></tr>")
+        rows.append("</table>")
+        out.append("<div><b style=\"font-size:13px\">Top predictions</b>" + "".join(rows) + "</div>")
+        out.append("</div><div class=\"row\" style=\"margin-top:12px\">")
+        for name, c, pic, params in entry.panels:
+            meth = METHODS.get(name)
+            caption = f"<b>{esc(meth.title if meth else name)}</b> · {esc(class_label(c))}"
+            if meth and meth.reference:
+                caption += f'<div style="color:#888">{esc(meth.reference)}</div>'
+            if params:
+                caption += f'<div class="params">{esc(_fmt_params(params))}</div>'
+            out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(pic)}"><figcaption>{caption}</figcaption>'
+                       "</figure>")
+        out.append("</div></section>")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from . import __version__
+    out.append(f"<footer>onnx_cnnviz {esc(__version__)} · {stamp} · maps: jet colormap over the input, min-max "
+               "scaled per picture; gradients: mean at mid-gray, ±5 std to black/white; attributions: |sum over "
+               "channels|, white = most.</footer>")
+    out.append(f'<script type="application/json" id="cnnviz-data">{_json_for_html(info)}</script>')
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _json_for_html(value) -> str:
+    return json.dumps(value, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def write_report(path, html_text: str, overwrite: bool = False) -> Path:
+    """Save the report atomically (no overwrite unless asked)."""
+    return write_atomic(path, html_text, overwrite=overwrite)
+
+
+__all__ = ["METHODS", "Method", "method", "explain", "picture", "probabilities", "describe", "make_report",
+           "render_report", "write_report", "write_atomic", "read_labels", "labels_from_metadata", "ImageEntry",
+           "fit_preprocessing", "LABELS_KEY"]
