@@ -1,0 +1,579 @@
+"""Looking at what the network computes: filters, activations, maximally activating patches, feature space.
+
+* :func:`filters` — the first convolution's kernels as colour tiles, per-filter min-max scaled (Krizhevsky et al.
+  2012, Fig. 3, the 96 AlexNet filters); deeper kernels as one grey tile per (filter, input channel).
+* :func:`activations` — one image's feature maps at a layer as a grid of grey tiles, most active channels first
+  (Yosinski et al. 2015, the deep visualization toolbox).
+* :func:`top_patches` — over a stream of images, the top-k images per channel by the channel's maximum activation and
+  the input patch under that maximum, cut with the unit's receptive field computed from the graph (Girshick et al.
+  2014, Fig. 4); optionally guided backpropagation of that unit next to the crop (Springenberg et al. 2015, Fig. 3).
+* :func:`embeddings` / :func:`nearest_neighbours` / :func:`project_2d` / :func:`mosaic` / :func:`scatter_plot` —
+  the "fc7 code" of each image, its neighbours in that space (Krizhevsky et al. 2012, Fig. 4), and 2-D maps by PCA or
+  t-SNE (van der Maaten & Hinton 2008) drawn as a plot and as Karpathy's cnnembed mosaic.
+
+Images may be given as paths, a folder, uint8 arrays / PIL images (preprocessed with ``preprocess``, by default the
+model's metadata preset or "imagenet"), or already preprocessed float arrays ``(C, H, W)`` / ``(N, C, H, W)``. They are
+streamed in batches: memory holds one batch plus the results.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from onnx import numpy_helper
+
+from .. import image as im
+from ..errors import CnnvizError, InputError, ModelStructureError
+from ..graph.receptive_field import ReceptiveField, receptive_field
+from ..graph.structure import Layer, producers
+from ..model import Model
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+# Ops that keep a conv's output on the same grid and channels: walking back through them from a layer finds its conv.
+_PASS_THROUGH = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+                 "BatchNormalization", "InstanceNormalization", "Dropout", "Identity", "Mul", "Add", "Div", "Sub"}
+_LINEAR_OPS = {"Gemm", "MatMul", "Conv"}
+_VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "GlobalAveragePool", "GlobalMaxPool",
+             "ReduceMean", "ReduceMax", "Relu", "Dropout", "Softmax", "LogSoftmax", "Sigmoid", "Add",
+             "BatchNormalization", "AveragePool"}
+
+
+class MissingDependencyError(CnnvizError, ImportError):
+    """An optional package (scikit-learn, matplotlib) is needed for this feature and is not installed."""
+
+
+# ==================================================================================================================
+# Inputs: paths, folders, arrays -> batches of model inputs plus display images
+# ==================================================================================================================
+def list_images(folder) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder.")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def preprocessing_for(m: Model, preprocess=None) -> im.Preprocessing:
+    """``preprocess`` (a preset name or :class:`Preprocessing`), else the model's metadata, else "imagenet" at the
+    model's input size."""
+    if preprocess is not None:
+        prep = im.get_preprocessing(preprocess)
+    else:
+        prep = im.Preprocessing.from_metadata(m.metadata) or im.get_preprocessing("imagenet")
+    hw = m.input_shape[1:]
+    if prep.size is None and hw[0] is not None:
+        prep = im.get_preprocessing(prep, size=hw)
+    return prep
+
+
+def _is_model_input(item) -> bool:
+    """A float ``(C, H, W)`` array with C in 1, 3 is taken as already preprocessed (an RGB float picture is
+    ``(H, W, 3)``)."""
+    return isinstance(item, np.ndarray) and item.ndim == 3 and np.issubdtype(item.dtype, np.floating) \
+        and item.shape[0] in (1, 3) and item.shape[2] > 4
+
+
+def _items(images):
+    """Iterate single items from a folder, a path, a batch array or any iterable."""
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        yield from (list_images(path) if path.is_dir() else [path])
+        return
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        yield from images
+        return
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        yield images
+        return
+    yield from images
+
+
+def iter_batches(m: Model, images, preprocess=None, batch_size: int | None = None):
+    """Yield ``(start, items, x)``: the position of the batch's first image in the stream, the items themselves
+    (paths, arrays, ...) and their float32 model input ``(n, C, H, W)``."""
+    prep = preprocessing_for(m, preprocess)
+    step = max(1, int(batch_size or m.batch_size))
+    start, chunk = 0, []
+    for item in _items(images):
+        chunk.append(item)
+        if len(chunk) == step:
+            yield start, chunk, _to_input(chunk, prep)
+            start, chunk = start + len(chunk), []
+    if chunk:
+        yield start, chunk, _to_input(chunk, prep)
+    elif start == 0:
+        raise InputError("No images given (the folder or list is empty).")
+
+
+def _to_input(items, prep) -> np.ndarray:
+    parts = []
+    for item in items:
+        if _is_model_input(item):
+            parts.append(np.asarray(item, dtype=np.float32)[None])
+        else:
+            parts.append(im.preprocess(item, prep))
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def display_image(x_row: np.ndarray, preprocess=None, m: Model | None = None) -> np.ndarray:
+    """A model input ``(C, H, W)`` back to a uint8 RGB picture (:func:`deprocess`; grey inputs min-max scaled)."""
+    prep = preprocessing_for(m, preprocess) if m is not None else im.get_preprocessing(preprocess or "imagenet")
+    x_row = np.asarray(x_row, dtype=np.float32)
+    if x_row.shape[0] == 3:
+        return im.deprocess(x_row, prep)
+    g = x_row[0]
+    span = g.max() - g.min()
+    g = (g - g.min()) / span if span > 0 else np.zeros_like(g)
+    return np.repeat(np.floor(g * 255 + 0.5).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def _layer_name(m: Model, layer) -> str:
+    if layer is None:
+        if m.default_layer is None:
+            raise ModelStructureError("the model has no spatial feature map; name a layer (see Model.layers).")
+        return m.default_layer
+    name = layer.name if isinstance(layer, Layer) else layer
+    m.layer(name)  # UnknownLayerError with suggestions
+    return name
+
+
+# ==================================================================================================================
+# Filters
+# ==================================================================================================================
+def conv_weights(m: Model, layer=None) -> tuple[str, np.ndarray]:
+    """``(conv node name, W)`` with W ``(O, C/groups, kh, kw)``: the first convolution after the image (``layer=None``),
+    or the convolution producing ``layer`` (walking back through activations, normalisations and residual adds)."""
+    spec = m.spec()
+    graph = spec.model.graph
+    inits = {t.name: t for t in graph.initializer}
+    made_by = producers(graph)
+    if layer is None:
+        from ..graph.structure import downstream
+        reached = downstream(graph, [m.input_name])
+        node = next((n for n in graph.node if n.op_type == "Conv" and n.input[0] in reached), None)
+        if node is None:
+            raise ModelStructureError("the model has no convolution after the image input.")
+    else:
+        name = layer.name if isinstance(layer, Layer) else layer
+        if name not in spec.info:
+            m.layer(name)
+        node = made_by.get(name)
+        while node is not None and node.op_type != "Conv":
+            if node.op_type not in _PASS_THROUGH:
+                node = None
+                break
+            # follow the input that is itself a feature map (the data path, not a per-channel constant)
+            spatial = [i for i in node.input if i in made_by and i not in inits]
+            node = made_by.get(spatial[0]) if spatial else None
+        if node is None:
+            raise ModelStructureError(f"'{name}' is not produced by a convolution (through activations and "
+                                      "normalisations); its kernels cannot be shown.")
+    if node.input[1] not in inits:
+        raise ModelStructureError(f"the weights of convolution '{node.name}' are computed at run time.")
+    return node.name or node.output[0], numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+
+
+def _upscale(tile: np.ndarray, min_size: int) -> np.ndarray:
+    factor = max(1, int(np.ceil(min_size / max(tile.shape[:2]))))
+    return np.repeat(np.repeat(tile, factor, axis=0), factor, axis=1)
+
+
+def filters(m: Model, layer=None, order: str | None = None, max_filters: int | None = None,
+            max_channels: int = 16, tile: int = 24, ncols: int | None = None) -> np.ndarray:
+    """Convolution kernels as a uint8 RGB picture.
+
+    ``layer=None``: the first convolution. With 3 input channels each filter is one colour tile, min-max scaled per
+    filter, ``(w - min w) / (max w - min w)`` (the AlexNet figure); ``order`` is the model's channel order ("BGR" for
+    caffe models; default: from the model's preprocessing metadata, else RGB), flipped to RGB for display. Otherwise
+    (a deeper layer, or a first layer on grey/other inputs) filter ``o`` is a row of ``min(C, max_channels)`` grey
+    tiles, one per input channel, scaled by the min and max over that filter. Tiles are enlarged with nearest
+    neighbours to at least ``tile`` pixels.
+    """
+    _, w = conv_weights(m, layer)
+    if max_filters is not None:
+        w = w[:max_filters]
+    lo = w.min(axis=(1, 2, 3), keepdims=True)
+    span = w.max(axis=(1, 2, 3), keepdims=True) - lo
+    scaled = (w - lo) / np.where(span > 0, span, 1.0)
+    levels = np.floor(scaled * 255 + 0.5).astype(np.uint8)
+    if w.shape[1] == 3:
+        if order is None:
+            prep = im.Preprocessing.from_metadata(m.metadata)
+            order = prep.order if prep is not None else "RGB"
+        rgb = levels.transpose(0, 2, 3, 1)
+        if str(order).upper() == "BGR":
+            rgb = rgb[..., ::-1]
+        tiles = [_upscale(np.ascontiguousarray(t), tile) for t in rgb]
+        return im.grid(tiles, ncols=ncols or int(np.ceil(np.sqrt(len(tiles)))), pad=1, bg=0)
+    c = min(w.shape[1], max_channels)
+    tiles = [_upscale(np.repeat(levels[o, ch][:, :, None], 3, axis=2), tile) for o in range(len(levels))
+             for ch in range(c)]
+    return im.grid(tiles, ncols=c, pad=1, bg=0)
+
+
+# ==================================================================================================================
+# Activations
+# ==================================================================================================================
+@dataclass
+class ActivationGrid:
+    """Feature maps of one image: ``image`` the grid (uint8 RGB), ``channels`` the channel of each tile in order,
+    ``maps`` the raw ``(C, h, w)`` activations."""
+    image: np.ndarray
+    channels: list
+    maps: np.ndarray
+
+
+def activations(m: Model, x, layer=None, top: int | None = None, scale: str = "layer", tile: int = 48,
+                ncols: int | None = None) -> ActivationGrid:
+    """The feature maps of one image ``x`` ((C, H, W) or (1, C, H, W), preprocessed) at ``layer`` as grey tiles.
+
+    ``top``: show only the ``top`` channels with the largest mean activation, most active first (all channels in
+    their order when None). ``scale="layer"``: one min-max over all shown maps, so tiles compare (the deep
+    visualization toolbox); ``"channel"``: each map on its own. Tiles are enlarged (nearest) to ``tile`` pixels.
+    """
+    name = _layer_name(m, layer)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.shape[0] != 1:
+        raise InputError(f"activations shows one image; x has {x.shape[0]}.")
+    maps = m.run(x, outputs=[name]).outputs[name][0]
+    if top is not None:
+        order = np.argsort(-maps.mean(axis=(1, 2)), kind="stable")[:int(top)]
+    else:
+        order = np.arange(maps.shape[0])
+    shown = maps[order]
+    if scale == "layer":
+        lo, span = shown.min(), shown.max() - shown.min()
+        scaled = (shown - lo) / (span if span > 0 else 1.0)
+    elif scale == "channel":
+        lo = shown.min(axis=(1, 2), keepdims=True)
+        span = shown.max(axis=(1, 2), keepdims=True) - lo
+        scaled = (shown - lo) / np.where(span > 0, span, 1.0)
+    else:
+        raise InputError(f"scale must be 'layer' or 'channel', not {scale!r}.")
+    levels = np.floor(scaled * 255 + 0.5).astype(np.uint8)
+    tiles = [_upscale(np.repeat(t[:, :, None], 3, axis=2), tile) for t in levels]
+    picture = im.grid(tiles, ncols=ncols or int(np.ceil(np.sqrt(len(tiles)))), pad=1, bg=255)
+    return ActivationGrid(picture, [int(c) for c in order], maps)
+
+
+# ==================================================================================================================
+# Maximally activating patches
+# ==================================================================================================================
+@dataclass
+class Patch:
+    """One of a channel's top activations: where it is and what the input looks like there."""
+    channel: int
+    value: float  # the channel's maximum activation in this image
+    index: int  # position of the image in the stream
+    unit: tuple  # (i, j) of the maximum in the layer
+    box: tuple  # (x0, y0, x1, y1) its receptive field in the model input, clipped
+    crop: np.ndarray | None = None  # uint8 RGB image[y0:y1, x0:x1]
+    guided: np.ndarray | None = None  # uint8 RGB guided backpropagation of the unit, same box
+    source: object = None  # the item (path, array) it came from
+
+
+@dataclass
+class TopPatches:
+    layer: str
+    receptive_field: ReceptiveField
+    patches: dict = field(default_factory=dict)  # channel -> [Patch], best first
+    count: int = 0  # images seen
+
+    def grid(self, channels=None, tile: int = 64, guided: bool | None = None) -> np.ndarray:
+        """One row per channel, its patches left to right (each followed by its guided backprop when present)."""
+        channels = list(self.patches) if channels is None else list(channels)
+        if guided is None:
+            guided = any(p.guided is not None for c in channels for p in self.patches[c])
+        per_row = max(len(self.patches[c]) for c in channels) * (2 if guided else 1)
+        blank = np.full((tile, tile, 3), 255, np.uint8)
+        tiles = []
+        for c in channels:
+            row = []
+            for p in self.patches[c]:
+                row.append(p.crop if p.crop is not None else blank)
+                if guided:
+                    row.append(p.guided if p.guided is not None else blank)
+            tiles.extend(row + [blank] * (per_row - len(row)))
+        return im.grid(tiles, ncols=per_row, pad=2, bg=255, tile_size=(tile, tile))
+
+
+def top_patches(m: Model, images, layer=None, channels=None, k: int = 9, preprocess=None, guided: bool = False,
+                batch_size: int | None = None, crops: bool = True) -> TopPatches:
+    """The ``k`` images that activate each channel of ``layer`` most, and the patch under each maximum.
+
+    For every image ``n`` and channel ``c`` the score is ``max_ij A[n, c, i, j]`` (Girshick et al. 2014 rank pool5
+    units this way); the ``k`` best images per channel are kept while streaming batches. The patch is the receptive
+    field of the arg-max unit (:func:`onnx_cnnviz.graph.receptive_field.receptive_field`), clipped to the image.
+    ``guided=True`` adds guided backpropagation of that unit, ``dA[c, i, j] / dx`` with the guided ReLU rule, cropped
+    to the same box (Springenberg et al. 2015). Images are read twice: once to rank, once for the kept ones.
+    """
+    name = _layer_name(m, layer)
+    prep = preprocessing_for(m, preprocess)
+    shape = None
+    best_val = best_idx = best_unit = None
+    sources: dict[int, object] = {}
+    chan = None
+    count = 0
+    for start, items, x in iter_batches(m, images, prep, batch_size):
+        acts = m.run(x, outputs=[name], batch_size=batch_size).outputs[name]
+        if shape is None:
+            shape = acts.shape[1:]
+            chan = np.arange(shape[0]) if channels is None else np.asarray(list(channels), dtype=np.int64)
+            if chan.size == 0 or chan.min() < 0 or chan.max() >= shape[0]:
+                raise InputError(f"channels must lie in 0..{shape[0] - 1} for layer '{name}'.")
+            best_val = np.full((len(chan), 0), -np.inf, np.float32)
+            best_idx = np.zeros((len(chan), 0), np.int64)
+            best_unit = np.zeros((len(chan), 0), np.int64)
+        a = acts[:, chan].reshape(len(items), len(chan), -1)  # (n, C', h*w)
+        flat_arg = a.argmax(axis=2)  # first maximum in row-major order
+        vals = np.take_along_axis(a, flat_arg[:, :, None], axis=2)[:, :, 0]
+        cand_val = np.concatenate([best_val, vals.T], axis=1)
+        cand_idx = np.concatenate([best_idx, np.broadcast_to(start + np.arange(len(items)), (len(chan), len(items)))],
+                                  axis=1)
+        cand_unit = np.concatenate([best_unit, flat_arg.T], axis=1)
+        # stable sort on -value: among equal values the earlier image wins, so results do not depend on batching
+        keep = np.argsort(-cand_val, axis=1, kind="stable")[:, :k]
+        best_val = np.take_along_axis(cand_val, keep, axis=1)
+        best_idx = np.take_along_axis(cand_idx, keep, axis=1)
+        best_unit = np.take_along_axis(cand_unit, keep, axis=1)
+        for offset, item in enumerate(items):
+            sources[start + offset] = item
+        alive = set(best_idx.ravel().tolist())
+        sources = {i: s for i, s in sources.items() if i in alive}
+        count = start + len(items)
+    rf = receptive_field(m, name, hw=None)
+    w = shape[2]
+    result = TopPatches(layer=name, receptive_field=rf, count=count)
+    for row, c in enumerate(chan):
+        result.patches[int(c)] = [
+            Patch(channel=int(c), value=float(best_val[row, r]), index=int(best_idx[row, r]),
+                  unit=(int(best_unit[row, r] // w), int(best_unit[row, r] % w)),
+                  box=rf.box(int(best_unit[row, r] // w), int(best_unit[row, r] % w)),
+                  source=sources.get(int(best_idx[row, r])))
+            for r in range(best_val.shape[1])]
+    if crops or guided:
+        _fill_patches(m, result, sources, prep, guided, batch_size)
+    return result
+
+
+def _fill_patches(m, result: TopPatches, sources: dict, prep, guided: bool, batch_size):
+    """Second pass over the kept images only: crops, and guided backprop of each kept unit."""
+    wanted = sorted(sources)
+    by_image: dict[int, list[Patch]] = {}
+    for plist in result.patches.values():
+        for p in plist:
+            by_image.setdefault(p.index, []).append(p)
+    step = max(1, int(batch_size or m.batch_size))
+    shape = m.layer(result.layer).shape
+    for s in range(0, len(wanted), step):
+        idx = wanted[s:s + step]
+        x = _to_input([sources[i] for i in idx], prep)
+        pictures = [display_image(row, prep) for row in x]
+        for n, i in enumerate(idx):
+            for p in by_image.get(i, []):
+                x0, y0, x1, y1 = p.box
+                p.crop = np.ascontiguousarray(pictures[n][y0:y1, x0:x1])
+        if not guided:
+            continue
+        # one backward row per kept (image, unit): the seed is one-hot at the unit
+        jobs = [(n, p) for n, i in enumerate(idx) for p in by_image.get(i, [])]
+        for js in range(0, len(jobs), step):
+            chunk = jobs[js:js + step]
+            xs = x[[n for n, _ in chunk]]
+            seed = np.zeros((len(chunk), *shape[1:]), np.float32)
+            for r, (_, p) in enumerate(chunk):
+                seed[r, p.channel, p.unit[0], p.unit[1]] = 1.0
+            g = m.vjp(xs, result.layer, seed, rule="guided", batch_size=batch_size).grads[m.input_name]
+            for r, (_, p) in enumerate(chunk):
+                x0, y0, x1, y1 = p.box
+                p.guided = im.gradient_image(g[r][:, y0:y1, x0:x1], order=prep.order) if g.shape[1] in (1, 3) \
+                    else None
+
+
+# ==================================================================================================================
+# Feature space
+# ==================================================================================================================
+def penultimate_layer(m: Model) -> str:
+    """The input of the last linear map before the class score (fc7 for AlexNet / VGG, the pooled features for
+    ResNet, the input of SqueezeNet's 1x1 classifier conv), found by walking back from the score through
+    reshapes, pooling, activations and dropout."""
+    graph = m.spec().model.graph
+    made_by = producers(graph)
+    inits = {t.name for t in graph.initializer}
+    name = m.score_name
+    for _ in range(64):
+        node = made_by.get(name)
+        if node is None:
+            break
+        if node.op_type in _LINEAR_OPS:
+            return node.input[0]
+        if node.op_type not in _VIEW_OPS:
+            break
+        data = [i for i in node.input if i and i not in inits and i in made_by or i == m.input_name]
+        if not data:
+            break
+        name = data[0]
+    if m.default_layer is None:
+        raise ModelStructureError("no linear classifier layer nor spatial feature map found; name a layer.")
+    return m.default_layer
+
+
+def embeddings(m: Model, images, layer=None, preprocess=None, batch_size: int | None = None) -> np.ndarray:
+    """(N, D) float32 features of every image: ``layer`` (default :func:`penultimate_layer`), global-average pooled
+    when it is a spatial map, streamed in batches."""
+    name = penultimate_layer(m) if layer is None else (layer.name if isinstance(layer, Layer) else layer)
+    spec = m.spec()
+    if name not in spec.info:
+        m.layer(name)
+    out = []
+    for _, _, x in iter_batches(m, images, preprocess, batch_size):
+        a = m.run(x, outputs=[name], batch_size=batch_size).outputs[name]
+        out.append(a.mean(axis=(2, 3)) if a.ndim == 4 else a.reshape(len(a), -1))
+    return np.concatenate(out).astype(np.float32)
+
+
+def nearest_neighbours(features, queries=None, k: int = 5, metric: str = "euclidean", exclude_self: bool = True):
+    """``(indices (Q, k), distances (Q, k))`` of the ``k`` nearest rows of ``features`` to each query.
+
+    ``queries``: row indices into ``features`` (default: all), or an array of query vectors. ``metric``:
+    "euclidean" (Krizhevsky et al. 2012, Fig. 4 use the Euclidean distance of the 4096-d codes) or "cosine".
+    ``exclude_self``: when queries are indices, the query itself is not its own neighbour.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    if queries is None:
+        queries = np.arange(len(f))
+    q_arr = np.asarray(queries)
+    by_index = q_arr.ndim == 1 and np.issubdtype(q_arr.dtype, np.integer)
+    q = f[q_arr] if by_index else np.atleast_2d(q_arr).astype(np.float64)
+    if metric == "cosine":
+        fn = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        d = 1.0 - qn @ fn.T
+    elif metric == "euclidean":
+        d = np.sqrt(np.maximum((q ** 2).sum(1)[:, None] + (f ** 2).sum(1)[None] - 2 * q @ f.T, 0))
+    else:
+        raise InputError(f"metric must be 'euclidean' or 'cosine', not {metric!r}.")
+    if by_index and exclude_self:
+        d[np.arange(len(q_arr)), q_arr] = np.inf
+    k = min(int(k), f.shape[0] - (1 if by_index and exclude_self else 0))
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(d, idx, axis=1).astype(np.float32)
+
+
+def neighbours_grid(pictures, queries, indices, tile: int = 96, labels=None) -> np.ndarray:
+    """Rows of ``[query, its neighbours...]`` as one picture (``pictures``: anything :func:`read_image` reads)."""
+    tiles, row_labels = [], []
+    for q, row in zip(queries, indices):
+        tiles.append(pictures[int(q)])
+        tiles.extend(pictures[int(i)] for i in row)
+        if labels is not None:
+            row_labels.extend([labels[int(q)]] + [labels[int(i)] for i in row])
+    return im.grid(tiles, ncols=1 + len(indices[0]), tile_size=(tile, tile),
+                   labels=row_labels if labels is not None else None)
+
+
+def project_2d(features, method: str = "pca", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """(N, 2) float32 coordinates of the rows of ``features``.
+
+    ``"pca"``: the projections on the first two principal components (centred SVD; each axis' sign fixed so that its
+    largest loading is positive, so results are reproducible). ``"tsne"``: scikit-learn's t-SNE (van der Maaten &
+    Hinton 2008) with PCA initialisation and ``random_state=seed``; the perplexity is capped at (N - 1) / 3.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise InputError(f"features must be (N, D) with N >= 2, not {f.shape}.")
+    if method == "pca":
+        c = f - f.mean(axis=0)
+        _, _, vt = np.linalg.svd(c, full_matrices=False)
+        vt = vt[:2]
+        signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
+        out = c @ (vt * signs[:, None]).T
+        if out.shape[1] < 2:
+            out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+        return out.astype(np.float32)
+    if method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError as exc:
+            raise MissingDependencyError("t-SNE needs scikit-learn: pip install scikit-learn (or use method='pca')."
+                                         ) from exc
+        perp = float(min(perplexity, max(1.0, (len(f) - 1) / 3.0)))
+        tsne = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed)
+        return tsne.fit_transform(f.astype(np.float32)).astype(np.float32)
+    raise InputError(f"method must be 'pca' or 'tsne', not {method!r}.")
+
+
+def mosaic(pictures, coords, size: int = 1024, thumb: int = 64, snap: bool = True, bg=255) -> np.ndarray:
+    """Thumbnails placed at 2-D positions (Karpathy's cnnembed picture): uint8 RGB ``(size, size, 3)``.
+
+    ``coords`` (N, 2) are scaled to the canvas (min-max per axis, x = column 0, y = column 1). ``snap=True`` moves each
+    thumbnail to the nearest free cell of a ``size // thumb`` grid (greedy, in order of distance to its cell), so
+    none overlap, as cnnembed's grid version does; ``False`` pastes at the exact positions, later ones on top.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(pictures):
+        raise InputError(f"coords must be (N, 2) with one row per picture, not {coords.shape}.")
+    lo, span = coords.min(axis=0), np.ptp(coords, axis=0)
+    unit = (coords - lo) / np.where(span > 0, span, 1.0)
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = im._rgb_triple(bg, "bg").astype(np.uint8)
+    cells = size // thumb
+    if snap and len(pictures) > cells * cells:
+        raise InputError(f"{len(pictures)} thumbnails do not fit a {cells}x{cells} grid; use a larger size, a "
+                         "smaller thumb, or snap=False.")
+    taken = np.zeros((cells, cells), bool)
+    gy, gx = np.mgrid[0:cells, 0:cells]
+    target = unit * (cells - 1)
+    order = np.argsort(np.abs(target - np.round(target)).sum(axis=1), kind="stable")
+    for n in (order if snap else range(len(pictures))):
+        tile = im._fit(im.read_image(pictures[n]), thumb, thumb)
+        if snap:
+            d = (gx - target[n, 0]) ** 2 + (gy - target[n, 1]) ** 2
+            d[taken] = np.inf
+            cy, cx = np.unravel_index(int(np.argmin(d)), d.shape)
+            taken[cy, cx] = True
+            y0, x0 = cy * thumb, cx * thumb
+        else:
+            x0 = int(round(unit[n, 0] * (size - thumb)))
+            y0 = int(round(unit[n, 1] * (size - thumb)))
+        th, tw = tile.shape[:2]
+        canvas[y0:y0 + th, x0:x0 + tw] = tile
+    return canvas
+
+
+def scatter_plot(coords, labels=None, names=None, title: str | None = None, size=(6.0, 6.0),
+                 dpi: int = 100) -> np.ndarray:
+    """A scatter plot of 2-D coordinates as a uint8 RGB picture (matplotlib, no window opened).
+
+    ``labels``: an int class per point (one colour per class, with a legend using ``names`` when given)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MissingDependencyError("the scatter plot needs matplotlib: pip install matplotlib.") from exc
+    coords = np.asarray(coords, dtype=np.float64)
+    fig = Figure(figsize=size, dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=12)
+    else:
+        labels = np.asarray(labels)
+        for value in np.unique(labels):
+            sel = labels == value
+            name = names[int(value)] if names is not None else str(value)
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=12, label=name)
+        ax.legend(loc="best", fontsize=8)
+    if title:
+        ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[:, :, :3])
