@@ -63,8 +63,9 @@ class Model:
         self._static_hw = tuple(dims[2:]) if all(d is not None for d in dims[2:]) else None
         self.channels = dims[1]
         self.static_batch = False
-        self._base = model
-        self._batched = copy.deepcopy(model)
+        # The as-exported graph is kept only when its batch was static: it is the fallback if rewriting fails.
+        self._batched = model
+        self._base = copy.deepcopy(model) if graph_load.input_batch_is_static(model, self.input_name) else None
         had_static_batch = graph_load.make_batch_dynamic(self._batched, self.input_name)
         self._cache: dict = {}
         self._specs: dict = {}
@@ -88,7 +89,10 @@ class Model:
             # The graph hard-codes batch 1 somewhere we could not rewrite: run one sample at a time.
             self.static_batch = True
             self._specs.clear()
+            self._cache.clear()
             spec = self._spec(hw)
+        else:
+            self._base = None
         self.num_classes = int(np.prod(spec.info[self.score_name].shape[1:]))
         self._layers = spec.layers
         self._default_layer = default_layer(spec.layers)

@@ -171,6 +171,14 @@ def float16_to_float32(model: onnx.ModelProto) -> None:
                 attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
 
 
+def input_batch_is_static(model: onnx.ModelProto, input_name: str) -> bool:
+    for value in model.graph.input:
+        if value.name == input_name:
+            dims = value.type.tensor_type.shape.dim
+            return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value >= 1
+    return False
+
+
 def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> bool:
     """Make dim 0 of the image input and of every output symbolic. Returns True when the model had a static batch.
 
@@ -178,13 +186,11 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> bool:
     "copy this dimension from the input".
     """
     graph = model.graph
-    was_static = False
+    was_static = input_batch_is_static(model, input_name)  # some exporters write -1 for "any"
     values = [v for v in graph.input if v.name == input_name] + list(graph.output)
     for value in values:
         dims = value.type.tensor_type.shape.dim
         if dims:
-            if dims[0].HasField("dim_value") and dims[0].dim_value >= 1:  # some exporters write -1 for "any"
-                was_static = was_static or value.name == input_name
             dims[0].Clear()
             dims[0].dim_param = BATCH_DIM
     del graph.value_info[:]

@@ -38,10 +38,34 @@ def _dims(value: onnx.ValueInfoProto):
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim)
 
 
+def weightless(model: onnx.ModelProto, keep_elements: int = 64) -> onnx.ModelProto:
+    """A copy for shape inference: large float initializers keep their type and dims but drop their data.
+
+    Shape inference serialises the whole model; without the weights it takes milliseconds instead of seconds on a
+    500 MB VGG. Small and integer tensors (shapes, axes, pads) keep their values for data propagation.
+    """
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_TYPES and int(np.prod(tensor.dims)) > keep_elements:
+            graph.initializer.append(onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
+                                                      dims=tensor.dims))
+        else:
+            graph.initializer.append(tensor)
+    return light
+
+
 def infer(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Shape inference with data propagation; initializers included."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False, data_prop=True)
     except Exception as exc:
         raise ModelStructureError(f"ONNX shape inference failed on this model ({str(exc)[:300]}).") from None
     graph = inferred.graph

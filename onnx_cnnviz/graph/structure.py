@@ -18,6 +18,9 @@ POOLING_OPS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", 
                "AveragePool", "MaxPool"}
 
 
+IDENTITY_LIKE = {"AveragePool", "MaxPool", "Identity", "Dropout"}
+
+
 class Layer(NamedTuple):
     """A candidate target layer: the tensor ``name``, its ``shape`` (None, C, h, w) and the producing ``op_type``."""
     name: str
@@ -164,7 +167,14 @@ def default_layer(layers: list[Layer]) -> str | None:
     ``layer4[-1]``, vgg ``features[-1]``, densenet ``features[-1]``).
     """
     spatial = [layer for layer in layers if (layer.shape[2] or 0) * (layer.shape[3] or 0) > 1]
-    return spatial[-1].name if spatial else None
+    if not spatial:
+        return None
+    i = len(spatial) - 1
+    # An adaptive pool to the size it already has (VGG's 7x7 -> 7x7 AveragePool) changes nothing: name the map
+    # before it, the module users know (features[-1]).
+    while i > 0 and spatial[i].op_type in IDENTITY_LIKE and spatial[i].shape == spatial[i - 1].shape:
+        i -= 1
+    return spatial[i].name
 
 
 def resolve_layer(layers: list[Layer], name: str) -> Layer:
