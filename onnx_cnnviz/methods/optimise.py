@@ -1,0 +1,263 @@
+"""Images made by optimisation: class models, neuron / channel models, and feature inversion.
+
+* :func:`class_model` — Simonyan, Vedaldi & Zisserman 2014, Sec. 2: ``I* = argmax_I S_c(I) - lambda ||I||_2^2``
+  (``S_c`` the class score before softmax), by gradient ascent from the zero image (the dataset mean after
+  preprocessing) or from noise, with the regularisers of Yosinski et al. 2015, "Understanding Neural Networks Through
+  Deep Visualization", Sec. 3: L2 decay ``x <- (1 - decay) x``, Gaussian blur every ``blur_every`` steps, clipping
+  pixels of small norm to zero, plus random jitter (translating the image before each gradient step, Mordvintsev et
+  al. 2015) and clipping to the valid pixel range.
+* :func:`neuron_model` — the same for any unit ``A[c, i, j]`` or channel mean ``1/(hw) sum_ij A[c, i, j]`` of any
+  layer (Yosinski et al.; Erhan et al. 2009 "activation maximisation").
+* :func:`invert` — Mahendran & Vedaldi 2015, "Understanding Deep Image Representations by Inverting Them", Eq. 1-3:
+  ``x* = argmin_x ||Phi(x) - Phi_0||^2 / ||Phi_0||^2 + lambda_a ||x / B||_alpha^alpha + lambda_tv TV_beta(x / B)``,
+  with ``TV_beta(x) = sum_ij ((x_{i,j+1} - x_ij)^2 + (x_{i+1,j} - x_ij)^2)^(beta/2)``, by Adam (their
+  ``momentum`` SGD works too; Adam needs no learning-rate schedule per layer).
+
+Every gradient comes from one cached ONNX graph per objective: the class score through :meth:`Model.run` with a
+one-hot seed; a unit, a channel or the code distance through :meth:`Model.vjp`, whose seed (one-hot, uniform over the
+channel, or ``2 (Phi(x) - Phi_0) / ||Phi_0||^2``) is fed at run time. Steps are numpy. Runs are deterministic given
+``seed`` (initial noise and jitter come from ``numpy.random.default_rng(seed)``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..model import Model
+from .features import _layer_name, display_image, preprocessing_for
+
+
+@dataclass
+class Optimised:
+    """Result of an optimisation: ``x`` the model input (C, H, W) float32, ``image`` it as uint8 RGB, ``history``
+    the objective's main term at each step (the class score, the unit's activation, or the relative code error
+    ``||Phi(x) - Phi_0|| / ||Phi_0||`` for inversion), before that step's update, and ``final`` its value at ``x``."""
+    x: np.ndarray
+    image: np.ndarray
+    history: np.ndarray
+    final: float
+
+
+def _bounds(prep, channels: int):
+    """Per-channel (lo, hi) of valid model inputs (pixels 0..255 through the preprocessing), and the mean range."""
+    lo = np.zeros(channels, np.float32) * prep.scale
+    hi = np.full(channels, 255.0, np.float32) * prep.scale
+    if prep.mean is not None and channels == 3:
+        lo, hi = lo - np.asarray(prep.mean, np.float32), hi - np.asarray(prep.mean, np.float32)
+    if prep.std is not None and channels == 3:
+        lo, hi = lo / np.asarray(prep.std, np.float32), hi / np.asarray(prep.std, np.float32)
+    return lo[:, None, None], hi[:, None, None], float(np.mean(hi - lo))
+
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    hwc = np.ascontiguousarray(x.transpose(1, 2, 0))
+    out = cv2.GaussianBlur(hwc, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    return (out[:, :, None] if out.ndim == 2 else out).transpose(2, 0, 1).astype(np.float32)
+
+
+def _start(m: Model, hw, init: str, rng, span: float, lo, hi, prep) -> np.ndarray:
+    c = m.channels
+    # "zero" is the zero model input: the mean image for mean-subtracted preprocessing (Simonyan et al. start
+    # there); clipped into the valid range for inputs without a mean.
+    x = np.zeros((c, *hw), np.float32)
+    if init == "noise":
+        x = x + rng.normal(0.0, 0.02 * span, x.shape).astype(np.float32)
+    elif init != "zero":
+        raise InputError(f"init must be 'zero' or 'noise', not {init!r}.")
+    return np.clip(x, lo, hi)
+
+
+def _hw(m: Model, hw) -> tuple:
+    hw = hw or m.input_shape[1:]
+    if hw[0] is None:
+        hw = m.spec().info[m.input_name].shape[2:]
+    return tuple(int(v) for v in hw)
+
+
+def _ascend(m, grad_fn, hw, steps, lr, l2, decay, jitter, blur_every, blur_sigma, clip_norm_percentile, init, seed,
+            preprocess, clip):
+    """Gradient ascent on ``grad_fn(x[None]) -> (value, dvalue/dx)`` with the Yosinski et al. regularisers.
+
+    Each step: jitter (roll by up to ``jitter`` px), ``g = dF/dx - 2 l2 x``, ``x += lr * span * g / rms(g)``
+    (normalised step, so ``lr`` is a fraction of the input range whatever the model's scale), then decay, blur,
+    small-norm clipping and clipping to the valid range.
+    """
+    prep = preprocessing_for(m, preprocess)
+    lo, hi, span = _bounds(prep, m.channels)
+    if not clip:
+        lo, hi = -np.inf, np.inf
+    rng = np.random.default_rng(seed)
+    x = _start(m, hw, init, rng, span, lo, hi, prep)
+    history = np.zeros(steps, np.float64)
+    for t in range(steps):
+        dy, dx = (rng.integers(-jitter, jitter + 1, size=2) if jitter else (0, 0))
+        shifted = np.roll(x, (int(dy), int(dx)), axis=(1, 2))
+        value, g = grad_fn(shifted[None])
+        g = np.roll(g[0], (-int(dy), -int(dx)), axis=(1, 2)) - 2.0 * l2 * x
+        history[t] = value
+        rms = float(np.sqrt(np.mean(g.astype(np.float64) ** 2)))
+        if rms > 0:
+            x = x + (lr * span / rms) * g
+        if decay:
+            x = x * (1.0 - decay)
+        if blur_every and blur_sigma and (t + 1) % blur_every == 0:
+            x = _blur(x, blur_sigma)
+        if clip_norm_percentile:
+            norms = np.sqrt((x ** 2).sum(axis=0))
+            x = np.where(norms < np.percentile(norms, clip_norm_percentile), 0.0, x)
+        x = np.clip(x, lo, hi).astype(np.float32)
+    final, _ = grad_fn(x[None])
+    return Optimised(x=x, image=display_image(x, prep) if x.shape[0] in (1, 3) else None, history=history,
+                     final=float(final))
+
+
+def class_model(m: Model, target: int, steps: int = 200, lr: float = 0.01, l2: float = 0.0, decay: float = 0.005,
+                jitter: int = 4, blur_every: int = 4, blur_sigma: float = 0.5, clip_norm_percentile: float = 0.0,
+                init: str = "zero", seed: int = 0, preprocess=None, hw=None, clip: bool = True) -> Optimised:
+    """The class model of Simonyan et al. 2014: ``argmax_I S_c(I) - l2 ||I||^2``, regularised as in Yosinski et al.
+
+    ``target``: the class. ``lr``: the step as a fraction of the input range per step (normalised gradient).
+    ``l2``: Simonyan's lambda (model-input units); ``decay``, ``blur_every``/``blur_sigma``,
+    ``clip_norm_percentile``, ``jitter``: Yosinski et al.'s regularisers (0 to switch off). ``init``: "zero" (the
+    zero model input) or "noise". ``preprocess``: gives the valid pixel range (clipping) and the display
+    (default: the model's metadata, else "imagenet"). ``history`` holds ``S_c`` before each step.
+    """
+    hw = _hw(m, hw)
+    target = int(m.targets_for(int(target), 1)[0])
+    seed_row = np.zeros((1, m.num_classes), np.float32)
+    seed_row[0, target] = 1.0
+
+    def grad_fn(x):
+        res = m.run(x, wrt=[m.input_name], seed=seed_row)
+        return float(res.scores[0, target]), res.grads[m.input_name]
+
+    return _ascend(m, grad_fn, hw, steps, lr, l2, decay, jitter, blur_every, blur_sigma, clip_norm_percentile, init,
+                   seed, preprocess, clip)
+
+
+def neuron_model(m: Model, layer, channel: int, unit=None, steps: int = 200, lr: float = 0.01, l2: float = 0.0,
+                 decay: float = 0.005, jitter: int = 0, blur_every: int = 4, blur_sigma: float = 0.5,
+                 clip_norm_percentile: float = 0.0, init: str = "noise", seed: int = 0, preprocess=None, hw=None,
+                 clip: bool = True) -> Optimised:
+    """Activation maximisation for one unit ``A[channel, i, j]`` (``unit=(i, j)``) or, with ``unit=None``, the
+    channel's mean ``1/(hw) sum_ij A[channel, i, j]`` of any layer; same regularisers as :func:`class_model`.
+
+    The gradient is one :meth:`Model.vjp` run with a constant seed (one-hot at the unit, or ``1/(hw)`` over the
+    channel); the graph is built once and reused every step. Jitter defaults to off: it would move a single unit's
+    field. ``init="noise"`` by default: at the zero input many units are exactly 0 behind a ReLU and get no gradient.
+    """
+    name = _layer_name(m, layer)
+    hw = _hw(m, hw)
+    shape = m.spec(hw).info[name].shape
+    if len(shape) != 4:
+        raise InputError(f"layer '{name}' is not a (N, C, h, w) feature map.")
+    c = int(channel)
+    if not 0 <= c < shape[1]:
+        raise InputError(f"channel {channel} is out of range for '{name}' ({shape[1]} channels).")
+    seed_arr = np.zeros((1, *shape[1:]), np.float32)
+    if unit is None:
+        seed_arr[0, c] = 1.0 / (shape[2] * shape[3])
+    else:
+        i, j = (int(v) for v in unit)
+        if not (0 <= i < shape[2] and 0 <= j < shape[3]):
+            raise InputError(f"unit {unit} is outside the {shape[2]}x{shape[3]} map of '{name}'.")
+        seed_arr[0, c, i, j] = 1.0
+
+    def grad_fn(x):
+        res = m.vjp(x, name, seed_arr)
+        return float((res.outputs[name] * seed_arr).sum()), res.grads[m.input_name]
+
+    return _ascend(m, grad_fn, hw, steps, lr, l2, decay, jitter, blur_every, blur_sigma, clip_norm_percentile, init,
+                   seed, preprocess, clip)
+
+
+def total_variation(x: np.ndarray, beta: float = 2.0, eps: float = 1e-8):
+    """``(TV_beta(x), dTV/dx)`` for a (C, H, W) array (Mahendran & Vedaldi 2015, Eq. 4; forward differences, zero at
+    the last row / column)."""
+    dx = np.zeros_like(x, dtype=np.float64)
+    dy = np.zeros_like(x, dtype=np.float64)
+    dx[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+    dy[:, :-1, :] = x[:, 1:, :] - x[:, :-1, :]
+    d = dx ** 2 + dy ** 2 + eps
+    value = float((d ** (beta / 2.0)).sum())
+    w = beta / 2.0 * d ** (beta / 2.0 - 1.0)  # d value / d d
+    g = np.zeros_like(dx)
+    # d d_ij / d x_ij = -2 dx_ij - 2 dy_ij;  d d_ij / d x_i,j+1 = 2 dx_ij;  d d_ij / d x_i+1,j = 2 dy_ij
+    g -= 2.0 * w * (dx + dy)
+    g[:, :, 1:] += 2.0 * (w * dx)[:, :, :-1]
+    g[:, 1:, :] += 2.0 * (w * dy)[:, :-1, :]
+    return value, g
+
+
+def invert(m: Model, x, layer, steps: int = 300, lr: float = 0.05, lambda_tv: float = 0.5, beta: float = 2.0,
+           lambda_norm: float = 1e-3, alpha: float = 6.0, init: str = "noise", seed: int = 0, preprocess=None,
+           clip: bool = True, target=None) -> Optimised:
+    """Reconstruct an image from its code at ``layer`` (Mahendran & Vedaldi 2015, Eq. 1-4).
+
+    Minimises, over a (C, H, W) image ``y``, with ``B`` the input range and ``P = H W``::
+
+        E(y) = ||Phi(y) - Phi_0||^2 / ||Phi_0||^2 + lambda_norm / P ||y / B||_alpha^alpha
+               + lambda_tv / P TV_beta(y / B)
+
+    where ``Phi_0 = Phi(x)`` (or ``target``, a code to invert). The code term's gradient is one :meth:`Model.vjp` run
+    seeded at the layer with ``2 (Phi(y) - Phi_0) / ||Phi_0||^2``; the priors' gradients are numpy. Adam (Kingma &
+    Ba 2015) with step ``lr * B``; ``y`` stays in the valid pixel range (``clip``). ``history`` holds the relative
+    code error ``||Phi(y) - Phi_0|| / ||Phi_0||`` before each step, ``final`` at the result.
+    """
+    name = _layer_name(m, layer)
+    prep = preprocessing_for(m, preprocess)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.shape[0] != 1:
+        raise InputError("invert takes one image.")
+    hw = tuple(x.shape[2:])
+    lo, hi, span = _bounds(prep, m.channels)
+    if not clip:
+        lo, hi = -np.inf, np.inf
+    shape = m.spec(hw).info[name].shape
+    phi0 = m.run(x, outputs=[name]).outputs[name] if target is None else np.asarray(target, np.float32)
+    norm0 = float((phi0.astype(np.float64) ** 2).sum())
+    if norm0 == 0:
+        raise InputError(f"the code of the image at '{name}' is all zeros; nothing to invert.")
+    npix = float(np.prod(hw))
+    rng = np.random.default_rng(seed)
+    if init == "noise":
+        y = rng.normal(0.0, 0.02 * span, x.shape[1:]).astype(np.float32)
+    elif init == "zero":
+        y = np.zeros(x.shape[1:], np.float32)
+    else:
+        raise InputError(f"init must be 'zero' or 'noise', not {init!r}.")
+    y = np.clip(y, lo, hi)
+    m1 = np.zeros_like(y, dtype=np.float64)
+    m2 = np.zeros_like(y, dtype=np.float64)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    history = np.zeros(steps, np.float64)
+
+    def code_grad(y):
+        # a forward run gives Phi(y); the backward run seeded with the residual gives d||Phi - Phi0||^2/dy (the
+        # seed depends on Phi(y), so it cannot be one run; each graph is built once and cached)
+        phi = m.run(y[None], outputs=[name]).outputs[name]
+        resid = (phi - phi0).astype(np.float32)
+        g = m.vjp(y[None], name, 2.0 * resid / norm0).grads[m.input_name][0]
+        return float((resid.astype(np.float64) ** 2).sum() / norm0), g
+
+    for t in range(steps):
+        err, g = code_grad(y)
+        history[t] = np.sqrt(err)
+        yb = y / span
+        if lambda_norm:
+            g = g + lambda_norm * alpha * np.sign(yb) * np.abs(yb) ** (alpha - 1) / (npix * span)
+        if lambda_tv:
+            _, gtv = total_variation(yb, beta)
+            g = g + lambda_tv * gtv / (npix * span)
+        m1 = b1 * m1 + (1 - b1) * g
+        m2 = b2 * m2 + (1 - b2) * g * g
+        mh, vh = m1 / (1 - b1 ** (t + 1)), m2 / (1 - b2 ** (t + 1))
+        y = np.clip(y - lr * span * mh / (np.sqrt(vh) + eps), lo, hi).astype(np.float32)
+    final, _ = code_grad(y)
+    return Optimised(x=y, image=display_image(y, prep) if y.shape[0] in (1, 3) else None, history=history,
+                     final=float(np.sqrt(final)))
