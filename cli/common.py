@@ -221,9 +221,10 @@ def preprocessing_options(f):
     return f
 
 
-def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, order, scale):
-    """The model's metadata preprocessing, unless --preprocess was given explicitly; then the field overrides;
-    a model with a fixed input size always gets its own size."""
+def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, order, scale, input_size=None):
+    """The model's metadata preprocessing, unless --preprocess was given explicitly; then the field overrides
+    (--input-size stands for --size when that is not given); a model with a fixed input size always gets its own
+    size."""
     from onnx_cnnviz.image import Preprocessing, get_preprocessing
     from onnx_cnnviz.report import fit_preprocessing
 
@@ -232,6 +233,7 @@ def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, or
     if base is None:
         base = preprocess
     scale = scale[0] if scale else None
+    size = size or input_size
     pre = get_preprocessing(base, size=size, mean=mean, std=std, order=order.upper() if order else None, scale=scale)
     return fit_preprocessing(m, pre)
 
@@ -251,15 +253,20 @@ def resolve_labels(m, labels_path):
 def collect_images(specs, exclude: Path | None = None, recursive: bool = False) -> list[Path]:
     """Files, folders (their image files, sorted) and globs -> a list of image paths without duplicates.
 
-    ``exclude``: a folder whose files are never taken (the output folder, when it lies inside an input folder).
+    ``exclude``: the output folder: pictures this tool wrote there (NAME.METHOD.RANK.png) are not taken from folders
+    and globs, so that a second run over a folder holding its own results does not explain the results. Files named
+    explicitly are always taken.
     """
+    import re
+
     found: list[Path] = []
     seen = set()
     excluded = exclude.resolve() if exclude is not None else None
+    ours = re.compile(r"\.[a-z-]+\.(top\d+|c\d+)\.png$")
 
-    def add(path: Path):
+    def add(path: Path, expanded: bool = True):
         key = path.resolve()
-        if excluded is not None and (key == excluded or excluded in key.parents):
+        if expanded and excluded is not None and (excluded in key.parents) and ours.search(key.name):
             return
         if key not in seen:
             seen.add(key)
@@ -276,7 +283,7 @@ def collect_images(specs, exclude: Path | None = None, recursive: bool = False) 
         if path.is_dir():
             add_folder(path)
         elif path.exists():
-            add(path)
+            add(path, expanded=False)
         elif glob.has_magic(str(spec)):
             matches = sorted(glob.glob(str(spec), recursive=True))
             if not matches:

@@ -44,7 +44,8 @@ def run_options(f):
         click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cnnviz-out", show_default=True,
                      help="Folder for the PNG overlays, .npy maps and .json records."),
         click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Images read and run together (memory stays bounded by this)."),
+                     help="Images read and explained together (memory stays bounded by this); the rows per "
+                          "onnxruntime run are chosen by the library."),
         click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders."),
         click.option("--overwrite", is_flag=True, help="Replace existing results (never done otherwise)."),
         click.option("--resume", is_flag=True, help="Skip results whose .json record already exists."),
@@ -137,8 +138,8 @@ def run(ctx, methods, params, model, images, target, top_k, layer, out_dir, batc
                                  param_hint="--colormap")
     out = Path(out_dir)
     paths = collect_images(images, exclude=out)  # before loading the model: a typo fails fast
-    m = load_model(model, device, input_name, output_name, input_size, batch_size)
-    pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale)
+    m = load_model(model, device, input_name, output_name, input_size)
+    pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale, input_size)
     names = resolve_labels(m, labels)
     layers = {name: report.resolved_layer(m, report.METHODS[name], layer) for name in methods}
     if target is not None:
@@ -212,7 +213,7 @@ def run(ctx, methods, params, model, images, target, top_k, layer, out_dir, batc
                     items = [g[1] for g in group]
                     results += _explain_group(m, x, items, methods, params, layer, k, top_k, target, ranks, paths,
                                               keys, files, names, pre, alpha, colormap, overwrite, resume,
-                                              batch_size, model_path, pre_info, method_params, deprocess, report,
+                                              None, model_path, pre_info, method_params, deprocess, report,
                                               __version__)
                 done_images += len(chunk)
                 bar.update(len(chunk))

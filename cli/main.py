@@ -42,6 +42,12 @@ class CnnvizGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # stdout closed early (| head): stop quietly, as a SIGPIPE would
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            ctx.exit(141)
         except KeyboardInterrupt:
             click.echo("cnnviz: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
@@ -55,7 +61,7 @@ class CnnvizGroup(click.Group):
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-@click.group(cls=CnnvizGroup, context_settings=CONTEXT)
+@click.group("cnnviz", cls=CnnvizGroup, context_settings=CONTEXT)
 @click.version_option(package_name="onnx-cnnviz", prog_name="cnnviz")
 @global_flags
 def cli():

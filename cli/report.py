@@ -51,7 +51,7 @@ def report_cmd(ctx, model, images, out_dir, name, methods, target, top, layer, t
         raise InputError(f"{out} already exists; pass --overwrite to replace it.")
     paths = collect_images(images, exclude=Path(out_dir), recursive=recursive)
     m = load_model(model, device, input_name, output_name, input_size, batch_size)
-    pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale)
+    pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale, input_size)
     names = resolve_labels(m, labels)
     chosen = flatten_lists(methods) or DEFAULT_METHODS
     params = {"window": window, "stride": stride, "baseline": baseline, "samples": samples, "steps": steps}

@@ -220,6 +220,8 @@ def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPS
     module, info = resolve_module(module_or_name, weights, seed)
     module = prepare(module)
     preprocessing = info.get("preprocessing") if preprocessing is None else get_preprocessing(preprocessing)
+    if preprocessing is not None and preprocessing.size is not None:
+        preprocessing = get_preprocessing(preprocessing, size=hw)  # the exported graph fixes H and W
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(labels)
     if labels is None:

@@ -137,13 +137,23 @@ def _minmax(a: np.ndarray) -> np.ndarray:
     return (a - lo) / span if span > 0 and np.isfinite(span) else np.zeros_like(a)
 
 
+def _clip_percentile(a: np.ndarray, q: float = 99.0) -> np.ndarray:
+    """|a| scaled so that its ``q``-th percentile is 1, clipped to [0, 1] (a few extreme pixels would otherwise
+    leave the rest black)."""
+    a = np.abs(np.asarray(a, dtype=np.float32))
+    top = float(np.percentile(a, q))
+    top = top if top > 0 else float(a.max())
+    return np.clip(a / top, 0.0, 1.0) if top > 0 else np.zeros_like(a)
+
+
 def picture(name: str, result: np.ndarray, view: np.ndarray, order: str = "RGB", alpha: float = 0.5,
             colormap: str = "jet") -> np.ndarray:
     """One image's result of method ``name`` as a uint8 RGB picture the size of ``view`` (the model's input view).
 
-    Heat maps are min-max scaled and laid over ``view``; saliency maps are shown in gray; gradients go through
+    Heat maps are min-max scaled and laid over ``view``; saliency maps are shown in gray, scaled so that the 99th
+    percentile is white; gradients go through
     :func:`~onnx_cnnviz.image.gradient_image` (``order``: the model's channel order); attributions are shown as the
-    min-max scaled absolute sum over channels, in gray (white = most attribution).
+    absolute sum over channels, in gray, scaled the same way (white = most attribution).
     """
     kind = method(name).kind
     result = np.asarray(result, dtype=np.float32)
@@ -152,11 +162,11 @@ def picture(name: str, result: np.ndarray, view: np.ndarray, order: str = "RGB",
     if kind == "map":
         return overlay(view, _minmax(result), alpha=alpha, colormap=colormap)
     if kind == "gray":
-        out = saliency_image(result)
+        out = saliency_image(_clip_percentile(result), normalize=False)
     elif kind == "gradient":
         out = gradient_image(result, order=order)
     else:
-        out = saliency_image(np.abs(result).sum(axis=0))
+        out = saliency_image(_clip_percentile(np.abs(result).sum(axis=0)), normalize=False)
     if out.shape[:2] != view.shape[:2]:
         out = cv2.resize(out, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_LINEAR)
     return out
@@ -438,7 +448,7 @@ figcaption b{font-size:13px}
 table.top{border-collapse:collapse;font-size:12px;min-width:220px}
 table.top th,table.top td{padding:2px 6px;text-align:left;border-bottom:1px solid #eee}
 table.top td.num{text-align:right;font-variant-numeric:tabular-nums}
-.bar{background:#4a7bd0;height:8px;border-radius:2px}
+.bar{display:inline-block;vertical-align:middle;background:#4a7bd0;height:8px;border-radius:2px;margin-right:6px}
 .error{color:#b00020;font-size:13px}
 footer{color:#888;font-size:11px;margin-top:24px}
 """
@@ -457,7 +467,7 @@ def _fmt_params(params: dict) -> str:
     parts = []
     for k, v in params.items():
         if isinstance(v, (tuple, list)):
-            v = "x".join(str(i) for i in v)
+            v = ("x" if k in ("size", "window", "stride") else ",").join(str(i) for i in v)
         parts.append(f"{k}={v}")
     return ", ".join(parts)
 
@@ -500,8 +510,8 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
                    "</figcaption></figure>")
         rows = ["<table class=\"top\"><tr><th>#</th><th>class</th><th>p</th><th>score</th></tr>"]
         for rank, (c, name, score, prob) in enumerate(entry.top, 1):
-            bar = f'<div class="bar" style="width:{max(1, round(60 * prob))}px"></div>'
-            rows.append(f"<tr><td>{rank}</td><td>{esc(class_label(c))}</td><td class=\"num\">{prob:.3f}{bar}</td>"
+            bar = f'<span class="bar" style="width:{max(1, round(60 * prob))}px"></span>'
+            rows.append(f"<tr><td>{rank}</td><td>{esc(class_label(c))}</td><td class=\"num\">{bar}{prob:.3f}</td>"
                         f"<td class=\"num\">{score:.2f}</td></tr>")
         rows.append("</table>")
         out.append("<div><b style=\"font-size:13px\">Top predictions</b>" + "".join(rows) + "</div>")
@@ -519,8 +529,8 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from . import __version__
     out.append(f"<footer>onnx_cnnviz {esc(__version__)} · {stamp} · maps: jet colormap over the input, min-max "
-               "scaled per picture; gradients: mean at mid-gray, ±5 std to black/white; attributions: |sum over "
-               "channels|, white = most.</footer>")
+               "scaled per picture; saliency and attributions (|sum over channels|): gray, 99th percentile = white; "
+               "gradients: mean at mid-gray, ±5 std to black/white.</footer>")
     out.append(f'<script type="application/json" id="cnnviz-data">{_json_for_html(info)}</script>')
     out.append("</body></html>")
     return "\n".join(out)
