@@ -14,6 +14,12 @@ from .methods import input_x_gradient, integrated_gradients, occlusion, smoothgr
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam, layer_cam, score_cam,
                       top_k, xgrad_cam)
 from .model import Model, RunResult
+from .graph.fully_conv import score_map
+from .graph.receptive_field import ReceptiveField, receptive_field
+from .methods.features import (activations, embeddings, filters, mosaic, nearest_neighbours, project_2d,
+                               scatter_plot, top_patches)
+from .methods.localise import iou, localise
+from .methods.optimise import class_model, invert, neuron_model
 
 __version__ = "0.1.0"
 
@@ -34,3 +40,6 @@ __all__ = ["load", "Model", "RunResult", "Layer", "gradients", "saliency", "Cnnv
 __all__ += ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
             "guided_grad_cam", "top_k"]
 __all__ += ["occlusion", "input_x_gradient", "smoothgrad", "integrated_gradients"]
+__all__ += ["receptive_field", "ReceptiveField", "score_map", "filters", "activations", "top_patches", "embeddings",
+            "nearest_neighbours", "project_2d", "mosaic", "scatter_plot", "localise", "iou", "class_model",
+            "neuron_model", "invert"]

@@ -4,6 +4,7 @@ from .cam import (cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_
                   xgrad_cam)
 from .gradients import gradients, saliency
 from .occlusion import occlusion
+from . import features, localise, optimise  # noqa: E402 - modules; their functions are re-exported by onnx_cnnviz
 
 __all__ = ["gradients", "saliency", "occlusion", "input_x_gradient", "smoothgrad", "integrated_gradients"]
 __all__ += ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",

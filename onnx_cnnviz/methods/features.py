@@ -477,12 +477,14 @@ def neighbours_grid(pictures, queries, indices, tile: int = 96, labels=None) -> 
                    labels=row_labels if labels is not None else None)
 
 
-def project_2d(features, method: str = "pca", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+def project_2d(features, method: str = "pca", seed: int = 0, perplexity: float = 30.0,
+               iterations: int = 1000) -> np.ndarray:
     """(N, 2) float32 coordinates of the rows of ``features``.
 
     ``"pca"``: the projections on the first two principal components (centred SVD; each axis' sign fixed so that its
     largest loading is positive, so results are reproducible). ``"tsne"``: scikit-learn's t-SNE (van der Maaten &
-    Hinton 2008) with PCA initialisation and ``random_state=seed``; the perplexity is capped at (N - 1) / 3.
+    Hinton 2008) with PCA initialisation and ``random_state=seed``; the perplexity is capped at (N - 1) / 3;
+    ``iterations`` (>= 250) of gradient descent.
     """
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or len(f) < 2:
@@ -503,7 +505,7 @@ def project_2d(features, method: str = "pca", seed: int = 0, perplexity: float =
             raise MissingDependencyError("t-SNE needs scikit-learn: pip install scikit-learn (or use method='pca')."
                                          ) from exc
         perp = float(min(perplexity, max(1.0, (len(f) - 1) / 3.0)))
-        tsne = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed)
+        tsne = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed, max_iter=max(250, int(iterations)))
         return tsne.fit_transform(f.astype(np.float32)).astype(np.float32)
     raise InputError(f"method must be 'pca' or 'tsne', not {method!r}.")
 
