@@ -79,7 +79,7 @@ def cli():
 
 
 def _register():
-    from . import convert, explain, graph, inspect_cmd, report
+    from . import convert, explain, features, graph, inspect_cmd, report
 
     cli.add_command(inspect_cmd.inspect_cmd)
     cli.add_command(explain.explain_cmd)
@@ -87,6 +87,8 @@ def _register():
     cli.add_command(report.report_cmd)
     cli.add_command(graph.export_graph_cmd)
     cli.add_command(convert.convert_group)
+    for command in features.COMMANDS:
+        cli.add_command(command)
 
 
 _register()

@@ -79,7 +79,8 @@ SQZ = ["--preprocess", "caffe", "--labels", LABELS]  # the SqueezeNet's preproce
 
 
 @pytest.mark.parametrize("command", [[], ["inspect"], ["explain"], ["occlusion"], ["report"], ["export-graph"],
-                                     ["convert"], ["convert", "torch"]])
+                                     ["convert"], ["convert", "torch"], ["filters"], ["activations"], ["patches"],
+                                     ["embed"], ["dream"], ["invert"], ["localize"]])
 def test_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0, result.output
@@ -619,3 +620,64 @@ def test_main_returns_exit_codes(squeezenet_path, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["num_classes"] == 1000
     assert main(["inspect", str(tmp_path / "x.onnx")]) == 1
     assert main(["inspect", "--bad"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# feature visualisation and localisation commands
+
+
+def test_feature_commands_squeezenet(squeezenet_path, images, tmp_path):
+    out = tmp_path / "f"
+    before = checksums(squeezenet_path, images)
+    result = invoke("filters", squeezenet_path, "--out", out / "filters.png", *SQZ, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["size"][0] > 100 and (out / "filters.png").exists()
+    assert invoke("filters", squeezenet_path, "--out", out / "filters.png", *SQZ).exit_code == 1  # exists
+
+    doc = json.loads(invoke("activations", squeezenet_path, images, "--top", "8", "--out", out, *SQZ,
+                            "--json").stdout)
+    assert len(doc["results"]) == 2 and len(doc["results"][0]["channels"]) == 8 and doc["layer"] == "conv10_2"
+    assert np.load(out / "kitten_224.activations.npy").shape == (1000, 13, 13)
+
+    doc = json.loads(invoke("patches", squeezenet_path, images, "--layer", "fire9/concat_1", "--channels", "0,7",
+                            "-k", "2", "--out", out / "patches.png", *SQZ, "--json").stdout)
+    assert set(doc["patches"]) == {"0", "7"} and len(doc["patches"]["7"]) == 2 and doc["images"] == 2
+    assert json.loads((out / "patches.json").read_text())["layer"] == "fire9/concat_1"
+
+    doc = json.loads(invoke("embed", squeezenet_path, images, "--out", out, "--mosaic-size", "128", "--thumb", "32",
+                            *SQZ, "--json").stdout)
+    assert np.load(out / "embeddings.npy").shape == (2, doc["dims"]) and (out / "mosaic.png").exists()
+    assert doc["images"][0]["neighbours"] == [doc["images"][1]["image"]]
+
+    doc = json.loads(invoke("dream", squeezenet_path, "--class", "281", "--steps", "5", "--out", out / "d.png",
+                            *SQZ, "--json").stdout)
+    assert doc["class_name"] == "tabby" and len(doc["history"]) == 5 and doc["final"] > doc["history"][0]
+    doc = json.loads(invoke("dream", squeezenet_path, "--layer", "fire9/concat_1", "--channel", "3", "--unit", "6,6",
+                            "--steps", "3", "--out", out / "d2.png", *SQZ, "--json").stdout)
+    assert doc["unit"] == [6, 6] and (out / "d2.png").exists()
+    assert invoke("dream", squeezenet_path, "--out", out / "d3.png").exit_code == 2  # neither --class nor --channel
+
+    doc = json.loads(invoke("invert", squeezenet_path, images / "kitten_224.png", "--layer", "fire5/concat_1",
+                            "--steps", "5", "--out", out / "inv.png", *SQZ, "--json").stdout)
+    assert 0 < doc["relative_error"] < 1.5 and (out / "inv.png").exists()
+
+    result = invoke("localize", squeezenet_path, images, "--top", "2", "--out", out, *SQZ, "--json")
+    assert result.exit_code == 0, result.output
+    records = {Path(r["image"]).name: r for r in json.loads(result.stdout)["results"]}
+    kitten = records["kitten_224.png"]["boxes"]
+    assert [b["class"] for b in kitten] == [281, 285] and kitten[0]["class_name"] == "tabby"
+    x0, y0, x1, y1 = kitten[0]["box"]
+    assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+    assert (out / "fish.boxes.png").exists() and (out / "fish.boxes.json").exists()
+    assert checksums(squeezenet_path, images) == before
+
+
+def test_feature_commands_torchvision(resnet, images, tmp_path):
+    out = tmp_path / "f"
+    assert invoke("filters", resnet, "--out", out / "f.png", "--quiet").exit_code == 0
+    result = invoke("localize", resnet, images / "fish.png", "--method", "saliency", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "fish.boxes.json").read_text())
+    assert record["method"] == "saliency" and len(record["boxes"]) == 1
+    result = invoke("activations", resnet, images / "fish.png", "--layer", "nope", "--out", out)
+    assert result.exit_code == 1 and "'nope' is not a 4-D feature map" in one_line_error(result)

@@ -1,0 +1,392 @@
+"""``cnnviz filters | activations | patches | embed | dream | invert | localize``: the feature-visualisation and
+localisation functions of :mod:`onnx_cnnviz.methods.features`, ``optimise`` and ``localise`` on the command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnx_cnnviz.errors import InputError
+
+from .common import (collect_images, echo, emit_json, global_flags, image_keys, load_model, model_options,
+                     preprocessing_options, progress, resolve_labels, resolve_preprocessing, settings)
+
+
+def _out_file(f):
+    return click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+                        help="The .png picture to write.")(f)
+
+
+def _out_dir(f):
+    return click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+                        help="Folder for the results.")(f)
+
+
+def _overwrite(f):
+    return click.option("--overwrite", is_flag=True, help="Replace existing files (never done otherwise).")(f)
+
+
+def _save_png(path, picture, overwrite) -> str:
+    from onnx_cnnviz.image import save_image
+
+    return str(save_image(path, picture, overwrite=overwrite))
+
+
+def _save_json(path, document, overwrite) -> str:
+    from onnx_cnnviz.report import write_atomic
+
+    return str(write_atomic(path, json.dumps(document, indent=2, default=_default), overwrite=overwrite))
+
+
+def _save_npy(path, array, overwrite) -> str:
+    import io
+
+    from onnx_cnnviz.report import write_atomic
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return str(write_atomic(path, buffer.getvalue(), overwrite=overwrite))
+
+
+def _default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, Path)):
+        return list(value) if isinstance(value, tuple) else str(value)
+    return str(value)
+
+
+def _check_free(paths, overwrite):
+    """Fail before any work when an output exists (and --overwrite was not given)."""
+    if overwrite:
+        return
+    for p in paths:
+        if Path(p).exists():
+            raise InputError(f"{p} already exists; pass --overwrite to replace it.")
+
+
+def _done(document: dict, message: str):
+    if settings().json:
+        emit_json(document)
+    else:
+        echo(message)
+
+
+def _model_and_pre(ctx, kw):
+    m = load_model(kw["model"], kw["device"], kw["input_name"], kw["output_name"], kw["input_size"])
+    pre = resolve_preprocessing(ctx, m, kw["preprocess"], kw["mean"], kw["std"], kw["size"], kw["order"],
+                                kw["scale"], kw["input_size"])
+    return m, pre
+
+
+def _one_input(path, pre):
+    from onnx_cnnviz.image import preprocess
+
+    return preprocess([path], preset=pre)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@click.command("filters")
+@click.argument("model", type=click.Path())
+@click.option("--layer", metavar="NAME", default=None,
+              help="A layer produced by a convolution (default: the first convolution).")
+@click.option("--max-filters", type=click.IntRange(min=1), default=None, help="Show at most this many filters.")
+@click.option("--max-channels", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Input channels shown per filter for deeper layers.")
+@click.option("--tile", type=click.IntRange(min=1), default=24, show_default=True, help="Tile size in pixels.")
+@_out_file
+@_overwrite
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def filters_cmd(ctx, layer, max_filters, max_channels, tile, out_path, overwrite, **kw):
+    """The convolution kernels as a picture (first layer: one colour tile per filter, as in the AlexNet figure)."""
+    from onnx_cnnviz.methods import features
+
+    _check_free([out_path], overwrite)
+    m, pre = _model_and_pre(ctx, kw)
+    picture = features.filters(m, layer=layer, order=pre.order, max_filters=max_filters, max_channels=max_channels,
+                               tile=tile)
+    _save_png(out_path, picture, overwrite)
+    _done({"model": kw["model"], "out": out_path, "layer": layer, "size": list(picture.shape[:2])},
+          f"wrote {out_path} ({picture.shape[1]}x{picture.shape[0]})")
+
+
+@click.command("activations")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--layer", metavar="NAME", default=None, help="Feature map (default: the default layer).")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the N most active channels.")
+@click.option("--scale-by", "scale_by", type=click.Choice(["layer", "channel"]), default="layer", show_default=True,
+              help="One gray scale for all maps, or one per map.")
+@click.option("--tile", type=click.IntRange(min=1), default=48, show_default=True, help="Tile size in pixels.")
+@_out_dir
+@_overwrite
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def activations_cmd(ctx, images, layer, top, scale_by, tile, out_dir, overwrite, **kw):
+    """Feature maps of each image at a layer, as a grid of gray tiles (NAME.activations.png and .npy)."""
+    from onnx_cnnviz.methods import features
+
+    paths = collect_images(images, exclude=Path(out_dir))
+    keys = image_keys(paths)
+    out = Path(out_dir)
+    _check_free([out / f"{k}.activations.{s}" for k in keys for s in ("png", "npy")], overwrite)
+    m, pre = _model_and_pre(ctx, kw)
+    name = m.layer(layer).name if layer else m.default_layer
+    written = []
+    with progress(len(paths), "activations") as bar:
+        for path, key in zip(paths, keys):
+            grid = features.activations(m, _one_input(path, pre), layer=name, top=top, scale=scale_by, tile=tile)
+            png = _save_png(out / f"{key}.activations.png", grid.image, overwrite)
+            _save_npy(out / f"{key}.activations.npy", grid.maps, overwrite)
+            written.append({"image": str(path), "picture": png, "channels": [int(c) for c in grid.channels]})
+            bar.update(1)
+    _done({"model": kw["model"], "layer": name, "results": written}, f"wrote {len(written)} grid(s) to {out}")
+
+
+@click.command("patches")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--layer", metavar="NAME", default=None, help="Feature map (default: the default layer).")
+@click.option("--channels", default=None, help="Channels to show, comma-separated (default: the first 16).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=9, show_default=True, help="Patches per channel.")
+@click.option("--guided", is_flag=True, help="Add the guided backpropagation of each unit next to its patch.")
+@click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="Tile size in pixels.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per run.")
+@click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")
+@_out_file
+@_overwrite
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recursive, out_path, overwrite, **kw):
+    """The image patches that activate each channel most, over a folder of IMAGES (one row per channel), with a
+    .json beside the picture listing image, value, unit and box of every patch."""
+    from onnx_cnnviz.methods import features
+
+    meta = Path(out_path).with_suffix(".json")
+    _check_free([out_path, meta], overwrite)
+    paths = collect_images(images, exclude=Path(out_path).parent, recursive=recursive)
+    m, pre = _model_and_pre(ctx, kw)
+    if channels:
+        try:
+            chosen = [int(c) for c in channels.split(",") if c.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{channels!r}: give channel numbers such as 0,5,12.", param_hint="--channels")
+    else:
+        name = m.layer(layer).name if layer else m.default_layer
+        chosen = list(range(min(16, m.layer(name).shape[1])))
+    result = features.top_patches(m, [str(p) for p in paths], layer=layer, channels=chosen, k=k, preprocess=pre,
+                                  guided=guided, batch_size=batch_size)
+    _save_png(out_path, result.grid(tile=tile), overwrite)
+    document = {"model": kw["model"], "layer": result.layer, "images": result.count, "out": out_path,
+                "patches": {str(c): [{"image": str(p.source), "value": p.value, "unit": list(p.unit),
+                                      "box": list(p.box)} for p in ps] for c, ps in result.patches.items()}}
+    _save_json(meta, document, overwrite)
+    _done(document, f"wrote {out_path} and {meta} ({len(chosen)} channels x {k} patches from {result.count} images)")
+
+
+@click.command("embed")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--layer", metavar="NAME", default=None,
+              help="Tensor whose values are the code (default: the input of the last linear layer).")
+@click.option("--projection", type=click.Choice(["pca", "tsne"]), default="pca", show_default=True,
+              help="2-D map of the codes.")
+@click.option("--neighbours", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Nearest neighbours listed per image (0: none).")
+@click.option("--mosaic-size", "mosaic_size", type=click.IntRange(min=64), default=1024, show_default=True,
+              help="Mosaic size in pixels.")
+@click.option("--thumb", type=click.IntRange(min=8), default=64, show_default=True, help="Thumbnail size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per run.")
+@click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")
+@_out_dir
+@_overwrite
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def embed_cmd(ctx, images, layer, projection, neighbours, mosaic_size, thumb, batch_size, recursive, out_dir,
+              overwrite, **kw):
+    """The code of every image (embeddings.npy), a 2-D map of them as a thumbnail mosaic (mosaic.png, as
+    Karpathy's cnnembed) and each image's nearest neighbours (embed.json)."""
+    from onnx_cnnviz.methods import features
+
+    out = Path(out_dir)
+    files = {"npy": out / "embeddings.npy", "mosaic": out / "mosaic.png", "json": out / "embed.json"}
+    _check_free(files.values(), overwrite)
+    paths = collect_images(images, exclude=out, recursive=recursive)
+    if len(paths) < 2:
+        raise InputError("embed needs at least 2 images.")
+    m, pre = _model_and_pre(ctx, kw)
+    codes = features.embeddings(m, [str(p) for p in paths], layer=layer, preprocess=pre, batch_size=batch_size)
+    coords = features.project_2d(codes, projection)
+    k = min(neighbours, len(paths) - 1)
+    near = features.nearest_neighbours(codes, k=k) if k else (np.zeros((len(paths), 0), int), None)
+    mosaic = features.mosaic([str(p) for p in paths], coords, size=mosaic_size, thumb=thumb,
+                             snap=len(paths) <= (mosaic_size // thumb) ** 2)
+    _save_npy(files["npy"], codes, overwrite)
+    _save_png(files["mosaic"], mosaic, overwrite)
+    document = {"model": kw["model"], "layer": layer or features.penultimate_layer(m), "dims": int(codes.shape[1]),
+                "projection": projection,
+                "images": [{"image": str(p), "xy": [float(v) for v in coords[i]],
+                            "neighbours": [str(paths[j]) for j in near[0][i]]} for i, p in enumerate(paths)]}
+    _save_json(files["json"], document, overwrite)
+    _done(document, f"wrote {', '.join(str(f) for f in files.values())} ({len(paths)} images, "
+                    f"{codes.shape[1]}-d codes)")
+
+
+def _optim_options(f):
+    options = [
+        click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Optimisation steps."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Step size (default: the library's)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, jitter)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@click.command("dream")
+@click.argument("model", type=click.Path())
+@click.option("--class", "target", type=int, default=None, help="Class to visualise (Simonyan's class model).")
+@click.option("--layer", metavar="NAME", default=None, help="Layer of the unit / channel to visualise.")
+@click.option("--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
+@click.option("--unit", default=None, help="I,J: one unit of the channel (default: the channel's mean).")
+@_optim_options
+@click.option("--decay", type=click.FloatRange(min=0), default=None, help="L2 decay per step (Yosinski).")
+@click.option("--blur-every", type=click.IntRange(min=0), default=None, help="Gaussian blur every N steps (0: off).")
+@click.option("--jitter", type=click.IntRange(min=0), default=None, help="Random shift in pixels per step.")
+@_out_file
+@_overwrite
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_every, jitter, out_path, overwrite,
+              **kw):
+    """An image made by gradient ascent: the class model of a --class (Simonyan et al. 2014) or what excites a
+    --layer/--channel (activation maximisation), with Yosinski et al.'s regularisers."""
+    from onnx_cnnviz.methods import optimise
+
+    if (target is None) == (channel is None):
+        raise click.UsageError("give --class N, or --layer NAME with --channel C.")
+    _check_free([out_path], overwrite)
+    m, pre = _model_and_pre(ctx, kw)
+    extra = {k: v for k, v in {"lr": lr, "decay": decay, "blur_every": blur_every, "jitter": jitter}.items()
+             if v is not None}
+    if target is not None:
+        result = optimise.class_model(m, target, steps=steps, seed=seed, preprocess=pre, **extra)
+        what = {"class": target}
+        names = resolve_labels(m, kw["labels"])
+        if names:
+            what["class_name"] = names[target]
+    else:
+        ij = None
+        if unit:
+            try:
+                ij = tuple(int(v) for v in unit.split(","))
+                assert len(ij) == 2
+            except (ValueError, AssertionError):
+                raise click.BadParameter(f"{unit!r}: write I,J.", param_hint="--unit") from None
+        result = optimise.neuron_model(m, layer, channel, unit=ij, steps=steps, seed=seed, preprocess=pre, **extra)
+        what = {"layer": layer or m.default_layer, "channel": channel, "unit": list(ij) if ij else None}
+    _save_png(out_path, result.image, overwrite)
+    _done({"model": kw["model"], "out": out_path, **what, "steps": steps, "final": result.final,
+           "history": [float(v) for v in result.history]},
+          f"wrote {out_path} (objective {result.history[0]:.4g} -> {result.final:.4g} in {steps} steps)")
+
+
+@click.command("invert")
+@click.argument("model", type=click.Path())
+@click.argument("image", type=click.Path())
+@click.option("--layer", metavar="NAME", default=None, help="Layer whose code is inverted (default layer).")
+@_optim_options
+@click.option("--tv", "lambda_tv", type=click.FloatRange(min=0), default=None, help="Total-variation weight.")
+@_out_file
+@_overwrite
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrite, **kw):
+    """Reconstruct IMAGE from its code at --layer (Mahendran & Vedaldi 2015): the picture the layer 'sees'."""
+    from onnx_cnnviz.methods import optimise
+
+    _check_free([out_path], overwrite)
+    m, pre = _model_and_pre(ctx, kw)
+    x = _one_input(image, pre)
+    name = m.layer(layer).name if layer else m.default_layer
+    extra = {k: v for k, v in {"lr": lr, "lambda_tv": lambda_tv}.items() if v is not None}
+    result = optimise.invert(m, x, name, steps=steps, seed=seed, preprocess=pre, **extra)
+    _save_png(out_path, result.image, overwrite)
+    _done({"model": kw["model"], "image": image, "layer": name, "out": out_path, "steps": steps,
+           "relative_error": result.final},
+          f"wrote {out_path} (relative code error {result.history[0]:.3f} -> {result.final:.3f})")
+
+
+@click.command("localize")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--method", type=click.Choice(["cam", "grad_cam", "gradcam", "saliency"]), default="grad_cam",
+              show_default=True, help="Map the box comes from (saliency: + GrabCut).")
+@click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Boxes for the N best classes.")
+@click.option("--target", type=int, default=None, help="Box for this class instead.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Fraction of the map's maximum kept (CAM / Grad-CAM).")
+@click.option("--layer", metavar="NAME", default=None, help="Feature map for CAM / Grad-CAM.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
+@_out_dir
+@_overwrite
+@preprocessing_options
+@model_options
+@global_flags
+@click.pass_context
+def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size, out_dir, overwrite, **kw):
+    """Weakly supervised localisation: a bounding box per image and class from its CAM / Grad-CAM (Zhou et al.) or
+    saliency + GrabCut (Simonyan et al.). Writes NAME.boxes.png (boxes drawn) and NAME.boxes.json."""
+    from onnx_cnnviz.image import deprocess, preprocess
+    from onnx_cnnviz.methods import localise
+
+    method = "grad_cam" if method == "gradcam" else method
+    out = Path(out_dir)
+    paths = collect_images(images, exclude=out)
+    keys = image_keys(paths)
+    _check_free([out / f"{k}.boxes.{s}" for k in keys for s in ("png", "json")], overwrite)
+    m, pre = _model_and_pre(ctx, kw)
+    names = resolve_labels(m, kw["labels"])
+    results = []
+    with progress(len(paths), "localize") as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(paths))))
+            x = np.concatenate([preprocess([paths[i]], preset=pre) for i in chunk])
+            found = localise.localise(m, x, method=method, targets=target, top=top, threshold=threshold, layer=layer,
+                                      preprocess=pre)
+            for row, i in enumerate(chunk):
+                boxes = found[row]
+                labels = [f"{b.target} {names[b.target]}" if names else str(b.target) for b in boxes]
+                drawn = localise.draw_boxes(deprocess(x[row], preset=pre), [b.box for b in boxes], labels=labels)
+                _save_png(out / f"{keys[i]}.boxes.png", drawn, overwrite)
+                record = {"model": kw["model"], "image": str(paths[i]), "method": method, "threshold": threshold,
+                          "boxes": [{"class": b.target, "class_name": names[b.target] if names else None,
+                                     "score": b.score, "box": [int(v) for v in b.box]} for b in boxes]}
+                _save_json(out / f"{keys[i]}.boxes.json", record, overwrite)
+                results.append(record)
+                echo(f"{paths[i].name}  " + "; ".join(f"{lab} box {tuple(int(v) for v in b.box)}"
+                                                        for lab, b in zip(labels, boxes)))
+            bar.update(len(chunk))
+    if settings().json:
+        emit_json({"model": kw["model"], "results": results})
+
+
+COMMANDS = [filters_cmd, activations_cmd, patches_cmd, embed_cmd, dream_cmd, invert_cmd, localize_cmd]
