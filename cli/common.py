@@ -125,6 +125,7 @@ class FloatsType(click.ParamType):
 
     def __init__(self, count=(1, 3)):
         self.count = count
+        self.name = "A[,B,C]" if 3 in count else "NUMBER"
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import SizeType, echo, emit_json, global_flags, load_model, model_options, settings
+from .common import echo, emit_json, global_flags, load_model, model_options, settings
 
 
 @click.command("export-graph")

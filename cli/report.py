@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from .common import (CsvChoice, collect_images, echo, emit_json, flatten_lists, global_flags, load_model,
-                     model_options, preprocessing_options, progress, resolve_labels, resolve_preprocessing, settings)
+from .common import (CsvChoice, SizeType, collect_images, echo, emit_json, flatten_lists, global_flags, load_model,
+                     model_options, preprocessing_options, progress, resolve_labels, resolve_preprocessing, settings,
+                     warn)
 from .explain import METHOD_NAMES, BaselineType
-from .common import SizeType
 
 DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam"]
 
@@ -55,13 +55,21 @@ def report_cmd(ctx, model, images, out_dir, name, methods, target, top, layer, t
     names = resolve_labels(m, labels)
     chosen = flatten_lists(methods) or DEFAULT_METHODS
     params = {"window": window, "stride": stride, "baseline": baseline, "samples": samples, "steps": steps}
+    errors: list = []
     with progress(len(paths), "report") as bar:
         page = make_report(m, paths, chosen, preprocessing=pre, labels=names, target=target, layer=layer,
                            params=params, top=top, batch_size=batch_size, progress=bar.update, title=title,
-                           model_name=Path(model).name)
+                           model_name=Path(model).name, errors=errors)
     write_report(out, page, overwrite=overwrite)
+    for image, message in errors:
+        warn(f"skipped: {message}")
     if settings().json:
         emit_json({"model": str(model), "report": str(out.resolve()), "images": [str(p) for p in paths],
-                   "methods": chosen, "bytes": out.stat().st_size})
-        return
-    echo(f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s))")
+                   "methods": chosen, "bytes": out.stat().st_size,
+                   "failed": [{"image": i, "error": e} for i, e in errors]})
+    else:
+        echo(f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s))")
+    if errors:
+        click.echo(f"cnnviz: error: {len(errors)} of {len(paths)} image(s) could not be read (listed above; the "
+                   "report shows the others)", err=True)
+        ctx.exit(1)

@@ -29,7 +29,7 @@ import numpy as np
 from . import methods as _m
 from .methods.cam import cam_head
 from .errors import CnnvizError, InputError, UnsupportedOpError
-from .image import Preprocessing, deprocess, gradient_image, overlay, read_image, saliency_image
+from .image import Preprocessing, deprocess, gradient_image, overlay, saliency_image
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The method table
@@ -368,7 +368,7 @@ class ImageEntry:
 def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocessing: Preprocessing | None = None,
                 labels: list[str] | None = None, target: int | None = None, layer: str | None = None,
                 params: dict | None = None, top: int = 5, batch_size: int | None = None, progress=None,
-                title: str | None = None, model_name: str | None = None) -> str:
+                title: str | None = None, model_name: str | None = None, errors: list | None = None) -> str:
     """Run ``methods`` on every image and return the HTML report (see :func:`render_report`).
 
     ``images``: paths (or anything :func:`~onnx_cnnviz.image.read_image` takes). ``preprocessing``: how to make the
@@ -396,6 +396,8 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
             x = preprocess([source], preset=pre)
         except InputError as exc:
             entries.append(ImageEntry(label, np.zeros((8, 8, 3), np.uint8), [], error=str(exc)))
+            if errors is not None:
+                errors.append((label, str(exc)))
             if progress:
                 progress(1)
             continue

@@ -360,6 +360,31 @@ def test_unreadable_image_in_folder(squeezenet_path, images, tmp_path):
     assert "cnnviz: warning: skipped:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_disk_full_is_one_line(squeezenet_path, images, tmp_path, monkeypatch):
+    import errno
+
+    from onnx_cnnviz import report
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    monkeypatch.setattr(report, "write_atomic", full)
+    result = invoke("explain", squeezenet_path, images / "fish.png", "--out", tmp_path / "o")
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert "No space left on device" in line and "disk is full" in line and "--resume" in line
+
+
+def test_report_with_unreadable_image(squeezenet_path, images, tmp_path):
+    (images / "zz_broken.png").write_bytes(b"not a picture")
+    result = invoke("report", squeezenet_path, images, "--out", tmp_path, *SQZ, "-m", "gradcam", "--json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert [Path(f["image"]).name for f in doc["failed"]] == ["zz_broken.png"]
+    html = Path(doc["report"]).read_text()
+    assert "zz_broken.png" in html and "could not be decoded" in html and html.count("<img") == 4
+
+
 def test_internal_error_is_one_line_unless_debug(squeezenet_path, images, tmp_path, monkeypatch):
     from onnx_cnnviz import report
 
