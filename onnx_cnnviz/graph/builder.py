@@ -78,8 +78,3 @@ class GraphBuilder:
     def zeros_like(self, x: str, hint: str = "zeros") -> str:
         return self.op("ConstantOfShape", [self.shape(x)], hint=hint,
                        value=helper.make_tensor("value", FLOAT, [1], [0.0]))
-
-    def where_positive(self, cond_src: str, g: str, hint: str = "mask") -> str:
-        """``g`` where ``cond_src > 0``, else 0 (the ReLU mask; derivative 0 at the kink)."""
-        mask = self.op("Greater", [cond_src, self.const(0.0)], hint=f"{hint}_gt0")
-        return self.op("Where", [mask, g, self.const(0.0)], hint=hint)
