@@ -8,18 +8,16 @@ Gradients come from a backward graph of standard ONNX operators appended to the 
 """
 from .errors import (CnnvizError, InputError, ModelLoadError, ModelStructureError, RuntimeFailure, UnknownLayerError,
                      UnsupportedOpError)
-from .graph.structure import Layer
-from .methods import gradients, saliency
-from .methods import input_x_gradient, integrated_gradients, occlusion, smoothgrad
-from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam, layer_cam, score_cam,
-                      top_k, xgrad_cam)
-from .model import Model, RunResult
 from .graph.fully_conv import score_map
 from .graph.receptive_field import ReceptiveField, receptive_field
+from .graph.structure import Layer
+from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, gradients, guided_grad_cam, hires_cam, input_x_gradient,
+                      integrated_gradients, layer_cam, occlusion, saliency, score_cam, smoothgrad, top_k, xgrad_cam)
 from .methods.features import (activations, embeddings, filters, mosaic, nearest_neighbours, project_2d,
                                scatter_plot, top_patches)
 from .methods.localise import iou, localise
 from .methods.optimise import class_model, invert, neuron_model
+from .model import Model, RunResult
 
 __version__ = "0.1.0"
 
@@ -35,11 +33,17 @@ def load(source, device: str = "auto", input: str | None = None, output: str | N
                  input_size=input_size)
 
 
-__all__ = ["load", "Model", "RunResult", "Layer", "gradients", "saliency", "CnnvizError", "InputError",
-           "ModelLoadError", "ModelStructureError", "RuntimeFailure", "UnknownLayerError", "UnsupportedOpError"]
-__all__ += ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
-            "guided_grad_cam", "top_k"]
-__all__ += ["occlusion", "input_x_gradient", "smoothgrad", "integrated_gradients"]
-__all__ += ["receptive_field", "ReceptiveField", "score_map", "filters", "activations", "top_patches", "embeddings",
-            "nearest_neighbours", "project_2d", "mosaic", "scatter_plot", "localise", "iou", "class_model",
-            "neuron_model", "invert"]
+__all__ = [
+    # loading and the engine
+    "load", "Model", "RunResult", "Layer", "receptive_field", "ReceptiveField", "score_map",
+    # attribution maps
+    "gradients", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion",
+    "cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
+    "guided_grad_cam", "top_k",
+    # looking inside the network
+    "filters", "activations", "top_patches", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
+    "scatter_plot", "localise", "iou", "class_model", "neuron_model", "invert",
+    # errors
+    "CnnvizError", "InputError", "ModelLoadError", "ModelStructureError", "RuntimeFailure", "UnknownLayerError",
+    "UnsupportedOpError",
+]

@@ -1,11 +1,15 @@
-"""Explanation methods, one module per family. Each is a function of (Model, x, targets, ...) -> numpy arrays."""
+"""Explanation methods, one module per family. Each is a function of (Model, x, targets, ...) -> numpy arrays.
+
+``features``, ``localise`` and ``optimise`` are imported as modules (``onnx_cnnviz`` re-exports their functions): a
+function named ``localise`` here would hide the module of the same name.
+"""
+from . import features, localise, optimise
 from .attribution import input_x_gradient, integrated_gradients, smoothgrad
 from .cam import (cam, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam, layer_cam, score_cam, top_k,
                   xgrad_cam)
 from .gradients import gradients, saliency
 from .occlusion import occlusion
-from . import features, localise, optimise  # noqa: E402 - modules; their functions are re-exported by onnx_cnnviz
 
-__all__ = ["gradients", "saliency", "occlusion", "input_x_gradient", "smoothgrad", "integrated_gradients"]
-__all__ += ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
-            "guided_grad_cam", "top_k"]
+__all__ = ["gradients", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion",
+           "cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
+           "guided_grad_cam", "top_k", "features", "localise", "optimise"]
