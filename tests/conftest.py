@@ -66,6 +66,24 @@ def torchvision_onnx():
     return get
 
 
+@pytest.fixture(scope="module")
+def loaded_batch(torchvision_onnx):
+    """(name, n, seed) -> (torch model, cnnviz Model, x (n, 3, S, S) standard normal), loaded once per test module."""
+    import onnx_cnnviz as cv
+
+    made = {}
+
+    def get(name: str, n: int, seed: int = 0):
+        key = (name, n, seed)
+        if key not in made:
+            model, path, size = torchvision_onnx(name)
+            x = np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+            made[key] = (model, cv.load(path, device="cpu"), x)
+        return made[key]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def squeezenet_path():
     if not SQUEEZENET.exists():

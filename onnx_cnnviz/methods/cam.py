@@ -27,7 +27,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import InputError, ModelStructureError
-from ..graph.structure import Layer, consumers, producers
+from ..graph.structure import Layer, producers
 from ..model import Model
 from .gradients import gradients, normalize_maps
 

@@ -218,7 +218,6 @@ def invert(m: Model, x, layer, steps: int = 300, lr: float = 0.05, lambda_tv: fl
     lo, hi, span = _bounds(prep, m.channels)
     if not clip:
         lo, hi = -np.inf, np.inf
-    shape = m.spec(hw).info[name].shape
     phi0 = m.run(x, outputs=[name]).outputs[name] if target is None else np.asarray(target, np.float32)
     norm0 = float((phi0.astype(np.float64) ** 2).sum())
     if norm0 == 0:

@@ -29,19 +29,9 @@ TARGETS = [5, 321, 987]
 
 
 @pytest.fixture(scope="module")
-def loaded(torchvision_onnx):
+def loaded(loaded_batch):
     """name -> (torch model, cnnviz Model, x (3, 3, S, S))"""
-    made = {}
-
-    def get(name):
-        if name not in made:
-            model, path, size = torchvision_onnx(name)
-            m = cv.load(str(path), device="cpu")
-            x = np.random.default_rng(1).standard_normal((len(TARGETS), 3, size, size)).astype(np.float32)
-            made[name] = (model, m, x)
-        return made[name]
-
-    return get
+    return lambda name: loaded_batch(name, len(TARGETS), seed=1)
 
 
 def _t(x):

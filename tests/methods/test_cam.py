@@ -60,18 +60,16 @@ def _densenet_forward(self, x):
 
 
 @pytest.fixture(scope="module")
-def loaded(torchvision_onnx):
+def loaded(loaded_batch):
     """name -> (torch model (a private copy), cnnviz Model, x (4, 3, S, S))"""
     made = {}
 
     def get(name):
         if name not in made:
-            model, path, size = torchvision_onnx(name)
+            model, m, x = loaded_batch(name, len(TARGETS), seed=0)
             model = copy.deepcopy(model)
             if name.startswith("densenet"):
                 model.forward = types.MethodType(_densenet_forward, model)
-            m = cv.load(str(path), device="cpu")
-            x = np.random.default_rng(0).standard_normal((len(TARGETS), 3, size, size)).astype(np.float32)
             made[name] = (model, m, x)
         return made[name]
 

@@ -24,18 +24,9 @@ TARGETS = [3, 250, 999]
 
 
 @pytest.fixture(scope="module")
-def loaded(torchvision_onnx):
-    made = {}
-
-    def get(name):
-        if name not in made:
-            model, path, size = torchvision_onnx(name)
-            m = cv.load(str(path), device="cpu")
-            x = np.random.default_rng(2).standard_normal((len(TARGETS), 3, size, size)).astype(np.float32)
-            made[name] = (model, m, x)
-        return made[name]
-
-    return get
+def loaded(loaded_batch):
+    """name -> (torch model, cnnviz Model, x (3, 3, S, S))"""
+    return lambda name: loaded_batch(name, len(TARGETS), seed=2)
 
 
 def numpy_occluded(image: np.ndarray, top: int, left: int, window, fill) -> np.ndarray:

@@ -27,7 +27,7 @@ from ...errors import ModelStructureError, UnsupportedOpError
 from ..builder import GraphBuilder
 from ..load import opset_of
 from ..shapes import TensorInfo
-from ..structure import downstream, upstream
+from ..structure import upstream
 from .rules import rule_table
 
 SEED_INPUT = "cnnviz/seed"

@@ -37,6 +37,25 @@ def conv_geometry(ctx, node, in_spatial, kernel):
     return strides, dilations, begins, ends
 
 
+def transpose_pads(in_spatial, out_spatial, kernel, strides, dilations, begins) -> dict:
+    """ConvTranspose attributes that map a forward conv/pool's output grid back onto exactly its input size.
+
+    Unpadded, ConvTranspose produces ``s (o - 1) + (k - 1) d + 1`` per axis; the forward's begin pad is cropped at
+    the start and the rest at the end, or -- when the forward never reached the last rows -- ``output_padding`` adds
+    them back (always < stride).
+    """
+    pad_begin, pad_end, out_pad = [], [], []
+    for size, o, k, s, d, pb in zip(in_spatial, out_spatial, kernel, strides, dilations, begins):
+        crop_end = s * (o - 1) + (k - 1) * d + 1 - size - pb
+        pad_begin.append(pb)
+        pad_end.append(max(crop_end, 0))
+        out_pad.append(max(-crop_end, 0))
+    attrs = dict(strides=list(strides), dilations=list(dilations), pads=pad_begin + pad_end, kernel_shape=list(kernel))
+    if any(out_pad):
+        attrs["output_padding"] = out_pad
+    return attrs
+
+
 def flipped_transposed(weight: np.ndarray, group: int) -> np.ndarray:
     """W (M, C/g, k...) -> W' (C, M/g, k...) flipped in space: the kernel whose stride-1 Conv is conv's transpose."""
     m, cg = weight.shape[:2]
@@ -67,17 +86,8 @@ def conv(ctx, node, dys):
         return [b.op("Conv", [g, flipped], hint="conv_grad", dilations=dilations, group=group, pads=pads,
                      kernel_shape=kernel), None, None]
 
-    pad_begin, pad_end, out_pad = [], [], []
-    for size, o, k, s, d, pb in zip(in_spatial, out_spatial, kernel, strides, dilations, begins):
-        full = s * (o - 1) + (k - 1) * d + 1  # ConvTranspose's size before cropping
-        crop_end = full - size - pb
-        pad_begin.append(pb)
-        pad_end.append(max(crop_end, 0))
-        out_pad.append(max(-crop_end, 0))
-    kwargs = dict(strides=strides, dilations=dilations, group=group, pads=pad_begin + pad_end, kernel_shape=kernel)
-    if any(out_pad):
-        kwargs["output_padding"] = out_pad
-    return [b.op("ConvTranspose", [g, node.input[1]], hint="conv_grad", **kwargs), None, None]
+    attrs = transpose_pads(in_spatial, out_spatial, kernel, strides, dilations, begins)
+    return [b.op("ConvTranspose", [g, node.input[1]], hint="conv_grad", group=group, **attrs), None, None]
 
 
 @register("ConvTranspose")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .conv import conv_geometry
+from .conv import conv_geometry, transpose_pads
 
 
 @register("MaxPool")
@@ -72,19 +72,9 @@ def average_pool(ctx, node, dys):
     else:
         kernel_w = np.ones((channels, 1, *kernel), dtype=np.float32)
         scaled = b.op("Mul", [g, b.const((1.0 / counts)[None, None], hint="avgpool_inv_count")])
-    pad_begin, pad_end, out_pad = [], [], []
-    for size, o, k, s, d, pb in zip(in_spatial, out_spatial, kernel, strides, dilations, begins):
-        full = s * (o - 1) + (k - 1) * d + 1
-        crop_end = full - size - pb
-        pad_begin.append(pb)
-        pad_end.append(max(crop_end, 0))
-        out_pad.append(max(-crop_end, 0))
-    kwargs = dict(strides=strides, dilations=dilations, group=channels, pads=pad_begin + pad_end,
-                  kernel_shape=kernel)
-    if any(out_pad):
-        kwargs["output_padding"] = out_pad
+    attrs = transpose_pads(in_spatial, out_spatial, kernel, strides, dilations, begins)
     weight = b.const(kernel_w, hint="avgpool_ones")
-    return [b.op("ConvTranspose", [scaled, weight], hint="avgpool_grad", **kwargs)]
+    return [b.op("ConvTranspose", [scaled, weight], hint="avgpool_grad", group=channels, **attrs)]
 
 
 @register("GlobalAveragePool")
