@@ -56,7 +56,7 @@ def report_cmd(ctx, model, images, out_dir, name, methods, target, top, layer, t
     chosen = flatten_lists(methods) or DEFAULT_METHODS
     params = {"window": window, "stride": stride, "baseline": baseline, "samples": samples, "steps": steps}
     errors: list = []
-    with progress(len(paths), "report") as bar:
+    with progress(len(paths), "explaining images") as bar:
         page = make_report(m, paths, chosen, preprocessing=pre, labels=names, target=target, layer=layer,
                            params=params, top=top, batch_size=batch_size, progress=bar.update, title=title,
                            model_name=Path(model).name, errors=errors)

@@ -231,9 +231,9 @@ def describe(m, source=None) -> dict:
     """
     from .graph import load as graph_load
     from .graph.autodiff.rules import supported_ops
-    from .graph.structure import downstream, upstream
+    from .graph.autodiff.engine import differentiable_path
 
-    original = graph_load.read_model(source) if source is not None else m._base
+    original = graph_load.read_model(source) if source is not None else m.spec().model
     graph = original.graph
     inits = {t.name for t in graph.initializer}
 
@@ -244,10 +244,9 @@ def describe(m, source=None) -> dict:
         return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims}
 
     spec = m.spec()
-    sgraph = spec.model.graph
-    on_path = downstream(sgraph, [m.input_name]) & upstream(sgraph, [m.score_name])
-    path_ops = Counter(n.op_type for n in sgraph.node
-                       if any(o in on_path for o in n.output) and any(i in on_path for i in n.input))
+    # The nodes the backward pass would visit: float paths only (integer Shape arithmetic never needs a rule).
+    path_nodes, _ = differentiable_path(spec.model.graph, m.score_name, [m.input_name], spec.info)
+    path_ops = Counter(n.op_type for n in path_nodes)
     known = set(supported_ops())
     missing = sorted(op for op in path_ops if op not in known)
     error = None

@@ -275,3 +275,29 @@ def test_input_checks():
         cv.gradients(m, np.zeros((1, 3, 4, 4), dtype=np.float32), targets=5)
     with pytest.raises(cv.InputError, match="one per image"):
         cv.gradients(m, np.zeros((2, 3, 4, 4), dtype=np.float32), targets=[1, 2, 3])
+
+
+def test_integer_shape_arithmetic_on_the_path_needs_no_rule():
+    """Exporters compute Reshape targets with Shape -> Gather -> Concat; those integer branches are never
+    differentiated, and `cnnviz inspect` must not report them as missing rules."""
+    from onnx_cnnviz.report import describe
+
+    model = tiny_classifier()
+    graph = model.graph
+    reshape = next(n for n in graph.node if n.op_type == "Reshape")
+    graph.initializer.extend([numpy_helper.from_array(np.array([0], dtype=np.int64), "zero_idx"),
+                              numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one")])
+    shape_nodes = [helper.make_node("Shape", ["r"], ["r_shape"]),
+                   helper.make_node("Gather", ["r_shape", "zero_idx"], ["batch"], axis=0),
+                   helper.make_node("Concat", ["batch", "minus_one"], ["target_shape"], axis=0)]
+    position = list(graph.node).index(reshape)
+    for offset, node in enumerate(shape_nodes):
+        graph.node.insert(position + offset, node)
+    reshape.input[1] = "target_shape"
+    m = cv.load(model, device="cpu")
+    info = describe(m, model)
+    assert info["gradient_path"]["missing_rules"] == []
+    assert "Shape" not in info["gradient_path"]["ops"]
+    x = np.random.default_rng(6).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(m.scores(x), numpy_tiny(tiny_classifier(), x), rtol=1e-5, atol=1e-5)
+    assert np.abs(cv.gradients(m, x)).max() > 0
