@@ -194,7 +194,7 @@ class Model:
 
         The result is a plain ONNX model: save it with ``onnx.save`` and run it with any onnxruntime.
         """
-        spec = self._spec(hw or self._static_hw or self._default_hw())
+        spec = self.spec(hw)
         for name in list(outputs) + list(wrt):
             if name not in spec.info and name != self.input_name:
                 raise InputError(f"'{name}' is not a tensor of this model.")
@@ -335,7 +335,7 @@ class Model:
         return result
 
     def _require_tensor(self, name: str) -> None:
-        spec = self._spec(self._static_hw or self._default_hw())
+        spec = self.spec()
         if name in spec.info:
             return
         resolve_layer(self._layers, name)  # raises UnknownLayerError with suggestions
