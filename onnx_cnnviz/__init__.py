@@ -6,9 +6,10 @@
 
 Gradients come from a backward graph of standard ONNX operators appended to the model, run by onnxruntime.
 """
-from .errors import (CnnvizError, InputError, ModelLoadError, ModelStructureError, RuntimeFailure, UnknownLayerError,
-                     UnsupportedOpError)
+from .errors import (CnnvizError, InputError, ModelLoadError, ModelStructureError, NumericalError, RuntimeFailure,
+                     UnknownLayerError, UnsupportedOpError)
 from .graph.fully_conv import score_map
+from .graph.load import MAX_NODES
 from .graph.receptive_field import ReceptiveField, receptive_field
 from .graph.structure import Layer
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, gradients, guided_grad_cam, hires_cam, input_x_gradient,
@@ -23,14 +24,16 @@ __version__ = "0.1.0"
 
 
 def load(source, device: str = "auto", input: str | None = None, output: str | None = None,
-         batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None) -> Model:
+         batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
+         max_nodes: int | None = MAX_NODES) -> Model:
     """Load an ONNX classifier (a path or an ``onnx.ModelProto``) for explanation.
 
     ``device``: "auto" | "cpu" | "cuda". ``input``/``output``: the image input and class-score output when the model
     has several. ``input_size``: (H, W) for models that accept any size (the layer list is computed at that size).
+    ``max_nodes``: refuse graphs with more nodes than this (subgraphs included; ``None``: no limit).
     """
     return Model(source, device=device, input=input, output=output, batch_size=batch_size, threads=threads,
-                 input_size=input_size)
+                 input_size=input_size, max_nodes=max_nodes)
 
 
 __all__ = [
@@ -44,6 +47,6 @@ __all__ = [
     "filters", "activations", "top_patches", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
     "scatter_plot", "localise", "iou", "class_model", "neuron_model", "invert",
     # errors
-    "CnnvizError", "InputError", "ModelLoadError", "ModelStructureError", "RuntimeFailure", "UnknownLayerError",
-    "UnsupportedOpError",
+    "CnnvizError", "InputError", "ModelLoadError", "ModelStructureError", "NumericalError", "RuntimeFailure",
+    "UnknownLayerError", "UnsupportedOpError",
 ]

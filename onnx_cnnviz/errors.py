@@ -40,3 +40,7 @@ class InputError(CnnvizError, ValueError):
 
 class RuntimeFailure(CnnvizError):
     """onnxruntime could not create a session or run the graph."""
+
+
+class NumericalError(CnnvizError, ArithmeticError):
+    """The model produced NaN or Inf (in its scores, a feature map or a gradient): the picture would be wrong."""

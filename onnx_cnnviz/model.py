@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from . import runtime
-from .errors import InputError, ModelStructureError
+from .errors import InputError, ModelStructureError, NumericalError
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
 from .graph.autodiff import append_gradients
@@ -48,11 +48,12 @@ class Model:
     """A classifier loaded for explanation. Build with :func:`onnx_cnnviz.load`."""
 
     def __init__(self, source, device: str = "auto", input: str | None = None, output: str | None = None,
-                 batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None):
+                 batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
+                 max_nodes: int | None = graph_load.MAX_NODES):
         self.providers = runtime.providers_for(device)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
-        original = graph_load.read_model(source)
+        original = graph_load.read_model(source, max_nodes=max_nodes)
         self.metadata = {p.key: p.value for p in original.metadata_props}
         model = graph_load.normalise(original)
         image = find_image_input(model, input)
@@ -283,6 +284,11 @@ class Model:
         result = RunResult(scores=scores, targets=result_targets)
         result.outputs = {o: merged[o] for o in outputs}
         result.grads = {w: merged["cnnviz/grad/" + w] for w in wrt}
+        check_finite(scores, f"class scores ('{self.score_name}')")
+        for name, value in result.outputs.items():
+            check_finite(value, f"tensor '{name}'")
+        for name, value in result.grads.items():
+            check_finite(value, f"gradient with respect to '{name}'")
         return result
 
     def scores(self, x, batch_size: int | None = None) -> np.ndarray:
@@ -332,6 +338,10 @@ class Model:
         result = RunResult(scores=None, targets=None)
         result.outputs = {o: merged[o] for o in (at,) + outputs}
         result.grads = {w: merged["cnnviz/grad/" + w] for w in wrt}
+        for name, value in result.outputs.items():
+            check_finite(value, f"tensor '{name}'")
+        for name, value in result.grads.items():
+            check_finite(value, f"gradient with respect to '{name}'")
         return result
 
     def _require_tensor(self, name: str) -> None:
@@ -351,6 +361,27 @@ class Model:
         except Exception:
             return False
         return both.shape[0] == 2 and np.allclose(both[:1], one, rtol=1e-4, atol=1e-5)
+
+
+def check_finite(values: np.ndarray, what: str, image: int | None = None) -> None:
+    """Raise :class:`NumericalError` when a float array the model produced holds NaN or Inf.
+
+    ``values`` is batched (axis 0 = image) unless ``image`` names the one image it belongs to."""
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
+        return
+    if image is not None:
+        bad = np.array([image])
+    else:
+        rows = values.reshape(values.shape[0], -1) if values.ndim >= 2 else values.reshape(-1, 1)
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    images = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    kinds = " and ".join(k for k, hit in (("NaN", np.isnan(values).any()), ("Inf", np.isinf(values).any())) if hit)
+    raise NumericalError(
+        f"the model produced {kinds} in its {what} for image(s) {images}, so no valid explanation can be drawn. "
+        "Either an op of the model is out of its domain for this input (Log or Sqrt of a negative value, a division "
+        "by zero, an overflow) or the input is far outside the range the model was trained for: check the "
+        "preprocessing (mean, std, scale) and that the model runs correctly in onnxruntime.")
 
 
 def _keep_outputs(model: onnx.ModelProto, names, info) -> onnx.ModelProto:

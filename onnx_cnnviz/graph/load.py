@@ -21,21 +21,32 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import ModelLoadError
+from ..errors import InputError, ModelLoadError, ModelStructureError
 
 MIN_OPSET = 17
 BATCH_DIM = "N"
+MAX_NODES = 200_000  # default limit on graph nodes (subgraphs included); the largest real CNNs have a few thousand
 
 
-def read_model(source) -> onnx.ModelProto:
-    """Read a path (external data beside it is loaded) or copy a ModelProto. Never modifies the source."""
+def read_model(source, max_nodes: int | None = MAX_NODES) -> onnx.ModelProto:
+    """Read a path (external data beside it is loaded) or copy a ModelProto. Never modifies the source.
+
+    ``max_nodes``: refuse a graph with more nodes than this (:class:`ModelStructureError`), checked before any
+    external weights are read; ``None``: no limit.
+    """
     if isinstance(source, onnx.ModelProto):
+        check_node_count(source, max_nodes)
         return copy.deepcopy(source)
     if isinstance(source, (bytes, bytearray)):
         try:
-            return onnx.load_from_string(bytes(source))
+            model = onnx.load_from_string(bytes(source))
         except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning subclasses
             raise ModelLoadError(f"the bytes given are not an ONNX model ({exc}).") from None
+        if not model.graph.node:
+            raise ModelLoadError("the bytes given parsed but hold no graph nodes: they are not an ONNX model or are "
+                                 "truncated.")
+        check_node_count(model, max_nodes)
+        return model
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(f"expected a path to an .onnx file or an onnx.ModelProto, got {type(source).__name__}.")
     path = Path(source)
@@ -51,8 +62,36 @@ def read_model(source) -> onnx.ModelProto:
             "Check that the file is complete and really an .onnx export.") from None
     if not model.graph.node:
         raise ModelLoadError(f"'{path}' parsed but holds no graph nodes: it is not an ONNX model or it is truncated.")
+    check_node_count(model, max_nodes, f"'{path}'")
     _load_external_data(model, path.parent)
     return model
+
+
+def count_nodes(graph: onnx.GraphProto) -> int:
+    """Nodes of ``graph`` and of every subgraph (If/Loop/Scan bodies) inside it."""
+    total, stack = 0, [graph]
+    while stack:
+        g = stack.pop()
+        total += len(g.node)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+    return total
+
+
+def check_node_count(model: onnx.ModelProto, max_nodes: int | None, what: str = "the model") -> None:
+    if max_nodes is None:
+        return
+    if not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 1:
+        raise InputError(f"max_nodes must be a positive int or None, not {max_nodes!r}.")
+    count = count_nodes(model.graph)
+    if count > max_nodes:
+        raise ModelStructureError(
+            f"{what} has {count:,} graph nodes, more than max_nodes={max_nodes:,}; pass a larger max_nodes "
+            "(load(..., max_nodes=N) or None for no limit) if you trust this model.")
 
 
 def _load_external_data(model: onnx.ModelProto, base: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW, occlusion_graph,
                                window_positions)
-from ..model import Model
+from ..model import Model, check_finite
 from .attribution import auto_batch_size
 
 
@@ -50,7 +50,12 @@ def _baselines(x: np.ndarray, baseline) -> np.ndarray:
         if baseline != "mean":
             raise InputError(f"baseline must be a float, {c} per-channel values or 'mean', not {baseline!r}.")
         return x.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
-    arr = np.asarray(baseline, dtype=np.float32)
+    try:
+        arr = np.asarray(baseline, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"baseline must be a float, {c} per-channel values or 'mean', not {baseline!r}.") from None
+    if not np.isfinite(arr).all():
+        raise InputError(f"baseline must be finite, not {baseline!r}.")
     if arr.ndim == 0:
         return np.full((n, c), float(arr), dtype=np.float32)
     if arr.shape == (c,):
@@ -104,6 +109,7 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
         values = [session.run({IMAGE: image, POSITIONS: rows[s:s + bs], WINDOW: window_feed, BASELINE: fills[i]},
                               [OUTPUT])[OUTPUT] for s in range(0, len(rows), bs)]
         values = np.concatenate(values).reshape(len(rows), -1).astype(np.float64)
+        check_finite(values, "class scores with windows occluded", image=i)
         t = int(values[0].argmax()) if target_arr is None else int(target_arr[i])
         per_window = values[0, t] - values[1:, t] if mode == "score" else values[1:, t]
         total = in_rows.T @ (per_window[:, None] * in_cols)
