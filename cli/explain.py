@@ -91,7 +91,8 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
 
     Writes, per image, method and class, into --out: NAME.METHOD.RANK.png (the picture), .npy (the raw map as the
     library returns it) and .json (model, image, class, class name, score, probability, method, parameters).
-    RANK is top1 (default), topK with --top-k, or cN with --target N.
+    RANK is top1 (default), topK with --top-k, or cN with --target N. Pictures over 100 megapixels are refused from
+    their header (onnx_cnnviz.image.MAX_PIXELS) and skipped like unreadable ones.
     """
     params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode, "samples": samples,
               "noise": noise, "steps": steps}

@@ -6,6 +6,7 @@ the results finished so far kept.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -27,8 +28,10 @@ def fail_line(exc: BaseException) -> str:
     elif isinstance(exc, OSError):
         where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
         text = f"{exc.strerror or exc}{where}"
-        if exc.errno == 28:
+        if exc.errno == errno.ENOSPC:
             text += " (the disk is full; free space and run again with --resume)"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+            text += " (if this is an output path, choose a writable folder with --out)"
     else:
         text = f"internal error ({type(exc).__name__}: {exc}); run again with --debug for the traceback"
     return "cnnviz: error: " + " ".join(text.split())

@@ -424,9 +424,14 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
 
 
 def fit_preprocessing(m, pre: Preprocessing) -> Preprocessing:
-    """``pre`` with its size set to the model's input size when the model fixes one."""
+    """``pre`` with its size set to the model's input size when the model fixes one. Pictures are read as 3-channel
+    RGB (or BGR): a model that takes another channel count is refused here, before any image is read."""
     import dataclasses
 
+    if m.channels != 3:
+        raise InputError(f"the model takes {m.channels}-channel images but pictures are preprocessed to 3 channels "
+                         "(RGB/BGR); prepare the (N, C, H, W) input yourself and call the library "
+                         "(onnx_cnnviz.grad_cam(m, x), ...).")
     static = m.input_shape[1:]
     if all(d is not None for d in static) and pre.size != tuple(static):
         return dataclasses.replace(pre, size=tuple(static))
