@@ -236,7 +236,7 @@ class Model:
         if targets is None:
             return None
         arr = np.asarray(targets)
-        if arr.ndim == 0:
+        if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
             arr = np.full(n, int(arr))
         if arr.ndim != 1 or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"targets must be None, an int, or {n} ints (one per image), got {targets!r}.")

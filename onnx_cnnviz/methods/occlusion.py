@@ -29,7 +29,7 @@ def _pair(value, name: str) -> tuple[int, int]:
         value = (int(value), int(value))
     try:
         pair = tuple(int(v) for v in value)
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{name} must be an int or (height, width), got {value!r}.") from None
     if len(pair) != 2 or min(pair) < 1:
         raise InputError(f"{name} must be an int or (height, width) of positive ints, got {value!r}.")
