@@ -86,7 +86,12 @@ def find_image_input(model: onnx.ModelProto, wanted: str | None = None) -> onnx.
 def _describe(value: onnx.ValueInfoProto) -> str:
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in value.type.tensor_type.shape.dim]
-    return f"{onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()}{dims}"
+    elem = value.type.tensor_type.elem_type
+    try:
+        kind = onnx.TensorProto.DataType.Name(elem).lower()
+    except ValueError:  # a corrupt or future type number
+        kind = f"type#{elem}"
+    return f"{kind}{dims}"
 
 
 def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, str, str | None]:
