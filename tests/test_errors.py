@@ -83,6 +83,18 @@ def test_truncated_onnx_file(inputs, keep):
     assert "cut.onnx" in message and ("complete" in message or "truncated" in message)
 
 
+def test_corrupt_bytes_inside_a_name_are_a_load_error_and_print_nothing(inputs, capfd):
+    """Protobuf hands invalid UTF-8 back as bytes; onnxruntime would print an 'EP Error' banner on stdout."""
+    data = (inputs / "model.onnx").read_bytes()
+    assert data.count(b"GlobalAveragePool") == 1
+    path = inputs / "corrupt.onnx"
+    path.write_bytes(data.replace(b"GlobalAveragePool", b"Global\xbaveragePool"))
+    with unchanged(inputs):
+        with pytest.raises(cv.ModelLoadError, match="corrupt.*not valid UTF-8.*complete"):
+            cv.load(path, device="cpu")
+    assert capfd.readouterr().out == ""
+
+
 def test_external_data_missing(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

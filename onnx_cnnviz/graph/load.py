@@ -46,6 +46,7 @@ def read_model(source, max_nodes: int | None = MAX_NODES) -> onnx.ModelProto:
             raise ModelLoadError("the bytes given parsed but hold no graph nodes: they are not an ONNX model or are "
                                  "truncated.")
         check_node_count(model, max_nodes)
+        check_text(model, "the bytes given")
         return model
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(f"expected a path to an .onnx file or an onnx.ModelProto, got {type(source).__name__}.")
@@ -63,6 +64,7 @@ def read_model(source, max_nodes: int | None = MAX_NODES) -> onnx.ModelProto:
     if not model.graph.node:
         raise ModelLoadError(f"'{path}' parsed but holds no graph nodes: it is not an ONNX model or it is truncated.")
     check_node_count(model, max_nodes, f"'{path}'")
+    check_text(model, f"'{path}'")
     _load_external_data(model, path.parent)
     return model
 
@@ -80,6 +82,20 @@ def count_nodes(graph: onnx.GraphProto) -> int:
                 elif attr.type == onnx.AttributeProto.GRAPHS:
                     stack.extend(attr.graphs)
     return total
+
+
+def check_text(model: onnx.ModelProto, what: str = "the model") -> None:
+    """Names and op types must be UTF-8 text: protobuf hands invalid UTF-8 back as ``bytes`` (a corrupt file), which
+    onnxruntime would later fail to decode, printing to stdout on the way."""
+    graph = model.graph
+    values = list(graph.input) + list(graph.output) + list(graph.initializer) + list(graph.value_info)
+    fields = [v.name for v in values] + [o.domain for o in model.opset_import]
+    for node in graph.node:
+        fields += [node.op_type, node.domain, node.name, *node.input, *node.output]
+    bad = next((f for f in fields if isinstance(f, bytes)), None)
+    if bad is not None:
+        raise ModelLoadError(f"{what} is corrupt: the name {bad!r} is not valid UTF-8 text. Check that the file is "
+                             "complete and really an .onnx export.")
 
 
 def check_node_count(model: onnx.ModelProto, max_nodes: int | None, what: str = "the model") -> None:
