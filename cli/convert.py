@@ -8,7 +8,8 @@ from .common import SizeType, echo, emit_json, global_flags, settings
 
 @click.group("convert")
 def convert_group():
-    """Convert a framework model to ONNX (dynamic batch, eval mode, preprocessing and labels in the metadata)."""
+    """Convert a framework model to ONNX (dynamic batch, eval mode, preprocessing and labels in the metadata):
+    torch (PyTorch) or keras (Keras / TensorFlow via tf2onnx, with the keras extra)."""
 
 
 @convert_group.command("torch")
@@ -45,3 +46,40 @@ def convert_torch(source, out_path, input_size, opset, dynamo, weights, preproce
                    "input_size": list(input_size)})
         return
     echo(f"wrote {path} ({'dynamo' if dynamo else 'TorchScript'} exporter, input {input_size[0]}x{input_size[1]})")
+
+
+@convert_group.command("keras")
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path())
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The .onnx file to write.")
+@click.option("--input-size", type=SizeType(), default=None,
+              help="HxW to fix for a model built for any size (default: the model's own input size).")
+@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True, help="ONNX opset for tf2onnx.")
+@click.option("--channels-first", is_flag=True,
+              help="The Keras model already takes (N, C, H, W) input. Default: its input is (N, H, W, C) and the "
+                   "ONNX input becomes (N, C, H, W) (a Transpose in front of the graph).")
+@click.option("--preprocess", type=click.Choice(["imagenet", "caffe", "tf", "none"]), default=None,
+              help="Preprocessing to record in the metadata (tf: x/127.5 - 1, imagenet = Keras's torch mode). "
+                   "Default: none recorded.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Class names file to record.")
+@click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-Keras comparison.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@global_flags
+def convert_keras(model_path, out_path, input_size, opset, channels_first, preprocess, labels, no_check, overwrite):
+    """Convert a Keras classifier saved as .keras or .h5 with tf2onnx (needs the keras extra:
+    pip install 'onnx-cnnviz[keras]').
+
+    The ONNX input is NCHW with a dynamic batch, and the conversion is checked against Keras on a random batch.
+    The final softmax stays in the graph; explanations use the score before it.
+    """
+    from onnx_cnnviz.converters.keras import export, import_tensorflow
+
+    import_tensorflow()  # the missing-extra message before anything else
+    path = export(model_path, out_path, input_size=input_size, opset=opset, channels_last_input=not channels_first,
+                  preprocess=preprocess, labels=labels, check=not no_check, overwrite=overwrite)
+    layout = "NCHW input" if channels_first else "NHWC input transposed to NCHW"
+    if settings().json:
+        emit_json({"source": str(model_path), "out": str(path), "converter": "tf2onnx",
+                   "input_layout": "NCHW" if channels_first else "NHWC", "opset": opset,
+                   "input_size": list(input_size) if input_size else None})
+        return
+    echo(f"wrote {path} (tf2onnx, {layout})")

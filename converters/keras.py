@@ -1,0 +1,332 @@
+"""Keras / TensorFlow -> ONNX for explanation, through tf2onnx (installed as ``onnx_cnnviz.converters.keras``).
+
+Needs the ``keras`` extra (``pip install 'onnx-cnnviz[keras]'``: tensorflow-cpu, Keras 3, tf2onnx); nothing here
+imports TensorFlow until a conversion runs.
+
+    from onnx_cnnviz.converters.keras import export
+    export(my_keras_model, "mine.onnx", labels=["cat", "dog"], preprocess="tf")
+    export("model.keras", "model.onnx")                    # or a legacy .h5 file
+
+What the converter does:
+
+* **NCHW input.** Keras image models are channels-last: their input is ``(N, H, W, C)``. onnx_cnnviz works on an
+  ``(N, C, H, W)`` image input, so by default (``channels_last_input=True``) the conversion uses tf2onnx's
+  ``inputs_as_nchw``: the ONNX input is declared ``(N, C, H, W)`` and one ``Transpose`` (perm 0,2,3,1) in front of
+  the graph turns it back into what the Keras layers expect (tf2onnx's optimiser then pushes that Transpose through
+  the convolutions, so the ONNX feature maps are NCHW too). Give NCHW arrays to the ONNX model:
+  ``x_onnx = x_keras.transpose(0, 3, 1, 2)``. ``channels_last_input=False`` is for a Keras model whose input already
+  is ``(N, C, H, W)`` (``data_format="channels_first"``): then nothing is transposed (TensorFlow's CPU kernels cannot
+  run such a model, so without a GPU convert it with ``check=False``).
+* **Dynamic batch**: the ONNX input and output have a symbolic batch dimension ``N``. H and W are the Keras
+  model's (``input_size`` must agree when the model fixes them); a model built for any size (``Input((None, None,
+  3))``) is exported at ``input_size`` when it is given, else with free H and W.
+* **Inference mode**: the converter traces ``model(x, training=False)`` (BatchNormalization uses its moving statistics,
+  Dropout is the identity).
+* **The score.** A Keras classifier usually ends in ``Dense(K, activation="softmax")``; tf2onnx emits ``MatMul``
+  (+ ``Add`` when the bias is not zero) followed by ``Softmax``, and onnx_cnnviz takes the score before a final
+  Softmax (``Model.softmax_skipped``), so gradients are of the pre-softmax class score, as in Grad-CAM and as
+  tf-keras-vis's ``ReplaceToLinear`` does on the Keras side.
+* **Names.** The ONNX input is named ``input_name`` ("input"), the output ``output_name`` (default: the Keras output
+  layer's name).
+  Intermediate tensors keep the Keras layer names inside tf2onnx's scopes: the output of a layer ``"relu3"`` is
+  e.g. ``"functional_1/relu3_1/Relu:0"`` (:func:`layer_tensor` finds it from the layer name).
+* **Metadata** (``metadata_props``), as the torch converter writes it: the preprocessing
+  (:meth:`onnx_cnnviz.image.Preprocessing.to_metadata`), the class names (``cnnviz.labels``), the input size
+  (``cnnviz.input_size``, "HxW", when fixed), ``cnnviz.source`` and ``cnnviz.keras.input_layout`` (the Keras
+  model's own layout: "NHWC" when the converter transposed it).
+* **A check**: the ONNX model, run by onnxruntime on a random batch of 2, must match ``model(x, training=False)``.
+
+Preprocessing: a preset name of :data:`onnx_cnnviz.image.PRESETS` ("imagenet" = Keras's "torch" mode, "caffe",
+"none"), ``"tf"`` (Keras's "tf" mode, ``x / 127.5 - 1``: mean 0.5, std 0.5 on [0, 1] RGB) or a
+:class:`~onnx_cnnviz.image.Preprocessing`. Keras models that do their own scaling inside (a ``Rescaling`` layer, the
+``include_preprocessing`` of keras.applications) take raw 0..255 pixels: record ``Preprocessing(scale=1.0)``.
+When the converted model fixes H and W, the recorded preprocessing resizes images to them (also for "none" and "tf",
+whose presets keep an image's own size).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from onnx_cnnviz.errors import CnnvizError, InputError, ModelLoadError, RuntimeFailure
+
+DEFAULT_OPSET = 17
+CHECK_SIZE = 224  # H = W of the check batch for a model that accepts any size and was given no input_size
+INSTALL_HINT = "pip install 'onnx-cnnviz[keras]'"
+
+
+def import_tensorflow():
+    """``(tensorflow, tf2onnx)``, or an :class:`InputError` naming the ``keras`` extra when they are missing.
+
+    TensorFlow's C++ start-up chatter is silenced (``TF_CPP_MIN_LOG_LEVEL=2``) unless the variable is already set.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        raise InputError(f"converting Keras models needs TensorFlow and tf2onnx ({missing} is not installed): "
+                         f"{INSTALL_HINT}.") from None
+    return tf, tf2onnx
+
+
+def _keras():
+    tf, _ = import_tensorflow()
+    try:
+        import keras
+    except ImportError:  # TensorFlow without a separate Keras package
+        keras = tf.keras
+    return keras
+
+
+def load_keras_model(model_or_path):
+    """A Keras model: ``model_or_path`` itself, or the model saved in a ``.keras`` / ``.h5`` file (loaded without
+    compiling; custom layers must be registered with ``keras.saving.register_keras_serializable``)."""
+    keras = _keras()
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        if not hasattr(model_or_path, "inputs") or not callable(model_or_path):
+            raise InputError(f"expected a Keras model or a .keras / .h5 path, got {type(model_or_path).__name__}.")
+        return model_or_path
+    path = Path(model_or_path)
+    if path.is_dir():
+        raise InputError(f"'{path}' is a folder (a TensorFlow SavedModel?): give a Keras model file (.keras or .h5); "
+                         "in Python, keras.models.load_model / keras.layers.TFSMLayer then model.save('m.keras').")
+    if not path.is_file():
+        raise InputError(f"Keras model file '{path}' does not exist.")
+    if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise InputError(f"'{path}': expected a .keras or .h5 Keras model file.")
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(f"Keras could not load '{path}' ({type(exc).__name__}: {first}).") from None
+
+
+def _input_geometry(model, input_size, channels_last_input: bool):
+    """``(keras_shape, channels, hw)``: the Keras input shape to trace (batch None), C, and (H, W) or (None, None)."""
+    inputs = list(getattr(model, "inputs", None) or [])
+    if len(inputs) != 1:
+        raise InputError(f"the Keras model must have exactly one (image) input, it has {len(inputs)}"
+                         + ("; build it first (call it on an input or start it with keras.Input)" if not inputs
+                            else "") + ".")
+    shape = tuple(None if d is None else int(d) for d in inputs[0].shape)
+    if len(shape) != 4:
+        raise InputError(f"the Keras model's input must be a 4-D image batch, got shape {shape}.")
+    if channels_last_input:
+        (h, w), c = shape[1:3], shape[3]
+    else:
+        c, (h, w) = shape[1], shape[2:4]
+    layout = "NHWC" if channels_last_input else "NCHW"
+    if c is None:
+        raise InputError(f"the Keras input {shape} ({layout}) has no fixed channel count; if the model is "
+                         f"channels-{'first' if channels_last_input else 'last'}, say so "
+                         f"(channels_last_input={not channels_last_input}).")
+    if input_size is not None:
+        want = (int(input_size), int(input_size)) if np.ndim(input_size) == 0 else tuple(int(v) for v in input_size)
+        if len(want) != 2 or min(want) < 1:
+            raise InputError(f"input_size must be (H, W) or one int, got {input_size!r}.")
+        for have, asked, axis in zip((h, w), want, "HW"):
+            if have is not None and have != asked:
+                raise InputError(f"input_size {want[0]}x{want[1]} but the Keras model fixes {axis}={have} "
+                                 f"(input {shape}, {layout}).")
+        h, w = want
+    trace = (None, h, w, c) if channels_last_input else (None, c, h, w)
+    return trace, c, (h, w)
+
+
+def _resolve_preprocessing(preprocess, hw):
+    from onnx_cnnviz.image import Preprocessing, get_preprocessing
+
+    if preprocess is None:
+        return None
+    if isinstance(preprocess, str) and preprocess.lower() == "tf":
+        # keras.applications "tf" mode: x / 127.5 - 1 == (x / 255 - 0.5) / 0.5.
+        preprocess = Preprocessing(size=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="RGB",
+                                   scale=1.0 / 255.0)
+    preprocessing = get_preprocessing(preprocess)
+    if None not in hw:
+        # The converted graph fixes H and W: images are resized to them whatever the preset says.
+        preprocessing = get_preprocessing(preprocessing, size=hw)
+    return preprocessing
+
+
+def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, channels_last_input: bool = True,
+           preprocess=None, labels=None, input_name: str = "input", output_name: str | None = None,
+           overwrite: bool = False, check: bool = True, metadata: dict | None = None) -> Path:
+    """Convert a Keras classifier to ONNX at ``path`` (written atomically; an existing file is kept unless
+    ``overwrite``). See the module docstring for what the converted graph looks like.
+
+    ``model_or_path``: a Keras model (Keras 3 / ``tf.keras``) or a ``.keras`` / ``.h5`` file. ``input_size``: (H, W)
+    (an int = square); None = the model's own. ``opset``: ONNX opset for tf2onnx. ``channels_last_input``: the Keras
+    model takes NHWC images (the default): the ONNX input becomes NCHW. ``preprocess``: a preset name ("imagenet",
+    "caffe", "none", "tf") or a :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata (None: nothing
+    recorded). ``labels``: class names (a list, or a text file, one per line) recorded as ``cnnviz.labels``.
+    ``input_name`` / ``output_name``: the ONNX input and output names (default output name: the Keras output
+    layer's). ``check``: compare onnxruntime with the Keras model on a random batch. Returns the path.
+    """
+    import onnx
+
+    from onnx_cnnviz.report import LABELS_KEY, read_labels, write_atomic
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it.")
+    if path.suffix.lower() != ".onnx":
+        raise InputError(f"{path}: give the output a .onnx suffix.")
+    tf, tf2onnx = import_tensorflow()
+    keras = _keras()
+    model = load_keras_model(model_or_path)
+    trace_shape, channels, hw = _input_geometry(model, input_size, channels_last_input)
+    preprocessing = _resolve_preprocessing(preprocess, hw)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_labels(labels)
+
+    check_hw = tuple(CHECK_SIZE if v is None else v for v in hw)
+    out_shape = _output_shape(model)
+    if len(out_shape) != 2:
+        raise InputError(f"the Keras model must return one (N, K) array of class scores; its output has shape "
+                         f"{out_shape}.")
+    if labels is not None and out_shape[1] is not None and len(labels) != out_shape[1]:
+        raise InputError(f"{len(labels)} labels for a model with {out_shape[1]} classes.")
+
+    output_name = output_name or _output_layer_name(model)
+    spec = (tf.TensorSpec(trace_shape, tf.float32, name=input_name),)
+
+    # tf2onnx's from_keras names outputs from ``model.output_names``, which Keras 3 Sequential models fill with
+    # internal tensor names it then cannot find (KeyError 'keras_tensor_N'); tracing the call ourselves, with a dict
+    # output, works for every model and names the ONNX output after the dict key.
+    @tf.function(input_signature=spec)
+    def serve(x):
+        return {output_name: model(x, training=False)}
+
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=int(opset),
+                                                       inputs_as_nchw=[input_name] if channels_last_input else None)
+    except CnnvizError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise RuntimeFailure(f"tf2onnx could not convert the Keras model: {type(exc).__name__}: {first}") from exc
+    _name_batch_dimension(model_proto)
+    if model_proto.producer_version.endswith(" None"):  # tf2onnx appends its git hash, None in wheels
+        model_proto.producer_version = model_proto.producer_version[:-len(" None")]
+
+    props = {}
+    if preprocessing is not None:
+        props.update(preprocessing.to_metadata())
+    if labels is not None:
+        props[LABELS_KEY] = "\n".join(str(v) for v in labels)
+    if None not in hw:
+        props["cnnviz.input_size"] = f"{hw[0]}x{hw[1]}"
+    props["cnnviz.keras.input_layout"] = "NHWC" if channels_last_input else "NCHW"
+    source = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else f"model {model.name!r}"
+    props["cnnviz.source"] = (f"tf2onnx {tf2onnx.__version__} conversion (TensorFlow {tf.__version__}, Keras "
+                              f"{getattr(keras, '__version__', '?')}) of Keras {source}"
+                              + ("; input transposed NHWC -> NCHW" if channels_last_input else ""))
+    props.update(metadata or {})
+    existing = {p.key: p for p in model_proto.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            entry = model_proto.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+    onnx.checker.check_model(model_proto)
+    if check:
+        _check_outputs(model, model_proto, channels, check_hw, input_name, channels_last_input)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, model_proto.SerializeToString(), overwrite=overwrite)
+    return path
+
+
+def _to_numpy(value) -> np.ndarray:
+    """A Keras / TensorFlow output as numpy (``.numpy()``: np.asarray on an EagerTensor warns under numpy 2)."""
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _output_shape(model) -> tuple:
+    outputs = list(getattr(model, "outputs", None) or [])
+    if len(outputs) != 1:
+        raise InputError(f"the Keras model must have exactly one output (the class scores), it has {len(outputs)}.")
+    return tuple(None if d is None else int(d) for d in outputs[0].shape)
+
+
+def _output_layer_name(model) -> str:
+    """The name of the layer producing the Keras model's (single) output, "output" when Keras does not say."""
+    outputs = list(getattr(model, "outputs", None) or [])
+    history = getattr(outputs[0], "_keras_history", None) if len(outputs) == 1 else None
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    if layer is None and getattr(model, "layers", None):
+        layer = model.layers[-1]
+    return str(getattr(layer, "name", None) or "output")
+
+
+def _name_batch_dimension(model_proto, name: str = "N") -> None:
+    """tf2onnx names the free batch dimension "unk__N"; call it ``N`` on the graph's inputs and outputs."""
+    for value in list(model_proto.graph.input) + list(model_proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = name
+
+
+def _check_outputs(model, model_proto, channels, hw, input_name, channels_last_input, rtol=1e-3,
+                   atol=1e-5) -> None:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, channels, *hw)).astype(np.float32)  # what the ONNX model takes
+    keras_x = x.transpose(0, 2, 3, 1) if channels_last_input else x
+    try:
+        expected = _to_numpy(model(keras_x, training=False))
+    except Exception as exc:  # noqa: BLE001
+        hint = ("; TensorFlow's CPU kernels do not run channels-first convolutions: convert without the comparison "
+                "(check=False, --no-check)" if not channels_last_input else "")
+        raise RuntimeFailure(f"the Keras model does not run on a {keras_x.shape} input ({type(exc).__name__}: "
+                             f"{(str(exc).strip().splitlines() or [''])[0][:200]}){hint}.") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model_proto.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        got = session.run(None, {input_name: x})[0]
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeFailure(f"onnxruntime cannot run the converted model: {str(exc)[:300]}") from None
+    if got.shape != expected.shape:
+        raise RuntimeFailure(f"the converted model returns shape {got.shape} for a batch of 2, Keras "
+                             f"{expected.shape}: the batch dimension did not convert as dynamic.")
+    err = float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-12))
+    if err > rtol and float(np.abs(got - expected).max()) > atol:
+        raise RuntimeFailure(f"the converted model differs from Keras (max relative error {err:.2e}); the model may "
+                             "use ops tf2onnx does not convert faithfully.")
+
+
+def layer_tensor(onnx_model, layer_name: str) -> str:
+    """The ONNX tensor holding the output of the Keras layer ``layer_name`` in a converted model.
+
+    ``onnx_model``: an :class:`onnx_cnnviz.Model` (its candidate ``layers`` are searched) or an ONNX path /
+    ModelProto (every node output is searched). tf2onnx names tensors ``<scope>/<layer>_<k>/<Op>:0``; of the tensors
+    under the layer's scope, the last one in graph order is the layer's output (for ``Conv2D(activation="relu")``
+    the Relu after the convolution).
+    """
+    import re
+
+    if hasattr(onnx_model, "layers") and hasattr(onnx_model, "score_name"):
+        names = [layer.name for layer in onnx_model.layers]
+    else:
+        import onnx
+
+        proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
+        names = [out for node in proto.graph.node for out in node.output]
+    scope = re.compile(rf"(^|/){re.escape(layer_name)}(_\d+)?/")
+    found = [n for n in names if scope.search(n)]
+    if not found:
+        raise InputError(f"no tensor of the Keras layer {layer_name!r} in the converted model (tf2onnx may have "
+                         "fused it into its neighbour); the tensors are named like "
+                         f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}.")
+    return found[-1]
+
+
+__all__ = ["export", "load_keras_model", "layer_tensor", "import_tensorflow"]
