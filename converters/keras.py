@@ -52,6 +52,8 @@ import numpy as np
 
 from onnx_cnnviz.errors import CnnvizError, InputError, ModelLoadError, RuntimeFailure
 
+from .metadata import set_metadata_props
+
 DEFAULT_OPSET = 17
 CHECK_SIZE = 224  # H = W of the check batch for a model that accepts any size and was given no input_size
 INSTALL_HINT = "pip install 'onnx-cnnviz[keras]'"
@@ -227,13 +229,7 @@ def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, cha
                               f"{getattr(keras, '__version__', '?')}) of Keras {source}"
                               + ("; input transposed NHWC -> NCHW" if channels_last_input else ""))
     props.update(metadata or {})
-    existing = {p.key: p for p in model_proto.metadata_props}
-    for key, value in props.items():
-        if key in existing:
-            existing[key].value = str(value)
-        else:
-            entry = model_proto.metadata_props.add()
-            entry.key, entry.value = key, str(value)
+    set_metadata_props(model_proto, props)
     onnx.checker.check_model(model_proto)
     if check:
         _check_outputs(model, model_proto, channels, check_hw, input_name, channels_last_input)

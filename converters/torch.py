@@ -39,6 +39,8 @@ import numpy as np
 
 from onnx_cnnviz.errors import CnnvizError, InputError, ModelLoadError, RuntimeFailure
 
+from .metadata import set_metadata_props
+
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 
@@ -270,13 +272,7 @@ def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPS
                               + (f" ({info['weights']})" if info.get("weights") else " (random weights)"
                                  if isinstance(module_or_name, str) else ""))
     props.update(metadata or {})
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in props.items():
-        if key in existing:
-            existing[key].value = str(value)
-        else:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, str(value)
+    set_metadata_props(model, props)
     onnx.checker.check_model(model)
     if check:
         _check_outputs(module, model, channels, hw, input_name)
