@@ -15,7 +15,6 @@ import dataclasses
 import io
 import math
 import os
-import secrets
 import struct
 import warnings
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .files import write_atomic
 from .errors import InputError
 
 MAX_PIXELS = 100_000_000
@@ -816,50 +816,7 @@ def save_image(path, image, overwrite: bool = False, quality: int = 95) -> Path:
         ok = False
     if not ok:
         raise InputError(f"OpenCV cannot write {suffix!r} files ({path}); use .png or .jpg.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _write_temp(path, encoded.tobytes())
-    try:
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            _link_no_clobber(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-    return path
-
-
-def _write_temp(path: Path, data: bytes) -> Path:
-    for _ in range(100):
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            # 0o666 through os.open so the umask applies: the image gets the permissions of any new file
-            # (tempfile.mkstemp would leave it 0o600).
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        return temp
-    raise InputError(f"Could not create a temporary file next to {path}.")
-
-
-def _link_no_clobber(temp: Path, path: Path) -> None:
-    """Move ``temp`` to ``path`` unless ``path`` exists, atomically where the file system has hard links."""
-    try:
-        os.link(temp, path)  # fails if path exists, unlike os.replace
-    except FileExistsError as err:
-        raise InputError(f"{path} already exists; pass overwrite=True to replace it.") from err
-    except OSError:  # no hard links here (FAT, some network shares): check, then replace
-        if path.exists():
-            raise InputError(f"{path} already exists; pass overwrite=True to replace it.") from None
-        os.replace(temp, path)
+    return write_atomic(path, encoded.tobytes(), overwrite=overwrite)
 
 
 __all__ = ["read_image", "preprocess", "deprocess", "get_preprocessing", "Preprocessing", "PRESETS", "colorize",

@@ -17,7 +17,6 @@ import datetime
 import html
 import json
 import os
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from . import methods as _m
 from .methods.cam import cam_head
+from .files import write_atomic  # noqa: F401 - re-exported for the CLI and the converters
 from .errors import CnnvizError, InputError, UnsupportedOpError
 from .image import Preprocessing, deprocess, gradient_image, overlay, saliency_image
 
@@ -292,50 +292,6 @@ preprocessing_dict = _pre_dict
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing files
-
-
-def write_atomic(path, data: bytes | str, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so that nobody sees half
-    a file. An existing file is kept (:class:`InputError`) unless ``overwrite``. Parent folders are created."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; give a file name.")
-    if not overwrite and path.exists():
-        raise InputError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = None
-    for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-        temp = candidate
-        break
-    if temp is None:
-        raise InputError(f"could not create a temporary file next to {path}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                raise InputError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it.") from None
-            except OSError:  # no hard links on this file system
-                if path.exists():
-                    raise InputError(f"{path} already exists; pass --overwrite to replace it.") from None
-                os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-    return path
 
 
 def png_bytes(image: np.ndarray) -> bytes:
