@@ -80,6 +80,14 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def available_memory() -> int | None:
+    """Bytes of physical memory available now (Linux/Unix sysconf), or None where the platform cannot tell."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def default_threads() -> int:
     """Intra-op threads: the cores this process may use (affinity-aware), as onnxruntime would pick by default."""
     try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import Model
+from ..runtime import available_memory
 from .gradients import gradients
 
 IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -25,8 +26,8 @@ MEMORY_BUDGET = 1 << 30
 
 
 def auto_batch_size(m: Model, hw, rows: int, backward: bool, cap: int = 64) -> int:
-    """Rows per run for ``rows`` inputs of size ``hw``: as many as fit :data:`MEMORY_BUDGET`, at most ``cap``, then
-    evened out so the runs are about equally full.
+    """Rows per run for ``rows`` inputs of size ``hw``: as many as fit :data:`MEMORY_BUDGET` (or a quarter of the
+    memory available now, if that is less), at most ``cap``, then evened out so the runs are about equally full.
 
     The memory of one sample is estimated from the sum of the sizes of the model's per-sample tensors: onnxruntime
     reuses buffers, so a forward pass holds about a quarter of that sum and a forward + backward pass about half
@@ -39,7 +40,11 @@ def auto_batch_size(m: Model, hw, rows: int, backward: bool, cap: int = 64) -> i
         if info.is_float and info.shape and info.shape[0] is None and all(d is not None for d in info.shape[1:]):
             per_sample += 4 * int(np.prod(info.shape[1:], dtype=np.int64))
     per_sample = per_sample // 2 if backward else per_sample // 4
-    size = int(max(1, min(cap, MEMORY_BUDGET // max(per_sample, 1))))
+    budget = MEMORY_BUDGET
+    free = available_memory()
+    if free is not None:  # a busy machine gets smaller runs rather than swapping or dying
+        budget = min(budget, free // 4)
+    size = int(max(1, min(cap, budget // max(per_sample, 1))))
     runs = -(-max(rows, 1) // size)
     return int(-(-max(rows, 1) // runs))
 

@@ -29,6 +29,7 @@ from onnx import numpy_helper
 from ..errors import InputError, ModelStructureError
 from ..graph.structure import Layer, producers
 from ..model import Model
+from .attribution import auto_batch_size
 from .gradients import gradients, normalize_maps
 
 __all__ = ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
@@ -279,11 +280,12 @@ def score_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, norm
     """Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for CNNs", CVPR-W 2020):
     ``w_k = softmax_k S_c(x (.) norm(up(A^k)))``, map ``= ReLU(sum_k w_k A^k)`` (see :func:`_score_cam_weights`).
     Gradient-free but costs C extra forward passes per image (C = the layer's channels), run in batches of
-    ``batch_size`` (default: the model's, 16). Returns (N, H, W) float32."""
+    ``batch_size`` (default: sized to the model's per-image memory and the memory available). Returns (N, H, W)
+    float32."""
     x = np.asarray(x)
-    step = max(1, int(batch_size or m.batch_size))
 
     def combine(A, G, tgt):
+        step = max(1, int(batch_size)) if batch_size else auto_batch_size(m, x.shape[2:], A.shape[1], backward=False)
         return _weighted_sum(_score_cam_weights(m, x.astype(np.float32), A, tgt, step), A)
 
     return _family(m, x, targets, layer, "score_cam", upsample, normalize, relu, batch_size, combine=combine)[0]

@@ -168,3 +168,16 @@ def test_bad_arguments(loaded):
         cv.integrated_gradients(m, x, baseline=np.zeros((5, 5), dtype=np.float32))
     with pytest.raises(cv.InputError):
         cv.smoothgrad(m, x, samples=0)
+
+
+def test_automatic_batch_size_follows_the_memory_available(loaded, monkeypatch):
+    """Batches are sized from the model's per-image memory; on a machine short of memory they shrink."""
+    from onnx_cnnviz.methods import attribution
+
+    _, m, _ = loaded("resnet18")
+    roomy = attribution.auto_batch_size(m, (112, 112), 500, backward=False)
+    monkeypatch.setattr(attribution, "available_memory", lambda: 64 << 20)
+    tight = attribution.auto_batch_size(m, (112, 112), 500, backward=False)
+    monkeypatch.setattr(attribution, "available_memory", lambda: None)  # a platform that cannot tell
+    unknown = attribution.auto_batch_size(m, (112, 112), 500, backward=False)
+    assert 1 <= tight < roomy and unknown >= roomy
