@@ -7,13 +7,14 @@ inputs that need none: ``ctx.wants(i)`` tells which do). Rules live in one modul
 =================  ===============================================================================================
 ``conv.py``        Conv, ConvTranspose
 ``linear.py``      Gemm, MatMul
-``elementwise.py`` Add, Sub, Mul, Div, Sum, Neg, Exp, Log, Sqrt, Pow, Reciprocal, Abs, Max, Min
+``elementwise.py`` Add, Sub, Mul, Div, Sum, Neg, Exp, Log, Sqrt, Pow, Reciprocal, Abs, Max, Min, Where
 ``activations.py`` Relu (vanilla / guided / deconvnet), LeakyRelu, PRelu, Clip, Sigmoid, HardSigmoid, HardSwish,
                    Tanh, Erf, Gelu, Softmax, LogSoftmax, Elu, Softplus, Mish
-``pooling.py``     MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceSum, ReduceMax
+``pooling.py``     MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceSum, ReduceMax,
+                   ReduceMin
 ``normalization``  BatchNormalization, LayerNormalization, InstanceNormalization
 ``shape.py``       Identity, Dropout, Cast, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Split, Slice,
-                   Pad, Expand, Tile, Gather, Resize
+                   Pad, Expand, Tile, Gather, Resize, Upsample
 =================  ===============================================================================================
 """
 from __future__ import annotations
