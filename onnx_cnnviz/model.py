@@ -17,7 +17,7 @@ from . import runtime
 from .errors import InputError, ModelStructureError, NumericalError
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
-from .graph.autodiff import append_gradients
+from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
 from .graph.expose import expose
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, find_score,
                               resolve_layer, upstream)
@@ -267,29 +267,29 @@ class Model:
         mode = "input" if (seed is not None or target_arr is not None) else "top1"
         hw = tuple(x.shape[2:])
         session = self._session(hw, outputs, wrt, rule, mode)
-        step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
-        parts = []
-        for start in range(0, n, step):
-            feeds = {self.input_name: x[start:start + step]}
-            if wrt and mode == "input":
-                rows = seed[start:start + step] if seed is not None else _one_hot(
-                    target_arr[start:start + step], self.num_classes)
-                feeds["cnnviz/seed"] = rows
-            parts.append(session.run(feeds))
-        merged = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        seed_rows = None
+        if wrt and mode == "input":
+            seed_rows = seed if seed is not None else _one_hot(target_arr, self.num_classes)
+        merged = self._run_batches(session, x, batch_size, seed_rows)
         scores = merged[self.score_name].reshape(n, -1)
+        check_finite(scores, f"class scores ('{self.score_name}')")
         result_targets = None
         if wrt:
-            result_targets = merged["cnnviz/target"] if mode == "top1" else target_arr
-        result = RunResult(scores=scores, targets=result_targets)
-        result.outputs = {o: merged[o] for o in outputs}
-        result.grads = {w: merged["cnnviz/grad/" + w] for w in wrt}
-        check_finite(scores, f"class scores ('{self.score_name}')")
-        for name, value in result.outputs.items():
-            check_finite(value, f"tensor '{name}'")
-        for name, value in result.grads.items():
-            check_finite(value, f"gradient with respect to '{name}'")
-        return result
+            result_targets = merged[TARGET_OUTPUT] if mode == "top1" else target_arr
+        return _checked(RunResult(scores=scores, targets=result_targets, outputs={o: merged[o] for o in outputs},
+                                  grads={w: merged[grad_name(w)] for w in wrt}))
+
+    def _run_batches(self, session, x: np.ndarray, batch_size, seed_rows=None) -> dict:
+        """Run ``session`` over ``x`` in batches (one image at a time for a static-batch model), feeding
+        ``seed_rows`` as the backward seed; outputs are concatenated over the batches."""
+        step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
+        parts = []
+        for start in range(0, len(x), step):
+            feeds = {self.input_name: x[start:start + step]}
+            if seed_rows is not None:
+                feeds[SEED_INPUT] = seed_rows[start:start + step]
+            parts.append(session.run(feeds))
+        return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
 
     def scores(self, x, batch_size: int | None = None) -> np.ndarray:
         """(N, K) float32 class scores before any final Softmax/LogSoftmax/Sigmoid."""
@@ -330,19 +330,9 @@ class Model:
             names = [at] + [o for o in outputs if o != at] + [gg.gradients[w] for w in wrt]
             return _keep_outputs(gg.model, names, spec.info)
 
-        session = self.cached_session(key, build)
-        step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
-        parts = [session.run({self.input_name: x[s:s + step], "cnnviz/seed": seed[s:s + step]})
-                 for s in range(0, n, step)]
-        merged = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
-        result = RunResult(scores=None, targets=None)
-        result.outputs = {o: merged[o] for o in (at,) + outputs}
-        result.grads = {w: merged["cnnviz/grad/" + w] for w in wrt}
-        for name, value in result.outputs.items():
-            check_finite(value, f"tensor '{name}'")
-        for name, value in result.grads.items():
-            check_finite(value, f"gradient with respect to '{name}'")
-        return result
+        merged = self._run_batches(self.cached_session(key, build), x, batch_size, seed)
+        return _checked(RunResult(scores=None, targets=None, outputs={o: merged[o] for o in (at,) + outputs},
+                                  grads={w: merged[grad_name(w)] for w in wrt}))
 
     def _require_tensor(self, name: str) -> None:
         spec = self.spec()
@@ -397,6 +387,15 @@ def _keep_outputs(model: onnx.ModelProto, names, info) -> onnx.ModelProto:
     del model.graph.output[:]
     model.graph.output.extend(outs)
     return model
+
+
+def _checked(result: RunResult) -> RunResult:
+    """The result, once every tensor and gradient in it is finite (NumericalError otherwise)."""
+    for name, value in result.outputs.items():
+        check_finite(value, f"tensor '{name}'")
+    for name, value in result.grads.items():
+        check_finite(value, f"gradient with respect to '{name}'")
+    return result
 
 
 def _one_hot(targets: np.ndarray, k: int) -> np.ndarray:
