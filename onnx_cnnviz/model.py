@@ -181,9 +181,13 @@ class Model:
     def cached_session(self, key: tuple, build) -> runtime.Session:
         """A session over the graph ``build()`` returns, built once per ``key`` for this model (methods that need
         their own rewritten graph, such as the occlusion prefix, use this)."""
+        return self.cached(("session",) + tuple(key), lambda: runtime.Session(build(), self.providers, self.threads))
+
+    def cached(self, key: tuple, build):
+        """``build()``, computed once per ``key`` for this model (plans and sessions of methods' own graphs)."""
         key = ("custom",) + tuple(key)
         if key not in self._cache:
-            self._cache[key] = runtime.Session(build(), self.providers, self.threads)
+            self._cache[key] = build()
         return self._cache[key]
 
     def spec(self, hw=None) -> _Specialised:

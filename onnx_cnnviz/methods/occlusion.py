@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from ..graph import occlusion_incremental
 from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW, occlusion_graph,
                                window_positions)
 from ..model import Model, check_finite
@@ -41,6 +42,28 @@ def occlusion_session(m: Model, hw, mode: str = "score"):
     hw = tuple(int(v) for v in hw)
     return m.cached_session(("occlusion", hw, mode), lambda: occlusion_graph(
         m.spec(hw).model, m.input_name, m.score_name, mode=mode))
+
+
+def incremental_plan(m: Model, hw, window, stride) -> occlusion_incremental.Plan:
+    """Which nodes the incremental occlusion graph recomputes on boxes, and its estimated cost per window relative
+    to a full forward pass (see :mod:`onnx_cnnviz.graph.occlusion_incremental`)."""
+    hw, window, stride = (tuple(int(v) for v in t) for t in (hw, window, stride))
+    spec = m.spec(hw)
+    return m.cached(("occlusion-plan", hw, window, stride), lambda: occlusion_incremental.plan(
+        spec.model, spec.info, m.input_name, m.score_name, window, stride))
+
+
+def incremental_session(m: Model, hw, window, stride, mode: str = "score"):
+    """The cached session of the incremental occlusion graph; its inputs besides the positions and the baseline are
+    the original maps it reads (``session.input_names``)."""
+    hw, window, stride = (tuple(int(v) for v in t) for t in (hw, window, stride))
+
+    def build():
+        spec = m.spec(hw)
+        return occlusion_incremental.incremental_occlusion_graph(
+            spec.model, spec.info, m.input_name, m.score_name, window, stride, mode=mode,
+            the_plan=incremental_plan(m, hw, window, stride)).model
+    return m.cached_session(("occlusion-incremental", hw, window, stride, mode), build)
 
 
 def _baselines(x: np.ndarray, baseline) -> np.ndarray:
@@ -67,7 +90,7 @@ def _baselines(x: np.ndarray, baseline) -> np.ndarray:
 
 
 def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baseline=0.0, mode: str = "score",
-              batch_size: int | None = None) -> np.ndarray:
+              batch_size: int | None = None, incremental: bool = True) -> np.ndarray:
     """(N, H, W) float32 occlusion map.
 
     ``window``/``stride``: (height, width) or one int. Windows start at 0, stride, 2*stride, ... along each axis,
@@ -76,6 +99,9 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
     ``mode``: ``"score"`` (score drop, as captum) or ``"probability"`` (softmax probability of the target with the
     pixel occluded, averaged over the windows covering it). ``targets``: None = top-1 of the unoccluded image.
     ``batch_size``: occluded images per run (default: as many as a memory budget allows, at most 64).
+    ``incremental``: recompute, per window, only the feature-map boxes the window can change, wherever the model's
+    early layers allow it and that saves at least 15% of the work (exact; ResNet-50 at 224 px, window 32, stride
+    16: about 1.5x faster). ``False`` always runs every occluded image through the whole network.
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
@@ -94,7 +120,12 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
         bs = 1
     if bs < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-    session = occlusion_session(m, (h, w), mode)
+    use_incremental = incremental and not m.static_batch and incremental_plan(m, (h, w), window, stride).worthwhile
+    if use_incremental:
+        session = incremental_session(m, (h, w), window, stride, mode)
+        originals = [name for name in session.input_names if name not in (POSITIONS, BASELINE)]
+    else:
+        session = occlusion_session(m, (h, w), mode)
     window_feed = np.asarray(window, dtype=np.int64)
 
     # Row / column membership of every window, to spread each window's value over the pixels it covers.
@@ -106,9 +137,17 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
     maps = np.zeros((n, h, w), dtype=np.float32)
     for i in range(n):
         image = x[i:i + 1]
-        values = [session.run({IMAGE: image, POSITIONS: rows[s:s + bs], WINDOW: window_feed, BASELINE: fills[i]},
-                              [OUTPUT])[OUTPUT] for s in range(0, len(rows), bs)]
-        values = np.concatenate(values).reshape(len(rows), -1).astype(np.float64)
+        if use_incremental:
+            # The unoccluded run gives the reference scores and the original maps the boxes are pasted into.
+            clean = m.run(image, outputs=[o for o in originals if o != m.input_name], batch_size=1)
+            feeds = {o: image if o == m.input_name else clean.outputs[o] for o in originals}
+            values = [session.run({POSITIONS: positions[s:s + bs], BASELINE: fills[i], **feeds}, [OUTPUT])[OUTPUT]
+                      for s in range(0, len(positions), bs)]
+            values = [clean.scores.reshape(1, -1)] + [v.reshape(len(v), -1) for v in values]
+        else:
+            values = [session.run({IMAGE: image, POSITIONS: rows[s:s + bs], WINDOW: window_feed,
+                                   BASELINE: fills[i]}, [OUTPUT])[OUTPUT] for s in range(0, len(rows), bs)]
+        values = np.concatenate([v.reshape(len(v), -1) for v in values]).astype(np.float64)
         check_finite(values, "class scores with windows occluded", image=i)
         t = int(values[0].argmax()) if target_arr is None else int(target_arr[i])
         per_window = values[0, t] - values[1:, t] if mode == "score" else values[1:, t]

@@ -14,6 +14,7 @@ import pytest
 import onnx_cnnviz as cv
 from onnx_cnnviz.graph.occlusion import (BASELINE, IMAGE, OUTPUT, POSITIONS, WINDOW, occlusion_graph,
                                          window_positions)
+from onnx_cnnviz.methods.occlusion import incremental_plan
 
 from ..conftest import rel_err
 
@@ -37,12 +38,15 @@ def numpy_occluded(image: np.ndarray, top: int, left: int, window, fill) -> np.n
 
 @pytest.mark.parametrize("name,window,stride,baseline", [
     ("resnet18", (32, 32), (16, 16), 0.0),
+    ("resnet18", (16, 16), (8, 8), 0.0),  # incremental: only the boxes each window changes are recomputed
     ("mobilenet_v2", (28, 20), (20, 16), [0.5, -1.0, 0.25]),  # the last windows reach past the border: clipped
     ("squeezenet1_1", (24, 24), (12, 12), "mean"),
 ])
 def test_matches_captum(loaded, name, window, stride, baseline):
     model, m, x = loaded(name)
     ours = cv.occlusion(m, x, TARGETS, window=window, stride=stride, baseline=baseline)
+    if window == (16, 16):
+        assert incremental_plan(m, x.shape[2:], window, stride).worthwhile
     if baseline == "mean":
         ref_base = torch.from_numpy(x.mean(axis=(2, 3), keepdims=True))
     elif isinstance(baseline, list):

@@ -1,0 +1,170 @@
+"""Incremental occlusion: recomputing only the boxes a window changes gives the same scores as the full graph.
+
+Every comparison runs both graphs on the same positions, including windows cut by the border, and asks for the same
+class scores up to float summation order (1e-5 of the largest score).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_cnnviz as cv
+from onnx_cnnviz.graph import occlusion_incremental as oi
+from onnx_cnnviz.graph.occlusion import BASELINE, IMAGE, OUTPUT, POSITIONS, WINDOW, occlusion_graph, window_positions
+from onnx_cnnviz.methods.occlusion import incremental_plan
+
+pytest.importorskip("torch")
+
+
+def _session(model: onnx.ModelProto):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _compare(m: cv.Model, x: np.ndarray, window, stride, max_box_fraction=None, fill=(0.5, -1.0, 0.25)):
+    """Scores of every window position from the incremental graph and from the full one; returns the plan."""
+    hw = x.shape[2:]
+    spec = m.spec(hw)
+    the_plan = oi.plan(spec.model, spec.info, m.input_name, m.score_name, window, stride, max_box_fraction)
+    assert the_plan.incremental, the_plan.reason
+    built = oi.incremental_occlusion_graph(spec.model, spec.info, m.input_name, m.score_name, window, stride,
+                                           the_plan=the_plan)
+    onnx.checker.check_model(built.model, full_check=True)
+    fill = np.asarray(fill[:x.shape[1]], dtype=np.float32)
+    positions = window_positions(hw, window, stride)
+    clean = m.run(x, outputs=[o for o in built.originals if o != m.input_name])
+    feeds = {o: x if o == m.input_name else clean.outputs[o] for o in built.originals}
+    ours = _session(built.model).run([OUTPUT], {POSITIONS: positions, BASELINE: fill, **feeds})[0]
+    plain = _session(occlusion_graph(spec.model, m.input_name, m.score_name)).run(
+        [OUTPUT], {IMAGE: x, POSITIONS: positions, WINDOW: np.asarray(window, dtype=np.int64), BASELINE: fill})[0]
+    scale = np.abs(plain).max()
+    assert scale > 0
+    assert np.abs(ours - plain).max() <= 1e-5 * scale + 1e-7, f"max diff {np.abs(ours - plain).max():.2e}"
+    # The windows do change the scores: the test would notice pasting nothing.
+    assert np.abs(plain - clean.scores).max() > 1e-3 * scale
+    return the_plan
+
+
+@pytest.mark.parametrize("name,window,stride,fraction", [
+    ("resnet18", (16, 16), (8, 8), None),
+    ("resnet18", (28, 20), (16, 12), 1.0),      # the last windows reach past the border; boxes as large as allowed
+    ("mobilenet_v2", (16, 16), (8, 8), 1.0),
+    ("squeezenet1_1", (24, 24), (8, 8), 1.0),   # ceil-mode max pooling
+    ("densenet121", (16, 16), (8, 8), 0.7),     # concatenation of paths with different boxes, average pooling
+    ("regnet_x_400mf", (32, 16), (16, 8), 1.0),  # grouped convolutions
+])
+def test_equals_full_graph_on_torchvision(loaded_batch, name, window, stride, fraction):
+    _, m, x = loaded_batch(name, 1, seed=4)
+    the_plan = _compare(m, x, window, stride, fraction)
+    assert the_plan.frontier
+
+
+def test_box_geometry_resnet18(loaded_batch):
+    """conv1 (7x7, stride 2, pad 3) and the max pool (3x3, stride 2, pad 1) on a 16-pixel window at 0, by hand:
+    conv1 outputs ceil((0 + 3 - 6) / 2) = -1 .. floor((15 + 3) / 2) = 9; the pool -1 .. floor((9 + 1) / 2) = 5."""
+    _, m, x = loaded_batch("resnet18", 1, seed=4)
+    the_plan = incremental_plan(m, x.shape[2:], (16, 16), (8, 8))
+    graph = m.spec(x.shape[2:]).model.graph
+    conv1 = next(n for n in graph.node if n.op_type == "Conv")
+    pool = next(n for n in graph.node if n.op_type == "MaxPool")
+    assert the_plan.boxes[conv1.output[0]] == (oi.Axis(-1, 11, 2),) * 2
+    assert the_plan.boxes[pool.output[0]] == (oi.Axis(-1, 7, 4),) * 2
+    # Every box sits on a grid that divides the window stride.
+    assert all(8 % axis.jump == 0 for box in the_plan.boxes.values() for axis in box)
+    assert the_plan.worthwhile and the_plan.cost_fraction < 0.9
+
+
+def test_method_matches_full_occlusion(loaded_batch):
+    _, m, x = loaded_batch("resnet18", 2, seed=5)
+    assert incremental_plan(m, x.shape[2:], (16, 16), (8, 8)).worthwhile
+    for mode in ("score", "probability"):
+        fast = cv.occlusion(m, x, [1, 2], window=16, stride=8, baseline="mean", mode=mode)
+        full = cv.occlusion(m, x, [1, 2], window=16, stride=8, baseline="mean", mode=mode, incremental=False)
+        assert np.abs(fast - full).max() <= 1e-4 * np.abs(full).max(), mode
+    top1 = cv.occlusion(m, x, None, window=16, stride=8)
+    np.testing.assert_allclose(top1, cv.occlusion(m, x, m.scores(x).argmax(1), window=16, stride=8), rtol=0,
+                               atol=1e-6 * np.abs(top1).max())
+
+
+# --- hand-made graphs for the ops torchvision does not use -----------------------------------------------------------
+def _conv(name, x, c_in, c_out, rng, **attrs):
+    k = attrs.pop("kernel", 3)
+    w = numpy_helper.from_array((rng.standard_normal((c_out, c_in // attrs.get("group", 1), k, k)) * 0.3)
+                                .astype(np.float32), name + "_w")
+    b = numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32) * 0.1, name + "_b")
+    return helper.make_node("Conv", [x, w.name, b.name], [name], name=name, **attrs), [w, b]
+
+
+def _local_model(size=40) -> onnx.ModelProto:
+    """SAME_UPPER padding, dilation, asymmetric pads, a strided 1x1 conv that skips the box's edge lines, a Concat of
+    paths with different boxes, a per-channel Mul, an AveragePool that excludes its padding (not a fixed-pad pool:
+    the boxes end there), then global pooling and a Gemm."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+
+    def add(node_inits):
+        node, ws = node_inits
+        nodes.append(node)
+        inits.extend(ws)
+        return node.output[0]
+
+    a = add(_conv("same", "x", 3, 8, rng, auto_pad="SAME_UPPER", strides=[2, 2]))
+    nodes.append(helper.make_node("Relu", [a], ["a_relu"]))
+    d = add(_conv("dilated", "a_relu", 8, 8, rng, dilations=[2, 2], pads=[2, 1, 2, 3]))
+    s = add(_conv("strided1x1", "a_relu", 8, 8, rng, kernel=1, strides=[2, 2]))
+    nodes.append(helper.make_node("MaxPool", [d], ["d_pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Concat", ["d_pool", s], ["cat"], axis=1))
+    scale = numpy_helper.from_array(rng.standard_normal((1, 16, 1, 1)).astype(np.float32), "scale")
+    inits.append(scale)
+    nodes.append(helper.make_node("Mul", ["cat", "scale"], ["scaled"]))
+    g = add(_conv("grouped", "scaled", 16, 16, rng, group=4, pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("LeakyRelu", [g], ["g_act"], alpha=0.1))
+    nodes.append(helper.make_node("AveragePool", ["g_act"], ["avg"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                  count_include_pad=0))
+    nodes.append(helper.make_node("GlobalAveragePool", ["avg"], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
+    fc = numpy_helper.from_array(rng.standard_normal((5, 16)).astype(np.float32), "fc_w")
+    inits.append(fc)
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w"], ["logits"], transB=1))
+    graph = helper.make_graph(nodes, "local", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size,
+                                                                                                       size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("window,stride", [((8, 8), (4, 4)), ((12, 6), (8, 4)), ((5, 7), (4, 4))])
+def test_equals_full_graph_on_unusual_ops(tmp_path, window, stride):
+    path = tmp_path / "local.onnx"
+    onnx.save(_local_model(), str(path))
+    m = cv.load(path, device="cpu")
+    x = np.random.default_rng(1).standard_normal((1, 3, 40, 40)).astype(np.float32)
+    the_plan = _compare(m, x, window, stride, max_box_fraction=1.0)
+    # Everything up to the AveragePool that leaves out its padding runs on boxes; that pool reads full maps.
+    assert the_plan.frontier == ["g_act"]
+
+
+def test_window_stride_off_the_grid(tmp_path):
+    """A window stride of 3 fits no map after a stride-2 layer: only the layers before it can run on boxes."""
+    path = tmp_path / "local.onnx"
+    onnx.save(_local_model(), str(path))
+    m = cv.load(path, device="cpu")
+    x = np.random.default_rng(2).standard_normal((1, 3, 40, 40)).astype(np.float32)
+    spec = m.spec((40, 40))
+    the_plan = oi.plan(spec.model, spec.info, m.input_name, m.score_name, (6, 6), (3, 3), 1.0)
+    assert not the_plan.incremental and "not a local op" in the_plan.reason
+    assert not the_plan.worthwhile
+    full = cv.occlusion(m, x, 0, window=6, stride=3, incremental=False)
+    np.testing.assert_array_equal(cv.occlusion(m, x, 0, window=6, stride=3), full)
+
+
+def test_graph_is_standard_onnx(loaded_batch):
+    _, m, x = loaded_batch("resnet18", 1, seed=4)
+    spec = m.spec(x.shape[2:])
+    built = oi.incremental_occlusion_graph(spec.model, spec.info, m.input_name, m.score_name, (16, 16), (8, 8))
+    onnx.checker.check_model(built.model, full_check=True)
+    assert {n.domain for n in built.model.graph.node} <= {"", "ai.onnx"}
+    names = [i.name for i in built.model.graph.input]
+    assert names[:2] == [POSITIONS, BASELINE] and names[2:] == built.originals and m.input_name in built.originals
+    assert [o.name for o in built.model.graph.output] == [OUTPUT]
