@@ -15,9 +15,12 @@ reference score and, when ``targets`` is None, the top-1 class.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from ..errors import InputError
+from .. import runtime
+from ..errors import InputError, RuntimeFailure
 from ..graph import occlusion_incremental
 from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW, occlusion_graph,
                                window_positions)
@@ -55,15 +58,23 @@ def incremental_plan(m: Model, hw, window, stride) -> occlusion_incremental.Plan
 
 def incremental_session(m: Model, hw, window, stride, mode: str = "score"):
     """The cached session of the incremental occlusion graph; its inputs besides the positions and the baseline are
-    the original maps it reads (``session.input_names``)."""
+    the original maps it reads (``session.input_names``). None, with a warning, if the graph cannot be built or
+    loaded (the caller then runs the full graph: slower, same result)."""
     hw, window, stride = (tuple(int(v) for v in t) for t in (hw, window, stride))
 
     def build():
         spec = m.spec(hw)
-        return occlusion_incremental.incremental_occlusion_graph(
-            spec.model, spec.info, m.input_name, m.score_name, window, stride, mode=mode,
-            the_plan=incremental_plan(m, hw, window, stride)).model
-    return m.cached_session(("occlusion-incremental", hw, window, stride, mode), build)
+        try:
+            graph = occlusion_incremental.incremental_occlusion_graph(
+                spec.model, spec.info, m.input_name, m.score_name, window, stride, mode=mode,
+                the_plan=incremental_plan(m, hw, window, stride)).model
+            return runtime.Session(graph, m.providers, m.threads)
+        except (ValueError, KeyError, RuntimeFailure) as exc:
+            warnings.warn(f"incremental occlusion is not available for this model ({str(exc)[:300]}); every "
+                          "occluded image runs through the whole network instead (same result, slower). Please "
+                          "report this with the model.", RuntimeWarning, stacklevel=4)
+            return None
+    return m.cached(("occlusion-incremental", hw, window, stride, mode), build)
 
 
 def _baselines(x: np.ndarray, baseline) -> np.ndarray:
@@ -121,8 +132,9 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
     if bs < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}.")
     use_incremental = incremental and not m.static_batch and incremental_plan(m, (h, w), window, stride).worthwhile
+    session = incremental_session(m, (h, w), window, stride, mode) if use_incremental else None
+    use_incremental = session is not None
     if use_incremental:
-        session = incremental_session(m, (h, w), window, stride, mode)
         originals = [name for name in session.input_names if name not in (POSITIONS, BASELINE)]
     else:
         session = occlusion_session(m, (h, w), mode)

@@ -5,6 +5,8 @@ class scores up to float summation order (1e-5 of the largest score).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -168,3 +170,21 @@ def test_graph_is_standard_onnx(loaded_batch):
     names = [i.name for i in built.model.graph.input]
     assert names[:2] == [POSITIONS, BASELINE] and names[2:] == built.originals and m.input_name in built.originals
     assert [o.name for o in built.model.graph.output] == [OUTPUT]
+
+
+def test_falls_back_to_the_full_graph_with_a_warning(loaded_batch, monkeypatch):
+    """If the rewrite fails on some model, occlusion still answers (through the full graph) and says so once."""
+    _, m, x = loaded_batch("resnet18", 1, seed=6)
+    assert incremental_plan(m, x.shape[2:], (16, 16), (16, 16)).worthwhile
+    expected = cv.occlusion(m, x, 3, window=16, stride=16, incremental=False)
+
+    def broken(*args, **kwargs):
+        raise ValueError("an op the rewrite did not expect")
+
+    monkeypatch.setattr(oi, "incremental_occlusion_graph", broken)
+    with pytest.warns(RuntimeWarning, match="an op the rewrite did not expect"):
+        got = cv.occlusion(m, x, 3, window=16, stride=16)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failure is remembered: no second build, no second warning
+        cv.occlusion(m, x, 3, window=16, stride=16)
