@@ -70,7 +70,7 @@ class Axis:
 class Plan:
     """The rewrite for one (image size, window, stride): which nodes run on boxes, and what it is expected to save."""
     boxes: dict = field(default_factory=dict)      # tensor -> (Axis_y, Axis_x): its affected box
-    needs: dict = field(default_factory=dict)      # (node index, input) -> (Axis_y, Axis_x, pad value)
+    needs: dict = field(default_factory=dict)      # (node index, input) -> (Axis_y, Axis_x, pad value, pads?)
     incremental: set = field(default_factory=set)  # node indices run on boxes
     frontier: list = field(default_factory=list)   # tensors pasted back into full maps
     cost_fraction: float = 1.0                      # estimated work per window, relative to a full forward
