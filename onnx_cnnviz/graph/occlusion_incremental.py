@@ -310,7 +310,7 @@ class _Emitter:
         self.originals: list[str] = []  # original maps the graph reads, in order of first use
         # Shapes of the (P, C, h, w) tensors made here: onnxruntime fuses Conv+Add+ReLU only where it can prove
         # the shapes equal, so they are declared rather than left to inference through Gather and Where.
-        self.shapes: dict[str, list] = {}
+        self.shapes: dict[str, tuple] = {}  # name -> (element type, dims)
         self._cache: dict = {}
 
     def _memo(self, key, make):
@@ -348,8 +348,9 @@ class _Emitter:
         return self._memo(("inside", box, hw), make)
 
     def declare(self, name: str, tensor: str, hw) -> str:
-        """Record ``name`` as (P, C of ``tensor``, *hw)."""
-        self.shapes[name] = ["P", _spatial(self.info, tensor)[0], int(hw[0]), int(hw[1])]
+        """Record ``name`` as (P, C of ``tensor``, *hw), of ``tensor``'s element type."""
+        dims = ["P", _spatial(self.info, tensor)[0], int(hw[0]), int(hw[1])]
+        self.shapes[name] = (self.info[tensor].elem_type, dims)
         return name
 
     def original(self, tensor: str) -> str:
@@ -531,7 +532,7 @@ def incremental_occlusion_graph(model: onnx.ModelProto, info: dict, input_name: 
                 if name:
                     occluded_name[name] = new.output[k] = b.unique(name + "/occluded")
                     if name in info and info[name].shape is not None and info[name].static:
-                        emit.shapes[new.output[k]] = ["P", *info[name].shape[1:]]
+                        emit.shapes[new.output[k]] = (info[name].elem_type, ["P", *info[name].shape[1:]])
         b.nodes.append(new)
 
     score = full_map(score_name) if score_name in boxes else occluded_name[score_name]
@@ -554,8 +555,8 @@ def incremental_occlusion_graph(model: onnx.ModelProto, info: dict, input_name: 
     graph.output.extend([helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["P", None])])
     # Existing annotations describe batch-N tensors, some of which are now batch-1 inputs: replace them.
     del graph.value_info[:]
-    graph.value_info.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
-                            for name, dims in emit.shapes.items())
+    graph.value_info.extend(helper.make_tensor_value_info(name, elem_type, dims)
+                            for name, (elem_type, dims) in emit.shapes.items())
     return IncrementalGraph(model, list(emit.originals))
 
 

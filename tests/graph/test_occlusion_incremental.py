@@ -18,6 +18,8 @@ from onnx_cnnviz.graph import occlusion_incremental as oi
 from onnx_cnnviz.graph.occlusion import BASELINE, IMAGE, OUTPUT, POSITIONS, WINDOW, occlusion_graph, window_positions
 from onnx_cnnviz.methods.occlusion import incremental_plan
 
+from ..methods.test_cam import KITTEN_BOX
+
 pytest.importorskip("torch")
 
 
@@ -188,3 +190,18 @@ def test_falls_back_to_the_full_graph_with_a_warning(loaded_batch, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the failure is remembered: no second build, no second warning
         cv.occlusion(m, x, 3, window=16, stride=16)
+
+
+def test_real_squeezenet_kitten(squeezenet_path, kitten_x):
+    """Real ImageNet weights (the shared SqueezeNet): the incremental map equals the full one, and the score drops
+    most where the kitten is (occluding it costs class 281 its evidence)."""
+    m = cv.load(squeezenet_path, device="cpu")
+    plan_ = incremental_plan(m, (224, 224), (32, 32), (16, 16))
+    assert plan_.worthwhile, plan_.reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the full graph
+        fast = cv.occlusion(m, kitten_x, 281, window=32, stride=16)
+    full = cv.occlusion(m, kitten_x, 281, window=32, stride=16, incremental=False)
+    assert np.abs(fast - full).max() <= 1e-4 * np.abs(full).max()
+    y, x = np.unravel_index(full[0].argmax(), full[0].shape)
+    assert KITTEN_BOX[0] <= x < KITTEN_BOX[2] and KITTEN_BOX[1] <= y < KITTEN_BOX[3]
