@@ -531,8 +531,9 @@ def incremental_occlusion_graph(model: onnx.ModelProto, info: dict, input_name: 
             for k, name in enumerate(node.output):
                 if name:
                     occluded_name[name] = new.output[k] = b.unique(name + "/occluded")
-                    if name in info and info[name].shape is not None and info[name].static:
-                        emit.shapes[new.output[k]] = (info[name].elem_type, ["P", *info[name].shape[1:]])
+                    shape = info[name].shape if name in info else None
+                    if shape and shape[0] is None and all(d is not None for d in shape[1:]):  # (batch, ...)
+                        emit.shapes[new.output[k]] = (info[name].elem_type, ["P", *shape[1:]])
         b.nodes.append(new)
 
     score = full_map(score_name) if score_name in boxes else occluded_name[score_name]
