@@ -41,7 +41,7 @@ from onnx import TensorProto, helper
 from .builder import GraphBuilder
 from .load import opset_of
 from .occlusion import BASELINE, MODES, OUTPUT, POSITIONS
-from .structure import downstream, upstream
+from .structure import downstream, node_attr, upstream
 
 # Ops applied value by value (with constant parameters): a box of the input gives the same box of the output.
 POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
@@ -81,14 +81,6 @@ class Plan:
         return bool(self.incremental) and self.cost_fraction <= 1.0 - MIN_SAVING
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
 def _spatial(info, name):
     ti = info.get(name)
     if ti is None or ti.shape is None or len(ti.shape) != 4 or any(d is None for d in ti.shape[1:]):
@@ -103,19 +95,19 @@ def _window_geometry(node, info, inits):
         weight = node.input[1]
         wshape = info[weight].shape if weight in info and info[weight].shape else (
             tuple(inits[weight].dims) if weight in inits else None)
-        kernel = _attr(node, "kernel_shape", list(wshape[2:]) if wshape else None)
+        kernel = node_attr(node, "kernel_shape", list(wshape[2:]) if wshape else None)
     else:
-        kernel = _attr(node, "kernel_shape")
-        if (op == "MaxPool" and (len(node.output) > 1 and node.output[1])) or _attr(node, "storage_order", 0):
+        kernel = node_attr(node, "kernel_shape")
+        if (op == "MaxPool" and (len(node.output) > 1 and node.output[1])) or node_attr(node, "storage_order", 0):
             return None  # the Indices output holds positions in the full map
-        if op == "AveragePool" and _attr(node, "ceil_mode", 0):
+        if op == "AveragePool" and node_attr(node, "ceil_mode", 0):
             return None  # a truncated last window's divisor differs from a box's
     if kernel is None or len(kernel) != 2:
         return None
-    strides = list(_attr(node, "strides", [1, 1]))
-    dilations = list(_attr(node, "dilations", [1, 1]))
-    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-    auto_pad = _attr(node, "auto_pad", "NOTSET")
+    strides = list(node_attr(node, "strides", [1, 1]))
+    dilations = list(node_attr(node, "dilations", [1, 1]))
+    pads = list(node_attr(node, "pads", [0, 0, 0, 0]))
+    auto_pad = node_attr(node, "auto_pad", "NOTSET")
     in_hw, out_hw = _spatial(info, node.input[0]), _spatial(info, node.output[0])
     if in_hw is None or out_hw is None:
         return None
@@ -129,7 +121,7 @@ def _window_geometry(node, info, inits):
             begin.append(0)
         else:
             begin.append(int(pads[a]))
-    if op == "AveragePool" and not _attr(node, "count_include_pad", 0) and any(
+    if op == "AveragePool" and not node_attr(node, "count_include_pad", 0) and any(
             p for p in (pads if auto_pad == "NOTSET" else begin)):
         return None  # border windows divide by fewer pixels: not a fixed-pad valid pool
     return [int(k) for k in kernel], strides, dilations, begin
@@ -268,7 +260,7 @@ def _node_box(node, idx, spatial_in, boxes, info, inits, stride, max_box_fractio
         pad_value = -np.inf if op == "MaxPool" else 0.0
         pads_border = any(k > 1 for k in kernel) or any(begin)
         needs_entry = {node.input[0]: (needs[0], needs[1], pad_value, pads_border)}
-    elif op in POINTWISE or (op == "Concat" and _attr(node, "axis") in (1, -3)):
+    elif op in POINTWISE or (op == "Concat" and node_attr(node, "axis") in (1, -3)):
         # Every image-derived input must be a map of the output's size; constant inputs must not vary over space.
         if any(s is None or s[1:] != out_shape[1:] for s in in_shapes):
             return None

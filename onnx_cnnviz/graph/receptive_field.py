@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ..errors import ModelStructureError
+from .structure import node_attr
 
 WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool", "ConvInteger", "QLinearConv"}
 GLOBAL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
@@ -94,14 +95,6 @@ def _union(fields):
     return _Axis(end - s + 1, fields[0].j, s)
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
 def _spatial(info, name):
     ti = info.get(name)
     if ti is None or ti.shape is None or len(ti.shape) != 4 or any(d is None for d in ti.shape[2:]):
@@ -144,13 +137,13 @@ def _node_field(node, out_hw, fields, info, values):
         if op in ("Conv", "ConvInteger", "QLinearConv"):
             weight = node.input[3] if op == "QLinearConv" else node.input[1]
             wshape = info[weight].shape if weight in info and info[weight].shape else values[weight].dims
-            kernel = list(_attr(node, "kernel_shape", list(wshape)[2:]))
+            kernel = list(node_attr(node, "kernel_shape", list(wshape)[2:]))
         else:
-            kernel = list(_attr(node, "kernel_shape"))
-        strides = list(_attr(node, "strides", [1, 1]))
-        dilations = list(_attr(node, "dilations", [1, 1]))
-        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-        auto_pad = _attr(node, "auto_pad", "NOTSET")
+            kernel = list(node_attr(node, "kernel_shape"))
+        strides = list(node_attr(node, "strides", [1, 1]))
+        dilations = list(node_attr(node, "dilations", [1, 1]))
+        pads = list(node_attr(node, "pads", [0, 0, 0, 0]))
+        auto_pad = node_attr(node, "auto_pad", "NOTSET")
         out = []
         for a in range(2):
             k_eff = (kernel[a] - 1) * dilations[a] + 1
@@ -168,7 +161,7 @@ def _node_field(node, out_hw, fields, info, values):
         in_hw = _spatial(info, src)
         return tuple(_Axis(f.r + (n - 1) * f.j, f.j, f.s) for f, n in zip(fields[src], in_hw))
     if op == "Pad" and src in fields:
-        pads = _attr(node, "pads")
+        pads = node_attr(node, "pads")
         if pads is None and len(node.input) > 1 and node.input[1] in values:
             pads = numpy_helper.to_array(values[node.input[1]]).tolist()
         if pads is None or len(pads) != 8:

@@ -6,6 +6,7 @@ import difflib
 from typing import NamedTuple
 
 import onnx
+from onnx import helper
 
 from ..errors import ModelStructureError, UnknownLayerError
 from .shapes import FLOAT_TYPES, TensorInfo
@@ -26,6 +27,15 @@ class Layer(NamedTuple):
     name: str
     shape: tuple
     op_type: str
+
+
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of attribute ``name`` of ``node`` (strings decoded), or ``default`` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:

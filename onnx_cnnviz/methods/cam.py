@@ -27,7 +27,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import InputError, ModelStructureError
-from ..graph.structure import Layer, producers
+from ..graph.structure import Layer, node_attr, producers
 from ..model import Model
 from .attribution import auto_batch_size
 from .gradients import gradients, normalize_maps
@@ -322,15 +322,6 @@ def _const(graph, name: str, inits: dict, made_by: dict):
     return None
 
 
-def _attr(node, name, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _global_pool_input(node, info, inits, made_by, graph) -> str | None:
     """The 4-D input of a global spatial average (GlobalAveragePool, ReduceMean over H and W, or an AveragePool
     whose kernel covers the map), else None."""
@@ -340,7 +331,7 @@ def _global_pool_input(node, info, inits, made_by, graph) -> str | None:
     if shape is None or len(shape) != 4:
         return None
     if node.op_type == "ReduceMean":
-        axes = _attr(node, "axes")
+        axes = node_attr(node, "axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             value = _const(graph, node.input[1], inits, made_by)
             axes = None if value is None else [int(v) for v in value.reshape(-1)]
@@ -348,8 +339,8 @@ def _global_pool_input(node, info, inits, made_by, graph) -> str | None:
             return node.input[0]
         return None
     if node.op_type == "AveragePool":
-        kernel = list(_attr(node, "kernel_shape", []))
-        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        kernel = list(node_attr(node, "kernel_shape", []))
+        pads = list(node_attr(node, "pads", [0, 0, 0, 0]))
         if kernel == list(shape[2:]) and not any(pads):
             return node.input[0]
     return None
@@ -409,9 +400,9 @@ def cam_head(m: Model) -> CamHead:
         if b is None:
             fail(f"the {node.op_type} node '{node.name}' has no constant weight matrix")
         if node.op_type == "Gemm":
-            if _attr(node, "transA", 0):
+            if node_attr(node, "transA", 0):
                 fail(f"the Gemm node '{node.name}' transposes its input (transA=1)")
-            weights = (b if _attr(node, "transB", 0) else b.T) * float(_attr(node, "alpha", 1.0))
+            weights = (b if node_attr(node, "transB", 0) else b.T) * float(node_attr(node, "alpha", 1.0))
         else:
             if b.ndim != 2:
                 fail(f"the MatMul node '{node.name}' has a {b.ndim}-D weight")
@@ -442,8 +433,8 @@ def cam_head(m: Model) -> CamHead:
             fail("the pooled map is not made by a 1x1 convolution (the CAM layer would be a classifier map)")
         walked.append("Conv")
         w = _const(graph, conv.input[1], inits, made_by)
-        if w is None or w.ndim != 4 or w.shape[2:] != (1, 1) or int(_attr(conv, "group", 1)) != 1 \
-                or any(s != 1 for s in _attr(conv, "strides", [1, 1])) or any(_attr(conv, "pads", [0, 0, 0, 0])):
+        if w is None or w.ndim != 4 or w.shape[2:] != (1, 1) or int(node_attr(conv, "group", 1)) != 1 \
+                or any(s != 1 for s in node_attr(conv, "strides", [1, 1])) or any(node_attr(conv, "pads", [0, 0, 0, 0])):
             fail(f"the Conv node '{conv.name}' before the pooling is not a plain 1x1 convolution with constant "
                  "weights")
         weights = w[:, :, 0, 0]
