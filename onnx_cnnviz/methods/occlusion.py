@@ -12,6 +12,10 @@ The graph built by :func:`onnx_cnnviz.graph.occlusion.occlusion_graph` takes the
 window positions and makes the P occluded images itself, so only those two travel to the runtime per run. The
 unoccluded image is evaluated in the same run as one extra "position" outside the image; its scores give the
 reference score and, when ``targets`` is None, the top-1 class.
+
+Where it saves work, the incremental graph (:mod:`onnx_cnnviz.graph.occlusion_incremental`) is used instead: one run
+of the model on the unoccluded image gives the reference scores and the feature maps that graph reads, and per window
+only the feature-map boxes the window can change are recomputed. Same scores, up to float summation order.
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ def incremental_session(m: Model, hw, window, stride, mode: str = "score"):
         except (ValueError, KeyError, RuntimeFailure) as exc:
             warnings.warn(f"incremental occlusion is not available for this model ({str(exc)[:300]}); every "
                           "occluded image runs through the whole network instead (same result, slower). Please "
-                          "report this with the model.", RuntimeWarning, stacklevel=4)
+                          "report this with the model.", RuntimeWarning, stacklevel=5)
             return None
     return m.cached(("occlusion-incremental", hw, window, stride, mode), build)
 
@@ -155,7 +159,7 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
             feeds = {o: image if o == m.input_name else clean.outputs[o] for o in originals}
             values = [session.run({POSITIONS: positions[s:s + bs], BASELINE: fills[i], **feeds}, [OUTPUT])[OUTPUT]
                       for s in range(0, len(positions), bs)]
-            values = [clean.scores.reshape(1, -1)] + [v.reshape(len(v), -1) for v in values]
+            values = [clean.scores] + values
         else:
             values = [session.run({IMAGE: image, POSITIONS: rows[s:s + bs], WINDOW: window_feed,
                                    BASELINE: fills[i]}, [OUTPUT])[OUTPUT] for s in range(0, len(rows), bs)]
