@@ -294,10 +294,9 @@ def _node_box(node, idx, spatial_in, boxes, info, inits, stride, max_box_fractio
 class _Emitter:
     """Emits the box-level graph: index grids per map, gathers of original values, assembly, and pastes."""
 
-    def __init__(self, b: GraphBuilder, info: dict, input_name: str, positions_top, positions_left, count):
+    def __init__(self, b: GraphBuilder, info: dict, positions_top, positions_left, count):
         self.b = b
         self.info = info
-        self.input_name = input_name
         self.top, self.left, self.count = positions_top, positions_left, count
         self.originals: list[str] = []  # original maps the graph reads, in order of first use
         # Shapes of the (P, C, h, w) tensors made here: onnxruntime fuses Conv+Add+ReLU only where it can prove
@@ -482,7 +481,7 @@ def incremental_occlusion_graph(model: onnx.ModelProto, info: dict, input_name: 
     left = b.op("Slice", [POSITIONS, b.ints([1]), b.ints([2]), b.ints([1])], hint="left")
     count = b.op("Slice", [b.op("Shape", [POSITIONS]), b.ints([0]), b.ints([1])], hint="count")
     count = b.op("Squeeze", [count, b.ints([0])], hint="count_scalar")
-    emit = _Emitter(b, info, input_name, top, left, count)
+    emit = _Emitter(b, info, top, left, count)
 
     # The image's "recomputed box" is the window itself: the baseline, one value per channel.
     boxes = the_plan.boxes
