@@ -541,7 +541,7 @@ def incremental_occlusion_graph(model: onnx.ModelProto, info: dict, input_name: 
     del graph.input[:]
     graph.input.extend([helper.make_tensor_value_info(POSITIONS, TensorProto.INT64, ["P", 2]),
                         helper.make_tensor_value_info(BASELINE, elem, [c])])
-    graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, *_spatial(info, name)])
+    graph.input.extend(helper.make_tensor_value_info(name, info[name].elem_type, [1, *_spatial(info, name)])
                        for name in emit.originals)
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["P", None])])
