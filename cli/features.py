@@ -28,6 +28,12 @@ def _overwrite(f):
     return click.option("--overwrite", is_flag=True, help="Replace existing files (never done otherwise).")(f)
 
 
+def _image_folder(f):
+    """--batch-size and --recursive, for the commands that read a whole folder of images."""
+    f = click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")(f)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per run.")(f)
+
+
 def _save_png(path, picture, overwrite) -> str:
     from onnx_cnnviz.image import save_image
 
@@ -160,8 +166,7 @@ def activations_cmd(ctx, images, layer, top, scale_by, tile, out_dir, overwrite,
 @click.option("-k", "k", type=click.IntRange(min=1), default=9, show_default=True, help="Patches per channel.")
 @click.option("--guided", is_flag=True, help="Add the guided backpropagation of each unit next to its patch.")
 @click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="Tile size in pixels.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per run.")
-@click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")
+@_image_folder
 @_out_file
 @_overwrite
 @preprocessing_options
@@ -207,8 +212,7 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
 @click.option("--mosaic-size", "mosaic_size", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Mosaic size in pixels.")
 @click.option("--thumb", type=click.IntRange(min=8), default=64, show_default=True, help="Thumbnail size.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per run.")
-@click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")
+@_image_folder
 @_out_dir
 @_overwrite
 @preprocessing_options
