@@ -522,7 +522,7 @@ def mosaic(pictures, coords, size: int = 1024, thumb: int = 64, snap: bool = Tru
     lo, span = coords.min(axis=0), np.ptp(coords, axis=0)
     unit = (coords - lo) / np.where(span > 0, span, 1.0)
     canvas = np.empty((size, size, 3), np.uint8)
-    canvas[:] = im._rgb_triple(bg, "bg").astype(np.uint8)
+    canvas[:] = im.rgb_triple(bg, "bg").astype(np.uint8)
     cells = size // thumb
     if snap and len(pictures) > cells * cells:
         raise InputError(f"{len(pictures)} thumbnails do not fit a {cells}x{cells} grid; use a larger size, a "
@@ -532,7 +532,7 @@ def mosaic(pictures, coords, size: int = 1024, thumb: int = 64, snap: bool = Tru
     target = unit * (cells - 1)
     order = np.argsort(np.abs(target - np.round(target)).sum(axis=1), kind="stable")
     for n in (order if snap else range(len(pictures))):
-        tile = im._fit(im.read_image(pictures[n]), thumb, thumb)
+        tile = im.fit_into(im.read_image(pictures[n]), thumb, thumb)
         if snap:
             d = (gx - target[n, 0]) ** 2 + (gy - target[n, 1]) ** 2
             d[taken] = np.inf
