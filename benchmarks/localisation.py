@@ -13,7 +13,7 @@ uses), each with one object and its ground-truth box:
 * **box (GT class)**: IoU >= 0.5 for the box of the true class ("GT-known" localisation);
 * **mean IoU**: of the predicted-class box.
 
-Methods: ``localise(m, x, method=...)`` with "cam" and "grad_cam" (threshold at ``--threshold`` of the map's maximum,
+Methods: ``localise(m, x, method=...)`` with "cam" and "gradcam" (threshold at ``--threshold`` of the map's maximum,
 largest connected component; Zhou et al. Sec. 3.1) and "saliency" (GrabCut seeded by the 95% / 30% saliency
 quantiles; Simonyan et al. Sec. 6). Baselines that look at no map: the whole image, and a centred box of the mean
 ground-truth size (estimated on the training seed, not on the test images). A second table sweeps CAM's threshold
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import shapes_dataset as sd  # noqa: E402
 
-METHODS = (("CAM, 20% threshold", "cam"), ("Grad-CAM, 20% threshold", "grad_cam"),
+METHODS = (("CAM, 20% threshold", "cam"), ("Grad-CAM, 20% threshold", "gradcam"),
            ("saliency + GrabCut", "saliency"))
 
 

@@ -147,7 +147,12 @@ class CsvChoice(click.ParamType):
     name = "LIST"
 
     def __init__(self, choices):
-        self.choices = list(choices)
+        # A callable is read each time: the method registry can grow after this module is imported.
+        self._choices = choices
+
+    @property
+    def choices(self) -> list:
+        return list(self._choices() if callable(self._choices) else self._choices)
 
     def get_metavar(self, param, ctx=None):
         return "NAME[,NAME...]"
@@ -161,6 +166,21 @@ class CsvChoice(click.ParamType):
             self.fail(f"unknown name(s) {', '.join(bad) or repr(value)}; choose from {', '.join(self.choices)}.",
                       param, ctx)
         return names
+
+
+class MethodListOption(click.Option):
+    """An option whose help text names the registered methods when the help is shown (``{methods}`` in the help
+    string), so a method added to the registry after import is listed too."""
+
+    def get_help_record(self, ctx):
+        from onnx_cnnviz.methods import registry
+
+        saved = self.help
+        self.help = saved.format(methods=", ".join(registry.names()))
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = saved
 
 
 def flatten_lists(values) -> list:

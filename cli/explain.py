@@ -11,12 +11,12 @@ import numpy as np
 
 from onnx_cnnviz.errors import InputError
 
-from .common import (CsvChoice, SizeType, collect_images, echo, emit_json, flatten_lists, global_flags, image_keys,
+from onnx_cnnviz.methods import registry
+
+from .common import (CsvChoice, MethodListOption, SizeType, collect_images, echo, emit_json, flatten_lists, global_flags, image_keys,
                      load_model, model_options, preprocessing_options, progress, resolve_labels,
                      resolve_preprocessing, settings, warn)
 
-METHOD_NAMES = ["gradcam", "gradcampp", "cam", "saliency", "guided", "deconvnet", "guided-gradcam", "occlusion",
-                "hirescam", "xgradcam", "layercam", "eigencam", "scorecam", "ixg", "smoothgrad", "ig"]
 
 
 class BaselineType(click.ParamType):
@@ -75,8 +75,8 @@ def occlusion_options(f):
 
 @click.command("explain")
 @run_options
-@click.option("--method", "-m", "methods", type=CsvChoice(METHOD_NAMES), multiple=True,
-              help=f"Methods, comma-separated or repeated (default gradcam): {', '.join(METHOD_NAMES)}.")
+@click.option("--method", "-m", "methods", cls=MethodListOption, type=CsvChoice(registry.names), multiple=True,
+              help="Methods, comma-separated or repeated (default gradcam): {methods}.")
 @occlusion_options
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True, help="SmoothGrad samples.")
 @click.option("--noise", type=click.FloatRange(min=0), default=0.15, show_default=True,
@@ -142,14 +142,14 @@ def run(ctx, methods, params, model, images, target, top_k, layer, out_dir, batc
     m = load_model(model, device, input_name, output_name, input_size)
     pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale, input_size)
     names = resolve_labels(m, labels)
-    layers = {name: report.resolved_layer(m, report.METHODS[name], layer) for name in methods}
+    layers = {name: registry.resolved_layer(m, name, layer) for name in methods}
     if target is not None:
         m.targets_for(target, 1)
     k = min(top_k, m.num_classes) if top_k else 1
     ranks = [f"top{r}" for r in range(1, k + 1)] if top_k else ([f"c{target}"] if target is not None else ["top1"])
     method_params = {}
     for name in methods:
-        used = dict(report.method_parameters(report.METHODS[name], params))
+        used = registry.parameters(name, params)
         if layers[name]:
             used["layer"] = layers[name]
         method_params[name] = used
@@ -189,7 +189,7 @@ def run(ctx, methods, params, model, images, target, top_k, layer, out_dir, batc
 
     results, failed = [], []
     model_path = str(Path(model).resolve())
-    pre_info = report.preprocessing_dict(pre)
+    pre_info = report.preprocessing_info(pre)
     interrupted = False
     done_images = 0
     try:
@@ -254,17 +254,17 @@ def _explain_group(m, x, items, methods, params, layer, k, top_k, target, ranks,
     views = deprocess(x, preset=pre)
     records = []
     for name in methods:
-        meth = report.METHODS[name]
+        meth = registry.get(name)
         sel = [j for j, (_, missing) in enumerate(items) if name in missing]
         if not sel:
             continue
         if meth.class_specific:
             xm = np.repeat(x[sel], k, axis=0)
-            raw = report.explain(m, name, xm, classes[sel].reshape(-1), layer=layer, params=params,
+            raw = registry.explain(m, name, xm, classes[sel].reshape(-1), layer=layer, params=params,
                                  batch_size=batch_size)
             raw = raw.reshape(len(sel), k, *raw.shape[1:])
         else:
-            raw = report.explain(m, name, x[sel], classes[sel][:, 0], layer=layer, params=params,
+            raw = registry.explain(m, name, x[sel], classes[sel][:, 0], layer=layer, params=params,
                                  batch_size=batch_size)
             raw = np.repeat(raw[:, None], k, axis=1)
         for row, j in enumerate(sel):

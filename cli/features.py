@@ -342,7 +342,7 @@ def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrit
 @click.command("localize")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
-@click.option("--method", type=click.Choice(["cam", "grad_cam", "gradcam", "saliency"]), default="grad_cam",
+@click.option("--method", type=click.Choice(list(localise_methods())), default="gradcam",
               show_default=True, help="Map the box comes from (saliency: + GrabCut).")
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Boxes for the N best classes.")
 @click.option("--target", type=int, default=None, help="Box for this class instead.")
@@ -362,7 +362,6 @@ def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size,
     from onnx_cnnviz.image import deprocess, preprocess
     from onnx_cnnviz.methods import localise
 
-    method = "grad_cam" if method == "gradcam" else method
     out = Path(out_dir)
     paths = collect_images(images, exclude=out)
     keys = image_keys(paths)

@@ -13,19 +13,19 @@ from .common import echo, emit_json, global_flags, load_model, model_options, se
 @click.option("--rule", type=click.Choice(["vanilla", "guided", "deconvnet"]), default="vanilla", show_default=True,
               help="How ReLUs pass the gradient back.")
 @click.option("--no-input-grad", is_flag=True, help="Do not add the gradient with respect to the image.")
-@click.option("--seed", type=click.Choice(["input", "top1"]), default="input", show_default=True,
+@click.option("--target-mode", type=click.Choice(["input", "top1"]), default="input", show_default=True,
               help="input: the graph takes a (N, K) 'cnnviz/seed' input (one-hot rows pick the class); top1: the "
                    "gradient is of each image's best class (and 'cnnviz/target' is an output).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The .onnx file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @model_options
 @global_flags
-def export_graph_cmd(model, layers, rule, no_input_grad, seed, out_path, overwrite, device, input_name, output_name,
+def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, overwrite, device, input_name, output_name,
                      input_size):
     """Save MODEL rewritten for explanation: outputs are the class scores, the --layer feature maps, and the
     gradients of the class score with respect to them (and to the image), named 'cnnviz/grad/<tensor>'.
 
-    The file holds standard ONNX operators only: serve it with any onnxruntime. With --seed input, feed
+    The file holds standard ONNX operators only: serve it with any onnxruntime. With --target-mode input, feed
     'cnnviz/seed' with one-hot rows of the classes to explain.
     """
     import onnx
@@ -35,16 +35,16 @@ def export_graph_cmd(model, layers, rule, no_input_grad, seed, out_path, overwri
     m = load_model(model, device, input_name, output_name, input_size)
     names = [m.layer(name).name for name in layers] if layers else ([m.default_layer] if m.default_layer else [])
     wrt = tuple(names) + (() if no_input_grad else (m.input_name,))
-    graph = m.build_graph(outputs=tuple(names), wrt=wrt, rule=rule, seed=seed)
+    graph = m.build_graph(outputs=tuple(names), wrt=wrt, rule=rule, target_mode=target_mode)
     onnx.checker.check_model(graph)
     write_atomic(out_path, graph.SerializeToString(), overwrite=overwrite)
-    info = {"model": str(model), "out": str(out_path), "rule": rule, "seed": seed,
+    info = {"model": str(model), "out": str(out_path), "rule": rule, "target_mode": target_mode,
             "inputs": [{"name": v.name, "shape": _shape(v)} for v in graph.graph.input],
             "outputs": [{"name": v.name, "shape": _shape(v)} for v in graph.graph.output]}
     if settings().json:
         emit_json(info)
         return
-    echo(f"wrote {out_path} ({rule} rule, seed {seed})")
+    echo(f"wrote {out_path} ({rule} rule, target mode {target_mode})")
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
             echo(f"  {kind[:-1]:<6} {v['name']}  {v['shape']}")

@@ -8,7 +8,9 @@ import click
 from .common import (CsvChoice, SizeType, collect_images, echo, emit_json, flatten_lists, global_flags, load_model,
                      model_options, preprocessing_options, progress, resolve_labels, resolve_preprocessing, settings,
                      warn)
-from .explain import METHOD_NAMES, BaselineType
+from onnx_cnnviz.methods import registry
+
+from .explain import BaselineType
 
 DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam"]
 
@@ -18,8 +20,8 @@ DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam
 @click.argument("images", nargs=-1, required=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the report.")
 @click.option("--name", default="report.html", show_default=True, help="File name of the report inside --out.")
-@click.option("--methods", "-m", type=CsvChoice(METHOD_NAMES), multiple=True,
-              help=f"Methods side by side (default {','.join(DEFAULT_METHODS)}); any of: {', '.join(METHOD_NAMES)}.")
+@click.option("--methods", "-m", cls=MethodListOption, type=CsvChoice(registry.names), multiple=True,
+              help=f"Methods side by side (default {','.join(DEFAULT_METHODS)}); any of: {{methods}}.")
 @click.option("--target", type=int, default=None, help="Explain this class for every image (default: the top-1).")
 @click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Predictions listed.")
 @click.option("--layer", metavar="NAME", default=None, help="Feature map for the CAM family.")

@@ -6,34 +6,36 @@
 
 Gradients come from a backward graph of standard ONNX operators appended to the model, run by onnxruntime.
 """
-from .errors import (CnnvizError, InputError, ModelLoadError, ModelStructureError, NumericalError, RuntimeFailure,
-                     UnknownLayerError, UnsupportedOpError)
+from .errors import (CnnvizError, InputError, MissingDependencyError, ModelLoadError, ModelStructureError,
+                     NumericalError, RuntimeFailure, UnknownLayerError, UnsupportedOpError)
 from .graph.fully_conv import score_map
 from .graph.load import MAX_NODES
 from .graph.receptive_field import ReceptiveField, receptive_field
 from .graph.structure import Layer
+from .methods import registry
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, gradients, guided_grad_cam, hires_cam, input_x_gradient,
                       integrated_gradients, layer_cam, occlusion, saliency, score_cam, smoothgrad, top_k, xgrad_cam)
 from .methods.features import (activations, embeddings, filters, mosaic, nearest_neighbours, project_2d,
                                scatter_plot, top_patches)
 from .methods.localise import iou, localise
 from .methods.optimise import class_model, invert, neuron_model
-from .model import Model, RunResult
+from .model import DEFAULT_MAX_SESSIONS, Model, RunResult
 
 __version__ = "0.1.0"
 
 
 def load(source, device: str = "auto", input: str | None = None, output: str | None = None,
          batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
-         max_nodes: int | None = MAX_NODES) -> Model:
+         max_nodes: int | None = MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS) -> Model:
     """Load an ONNX classifier (a path or an ``onnx.ModelProto``) for explanation.
 
     ``device``: "auto" | "cpu" | "cuda". ``input``/``output``: the image input and class-score output when the model
     has several. ``input_size``: (H, W) for models that accept any size (the layer list is computed at that size).
     ``max_nodes``: refuse graphs with more nodes than this (subgraphs included; ``None``: no limit).
+    ``max_sessions``: onnxruntime sessions (and other cached graphs) the model keeps, least recently used dropped.
     """
     return Model(source, device=device, input=input, output=output, batch_size=batch_size, threads=threads,
-                 input_size=input_size, max_nodes=max_nodes)
+                 input_size=input_size, max_nodes=max_nodes, max_sessions=max_sessions)
 
 
 __all__ = [
@@ -42,11 +44,11 @@ __all__ = [
     # attribution maps
     "gradients", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion",
     "cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
-    "guided_grad_cam", "top_k",
+    "guided_grad_cam", "top_k", "registry",
     # looking inside the network
     "filters", "activations", "top_patches", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
     "scatter_plot", "localise", "iou", "class_model", "neuron_model", "invert",
     # errors
-    "CnnvizError", "InputError", "ModelLoadError", "ModelStructureError", "NumericalError", "RuntimeFailure",
+    "CnnvizError", "InputError", "MissingDependencyError", "ModelLoadError", "ModelStructureError", "NumericalError", "RuntimeFailure",
     "UnknownLayerError", "UnsupportedOpError",
 ]

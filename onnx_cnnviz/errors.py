@@ -44,3 +44,8 @@ class RuntimeFailure(CnnvizError):
 
 class NumericalError(CnnvizError, ArithmeticError):
     """The model produced NaN or Inf (in its scores, a feature map or a gradient): the picture would be wrong."""
+
+
+class MissingDependencyError(CnnvizError, ImportError):
+    """An optional dependency (an extra such as scikit-learn, matplotlib, torch, TensorFlow) is not installed; the
+    message names the package and the pip command."""

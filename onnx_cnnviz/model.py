@@ -8,6 +8,7 @@ else is remembered between calls.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,11 +20,51 @@ from .graph import load as graph_load
 from .graph import shapes as graph_shapes
 from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
 from .graph.expose import expose
-from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, find_score,
-                              resolve_layer, upstream)
+from .graph.head import find_score
+from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
+                              upstream)
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SPATIAL = 224
+#: Sessions (and other cached graphs and plans) a model keeps at most, least recently used dropped first: each
+#: onnxruntime session holds its own graph and buffers, so a long-lived process explaining with many layers, rules
+#: and sizes must not grow without limit.
+DEFAULT_MAX_SESSIONS = 8
+#: Input sizes whose specialised graph (a copy of the model with shapes) a model keeps at most.
+MAX_SIZES = 4
+
+
+class LRUCache:
+    """A dict of at most ``capacity`` entries that drops the least recently used one when full."""
+
+    def __init__(self, capacity: int):
+        if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
+            raise InputError(f"a cache holds at least one entry; got capacity {capacity!r}.")
+        self.capacity = int(capacity)
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, build):
+        """The entry under ``key``, made with ``build()`` when absent (evicting the least recently used)."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = build()
+        self._items[key] = value
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list:
+        return list(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 @dataclass
@@ -49,7 +90,7 @@ class Model:
 
     def __init__(self, source, device: str = "auto", input: str | None = None, output: str | None = None,
                  batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
-                 max_nodes: int | None = graph_load.MAX_NODES):
+                 max_nodes: int | None = graph_load.MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS):
         self.providers = runtime.providers_for(device)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
@@ -67,9 +108,9 @@ class Model:
         # The as-exported graph is kept only when its batch was static: it is the fallback if rewriting fails.
         self._batched = model
         self._base = copy.deepcopy(model) if graph_load.input_batch_is_static(model, self.input_name) else None
-        had_static_batch = graph_load.make_batch_dynamic(self._batched, self.input_name)
-        self._cache: dict = {}
-        self._specs: dict = {}
+        had_static_batch = graph_load.make_batch_dynamic_inplace(self._batched, self.input_name)
+        self._cache = LRUCache(max_sessions)
+        self._specs = LRUCache(MAX_SIZES)
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE
         if input_size is not None and self._static_hw and tuple(input_size) != self._static_hw:
             raise InputError(f"input_size={tuple(input_size)} but the model fixes its input at {self._static_hw}.")
@@ -115,8 +156,33 @@ class Model:
         hw = self._static_hw or (None, None)
         return (self.channels, *hw)
 
-    def layer(self, name: str) -> Layer:
+    def layer(self, name) -> Layer:
+        """The candidate layer called ``name`` (a name or a :class:`Layer`); :class:`UnknownLayerError` with the
+        closest names otherwise."""
+        if isinstance(name, Layer):
+            name = name.name
+        if not isinstance(name, str):
+            raise InputError(f"a layer is named by a string (see Model.layers), got {name!r}.")
         return resolve_layer(self._layers, name)
+
+    def layer_names(self, layer=None) -> list[str]:
+        """The layer names ``layer`` stands for: None -> ``[default_layer]``; a name or :class:`Layer`; or a list of
+        them (duplicates dropped, order kept). Every name is checked against :attr:`layers`."""
+        if layer is None:
+            if self._default_layer is None:
+                raise ModelStructureError("the model has no spatial feature map (h*w > 1) on the path to the score, "
+                                          "so there is no default layer to explain at; choose one of Model.layers "
+                                          "(--layer on the command line).")
+            return [self._default_layer]
+        items = [layer] if isinstance(layer, (str, Layer)) else layer
+        try:
+            items = list(items)
+        except TypeError:
+            raise InputError(f"layer must be None, a layer name or a list of names, got {layer!r}.") from None
+        if not items:
+            raise InputError("layer is an empty list; give a layer name, a list of names, or None (the default "
+                             "layer).")
+        return list(dict.fromkeys(self.layer(item).name for item in items))
 
     def __repr__(self) -> str:
         return (f"Model(input={self.input_name!r} {self.input_shape}, score={self.score_name!r} "
@@ -135,10 +201,11 @@ class Model:
 
     def _spec(self, hw: tuple) -> _Specialised:
         hw = tuple(int(v) for v in hw)
-        if hw in self._specs:
-            return self._specs[hw]
+        return self._specs.get(hw, lambda: self._specialise(hw))
+
+    def _specialise(self, hw: tuple) -> _Specialised:
         model = copy.deepcopy(self._base if self.static_batch else self._batched)
-        graph_load.set_input_shape(model, self.input_name, (self.channels, *hw))
+        graph_load.set_input_shape_inplace(model, self.input_name, (self.channels, *hw))
         info = graph_shapes.infer(model)
         graph = model.graph
         on_path = downstream(graph, [self.input_name]) & upstream(graph, [self.score_name])
@@ -158,7 +225,7 @@ class Model:
             raise ModelStructureError(
                 f"the output '{self.score_name}' has shape {score.shape}, not (N, K): this looks like a dense "
                 "prediction (segmentation, detection) rather than an image classifier.")
-        graph_shapes.annotate(model, info)
+        graph_shapes.annotate_inplace(model, info)
         # Shape arithmetic computed at run time (Shape -> Gather -> Div feeding a Slice, say) is constant once C, H, W
         # are fixed; backward rules need those values.
         inits = {t.name for t in graph.initializer}
@@ -167,16 +234,12 @@ class Model:
             for name in node.input if name and name not in inits and name in info and not info[name].is_float))
         constants = graph_shapes.batch_independent_values(model, computed_ints, self.input_name,
                                                            (self.channels, *hw))
-        spec = _Specialised(model, info, candidate_layers(model, self.input_name, self.score_name, info), constants)
-        self._specs[hw] = spec
-        return spec
+        return _Specialised(model, info, candidate_layers(model, self.input_name, self.score_name, info), constants)
 
-    def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, seed: str):
-        key = (tuple(hw), outputs, wrt, rule if wrt else None, seed if wrt else None)
-        if key not in self._cache:
-            graph = self.build_graph(hw, outputs, wrt, rule, seed)
-            self._cache[key] = runtime.Session(graph, self.providers, self.threads)
-        return self._cache[key]
+    def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str):
+        key = (tuple(hw), outputs, wrt, rule if wrt else None, target_mode if wrt else None)
+        return self._cache.get(key, lambda: runtime.Session(self.build_graph(hw, outputs, wrt, rule, target_mode),
+                                                             self.providers, self.threads))
 
     def cached_session(self, key: tuple, build) -> runtime.Session:
         """A session over the graph ``build()`` returns, built once per ``key`` for this model (methods that need
@@ -185,19 +248,25 @@ class Model:
 
     def cached(self, key: tuple, build):
         """``build()``, computed once per ``key`` for this model (plans and sessions of methods' own graphs)."""
-        key = ("custom",) + tuple(key)
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        return self._cache.get(("custom",) + tuple(key), build)
+
+    @property
+    def cache_size(self) -> int:
+        """How many sessions, graphs and plans the model holds now (at most ``max_sessions``)."""
+        return len(self._cache)
 
     def spec(self, hw=None) -> _Specialised:
         """The normalised graph specialised to input size ``hw`` (default: the model's own), with its shape info."""
         return self._spec(hw or self._static_hw or self._default_hw())
 
-    def build_graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla", seed: str = "input") -> onnx.ModelProto:
+    def build_graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla",
+                    target_mode: str = "input") -> onnx.ModelProto:
         """The rewritten graph: outputs = score, ``outputs`` tensors, and ``cnnviz/grad/<T>`` for ``T`` in ``wrt``.
 
-        The result is a plain ONNX model: save it with ``onnx.save`` and run it with any onnxruntime.
+        ``target_mode``: "input" (the graph takes ``cnnviz/seed`` (N, K), the weights of each sample's class scores:
+        a one-hot row explains one class) or "top1" (each sample's top-scoring class, chosen inside the graph and
+        returned as ``cnnviz/target``). The result is a plain ONNX model: save it with ``onnx.save`` and run it with
+        any onnxruntime.
         """
         spec = self.spec(hw)
         for name in list(outputs) + list(wrt):
@@ -206,7 +275,7 @@ class Model:
         model = spec.model
         extra = []
         if wrt:
-            gg = append_gradients(model, self.score_name, list(wrt), spec.info, rule_set=rule, seed=seed,
+            gg = append_gradients(model, self.score_name, list(wrt), spec.info, rule_set=rule, seed=target_mode,
                                   constants=spec.constants)
             model = gg.model
             extra = [gg.gradients[w] for w in wrt] + ([gg.target_output] if gg.target_output else [])
@@ -214,7 +283,9 @@ class Model:
         return _keep_outputs(model, names, spec.info)
 
     # --- running ----------------------------------------------------------------------------------------------
-    def _check_input(self, x) -> np.ndarray:
+    def check_input(self, x) -> np.ndarray:
+        """``x`` checked against the model's input (4-D float, channels, size, finite, not empty) and returned as a
+        C-contiguous float32 array; :class:`InputError` saying what is wrong otherwise."""
         if not isinstance(x, np.ndarray):
             raise InputError(f"x must be a numpy array (N, C, H, W), got {type(x).__name__}.")
         if x.ndim == 3:
@@ -250,30 +321,32 @@ class Model:
                              f"(0..{self.num_classes - 1}).")
         return arr.astype(np.int64)
 
-    def run(self, x, outputs=(), wrt=(), rule: str = "vanilla", targets=None, seed=None,
+    def run(self, x, outputs=(), wrt=(), rule: str = "vanilla", targets=None, score_weights=None,
             batch_size: int | None = None) -> RunResult:
         """One pass per batch returning scores, ``outputs`` tensors and gradients of the target score wrt ``wrt``.
 
-        ``seed`` (N, K) replaces the one-hot target rows (the gradient is then of ``sum_k seed[n, k] S[n, k]``).
+        ``score_weights`` (N, K) replaces the one-hot target rows (the gradient is then of
+        ``sum_k score_weights[n, k] S[n, k]``).
         Names in ``outputs``/``wrt`` are tensor names (``Model.layers`` lists the 4-D ones) or the input's name.
         """
-        x = self._check_input(x)
+        x = self.check_input(x)
         n = x.shape[0]
         outputs, wrt = tuple(outputs), tuple(wrt)
         for name in outputs + wrt:
             if name != self.input_name and name != self.score_name:
                 self._require_tensor(name)
         target_arr = self.targets_for(targets, n)
-        if seed is not None:
-            seed = np.asarray(seed, dtype=np.float32)
-            if seed.shape != (n, self.num_classes):
-                raise InputError(f"seed must have shape ({n}, {self.num_classes}), got {seed.shape}.")
-        mode = "input" if (seed is not None or target_arr is not None) else "top1"
+        if score_weights is not None:
+            score_weights = np.asarray(score_weights, dtype=np.float32)
+            if score_weights.shape != (n, self.num_classes):
+                raise InputError(f"score_weights must have shape ({n}, {self.num_classes}), got "
+                                 f"{score_weights.shape}.")
+        mode = "input" if (score_weights is not None or target_arr is not None) else "top1"
         hw = tuple(x.shape[2:])
         session = self._session(hw, outputs, wrt, rule, mode)
         seed_rows = None
         if wrt and mode == "input":
-            seed_rows = seed if seed is not None else _one_hot(target_arr, self.num_classes)
+            seed_rows = score_weights if score_weights is not None else _one_hot(target_arr, self.num_classes)
         merged = self._run_batches(session, x, batch_size, seed_rows)
         scores = merged[self.score_name].reshape(n, -1)
         check_finite(scores, f"class scores ('{self.score_name}')")
@@ -299,18 +372,18 @@ class Model:
         """(N, K) float32 class scores before any final Softmax/LogSoftmax/Sigmoid."""
         return self.run(x, batch_size=batch_size).scores
 
-    def vjp(self, x, at: str, seed, wrt=None, outputs=(), rule: str = "vanilla",
+    def vjp(self, x, at: str, cotangent, wrt=None, outputs=(), rule: str = "vanilla",
             batch_size: int | None = None) -> RunResult:
-        """Backward pass seeded at any tensor: gradients of ``L = sum seed * T`` with ``T`` the tensor ``at``.
+        """Backward pass seeded at any tensor: gradients of ``L = sum cotangent * T`` with ``T`` the tensor ``at``.
 
-        ``seed`` has the shape of ``T`` for the batch, ``(N, *T.shape[1:])`` (or ``(N, prod)``); it is fed to the graph
-        at run time, so one cached graph serves every seed: a one-hot seed gives the gradient of one unit (a neuron
+        ``cotangent`` has the shape of ``T`` for the batch, ``(N, *T.shape[1:])`` (or ``(N, prod)``); it is fed to the graph
+        at run time, so one cached graph serves every cotangent: a one-hot one gives the gradient of one unit (a neuron
         objective, guided backprop of a unit), a channel-uniform one the gradient of a channel mean, and
         ``2 (Phi(x) - Phi_0)`` the gradient of ``||Phi(x) - Phi_0||^2`` (feature inversion). ``wrt``: tensor names
         (default: the input). Returns a :class:`RunResult` whose ``outputs`` hold ``T`` and ``outputs`` and whose
         ``grads`` hold ``dL/d wrt``; ``scores`` is None (the class scores are not computed unless ``T`` needs them).
         """
-        x = self._check_input(x)
+        x = self.check_input(x)
         n = x.shape[0]
         wrt = (self.input_name,) if wrt is None else tuple([wrt] if isinstance(wrt, str) else wrt)
         outputs = tuple(outputs)
@@ -321,9 +394,9 @@ class Model:
         spec = self._spec(hw)
         ti = spec.info.get(at)
         size = int(np.prod(ti.shape[1:]))
-        seed = np.asarray(seed, dtype=np.float32)
-        if seed.shape[0] != n or int(np.prod(seed.shape[1:])) != size:
-            raise InputError(f"seed must have shape ({n}, {', '.join(str(d) for d in ti.shape[1:])}) like '{at}', "
+        seed = np.asarray(cotangent, dtype=np.float32)
+        if seed.ndim < 1 or seed.shape[0] != n or int(np.prod(seed.shape[1:])) != size:
+            raise InputError(f"cotangent must have shape ({n}, {', '.join(str(d) for d in ti.shape[1:])}) like '{at}', "
                              f"got {seed.shape}.")
         seed = np.ascontiguousarray(seed.reshape(n, size))
         key = ("vjp", hw, at, outputs, wrt, rule)

@@ -1,9 +1,10 @@
-"""Explanations for people: the method table the command line uses, model descriptions, and the HTML report.
+"""Explanations for people: pictures of results, model descriptions, and the HTML report.
 
-* :data:`METHODS` names every explanation method by its command-line name (``gradcam``, ``saliency``, ...) with the
-  library function behind it, the parameters it takes and how its result is shown.
-* :func:`explain` runs one method on a batch for given targets; :func:`picture` turns one result into a uint8 RGB
-  picture (heat-map overlay, gradient image or gray attribution image).
+The methods, their names, titles, papers and how each result is shown come from the one table
+:mod:`onnx_cnnviz.methods.registry`; nothing here lists methods.
+
+* :func:`picture` turns one result into a uint8 RGB picture (heat-map overlay, gradient image or gray attribution
+  image), as its method's ``kind`` says.
 * :func:`describe` summarises a loaded model: inputs, outputs, the score tensor, candidate layers, op types and
   whether every op on the gradient path from the image to the score has a backward rule.
 * :func:`make_report` runs methods on images and :func:`render_report` builds one self-contained HTML page (pictures
@@ -20,121 +21,18 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 
-from . import methods as _m
-from .methods.cam import cam_head
 from .files import write_atomic  # noqa: F401 - re-exported for the CLI and the converters
 from .errors import CnnvizError, InputError, UnsupportedOpError
 from .image import Preprocessing, deprocess, gradient_image, overlay, saliency_image
+from .maps import minmax
+from .methods import registry
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The method table
-
-
-@dataclass(frozen=True)
-class Method:
-    """One explanation method as the command line and the report know it.
-
-    ``kind``: "map" (an (N, H, W) heat map shown over the image), "gray" (an (N, H, W) map shown in gray, white =
-    most), "gradient" ((N, C, H, W) shown with
-    :func:`~onnx_cnnviz.image.gradient_image`) or "attribution" ((N, C, H, W) shown as a gray image of the absolute
-    sum over channels). ``params``: the keyword arguments it accepts beyond targets/layer, with their defaults.
-    """
-    name: str
-    title: str
-    func: Callable
-    kind: str
-    uses_layer: bool = False
-    class_specific: bool = True
-    params: dict = field(default_factory=dict)
-    fixed: dict = field(default_factory=dict)  # keyword arguments always passed (e.g. rule="guided")
-    reference: str = ""
-
-
-def _gradients(rule):
-    def run(m, x, targets=None, batch_size=None):
-        return _m.gradients(m, x, targets, rule=rule, batch_size=batch_size)
-    return run
-
-
-METHODS: dict[str, Method] = {meth.name: meth for meth in [
-    Method("gradcam", "Grad-CAM", _m.grad_cam, "map", True, reference="Selvaraju et al. 2017"),
-    Method("gradcampp", "Grad-CAM++", _m.grad_cam_pp, "map", True, reference="Chattopadhyay et al. 2018"),
-    Method("cam", "CAM", _m.cam, "map", True, reference="Zhou et al. 2016"),
-    Method("hirescam", "HiResCAM", _m.hires_cam, "map", True, reference="Draelos & Carin 2020"),
-    Method("xgradcam", "XGrad-CAM", _m.xgrad_cam, "map", True, reference="Fu et al. 2020"),
-    Method("layercam", "LayerCAM", _m.layer_cam, "map", True, reference="Jiang et al. 2021"),
-    Method("eigencam", "EigenCAM", _m.eigen_cam, "map", True, class_specific=False,
-           reference="Muhammad & Yeasin 2020"),
-    Method("scorecam", "Score-CAM", _m.score_cam, "map", True, reference="Wang et al. 2020"),
-    Method("saliency", "Saliency", _m.saliency, "gray", reference="Simonyan et al. 2014"),
-    Method("guided", "Guided backprop", _gradients("guided"), "gradient", reference="Springenberg et al. 2015"),
-    Method("deconvnet", "Deconvnet", _gradients("deconvnet"), "gradient", reference="Zeiler & Fergus 2014"),
-    Method("guided-gradcam", "Guided Grad-CAM", _m.guided_grad_cam, "gradient", True,
-           reference="Selvaraju et al. 2017"),
-    Method("occlusion", "Occlusion", _m.occlusion, "map",
-           params={"window": (16, 16), "stride": (8, 8), "baseline": 0.0, "mode": "score"},
-           reference="Zeiler & Fergus 2014"),
-    Method("ixg", "Input x gradient", _m.input_x_gradient, "attribution", reference="Shrikumar et al. 2016"),
-    Method("smoothgrad", "SmoothGrad", _m.smoothgrad, "attribution",
-           params={"samples": 25, "noise": 0.15, "seed": 0}, reference="Smilkov et al. 2017"),
-    Method("ig", "Integrated gradients", _m.integrated_gradients, "attribution",
-           params={"steps": 50, "baseline": 0.0}, reference="Sundararajan et al. 2017"),
-]}
-
-
-def method(name: str) -> Method:
-    """The :class:`Method` called ``name`` (an :class:`InputError` listing the names otherwise)."""
-    if name not in METHODS:
-        raise InputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
-    return METHODS[name]
-
-
-def resolved_layer(m, meth: Method, layer: str | None) -> str | None:
-    """The layer ``meth`` will use on ``m`` (checked; None for methods without a layer)."""
-    if not meth.uses_layer:
-        return None
-    if meth.name == "cam":
-        head = cam_head(m)
-        if layer is not None and layer not in head.aliases:
-            m.layer(layer)  # an unknown name gets the suggestions; a known one the CAM-specific message below
-            raise InputError(f"CAM is defined only at the feature map feeding the classifier head: "
-                             f"'{head.layer}', not '{layer}'. Use gradcam for other layers.")
-        return head.layer
-    if layer is None:
-        if m.default_layer is None:
-            raise InputError("the model has no spatial feature map to explain at; choose one with --layer.")
-        return m.default_layer
-    return m.layer(layer).name
-
-
-def method_parameters(meth: Method, params: dict | None = None) -> dict:
-    """The parameters ``meth`` runs with: its defaults overridden by the keys of ``params`` it knows."""
-    params = params or {}
-    return {k: params.get(k, v) if params.get(k) is not None else v for k, v in meth.params.items()}
-
-
-def explain(m, name: str, x: np.ndarray, targets, layer: str | None = None, params: dict | None = None,
-            batch_size: int | None = None) -> np.ndarray:
-    """Run method ``name`` on the batch ``x`` for ``targets`` ((N,) ints): its raw result, one entry per image."""
-    meth = method(name)
-    kwargs = dict(method_parameters(meth, params))
-    for key in ("window", "stride"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key]) if not isinstance(kwargs[key], int) else kwargs[key]
-    if meth.uses_layer:
-        kwargs["layer"] = resolved_layer(m, meth, layer)
-    return meth.func(m, x, targets=targets, batch_size=batch_size, **kwargs)
-
-
-def _minmax(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float32)
-    lo, span = float(a.min()), float(a.max() - a.min())
-    return (a - lo) / span if span > 0 and np.isfinite(span) else np.zeros_like(a)
+# Pictures of results
 
 
 def _clip_percentile(a: np.ndarray, q: float = 99.0) -> np.ndarray:
@@ -155,12 +53,12 @@ def picture(name: str, result: np.ndarray, view: np.ndarray, order: str = "RGB",
     :func:`~onnx_cnnviz.image.gradient_image` (``order``: the model's channel order); attributions are shown as the
     absolute sum over channels, in gray, scaled the same way (white = most attribution).
     """
-    kind = method(name).kind
+    kind = registry.get(name).kind
     result = np.asarray(result, dtype=np.float32)
     if not np.isfinite(result).all():
         raise InputError(f"the {name} result has NaN or infinite values; the model may produce NaN on this image.")
     if kind == "map":
-        return overlay(view, _minmax(result), alpha=alpha, colormap=colormap)
+        return overlay(view, minmax(result), alpha=alpha, colormap=colormap)
     if kind == "gray":
         out = saliency_image(_clip_percentile(result), normalize=False)
     elif kind == "gradient":
@@ -282,12 +180,10 @@ def describe(m, source=None) -> dict:
     }
 
 
-def _pre_dict(pre: Preprocessing) -> dict:
+def preprocessing_info(pre: Preprocessing) -> dict:
+    """``pre`` as the plain dict the JSON records and the report show."""
     return {"size": list(pre.size) if pre.size else None, "mean": list(pre.mean) if pre.mean else None,
             "std": list(pre.std) if pre.std else None, "order": pre.order, "scale": pre.scale}
-
-
-preprocessing_dict = _pre_dict
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -333,14 +229,14 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
     """
     from .image import PRESETS, preprocess
 
-    names = [method(n).name for n in methods]
+    names = [registry.get(n).name for n in methods]
     pre = preprocessing or Preprocessing.from_metadata(m.metadata) or PRESETS["imagenet"]
     pre = fit_preprocessing(m, pre)
     if labels is None:
         labels = labels_from_metadata(m.metadata)
     check_labels(labels, m.num_classes)
     for n in names:
-        resolved_layer(m, METHODS[n], layer)  # fail before any work on a bad layer
+        registry.resolved_layer(m, n, layer)  # fail before any work on a bad layer
     if target is not None:
         m.targets_for(target, 1)
     k = max(1, min(int(top), m.num_classes))
@@ -364,18 +260,18 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
                                          for c in order])
         t = int(order[0]) if target is None else int(target)
         for n in names:
-            meth = METHODS[n]
-            result = explain(m, n, x, np.array([t]), layer=layer, params=params, batch_size=batch_size)[0]
-            used = dict(method_parameters(meth, params))
+            meth = registry.get(n)
+            result = registry.explain(m, n, x, np.array([t]), layer=layer, params=params, batch_size=batch_size)[0]
+            used = registry.parameters(meth, params)
             if meth.uses_layer:
-                used["layer"] = resolved_layer(m, meth, layer)
+                used["layer"] = registry.resolved_layer(m, meth, layer)
             entry.panels.append((n, t if meth.class_specific else None, picture(n, result, view, pre.order), used))
         entries.append(entry)
         if progress:
             progress(1)
     info = {"model": model_name, "input": f"{m.input_name} {tuple(m.input_shape)}",
             "score": m.score_name + (f" (before {m.softmax_skipped})" if m.softmax_skipped else ""),
-            "classes": m.num_classes, "device": m.device, "preprocessing": _pre_dict(pre)}
+            "classes": m.num_classes, "device": m.device, "preprocessing": preprocessing_info(pre)}
     return render_report(entries, info, labels, title=title)
 
 
@@ -479,10 +375,10 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
         out.append("<div><b style=\"font-size:13px\">Top predictions</b>" + "".join(rows) + "</div>")
         out.append("</div><div class=\"row\" style=\"margin-top:12px\">")
         for name, c, pic, params in entry.panels:
-            meth = METHODS.get(name)
+            meth = registry.METHODS.get(name)
             caption = f"<b>{esc(meth.title if meth else name)}</b> · {esc(class_label(c))}"
-            if meth and meth.reference:
-                caption += f'<div style="color:#888">{esc(meth.reference)}</div>'
+            if meth and meth.paper:
+                caption += f'<div style="color:#888">{esc(meth.paper)}</div>'
             if params:
                 caption += f'<div class="params">{esc(_fmt_params(params))}</div>'
             out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(pic)}"><figcaption>{caption}</figcaption>'
@@ -507,6 +403,6 @@ def write_report(path, html_text: str, overwrite: bool = False) -> Path:
     return write_atomic(path, html_text, overwrite=overwrite)
 
 
-__all__ = ["METHODS", "Method", "method", "explain", "picture", "probabilities", "describe", "make_report",
+__all__ = ["picture", "probabilities", "describe", "make_report",
            "render_report", "write_report", "write_atomic", "read_labels", "labels_from_metadata", "ImageEntry",
-           "fit_preprocessing", "LABELS_KEY"]
+           "fit_preprocessing", "LABELS_KEY", "preprocessing_info"]

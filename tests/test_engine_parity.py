@@ -175,7 +175,7 @@ def test_generated_graphs_are_valid_standard_onnx(loaded, tmp_path):
     # The saved graph runs with plain onnxruntime and gives the library's own gradients.
     import onnxruntime as ort
 
-    graph = m.build_graph(None, wrt=[m.input_name], rule="guided", seed="input")
+    graph = m.build_graph(None, wrt=[m.input_name], rule="guided", target_mode="input")
     path = tmp_path / "guided.onnx"
     onnx.save(graph, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

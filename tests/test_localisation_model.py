@@ -89,6 +89,6 @@ def test_cam_boxes_beat_trivial_boxes(held_out):
     print(f"top-1 loc: CAM {cam_acc:.3f}, centred box {centre_acc:.3f}, whole image {whole_acc:.3f}")
     assert cam_acc >= 0.40 and cam_acc >= centre_acc + 0.25, (cam_acc, centre_acc)
 
-    grad_locs = localise(m, x[:40], method="grad_cam", top=1, threshold=0.2)
+    grad_locs = localise(m, x[:40], method="gradcam", top=1, threshold=0.2)
     # equal in exact arithmetic; allow float rounding to move a pixel at the threshold
     assert all(cv.iou(a[0].box, b[0].box) >= 0.9 for a, b in zip(grad_locs, cam_locs))

@@ -13,7 +13,7 @@ def test_vjp_at_score_equals_run(squeezenet_path, kitten_x):
     seed = np.zeros((1, m.num_classes), np.float32)
     seed[0, 281], seed[0, 285] = 1.0, -0.5
     a = m.vjp(kitten_x, m.score_name, seed).grads[m.input_name]
-    b = m.run(kitten_x, wrt=[m.input_name], seed=seed).grads[m.input_name]
+    b = m.run(kitten_x, wrt=[m.input_name], score_weights=seed).grads[m.input_name]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
 
@@ -46,5 +46,5 @@ def test_vjp_linear_layer_finite_difference(squeezenet_path):
 
 def test_vjp_seed_shape_checked(squeezenet_path, kitten_x):
     m = cv.load(squeezenet_path)
-    with pytest.raises(InputError, match="seed must have shape"):
+    with pytest.raises(InputError, match="cotangent must have shape"):
         m.vjp(kitten_x, "conv1_2", np.zeros((1, 3), np.float32))

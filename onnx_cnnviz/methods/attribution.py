@@ -15,11 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from ..maps import normalize_signed
 from ..model import Model
 from ..runtime import available_memory
+from .arguments import baseline_values, input_only
 from .gradients import gradients
 
-IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+INTEGRATION_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 #: Activation memory one run may use when the batch size is chosen automatically (bytes).
 MEMORY_BUDGET = 1 << 30
@@ -57,18 +59,23 @@ def resolve_targets(m: Model, x: np.ndarray, targets) -> np.ndarray:
     return t
 
 
-def _check(m: Model, x) -> np.ndarray:
-    return m._check_input(x)
+def _finish(attribution: np.ndarray, normalize: bool) -> np.ndarray:
+    """Attributions are signed and at the input's size: ``normalize`` divides each image by its largest absolute
+    value (zero stays zero); there is nothing to upsample."""
+    return normalize_signed(attribution) if normalize else attribution
 
 
-def input_x_gradient(m: Model, x, targets=None, rule: str = "vanilla", batch_size: int | None = None) -> np.ndarray:
+def input_x_gradient(m: Model, x, targets=None, layer=None, *, rule: str = "vanilla", upsample: bool = True,
+                     normalize: bool = False, batch_size: int | None = None) -> np.ndarray:
     """(N, C, H, W) float32 ``x * dS_c/dx`` (captum ``InputXGradient``)."""
-    x = _check(m, x)
-    return (x * gradients(m, x, targets, rule=rule, batch_size=batch_size)).astype(np.float32)
+    input_only("input_x_gradient", layer)
+    x = m.check_input(x)
+    return _finish((x * gradients(m, x, targets, rule=rule, batch_size=batch_size)).astype(np.float32), normalize)
 
 
-def smoothgrad(m: Model, x, targets=None, samples: int = 25, noise: float = 0.15, seed: int | None = 0,
-               magnitude: bool = False, rule: str = "vanilla", batch_size: int | None = None) -> np.ndarray:
+def smoothgrad(m: Model, x, targets=None, layer=None, *, samples: int = 25, noise: float = 0.15, seed: int | None = 0,
+               magnitude: bool = False, rule: str = "vanilla", upsample: bool = True, normalize: bool = False,
+               batch_size: int | None = None) -> np.ndarray:
     """(N, C, H, W) float32 SmoothGrad (Smilkov et al. 2017).
 
     Each image gets ``samples`` copies with Gaussian noise of standard deviation ``noise * (max - min)`` of that
@@ -77,7 +84,8 @@ def smoothgrad(m: Model, x, targets=None, samples: int = 25, noise: float = 0.15
     ``numpy.random.default_rng(seed)``: equal seeds give equal maps. All copies of a few images go through the
     gradient graph together, in as few runs as the memory budget allows.
     """
-    x = _check(m, x)
+    input_only("smoothgrad", layer)
+    x = m.check_input(x)
     if int(samples) < 1:
         raise InputError(f"samples must be >= 1, got {samples}.")
     if not noise >= 0:
@@ -99,10 +107,10 @@ def smoothgrad(m: Model, x, targets=None, samples: int = 25, noise: float = 0.15
         g = gradients(m, noisy, np.repeat(t[start:start + k], samples), rule=rule, batch_size=bs)
         g = g.reshape((k, samples) + xs.shape[1:])
         out[start:start + k] = (g * g if magnitude else g).mean(axis=1, dtype=np.float64)
-    return out
+    return _finish(out, normalize)
 
 
-def ig_steps(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+def ig_steps(steps: int, integration: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
     """(alphas, weights) of captum's ``approximation_methods`` for ``steps`` points, reproduced exactly.
 
     Riemann rules: weights ``1/n`` (halved at both ends for the trapezoid), points from ``torch.linspace`` in float32
@@ -110,9 +118,9 @@ def ig_steps(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np.
     nodes and weights mapped from [-1, 1] to [0, 1].
     """
     steps = int(steps)
-    if method not in IG_METHODS:
-        raise InputError(f"method must be one of {', '.join(IG_METHODS)}, not {method!r}.")
-    if method == "gausslegendre":
+    if integration not in INTEGRATION_RULES:
+        raise InputError(f"integration must be one of {', '.join(INTEGRATION_RULES)}, not {integration!r}.")
+    if integration == "gausslegendre":
         if steps < 1:
             raise InputError(f"steps must be >= 1, got {steps}.")
         nodes, weights = np.polynomial.legendre.leggauss(steps)
@@ -120,7 +128,7 @@ def ig_steps(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np.
     if steps < 2:
         raise InputError(f"steps must be >= 2 for the Riemann rules, got {steps}.")
     weights = np.full(steps, 1.0 / steps)
-    kind = method.split("_")[1]
+    kind = integration.split("_")[1]
     if kind == "trapezoid":
         weights[0] /= 2
         weights[-1] /= 2
@@ -147,27 +155,23 @@ def _torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
     return np.where(i < steps // 2, up, down).astype(np.float64)
 
 
-def integrated_gradients(m: Model, x, targets=None, baseline=0.0, steps: int = 50, method: str = "gausslegendre",
+def integrated_gradients(m: Model, x, targets=None, layer=None, *, baseline=0.0, steps: int = 50,
+                         integration: str = "gausslegendre", upsample: bool = True, normalize: bool = False,
                          batch_size: int | None = None) -> np.ndarray:
     """(N, C, H, W) float32 Integrated Gradients (Sundararajan et al. 2017), as captum's ``IntegratedGradients``.
 
     ``IG = (x - x') * sum_i w_i dS_c/dx (x' + a_i (x - x'))`` with ``(a_i, w_i)`` = :func:`ig_steps` (captum's
-    default ``method="gausslegendre"``, ``steps=50``). ``baseline`` ``x'``: a float, per-channel values (C,), or an
-    array broadcastable to ``x`` ((C, H, W) or (N, C, H, W)). The target is resolved on ``x`` and kept along the
+    default, ``integration="gausslegendre"`` (captum's ``method``), ``steps=50``). ``baseline`` ``x'``: a float,
+    per-channel values (C,), (N, C) values, ``"mean"`` (each image's channel means), or an array broadcastable to
+    ``x`` ((C, H, W) or (N, C, H, W)); see :func:`~onnx_cnnviz.methods.arguments.baseline_values`. The target is resolved on ``x`` and kept along the
     path. All steps of an image run together, in as few runs as the memory budget allows.
     """
-    x = _check(m, x)
-    alphas, weights = ig_steps(steps, method)
+    input_only("integrated_gradients", layer)
+    x = m.check_input(x)
+    alphas, weights = ig_steps(steps, integration)
     t = resolve_targets(m, x, targets)
-    n, c = x.shape[:2]
-    base = np.asarray(baseline, dtype=np.float32)
-    if base.ndim == 1 and base.shape[0] == c:  # per-channel values
-        base = base.reshape(1, c, 1, 1)
-    try:
-        base = np.broadcast_to(base, x.shape)
-    except ValueError:
-        raise InputError(f"baseline of shape {base.shape} does not broadcast to x {x.shape}; give a float, "
-                         f"{c} per-channel values, or an array shaped like x.") from None
+    n = x.shape[0]
+    base = np.broadcast_to(baseline_values(x, baseline), x.shape)
     k = len(alphas)
     bs = batch_size or auto_batch_size(m, x.shape[2:], k * n, backward=True)
     per_chunk = max(1, max(bs * 4, k) // k)
@@ -181,4 +185,4 @@ def integrated_gradients(m: Model, x, targets=None, baseline=0.0, steps: int = 5
         path = (bl[:, None] + a32 * diff[:, None]).reshape((j * k,) + xs.shape[1:])
         g = gradients(m, path, np.repeat(t[start:start + j], k), batch_size=bs).reshape((j, k) + xs.shape[1:])
         out[start:start + j] = (g * w32).sum(axis=1) * diff
-    return out
+    return _finish(out, normalize)

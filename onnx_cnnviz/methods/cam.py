@@ -1,8 +1,9 @@
 """Class activation maps: CAM, Grad-CAM and its relatives, Score-CAM, Guided Grad-CAM.
 
 Every method here draws a map from a feature layer ``A`` (N, C, h, w) and, for most of them, the gradient
-``G = dS_c / dA`` of the target class score. They differ **only** in how they combine the channels, which is the table
-:data:`COMBINE` below (one small function per method; Grad-CAM is :func:`_grad_cam_weights`). One :meth:`Model.run`
+``G = dS_c / dA`` of the target class score. They differ **only** in how they combine the channels: one small
+``(A, G) -> map`` function per method at the top of this module (Grad-CAM's weighting is :func:`_grad_cam_weights`);
+each method's entry in :mod:`onnx_cnnviz.methods.registry` says what it needs. One :meth:`Model.run`
 returns ``A`` and ``G`` at every requested layer; numpy does the rest. Gradient-free methods (CAM, EigenCAM) ask the
 model for the activations only.
 
@@ -27,13 +28,14 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import InputError, ModelStructureError
-from ..graph.structure import Layer, node_attr, producers
+from ..graph.structure import node_attr, producers
+from ..maps import normalize_maps, normalize_signed, upsample_maps
 from ..model import Model
 from .attribution import auto_batch_size
-from .gradients import gradients, normalize_maps
+from .gradients import gradients
 
 __all__ = ["cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
-           "guided_grad_cam", "top_k", "COMBINE"]
+           "guided_grad_cam", "cam_head"]
 
 
 # ==================================================================================================================
@@ -86,57 +88,41 @@ def _get_2d_projection(A: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-# method -> (A, G) -> raw (N, h, w) map. Channel-weighting methods: map = sum_k w_k A^k; pixel-wise ones combine G and A
-# per location before summing over channels.
-COMBINE: dict[str, Callable] = {
-    "grad_cam": lambda A, G: _weighted_sum(_grad_cam_weights(A, G), A),
-    "grad_cam_pp": lambda A, G: _weighted_sum(_grad_cam_pp_weights(A, G), A),
-    "xgrad_cam": lambda A, G: _weighted_sum(_xgrad_cam_weights(A, G), A),
-    "hires_cam": lambda A, G: (G * A).sum(axis=1),  # Draelos & Carin 2020: sum_k dS/dA^k (.) A^k
-    "layer_cam": lambda A, G: (np.maximum(G, 0) * A).sum(axis=1),  # Jiang et al. 2021
-    "eigen_cam": lambda A, G: _get_2d_projection(A),
-}
-USES_GRADIENTS = {"grad_cam", "grad_cam_pp", "xgrad_cam", "hires_cam", "layer_cam"}
+def _grad_cam_map(A, G):
+    return _weighted_sum(_grad_cam_weights(A, G), A)
+
+
+def _grad_cam_pp_map(A, G):
+    return _weighted_sum(_grad_cam_pp_weights(A, G), A)
+
+
+def _xgrad_cam_map(A, G):
+    return _weighted_sum(_xgrad_cam_weights(A, G), A)
+
+
+def _hires_cam_map(A, G):
+    """HiResCAM (Draelos & Carin 2020): sum_k dS/dA^k (.) A^k, element-wise instead of a channel weight."""
+    return (G * A).sum(axis=1)
+
+
+def _layer_cam_map(A, G):
+    """LayerCAM (Jiang et al. 2021): sum_k ReLU(dS/dA^k) (.) A^k."""
+    return (np.maximum(G, 0) * A).sum(axis=1)
+
+
+def _eigen_cam_map(A, G):
+    return _get_2d_projection(A)
 
 
 # ==================================================================================================================
 # The core: one run for activations (and gradients) at the layer(s), then combine, then post-process.
 # ==================================================================================================================
-def _layer_names(m: Model, layer) -> list[str]:
-    if layer is None:
-        if m.default_layer is None:
-            raise ModelStructureError("the model has no spatial feature map (h*w > 1) on the path to the score, so "
-                                      "there is no layer for a class activation map.")
-        return [m.default_layer]
-    items = [layer] if isinstance(layer, (str, Layer)) else list(layer)
-    if not items:
-        raise InputError("layer is an empty list; give a layer name, a list of names, or None (the default layer).")
-    names = []
-    for item in items:
-        name = item.name if isinstance(item, Layer) else item
-        if not isinstance(name, str):
-            raise InputError(f"a layer is named by a string (see Model.layers), got {item!r}.")
-        m.layer(name)  # UnknownLayerError with suggestions
-        if name not in names:
-            names.append(name)
-    return names
-
-
 def _resolve_targets(m: Model, run, targets, n: int) -> np.ndarray:
     if run.targets is not None:
         return np.asarray(run.targets, dtype=np.int64).reshape(n)
     if targets is not None:
         return m.targets_for(targets, n)
     return run.scores.argmax(axis=1).astype(np.int64)
-
-
-def _resize(maps: np.ndarray, hw: tuple) -> np.ndarray:
-    """Bilinear resize of each (h, w) map to hw, as pytorch-grad-cam's ``scale_cam_image`` does (cv2 INTER_LINEAR)."""
-    import cv2
-
-    H, W = int(hw[0]), int(hw[1])
-    return np.stack([cv2.resize(np.ascontiguousarray(m_, dtype=np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-                     for m_ in maps]).astype(np.float32)
 
 
 def _finish(raw_maps: list, hw: tuple, upsample: bool, normalize: bool, relu: bool) -> np.ndarray:
@@ -149,7 +135,7 @@ def _finish(raw_maps: list, hw: tuple, upsample: bool, normalize: bool, relu: bo
         if normalize:
             r = normalize_maps(r)
         if upsample:
-            r = _resize(r, hw)
+            r = upsample_maps(r, hw)
         maps.append(r)
     if len({mp.shape for mp in maps}) > 1:
         raise InputError("the layers have different resolutions "
@@ -160,78 +146,84 @@ def _finish(raw_maps: list, hw: tuple, upsample: bool, normalize: bool, relu: bo
     return out.astype(np.float32)
 
 
-def _family(m: Model, x, targets, layer, method: str, upsample: bool, normalize: bool, relu: bool,
-            batch_size, grad_sign: float = 1.0, combine: Callable | None = None):
-    """Maps of one CAM-family ``method`` and the (N,) targets used.
+def _per_layer(weighting: Callable) -> Callable:
+    """A class-independent (A, G) weighting as the (A, G, targets) combine :func:`_family` calls (the targets already
+    shaped G)."""
+    return lambda A, G, tgt: weighting(A, G)
 
-    One ``m.run`` exposes the activations of every layer in ``layer`` (and their gradients when the method uses them);
-    ``COMBINE[method](A, G)`` (or ``combine(A, G, targets)``) makes each layer's raw map; :func:`_finish` does the rest.
+
+def _family(m: Model, x, targets, layer, combine: Callable, uses_gradients: bool, upsample: bool, normalize: bool,
+            relu: bool, batch_size, grad_sign: float = 1.0):
+    """Maps of one CAM-family method and the (N,) targets used.
+
+    One ``m.run`` exposes the activations of every layer in ``layer`` (and their gradients when ``uses_gradients``);
+    ``combine(A, G, targets)`` makes each layer's raw map (G is None without gradients); :func:`_finish` does the
+    rest.
     """
-    names = _layer_names(m, layer)
+    names = m.layer_names(layer)
     if not upsample and len({m.layer(n).shape[2:] for n in names}) > 1:
         raise InputError(f"the layers {names} have different resolutions; averaging them needs upsample=True.")
-    grads = method in USES_GRADIENTS
-    run = m.run(x, outputs=names, wrt=names if grads else (), targets=targets, batch_size=batch_size)
+    run = m.run(x, outputs=names, wrt=names if uses_gradients else (), targets=targets, batch_size=batch_size)
     n = run.scores.shape[0]
     tgt = _resolve_targets(m, run, targets, n)
     raw = []
     for name in names:
         A = run.outputs[name]
-        G = grad_sign * run.grads[name] if grads else None
-        raw.append(COMBINE[method](A, G) if combine is None else combine(A, G, tgt))
+        G = grad_sign * run.grads[name] if uses_gradients else None
+        raw.append(combine(A, G, tgt))
     return _finish(raw, np.shape(x)[2:], upsample, normalize, relu), tgt
 
 
 # ==================================================================================================================
 # Public functions
 # ==================================================================================================================
-def grad_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+def grad_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
              relu: bool = True, counterfactual: bool = False, batch_size: int | None = None) -> np.ndarray:
     """Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
     Localization", ICCV 2017): ``alpha_k^c = 1/Z sum_ij dS_c/dA^k_ij`` (Eq. 1), ``L^c = ReLU(sum_k alpha_k^c A^k)``
     (Eq. 2). ``counterfactual=True`` negates the gradients (the paper's "counterfactual explanations"): regions whose
     removal would raise the class score. Returns (N, H, W) float32."""
-    return _family(m, x, targets, layer, "grad_cam", upsample, normalize, relu, batch_size,
+    return _family(m, x, targets, layer, _per_layer(_grad_cam_map), True, upsample, normalize, relu, batch_size,
                    grad_sign=-1.0 if counterfactual else 1.0)[0]
 
 
-def grad_cam_pp(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+def grad_cam_pp(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
                 relu: bool = True, batch_size: int | None = None) -> np.ndarray:
     """Grad-CAM++ (Chattopadhyay et al., WACV 2018, arXiv:1710.11063), the closed form pytorch-grad-cam uses:
 
     ``g = dS_c/dA``; ``alpha_ij^k = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (Eq. 19: the exponential-score assumption
     turns the 2nd/3rd derivatives into powers of the first), ``alpha = 0`` where ``g == 0``;
     ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``; map ``= ReLU(sum_k w_k A^k)``. Returns (N, H, W) float32."""
-    return _family(m, x, targets, layer, "grad_cam_pp", upsample, normalize, relu, batch_size)[0]
+    return _family(m, x, targets, layer, _per_layer(_grad_cam_pp_map), True, upsample, normalize, relu, batch_size)[0]
 
 
-def hires_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+def hires_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
     """HiResCAM (Draelos & Carin, arXiv:2011.08891): ``map = ReLU(sum_k dS_c/dA^k (.) A^k)``, the element-wise
     product instead of Grad-CAM's spatially averaged gradient. Returns (N, H, W) float32."""
-    return _family(m, x, targets, layer, "hires_cam", upsample, normalize, relu, batch_size)[0]
+    return _family(m, x, targets, layer, _per_layer(_hires_cam_map), True, upsample, normalize, relu, batch_size)[0]
 
 
-def xgrad_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+def xgrad_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
     """XGrad-CAM (Fu et al., BMVC 2020, arXiv:2008.02312): ``w_k = sum_ij (A^k_ij / (sum_ab A^k_ab + eps))
     dS_c/dA^k_ij``, map ``= ReLU(sum_k w_k A^k)``. Returns (N, H, W) float32."""
-    return _family(m, x, targets, layer, "xgrad_cam", upsample, normalize, relu, batch_size)[0]
+    return _family(m, x, targets, layer, _per_layer(_xgrad_cam_map), True, upsample, normalize, relu, batch_size)[0]
 
 
-def layer_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+def layer_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
     """LayerCAM (Jiang et al., IEEE TIP 2021): ``map = ReLU(sum_k ReLU(dS_c/dA^k) (.) A^k)``; meant to be
     used at shallow layers too (pass a list of layers to combine them). Returns (N, H, W) float32."""
-    return _family(m, x, targets, layer, "layer_cam", upsample, normalize, relu, batch_size)[0]
+    return _family(m, x, targets, layer, _per_layer(_layer_cam_map), True, upsample, normalize, relu, batch_size)[0]
 
 
-def eigen_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+def eigen_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
     """EigenCAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299): the projection of the (h*w, C) centred
     activations on their first right singular vector. Class-agnostic: ``targets`` is accepted and ignored; no
     gradient is computed. Returns (N, H, W) float32."""
-    return _family(m, x, targets, layer, "eigen_cam", upsample, normalize, relu, batch_size)[0]
+    return _family(m, x, targets, layer, _per_layer(_eigen_cam_map), False, upsample, normalize, relu, batch_size)[0]
 
 
 # --- Score-CAM ---------------------------------------------------------------------------------------------------
@@ -275,7 +267,7 @@ def _score_cam_weights(m: Model, x: np.ndarray, A: np.ndarray, tgt: np.ndarray, 
     return weights
 
 
-def score_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True,
+def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
     """Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for CNNs", CVPR-W 2020):
     ``w_k = softmax_k S_c(x (.) norm(up(A^k)))``, map ``= ReLU(sum_k w_k A^k)`` (see :func:`_score_cam_weights`).
@@ -288,7 +280,7 @@ def score_cam(m: Model, x, targets=None, layer=None, upsample: bool = True, norm
         step = max(1, int(batch_size)) if batch_size else auto_batch_size(m, x.shape[2:], A.shape[1], backward=False)
         return _weighted_sum(_score_cam_weights(m, x.astype(np.float32), A, tgt, step), A)
 
-    return _family(m, x, targets, layer, "score_cam", upsample, normalize, relu, batch_size, combine=combine)[0]
+    return _family(m, x, targets, layer, combine, False, upsample, normalize, relu, batch_size)[0]
 
 
 # --- CAM (Zhou et al.) -------------------------------------------------------------------------------------------
@@ -451,7 +443,7 @@ def cam_head(m: Model) -> CamHead:
     return CamHead(feature, weights.astype(np.float32), form, tuple(aliases))
 
 
-def cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize: bool = True, relu: bool = True,
+def cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True, relu: bool = True,
         batch_size: int | None = None) -> np.ndarray:
     """CAM (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, Sec. 2):
     ``M_c(x, y) = sum_k w^c_k f_k(x, y)``, with ``w^c`` the classifier weights of class ``c`` after global average
@@ -460,7 +452,7 @@ def cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize:
     Returns (N, H, W) float32."""
     head = cam_head(m)
     if layer is not None:
-        names = _layer_names(m, layer)
+        names = m.layer_names(layer)
         wrong = [n for n in names if n not in head.aliases]
         if wrong:
             raise InputError(f"CAM is defined only at the feature map feeding the classifier head ({head.form}): "
@@ -471,31 +463,16 @@ def cam(m: Model, x, targets=None, layer=None, upsample: bool = True, normalize:
     def combine(A, G, tgt):
         return _weighted_sum(weights[tgt], A)
 
-    return _family(m, x, targets, head.layer, "cam", upsample, normalize, relu, batch_size, combine=combine)[0]
+    return _family(m, x, targets, head.layer, combine, False, upsample, normalize, relu, batch_size)[0]
 
 
 # --- Guided Grad-CAM and top-k ------------------------------------------------------------------------------------
-def guided_grad_cam(m: Model, x, targets=None, layer=None, batch_size: int | None = None) -> np.ndarray:
+def guided_grad_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = False,
+                    batch_size: int | None = None) -> np.ndarray:
     """Guided Grad-CAM (Selvaraju et al. 2017, Sec. 3.1): guided backpropagation (Springenberg et al. 2015) times the
-    upsampled, normalised Grad-CAM map: ``G_guided(x) (.) L^c_Grad-CAM``. Returns (N, C, H, W) float32."""
-    maps, tgt = _family(m, x, targets, layer, "grad_cam", True, True, True, batch_size)
+    upsampled, normalised Grad-CAM map: ``G_guided(x) (.) L^c_Grad-CAM``. Returns (N, C, H, W) float32 at the input's
+    size (``upsample`` has nothing to do); ``normalize`` divides each image by its largest absolute value."""
+    maps, tgt = _family(m, x, targets, layer, _per_layer(_grad_cam_map), True, True, True, True, batch_size)
     guided = gradients(m, x, tgt, rule="guided", batch_size=batch_size)
-    return (guided * maps[:, None]).astype(np.float32)
-
-
-def top_k(method: Callable, m: Model, x, k: int = 5, **kwargs):
-    """Maps of the ``k`` best-scoring classes of each image (the CAM paper's top-5 figure).
-
-    ``method`` is one of this module's functions (``cam``, ``grad_cam``, ...); ``kwargs`` go to it. Returns
-    ``(maps (N, k, ...), classes (N, k))`` with classes in decreasing score order.
-    """
-    if "targets" in kwargs:
-        raise InputError("top_k chooses the targets itself (the k best classes); do not pass targets.")
-    x = np.asarray(x)
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= m.num_classes:
-        raise InputError(f"k must be an int between 1 and {m.num_classes}, got {k!r}.")
-    scores = m.scores(x, batch_size=kwargs.get("batch_size"))
-    classes = np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-    n = scores.shape[0]
-    maps = method(m, np.repeat(x, k, axis=0), targets=classes.reshape(-1), **kwargs)
-    return maps.reshape(n, k, *maps.shape[1:]), classes
+    out = (guided * maps[:, None]).astype(np.float32)
+    return normalize_signed(out) if normalize else out

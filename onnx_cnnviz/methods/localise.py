@@ -21,7 +21,8 @@ from .. import image as im
 from ..errors import InputError
 from ..model import Model
 
-METHODS = ("cam", "grad_cam", "saliency")
+#: The registry names of the methods localise draws boxes from.
+METHODS = ("cam", "gradcam", "saliency")
 
 
 @dataclass
@@ -95,7 +96,7 @@ def localise(m: Model, x, method: str = "cam", targets=None, top: int = 1, thres
              batch_size: int | None = None) -> list:
     """Boxes for the ``top`` classes (or ``targets``) of each image: a list per image of :class:`Localisation`.
 
-    ``method``: "cam" (Zhou et al.; needs a GAP head), "grad_cam" (the same threshold rule on Grad-CAM, which works
+    ``method``: "cam" (Zhou et al.; needs a GAP head), "gradcam" (the same threshold rule on Grad-CAM, which works
     for any head), or "saliency" (Simonyan et al.: saliency + GrabCut; ``pictures`` are the images as shown, by
     default ``x`` deprocessed with ``preprocess``). Maps are used raw (after ReLU) and upsampled bilinearly, so
     ``threshold`` is a fraction of each map's own maximum. ``targets``: None (the top classes), an int, one int per
@@ -107,7 +108,7 @@ def localise(m: Model, x, method: str = "cam", targets=None, top: int = 1, thres
 
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
-    x = m._check_input(x)
+    x = m.check_input(x)
     n = x.shape[0]
     scores = m.scores(x, batch_size=batch_size)
     if targets is None:
@@ -122,7 +123,7 @@ def localise(m: Model, x, method: str = "cam", targets=None, top: int = 1, thres
         t = classes[:, col].astype(np.int64)
         if method == "cam":
             maps = cam(m, x, t, layer=layer, normalize=False, batch_size=batch_size)
-        elif method == "grad_cam":
+        elif method == "gradcam":
             maps = grad_cam(m, x, t, layer=layer, normalize=False, batch_size=batch_size)
         else:
             maps = saliency(m, x, t, batch_size=batch_size)

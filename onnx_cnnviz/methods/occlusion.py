@@ -28,20 +28,10 @@ from ..errors import InputError, RuntimeFailure
 from ..graph import occlusion_incremental
 from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW, occlusion_graph,
                                window_positions)
+from ..maps import normalize_maps, normalize_signed
 from ..model import Model, check_finite
+from .arguments import baseline_values, input_only, pair
 from .attribution import auto_batch_size
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        value = (int(value), int(value))
-    try:
-        pair = tuple(int(v) for v in value)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{name} must be an int or (height, width), got {value!r}.") from None
-    if len(pair) != 2 or min(pair) < 1:
-        raise InputError(f"{name} must be an int or (height, width) of positive ints, got {value!r}.")
-    return pair
 
 
 def occlusion_session(m: Model, hw, mode: str = "score"):
@@ -81,36 +71,16 @@ def incremental_session(m: Model, hw, window, stride, mode: str = "score"):
     return m.cached(("occlusion-incremental", hw, window, stride, mode), build)
 
 
-def _baselines(x: np.ndarray, baseline) -> np.ndarray:
-    """(N, C) float32 per-image, per-channel fill values."""
-    n, c = x.shape[:2]
-    if isinstance(baseline, str):
-        if baseline != "mean":
-            raise InputError(f"baseline must be a float, {c} per-channel values or 'mean', not {baseline!r}.")
-        return x.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
-    try:
-        arr = np.asarray(baseline, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InputError(f"baseline must be a float, {c} per-channel values or 'mean', not {baseline!r}.") from None
-    if not np.isfinite(arr).all():
-        raise InputError(f"baseline must be finite, not {baseline!r}.")
-    if arr.ndim == 0:
-        return np.full((n, c), float(arr), dtype=np.float32)
-    if arr.shape == (c,):
-        return np.broadcast_to(arr, (n, c)).copy()
-    if arr.shape == (n, c):
-        return arr.copy()
-    raise InputError(f"baseline must be a float, {c} per-channel values, ({n}, {c}) values or 'mean'; got shape "
-                     f"{arr.shape}.")
-
-
-def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baseline=0.0, mode: str = "score",
-              batch_size: int | None = None, incremental: bool = True) -> np.ndarray:
-    """(N, H, W) float32 occlusion map.
+def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=(8, 8), baseline=0.0,
+              mode: str = "score", upsample: bool = True, normalize: bool = False, batch_size: int | None = None,
+              incremental: bool = True) -> np.ndarray:
+    """(N, H, W) float32 occlusion map, at the input's size (``upsample`` has nothing to do; ``layer`` must be None).
 
     ``window``/``stride``: (height, width) or one int. Windows start at 0, stride, 2*stride, ... along each axis,
     ``ceil((H - wh) / sh) + 1`` of them (captum's placement): the last one may reach past the border and is clipped.
-    ``baseline``: the fill value, a float, per-channel values (C,), or ``"mean"`` (each image's channel means).
+    ``baseline``: the fill value: a float, per-channel values (C,), (N, C) values, or ``"mean"`` (each image's channel
+    means). ``normalize``: divide each map by its largest absolute value (``mode="score"``: the drop is signed, and
+    zero stays "no change") or, for ``mode="probability"``, min-max scale it; off by default (the raw numbers).
     ``mode``: ``"score"`` (score drop, as captum) or ``"probability"`` (softmax probability of the target with the
     pixel occluded, averaged over the windows covering it). ``targets``: None = top-1 of the unoccluded image.
     ``batch_size``: occluded images per run (default: as many as a memory budget allows, at most 64).
@@ -120,13 +90,14 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
-    x = m._check_input(x)
+    input_only("occlusion", layer)
+    x = m.check_input(x)
     n, c, h, w = x.shape
-    window, stride = _pair(window, "window"), _pair(stride, "stride")
+    window, stride = pair(window, "window"), pair(stride, "stride")
     if window[0] > h or window[1] > w:
         raise InputError(f"window {window} is larger than the image ({h}x{w}).")
     target_arr = m.targets_for(targets, n)
-    fills = _baselines(x, baseline)
+    fills = baseline_values(x, baseline, image_shaped=False).reshape(n, c)
     positions = window_positions((h, w), window, stride)
     # Row 0 of every image: a window entirely outside the image, i.e. the image itself.
     rows = np.concatenate([np.array([[h, w]], dtype=np.int64), positions])
@@ -169,4 +140,6 @@ def occlusion(m: Model, x, targets=None, window=(16, 16), stride=(8, 8), baselin
         per_window = values[0, t] - values[1:, t] if mode == "score" else values[1:, t]
         total = in_rows.T @ (per_window[:, None] * in_cols)
         maps[i] = np.where(counts > 0, total / np.maximum(counts, 1), 0.0)
+    if normalize:
+        return normalize_signed(maps) if mode == "score" else normalize_maps(maps)
     return maps

@@ -131,7 +131,7 @@ def class_model(m: Model, target: int, steps: int = 200, lr: float = 0.01, l2: f
     seed_row[0, target] = 1.0
 
     def grad_fn(x):
-        res = m.run(x, wrt=[m.input_name], seed=seed_row)
+        res = m.run(x, wrt=[m.input_name], score_weights=seed_row)
         return float(res.scores[0, target]), res.grads[m.input_name]
 
     return _ascend(m, grad_fn, hw, steps, lr, l2, decay, jitter, blur_every, blur_sigma, clip_norm_percentile, init,

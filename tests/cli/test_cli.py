@@ -456,7 +456,7 @@ def test_export_graph_runs_in_plain_onnxruntime(squeezenet_path, kitten_x, tmp_p
     assert got["cnnviz/grad/fire9/concat_1"].shape == (1, 512, 13, 13)
     # no overwrite without --overwrite; the model is untouched
     assert invoke("export-graph", squeezenet_path, "--out", path).exit_code == 1
-    assert invoke("export-graph", squeezenet_path, "--out", path, "--overwrite", "--seed", "top1").exit_code == 0
+    assert invoke("export-graph", squeezenet_path, "--out", path, "--overwrite", "--target-mode", "top1").exit_code == 0
     names = [o.name for o in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_outputs()]
     assert "cnnviz/target" in names and "conv10_2" in names
     assert checksums(squeezenet_path) == before

@@ -52,7 +52,7 @@ with warnings.catch_warnings():  # tf-keras-vis imports scipy.ndimage.interpolat
 
 import onnx_cnnviz as cv  # noqa: E402
 from onnx_cnnviz.converters.keras import export, layer_tensor  # noqa: E402
-from onnx_cnnviz.methods.gradients import normalize_maps  # noqa: E402
+from onnx_cnnviz.maps import normalize_maps  # noqa: E402
 
 # Keras's own numpy conversions (fit, predict) trip numpy 2's __array__(copy=) deprecation: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -88,8 +88,8 @@ def test_top1_targets_come_from_the_clean_image(loaded):
     _, m, x = loaded("resnet18")
     top1 = m.scores(x).argmax(axis=1)
     np.testing.assert_array_equal(cv.input_x_gradient(m, x), cv.input_x_gradient(m, x, top1))
-    np.testing.assert_array_equal(cv.integrated_gradients(m, x, steps=4, method="riemann_left"),
-                                  cv.integrated_gradients(m, x, top1, steps=4, method="riemann_left"))
+    np.testing.assert_array_equal(cv.integrated_gradients(m, x, steps=4, integration="riemann_left"),
+                                  cv.integrated_gradients(m, x, top1, steps=4, integration="riemann_left"))
 
 
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_middle",
@@ -117,7 +117,7 @@ def test_integrated_gradients_match_captum(loaded, name, method, steps, baseline
         ref_base = _t(ours_base.reshape(1, 3, 1, 1))
     else:
         ours_base, ref_base = baseline, baseline
-    ours = cv.integrated_gradients(m, x, targets, baseline=ours_base, steps=steps, method=method)
+    ours = cv.integrated_gradients(m, x, targets, baseline=ours_base, steps=steps, integration=method)
     # captum's single forward: every step's interpolated batch, step-major, computed in float32 as captum does.
     b = np.asarray(ours_base, dtype=np.float32).reshape(-1, 1, 1) if baseline == "channels" else np.float32(baseline)
     path = np.concatenate([b + np.float32(a) * (x - b) for a in ig_steps(steps, method)[0]])
@@ -161,9 +161,9 @@ def test_smoothgrad_averages_gradients_of_the_noisy_copies(loaded):
 def test_bad_arguments(loaded):
     _, m, x = loaded("resnet18")
     with pytest.raises(cv.InputError):
-        cv.integrated_gradients(m, x, steps=1, method="riemann_trapezoid")
+        cv.integrated_gradients(m, x, steps=1, integration="riemann_trapezoid")
     with pytest.raises(cv.InputError):
-        cv.integrated_gradients(m, x, method="simpson")
+        cv.integrated_gradients(m, x, integration="simpson")
     with pytest.raises(cv.InputError):
         cv.integrated_gradients(m, x, baseline=np.zeros((5, 5), dtype=np.float32))
     with pytest.raises(cv.InputError):

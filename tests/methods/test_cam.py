@@ -21,8 +21,9 @@ import pytest
 import onnx_cnnviz as cv
 from onnx_cnnviz.errors import InputError, ModelStructureError, UnknownLayerError
 from onnx_cnnviz.methods.cam import (cam, cam_head, eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam,
-                                     layer_cam, score_cam, top_k, xgrad_cam)
-from onnx_cnnviz.methods.gradients import normalize_maps
+                                     layer_cam, score_cam, xgrad_cam)
+from onnx_cnnviz.methods.top_k import top_k
+from onnx_cnnviz.maps import normalize_maps
 
 from ..conftest import export_onnx, rel_err
 

@@ -52,7 +52,7 @@ def test_kitten_box_on_squeezenet(squeezenet_path, kitten_x, tmp_path):
     assert inter / ((KITTEN_BOX[2] - KITTEN_BOX[0]) * (KITTEN_BOX[3] - KITTEN_BOX[1])) > 0.9  # covers the kitten
     sal_loc = L.localise(m, kitten_x, "saliency", preprocess="caffe")[0][0]
     assert sal_loc.target == 281 and L.iou(sal_loc.box, KITTEN_BOX) > 0.5
-    gc_loc = L.localise(m, kitten_x, "grad_cam", targets=281)[0][0]
+    gc_loc = L.localise(m, kitten_x, "gradcam", targets=281)[0][0]
     assert L.iou(gc_loc.box, KITTEN_BOX) > 0.7
     drawn = L.draw_boxes(picture, [box, sal_loc.box], labels=["CAM tabby", "saliency+GrabCut"])
     path = im.save_image(tmp_path / "kitten_cam_box.png", drawn)
