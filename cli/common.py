@@ -6,16 +6,20 @@ lines, JSON and files.
 from __future__ import annotations
 
 import glob
-import json
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from onnx_cnnviz import jsonio
 from onnx_cnnviz.errors import InputError
+from onnx_cnnviz.image import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".pbm"}
+# Exit codes besides 0 and click's 2 for bad usage (see main.py's docstring).
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -71,21 +75,16 @@ def warn(message: str) -> None:
 
 
 def emit_json(document) -> None:
-    click.echo(json.dumps(document, indent=2, default=_json_default))
+    """``document`` as indented JSON on stdout (the --json output of a command)."""
+    click.echo(jsonio.dumps(document))
 
 
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)
+def finish(document, message: str) -> None:
+    """A command's result: ``document`` as JSON under --json, else the human ``message`` (lines may follow)."""
+    if settings().json:
+        emit_json(document)
+    else:
+        echo(message)
 
 
 def progress(length: int, label: str):
@@ -140,6 +139,19 @@ class FloatsType(click.ParamType):
         if len(nums) not in self.count:
             self.fail(f"{value!r}: give {' or '.join(map(str, self.count))} number(s).", param, ctx)
         return tuple(nums)
+
+
+class BaselineType(click.ParamType):
+    """A number, or ``mean`` (the image's mean: the occlusion and integrated-gradients baseline)."""
+    name = "FLOAT|mean"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "mean":
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'mean'.", param, ctx)
 
 
 class CsvChoice(click.ParamType):
@@ -217,6 +229,21 @@ def load_model(path, device="auto", input_name=None, output_name=None, input_siz
 
     return cv.load(path, device=device, input=input_name, output=output_name, input_size=input_size,
                    batch_size=batch_size)
+
+
+def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None):
+    """The model and its preprocessing from a command's MODEL argument, :func:`model_options` and
+    :func:`preprocessing_options` values (``options``: the command's keyword arguments holding them)."""
+    m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
+                   options["input_size"], batch_size)
+    pre = resolve_preprocessing(ctx, m, options["preprocess"], options["mean"], options["std"], options["size"],
+                                options["order"], options["scale"], options["input_size"])
+    return m, pre
+
+
+def layer_name(m, layer: str | None) -> str | None:
+    """The checked name of ``layer`` on ``m`` (the model's default layer when None)."""
+    return m.layer(layer).name if layer else m.default_layer
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -343,3 +370,42 @@ def image_keys(paths: list[Path]) -> list[str]:
     # Same stem in the same folder (cat.png, cat.jpg): keep the suffix too.
     counts = {k: keys.count(k) for k in keys}
     return [k + "_" + p.suffix.lstrip(".") if counts[k] > 1 else k for k, p in zip(keys, paths)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output files
+
+
+def check_free(paths, overwrite: bool) -> None:
+    """Fail before any work when an output exists (and --overwrite was not given)."""
+    if overwrite:
+        return
+    for p in paths:
+        if Path(p).exists():
+            raise InputError(f"{p} already exists; pass --overwrite to replace it.")
+
+
+def npy_bytes(array) -> bytes:
+    """``array`` in the .npy format (no pickles: a plain numeric array)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+# write_atomic is looked up on onnx_cnnviz.report at each call: the CLI's tests replace it there (a full disk).
+
+
+def save_npy(path, array, overwrite: bool) -> str:
+    """Write ``array`` as a .npy file, atomically; returns the path written."""
+    from onnx_cnnviz import report
+
+    return str(report.write_atomic(path, npy_bytes(array), overwrite=overwrite))
+
+
+def save_json(path, document, overwrite: bool) -> str:
+    """Write ``document`` as indented JSON, atomically; returns the path written."""
+    from onnx_cnnviz import report
+
+    return str(report.write_atomic(path, jsonio.dumps(document), overwrite=overwrite))

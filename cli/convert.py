@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import SizeType, echo, emit_json, global_flags, settings
+from .common import SizeType, finish, global_flags
 
 
 @click.group("convert")
@@ -41,11 +41,9 @@ def convert_torch(source, out_path, input_size, opset, dynamo, weights, preproce
 
     path = export(source, out_path, input_size=input_size, opset=opset, dynamo=dynamo, weights=weights,
                   preprocessing=preprocess, labels=labels, seed=seed, check=not no_check, overwrite=overwrite)
-    if settings().json:
-        emit_json({"source": source, "out": str(path), "exporter": "dynamo" if dynamo else "torchscript",
-                   "input_size": list(input_size)})
-        return
-    echo(f"wrote {path} ({'dynamo' if dynamo else 'TorchScript'} exporter, input {input_size[0]}x{input_size[1]})")
+    finish({"source": source, "out": str(path), "exporter": "dynamo" if dynamo else "torchscript",
+            "input_size": list(input_size)},
+           f"wrote {path} ({'dynamo' if dynamo else 'TorchScript'} exporter, input {input_size[0]}x{input_size[1]})")
 
 
 @convert_group.command("keras")
@@ -77,9 +75,7 @@ def convert_keras(model_path, out_path, input_size, opset, channels_first, prepr
     path = export(model_path, out_path, input_size=input_size, opset=opset, channels_last_input=not channels_first,
                   preprocess=preprocess, labels=labels, check=not no_check, overwrite=overwrite)
     layout = "NCHW input" if channels_first else "NHWC input transposed to NCHW"
-    if settings().json:
-        emit_json({"source": str(model_path), "out": str(path), "converter": "tf2onnx",
-                   "input_layout": "NCHW" if channels_first else "NHWC", "opset": opset,
-                   "input_size": list(input_size) if input_size else None})
-        return
-    echo(f"wrote {path} (tf2onnx, {layout})")
+    finish({"source": str(model_path), "out": str(path), "converter": "tf2onnx",
+            "input_layout": "NCHW" if channels_first else "NHWC", "opset": opset,
+            "input_size": list(input_size) if input_size else None},
+           f"wrote {path} (tf2onnx, {layout})")

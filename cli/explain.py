@@ -1,34 +1,29 @@
 """``cnnviz explain`` and ``cnnviz occlusion``: maps for many images, written as PNG overlays, raw ``.npy`` arrays
-and one JSON record per result."""
+and one JSON record per result.
+
+A run, :func:`run`, goes in steps: the options become one :class:`RunSettings` (checked against the loaded model);
+:func:`plan` decides which images and methods are left to do, refusing to replace an input or, without --overwrite or
+--resume, a result; :func:`explain_all` reads the images a batch at a time (:func:`read_batch`), explains each group of
+same-size images (:func:`explain_group`) and writes each result (:func:`write_result`); :func:`finish_run` prints the
+summary and sets the exit code.
+"""
 from __future__ import annotations
 
-import io
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import numpy as np
 
 from onnx_cnnviz.errors import InputError
-
+from onnx_cnnviz.image import Preprocessing
 from onnx_cnnviz.methods import registry
 
-from .common import (CsvChoice, MethodListOption, SizeType, collect_images, echo, emit_json, flatten_lists, global_flags, image_keys,
-                     load_model, model_options, preprocessing_options, progress, resolve_labels,
-                     resolve_preprocessing, settings, warn)
-
-
-
-class BaselineType(click.ParamType):
-    name = "FLOAT|mean"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float) or value == "mean":
-            return value
-        try:
-            return float(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a number or 'mean'.", param, ctx)
+from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, BaselineType, CsvChoice, MethodListOption, SizeType,
+                     collect_images, echo, emit_json, flatten_lists, global_flags, image_keys, model_and_preprocessing,
+                     model_options, npy_bytes, preprocessing_options, progress, resolve_labels, save_json, settings,
+                     warn)
 
 
 def run_options(f):
@@ -59,6 +54,7 @@ def run_options(f):
 
 
 def occlusion_options(f):
+    """The occlusion parameters (--window, --stride, --baseline, --mode), for explain and occlusion."""
     options = [
         click.option("--window", type=SizeType(), default="16x16", show_default=True,
                      help="Occlusion window HxW (or one number)."),
@@ -117,64 +113,143 @@ def occlusion_cmd(ctx, window, stride, baseline, occlusion_mode, **kw):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Settings
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+class ResultFiles(NamedTuple):
+    """The files of one result (image, method, class rank), in the order they are written: the record last, so that
+    a record on disk means a finished result (what --resume looks for)."""
+    png: Path
+    npy: Path
+    json: Path
 
 
-def run(ctx, methods, params, model, images, target, top_k, layer, out_dir, batch_size, recursive, overwrite, resume,
-        alpha, colormap, preprocess, mean, std, size, order, scale, labels, device, input_name, output_name,
-        input_size):
-    from onnx_cnnviz import __version__, report
-    from onnx_cnnviz.image import COLORMAPS, deprocess
-    from onnx_cnnviz.image import preprocess as make_input
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs besides the model and the images, fixed once from the command line.
 
-    if target is not None and top_k is not None:
+    ``params``: the method parameters as given (what :func:`registry.explain` takes); ``method_params``: per method,
+    the parameters it runs with and its layer, as its JSON records show them. ``ranks``: the file-name rank of each
+    class explained per image (``top1`` .. ``topK`` with --top-k, ``cN`` with --target N, else ``top1``).
+    ``labels``: the class names, or None.
+    """
+    out: Path
+    methods: list
+    params: dict
+    layer: str | None
+    method_params: dict
+    ranks: list
+    target: int | None
+    top_k: int | None
+    overwrite: bool
+    resume: bool
+    batch_size: int
+    alpha: float
+    colormap: str
+    preprocessing: Preprocessing
+    preprocessing_info: dict
+    labels: list | None
+    model_path: str
+    version: str
+
+    @classmethod
+    def build(cls, m, pre: Preprocessing, methods: list, params: dict, options: dict) -> RunSettings:
+        """Check the options against the loaded model ``m`` (labels, each method's layer, the target class), so that
+        a bad one fails before any image is read, and fix the settings."""
+        from onnx_cnnviz import __version__, report
+
+        target, top_k = options["target"], options["top_k"]
+        labels = resolve_labels(m, options["labels"])
+        layers = {name: registry.resolved_layer(m, name, options["layer"]) for name in methods}
+        if target is not None:
+            m.targets_for(target, 1)  # a class out of range fails now, not after the first batch
+        if top_k:
+            ranks = [f"top{r}" for r in range(1, min(top_k, m.num_classes) + 1)]
+        else:
+            ranks = [f"c{target}"] if target is not None else ["top1"]
+        method_params = {}
+        for name in methods:
+            used = registry.parameters(name, params)
+            if layers[name]:
+                used["layer"] = layers[name]
+            method_params[name] = used
+        return cls(out=Path(options["out_dir"]), methods=methods, params=params, layer=options["layer"],
+                   method_params=method_params, ranks=ranks, target=target, top_k=top_k,
+                   overwrite=options["overwrite"], resume=options["resume"], batch_size=options["batch_size"],
+                   alpha=options["alpha"], colormap=options["colormap"], preprocessing=pre,
+                   preprocessing_info=report.preprocessing_info(pre), labels=labels,
+                   model_path=str(Path(options["model"]).resolve()), version=__version__)
+
+    @property
+    def k(self) -> int:
+        """Classes explained per image."""
+        return len(self.ranks)
+
+    def files(self, key: str, method: str, rank: str) -> ResultFiles:
+        """The files of one result: ``KEY.METHOD.RANK.png|npy|json`` in the output folder."""
+        stem = f"{key}.{method}.{rank}"
+        return ResultFiles(*(self.out / f"{stem}.{suffix}" for suffix in ResultFiles._fields))
+
+
+def check_options(options: dict) -> None:
+    """The usage errors (exit code 2) that need neither the images nor the model."""
+    from onnx_cnnviz.image import COLORMAPS
+
+    if options["target"] is not None and options["top_k"] is not None:
         raise click.UsageError("--target and --top-k exclude each other; give one.")
+    colormap = options["colormap"]
     if colormap.lower() not in COLORMAPS:
         raise click.BadParameter(f"unknown colormap {colormap!r}; use one of {', '.join(sorted(COLORMAPS))}.",
                                  param_hint="--colormap")
-    out = Path(out_dir)
-    paths = collect_images(images, exclude=out)  # before loading the model: a typo fails fast
-    m = load_model(model, device, input_name, output_name, input_size)
-    pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale, input_size)
-    names = resolve_labels(m, labels)
-    layers = {name: registry.resolved_layer(m, name, layer) for name in methods}
-    if target is not None:
-        m.targets_for(target, 1)
-    k = min(top_k, m.num_classes) if top_k else 1
-    ranks = [f"top{r}" for r in range(1, k + 1)] if top_k else ([f"c{target}"] if target is not None else ["top1"])
-    method_params = {}
-    for name in methods:
-        used = registry.parameters(name, params)
-        if layers[name]:
-            used["layer"] = layers[name]
-        method_params[name] = used
 
-    protected = {p.resolve() for p in paths} | {Path(model).resolve()}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
+    """Explain the images of ``options`` (the click parameters of :func:`run_options`, the model and preprocessing
+    options) with ``methods``; ``params``: the method parameters given on the command line."""
+    check_options(options)
+    paths = collect_images(options["images"], exclude=Path(options["out_dir"]))  # before the model: a typo fails fast
+    m, pre = model_and_preprocessing(ctx, options)
+    job = RunSettings.build(m, pre, methods, params, options)
     keys = image_keys(paths)
+    work = plan(job, paths, keys)
+    if work.skipped:
+        echo(f"resume: {len(work.skipped)} image(s) already done, skipped", err=True)
+    outcome = explain_all(m, job, paths, keys, work.todo)
+    finish_run(ctx, m, job, len(paths), work, outcome)
 
-    def files(key, name, rank):
-        stem = f"{key}.{name}.{rank}"
-        return {"png": out / f"{stem}.png", "npy": out / f"{stem}.npy", "json": out / f"{stem}.json"}
 
-    # What is left to do, per image: the methods with at least one record missing.
+@dataclass
+class Plan:
+    """What is left to do: ``todo`` holds, per image with something missing, (its index, the methods with at least
+    one record missing); ``skipped`` the images --resume finds finished."""
+    todo: list
+    skipped: list
+
+
+def plan(job: RunSettings, paths: list, keys: list) -> Plan:
+    """Which images and methods are left to do.
+
+    Refuses (:class:`InputError`, before any work) an output that would replace an input image or the model and,
+    without --overwrite or --resume, a result file that exists already. Under --resume a method whose records all
+    exist is done for that image.
+    """
+    protected = {p.resolve() for p in paths} | {Path(job.model_path)}
     todo, skipped, conflicts = [], [], []
     for i, (path, key) in enumerate(zip(paths, keys)):
         missing = []
-        for name in methods:
-            outs = [files(key, name, r) for r in ranks]
-            for o in outs:
-                for f in o.values():
-                    if f.resolve() in protected:
-                        raise InputError(f"the output {f} would replace an input file; choose another --out.")
-            if resume and all(o["json"].exists() for o in outs):
+        for name in job.methods:
+            outs = [job.files(key, name, rank) for rank in job.ranks]
+            for f in (f for files in outs for f in files):
+                if f.resolve() in protected:
+                    raise InputError(f"the output {f} would replace an input file; choose another --out.")
+            if job.resume and all(files.json.exists() for files in outs):
                 continue
-            if not overwrite and not resume:
-                conflicts += [f for o in outs for f in o.values() if f.exists()]
+            if not job.overwrite and not job.resume:
+                conflicts += [f for files in outs for f in files if f.exists()]
             missing.append(name)
         if missing:
             todo.append((i, missing))
@@ -184,123 +259,170 @@ def run(ctx, methods, params, model, images, target, top_k, layer, out_dir, batc
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
         raise InputError(f"{conflicts[0]} already exists{more}; pass --overwrite to replace results or --resume to "
                          "skip finished ones.")
-    if skipped:
-        echo(f"resume: {len(skipped)} image(s) already done, skipped", err=True)
+    return Plan(todo, skipped)
 
-    results, failed = [], []
-    model_path = str(Path(model).resolve())
-    pre_info = report.preprocessing_info(pre)
-    interrupted = False
-    done_images = 0
+
+@dataclass
+class Outcome:
+    """What a run did: the records written, the images that could not be read, whether Ctrl-C stopped it and after
+    how many of the images to do."""
+    results: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    interrupted: bool = False
+    done_images: int = 0
+
+
+def explain_all(m, job: RunSettings, paths: list, keys: list, todo: list) -> Outcome:
+    """Do the planned work under a progress bar, --batch-size images read and explained at a time, so that memory
+    stays bounded. Ctrl-C stops it: what is finished stays written and listed, and the outcome says interrupted."""
+    outcome = Outcome()
     try:
         with progress(len(todo), "explaining") as bar:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
-                # Read the batch; an unreadable image is reported and skipped.
-                xs, ok = [], []
-                for i, missing in chunk:
-                    try:
-                        xs.append(make_input([paths[i]], preset=pre))
-                        ok.append((i, missing))
-                    except InputError as exc:
-                        failed.append({"image": str(paths[i]), "error": str(exc)})
-                        warn(f"skipped: {exc}")
-                # Images of one size run together (all of them, unless the preprocessing keeps native sizes).
-                groups: dict = {}
-                for x, item in zip(xs, ok):
-                    groups.setdefault(x.shape, []).append((x, item))
-                for group in groups.values():
-                    x = np.concatenate([g[0] for g in group])
-                    items = [g[1] for g in group]
-                    results += _explain_group(m, x, items, methods, params, layer, k, top_k, target, ranks, paths,
-                                              keys, files, names, pre, alpha, colormap, overwrite, resume,
-                                              None, model_path, pre_info, method_params, deprocess, report,
-                                              __version__)
-                done_images += len(chunk)
+            for start in range(0, len(todo), job.batch_size):
+                chunk = todo[start:start + job.batch_size]
+                read = read_batch(paths, chunk, job.preprocessing, outcome.failed)
+                for x, items in same_size_groups(read):
+                    outcome.results += explain_group(m, job, x, items, paths, keys)
+                outcome.done_images += len(chunk)
                 bar.update(len(chunk))
     except KeyboardInterrupt:
-        interrupted = True
-
-    summary = {"model": model_path, "out": str(out.resolve()), "device": m.device, "methods": methods,
-               "results": results, "skipped": skipped, "failed": failed, "interrupted": interrupted}
-    if settings().json:
-        emit_json(summary)
-    if interrupted:
-        click.echo(f"cnnviz: interrupted after {done_images} of {len(todo)} image(s); the {len(results)} finished "
-                   f"result(s) are kept in {out} (run again with --resume to finish)", err=True)
-        ctx.exit(130)
-    if failed:
-        click.echo(f"cnnviz: error: {len(failed)} of {len(paths)} image(s) could not be explained (listed above); "
-                   f"the other results are in {out}", err=True)
-        ctx.exit(1)
-    if not results and not skipped:
-        raise InputError("nothing was explained.")
-    echo(f"{len(results)} result(s) in {out}", err=True)
+        outcome.interrupted = True
+    return outcome
 
 
-def _explain_group(m, x, items, methods, params, layer, k, top_k, target, ranks, paths, keys, files, names, pre,
-                   alpha, colormap, overwrite, resume, batch_size, model_path, pre_info, method_params, deprocess, report,
-                   version):
-    from onnx_cnnviz.report import png_bytes, write_atomic
+def read_batch(paths: list, chunk: list, pre: Preprocessing, failed: list) -> list:
+    """The model inputs of the images of ``chunk`` (plan items) as (x (1, C, H, W), item) pairs. An unreadable image
+    is warned about, added to ``failed`` at once (a Ctrl-C during the batch keeps it listed) and left out."""
+    from onnx_cnnviz.image import preprocess
 
-    scores = m.scores(x, batch_size=batch_size)
+    read = []
+    for item in chunk:
+        i = item[0]
+        try:
+            read.append((preprocess([paths[i]], preset=pre), item))
+        except InputError as exc:
+            failed.append({"image": str(paths[i]), "error": str(exc)})
+            warn(f"skipped: {exc}")
+    return read
+
+
+def same_size_groups(read: list):
+    """(batch, items) per input size, in the order first seen: images of one size run together (all of them, unless
+    the preprocessing keeps native sizes)."""
+    groups: dict = {}
+    for x, item in read:
+        groups.setdefault(x.shape, []).append((x, item))
+    for group in groups.values():
+        yield np.concatenate([x for x, _ in group]), [item for _, item in group]
+
+
+class ImageRow(NamedTuple):
+    """One image of a group as its results need it: file, file-name key, the model's view of it (under the
+    pictures), its class scores and probabilities."""
+    path: Path
+    key: str
+    view: np.ndarray
+    scores: np.ndarray
+    probs: np.ndarray
+
+
+def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, keys: list) -> list:
+    """Explain the same-size images ``x`` (one row per plan item of ``items``) with each method still missing for
+    them, for the run's classes (top-1, the top-k or --target), and write every result. Returns the records."""
+    from onnx_cnnviz import report
+    from onnx_cnnviz.image import deprocess
+
+    # The rows per onnxruntime run are left to the library (batch_size=None); --batch-size only bounds the images
+    # read at once.
+    scores = m.scores(x)
     probs = report.probabilities(scores, m.softmax_skipped)
-    if top_k:
-        classes = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    elif target is not None:
-        classes = np.full((len(x), 1), int(target))
-    else:
-        classes = scores.argmax(axis=1)[:, None]
-    views = deprocess(x, preset=pre)
+    classes = explained_classes(job, scores)
+    views = deprocess(x, preset=job.preprocessing)
     records = []
-    for name in methods:
-        meth = registry.get(name)
-        sel = [j for j, (_, missing) in enumerate(items) if name in missing]
-        if not sel:
+    for name in job.methods:
+        rows = [j for j, (_, missing) in enumerate(items) if name in missing]
+        if not rows:
             continue
-        if meth.class_specific:
-            xm = np.repeat(x[sel], k, axis=0)
-            raw = registry.explain(m, name, xm, classes[sel].reshape(-1), layer=layer, params=params,
-                                 batch_size=batch_size)
-            raw = raw.reshape(len(sel), k, *raw.shape[1:])
-        else:
-            raw = registry.explain(m, name, x[sel], classes[sel][:, 0], layer=layer, params=params,
-                                 batch_size=batch_size)
-            raw = np.repeat(raw[:, None], k, axis=1)
-        for row, j in enumerate(sel):
+        maps = method_maps(m, job, name, x[rows], classes[rows])
+        for row, j in enumerate(rows):
             i = items[j][0]
-            for r in range(k):
-                c = int(classes[j, r])
-                result = raw[row, r]
-                f = files(keys[i], name, ranks[r])
-                if resume and not overwrite and f["json"].exists():
-                    continue  # finished in an earlier run
-                # Under --resume, files without their .json record are leftovers of an interrupted run: replaced.
-                replace = overwrite or resume
-                pic = report.picture(name, result, views[j], pre.order, alpha=alpha, colormap=colormap)
-                write_atomic(f["png"], png_bytes(pic), overwrite=replace)
-                write_atomic(f["npy"], _npy_bytes(result), overwrite=replace)
-                record = {
-                    "model": model_path, "image": str(paths[i].resolve()), "method": name, "title": meth.title,
-                    "class": c, "class_name": names[c] if names else None,
-                    "rank": r + 1 if top_k or target is None else None,
-                    "score": float(scores[j, c]), "probability": float(probs[j, c]),
-                    "class_specific": meth.class_specific, "parameters": method_params[name],
-                    "preprocessing": pre_info, "device": m.device, "kind": meth.kind,
-                    "outputs": {"picture": f["png"].name, "array": f["npy"].name},
-                    "array_shape": list(result.shape), "cnnviz_version": version,
-                }
-                write_atomic(f["json"], json.dumps(record, indent=2, default=_default), overwrite=replace)
-                record["json"] = str(f["json"])
-                records.append(record)
-                label = f" {names[c]}" if names else ""
-                echo(f"{paths[i].name}  {name:<14} {c}{label}  p={probs[j, c]:.3f}  -> {f['png']}")
+            image = ImageRow(paths[i], keys[i], views[j], scores[j], probs[j])
+            for r in range(job.k):
+                record = write_result(m, job, name, image, r, int(classes[j, r]), maps[row, r])
+                if record is not None:
+                    records.append(record)
     return records
 
 
-def _default(value):
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
+def explained_classes(job: RunSettings, scores: np.ndarray) -> np.ndarray:
+    """(N, k) the classes explained per image, best first: the top-k, --target, or the top-1."""
+    if job.top_k:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :job.k]
+    if job.target is not None:
+        return np.full((len(scores), 1), int(job.target))
+    return scores.argmax(axis=1)[:, None]
+
+
+def method_maps(m, job: RunSettings, name: str, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Method ``name``'s results for the images ``x`` and their ``classes`` (N, k), as (N, k, ...). A method that
+    does not depend on the class runs once per image, its result standing for each class."""
+    if registry.get(name).class_specific:
+        raw = registry.explain(m, name, np.repeat(x, job.k, axis=0), classes.reshape(-1), layer=job.layer,
+                               params=job.params)
+        return raw.reshape(len(x), job.k, *raw.shape[1:])
+    raw = registry.explain(m, name, x, classes[:, 0], layer=job.layer, params=job.params)
+    return np.repeat(raw[:, None], job.k, axis=1)
+
+
+def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int, result: np.ndarray) -> dict | None:
+    """Write one result, method ``name`` on ``image`` for class ``c`` (rank index ``r``): the picture, the raw array
+    and, last, the JSON record. Returns the record (with its "json" path), or None when --resume finds it done."""
+    from onnx_cnnviz import report
+
+    meth = registry.get(name)
+    files = job.files(image.key, name, job.ranks[r])
+    if job.resume and not job.overwrite and files.json.exists():
+        return None  # finished in an earlier run
+    # Under --resume, files without their .json record are leftovers of an interrupted run: replaced.
+    replace = job.overwrite or job.resume
+    pic = report.picture(name, result, image.view, job.preprocessing.order, alpha=job.alpha, colormap=job.colormap)
+    report.write_atomic(files.png, report.png_bytes(pic), overwrite=replace)
+    report.write_atomic(files.npy, npy_bytes(result), overwrite=replace)
+    names = job.labels
+    record = {
+        "model": job.model_path, "image": str(image.path.resolve()), "method": name, "title": meth.title,
+        "class": c, "class_name": names[c] if names else None,
+        "rank": r + 1 if job.top_k or job.target is None else None,
+        "score": float(image.scores[c]), "probability": float(image.probs[c]),
+        "class_specific": meth.class_specific, "parameters": job.method_params[name],
+        "preprocessing": job.preprocessing_info, "device": m.device, "kind": meth.kind,
+        "outputs": {"picture": files.png.name, "array": files.npy.name},
+        "array_shape": list(result.shape), "cnnviz_version": job.version,
+    }
+    save_json(files.json, record, replace)
+    record["json"] = str(files.json)
+    label = f" {names[c]}" if names else ""
+    echo(f"{image.path.name}  {name:<14} {c}{label}  p={image.probs[c]:.3f}  -> {files.png}")
+    return record
+
+
+def finish_run(ctx: click.Context, m, job: RunSettings, n_images: int, work: Plan, outcome: Outcome) -> None:
+    """The run's summary (the JSON document under --json, a line on stderr otherwise) and its exit code: 130 when
+    interrupted, 1 when an image could not be explained, an error when there was nothing to explain, else 0."""
+    results = outcome.results
+    if settings().json:
+        emit_json({"model": job.model_path, "out": str(job.out.resolve()), "device": m.device,
+                   "methods": job.methods, "results": results, "skipped": work.skipped, "failed": outcome.failed,
+                   "interrupted": outcome.interrupted})
+    if outcome.interrupted:
+        click.echo(f"cnnviz: interrupted after {outcome.done_images} of {len(work.todo)} image(s); the "
+                   f"{len(results)} finished result(s) are kept in {job.out} (run again with --resume to finish)",
+                   err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    if outcome.failed:
+        click.echo(f"cnnviz: error: {len(outcome.failed)} of {n_images} image(s) could not be explained (listed "
+                   f"above); the other results are in {job.out}", err=True)
+        ctx.exit(EXIT_FAILURE)
+    if not results and not work.skipped:
+        raise InputError("nothing was explained.")
+    echo(f"{len(results)} result(s) in {job.out}", err=True)

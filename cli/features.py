@@ -2,16 +2,17 @@
 localisation functions of :mod:`onnx_cnnviz.methods.features`, ``optimise`` and ``localise`` on the command line."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import numpy as np
 
 from onnx_cnnviz.errors import InputError
+from onnx_cnnviz.methods.localise import METHODS as LOCALISE_METHODS
 
-from .common import (collect_images, echo, emit_json, global_flags, image_keys, load_model, model_options,
-                     preprocessing_options, progress, resolve_labels, resolve_preprocessing, settings)
+from .common import (check_free, collect_images, echo, emit_json, finish, global_flags, image_keys, layer_name,
+                     model_and_preprocessing, model_options, preprocessing_options, progress, resolve_labels,
+                     save_json, save_npy, settings)
 
 
 def _out_file(f):
@@ -38,53 +39,6 @@ def _save_png(path, picture, overwrite) -> str:
     from onnx_cnnviz.image import save_image
 
     return str(save_image(path, picture, overwrite=overwrite))
-
-
-def _save_json(path, document, overwrite) -> str:
-    from onnx_cnnviz.report import write_atomic
-
-    return str(write_atomic(path, json.dumps(document, indent=2, default=_default), overwrite=overwrite))
-
-
-def _save_npy(path, array, overwrite) -> str:
-    import io
-
-    from onnx_cnnviz.report import write_atomic
-
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return str(write_atomic(path, buffer.getvalue(), overwrite=overwrite))
-
-
-def _default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, Path)):
-        return list(value) if isinstance(value, tuple) else str(value)
-    return str(value)
-
-
-def _check_free(paths, overwrite):
-    """Fail before any work when an output exists (and --overwrite was not given)."""
-    if overwrite:
-        return
-    for p in paths:
-        if Path(p).exists():
-            raise InputError(f"{p} already exists; pass --overwrite to replace it.")
-
-
-def _done(document: dict, message: str):
-    if settings().json:
-        emit_json(document)
-    else:
-        echo(message)
-
-
-def _model_and_pre(ctx, kw):
-    m = load_model(kw["model"], kw["device"], kw["input_name"], kw["output_name"], kw["input_size"])
-    pre = resolve_preprocessing(ctx, m, kw["preprocess"], kw["mean"], kw["std"], kw["size"], kw["order"],
-                                kw["scale"], kw["input_size"])
-    return m, pre
 
 
 def _one_input(path, pre):
@@ -114,13 +68,13 @@ def filters_cmd(ctx, layer, max_filters, max_channels, tile, out_path, overwrite
     """The convolution kernels as a picture (first layer: one colour tile per filter, as in the AlexNet figure)."""
     from onnx_cnnviz.methods import features
 
-    _check_free([out_path], overwrite)
-    m, pre = _model_and_pre(ctx, kw)
+    check_free([out_path], overwrite)
+    m, pre = model_and_preprocessing(ctx, kw)
     picture = features.filters(m, layer=layer, order=pre.order, max_filters=max_filters, max_channels=max_channels,
                                tile=tile)
     _save_png(out_path, picture, overwrite)
-    _done({"model": kw["model"], "out": out_path, "layer": layer, "size": list(picture.shape[:2])},
-          f"wrote {out_path} ({picture.shape[1]}x{picture.shape[0]})")
+    finish({"model": kw["model"], "out": out_path, "layer": layer, "size": list(picture.shape[:2])},
+           f"wrote {out_path} ({picture.shape[1]}x{picture.shape[0]})")
 
 
 @click.command("activations")
@@ -144,18 +98,18 @@ def activations_cmd(ctx, images, layer, top, scale_by, tile, out_dir, overwrite,
     paths = collect_images(images, exclude=Path(out_dir))
     keys = image_keys(paths)
     out = Path(out_dir)
-    _check_free([out / f"{k}.activations.{s}" for k in keys for s in ("png", "npy")], overwrite)
-    m, pre = _model_and_pre(ctx, kw)
-    name = m.layer(layer).name if layer else m.default_layer
+    check_free([out / f"{k}.activations.{s}" for k in keys for s in ("png", "npy")], overwrite)
+    m, pre = model_and_preprocessing(ctx, kw)
+    name = layer_name(m, layer)
     written = []
     with progress(len(paths), "activations") as bar:
         for path, key in zip(paths, keys):
             grid = features.activations(m, _one_input(path, pre), layer=name, top=top, scale=scale_by, tile=tile)
             png = _save_png(out / f"{key}.activations.png", grid.image, overwrite)
-            _save_npy(out / f"{key}.activations.npy", grid.maps, overwrite)
+            save_npy(out / f"{key}.activations.npy", grid.maps, overwrite)
             written.append({"image": str(path), "picture": png, "channels": [int(c) for c in grid.channels]})
             bar.update(1)
-    _done({"model": kw["model"], "layer": name, "results": written}, f"wrote {len(written)} grid(s) to {out}")
+    finish({"model": kw["model"], "layer": name, "results": written}, f"wrote {len(written)} grid(s) to {out}")
 
 
 @click.command("patches")
@@ -179,16 +133,16 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
     from onnx_cnnviz.methods import features
 
     meta = Path(out_path).with_suffix(".json")
-    _check_free([out_path, meta], overwrite)
+    check_free([out_path, meta], overwrite)
     paths = collect_images(images, exclude=Path(out_path).parent, recursive=recursive)
-    m, pre = _model_and_pre(ctx, kw)
+    m, pre = model_and_preprocessing(ctx, kw)
     if channels:
         try:
             chosen = [int(c) for c in channels.split(",") if c.strip()]
         except ValueError:
             raise click.BadParameter(f"{channels!r}: give channel numbers such as 0,5,12.", param_hint="--channels")
     else:
-        name = m.layer(layer).name if layer else m.default_layer
+        name = layer_name(m, layer)
         chosen = list(range(min(16, m.layer(name).shape[1])))
     result = features.top_patches(m, [str(p) for p in paths], layer=layer, channels=chosen, k=k, preprocess=pre,
                                   guided=guided, batch_size=batch_size)
@@ -196,8 +150,9 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
     document = {"model": kw["model"], "layer": result.layer, "images": result.count, "out": out_path,
                 "patches": {str(c): [{"image": str(p.source), "value": p.value, "unit": list(p.unit),
                                       "box": list(p.box)} for p in ps] for c, ps in result.patches.items()}}
-    _save_json(meta, document, overwrite)
-    _done(document, f"wrote {out_path} and {meta} ({len(chosen)} channels x {k} patches from {result.count} images)")
+    save_json(meta, document, overwrite)
+    finish(document,
+           f"wrote {out_path} and {meta} ({len(chosen)} channels x {k} patches from {result.count} images)")
 
 
 @click.command("embed")
@@ -227,26 +182,26 @@ def embed_cmd(ctx, images, layer, projection, neighbours, mosaic_size, thumb, ba
 
     out = Path(out_dir)
     files = {"npy": out / "embeddings.npy", "mosaic": out / "mosaic.png", "json": out / "embed.json"}
-    _check_free(files.values(), overwrite)
+    check_free(files.values(), overwrite)
     paths = collect_images(images, exclude=out, recursive=recursive)
     if len(paths) < 2:
         raise InputError("embed needs at least 2 images.")
-    m, pre = _model_and_pre(ctx, kw)
+    m, pre = model_and_preprocessing(ctx, kw)
     codes = features.embeddings(m, [str(p) for p in paths], layer=layer, preprocess=pre, batch_size=batch_size)
     coords = features.project_2d(codes, projection)
     k = min(neighbours, len(paths) - 1)
     near = features.nearest_neighbours(codes, k=k) if k else (np.zeros((len(paths), 0), int), None)
     mosaic = features.mosaic([str(p) for p in paths], coords, size=mosaic_size, thumb=thumb,
                              snap=len(paths) <= (mosaic_size // thumb) ** 2)
-    _save_npy(files["npy"], codes, overwrite)
+    save_npy(files["npy"], codes, overwrite)
     _save_png(files["mosaic"], mosaic, overwrite)
     document = {"model": kw["model"], "layer": layer or features.penultimate_layer(m), "dims": int(codes.shape[1]),
                 "projection": projection,
                 "images": [{"image": str(p), "xy": [float(v) for v in coords[i]],
                             "neighbours": [str(paths[j]) for j in near[0][i]]} for i, p in enumerate(paths)]}
-    _save_json(files["json"], document, overwrite)
-    _done(document, f"wrote {', '.join(str(f) for f in files.values())} ({len(paths)} images, "
-                    f"{codes.shape[1]}-d codes)")
+    save_json(files["json"], document, overwrite)
+    finish(document, f"wrote {', '.join(str(f) for f in files.values())} ({len(paths)} images, "
+                     f"{codes.shape[1]}-d codes)")
 
 
 def _optim_options(f):
@@ -285,8 +240,8 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
 
     if (target is None) == (channel is None):
         raise click.UsageError("give --class N, or --layer NAME with --channel C.")
-    _check_free([out_path], overwrite)
-    m, pre = _model_and_pre(ctx, kw)
+    check_free([out_path], overwrite)
+    m, pre = model_and_preprocessing(ctx, kw)
     extra = {k: v for k, v in {"lr": lr, "decay": decay, "blur_every": blur_every, "jitter": jitter}.items()
              if v is not None}
     if target is not None:
@@ -306,9 +261,9 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
         result = optimise.neuron_model(m, layer, channel, unit=ij, steps=steps, seed=seed, preprocess=pre, **extra)
         what = {"layer": layer or m.default_layer, "channel": channel, "unit": list(ij) if ij else None}
     _save_png(out_path, result.image, overwrite)
-    _done({"model": kw["model"], "out": out_path, **what, "steps": steps, "final": result.final,
-           "history": [float(v) for v in result.history]},
-          f"wrote {out_path} (objective {result.history[0]:.4g} -> {result.final:.4g} in {steps} steps)")
+    finish({"model": kw["model"], "out": out_path, **what, "steps": steps, "final": result.final,
+            "history": [float(v) for v in result.history]},
+           f"wrote {out_path} (objective {result.history[0]:.4g} -> {result.final:.4g} in {steps} steps)")
 
 
 @click.command("invert")
@@ -327,22 +282,22 @@ def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrit
     """Reconstruct IMAGE from its code at --layer (Mahendran & Vedaldi 2015): the picture the layer 'sees'."""
     from onnx_cnnviz.methods import optimise
 
-    _check_free([out_path], overwrite)
-    m, pre = _model_and_pre(ctx, kw)
+    check_free([out_path], overwrite)
+    m, pre = model_and_preprocessing(ctx, kw)
     x = _one_input(image, pre)
-    name = m.layer(layer).name if layer else m.default_layer
+    name = layer_name(m, layer)
     extra = {k: v for k, v in {"lr": lr, "lambda_tv": lambda_tv}.items() if v is not None}
     result = optimise.invert(m, x, name, steps=steps, seed=seed, preprocess=pre, **extra)
     _save_png(out_path, result.image, overwrite)
-    _done({"model": kw["model"], "image": image, "layer": name, "out": out_path, "steps": steps,
-           "relative_error": result.final},
-          f"wrote {out_path} (relative code error {result.history[0]:.3f} -> {result.final:.3f})")
+    finish({"model": kw["model"], "image": image, "layer": name, "out": out_path, "steps": steps,
+            "relative_error": result.final},
+           f"wrote {out_path} (relative code error {result.history[0]:.3f} -> {result.final:.3f})")
 
 
 @click.command("localize")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
-@click.option("--method", type=click.Choice(list(localise_methods())), default="gradcam",
+@click.option("--method", type=click.Choice(list(LOCALISE_METHODS)), default="gradcam",
               show_default=True, help="Map the box comes from (saliency: + GrabCut).")
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Boxes for the N best classes.")
 @click.option("--target", type=int, default=None, help="Box for this class instead.")
@@ -365,8 +320,8 @@ def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size,
     out = Path(out_dir)
     paths = collect_images(images, exclude=out)
     keys = image_keys(paths)
-    _check_free([out / f"{k}.boxes.{s}" for k in keys for s in ("png", "json")], overwrite)
-    m, pre = _model_and_pre(ctx, kw)
+    check_free([out / f"{k}.boxes.{s}" for k in keys for s in ("png", "json")], overwrite)
+    m, pre = model_and_preprocessing(ctx, kw)
     names = resolve_labels(m, kw["labels"])
     results = []
     with progress(len(paths), "localize") as bar:
@@ -383,7 +338,7 @@ def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size,
                 record = {"model": kw["model"], "image": str(paths[i]), "method": method, "threshold": threshold,
                           "boxes": [{"class": b.target, "class_name": names[b.target] if names else None,
                                      "score": b.score, "box": [int(v) for v in b.box]} for b in boxes]}
-                _save_json(out / f"{keys[i]}.boxes.json", record, overwrite)
+                save_json(out / f"{keys[i]}.boxes.json", record, overwrite)
                 results.append(record)
                 echo(f"{paths[i].name}  " + "; ".join(f"{lab} box {tuple(int(v) for v in b.box)}"
                                                         for lab, b in zip(labels, boxes)))

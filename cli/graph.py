@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import echo, emit_json, global_flags, load_model, model_options, settings
+from .common import finish, global_flags, load_model, model_options
 
 
 @click.command("export-graph")
@@ -20,8 +20,8 @@ from .common import echo, emit_json, global_flags, load_model, model_options, se
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @model_options
 @global_flags
-def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, overwrite, device, input_name, output_name,
-                     input_size):
+def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, overwrite, device, input_name,
+                     output_name, input_size):
     """Save MODEL rewritten for explanation: outputs are the class scores, the --layer feature maps, and the
     gradients of the class score with respect to them (and to the image), named 'cnnviz/grad/<tensor>'.
 
@@ -41,13 +41,9 @@ def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, 
     info = {"model": str(model), "out": str(out_path), "rule": rule, "target_mode": target_mode,
             "inputs": [{"name": v.name, "shape": _shape(v)} for v in graph.graph.input],
             "outputs": [{"name": v.name, "shape": _shape(v)} for v in graph.graph.output]}
-    if settings().json:
-        emit_json(info)
-        return
-    echo(f"wrote {out_path} ({rule} rule, target mode {target_mode})")
-    for kind in ("inputs", "outputs"):
-        for v in info[kind]:
-            echo(f"  {kind[:-1]:<6} {v['name']}  {v['shape']}")
+    lines = [f"wrote {out_path} ({rule} rule, target mode {target_mode})"]
+    lines += [f"  {kind[:-1]:<6} {v['name']}  {v['shape']}" for kind in ("inputs", "outputs") for v in info[kind]]
+    finish(info, "\n".join(lines))
 
 
 def _shape(v):

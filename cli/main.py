@@ -15,10 +15,7 @@ import click
 
 from onnx_cnnviz.errors import CnnvizError
 
-from .common import global_flags, settings
-
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
+from .common import EXIT_FAILURE, EXIT_INTERRUPTED, global_flags, settings
 
 
 def fail_line(exc: BaseException) -> str:

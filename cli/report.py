@@ -5,12 +5,11 @@ from pathlib import Path
 
 import click
 
-from .common import (CsvChoice, SizeType, collect_images, echo, emit_json, flatten_lists, global_flags, load_model,
-                     model_options, preprocessing_options, progress, resolve_labels, resolve_preprocessing, settings,
-                     warn)
 from onnx_cnnviz.methods import registry
 
-from .explain import BaselineType
+from .common import (EXIT_FAILURE, BaselineType, CsvChoice, MethodListOption, SizeType, check_free, collect_images,
+                     finish, flatten_lists, global_flags, model_and_preprocessing, model_options,
+                     preprocessing_options, progress, resolve_labels, warn)
 
 DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam"]
 
@@ -38,23 +37,20 @@ DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam
 @model_options
 @global_flags
 @click.pass_context
-def report_cmd(ctx, model, images, out_dir, name, methods, target, top, layer, title, window, stride, baseline,
-               samples, steps, batch_size, recursive, overwrite, preprocess, mean, std, size, order, scale, labels,
-               device, input_name, output_name, input_size):
+def report_cmd(ctx, images, out_dir, name, methods, target, top, layer, title, window, stride, baseline, samples, steps,
+               batch_size, recursive, overwrite, **kw):
     """Write one self-contained HTML page (pictures embedded, no network needed) showing, per image, the top
     predictions and all requested methods side by side with the parameters used."""
-    from onnx_cnnviz.errors import InputError
     from onnx_cnnviz.report import make_report, write_report
 
+    model = kw["model"]
     out = Path(out_dir) / name
     if Path(name).name != name or not name:
         raise click.BadParameter("give a file name, not a path.", param_hint="--name")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; pass --overwrite to replace it.")
+    check_free([out], overwrite)
     paths = collect_images(images, exclude=Path(out_dir), recursive=recursive)
-    m = load_model(model, device, input_name, output_name, input_size, batch_size)
-    pre = resolve_preprocessing(ctx, m, preprocess, mean, std, size, order, scale, input_size)
-    names = resolve_labels(m, labels)
+    m, pre = model_and_preprocessing(ctx, kw, batch_size)
+    names = resolve_labels(m, kw["labels"])
     chosen = flatten_lists(methods) or DEFAULT_METHODS
     params = {"window": window, "stride": stride, "baseline": baseline, "samples": samples, "steps": steps}
     errors: list = []
@@ -65,13 +61,10 @@ def report_cmd(ctx, model, images, out_dir, name, methods, target, top, layer, t
     write_report(out, page, overwrite=overwrite)
     for image, message in errors:
         warn(f"skipped: {message}")
-    if settings().json:
-        emit_json({"model": str(model), "report": str(out.resolve()), "images": [str(p) for p in paths],
-                   "methods": chosen, "bytes": out.stat().st_size,
-                   "failed": [{"image": i, "error": e} for i, e in errors]})
-    else:
-        echo(f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s))")
+    finish({"model": str(model), "report": str(out.resolve()), "images": [str(p) for p in paths],
+            "methods": chosen, "bytes": out.stat().st_size, "failed": [{"image": i, "error": e} for i, e in errors]},
+           f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s))")
     if errors:
         click.echo(f"cnnviz: error: {len(errors)} of {len(paths)} image(s) could not be read (listed above; the "
                    "report shows the others)", err=True)
-        ctx.exit(1)
+        ctx.exit(EXIT_FAILURE)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import jsonio
 from .files import write_atomic  # noqa: F401 - re-exported for the CLI and the converters
 from .errors import CnnvizError, InputError, UnsupportedOpError
 from .image import Preprocessing, deprocess, gradient_image, overlay, saliency_image
@@ -174,7 +174,7 @@ def describe(m, source=None) -> dict:
         "op_types": dict(sorted(Counter(n.op_type for n in graph.node).items())),
         "gradient_path": {"ops": dict(sorted(path_ops.items())), "missing_rules": missing,
                           "ok": not missing and error is None, "error": error},
-        "preprocessing": _pre_dict(pre) if pre else None,
+        "preprocessing": preprocessing_info(pre) if pre else None,
         "labels": len(labels) if labels else None,
         "metadata": {k: v for k, v in m.metadata.items() if k != LABELS_KEY},
     }
@@ -389,13 +389,9 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
     out.append(f"<footer>onnx_cnnviz {esc(__version__)} · {stamp} · maps: jet colormap over the input, min-max "
                "scaled per picture; saliency and attributions (|sum over channels|): gray, 99th percentile = white; "
                "gradients: mean at mid-gray, ±5 std to black/white.</footer>")
-    out.append(f'<script type="application/json" id="cnnviz-data">{_json_for_html(info)}</script>')
+    out.append(f'<script type="application/json" id="cnnviz-data">{jsonio.dumps_for_html(info)}</script>')
     out.append("</body></html>")
     return "\n".join(out)
-
-
-def _json_for_html(value) -> str:
-    return json.dumps(value, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def write_report(path, html_text: str, overwrite: bool = False) -> Path:

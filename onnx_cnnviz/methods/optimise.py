@@ -14,8 +14,8 @@
   ``momentum`` SGD works too; Adam needs no learning-rate schedule per layer).
 
 Every gradient comes from one cached ONNX graph per objective: the class score through :meth:`Model.run` with a
-one-hot seed; a unit, a channel or the code distance through :meth:`Model.vjp`, whose seed (one-hot, uniform over the
-channel, or ``2 (Phi(x) - Phi_0) / ||Phi_0||^2``) is fed at run time. Steps are numpy. Runs are deterministic given
+one-hot ``score_weights`` row; a unit, a channel or the code distance through :meth:`Model.vjp`, whose cotangent
+(one-hot, uniform over the channel, or ``2 (Phi(x) - Phi_0) / ||Phi_0||^2``) is fed at run time. Steps are numpy. Runs are deterministic given
 ``seed`` (initial noise and jitter come from ``numpy.random.default_rng(seed)``).
 """
 from __future__ import annotations
@@ -127,11 +127,11 @@ def class_model(m: Model, target: int, steps: int = 200, lr: float = 0.01, l2: f
     """
     hw = _hw(m, hw)
     target = int(m.targets_for(int(target), 1)[0])
-    seed_row = np.zeros((1, m.num_classes), np.float32)
-    seed_row[0, target] = 1.0
+    weights = np.zeros((1, m.num_classes), np.float32)
+    weights[0, target] = 1.0
 
     def grad_fn(x):
-        res = m.run(x, wrt=[m.input_name], score_weights=seed_row)
+        res = m.run(x, wrt=[m.input_name], score_weights=weights)
         return float(res.scores[0, target]), res.grads[m.input_name]
 
     return _ascend(m, grad_fn, hw, steps, lr, l2, decay, jitter, blur_every, blur_sigma, clip_norm_percentile, init,
@@ -145,7 +145,7 @@ def neuron_model(m: Model, layer, channel: int, unit=None, steps: int = 200, lr:
     """Activation maximisation for one unit ``A[channel, i, j]`` (``unit=(i, j)``) or, with ``unit=None``, the
     channel's mean ``1/(hw) sum_ij A[channel, i, j]`` of any layer; same regularisers as :func:`class_model`.
 
-    The gradient is one :meth:`Model.vjp` run with a constant seed (one-hot at the unit, or ``1/(hw)`` over the
+    The gradient is one :meth:`Model.vjp` run with a constant cotangent (one-hot at the unit, or ``1/(hw)`` over the
     channel); the graph is built once and reused every step. Jitter defaults to off: it would move a single unit's
     field. ``init="noise"`` by default: at the zero input many units are exactly 0 behind a ReLU and get no gradient.
     """
@@ -157,18 +157,18 @@ def neuron_model(m: Model, layer, channel: int, unit=None, steps: int = 200, lr:
     c = int(channel)
     if not 0 <= c < shape[1]:
         raise InputError(f"channel {channel} is out of range for '{name}' ({shape[1]} channels).")
-    seed_arr = np.zeros((1, *shape[1:]), np.float32)
+    cotangent = np.zeros((1, *shape[1:]), np.float32)
     if unit is None:
-        seed_arr[0, c] = 1.0 / (shape[2] * shape[3])
+        cotangent[0, c] = 1.0 / (shape[2] * shape[3])
     else:
         i, j = (int(v) for v in unit)
         if not (0 <= i < shape[2] and 0 <= j < shape[3]):
             raise InputError(f"unit {unit} is outside the {shape[2]}x{shape[3]} map of '{name}'.")
-        seed_arr[0, c, i, j] = 1.0
+        cotangent[0, c, i, j] = 1.0
 
     def grad_fn(x):
-        res = m.vjp(x, name, seed_arr)
-        return float((res.outputs[name] * seed_arr).sum()), res.grads[m.input_name]
+        res = m.vjp(x, name, cotangent)
+        return float((res.outputs[name] * cotangent).sum()), res.grads[m.input_name]
 
     return _ascend(m, grad_fn, hw, steps, lr, l2, decay, jitter, blur_every, blur_sigma, clip_norm_percentile, init,
                    seed, preprocess, clip)
@@ -194,7 +194,7 @@ def total_variation(x: np.ndarray, beta: float = 2.0, eps: float = 1e-8):
 
 def invert(m: Model, x, layer, steps: int = 300, lr: float = 0.05, lambda_tv: float = 0.5, beta: float = 2.0,
            lambda_norm: float = 1e-3, alpha: float = 6.0, init: str = "noise", seed: int = 0, preprocess=None,
-           clip: bool = True, target=None) -> Optimised:
+           clip: bool = True, code=None) -> Optimised:
     """Reconstruct an image from its code at ``layer`` (Mahendran & Vedaldi 2015, Eq. 1-4).
 
     Minimises, over a (C, H, W) image ``y``, with ``B`` the input range and ``P = H W``::
@@ -202,8 +202,8 @@ def invert(m: Model, x, layer, steps: int = 300, lr: float = 0.05, lambda_tv: fl
         E(y) = ||Phi(y) - Phi_0||^2 / ||Phi_0||^2 + lambda_norm / P ||y / B||_alpha^alpha
                + lambda_tv / P TV_beta(y / B)
 
-    where ``Phi_0 = Phi(x)`` (or ``target``, a code to invert). The code term's gradient is one :meth:`Model.vjp` run
-    seeded at the layer with ``2 (Phi(y) - Phi_0) / ||Phi_0||^2``; the priors' gradients are numpy. Adam (Kingma &
+    where ``Phi_0 = Phi(x)`` (or ``code``, a given code at the layer to invert). The code term's gradient is one
+    :meth:`Model.vjp` run at the layer with the cotangent ``2 (Phi(y) - Phi_0) / ||Phi_0||^2``; the priors' gradients are numpy. Adam (Kingma &
     Ba 2015) with step ``lr * B``; ``y`` stays in the valid pixel range (``clip``). ``history`` holds the relative
     code error ``||Phi(y) - Phi_0|| / ||Phi_0||`` before each step, ``final`` at the result.
     """
@@ -218,7 +218,7 @@ def invert(m: Model, x, layer, steps: int = 300, lr: float = 0.05, lambda_tv: fl
     lo, hi, span = _bounds(prep, m.channels)
     if not clip:
         lo, hi = -np.inf, np.inf
-    phi0 = m.run(x, outputs=[name]).outputs[name] if target is None else np.asarray(target, np.float32)
+    phi0 = m.run(x, outputs=[name]).outputs[name] if code is None else np.asarray(code, np.float32)
     norm0 = float((phi0.astype(np.float64) ** 2).sum())
     if norm0 == 0:
         raise InputError(f"the code of the image at '{name}' is all zeros; nothing to invert.")
@@ -238,7 +238,7 @@ def invert(m: Model, x, layer, steps: int = 300, lr: float = 0.05, lambda_tv: fl
 
     def code_grad(y):
         # a forward run gives Phi(y); the backward run seeded with the residual gives d||Phi - Phi0||^2/dy (the
-        # seed depends on Phi(y), so it cannot be one run; each graph is built once and cached)
+        # cotangent depends on Phi(y), so it cannot be one run; each graph is built once and cached)
         phi = m.run(y[None], outputs=[name]).outputs[name]
         resid = (phi - phi0).astype(np.float32)
         g = m.vjp(y[None], name, 2.0 * resid / norm0).grads[m.input_name][0]

@@ -16,26 +16,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
-from onnx_cnnviz.cli.main import cli, main
-from tests.conftest import SHARED
+from onnx_cnnviz.cli.main import main
 
-from . import chromium
+from . import LABELS, SQZ, chromium, invoke
 
 REPO = Path(__file__).resolve().parents[2]
-LABELS = SHARED / "models" / "imagenet_classes.txt"
-IMAGES = SHARED / "images"
 CNNVIZ = REPO / ".venv" / "bin" / "cnnviz"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Helpers and fixtures
-
-
-def invoke(*args, **kwargs):
-    runner = CliRunner()
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
+# Helpers and fixtures (invoke, SQZ and the ``images`` fixture: tests/cli/__init__.py and conftest.py)
 
 
 def checksums(*paths) -> dict:
@@ -56,22 +47,9 @@ def one_line_error(result_or_text) -> str:
     return lines[-1]
 
 
-@pytest.fixture
-def images(tmp_path):
-    """A private copy of the shared images (kitten_224.png, fish.png)."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for src in sorted(IMAGES.glob("*.png")):
-        shutil.copy(src, folder / src.name)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def resnet(torchvision_onnx):
     return torchvision_onnx("resnet18")[1]
-
-
-SQZ = ["--preprocess", "caffe", "--labels", LABELS]  # the SqueezeNet's preprocessing and class names
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -240,8 +218,9 @@ def test_explain_targets_topk_and_folder_out_inside_input(squeezenet_path, image
 
 def test_explain_every_method_on_torchvision(resnet, images, tmp_path):
     """Every method of --method on an exported torchvision model (cheap settings for the costly ones)."""
-    from onnx_cnnviz.cli.explain import METHOD_NAMES
+    from onnx_cnnviz.methods import registry
 
+    METHOD_NAMES = registry.names()
     out = tmp_path / "out"
     result = invoke("explain", resnet, images / "kitten_224.png", "-m", ",".join(METHOD_NAMES), "--out", out,
                     "--window", "28", "--stride", "28", "--samples", "2", "--steps", "4", "--json")
@@ -386,12 +365,12 @@ def test_report_with_unreadable_image(squeezenet_path, images, tmp_path):
 
 
 def test_internal_error_is_one_line_unless_debug(squeezenet_path, images, tmp_path, monkeypatch):
-    from onnx_cnnviz import report
+    from onnx_cnnviz.methods import registry
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr(report, "explain", boom)
+    monkeypatch.setattr(registry, "explain", boom)
     args = ["explain", squeezenet_path, images / "fish.png", "--out", tmp_path / "o"]
     result = invoke(*args)
     assert result.exit_code == 1
@@ -401,9 +380,9 @@ def test_internal_error_is_one_line_unless_debug(squeezenet_path, images, tmp_pa
 
 
 def test_keyboard_interrupt_keeps_finished_results(squeezenet_path, images, tmp_path, monkeypatch):
-    from onnx_cnnviz import report
+    from onnx_cnnviz.methods import registry
 
-    real = report.explain
+    real = registry.explain
     calls = []
 
     def interrupt_second_batch(*args, **kwargs):
@@ -412,7 +391,7 @@ def test_keyboard_interrupt_keeps_finished_results(squeezenet_path, images, tmp_
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(report, "explain", interrupt_second_batch)
+    monkeypatch.setattr(registry, "explain", interrupt_second_batch)
     out = tmp_path / "out"
     result = invoke("explain", squeezenet_path, images, *SQZ, "--out", out, "--batch-size", "1", "--json")
     assert result.exit_code == 130
@@ -421,7 +400,7 @@ def test_keyboard_interrupt_keeps_finished_results(squeezenet_path, images, tmp_
     assert doc["interrupted"] and len(doc["results"]) == 1
     assert sorted(p.name for p in out.iterdir()) == ["fish.gradcam.top1.json", "fish.gradcam.top1.npy",
                                                      "fish.gradcam.top1.png"]
-    monkeypatch.setattr(report, "explain", real)
+    monkeypatch.setattr(registry, "explain", real)
     result = invoke("explain", squeezenet_path, images, *SQZ, "--out", out, "--resume", "--json")
     doc = json.loads(result.stdout)
     assert result.exit_code == 0 and len(doc["skipped"]) == 1 and len(doc["results"]) == 1

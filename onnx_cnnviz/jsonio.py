@@ -1,0 +1,48 @@
+"""JSON as the project writes it: the command line's records and documents, and the data inside the HTML report.
+
+Results hold numpy scalars and arrays, paths and tuples, which :mod:`json` does not take; :func:`to_jsonable` is the
+one conversion, so a record on disk, the same record on stdout and the report's embedded data agree.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import PurePath
+
+import numpy as np
+
+
+def to_jsonable(value):
+    """``value`` as plain JSON types: numpy scalars as Python numbers, arrays and tuples as lists, paths as strings,
+    dicts and lists converted item by item; JSON's own types as they are and anything else as its ``str``.
+
+    Usable as the ``default`` of :func:`json.dumps` (which calls it only for what it cannot encode itself).
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return str(value)
+
+
+def dumps(value, indent: int | None = 2) -> str:
+    """``value`` as JSON text (indented by ``indent`` spaces; None: one line), converted by :func:`to_jsonable`."""
+    return json.dumps(value, indent=indent, default=to_jsonable)
+
+
+def dumps_for_html(value) -> str:
+    """``value`` as one line of JSON that can stand inside an HTML ``<script>`` element: ``<``, ``>`` and ``&`` are
+    written as ``\\u003c``, ``\\u003e`` and ``\\u0026`` (the same string to a JSON reader), so no text in the data can
+    close the element or start markup."""
+    text = dumps(value, indent=None)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+__all__ = ["to_jsonable", "dumps", "dumps_for_html"]
