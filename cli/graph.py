@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from onnx_cnnviz.graph.autodiff.rules import RULE_SETS
+
 from .common import finish, global_flags, load_model, model_options
 
 
@@ -10,7 +12,7 @@ from .common import finish, global_flags, load_model, model_options
 @click.argument("model", type=click.Path())
 @click.option("--layer", "layers", metavar="NAME", multiple=True,
               help="Feature map to expose with its gradient (repeatable; default: the default layer).")
-@click.option("--rule", type=click.Choice(["vanilla", "guided", "deconvnet"]), default="vanilla", show_default=True,
+@click.option("--rule", type=click.Choice(list(RULE_SETS)), default="vanilla", show_default=True,
               help="How ReLUs pass the gradient back.")
 @click.option("--no-input-grad", is_flag=True, help="Do not add the gradient with respect to the image.")
 @click.option("--target-mode", type=click.Choice(["input", "top1"]), default="input", show_default=True,

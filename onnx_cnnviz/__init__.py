@@ -8,9 +8,7 @@ Gradients come from a backward graph of standard ONNX operators appended to the 
 """
 from .errors import (CnnvizError, InputError, MissingDependencyError, ModelLoadError, ModelStructureError,
                      NumericalError, RuntimeFailure, UnknownLayerError, UnsupportedOpError)
-from .graph.fully_conv import score_map
 from .graph.load import MAX_NODES
-from .graph.receptive_field import ReceptiveField, receptive_field
 from .graph.structure import Layer
 from .methods import registry
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, gradients, guided_grad_cam, hires_cam, input_x_gradient,
@@ -19,6 +17,8 @@ from .methods.features import (activations, embeddings, filters, mosaic, nearest
                                scatter_plot, top_patches)
 from .methods.localise import iou, localise
 from .methods.optimise import class_model, invert, neuron_model
+from .methods.receptive_field import ReceptiveField, receptive_field
+from .methods.score_map import score_map
 from .model import DEFAULT_MAX_SESSIONS, Model, RunResult
 
 __version__ = "0.1.0"

@@ -165,6 +165,13 @@ class Model:
             raise InputError(f"a layer is named by a string (see Model.layers), got {name!r}.")
         return resolve_layer(self._layers, name)
 
+    def layer_name(self, layer=None) -> str:
+        """One layer's name: None -> :attr:`default_layer`, or a name or :class:`Layer` checked against
+        :attr:`layers`."""
+        if layer is not None and not isinstance(layer, (str, Layer)):
+            raise InputError(f"one layer is expected here: a name (see Model.layers) or None, got {layer!r}.")
+        return self.layer_names(layer)[0]
+
     def layer_names(self, layer=None) -> list[str]:
         """The layer names ``layer`` stands for: None -> ``[default_layer]``; a name or :class:`Layer`; or a list of
         them (duplicates dropped, order kept). Every name is checked against :attr:`layers`."""

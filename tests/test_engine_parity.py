@@ -166,9 +166,9 @@ def test_generated_graphs_are_valid_standard_onnx(loaded, tmp_path):
     _, m, size = loaded("mobilenet_v3_small")
     x = batch_for(size)
     for rule in ("vanilla", "guided", "deconvnet"):
-        for seed in ("input", "top1"):
+        for mode in ("input", "top1"):
             graph = m.build_graph(None, outputs=[m.default_layer], wrt=[m.input_name, m.default_layer],
-                                  rule=rule, seed=seed)
+                                  rule=rule, target_mode=mode)
             onnx.checker.check_model(graph, full_check=True)
             domains = {node.domain for node in graph.graph.node}
             assert domains <= {"", "ai.onnx"}, domains

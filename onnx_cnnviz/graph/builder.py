@@ -72,9 +72,6 @@ class GraphBuilder:
     def shape(self, x: str, hint: str = "shape") -> str:
         return self.op("Shape", [x], hint=hint)
 
-    def reshape_like(self, x: str, like: str, hint: str = "reshape") -> str:
-        return self.op("Reshape", [x, self.shape(like)], hint=hint)
-
     def zeros_like(self, x: str, hint: str = "zeros") -> str:
         return self.op("ConstantOfShape", [self.shape(x)], hint=hint,
                        value=helper.make_tensor("value", FLOAT, [1], [0.0]))

@@ -6,6 +6,7 @@ import copy
 import onnx
 from onnx import helper
 
+from .load import BATCH_DIM
 from .shapes import TensorInfo
 
 
@@ -33,7 +34,7 @@ def expose(model: onnx.ModelProto, names, info: dict[str, TensorInfo], keep_outp
             continue
         ti = info.get(name)
         if ti is not None and ti.shape is not None:
-            dims = [d if d is not None else "N" for d in ti.shape]
+            dims = [d if d is not None else BATCH_DIM for d in ti.shape]
             graph.output.append(helper.make_tensor_value_info(name, ti.elem_type, dims))
         else:
             graph.output.append(helper.make_empty_tensor_value_info(name))

@@ -24,14 +24,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import InputError, ModelStructureError
+from ..errors import ModelStructureError
+from .head import constant_value, reduce_axes, spatial_head
+from .load import BATCH_DIM
+from .ops import ACTIVATIONS, DENSE, FLATTENINGS, INFERENCE_IDENTITIES, WINDOWED_EQUIVALENT, node_attr
 from .structure import producers
 
-_KEEP = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "HardSwish", "Dropout",
-         "Identity", "PRelu"}
-_GLOBAL = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool", "ReduceMean": "AveragePool",
-           "ReduceMax": "MaxPool"}
-_VIEW = {"Flatten", "Reshape", "Squeeze"}
+# Elementwise ops copied as they are: they act on the (N, C, 1, 1) maps that replace (N, C) vectors as on the vectors.
+_KEEP = ACTIVATIONS | INFERENCE_IDENTITIES
 
 
 @dataclass
@@ -53,23 +53,7 @@ def fully_convolutional(model: onnx.ModelProto, input_name: str, score_name: str
     graph = model.graph
     made_by = producers(graph)
     inits = {t.name: t for t in graph.initializer}
-    # Walk back from the score to the last 4-D spatial tensor, remembering the head's nodes.
-    head, name = [], score_name
-    while True:
-        node = made_by.get(name)
-        if node is None:
-            raise ModelStructureError(f"no spatial feature map found before the score '{score_name}'.")
-        ti = info.get(name)
-        if ti is not None and ti.shape is not None and len(ti.shape) == 4 and node.op_type not in _GLOBAL \
-                and (ti.shape[2] or 0) * (ti.shape[3] or 0) > 1:
-            break
-        head.append(node)
-        data = [i for i in node.input if i and i not in inits]
-        if not data:
-            raise ModelStructureError(f"the head node '{node.name}' ({node.op_type}) has no data input.")
-        name = data[0]
-    head.reverse()
-    spatial = name
+    spatial, head = spatial_head(model, score_name, info)
     h0, w0 = info[spatial].shape[2:]
     in_hw = tuple(info[input_name].shape[2:])
     remove = {id(n) for n in head}
@@ -82,29 +66,27 @@ def fully_convolutional(model: onnx.ModelProto, input_name: str, score_name: str
     for k, node in enumerate(head):
         op = node.op_type
         out = node.output[0]
-        if op in _GLOBAL:
+        if op in WINDOWED_EQUIVALENT:
             if op.startswith("Reduce"):
-                axes = _reduce_axes(node, inits)
-                if sorted(a % 4 for a in axes) != [2, 3]:
-                    raise ModelStructureError(f"{op} node '{node.name}' reduces axes {axes}, not H and W.")
-            new_nodes.append(helper.make_node(_GLOBAL[op], [current], [out], kernel_shape=list(cur_hw),
+                axes = reduce_axes(node, inits, made_by, 4)
+                if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+                    raise ModelStructureError(f"{op} node '{node.name}' reduces axes "
+                                              f"{'computed at run time' if axes is None else axes}, not H and W.")
+            new_nodes.append(helper.make_node(WINDOWED_EQUIVALENT[op], [current], [out], kernel_shape=list(cur_hw),
                                               strides=[pool_stride, pool_stride], name=fresh("pool")))
             cur_hw, current = (1, 1), out
             # a ReduceMean with keepdims=0 gives (N, C); the pool keeps (N, C, 1, 1), which the next conv takes
-        elif op in _VIEW:
+        elif op in FLATTENINGS:
             # the collapse: what was (N, C, h, w) -> (N, C*h*w) stays 4-D; the next linear layer becomes a conv
             new_nodes.append(helper.make_node("Identity", [current], [out], name=fresh("view")))
             current = out
-        elif op in ("Gemm", "MatMul"):
-            w = _weight(node, inits)
-            trans_a = _attr(node, "transA")
-            if op == "Gemm" and trans_a is not None and helper.get_attribute_value(trans_a):
+        elif op in DENSE:
+            w = _weight(node, inits, made_by)
+            if op == "Gemm" and node_attr(node, "transA", 0):
                 raise ModelStructureError(f"Gemm '{node.name}' with transA=1 cannot be rewritten.")
             if op == "Gemm":
-                trans_b = _attr(node, "transB")
-                w = w if (trans_b is not None and helper.get_attribute_value(trans_b)) else w.T
-                alpha = _attr(node, "alpha")
-                w = w * (helper.get_attribute_value(alpha) if alpha is not None else 1.0)
+                w = w if node_attr(node, "transB", 0) else w.T
+                w = w * node_attr(node, "alpha", 1.0)
             else:
                 w = w.T  # MatMul: x (N, C) @ B (C, O)
             kernel = w.reshape(w.shape[0], -1, *cur_hw) if cur_hw != (1, 1) else w.reshape(w.shape[0], -1, 1, 1)
@@ -112,9 +94,7 @@ def fully_convolutional(model: onnx.ModelProto, input_name: str, score_name: str
             new_inits.append(numpy_helper.from_array(kernel.astype(np.float32), wname))
             inputs = [current, wname]
             if op == "Gemm" and len(node.input) > 2 and node.input[2]:
-                bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(-1)
-                beta = _attr(node, "beta")
-                bias = bias * (helper.get_attribute_value(beta) if beta is not None else 1.0)
+                bias = _weight(node, inits, made_by, 2).reshape(-1) * node_attr(node, "beta", 1.0)
                 bname = fresh("bias")
                 new_inits.append(numpy_helper.from_array(np.broadcast_to(bias, (w.shape[0],)).copy(), bname))
                 inputs.append(bname)
@@ -124,7 +104,7 @@ def fully_convolutional(model: onnx.ModelProto, input_name: str, score_name: str
         elif op == "Add" and any(i in inits for i in node.input):
             const = next(i for i in node.input if i in inits)
             other = next(i for i in node.input if i != const)
-            bias = numpy_helper.to_array(inits[const]).astype(np.float32)
+            bias = constant_value(const, inits, made_by)
             bname = fresh("bias")
             new_inits.append(numpy_helper.from_array(bias.reshape(1, -1, 1, 1), bname))
             new_nodes.append(helper.make_node("Add", [other, bname], [out], name=fresh("add")))
@@ -150,7 +130,7 @@ def fully_convolutional(model: onnx.ModelProto, input_name: str, score_name: str
     graph.initializer.extend(new_inits)
     del graph.value_info[:]
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", None, None, None]))
+    graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, [BATCH_DIM, None, None, None]))
     for value in graph.input:
         if value.name == input_name:
             dims = value.type.tensor_type.shape.dim
@@ -158,31 +138,19 @@ def fully_convolutional(model: onnx.ModelProto, input_name: str, score_name: str
             dims[2].dim_param = "H"
             dims[3].Clear()
             dims[3].dim_param = "W"
-    _prune(graph)
+    _prune_inplace(graph)
     jump = tuple(stride) if stride is not None else (1, 1)
     return FullyConvolutional(model, output, (jump[0] * pool_stride, jump[1] * pool_stride), in_hw)
 
 
-def _attr(node, name):
-    return next((a for a in node.attribute if a.name == name), None)
-
-
-def _reduce_axes(node, inits):
-    a = _attr(node, "axes")
-    if a is not None:
-        return list(helper.get_attribute_value(a))
-    if len(node.input) > 1 and node.input[1] in inits:
-        return numpy_helper.to_array(inits[node.input[1]]).tolist()
-    return [0, 1, 2, 3]
-
-
-def _weight(node, inits) -> np.ndarray:
-    if node.input[1] not in inits:
+def _weight(node, inits, made_by, index: int = 1) -> np.ndarray:
+    value = constant_value(node.input[index], inits, made_by)
+    if value is None:
         raise ModelStructureError(f"the weights of '{node.name}' ({node.op_type}) are computed at run time.")
-    return numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    return value
 
 
-def _prune(graph: onnx.GraphProto) -> None:
+def _prune_inplace(graph: onnx.GraphProto) -> None:
     """Drop nodes and initializers no output depends on any more."""
     needed = {o.name for o in graph.output}
     keep = []
@@ -197,23 +165,3 @@ def _prune(graph: onnx.GraphProto) -> None:
     del graph.initializer[:]
     graph.initializer.extend(inits)
 
-
-def score_map(m, x, softmax: bool = False, pool_stride: int = 1, batch_size: int | None = None):
-    """Class-score maps ``(N, K, h', w')`` of images of any size >= the model's input size, from the fully
-    convolutional rewrite of ``m`` (an :class:`onnx_cnnviz.Model`); the graph is built once per model and cached.
-
-    At the model's own size the map is ``(N, K, 1, 1)`` and equals ``m.scores(x)``.
-    """
-    spec = m.spec()
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if x.ndim != 4 or x.shape[1] != m.channels:
-        raise InputError(f"x must be (N, {m.channels}, H, W), not {x.shape}.")
-    key = ("fully_conv", bool(softmax), int(pool_stride))
-
-    def build():
-        return fully_convolutional(spec.model, m.input_name, m.score_name, spec.info, softmax, pool_stride).model
-
-    session = m.cached_session(key, build)
-    step = max(1, int(batch_size or m.batch_size))
-    parts = [session.run({m.input_name: x[s:s + step]})["cnnviz/score_map"] for s in range(0, len(x), step)]
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -1,15 +1,17 @@
 """Load an ONNX model and normalise it into the form every later pass expects.
 
-Normal form (each step is a function ``ModelProto -> ModelProto`` that edits a copy):
+Normal form (:func:`normalise` returns it as a new model; its steps edit that copy, ``..._inplace``):
 
 * weights are initializers, never ``Constant`` nodes (PaddlePaddle exports use Constant nodes) and never graph inputs
   (IR < 4 exports list weights as inputs too);
 * the ``ai.onnx`` opset is at least :data:`MIN_OPSET` (old models are upgraded with ``onnx.version_converter``), so
   the backward graph can use ``ScatterElements(reduction="add")`` and axes-as-input reductions;
 * every float16 tensor is float32 (the user's file is never touched; only our copy computes in float32);
-* the batch dimension of the image input and of the outputs is symbolic, so a batch runs in one call. A graph that
-  hard-codes batch 1 in a Reshape (``[1, -1]``) gets that constant rewritten to 0 (copy the input's batch); whether
-  the result really batches is verified by :func:`onnx_cnnviz.graph.shapes.check_batching` at load time.
+* the batch dimension of the image input and of the outputs is symbolic (:data:`BATCH_DIM`), so a batch runs in one
+  call (:func:`make_batch_dynamic_inplace`, applied by :class:`onnx_cnnviz.model.Model` once the image input is
+  known). A graph that hard-codes batch 1 in a Reshape (``[1, -1]``) gets that constant rewritten to 0 (copy the
+  input's batch); whether the result really batches is checked when the model is loaded (``Model`` runs batch 2 and
+  batch 1 and compares the scores).
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from ..errors import InputError, ModelLoadError, ModelStructureError
+from .ops import node_attr
 
 MIN_OPSET = 17
-BATCH_DIM = "N"
+BATCH_DIM = "N"  # the name of the symbolic batch dimension in every graph we write
 MAX_NODES = 200_000  # default limit on graph nodes (subgraphs included); the largest real CNNs have a few thousand
 
 
@@ -139,14 +142,14 @@ def opset_of(model: onnx.ModelProto) -> int:
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a normalised copy of ``model`` (see the module docstring)."""
     model = copy.deepcopy(model)
-    constants_to_initializers(model)
-    drop_initializer_inputs(model)
+    constants_to_initializers_inplace(model)
+    drop_initializer_inputs_inplace(model)
     model = upgrade_opset(model)
-    float16_to_float32(model)
+    float16_to_float32_inplace(model)
     return model
 
 
-def constants_to_initializers(model: onnx.ModelProto) -> None:
+def constants_to_initializers_inplace(model: onnx.ModelProto) -> None:
     """Turn ``Constant`` nodes of the main graph into initializers (PaddlePaddle keeps its weights this way)."""
     graph = model.graph
     keep = []
@@ -163,21 +166,18 @@ def constants_to_initializers(model: onnx.ModelProto) -> None:
 
 
 def _constant_value(node: onnx.NodeProto):
-    for attr in node.attribute:
-        if attr.name == "value":
-            return copy.deepcopy(attr.t)
-        if attr.name == "value_float":
-            return numpy_helper.from_array(np.array(attr.f, dtype=np.float32))
-        if attr.name == "value_floats":
-            return numpy_helper.from_array(np.array(list(attr.floats), dtype=np.float32))
-        if attr.name == "value_int":
-            return numpy_helper.from_array(np.array(attr.i, dtype=np.int64))
-        if attr.name == "value_ints":
-            return numpy_helper.from_array(np.array(list(attr.ints), dtype=np.int64))
+    tensor = node_attr(node, "value")
+    if tensor is not None:
+        return copy.deepcopy(tensor)
+    for name, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                        ("value_ints", np.int64)):
+        value = node_attr(node, name)
+        if value is not None:
+            return numpy_helper.from_array(np.array(value, dtype=dtype))
     return None  # sparse or string constants stay nodes
 
 
-def drop_initializer_inputs(model: onnx.ModelProto) -> None:
+def drop_initializer_inputs_inplace(model: onnx.ModelProto) -> None:
     """IR < 4 lists every weight as a graph input too; keep only real inputs (weights stay initializers)."""
     inits = {t.name for t in model.graph.initializer}
     real = [i for i in model.graph.input if i.name not in inits]
@@ -189,7 +189,8 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
 
 
 def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Bring the default-domain opset to at least MIN_OPSET with onnx's version converter."""
+    """A copy with the default-domain opset raised to at least MIN_OPSET by onnx's version converter; ``model`` itself
+    (never edited) when it is already there."""
     version = opset_of(model)
     if version >= MIN_OPSET:
         return model
@@ -206,7 +207,7 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-def float16_to_float32(model: onnx.ModelProto) -> None:
+def float16_to_float32_inplace(model: onnx.ModelProto) -> None:
     """Compute in float32: convert float16 initializers, I/O types, Cast targets and constant attributes."""
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
     graph = model.graph
@@ -234,7 +235,7 @@ def input_batch_is_static(model: onnx.ModelProto, input_name: str) -> bool:
     return False
 
 
-def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> bool:
+def make_batch_dynamic_inplace(model: onnx.ModelProto, input_name: str) -> bool:
     """Make dim 0 of the image input and of every output symbolic. Returns True when the model had a static batch.
 
     Reshape shape constants that start with 1 (a hard-coded batch) are rewritten to 0, which ONNX Reshape reads as
@@ -259,7 +260,7 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> bool:
     for node in graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
             continue
-        if any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
+        if node_attr(node, "allowzero", 0) == 1:
             continue
         shape = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64)
         if shape.ndim == 1 and shape.size >= 1 and shape[0] == 1:
@@ -277,7 +278,7 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> bool:
     return True
 
 
-def set_input_shape(model: onnx.ModelProto, input_name: str, chw: tuple[int, int, int]) -> None:
+def set_input_shape_inplace(model: onnx.ModelProto, input_name: str, chw: tuple[int, int, int]) -> None:
     """Fix the image input's C, H, W (the batch stays symbolic) so that every later shape is static but the batch."""
     for value in model.graph.input:
         if value.name == input_name:
@@ -287,13 +288,3 @@ def set_input_shape(model: onnx.ModelProto, input_name: str, chw: tuple[int, int
                 d.dim_value = int(size)
     del model.graph.value_info[:]
 
-
-def tensor_elem_type(model: onnx.ModelProto, name: str):
-    for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        if value.name == name:
-            return value.type.tensor_type.elem_type
-    return None
-
-
-def make_value_info(name: str, elem_type: int, dims) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, [d if d is not None else BATCH_DIM for d in dims])

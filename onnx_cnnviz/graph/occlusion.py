@@ -27,8 +27,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..errors import InputError, ModelStructureError
 from .builder import GraphBuilder
-from .load import opset_of
+from .load import BATCH_DIM, opset_of
 
 IMAGE = "cnnviz/occlusion/image"
 POSITIONS = "cnnviz/occlusion/positions"
@@ -48,16 +49,16 @@ def occlusion_graph(model: onnx.ModelProto, input_name: str, score_name: str, mo
     ``expose_images``, the occluded batch itself under the image input's name (for tests and inspection).
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
+        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
     model = copy.deepcopy(model)
     graph = model.graph
     image_vi = next((v for v in graph.input if v.name == input_name), None)
     if image_vi is None:
-        raise ValueError(f"'{input_name}' is not an input of the graph.")
+        raise InputError(f"'{input_name}' is not an input of the graph.")
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
             for d in image_vi.type.tensor_type.shape.dim]
     if len(dims) != 4 or any(d is None for d in dims[1:]):
-        raise ValueError(f"the image input must be (N, C, H, W) with C, H, W fixed, got {dims}.")
+        raise InputError(f"the image input must be (N, C, H, W) with C, H, W fixed, got {dims}.")
     _, c, h, w = dims
     elem = image_vi.type.tensor_type.elem_type
 
@@ -66,7 +67,7 @@ def occlusion_graph(model: onnx.ModelProto, input_name: str, score_name: str, mo
     taken |= {o for node in graph.node for o in list(node.output) + list(node.input)}
     for name in (IMAGE, POSITIONS, WINDOW, BASELINE, OUTPUT):
         if name in taken:
-            raise ValueError(f"the graph already has a tensor named '{name}'.")
+            raise ModelStructureError(f"the graph already has a tensor named '{name}'.")
     b = GraphBuilder(taken | {IMAGE, POSITIONS, WINDOW, BASELINE, OUTPUT}, opset_of(model), prefix="cnnviz/occlusion")
 
     # Window corners: (P, 1) columns of the positions, and the far edges (exclusive).
@@ -116,8 +117,8 @@ def occlusion_graph(model: onnx.ModelProto, input_name: str, score_name: str, mo
                  for d in score_vi.type.tensor_type.shape.dim]
         if len(sdims) >= 2 and all(d is not None for d in sdims[1:]):
             k = int(np.prod(sdims[1:]))
-    # The batch is P now: existing shape annotations name it "N"; call it P there too.
-    _rename_batch_dim(graph, "N", "P")
+    # The batch is P now: existing shape annotations name it BATCH_DIM; call it P there too.
+    _rename_batch_dim_inplace(graph, BATCH_DIM, "P")
     outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["P", k])]
     if expose_images:
         outputs.append(helper.make_tensor_value_info(input_name, elem, ["P", c, h, w]))
@@ -130,7 +131,7 @@ def occlusion_graph(model: onnx.ModelProto, input_name: str, score_name: str, mo
     return model
 
 
-def _rename_batch_dim(graph: onnx.GraphProto, old: str, new: str) -> None:
+def _rename_batch_dim_inplace(graph: onnx.GraphProto, old: str, new: str) -> None:
     for value in list(graph.value_info) + list(graph.output):
         if not value.type.tensor_type.HasField("shape"):
             continue

@@ -38,17 +38,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..errors import InputError
 from .builder import GraphBuilder
 from .load import opset_of
 from .occlusion import BASELINE, MODES, OUTPUT, POSITIONS
-from .structure import downstream, node_attr, upstream
+from .ops import BOXABLE_WINDOWS, POINTWISE, node_attr
+from .padding import window_geometry
+from .structure import downstream, upstream
 
-# Ops applied value by value (with constant parameters): a box of the input gives the same box of the output.
-POINTWISE = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-             "Celu", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Abs", "Neg", "Sqrt", "Reciprocal",
-             "Identity", "Dropout", "BatchNormalization", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean",
-             "Pow", "Cast", "Where"}
-WINDOWED = {"Conv", "MaxPool", "AveragePool"}
 # How much of a map a box may cover before the rest runs on full maps: the plan tries each, keeps the cheapest.
 BOX_FRACTIONS = (0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
 # One value moved by the glue (gather, pad, where, transpose) costs about this many conv multiply-adds
@@ -104,26 +101,13 @@ def _window_geometry(node, info, inits):
             return None  # a truncated last window's divisor differs from a box's
     if kernel is None or len(kernel) != 2:
         return None
-    strides = list(node_attr(node, "strides", [1, 1]))
-    dilations = list(node_attr(node, "dilations", [1, 1]))
-    pads = list(node_attr(node, "pads", [0, 0, 0, 0]))
-    auto_pad = node_attr(node, "auto_pad", "NOTSET")
     in_hw, out_hw = _spatial(info, node.input[0]), _spatial(info, node.output[0])
     if in_hw is None or out_hw is None:
         return None
-    begin = []
-    for a in range(2):
-        k_eff = (kernel[a] - 1) * dilations[a] + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            total = max((out_hw[1 + a] - 1) * strides[a] + k_eff - in_hw[1 + a], 0)
-            begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-        elif auto_pad == "VALID":
-            begin.append(0)
-        else:
-            begin.append(int(pads[a]))
-    if op == "AveragePool" and not node_attr(node, "count_include_pad", 0) and any(
-            p for p in (pads if auto_pad == "NOTSET" else begin)):
+    strides, dilations, begins, ends = window_geometry(node, in_hw[1:], kernel)
+    if op == "AveragePool" and not node_attr(node, "count_include_pad", 0) and any(begins + ends):
         return None  # border windows divide by fewer pixels: not a fixed-pad valid pool
+    begin = [int(p) for p in begins]
     return [int(k) for k in kernel], strides, dilations, begin
 
 
@@ -246,7 +230,7 @@ def _node_box(node, idx, spatial_in, boxes, info, inits, stride, max_box_fractio
     if out_shape is None:
         return None
     in_shapes = [_spatial(info, n) for n in spatial_in]
-    if op in WINDOWED:
+    if op in BOXABLE_WINDOWS:
         if len(spatial_in) != 1 or node.input[0] != spatial_in[0]:
             return None  # weights computed from the image
         geometry = _window_geometry(node, info, inits)
@@ -460,10 +444,10 @@ def incremental_occlusion_graph(model: onnx.ModelProto, info: dict, input_name: 
     ``mode="probability"``) with each window occluded.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
+        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
     the_plan = the_plan or plan(model, info, input_name, score_name, window, stride)
     if not the_plan.incremental:
-        raise ValueError(f"no node can be recomputed incrementally: {the_plan.reason}.")
+        raise InputError(f"no node can be recomputed incrementally: {the_plan.reason}.")
     model = copy.deepcopy(model)
     graph = model.graph
     c = _spatial(info, input_name)[0]
@@ -508,7 +492,7 @@ def incremental_occlusion_graph(model: onnx.ModelProto, info: dict, input_name: 
                     need_y, need_x, pad_value, border = the_plan.needs[(idx, name)]
                     new.input[k] = emit.assemble(name, recomputed[name], boxes[name], (need_y, need_x), pad_value,
                                                  border)
-            if node.op_type in WINDOWED:
+            if node.op_type in BOXABLE_WINDOWS:
                 _make_valid(new)
             out = b.unique(node.output[0] + "/box")
             new.output[0] = out

@@ -28,18 +28,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelStructureError
-from .structure import node_attr
-
-WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool", "ConvInteger", "QLinearConv"}
-GLOBAL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceLogSumExp"}
-RESAMPLING_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "Transpose", "Col2Im",
-                  "GridSample", "Reshape", "Flatten", "Slice", "Gather", "Tile", "Expand"}
+from .ops import GLOBAL_POOLS, REDUCTIONS, RESAMPLING, SLIDING_WINDOWS, node_attr
+from .padding import window_geometry
 
 
 @dataclass(frozen=True)
@@ -132,32 +126,20 @@ def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict
 def _node_field(node, out_hw, fields, info, values):
     op = node.op_type
     src = node.input[0]
-    if op in WINDOW_OPS and src in fields:
-        in_hw = _spatial(info, src)
+    if op in SLIDING_WINDOWS and src in fields:
         if op in ("Conv", "ConvInteger", "QLinearConv"):
             weight = node.input[3] if op == "QLinearConv" else node.input[1]
             wshape = info[weight].shape if weight in info and info[weight].shape else values[weight].dims
             kernel = list(node_attr(node, "kernel_shape", list(wshape)[2:]))
         else:
             kernel = list(node_attr(node, "kernel_shape"))
-        strides = list(node_attr(node, "strides", [1, 1]))
-        dilations = list(node_attr(node, "dilations", [1, 1]))
-        pads = list(node_attr(node, "pads", [0, 0, 0, 0]))
-        auto_pad = node_attr(node, "auto_pad", "NOTSET")
+        strides, dilations, begins, _ = window_geometry(node, _spatial(info, src), kernel)
         out = []
         for a in range(2):
-            k_eff = (kernel[a] - 1) * dilations[a] + 1
-            if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-                total = max((out_hw[a] - 1) * strides[a] + k_eff - in_hw[a], 0)
-                begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-            elif auto_pad == "VALID":
-                begin = 0
-            else:
-                begin = pads[a]
             f = fields[src][a]
-            out.append(_Axis(f.r + (k_eff - 1) * f.j, f.j * strides[a], f.s - begin * f.j))
+            out.append(_Axis(f.r + (kernel[a] - 1) * dilations[a] * f.j, f.j * strides[a], f.s - begins[a] * f.j))
         return tuple(out)
-    if op in GLOBAL_OPS or (op in REDUCE_OPS and out_hw == (1, 1)):
+    if op in GLOBAL_POOLS or (op in REDUCTIONS and out_hw == (1, 1)):
         in_hw = _spatial(info, src)
         return tuple(_Axis(f.r + (n - 1) * f.j, f.j, f.s) for f, n in zip(fields[src], in_hw))
     if op == "Pad" and src in fields:
@@ -172,7 +154,7 @@ def _node_field(node, out_hw, fields, info, values):
     spatial_inputs = [n for n in node.input if n in fields]
     same = [n for n in spatial_inputs if _spatial(info, n) == out_hw]
     broadcast = [n for n in spatial_inputs if _spatial(info, n) == (1, 1) and out_hw != (1, 1)]
-    if op in RESAMPLING_OPS and not (same and _spatial(info, src) == out_hw and op != "Transpose"):
+    if op in RESAMPLING and not (same and _spatial(info, src) == out_hw and op != "Transpose"):
         return f"node '{node.name or node.output[0]}' ({op}) resamples or moves the spatial axes"
     if len(same) + len(broadcast) != len(spatial_inputs) or not same:
         return f"node '{node.name or node.output[0]}' ({op}) changes the spatial size in a way not modelled"
@@ -185,38 +167,15 @@ def _node_field(node, out_hw, fields, info, values):
     return tuple(axes)
 
 
-def receptive_field(m, layer: str, hw=None) -> ReceptiveField:
-    """The receptive field of ``layer`` (a tensor name of ``m``, a :class:`onnx_cnnviz.Model`) at input size ``hw``.
-
-    See the module docstring for the recursion and the convention. Raises :class:`ModelStructureError` when the
-    layer is not a spatial map computed from the image or an op on the way resamples the grid.
-    """
-    spec = m.spec(hw)
-    key = ("receptive_fields", id(spec))
-    cache = getattr(m, "_rf_cache", None)
-    if cache is None:
-        cache = {}
-        try:
-            m._rf_cache = cache
-        except AttributeError:  # objects without __dict__: just do not cache
-            pass
-    if key not in cache:
-        cache[key] = compute_receptive_fields(spec.model, m.input_name, spec.info)
-    fields = cache[key]
-    name = getattr(layer, "name", layer)
+def layer_field(fields: dict, info: dict, input_name: str, name: str) -> ReceptiveField:
+    """The :class:`ReceptiveField` of tensor ``name`` from ``fields`` (:func:`compute_receptive_fields` on the same
+    graph and ``info``). Raises :class:`ModelStructureError` when ``name`` is not a spatial map computed from the image
+    or an op on the way resamples the grid."""
     if name not in fields:
-        if name not in spec.info:
-            m.layer(name)  # raises UnknownLayerError with suggestions
         raise ModelStructureError(f"'{name}' is not a spatial (N, C, h, w) tensor computed from the image; it has no "
                                   "receptive field.")
     f = fields[name]
     if isinstance(f, str):
         raise ModelStructureError(f"the receptive field of '{name}' is not defined: {f}.")
     return ReceptiveField(layer=name, size=(f[0].r, f[1].r), jump=(f[0].j, f[1].j), start=(f[0].s, f[1].s),
-                          input_hw=_spatial(spec.info, m.input_name), layer_hw=_spatial(spec.info, name))
-
-
-def unit_boxes(rf: ReceptiveField, units: np.ndarray, clip: bool = True) -> np.ndarray:
-    """Boxes ``(x0, y0, x1, y1)`` for an (n, 2) array of (i, j) units, vectorised."""
-    units = np.asarray(units, dtype=np.int64).reshape(-1, 2)
-    return np.array([rf.box(i, j, clip) for i, j in units], dtype=np.int64).reshape(-1, 4)
+                          input_hw=_spatial(info, input_name), layer_hw=_spatial(info, name))

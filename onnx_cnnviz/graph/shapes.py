@@ -13,6 +13,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import ModelStructureError
+from .load import BATCH_DIM
+from .ops import node_attr
+from .padding import window_geometry
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -122,8 +125,9 @@ def _np_to_onnx(dtype) -> int:
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-def annotate(model: onnx.ModelProto, info: dict[str, TensorInfo], names=None) -> None:
-    """Write known shapes into ``value_info`` so that later passes and onnxruntime see them."""
+def annotate_inplace(model: onnx.ModelProto, info: dict[str, TensorInfo], names=None) -> None:
+    """Write known shapes into ``model``'s ``value_info`` (replacing what it held) so that later passes and onnxruntime
+    see them."""
     graph = model.graph
     declared = {v.name for v in list(graph.input) + list(graph.output)} | {t.name for t in graph.initializer}
     del graph.value_info[:]
@@ -131,7 +135,7 @@ def annotate(model: onnx.ModelProto, info: dict[str, TensorInfo], names=None) ->
         ti = info.get(name)
         if ti is None or ti.shape is None or name in declared:
             continue
-        dims = [d if d is not None else "N" for d in ti.shape]
+        dims = [d if d is not None else BATCH_DIM for d in ti.shape]
         graph.value_info.append(helper.make_tensor_value_info(name, ti.elem_type, dims))
 
 
@@ -157,19 +161,15 @@ def misinferred_pools(model: onnx.ModelProto, info: dict[str, TensorInfo]) -> li
     for node in model.graph.node:
         if node.op_type not in ("MaxPool", "AveragePool"):
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if not attrs.get("ceil_mode") or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if not node_attr(node, "ceil_mode", 0) or node_attr(node, "auto_pad", "NOTSET") != "NOTSET":
             continue
         x, y = info.get(node.input[0]), info.get(node.output[0])
         if x is None or y is None or x.shape is None or y.shape is None:
             continue
-        kernel = list(attrs["kernel_shape"])
-        rank = len(kernel)
-        strides = list(attrs.get("strides", [1] * rank))
-        dilations = list(attrs.get("dilations", [1] * rank))
-        pads = list(attrs.get("pads", [0] * 2 * rank))
+        kernel = list(node_attr(node, "kernel_shape"))
+        strides, dilations, begins, ends = window_geometry(node, x.shape[2:], kernel)
         expected = [pool_output_size(s, k, st, d, pb, pe, True) for s, k, st, d, pb, pe in
-                    zip(x.shape[2:], kernel, strides, dilations, pads[:rank], pads[rank:])]
+                    zip(x.shape[2:], kernel, strides, dilations, begins, ends)]
         if None not in x.shape[2:] and list(y.shape[2:]) != expected:
             wrong.append(node.output[0])
     return wrong

@@ -1,25 +1,17 @@
-"""Find what an explanation needs in a classifier graph: the image input, the class-score tensor, the candidate
-layers (4-D feature maps on the path from image to score) and the default layer for CAM methods."""
+"""Find what an explanation needs in a classifier graph: the image input, the candidate layers (4-D feature maps on
+the path from image to score) and the default layer for CAM methods; producers, consumers and reachability.
+
+The class-score tensor and everything else found by walking back from it are in :mod:`onnx_cnnviz.graph.head`."""
 from __future__ import annotations
 
 import difflib
 from typing import NamedTuple
 
 import onnx
-from onnx import helper
 
 from ..errors import ModelStructureError, UnknownLayerError
+from .ops import SHAPE_KEEPING_NO_OPS, node_attr
 from .shapes import FLOAT_TYPES, TensorInfo
-
-# Ops that only re-view the class vector; a Softmax found behind them still ends the classifier.
-SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose"}
-NORMALISING_HEADS = {"Softmax", "LogSoftmax", "Sigmoid"}
-# Ops after which the spatial map is gone (the default layer is the last map before one of them).
-POOLING_OPS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum", "Flatten", "Reshape",
-               "AveragePool", "MaxPool"}
-
-
-IDENTITY_LIKE = {"AveragePool", "MaxPool", "Identity", "Dropout"}
 
 
 class Layer(NamedTuple):
@@ -27,15 +19,6 @@ class Layer(NamedTuple):
     name: str
     shape: tuple
     op_type: str
-
-
-def node_attr(node: onnx.NodeProto, name: str, default=None):
-    """The value of attribute ``name`` of ``node`` (strings decoded), or ``default`` when the node does not set it."""
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -104,37 +87,6 @@ def _describe(value: onnx.ValueInfoProto) -> str:
     return f"{kind}{dims}"
 
 
-def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, str, str | None]:
-    """Return ``(output_name, score_tensor, skipped_op)``.
-
-    The score is the class vector before any final Softmax/LogSoftmax/Sigmoid (Simonyan et al.; Grad-CAM), also when
-    the normaliser is followed by Reshape/Flatten/Squeeze: then the normaliser's input is the score.
-    """
-    graph = model.graph
-    outputs = [o.name for o in graph.output]
-    if wanted is not None:
-        if wanted not in outputs and wanted not in producers(graph):
-            raise ModelStructureError(
-                f"the model has no output or tensor named '{wanted}'; its outputs are: {', '.join(outputs)}.")
-        output = wanted
-    elif len(outputs) == 1:
-        output = outputs[0]
-    else:
-        raise ModelStructureError(
-            f"the model has several outputs ({', '.join(outputs)}); choose the class scores with output=NAME "
-            "(--output NAME on the command line).")
-    made_by = producers(graph)
-    name = output
-    while name in made_by:
-        node = made_by[name]
-        if node.op_type in NORMALISING_HEADS:
-            return output, node.input[0], node.op_type
-        if node.op_type not in SHAPE_ONLY_OPS:
-            break
-        name = node.input[0]
-    return output, output, None
-
-
 NCHW = (0, 1, 2, 3)
 
 
@@ -152,7 +104,7 @@ def layouts(model: onnx.ModelProto, image: str, info: dict[str, TensorInfo]) -> 
             if ti is None or ti.shape is None or len(ti.shape) != 4:
                 continue
             if node.op_type == "Transpose" and ins:
-                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
+                perm = node_attr(node, "perm", [3, 2, 1, 0])
                 layout[out] = tuple(ins[0][p] for p in perm)
             elif ins and all(i == ins[0] for i in ins) and ins[0] != NCHW:
                 layout[out] = ins[0]
@@ -187,7 +139,7 @@ def default_layer(layers: list[Layer]) -> str | None:
     i = len(spatial) - 1
     # An adaptive pool to the size it already has (VGG's 7x7 -> 7x7 AveragePool) changes nothing: name the map
     # before it, the module users know (features[-1]).
-    while i > 0 and spatial[i].op_type in IDENTITY_LIKE and spatial[i].shape == spatial[i - 1].shape:
+    while i > 0 and spatial[i].op_type in SHAPE_KEEPING_NO_OPS and spatial[i].shape == spatial[i - 1].shape:
         i -= 1
     return spatial[i].name
 

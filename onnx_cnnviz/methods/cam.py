@@ -21,14 +21,13 @@ None (``Model.default_layer``), a layer name, or a list of names (maps averaged 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from onnx import numpy_helper
 
 from ..errors import InputError, ModelStructureError
-from ..graph.structure import node_attr, producers
+from ..graph.head import CamHead
+from ..graph.head import cam_head as graph_cam_head
 from ..maps import normalize_maps, normalize_signed, upsample_maps
 from ..model import Model
 from .attribution import auto_batch_size
@@ -284,171 +283,19 @@ def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, n
 
 
 # --- CAM (Zhou et al.) -------------------------------------------------------------------------------------------
-_PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
-
-
-@dataclass
-class CamHead:
-    """The linear classifier head CAM reads its class weights from."""
-    layer: str  # the feature map feeding the head
-    weights: np.ndarray  # (K, C): S_c = sum_k weights[c, k] * mean_ij A^k_ij (+ bias)
-    form: str  # a readable description
-    aliases: tuple = ()  # tensors equal to ``layer`` (through Identity / Dropout)
-
-
-def _const(graph, name: str, inits: dict, made_by: dict):
-    """The value of a weight tensor (an initializer, possibly behind Identity/Cast/Transpose), or None."""
-    if name in inits:
-        return numpy_helper.to_array(inits[name]).astype(np.float32)
-    node = made_by.get(name)
-    if node is None or not node.input:
-        return None
-    if node.op_type in ("Identity", "Cast"):
-        return _const(graph, node.input[0], inits, made_by)
-    if node.op_type == "Transpose":
-        value = _const(graph, node.input[0], inits, made_by)
-        if value is None:
-            return None
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        return np.transpose(value, perm)
-    return None
-
-
-def _global_pool_input(node, info, inits, made_by, graph) -> str | None:
-    """The 4-D input of a global spatial average (GlobalAveragePool, ReduceMean over H and W, or an AveragePool
-    whose kernel covers the map), else None."""
-    if node.op_type == "GlobalAveragePool":
-        return node.input[0]
-    shape = info.get(node.input[0]).shape if info.get(node.input[0]) is not None else None
-    if shape is None or len(shape) != 4:
-        return None
-    if node.op_type == "ReduceMean":
-        axes = node_attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            value = _const(graph, node.input[1], inits, made_by)
-            axes = None if value is None else [int(v) for v in value.reshape(-1)]
-        if axes is not None and sorted(a % 4 for a in axes) == [2, 3]:
-            return node.input[0]
-        return None
-    if node.op_type == "AveragePool":
-        kernel = list(node_attr(node, "kernel_shape", []))
-        pads = list(node_attr(node, "pads", [0, 0, 0, 0]))
-        if kernel == list(shape[2:]) and not any(pads):
-            return node.input[0]
-    return None
-
-
-def _back_through(name: str, made_by: dict, walked: list) -> str:
-    """Follow ``name`` back through shape-only ops (Reshape/Flatten/Squeeze/Identity/Dropout)."""
-    while name in made_by and made_by[name].op_type in _PASS_THROUGH:
-        walked.append(made_by[name].op_type)
-        name = made_by[name].input[0]
-    return name
-
-
 def cam_head(m: Model) -> CamHead:
-    """Find CAM's class weights: the score must be a linear function of a global average of one feature map.
-
-    Accepted heads (Zhou et al. 2016, Sec. 2, and its fully convolutional variant):
-
-    * ``A -> GlobalAveragePool | ReduceMean(H, W) -> [Flatten/Reshape/Squeeze] -> Gemm | MatMul [+ Add]`` with
-      constant weights (ResNet, DenseNet, MobileNet, EfficientNet, GoogLeNet, ...): ``w^c_k = W[c, k]``;
-    * ``A -> Conv 1x1 (constant weights) -> [Relu] -> GlobalAveragePool -> [Flatten]`` (SqueezeNet, NiN):
-      ``w^c_k = W_conv[c, k, 0, 0]``. A ReLU after the 1x1 conv makes the score no longer exactly linear in ``A``;
-      CAM then uses the linear part ``sum_k w^c_k A^k``, as the paper's definition does.
-
-    Biases are left out (they shift every location of ``M_c`` alike). Raises ModelStructureError otherwise.
-    """
+    """The linear classifier head CAM reads its class weights from: :func:`onnx_cnnviz.graph.head.cam_head` on the
+    model's graph (the accepted heads and the errors are described there)."""
     spec = m.spec()
-    graph, info = spec.model.graph, spec.info
-    made_by = producers(graph)
-    inits = {t.name: t for t in graph.initializer}
-    walked: list = []
-
-    def fail(reason: str):
-        chain = " <- ".join(["score"] + walked) if walked else "score"
-        raise ModelStructureError(
-            f"CAM needs the class score to be a linear layer over a global average pool of a feature map "
-            f"(GlobalAveragePool/ReduceMean -> [Flatten] -> Gemm/MatMul, or 1x1 Conv -> [Relu] -> "
-            f"GlobalAveragePool); {reason} (walking back from the score: {chain}). Use grad_cam, which needs no "
-            "particular head and equals CAM on such networks.")
-
-    name = _back_through(m.score_name, made_by, walked)
-    node = made_by.get(name)
-    if node is None:
-        fail("the score is not computed by any node")
-    walked.append(node.op_type)
-    bias_add = None
-    if node.op_type == "Add":  # MatMul + bias
-        parts = [i for i in node.input if _const(graph, i, inits, made_by) is None]
-        if len(parts) != 1 or parts[0] not in made_by or made_by[parts[0]].op_type != "MatMul":
-            fail("found an Add that is not a MatMul's bias")
-        bias_add = node
-        node = made_by[parts[0]]
-        walked.append(node.op_type)
-
-    if node.op_type in ("Gemm", "MatMul"):
-        b = _const(graph, node.input[1], inits, made_by)
-        if b is None:
-            fail(f"the {node.op_type} node '{node.name}' has no constant weight matrix")
-        if node.op_type == "Gemm":
-            if node_attr(node, "transA", 0):
-                fail(f"the Gemm node '{node.name}' transposes its input (transA=1)")
-            weights = (b if node_attr(node, "transB", 0) else b.T) * float(node_attr(node, "alpha", 1.0))
-        else:
-            if b.ndim != 2:
-                fail(f"the MatMul node '{node.name}' has a {b.ndim}-D weight")
-            weights = b.T
-        pooled = _back_through(node.input[0], made_by, walked)
-        pool = made_by.get(pooled)
-        feature = _global_pool_input(pool, info, inits, made_by, graph) if pool is not None else None
-        if pool is not None:
-            walked.append(pool.op_type)
-        if feature is None:
-            fail("the linear layer's input is not a global average pool of a feature map")
-        form = (f"{pool.op_type} -> {node.op_type}" + (" + Add" if bias_add is not None else "")
-                + f" ({weights.shape[0]} classes x {weights.shape[1]} channels)")
-    else:
-        feature_map = _global_pool_input(node, info, inits, made_by, graph)
-        if feature_map is None:
-            fail(f"found {node.op_type} where a Gemm/MatMul or a global average pool was expected")
-        conv_out = feature_map
-        relu = made_by.get(conv_out)
-        if relu is not None and relu.op_type == "Relu":
-            walked.append("Relu")
-            conv_out = relu.input[0]
-        conv_out = _back_through(conv_out, made_by, walked)
-        conv = made_by.get(conv_out)
-        if conv is None or conv.op_type != "Conv":
-            if conv is not None:
-                walked.append(conv.op_type)
-            fail("the pooled map is not made by a 1x1 convolution (the CAM layer would be a classifier map)")
-        walked.append("Conv")
-        w = _const(graph, conv.input[1], inits, made_by)
-        if w is None or w.ndim != 4 or w.shape[2:] != (1, 1) or int(node_attr(conv, "group", 1)) != 1 \
-                or any(s != 1 for s in node_attr(conv, "strides", [1, 1])) or any(node_attr(conv, "pads", [0, 0, 0, 0])):
-            fail(f"the Conv node '{conv.name}' before the pooling is not a plain 1x1 convolution with constant "
-                 "weights")
-        weights = w[:, :, 0, 0]
-        feature = conv.input[0]
-        form = (f"Conv 1x1{' -> Relu' if relu is not None and relu.op_type == 'Relu' else ''} -> {node.op_type} "
-                f"({weights.shape[0]} classes x {weights.shape[1]} channels)")
-    if weights.shape[0] != m.num_classes:
-        fail(f"the head's weight matrix has {weights.shape[0]} rows but the model scores {m.num_classes} classes")
-    aliases = [feature]
-    cursor = feature
-    while cursor in made_by and made_by[cursor].op_type in ("Identity", "Dropout"):
-        cursor = made_by[cursor].input[0]
-        aliases.append(cursor)
-    return CamHead(feature, weights.astype(np.float32), form, tuple(aliases))
+    return graph_cam_head(spec.model, spec.info, m.score_name, m.num_classes)
 
 
 def cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True, relu: bool = True,
         batch_size: int | None = None) -> np.ndarray:
     """CAM (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, Sec. 2):
     ``M_c(x, y) = sum_k w^c_k f_k(x, y)``, with ``w^c`` the classifier weights of class ``c`` after global average
-    pooling of the feature maps ``f_k`` (see :func:`cam_head` for the accepted heads). One forward pass, no
-    gradient. ``layer=None`` picks the feature map feeding the head; any other layer is an error (use grad_cam).
+    pooling of the feature maps ``f_k`` (see :func:`onnx_cnnviz.graph.head.cam_head` for the accepted heads). One
+    forward pass, no gradient. ``layer=None`` picks the feature map feeding the head; any other layer is an error (use grad_cam).
     Returns (N, H, W) float32."""
     head = cam_head(m)
     if layer is not None:

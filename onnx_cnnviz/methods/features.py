@@ -22,26 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from onnx import numpy_helper
 
 from .. import image as im
-from ..errors import CnnvizError, InputError, ModelStructureError
-from ..graph.receptive_field import ReceptiveField, receptive_field
-from ..graph.structure import Layer, producers
+from ..errors import InputError, MissingDependencyError, ModelStructureError
+from ..graph.head import constant_value, penultimate_input, producing_conv
+from ..graph.structure import Layer, downstream, producers
 from ..model import Model
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
-# Ops that keep a conv's output on the same grid and channels: walking back through them from a layer finds its conv.
-_PASS_THROUGH = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-                 "BatchNormalization", "InstanceNormalization", "Dropout", "Identity", "Mul", "Add", "Div", "Sub"}
-_LINEAR_OPS = {"Gemm", "MatMul", "Conv"}
-_VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "GlobalAveragePool", "GlobalMaxPool",
-             "ReduceMean", "ReduceMax", "Relu", "Dropout", "Softmax", "LogSoftmax", "Sigmoid", "Add",
-             "BatchNormalization", "AveragePool"}
-
-
-class MissingDependencyError(CnnvizError, ImportError):
-    """An optional package (scikit-learn, matplotlib) is needed for this feature and is not installed."""
+from .receptive_field import ReceptiveField, receptive_field
 
 
 # ==================================================================================================================
@@ -52,7 +39,7 @@ def list_images(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder.")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in im.IMAGE_SUFFIXES and p.is_file())
 
 
 def preprocessing_for(m: Model, preprocess=None) -> im.Preprocessing:
@@ -129,16 +116,6 @@ def display_image(x_row: np.ndarray, preprocess=None, m: Model | None = None) ->
     return np.repeat(np.floor(g * 255 + 0.5).astype(np.uint8)[:, :, None], 3, axis=2)
 
 
-def _layer_name(m: Model, layer) -> str:
-    if layer is None:
-        if m.default_layer is None:
-            raise ModelStructureError("the model has no spatial feature map; name a layer (see Model.layers).")
-        return m.default_layer
-    name = layer.name if isinstance(layer, Layer) else layer
-    m.layer(name)  # UnknownLayerError with suggestions
-    return name
-
-
 # ==================================================================================================================
 # Filters
 # ==================================================================================================================
@@ -147,10 +124,7 @@ def conv_weights(m: Model, layer=None) -> tuple[str, np.ndarray]:
     or the convolution producing ``layer`` (walking back through activations, normalisations and residual adds)."""
     spec = m.spec()
     graph = spec.model.graph
-    inits = {t.name: t for t in graph.initializer}
-    made_by = producers(graph)
     if layer is None:
-        from ..graph.structure import downstream
         reached = downstream(graph, [m.input_name])
         node = next((n for n in graph.node if n.op_type == "Conv" and n.input[0] in reached), None)
         if node is None:
@@ -159,20 +133,14 @@ def conv_weights(m: Model, layer=None) -> tuple[str, np.ndarray]:
         name = layer.name if isinstance(layer, Layer) else layer
         if name not in spec.info:
             m.layer(name)
-        node = made_by.get(name)
-        while node is not None and node.op_type != "Conv":
-            if node.op_type not in _PASS_THROUGH:
-                node = None
-                break
-            # follow the input that is itself a feature map (the data path, not a per-channel constant)
-            spatial = [i for i in node.input if i in made_by and i not in inits]
-            node = made_by.get(spatial[0]) if spatial else None
+        node = producing_conv(spec.model, name)
         if node is None:
             raise ModelStructureError(f"'{name}' is not produced by a convolution (through activations and "
                                       "normalisations); its kernels cannot be shown.")
-    if node.input[1] not in inits:
+    weights = constant_value(node.input[1], {t.name: t for t in graph.initializer}, producers(graph))
+    if weights is None:
         raise ModelStructureError(f"the weights of convolution '{node.name}' are computed at run time.")
-    return node.name or node.output[0], numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    return node.name or node.output[0], weights
 
 
 def _upscale(tile: np.ndarray, min_size: int) -> np.ndarray:
@@ -233,7 +201,7 @@ def activations(m: Model, x, layer=None, top: int | None = None, scale: str = "l
     their order when None). ``scale="layer"``: one min-max over all shown maps, so tiles compare (the deep
     visualization toolbox); ``"channel"``: each map on its own. Tiles are enlarged (nearest) to ``tile`` pixels.
     """
-    name = _layer_name(m, layer)
+    name = m.layer_name(layer)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 3:
         x = x[None]
@@ -307,11 +275,11 @@ def top_patches(m: Model, images, layer=None, channels=None, k: int = 9, preproc
 
     For every image ``n`` and channel ``c`` the score is ``max_ij A[n, c, i, j]`` (Girshick et al. 2014 rank pool5
     units this way); the ``k`` best images per channel are kept while streaming batches. The patch is the receptive
-    field of the arg-max unit (:func:`onnx_cnnviz.graph.receptive_field.receptive_field`), clipped to the image.
+    field of the arg-max unit (:func:`onnx_cnnviz.methods.receptive_field.receptive_field`), clipped to the image.
     ``guided=True`` adds guided backpropagation of that unit, ``dA[c, i, j] / dx`` with the guided ReLU rule, cropped
     to the same box (Springenberg et al. 2015). Images are read twice: once to rank, once for the kept ones.
     """
-    name = _layer_name(m, layer)
+    name = m.layer_name(layer)
     prep = preprocessing_for(m, preprocess)
     shape = None
     best_val = best_idx = best_unit = None
@@ -401,22 +369,9 @@ def penultimate_layer(m: Model) -> str:
     """The input of the last linear map before the class score (fc7 for AlexNet / VGG, the pooled features for
     ResNet, the input of SqueezeNet's 1x1 classifier conv), found by walking back from the score through
     reshapes, pooling, activations and dropout."""
-    graph = m.spec().model.graph
-    made_by = producers(graph)
-    inits = {t.name for t in graph.initializer}
-    name = m.score_name
-    for _ in range(64):
-        node = made_by.get(name)
-        if node is None:
-            break
-        if node.op_type in _LINEAR_OPS:
-            return node.input[0]
-        if node.op_type not in _VIEW_OPS:
-            break
-        data = [i for i in node.input if i and i not in inits and i in made_by or i == m.input_name]
-        if not data:
-            break
-        name = data[0]
+    name = penultimate_input(m.spec().model, m.score_name, m.input_name)
+    if name is not None:
+        return name
     if m.default_layer is None:
         raise ModelStructureError("no linear classifier layer nor spatial feature map found; name a layer.")
     return m.default_layer

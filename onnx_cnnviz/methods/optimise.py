@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import Model
-from .features import _layer_name, display_image, preprocessing_for
+from .features import display_image, preprocessing_for
 
 
 @dataclass
@@ -149,7 +149,7 @@ def neuron_model(m: Model, layer, channel: int, unit=None, steps: int = 200, lr:
     channel); the graph is built once and reused every step. Jitter defaults to off: it would move a single unit's
     field. ``init="noise"`` by default: at the zero input many units are exactly 0 behind a ReLU and get no gradient.
     """
-    name = _layer_name(m, layer)
+    name = m.layer_name(layer)
     hw = _hw(m, hw)
     shape = m.spec(hw).info[name].shape
     if len(shape) != 4:
@@ -207,7 +207,7 @@ def invert(m: Model, x, layer, steps: int = 300, lr: float = 0.05, lambda_tv: fl
     Ba 2015) with step ``lr * B``; ``y`` stays in the valid pixel range (``clip``). ``history`` holds the relative
     code error ``||Phi(y) - Phi_0|| / ||Phi_0||`` before each step, ``final`` at the result.
     """
-    name = _layer_name(m, layer)
+    name = m.layer_name(layer)
     prep = preprocessing_for(m, preprocess)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 3:

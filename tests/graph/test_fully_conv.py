@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import onnx_cnnviz as cv
-from onnx_cnnviz.graph.fully_conv import score_map
+from onnx_cnnviz.methods.score_map import score_map
 
 from ..conftest import CACHE, export_onnx
 

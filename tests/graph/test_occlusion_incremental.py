@@ -167,6 +167,29 @@ def test_window_stride_off_the_grid(tmp_path):
     np.testing.assert_array_equal(cv.occlusion(m, x, 0, window=6, stride=3), full)
 
 
+def test_same_padded_average_pool_excluding_padding_reads_full_maps():
+    """SAME_UPPER puts an odd padding pixel at the end only: an AveragePool that leaves out its padding divides by
+    fewer pixels there, so it must not run on boxes even though its begin padding is zero."""
+    rng = np.random.default_rng(0)
+    conv, ws = _conv("c1", "x", 3, 4, rng, pads=[1, 1, 1, 1])
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "c2_w")
+    fc = numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "fc_w")
+    nodes = [conv,
+             helper.make_node("AveragePool", ["c1"], ["avg"], kernel_shape=[2, 2], strides=[2, 2],
+                              auto_pad="SAME_UPPER", count_include_pad=0),
+             helper.make_node("Conv", ["avg", "c2_w"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "fc_w"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "same_avg",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 21, 21])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], [*ws, w2, fc])
+    m = cv.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), device="cpu")
+    x = rng.standard_normal((1, 3, 21, 21)).astype(np.float32)
+    the_plan = _compare(m, x, (4, 4), (2, 2), max_box_fraction=1.0)
+    assert the_plan.frontier == ["c1"]
+
+
 def test_graph_is_standard_onnx(loaded_batch):
     _, m, x = loaded_batch("resnet18", 1, seed=4)
     spec = m.spec(x.shape[2:])

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_cnnviz as cv
 from onnx_cnnviz.errors import ModelStructureError
-from onnx_cnnviz.graph.receptive_field import receptive_field
+from onnx_cnnviz.methods.receptive_field import receptive_field
 
 from ..conftest import CACHE, export_onnx
 

@@ -23,9 +23,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ...errors import ModelStructureError, UnsupportedOpError
+from ...errors import InputError, ModelStructureError, UnsupportedOpError
 from ..builder import GraphBuilder
-from ..load import opset_of
+from ..load import BATCH_DIM, opset_of
+from ..ops import node_attr
 from ..shapes import TensorInfo
 from ..structure import upstream
 from .rules import rule_table
@@ -68,12 +69,16 @@ class RuleContext:
         """The constant value of an input (an initializer), or None when it is computed at run time."""
         return self.values.get(name) if name else None
 
+    def constant(self, name: str, what: str):
+        """The constant value of ``name``, which the rule cannot do without: :class:`UnsupportedOpError` saying that
+        ``what`` (e.g. "the repeats") is computed at run time otherwise."""
+        value = self.value(name)
+        if value is None:
+            self.unsupported(f"{what} are computed at run time")
+        return value
+
     def attr(self, name: str, default=None):
-        for a in self.node.attribute:
-            if a.name == name:
-                value = helper.get_attribute_value(a)
-                return value.decode() if isinstance(value, bytes) else value
-        return default
+        return node_attr(self.node, name, default)
 
     def forward_output(self, index: int, hint: str) -> str:
         """Make the forward node also produce its optional output ``index`` (e.g. MaxPool's Indices)."""
@@ -128,7 +133,7 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     read like initializers.
     """
     if seed not in ("input", "top1"):
-        raise ValueError(f"seed must be 'input' or 'top1', not {seed!r}")
+        raise InputError(f"seed must be 'input' or 'top1', not {seed!r}.")
     table = rule_table(rule_set)
     model = copy.deepcopy(model)
     graph = model.graph
@@ -151,7 +156,7 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     target_output = seed_input = None
     if seed == "input":
         seed_input = SEED_INPUT
-        graph.input.append(helper.make_tensor_value_info(SEED_INPUT, TensorProto.FLOAT, ["N", num_classes]))
+        graph.input.append(helper.make_tensor_value_info(SEED_INPUT, TensorProto.FLOAT, [BATCH_DIM, num_classes]))
         seed_2d = SEED_INPUT
     else:
         flat = b.op("Reshape", [score, b.ints([0, -1])], hint="score_2d")
@@ -190,11 +195,11 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
         out = grad_name(name)
         b.nodes.append(helper.make_node("Identity", [total], [out], name=b.unique("grad_out")))
         ti = info.get(name)
-        dims = [d if d is not None else "N" for d in ti.shape] if ti and ti.shape is not None else None
+        dims = [d if d is not None else BATCH_DIM for d in ti.shape] if ti and ti.shape is not None else None
         graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, dims))
         outputs[name] = out
     if target_output:
-        graph.output.append(helper.make_tensor_value_info(TARGET_OUTPUT, TensorProto.INT64, ["N"]))
+        graph.output.append(helper.make_tensor_value_info(TARGET_OUTPUT, TensorProto.INT64, [BATCH_DIM]))
 
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.initializers)

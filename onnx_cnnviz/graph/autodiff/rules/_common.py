@@ -31,3 +31,9 @@ def reshape_to_input(ctx, g: str, x: str) -> str:
     else:
         target = ctx.b.shape(x)
     return ctx.b.op("Reshape", [g, target], hint="view_back")
+
+
+def times_function_of_input(ctx, node, dys, op: str, hint: str) -> list:
+    """The rule of every op whose derivative is one ONNX op of its input: ``dx = g * op(x)``."""
+    b = ctx.b
+    return [b.op("Mul", [dys[0], b.op(op, [node.input[0]])], hint=hint)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from . import register
+from ._common import times_function_of_input
 
 
 # 2**126 lifts the smallest normal float32 (2**-126) to 1; larger values saturate at Clip's upper bound.
@@ -165,8 +166,7 @@ def elu(ctx, node, dys):
 @register("Softplus")
 def softplus(ctx, node, dys):
     """dx = g * sigmoid(x)."""
-    b = ctx.b
-    return [b.op("Mul", [dys[0], b.op("Sigmoid", [node.input[0]])], hint="softplus_grad")]
+    return times_function_of_input(ctx, node, dys, "Sigmoid", "softplus_grad")
 
 
 @register("Mish")

@@ -12,29 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...padding import split_padding, window_geometry
 from . import register
-
-
-def conv_geometry(ctx, node, in_spatial, kernel):
-    """Explicit strides, dilations and (begin, end) pads, resolving ``auto_pad`` like the ONNX spec."""
-    rank = len(in_spatial)
-    strides = list(ctx.attr("strides", [1] * rank))
-    dilations = list(ctx.attr("dilations", [1] * rank))
-    auto_pad = ctx.attr("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-            small, big = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else big)
-            ends.append(big if auto_pad == "SAME_UPPER" else small)
-    elif auto_pad == "VALID":
-        begins, ends = [0] * rank, [0] * rank
-    else:
-        pads = list(ctx.attr("pads", [0] * (2 * rank)))
-        begins, ends = pads[:rank], pads[rank:]
-    return strides, dilations, begins, ends
 
 
 def transpose_pads(in_spatial, out_spatial, kernel, strides, dilations, begins) -> dict:
@@ -64,18 +43,25 @@ def flipped_transposed(weight: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(np.flip(w, axis=tuple(range(2, w.ndim))))
 
 
-@register("Conv")
-def conv(ctx, node, dys):
+def _operands(ctx, node) -> tuple:
+    """(input shape, constant weight or None, weight shape) of a Conv / ConvTranspose; only the gradient of the
+    input (an activation) is ever built, never of the weight or bias."""
     if ctx.wants(1) or ctx.wants(2):
-        ctx.unsupported("a gradient for the Conv weight or bias was asked for; only activations are differentiated")
-    b, g = ctx.b, dys[0]
-    x_shape = ctx.static_shape(node.input[0])
+        ctx.unsupported(f"a gradient for the {node.op_type} weight or bias was asked for; only activations are "
+                        "differentiated")
     w_value = ctx.value(node.input[1])
     w_shape = ctx.static_shape(node.input[1]) if w_value is None else w_value.shape
+    return ctx.static_shape(node.input[0]), w_value, w_shape
+
+
+@register("Conv")
+def conv(ctx, node, dys):
+    b, g = ctx.b, dys[0]
+    x_shape, w_value, w_shape = _operands(ctx, node)
     kernel = list(ctx.attr("kernel_shape", w_shape[2:]))
     in_spatial = list(x_shape[2:])
     out_spatial = list(ctx.static_shape(node.output[0])[2:])
-    strides, dilations, begins, ends = conv_geometry(ctx, node, in_spatial, kernel)
+    strides, dilations, begins, ends = window_geometry(node, in_spatial, kernel)
     group = ctx.attr("group", 1)
 
     if w_value is not None and all(s == 1 for s in strides) and all(
@@ -93,12 +79,8 @@ def conv(ctx, node, dys):
 @register("ConvTranspose")
 def conv_transpose(ctx, node, dys):
     """dX of a transposed convolution is the ordinary convolution of dY with the same kernel and pads."""
-    if ctx.wants(1) or ctx.wants(2):
-        ctx.unsupported("a gradient for the ConvTranspose weight or bias was asked for")
     b, g = ctx.b, dys[0]
-    x_shape = ctx.static_shape(node.input[0])
-    w_value = ctx.value(node.input[1])
-    w_shape = ctx.static_shape(node.input[1]) if w_value is None else w_value.shape
+    x_shape, _, w_shape = _operands(ctx, node)
     y_shape = ctx.static_shape(node.output[0])
     rank = len(x_shape) - 2
     kernel = list(ctx.attr("kernel_shape", w_shape[2:]))
@@ -108,14 +90,9 @@ def conv_transpose(ctx, node, dys):
     pads = ctx.attr("pads")
     auto_pad = ctx.attr("auto_pad", "NOTSET")
     if pads is None or auto_pad != "NOTSET" or ctx.attr("output_shape") is not None:
-        # Pads implied by the output size; the spec puts the larger half at the end only for SAME_UPPER.
-        begins, ends = [], []
-        upper = auto_pad == "SAME_UPPER"
-        for i in range(rank):
-            total = strides[i] * (x_shape[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1 - y_shape[2 + i]
-            small, big = total // 2, total - total // 2
-            begins.append(small if upper else big)
-            ends.append(big if upper else small)
-        pads = begins + ends
+        # Pads implied by the output size (ConvTranspose spec: the odd pixel at the end only for SAME_UPPER).
+        halves = [split_padding(strides[i] * (x_shape[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+                                - y_shape[2 + i], auto_pad) for i in range(rank)]
+        pads = [begin for begin, _ in halves] + [end for _, end in halves]
     return [b.op("Conv", [g, node.input[1]], hint="convT_grad", strides=strides, dilations=dilations,
                  group=ctx.attr("group", 1), pads=list(pads), kernel_shape=kernel), None, None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from . import register
-from ._common import unbroadcast
+from ._common import times_function_of_input, unbroadcast
 
 
 def _out_shape(ctx, node):
@@ -23,36 +23,33 @@ def sum_(ctx, node, dys):
     return add(ctx, node, dys)
 
 
+def _binary(ctx, node, grad_a, grad_b) -> list:
+    """A broadcasting binary op's rule: ``grad_a()``/``grad_b()`` build dL/da and dL/db at the output's shape; each
+    is built only when its input needs a gradient, then summed back to that input's shape."""
+    y = _out_shape(ctx, node)
+    return [unbroadcast(ctx, grad(), name, y) if ctx.wants(i) else None
+            for i, (grad, name) in enumerate(zip((grad_a, grad_b), node.input))]
+
+
 @register("Sub")
 def sub(ctx, node, dys):
     """d(a - b) = (g, -g)."""
-    b, y = ctx.b, _out_shape(ctx, node)
-    da = unbroadcast(ctx, dys[0], node.input[0], y) if ctx.wants(0) else None
-    db = unbroadcast(ctx, b.op("Neg", [dys[0]]), node.input[1], y) if ctx.wants(1) else None
-    return [da, db]
+    return _binary(ctx, node, lambda: dys[0], lambda: ctx.b.op("Neg", [dys[0]]))
 
 
 @register("Mul")
 def mul(ctx, node, dys):
     """d(a * b) = (g * b, g * a)."""
-    b, y = ctx.b, _out_shape(ctx, node)
-    a_name, b_name = node.input
-    da = unbroadcast(ctx, b.op("Mul", [dys[0], b_name]), a_name, y) if ctx.wants(0) else None
-    db = unbroadcast(ctx, b.op("Mul", [dys[0], a_name]), b_name, y) if ctx.wants(1) else None
-    return [da, db]
+    b, (a_name, b_name) = ctx.b, node.input
+    return _binary(ctx, node, lambda: b.op("Mul", [dys[0], b_name]), lambda: b.op("Mul", [dys[0], a_name]))
 
 
 @register("Div")
 def div(ctx, node, dys):
     """d(a / b) = (g / b, -g * y / b)."""
-    b, y = ctx.b, _out_shape(ctx, node)
-    a_name, b_name = node.input
-    da = unbroadcast(ctx, b.op("Div", [dys[0], b_name]), a_name, y) if ctx.wants(0) else None
-    db = None
-    if ctx.wants(1):
-        db = b.op("Neg", [b.op("Div", [b.op("Mul", [dys[0], node.output[0]]), b_name])])
-        db = unbroadcast(ctx, db, b_name, y)
-    return [da, db]
+    b, b_name = ctx.b, node.input[1]
+    return _binary(ctx, node, lambda: b.op("Div", [dys[0], b_name]),
+                   lambda: b.op("Neg", [b.op("Div", [b.op("Mul", [dys[0], node.output[0]]), b_name])]))
 
 
 @register("Neg")
@@ -89,8 +86,7 @@ def reciprocal(ctx, node, dys):
 @register("Abs")
 def abs_(ctx, node, dys):
     """d |x| = g * sign(x) (0 at 0, as torch)."""
-    b = ctx.b
-    return [b.op("Mul", [dys[0], b.op("Sign", [node.input[0]])], hint="abs_grad")]
+    return times_function_of_input(ctx, node, dys, "Sign", "abs_grad")
 
 
 @register("Pow")

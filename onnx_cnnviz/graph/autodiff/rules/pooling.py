@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...padding import window_geometry
 from . import register
-from .conv import conv_geometry, transpose_pads
+from .conv import transpose_pads
 
 
 @register("MaxPool")
@@ -62,7 +63,7 @@ def average_pool(ctx, node, dys):
     out_spatial = list(ctx.static_shape(node.output[0])[2:])
     in_spatial = list(x_shape[2:])
     kernel = list(ctx.attr("kernel_shape"))
-    strides, dilations, begins, ends = conv_geometry(ctx, node, in_spatial, kernel)
+    strides, dilations, begins, ends = window_geometry(node, in_spatial, kernel)
     counts = avg_pool_counts(in_spatial, out_spatial, kernel, strides, dilations, begins, ends,
                              bool(ctx.attr("count_include_pad", 0)))
     channels = x_shape[1]
@@ -98,10 +99,7 @@ def reduce_axes(ctx, node) -> list[int] | None:
     rank = len(ctx.shape(node.input[0]))
     axes = ctx.attr("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
-        value = ctx.value(node.input[1])
-        if value is None:
-            ctx.unsupported("the reduction axes are computed at run time")
-        axes = [int(a) for a in value.reshape(-1)]
+        axes = [int(a) for a in ctx.constant(node.input[1], "the reduction axes").reshape(-1)]
     if not axes:
         if ctx.attr("noop_with_empty_axes", 0):
             return None

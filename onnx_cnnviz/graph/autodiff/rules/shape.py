@@ -59,9 +59,7 @@ def expand(ctx, node, dys):
 def tile(ctx, node, dys):
     """y = tile(x, r): view g as (r0, d0, r1, d1, ...) and sum over the repeat axes."""
     b = ctx.b
-    reps = ctx.value(node.input[1])
-    if reps is None:
-        ctx.unsupported("the repeats are computed at run time")
+    reps = ctx.constant(node.input[1], "the repeats")
     shape = ctx.shape(node.input[0])
     if any(d is None for d, r in zip(shape, reps) if r != 1):
         ctx.unsupported("tiling along the batch axis")
@@ -178,9 +176,7 @@ def pad(ctx, node, dys):
     pads = [int(p) for p in np.asarray(pads).reshape(-1)]
     axes = list(range(rank))
     if len(node.input) > 3 and node.input[3]:
-        value = ctx.value(node.input[3])
-        if value is None:
-            ctx.unsupported("the pad axes are computed at run time")
+        value = ctx.constant(node.input[3], "the pad axes")
         axes = [int(a) + rank if a < 0 else int(a) for a in value.reshape(-1)]
     n = len(axes)
     begin = dict(zip(axes, pads[:n]))
@@ -209,9 +205,7 @@ def pad(ctx, node, dys):
 def gather(ctx, node, dys):
     """Constant indices: scatter g back along ``axis`` (repeated indices add up)."""
     b = ctx.b
-    indices = ctx.value(node.input[1])
-    if indices is None:
-        ctx.unsupported("the gather indices are computed at run time")
+    indices = ctx.constant(node.input[1], "the gather indices")
     data_shape = ctx.shape(node.input[0])
     rank = len(data_shape)
     axis = ctx.attr("axis", 0)
@@ -276,10 +270,7 @@ def resize(ctx, node, dys):
     scales = None
     scale_input = 2 if node.op_type == "Resize" else 1
     if len(node.input) > scale_input and node.input[scale_input]:
-        scales = ctx.value(node.input[scale_input])
-        if scales is None:
-            ctx.unsupported("the scales are computed at run time")
-        scales = [float(s) for s in scales.reshape(-1)] or None
+        scales = [float(s) for s in ctx.constant(node.input[scale_input], "the scales").reshape(-1)] or None
     g = dys[0]
     for axis in (3, 2):
         in_size, out_size = x_shape[axis], y_shape[axis]

@@ -1,0 +1,24 @@
+"""The receptive field of a model's layer: the graph walk of :mod:`onnx_cnnviz.graph.receptive_field`, run once per
+model and input size."""
+from __future__ import annotations
+
+from ..graph.receptive_field import ReceptiveField, compute_receptive_fields, layer_field
+from ..model import Model
+
+
+def receptive_field(m: Model, layer, hw=None) -> ReceptiveField:
+    """The receptive field of ``layer`` (a tensor name or :class:`Layer` of ``m``) at input size ``hw`` (default: the
+    model's own).
+
+    See :mod:`onnx_cnnviz.graph.receptive_field` for the recursion (Araujo et al., Distill 2019) and the convention.
+    Raises :class:`UnknownLayerError` for a name that is no tensor of the model, :class:`ModelStructureError` when the
+    layer is not a spatial map computed from the image or an op on the way resamples the grid.
+    """
+    spec = m.spec(hw)
+    input_hw = tuple(spec.info[m.input_name].shape[2:])
+    fields = m.cached(("receptive_fields", input_hw),
+                      lambda: compute_receptive_fields(spec.model, m.input_name, spec.info))
+    name = getattr(layer, "name", layer)
+    if name not in fields and name not in spec.info:
+        m.layer(name)  # raises UnknownLayerError with suggestions
+    return layer_field(fields, spec.info, m.input_name, name)
