@@ -340,9 +340,9 @@ def test_disk_full_while_writing(inputs, monkeypatch):
 def test_an_interrupted_folder_run_keeps_finished_results(inputs, monkeypatch):
     """Same as tests/cli/test_cli.py::test_keyboard_interrupt_keeps_finished_results, on the tiny model and with
     the inputs checked."""
-    from onnx_cnnviz import report
+    from onnx_cnnviz.methods import registry
 
-    real, calls = report.explain, []
+    real, calls = registry.explain, []
 
     def interrupt_second(*args, **kwargs):
         calls.append(1)
@@ -350,7 +350,7 @@ def test_an_interrupted_folder_run_keeps_finished_results(inputs, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(report, "explain", interrupt_second)
+    monkeypatch.setattr(registry, "explain", interrupt_second)
     out = inputs.parent / "out"
     with unchanged(inputs):
         result = invoke("explain", inputs / "model.onnx", inputs, "--out", out, "--batch-size", "1")
