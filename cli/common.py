@@ -6,16 +6,21 @@ lines, JSON and files.
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
+import os
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from onnx_cnnviz import jsonio
-from onnx_cnnviz.errors import InputError
-from onnx_cnnviz.image import IMAGE_SUFFIXES
+from onnx_cnnviz.errors import InputError, ModelLoadError
+from onnx_cnnviz.files import check_regular
+from onnx_cnnviz.image import IMAGE_SUFFIXES, MAX_PIXELS
 
 # Exit codes besides 0 and click's 2 for bad usage (see main.py's docstring).
 EXIT_FAILURE = 1
@@ -195,6 +200,25 @@ class MethodListOption(click.Option):
             self.help = saved
 
 
+class LimitType(click.ParamType):
+    """A positive whole number (``_`` and ``,`` allowed as separators, as in 100_000_000), or ``none`` (no limit)."""
+    name = "N|none"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "none":
+            return None
+        try:
+            number = int(text.replace(",", "").replace("_", ""))
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is not a limit; give a positive whole number, or 'none' for no limit.", param, ctx)
+        return number
+
+
 def flatten_lists(values) -> list:
     out = []
     for v in values or ():
@@ -209,7 +233,9 @@ def flatten_lists(values) -> list:
 
 
 def model_options(f):
-    """--device, --input, --output, --input-size."""
+    """--device, --input, --output, --input-size, --max-nodes."""
+    from onnx_cnnviz.graph.load import MAX_NODES
+
     options = [
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="Where onnxruntime runs the model (auto: CUDA when it works, else CPU)."),
@@ -218,24 +244,37 @@ def model_options(f):
                      help="The class-score output, when the model has several."),
         click.option("--input-size", type=SizeType(), default=None,
                      help="Image size for models that accept any size (default: metadata, else 224x224)."),
+        click.option("--max-nodes", type=LimitType(), default=MAX_NODES, show_default=True,
+                     help="Refuse models with more graph nodes than this, counted before their weights are read "
+                          "('none': no limit)."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def load_model(path, device="auto", input_name=None, output_name=None, input_size=None, batch_size=None):
+_LIBRARY_DEFAULT = object()
+
+
+def load_model(path, device="auto", input_name=None, output_name=None, input_size=None, batch_size=None,
+               max_nodes=_LIBRARY_DEFAULT):
+    """The model at ``path``; ``max_nodes``: the --max-nodes value (None: no limit; not given: the library's
+    default). A path that is not a regular file (a FIFO that would block, a device) is refused before it is opened
+    (:class:`ModelLoadError`); a folder or a missing file gets the library's message."""
     import onnx_cnnviz as cv
 
+    if not Path(path).is_dir():
+        check_regular(path, "model file", ModelLoadError)
+    limit = {} if max_nodes is _LIBRARY_DEFAULT else {"max_nodes": max_nodes}
     return cv.load(path, device=device, input=input_name, output=output_name, input_size=input_size,
-                   batch_size=batch_size)
+                   batch_size=batch_size, **limit)
 
 
 def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None):
     """The model and its preprocessing from a command's MODEL argument, :func:`model_options` and
     :func:`preprocessing_options` values (``options``: the command's keyword arguments holding them)."""
     m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
-                   options["input_size"], batch_size)
+                   options["input_size"], batch_size, options["max_nodes"])
     pre = resolve_preprocessing(ctx, m, options["preprocess"], options["mean"], options["std"], options["size"],
                                 options["order"], options["scale"], options["input_size"])
     return m, pre
@@ -298,23 +337,51 @@ def resolve_labels(m, labels_path):
 # Images
 
 
+def _set_pixel_limit(ctx, param, value):
+    from onnx_cnnviz.image.reading import pixel_limit
+
+    # For the whole command: every picture read (by the CLI or inside the library) uses this limit; the previous
+    # limit comes back when the command's context closes.
+    ctx.with_resource(pixel_limit(value))
+    return value
+
+
+def image_options(f):
+    """--max-pixels, for the commands that read pictures."""
+    return click.option("--max-pixels", type=LimitType(), default=MAX_PIXELS, show_default=True, expose_value=False,
+                        callback=_set_pixel_limit,
+                        help="Refuse pictures with more pixels than this, from their header before decoding ('none': "
+                             "no limit).")(f)
+
+
+def recursive_option(f):
+    """-r / --recursive, for every command that takes folders of images."""
+    return click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")(f)
+
+
+# The pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png): never taken as inputs
+# from folders and globs inside the output folder.
+_OURS = re.compile(r"\.([a-z-]+\.(top\d+|c\d+)|activations|boxes)\.png$")
+
+
 def collect_images(specs, exclude: Path | None = None, recursive: bool = False) -> list[Path]:
     """Files, folders (their image files, sorted) and globs -> a list of image paths without duplicates.
 
-    ``exclude``: the output folder: pictures this tool wrote there (NAME.METHOD.RANK.png) are not taken from folders
-    and globs, so that a second run over a folder holding its own results does not explain the results. Files named
-    explicitly are always taken.
-    """
-    import re
+    Folders (and folders a glob matches) give their regular files whose suffix is one of
+    :data:`onnx_cnnviz.image.IMAGE_SUFFIXES` (hidden files left out; subfolders too with ``recursive``). Files named
+    explicitly are always taken (reading them says whether they are pictures).
 
+    ``exclude``: the output folder: pictures this tool wrote there (NAME.METHOD.RANK.png, NAME.activations.png,
+    NAME.boxes.png) are not taken from folders and globs, so that a second run over a folder holding its own results
+    does not explain the results.
+    """
     found: list[Path] = []
     seen = set()
     excluded = exclude.resolve() if exclude is not None else None
-    ours = re.compile(r"\.[a-z-]+\.(top\d+|c\d+)\.png$")
 
     def add(path: Path, expanded: bool = True):
         key = path.resolve()
-        if expanded and excluded is not None and (excluded in key.parents) and ours.search(key.name):
+        if expanded and excluded is not None and (excluded in key.parents) and _OURS.search(key.name):
             return
         if key not in seen:
             seen.add(key)
@@ -323,7 +390,7 @@ def collect_images(specs, exclude: Path | None = None, recursive: bool = False) 
     def add_folder(folder: Path):
         pattern = "**/*" if recursive else "*"
         for p in sorted(folder.glob(pattern)):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file():
                 add(p)
 
     for spec in specs:
@@ -340,49 +407,153 @@ def collect_images(specs, exclude: Path | None = None, recursive: bool = False) 
                 p = Path(match)
                 if p.is_dir():
                     add_folder(p)
-                elif p.suffix.lower() in IMAGE_SUFFIXES:
+                elif p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
                     add(p)
         else:
             raise InputError(f"image '{spec}' does not exist.")
     if not found:
+        hint = "" if recursive else "; pass -r to look in subfolders too"
         raise InputError(f"no image files found in {', '.join(map(str, specs))} "
-                         f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+                         f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}{hint}).")
     return found
 
 
 def image_keys(paths: list[Path]) -> list[str]:
-    """A short, unique file-name stem per image: the stem, or the path relative to the common folder when stems
-    collide (``a__cat`` and ``b__cat``)."""
-    import os
-
+    """One file-name stem per image, different for different input paths (compared ignoring case, for file systems
+    that do): the stem when no other image has it; else the path relative to the images' common folder, its folders
+    joined by ``__`` (``a/cat.png`` -> ``a__cat``), plus the suffix when only that differs (``cat_png``,
+    ``cat_jpg``); when that still collides (``a/cat.png`` and ``a__cat.png``), a short hash of the full path is
+    added (``a__cat-3f9c2a1b``). Keys over :data:`MAX_KEY` characters are cut and hashed the same way."""
     stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
+    if _unique(stems) and all(len(k) <= MAX_KEY for k in stems):
         return stems
     resolved = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    counts = Counter(stem.casefold() for stem in stems)
     keys = []
     for r, stem in zip(resolved, stems):
-        if stems.count(stem) == 1:
+        if counts[stem.casefold()] == 1:
             keys.append(stem)
-            continue
-        rel = r.relative_to(root)
-        keys.append("__".join(rel.parent.parts + (rel.stem,)))
-    # Same stem in the same folder (cat.png, cat.jpg): keep the suffix too.
-    counts = {k: keys.count(k) for k in keys}
-    return [k + "_" + p.suffix.lstrip(".") if counts[k] > 1 else k for k, p in zip(keys, paths)]
+        else:
+            rel = r.relative_to(root)
+            keys.append("__".join(rel.parent.parts + (rel.stem,)))
+    # Same name but the suffix in one folder (cat.png, cat.jpg): the suffix tells them apart.
+    groups: dict = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k.casefold(), []).append(i)
+    for members in groups.values():
+        suffixes = [paths[i].suffix.lstrip(".").casefold() for i in members]
+        if len(members) > 1 and all(suffixes) and len(set(suffixes)) == len(members):
+            for i in members:
+                keys[i] = f"{keys[i]}_{paths[i].suffix.lstrip('.')}"
+
+    def digest(i: int, digits: int) -> str:
+        return hashlib.sha1(str(resolved[i]).encode("utf-8", "surrogateescape")).hexdigest()[:digits]
+
+    keys = [f"{k[:MAX_KEY - 9]}-{digest(i, 8)}" if len(k) > MAX_KEY else k for i, k in enumerate(keys)]
+    # Anything still shared (a/cat.png and a__cat.png): a hash of the full path, longer until every key is unique.
+    for digits in (8, 16, 40):
+        counts = Counter(k.casefold() for k in keys)
+        if all(n == 1 for n in counts.values()):
+            return keys
+        keys = [f"{k}-{digest(i, digits)}" if counts[k.casefold()] > 1 else k for i, k in enumerate(keys)]
+    return keys if _unique(keys) else [f"{k}-{i}" for i, k in enumerate(keys)]
+
+
+MAX_KEY = 120  # characters of an image's key in output file names (file names stop at 255 bytes)
+
+
+def _unique(keys) -> bool:
+    return len({k.casefold() for k in keys}) == len(keys)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Output files
 
 
-def check_free(paths, overwrite: bool) -> None:
-    """Fail before any work when an output exists (and --overwrite was not given)."""
+def out_folder(path) -> Path:
+    """The --out folder of a command: refused (:class:`InputError`) when it exists and is not a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out '{path}' exists and is not a folder; give a folder for the results.")
+    return path
+
+
+def protect_inputs(outputs, inputs) -> None:
+    """Refuse (:class:`InputError`) to write any of ``outputs`` over one of ``inputs`` (the model, images, labels,
+    any file a command reads), whatever --overwrite says: the same path, or the same file reached through a symbolic
+    or hard link (compared by device and inode, like :func:`os.path.samefile`). Call it before any work, with every
+    output the command may write. ``None`` entries are ignored."""
+    sources = {}
+    for path in inputs:
+        if path is None:
+            continue
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        sources[(info.st_dev, info.st_ino)] = path
+    if not sources:
+        return
+    for out in outputs:
+        try:
+            info = os.stat(out)
+        except OSError:  # not there (or not reachable): it cannot be an input
+            continue
+        source = sources.get((info.st_dev, info.st_ino))
+        if source is not None:
+            same = "" if os.path.abspath(out) == os.path.abspath(source) else f" (the same file as the input {source})"
+            raise InputError(f"the output {out} would replace an input file{same}; choose another --out (input "
+                             "files are never written).")
+
+
+def check_outputs(paths, overwrite: bool, inputs=()) -> None:
+    """Fail before any work when an output would replace an input (:func:`protect_inputs`, whatever ``overwrite``
+    says), is something other than a regular file (a folder, a FIFO: never replaced), or exists while ``overwrite``
+    is false."""
+    paths = [Path(p) for p in paths]
+    protect_inputs(paths, inputs)
+    for p in paths:
+        check_regular(p, "the output")
     if overwrite:
         return
     for p in paths:
-        if Path(p).exists():
+        if p.exists():
             raise InputError(f"{p} already exists; pass --overwrite to replace it.")
+
+
+
+def remove_stale_temps(folder, names) -> list:
+    """Delete the temporary files a killed run (``kill -9``) left in ``folder`` for the output file ``names``
+    (see :func:`onnx_cnnviz.files.remove_stale_temps`) and say how many; returns them."""
+    from onnx_cnnviz import files
+
+    removed = files.remove_stale_temps(folder, names)
+    if removed:
+        echo(f"resume: removed {len(removed)} temporary file(s) left by an interrupted run", err=True)
+    return removed
+
+
+def occlusion_geometry(window, stride, hw) -> None:
+    """Check the occlusion --window and --stride against the ``hw`` model input before any work: a window larger
+    than the input is a usage error; a stride not smaller than the input along an axis gets a warning (only one
+    window is placed along it, at the top or left edge, so most of the map stays empty)."""
+    if window[0] > hw[0] or window[1] > hw[1]:
+        raise click.BadParameter(f"the occlusion window {window[0]}x{window[1]} is larger than the {hw[0]}x{hw[1]} "
+                                 "model input; give a smaller --window.", param_hint="--window")
+    warn_occlusion_stride(stride, hw)
+
+
+def warn_occlusion_stride(stride, hw) -> None:
+    """Warn when the occlusion ``stride`` is not smaller than the ``hw`` image along an axis."""
+    axes = [axis for axis, s, n in (("height", stride[0], hw[0]), ("width", stride[1], hw[1])) if s >= n]
+    if not axes:
+        return
+    where = " and ".join(axes)
+    shown = "a single window" if len(axes) == 2 else ("one row of windows" if axes == ["height"] else
+                                                       "one column of windows")
+    warn(f"the occlusion stride {stride[0]}x{stride[1]} is not smaller than the {hw[0]}x{hw[1]} image in {where}: "
+         f"{shown} is placed (at the top-left), so the map is empty outside it; give a smaller --stride.")
 
 
 def npy_bytes(array) -> bytes:

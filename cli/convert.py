@@ -1,9 +1,11 @@
 """``cnnviz convert``: framework models to ONNX, ready for explanation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from .common import SizeType, finish, global_flags
+from .common import SizeType, check_outputs, finish, global_flags
 
 
 @click.group("convert")
@@ -39,6 +41,7 @@ def convert_torch(source, out_path, input_size, opset, dynamo, weights, preproce
     """
     from onnx_cnnviz.converters.torch import export
 
+    check_outputs([out_path], overwrite, [labels, _source_file(source)])
     path = export(source, out_path, input_size=input_size, opset=opset, dynamo=dynamo, weights=weights,
                   preprocessing=preprocess, labels=labels, seed=seed, check=not no_check, overwrite=overwrite)
     finish({"source": source, "out": str(path), "exporter": "dynamo" if dynamo else "torchscript",
@@ -72,6 +75,7 @@ def convert_keras(model_path, out_path, input_size, opset, channels_first, prepr
     from onnx_cnnviz.converters.keras import export, import_tensorflow
 
     import_tensorflow()  # the missing-extra message before anything else
+    check_outputs([out_path], overwrite, [model_path, labels])
     path = export(model_path, out_path, input_size=input_size, opset=opset, channels_last_input=not channels_first,
                   preprocess=preprocess, labels=labels, check=not no_check, overwrite=overwrite)
     layout = "NCHW input" if channels_first else "NHWC input transposed to NCHW"
@@ -79,3 +83,9 @@ def convert_keras(model_path, out_path, input_size, opset, channels_first, prepr
             "input_layout": "NCHW" if channels_first else "NHWC", "opset": opset,
             "input_size": list(input_size) if input_size else None},
            f"wrote {path} (tf2onnx, {layout})")
+
+
+def _source_file(source: str) -> str | None:
+    """The Python file of a FILE.py:ATTR source (the file the export reads), else None."""
+    file, colon, _ = source.rpartition(":")
+    return file if colon and file.endswith(".py") and Path(file).is_file() else None

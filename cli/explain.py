@@ -2,13 +2,16 @@
 and one JSON record per result.
 
 A run, :func:`run`, goes in steps: the options become one :class:`RunSettings` (checked against the loaded model);
-:func:`plan` decides which images and methods are left to do, refusing to replace an input or, without --overwrite or
---resume, a result; :func:`explain_all` reads the images a batch at a time (:func:`read_batch`), explains each group of
-same-size images (:func:`explain_group`) and writes each result (:func:`write_result`); :func:`finish_run` prints the
-summary and sets the exit code.
+:func:`plan` decides which images and methods are left to do, refusing to replace an input (whatever the flags) or,
+without --overwrite or --resume, a result; under --resume it keeps the finished results made with the same settings,
+recomputes the others and removes the temporary files a killed run left. :func:`explain_all` reads the images a batch
+at a time (:func:`read_batch`), explains each group of same-size images (:func:`explain_group`) and writes each result
+(:func:`write_result`), listing each one as soon as its record is on disk; :func:`finish_run` prints the summary (what
+is on disk, also after Ctrl-C) and sets the exit code.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -16,14 +19,17 @@ from typing import NamedTuple
 import click
 import numpy as np
 
+from onnx_cnnviz import jsonio
 from onnx_cnnviz.errors import InputError
+from onnx_cnnviz.files import check_regular
 from onnx_cnnviz.image import Preprocessing
 from onnx_cnnviz.methods import registry
 
 from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, BaselineType, CsvChoice, MethodListOption, SizeType,
-                     collect_images, echo, emit_json, flatten_lists, global_flags, image_keys, model_and_preprocessing,
-                     model_options, npy_bytes, preprocessing_options, progress, resolve_labels, save_json, settings,
-                     warn)
+                     collect_images, echo, emit_json, flatten_lists, global_flags, image_keys, image_options,
+                     model_and_preprocessing, model_options, npy_bytes, occlusion_geometry, out_folder,
+                     preprocessing_options, progress, protect_inputs, recursive_option, remove_stale_temps,
+                     resolve_labels, save_json, settings, warn, warn_occlusion_stride)
 
 
 def run_options(f):
@@ -41,12 +47,16 @@ def run_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Images read and explained together (memory stays bounded by this); the rows per "
                           "onnxruntime run are chosen by the library."),
-        click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders."),
+        recursive_option,
         click.option("--overwrite", is_flag=True, help="Replace existing results (never done otherwise)."),
-        click.option("--resume", is_flag=True, help="Skip results whose .json record already exists."),
+        click.option("--resume", is_flag=True,
+                     help="Skip the results whose .json record exists and was made with the same model, parameters "
+                          "and preprocessing; recompute the others (and the unfinished ones); remove the temporary "
+                          "files of a killed run."),
         click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                      help="Heat-map opacity in the overlays."),
         click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap of the overlays."),
+        image_options,
     ]
     for option in reversed(options):
         f = option(f)
@@ -87,8 +97,12 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
 
     Writes, per image, method and class, into --out: NAME.METHOD.RANK.png (the picture), .npy (the raw map as the
     library returns it) and .json (model, image, class, class name, score, probability, method, parameters).
-    RANK is top1 (default), topK with --top-k, or cN with --target N. Pictures over 100 megapixels are refused from
-    their header (onnx_cnnviz.image.MAX_PIXELS) and skipped like unreadable ones.
+    RANK is top1 (default), topK with --top-k, or cN with --target N; NAME is the image's file name without its
+    suffix, or its path below the images' common folder (a__cat for a/cat.png) when two images share a name.
+    Pictures over 100 megapixels are refused from their header (onnx_cnnviz.image.MAX_PIXELS; --max-pixels
+    changes it) and skipped like unreadable ones. Input files are never written, whatever the flags. With --json the
+    summary lists the records written ("results") and maps each image to the files of its finished results
+    ("files"), also after Ctrl-C.
     """
     params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode, "samples": samples,
               "noise": noise, "steps": steps}
@@ -131,7 +145,8 @@ class RunSettings:
     ``params``: the method parameters as given (what :func:`registry.explain` takes); ``method_params``: per method,
     the parameters it runs with and its layer, as its JSON records show them. ``ranks``: the file-name rank of each
     class explained per image (``top1`` .. ``topK`` with --top-k, ``cN`` with --target N, else ``top1``).
-    ``labels``: the class names, or None.
+    ``labels``: the class names, or None. ``inputs``: the files the run reads (model, labels), which no output may
+    replace.
     """
     out: Path
     methods: list
@@ -151,11 +166,12 @@ class RunSettings:
     labels: list | None
     model_path: str
     version: str
+    inputs: tuple = ()
 
     @classmethod
     def build(cls, m, pre: Preprocessing, methods: list, params: dict, options: dict) -> RunSettings:
-        """Check the options against the loaded model ``m`` (labels, each method's layer, the target class), so that
-        a bad one fails before any image is read, and fix the settings."""
+        """Check the options against the loaded model ``m`` (labels, each method's layer, the target class, the
+        occlusion window), so that a bad one fails before any image is read, and fix the settings."""
         from onnx_cnnviz import __version__, report
 
         target, top_k = options["target"], options["top_k"]
@@ -167,6 +183,8 @@ class RunSettings:
             ranks = [f"top{r}" for r in range(1, min(top_k, m.num_classes) + 1)]
         else:
             ranks = [f"c{target}"] if target is not None else ["top1"]
+        if "occlusion" in methods and pre.size:
+            occlusion_geometry(params["window"], params["stride"], pre.size)
         method_params = {}
         for name in methods:
             used = registry.parameters(name, params)
@@ -178,7 +196,8 @@ class RunSettings:
                    overwrite=options["overwrite"], resume=options["resume"], batch_size=options["batch_size"],
                    alpha=options["alpha"], colormap=options["colormap"], preprocessing=pre,
                    preprocessing_info=report.preprocessing_info(pre), labels=labels,
-                   model_path=str(Path(options["model"]).resolve()), version=__version__)
+                   model_path=str(Path(options["model"]).resolve()), version=__version__,
+                   inputs=tuple(p for p in (options["model"], options["labels"]) if p))
 
     @property
     def k(self) -> int:
@@ -189,6 +208,13 @@ class RunSettings:
         """The files of one result: ``KEY.METHOD.RANK.png|npy|json`` in the output folder."""
         stem = f"{key}.{method}.{rank}"
         return ResultFiles(*(self.out / f"{stem}.{suffix}" for suffix in ResultFiles._fields))
+
+    def result_settings(self, method: str) -> dict:
+        """The settings a result of ``method`` is made with, as its record holds them: model, parameters,
+        preprocessing and overlay (alpha, colormap). --resume keeps a result only if its record repeats them."""
+        return {"model": self.model_path, "parameters": self.method_params[method],
+                "preprocessing": self.preprocessing_info,
+                "overlay": {"alpha": self.alpha, "colormap": self.colormap}}
 
 
 def check_options(options: dict) -> None:
@@ -211,79 +237,144 @@ def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
     """Explain the images of ``options`` (the click parameters of :func:`run_options`, the model and preprocessing
     options) with ``methods``; ``params``: the method parameters given on the command line."""
     check_options(options)
-    paths = collect_images(options["images"], exclude=Path(options["out_dir"]))  # before the model: a typo fails fast
+    out = out_folder(options["out_dir"])
+    # Before the model: a typo fails fast.
+    paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
     m, pre = model_and_preprocessing(ctx, options)
     job = RunSettings.build(m, pre, methods, params, options)
     keys = image_keys(paths)
     work = plan(job, paths, keys)
     if work.skipped:
         echo(f"resume: {len(work.skipped)} image(s) already done, skipped", err=True)
-    outcome = explain_all(m, job, paths, keys, work.todo)
-    finish_run(ctx, m, job, len(paths), work, outcome)
+    if work.stale:
+        echo(f"resume: {len(work.stale)} result(s) were made with other settings ({', '.join(work.changed)}) and "
+             "are recomputed", err=True)
+    outcome = explain_all(m, job, paths, keys, work)
+    finish_run(ctx, m, job, paths, keys, work, outcome)
 
 
 @dataclass
 class Plan:
-    """What is left to do: ``todo`` holds, per image with something missing, (its index, the methods with at least
-    one record missing); ``skipped`` the images --resume finds finished."""
+    """What is left to do: ``todo`` holds, per image with something to compute, (its index, the methods with at
+    least one result to compute); ``skipped`` the images --resume finds finished; ``done`` the records of the results
+    --resume keeps; ``stale`` the records made with other settings (recomputed), ``changed`` which settings differ;
+    ``removed`` the temporary files of a killed run that --resume deleted."""
     todo: list
     skipped: list
+    done: set = field(default_factory=set)
+    stale: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
 
 
 def plan(job: RunSettings, paths: list, keys: list) -> Plan:
     """Which images and methods are left to do.
 
-    Refuses (:class:`InputError`, before any work) an output that would replace an input image or the model and,
-    without --overwrite or --resume, a result file that exists already. Under --resume a method whose records all
-    exist is done for that image.
+    Refuses (:class:`InputError`, before any work) an output that would replace an input image, the model or the
+    labels, whatever the flags; without --overwrite or --resume, a result file that exists already; under --resume
+    without --overwrite, a record of another image. Under --resume a result whose record exists and repeats this
+    run's settings (:meth:`RunSettings.result_settings`) is kept; one made with other settings is stale and
+    recomputed, and the temporary files a killed run left for this run's outputs are removed.
     """
-    protected = {p.resolve() for p in paths} | {Path(job.model_path)}
-    todo, skipped, conflicts = [], [], []
-    for i, (path, key) in enumerate(zip(paths, keys)):
+    outputs = {(i, name): [job.files(key, name, rank) for rank in job.ranks]
+               for i, key in enumerate(keys) for name in job.methods}
+    every = [f for outs in outputs.values() for files in outs for f in files]
+    protect_inputs(every, [*job.inputs, *paths])
+    for f in every:
+        check_regular(f, "the result file")  # a folder or a FIFO where a result goes: never replaced
+    work = Plan([], [])
+    conflicts, changed = [], set()
+    for i, path in enumerate(paths):
         missing = []
         for name in job.methods:
-            outs = [job.files(key, name, rank) for rank in job.ranks]
-            for f in (f for files in outs for f in files):
-                if f.resolve() in protected:
-                    raise InputError(f"the output {f} would replace an input file; choose another --out.")
-            if job.resume and all(files.json.exists() for files in outs):
+            outs = outputs[(i, name)]
+            if not job.resume:
+                if not job.overwrite:
+                    conflicts += [f for files in outs for f in files if f.exists()]
+                missing.append(name)
                 continue
-            if not job.overwrite and not job.resume:
-                conflicts += [f for files in outs for f in files if f.exists()]
-            missing.append(name)
+            todo = False
+            for files in outs:
+                state, detail = record_state(job, name, path, files.json)
+                if state == "done":
+                    work.done.add(files.json)
+                    continue
+                todo = True
+                if state == "stale":
+                    work.stale.append(str(files.json))
+                    changed.update(detail)
+                elif state == "other" and not job.overwrite:
+                    conflicts.append(f"{files.json} holds the result of another image ({detail})")
+            if todo:
+                missing.append(name)
         if missing:
-            todo.append((i, missing))
+            work.todo.append((i, missing))
         else:
-            skipped.append(str(path))
+            work.skipped.append(str(path))
     if conflicts:
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        if job.resume:
+            raise InputError(f"{conflicts[0]}{more}; choose another --out, or pass --overwrite to replace it.")
         raise InputError(f"{conflicts[0]} already exists{more}; pass --overwrite to replace results or --resume to "
                          "skip finished ones.")
-    return Plan(todo, skipped)
+    work.changed = sorted(changed)
+    if job.resume:
+        work.removed = remove_stale_temps(job.out, {f.name for f in every})
+    return work
+
+
+def record_state(job: RunSettings, name: str, image: Path, record_path: Path) -> tuple:
+    """What --resume makes of the record ``record_path`` of method ``name`` on ``image``: ("missing", None),
+    ("done", None) when it repeats this run's settings, ("stale", the names of the settings that differ) when not
+    (or when it cannot be read), ("other", that image) when it is the result of another image."""
+    if not record_path.exists():
+        return "missing", None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return "stale", [f"unreadable record: {type(exc).__name__}"]
+    if record.get("image") != str(image.resolve()):
+        return "other", record.get("image")
+    wanted = json.loads(jsonio.dumps(job.result_settings(name)))
+    changed = []
+    for key, value in wanted.items():
+        found = record.get(key)
+        if found == value:
+            continue
+        if isinstance(value, dict) and isinstance(found, dict):
+            changed += [k for k in sorted(set(value) | set(found)) if value.get(k) != found.get(k)]
+        else:
+            changed.append(key)
+    return ("stale", changed) if changed else ("done", None)
 
 
 @dataclass
 class Outcome:
-    """What a run did: the records written, the images that could not be read, whether Ctrl-C stopped it and after
-    how many of the images to do."""
+    """What a run did: the records written (each listed once its file is on disk), the images that could not be
+    read, whether Ctrl-C stopped it."""
     results: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     interrupted: bool = False
-    done_images: int = 0
 
 
-def explain_all(m, job: RunSettings, paths: list, keys: list, todo: list) -> Outcome:
+def explain_all(m, job: RunSettings, paths: list, keys: list, work: Plan) -> Outcome:
     """Do the planned work under a progress bar, --batch-size images read and explained at a time, so that memory
     stays bounded. Ctrl-C stops it: what is finished stays written and listed, and the outcome says interrupted."""
     outcome = Outcome()
+    todo = work.todo
+    checked: set = set()
     try:
         with progress(len(todo), "explaining") as bar:
             for start in range(0, len(todo), job.batch_size):
                 chunk = todo[start:start + job.batch_size]
                 read = read_batch(paths, chunk, job.preprocessing, outcome.failed)
                 for x, items in same_size_groups(read):
-                    outcome.results += explain_group(m, job, x, items, paths, keys)
-                outcome.done_images += len(chunk)
+                    if "occlusion" in job.methods and x.shape[2:] not in checked and not job.preprocessing.size:
+                        checked.add(x.shape[2:])  # images kept at their own size: checked per size
+                        warn_occlusion_stride(job.params["stride"], x.shape[2:])
+                    explain_group(m, job, x, items, paths, keys, work.done, outcome.results)
                 bar.update(len(chunk))
     except KeyboardInterrupt:
         outcome.interrupted = True
@@ -326,9 +417,11 @@ class ImageRow(NamedTuple):
     probs: np.ndarray
 
 
-def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, keys: list) -> list:
+def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, keys: list, done: set,
+                  records: list) -> None:
     """Explain the same-size images ``x`` (one row per plan item of ``items``) with each method still missing for
-    them, for the run's classes (top-1, the top-k or --target), and write every result. Returns the records."""
+    them, for the run's classes (top-1, the top-k or --target), and write every result not in ``done`` (records
+    --resume keeps), appending each record to ``records`` once it is on disk."""
     from onnx_cnnviz import report
     from onnx_cnnviz.image import deprocess
 
@@ -338,7 +431,6 @@ def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, 
     probs = report.probabilities(scores, m.softmax_skipped)
     classes = explained_classes(job, scores)
     views = deprocess(x, preset=job.preprocessing)
-    records = []
     for name in job.methods:
         rows = [j for j, (_, missing) in enumerate(items) if name in missing]
         if not rows:
@@ -348,10 +440,8 @@ def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, 
             i = items[j][0]
             image = ImageRow(paths[i], keys[i], views[j], scores[j], probs[j])
             for r in range(job.k):
-                record = write_result(m, job, name, image, r, int(classes[j, r]), maps[row, r])
-                if record is not None:
-                    records.append(record)
-    return records
+                if job.files(image.key, name, job.ranks[r]).json not in done:
+                    write_result(m, job, name, image, r, int(classes[j, r]), maps[row, r], records)
 
 
 def explained_classes(job: RunSettings, scores: np.ndarray) -> np.ndarray:
@@ -374,17 +464,21 @@ def method_maps(m, job: RunSettings, name: str, x: np.ndarray, classes: np.ndarr
     return np.repeat(raw[:, None], job.k, axis=1)
 
 
-def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int, result: np.ndarray) -> dict | None:
+def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int, result: np.ndarray,
+                 records: list) -> None:
     """Write one result, method ``name`` on ``image`` for class ``c`` (rank index ``r``): the picture, the raw array
-    and, last, the JSON record. Returns the record (with its "json" path), or None when --resume finds it done."""
+    and, last, the JSON record, which is appended (with its "json" path) to ``records`` once it is on disk, also when
+    Ctrl-C comes during the write."""
     from onnx_cnnviz import report
 
     meth = registry.get(name)
     files = job.files(image.key, name, job.ranks[r])
-    if job.resume and not job.overwrite and files.json.exists():
-        return None  # finished in an earlier run
-    # Under --resume, files without their .json record are leftovers of an interrupted run: replaced.
+    # Under --resume, files without their record are leftovers of an interrupted run, and stale results were made
+    # with other settings: both are replaced.
     replace = job.overwrite or job.resume
+    if replace:
+        # The old record goes first: a record on disk always describes the picture and array beside it.
+        files.json.unlink(missing_ok=True)
     pic = report.picture(name, result, image.view, job.preprocessing.order, alpha=job.alpha, colormap=job.colormap)
     report.write_atomic(files.png, report.png_bytes(pic), overwrite=replace)
     report.write_atomic(files.npy, npy_bytes(result), overwrite=replace)
@@ -394,33 +488,48 @@ def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int
         "class": c, "class_name": names[c] if names else None,
         "rank": r + 1 if job.top_k or job.target is None else None,
         "score": float(image.scores[c]), "probability": float(image.probs[c]),
-        "class_specific": meth.class_specific, "parameters": job.method_params[name],
-        "preprocessing": job.preprocessing_info, "device": m.device, "kind": meth.kind,
+        "class_specific": meth.class_specific, **job.result_settings(name), "device": m.device, "kind": meth.kind,
         "outputs": {"picture": files.png.name, "array": files.npy.name},
         "array_shape": list(result.shape), "cnnviz_version": job.version,
     }
-    save_json(files.json, record, replace)
-    record["json"] = str(files.json)
+    try:
+        save_json(files.json, record, replace)
+    finally:
+        # Listed exactly when the record is on disk: a Ctrl-C inside save_json may come before or after the rename.
+        if files.json.exists():
+            records.append({**record, "json": str(files.json)})
     label = f" {names[c]}" if names else ""
-    echo(f"{image.path.name}  {name:<14} {c}{label}  p={image.probs[c]:.3f}  -> {files.png}")
-    return record
+    echo(f"{image.path}  {name:<14} {c}{label}  p={image.probs[c]:.3f}  -> {files.png}")  # the path: names repeat
 
 
-def finish_run(ctx: click.Context, m, job: RunSettings, n_images: int, work: Plan, outcome: Outcome) -> None:
+def finish_run(ctx: click.Context, m, job: RunSettings, paths: list, keys: list, work: Plan,
+               outcome: Outcome) -> None:
     """The run's summary (the JSON document under --json, a line on stderr otherwise) and its exit code: 130 when
-    interrupted, 1 when an image could not be explained, an error when there was nothing to explain, else 0."""
+    interrupted, 1 when an image could not be explained, an error when there was nothing to explain, else 0.
+
+    Both count exactly the results on disk: the records written by this run ("results") and, under --resume, those
+    kept; "files" maps each image (as given) to the files of its finished results."""
     results = outcome.results
+    finished = {Path(r["json"]) for r in results} | work.done
+    files = {}
+    for i, (path, key) in enumerate(zip(paths, keys)):
+        mine = [f for name in job.methods for rank in job.ranks
+                for f in job.files(key, name, rank) if job.files(key, name, rank).json in finished]
+        if mine:
+            files[str(path)] = [str(f) for f in mine]
+    complete = sum(all(job.files(keys[i], name, rank).json in finished for name in missing for rank in job.ranks)
+                   for i, missing in work.todo)
     if settings().json:
         emit_json({"model": job.model_path, "out": str(job.out.resolve()), "device": m.device,
-                   "methods": job.methods, "results": results, "skipped": work.skipped, "failed": outcome.failed,
-                   "interrupted": outcome.interrupted})
+                   "methods": job.methods, "results": results, "files": files, "skipped": work.skipped,
+                   "stale": work.stale, "removed_temporary": [str(p) for p in work.removed],
+                   "failed": outcome.failed, "interrupted": outcome.interrupted})
     if outcome.interrupted:
-        click.echo(f"cnnviz: interrupted after {outcome.done_images} of {len(work.todo)} image(s); the "
-                   f"{len(results)} finished result(s) are kept in {job.out} (run again with --resume to finish)",
-                   err=True)
+        click.echo(f"cnnviz: interrupted after {complete} of {len(work.todo)} image(s); the {len(results)} result(s) "
+                   f"written are kept in {job.out} (run again with --resume to finish)", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     if outcome.failed:
-        click.echo(f"cnnviz: error: {len(outcome.failed)} of {n_images} image(s) could not be explained (listed "
+        click.echo(f"cnnviz: error: {len(outcome.failed)} of {len(paths)} image(s) could not be explained (listed "
                    f"above); the other results are in {job.out}", err=True)
         ctx.exit(EXIT_FAILURE)
     if not results and not work.skipped:

@@ -10,9 +10,9 @@ import numpy as np
 from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.methods.localise import METHODS as LOCALISE_METHODS
 
-from .common import (check_free, collect_images, echo, emit_json, finish, global_flags, image_keys, layer_name,
-                     model_and_preprocessing, model_options, preprocessing_options, progress, resolve_labels,
-                     save_json, save_npy, settings)
+from .common import (check_outputs, collect_images, echo, emit_json, finish, global_flags, image_keys, image_options,
+                     layer_name, model_and_preprocessing, model_options, out_folder, preprocessing_options, progress,
+                     recursive_option, resolve_labels, save_json, save_npy, settings)
 
 
 def _out_file(f):
@@ -31,8 +31,13 @@ def _overwrite(f):
 
 def _image_folder(f):
     """--batch-size and --recursive, for the commands that read a whole folder of images."""
-    f = click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")(f)
+    f = recursive_option(f)
     return click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per run.")(f)
+
+
+def _inputs(kw: dict, *images) -> list:
+    """The files a command reads (model, labels and ``images``): no output may replace one."""
+    return [kw["model"], kw.get("labels"), *images]
 
 
 def _save_png(path, picture, overwrite) -> str:
@@ -68,7 +73,7 @@ def filters_cmd(ctx, layer, max_filters, max_channels, tile, out_path, overwrite
     """The convolution kernels as a picture (first layer: one colour tile per filter, as in the AlexNet figure)."""
     from onnx_cnnviz.methods import features
 
-    check_free([out_path], overwrite)
+    check_outputs([out_path], overwrite, _inputs(kw))
     m, pre = model_and_preprocessing(ctx, kw)
     picture = features.filters(m, layer=layer, order=pre.order, max_filters=max_filters, max_channels=max_channels,
                                tile=tile)
@@ -85,31 +90,39 @@ def filters_cmd(ctx, layer, max_filters, max_channels, tile, out_path, overwrite
 @click.option("--scale-by", "scale_by", type=click.Choice(["layer", "channel"]), default="layer", show_default=True,
               help="One gray scale for all maps, or one per map.")
 @click.option("--tile", type=click.IntRange(min=1), default=48, show_default=True, help="Tile size in pixels.")
+@recursive_option
 @_out_dir
 @_overwrite
+@image_options
 @preprocessing_options
 @model_options
 @global_flags
 @click.pass_context
-def activations_cmd(ctx, images, layer, top, scale_by, tile, out_dir, overwrite, **kw):
-    """Feature maps of each image at a layer, as a grid of gray tiles (NAME.activations.png and .npy)."""
+def activations_cmd(ctx, images, layer, top, scale_by, tile, recursive, out_dir, overwrite, **kw):
+    """Feature maps of each image at a layer, as a grid of gray tiles (NAME.activations.png and .npy; NAME as in
+    `cnnviz explain`: unique per image)."""
     from onnx_cnnviz.methods import features
 
-    paths = collect_images(images, exclude=Path(out_dir))
+    out = out_folder(out_dir)
+    paths = collect_images(images, exclude=out, recursive=recursive)
     keys = image_keys(paths)
-    out = Path(out_dir)
-    check_free([out / f"{k}.activations.{s}" for k in keys for s in ("png", "npy")], overwrite)
+    outputs = {path: (out / f"{key}.activations.png", out / f"{key}.activations.npy") for path, key in zip(paths, keys)}
+    check_outputs([f for pair in outputs.values() for f in pair], overwrite, _inputs(kw, *paths))
     m, pre = model_and_preprocessing(ctx, kw)
     name = layer_name(m, layer)
-    written = []
+    written, files = [], {}
     with progress(len(paths), "activations") as bar:
-        for path, key in zip(paths, keys):
+        for path in paths:
+            png, npy = outputs[path]
             grid = features.activations(m, _one_input(path, pre), layer=name, top=top, scale=scale_by, tile=tile)
-            png = _save_png(out / f"{key}.activations.png", grid.image, overwrite)
-            save_npy(out / f"{key}.activations.npy", grid.maps, overwrite)
-            written.append({"image": str(path), "picture": png, "channels": [int(c) for c in grid.channels]})
+            _save_png(png, grid.image, overwrite)
+            save_npy(npy, grid.maps, overwrite)
+            written.append({"image": str(path), "picture": str(png), "array": str(npy),
+                            "channels": [int(c) for c in grid.channels]})
+            files[str(path)] = [str(png), str(npy)]
             bar.update(1)
-    finish({"model": kw["model"], "layer": name, "results": written}, f"wrote {len(written)} grid(s) to {out}")
+    finish({"model": kw["model"], "layer": name, "results": written, "files": files},
+           f"wrote {len(written)} grid(s) to {out}")
 
 
 @click.command("patches")
@@ -123,6 +136,7 @@ def activations_cmd(ctx, images, layer, top, scale_by, tile, out_dir, overwrite,
 @_image_folder
 @_out_file
 @_overwrite
+@image_options
 @preprocessing_options
 @model_options
 @global_flags
@@ -133,8 +147,8 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
     from onnx_cnnviz.methods import features
 
     meta = Path(out_path).with_suffix(".json")
-    check_free([out_path, meta], overwrite)
     paths = collect_images(images, exclude=Path(out_path).parent, recursive=recursive)
+    check_outputs([out_path, meta], overwrite, _inputs(kw, *paths))
     m, pre = model_and_preprocessing(ctx, kw)
     if channels:
         try:
@@ -170,6 +184,7 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
 @_image_folder
 @_out_dir
 @_overwrite
+@image_options
 @preprocessing_options
 @model_options
 @global_flags
@@ -180,10 +195,10 @@ def embed_cmd(ctx, images, layer, projection, neighbours, mosaic_size, thumb, ba
     Karpathy's cnnembed) and each image's nearest neighbours (embed.json)."""
     from onnx_cnnviz.methods import features
 
-    out = Path(out_dir)
+    out = out_folder(out_dir)
     files = {"npy": out / "embeddings.npy", "mosaic": out / "mosaic.png", "json": out / "embed.json"}
-    check_free(files.values(), overwrite)
     paths = collect_images(images, exclude=out, recursive=recursive)
+    check_outputs(files.values(), overwrite, _inputs(kw, *paths))
     if len(paths) < 2:
         raise InputError("embed needs at least 2 images.")
     m, pre = model_and_preprocessing(ctx, kw)
@@ -240,7 +255,7 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
 
     if (target is None) == (channel is None):
         raise click.UsageError("give --class N, or --layer NAME with --channel C.")
-    check_free([out_path], overwrite)
+    check_outputs([out_path], overwrite, _inputs(kw))
     m, pre = model_and_preprocessing(ctx, kw)
     extra = {k: v for k, v in {"lr": lr, "decay": decay, "blur_every": blur_every, "jitter": jitter}.items()
              if v is not None}
@@ -274,6 +289,7 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
 @click.option("--tv", "lambda_tv", type=click.FloatRange(min=0), default=None, help="Total-variation weight.")
 @_out_file
 @_overwrite
+@image_options
 @preprocessing_options
 @model_options
 @global_flags
@@ -282,7 +298,7 @@ def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrit
     """Reconstruct IMAGE from its code at --layer (Mahendran & Vedaldi 2015): the picture the layer 'sees'."""
     from onnx_cnnviz.methods import optimise
 
-    check_free([out_path], overwrite)
+    check_outputs([out_path], overwrite, _inputs(kw, image))
     m, pre = model_and_preprocessing(ctx, kw)
     x = _one_input(image, pre)
     name = layer_name(m, layer)
@@ -305,25 +321,28 @@ def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrit
               help="Fraction of the map's maximum kept (CAM / Grad-CAM).")
 @click.option("--layer", metavar="NAME", default=None, help="Feature map for CAM / Grad-CAM.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
+@recursive_option
 @_out_dir
 @_overwrite
+@image_options
 @preprocessing_options
 @model_options
 @global_flags
 @click.pass_context
-def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size, out_dir, overwrite, **kw):
+def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size, recursive, out_dir, overwrite, **kw):
     """Weakly supervised localisation: a bounding box per image and class from its CAM / Grad-CAM (Zhou et al.) or
-    saliency + GrabCut (Simonyan et al.). Writes NAME.boxes.png (boxes drawn) and NAME.boxes.json."""
+    saliency + GrabCut (Simonyan et al.). Writes NAME.boxes.png (boxes drawn) and NAME.boxes.json (NAME as in
+    `cnnviz explain`: unique per image)."""
     from onnx_cnnviz.image import deprocess, preprocess
     from onnx_cnnviz.methods import localise
 
-    out = Path(out_dir)
-    paths = collect_images(images, exclude=out)
+    out = out_folder(out_dir)
+    paths = collect_images(images, exclude=out, recursive=recursive)
     keys = image_keys(paths)
-    check_free([out / f"{k}.boxes.{s}" for k in keys for s in ("png", "json")], overwrite)
+    check_outputs([out / f"{k}.boxes.{s}" for k in keys for s in ("png", "json")], overwrite, _inputs(kw, *paths))
     m, pre = model_and_preprocessing(ctx, kw)
     names = resolve_labels(m, kw["labels"])
-    results = []
+    results, files = [], {}
     with progress(len(paths), "localize") as bar:
         for start in range(0, len(paths), batch_size):
             chunk = list(range(start, min(start + batch_size, len(paths))))
@@ -334,17 +353,19 @@ def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size,
                 boxes = found[row]
                 labels = [f"{b.target} {names[b.target]}" if names else str(b.target) for b in boxes]
                 drawn = localise.draw_boxes(deprocess(x[row], preset=pre), [b.box for b in boxes], labels=labels)
-                _save_png(out / f"{keys[i]}.boxes.png", drawn, overwrite)
+                png, record_path = out / f"{keys[i]}.boxes.png", out / f"{keys[i]}.boxes.json"
+                _save_png(png, drawn, overwrite)
                 record = {"model": kw["model"], "image": str(paths[i]), "method": method, "threshold": threshold,
                           "boxes": [{"class": b.target, "class_name": names[b.target] if names else None,
                                      "score": b.score, "box": [int(v) for v in b.box]} for b in boxes]}
-                save_json(out / f"{keys[i]}.boxes.json", record, overwrite)
-                results.append(record)
+                save_json(record_path, record, overwrite)
+                results.append({**record, "picture": str(png), "json": str(record_path)})
+                files[str(paths[i])] = [str(png), str(record_path)]
                 echo(f"{paths[i].name}  " + "; ".join(f"{lab} box {tuple(int(v) for v in b.box)}"
                                                         for lab, b in zip(labels, boxes)))
             bar.update(len(chunk))
     if settings().json:
-        emit_json({"model": kw["model"], "results": results})
+        emit_json({"model": kw["model"], "results": results, "files": files})
 
 
 COMMANDS = [filters_cmd, activations_cmd, patches_cmd, embed_cmd, dream_cmd, invert_cmd, localize_cmd]

@@ -5,7 +5,7 @@ import click
 
 from onnx_cnnviz.graph.autodiff.rules import RULE_SETS
 
-from .common import finish, global_flags, load_model, model_options
+from .common import check_outputs, finish, global_flags, load_model, model_options
 
 
 @click.command("export-graph")
@@ -23,7 +23,7 @@ from .common import finish, global_flags, load_model, model_options
 @model_options
 @global_flags
 def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, overwrite, device, input_name,
-                     output_name, input_size):
+                     output_name, input_size, max_nodes):
     """Save MODEL rewritten for explanation: outputs are the class scores, the --layer feature maps, and the
     gradients of the class score with respect to them (and to the image), named 'cnnviz/grad/<tensor>'.
 
@@ -34,7 +34,8 @@ def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, 
 
     from onnx_cnnviz.report import write_atomic
 
-    m = load_model(model, device, input_name, output_name, input_size)
+    check_outputs([out_path], overwrite, [model])
+    m = load_model(model, device, input_name, output_name, input_size, max_nodes=max_nodes)
     names = [m.layer(name).name for name in layers] if layers else ([m.default_layer] if m.default_layer else [])
     wrt = tuple(names) + (() if no_input_grad else (m.input_name,))
     graph = m.build_graph(outputs=tuple(names), wrt=wrt, rule=rule, target_mode=target_mode)

@@ -11,12 +11,12 @@ from .common import emit_json, global_flags, load_model, model_options, settings
 @model_options
 @click.option("--all-layers/--short", default=False, help="List every candidate layer (default: the last 12).")
 @global_flags
-def inspect_cmd(model, device, input_name, output_name, input_size, all_layers):
+def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, all_layers):
     """Inputs, outputs, the class-score tensor (and whether a final Softmax was skipped), candidate layers with
     their shapes, the default layer, op types, and whether every op on the gradient path has a backward rule."""
     from onnx_cnnviz.report import describe
 
-    m = load_model(model, device, input_name, output_name, input_size)
+    m = load_model(model, device, input_name, output_name, input_size, max_nodes=max_nodes)
     info = describe(m, model)
     info["device"] = m.device
     if settings().json:

@@ -18,15 +18,17 @@ from onnx_cnnviz.errors import CnnvizError
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, global_flags, settings
 
 
-def fail_line(exc: BaseException) -> str:
-    """The one-line cause printed for an error."""
+def fail_line(exc: BaseException, resumable: bool = True) -> str:
+    """The one-line cause printed for an error; ``resumable``: the failed command has --resume (a full disk then
+    suggests it)."""
     if isinstance(exc, CnnvizError):
         text = str(exc)
     elif isinstance(exc, OSError):
         where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
         text = f"{exc.strerror or exc}{where}"
         if exc.errno == errno.ENOSPC:
-            text += " (the disk is full; free space and run again with --resume)"
+            text += (" (the disk is full; free space and run again with --resume)" if resumable else
+                     " (the disk is full; free space and run the command again)")
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
             text += " (if this is an output path, choose a writable folder with --out)"
     else:
@@ -36,6 +38,11 @@ def fail_line(exc: BaseException) -> str:
 
 class CnnvizGroup(click.Group):
     """A click group that maps errors to exit codes and one-line messages (for the console script and CliRunner)."""
+
+    def resolve_command(self, ctx: click.Context, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta["cnnviz.command"] = command  # for the error message: which options the failed command has
+        return name, command, rest
 
     def invoke(self, ctx: click.Context):
         try:
@@ -54,7 +61,9 @@ class CnnvizGroup(click.Group):
         except (CnnvizError, OSError, Exception) as exc:  # noqa: BLE001 - the CLI boundary
             if settings(ctx).debug or os.environ.get("CNNVIZ_DEBUG"):
                 traceback.print_exc(file=sys.stderr)
-            click.echo(fail_line(exc), err=True)
+            command = ctx.meta.get("cnnviz.command")
+            resumable = command is not None and any(p.name == "resume" for p in command.params)
+            click.echo(fail_line(exc, resumable), err=True)
             ctx.exit(EXIT_FAILURE)
 
 

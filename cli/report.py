@@ -7,9 +7,10 @@ import click
 
 from onnx_cnnviz.methods import registry
 
-from .common import (EXIT_FAILURE, BaselineType, CsvChoice, MethodListOption, SizeType, check_free, collect_images,
-                     finish, flatten_lists, global_flags, model_and_preprocessing, model_options,
-                     preprocessing_options, progress, resolve_labels, warn)
+from .common import (EXIT_FAILURE, BaselineType, CsvChoice, MethodListOption, SizeType, check_outputs, collect_images,
+                     finish, flatten_lists, global_flags, image_options, model_and_preprocessing, model_options,
+                     occlusion_geometry, out_folder, preprocessing_options, progress, recursive_option,
+                     resolve_labels, warn)
 
 DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam"]
 
@@ -31,8 +32,9 @@ DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam
 @click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True, help="SmoothGrad samples.")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Integrated-gradients steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per onnxruntime run.")
-@click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")
+@recursive_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+@image_options
 @preprocessing_options
 @model_options
 @global_flags
@@ -44,15 +46,17 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top, layer, title, w
     from onnx_cnnviz.report import make_report, write_report
 
     model = kw["model"]
-    out = Path(out_dir) / name
-    if Path(name).name != name or not name:
+    if Path(name).name != name or not name or name in (".", ".."):
         raise click.BadParameter("give a file name, not a path.", param_hint="--name")
-    check_free([out], overwrite)
+    out = out_folder(out_dir) / name
     paths = collect_images(images, exclude=Path(out_dir), recursive=recursive)
+    check_outputs([out], overwrite, [model, kw["labels"], *paths])
     m, pre = model_and_preprocessing(ctx, kw, batch_size)
     names = resolve_labels(m, kw["labels"])
     chosen = flatten_lists(methods) or DEFAULT_METHODS
     params = {"window": window, "stride": stride, "baseline": baseline, "samples": samples, "steps": steps}
+    if "occlusion" in chosen and pre.size:
+        occlusion_geometry(window, stride, pre.size)
     errors: list = []
     with progress(len(paths), "explaining images") as bar:
         page = make_report(m, paths, chosen, preprocessing=pre, labels=names, target=target, layer=layer,

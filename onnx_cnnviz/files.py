@@ -1,16 +1,106 @@
-"""Writing files without ever leaving half of one, and without replacing what the user has unless asked."""
+"""Reading and writing files safely: only regular files are read (never a FIFO that would block or a device that never
+ends), and a file is written without ever leaving half of one, and without replacing what the user has unless asked.
+
+:func:`write_atomic` writes through a temporary file named ``.NAME.XXXXXXXX.tmp`` beside the target (eight hex
+digits); :func:`temp_target` recognises those names and :func:`remove_stale_temps` deletes the ones a killed run left
+behind.
+"""
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import stat
 from pathlib import Path
 
 from .errors import InputError
+
+# The temporary file of write_atomic for a target NAME: ".NAME.<8 hex digits>.tmp".
+_TEMP = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{8}\.tmp$")
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words ("a regular file", "a folder", "a FIFO (named pipe)", ...)."""
+    for test, words in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"),
+                        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def read_regular(path, what: str, max_bytes: int | None = None, error=InputError) -> bytes:
+    """The bytes of the regular file ``path``. ``what`` names it in errors ("labels file", "image file").
+
+    The file is opened without blocking and checked with ``fstat`` before anything is read, so a FIFO never hangs
+    the caller and a device (``/dev/zero``) is never read: both raise ``error`` (a :class:`CnnvizError` class), as
+    does a folder or a file over ``max_bytes``. A missing file raises :class:`FileNotFoundError` (callers word that
+    themselves); other ``OSError`` s propagate.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} '{path}' is {file_kind(info.st_mode)}, not a regular file; give the path of a "
+                        "file.")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise error(f"{what} '{path}' is {info.st_size:,} bytes, more than the {max_bytes:,} allowed; check "
+                        "that it is the right file.")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if max_bytes is not None and total > max_bytes:  # it grew while we read it
+                raise error(f"{what} '{path}' is more than the {max_bytes:,} bytes allowed; check that it is the "
+                            "right file.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def check_regular(path, what: str, error=InputError) -> None:
+    """Raise ``error`` when ``path`` exists but is not a regular file (a folder, FIFO, device or socket; symbolic
+    links are followed). Nothing is opened, so a FIFO does not block. A missing path passes."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} '{path}' is {file_kind(mode)}, not a regular file; give the path of a file.")
+
+
+def temp_target(name: str) -> str | None:
+    """The target file name when ``name`` is a temporary file of :func:`write_atomic` (``.NAME.XXXXXXXX.tmp``),
+    else None."""
+    match = _TEMP.match(name)
+    return match.group("target") if match else None
+
+
+def remove_stale_temps(folder, targets) -> list[Path]:
+    """Delete the temporary files :func:`write_atomic` left in ``folder`` for the file names ``targets`` (a run
+    killed with ``kill -9`` never reaches its clean-up); returns the paths removed. Other files are never touched."""
+    folder, targets = Path(folder), set(targets)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in os.scandir(folder):
+        if temp_target(entry.name) in targets and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:  # another process cleaned it meanwhile
+                continue
+            removed.append(Path(entry.path))
+    return sorted(removed)
 
 
 def write_atomic(path, data: bytes | str, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so that nobody sees half
     a file. An existing file is kept (:class:`InputError`) unless ``overwrite``. Parent folders are created.
+
+    An existing target that is not a regular file (a FIFO, a device) is refused whatever ``overwrite`` says.
 
     Without ``overwrite`` the temporary file is hard-linked into place, which fails if ``path`` appeared meanwhile
     (``os.replace`` would silently clobber it); file systems without hard links fall back to check-then-replace.
@@ -20,6 +110,7 @@ def write_atomic(path, data: bytes | str, overwrite: bool = False) -> Path:
         data = data.encode("utf-8")
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name.")
+    check_regular(path, "the output")  # a FIFO or device: replacing it is never what was meant
     exists = f"{path} already exists; pass --overwrite (overwrite=True) to replace it."
     if not overwrite and path.exists():
         raise InputError(exists)
@@ -51,7 +142,7 @@ def _create_temp(path: Path) -> Path:
     # 0o666 through os.open so the umask applies: the result gets the permissions of any new file (tempfile.mkstemp
     # would leave it 0o600); O_EXCL so two writers never share a temporary file.
     for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # the _TEMP pattern
         try:
             os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:

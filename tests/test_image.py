@@ -257,6 +257,59 @@ def test_max_pixels_on_real_files_and_arrays(tmp_path):
         im.read_image(Image.new("RGB", (10, 10)), max_pixels=99)
 
 
+def test_only_regular_files_are_read_as_pictures(tmp_path):
+    """Issue 15: a FIFO would block the reader and /dev/zero would fill the memory: both are refused before a byte
+    is read."""
+    import signal
+
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    signal.alarm(20)  # a regression would hang on the FIFO: fail instead
+    try:
+        with pytest.raises(InputError, match=r"^Image file '.*pipe.png' is a FIFO \(named pipe\), not a regular file; "
+                                             r"give the path of a file\.$"):
+            im.read_image(pipe)
+        with pytest.raises(InputError, match=r"^Image file '/dev/zero' is a character device, not a regular file"):
+            im.read_image("/dev/zero")
+        with pytest.raises(InputError, match="pipe.png' is a FIFO"):
+            im.preprocess([pipe], "imagenet")
+    finally:
+        signal.alarm(0)
+    link = tmp_path / "link.png"
+    ok, encoded = cv2.imencode(".png", random_rgb(6, 5))
+    (tmp_path / "real.png").write_bytes(encoded.tobytes())
+    link.symlink_to(tmp_path / "real.png")  # a link to a regular file is read
+    assert im.read_image(link).shape == (6, 5, 3)
+
+
+def test_pixel_limit_sets_the_default_max_pixels_for_a_block(tmp_path):
+    from onnx_cnnviz.image.reading import current_pixel_limit, pixel_limit
+
+    path = tmp_path / "p.png"
+    ok, encoded = cv2.imencode(".png", random_rgb(30, 40))
+    path.write_bytes(encoded.tobytes())
+    assert current_pixel_limit() == im.MAX_PIXELS
+    with pixel_limit(1000):
+        assert current_pixel_limit() == 1000
+        with pytest.raises(InputError, match="40x30 = 1,200 pixels, more than max_pixels=1,000"):
+            im.read_image(path)
+        with pytest.raises(InputError, match="max_pixels=1,000"):  # the reads inside the library follow it
+            im.preprocess([path], "imagenet")
+        with pytest.raises(InputError, match="max_pixels=1,000"):
+            im.read_image(random_rgb(30, 40))
+        assert im.read_image(path, max_pixels=1200).shape == (30, 40, 3)  # an explicit argument wins
+        with pixel_limit(None):  # blocks nest
+            assert current_pixel_limit() is None and im.read_image(path).shape == (30, 40, 3)
+        assert current_pixel_limit() == 1000
+    assert current_pixel_limit() == im.MAX_PIXELS
+    with pytest.raises(InputError, match="max_pixels must be a positive int or None"):
+        with pixel_limit(0):
+            pass
+    with pytest.raises(InputError, match="max_pixels must be a positive int or None"):
+        im.read_image(path, max_pixels=-5)
+    assert current_pixel_limit() == im.MAX_PIXELS
+
+
 def bmp_header(width: int, height: int) -> bytes:
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
     return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info

@@ -1,11 +1,14 @@
 """Reading pictures: :func:`read_image` for paths, ``PIL.Image`` objects and arrays, with the checks behind it.
 
 Holds the pixel conversions (uint16, float, bool, gray, alpha), the header probing that sizes a file and refuses
-truncated PNG / JPEG files before anything is decoded (the :data:`MAX_PIXELS` "decompression bomb" limit), the EXIF
-orientation, and :data:`IMAGE_SUFFIXES`, the file suffixes the project treats as pictures.
+truncated PNG / JPEG files before anything is decoded (the :data:`MAX_PIXELS` "decompression bomb" limit, which
+:func:`pixel_limit` changes for a block of code), the EXIF orientation, and :data:`IMAGE_SUFFIXES`, the file suffixes
+the project treats as pictures. Only regular files are read: a FIFO or a device is refused before it is read.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import os
 import struct
@@ -17,9 +20,47 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..files import read_regular
 from ._arguments import check_order
 
 MAX_PIXELS = 100_000_000
+
+
+class _CurrentLimit:
+    """The default of ``max_pixels``: the limit :func:`pixel_limit` set, else :data:`MAX_PIXELS`."""
+
+    def __repr__(self) -> str:
+        return "CURRENT_LIMIT"
+
+
+CURRENT_LIMIT = _CurrentLimit()
+_limit: contextvars.ContextVar = contextvars.ContextVar("onnx_cnnviz_max_pixels", default=MAX_PIXELS)
+
+
+def _check_limit(max_pixels) -> int | None:
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise InputError(f"max_pixels must be a positive int or None (no limit), not {max_pixels!r}.")
+    return int(max_pixels)
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int | None):
+    """Inside the ``with`` block, every :func:`read_image` call that does not pass ``max_pixels`` (the reads inside
+    :func:`~onnx_cnnviz.image.preprocess`, the feature-visualisation functions, ...) refuses pictures over
+    ``max_pixels`` pixels instead of :data:`MAX_PIXELS` (``None``: no limit). Blocks nest; the previous limit comes
+    back on exit. The limit is a context variable: other threads and asyncio tasks keep their own."""
+    token = _limit.set(_check_limit(max_pixels))
+    try:
+        yield
+    finally:
+        _limit.reset(token)
+
+
+def current_pixel_limit() -> int | None:
+    """The ``max_pixels`` that :func:`read_image` uses when none is passed (see :func:`pixel_limit`)."""
+    return _limit.get()
 
 # What read_image decodes (cv2.imdecode; GIF needs OpenCV >= 4.11), for finding pictures in a folder by suffix.
 # .jpe and .jfif are JPEG; .pnm and .pbm are the other Netpbm formats next to .ppm and .pgm.
@@ -32,7 +73,7 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
-def read_image(source, mode: str = "RGB", max_pixels: int | None = MAX_PIXELS, background=None,
+def read_image(source, mode: str = "RGB", max_pixels: int | None = CURRENT_LIMIT, background=None,
                exif_orientation: bool = True) -> np.ndarray:
     """Any picture as a uint8 ``(H, W, 3)`` array, RGB order (``mode="BGR"``: BGR order, as OpenCV uses).
 
@@ -51,13 +92,16 @@ def read_image(source, mode: str = "RGB", max_pixels: int | None = MAX_PIXELS, b
     * For files, the EXIF orientation tag (JPEG, PNG eXIf, TIFF, WebP) is applied, so the array is upright the way
       image viewers show it; ``exif_orientation=False`` keeps the stored pixel order (what plain PIL gives).
 
-    ``max_pixels``: refuse pictures with more pixels than this (``None``: no limit). For files the size is read from
-    the header before anything is decoded, so a crafted "decompression bomb" costs no memory.
+    ``max_pixels``: refuse pictures with more pixels than this (``None``: no limit; default :data:`MAX_PIXELS`, or
+    the limit of an enclosing :func:`pixel_limit` block). For files the size is read from the header before anything
+    is decoded, so a crafted "decompression bomb" costs no memory.
 
-    Raises :class:`InputError` for a missing, unreadable, truncated or non-image file (naming the file), an array of
-    the wrong shape or range, or a picture over ``max_pixels``.
+    Raises :class:`InputError` for a missing, unreadable, truncated or non-image file (naming the file), a path that
+    is not a regular file (a FIFO, a device such as ``/dev/zero``, a socket: refused before anything is read), an
+    array of the wrong shape or range, or a picture over ``max_pixels``.
     """
     order = check_order(mode, "mode")
+    max_pixels = _limit.get() if max_pixels is CURRENT_LIMIT else _check_limit(max_pixels)
     if isinstance(source, (str, os.PathLike)):
         array = _read_file(Path(source), max_pixels, exif_orientation)
     elif _is_pil(source):
@@ -81,10 +125,14 @@ def _is_pil(source) -> bool:
     return isinstance(source, Image.Image)
 
 
+_LIMIT_HINT = ("pass a larger max_pixels (or None; on the command line --max-pixels N or none) if you trust it, or "
+               "downscale it first.")
+
+
 def _check_pixels(height: int, width: int, max_pixels: int | None, what: str) -> None:
     if max_pixels is not None and height * width > max_pixels:
         raise InputError(f"{what} is {width}x{height} = {height * width:,} pixels, more than max_pixels="
-                         f"{max_pixels:,}; pass a larger max_pixels (or None) if you trust it, or downscale it first.")
+                         f"{max_pixels:,}; {_LIMIT_HINT}")
 
 
 def _check_array_shape(array: np.ndarray) -> None:
@@ -185,18 +233,22 @@ def _read_file(path: Path, max_pixels: int | None, exif_orientation: bool) -> np
     if path.is_dir():
         raise InputError(f"{path} is a folder, not an image file.")
     try:
-        # np.fromfile + imdecode rather than cv2.imread: imread cannot open non-ASCII paths on Windows
-        data = np.fromfile(path, dtype=np.uint8)
+        # read + imdecode rather than cv2.imread: imread cannot open non-ASCII paths on Windows. read_regular
+        # refuses a FIFO (it would block) or a device (/dev/zero never ends) before reading a byte.
+        blob = read_regular(path, "Image file")
+    except FileNotFoundError:  # removed since the check above
+        raise InputError(f"Image file {path} does not exist.") from None
     except OSError as err:
         raise InputError(f"Could not read image file {path}: {err.strerror or err}.") from err
-    if data.size == 0:
+    if not blob:
         raise InputError(f"Image file {path} is empty.")
-    head = _probe(data.tobytes(), path)
+    data = np.frombuffer(blob, dtype=np.uint8)
+    head = _probe(blob, path)
     if head.size is not None:
         _check_pixels(head.size[1], head.size[0], max_pixels, f"Image file {path}")
     elif max_pixels is not None and head.more_than is not None and head.more_than >= max_pixels:
         raise InputError(f"Image file {path} declares more than {head.more_than:,} pixels, over max_pixels="
-                         f"{max_pixels:,}; pass a larger max_pixels (or None) if you trust it, or downscale it first.")
+                         f"{max_pixels:,}; {_LIMIT_HINT}")
     try:
         array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
