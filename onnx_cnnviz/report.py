@@ -25,9 +25,11 @@ import cv2
 import numpy as np
 
 from . import jsonio
+from .files import read_regular
 from .files import write_atomic  # noqa: F401 - re-exported for the CLI and the converters
 from .errors import CnnvizError, InputError, UnsupportedOpError
-from .image import Preprocessing, deprocess, gradient_image, overlay, saliency_image
+from .image import (DIVERGING, Preprocessing, colorize, deprocess, gradient_image, overlay, saliency_image,
+                    signed_to_unit)
 from .maps import minmax
 from .methods import registry
 
@@ -44,25 +46,50 @@ def _clip_percentile(a: np.ndarray, q: float = 99.0) -> np.ndarray:
     return np.clip(a / top, 0.0, 1.0) if top > 0 else np.zeros_like(a)
 
 
+def color_scale(name: str, result: np.ndarray) -> float | None:
+    """The value at the two ends of the diverging colour bar for a signed result of method ``name`` (drawn from
+    ``-scale`` to ``+scale`` with 0 in the middle), or None when the result is unsigned (or an input gradient, shown
+    as an image). Maps use their largest absolute value; attributions (summed over channels) their 99th percentile
+    of absolute values, so a few extreme pixels do not leave the rest neutral."""
+    meth = registry.get(name)
+    if not meth.signed or meth.kind not in ("map", "attribution"):
+        return None
+    a = np.asarray(result, dtype=np.float32)
+    if meth.kind == "map":
+        return float(np.abs(a).max())
+    a = np.abs(a.sum(axis=0))
+    top = float(np.percentile(a, 99.0))
+    return top if top > 0 else float(a.max())
+
+
 def picture(name: str, result: np.ndarray, view: np.ndarray, order: str = "RGB", alpha: float = 0.5,
             colormap: str = "jet") -> np.ndarray:
     """One image's result of method ``name`` as a uint8 RGB picture the size of ``view`` (the model's input view).
 
-    Heat maps are min-max scaled and laid over ``view``; saliency maps are shown in gray, scaled so that the 99th
-    percentile is white; gradients go through
-    :func:`~onnx_cnnviz.image.gradient_image` (``order``: the model's channel order); attributions are shown as the
-    absolute sum over channels, in gray, scaled the same way (white = most attribution).
+    Unsigned heat maps are min-max scaled and laid over ``view`` in ``colormap`` (sequential). Signed results (their
+    registry entry says ``signed``: occlusion's score drop, input x gradient, SmoothGrad, Integrated Gradients) use
+    the diverging :data:`~onnx_cnnviz.image.DIVERGING` map centred at 0 (see :func:`color_scale`): "no effect" is the
+    same neutral colour on every picture, positive red, negative blue; signed maps are laid over ``view``,
+    attributions (summed over channels) are shown on their own. Saliency maps are shown in gray, scaled so that the
+    99th percentile is white; gradients go through :func:`~onnx_cnnviz.image.gradient_image` (``order``: the
+    model's channel order).
     """
-    kind = registry.get(name).kind
+    meth = registry.get(name)
+    kind = meth.kind
     result = np.asarray(result, dtype=np.float32)
     if not np.isfinite(result).all():
         raise InputError(f"the {name} result has NaN or infinite values; the model may produce NaN on this image.")
+    scale = color_scale(name, result)
     if kind == "map":
+        if scale is not None:
+            return overlay(view, signed_to_unit(result, scale), alpha=alpha, colormap=DIVERGING)
         return overlay(view, minmax(result), alpha=alpha, colormap=colormap)
     if kind == "gray":
         out = saliency_image(_clip_percentile(result), normalize=False)
     elif kind == "gradient":
         out = gradient_image(result, order=order)
+    elif scale is not None:
+        out = colorize(signed_to_unit(result.sum(axis=0), scale), DIVERGING)
     else:
         out = saliency_image(_clip_percentile(np.abs(result).sum(axis=0)), normalize=False)
     if out.shape[:2] != view.shape[:2]:
@@ -79,16 +106,28 @@ def probabilities(scores: np.ndarray, head: str | None) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+MAX_LABELS_BYTES = 16 * 1024 * 1024  # a labels file larger than this is not a list of class names
+MAX_LABELS = 1_000_000  # lines; the largest label sets in use have tens of thousands
+
+
 def read_labels(path) -> list[str]:
-    """Class names from a text file, one per line (line i = class i - 1); a trailing empty line is ignored."""
+    """Class names from a text file, one per line (line i = class i - 1); a trailing empty line is ignored.
+
+    Only a regular file of at most :data:`MAX_LABELS_BYTES` bytes and :data:`MAX_LABELS` lines is read: a FIFO, a
+    device (``/dev/zero``) or a folder is refused (:class:`InputError`) before anything is read from it.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular(path, "labels file", max_bytes=MAX_LABELS_BYTES)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"labels file '{path}' does not exist.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read labels file '{path}' ({exc}); give a UTF-8 text file, one name per line.") \
             from None
+    if text.count("\n") > MAX_LABELS:
+        raise InputError(f"labels file '{path}' has more than {MAX_LABELS:,} lines; give the class names of the "
+                         "model, one per line.")
     return _split_labels(text)
 
 
@@ -212,7 +251,8 @@ class ImageEntry:
     path: str
     view: np.ndarray  # uint8 RGB, the model's input view
     top: list  # [(class, name or None, score, probability)], best first
-    panels: list = field(default_factory=list)  # [(method name, class, picture uint8 RGB, parameters dict)]
+    # [(method name, class, picture uint8 RGB, parameters dict, colour scale of a signed result or None)]
+    panels: list = field(default_factory=list)
     error: str | None = None
 
 
@@ -265,7 +305,8 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
             used = registry.parameters(meth, params)
             if meth.uses_layer:
                 used["layer"] = registry.resolved_layer(m, meth, layer)
-            entry.panels.append((n, t if meth.class_specific else None, picture(n, result, view, pre.order), used))
+            entry.panels.append((n, t if meth.class_specific else None, picture(n, result, view, pre.order), used,
+                                 color_scale(n, result)))
         entries.append(entry)
         if progress:
             progress(1)
@@ -308,6 +349,8 @@ table.top th,table.top td{padding:2px 6px;text-align:left;border-bottom:1px soli
 table.top td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bar{display:inline-block;vertical-align:middle;background:#4a7bd0;height:8px;border-radius:2px;margin-right:6px}
 .error{color:#b00020;font-size:13px}
+.cbar{height:8px;border-radius:2px;margin-top:4px}
+.cbar-labels{display:flex;justify-content:space-between;color:#666;font-size:10px}
 footer{color:#888;font-size:11px;margin-top:24px}
 """
 
@@ -319,6 +362,14 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-images', ok + '/' + imgs.length);
 });
 """
+
+
+def _colour_bar(scale: float) -> str:
+    """A diverging colour bar (the picture's own colour map, blue -> neutral -> red) labelled -scale, 0, +scale."""
+    stops = ",".join("#%02x%02x%02x" % tuple(int(v) for v in colorize(np.array([[t]], np.float32), DIVERGING)[0, 0])
+                     for t in np.linspace(0.0, 1.0, 9))
+    return (f'<div class="cbar" style="background:linear-gradient(to right,{stops})"></div>'
+            f'<div class="cbar-labels"><span>{-scale:.3g}</span><span>0</span><span>+{scale:.3g}</span></div>')
 
 
 def _fmt_params(params: dict) -> str:
@@ -374,21 +425,24 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
         rows.append("</table>")
         out.append("<div><b style=\"font-size:13px\">Top predictions</b>" + "".join(rows) + "</div>")
         out.append("</div><div class=\"row\" style=\"margin-top:12px\">")
-        for name, c, pic, params in entry.panels:
+        for name, c, pic, params, *scale in entry.panels:
             meth = registry.METHODS.get(name)
             caption = f"<b>{esc(meth.title if meth else name)}</b> · {esc(class_label(c))}"
             if meth and meth.paper:
                 caption += f'<div style="color:#888">{esc(meth.paper)}</div>'
             if params:
                 caption += f'<div class="params">{esc(_fmt_params(params))}</div>'
+            if scale and scale[0] is not None:
+                caption += _colour_bar(scale[0])
             out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(pic)}"><figcaption>{caption}</figcaption>'
                        "</figure>")
         out.append("</div></section>")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from . import __version__
-    out.append(f"<footer>onnx_cnnviz {esc(__version__)} · {stamp} · maps: jet colormap over the input, min-max "
-               "scaled per picture; saliency and attributions (|sum over channels|): gray, 99th percentile = white; "
-               "gradients: mean at mid-gray, ±5 std to black/white.</footer>")
+    out.append(f"<footer>onnx_cnnviz {esc(__version__)} · {stamp} · unsigned maps: jet colormap over the input, "
+               "min-max scaled per picture; signed maps and attributions (sum over channels): blue - neutral - red, "
+               "centred at 0, with their colour bar; saliency: gray, 99th percentile = white; gradients: mean at "
+               "mid-gray, ±5 std to black/white.</footer>")
     out.append(f'<script type="application/json" id="cnnviz-data">{jsonio.dumps_for_html(info)}</script>')
     out.append("</body></html>")
     return "\n".join(out)

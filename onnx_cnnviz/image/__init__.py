@@ -15,8 +15,9 @@ from this package; every name below is re-exported here.
 """
 from .preprocessing import METADATA_PREFIX, PRESETS, Preprocessing, deprocess, get_preprocessing, preprocess
 from .reading import IMAGE_SUFFIXES, MAX_PIXELS, read_image, rgb_triple
-from .rendering import COLORMAPS, colorize, fit_into, gradient_image, grid, overlay, saliency_image, save_image
+from .rendering import (COLORMAPS, DIVERGING, colorize, fit_into, gradient_image, grid, overlay, saliency_image,
+                        save_image, signed_to_unit)
 
 __all__ = ["read_image", "preprocess", "deprocess", "get_preprocessing", "Preprocessing", "PRESETS", "colorize",
            "overlay", "gradient_image", "saliency_image", "grid", "save_image", "COLORMAPS", "MAX_PIXELS",
-           "METADATA_PREFIX", "IMAGE_SUFFIXES", "rgb_triple", "fit_into"]
+           "METADATA_PREFIX", "IMAGE_SUFFIXES", "rgb_triple", "fit_into", "DIVERGING", "signed_to_unit"]

@@ -23,13 +23,36 @@ COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir
 # Heat maps and gradient images
 
 
-def _colormap_id(colormap) -> int:
+# Moreland's cool-warm diverging map ("Diverging Color Maps for Scientific Visualization", ISVC 2009; matplotlib's
+# "coolwarm"), sampled at nine points (RGB) and interpolated linearly: blue for negative, near-white at 0, red for
+# positive, both halves of equal lightness so neither sign looks stronger.
+_COOLWARM_ANCHORS = np.array([(59, 76, 192), (98, 130, 234), (141, 176, 254), (184, 208, 249), (221, 221, 221),
+                              (245, 196, 173), (244, 154, 123), (222, 96, 77), (180, 4, 38)], dtype=np.float64)
+#: The diverging colour map signed maps are drawn with (zero in the middle of the table).
+DIVERGING = "coolwarm"
+
+
+def _lookup_table(anchors: np.ndarray) -> np.ndarray:
+    """A 256-entry BGR lookup table for ``cv2.applyColorMap`` interpolating RGB ``anchors`` evenly."""
+    at = np.linspace(0.0, 1.0, len(anchors))
+    levels = np.linspace(0.0, 1.0, 256)
+    rgb = np.stack([np.interp(levels, at, anchors[:, k]) for k in range(3)], axis=1)
+    return np.ascontiguousarray(np.floor(rgb[:, ::-1] + 0.5).astype(np.uint8).reshape(256, 1, 3))
+
+
+_TABLES = {DIVERGING: _lookup_table(_COOLWARM_ANCHORS)}
+
+
+def _colormap_table(colormap):
+    """What ``cv2.applyColorMap`` takes for ``colormap``: an OpenCV colour-map id, or our own lookup table."""
     if isinstance(colormap, (int, np.integer)) and not isinstance(colormap, bool) and \
             int(colormap) in COLORMAPS.values():
         return int(colormap)
     if isinstance(colormap, str) and colormap.lower() in COLORMAPS:
         return COLORMAPS[colormap.lower()]
-    raise InputError(f"Unknown colormap {colormap!r}; use one of {', '.join(sorted(COLORMAPS))} (or a "
+    if isinstance(colormap, str) and colormap.lower() in _TABLES:
+        return _TABLES[colormap.lower()]
+    raise InputError(f"Unknown colormap {colormap!r}; use one of {', '.join(sorted([*COLORMAPS, *_TABLES]))} (or a "
                      f"cv2.COLORMAP_* constant).")
 
 
@@ -52,14 +75,15 @@ def colorize(heatmap, colormap="jet", size=None) -> np.ndarray:
     """A [0, 1] heat map as a uint8 RGB picture: ``cv2.applyColorMap(round(255 * h))`` converted from BGR.
 
     ``size``: (H, W) to resize the float map to first (bilinear). ``colormap``: a name in :data:`COLORMAPS`
-    ("jet", "viridis", "inferno", "magma", "turbo", "hot", "parula", ...) or a ``cv2.COLORMAP_*`` constant.
+    ("jet", "viridis", "inferno", "magma", "turbo", "hot", "parula", ...), a ``cv2.COLORMAP_*`` constant, or
+    :data:`DIVERGING` ("coolwarm", for signed maps: see :func:`signed_to_unit`).
     """
     h = _heatmap_2d(heatmap)
     size = norm_size(size)
     if size is not None and h.shape != size:
         h = np.clip(cv2.resize(h, (size[1], size[0]), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
     levels = np.floor(h * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(cv2.applyColorMap(levels, _colormap_id(colormap))[:, :, ::-1])
+    return np.ascontiguousarray(cv2.applyColorMap(levels, _colormap_table(colormap))[:, :, ::-1])
 
 
 def overlay(image, heatmap, alpha: float = 0.5, colormap="jet") -> np.ndarray:
@@ -77,6 +101,19 @@ def overlay(image, heatmap, alpha: float = 0.5, colormap="jet") -> np.ndarray:
     colored = colorize(heatmap, colormap, size=rgb.shape[:2])
     blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colored.astype(np.float32)
     return np.clip(np.floor(blend + 0.5), 0, 255).astype(np.uint8)
+
+
+def signed_to_unit(smap, scale: float | None = None) -> np.ndarray:
+    """A signed (h, w) map as the [0, 1] heat map a diverging colour map expects, with 0 at 0.5: ``0.5 + m / (2
+    scale)``, clipped; ``scale`` defaults to ``max |m|`` (an all-zero map gives 0.5 everywhere). So "no effect" has
+    the same colour on every map, whatever its range, which min-max scaling cannot promise."""
+    m = np.asarray(smap, dtype=np.float32)
+    if not np.isfinite(m).all():
+        raise InputError("The signed map has NaN or infinite values.")
+    top = float(np.abs(m).max()) if scale is None else float(scale)
+    if not top > 0 or not np.isfinite(top):
+        return np.full(m.shape, 0.5, dtype=np.float32)
+    return np.clip(0.5 + m / np.float32(2.0 * top), 0.0, 1.0).astype(np.float32)
 
 
 def gradient_image(grad, mode: str = "std", order: str = "RGB") -> np.ndarray:
