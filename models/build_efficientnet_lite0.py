@@ -19,8 +19,8 @@ in-place flags off, dynamic batch, onnxruntime checked against torch) at 224x224
 
 * the preprocessing, the ``imagenet`` preset at 224x224 (RGB, 0..1, mean 0.485/0.456/0.406, std 0.229/0.224/0.225,
   how these weights were trained), as ``cnnviz.preprocess.*``;
-* the 1000 ImageNet class names as ``cnnviz.labels``, from ``../shared/models/imagenet_classes.txt`` when it is beside
-  the clone, otherwise from torchvision's weight metadata (which ships inside torchvision; the two lists are the same);
+* the 1000 ImageNet class names as ``cnnviz.labels``, from ``models/imagenet_classes.txt`` (committed, 10 KB: the
+  list torchvision's weight metadata carries, index = class), so the build needs no torchvision;
 * ``cnnviz.model``, naming the packages the weights came from (this script's check that a file is its own build).
 
 Idempotent: an existing output that loads, passes ``onnx.checker`` and carries that metadata is kept (exit 0, says
@@ -37,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_OUT = HERE / "efficientnet_lite0.onnx"
-SHARED_CLASSES = ROOT.parent / "shared" / "models" / "imagenet_classes.txt"
+CLASSES = HERE / "imagenet_classes.txt"
 
 MODEL_NAME = "efficientnet-lite0"
 INPUT_SIZE = (224, 224)
@@ -54,21 +54,14 @@ class BuildError(Exception):
 
 def class_names() -> tuple[list[str], str]:
     """The 1000 ImageNet-1k class names (index = class) and where they came from."""
-    if SHARED_CLASSES.is_file():
-        names = [line.strip() for line in SHARED_CLASSES.read_text(encoding="utf-8").splitlines()]
-        while names and not names[-1]:
-            names.pop()
-        if len(names) == NUM_CLASSES and all(names):
-            return names, str(SHARED_CLASSES)
-    try:
-        from torchvision.models import ResNet50_Weights
-    except ImportError:
-        raise BuildError(f"the ImageNet class names come from {SHARED_CLASSES} (not there) or torchvision (not "
-                         f"installed): {INSTALL_HINT}.") from None
-    names = list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-    if len(names) != NUM_CLASSES:
-        raise BuildError(f"torchvision lists {len(names)} ImageNet categories, expected {NUM_CLASSES}.")
-    return names, "torchvision ResNet50_Weights.IMAGENET1K_V1.meta['categories']"
+    if not CLASSES.is_file():
+        raise BuildError(f"{CLASSES} is missing; it is part of the repository (git checkout models/).")
+    names = CLASSES.read_text(encoding="utf-8").splitlines()
+    while names and not names[-1]:
+        names.pop()
+    if len(names) != NUM_CLASSES or not all(n.strip() for n in names):
+        raise BuildError(f"{CLASSES} lists {len(names)} class names, expected {NUM_CLASSES} non-empty lines.")
+    return [n.strip() for n in names], str(CLASSES.relative_to(ROOT))
 
 
 def load_module():
