@@ -186,14 +186,14 @@ def test_external_data_is_loaded_and_missing_data_is_a_clear_error(tmp_path):
         cv.load(path, device="cpu")
 
 
-def test_missing_rule_on_the_path_names_node_op_and_rule_folder_but_forward_still_works():
+def test_missing_rule_on_the_path_names_node_and_op_but_forward_still_works():
     m = cv.load(tiny_classifier(mid_op="Sin"), device="cpu")
     x = np.ones((1, 3, 4, 4), dtype=np.float32)
     assert m.scores(x).shape == (1, 5)  # the forward pass never needs a rule
     with pytest.raises(cv.UnsupportedOpError) as info:
         cv.gradients(m, x)
     message = str(info.value)
-    assert "'mid'" in message and "Sin" in message and "autodiff/rules" in message
+    assert "'mid'" in message and "Sin" in message and "issue" in message
     assert info.value.op_type == "Sin" and info.value.node_name == "mid"
     # Gradients at a layer after the unsupported node do not need its rule.
     assert m.run(x, wrt=["mid"]).grads["mid"].shape == (1, 4, 4, 4)

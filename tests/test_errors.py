@@ -3,8 +3,8 @@ are never touched (checksums of the inputs before and after each case).
 
 Cases tested elsewhere (referenced, not duplicated):
 
-* an op without a gradient rule on the path (node, op, rule folder named):
-  ``tests/test_engine.py::test_missing_rule_on_the_path_names_node_op_and_rule_folder_but_forward_still_works``,
+* an op without a gradient rule on the path (node and op named, "report it as an issue"):
+  ``tests/test_engine.py::test_missing_rule_on_the_path_names_node_and_op_but_forward_still_works``,
   and ``tests/cli/test_cli.py::test_inspect_reports_missing_rule``;
 * a keyboard interrupt in a folder run (exit 130, finished results kept, --resume finishes):
   ``tests/cli/test_cli.py::test_keyboard_interrupt_keeps_finished_results``;

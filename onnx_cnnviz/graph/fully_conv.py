@@ -29,6 +29,7 @@ from .head import constant_value, reduce_axes, spatial_head
 from .load import BATCH_DIM
 from .ops import ACTIVATIONS, DENSE, FLATTENINGS, INFERENCE_IDENTITIES, WINDOWED_EQUIVALENT, node_attr
 from .structure import producers
+from .subgraphs import node_inputs
 
 # Elementwise ops copied as they are: they act on the (N, C, 1, 1) maps that replace (N, C) vectors as on the vectors.
 _KEEP = ACTIVATIONS | INFERENCE_IDENTITIES
@@ -157,7 +158,7 @@ def _prune_inplace(graph: onnx.GraphProto) -> None:
     for node in reversed(graph.node):
         if any(o in needed for o in node.output if o):
             keep.append(node)
-            needed.update(i for i in node.input if i)
+            needed.update(node_inputs(node))  # what its subgraphs read from outer scope too
     keep.reverse()
     del graph.node[:]
     graph.node.extend(keep)

@@ -106,6 +106,9 @@ def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, 
     graph = model.graph
     outputs = [o.name for o in graph.output]
     made_by = producers(graph)
+    if not outputs and wanted is None:
+        raise ModelStructureError("the model has no outputs, so there is no class score to explain; the export "
+                                  "is incomplete (give the exporter the output names) or this is not a classifier.")
     if wanted is not None:
         if wanted not in outputs and wanted not in made_by:
             raise ModelStructureError(

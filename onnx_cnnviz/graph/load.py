@@ -2,6 +2,11 @@
 
 Normal form (:func:`normalise` returns it as a new model; its steps edit that copy, ``..._inplace``):
 
+* the nodes are in topological order (:func:`topological_sort`: some exporters and hand edits write them in any
+  order, and every walk here reads the graph front to back); a cycle is a :class:`ModelLoadError`;
+* an ``If`` whose condition is a constant is replaced by the branch it takes
+  (:func:`onnx_cnnviz.graph.subgraphs.fold_constant_ifs`; conditions computed from the input's shape are folded once
+  the size is fixed, in ``Model``);
 * weights are initializers, never ``Constant`` nodes (PaddlePaddle exports use Constant nodes) and never graph inputs
   (IR < 4 exports list weights as inputs too);
 * the ``ai.onnx`` opset is at least :data:`MIN_OPSET` (old models are upgraded with ``onnx.version_converter``), so
@@ -12,33 +17,57 @@ Normal form (:func:`normalise` returns it as a new model; its steps edit that co
   known). A graph that hard-codes batch 1 in a Reshape (``[1, -1]``) gets that constant rewritten to 0 (copy the
   input's batch); whether the result really batches is checked when the model is loaded (``Model`` runs batch 2 and
   batch 1 and compares the scores).
+
+Before any of that, :func:`read_model` refuses what would exhaust the machine or fail later with an untyped message:
+more nodes than ``max_nodes``, a tensor whose declared size is over ``max_tensor_bytes`` or does not match the bytes
+the file holds (checked from the dims, before anything is read or allocated), and :func:`normalise` an opset or IR
+version newer than the installed onnx and onnxruntime support.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import heapq
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InputError, ModelLoadError, ModelStructureError
 from .ops import node_attr
+from .subgraphs import fold_constant_ifs, node_inputs, subgraphs_of
 
 MIN_OPSET = 17
 BATCH_DIM = "N"  # the name of the symbolic batch dimension in every graph we write
 MAX_NODES = 200_000  # default limit on graph nodes (subgraphs included); the largest real CNNs have a few thousand
+#: Default limit on the image's H*W (the model's declared input, ``input_size``, or an array to explain). Classifiers
+#: take a few hundred pixels a side; 4096 x 4096 leaves room for whole-slide tiles and satellite scenes, while a file
+#: of a few bytes declaring a 10^5 x 10^5 input is refused before any memory is spent on it.
+MAX_PIXELS = 4096 * 4096
+#: Default limit on one tensor's declared size. The largest weight of a real classifier (VGG's first fully connected
+#: layer) is ~400 MB; a protobuf file holds at most 2 GB. A tiny file can still *declare* a 10^6 x 10^6 tensor (in
+#: its dims, or pointing at external data), which would be allocated before anything failed.
+MAX_TENSOR_BYTES = 4 * 2 ** 30
+#: Opsets and IR versions every onnxruntime this project accepts (>= 1.20) runs; newer ones are checked against the
+#: installed runtime.
+KNOWN_GOOD_OPSET, KNOWN_GOOD_IR = 21, 10
 
 
-def read_model(source, max_nodes: int | None = MAX_NODES) -> onnx.ModelProto:
+def read_model(source, max_nodes: int | None = MAX_NODES,
+               max_tensor_bytes: int | None = MAX_TENSOR_BYTES) -> onnx.ModelProto:
     """Read a path (external data beside it is loaded) or copy a ModelProto. Never modifies the source.
 
     ``max_nodes``: refuse a graph with more nodes than this (:class:`ModelStructureError`), checked before any
-    external weights are read; ``None``: no limit.
+    external weights are read; ``None``: no limit. ``max_tensor_bytes``: refuse a tensor (initializer or constant)
+    whose declared size is larger (:class:`ModelLoadError`), checked from its dims before its data is read;
+    ``None``: no limit. A tensor whose declared size does not match the data stored for it is refused too.
     """
     if isinstance(source, onnx.ModelProto):
         check_node_count(source, max_nodes)
+        check_tensor_sizes(source, max_tensor_bytes)
         return copy.deepcopy(source)
     if isinstance(source, (bytes, bytearray)):
         try:
@@ -50,6 +79,7 @@ def read_model(source, max_nodes: int | None = MAX_NODES) -> onnx.ModelProto:
                                  "truncated.")
         check_node_count(model, max_nodes)
         check_text(model, "the bytes given")
+        check_tensor_sizes(model, max_tensor_bytes, what="the bytes given")
         return model
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(f"expected a path to an .onnx file or an onnx.ModelProto, got {type(source).__name__}.")
@@ -68,6 +98,7 @@ def read_model(source, max_nodes: int | None = MAX_NODES) -> onnx.ModelProto:
         raise ModelLoadError(f"'{path}' parsed but holds no graph nodes: it is not an ONNX model or it is truncated.")
     check_node_count(model, max_nodes, f"'{path}'")
     check_text(model, f"'{path}'")
+    check_tensor_sizes(model, max_tensor_bytes, path.parent, what=f"'{path}'")
     _load_external_data(model, path.parent)
     return model
 
@@ -113,6 +144,118 @@ def check_node_count(model: onnx.ModelProto, max_nodes: int | None, what: str = 
             "(load(..., max_nodes=N) or None for no limit) if you trust this model.")
 
 
+def _bits() -> dict[int, int]:
+    """Bits per element of each tensor type this onnx knows (STRING and unknown types are absent)."""
+    table = {"FLOAT": 32, "UINT8": 8, "INT8": 8, "UINT16": 16, "INT16": 16, "INT32": 32, "INT64": 64, "BOOL": 8,
+             "FLOAT16": 16, "DOUBLE": 64, "UINT32": 32, "UINT64": 64, "COMPLEX64": 64, "COMPLEX128": 128,
+             "BFLOAT16": 16, "FLOAT8E4M3FN": 8, "FLOAT8E4M3FNUZ": 8, "FLOAT8E5M2": 8, "FLOAT8E5M2FNUZ": 8,
+             "UINT4": 4, "INT4": 4, "FLOAT4E2M1": 4, "FLOAT8E8M0": 8, "UINT2": 2, "INT2": 2}
+    return {getattr(TensorProto, k): v for k, v in table.items() if hasattr(TensorProto, k)}
+
+
+# Typed fields holding one element per entry: type -> field name.
+_TYPED_FIELDS = {TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
+                 TensorProto.INT32: "int32_data", TensorProto.INT16: "int32_data", TensorProto.INT8: "int32_data",
+                 TensorProto.UINT16: "int32_data", TensorProto.UINT8: "int32_data", TensorProto.BOOL: "int32_data",
+                 TensorProto.FLOAT16: "int32_data", TensorProto.BFLOAT16: "int32_data",
+                 TensorProto.UINT32: "uint64_data", TensorProto.UINT64: "uint64_data"}
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Every TensorProto of ``graph`` and its subgraphs: initializers, sparse ones' values, tensor attributes."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield sparse.values
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+                elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                    yield attr.sparse_tensor.values
+            stack.extend(subgraphs_of(node))
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def check_tensor_sizes(model: onnx.ModelProto, max_tensor_bytes: int | None = MAX_TENSOR_BYTES,
+                       base: Path | None = None, what: str = "the model") -> None:
+    """Refuse a tensor whose declared size (from its dims) is over ``max_tensor_bytes``, or does not match the data
+    the model holds for it (embedded, or in an external file under ``base``): :class:`ModelLoadError`.
+
+    Runs on the protobuf as parsed, before external data is read and before any tensor becomes an array, so a tiny
+    file declaring a huge tensor costs nothing.
+    """
+    if max_tensor_bytes is not None and (not isinstance(max_tensor_bytes, int) or isinstance(max_tensor_bytes, bool)
+                                         or max_tensor_bytes < 1):
+        raise InputError(f"max_tensor_bytes must be a positive int or None, not {max_tensor_bytes!r}.")
+    bits = _bits()
+    for tensor in _all_tensors(model.graph):
+        dims = list(tensor.dims)
+        label = f"{what}: tensor '{tensor.name}'" if tensor.name else f"{what}: a constant tensor"
+        if any(d < 0 for d in dims):
+            raise ModelLoadError(f"{label} declares a negative dimension {dims}; the file is corrupt.")
+        elements = math.prod(dims)
+        width = bits.get(tensor.data_type)
+        if width is None:
+            continue  # strings and types this onnx does not know: no byte size to check
+        declared = (elements * width + 7) // 8
+        if max_tensor_bytes is not None and declared > max_tensor_bytes:
+            raise ModelLoadError(
+                f"{label} declares shape {tuple(dims)} = {_size_text(declared)}, more than the limit of "
+                f"{_size_text(max_tensor_bytes)} for one tensor (a real classifier's largest weight is a few hundred "
+                "MB). If you trust this model, raise the limit: "
+                "onnx_cnnviz.graph.load.read_model(..., max_tensor_bytes=N).")
+        if tensor.data_location == TensorProto.EXTERNAL:
+            _check_external(tensor, declared, base, label)
+            continue
+        if tensor.HasField("segment"):
+            continue
+        if tensor.raw_data:
+            held, need, unit = len(tensor.raw_data), declared, "bytes"
+        else:
+            field_name = _TYPED_FIELDS.get(tensor.data_type)
+            if field_name is None:
+                continue
+            held, need, unit = len(getattr(tensor, field_name)), elements, "values"
+        if held != need:
+            raise ModelLoadError(
+                f"{label} declares shape {tuple(dims)} ({need:,} {unit}) but the file holds {held:,} {unit} for it: "
+                "the file is corrupt or truncated. Re-export the model.")
+
+
+def _check_external(tensor: TensorProto, declared: int, base: Path | None, label: str) -> None:
+    """The external file must hold the declared bytes at ``offset`` (exactly ``length`` when that is given)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    try:
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise ModelLoadError(f"{label} has an unreadable external-data offset or length.") from None
+    if offset < 0 or (length is not None and length != declared):
+        raise ModelLoadError(f"{label} declares {_size_text(declared)} but its external data entry says offset "
+                             f"{offset}, length {length}: the file is corrupt.")
+    if base is None:
+        return  # a ModelProto given in memory: its external files are not read here
+    location = base / info.get("location", "")
+    if not location.is_file():
+        return  # reported with every other missing file by _load_external_data
+    available = location.stat().st_size - offset
+    if available < declared or (length is None and available != declared):
+        raise ModelLoadError(
+            f"{label} declares {_size_text(declared)} but its external data file '{info.get('location')}' holds "
+            f"{_size_text(max(available, 0))} from offset {offset}: the file is truncated or not this model's.")
+
+
 def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
@@ -141,11 +284,125 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a normalised copy of ``model`` (see the module docstring)."""
-    model = copy.deepcopy(model)
+    check_supported_versions(model)
+    model = topological_sort(model)
     constants_to_initializers_inplace(model)
     drop_initializer_inputs_inplace(model)
+    model, folded = fold_constant_ifs(model)
+    if folded:
+        constants_to_initializers_inplace(model)  # the Constant nodes of the inlined branches
     model = upgrade_opset(model)
     float16_to_float32_inplace(model)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _runtime_accepts(opset: int, ir_version: int) -> bool:
+    """Whether the installed onnxruntime loads a one-node model stamped with ``opset`` and ``ir_version``.
+
+    onnxruntime refuses opsets newer than its release only when a session is created, with a C++ signature as the
+    message, and no function of its Python API says which opsets it supports: one tiny session per pair, once per
+    process, tells.
+    """
+    import onnxruntime as ort
+
+    graph = helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "probe",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    probe.ir_version = ir_version
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - any refusal means "not supported"
+        return False
+    return True
+
+
+def check_supported_versions(model: onnx.ModelProto) -> None:
+    """:class:`ModelLoadError` when the model's ``ai.onnx`` opset or its IR version is newer than the installed onnx
+    and onnxruntime support, saying up to which version they do and what to do about it (rather than onnxruntime's
+    C++ message at the first run)."""
+    opset, ir = opset_of(model), int(model.ir_version)
+    if opset <= KNOWN_GOOD_OPSET and ir <= KNOWN_GOOD_IR:
+        return
+    import onnxruntime as ort
+
+    versions = f"onnx {onnx.__version__}, onnxruntime {ort.__version__}"
+    onnx_opset, onnx_ir = onnx.defs.onnx_opset_version(), onnx.IR_VERSION
+    if opset > onnx_opset or not _runtime_accepts(opset, KNOWN_GOOD_IR):
+        top = next((v for v in range(min(opset, onnx_opset), KNOWN_GOOD_OPSET, -1)
+                    if _runtime_accepts(v, KNOWN_GOOD_IR)), KNOWN_GOOD_OPSET)
+        raise ModelLoadError(
+            f"the model uses ONNX opset {opset}, newer than the installed libraries support: opset {top} at most "
+            f"({versions}). Re-export the model with opset_version={top} or lower, or upgrade onnx and "
+            "onnxruntime.")
+    if ir > onnx_ir or not _runtime_accepts(opset, ir):
+        top = next((v for v in range(min(ir, onnx_ir), KNOWN_GOOD_IR, -1) if _runtime_accepts(opset, v)),
+                   KNOWN_GOOD_IR)
+        raise ModelLoadError(
+            f"the model's ONNX IR version {ir} is newer than the installed libraries support: IR {top} at most "
+            f"({versions}). Re-export the model with an older exporter, or upgrade onnx and onnxruntime.")
+
+
+def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose main-graph nodes are in topological order.
+
+    ONNX requires that order, but some exporters and hand-edited graphs do not respect it, and every walk here reads
+    the graph front to back (a node listed before its producer would seem not to be reached by the image). Nodes
+    keep their original order wherever the dependencies allow (Kahn's algorithm, earliest node first); a node
+    depends on the producers of everything it reads, through its subgraphs too. :class:`ModelLoadError` for a cycle,
+    a tensor two nodes write, or a tensor nothing provides.
+    """
+    model = copy.deepcopy(model)
+    graph = model.graph
+    nodes = list(graph.node)
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    available |= {t.values.name for t in graph.sparse_initializer}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for out in node.output:
+            if not out:
+                continue
+            if out in producer or out in available:
+                raise ModelLoadError(f"the model is invalid: tensor '{out}' is written by two nodes (or is also a "
+                                     "graph input or weight). Re-export the model.")
+            producer[out] = i
+    waiting = []
+    for i, node in enumerate(nodes):
+        names = node_inputs(node)
+        missing = [n for n in names if n not in available and n not in producer]
+        if missing:
+            raise ModelLoadError(
+                f"the model is invalid: node '{node.name or node.op_type}' reads '{missing[0]}', which no node, "
+                "graph input or weight provides. Re-export the model.")
+        waiting.append({producer[n] for n in names if n in producer})
+    if all(j < i for i, deps in enumerate(waiting) for j in deps):
+        return model  # already in order: the common case
+    users: dict[int, list[int]] = {}
+    for i, deps in enumerate(waiting):
+        for j in deps:
+            users.setdefault(j, []).append(i)
+    count = [len(deps) for deps in waiting]
+    ready = [i for i, c in enumerate(count) if c == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for k in users.get(i, ()):
+            count[k] -= 1
+            if count[k] == 0:
+                heapq.heappush(ready, k)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].name or f"{nodes[i].op_type}#{i}" for i, c in enumerate(count) if c > 0]
+        raise ModelLoadError(
+            f"the model's graph has a cycle (through nodes {', '.join(stuck[:6])}{', ...' if len(stuck) > 6 else ''}"
+            "), so it cannot be run. Re-export the model.")
+    sorted_nodes = [copy.deepcopy(nodes[i]) for i in order]
+    del graph.node[:]
+    graph.node.extend(sorted_nodes)
     return model
 
 
@@ -255,7 +512,7 @@ def make_batch_dynamic_inplace(model: onnx.ModelProto, input_name: str) -> bool:
     inits = {t.name: t for t in graph.initializer}
     consumers: dict[str, int] = {}
     for node in graph.node:
-        for name in node.input:
+        for name in node_inputs(node):  # a subgraph reading the constant shares it too
             consumers[name] = consumers.get(name, 0) + 1
     for node in graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:

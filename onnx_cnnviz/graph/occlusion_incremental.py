@@ -45,6 +45,7 @@ from .occlusion import BASELINE, MODES, OUTPUT, POSITIONS
 from .ops import BOXABLE_WINDOWS, POINTWISE, node_attr
 from .padding import window_geometry
 from .structure import downstream, upstream
+from .subgraphs import has_subgraphs, node_inputs
 
 # How much of a map a box may cover before the rest runs on full maps: the plan tries each, keeps the cheapest.
 BOX_FRACTIONS = (0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
@@ -165,6 +166,13 @@ def _plan_at(model, info, input_name, score_name, window, stride, max_box_fracti
         return result
     derived = downstream(graph, [input_name]) | {input_name}
     on_path = upstream(graph, [score_name])
+    # The rewrite renames the inputs of the nodes it recomputes; a subgraph reading a feature map by name from outer
+    # scope would keep reading the unoccluded one. Such models get the plain occlusion graph.
+    flow = next((n for n in graph.node if has_subgraphs(n) and any(i in derived for i in node_inputs(n))), None)
+    if flow is not None:
+        result.reason = (f"node '{flow.name or flow.op_type}' ({flow.op_type}) reads feature maps inside its "
+                         "subgraphs")
+        return result
     boxes = {input_name: (Axis(0, int(window[0]), 1), Axis(0, int(window[1]), 1))}
     consumers_outside: set = set()
     for idx, node in enumerate(graph.node):

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from ..errors import ModelStructureError
 from .ops import GLOBAL_POOLS, REDUCTIONS, RESAMPLING, SLIDING_WINDOWS, node_attr
 from .padding import window_geometry
+from .subgraphs import node_inputs
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict
         raise ModelStructureError(f"the input '{input_name}' has no static (N, C, H, W) shape.")
     fields: dict = {input_name: (_Axis(1, 1, 0), _Axis(1, 1, 0))}
     for node in graph.node:
-        tracked = [name for name in node.input if name in fields]
+        tracked = [name for name in node_inputs(node) if name in fields]  # subgraph reads included
         if not tracked:
             continue
         unknown = [fields[n] for n in tracked if isinstance(fields[n], str)]

@@ -5,7 +5,6 @@ image's C, H, W before building any graph, so all but the batch is static.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,9 +12,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import ModelStructureError
-from .load import BATCH_DIM
+from .load import BATCH_DIM, constants_to_initializers_inplace, float16_to_float32_inplace
 from .ops import node_attr
 from .padding import window_geometry
+from .subgraphs import DEFAULT_DOMAINS, fold_constant_ifs, node_inputs, value_dependent
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -80,21 +80,53 @@ def infer(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     return info
 
 
+def pruned_to(model: onnx.ModelProto, names, input_name: str) -> onnx.ModelProto:
+    """A new model computing only ``names`` from ``input_name``: the nodes they need, the initializers those read.
+
+    Probes run this instead of the whole model: shape arithmetic (``Shape -> Gather -> ...``) then costs nothing
+    however large the image, because no node reads the image's values; and no weight is copied that is not needed.
+    """
+    graph = model.graph
+    needed = set(names)
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(node_inputs(node))
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    g = out.graph
+    g.name = graph.name
+    g.node.extend(reversed(keep))
+    g.input.extend(v for v in graph.input if v.name == input_name)
+    g.initializer.extend(t for t in graph.initializer if t.name in needed)
+    g.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in needed)
+    for name in dict.fromkeys(names):
+        g.output.append(helper.make_empty_tensor_value_info(name))
+    return out
+
+
 def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> list[list[np.ndarray]]:
-    """Run the model at batch 1 and batch 2 (zeros) exposing ``names``; returns the two lists of values."""
+    """Run the model at batch 1 and batch 2 (zeros) exposing ``names``; returns the two lists of values.
+
+    Only the nodes ``names`` need run (:func:`pruned_to`), on zeros that stay unwritten (untouched memory) unless a
+    node reads them. A model whose batch is fixed runs at that batch alone (both lists are then the same run).
+    """
     import onnxruntime as ort
 
-    probe_model = copy.deepcopy(model)
-    existing = {o.name for o in probe_model.graph.output}
-    for name in names:
-        if name not in existing:
-            probe_model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    names = list(names)
+    probe_model = pruned_to(model, names, input_name)
+    image = next((v for v in model.graph.input if v.name == input_name), None)
+    dims = image.type.tensor_type.shape.dim if image is not None else []
+    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    batches = (fixed,) if fixed else (1, 2)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return [session.run(list(names), {input_name: np.zeros((batch, *chw), dtype=np.float32)})
-                for batch in (1, 2)]
+        runs = [session.run(names, {input_name: np.zeros((batch, *chw), dtype=np.float32)}) for batch in batches]
+        return runs if len(runs) == 2 else runs * 2
     except Exception as exc:
         raise ModelStructureError(
             f"a probe run of the model (to learn {len(names)} tensor shapes or values that shape inference could "
@@ -113,12 +145,40 @@ def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dic
 
 
 def batch_independent_values(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict:
-    """Values of integer tensors (shape arithmetic) that are the same at batch 1 and 2: constants in effect."""
+    """Values of tensors computed from shapes only (shape arithmetic) that are the same at batch 1 and 2: constants
+    in effect once C, H, W are fixed.
+
+    A tensor computed from the *values* of a graph input is left out even when the probe's zeros give it the same
+    value at both batches (``ReduceSum(x) > 0`` is False for any batch of zeros): it is not a constant.
+    """
+    inputs = [v.name for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer}]
+    data = value_dependent(model.graph, inputs)
+    names = [n for n in names if n not in data]
     if not names:
         return {}
     one, two = probe_runs(model, names, input_name, chw)
     return {name: np.asarray(a) for name, a, b in zip(names, one, two)
             if np.asarray(a).shape == np.asarray(b).shape and np.array_equal(a, b)}
+
+
+def fold_ifs_at_size(model: onnx.ModelProto, input_name: str, chw) -> onnx.ModelProto:
+    """``model`` (its image input already fixed at ``chw``) with every ``If`` whose condition is computed from shapes
+    only replaced by the branch it takes (:func:`onnx_cnnviz.graph.subgraphs.fold_constant_ifs`); ``model`` itself
+    when there is none. Conditions that depend on the image's values stay (the engine refuses to differentiate
+    through them)."""
+    for _ in range(len(model.graph.node) + 1):
+        inits = {t.name for t in model.graph.initializer}
+        conds = list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type == "If" and n.input
+                                   and n.domain in DEFAULT_DOMAINS and n.input[0] and n.input[0] not in inits))
+        if not conds:
+            return model
+        values = batch_independent_values(model, conds, input_name, chw)
+        model, folded = fold_constant_ifs(model, values)  # initializer conditions of inlined branches too
+        if not folded:
+            return model
+        constants_to_initializers_inplace(model)
+        float16_to_float32_inplace(model)
+    return model
 
 
 def _np_to_onnx(dtype) -> int:

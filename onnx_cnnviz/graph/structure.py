@@ -1,9 +1,14 @@
 """Find what an explanation needs in a classifier graph: the image input, the candidate layers (4-D feature maps on
 the path from image to score) and the default layer for CAM methods; producers, consumers and reachability.
 
+Every walk counts what a node reads through its subgraphs (an ``If`` branch reading a feature map of the main graph)
+as that node's input (:func:`onnx_cnnviz.graph.subgraphs.node_inputs`): otherwise the node would seem not to consume
+it, and the gradient along that path would be silently dropped.
+
 The class-score tensor and everything else found by walking back from it are in :mod:`onnx_cnnviz.graph.head`."""
 from __future__ import annotations
 
+import copy
 import difflib
 from typing import NamedTuple
 
@@ -12,6 +17,7 @@ import onnx
 from ..errors import ModelStructureError, UnknownLayerError
 from .ops import SHAPE_KEEPING_NO_OPS, node_attr
 from .shapes import FLOAT_TYPES, TensorInfo
+from .subgraphs import node_inputs
 
 
 class Layer(NamedTuple):
@@ -26,11 +32,11 @@ def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
 
 
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that use it (as a listed input or from inside one of their subgraphs)."""
     result: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        for name in node.input:
-            if name:
-                result.setdefault(name, []).append(node)
+        for name in node_inputs(node):
+            result.setdefault(name, []).append(node)
     return result
 
 
@@ -38,7 +44,7 @@ def downstream(graph: onnx.GraphProto, sources) -> set[str]:
     """Every tensor computed (directly or not) from one of ``sources``, the sources included."""
     reached = set(sources)
     for node in graph.node:  # nodes are topologically sorted (ONNX requires it)
-        if any(name in reached for name in node.input if name):
+        if any(name in reached for name in node_inputs(node)):
             reached.update(o for o in node.output if o)
     return reached
 
@@ -48,7 +54,7 @@ def upstream(graph: onnx.GraphProto, sinks) -> set[str]:
     reached = set(sinks)
     for node in reversed(graph.node):
         if any(o in reached for o in node.output if o):
-            reached.update(i for i in node.input if i)
+            reached.update(node_inputs(node))
     return reached
 
 
@@ -76,6 +82,40 @@ def find_image_input(model: onnx.ModelProto, wanted: str | None = None) -> onnx.
         "(--input NAME on the command line).")
 
 
+def without_other_inputs(model: onnx.ModelProto, image: str, score: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose only graph input is ``image``; :class:`ModelStructureError` when the score depends
+    on another input.
+
+    Only the image gets a value when the model runs, and onnxruntime refuses to run a graph with an input left
+    unfed; so an input the score needs (a second image, a mask, a temperature) makes the model unsupported, naming
+    it, and an input the score does not need is removed with everything computed from it (outputs included).
+    """
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    others = [v for v in graph.input if v.name != image and v.name not in inits]
+    if not others:
+        return model
+    needed = upstream(graph, [score])
+    used = [v for v in others if v.name in needed]
+    if used:
+        described = ", ".join(f"'{v.name}' {_describe(v)}" for v in used)
+        raise ModelStructureError(
+            f"besides the image input '{image}', the score '{score}' depends on the input{'s' if len(used) > 1 else ''}"
+            f" {described}, which would need a value too: models whose score depends on more than the image are not "
+            "supported. Re-export the model with that input fixed to a constant.")
+    model = copy.deepcopy(model)
+    graph = model.graph
+    drop = downstream(graph, [v.name for v in others])
+    keep_nodes = [n for n in graph.node if not any(o in drop for o in n.output if o)]
+    keep_inputs = [v for v in graph.input if v.name not in drop]
+    keep_outputs = [v for v in graph.output if v.name not in drop]
+    for field, kept in ((graph.node, keep_nodes), (graph.input, keep_inputs), (graph.output, keep_outputs)):
+        kept = [copy.deepcopy(item) for item in kept]
+        del field[:]
+        field.extend(kept)
+    return model
+
+
 def _describe(value: onnx.ValueInfoProto) -> str:
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in value.type.tensor_type.shape.dim]
@@ -98,7 +138,7 @@ def layouts(model: onnx.ModelProto, image: str, info: dict[str, TensorInfo]) -> 
     """
     layout = {image: NCHW}
     for node in model.graph.node:
-        ins = [layout[i] for i in node.input if i in layout]
+        ins = [layout[i] for i in node_inputs(node) if i in layout]
         for out in node.output:
             ti = info.get(out)
             if ti is None or ti.shape is None or len(ti.shape) != 4:

@@ -25,7 +25,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_cnnviz.errors import UnsupportedOpError
-from onnx_cnnviz.graph.autodiff import engine as engine_mod
 from onnx_cnnviz.graph.autodiff.engine import append_gradients, grad_name
 from onnx_cnnviz.graph.shapes import TensorInfo, infer
 
@@ -868,8 +867,7 @@ def test_op_without_rule_on_path_raises():
         gradient_graph(_sin_model(on_path=True))
     message = str(err.value)
     assert "my_sine" in message and "Sin" in message
-    rules_dir = engine_mod.__file__.rsplit("/", 1)[0] + "/rules"
-    assert rules_dir in message, message
+    assert "issue" in message and "gradient path" in message, message
     assert err.value.node_name == "my_sine" and err.value.op_type == "Sin"
 
 

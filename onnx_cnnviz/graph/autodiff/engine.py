@@ -13,6 +13,12 @@ each node's ``op_type`` for the gradients of its inputs given those of its outpu
 tensor fans out. Only nodes between the wanted tensors and the score are visited, so Grad-CAM at the last layer pays
 for a backward pass through the head alone. Rule sets (``vanilla``, ``guided``, ``deconvnet``) differ only in the
 rule used for ``Relu``.
+
+Control flow: a node uses every tensor its subgraphs read from outer scope (:mod:`onnx_cnnviz.graph.subgraphs`), so
+an ``If`` whose branch multiplies a feature map is on the path even though the map is not among its listed inputs.
+Such a node cannot be differentiated by a rule keyed on ``op_type`` (the branch taken, or the number of iterations,
+may change from image to image), so it raises :class:`UnsupportedOpError` naming it; an ``If`` whose condition is
+known once the input size is fixed has already been folded to its branch by the loader.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from ..load import BATCH_DIM, opset_of
 from ..ops import node_attr
 from ..shapes import TensorInfo
 from ..structure import upstream
+from ..subgraphs import CONTROL_FLOW, has_subgraphs, node_inputs
 from .rules import rule_table
 
 SEED_INPUT = "cnnviz/seed"
@@ -89,12 +96,33 @@ class RuleContext:
         return self.node.output[index]
 
     def unsupported(self, reason: str):
-        from . import rules as rules_pkg
+        """Raise :class:`UnsupportedOpError` for the current node: which node and op lack a backward rule (or a
+        variant of it) on the gradient path, and what the user can do. It names no source file: the reader is a user
+        of the installed library, not someone about to edit it."""
+        raise UnsupportedOpError(unsupported_message(self.node, reason), node_name=self.node.name,
+                                 op_type=self.node.op_type)
 
-        raise UnsupportedOpError(
-            f"cannot differentiate node '{self.node.name or self.node.output[0]}' (op_type {self.node.op_type}): "
-            f"{reason}. Backward rules live in {rules_pkg.__path__[0]}/; extend the {self.node.op_type} rule there.",
-            node_name=self.node.name, op_type=self.node.op_type)
+
+def unsupported_message(node: onnx.NodeProto, reason: str) -> str:
+    label = node.name or (node.output[0] if node.output else "?")
+    return (f"cannot differentiate node '{label}' (op_type {node.op_type}) on the gradient path from the score to "
+            f"the requested tensor: {reason}. Methods that need no gradient (CAM, EigenCAM, Score-CAM, occlusion) "
+            f"still work, and so do gradients at a layer after this node. Support for {node.op_type} here can be "
+            "requested by reporting it as an issue (include the op_type and how the model was exported).")
+
+
+def control_flow_reason(node: onnx.NodeProto) -> str:
+    """Why a node holding subgraphs (If, Loop, Scan, or a custom op with a graph attribute) cannot be differentiated."""
+    if node.op_type == "If":
+        cond = node.input[0] if node.input else "?"
+        return (f"its condition '{cond}' depends on the image's values, so the branch taken can change from image to "
+                "image, and a backward graph cannot follow both (an If whose condition is fixed once the input size "
+                "is known is folded to its branch automatically). Re-export the model with the branch resolved "
+                "(torch.onnx.export traces one branch; avoid torch.jit.script for the exported module)")
+    if node.op_type in CONTROL_FLOW:
+        return (f"control flow ({node.op_type}, a loop whose body reads tensors of the gradient path) has no backward "
+                "rule. Re-export the model with the loop unrolled (torch.onnx.export traces loops unrolled)")
+    return "the node holds a subgraph that reads tensors of the gradient path, and no backward rule covers it"
 
 
 @dataclass(frozen=True)
@@ -110,11 +138,11 @@ def differentiable_path(graph: onnx.GraphProto, score: str, wrt, info: dict[str,
     """Nodes on a float path from any of ``wrt`` to ``score``, and the set of tensors downstream of ``wrt``."""
     reached = set(wrt)
     for node in graph.node:
-        if any(name in reached for name in node.input if name):
+        if any(name in reached for name in node_inputs(node)):
             reached.update(o for o in node.output if o and _is_float(info, o))
     needed = upstream(graph, [score])
     nodes = [n for n in graph.node
-             if any(i in reached for i in n.input if i) and any(o in reached and o in needed for o in n.output if o)]
+             if any(i in reached for i in node_inputs(n)) and any(o in reached and o in needed for o in n.output if o)]
     return nodes, reached
 
 
@@ -174,6 +202,8 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
         if all(d is None for d in dys):
             continue
         ctx.node = node
+        if has_subgraphs(node):  # reads the path through its subgraphs: no per-op rule can stand for it
+            ctx.unsupported(control_flow_reason(node))
         ctx.wanted = {i for i, name in enumerate(node.input) if name and name in reached and _is_float(info, name)}
         if not ctx.wanted:
             continue
