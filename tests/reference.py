@@ -195,3 +195,68 @@ def directional_derivative_check(m, x, targets, rng, h: float = 1e-5, rtol: floa
     scale = np.abs(grads).max() * np.abs(d).sum() / len(x) ** 0  # bound of |<g, d>| per sample
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=rtol * 1e-2 * scale)
     return grads
+
+
+# --- the guided / deconvnet rule sets at every rectifier --------------------------------------------------------
+def is_torch_rectifier(module) -> bool:
+    """nn.ReLU, nn.ReLU6 and any nn.Hardtanh with min_val 0 (what ONNX writes as Clip(0, max)), nn.LeakyReLU,
+    nn.PReLU: the modules whose ONNX nodes the guided and deconvnet rule sets treat as rectifiers."""
+    import torch.nn as nn
+
+    if isinstance(module, nn.Hardtanh):
+        return float(module.min_val) == 0.0
+    return isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.PReLU))
+
+
+@contextlib.contextmanager
+def rectifier_rule_hooks(model, rule: str, include_relu: bool = True):
+    """Within the block, backward through every rectifier module of ``model`` (:func:`is_torch_rectifier`) follows
+    the rule set ``rule``, as onnx_cnnviz defines it (onnx_cnnviz.graph.autodiff.rules.activations):
+
+    * ``"guided"``: ``dx = g * f'(x) * (g > 0)``, i.e. the true input gradient (``grad_input``, which under
+      :func:`pinned` already carries the ONNX forward's mask) where the output gradient ``g`` is positive, 0 elsewhere;
+    * ``"deconvnet"``: ``dx = g * (g > 0)``, no forward mask (ReLU6's upper saturation ignored too);
+    * ``"vanilla"``: no hook.
+
+    Unlike captum's GuidedBackprop / Deconvolution (nn.ReLU only), ReLU6, Hardtanh(0, max), LeakyReLU and PReLU
+    modules are covered. Functional rectifiers (F.relu in a forward) are not: use models built from modules. Full
+    backward hooks run once per call, so a module applied several times (EfficientNet-Lite's shared ``_swish``) is
+    handled at each use. Enter it before the forward pass (the hooks attach there) and leave it after backward.
+    ``include_relu=False`` leaves nn.ReLU modules alone: with captum's GuidedBackprop / Deconvolution (which hook
+    nn.ReLU) the two together are the whole rule set.
+    """
+    import torch
+
+    if rule not in ("vanilla", "guided", "deconvnet"):
+        raise ValueError(f"unknown rule {rule!r}")
+
+    def hook(_module, grad_input, grad_output):
+        g = grad_output[0]
+        if rule == "guided":
+            return (grad_input[0] * (g > 0).to(grad_input[0].dtype),) + tuple(grad_input[1:])
+        return (torch.clamp(g, min=0),) + tuple(grad_input[1:])
+
+    handles = []
+    if rule != "vanilla":
+        import torch.nn as nn
+
+        handles = [mod.register_full_backward_hook(hook) for mod in model.modules()
+                   if is_torch_rectifier(mod) and (include_relu or not isinstance(mod, nn.ReLU))]
+    try:
+        yield len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def torch_rule_grad(model, x: np.ndarray, targets, rule: str, pattern=None) -> np.ndarray:
+    """d(sum_n S[n, targets[n]])/dx by torch autograd under rule set ``rule`` (:func:`rectifier_rule_hooks`), with
+    the kink pattern pinned to the ONNX forward's when ``pattern`` (:func:`onnx_kink_pattern`) is given."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).clone().requires_grad_(True)
+    with rectifier_rule_hooks(model, rule):
+        with pinned(model, pattern) if pattern is not None else contextlib.nullcontext():
+            out = model(xt)
+        out[torch.arange(len(targets)), torch.as_tensor(targets)].sum().backward()
+    return xt.grad.numpy()

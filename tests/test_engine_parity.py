@@ -19,7 +19,7 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.graph.autodiff import grad_name
 
 from .conftest import rel_err
-from .reference import onnx_kink_pattern, pinned
+from .reference import onnx_kink_pattern, pinned, rectifier_rule_hooks
 
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
@@ -114,7 +114,8 @@ def test_guided_and_deconvnet_match_captum(loaded, name, rule, reference):
     ours = cv.gradients(m, x, targets=TARGETS, rule=rule)
     ready = captum_ready(name, model)
     explainer = getattr(captum_attr, reference)(ready)
-    with pinned(ready, onnx_kink_pattern(m, x)):
+    # captum overrides nn.ReLU only; ReLU6 and the other rectifiers get the same rule through the reference's hooks.
+    with pinned(ready, onnx_kink_pattern(m, x)), rectifier_rule_hooks(ready, rule, include_relu=False):
         ref = explainer.attribute(torch.from_numpy(x).clone().requires_grad_(True),
                                   target=torch.as_tensor(TARGETS)).detach().numpy()
     for i in range(len(x)):

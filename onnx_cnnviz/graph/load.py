@@ -292,6 +292,9 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     if folded:
         constants_to_initializers_inplace(model)  # the Constant nodes of the inlined branches
     model = upgrade_opset(model)
+    # The version converter writes Constant nodes (an old Clip's min/max become Constant inputs): rules need them as
+    # values, so a ReLU6 from opset <= 10 is still recognised as a rectifier.
+    constants_to_initializers_inplace(model)
     float16_to_float32_inplace(model)
     return model
 

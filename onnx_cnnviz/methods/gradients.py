@@ -2,17 +2,54 @@
 
 * ``gradients``: ``dS_c / dI`` (N, C, H, W). ``rule="vanilla"`` is the true gradient (Simonyan et al. 2014);
   ``"guided"`` is guided backpropagation (Springenberg et al. 2015); ``"deconvnet"`` is the deconvolution network
-  reconstruction (Zeiler & Fergus 2014). The three differ only in how a rectifier passes the signal back (the rule
-  sets of :mod:`onnx_cnnviz.graph.autodiff.rules`).
+  reconstruction (Zeiler & Fergus 2014). The three differ only in how a rectifier (ReLU, ReLU6 = Clip(0, 6),
+  LeakyReLU, PReLU) passes the signal back (the rule sets of :mod:`onnx_cnnviz.graph.autodiff.rules`); on a model with
+  no rectifier between the image and the score (:func:`has_rectifiers` false) all three are the plain gradient, and
+  ``gradients`` warns once per model and rule.
 * ``saliency``: Simonyan et al. 2014, Sec. 3.1: ``M_ij = max_c |w_h(i,j,c)|`` with ``w = dS_c/dI`` at the image.
 """
 from __future__ import annotations
 
+import warnings
+import weakref
+
 import numpy as np
 
+from ..graph.autodiff.rules import rectifiers_on_path
 from ..maps import normalize_maps, normalize_signed
 from ..model import Model
 from .arguments import input_only
+
+# Per model (weakly held, so a dropped model takes its entries with it): whether it has rectifiers on the gradient
+# path, and the rule sets already warned about. Kept out of the model's session cache, which is bounded: an entry
+# there would take a session's place, and an evicted one would warn again.
+_HAS_RECTIFIERS: "weakref.WeakKeyDictionary[Model, bool]" = weakref.WeakKeyDictionary()
+_WARNED: "weakref.WeakKeyDictionary[Model, set]" = weakref.WeakKeyDictionary()
+
+
+def has_rectifiers(m: Model) -> bool:
+    """Whether a rectifier (Relu, Clip with lower bound 0 such as ReLU6, LeakyRelu, PRelu) lies on the gradient path
+    from the image to the score. When it is False the "guided" and "deconvnet" rules (guided backprop, deconvnet,
+    Guided Grad-CAM) give exactly the plain gradient: they differ from it only at rectifiers."""
+    if m not in _HAS_RECTIFIERS:
+        spec = m.spec()
+        _HAS_RECTIFIERS[m] = bool(rectifiers_on_path(spec.model, m.input_name, m.score_name, spec.constants))
+    return _HAS_RECTIFIERS[m]
+
+
+def no_rectifier_note(rule: str) -> str:
+    """The sentence said (warning, report, CLI) when rule set ``rule`` meets a model without rectifiers."""
+    return (f"the model has no rectifier (ReLU, ReLU6/Clip(0, max), LeakyReLU, PReLU) between the image and the score, "
+            f"so the {rule!r} rule gives exactly the plain (vanilla) gradient.")
+
+
+def _warn_if_plain(m: Model, rule: str) -> None:
+    if rule == "vanilla" or has_rectifiers(m):
+        return
+    warned = _WARNED.setdefault(m, set())
+    if rule not in warned:
+        warned.add(rule)
+        warnings.warn(no_rectifier_note(rule), UserWarning, stacklevel=3)
 
 
 def gradients(m: Model, x, targets=None, layer=None, *, rule: str = "vanilla", upsample: bool = True,
@@ -21,10 +58,13 @@ def gradients(m: Model, x, targets=None, layer=None, *, rule: str = "vanilla", u
 
     ``rule``: "vanilla" | "guided" | "deconvnet". ``normalize``: divide each image's gradient by its largest
     absolute value (signed, zero stays zero; off by default: the raw gradient). ``upsample`` has nothing to do (the
-    gradient is at the input's size); ``layer`` must be None (the gradient is taken at the input)."""
+    gradient is at the input's size); ``layer`` must be None (the gradient is taken at the input). With ``rule``
+    "guided" or "deconvnet" on a model without rectifiers (:func:`has_rectifiers`) the result is the plain gradient,
+    and a ``UserWarning`` says so (once per model and rule)."""
     input_only("gradients", layer)
     result = m.run(x, wrt=[m.input_name], rule=rule, targets=targets, batch_size=batch_size)
     grads = result.grads[m.input_name]
+    _warn_if_plain(m, rule)
     return normalize_signed(grads) if normalize else grads
 
 

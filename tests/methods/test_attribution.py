@@ -20,7 +20,7 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.methods.attribution import ig_steps
 
 from ..conftest import rel_err
-from ..reference import onnx_kink_pattern, pinned
+from ..reference import onnx_kink_pattern, pinned, rectifier_rule_hooks
 
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
@@ -67,10 +67,12 @@ def test_saliency_matches_captum(loaded, name):
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_1"])
 @pytest.mark.parametrize("rule,reference", [("guided", "GuidedBackprop"), ("deconvnet", "Deconvolution")])
 def test_relu_rules_match_captum(loaded, name, rule, reference):
-    # captum overrides nn.ReLU modules only; these models use nn.ReLU (or ReLU6 = Clip, plain gradient in both).
+    # captum overrides nn.ReLU modules only; our rule sets also treat ReLU6 (mobilenet_v2's Clip(0, 6)) as a
+    # rectifier, so the reference adds the same rule at the other rectifier modules.
     model, m, x = loaded(name)
     ours = cv.gradients(m, x, TARGETS, rule=rule)
-    ref = getattr(captum_attr, reference)(pinned_forward(model, m, x)).attribute(_t(x), target=TARGETS)
+    with rectifier_rule_hooks(model, rule, include_relu=False):
+        ref = getattr(captum_attr, reference)(pinned_forward(model, m, x)).attribute(_t(x), target=TARGETS)
     ref = ref.detach().numpy()
     assert rel_err(ours, ref) <= 1e-4
 

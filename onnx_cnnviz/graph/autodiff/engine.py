@@ -12,7 +12,7 @@ The walk follows tinygrad's ``gradient.py`` and onnx-ad: visit nodes in reverse 
 each node's ``op_type`` for the gradients of its inputs given those of its outputs, and sum contributions where a
 tensor fans out. Only nodes between the wanted tensors and the score are visited, so Grad-CAM at the last layer pays
 for a backward pass through the head alone. Rule sets (``vanilla``, ``guided``, ``deconvnet``) differ only in the
-rule used for ``Relu``.
+rules of rectifiers (Relu, Clip(0, max), LeakyRelu, PRelu: ``rules.RECTIFIERS``).
 
 Control flow: a node uses every tensor its subgraphs read from outer scope (:mod:`onnx_cnnviz.graph.subgraphs`), so
 an ``If`` whose branch multiplies a feature map is on the path even though the map is not among its listed inputs.

@@ -8,20 +8,27 @@ inputs that need none: ``ctx.wants(i)`` tells which do). Rules live in one modul
 ``conv.py``           Conv, ConvTranspose
 ``linear.py``         Gemm, MatMul
 ``elementwise.py``    Add, Sub, Mul, Div, Sum, Neg, Exp, Log, Sqrt, Pow, Reciprocal, Abs, Max, Min, Where
-``activations.py``    Relu (vanilla / guided / deconvnet), LeakyRelu, PRelu, Clip, Sigmoid, HardSigmoid, HardSwish,
-                      Tanh, Erf, Gelu, Softmax, LogSoftmax, Elu, Softplus, Mish
+``activations.py``    Relu, LeakyRelu, PRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh, Erf, Gelu, Softmax,
+                      LogSoftmax, Elu, Softplus, Mish; the guided and deconvnet rules of rectifiers
 ``pooling.py``        MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceSum, ReduceMax,
                       ReduceMin
 ``normalization.py``  BatchNormalization, LayerNormalization, InstanceNormalization
 ``shape.py``          Identity, Dropout, Cast, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Split, Slice,
                       Pad, Expand, Tile, Gather, Resize, Upsample
 ====================  ==============================================================================================
+
+The rule sets ``vanilla``, ``guided`` and ``deconvnet`` differ only at rectifiers (:data:`RECTIFIERS`: Relu, Clip with
+lower bound 0 such as ReLU6, LeakyRelu, PRelu); every other op has its one true rule in all three.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import onnx
+from onnx import numpy_helper
+
 from ....errors import InputError
+from ...structure import downstream, upstream
 
 RULES: dict[str, Callable] = {}
 
@@ -37,25 +44,71 @@ def register(*op_types: str):
 # Importing the families fills RULES.
 from . import activations, conv, elementwise, linear, normalization, pooling, shape  # noqa: E402,F401
 
-# The three rule sets differ only in how a ReLU passes the gradient back (Springenberg et al. 2015, Fig. 1):
-#   vanilla:   g * (x > 0)
-#   guided:    g * (x > 0) * (g > 0)
-#   deconvnet: g * (g > 0)
-RELU_RULES: dict[str, Callable] = {
-    "vanilla": activations.relu_vanilla,
-    "guided": activations.relu_guided,
-    "deconvnet": activations.relu_deconvnet,
+# --- rule sets -------------------------------------------------------------------------------------------------
+# The rectifiers: op_type -> (its true rule, which nodes of that type are rectifiers: (node, value) -> bool, where
+# value(name) is a tensor's constant value or None; None: every node). Adding a rectifier is one entry here.
+RECTIFIERS: dict[str, tuple[Callable, Callable | None]] = {
+    "Relu": (activations.relu_vanilla, None),
+    "Clip": (activations.clip, activations.clip_is_rectifier),  # lower bound 0: ReLU6, ReLU-n
+    "LeakyRelu": (activations.leaky_relu, None),
+    "PRelu": (activations.prelu, None),
+}
+
+# The rule sets differ only at rectifiers (Springenberg et al. 2015, Fig. 1; f' is the rectifier's derivative):
+#   vanilla:   g * f'(x)                 the true gradient (Simonyan et al. 2014)
+#   guided:    g * f'(x) * (g > 0)       guided backpropagation (Springenberg et al. 2015)
+#   deconvnet: g * (g > 0)               the deconvnet (Zeiler & Fergus 2014), no forward mask
+# activations.guided / activations.deconvnet say why for ReLU6 and LeakyReLU. RECTIFIER_RULES[rule_set][op_type]
+# is the override of each set; ReLU's guided and deconvnet rules are written out by hand (the same values).
+RECTIFIER_RULES: dict[str, dict[str, Callable]] = {
+    "vanilla": {op: rule for op, (rule, _) in RECTIFIERS.items()},
+    "guided": {op: activations.guided(rule, test) for op, (rule, test) in RECTIFIERS.items()}
+    | {"Relu": activations.relu_guided},
+    "deconvnet": {op: activations.deconvnet(rule, test) for op, (rule, test) in RECTIFIERS.items()}
+    | {"Relu": activations.relu_deconvnet},
 }
 # The names of the rule sets, in this order wherever they are listed (the CLI, error messages).
-RULE_SETS: tuple[str, ...] = tuple(RELU_RULES)
+RULE_SETS: tuple[str, ...] = tuple(RECTIFIER_RULES)
 
 
 def rule_table(rule_set: str) -> dict[str, Callable]:
-    """Every registered rule, with the ``Relu`` rule of ``rule_set`` (one of :data:`RULE_SETS`)."""
-    if rule_set not in RELU_RULES:
+    """Every registered rule, with the rectifier rules of ``rule_set`` (one of :data:`RULE_SETS`)."""
+    if rule_set not in RECTIFIER_RULES:
         raise InputError(f"unknown rule set {rule_set!r}; choose one of {', '.join(RULE_SETS)}.")
-    return {**RULES, "Relu": RELU_RULES[rule_set]}
+    return {**RULES, **RECTIFIER_RULES[rule_set]}
 
 
 def supported_ops() -> list[str]:
-    return sorted(set(RULES) | {"Relu"})
+    return sorted(set(RULES) | set(RECTIFIERS))
+
+
+def is_rectifier(node: onnx.NodeProto, value: Callable = lambda name: None) -> bool:
+    """Whether ``node`` is a rectifier, where the guided and deconvnet rules differ from the true gradient.
+    ``value(name)``: the constant value of a tensor (an initializer) or None (Clip's bounds are read from it)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in RECTIFIERS:
+        return False
+    test = RECTIFIERS[node.op_type][1]
+    return test is None or bool(test(node, value))
+
+
+def rectifiers_on_path(model: onnx.ModelProto, input_name: str, score_name: str,
+                       constants: dict | None = None) -> list[onnx.NodeProto]:
+    """The rectifier nodes (:func:`is_rectifier`) on a path from ``input_name`` to ``score_name``, in graph order.
+
+    Where there is none (a SiLU / Swish / GELU network, say), the guided and deconvnet rule sets give exactly the
+    vanilla gradient of the input. ``constants``: values of run-time computed tensors known to be constant, read
+    like initializers (``Model.spec().constants``).
+    """
+    graph = model.graph
+    values = {t.name: t for t in graph.initializer}
+    constants = constants or {}
+
+    def value(name):
+        if name in constants:
+            return constants[name]
+        tensor = values.get(name)
+        return numpy_helper.to_array(tensor) if tensor is not None else None
+
+    on_path = downstream(graph, [input_name]) & upstream(graph, [score_name])
+    return [n for n in graph.node if n.input and n.input[0] in on_path
+            and any(o in on_path for o in n.output if o) and is_rectifier(n, value)]

@@ -2,11 +2,19 @@
 
 Masks are taken from the output where the output determines them (ReLU, Clip): onnxruntime can then still fuse
 Conv+ReLU in the forward pass, because the pre-activation tensor is not needed by the backward graph.
+
+Rectifiers (ReLU, ReLU6 = ``Clip(0, 6)``, LeakyReLU, PReLU) also have a guided and a deconvnet rule, made from their
+vanilla rule by :func:`guided` and :func:`deconvnet` (the table of which op is a rectifier is
+:data:`onnx_cnnviz.graph.autodiff.rules.RECTIFIERS`).
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
+import numpy as np
+
+from ...ops import node_attr
 from . import register
 from ._common import times_function_of_input
 
@@ -43,6 +51,72 @@ def relu_deconvnet(ctx, node, dys):
     return [ctx.b.op("Relu", [dys[0]], hint="deconv_relu_grad")]
 
 
+def guided(vanilla: Callable, is_rectifier: Callable | None = None) -> Callable:
+    """The guided-backpropagation rule of a rectifier whose true rule is ``vanilla``:
+
+        dx = vanilla(relu(g)) = g * f'(x) * (g > 0)
+
+    Springenberg et al. 2015 (Fig. 1) define guided backpropagation through a ReLU as the true gradient
+    with the negative part of the backward signal removed: ``R_l = (f_l > 0) * (R_{l+1} > 0) * R_{l+1}``. For any
+    rectifier we keep the same two factors: the rectifier's own derivative ``f'(x)`` (its forward mask) and the
+    positive part of the incoming signal. So
+
+    * ReLU6 = Clip(0, 6): ``dx = g * (0 < x < 6) * (g > 0)`` (the forward mask includes the upper saturation,
+      because that is the true derivative there: a saturated unit does not respond to its input);
+    * Clip(0, max) in general: ``g * (0 < x < max) * (g > 0)``; Clip(0) with no upper bound is the ReLU rule;
+    * LeakyReLU: ``dx = g * (x > 0 ? 1 : alpha) * (g > 0)``; PReLU the same with its slope in place of alpha.
+      With alpha = 0 this is exactly Springenberg's ReLU rule.
+
+    ``is_rectifier(node, value)``, when given, picks the nodes of the op type that are rectifiers (Clip: lower bound
+    0); the others get ``vanilla``. captum's ``GuidedBackprop`` (and pytorch-grad-cam's ``GuidedBackpropReLUModel``)
+    override ``nn.ReLU`` modules only: through ReLU6, LeakyReLU and PReLU modules (and any functional ReLU) they
+    pass the true gradient, so on networks built from nn.ReLU they equal this rule set and elsewhere they do not.
+    (Written for any rectifier, captum's ``relu(g * f'(x))`` equals ours whenever ``f'(x) >= 0``: every rectifier
+    here except a PReLU with a negative learned slope, where ours keeps the sign of the slope.)
+    """
+    def rule(ctx, node, dys):
+        if is_rectifier is not None and not is_rectifier(node, ctx.value):
+            return vanilla(ctx, node, dys)
+        positive = ctx.b.op("Relu", [dys[0]], hint="guided_positive")
+        return vanilla(ctx, node, [positive, *dys[1:]])
+
+    rule.__name__ = f"{vanilla.__name__}_guided"
+    rule.__doc__ = f"Guided backpropagation through {vanilla.__name__}: dx = {vanilla.__name__}(relu(g))."
+    return rule
+
+
+def deconvnet(vanilla: Callable, is_rectifier: Callable | None = None) -> Callable:
+    """The deconvnet rule of a rectifier: ``dx = g * (g > 0)``, whatever the forward input was.
+
+    Zeiler & Fergus 2014 (Sec. 2.1, "Rectification") pass the reconstruction through a ReLU so that it stays a valid
+    (non-negative) feature map; the forward activation plays no part (Springenberg et al. 2015, Fig. 1:
+    ``R_l = (R_{l+1} > 0) * R_{l+1}``). We apply exactly that to every rectifier:
+
+    * ReLU6 = Clip(0, 6): ``dx = g * (g > 0)``. The upper saturation (x >= 6) is ignored like the lower one: the
+      deconvnet uses no forward mask at all, and saturation is a property of the forward input. Clipping the signal
+      itself at 6 (applying ReLU6 to g) would not do either: the backward signal has the arbitrary scale of the
+      score's seed, so such a clip would make the map depend on that scale; ``relu`` is positively homogeneous.
+    * LeakyReLU / PReLU: ``dx = g * (g > 0)`` too (not ``leaky(g)``): the deconvnet's backward non-linearity is the
+      rectification of the signal, and the negative slope, like the forward mask, belongs to the forward unit.
+
+    captum's ``Deconvolution`` overrides ``nn.ReLU`` modules only (the true gradient through ReLU6, LeakyReLU,
+    PReLU); on networks built from nn.ReLU it equals this rule set. Clip nodes with another lower bound
+    (``is_rectifier`` false) get ``vanilla``. A gradient for Clip's bounds or PReLU's slope is never given.
+    """
+    def rule(ctx, node, dys):
+        if is_rectifier is not None and not is_rectifier(node, ctx.value):
+            return vanilla(ctx, node, dys)
+        for i in sorted(ctx.wanted):
+            if i > 0:
+                ctx.unsupported(f"a gradient for input {i} ('{node.input[i]}') was asked for; the deconvnet rule "
+                                "passes the signal to the rectified input only")
+        return [ctx.b.op("Relu", [dys[0]], hint="deconv_grad")] + [None] * (len(node.input) - 1)
+
+    rule.__name__ = f"{vanilla.__name__}_deconvnet"
+    rule.__doc__ = f"Deconvnet rule of {vanilla.__name__}: dx = relu(g), ignoring the forward input."
+    return rule
+
+
 @register("LeakyRelu")
 def leaky_relu(ctx, node, dys):
     """dx = g if x > 0 else alpha * g."""
@@ -60,6 +134,25 @@ def prelu(ctx, node, dys):
     if ctx.wants(1):
         ctx.unsupported("a gradient for the PRelu slope was asked for (slopes are weights)")
     return [b.op("Where", [mask, g, b.op("Mul", [g, node.input[1]])], hint="prelu_grad"), None]
+
+
+def clip_lower_bound(node, value: Callable):
+    """The constant lower bound of a Clip node (input 1 from opset 11, attribute ``min`` before), or None when it
+    has none or it is computed at run time. ``value(name)`` gives the constant value of a tensor or None."""
+    if len(node.input) > 1 and node.input[1]:
+        bound = value(node.input[1])
+    else:
+        bound = node_attr(node, "min")
+    if bound is None:
+        return None
+    bound = np.asarray(bound)
+    return float(bound.reshape(-1)[0]) if bound.size == 1 else None
+
+
+def clip_is_rectifier(node, value: Callable) -> bool:
+    """A Clip is a rectifier (ReLU6, ReLU-n, or a ReLU written as Clip) when its lower bound is the constant 0;
+    with any other lower bound, none, or one computed at run time it is an ordinary saturating function."""
+    return clip_lower_bound(node, value) == 0.0
 
 
 @register("Clip")
