@@ -1,18 +1,28 @@
-"""What every command shares: the global flags, model and preprocessing options, image lists, output and progress.
+"""What every command shares: the global flags, the shared options, model and preprocessing, class names and
+targets, image lists, output, progress and errors as JSON.
 
 Nothing here computes an explanation; it turns command-line text into library arguments and library results into
 lines, JSON and files.
+
+One name per idea: every option that more than one command takes is made here, once, by :func:`shared_option`
+(tests/cli/test_one_tool.py walks every command's --help and checks it). A command takes only the options it uses:
+:func:`model_options` (loading), :func:`preprocessing_options` (making model inputs from pictures: the commands that
+read pictures, and dream), :func:`order_option` alone (filters), :func:`labels_option` (the commands that name
+classes), :func:`image_options` (--max-pixels: the commands that read pictures).
 """
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import io
 import os
 import re
+import shutil
 import sys
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -26,6 +36,56 @@ from onnx_cnnviz.image import IMAGE_SUFFIXES, MAX_PIXELS
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
+#: Where results go when --out is not given: the folder of the commands writing several files; the commands writing
+#: one picture write ``DEFAULT_OUT/COMMAND.png``.
+DEFAULT_OUT = "cnnviz-out"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared options: one definition per flag
+
+
+class SharedOption(click.Option):
+    """An option made by :func:`shared_option`: ``shared_help`` is the flag's one meaning (the same on every command
+    that takes it; a command may add a note, such as its default); ``aliases`` are older spellings still accepted but
+    not shown in --help. ``{methods}`` in the help is replaced by the option's choices when the help is shown (so a
+    method registered after import is listed)."""
+
+    def __init__(self, *args, shared_help: str = "", aliases=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shared_help = shared_help
+        self.aliases = tuple(aliases)
+
+    def get_help_record(self, ctx):
+        saved_opts, saved_secondary, saved_help = self.opts, self.secondary_opts, self.help
+        self.opts = [o for o in self.opts if o not in self.aliases]
+        self.secondary_opts = [o for o in self.secondary_opts if o not in self.aliases]
+        if self.help and "{methods}" in self.help:
+            self.help = self.help.replace("{methods}", ", ".join(getattr(self.type, "choices", ())))
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts, self.secondary_opts, self.help = saved_opts, saved_secondary, saved_help
+
+
+def shared_option(*decls, help: str, note: str | None = None, aliases=(), **attrs):
+    """A click option with one meaning everywhere: ``help`` (the same text on every command), ``note`` (what is
+    particular to this command, e.g. its default), ``aliases`` (hidden older spellings, given in ``decls`` too)."""
+    text = f"{help} {note}" if note else help
+    return click.option(*decls, cls=SharedOption, shared_help=help, aliases=aliases, help=text, **attrs)
+
+
+def stack(*decorators):
+    """One decorator applying ``decorators``, the first one outermost."""
+    return lambda f: apply(f, *decorators)
+
+
+def apply(f, *decorators):
+    """``f`` decorated by ``decorators``, the first one outermost (as if written one per line above ``f``)."""
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Global flags: accepted before the command (cnnviz --json inspect M) and after it (cnnviz inspect M --json).
@@ -36,6 +96,7 @@ class Settings:
     quiet: bool = False
     json: bool = False
     debug: bool = False
+    warned: set = field(default_factory=set)  # the keys of the warnings given once per command
 
 
 def settings(ctx: click.Context | None = None) -> Settings:
@@ -54,15 +115,30 @@ def _set_flag(name):
     return callback
 
 
+GLOBAL_FLAGS = [("quiet", "No progress or messages; only errors (and --json output)."),
+                ("json", "Print one JSON document on stdout instead of text (errors too: {\"error\": ...})."),
+                ("debug", "Show the full traceback of an error.")]
+
+
 def global_flags(f):
     """--quiet, --json, --debug on a command (they also work before the command name)."""
-    for name, help_text in reversed([
-            ("quiet", "No progress bars or messages; only errors (and --json output)."),
-            ("json", "Print one JSON document on stdout instead of text."),
-            ("debug", "Show the full traceback of an error.")]):
-        f = click.option(f"--{name}", is_flag=True, expose_value=False, is_eager=True,
-                         callback=_set_flag(name), help=help_text)(f)
-    return f
+    return apply(f, *[shared_option(f"--{name}", is_flag=True, expose_value=False, is_eager=True,
+                                    callback=_set_flag(name), help=help_text) for name, help_text in GLOBAL_FLAGS])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Messages: stdout for results, stderr for warnings and progress (kept apart from a progress bar on a terminal)
+
+
+def _print(message: str, err: bool) -> None:
+    """``message`` on stdout or stderr; a progress bar shown on the terminal is cleared first and drawn again
+    after, so that the bar never runs into a line."""
+    bars = [bar for bar in _ACTIVE if bar.shown]
+    for bar in bars:
+        bar.clear()
+    click.echo(message, err=err)
+    for bar in bars:
+        bar.draw(force=True)
 
 
 def echo(message: str = "", err: bool = False) -> None:
@@ -70,13 +146,19 @@ def echo(message: str = "", err: bool = False) -> None:
     s = settings()
     if s.quiet or (s.json and not err):
         return
-    click.echo(message, err=err)
+    _print(message, err)
 
 
-def warn(message: str) -> None:
-    """A warning on stderr (kept under --json, silenced by --quiet)."""
-    if not settings().quiet:
-        click.echo(f"cnnviz: warning: {message}", err=True)
+def warn(message: str, once: str | None = None) -> None:
+    """A warning on stderr (kept under --json, silenced by --quiet); ``once``: a key, so that the warning is given
+    once per command."""
+    s = settings()
+    if once is not None:
+        if once in s.warned:
+            return
+        s.warned.add(once)
+    if not s.quiet:
+        _print(f"cnnviz: warning: {message}", err=True)
 
 
 def emit_json(document) -> None:
@@ -92,11 +174,124 @@ def finish(document, message: str) -> None:
         echo(message)
 
 
-def progress(length: int, label: str):
-    """A click progress bar on stderr, hidden under --quiet / --json."""
-    s = settings()
-    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=s.quiet or s.json,
-                             show_pos=True)
+def abspath(path) -> str | None:
+    """The one way paths appear in JSON: absolute and resolved (None stays None)."""
+    return None if path is None else str(Path(path).resolve())
+
+
+def error_document(exc: BaseException, message: str, exit_code: int) -> dict:
+    """The --json document of a failed command: ``{"error": {"type", "message", "exit_code"}}``."""
+    return {"error": {"type": type(exc).__name__, "message": message, "exit_code": int(exit_code)}}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Progress
+
+#: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe, CI).
+PROGRESS_INTERVAL = 5.0
+#: Seconds between two redraws of the bar on a terminal.
+BAR_INTERVAL = 0.1
+
+_ACTIVE: list = []  # the progress displays running now
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """Progress of a command in units of work: ``total`` items (``unit``: "images") and, inside the item being
+    worked on, the units of the running method (Score-CAM's masked images, occlusion's windows, SmoothGrad's samples,
+    as the library reports them through ``progress(done, total)``).
+
+    On a terminal: one bar on stderr, redrawn in place and cleared before any other line is printed (:func:`echo`,
+    :func:`warn`) and at the end. Otherwise: one plain line on stderr every :data:`PROGRESS_INTERVAL` seconds (none
+    for a run shorter than that). Nothing under --quiet or --json."""
+
+    def __init__(self, total: int, label: str, unit: str = "images"):
+        s = settings()
+        self.total, self.label, self.unit = int(total), label, unit
+        self.done = 0
+        self.step = None  # (method, done, total) inside the current item
+        self.hidden = s.quiet or s.json
+        self.terminal = not self.hidden and _stderr_is_terminal()
+        self.shown = False
+        self.start = self.last_line = self.last_draw = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        self.start = self.last_line = self.last_draw = time.monotonic()
+        if not self.hidden:
+            _ACTIVE.append(self)
+            self.draw(force=True)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+        self.clear()
+        return False
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more items done."""
+        self.done = min(self.total, self.done + int(n))
+        self.step = None
+        self.draw(force=self.done == self.total)
+
+    def method_progress(self, name: str):
+        """A ``progress(done, total)`` callable for the library's method ``name`` on the current item(s)."""
+        def report(done: int, total: int) -> None:
+            self.step = (name, int(done), int(total))
+            self.draw()
+        return report
+
+    def step_progress(self, name: str, done: int, total: int) -> None:
+        self.method_progress(name)(done, total)
+
+    def text(self) -> str:
+        parts = [f"{self.done}/{self.total} {self.unit}"]
+        if self.step is not None:
+            name, done, total = self.step
+            parts.append(f"{name} {done}/{total}")
+        elapsed = int(time.monotonic() - self.start)
+        parts.append(f"{elapsed // 60}m{elapsed % 60:02d}s")
+        return ", ".join(parts)
+
+    def draw(self, force: bool = False) -> None:
+        if self.hidden:
+            return
+        now = time.monotonic()
+        if self.terminal:
+            if not force and now - self.last_draw < BAR_INTERVAL:
+                return
+            self.last_draw = now
+            fraction = self.done / self.total if self.total else 1.0
+            if self.step is not None and self.step[2] and self.total:
+                fraction = min(1.0, (self.done + self.step[1] / self.step[2]) / self.total)
+            width = 24
+            filled = int(round(width * fraction))
+            line = f"{self.label} [{'#' * filled}{'-' * (width - filled)}] {self.text()}"
+            columns = shutil.get_terminal_size((100, 20)).columns
+            sys.stderr.write("\r\x1b[K" + line[:max(10, columns - 1)])
+            sys.stderr.flush()
+            self.shown = True
+        elif now - self.last_line >= PROGRESS_INTERVAL:
+            self.last_line = now
+            click.echo(f"cnnviz: {self.label}: {self.text()}", err=True)
+
+    def clear(self) -> None:
+        """Erase the bar from the terminal line (the next output starts on a clean line)."""
+        if self.terminal and self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+def progress(length: int, label: str, unit: str = "images") -> Progress:
+    """The progress display of a command (see :class:`Progress`); use it as a context manager."""
+    return Progress(length, label, unit)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -185,21 +380,6 @@ class CsvChoice(click.ParamType):
         return names
 
 
-class MethodListOption(click.Option):
-    """An option whose help text names the registered methods when the help is shown (``{methods}`` in the help
-    string), so a method added to the registry after import is listed too."""
-
-    def get_help_record(self, ctx):
-        from onnx_cnnviz.methods import registry
-
-        saved = self.help
-        self.help = saved.format(methods=", ".join(registry.names()))
-        try:
-            return super().get_help_record(ctx)
-        finally:
-            self.help = saved
-
-
 class LimitType(click.ParamType):
     """A positive whole number (``_`` and ``,`` allowed as separators, as in 100_000_000), or ``none`` (no limit)."""
     name = "N|none"
@@ -219,6 +399,23 @@ class LimitType(click.ParamType):
         return number
 
 
+class TargetType(click.ParamType):
+    """A class: its index, or its name (resolved against the class names by :func:`resolve_target` once the model
+    and its labels are loaded)."""
+    name = "CLASS"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not text:
+            self.fail("give a class index or a class name.", param, ctx)
+        try:
+            return int(text)
+        except ValueError:
+            return text
+
+
 def flatten_lists(values) -> list:
     out = []
     for v in values or ():
@@ -229,6 +426,133 @@ def flatten_lists(values) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The shared options of several commands (each flag defined once)
+
+
+def out_folder_option(f):
+    """--out DIR, for the commands writing several files."""
+    return shared_option("--out", "out_dir", type=click.Path(file_okay=False), default=DEFAULT_OUT,
+                         show_default=True, help=OUT_HELP, note="A folder: the command writes several files.")(f)
+
+
+def out_picture_option(command: str):
+    """--out FILE.png, for the commands writing one picture (default: cnnviz-out/COMMAND.png)."""
+    return shared_option("--out", "out_path", type=click.Path(dir_okay=False),
+                         default=str(Path(DEFAULT_OUT) / f"{command}.png"), show_default=True, help=OUT_HELP,
+                         note="The .png file: the command writes one picture.")
+
+
+def out_model_option(f):
+    """--out FILE.onnx, for the commands writing a model (required: a model file is named by its user)."""
+    return shared_option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help=OUT_HELP,
+                         note="The .onnx file (required).")(f)
+
+
+OUT_HELP = "Where the results go."
+
+
+def overwrite_option(f):
+    return shared_option("--overwrite", is_flag=True,
+                         help="Replace existing output files (never done otherwise; input files are never written).")(f)
+
+
+def recursive_option(f):
+    """-r / --recursive, for every command that takes folders of images."""
+    return shared_option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")(f)
+
+
+def batch_size_option(f):
+    """--batch-size: images per run, for the commands that read many pictures."""
+    return shared_option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                         help="Images read and run together (memory grows with it).")(f)
+
+
+def rows_per_run_option(aliases=()):
+    """--rows-per-run: rows per onnxruntime run (``aliases``: an older spelling of this command)."""
+    return shared_option("--rows-per-run", *aliases, "rows_per_run", type=click.IntRange(min=1), default=None,
+                         aliases=aliases,
+                         help="Rows (images, masked or noisy copies) per onnxruntime run (default: sized by the "
+                              "library to the memory available).")
+
+
+def layer_option(note: str, multiple: bool = False, dest: str = "layer"):
+    return shared_option("--layer", dest, metavar="NAME", default=None, multiple=multiple,
+                         help="A layer (a tensor name; `cnnviz inspect` lists them).", note=note)
+
+
+def tile_option(default: int):
+    return shared_option("--tile", type=click.IntRange(min=1), default=default, show_default=True,
+                         help="Tile size in pixels.")
+
+
+def target_option(note: str, aliases=()):
+    return shared_option("--target", *aliases, "target", type=TargetType(), default=None, aliases=aliases,
+                         help="The class, by index or by name (names need the class names: --labels or the model's "
+                              "metadata; `cnnviz inspect MODEL --classes` lists them).", note=note)
+
+
+def top_k_option(note: str, aliases=()):
+    return shared_option("--top-k", *aliases, "top_k", type=click.IntRange(min=1), default=None, aliases=aliases,
+                         help="The K best classes of each image:", note=note)
+
+
+def method_option(choices, note: str):
+    """--method (-m; --methods is an older spelling): method names, comma-separated or repeated."""
+    return shared_option("--method", "--methods", "-m", "methods", type=CsvChoice(choices), multiple=True,
+                         aliases=("--methods",),
+                         help="Method(s) by name, comma-separated or repeated: {methods}.", note=note)
+
+
+def seed_option(note: str, default: int = 0):
+    return shared_option("--seed", type=int, default=default, show_default=True, help="Random seed", note=note)
+
+
+def steps_option(note: str, default: int):
+    return shared_option("--steps", type=click.IntRange(min=1), default=default, show_default=True,
+                         help="Number of steps:", note=note)
+
+
+def opset_option(note: str):
+    return shared_option("--opset", type=click.IntRange(7, 23), default=17, show_default=True,
+                         help="ONNX opset of the written model", note=note)
+
+
+def no_check_option(note: str):
+    return shared_option("--no-check", is_flag=True,
+                         help="Skip the comparison of the written model (run by onnxruntime) with the source model",
+                         note=note)
+
+
+def method_parameter_options(f):
+    """The methods' own parameters (occlusion's --window, --stride, --baseline, --mode; SmoothGrad's --samples,
+    --noise; integrated gradients' --steps), for explain and report."""
+    return apply(f, occlusion_options, *smoothgrad_ig_options())
+
+
+def occlusion_options(f):
+    """--window, --stride, --baseline, --mode: for explain, occlusion and report."""
+    return apply(
+        f,
+        shared_option("--window", type=SizeType(), default="16x16", show_default=True,
+                      help="Occlusion window HxW (or one number)."),
+        shared_option("--stride", type=SizeType(), default="8x8", show_default=True,
+                      help="Occlusion stride HxW (or one number)."),
+        shared_option("--baseline", type=BaselineType(), default=0.0, show_default=True,
+                      help="Fill value of the occluded window and the integrated-gradients baseline, or 'mean' (the "
+                           "image's channel means; occlusion only)."),
+        shared_option("--mode", "occlusion_mode", type=click.Choice(["score", "probability"]), default="score",
+                      show_default=True, help="Occlusion map: score drop, or probability with the window occluded."))
+
+
+def smoothgrad_ig_options():
+    return [shared_option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
+                          help="SmoothGrad samples."),
+            shared_option("--noise", type=click.FloatRange(min=0), default=0.15, show_default=True,
+                          help="SmoothGrad noise (fraction of the image's value range)."),
+            steps_option("integrated gradients' points on the path from the baseline.", 50)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Model options and loading
 
 
@@ -236,21 +560,22 @@ def model_options(f):
     """--device, --input, --output, --input-size, --max-nodes."""
     from onnx_cnnviz.graph.load import MAX_NODES
 
-    options = [
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="Where onnxruntime runs the model (auto: CUDA when it works, else CPU)."),
-        click.option("--input", "input_name", metavar="NAME", help="The image input, when the model has several."),
-        click.option("--output", "output_name", metavar="NAME",
-                     help="The class-score output, when the model has several."),
-        click.option("--input-size", type=SizeType(), default=None,
-                     help="Image size for models that accept any size (default: metadata, else 224x224)."),
-        click.option("--max-nodes", type=LimitType(), default=MAX_NODES, show_default=True,
-                     help="Refuse models with more graph nodes than this, counted before their weights are read "
-                          "('none': no limit)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return apply(
+        f,
+        shared_option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                      help="Where onnxruntime runs the model (auto: CUDA when it works, else CPU)."),
+        shared_option("--input", "input_name", metavar="NAME", help="The image input, when the model has several."),
+        shared_option("--output", "output_name", metavar="NAME",
+                      help="The class-score output, when the model has several."),
+        input_size_option("for models that accept any size (default: the metadata, else 224x224).", None),
+        shared_option("--max-nodes", type=LimitType(), default=MAX_NODES, show_default=True,
+                      help="Refuse models with more graph nodes than this, counted before their weights are read "
+                           "('none': no limit)."))
+
+
+def input_size_option(note: str, default):
+    return shared_option("--input-size", type=SizeType(), default=default, show_default=default is not None,
+                         help="The model's input size HxW (or one number for a square),", note=note)
 
 
 _LIBRARY_DEFAULT = object()
@@ -276,7 +601,8 @@ def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None):
     m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
                    options["input_size"], batch_size, options["max_nodes"])
     pre = resolve_preprocessing(ctx, m, options["preprocess"], options["mean"], options["std"], options["size"],
-                                options["order"], options["scale"], options["input_size"])
+                                options["order"], options["scale"], options["input_size"],
+                                model_name=Path(options["model"]).name)
     return m, pre
 
 
@@ -286,43 +612,142 @@ def layer_name(m, layer: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Preprocessing and labels
+# Preprocessing
+
+#: The presets of --preprocess: the library's (onnx_cnnviz.image.PRESETS) and Keras's "tf" mode (x / 127.5 - 1).
+PRESET_NAMES = ("imagenet", "caffe", "tf", "none")
+#: What --preprocess is used when the model's metadata holds none and no flag is given (with a warning).
+ASSUMED_PRESET = "imagenet"
+
+
+def preset(name: str):
+    """The :class:`~onnx_cnnviz.image.Preprocessing` of a --preprocess name."""
+    from onnx_cnnviz.image import PRESETS, Preprocessing
+
+    if name == "tf":
+        return Preprocessing(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="RGB",
+                             scale=1.0 / 255.0)
+    return PRESETS[name]
+
+
+PREPROCESS_HELP = ("The model's preprocessing preset: imagenet (torchvision: RGB in [0, 1], ImageNet mean and std), "
+                   "caffe (BGR 0..255 minus the mean), tf (RGB scaled to [-1, 1]), none (RGB in [0, 1] at the "
+                   "picture's size).")
+
+
+def preprocess_option(note: str):
+    return shared_option("--preprocess", type=click.Choice(list(PRESET_NAMES)), default=None, help=PREPROCESS_HELP,
+                         note=note)
+
+
+def order_option(note: str | None = None):
+    return shared_option("--order", type=click.Choice(["RGB", "BGR"], case_sensitive=False), default=None,
+                         help="Channel order the model expects.", note=note)
 
 
 def preprocessing_options(f):
-    options = [
-        click.option("--preprocess", type=click.Choice(["imagenet", "caffe", "none"]), default="imagenet",
-                     show_default=True,
-                     help="Preprocessing preset, used when the model's metadata holds none (given explicitly, it "
-                          "wins over the metadata)."),
-        click.option("--mean", type=FloatsType(), help="Per-channel mean, in the model's channel order and scale."),
-        click.option("--std", type=FloatsType(), help="Per-channel std."),
-        click.option("--size", type=SizeType(), help="Resize images to HxW (a model with a fixed size uses its own)."),
-        click.option("--order", type=click.Choice(["RGB", "BGR"], case_sensitive=False), help="Channel order."),
-        click.option("--scale", type=FloatsType(count=(1,)), help="Pixel scale before the mean, e.g. 1/255 or 1."),
-        click.option("--labels", type=click.Path(dir_okay=False), default=None,
-                     help="Class names, one per line (default: the model's 'cnnviz.labels' metadata)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    """--preprocess, --mean, --std, --size, --order, --scale: how pictures become model inputs."""
+    return apply(
+        f,
+        preprocess_option("Default: the model's metadata, else imagenet (with a warning); given, it wins over the "
+                          "metadata."),
+        shared_option("--mean", type=FloatsType(), help="Per-channel mean, in the model's channel order and scale."),
+        shared_option("--std", type=FloatsType(), help="Per-channel std."),
+        shared_option("--size", type=SizeType(),
+                      help="Resize pictures to HxW (a model with a fixed size uses its own)."),
+        order_option(),
+        shared_option("--scale", type=FloatsType(count=(1,)), help="Pixel scale before the mean, e.g. 1/255 or 1."))
 
 
-def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, order, scale, input_size=None):
-    """The model's metadata preprocessing, unless --preprocess was given explicitly; then the field overrides
-    (--input-size stands for --size when that is not given); a model with a fixed input size always gets its own
-    size."""
+@dataclass(frozen=True)
+class PreprocessingChoice:
+    """The preprocessing a command uses and where it comes from: ``source`` is "metadata" (the model's
+    ``cnnviz.preprocess.*`` keys, maybe with flags over them), "flags" (--preprocess, or fields given on the assumed
+    preset) or "assumed" (nothing given: the :data:`ASSUMED_PRESET`)."""
+    preprocessing: object
+    source: str
+    preset: str | None
+    flags: tuple
+
+    def describe(self) -> str:
+        if self.source == "metadata":
+            extra = f", with {', '.join(self.flags)}" if self.flags else ""
+            return f"from the model's metadata{extra}"
+        if self.source == "flags":
+            return (f"from the flags ({', '.join(self.flags)})" +
+                    (f" on the {self.preset} preset" if self.preset and "--preprocess" not in self.flags else ""))
+        return (f"assumed: the {self.preset} preset (the model's metadata holds no preprocessing; set --preprocess or "
+                "--mean/--std/--order/--scale)")
+
+
+def choose_preprocessing(m, preprocess=None, mean=None, std=None, size=None, order=None, scale=None,
+                         input_size=None) -> PreprocessingChoice:
+    """The model's metadata preprocessing, unless --preprocess is given; else the :data:`ASSUMED_PRESET`; then the
+    field overrides (--input-size stands for --size when that is not given). A model with a fixed input size always
+    gets its own size (:func:`~onnx_cnnviz.report.fit_preprocessing`, which also refuses models that do not take
+    3-channel pictures)."""
     from onnx_cnnviz.image import Preprocessing, get_preprocessing
     from onnx_cnnviz.report import fit_preprocessing
 
-    explicit = ctx.get_parameter_source("preprocess") not in (click.core.ParameterSource.DEFAULT, None)
-    base = None if explicit else Preprocessing.from_metadata(m.metadata)
-    if base is None:
-        base = preprocess
-    scale = scale[0] if scale else None
-    size = size or input_size
-    pre = get_preprocessing(base, size=size, mean=mean, std=std, order=order.upper() if order else None, scale=scale)
-    return fit_preprocessing(m, pre)
+    fields = {"--mean": mean, "--std": std, "--order": order, "--scale": scale}
+    given = [name for name, value in fields.items() if value is not None]
+    metadata = None if preprocess else Preprocessing.from_metadata(m.metadata)
+    if preprocess:
+        source, name, base = "flags", preprocess, preset(preprocess)
+        given = ["--preprocess"] + given
+    elif metadata is not None:
+        source, name, base = "metadata", None, metadata
+    else:
+        source, name, base = ("flags" if given else "assumed"), ASSUMED_PRESET, preset(ASSUMED_PRESET)
+    pre = get_preprocessing(base, size=size or input_size, mean=mean, std=std, order=order.upper() if order else None,
+                            scale=scale[0] if scale else None)
+    return PreprocessingChoice(fit_preprocessing(m, pre), source, name, tuple(given))
+
+
+def assumed_warning(model_name: str) -> str:
+    """The warning of a model run on the assumed preset: which preset, and the flags to set."""
+    p = preset(ASSUMED_PRESET)
+    scale = "pixels / 255" if abs(p.scale - 1 / 255) < 1e-12 else f"pixels x {p.scale:g}"
+    numbers = f"{p.order}, {scale}, mean {','.join(f'{v:g}' for v in p.mean)}, std " \
+              f"{','.join(f'{v:g}' for v in p.std)}"
+    return (f"{model_name} holds no preprocessing metadata and no preprocessing flag was given: assuming the "
+            f"{ASSUMED_PRESET} preset ({numbers}). A model trained otherwise predicts wrong classes: set "
+            "--preprocess caffe|tf|none (Caffe models such as SqueezeNet need caffe) or --mean/--std/--order/--scale "
+            "(`cnnviz convert` records them in the model).")
+
+
+def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, order, scale, input_size=None,
+                          model_name: str = "the model"):
+    """:func:`choose_preprocessing`, warning once when the preprocessing is only assumed."""
+    choice = choose_preprocessing(m, preprocess, mean, std, size, order, scale, input_size)
+    if choice.source == "assumed":
+        warn(assumed_warning(model_name), once="assumed-preprocessing")
+    return choice.preprocessing
+
+
+def channel_order(m, order: str | None, model_name: str = "the model") -> str:
+    """The channel order of --order, else the model's metadata, else RGB (with a warning): for filters, which reads
+    no picture."""
+    from onnx_cnnviz.image import Preprocessing
+
+    if order:
+        return order.upper()
+    metadata = Preprocessing.from_metadata(m.metadata)
+    if metadata is not None:
+        return metadata.order
+    warn(f"{model_name} holds no preprocessing metadata and --order is not given: assuming RGB channel order for the "
+         "filter colours; pass --order BGR for a model that takes BGR input (Caffe models such as SqueezeNet).",
+         once="assumed-order")
+    return "RGB"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Class names and targets
+
+
+def labels_option(note: str = "Default: the model's 'cnnviz.labels' metadata."):
+    return shared_option("--labels", type=click.Path(dir_okay=False), default=None,
+                         help="Class names: a text file, one name per line (line i names class i - 1).", note=note)
 
 
 def resolve_labels(m, labels_path):
@@ -331,6 +756,40 @@ def resolve_labels(m, labels_path):
     if labels_path:
         return report.check_labels(report.read_labels(labels_path), m.num_classes, f"labels file '{labels_path}'")
     return report.check_labels(report.labels_from_metadata(m.metadata), m.num_classes, "the model's label metadata")
+
+
+def resolve_target(value, labels, hint: str = "--target"):
+    """The class index of a --target value: an index as given, or a class name matched case-insensitively against
+    ``labels`` (a whole name, or one of its comma-separated synonyms). An unknown or ambiguous name, or a name when
+    no class names are known, is a usage error (exit code 2) listing the close matches."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if not labels:
+        raise click.BadParameter(f"{text!r} is a class name but the model's class names are not known; give the "
+                                 "class index, or the class names with --labels FILE.", param_hint=hint)
+    key = text.casefold()
+    found = [i for i, name in enumerate(labels) if name.casefold() == key]
+    if not found:
+        found = [i for i, name in enumerate(labels)
+                 if key in (part.strip().casefold() for part in name.split(","))]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        listed = "; ".join(f"{i} ({labels[i]})" for i in found)
+        raise click.BadParameter(f"{text!r} names {len(found)} classes: {listed}; give the index.", param_hint=hint)
+    folded = [name.casefold() for name in labels]
+    close = difflib.get_close_matches(key, folded, n=5, cutoff=0.6)
+    near = [i for i, name in enumerate(folded) if name in close]
+    near += [i for i, name in enumerate(folded) if key in name and i not in near]
+    near = near[:8]
+    hint_text = ("; close matches: " + "; ".join(f"{i} ({labels[i]})" for i in near)) if near else ""
+    raise click.BadParameter(f"no class is named {text!r}{hint_text}. `cnnviz inspect MODEL --classes` lists the "
+                             "class names.", param_hint=hint)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -348,15 +807,10 @@ def _set_pixel_limit(ctx, param, value):
 
 def image_options(f):
     """--max-pixels, for the commands that read pictures."""
-    return click.option("--max-pixels", type=LimitType(), default=MAX_PIXELS, show_default=True, expose_value=False,
-                        callback=_set_pixel_limit,
-                        help="Refuse pictures with more pixels than this, from their header before decoding ('none': "
-                             "no limit).")(f)
-
-
-def recursive_option(f):
-    """-r / --recursive, for every command that takes folders of images."""
-    return click.option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")(f)
+    return shared_option("--max-pixels", type=LimitType(), default=MAX_PIXELS, show_default=True,
+                         expose_value=False, callback=_set_pixel_limit,
+                         help="Refuse pictures with more pixels than this, from their header before decoding ('none': "
+                              "no limit).")(f)
 
 
 # The pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png): never taken as inputs

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-from .common import SizeType, check_outputs, finish, global_flags
+from .common import (abspath, check_outputs, finish, global_flags, input_size_option, labels_option,
+                     no_check_option, opset_option, out_model_option, overwrite_option, preprocess_option, preset,
+                     seed_option)
 
 
 @click.group("convert")
@@ -16,54 +18,64 @@ def convert_group():
 
 @convert_group.command("torch")
 @click.argument("source", metavar="NAME_OR_PY:ATTR")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The .onnx file to write.")
-@click.option("--input-size", type=SizeType(), default="224x224", show_default=True, help="Example input size HxW.")
-@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True,
-              help="ONNX opset (the dynamo exporter writes 18 at least).")
+@out_model_option
+@input_size_option("the size it is exported at (the exported graph fixes H and W).", "224x224")
+@opset_option("(the dynamo exporter writes 18 at least).")
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter (needs onnxscript).")
 @click.option("--weights", default=None,
-              help="torchvision weights enum name (e.g. IMAGENET1K_V1, DEFAULT); downloaded on first use, so it "
-                   "needs the network. Default: random weights.")
-@click.option("--preprocess", type=click.Choice(["imagenet", "caffe", "none"]), default=None,
-              help="Preprocessing to record in the metadata (default: the weights' own; none for random weights).")
-@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Class names file to record.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-torch comparison.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+              help="torchvision weights enum name (e.g. IMAGENET1K_V1; default: the architecture's DEFAULT ones), "
+                   "read from torch's hub cache ($TORCH_HOME/hub/checkpoints): nothing is downloaded.")
+@click.option("--random-weights", is_flag=True,
+              help="Export a torchvision / timm architecture with random weights (fixed by --seed) instead of its "
+                   "pretrained ones.")
+@preprocess_option("Recorded in the metadata (default: the pretrained weights' own; none for random weights).")
+@labels_option("Recorded in the metadata (default: the pretrained weights' categories).")
+@seed_option("(of the random weights).")
+@no_check_option("(torch).")
+@overwrite_option
 @global_flags
-def convert_torch(source, out_path, input_size, opset, dynamo, weights, preprocess, labels, seed, no_check,
-                  overwrite):
+def convert_torch(source, out_path, input_size, opset, dynamo, weights, random_weights, preprocess, labels, seed,
+                  no_check, overwrite):
     """Export a PyTorch classifier: a torchvision model name (resnet18), timm:NAME, FILE.py:ATTR or
     package.module:ATTR (ATTR: a module, a module class or a function returning one).
 
-    The export is checked against torch on a random batch, in-place activations are made out-of-place and the
-    batch dimension is dynamic.
+    A name gets its pretrained weights (and their class names and preprocessing, recorded in the metadata) from the
+    local cache only: when the file is not there the command says where to put it; --random-weights exports the
+    architecture with random weights. The export is checked against torch on a random batch, in-place activations
+    are made out-of-place and the batch dimension is dynamic.
     """
-    from onnx_cnnviz.converters.torch import export
+    from onnx_cnnviz.converters.torch import export, import_torch
 
+    if weights is not None and random_weights:
+        raise click.UsageError("--weights and --random-weights exclude each other; give one.")
+    import_torch()  # the install hint before anything else
     check_outputs([out_path], overwrite, [labels, _source_file(source)])
+    recorded = preset(preprocess) if preprocess == "tf" else preprocess
     path = export(source, out_path, input_size=input_size, opset=opset, dynamo=dynamo, weights=weights,
-                  preprocessing=preprocess, labels=labels, seed=seed, check=not no_check, overwrite=overwrite)
-    finish({"source": source, "out": str(path), "exporter": "dynamo" if dynamo else "torchscript",
-            "input_size": list(input_size)},
-           f"wrote {path} ({'dynamo' if dynamo else 'TorchScript'} exporter, input {input_size[0]}x{input_size[1]})")
+                  random_weights=random_weights, preprocessing=recorded, labels=labels, seed=seed,
+                  check=not no_check, overwrite=overwrite)
+    meta = _metadata(path)
+    used = _weights_of(meta.get("cnnviz.source", ""))
+    classes = len(meta["cnnviz.labels"].splitlines()) if meta.get("cnnviz.labels") else 0
+    finish({"source": source, "out": abspath(path), "exporter": "dynamo" if dynamo else "torchscript",
+            "input_size": list(input_size), "weights": used, "labels": classes or None,
+            "preprocessing_recorded": any(k.startswith("cnnviz.preprocess.") for k in meta)},
+           f"wrote {path} ({'dynamo' if dynamo else 'TorchScript'} exporter, input {input_size[0]}x{input_size[1]}"
+           + (f", {used}" if used else "") + (f", {classes} class names" if classes else "") + ")")
 
 
 @convert_group.command("keras")
 @click.argument("model_path", metavar="MODEL.keras", type=click.Path())
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The .onnx file to write.")
-@click.option("--input-size", type=SizeType(), default=None,
-              help="HxW to fix for a model built for any size (default: the model's own input size).")
-@click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True, help="ONNX opset for tf2onnx.")
+@out_model_option
+@input_size_option("to fix for a model built for any size (default: the model's own input size).", None)
+@opset_option("(for tf2onnx).")
 @click.option("--channels-first", is_flag=True,
               help="The Keras model already takes (N, C, H, W) input. Default: its input is (N, H, W, C) and the "
                    "ONNX input becomes (N, C, H, W) (a Transpose in front of the graph).")
-@click.option("--preprocess", type=click.Choice(["imagenet", "caffe", "tf", "none"]), default=None,
-              help="Preprocessing to record in the metadata (tf: x/127.5 - 1, imagenet = Keras's torch mode). "
-                   "Default: none recorded.")
-@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Class names file to record.")
-@click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-Keras comparison.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@preprocess_option("Recorded in the metadata (imagenet = Keras's torch mode; default: none recorded).")
+@labels_option("Recorded in the metadata.")
+@no_check_option("(Keras).")
+@overwrite_option
 @global_flags
 def convert_keras(model_path, out_path, input_size, opset, channels_first, preprocess, labels, no_check, overwrite):
     """Convert a Keras classifier saved as .keras or .h5 with tf2onnx (needs the keras extra:
@@ -79,10 +91,23 @@ def convert_keras(model_path, out_path, input_size, opset, channels_first, prepr
     path = export(model_path, out_path, input_size=input_size, opset=opset, channels_last_input=not channels_first,
                   preprocess=preprocess, labels=labels, check=not no_check, overwrite=overwrite)
     layout = "NCHW input" if channels_first else "NHWC input transposed to NCHW"
-    finish({"source": str(model_path), "out": str(path), "converter": "tf2onnx",
+    finish({"source": abspath(model_path), "out": abspath(path), "converter": "tf2onnx",
             "input_layout": "NCHW" if channels_first else "NHWC", "opset": opset,
             "input_size": list(input_size) if input_size else None},
            f"wrote {path} (tf2onnx, {layout})")
+
+
+def _metadata(path) -> dict:
+    """The metadata_props of the ONNX model at ``path`` (its weights left unread where they are external)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _weights_of(source: str) -> str | None:
+    """The weights part of a ``cnnviz.source`` value: "... (ResNet18_Weights.IMAGENET1K_V1)" -> that."""
+    return source[source.rindex("(") + 1:-1] if source.endswith(")") and "(" in source else None
 
 
 def _source_file(source: str) -> str | None:

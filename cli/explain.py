@@ -25,70 +25,46 @@ from onnx_cnnviz.files import check_regular
 from onnx_cnnviz.image import Preprocessing
 from onnx_cnnviz.methods import registry
 
-from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, BaselineType, CsvChoice, MethodListOption, SizeType,
-                     collect_images, echo, emit_json, flatten_lists, global_flags, image_keys, image_options,
-                     model_and_preprocessing, model_options, npy_bytes, occlusion_geometry, out_folder,
-                     preprocessing_options, progress, protect_inputs, recursive_option, remove_stale_temps,
-                     resolve_labels, save_json, settings, warn, warn_occlusion_stride)
+from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, abspath, apply, batch_size_option, collect_images, echo,
+                     emit_json, flatten_lists, global_flags, image_keys, image_options, labels_option, layer_option,
+                     method_option, model_and_preprocessing, model_options, npy_bytes, occlusion_geometry,
+                     occlusion_options, out_folder, out_folder_option, overwrite_option, preprocessing_options,
+                     progress, protect_inputs, recursive_option, remove_stale_temps, resolve_labels, resolve_target,
+                     rows_per_run_option, save_json, settings, shared_option, smoothgrad_ig_options, stack,
+                     target_option, top_k_option, warn, warn_occlusion_stride)
 
 
 def run_options(f):
     """Options shared by explain and occlusion: targets, layer, output, batching."""
-    options = [
+    return apply(
+        f,
         click.argument("model", type=click.Path()),
         click.argument("images", nargs=-1, required=True),
-        click.option("--target", type=int, default=None, help="Explain this class for every image."),
-        click.option("--top-k", type=click.IntRange(min=1), default=None,
-                     help="Explain each image's K best classes (one result per class)."),
-        click.option("--layer", metavar="NAME", default=None,
-                     help="Feature map for the CAM family (default: the last spatial map; see `cnnviz inspect`)."),
-        click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cnnviz-out", show_default=True,
-                     help="Folder for the PNG overlays, .npy maps and .json records."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Images read and explained together (memory stays bounded by this); the rows per "
-                          "onnxruntime run are chosen by the library."),
+        target_option("Explain it for every image."),
+        top_k_option("one result per class (RANK topK in the file names)."),
+        layer_option("Feature map of the CAM family (default: the last spatial map)."),
+        out_folder_option,
+        batch_size_option,
+        rows_per_run_option(),
         recursive_option,
-        click.option("--overwrite", is_flag=True, help="Replace existing results (never done otherwise)."),
-        click.option("--resume", is_flag=True,
-                     help="Skip the results whose .json record exists and was made with the same model, parameters "
-                          "and preprocessing; recompute the others (and the unfinished ones); remove the temporary "
-                          "files of a killed run."),
-        click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     help="Heat-map opacity in the overlays."),
-        click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap of the overlays."),
-        image_options,
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def occlusion_options(f):
-    """The occlusion parameters (--window, --stride, --baseline, --mode), for explain and occlusion."""
-    options = [
-        click.option("--window", type=SizeType(), default="16x16", show_default=True,
-                     help="Occlusion window HxW (or one number)."),
-        click.option("--stride", type=SizeType(), default="8x8", show_default=True, help="Occlusion stride HxW."),
-        click.option("--baseline", type=BaselineType(), default=0.0, show_default=True,
-                     help="Fill value of the occluded window (and the IG baseline), or 'mean' (occlusion only)."),
-        click.option("--mode", "occlusion_mode", type=click.Choice(["score", "probability"]), default="score",
-                     show_default=True, help="Occlusion map: score drop, or probability with the window occluded."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+        overwrite_option,
+        shared_option("--resume", is_flag=True,
+                      help="Skip the results whose .json record exists and was made with the same model, parameters "
+                           "and preprocessing; recompute the others (and the unfinished ones); remove the temporary "
+                           "files of a killed run."),
+        shared_option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                      help="Heat-map opacity in the overlays."),
+        shared_option("--colormap", default="jet", show_default=True, help="OpenCV colormap of the overlays."),
+        image_options)
 
 
 @click.command("explain")
 @run_options
-@click.option("--method", "-m", "methods", cls=MethodListOption, type=CsvChoice(registry.names), multiple=True,
-              help="Methods, comma-separated or repeated (default gradcam): {methods}.")
+@method_option(registry.names, "Default: gradcam.")
 @occlusion_options
-@click.option("--samples", type=click.IntRange(min=1), default=25, show_default=True, help="SmoothGrad samples.")
-@click.option("--noise", type=click.FloatRange(min=0), default=0.15, show_default=True,
-              help="SmoothGrad noise (fraction of the image's value range).")
-@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Integrated-gradients steps.")
+@stack(*smoothgrad_ig_options())
 @preprocessing_options
+@labels_option()
 @model_options
 @global_flags
 @click.pass_context
@@ -102,7 +78,7 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
     Pictures over 100 megapixels are refused from their header (onnx_cnnviz.image.MAX_PIXELS; --max-pixels
     changes it) and skipped like unreadable ones. Input files are never written, whatever the flags. With --json the
     summary lists the records written ("results") and maps each image to the files of its finished results
-    ("files"), also after Ctrl-C.
+    ("files"), also after Ctrl-C; paths in JSON are absolute.
     """
     params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode, "samples": samples,
               "noise": noise, "steps": steps}
@@ -113,6 +89,7 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
 @run_options
 @occlusion_options
 @preprocessing_options
+@labels_option()
 @model_options
 @global_flags
 @click.pass_context
@@ -159,6 +136,7 @@ class RunSettings:
     overwrite: bool
     resume: bool
     batch_size: int
+    rows_per_run: int | None
     alpha: float
     colormap: str
     preprocessing: Preprocessing
@@ -174,8 +152,8 @@ class RunSettings:
         occlusion window), so that a bad one fails before any image is read, and fix the settings."""
         from onnx_cnnviz import __version__, report
 
-        target, top_k = options["target"], options["top_k"]
         labels = resolve_labels(m, options["labels"])
+        target, top_k = resolve_target(options["target"], labels), options["top_k"]
         layers = {name: registry.resolved_layer(m, name, options["layer"]) for name in methods}
         if target is not None:
             m.targets_for(target, 1)  # a class out of range fails now, not after the first batch
@@ -194,6 +172,7 @@ class RunSettings:
         return cls(out=Path(options["out_dir"]), methods=methods, params=params, layer=options["layer"],
                    method_params=method_params, ranks=ranks, target=target, top_k=top_k,
                    overwrite=options["overwrite"], resume=options["resume"], batch_size=options["batch_size"],
+                   rows_per_run=options["rows_per_run"],
                    alpha=options["alpha"], colormap=options["colormap"], preprocessing=pre,
                    preprocessing_info=report.preprocessing_info(pre), labels=labels,
                    model_path=str(Path(options["model"]).resolve()), version=__version__,
@@ -240,7 +219,7 @@ def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
     out = out_folder(options["out_dir"])
     # Before the model: a typo fails fast.
     paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
-    m, pre = model_and_preprocessing(ctx, options)
+    m, pre = model_and_preprocessing(ctx, options, options["rows_per_run"])
     job = RunSettings.build(m, pre, methods, params, options)
     keys = image_keys(paths)
     work = plan(job, paths, keys)
@@ -301,7 +280,7 @@ def plan(job: RunSettings, paths: list, keys: list) -> Plan:
                     continue
                 todo = True
                 if state == "stale":
-                    work.stale.append(str(files.json))
+                    work.stale.append(abspath(files.json))
                     changed.update(detail)
                 elif state == "other" and not job.overwrite:
                     conflicts.append(f"{files.json} holds the result of another image ({detail})")
@@ -310,7 +289,7 @@ def plan(job: RunSettings, paths: list, keys: list) -> Plan:
         if missing:
             work.todo.append((i, missing))
         else:
-            work.skipped.append(str(path))
+            work.skipped.append(abspath(path))
     if conflicts:
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
         if job.resume:
@@ -360,8 +339,10 @@ class Outcome:
 
 
 def explain_all(m, job: RunSettings, paths: list, keys: list, work: Plan) -> Outcome:
-    """Do the planned work under a progress bar, --batch-size images read and explained at a time, so that memory
-    stays bounded. Ctrl-C stops it: what is finished stays written and listed, and the outcome says interrupted."""
+    """Do the planned work under a progress display (images done, and inside them the units of work of the running
+    method: Score-CAM's channels, occlusion's windows, ...), --batch-size images read and explained at a time, so
+    that memory stays bounded. Ctrl-C stops it: what is finished stays written and listed, and the outcome says
+    interrupted."""
     outcome = Outcome()
     todo = work.todo
     checked: set = set()
@@ -374,7 +355,7 @@ def explain_all(m, job: RunSettings, paths: list, keys: list, work: Plan) -> Out
                     if "occlusion" in job.methods and x.shape[2:] not in checked and not job.preprocessing.size:
                         checked.add(x.shape[2:])  # images kept at their own size: checked per size
                         warn_occlusion_stride(job.params["stride"], x.shape[2:])
-                    explain_group(m, job, x, items, paths, keys, work.done, outcome.results)
+                    explain_group(m, job, x, items, paths, keys, work.done, outcome.results, bar)
                 bar.update(len(chunk))
     except KeyboardInterrupt:
         outcome.interrupted = True
@@ -392,7 +373,7 @@ def read_batch(paths: list, chunk: list, pre: Preprocessing, failed: list) -> li
         try:
             read.append((preprocess([paths[i]], preset=pre), item))
         except InputError as exc:
-            failed.append({"image": str(paths[i]), "error": str(exc)})
+            failed.append({"image": abspath(paths[i]), "error": str(exc)})
             warn(f"skipped: {exc}")
     return read
 
@@ -418,16 +399,17 @@ class ImageRow(NamedTuple):
 
 
 def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, keys: list, done: set,
-                  records: list) -> None:
+                  records: list, bar=None) -> None:
     """Explain the same-size images ``x`` (one row per plan item of ``items``) with each method still missing for
     them, for the run's classes (top-1, the top-k or --target), and write every result not in ``done`` (records
-    --resume keeps), appending each record to ``records`` once it is on disk."""
+    --resume keeps), appending each record to ``records`` once it is on disk. ``bar``: the run's
+    :class:`~onnx_cnnviz.cli.common.Progress`, told each method's units of work."""
     from onnx_cnnviz import report
     from onnx_cnnviz.image import deprocess
 
-    # The rows per onnxruntime run are left to the library (batch_size=None); --batch-size only bounds the images
+    # The rows per onnxruntime run are --rows-per-run, else left to the library; --batch-size only bounds the images
     # read at once.
-    scores = m.scores(x)
+    scores = m.scores(x, batch_size=job.rows_per_run)
     probs = report.probabilities(scores, m.softmax_skipped)
     classes = explained_classes(job, scores)
     views = deprocess(x, preset=job.preprocessing)
@@ -435,7 +417,8 @@ def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, 
         rows = [j for j, (_, missing) in enumerate(items) if name in missing]
         if not rows:
             continue
-        maps = method_maps(m, job, name, x[rows], classes[rows])
+        maps = method_maps(m, job, name, x[rows], classes[rows],
+                           progress=bar.method_progress(name) if bar is not None else None)
         for row, j in enumerate(rows):
             i = items[j][0]
             image = ImageRow(paths[i], keys[i], views[j], scores[j], probs[j])
@@ -453,14 +436,16 @@ def explained_classes(job: RunSettings, scores: np.ndarray) -> np.ndarray:
     return scores.argmax(axis=1)[:, None]
 
 
-def method_maps(m, job: RunSettings, name: str, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+def method_maps(m, job: RunSettings, name: str, x: np.ndarray, classes: np.ndarray, progress=None) -> np.ndarray:
     """Method ``name``'s results for the images ``x`` and their ``classes`` (N, k), as (N, k, ...). A method that
-    does not depend on the class runs once per image, its result standing for each class."""
+    does not depend on the class runs once per image, its result standing for each class. ``progress``: told the
+    method's units of work (see :func:`registry.explain`)."""
     if registry.get(name).class_specific:
         raw = registry.explain(m, name, np.repeat(x, job.k, axis=0), classes.reshape(-1), layer=job.layer,
-                               params=job.params)
+                               params=job.params, batch_size=job.rows_per_run, progress=progress)
         return raw.reshape(len(x), job.k, *raw.shape[1:])
-    raw = registry.explain(m, name, x, classes[:, 0], layer=job.layer, params=job.params)
+    raw = registry.explain(m, name, x, classes[:, 0], layer=job.layer, params=job.params,
+                           batch_size=job.rows_per_run, progress=progress)
     return np.repeat(raw[:, None], job.k, axis=1)
 
 
@@ -489,7 +474,7 @@ def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int
         "rank": r + 1 if job.top_k or job.target is None else None,
         "score": float(image.scores[c]), "probability": float(image.probs[c]),
         "class_specific": meth.class_specific, **job.result_settings(name), "device": m.device, "kind": meth.kind,
-        "outputs": {"picture": files.png.name, "array": files.npy.name},
+        "outputs": {"picture": abspath(files.png), "array": abspath(files.npy)},
         "array_shape": list(result.shape), "cnnviz_version": job.version,
     }
     try:
@@ -497,7 +482,7 @@ def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int
     finally:
         # Listed exactly when the record is on disk: a Ctrl-C inside save_json may come before or after the rename.
         if files.json.exists():
-            records.append({**record, "json": str(files.json)})
+            records.append({**record, "json": abspath(files.json)})
     label = f" {names[c]}" if names else ""
     echo(f"{image.path}  {name:<14} {c}{label}  p={image.probs[c]:.3f}  -> {files.png}")  # the path: names repeat
 
@@ -508,21 +493,27 @@ def finish_run(ctx: click.Context, m, job: RunSettings, paths: list, keys: list,
     interrupted, 1 when an image could not be explained, an error when there was nothing to explain, else 0.
 
     Both count exactly the results on disk: the records written by this run ("results") and, under --resume, those
-    kept; "files" maps each image (as given) to the files of its finished results."""
+    kept; "files" maps each image to the files of its finished results (absolute paths, as everywhere in JSON)."""
     results = outcome.results
-    finished = {Path(r["json"]) for r in results} | work.done
+    finished = {Path(r["json"]) for r in results} | {Path(abspath(p)) for p in work.done}
+
+    def is_finished(files) -> bool:
+        return Path(abspath(files.json)) in finished
+
     files = {}
     for i, (path, key) in enumerate(zip(paths, keys)):
         mine = [f for name in job.methods for rank in job.ranks
-                for f in job.files(key, name, rank) if job.files(key, name, rank).json in finished]
+                for f in job.files(key, name, rank) if is_finished(job.files(key, name, rank))]
         if mine:
-            files[str(path)] = [str(f) for f in mine]
-    complete = sum(all(job.files(keys[i], name, rank).json in finished for name in missing for rank in job.ranks)
+            files[abspath(path)] = [abspath(f) for f in mine]
+    complete = sum(all(is_finished(job.files(keys[i], name, rank)) for name in missing for rank in job.ranks)
                    for i, missing in work.todo)
+    if not results and not work.skipped and not outcome.failed and not outcome.interrupted:
+        raise InputError("nothing was explained.")
     if settings().json:
-        emit_json({"model": job.model_path, "out": str(job.out.resolve()), "device": m.device,
+        emit_json({"model": job.model_path, "out": abspath(job.out), "device": m.device,
                    "methods": job.methods, "results": results, "files": files, "skipped": work.skipped,
-                   "stale": work.stale, "removed_temporary": [str(p) for p in work.removed],
+                   "stale": work.stale, "removed_temporary": [abspath(p) for p in work.removed],
                    "failed": outcome.failed, "interrupted": outcome.interrupted})
     if outcome.interrupted:
         click.echo(f"cnnviz: interrupted after {complete} of {len(work.todo)} image(s); the {len(results)} result(s) "
@@ -532,6 +523,4 @@ def finish_run(ctx: click.Context, m, job: RunSettings, paths: list, keys: list,
         click.echo(f"cnnviz: error: {len(outcome.failed)} of {len(paths)} image(s) could not be explained (listed "
                    f"above); the other results are in {job.out}", err=True)
         ctx.exit(EXIT_FAILURE)
-    if not results and not work.skipped:
-        raise InputError("nothing was explained.")
     echo(f"{len(results)} result(s) in {job.out}", err=True)

@@ -10,29 +10,13 @@ import numpy as np
 from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.methods.localise import METHODS as LOCALISE_METHODS
 
-from .common import (check_outputs, collect_images, echo, emit_json, finish, global_flags, image_keys, image_options,
-                     layer_name, model_and_preprocessing, model_options, out_folder, preprocessing_options, progress,
-                     recursive_option, resolve_labels, save_json, save_npy, settings)
-
-
-def _out_file(f):
-    return click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
-                        help="The .png picture to write.")(f)
-
-
-def _out_dir(f):
-    return click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-                        help="Folder for the results.")(f)
-
-
-def _overwrite(f):
-    return click.option("--overwrite", is_flag=True, help="Replace existing files (never done otherwise).")(f)
-
-
-def _image_folder(f):
-    """--batch-size and --recursive, for the commands that read a whole folder of images."""
-    f = recursive_option(f)
-    return click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per run.")(f)
+from .common import (abspath, apply, batch_size_option, channel_order, check_outputs, collect_images, echo,
+                     emit_json, finish, flatten_lists, global_flags, image_keys, image_options, labels_option,
+                     layer_name, layer_option, load_model, method_option, model_and_preprocessing, model_options,
+                     order_option, out_folder, out_folder_option, out_picture_option, overwrite_option,
+                     preprocessing_options, progress, recursive_option, resolve_labels, resolve_target, save_json,
+                     save_npy, seed_option, settings, shared_option, steps_option, target_option, tile_option,
+                     top_k_option)
 
 
 def _inputs(kw: dict, *images) -> list:
@@ -57,42 +41,43 @@ def _one_input(path, pre):
 
 @click.command("filters")
 @click.argument("model", type=click.Path())
-@click.option("--layer", metavar="NAME", default=None,
-              help="A layer produced by a convolution (default: the first convolution).")
+@layer_option("Produced by a convolution (default: the first convolution).")
 @click.option("--max-filters", type=click.IntRange(min=1), default=None, help="Show at most this many filters.")
 @click.option("--max-channels", type=click.IntRange(min=1), default=16, show_default=True,
               help="Input channels shown per filter for deeper layers.")
-@click.option("--tile", type=click.IntRange(min=1), default=24, show_default=True, help="Tile size in pixels.")
-@_out_file
-@_overwrite
-@preprocessing_options
+@tile_option(24)
+@out_picture_option("filters")
+@overwrite_option
+@order_option("Colours of first-layer filters (default: the model's metadata, else RGB, with a warning).")
 @model_options
 @global_flags
-@click.pass_context
-def filters_cmd(ctx, layer, max_filters, max_channels, tile, out_path, overwrite, **kw):
-    """The convolution kernels as a picture (first layer: one colour tile per filter, as in the AlexNet figure)."""
+def filters_cmd(layer, max_filters, max_channels, tile, out_path, overwrite, order, **kw):
+    """The convolution kernels as a picture (first layer: one colour tile per filter, as in the AlexNet figure).
+    Reads no picture: of the preprocessing, only the channel order matters."""
     from onnx_cnnviz.methods import features
 
     check_outputs([out_path], overwrite, _inputs(kw))
-    m, pre = model_and_preprocessing(ctx, kw)
-    picture = features.filters(m, layer=layer, order=pre.order, max_filters=max_filters, max_channels=max_channels,
-                               tile=tile)
+    m = load_model(kw["model"], kw["device"], kw["input_name"], kw["output_name"], kw["input_size"],
+                   max_nodes=kw["max_nodes"])
+    picture = features.filters(m, layer=layer, order=channel_order(m, order, Path(kw["model"]).name),
+                               max_filters=max_filters, max_channels=max_channels, tile=tile)
     _save_png(out_path, picture, overwrite)
-    finish({"model": kw["model"], "out": out_path, "layer": layer, "size": list(picture.shape[:2])},
+    finish({"model": abspath(kw["model"]), "out": abspath(out_path), "layer": layer, "size": list(picture.shape[:2])},
            f"wrote {out_path} ({picture.shape[1]}x{picture.shape[0]})")
 
 
 @click.command("activations")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
-@click.option("--layer", metavar="NAME", default=None, help="Feature map (default: the default layer).")
-@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the N most active channels.")
+@layer_option("Feature map (default: the default layer).")
+@shared_option("--top-channels", "--top", "top", type=click.IntRange(min=1), default=None, aliases=("--top",),
+               help="Only the N most active channels.")
 @click.option("--scale-by", "scale_by", type=click.Choice(["layer", "channel"]), default="layer", show_default=True,
               help="One gray scale for all maps, or one per map.")
-@click.option("--tile", type=click.IntRange(min=1), default=48, show_default=True, help="Tile size in pixels.")
+@tile_option(48)
 @recursive_option
-@_out_dir
-@_overwrite
+@out_folder_option
+@overwrite_option
 @image_options
 @preprocessing_options
 @model_options
@@ -117,25 +102,27 @@ def activations_cmd(ctx, images, layer, top, scale_by, tile, recursive, out_dir,
             grid = features.activations(m, _one_input(path, pre), layer=name, top=top, scale=scale_by, tile=tile)
             _save_png(png, grid.image, overwrite)
             save_npy(npy, grid.maps, overwrite)
-            written.append({"image": str(path), "picture": str(png), "array": str(npy),
+            written.append({"image": abspath(path), "picture": abspath(png), "array": abspath(npy),
                             "channels": [int(c) for c in grid.channels]})
-            files[str(path)] = [str(png), str(npy)]
+            files[abspath(path)] = [abspath(png), abspath(npy)]
             bar.update(1)
-    finish({"model": kw["model"], "layer": name, "results": written, "files": files},
+    finish({"model": abspath(kw["model"]), "out": abspath(out), "layer": name, "results": written, "files": files},
            f"wrote {len(written)} grid(s) to {out}")
 
 
 @click.command("patches")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
-@click.option("--layer", metavar="NAME", default=None, help="Feature map (default: the default layer).")
+@layer_option("Feature map (default: the default layer).")
 @click.option("--channels", default=None, help="Channels to show, comma-separated (default: the first 16).")
-@click.option("-k", "k", type=click.IntRange(min=1), default=9, show_default=True, help="Patches per channel.")
+@shared_option("--per-channel", "-k", "k", type=click.IntRange(min=1), default=9, show_default=True, aliases=("-k",),
+               help="Patches per channel.")
 @click.option("--guided", is_flag=True, help="Add the guided backpropagation of each unit next to its patch.")
-@click.option("--tile", type=click.IntRange(min=1), default=64, show_default=True, help="Tile size in pixels.")
-@_image_folder
-@_out_file
-@_overwrite
+@tile_option(64)
+@batch_size_option
+@recursive_option
+@out_picture_option("patches")
+@overwrite_option
 @image_options
 @preprocessing_options
 @model_options
@@ -161,8 +148,9 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
     result = features.top_patches(m, [str(p) for p in paths], layer=layer, channels=chosen, k=k, preprocess=pre,
                                   guided=guided, batch_size=batch_size)
     _save_png(out_path, result.grid(tile=tile), overwrite)
-    document = {"model": kw["model"], "layer": result.layer, "images": result.count, "out": out_path,
-                "patches": {str(c): [{"image": str(p.source), "value": p.value, "unit": list(p.unit),
+    document = {"model": abspath(kw["model"]), "layer": result.layer, "images": result.count, "out": abspath(out_path),
+                "json": abspath(meta),
+                "patches": {str(c): [{"image": abspath(p.source), "value": p.value, "unit": list(p.unit),
                                       "box": list(p.box)} for p in ps] for c, ps in result.patches.items()}}
     save_json(meta, document, overwrite)
     finish(document,
@@ -172,8 +160,7 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
 @click.command("embed")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
-@click.option("--layer", metavar="NAME", default=None,
-              help="Tensor whose values are the code (default: the input of the last linear layer).")
+@layer_option("Tensor whose values are the code (default: the input of the last linear layer).")
 @click.option("--projection", type=click.Choice(["pca", "tsne"]), default="pca", show_default=True,
               help="2-D map of the codes.")
 @click.option("--neighbours", type=click.IntRange(min=0), default=5, show_default=True,
@@ -181,9 +168,10 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
 @click.option("--mosaic-size", "mosaic_size", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Mosaic size in pixels.")
 @click.option("--thumb", type=click.IntRange(min=8), default=64, show_default=True, help="Thumbnail size.")
-@_image_folder
-@_out_dir
-@_overwrite
+@batch_size_option
+@recursive_option
+@out_folder_option
+@overwrite_option
 @image_options
 @preprocessing_options
 @model_options
@@ -210,59 +198,61 @@ def embed_cmd(ctx, images, layer, projection, neighbours, mosaic_size, thumb, ba
                              snap=len(paths) <= (mosaic_size // thumb) ** 2)
     save_npy(files["npy"], codes, overwrite)
     _save_png(files["mosaic"], mosaic, overwrite)
-    document = {"model": kw["model"], "layer": layer or features.penultimate_layer(m), "dims": int(codes.shape[1]),
+    document = {"model": abspath(kw["model"]), "out": abspath(out),
+                "files": {name: abspath(path) for name, path in files.items()},
+                "layer": layer or features.penultimate_layer(m), "dims": int(codes.shape[1]),
                 "projection": projection,
-                "images": [{"image": str(p), "xy": [float(v) for v in coords[i]],
-                            "neighbours": [str(paths[j]) for j in near[0][i]]} for i, p in enumerate(paths)]}
+                "images": [{"image": abspath(p), "xy": [float(v) for v in coords[i]],
+                            "neighbours": [abspath(paths[j]) for j in near[0][i]]} for i, p in enumerate(paths)]}
     save_json(files["json"], document, overwrite)
     finish(document, f"wrote {', '.join(str(f) for f in files.values())} ({len(paths)} images, "
                      f"{codes.shape[1]}-d codes)")
 
 
 def _optim_options(f):
-    options = [
-        click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Optimisation steps."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Step size (default: the library's)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Random seed (noise, jitter)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    """--steps, --lr, --seed of the gradient-ascent commands (dream, invert)."""
+    return apply(
+        f,
+        steps_option("gradient-ascent steps.", 200),
+        shared_option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                      help="Step size of the gradient ascent (default: the library's)."),
+        seed_option("(of the starting noise and the jitter)."))
 
 
 @click.command("dream")
 @click.argument("model", type=click.Path())
-@click.option("--class", "target", type=int, default=None, help="Class to visualise (Simonyan's class model).")
-@click.option("--layer", metavar="NAME", default=None, help="Layer of the unit / channel to visualise.")
+@target_option("Visualise it (Simonyan's class model).", aliases=("--class",))
+@layer_option("Of the unit / channel to visualise.")
 @click.option("--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
 @click.option("--unit", default=None, help="I,J: one unit of the channel (default: the channel's mean).")
 @_optim_options
 @click.option("--decay", type=click.FloatRange(min=0), default=None, help="L2 decay per step (Yosinski).")
 @click.option("--blur-every", type=click.IntRange(min=0), default=None, help="Gaussian blur every N steps (0: off).")
 @click.option("--jitter", type=click.IntRange(min=0), default=None, help="Random shift in pixels per step.")
-@_out_file
-@_overwrite
+@out_picture_option("dream")
+@overwrite_option
 @preprocessing_options
+@labels_option()
 @model_options
 @global_flags
 @click.pass_context
 def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_every, jitter, out_path, overwrite,
               **kw):
-    """An image made by gradient ascent: the class model of a --class (Simonyan et al. 2014) or what excites a
-    --layer/--channel (activation maximisation), with Yosinski et al.'s regularisers."""
+    """An image made by gradient ascent: the class model of a --target class (Simonyan et al. 2014) or what
+    excites a --layer/--channel (activation maximisation), with Yosinski et al.'s regularisers."""
     from onnx_cnnviz.methods import optimise
 
     if (target is None) == (channel is None):
-        raise click.UsageError("give --class N, or --layer NAME with --channel C.")
+        raise click.UsageError("give --target CLASS, or --layer NAME with --channel C.")
     check_outputs([out_path], overwrite, _inputs(kw))
     m, pre = model_and_preprocessing(ctx, kw)
     extra = {k: v for k, v in {"lr": lr, "decay": decay, "blur_every": blur_every, "jitter": jitter}.items()
              if v is not None}
     if target is not None:
+        names = resolve_labels(m, kw["labels"])
+        target = resolve_target(target, names)
         result = optimise.class_model(m, target, steps=steps, seed=seed, preprocess=pre, **extra)
         what = {"class": target}
-        names = resolve_labels(m, kw["labels"])
         if names:
             what["class_name"] = names[target]
     else:
@@ -276,7 +266,7 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
         result = optimise.neuron_model(m, layer, channel, unit=ij, steps=steps, seed=seed, preprocess=pre, **extra)
         what = {"layer": layer or m.default_layer, "channel": channel, "unit": list(ij) if ij else None}
     _save_png(out_path, result.image, overwrite)
-    finish({"model": kw["model"], "out": out_path, **what, "steps": steps, "final": result.final,
+    finish({"model": abspath(kw["model"]), "out": abspath(out_path), **what, "steps": steps, "final": result.final,
             "history": [float(v) for v in result.history]},
            f"wrote {out_path} (objective {result.history[0]:.4g} -> {result.final:.4g} in {steps} steps)")
 
@@ -284,11 +274,11 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
 @click.command("invert")
 @click.argument("model", type=click.Path())
 @click.argument("image", type=click.Path())
-@click.option("--layer", metavar="NAME", default=None, help="Layer whose code is inverted (default layer).")
+@layer_option("Whose code is inverted (default: the default layer).")
 @_optim_options
 @click.option("--tv", "lambda_tv", type=click.FloatRange(min=0), default=None, help="Total-variation weight.")
-@_out_file
-@_overwrite
+@out_picture_option("invert")
+@overwrite_option
 @image_options
 @preprocessing_options
 @model_options
@@ -305,7 +295,8 @@ def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrit
     extra = {k: v for k, v in {"lr": lr, "lambda_tv": lambda_tv}.items() if v is not None}
     result = optimise.invert(m, x, name, steps=steps, seed=seed, preprocess=pre, **extra)
     _save_png(out_path, result.image, overwrite)
-    finish({"model": kw["model"], "image": image, "layer": name, "out": out_path, "steps": steps,
+    finish({"model": abspath(kw["model"]), "image": abspath(image), "layer": name, "out": abspath(out_path),
+            "steps": steps,
             "relative_error": result.final},
            f"wrote {out_path} (relative code error {result.history[0]:.3f} -> {result.final:.3f})")
 
@@ -313,59 +304,69 @@ def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrit
 @click.command("localize")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
-@click.option("--method", type=click.Choice(list(LOCALISE_METHODS)), default="gradcam",
-              show_default=True, help="Map the box comes from (saliency: + GrabCut).")
-@click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Boxes for the N best classes.")
-@click.option("--target", type=int, default=None, help="Box for this class instead.")
+@method_option(LOCALISE_METHODS, "One: the map the box comes from (saliency: with GrabCut). Default: gradcam.")
+@top_k_option("one box per class (default 1).", aliases=("--top",))
+@target_option("Its box instead of the best class's.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
               help="Fraction of the map's maximum kept (CAM / Grad-CAM).")
-@click.option("--layer", metavar="NAME", default=None, help="Feature map for CAM / Grad-CAM.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
+@layer_option("Feature map of CAM / Grad-CAM (default: the last spatial map).")
+@batch_size_option
 @recursive_option
-@_out_dir
-@_overwrite
+@out_folder_option
+@overwrite_option
 @image_options
 @preprocessing_options
+@labels_option()
 @model_options
 @global_flags
 @click.pass_context
-def localize_cmd(ctx, images, method, top, target, threshold, layer, batch_size, recursive, out_dir, overwrite, **kw):
+def localize_cmd(ctx, images, methods, top_k, target, threshold, layer, batch_size, recursive, out_dir, overwrite,
+                 **kw):
     """Weakly supervised localisation: a bounding box per image and class from its CAM / Grad-CAM (Zhou et al.) or
     saliency + GrabCut (Simonyan et al.). Writes NAME.boxes.png (boxes drawn) and NAME.boxes.json (NAME as in
     `cnnviz explain`: unique per image)."""
     from onnx_cnnviz.image import deprocess, preprocess
     from onnx_cnnviz.methods import localise
 
+    chosen = flatten_lists(methods) or ["gradcam"]
+    if len(chosen) != 1:
+        raise click.BadParameter(f"localize draws the boxes of one method; give one, not {', '.join(chosen)}.",
+                                 param_hint="--method")
+    method = chosen[0]
+    if target is not None and top_k is not None:
+        raise click.UsageError("--target and --top-k exclude each other; give one.")
     out = out_folder(out_dir)
     paths = collect_images(images, exclude=out, recursive=recursive)
     keys = image_keys(paths)
     check_outputs([out / f"{k}.boxes.{s}" for k in keys for s in ("png", "json")], overwrite, _inputs(kw, *paths))
     m, pre = model_and_preprocessing(ctx, kw)
     names = resolve_labels(m, kw["labels"])
+    target = resolve_target(target, names)
     results, files = [], {}
-    with progress(len(paths), "localize") as bar:
+    with progress(len(paths), "localizing") as bar:
         for start in range(0, len(paths), batch_size):
             chunk = list(range(start, min(start + batch_size, len(paths))))
             x = np.concatenate([preprocess([paths[i]], preset=pre) for i in chunk])
-            found = localise.localise(m, x, method=method, targets=target, top=top, threshold=threshold, layer=layer,
-                                      preprocess=pre)
+            found = localise.localise(m, x, method=method, targets=target, top=top_k or 1, threshold=threshold,
+                                      layer=layer, preprocess=pre)
             for row, i in enumerate(chunk):
                 boxes = found[row]
                 labels = [f"{b.target} {names[b.target]}" if names else str(b.target) for b in boxes]
                 drawn = localise.draw_boxes(deprocess(x[row], preset=pre), [b.box for b in boxes], labels=labels)
                 png, record_path = out / f"{keys[i]}.boxes.png", out / f"{keys[i]}.boxes.json"
                 _save_png(png, drawn, overwrite)
-                record = {"model": kw["model"], "image": str(paths[i]), "method": method, "threshold": threshold,
+                record = {"model": abspath(kw["model"]), "image": abspath(paths[i]), "method": method,
+                          "threshold": threshold,
                           "boxes": [{"class": b.target, "class_name": names[b.target] if names else None,
                                      "score": b.score, "box": [int(v) for v in b.box]} for b in boxes]}
                 save_json(record_path, record, overwrite)
-                results.append({**record, "picture": str(png), "json": str(record_path)})
-                files[str(paths[i])] = [str(png), str(record_path)]
+                results.append({**record, "picture": abspath(png), "json": abspath(record_path)})
+                files[abspath(paths[i])] = [abspath(png), abspath(record_path)]
                 echo(f"{paths[i].name}  " + "; ".join(f"{lab} box {tuple(int(v) for v in b.box)}"
                                                         for lab, b in zip(labels, boxes)))
             bar.update(len(chunk))
     if settings().json:
-        emit_json({"model": kw["model"], "results": results, "files": files})
+        emit_json({"model": abspath(kw["model"]), "out": abspath(out), "results": results, "files": files})
 
 
 COMMANDS = [filters_cmd, activations_cmd, patches_cmd, embed_cmd, dream_cmd, invert_cmd, localize_cmd]

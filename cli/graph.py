@@ -5,21 +5,22 @@ import click
 
 from onnx_cnnviz.graph.autodiff.rules import RULE_SETS
 
-from .common import check_outputs, finish, global_flags, load_model, model_options
+from .common import (abspath, check_outputs, finish, global_flags, layer_option, load_model, model_options,
+                     out_model_option, overwrite_option)
 
 
 @click.command("export-graph")
 @click.argument("model", type=click.Path())
-@click.option("--layer", "layers", metavar="NAME", multiple=True,
-              help="Feature map to expose with its gradient (repeatable; default: the default layer).")
+@layer_option("Feature map to expose with its gradient (repeatable; default: the default layer).", multiple=True,
+              dest="layers")
 @click.option("--rule", type=click.Choice(list(RULE_SETS)), default="vanilla", show_default=True,
               help="How ReLUs pass the gradient back.")
 @click.option("--no-input-grad", is_flag=True, help="Do not add the gradient with respect to the image.")
 @click.option("--target-mode", type=click.Choice(["input", "top1"]), default="input", show_default=True,
               help="input: the graph takes a (N, K) 'cnnviz/seed' input (one-hot rows pick the class); top1: the "
                    "gradient is of each image's best class (and 'cnnviz/target' is an output).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The .onnx file to write.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@out_model_option
+@overwrite_option
 @model_options
 @global_flags
 def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, overwrite, device, input_name,
@@ -41,7 +42,7 @@ def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, 
     graph = m.build_graph(outputs=tuple(names), wrt=wrt, rule=rule, target_mode=target_mode)
     onnx.checker.check_model(graph)
     write_atomic(out_path, graph.SerializeToString(), overwrite=overwrite)
-    info = {"model": str(model), "out": str(out_path), "rule": rule, "target_mode": target_mode,
+    info = {"model": abspath(model), "out": abspath(out_path), "rule": rule, "target_mode": target_mode,
             "inputs": [{"name": v.name, "shape": _shape(v)} for v in graph.graph.input],
             "outputs": [{"name": v.name, "shape": _shape(v)} for v in graph.graph.output]}
     lines = [f"wrote {out_path} ({rule} rule, target mode {target_mode})"]

@@ -1,24 +1,51 @@
 """``cnnviz inspect MODEL``: what the tool sees in a model."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from .common import emit_json, global_flags, load_model, model_options, settings
+from onnx_cnnviz.errors import InputError
+
+from .common import (abspath, choose_preprocessing, emit_json, global_flags, labels_option, load_model,
+                     model_options, preprocessing_options, resolve_labels, settings)
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=True))
 @model_options
+@preprocessing_options
+@labels_option()
 @click.option("--all-layers/--short", default=False, help="List every candidate layer (default: the last 12).")
+@click.option("--classes", "list_classes", is_flag=True,
+              help="List the class names (index and name), from --labels or the model's metadata.")
 @global_flags
-def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, all_layers):
-    """Inputs, outputs, the class-score tensor (and whether a final Softmax was skipped), candidate layers with
-    their shapes, the default layer, op types, and whether every op on the gradient path has a backward rule."""
-    from onnx_cnnviz.report import describe
+def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, preprocess, mean, std, size, order,
+                scale, labels, all_layers, list_classes):
+    """Inputs, outputs, the class-score tensor (and whether a final Softmax was skipped), the preprocessing the
+    other commands would use and where it comes from (the model's metadata, the flags, or the assumed default),
+    candidate layers with their shapes, the default layer, op types, and whether every op on the gradient path has a
+    backward rule. With --classes, the class names too."""
+    from onnx_cnnviz.report import describe, preprocessing_info
 
     m = load_model(model, device, input_name, output_name, input_size, max_nodes=max_nodes)
     info = describe(m, model)
+    info["model"] = abspath(model)
     info["device"] = m.device
+    try:
+        choice = choose_preprocessing(m, preprocess, mean, std, size, order, scale, input_size)
+        info["preprocessing_used"] = {"source": choice.source, "preset": choice.preset, "flags": list(choice.flags),
+                                      "settings": preprocessing_info(choice.preprocessing),
+                                      "description": choice.describe()}
+    except InputError as exc:  # a model that does not take 3-channel pictures
+        choice = None
+        info["preprocessing_used"] = {"source": None, "error": str(exc)}
+    names = resolve_labels(m, labels)
+    if list_classes:
+        if not names:
+            raise InputError(f"{Path(model).name} holds no class names in its metadata ('cnnviz.labels'); give them "
+                             "with --labels FILE (one name per line).")
+        info["classes"] = [{"index": i, "name": name} for i, name in enumerate(names)]
     if settings().json:
         emit_json(info)
         return
@@ -36,11 +63,15 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, a
     out(f"score        {score['tensor']}{skipped}, {info['num_classes']} classes")
     if info["static_batch"]:
         out("batch        the graph hard-codes batch 1: images run one at a time")
-    pre = info["preprocessing"]
-    out("preprocess   " + (", ".join(f"{k}={v}" for k, v in pre.items()) if pre else
-                           "not in the metadata (give --preprocess when explaining)"))
-    out("labels       " + (f"{info['labels']} class names in the metadata" if info["labels"] else
-                           "none in the metadata (give --labels FILE)"))
+    if choice is not None:
+        used = info["preprocessing_used"]["settings"]
+        out("preprocess   " + ", ".join(f"{k}={_value(v)}" for k, v in used.items()))
+        out(f"             {choice.describe()}")
+    else:
+        out(f"preprocess   not applicable: {info['preprocessing_used']['error']}")
+    source = f"from {labels}" if labels else "in the metadata"
+    out("labels       " + (f"{len(names)} class names {source}" + ("" if list_classes else " (--classes lists them)")
+                           if names else "none in the metadata (give --labels FILE)"))
     layers = info["layers"]
     shown = layers if all_layers or len(layers) <= 12 else layers[-12:]
     out(f"layers       {len(layers)} candidate feature maps" +
@@ -59,6 +90,18 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, a
         missing = f"no rule for {', '.join(grad['missing_rules'])}" if grad["missing_rules"] else ""
         out("gradients    NOT available: " + "; ".join(x for x in (missing, grad["error"]) if x))
         out("             (CAM, EigenCAM, Score-CAM and occlusion still work: they need no gradient)")
+    if list_classes:
+        out(f"classes      {len(names)}:")
+        for i, name in enumerate(names):
+            out(f"  {i:>{len(str(len(names) - 1))}}  {name}")
+
+
+def _value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
 
 
 def _dims(shape) -> str:

@@ -6,6 +6,7 @@ the results finished so far kept.
 """
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import sys
@@ -13,14 +14,20 @@ import traceback
 
 import click
 
+from onnx_cnnviz import jsonio
 from onnx_cnnviz.errors import CnnvizError
 
-from .common import EXIT_FAILURE, EXIT_INTERRUPTED, global_flags, settings
+from .common import EXIT_FAILURE, EXIT_INTERRUPTED, error_document, global_flags, settings
 
 
 def fail_line(exc: BaseException, resumable: bool = True) -> str:
     """The one-line cause printed for an error; ``resumable``: the failed command has --resume (a full disk then
     suggests it)."""
+    return "cnnviz: error: " + fail_text(exc, resumable)
+
+
+def fail_text(exc: BaseException, resumable: bool = True) -> str:
+    """The cause of an error in one line, without the ``cnnviz: error:`` prefix (the --json error message)."""
     if isinstance(exc, CnnvizError):
         text = str(exc)
     elif isinstance(exc, OSError):
@@ -33,11 +40,40 @@ def fail_line(exc: BaseException, resumable: bool = True) -> str:
             text += " (if this is an output path, choose a writable folder with --out)"
     else:
         text = f"internal error ({type(exc).__name__}: {exc}); run again with --debug for the traceback"
-    return "cnnviz: error: " + " ".join(text.split())
+    return " ".join(text.split())
+
+
+def _wants_json(ctx: click.Context | None, args=()) -> bool:
+    """--json was given: read by its callback, or (for an error while the command line is parsed) anywhere among
+    the arguments before ``--``."""
+    if ctx is not None and settings(ctx).json:
+        return True
+    if ctx is not None and ctx.find_root().meta.get("cnnviz.json"):
+        return True
+    args = list(args)
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+def _emit_error(exc: BaseException, message: str, exit_code: int) -> None:
+    click.echo(jsonio.dumps(error_document(exc, message, exit_code)))
 
 
 class CnnvizGroup(click.Group):
-    """A click group that maps errors to exit codes and one-line messages (for the console script and CliRunner)."""
+    """A click group that maps errors to exit codes and one-line messages (for the console script and CliRunner);
+    under --json an error is also one JSON document on stdout, ``{"error": {"type", "message", "exit_code"}}``,
+    usage errors (exit code 2) included."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        args = list(args)
+        wants_json = _wants_json(None, args)
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as exc:
+            if wants_json:
+                _emit_error(exc, exc.format_message(), exc.exit_code)
+            raise
+        ctx.meta["cnnviz.json"] = wants_json
+        return ctx
 
     def resolve_command(self, ctx: click.Context, args):
         name, command, rest = super().resolve_command(ctx, args)
@@ -47,7 +83,13 @@ class CnnvizGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException as exc:  # bad usage (2), or click's own failures (1)
+            if _wants_json(ctx):
+                _emit_error(exc, exc.format_message(), exc.exit_code)
+            raise
+        except click.exceptions.Abort:
             raise
         except BrokenPipeError:  # stdout closed early (| head): stop quietly, as a SIGPIPE would
             try:
@@ -55,15 +97,20 @@ class CnnvizGroup(click.Group):
             except (OSError, ValueError):
                 pass
             ctx.exit(141)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("cnnviz: interrupted", err=True)
+            if _wants_json(ctx):
+                _emit_error(exc, "interrupted", EXIT_INTERRUPTED)
             ctx.exit(EXIT_INTERRUPTED)
         except (CnnvizError, OSError, Exception) as exc:  # noqa: BLE001 - the CLI boundary
             if settings(ctx).debug or os.environ.get("CNNVIZ_DEBUG"):
                 traceback.print_exc(file=sys.stderr)
             command = ctx.meta.get("cnnviz.command")
             resumable = command is not None and any(p.name == "resume" for p in command.params)
-            click.echo(fail_line(exc, resumable), err=True)
+            text = fail_text(exc, resumable)
+            click.echo("cnnviz: error: " + text, err=True)
+            if _wants_json(ctx):
+                _emit_error(exc, text, EXIT_FAILURE)
             ctx.exit(EXIT_FAILURE)
 
 
@@ -83,7 +130,9 @@ def cli():
       cnnviz explain model.onnx photos/ --method gradcam,saliency --out out/
       cnnviz report model.onnx photos/*.jpg --out report/
 
-    Global flags (--quiet, --json, --debug) go before or after the command name.
+    Global flags (--quiet, --json, --debug) go before or after the command name. One flag name means one thing in
+    every command: --method (registry names), --target (a class index or name), --top-k (the K best classes),
+    --batch-size (images per run), --out (a folder, or the file of a one-file command).
     """
 
 
@@ -98,6 +147,10 @@ def _register():
     cli.add_command(convert.convert_group)
     for command in features.COMMANDS:
         cli.add_command(command)
+    # The other spelling of localize, accepted but not listed.
+    alias = copy.copy(features.localize_cmd)
+    alias.hidden = True
+    cli.add_command(alias, name="localise")
 
 
 _register()

@@ -1,7 +1,8 @@
 """PyTorch -> ONNX for explanation (installed as ``onnx_cnnviz.converters.torch``).
 
     from onnx_cnnviz.converters.torch import export
-    export("resnet18", "resnet18.onnx")                    # torchvision architecture, random weights
+    export("resnet18", "resnet18.onnx")                    # torchvision's pretrained weights, from the hub cache
+    export("resnet18", "r.onnx", random_weights=True)      # the architecture with random weights
     export(my_module, "mine.onnx", input_size=(160, 160), labels=["cat", "dog"])
 
 What it does to the module (on a copy; the caller's module is left as it was):
@@ -19,11 +20,15 @@ Exporters: ``dynamo=False`` (default) is the TorchScript exporter (``torch.onnx.
 ``dynamo=True`` uses ``torch.export`` + onnxscript (needs the ``onnxscript`` package) and writes opset 18 at least
 (the exporter has no lower-opset implementations; asking for less falls back to 18).
 
-Weights: a torchvision name gives ``weights=None`` (random initialisation, fixed by ``seed``) unless ``weights``
-names an enum value such as ``"ResNet18_Weights.IMAGENET1K_V1"`` (or ``"DEFAULT"``). Those weights are downloaded
-by torchvision on first use (into ``$TORCH_HOME``), so they need the network or an already filled cache; without
-either a :class:`~onnx_cnnviz.errors.ModelLoadError` says so. With weights, the class names and the ImageNet
-preprocessing of the weights' metadata are recorded.
+Weights: a torchvision name gets torchvision's pretrained weights, ``weights`` (an enum value such as
+``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``) or else the architecture's ``DEFAULT`` ones, read from
+torch's hub cache (``torch.hub.get_dir()/checkpoints``, i.e. ``$TORCH_HOME/hub/checkpoints``) only: nothing is ever
+downloaded. When the file is not there, or torchvision has no weights for the architecture, a
+:class:`~onnx_cnnviz.errors.ModelLoadError` says which file to put where. Random weights (fixed by ``seed``) only
+with ``random_weights=True``. With pretrained weights, the class names (``weights.meta["categories"]``) and the
+preprocessing of the weights' transforms are recorded. timm names follow the same rule (pretrained weights from the
+Hugging Face cache, offline). A missing torch, torchvision or timm is a
+:class:`~onnx_cnnviz.errors.MissingDependencyError` naming the pip command.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_cnnviz.errors import CnnvizError, InputError, ModelLoadError, RuntimeFailure
+from onnx_cnnviz.errors import CnnvizError, InputError, MissingDependencyError, ModelLoadError, RuntimeFailure
 
 from .metadata import set_metadata_props
 
@@ -45,19 +50,44 @@ DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 
 
-def resolve_module(spec, weights: str | None = None, seed: int = 0):
+def import_torch():
+    """``torch``, or a :class:`MissingDependencyError` with the install command."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("converting PyTorch models needs torch: pip install torch torchvision (or "
+                                     "'onnx-cnnviz[test]'), then run the command again.") from None
+    return torch
+
+
+def import_torchvision():
+    """``torchvision``, or a :class:`MissingDependencyError` with the install command."""
+    import_torch()
+    try:
+        import torchvision
+    except ImportError:
+        raise MissingDependencyError("torchvision model names need torchvision: pip install torchvision (the one "
+                                     "matching your torch).") from None
+    return torchvision
+
+
+def resolve_module(spec, weights: str | None = None, seed: int = 0, random_weights: bool = False):
     """A ``torch.nn.Module`` from ``spec``: a module (returned as is), a torchvision model name ("resnet18"),
     ``"torchvision:NAME"``, ``"timm:NAME"`` (needs timm), or ``"FILE.py:ATTR"`` / ``"package.module:ATTR"`` where
     ATTR is a module instance, a module class or a function returning a module (called without arguments).
 
-    Returns ``(module, info)`` with ``info`` holding ``labels`` and ``preprocessing`` when the weights know them.
+    Names get pretrained weights from the local caches only (see the module docstring), or random ones with
+    ``random_weights``. Returns ``(module, info)`` with ``info`` holding ``labels`` and ``preprocessing`` when the
+    weights know them, and ``weights`` (what was loaded, or "random weights").
     """
-    import torch
+    torch = import_torch()
 
     info: dict = {}
+    if weights is not None and random_weights:
+        raise InputError("give pretrained weights or random weights, not both (--weights or --random-weights).")
     if isinstance(spec, torch.nn.Module):
-        if weights is not None:
-            raise InputError("weights= only applies to a model given by name; load the weights into the module first.")
+        if weights is not None or random_weights:
+            raise InputError("weights only apply to a model given by name; load the weights into the module first.")
         return spec, info
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"expected a torch.nn.Module or a model name, got {spec!r}.")
@@ -65,21 +95,31 @@ def resolve_module(spec, weights: str | None = None, seed: int = 0):
     torch.manual_seed(seed)
     source, sep, rest = spec.partition(":")
     if sep and source == "timm":
-        return _timm(rest, weights), info
+        return _timm(rest, weights, random_weights, info), info
     if sep and source == "torchvision":
-        return _torchvision(rest, weights, info), info
+        return _torchvision(rest, weights, info, random_weights), info
     if sep and (source.endswith(".py") or "." in source or os.sep in source or "/" in source):
-        if weights is not None:
-            raise InputError("weights= only applies to torchvision / timm names.")
+        if weights is not None or random_weights:
+            raise InputError("weights (--weights, --random-weights) only apply to torchvision / timm names; a "
+                             "module from a file keeps the weights it has.")
         return _from_attribute(source, rest), info
     if sep:
         raise InputError(f"cannot read {spec!r}: write a torchvision name (resnet18), timm:NAME, FILE.py:ATTR or "
                          "package.module:ATTR.")
-    return _torchvision(spec, weights, info), info
+    return _torchvision(spec, weights, info, random_weights), info
 
 
-def _torchvision(name: str, weights: str | None, info: dict):
-    import torchvision
+def cached_checkpoint(weight_enum) -> Path:
+    """Where torchvision looks for the file of ``weight_enum`` before downloading it: ``torch.hub.get_dir()``
+    (``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``) / ``checkpoints`` / the file name of its URL."""
+    import torch
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weight_enum.url).path)
+
+
+def _torchvision(name: str, weights: str | None, info: dict, random_weights: bool = False):
+    torchvision = import_torchvision()
 
     available = torchvision.models.list_models()
     if name not in available:
@@ -90,34 +130,47 @@ def _torchvision(name: str, weights: str | None, info: dict):
         raise InputError(f"'{name}' is not a torchvision model.{hint} See torchvision.models.list_models(), or "
                          "give FILE.py:ATTR for your own module.")
     weight_enum = None
-    if weights is not None:
+    if not random_weights:
         try:
-            if weights.upper() == "DEFAULT":
-                weight_enum = torchvision.models.get_model_weights(name).DEFAULT
+            enum_class = torchvision.models.get_model_weights(name)
+        except (ValueError, KeyError, AttributeError):
+            enum_class = None
+        if enum_class is None or not list(enum_class):
+            raise ModelLoadError(f"torchvision has no pretrained weights for {name}; pass --random-weights "
+                                 "(random_weights=True) to export the architecture with random weights.")
+        try:
+            if weights is None or weights.upper() == "DEFAULT":
+                weight_enum = enum_class.DEFAULT
             else:
                 weight_enum = torchvision.models.get_weight(
-                    weights if "." in weights else f"{torchvision.models.get_model_weights(name).__name__}.{weights}")
+                    weights if "." in weights else f"{enum_class.__name__}.{weights}")
         except (ValueError, KeyError, AttributeError) as exc:
-            choices = ", ".join(w.name for w in torchvision.models.get_model_weights(name))
+            choices = ", ".join(w.name for w in enum_class)
             raise InputError(f"unknown weights {weights!r} for {name} ({exc}); choose one of: {choices}, "
-                             "or none for random weights.") from None
+                             "or --random-weights for random weights.") from None
+        checkpoint = cached_checkpoint(weight_enum)
+        if not checkpoint.is_file():
+            raise ModelLoadError(
+                f"the pretrained weights {weight_enum} of {name} are not on this machine, and nothing is "
+                f"downloaded: put the file {checkpoint.name} (from {weight_enum.url}) at {checkpoint} (torch's hub "
+                "cache; set TORCH_HOME to use another folder), or pass --random-weights to export random weights.")
     kwargs = {}
     if name in ("googlenet", "inception_v3") and weight_enum is None:
         kwargs = {"aux_logits": False, "init_weights": True}
     try:
         module = torchvision.models.get_model(name, weights=weight_enum, **kwargs)
-    except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file in the cache
         if weight_enum is None:
             raise
         raise ModelLoadError(
-            f"could not get the weights {weight_enum} ({type(exc).__name__}: {str(exc)[:160]}). torchvision "
-            "downloads them on first use, which needs the network (or the file already in $TORCH_HOME/hub/"
-            "checkpoints); export with random weights (no weights) to work offline.") from None
+            f"could not load the weights {weight_enum} from {cached_checkpoint(weight_enum)} "
+            f"({type(exc).__name__}: {str(exc)[:200]}); replace the file with the one from {weight_enum.url}, or "
+            "pass --random-weights.") from None
+    info["weights"] = "random weights" if weight_enum is None else str(weight_enum)
     if weight_enum is not None:
         meta = weight_enum.meta
         if meta.get("categories"):
             info["labels"] = list(meta["categories"])
-        info["weights"] = str(weight_enum)
         transforms = weight_enum.transforms()
         mean, std = getattr(transforms, "mean", None), getattr(transforms, "std", None)
         crop = getattr(transforms, "crop_size", None)
@@ -131,16 +184,29 @@ def _torchvision(name: str, weights: str | None, info: dict):
     return module
 
 
-def _timm(name: str, weights: str | None):
+def _timm(name: str, weights: str | None, random_weights: bool, info: dict):
     if importlib.util.find_spec("timm") is None:
-        raise InputError("timm models need the timm package: pip install timm.")
+        raise MissingDependencyError("timm models need the timm package: pip install timm.")
     import timm
 
+    if random_weights:
+        info["weights"] = "random weights"
+        return timm.create_model(name, pretrained=False)
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the cache only: nothing is downloaded
     try:
-        return timm.create_model(name, pretrained=bool(weights))
-    except (OSError, RuntimeError) as exc:
-        raise ModelLoadError(f"timm could not create {name!r} ({exc}); pretrained weights need the network.") \
-            from None
+        module = timm.create_model(name if weights in (None, "DEFAULT") else f"{name}.{weights}", pretrained=True)
+    except Exception as exc:  # noqa: BLE001 - timm and huggingface_hub raise many kinds
+        raise ModelLoadError(f"timm could not load the pretrained weights of {name!r} from the local Hugging Face "
+                             f"cache ({type(exc).__name__}: {str(exc)[:200]}), and nothing is downloaded: fill the "
+                             "cache (huggingface-cli download) or pass --random-weights.") from None
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
+    info["weights"] = f"timm pretrained {name}"
+    return module
 
 
 def _from_attribute(source: str, attr: str):
@@ -195,18 +261,19 @@ def prepare(module):
 def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPSET, dynamo: bool = False,
            weights: str | None = None, preprocessing=None, labels=None, channels: int = 3, seed: int = 0,
            input_name: str = "input", output_name: str = "logits", overwrite: bool = False, check: bool = True,
-           metadata: dict | None = None) -> Path:
+           metadata: dict | None = None, random_weights: bool = False) -> Path:
     """Export a classifier to ONNX at ``path`` (written atomically; an existing file is kept unless ``overwrite``).
 
     ``module_or_name``: see :func:`resolve_module`. ``input_size``: (H, W) (an int = square) of the example input;
-    the batch is dynamic, H and W are fixed by the TorchScript exporter and by dynamo. ``preprocessing``: a preset
+    the batch is dynamic, H and W are fixed by the TorchScript exporter and by dynamo. ``weights``,
+    ``random_weights``: for a name, see :func:`resolve_module`. ``preprocessing``: a preset
     name ("imagenet", "caffe", "none") or a :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata
     (default: the weights' own for named weights, else none recorded). ``labels``: class names (a list, or a text
     file, one per line) recorded as ``cnnviz.labels``. ``check``: compare onnxruntime with torch on a random batch.
     Returns the path.
     """
+    torch = import_torch()
     import onnx
-    import torch
 
     from onnx_cnnviz.image import get_preprocessing
     from onnx_cnnviz.report import LABELS_KEY, read_labels, write_atomic
@@ -219,7 +286,7 @@ def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPS
     hw = (int(input_size), int(input_size)) if np.ndim(input_size) == 0 else tuple(int(v) for v in input_size)
     if len(hw) != 2 or min(hw) < 1:
         raise InputError(f"input_size must be (H, W) or one int, got {input_size!r}.")
-    module, info = resolve_module(module_or_name, weights, seed)
+    module, info = resolve_module(module_or_name, weights, seed, random_weights)
     module = prepare(module)
     preprocessing = info.get("preprocessing") if preprocessing is None else get_preprocessing(preprocessing)
     if preprocessing is not None and preprocessing.size is not None:
@@ -230,7 +297,7 @@ def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPS
         labels = info.get("labels")
     if dynamo:
         if importlib.util.find_spec("onnxscript") is None:
-            raise InputError("the dynamo exporter needs the onnxscript package: pip install onnxscript.")
+            raise MissingDependencyError("the dynamo exporter needs the onnxscript package: pip install onnxscript.")
         opset = max(int(opset), DYNAMO_MIN_OPSET)
 
     x = torch.zeros(1, channels, *hw)
@@ -269,8 +336,7 @@ def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPS
     props["cnnviz.source"] = (f"torch {torch.__version__} "
                               f"{'dynamo' if dynamo else 'torchscript'} export of "
                               f"{module_or_name if isinstance(module_or_name, str) else type(module_or_name).__name__}"
-                              + (f" ({info['weights']})" if info.get("weights") else " (random weights)"
-                                 if isinstance(module_or_name, str) else ""))
+                              + (f" ({info['weights']})" if info.get("weights") else ""))
     props.update(metadata or {})
     set_metadata_props(model, props)
     onnx.checker.check_model(model)
@@ -331,4 +397,4 @@ def _check_outputs(module, model, channels, hw, input_name, rtol=1e-3, atol=1e-4
                              "use control flow or ops the exporter does not capture. Try the other exporter.")
 
 
-__all__ = ["export", "resolve_module", "prepare"]
+__all__ = ["export", "resolve_module", "prepare", "cached_checkpoint", "import_torch", "import_torchvision"]

@@ -247,28 +247,45 @@ def data_uri(image: np.ndarray) -> str:
 
 @dataclass
 class ImageEntry:
-    """What the report shows for one image."""
+    """What the report shows for one image.
+
+    ``top``: the predictions table's rows, best first. ``target``: the explained class given by the caller (--target)
+    as (class, name or None, score, probability, rank): its row is marked in the table, and added below it when the
+    class is not among ``top``. ``explained``: the classes explained, one row of panels each, in the same
+    (class, name, score, probability, rank) form (empty: the panels' own classes, in order). ``panels``: the method
+    results; a class-agnostic panel (class None) is shown in the first row.
+    """
     path: str
     view: np.ndarray  # uint8 RGB, the model's input view
     top: list  # [(class, name or None, score, probability)], best first
     # [(method name, class, picture uint8 RGB, parameters dict, colour scale of a signed result or None)]
     panels: list = field(default_factory=list)
     error: str | None = None
+    target: tuple | None = None  # (class, name or None, score, probability, rank)
+    explained: list = field(default_factory=list)  # [(class, name or None, score, probability, rank)]
 
 
 def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocessing: Preprocessing | None = None,
                 labels: list[str] | None = None, target: int | None = None, layer: str | None = None,
-                params: dict | None = None, top: int = 5, batch_size: int | None = None, progress=None,
-                title: str | None = None, model_name: str | None = None, errors: list | None = None) -> str:
+                params: dict | None = None, top: int | None = None, batch_size: int | None = None, progress=None,
+                title: str | None = None, model_name: str | None = None, errors: list | None = None, *,
+                predictions: int | None = None, top_k: int | None = None, step_progress=None) -> str:
     """Run ``methods`` on every image and return the HTML report (see :func:`render_report`).
 
     ``images``: paths (or anything :func:`~onnx_cnnviz.image.read_image` takes). ``preprocessing``: how to make the
     model input (default: the model's metadata, else the ImageNet preset). ``target``: explain this class for every
-    image (default: each image's top-1). ``progress``: a callable called with 1 after each image. An image that cannot
-    be read gets an error line in the report instead of pictures.
+    image (default: each image's top-1); its row in the predictions table is marked, and shown even when the class is
+    not among the predictions listed. ``top_k``: explain each image's K best classes instead, one row of method
+    panels per class. ``predictions``: the rows of the predictions table (``top``: its older name; default 5).
+    ``batch_size``: rows per onnxruntime run (default: the library's). ``progress``: a callable called with 1 after
+    each image. ``step_progress``: a callable ``step_progress(method, done, total)`` told the units of work of the
+    long-running methods inside an image (see :func:`registry.explain`). An image that cannot be read gets an error
+    line in the report instead of pictures.
     """
     from .image import PRESETS, preprocess
 
+    if target is not None and top_k is not None:
+        raise InputError("target and top_k exclude each other; give one.")
     names = [registry.get(n).name for n in methods]
     pre = preprocessing or Preprocessing.from_metadata(m.metadata) or PRESETS["imagenet"]
     pre = fit_preprocessing(m, pre)
@@ -279,7 +296,9 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
         registry.resolved_layer(m, n, layer)  # fail before any work on a bad layer
     if target is not None:
         m.targets_for(target, 1)
-    k = max(1, min(int(top), m.num_classes))
+    shown = predictions if predictions is not None else (top if top is not None else 5)
+    k = max(1, min(int(shown), m.num_classes))
+    rows = max(1, min(int(top_k), m.num_classes)) if top_k else 1
     entries = []
     for source in images:
         label = str(source)
@@ -293,26 +312,52 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
                 progress(1)
             continue
         view = deprocess(x[0], preset=pre)
-        scores = m.scores(x)[0]
+        scores = m.scores(x, batch_size=batch_size)[0]
         probs = probabilities(scores, m.softmax_skipped)
-        order = np.argsort(-scores, kind="stable")[:k]
-        entry = ImageEntry(label, view, [(int(c), labels[c] if labels else None, float(scores[c]), float(probs[c]))
-                                         for c in order])
-        t = int(order[0]) if target is None else int(target)
+        ranking = np.argsort(-scores, kind="stable")
+        rank_of = np.empty(len(ranking), dtype=np.int64)
+        rank_of[ranking] = np.arange(1, len(ranking) + 1)
+
+        def row(c):
+            c = int(c)
+            return (c, labels[c] if labels else None, float(scores[c]), float(probs[c]), int(rank_of[c]))
+
+        entry = ImageEntry(label, view, [row(c)[:4] for c in ranking[:k]])
+        classes = [int(target)] if target is not None else [int(c) for c in ranking[:rows]]
+        if target is not None:
+            entry.target = row(target)
+        entry.explained = [row(c) for c in classes]
+        results = {}
         for n in names:
             meth = registry.get(n)
-            result = registry.explain(m, n, x, np.array([t]), layer=layer, params=params, batch_size=batch_size)[0]
+            report_step = (lambda d, t, n=n: step_progress(n, d, t)) if step_progress else None
+            if meth.class_specific:
+                out = registry.explain(m, n, np.repeat(x, len(classes), axis=0), np.array(classes), layer=layer,
+                                       params=params, batch_size=batch_size, progress=report_step)
+            else:
+                out = registry.explain(m, n, x, np.array(classes[:1]), layer=layer, params=params,
+                                       batch_size=batch_size, progress=report_step)
             used = registry.parameters(meth, params)
             if meth.uses_layer:
                 used["layer"] = registry.resolved_layer(m, meth, layer)
-            entry.panels.append((n, t if meth.class_specific else None, picture(n, result, view, pre.order), used,
-                                 color_scale(n, result)))
+            results[n] = (out, used)
+        for r, c in enumerate(classes):
+            for n in names:
+                meth = registry.get(n)
+                out, used = results[n]
+                if not meth.class_specific and r > 0:
+                    continue  # one map for every class: shown once, in the first row
+                result = out[r] if meth.class_specific else out[0]
+                entry.panels.append((n, c if meth.class_specific else None, picture(n, result, view, pre.order),
+                                     used, color_scale(n, result)))
         entries.append(entry)
         if progress:
             progress(1)
     info = {"model": model_name, "input": f"{m.input_name} {tuple(m.input_shape)}",
             "score": m.score_name + (f" (before {m.softmax_skipped})" if m.softmax_skipped else ""),
-            "classes": m.num_classes, "device": m.device, "preprocessing": preprocessing_info(pre)}
+            "classes": m.num_classes, "device": m.device, "preprocessing": preprocessing_info(pre),
+            "target": None if target is None else int(target), "top_k": top_k if top_k else None,
+            "predictions": k}
     return render_report(entries, info, labels, title=title)
 
 
@@ -347,6 +392,10 @@ figcaption b{font-size:13px}
 table.top{border-collapse:collapse;font-size:12px;min-width:220px}
 table.top th,table.top td{padding:2px 6px;text-align:left;border-bottom:1px solid #eee}
 table.top td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.top tr.target td{background:#fff3c4;font-weight:600}
+table.top tr.gap td{color:#999;text-align:center;border-bottom:none}
+.mark{color:#a15c00;font-size:11px;margin-left:4px}
+.rowhead{font-size:13px;margin:12px 0 -4px;color:#333}
 .bar{display:inline-block;vertical-align:middle;background:#4a7bd0;height:8px;border-radius:2px;margin-right:6px}
 .error{color:#b00020;font-size:13px}
 .cbar{height:8px;border-radius:2px;margin-top:4px}
@@ -384,8 +433,10 @@ def _fmt_params(params: dict) -> str:
 def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | None = None,
                   title: str | None = None) -> str:
     """The HTML page for ``entries``: one section per image with its input view, the top predictions (class, name,
-    probability, score) and one figure per method with its class and parameters. Self-contained: pictures are
-    base64 PNG data URIs, styles inline, no external resource."""
+    probability, score; the row of the entry's ``target`` marked, and added below the others with its rank when the
+    class is not among them) and one figure per method with its class and parameters, one row of figures per
+    explained class (headed by its rank, class and probability when there are several). Self-contained: pictures
+    are base64 PNG data URIs, styles inline, no external resource."""
     esc = html.escape
     title = title or "cnnviz report" + (f" — {info['model']}" if info.get("model") else "")
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -417,26 +468,45 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
         out.append(f'<figure><img alt="input" src="{data_uri(entry.view)}"><figcaption><b>Input</b>'
                    f'<div class="params">{entry.view.shape[1]}x{entry.view.shape[0]} model view</div>'
                    "</figcaption></figure>")
+        target = entry.target[0] if entry.target else None
+
+        def prediction_row(rank, c, score, prob):
+            bar = f'<span class="bar" style="width:{max(1, round(60 * prob))}px"></span>'
+            marked = c == target
+            mark = '<span class="mark">&#9664; target</span>' if marked else ""
+            attr = ' class="target"' if marked else ""
+            return (f"<tr{attr}><td>{rank}</td><td>{esc(class_label(c))}{mark}</td>"
+                    f"<td class=\"num\">{bar}{prob:.3f}</td><td class=\"num\">{score:.2f}</td></tr>")
+
         rows = ["<table class=\"top\"><tr><th>#</th><th>class</th><th>p</th><th>score</th></tr>"]
         for rank, (c, name, score, prob) in enumerate(entry.top, 1):
-            bar = f'<span class="bar" style="width:{max(1, round(60 * prob))}px"></span>'
-            rows.append(f"<tr><td>{rank}</td><td>{esc(class_label(c))}</td><td class=\"num\">{bar}{prob:.3f}</td>"
-                        f"<td class=\"num\">{score:.2f}</td></tr>")
+            rows.append(prediction_row(rank, c, score, prob))
+        if entry.target and target not in [c for c, *_ in entry.top]:
+            c, name, score, prob, rank = entry.target
+            rows.append('<tr class="gap"><td colspan="4">&#8942;</td></tr>')
+            rows.append(prediction_row(rank, c, score, prob))
         rows.append("</table>")
         out.append("<div><b style=\"font-size:13px\">Top predictions</b>" + "".join(rows) + "</div>")
-        out.append("</div><div class=\"row\" style=\"margin-top:12px\">")
-        for name, c, pic, params, *scale in entry.panels:
-            meth = registry.METHODS.get(name)
-            caption = f"<b>{esc(meth.title if meth else name)}</b> · {esc(class_label(c))}"
-            if meth and meth.paper:
-                caption += f'<div style="color:#888">{esc(meth.paper)}</div>'
-            if params:
-                caption += f'<div class="params">{esc(_fmt_params(params))}</div>'
-            if scale and scale[0] is not None:
-                caption += _colour_bar(scale[0])
-            out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(pic)}"><figcaption>{caption}</figcaption>'
-                       "</figure>")
-        out.append("</div></section>")
+        out.append("</div>")
+        groups = _panel_rows(entry)
+        for explained, panels in groups:
+            if len(groups) > 1 and explained is not None:
+                c, name, score, prob, rank = explained
+                out.append(f'<div class="rowhead"><b>#{rank}</b> {esc(class_label(c))} · p={prob:.3f}</div>')
+            out.append("<div class=\"row\" style=\"margin-top:12px\">")
+            for name, c, pic, params, *scale in panels:
+                meth = registry.METHODS.get(name)
+                caption = f"<b>{esc(meth.title if meth else name)}</b> · {esc(class_label(c))}"
+                if meth and meth.paper:
+                    caption += f'<div style="color:#888">{esc(meth.paper)}</div>'
+                if params:
+                    caption += f'<div class="params">{esc(_fmt_params(params))}</div>'
+                if scale and scale[0] is not None:
+                    caption += _colour_bar(scale[0])
+                out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(pic)}"><figcaption>{caption}</figcaption>'
+                           "</figure>")
+            out.append("</div>")
+        out.append("</section>")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from . import __version__
     out.append(f"<footer>onnx_cnnviz {esc(__version__)} · {stamp} · unsigned maps: jet colormap over the input, "
@@ -446,6 +516,20 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
     out.append(f'<script type="application/json" id="cnnviz-data">{jsonio.dumps_for_html(info)}</script>')
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _panel_rows(entry: ImageEntry) -> list:
+    """[(explained class row or None, panels)]: one row of panels per explained class, in order; class-agnostic
+    panels (class None) in the first row. Without ``entry.explained``, the classes of the panels in order."""
+    classes = [row[0] for row in entry.explained]
+    if not classes:
+        classes = list(dict.fromkeys(c for _, c, *_ in entry.panels if c is not None)) or [None]
+    groups = {c: [] for c in classes}
+    for panel in entry.panels:
+        c = panel[1]
+        groups[c if c in groups else classes[0]].append(panel)
+    explained = {row[0]: row for row in entry.explained}
+    return [(explained.get(c), groups[c]) for c in classes]
 
 
 def write_report(path, html_text: str, overwrite: bool = False) -> Path:

@@ -128,9 +128,15 @@ def parameters(method, params: dict | None = None) -> dict:
 
 
 def explain(m: Model, method, x: np.ndarray, targets, layer: str | None = None, params: dict | None = None,
-            batch_size: int | None = None) -> np.ndarray:
+            batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Run ``method`` (a name or a :class:`Method`) on the batch ``x`` for ``targets``: its result as the library
-    returns it by default (one entry per image)."""
+    returns it by default (one entry per image).
+
+    ``progress``: a callable ``progress(done, total)``, passed on to the method's function when that takes a
+    ``progress`` keyword (the long-running ones: occlusion's windows, Score-CAM's masked images, SmoothGrad's
+    samples, integrated gradients' steps); methods without one run as they are and never call it."""
+    import inspect
+
     meth = get(method)
     kwargs = parameters(meth, params)
     for key in ("window", "stride"):
@@ -138,6 +144,13 @@ def explain(m: Model, method, x: np.ndarray, targets, layer: str | None = None, 
             kwargs[key] = tuple(kwargs[key])
     if meth.uses_layer:
         kwargs["layer"] = resolved_layer(m, meth, layer)
+    if progress is not None:
+        try:
+            takes = inspect.signature(meth.func).parameters.get("progress")
+        except (TypeError, ValueError):  # a builtin or C function: no signature to read
+            takes = None
+        if takes is not None and takes.kind in (takes.KEYWORD_ONLY, takes.POSITIONAL_OR_KEYWORD):
+            kwargs["progress"] = progress
     return meth.func(m, x, targets=targets, batch_size=batch_size, **kwargs)
 
 

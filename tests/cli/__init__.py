@@ -9,7 +9,8 @@ from tests.conftest import SHARED
 
 LABELS = SHARED / "models" / "imagenet_classes.txt"
 IMAGES = SHARED / "images"
-SQZ = ["--preprocess", "caffe", "--labels", LABELS]  # the SqueezeNet's preprocessing and class names
+SQZ_PREPROCESS = ["--preprocess", "caffe"]  # the SqueezeNet's preprocessing (the commands that name no class)
+SQZ = [*SQZ_PREPROCESS, "--labels", LABELS]  # the SqueezeNet's preprocessing and class names
 
 
 def invoke(*args, **kwargs):

@@ -19,7 +19,7 @@ import pytest
 
 from onnx_cnnviz.cli.main import main
 
-from . import LABELS, SQZ, chromium, invoke
+from . import LABELS, SQZ, SQZ_PREPROCESS, chromium, invoke
 
 REPO = Path(__file__).resolve().parents[2]
 CNNVIZ = REPO / ".venv" / "bin" / "cnnviz"
@@ -457,7 +457,7 @@ def test_report_html(squeezenet_path, images, tmp_path, browser):
     out = tmp_path / "rep"
     before = checksums(squeezenet_path, images)
     methods = "gradcam,gradcampp,saliency,guided,guided-gradcam,ixg"
-    result = invoke("report", squeezenet_path, images, "--out", out, "--methods", methods, *SQZ, "--json")
+    result = invoke("report", squeezenet_path, images, "--out", out, "--method", methods, *SQZ, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     page = Path(doc["report"])
@@ -482,7 +482,7 @@ def test_report_html(squeezenet_path, images, tmp_path, browser):
 
 def test_report_torchvision(resnet, images, tmp_path):
     result = invoke("report", resnet, images / "fish.png", "--out", tmp_path, "--name", "tv.html", "-m",
-                    "layercam,occlusion", "--window", "56", "--stride", "56", "--top", "3", "--quiet")
+                    "layercam,occlusion", "--window", "56", "--stride", "56", "--predictions", "3", "--quiet")
     assert result.exit_code == 0, result.output
     html = (tmp_path / "tv.html").read_text()
     assert html.count("<img") == 3 and "window=56x56" in html and "<td>3</td>" in html and "<td>4</td>" not in html
@@ -560,7 +560,8 @@ def test_convert_torch_name_and_api(tmp_path):
     from onnx_cnnviz.converters.torch import export
 
     out = tmp_path / "sq.onnx"
-    result = invoke("convert", "torch", "squeezenet1_1", "--out", out, "--input-size", "64", "--quiet")
+    result = invoke("convert", "torch", "squeezenet1_1", "--out", out, "--input-size", "64", "--random-weights",
+                    "--quiet")
     assert result.exit_code == 0, result.output
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert "random weights" in meta["cnnviz.source"] and "cnnviz.labels" not in meta
@@ -633,27 +634,27 @@ def test_main_returns_exit_codes(squeezenet_path, tmp_path, capsys):
 def test_feature_commands_squeezenet(squeezenet_path, images, tmp_path):
     out = tmp_path / "f"
     before = checksums(squeezenet_path, images)
-    result = invoke("filters", squeezenet_path, "--out", out / "filters.png", *SQZ, "--json")
+    result = invoke("filters", squeezenet_path, "--out", out / "filters.png", "--order", "BGR", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["size"][0] > 100 and (out / "filters.png").exists()
-    assert invoke("filters", squeezenet_path, "--out", out / "filters.png", *SQZ).exit_code == 1  # exists
+    assert invoke("filters", squeezenet_path, "--out", out / "filters.png", "--order", "BGR").exit_code == 1  # exists
 
-    doc = json.loads(invoke("activations", squeezenet_path, images, "--top", "8", "--out", out, *SQZ,
-                            "--json").stdout)
+    doc = json.loads(invoke("activations", squeezenet_path, images, "--top-channels", "8", "--out", out,
+                            *SQZ_PREPROCESS, "--json").stdout)
     assert len(doc["results"]) == 2 and len(doc["results"][0]["channels"]) == 8 and doc["layer"] == "conv10_2"
     assert np.load(out / "kitten_224.activations.npy").shape == (1000, 13, 13)
 
     doc = json.loads(invoke("patches", squeezenet_path, images, "--layer", "fire9/concat_1", "--channels", "0,7",
-                            "-k", "2", "--out", out / "patches.png", *SQZ, "--json").stdout)
+                            "--per-channel", "2", "--out", out / "patches.png", *SQZ_PREPROCESS, "--json").stdout)
     assert set(doc["patches"]) == {"0", "7"} and len(doc["patches"]["7"]) == 2 and doc["images"] == 2
     assert json.loads((out / "patches.json").read_text())["layer"] == "fire9/concat_1"
 
     doc = json.loads(invoke("embed", squeezenet_path, images, "--out", out, "--mosaic-size", "128", "--thumb", "32",
-                            *SQZ, "--json").stdout)
+                            *SQZ_PREPROCESS, "--json").stdout)
     assert np.load(out / "embeddings.npy").shape == (2, doc["dims"]) and (out / "mosaic.png").exists()
     assert doc["images"][0]["neighbours"] == [doc["images"][1]["image"]]
 
-    doc = json.loads(invoke("dream", squeezenet_path, "--class", "281", "--steps", "5", "--out", out / "d.png",
+    doc = json.loads(invoke("dream", squeezenet_path, "--target", "281", "--steps", "5", "--out", out / "d.png",
                             *SQZ, "--json").stdout)
     assert doc["class_name"] == "tabby" and len(doc["history"]) == 5 and doc["final"] > doc["history"][0]
     doc = json.loads(invoke("dream", squeezenet_path, "--layer", "fire9/concat_1", "--channel", "3", "--unit", "6,6",
@@ -662,10 +663,10 @@ def test_feature_commands_squeezenet(squeezenet_path, images, tmp_path):
     assert invoke("dream", squeezenet_path, "--out", out / "d3.png").exit_code == 2  # neither --class nor --channel
 
     doc = json.loads(invoke("invert", squeezenet_path, images / "kitten_224.png", "--layer", "fire5/concat_1",
-                            "--steps", "5", "--out", out / "inv.png", *SQZ, "--json").stdout)
+                            "--steps", "5", "--out", out / "inv.png", *SQZ_PREPROCESS, "--json").stdout)
     assert 0 < doc["relative_error"] < 1.5 and (out / "inv.png").exists()
 
-    result = invoke("localize", squeezenet_path, images, "--top", "2", "--out", out, *SQZ, "--json")
+    result = invoke("localize", squeezenet_path, images, "--top-k", "2", "--out", out, *SQZ, "--json")
     assert result.exit_code == 0, result.output
     records = {Path(r["image"]).name: r for r in json.loads(result.stdout)["results"]}
     kitten = records["kitten_224.png"]["boxes"]

@@ -175,13 +175,13 @@ def _command_writing_over(inputs: Path, tmp_path: Path, command: str):
         return ["embed", model, inputs, "--out", inputs], mosaic
     if command == "export-graph":
         return ["export-graph", model, "--out", model], model
-    if command == "filters":
-        return ["filters", model, "--labels", labels, "--out", inputs / "labels.txt"], labels
+    if command == "filters":  # filters reads no labels (it takes no --labels): its model is the input
+        return ["filters", model, "--out", model], model
     if command == "dream":
-        return ["dream", model, "--class", "1", "--out", model], model
-    if command == "activations":  # an output name hard-linked to the labels file
-        os.link(labels, inputs / "a.activations.npy")
-        return ["activations", model, a, "--labels", labels, "--out", inputs], labels
+        return ["dream", model, "--target", "1", "--out", model], model
+    if command == "activations":  # an output name hard-linked to an input (activations reads no labels)
+        os.link(model, inputs / "a.activations.npy")
+        return ["activations", model, a, "--out", inputs], model
     if command == "localize":  # an output name that is a symbolic link to the model
         (inputs / "a.boxes.json").symlink_to(model)
         return ["localize", model, a, "--out", inputs], model
@@ -511,7 +511,7 @@ def test_stride_larger_than_the_image_warns(inputs, tmp_path):
                     "--out", tmp_path / "o2")
     assert result.exit_code == 0 and "in width: one column of windows" in result.stderr
     result = invoke("occlusion", inputs / "model.onnx", inputs / "a.png", "--window", "4", "--stride", "4",
-                    "--out", tmp_path / "o3")
+                    "--preprocess", "imagenet", "--out", tmp_path / "o3")  # a preset given: no assumed-preset warning
     assert result.exit_code == 0 and "warning" not in result.stderr
     result = invoke("occlusion", inputs / "model.onnx", inputs / "a.png", "--window", "9", "--out", tmp_path / "o4")
     assert result.exit_code == 2 and "the occlusion window 9x9 is larger than the 8x8 model input" in result.stderr
@@ -551,7 +551,8 @@ def test_jfif_and_gif_in_a_folder_are_pictures(inputs, tmp_path):
         assert sorted(json.loads(result.stdout)["files"]) == [str(folder / "anim.gif"), str(folder / "photo.jfif")]
     for command in ("report", "embed", "patches"):
         out = tmp_path / command / ("p.png" if command == "patches" else "")
-        extra = ["-m", "cam"] if command == "report" else ["--channels", "0", "-k", "1"] if command == "patches" \
+        extra = ["-m", "cam"] if command == "report" else ["--channels", "0", "--per-channel", "1"] \
+            if command == "patches" \
             else ["--neighbours", "1"]
         result = invoke(command, inputs / "model.onnx", folder, "--out", out, "--json", *extra)
         assert result.exit_code == 0, (command, result.output)

@@ -82,7 +82,7 @@ def test_explain_records_it(toymap, squeezenet, squeezenet_path, images, tmp_pat
 
 
 def test_report_shows_it(toymap, squeezenet_path, images, tmp_path):
-    result = invoke("report", squeezenet_path, images / "fish.png", "--methods", "toymap", *SQZ, "--out", tmp_path,
+    result = invoke("report", squeezenet_path, images / "fish.png", "--method", "toymap", *SQZ, "--out", tmp_path,
                     "--json")
     assert result.exit_code == 0, result.output
     html = Path(json.loads(result.stdout)["report"]).read_text()
