@@ -11,13 +11,14 @@ import errno
 import os
 import sys
 import traceback
+import warnings
 
 import click
 
 from onnx_cnnviz import jsonio
 from onnx_cnnviz.errors import CnnvizError
 
-from .common import EXIT_FAILURE, EXIT_INTERRUPTED, error_document, global_flags, settings
+from .common import EXIT_FAILURE, EXIT_INTERRUPTED, error_document, global_flags, settings, warn
 
 
 def fail_line(exc: BaseException, resumable: bool = True) -> str:
@@ -58,6 +59,10 @@ def _emit_error(exc: BaseException, message: str, exit_code: int) -> None:
     click.echo(jsonio.dumps(error_document(exc, message, exit_code)))
 
 
+def _library_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    warn(str(message), once=str(message))
+
+
 class CnnvizGroup(click.Group):
     """A click group that maps errors to exit codes and one-line messages (for the console script and CliRunner);
     under --json an error is also one JSON document on stdout, ``{"error": {"type", "message", "exit_code"}}``,
@@ -82,7 +87,11 @@ class CnnvizGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # The library warns (no rectifier on the path, incremental occlusion unavailable, ...): show those
+                # as the CLI's own one-line warnings, once each, silenced by --quiet.
+                warnings.showwarning = _library_warning
+                return super().invoke(ctx)
         except click.exceptions.Exit:
             raise
         except click.ClickException as exc:  # bad usage (2), or click's own failures (1)

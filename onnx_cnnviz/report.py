@@ -32,6 +32,7 @@ from .image import (DIVERGING, Preprocessing, colorize, deprocess, gradient_imag
                     signed_to_unit)
 from .maps import minmax
 from .methods import registry
+from .methods.gradients import has_rectifiers, no_rectifier_note
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pictures of results
@@ -170,7 +171,8 @@ def describe(m, source=None) -> dict:
     from .graph.autodiff.rules import supported_ops
     from .graph.autodiff.engine import differentiable_path
 
-    original = graph_load.read_model(source) if source is not None else m.spec().model
+    # The model was already read under the caller's limits (max_nodes, tensor sizes): no second cap here.
+    original = graph_load.read_model(source, max_nodes=None) if source is not None else m.spec().model
     graph = original.graph
     inits = {t.name for t in graph.initializer}
 
@@ -212,11 +214,23 @@ def describe(m, source=None) -> dict:
         "default_layer": m.default_layer,
         "op_types": dict(sorted(Counter(n.op_type for n in graph.node).items())),
         "gradient_path": {"ops": dict(sorted(path_ops.items())), "missing_rules": missing,
-                          "ok": not missing and error is None, "error": error},
+                          "ok": not missing and error is None, "error": error,
+                          # False: guided backprop, deconvnet and Guided Grad-CAM equal the plain gradient here.
+                          "rectifiers": has_rectifiers(m)},
         "preprocessing": preprocessing_info(pre) if pre else None,
         "labels": len(labels) if labels else None,
         "metadata": {k: v for k, v in m.metadata.items() if k != LABELS_KEY},
     }
+
+
+def plain_gradient_notes(m, methods) -> list[str]:
+    """Notes for ``methods`` (registry names) that would silently equal the plain gradient on ``m``: guided
+    backprop, deconvnet and Guided Grad-CAM on a model with no rectifier on the gradient path."""
+    rules = {"guided": "guided", "deconvnet": "deconvnet", "guided-gradcam": "guided"}
+    wanted = [name for name in methods if name in rules]
+    if not wanted or has_rectifiers(m):
+        return []
+    return [f"{', '.join(wanted)}: {no_rectifier_note(rules[wanted[0]])}"]
 
 
 def preprocessing_info(pre: Preprocessing) -> dict:
@@ -357,7 +371,7 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
             "score": m.score_name + (f" (before {m.softmax_skipped})" if m.softmax_skipped else ""),
             "classes": m.num_classes, "device": m.device, "preprocessing": preprocessing_info(pre),
             "target": None if target is None else int(target), "top_k": top_k if top_k else None,
-            "predictions": k}
+            "predictions": k, "notes": plain_gradient_notes(m, names)}
     return render_report(entries, info, labels, title=title)
 
 
@@ -398,6 +412,7 @@ table.top tr.gap td{color:#999;text-align:center;border-bottom:none}
 .rowhead{font-size:13px;margin:12px 0 -4px;color:#333}
 .bar{display:inline-block;vertical-align:middle;background:#4a7bd0;height:8px;border-radius:2px;margin-right:6px}
 .error{color:#b00020;font-size:13px}
+.note{background:#fff8e1;border:1px solid #f0d890;border-radius:4px;padding:6px 10px;font-size:13px;margin-bottom:12px}
 .cbar{height:8px;border-radius:2px;margin-top:4px}
 .cbar-labels{display:flex;justify-content:space-between;color:#666;font-size:10px}
 footer{color:#888;font-size:11px;margin-top:24px}
@@ -452,6 +467,8 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
             f"{info.get('classes')} classes", f"device {esc(str(info.get('device', '')))}",
             "preprocessing <code>" + esc(_fmt_params({k: v for k, v in pre.items() if v is not None})) + "</code>"]
     out.append('<div class="meta">' + " · ".join(meta) + "</div>")
+    for note in info.get("notes") or ():
+        out.append(f'<div class="note">Note: {esc(note)}</div>')
 
     def class_label(c):
         if c is None:

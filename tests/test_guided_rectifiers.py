@@ -437,3 +437,27 @@ def test_relu6_network_guided_grad_cam_follows(relu6_net):
     for i in range(len(cam)):
         assert rel_err(res["ggc"][i], expected[i]) <= TOL
         assert rel_err(res["ggc"][i], res["ours"]["vanilla"][i] * cam[i]) > 0.1  # not the gradient times CAM
+
+
+def test_cli_and_report_say_when_guided_equals_the_plain_gradient(tmp_path):
+    """No rectifier on the path: `cnnviz explain --method guided` warns once on stderr (as a cnnviz warning, not a
+    Python traceback-style line), the report carries a note, and inspect's JSON says rectifiers: false."""
+    import json
+
+    from onnx_cnnviz import report
+    from tests.cli import invoke
+    from tests.tiny_models import save, write_png
+
+    model = save(small_classifier("Sigmoid"), tmp_path / "sig.onnx")
+    picture = write_png(tmp_path / "a.png", size=8)
+    result = invoke("explain", model, picture, "--method", "guided,deconvnet", "--preprocess", "imagenet", "--out",
+                    tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("cnnviz: warning: the model has no rectifier") == 2  # one per rule
+    with pytest.warns(UserWarning, match="no rectifier"):
+        html = report.make_report(cv.load(model), [picture], methods=("gradcam", "guided"))
+    assert 'class="note"' in html and "no rectifier" in html
+    shown = json.loads(invoke("inspect", model, "--json").stdout)
+    assert shown["gradient_path"]["rectifiers"] is False
+    relu = save(small_classifier("Relu"), tmp_path / "relu.onnx")
+    assert 'class="note"' not in report.make_report(cv.load(relu), [picture], methods=("guided",))
