@@ -264,3 +264,15 @@ def test_loading_and_describing_a_4096_square_model_stays_small(tmp_path):
     peak_mb = int(kib) / 1024
     print(f"peak RSS {peak_mb:.0f} MB")
     assert peak_mb < 600, f"loading and describing took {peak_mb:.0f} MB"
+
+
+def test_a_fifo_is_not_read_as_a_model(tmp_path):
+    """A named pipe given as the model would block onnx.load forever: refused before opening."""
+    import os
+
+    import onnx_cnnviz as cv
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(cv.ModelLoadError, match="FIFO"):
+        cv.load(str(fifo))

@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InputError, ModelLoadError, ModelStructureError
+from ..files import check_regular
 from .ops import node_attr
 from .subgraphs import fold_constant_ifs, node_inputs, subgraphs_of
 
@@ -88,6 +89,7 @@ def read_model(source, max_nodes: int | None = MAX_NODES,
         raise ModelLoadError(f"model file '{path}' does not exist.")
     if path.is_dir():
         raise ModelLoadError(f"'{path}' is a folder; give the path of the .onnx file inside it.")
+    check_regular(path, "model file", ModelLoadError)  # a FIFO would block, a device fill memory
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
