@@ -8,7 +8,7 @@ Gradients come from a backward graph of standard ONNX operators appended to the 
 """
 from .errors import (CnnvizError, InputError, MissingDependencyError, ModelLoadError, ModelStructureError,
                      NumericalError, RuntimeFailure, UnknownLayerError, UnsupportedOpError)
-from .graph.load import MAX_NODES
+from .graph.load import MAX_NODES, MAX_PIXELS
 from .graph.structure import Layer
 from .methods import registry
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, gradients, guided_grad_cam, hires_cam, input_x_gradient,
@@ -26,16 +26,21 @@ __version__ = "0.1.0"
 
 def load(source, device: str = "auto", input: str | None = None, output: str | None = None,
          batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
-         max_nodes: int | None = MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS) -> Model:
+         max_nodes: int | None = MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS,
+         max_pixels: int | None = MAX_PIXELS) -> Model:
     """Load an ONNX classifier (a path or an ``onnx.ModelProto``) for explanation.
 
     ``device``: "auto" | "cpu" | "cuda". ``input``/``output``: the image input and class-score output when the model
     has several. ``input_size``: (H, W) for models that accept any size (the layer list is computed at that size).
     ``max_nodes``: refuse graphs with more nodes than this (subgraphs included; ``None``: no limit).
     ``max_sessions``: onnxruntime sessions (and other cached graphs) the model keeps, least recently used dropped.
+    ``max_pixels``: refuse an image larger than this many pixels (H*W) — the model's declared input, ``input_size``
+    or an array given to a method — before any memory is spent on it (default 4096*4096; ``None``: no limit).
+    Tensors declaring more than 4 GiB, an opset newer than the installed onnx/onnxruntime, a graph out of
+    topological order with a cycle: :class:`ModelLoadError`.
     """
     return Model(source, device=device, input=input, output=output, batch_size=batch_size, threads=threads,
-                 input_size=input_size, max_nodes=max_nodes, max_sessions=max_sessions)
+                 input_size=input_size, max_nodes=max_nodes, max_sessions=max_sessions, max_pixels=max_pixels)
 
 
 __all__ = [

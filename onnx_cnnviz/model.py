@@ -22,7 +22,7 @@ from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_na
 from .graph.expose import expose
 from .graph.head import find_score
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
-                              upstream)
+                              upstream, without_other_inputs)
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SPATIAL = 224
@@ -32,6 +32,9 @@ DEFAULT_SPATIAL = 224
 DEFAULT_MAX_SESSIONS = 8
 #: Input sizes whose specialised graph (a copy of the model with shapes) a model keeps at most.
 MAX_SIZES = 4
+#: Memory the load-time batching check (batch 2 against batch 1, see ``Model._batches_correctly``) may take. Past it
+#: the check is skipped and images run one at a time, which is always correct: at such sizes batching gains little.
+PROBE_BUDGET_BYTES = 256 * 2 ** 20
 
 
 class LRUCache:
@@ -90,7 +93,15 @@ class Model:
 
     def __init__(self, source, device: str = "auto", input: str | None = None, output: str | None = None,
                  batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
-                 max_nodes: int | None = graph_load.MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS):
+                 max_nodes: int | None = graph_load.MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS,
+                 max_pixels: int | None = graph_load.MAX_PIXELS):
+        if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool)
+                                       or max_pixels < 1):
+            raise InputError(f"max_pixels must be a positive int or None, not {max_pixels!r}.")
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
+        if input_size is not None:
+            input_size = _size_pair(input_size)
+            self._check_pixels(input_size, f"input_size={input_size}", InputError)
         self.providers = runtime.providers_for(device)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
@@ -100,9 +111,12 @@ class Model:
         image = find_image_input(model, input)
         self.input_name = image.name
         self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
+        model = without_other_inputs(model, self.input_name, self.score_name)
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                 for d in image.type.tensor_type.shape.dim]
         self._static_hw = tuple(dims[2:]) if all(d is not None for d in dims[2:]) else None
+        if self._static_hw:
+            self._check_pixels(self._static_hw, "the model's declared input", ModelStructureError)
         self.channels = dims[1]
         self.static_batch = False
         # The as-exported graph is kept only when its batch was static: it is the fallback if rewriting fails.
@@ -114,8 +128,9 @@ class Model:
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE
         if input_size is not None and self._static_hw and tuple(input_size) != self._static_hw:
             raise InputError(f"input_size={tuple(input_size)} but the model fixes its input at {self._static_hw}.")
-        self._input_size = tuple(int(v) for v in input_size) if input_size is not None else None
+        self._input_size = input_size
         hw = self._static_hw or self._default_hw()
+        self._check_pixels(hw, f"the default input size {hw[0]}x{hw[1]}", ModelStructureError)
         if self.channels is None:
             raise ModelStructureError("the image input's channel count is not fixed in the model; re-export it with "
                                       "a static channel dimension.")
@@ -197,12 +212,30 @@ class Model:
                 f"{len(self._layers)} layers, default_layer={self._default_layer!r}, device={self.device!r})")
 
     # --- graphs ----------------------------------------------------------------------------------------------
+    def _check_pixels(self, hw, what: str, error=InputError) -> None:
+        """``error`` when ``hw``'s H*W is over :attr:`max_pixels`: checked before any graph is specialised or run at
+        that size, so a model (or an argument) declaring a huge image costs nothing."""
+        if self.max_pixels is None:
+            return
+        h, w = (int(v) for v in hw)
+        if h * w > self.max_pixels:
+            raise error(f"{what} is {h}x{w} = {h * w:,} pixels, more than max_pixels={self.max_pixels:,}; every "
+                        "feature map scales with it. If the size is intended, pass a larger limit: "
+                        "load(..., max_pixels=N) (or None for no limit).")
+
     def _default_hw(self) -> tuple:
         if self._input_size:
             return self._input_size
         size = self.metadata.get("cnnviz.input_size")
         if size:
-            h, w = (int(v) for v in size.split("x"))
+            try:
+                h, w = (int(v) for v in size.lower().split("x"))
+                if h < 1 or w < 1:
+                    raise ValueError
+            except ValueError:
+                raise ModelStructureError(
+                    f"the model's metadata 'cnnviz.input_size' is {size!r}, not HxW; give the size: "
+                    "load(..., input_size=(H, W)) or --input-size HxW.") from None
             return (h, w)
         return (DEFAULT_SPATIAL, DEFAULT_SPATIAL)
 
@@ -213,6 +246,9 @@ class Model:
     def _specialise(self, hw: tuple) -> _Specialised:
         model = copy.deepcopy(self._base if self.static_batch else self._batched)
         graph_load.set_input_shape_inplace(model, self.input_name, (self.channels, *hw))
+        # An If whose condition is shape arithmetic always takes one branch at this size: inline it, so that walks
+        # and the backward pass see plain nodes.
+        model = graph_shapes.fold_ifs_at_size(model, self.input_name, (self.channels, *hw))
         info = graph_shapes.infer(model)
         graph = model.graph
         on_path = downstream(graph, [self.input_name]) & upstream(graph, [self.score_name])
@@ -245,13 +281,26 @@ class Model:
 
     def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str):
         key = (tuple(hw), outputs, wrt, rule if wrt else None, target_mode if wrt else None)
-        return self._cache.get(key, lambda: runtime.Session(self.build_graph(hw, outputs, wrt, rule, target_mode),
-                                                             self.providers, self.threads))
+        return self._cache.get(key, lambda: self.new_session(self.build_graph(hw, outputs, wrt, rule, target_mode)))
+
+    def new_session(self, graph: onnx.ModelProto) -> runtime.Session:
+        """A new onnxruntime session over ``graph`` (a rewritten graph of this model) on the model's device and
+        threads, reading the large weights from the model's one shared copy instead of loading its own (see
+        :mod:`onnx_cnnviz.runtime`); ``graph`` need not be kept. Not cached: see :meth:`cached_session`."""
+        weights = self.__dict__.get("_shared_weights")
+        if weights is None:
+            weights = self._shared_weights = runtime.SharedWeights()
+        return runtime.Session(graph, self.providers, self.threads, weights=weights)
+
+    @property
+    def shared_weights(self) -> runtime.SharedWeights | None:
+        """The weights the model's sessions share (None before the first session)."""
+        return self.__dict__.get("_shared_weights")
 
     def cached_session(self, key: tuple, build) -> runtime.Session:
         """A session over the graph ``build()`` returns, built once per ``key`` for this model (methods that need
         their own rewritten graph, such as the occlusion prefix, use this)."""
-        return self.cached(("session",) + tuple(key), lambda: runtime.Session(build(), self.providers, self.threads))
+        return self.cached(("session",) + tuple(key), lambda: self.new_session(build()))
 
     def cached(self, key: tuple, build):
         """``build()``, computed once per ``key`` for this model (plans and sessions of methods' own graphs)."""
@@ -287,7 +336,7 @@ class Model:
             model = gg.model
             extra = [gg.gradients[w] for w in wrt] + ([gg.target_output] if gg.target_output else [])
         names = [self.score_name] + [o for o in outputs if o != self.score_name] + extra
-        return _keep_outputs(model, names, spec.info)
+        return _keep_outputs(model, names, spec.info, private=bool(wrt))
 
     # --- running ----------------------------------------------------------------------------------------------
     def check_input(self, x) -> np.ndarray:
@@ -309,6 +358,8 @@ class Model:
                              f"{x.shape[2]}x{x.shape[3]}; resize the images first (onnx_cnnviz.image.preprocess).")
         if x.shape[0] == 0:
             raise InputError("x holds no images (batch of 0).")
+        if not self._static_hw:
+            self._check_pixels(x.shape[2:], "each image of x", InputError)
         if not np.all(np.isfinite(x)):
             raise InputError("x contains NaN or Inf values; check the image loading and preprocessing.")
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -412,7 +463,7 @@ class Model:
             gg = append_gradients(spec.model, at, list(wrt), spec.info, rule_set=rule, seed="input",
                                   constants=spec.constants)
             names = [at] + [o for o in outputs if o != at] + [gg.gradients[w] for w in wrt]
-            return _keep_outputs(gg.model, names, spec.info)
+            return _keep_outputs(gg.model, names, spec.info, private=True)
 
         merged = self._run_batches(self.cached_session(key, build), x, batch_size, seed)
         return _checked(RunResult(scores=None, targets=None, outputs={o: merged[o] for o in (at,) + outputs},
@@ -425,9 +476,22 @@ class Model:
         resolve_layer(self._layers, name)  # raises UnknownLayerError with suggestions
 
     def _batches_correctly(self, hw) -> bool:
-        """Run batch 2 and batch 1 on the batch-dynamic graph; both must agree."""
+        """Run batch 2 and batch 1 on the batch-dynamic graph; both must agree.
+
+        The probe is the smallest that can tell (two images, float32, drawn as float32). When even that would take
+        more than :data:`PROBE_BUDGET_BYTES` (the input plus twice the largest feature map, at batch 2) the check is
+        skipped and False returned: images then run one at a time, always correct, and a model declaring a
+        4096x4096 input does not allocate gigabytes just to be loaded or inspected.
+        """
+        spec = self._spec(hw)
+        made = {o for node in spec.model.graph.node for o in node.output if o}
+        largest = max((int(np.prod(ti.shape[1:], dtype=np.float64)) for name, ti in spec.info.items()
+                       if name in made and ti.static and ti.shape), default=0)
+        pixels = self.channels * int(hw[0]) * int(hw[1])
+        if 2 * 4 * (pixels + 2 * largest) > PROBE_BUDGET_BYTES:
+            return False
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((2, self.channels, *hw)).astype(np.float32)
+        x = rng.standard_normal((2, self.channels, *hw), dtype=np.float32)
         try:
             session = runtime.Session(self.build_graph(hw), ["CPUExecutionProvider"], self.threads)
             both = session.run({self.input_name: x})[self.score_name]
@@ -458,10 +522,30 @@ def check_finite(values: np.ndarray, what: str, image: int | None = None) -> Non
         "preprocessing (mean, std, scale) and that the model runs correctly in onnxruntime.")
 
 
-def _keep_outputs(model: onnx.ModelProto, names, info) -> onnx.ModelProto:
-    """Like :func:`expose` but keeping the outputs the gradient pass declared (their shapes are known)."""
-    declared = {o.name: o for o in model.graph.output}
-    model = expose(model, [n for n in names if n not in declared], info)
+def _size_pair(size) -> tuple:
+    """``size`` as (H, W) positive ints; :class:`InputError` otherwise."""
+    try:
+        h, w = size
+        if any(isinstance(v, bool) or int(v) != v or int(v) < 1 for v in (h, w)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(f"input_size must be (H, W), two positive ints, got {size!r}.") from None
+    return (int(h), int(w))
+
+
+def _keep_outputs(model: onnx.ModelProto, names, info, private: bool = False) -> onnx.ModelProto:
+    """Like :func:`expose` but keeping the outputs the gradient pass declared (their shapes are known).
+
+    ``private``: ``model`` is a copy nobody else holds (a gradient graph just built), edited in place; otherwise it
+    is copied once. Either way no second copy of the weights is made: :func:`expose` only sees the outputs."""
+    outputs = onnx.ModelProto()
+    outputs.graph.output.extend(model.graph.output)  # copies, safe from the edits below
+    declared = {o.name: o for o in outputs.graph.output}
+    exposed = expose(outputs, [n for n in names if n not in declared], info)
+    if not private:
+        model = copy.deepcopy(model)
+    del model.graph.output[:]
+    model.graph.output.extend(exposed.graph.output)
     for name in names:
         if name in declared:
             model.graph.output.append(declared[name])

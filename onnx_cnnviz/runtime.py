@@ -3,19 +3,55 @@
 ``device="auto"`` uses CUDA only when a CUDA session can really be created (the provider library and its CUDA/cuDNN
 dependencies load and a GPU is present), and falls back to the CPU silently: onnxruntime-gpu prints a red error when
 asked for CUDA on a machine without it, so we check before asking.
+
+Sessions of one model share its weights (:class:`SharedWeights`, one per :class:`~onnx_cnnviz.Model`). Every rewritten
+graph reaches onnxruntime with its large float Conv / ConvTranspose / Gemm / MatMul weights (the original ones and those
+a rewrite derives, such as the backward pass's flipped kernels) replaced by empty external-data placeholders; the
+session gets them from the model's one copy through ``SessionOptions.add_external_initializers`` (what the graph
+optimisers read while the session is built, then dropped) and, on the CPU, ``SessionOptions.add_initializer`` (what the
+kernels read at run time, in place). Such sessions also run without weight pre-packing (a pre-packed weight is a private
+copy per session) and without a CPU memory arena (an arena keeps the peak of its session's largest run reserved until
+the session is dropped; without it the buffers of a run go back when it ends). The first session of a model costs its
+weights once, each further one only its own derived buffers: on VGG-16 (528 MB) five methods peak at 3.4 GB instead of
+11 GB (``benchmarks/memory_sessions.py``). The price: MatMul-heavy models (ConvNeXt) run up to ~20% slower at batch 1
+without pre-packing; convolutional ones about as fast; building a session is faster. ``CNNVIZ_SHARE_WEIGHTS=0`` (or
+``runtime.SHARE_WEIGHTS = False`` before the sessions are built) restores onnxruntime's defaults: one private copy of
+the weights per session. On CUDA the host copy is not kept, but each session still uploads its own device copy:
+onnxruntime's Python API takes shared initializers only over memory the caller owns, which it cannot allocate on a GPU.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
 import os
+import sys
+import threading
+import weakref
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
 from .errors import InputError, RuntimeFailure
 
 DEVICES = ("auto", "cpu", "cuda")
+
+#: Sessions built with a :class:`SharedWeights` share the weights it holds (set ``CNNVIZ_SHARE_WEIGHTS=0`` in the
+#: environment, or this to False, for one private copy of the weights per session, onnxruntime's default).
+SHARE_WEIGHTS = os.environ.get("CNNVIZ_SHARE_WEIGHTS", "1").strip().lower() not in ("0", "false", "no", "off")
+#: Initializers smaller than this stay inside each graph (biases, shape constants: nothing worth sharing).
+SHARED_MIN_BYTES = 16 * 1024
+#: The only places a shared initializer may be consumed: weight inputs of the ops below. onnxruntime's optimisers
+#: rewrite some other constants in place under their own name (the transpose optimiser transposes or reshapes an
+#: initializer feeding an element-wise op, say); a session would then read the original shared values under the
+#: rewritten name. Conv/Gemm/MatMul weights are only ever rewritten into new, differently named initializers (Conv+BN
+#: fusion, NCHWc reordering), so sharing them is safe.
+_WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
+#: Float weights only: half-precision and quantised weights go through layout rewrites (NHWC kernels) on some CPUs.
+_SHARED_TYPES = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.DOUBLE: np.dtype("<f8")}
+#: Where a shared initializer's placeholder says its data lie; never read (the data are handed over in memory), and if
+#: onnxruntime ever tried, the file's absence would fail the session, which is then built the plain way.
+_PLACEHOLDER = "cnnviz-shared-weight.bin"
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,10 +132,196 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class Session:
-    """One onnxruntime session over a (rewritten) graph."""
+class _Weight:
+    """One shared tensor: its bytes, a read-only array over them and the OrtValue over that array (no copies)."""
+    __slots__ = ("data", "array", "value", "__weakref__")
 
-    def __init__(self, model: onnx.ModelProto, providers: list[str], threads: int | None = None):
+    def __init__(self, data: bytes, dtype: np.dtype, dims):
+        import onnxruntime as ort
+
+        self.data = data
+        self.array = np.frombuffer(data, dtype=dtype).reshape(dims)
+        self.value = ort.OrtValue.ortvalue_from_numpy(self.array)
+
+
+class SharedWeights:
+    """The large weights of one model's graphs, each held once and handed to every session that uses it.
+
+    A tensor is found by its content (type, shape and bytes), not its name, so constants a rewrite derives from the
+    weights (the backward graph's flipped Conv kernels, say) are shared between every graph that holds them too. The
+    store keeps a tensor only as long as a session uses it (sessions hold their tensors; the store holds weak
+    references), so evicted sessions free what only they needed.
+    """
+
+    def __init__(self):
+        self._by_shape: dict[tuple, list] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tensor: TensorProto, dtype: np.dtype) -> _Weight | None:
+        """The shared copy of ``tensor``'s data (made on first sight), or None if its data cannot be read as
+        ``dtype``."""
+        dims = tuple(int(d) for d in tensor.dims)
+        size = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        data = tensor.raw_data
+        if not data:
+            from onnx import numpy_helper
+
+            data = numpy_helper.to_array(tensor).astype(dtype, copy=False).tobytes()
+        if len(data) != size:
+            return None
+        key = (int(tensor.data_type), dims)
+        with self._lock:
+            refs = self._by_shape.setdefault(key, [])
+            live = [r for r in refs if r() is not None]
+            refs[:] = live
+            for ref in live:
+                weight = ref()
+                if weight is not None and weight.data == data:  # memcmp: stops at the first difference
+                    return weight
+            weight = _Weight(data, dtype, dims)
+            refs.append(weakref.ref(weight))
+            return weight
+
+    def _live(self) -> list:
+        with self._lock:
+            return [w for refs in self._by_shape.values() for w in (r() for r in refs) if w is not None]
+
+    def __len__(self) -> int:
+        """How many tensors are held now."""
+        return len(self._live())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (each tensor counted once however many sessions use it)."""
+        return sum(len(w.data) for w in self._live())
+
+
+def _is_repeated(field) -> bool:
+    repeated = getattr(field, "is_repeated", None)
+    return repeated if repeated is not None else field.label == field.LABEL_REPEATED
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Copy every set field of protobuf message ``source`` into ``target`` except ``skip``."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if _is_repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _weight_slot_names(graph: onnx.GraphProto) -> set:
+    """Names consumed only as weight inputs of the ops in ``_WEIGHT_SLOTS`` (never by another op, a subgraph, as a
+    graph input or output)."""
+    good, bad = set(), set()
+
+    def visit(g: onnx.GraphProto, top: bool) -> None:
+        for node in g.node:
+            slots = _WEIGHT_SLOTS.get(node.op_type, ()) if top and node.domain in ("", "ai.onnx") else ()
+            for i, name in enumerate(node.input):
+                (good if i in slots else bad).add(name)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(sub, False)
+                    bad.update(o.name for o in sub.output)
+
+    visit(graph, True)
+    bad.update(i.name for i in graph.input)
+    bad.update(o.name for o in graph.output)
+    return good - bad
+
+
+def split_weights(model: onnx.ModelProto, weights: SharedWeights) -> tuple[bytes, dict]:
+    """``model`` serialised with its shareable weights replaced by external-data placeholders, and those weights
+    (name -> :class:`_Weight`) from ``weights``. ``model`` itself is left as it is."""
+    if sys.byteorder != "little":  # raw_data is little-endian; the arrays would need a byte swap
+        return model.SerializeToString(), {}
+    graph = model.graph
+    candidates = _weight_slot_names(graph)
+    shell = onnx.ModelProto()
+    _copy_fields(model, shell, "graph")
+    _copy_fields(graph, shell.graph, "initializer")
+    shared = {}
+    for tensor in graph.initializer:
+        dtype = _SHARED_TYPES.get(tensor.data_type)
+        weight = None
+        if (dtype is not None and tensor.name in candidates and tensor.data_location != TensorProto.EXTERNAL
+                and int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize >= SHARED_MIN_BYTES):
+            weight = weights.get(tensor, dtype)
+        if weight is None:
+            shell.graph.initializer.append(tensor)
+            continue
+        shared[tensor.name] = weight
+        placeholder = shell.graph.initializer.add()
+        placeholder.name = tensor.name
+        placeholder.data_type = tensor.data_type
+        placeholder.dims.extend(tensor.dims)
+        placeholder.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", _PLACEHOLDER), ("offset", "0"), ("length", str(len(weight.data)))):
+            entry = placeholder.external_data.add()
+            entry.key, entry.value = key, value
+    return shell.SerializeToString(), shared
+
+
+class Session:
+    """One onnxruntime session over a (rewritten) graph.
+
+    With ``weights`` (the model's :class:`SharedWeights`) the session takes its large weights from there instead of
+    loading a private copy (see the module's notes); ``model`` is not changed and need not be kept.
+    """
+
+    def __init__(self, model: onnx.ModelProto, providers: list[str], threads: int | None = None,
+                 weights: SharedWeights | None = None):
+        import onnxruntime as ort
+
+        self._session = None
+        self.shared: tuple = ()  # the shared weights this session reads: kept alive as long as the session
+        lean = weights is not None and SHARE_WEIGHTS
+        if lean and hasattr(ort.SessionOptions, "add_external_initializers"):
+            try:
+                payload, shared = split_weights(model, weights)
+            except Exception:
+                payload, shared = None, {}
+            if shared:
+                options = self._options(threads, lean)
+                names, values = list(shared), [w.value for w in shared.values()]
+                # What the optimisers read while the session is built (copied into its graph, then dropped) ...
+                options.add_external_initializers(names, values)
+                in_place = providers[0] == "CPUExecutionProvider"
+                if in_place:
+                    # ... and what the kernels read at run time, in place (the OrtValues must outlive the session).
+                    # On CUDA the kernels read device memory: onnxruntime's Python API only accepts OrtValues over
+                    # memory the caller owns, which it cannot allocate on a GPU, so each CUDA session uploads its own
+                    # device copy, as before, and keeps no host copy.
+                    options.add_session_config_entry("session.disable_prepacking", "1")
+                    for name, value in zip(names, values):
+                        options.add_initializer(name, value)
+                try:
+                    self._session = ort.InferenceSession(payload, options, providers=providers)
+                    if in_place:
+                        self.shared = tuple({id(w): w for w in shared.values()}.values())
+                except Exception:
+                    self._session = None  # built the plain way below: same graph, a private copy of the weights
+            del payload
+        if self._session is None:
+            try:
+                self._session = ort.InferenceSession(model.SerializeToString(), self._options(threads, lean),
+                                                     providers=providers)
+            except Exception as exc:
+                raise RuntimeFailure(f"onnxruntime could not load the rewritten graph: {str(exc)[:500]}") from None
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.providers = self._session.get_providers()
+
+    @staticmethod
+    def _options(threads: int | None, lean: bool = False):
+        """Session options; ``lean``: no CPU memory arena, so the buffers of a run go back to the system when it ends
+        instead of staying reserved by the session until it is dropped (with several sessions per model, each arena
+        would otherwise keep the peak of its own largest run)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -107,13 +329,14 @@ class Session:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        except Exception as exc:
-            raise RuntimeFailure(f"onnxruntime could not load the rewritten graph: {str(exc)[:500]}") from None
-        self.input_names = [i.name for i in self._session.get_inputs()]
-        self.output_names = [o.name for o in self._session.get_outputs()]
-        self.providers = self._session.get_providers()
+        if lean:
+            options.enable_cpu_mem_arena = False
+        return options
+
+    @property
+    def shared_bytes(self) -> int:
+        """Bytes of weights this session reads from its model's :class:`SharedWeights`."""
+        return sum(len(w.data) for w in self.shared)
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         names = outputs or self.output_names

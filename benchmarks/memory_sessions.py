@@ -1,0 +1,117 @@
+"""Peak memory of one process explaining with several methods: sessions of one model share its weights.
+
+    .venv/bin/python benchmarks/memory_sessions.py [--models vgg16 vgg11] [--size 224] [--images 1]
+
+Each model is a torchvision architecture with random weights (memory does not depend on their values), exported to
+ONNX once into a temporary folder. Then, in a fresh child process per setting, the library loads it and runs five
+methods on the same images, each building its own rewritten graph and onnxruntime session: Grad-CAM at the default
+layer, saliency, guided gradients, XGrad-CAM at another layer, and occlusion with a 112-pixel window (4 positions, to
+keep it quick). The child reports its peak resident memory (``ru_maxrss``) after loading, after the first method and
+after all five. "before" is ``CNNVIZ_SHARE_WEIGHTS=0`` (every session loads its own copy of the weights, onnxruntime's
+default), "after" the default (the model's sessions share one copy; see ``onnx_cnnviz.runtime``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The child: load, then five methods; prints one JSON line of peak KiB (and seconds) after each step.
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+import onnx_cnnviz as cv
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+path, images = sys.argv[1], int(sys.argv[2])
+report = {"import": peak()}
+start = time.perf_counter()
+m = cv.load(path, device="cpu")
+report["load"], report["load_s"] = peak(), round(time.perf_counter() - start, 1)
+c, h, w = m.input_shape
+x = np.random.default_rng(0).standard_normal((images, c, h, w)).astype(np.float32)
+names = [layer.name for layer in m.layers]
+other = names[max(0, names.index(m.default_layer) - 2)]
+steps = [("grad_cam", lambda: cv.grad_cam(m, x)),
+         ("saliency", lambda: cv.saliency(m, x)),
+         ("guided", lambda: cv.gradients(m, x, rule="guided")),
+         ("xgrad_cam", lambda: cv.xgrad_cam(m, x, layer=other)),
+         ("occlusion", lambda: cv.occlusion(m, x, window=(h // 2, w // 2), stride=(h // 2, w // 2)))]
+for name, step in steps:
+    start = time.perf_counter()
+    step()
+    report[name], report[name + "_s"] = peak(), round(time.perf_counter() - start, 1)
+report["one"], report["five"] = report["grad_cam"], report["occlusion"]
+with open("/proc/self/statm") as f:
+    report["resident_now"] = int(f.read().split()[1]) * resource.getpagesize() // 1024
+report["shared_weights_mib"] = round((m.shared_weights.nbytes if m.shared_weights else 0) / 2 ** 20, 1)
+print(json.dumps(report))
+"""
+
+
+def export(name: str, path: Path, size: int = 224) -> Path:
+    """torchvision ``name`` with random weights, exported like the tests do (TorchScript exporter, opset 17, dynamic
+    batch)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    return path
+
+
+def measure(path, share: bool = True, images: int = 1, timeout: float = 900) -> dict:
+    """Run the five methods on ``path`` in a child process; peak KiB after load / one method / five methods."""
+    env = dict(os.environ, CNNVIZ_SHARE_WEIGHTS="1" if share else "0")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(images)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the measuring child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def gib(kib: int) -> str:
+    return f"{kib / 2 ** 20:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg16"], help="torchvision architectures")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=1, help="images per method call")
+    parser.add_argument("--settings", nargs="+", choices=("before", "after"), default=["before", "after"])
+    args = parser.parse_args()
+    print(f"peak resident memory (GiB) of a child process: load, then 5 methods on {args.images} image(s) "
+          f"at {args.size}x{args.size}")
+    header = ("model", "file MB", "setting", "load", "1 method", "5 methods", "5 / 1", "resident after", "shared MB")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            path = export(name, Path(tmp) / f"{name}.onnx", args.size)
+            size_mb = path.stat().st_size / 1e6
+            for setting in args.settings:
+                r = measure(path, share=setting == "after", images=args.images)
+                print(f"| {name} | {size_mb:.0f} | {setting} | {gib(r['load'])} | {gib(r['one'])} | "
+                      f"{gib(r['five'])} | {r['five'] / r['one']:.2f} | {gib(r['resident_now'])} | "
+                      f"{r['shared_weights_mib']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
