@@ -113,7 +113,7 @@ def activations_cmd(ctx, images, layer, top, scale_by, tile, recursive, out_dir,
 @click.command("patches")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
-@layer_option("Feature map (default: the default layer).")
+@layer_option("Feature map (default: the deepest layer whose receptive field is at most half the image).")
 @click.option("--channels", default=None, help="Channels to show, comma-separated (default: the first 16).")
 @shared_option("--per-channel", "-k", "k", type=click.IntRange(min=1), default=9, show_default=True, aliases=("-k",),
                help="Patches per channel.")
@@ -143,7 +143,7 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
         except ValueError:
             raise click.BadParameter(f"{channels!r}: give channel numbers such as 0,5,12.", param_hint="--channels")
     else:
-        name = layer_name(m, layer)
+        name = layer_name(m, layer) if layer else features.mid_layer(m)
         chosen = list(range(min(16, m.layer(name).shape[1])))
     result = features.top_patches(m, [str(p) for p in paths], layer=layer, channels=chosen, k=k, preprocess=pre,
                                   guided=guided, batch_size=batch_size)
@@ -274,7 +274,7 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
 @click.command("invert")
 @click.argument("model", type=click.Path())
 @click.argument("image", type=click.Path())
-@layer_option("Whose code is inverted (default: the default layer).")
+@layer_option("Whose code is inverted (default: the deepest layer whose receptive field is at most half the image).")
 @_optim_options
 @click.option("--tv", "lambda_tv", type=click.FloatRange(min=0), default=None, help="Total-variation weight.")
 @out_picture_option("invert")
@@ -291,11 +291,11 @@ def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrit
     check_outputs([out_path], overwrite, _inputs(kw, image))
     m, pre = model_and_preprocessing(ctx, kw)
     x = _one_input(image, pre)
-    name = layer_name(m, layer)
+    name = layer_name(m, layer) if layer else None  # None: the library's choice (a mid-level layer)
     extra = {k: v for k, v in {"lr": lr, "lambda_tv": lambda_tv}.items() if v is not None}
     result = optimise.invert(m, x, name, steps=steps, seed=seed, preprocess=pre, **extra)
     _save_png(out_path, result.image, overwrite)
-    finish({"model": abspath(kw["model"]), "image": abspath(image), "layer": name, "out": abspath(out_path),
+    finish({"model": abspath(kw["model"]), "image": abspath(image), "layer": result.layer, "out": abspath(out_path),
             "steps": steps,
             "relative_error": result.final},
            f"wrote {out_path} (relative code error {result.history[0]:.3f} -> {result.final:.3f})")

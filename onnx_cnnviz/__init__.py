@@ -13,7 +13,7 @@ from .graph.structure import Layer
 from .methods import registry
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, gradients, guided_grad_cam, hires_cam, input_x_gradient,
                       integrated_gradients, layer_cam, occlusion, saliency, score_cam, smoothgrad, top_k, xgrad_cam)
-from .methods.features import (activations, embeddings, filters, mosaic, nearest_neighbours, project_2d,
+from .methods.features import (activations, embeddings, filters, mid_layer, mosaic, nearest_neighbours, project_2d,
                                scatter_plot, top_patches)
 from .methods.localise import iou, localise
 from .methods.optimise import class_model, invert, neuron_model
@@ -51,7 +51,7 @@ __all__ = [
     "cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
     "guided_grad_cam", "top_k", "registry",
     # looking inside the network
-    "filters", "activations", "top_patches", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
+    "filters", "activations", "top_patches", "mid_layer", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
     "scatter_plot", "localise", "iou", "class_model", "neuron_model", "invert",
     # errors
     "CnnvizError", "InputError", "MissingDependencyError", "ModelLoadError", "ModelStructureError", "NumericalError", "RuntimeFailure",

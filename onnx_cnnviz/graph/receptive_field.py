@@ -17,7 +17,10 @@ Ops that keep the grid (ReLU, BatchNorm, Add, Mul, Concat over channels, ...) ta
 inputs' fields (``s' = min s``, ``end' = max end``): where paths merge (a residual Add, an Inception Concat) a unit sees
 everything any path sees. An input broadcast over space (the 1x1 gate of a squeeze-and-excitation block) is not a
 spatial path and is left out: it modulates a unit but does not localise it. Global pooling makes one unit seeing the
-whole input map. Ops that resample (Resize, ConvTranspose, DepthToSpace, ...) or move the spatial axes give an
+whole input map. A Pad node moves the start by its begin amounts, ``s' = s - p * j``, read from its attribute, an
+initializer, or a value computed from shapes at run time and constant once the input size is fixed (TF-style "same"
+padding, as EfficientNet's ``static_padding`` exports it; :func:`compute_receptive_fields`'s ``constants``). Ops that
+resample (Resize, ConvTranspose, DepthToSpace, ...) or move the spatial axes give an
 "unknown" field; asking for such a tensor raises an error naming the op.
 
 Convention: ``size`` counts the pixels of the *theoretical* field (including the padding it may reach into); boxes
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -70,6 +74,25 @@ class ReceptiveField:
         return (int(x0), int(y0), int(x1), int(y1))
 
 
+class _Values:
+    """Known values by name: initializers (converted on first use) and run-time constants."""
+
+    def __init__(self, initializers, constants=None):
+        self._protos = {t.name: t for t in initializers}
+        self._arrays = dict(constants or {})
+
+    def __contains__(self, name) -> bool:
+        return name in self._arrays or name in self._protos
+
+    def __getitem__(self, name):
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self._protos[name])
+        return np.asarray(self._arrays[name])
+
+    def shape(self, name) -> tuple:
+        return tuple(self._protos[name].dims) if name in self._protos else np.shape(self._arrays[name])
+
+
 @dataclass(frozen=True)
 class _Axis:
     r: int
@@ -97,13 +120,17 @@ def _spatial(info, name):
     return tuple(int(d) for d in ti.shape[2:])
 
 
-def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict) -> dict:
+def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict, constants: dict | None = None
+                              ) -> dict:
     """Walk the graph once; returns ``{tensor: ((axis_y, axis_x) | reason_str)}`` for every spatial tensor reached.
 
     ``info`` holds static shapes (``Model.spec(hw).info``); an entry that is a string says why the field is unknown.
+    ``constants``: integer tensors computed at run time whose values are fixed once the input size is
+    (``Model.spec(hw).constants``), such as the Pad amounts TF-style "same" padding computes from ``Shape`` arithmetic
+    (EfficientNet's ``static_padding``); without them such a Pad leaves its field unknown.
     """
     graph = model.graph
-    values = {t.name: t for t in graph.initializer}
+    values = _Values(graph.initializer, constants)
     in_hw = _spatial(info, input_name)
     if in_hw is None:
         raise ModelStructureError(f"the input '{input_name}' has no static (N, C, H, W) shape.")
@@ -130,7 +157,7 @@ def _node_field(node, out_hw, fields, info, values):
     if op in SLIDING_WINDOWS and src in fields:
         if op in ("Conv", "ConvInteger", "QLinearConv"):
             weight = node.input[3] if op == "QLinearConv" else node.input[1]
-            wshape = info[weight].shape if weight in info and info[weight].shape else values[weight].dims
+            wshape = info[weight].shape if weight in info and info[weight].shape else values.shape(weight)
             kernel = list(node_attr(node, "kernel_shape", list(wshape)[2:]))
         else:
             kernel = list(node_attr(node, "kernel_shape"))
@@ -144,12 +171,10 @@ def _node_field(node, out_hw, fields, info, values):
         in_hw = _spatial(info, src)
         return tuple(_Axis(f.r + (n - 1) * f.j, f.j, f.s) for f, n in zip(fields[src], in_hw))
     if op == "Pad" and src in fields:
-        pads = node_attr(node, "pads")
-        if pads is None and len(node.input) > 1 and node.input[1] in values:
-            pads = numpy_helper.to_array(values[node.input[1]]).tolist()
-        if pads is None or len(pads) != 8:
-            return f"the Pad node '{node.name}' has pads computed at run time"
-        return tuple(_Axis(f.r, f.j, f.s - int(pads[2 + a]) * f.j) for a, f in enumerate(fields[src]))
+        begins = _pad_begins(node, values)
+        if begins is None:
+            return f"the Pad node '{node.name}' has pads computed at run time from the image's values"
+        return tuple(_Axis(f.r, f.j, f.s - int(begins[a]) * f.j) for a, f in enumerate(fields[src]))
     # Everything else keeps the grid when its spatial inputs share the output's size (elementwise ops, BatchNorm,
     # Concat over channels, ...): union over those inputs, leaving out inputs broadcast over space.
     spatial_inputs = [n for n in node.input if n in fields]
@@ -166,6 +191,27 @@ def _node_field(node, out_hw, fields, info, values):
             return f"node '{node.name or node.output[0]}' ({op}) merges paths with different strides"
         axes.append(merged)
     return tuple(axes)
+
+
+def _pad_begins(node, values):
+    """The (y, x) begin padding of a Pad node on an (N, C, H, W) tensor: from the ``pads`` attribute (opset < 11) or
+    the ``pads`` input (an initializer or a run-time constant), with the optional ``axes`` input (opset 18); None when
+    the amounts are not known before running the graph."""
+    pads = node_attr(node, "pads")
+    axes = None
+    if pads is None:
+        if len(node.input) < 2 or node.input[1] not in values:
+            return None
+        pads = [int(v) for v in values[node.input[1]].ravel()]
+        if len(node.input) > 3 and node.input[3]:
+            if node.input[3] not in values:
+                return None
+            axes = [int(v) % 4 for v in values[node.input[3]].ravel()]
+    axes = axes if axes is not None else list(range(len(pads) // 2))
+    if len(pads) != 2 * len(axes):
+        return None
+    begin = dict(zip(axes, pads[:len(axes)]))
+    return begin.get(2, 0), begin.get(3, 0)
 
 
 def layer_field(fields: dict, info: dict, input_name: str, name: str) -> ReceptiveField:

@@ -269,6 +269,41 @@ class TopPatches:
         return im.grid(tiles, ncols=per_row, pad=2, bg=255, tile_size=(tile, tile))
 
 
+#: The largest receptive field, as a fraction of the input's smaller side, of :func:`mid_layer`'s default choice.
+MID_LAYER_FIELD = 0.5
+
+
+def mid_layer(m: Model, max_field: float = MID_LAYER_FIELD) -> str:
+    """The deepest layer whose units see a part of the image: the last of :attr:`Model.layers` (input-to-output
+    order) whose receptive field is at most ``max_field`` of the input's smaller side. The default layer of
+    :func:`top_patches` and :func:`onnx_cnnviz.methods.optimise.invert`.
+
+    :attr:`Model.default_layer` (the last spatial map, the CAM layer) sees the whole image on modern networks
+    (EfficientNet-Lite0's last map: 851 px on a 224-pixel input; SqueezeNet 1.1's conv10: 207 px), so its "patches" are
+    whole images and its inversion is colour noise. Here: EfficientNet-Lite0 ``/_blocks.6/_swish/Clip_output_0``
+    (14x14, 83 px), SqueezeNet 1.1 ``fire7/expand1x1_2`` (13x13, 111 px). Pad outputs and 1x1 maps are skipped;
+    layers whose field is not defined (a resampling op on the way) are skipped; :attr:`Model.default_layer` when no
+    layer qualifies.
+    """
+    def choose():
+        spec = m.spec()
+        in_hw = spec.info[m.input_name].shape[2:]
+        limit = float(max_field) * min(int(d) for d in in_hw)
+        best = None
+        for layer in m.layers:
+            if layer.op_type == "Pad" or (layer.shape[2] or 0) * (layer.shape[3] or 0) <= 1:
+                continue
+            try:
+                rf = receptive_field(m, layer.name)
+            except ModelStructureError:
+                continue
+            if max(rf.size) <= limit:
+                best = layer.name
+        return best or m.layer_name(None)
+
+    return m.cached(("mid_layer", float(max_field)), choose)
+
+
 def top_patches(m: Model, images, layer=None, channels=None, k: int = 9, preprocess=None, guided: bool = False,
                 batch_size: int | None = None, crops: bool = True) -> TopPatches:
     """The ``k`` images that activate each channel of ``layer`` most, and the patch under each maximum.
@@ -276,10 +311,12 @@ def top_patches(m: Model, images, layer=None, channels=None, k: int = 9, preproc
     For every image ``n`` and channel ``c`` the score is ``max_ij A[n, c, i, j]`` (Girshick et al. 2014 rank pool5
     units this way); the ``k`` best images per channel are kept while streaming batches. The patch is the receptive
     field of the arg-max unit (:func:`onnx_cnnviz.methods.receptive_field.receptive_field`), clipped to the image.
+    ``layer=None``: :func:`mid_layer`, the deepest layer whose field is at most half the image (the last map before
+    global pooling sees the whole image on most modern networks, so every patch would be the whole picture).
     ``guided=True`` adds guided backpropagation of that unit, ``dA[c, i, j] / dx`` with the guided ReLU rule, cropped
     to the same box (Springenberg et al. 2015). Images are read twice: once to rank, once for the kept ones.
     """
-    name = m.layer_name(layer)
+    name = mid_layer(m) if layer is None else m.layer_name(layer)
     prep = preprocessing_for(m, preprocess)
     shape = None
     best_val = best_idx = best_unit = None

@@ -17,7 +17,8 @@ def receptive_field(m: Model, layer, hw=None) -> ReceptiveField:
     spec = m.spec(hw)
     input_hw = tuple(spec.info[m.input_name].shape[2:])
     fields = m.cached(("receptive_fields", input_hw),
-                      lambda: compute_receptive_fields(spec.model, m.input_name, spec.info))
+                      lambda: compute_receptive_fields(spec.model, m.input_name, spec.info,
+                                                       spec.constants))
     name = getattr(layer, "name", layer)
     if name not in fields and name not in spec.info:
         m.layer(name)  # raises UnknownLayerError with suggestions

@@ -159,3 +159,49 @@ def test_resampling_is_reported():
     assert receptive_field(m, "c1").size == (3, 3)
     with pytest.raises(ModelStructureError, match="Resize"):
         receptive_field(m, "r")
+
+
+def _runtime_pad_model(opset: int, axes: bool):
+    """conv1 (3x3, no padding) -> Pad whose amounts come from Shape arithmetic, as TF-style "same" padding is exported
+    (EfficientNet's ``static_padding``): begin = h mod 4 = 2 (on 30 rows), end = h mod 7 = 2 -> conv2 (3x3,
+    stride 2)."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(np.abs(rng.standard_normal((4, 1, 3, 3))).astype(np.float32) + 0.1, "w1")
+    w2 = numpy_helper.from_array(np.abs(rng.standard_normal((4, 4, 3, 3))).astype(np.float32) + 0.1, "w2")
+    wf = numpy_helper.from_array(rng.standard_normal((2, 4)).astype(np.float32), "wf")
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              [("i2", [2]), ("i4", [4]), ("four", [4, 4]), ("seven", [7, 7]), ("zeros", [0, 0]), ("axes", [2, 3])]]
+    pads = (["begin", "end"] if axes else ["zeros", "begin", "zeros", "end"])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Shape", ["c1"], ["shape"]),
+        helper.make_node("Slice", ["shape", "i2", "i4"], ["hw"]),
+        helper.make_node("Mod", ["hw", "four"], ["begin"]),
+        helper.make_node("Mod", ["hw", "seven"], ["end"]),
+        helper.make_node("Concat", pads, ["pads"], axis=0),
+        helper.make_node("Pad", ["c1", "pads", "", "axes"] if axes else ["c1", "pads"], ["p1"]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wf"], ["scores"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 32, 32])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 2])], initializer=[w1, w2, wf, *consts])
+    return cv.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8))
+
+
+@pytest.mark.parametrize("opset,axes", [(17, False), (18, True)])
+def test_pad_amounts_computed_at_run_time(opset, axes):
+    """A Pad whose amounts are Shape arithmetic (constant once the input size is fixed, ``Model.spec().constants``)
+    has a known field, equal to the gradient support; before, the field was refused ("pads computed at run time")."""
+    m = _runtime_pad_model(opset, axes)
+    assert list(m.spec().constants["pads"]) == ([2, 2, 2, 2] if axes else [0, 0, 2, 2, 0, 0, 2, 2])
+    rf = receptive_field(m, "c2")
+    # conv1: r 3, j 1, s 0; Pad: 2 rows / columns before -> s -2; conv2 (k3 s2): r 5, j 2
+    assert rf.size == (5, 5) and rf.jump == (2, 2) and rf.start == (-2, -2) and rf.layer_hw == (16, 16)
+    x = np.abs(np.random.default_rng(1).standard_normal((1, 1, 32, 32))).astype(np.float32)
+    for i, j in [(3, 4), (8, 8), (14, 2)]:
+        assert _gradient_support(m, "c2", 0, i, j, x) == rf.box(i, j)
+    _assert_inside(_gradient_support(m, "c2", 0, 0, 0, x), rf.box(0, 0))
+
