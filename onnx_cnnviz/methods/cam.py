@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import InputError, ModelStructureError
 from ..graph.head import CamHead
 from ..graph.head import cam_head as graph_cam_head
-from ..maps import normalize_maps, normalize_signed, upsample_maps
+from ..maps import finish_maps, normalize_maps, normalize_signed
 from ..model import Model
 from .attribution import auto_batch_size
 from .gradients import gradients
@@ -131,11 +131,7 @@ def _finish(raw_maps: list, hw: tuple, upsample: bool, normalize: bool, relu: bo
         r = np.asarray(raw, dtype=np.float32)
         if relu:
             r = np.maximum(r, 0)
-        if normalize:
-            r = normalize_maps(r)
-        if upsample:
-            r = upsample_maps(r, hw)
-        maps.append(r)
+        maps.append(finish_maps(r, hw, upsample, normalize))
     if len({mp.shape for mp in maps}) > 1:
         raise InputError("the layers have different resolutions "
                          f"({', '.join(str(mp.shape[1:]) for mp in maps)}); averaging them needs upsample=True.")
@@ -241,43 +237,64 @@ def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     return mat
 
 
-def _score_cam_weights(m: Model, x: np.ndarray, A: np.ndarray, tgt: np.ndarray, batch_size: int) -> np.ndarray:
+def _score_cam_weights(m: Model, x: np.ndarray, A: np.ndarray, tgt: np.ndarray, batch_size: int,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Score-CAM channel weights (Wang et al., CVPR-W 2020), as pytorch-grad-cam's ``ScoreCAM``:
 
     each channel A^k is upsampled to the input size (bilinear, align_corners=True), min-max scaled to [0, 1]
     (``H^k = (U^k - min) / (max - min + 1e-8)``), the image is masked ``x (.) H^k``, and the target class scores
     ``S_c(x (.) H^k)`` of all channels go through a softmax over k: ``w_k = softmax_k S_c(x (.) H^k)``.
+
+    ``batch_size`` channels are upsampled, masked and scored at a time, so memory does not grow with the channel
+    count. ``progress(done, total)``: called after each batch with the masked images done and ``N * C``.
     """
     H, W = x.shape[2:]
     ry = _bilinear_matrix(H, A.shape[2]).astype(np.float32)
     rx = _bilinear_matrix(W, A.shape[3]).astype(np.float32)
     weights = np.zeros(A.shape[:2], dtype=np.float32)
+    total = A.shape[0] * A.shape[1]
     for i in range(A.shape[0]):
-        up = np.einsum("Hh,chw,Ww->cHW", ry, A[i], rx, optimize=True)
-        flat = up.reshape(up.shape[0], -1)
-        lo, hi = flat.min(axis=1)[:, None, None], flat.max(axis=1)[:, None, None]
-        up = (up - lo) / (hi - lo + 1e-8)
         scores = np.empty(A.shape[1], dtype=np.float64)
         for start in range(0, A.shape[1], batch_size):
-            masked = x[i][None] * up[start:start + batch_size, None]
-            scores[start:start + batch_size] = m.scores(masked.astype(np.float32), batch_size=batch_size)[:, tgt[i]]
+            stop = min(start + batch_size, A.shape[1])
+            up = np.einsum("Hh,chw,Ww->cHW", ry, A[i, start:stop], rx, optimize=True)
+            flat = up.reshape(up.shape[0], -1)
+            lo, hi = flat.min(axis=1)[:, None, None], flat.max(axis=1)[:, None, None]
+            up = (up - lo) / (hi - lo + 1e-8)
+            masked = (x[i][None] * up[:, None]).astype(np.float32)
+            del up, flat
+            scores[start:stop] = m.scores(masked, batch_size=batch_size)[:, tgt[i]]
+            del masked
+            if progress is not None:
+                progress(i * A.shape[1] + stop, total)
         e = np.exp(scores - scores.max())
         weights[i] = e / e.sum()
     return weights
 
 
 def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
-              relu: bool = True, batch_size: int | None = None) -> np.ndarray:
+              relu: bool = True, batch_size: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for CNNs", CVPR-W 2020):
     ``w_k = softmax_k S_c(x (.) norm(up(A^k)))``, map ``= ReLU(sum_k w_k A^k)`` (see :func:`_score_cam_weights`).
     Gradient-free but costs C extra forward passes per image (C = the layer's channels), run in batches of
-    ``batch_size`` (default: sized to the model's per-image memory and the memory available). Returns (N, H, W)
-    float32."""
+    ``batch_size`` (default: sized to the model's per-image memory and the memory available); memory does not grow
+    with C. ``progress``: a callable ``progress(done, total)`` called after each batch with the masked images scored
+    so far and their total, N * C (summed over the layers when there are several). Returns (N, H, W) float32."""
     x = np.asarray(x)
+    offset = [0]
+    total = [0]
+    if progress is not None:
+        total[0] = x.shape[0] * sum(int(m.layer(name).shape[1]) for name in m.layer_names(layer))
 
     def combine(A, G, tgt):
         step = max(1, int(batch_size)) if batch_size else auto_batch_size(m, x.shape[2:], A.shape[1], backward=False)
-        return _weighted_sum(_score_cam_weights(m, x.astype(np.float32), A, tgt, step), A)
+        report = None
+        if progress is not None:
+            done_before = offset[0]
+            report = lambda done, _: progress(done_before + done, total[0])  # noqa: E731
+            offset[0] += A.shape[0] * A.shape[1]
+        return _weighted_sum(_score_cam_weights(m, x.astype(np.float32), A, tgt, step, report), A)
 
     return _family(m, x, targets, layer, combine, False, upsample, normalize, relu, batch_size)[0]
 

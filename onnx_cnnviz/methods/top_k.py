@@ -1,19 +1,26 @@
 """Maps of each image's k best classes (the CAM paper's top-5 figure, Zhou et al. 2016, Fig. 4)."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from ..errors import InputError
 from ..model import Model
-from . import registry
+from . import attribution, registry
+from .attribution import Progress, auto_batch_size
 
 
-def top_k(method, m: Model, x, k: int = 5, **kwargs):
+def top_k(method, m: Model, x, k: int = 5, *, progress: Progress | None = None, **kwargs):
     """Maps of the ``k`` best-scoring classes of each image.
 
     ``method``: a registered method's name (``"gradcam"``) or its function (``cv.grad_cam``; any function of the
     map-function shape works); ``kwargs`` go to it. Returns ``(maps (N, k, ...), classes (N, k))`` with classes in
     decreasing score order. A class-agnostic method (EigenCAM) is refused: its k maps would be equal.
+
+    The N * k (image, class) maps are made ``batch_size`` at a time (default: as many as the memory budget allows,
+    at most 64), so memory beyond the result does not grow with ``k`` (see :func:`class_maps`). ``progress``: a
+    callable ``progress(done, total)`` called with the maps done so far and ``N * k``.
     """
     if "targets" in kwargs:
         raise InputError("top_k chooses the targets itself (the k best classes); do not pass targets.")
@@ -29,9 +36,68 @@ def top_k(method, m: Model, x, k: int = 5, **kwargs):
         raise InputError(f"k must be an int between 1 and {m.num_classes}, got {k!r}.")
     scores = m.scores(x, batch_size=kwargs.get("batch_size"))
     classes = np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-    n = scores.shape[0]
-    maps = func(m, np.repeat(x, k, axis=0), targets=classes.reshape(-1), **kwargs)
-    return maps.reshape(n, k, *maps.shape[1:]), classes
+    maps = class_maps(func, m, x, classes, progress=progress, **kwargs)
+    return maps, classes
 
 
-__all__ = ["top_k"]
+def class_maps(method, m: Model, x, classes, *, batch_size: int | None = None, progress: Progress | None = None,
+               **kwargs) -> np.ndarray:
+    """(N, k, ...) maps of ``method`` (a registered name or a map function) for image ``i`` and each class
+    ``classes[i, j]`` ((N, k) ints): what ``method`` returns for ``np.repeat(x, k, axis=0)`` and
+    ``classes.reshape(-1)``, without making those N * k copies at once.
+
+    The (image, class) rows go to ``method`` ``batch_size`` at a time (default: :func:`auto_batch_size` for N * k
+    rows); ``batch_size`` and ``kwargs`` are passed on to it. A method whose noise comes from a ``seed``
+    (SmoothGrad) gets one generator for all the batches, so its draws are those of one call. ``progress``: a callable
+    ``progress(done, total)`` called with the maps done so far and ``N * k``; when ``method`` takes a ``progress``
+    of its own, its reports in between are passed on, scaled to maps (whole maps, each value once).
+    """
+    func = registry.get(method).func if isinstance(method, str) else method
+    x = m.check_input(x)
+    classes = np.asarray(classes)
+    if classes.ndim != 2 or classes.shape[0] != x.shape[0] or classes.shape[1] < 1:
+        raise InputError(f"classes must be (N, k) with N = {x.shape[0]} images and k >= 1, got shape "
+                         f"{classes.shape}.")
+    n, k = classes.shape
+    flat = classes.reshape(-1)
+    total = n * k
+    entry = registry.by_function(func)
+    if batch_size and int(batch_size) < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    rows = int(batch_size) if batch_size else auto_batch_size(
+        m, x.shape[2:], total, backward=entry.gradients if entry is not None else True)
+    params = _parameters(func)
+    if func is attribution.smoothgrad:
+        seed = kwargs.get("seed", params["seed"].default)
+        kwargs["seed"] = np.random.default_rng(seed)  # a Generator passes through default_rng: the draws continue
+    takes_progress = "progress" in params
+    reported = [0]
+
+    def report(done: int) -> None:
+        if progress is not None and done > reported[0]:
+            reported[0] = done
+            progress(done, total)
+
+    out = None
+    for start in range(0, total, rows):
+        stop = min(start + rows, total)
+        extra = {} if batch_size is None else {"batch_size": batch_size}
+        if takes_progress and progress is not None:
+            extra["progress"] = lambda d, t, start=start, size=stop - start: report(start + size * d // max(t, 1))
+        maps = np.asarray(func(m, x[np.arange(start, stop) // k], targets=flat[start:stop], **extra, **kwargs))
+        if out is None:
+            out = np.empty((total,) + maps.shape[1:], dtype=maps.dtype)
+        out[start:stop] = maps
+        del maps
+        report(stop)
+    return out.reshape(n, k, *out.shape[1:])
+
+
+def _parameters(func) -> dict:
+    try:
+        return dict(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+__all__ = ["top_k", "class_maps"]
