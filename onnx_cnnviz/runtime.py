@@ -281,6 +281,7 @@ class Session:
         self._session = None
         self.shared: tuple = ()  # the shared weights this session reads: kept alive as long as the session
         lean = weights is not None and SHARE_WEIGHTS
+        self.lean = lean
         if lean and hasattr(ort.SessionOptions, "add_external_initializers"):
             try:
                 payload, shared = split_weights(model, weights)
@@ -317,6 +318,8 @@ class Session:
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.providers = self._session.get_providers()
 
+    lean = False  # set per session in __init__
+
     @staticmethod
     def _options(threads: int | None, lean: bool = False):
         """Session options; ``lean``: no CPU memory arena, so the buffers of a run go back to the system when it ends
@@ -344,4 +347,25 @@ class Session:
             values = self._session.run(names, feeds)
         except Exception as exc:
             raise RuntimeFailure(f"onnxruntime failed while running the model: {str(exc)[:500]}") from None
+        if self.lean:
+            release_freed_memory()
         return dict(zip(names, values))
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the heap pages freed by the last run back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Without the CPU arena every run mallocs and frees its buffers, and glibc keeps the freed pages in a fragmented
+    heap: a `cnnviz report` over 100 images of SqueezeNet grew to 640 MB (363 MB with private arenas); trimming after
+    each run keeps it at 326 MB, the same as one long run."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
