@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,21 +105,9 @@ def export_resnet18(size: int) -> Path:
     path = CACHE / f"resnet18_s0_{size}.onnx"
     if path.exists():
         return path
-    import torch
-    import torchvision
+    from memory_sessions import export  # the same export as the session benchmark (benchmarks/ is on sys.path)
 
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
-    for module in model.modules():
-        if hasattr(module, "inplace"):
-            module.inplace = False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-    return path
+    return export("resnet18", path, size)
 
 
 def measure(spec: dict, library: Path | None, timeout: float) -> dict:

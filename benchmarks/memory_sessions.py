@@ -59,13 +59,16 @@ print(json.dumps(report))
 
 
 def export(name: str, path: Path, size: int = 224) -> Path:
-    """torchvision ``name`` with random weights, exported like the tests do (TorchScript exporter, opset 17, dynamic
-    batch)."""
+    """torchvision ``name`` with random weights (seed 0), activations not in place, exported like the tests do
+    (TorchScript exporter, opset 17, dynamic batch)."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
+    for module in model.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

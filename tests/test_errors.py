@@ -31,6 +31,7 @@ from onnx_cnnviz.image import preprocess, read_image
 from .tiny_models import (CLASSES, divide_by_zero, gap_classifier, log_of_negative, make_model, save, unchanged,
                           write_png)
 
+from .cli import one_line_error
 
 @pytest.fixture
 def inputs(tmp_path):
@@ -48,14 +49,6 @@ def x_of(n=1, size=8, seed=0):
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result) -> str:
-    text = result.stderr
-    assert "Traceback" not in text, text
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("cnnviz: error: "), text
-    return lines[-1]
 
 
 # --- the model file ----------------------------------------------------------------------------------------------

@@ -17,3 +17,12 @@ def invoke(*args, **kwargs):
     """Run ``cnnviz ARGS`` in-process (click's CliRunner; exceptions not caught, so a bug shows its traceback)."""
     runner = CliRunner()
     return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+
+def one_line_error(result) -> str:
+    """The last stderr line of a failed command, checked to be one ``cnnviz: error:`` line without a traceback."""
+    text = result.stderr
+    assert "Traceback" not in text, text
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("cnnviz: error: "), text
+    return lines[-1]

@@ -33,28 +33,9 @@ from onnx_cnnviz.cli.common import image_keys
 from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.image import MAX_PIXELS
 from onnx_cnnviz.image.reading import current_pixel_limit
-from tests.tiny_models import CLASSES, checksums, gap_classifier, save, unchanged, write_png
+from tests.tiny_models import checksums, unchanged, write_png
 
-from . import invoke
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    """A folder of user files: the tiny model, its labels and two pictures."""
-    folder = tmp_path / "in"
-    save(gap_classifier(), folder / "model.onnx")
-    (folder / "labels.txt").write_text("".join(f"class{i}\n" for i in range(CLASSES)))
-    write_png(folder / "a.png", seed=1)
-    write_png(folder / "b.png", seed=2)
-    return folder
-
-
-def one_line_error(result) -> str:
-    text = result.stderr
-    assert "Traceback" not in text, text
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("cnnviz: error: "), text
-    return lines[-1]
+from . import invoke, one_line_error
 
 
 @contextlib.contextmanager

@@ -31,20 +31,9 @@ from onnx_cnnviz.cli import common
 from onnx_cnnviz.cli.common import SharedOption
 from onnx_cnnviz.cli.main import cli
 from onnx_cnnviz.methods import registry
-from tests.tiny_models import CLASSES, gap_classifier, save, unchanged, write_png
+from tests.tiny_models import CLASSES, unchanged
 
 from . import LABELS, SQZ, invoke
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    """A folder of user files: the tiny model (no metadata), its labels and two pictures."""
-    folder = tmp_path / "in"
-    save(gap_classifier(), folder / "model.onnx")
-    (folder / "labels.txt").write_text("".join(f"class{i}\n" for i in range(CLASSES)))
-    write_png(folder / "a.png", seed=1)
-    write_png(folder / "b.png", seed=2)
-    return folder
 
 
 def with_metadata(src: Path, dst: Path, props: dict) -> Path:
