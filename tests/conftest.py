@@ -1,7 +1,9 @@
 """Shared fixtures: real models exported once per session, the shared SqueezeNet and images, and helpers."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -9,6 +11,17 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(path):
+    """The Python file ``path`` (a script of models/ or benchmarks/, folders of scripts, not packages) as a module,
+    registered in ``sys.modules`` so that its dataclasses and pickling work."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"_cnnviz_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 SHARED = Path(os.environ.get("CNNVIZ_SHARED", REPO.parent / "shared"))
 SQUEEZENET = SHARED / "models" / "squeezenet1.1-imagenet-fp16.onnx"
 KITTEN = SHARED / "images" / "kitten_224.png"

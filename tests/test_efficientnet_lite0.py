@@ -7,15 +7,13 @@ and scikit-image's cat photo is classified as a cat (ImageNet classes 281-285).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import CACHE, REPO
+from tests.conftest import CACHE, REPO, load_script
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="the registry package efficientnet-lite-pytorch==0.1.0 is not "
                     "installed (pip install -e '.[test]' installs it)")
@@ -28,13 +26,8 @@ CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian cat, Siamese cat, Egy
 
 
 def _script(name: str):
-    """models/NAME.py as a module (models/ is a folder of scripts, not a package)."""
-    path = REPO / "models" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_cnnviz_models_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """models/NAME.py as a module."""
+    return load_script(REPO / "models" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,6 @@ the ONNX forward's) within 1e-4 of the largest value, and that Guided Grad-CAM f
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 
 import numpy as np
@@ -33,7 +31,7 @@ from onnx_cnnviz.graph.autodiff.engine import append_gradients
 from onnx_cnnviz.graph.shapes import infer
 from onnx_cnnviz.methods.gradients import has_rectifiers
 
-from .conftest import CACHE, REPO, rel_err
+from .conftest import CACHE, REPO, load_script, rel_err
 from .graph.test_rules import Case, check, node, one, rand, run_gradients, session
 from .reference import onnx_kink_pattern, torch_rule_grad
 from .tiny_models import make_model
@@ -382,12 +380,8 @@ def mobilenet_v2(torchvision_onnx):
 
 
 def _script(name: str):
-    """models/NAME.py as a module (models/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_cnnviz_models_{name}", REPO / "models" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """models/NAME.py as a module."""
+    return load_script(REPO / "models" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

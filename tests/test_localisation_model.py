@@ -2,7 +2,6 @@
 CAM boxes localise (measured against the known boxes, as benchmarks/localisation.py does on 500 images)."""
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -11,20 +10,13 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.image import Preprocessing, preprocess
 from onnx_cnnviz.methods.localise import localise
 
-from .conftest import REPO
+from .conftest import REPO, load_script
 
 MODEL = REPO / "models" / "gap_cnn.onnx"
 N = 200
 
 
-def _load_dataset_module():
-    spec = importlib.util.spec_from_file_location("shapes_dataset", REPO / "models" / "shapes_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sd = _load_dataset_module()
+sd = load_script(REPO / "models" / "shapes_dataset.py")
 
 
 @pytest.fixture(scope="module")

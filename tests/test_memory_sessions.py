@@ -10,7 +10,6 @@ tensor (derived constants included), freed with the last session that uses it.
 from __future__ import annotations
 
 import gc
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,14 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_cnnviz as cv
 from onnx_cnnviz import runtime
 
+from .conftest import load_script
 from .tiny_models import gap_classifier, make_model
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_sessions.py"
 
 
 def benchmark():
-    spec = importlib.util.spec_from_file_location("memory_sessions", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARK)
 
 
 def second_conv(last: str):
