@@ -30,7 +30,7 @@ import click
 from onnx_cnnviz import jsonio
 from onnx_cnnviz.errors import InputError, ModelLoadError
 from onnx_cnnviz.files import check_regular
-from onnx_cnnviz.image import IMAGE_SUFFIXES, MAX_PIXELS
+from onnx_cnnviz.image import IMAGE_SUFFIXES, MAX_PIXELS, Preprocessing
 
 # Exit codes besides 0 and click's 2 for bad usage (see main.py's docstring).
 EXIT_FAILURE = 1
@@ -663,13 +663,17 @@ def preprocessing_options(f):
 class PreprocessingChoice:
     """The preprocessing a command uses and where it comes from: ``source`` is "metadata" (the model's
     ``cnnviz.preprocess.*`` keys, maybe with flags over them), "flags" (--preprocess, or fields given on the assumed
-    preset) or "assumed" (nothing given: the :data:`ASSUMED_PRESET`)."""
+    preset), "model" (the model takes integer pixels: :data:`RAW_PIXELS`) or "assumed" (nothing given: the
+    :data:`ASSUMED_PRESET`)."""
     preprocessing: object
     source: str
     preset: str | None
     flags: tuple
 
     def describe(self) -> str:
+        if self.source == "model":
+            return ("raw pixels (the model takes integer pixels and preprocesses them inside its graph; RGB order "
+                    "assumed, set --order BGR otherwise)")
         if self.source == "metadata":
             extra = f", with {', '.join(self.flags)}" if self.flags else ""
             return f"from the model's metadata{extra}"
@@ -678,6 +682,10 @@ class PreprocessingChoice:
                     (f" on the {self.preset} preset" if self.preset and "--preprocess" not in self.flags else ""))
         return (f"assumed: the {self.preset} preset (the model's metadata holds no preprocessing; set --preprocess or "
                 "--mean/--std/--order/--scale)")
+
+
+#: What a model that takes integer pixels (and preprocesses them in its graph) is fed: the pixels, RGB, unscaled.
+RAW_PIXELS = Preprocessing(size=None, mean=None, std=None, order="RGB", scale=1.0)
 
 
 def choose_preprocessing(m, preprocess=None, mean=None, std=None, size=None, order=None, scale=None,
@@ -697,6 +705,9 @@ def choose_preprocessing(m, preprocess=None, mean=None, std=None, size=None, ord
         given = ["--preprocess"] + given
     elif metadata is not None:
         source, name, base = "metadata", None, metadata
+    elif getattr(m, "takes_pixels", False):
+        # Exported taking integer pixels, the model preprocesses inside its graph: feed it the pixels as they are.
+        source, name, base = ("flags" if given else "model"), None, RAW_PIXELS
     else:
         source, name, base = ("flags" if given else "assumed"), ASSUMED_PRESET, preset(ASSUMED_PRESET)
     pre = get_preprocessing(base, size=size or input_size, mean=mean, std=std, order=order.upper() if order else None,

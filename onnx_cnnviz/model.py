@@ -16,6 +16,7 @@ import onnx
 
 from . import runtime
 from .errors import InputError, ModelStructureError, NumericalError
+from .graph import layout as graph_layout
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
 from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
@@ -86,6 +87,7 @@ class _Specialised:
     info: dict
     layers: list
     constants: dict  # run-time computed integer tensors whose value does not depend on the batch
+    views: dict = field(default_factory=dict)  # layer name -> LayerView, for layers not kept NCHW by the model
 
 
 class Model:
@@ -112,6 +114,13 @@ class Model:
         self.input_name = image.name
         self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
         model = without_other_inputs(model, self.input_name, self.score_name)
+        # A channels-last or integer-pixel input gets an NCHW float input in front (graph/layout.py): users, methods
+        # and gradients then see NCHW float pixels whatever the model was exported with.
+        model, adapted = graph_layout.adapt_image_input(model, image)
+        image = adapted.value
+        self.input_name = image.name
+        self.input_layout = adapted.layout
+        self.input_dtype = adapted.dtype
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                 for d in image.type.tensor_type.shape.dim]
         self._static_hw = tuple(dims[2:]) if all(d is not None for d in dims[2:]) else None
@@ -135,35 +144,42 @@ class Model:
             raise ModelStructureError("the image input's channel count is not fixed in the model; re-export it with "
                                       "a static channel dimension.")
         try:
-            spec = self._spec(hw)
+            spec = self._batched_spec(hw, had_static_batch)
         except ModelStructureError as exc:
             if self._static_hw or self._input_size:
                 raise
             raise ModelStructureError(
                 f"the model accepts images of any size but does not run at {hw[0]}x{hw[1]} ({exc}). Give the size "
                 "it was trained for: load(..., input_size=(H, W)) or --input-size HxW.") from None
-        if had_static_batch and not self._batches_correctly(hw):
+        if had_static_batch and not self.static_batch and not self._batches_correctly(hw):
             # The graph hard-codes batch 1 somewhere we could not rewrite: run one sample at a time.
             self.static_batch = True
             self._specs.clear()
             self._cache.clear()
             spec = self._spec(hw)
-        else:
+        elif not self.static_batch:
             self._base = None
         self.num_classes = int(np.prod(spec.info[self.score_name].shape[1:]))
         self._layers = spec.layers
-        self._default_layer = default_layer(spec.layers)
+        self._default_layer = default_layer(spec.layers, spec.model, self.input_name)
 
     # --- public description ------------------------------------------------------------------------------------
     @property
     def layers(self) -> list[Layer]:
-        """Candidate target layers: every 4-D feature map on the path from image to score, input to output order."""
+        """Candidate target layers: every feature map on the path from image to score, input to output order, with
+        its (None, C, h, w) shape: NCHW tensors, and channels-last and token tensors seen as NCHW (``Layer.view``)."""
         return list(self._layers)
 
     @property
     def default_layer(self) -> str | None:
         """The last spatial feature map before global pooling / flatten (the usual CAM layer)."""
         return self._default_layer
+
+    @property
+    def takes_pixels(self) -> bool:
+        """Whether the model was exported taking integer pixels (uint8, ...) and preprocesses them inside: give it
+        raw pixel values (0..255 for uint8) as a float or integer NCHW array."""
+        return not np.issubdtype(np.dtype(self.input_dtype), np.floating)
 
     @property
     def input_shape(self) -> tuple:
@@ -239,6 +255,26 @@ class Model:
             return (h, w)
         return (DEFAULT_SPATIAL, DEFAULT_SPATIAL)
 
+    def _batched_spec(self, hw: tuple, had_static_batch: bool) -> _Specialised:
+        """The spec at ``hw`` of the batch-dynamic graph; for a graph exported at a fixed batch whose batch-dynamic
+        rewrite does not even run (a Reshape that bakes the batch into another axis, as attention reshapes do), the
+        spec of the graph as exported, run one image at a time."""
+        try:
+            return self._spec(hw)
+        except ModelStructureError:
+            if not had_static_batch or self._base is None:
+                raise
+            self.static_batch = True
+            self._specs.clear()
+            self._cache.clear()
+            try:
+                return self._spec(hw)
+            except ModelStructureError:
+                self.static_batch = False  # not a batch problem: the batch-dynamic graph's error says more
+                self._specs.clear()
+                self._cache.clear()
+            raise
+
     def _spec(self, hw: tuple) -> _Specialised:
         hw = tuple(int(v) for v in hw)
         return self._specs.get(hw, lambda: self._specialise(hw))
@@ -277,7 +313,8 @@ class Model:
             for name in node.input if name and name not in inits and name in info and not info[name].is_float))
         constants = graph_shapes.batch_independent_values(model, computed_ints, self.input_name,
                                                            (self.channels, *hw))
-        return _Specialised(model, info, candidate_layers(model, self.input_name, self.score_name, info), constants)
+        layers = candidate_layers(model, self.input_name, self.score_name, info)
+        return _Specialised(model, info, layers, constants, {la.name: la.view for la in layers if la.view})
 
     def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str):
         key = (tuple(hw), outputs, wrt, rule if wrt else None, target_mode if wrt else None)
@@ -348,7 +385,7 @@ class Model:
             raise InputError(f"x has shape {x.shape}; add the batch axis: x[None] for one image (N, C, H, W).")
         if x.ndim != 4:
             raise InputError(f"x must be 4-D (N, C, H, W), got shape {x.shape}.")
-        if not np.issubdtype(x.dtype, np.floating):
+        if not np.issubdtype(x.dtype, np.floating) and not (self.takes_pixels and np.issubdtype(x.dtype, np.integer)):
             raise InputError(f"x must be a float array (preprocessed for the model), got dtype {x.dtype}.")
         if x.shape[1] != self.channels:
             raise InputError(f"the model takes {self.channels} channels, x has {x.shape[1]} (shape {x.shape}); "
@@ -411,8 +448,10 @@ class Model:
         result_targets = None
         if wrt:
             result_targets = merged[TARGET_OUTPUT] if mode == "top1" else target_arr
-        return _checked(RunResult(scores=scores, targets=result_targets, outputs={o: merged[o] for o in outputs},
-                                  grads={w: merged[grad_name(w)] for w in wrt}))
+        views = self._spec(hw).views
+        return _checked(RunResult(scores=scores, targets=result_targets,
+                                  outputs={o: _as_nchw(views, o, merged[o]) for o in outputs},
+                                  grads={w: _as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
 
     def _run_batches(self, session, x: np.ndarray, batch_size, seed_rows=None) -> dict:
         """Run ``session`` over ``x`` in batches (one image at a time for a static-batch model), feeding
@@ -450,13 +489,16 @@ class Model:
                 self._require_tensor(name)
         hw = tuple(x.shape[2:])
         spec = self._spec(hw)
-        ti = spec.info.get(at)
-        size = int(np.prod(ti.shape[1:]))
+        view = spec.views.get(at)
+        shown = view.nchw_shape() if view is not None else spec.info.get(at).shape
+        size = int(np.prod(shown[1:]))
         seed = np.asarray(cotangent, dtype=np.float32)
         if seed.ndim < 1 or seed.shape[0] != n or int(np.prod(seed.shape[1:])) != size:
-            raise InputError(f"cotangent must have shape ({n}, {', '.join(str(d) for d in ti.shape[1:])}) like '{at}', "
+            raise InputError(f"cotangent must have shape ({n}, {', '.join(str(d) for d in shown[1:])}) like '{at}', "
                              f"got {seed.shape}.")
-        seed = np.ascontiguousarray(seed.reshape(n, size))
+        if view is not None:  # given as the layer's (N, C, h, w) view: back to the model's own layout
+            seed = view.from_nchw(seed.reshape(n, *shown[1:]))
+        seed = np.ascontiguousarray(seed.reshape(n, -1))
         key = ("vjp", hw, at, outputs, wrt, rule)
 
         def build():
@@ -466,8 +508,10 @@ class Model:
             return _keep_outputs(gg.model, names, spec.info, private=True)
 
         merged = self._run_batches(self.cached_session(key, build), x, batch_size, seed)
-        return _checked(RunResult(scores=None, targets=None, outputs={o: merged[o] for o in (at,) + outputs},
-                                  grads={w: merged[grad_name(w)] for w in wrt}))
+        views = spec.views
+        return _checked(RunResult(scores=None, targets=None,
+                                  outputs={o: _as_nchw(views, o, merged[o]) for o in (at,) + outputs},
+                                  grads={w: _as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
 
     def _require_tensor(self, name: str) -> None:
         spec = self.spec()
@@ -564,6 +608,12 @@ def _checked(result: RunResult) -> RunResult:
     for name, value in result.grads.items():
         check_finite(value, f"gradient with respect to '{name}'")
     return result
+
+
+def _as_nchw(views: dict, name: str, value: np.ndarray) -> np.ndarray:
+    """A layer's tensor as its (N, C, h, w) view (unchanged for NCHW tensors and non-layers)."""
+    view = views.get(name)
+    return view.to_nchw(value) if view is not None else value
 
 
 def _one_hot(targets: np.ndarray, k: int) -> np.ndarray:

@@ -15,16 +15,25 @@ from typing import NamedTuple
 import onnx
 
 from ..errors import ModelStructureError, UnknownLayerError
-from .ops import SHAPE_KEEPING_NO_OPS, node_attr
+from .layout import NCHW, LayerView, batch_leading, tensor_layouts, token_grids
+from .ops import SHAPE_KEEPING_NO_OPS
 from .shapes import FLOAT_TYPES, TensorInfo
+
+#: Integer element types a raw-pixel image input may have (cast to float inside the graph).
+PIXEL_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16, onnx.TensorProto.INT16,
+               onnx.TensorProto.INT32}
 from .subgraphs import node_inputs
 
 
 class Layer(NamedTuple):
-    """A candidate target layer: the tensor ``name``, its ``shape`` (None, C, h, w) and the producing ``op_type``."""
+    """A candidate target layer: the tensor ``name``, its ``shape`` (None, C, h, w) and the producing ``op_type``.
+
+    ``view``: None for an NCHW tensor; for a channels-last or token tensor, how the engine sees it as (N, C, h, w)
+    (:class:`onnx_cnnviz.graph.layout.LayerView`): methods get and give NCHW arrays either way."""
     name: str
     shape: tuple
     op_type: str
+    view: LayerView | None = None
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -69,14 +78,14 @@ def find_image_input(model: onnx.ModelProto, wanted: str | None = None) -> onnx.
         raise ModelStructureError(
             f"the model has no input named '{wanted}'; its inputs are: {', '.join(v.name for v in inputs)}.")
     images = [v for v in inputs if len(v.type.tensor_type.shape.dim) == 4
-              and v.type.tensor_type.elem_type in FLOAT_TYPES]
+              and v.type.tensor_type.elem_type in FLOAT_TYPES | PIXEL_TYPES]
     if len(images) == 1:
         return images[0]
     if not images:
         described = ", ".join(f"{v.name} {_describe(v)}" for v in inputs) or "none"
         raise ModelStructureError(
-            f"the model has no 4-D float image input (N, C, H, W); its inputs are: {described}. "
-            "This tool explains image classifiers that take an NCHW tensor.")
+            f"the model has no 4-D image input (N, C, H, W) or (N, H, W, C), float or integer pixels; its inputs are: "
+            f"{described}. This tool explains image classifiers that take an image tensor.")
     raise ModelStructureError(
         f"the model has several 4-D image inputs ({', '.join(v.name for v in images)}); choose one with input=NAME "
         "(--input NAME on the command line).")
@@ -127,61 +136,72 @@ def _describe(value: onnx.ValueInfoProto) -> str:
     return f"{kind}{dims}"
 
 
-NCHW = (0, 1, 2, 3)
-
-
-def layouts(model: onnx.ModelProto, image: str, info: dict[str, TensorInfo]) -> dict[str, tuple]:
-    """For each 4-D tensor, the permutation of the image's NCHW axes it is laid out in.
-
-    Transposes compose permutations; any other op produces NCHW unless all its 4-D inputs are permuted the same
-    other way (a LayerNorm or Linear applied channels-last, as in ConvNeXt blocks, keeps NHWC).
-    """
-    layout = {image: NCHW}
-    for node in model.graph.node:
-        ins = [layout[i] for i in node_inputs(node) if i in layout]
-        for out in node.output:
-            ti = info.get(out)
-            if ti is None or ti.shape is None or len(ti.shape) != 4:
-                continue
-            if node.op_type == "Transpose" and ins:
-                perm = node_attr(node, "perm", [3, 2, 1, 0])
-                layout[out] = tuple(ins[0][p] for p in perm)
-            elif ins and all(i == ins[0] for i in ins) and ins[0] != NCHW:
-                layout[out] = ins[0]
-            else:
-                layout[out] = NCHW
-    return layout
-
-
 def candidate_layers(model: onnx.ModelProto, image: str, score: str, info: dict[str, TensorInfo]) -> list[Layer]:
-    """Every 4-D float NCHW tensor on a path from the image to the score, in graph order."""
+    """Every float feature map on a path from the image to the score, in graph order: 4-D tensors laid out in the
+    image's axes (NCHW, or channels-last and other permutations, with a :class:`LayerView`), and token tensors
+    (N, p + h*w, C) of vision transformers (with a token view). Tensors whose axes are not the image's (attention
+    heads and windows) are not layers."""
     graph = model.graph
-    on_path = downstream(graph, [image]) & upstream(graph, [score])
-    layout = layouts(model, image, info)
+    data = downstream(graph, [image])
+    on_path = data & upstream(graph, [score])
+    layout = tensor_layouts(model, image, info, data)
+    tokens = token_grids(model, layout, info, data, batch_leading(model, image, info))
     layers = []
     for node in graph.node:
         for out in node.output:
             ti = info.get(out)
-            if out in on_path and ti is not None and ti.is_float and layout.get(out) == NCHW:
-                layers.append(Layer(out, tuple(ti.shape), node.op_type))
+            if out not in on_path or ti is None or not ti.is_float:
+                continue
+            if out in tokens:
+                view = tokens[out]
+            elif out in layout and layout[out][0] == 0 and ti.shape is not None and len(ti.shape) == 4:
+                view = None if layout[out] == NCHW else LayerView(native=tuple(ti.shape), perm=layout[out])
+            else:
+                continue
+            layers.append(Layer(out, view.nchw_shape() if view else tuple(ti.shape), node.op_type, view))
     return layers
 
 
-def default_layer(layers: list[Layer]) -> str | None:
+def default_layer(layers: list[Layer], model: onnx.ModelProto | None = None, image: str | None = None) -> str | None:
     """The last spatial feature map (h * w > 1) before the network collapses space (global pooling / flatten).
 
     This is what torchcam and OpenVINO XAI choose, and the layer pytorch-grad-cam's examples use (resnet
-    ``layer4[-1]``, vgg ``features[-1]``, densenet ``features[-1]``).
+    ``layer4[-1]``, vgg ``features[-1]``, densenet ``features[-1]``). A vision transformer that classifies its class
+    token is different: after the last attention only the class token reaches the score, so the patch tokens of the
+    last layers get no gradient; pytorch-grad-cam's ViT example takes ``blocks[-1].norm1``, the LayerNorm feeding the
+    last attention, and so does this (given ``model`` and ``image``).
     """
     spatial = [layer for layer in layers if (layer.shape[2] or 0) * (layer.shape[3] or 0) > 1]
     if not spatial:
         return None
+    last = spatial[-1].view
+    if model is not None and last is not None and last.grid is not None and last.prefix > 0:
+        chosen = _before_last_attention(model, image, spatial)
+        if chosen is not None:
+            return chosen
     i = len(spatial) - 1
     # An adaptive pool to the size it already has (VGG's 7x7 -> 7x7 AveragePool) changes nothing: name the map
     # before it, the module users know (features[-1]).
     while i > 0 and spatial[i].op_type in SHAPE_KEEPING_NO_OPS and spatial[i].shape == spatial[i - 1].shape:
         i -= 1
     return spatial[i].name
+
+
+def _before_last_attention(model: onnx.ModelProto, image: str, spatial: list[Layer]) -> str | None:
+    """The token layer feeding the last token-mixing product (a MatMul or Einsum of two tensors computed from the
+    image: attention), preferring a LayerNormalization's output; None when there is no such product."""
+    graph = model.graph
+    data = downstream(graph, [image])
+    mixing = [n for n in graph.node if n.op_type in ("MatMul", "Einsum")
+              and sum(i in data for i in n.input[:2]) == 2]
+    if not mixing:
+        return None
+    before = upstream(graph, [i for i in mixing[-1].input if i])
+    tokens = [layer for layer in spatial if layer.view is not None and layer.view.grid is not None
+              and layer.name in before]
+    normed = [layer for layer in tokens if layer.op_type == "LayerNormalization"]
+    pool = normed or tokens
+    return pool[-1].name if pool else None
 
 
 def resolve_layer(layers: list[Layer], name: str) -> Layer:

@@ -1,0 +1,357 @@
+"""Layouts: which axes of a tensor hold the image's batch, channels, rows and columns, and how the engine sees a
+model's own layout as the usual NCHW.
+
+Deployed models differ from a torch export in three ways this module absorbs:
+
+* the image input is channels-last (N, H, W, C), TensorFlow's layout: tf2onnx without ``inputs_as_nchw`` puts a
+  Transpose in front of the convolutions;
+* the image input is raw integer pixels (uint8) cast to float inside the graph (Cast -> Transpose -> Sub/Div);
+* feature maps are channels-last (ConvNeXt blocks, Swin stages, tf2onnx graphs) or token sequences (vision
+  transformers: (N, p + h*w, C), ``p`` class/distillation/register tokens, then the patch grid in row-major order).
+
+:func:`adapt_image_input` rewrites the graph so that its image input is float NCHW: a Transpose in front for NHWC,
+and the int-to-float Cast becomes an Identity for raw pixels (the input then takes the pixel values as floats). Every
+method computes in the model's own layout behind that one front node, and gradients with respect to the new input are
+gradients with respect to the pixels, at pixel positions.
+
+:func:`tensor_layouts` follows the image's axes through the graph; :class:`LayerView` turns a channels-last or token
+tensor into an (N, C, h, w) view and back, as pytorch-grad-cam's ``reshape_transform`` does for ViT
+(``tensor[:, 1:].reshape(N, h, w, C).transpose(...)``) and Swin.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import ModelStructureError
+from .ops import GLOBAL_POOLS, POINTWISE, REDUCTIONS, SLIDING_WINDOWS, node_attr
+from .subgraphs import node_inputs
+
+NCHW = (0, 1, 2, 3)
+#: The layout of a channels-last tensor: its axis i holds the image's axis ``NHWC[i]`` (N=0, C=1, H=2, W=3).
+NHWC = (0, 2, 3, 1)
+#: The name of the NCHW float input the engine puts in front of a channels-last or integer image input.
+ADAPTED_INPUT = "cnnviz/image"
+#: Ops whose data input is (N, C, H, W) by their definition: where the image's axes end up in front of them tells the
+#: input's layout, and their output is NCHW whatever came in.
+CHANNELS_FIRST = SLIDING_WINDOWS | GLOBAL_POOLS | {
+    "ConvTranspose", "BatchNormalization", "InstanceNormalization", "LRN", "DepthToSpace", "SpaceToDepth",
+    "MaxUnpool", "MaxRoiPool"}
+#: Ops that keep every element at its position (or move it within its axis) whatever the layout: the output has the
+#: layout of its data inputs.
+LAYOUT_KEEPING = POINTWISE | {
+    "Pad", "Slice", "Concat", "Split", "Softmax", "LogSoftmax", "LayerNormalization", "Resize", "Upsample",
+    "Identity", "Dropout", "Cast", "Clip", "Gelu", "Erf", "Tile", "Expand", "Where", "Not", "Sign", "Floor",
+    "Ceil", "Round"}
+#: Integer ops a raw-pixel input may pass before its Cast to float: they move values without computing on them,
+#: so they work on float pixels the same.
+VALUE_MOVING = {"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Slice"}
+#: At most this many tokens before the patch grid (a class token, DeiT's distillation token, register tokens).
+MAX_PREFIX_TOKENS = 8
+_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+def compose(layout: tuple, perm) -> tuple:
+    """The layout of ``Transpose(t, perm)`` when ``t`` has ``layout``: output axis i is input axis ``perm[i]``."""
+    return tuple(layout[p] for p in perm)
+
+
+def inverse(perm) -> tuple:
+    out = [0] * len(perm)
+    for i, p in enumerate(perm):
+        out[p] = i
+    return tuple(out)
+
+
+# --- the image input ------------------------------------------------------------------------------------------------
+def input_layout(model: onnx.ModelProto, image: str) -> tuple:
+    """The layout of the image input, read from the data flow: the axes the first channels-first ops (Conv, pools,
+    BatchNormalization, ...) see, through Transposes and value-wise ops. :data:`NHWC` or :data:`NCHW` (also when
+    nothing tells: a model without convolutions keeps its declared layout)."""
+    graph = model.graph
+    layout = {image: NCHW}
+    seen = set()
+    for node in graph.node:
+        data = [layout[i] for i in node.input if i in layout]
+        if not data:
+            continue
+        if node.op_type in CHANNELS_FIRST:
+            if node.input[0] in layout:
+                seen.add(layout[node.input[0]])
+            continue
+        if node.op_type == "Transpose" and len(data[0]) == 4:
+            out = compose(data[0], node_attr(node, "perm", [3, 2, 1, 0]))
+        elif node.op_type in LAYOUT_KEEPING and all(d == data[0] for d in data):
+            out = data[0]
+        else:
+            continue
+        for name in node.output:
+            if name:
+                layout[name] = out
+    # A conv input holding the image's axis 3 as channels: the image is channels-last.
+    if len(seen) == 1:
+        (seen_layout,) = seen
+        if seen_layout == (0, 3, 1, 2):
+            return NHWC
+    return NCHW
+
+
+@dataclass(frozen=True)
+class AdaptedInput:
+    """What :func:`adapt_image_input` did: the input's ``layout`` ("NCHW"/"NHWC") and element type as declared
+    (``dtype``: "float32", "uint8", ...), the original input's name, and the new input's ValueInfo."""
+    layout: str
+    dtype: str
+    original: str
+    value: onnx.ValueInfoProto
+
+
+def _dtype_name(elem: int) -> str:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
+
+
+def adapt_image_input(model: onnx.ModelProto, image: onnx.ValueInfoProto) -> tuple[onnx.ModelProto, AdaptedInput]:
+    """A copy of ``model`` whose image input is float NCHW (``model`` itself when it already is).
+
+    Channels-last: a new input :data:`ADAPTED_INPUT` (N, C, H, W) feeds ``Transpose(perm=[0, 2, 3, 1])`` whose output
+    takes the old input's name, so the rest of the graph is unchanged. Integer pixels: the input becomes float and
+    the Casts to float that read it (maybe through value-moving ops such as a Transpose) become Identities; any other
+    integer computation on the pixels is refused (:class:`ModelStructureError`), since it would not be
+    differentiable. The rewritten graph computes the same scores for integer-valued pixels.
+    """
+    ttype = image.type.tensor_type
+    dims = list(ttype.shape.dim)
+    layout = input_layout(model, image.name)
+    is_float = ttype.elem_type in _FLOATS
+    if is_float and layout == NCHW:
+        return model, AdaptedInput("NCHW", _dtype_name(ttype.elem_type), image.name, image)
+    model = copy.deepcopy(model)
+    graph = model.graph
+    if not is_float:
+        _pixels_to_float_inplace(graph, image.name)
+    value = next(v for v in graph.input if v.name == image.name)
+    value.type.tensor_type.elem_type = TensorProto.FLOAT
+    if layout == NHWC:
+        nchw_dims = [dims[0], dims[3], dims[1], dims[2]]
+        new = helper.make_tensor_value_info(ADAPTED_INPUT, TensorProto.FLOAT, [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in nchw_dims])
+        keep = [v for v in graph.input if v.name != image.name]
+        del graph.input[:]
+        graph.input.extend([new] + keep)
+        front = helper.make_node("Transpose", [ADAPTED_INPUT], [image.name], perm=list(NHWC),
+                                 name="cnnviz/image_to_nhwc")
+        nodes = [front] + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        value = new
+    del graph.value_info[:]  # the types of everything between the input and its casts changed
+    return model, AdaptedInput("NHWC" if layout == NHWC else "NCHW", _dtype_name(ttype.elem_type), image.name,
+                               copy.deepcopy(value))
+
+
+def _pixels_to_float_inplace(graph: onnx.GraphProto, image: str) -> None:
+    """Turn the integer region after ``image`` float: value-moving ops stay, Casts to float32 become Identity."""
+    region = {image}
+    for node in graph.node:
+        reads = [i for i in node_inputs(node) if i in region]
+        if not reads:
+            continue
+        where = f"node '{node.name or node.op_type}' ({node.op_type})"
+        if node.op_type == "Shape" or (node.op_type in VALUE_MOVING and node.input[0] in region
+                                       and len(reads) == 1):
+            if node.op_type != "Shape":
+                region.update(o for o in node.output if o)
+            continue
+        if node.op_type == "Cast" and len(reads) == 1:
+            to = node_attr(node, "to")
+            if to == TensorProto.FLOAT:
+                node.op_type = "Identity"
+                del node.attribute[:]
+                continue
+            if to in _FLOATS:
+                continue  # a float64 or float16 cast of float pixels computes the same
+        raise ModelStructureError(
+            f"the model takes integer pixels and computes on them before casting them to float ({where}), which "
+            "cannot be differentiated. Export the model with a float image input (the preprocessing inside the "
+            "graph can stay).")
+
+
+# --- layouts of the tensors ------------------------------------------------------------------------------------------
+def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str]) -> dict[str, tuple]:
+    """For each 4-D tensor computed from the image, the permutation of the image's NCHW axes it is laid out in;
+    tensors whose axes are not the image's (attention windows, heads, patches regrouped by a Reshape) are absent.
+
+    ``data``: the tensors computed from the image (others are constants and shapes). Transposes compose
+    permutations; channels-first ops (Conv, pools, BatchNormalization) output NCHW; value-wise ops, LayerNorm,
+    Softmax, Concat, Slice, Pad keep the layout their data inputs share, and an input of unknown layout with the
+    output's exact shape is taken to share it (Swin's residual Add of the window attention's output); a MatMul by a
+    constant over the channel axis (a Linear applied channels-last, as in ConvNeXt and Swin) keeps it; a Reshape keeps
+    it only when it restores the shape of the 4-D tensor it started from (a channel shuffle).
+    """
+    def shape(name):
+        ti = info.get(name)
+        return tuple(ti.shape) if ti is not None and ti.shape is not None else None
+
+    layout = {image: NCHW}
+    origin: dict[str, str] = {}  # a reshaped tensor -> the 4-D tensor of known layout its values came from
+    for node in model.graph.node:
+        ins = [i for i in node_inputs(node) if i in data]
+        if not ins:
+            continue
+        outs = [o for o in node.output if o]
+        four = [o for o in outs if shape(o) is not None and len(shape(o)) == 4]
+        known = [layout[i] for i in ins if i in layout]
+        op = node.op_type
+        if op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"):
+            src = ins[0] if ins[0] == node.input[0] else None
+            if src is not None:
+                root = origin.get(src, src if src in layout else None)
+                if root is not None:
+                    origin.update({o: root for o in outs})
+        result = None
+        if op == "Transpose" and node.input[0] in layout and len(layout[node.input[0]]) == 4:
+            result = compose(layout[node.input[0]], node_attr(node, "perm", [3, 2, 1, 0]))
+        elif op in CHANNELS_FIRST:
+            result = NCHW if node.input[0] in layout or node.input[0] in data else None
+        elif op == "Reshape":
+            root = origin.get(node.input[0])
+            if four and root is not None and shape(four[0]) == shape(root):
+                result = layout[root]
+            elif four and node.input[0] in layout and shape(four[0]) == shape(node.input[0]):
+                result = layout[node.input[0]]
+        elif op in ("MatMul", "Gemm"):
+            a = node.input[0]
+            if a in layout and len(ins) == 1 and layout[a][-1] == 1:
+                result = layout[a]  # x (.., C) times a constant (C, C'): channels stay last
+        elif known and all(k == known[0] for k in known):
+            unknown = [i for i in ins if i not in layout and shape(i) is not None and len(shape(i)) >= 2]
+            if op in LAYOUT_KEEPING or op in REDUCTIONS or not unknown:
+                if all(four and shape(i) == shape(four[0]) for i in unknown):
+                    result = known[0]
+        if result is not None:
+            for o in four:
+                layout[o] = result
+    return layout
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """How a tensor the model keeps in another layout is seen as an (N, C, h, w) feature map.
+
+    ``perm``: a 4-D tensor whose axis i holds the image's axis ``perm[i]`` (:data:`NHWC` for channels-last).
+    ``grid``/``prefix``: a token tensor (N, prefix + h*w, C): the first ``prefix`` tokens (class, distillation,
+    registers) are dropped and the rest reshaped to the (h, w) patch grid, as pytorch-grad-cam's ViT
+    ``reshape_transform`` does. ``native``: the tensor's shape in the model (None for the batch).
+    """
+    native: tuple
+    perm: tuple | None = None
+    grid: tuple | None = None
+    prefix: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "tokens" if self.grid is not None else ("NHWC" if self.perm == NHWC else "permuted")
+
+    def nchw_shape(self) -> tuple:
+        if self.grid is not None:
+            return (self.native[0], self.native[2], *self.grid)
+        return tuple(self.native[p] for p in inverse(self.perm))
+
+    def to_nchw(self, a: np.ndarray) -> np.ndarray:
+        """The model's tensor (batched) as (N, C, h, w)."""
+        if self.grid is not None:
+            n, _, c = a.shape
+            h, w = self.grid
+            return np.ascontiguousarray(a[:, self.prefix:].reshape(n, h, w, c).transpose(0, 3, 1, 2))
+        return np.ascontiguousarray(a.transpose(inverse(self.perm)))
+
+    def from_nchw(self, a: np.ndarray) -> np.ndarray:
+        """An (N, C, h, w) array (a cotangent) in the model's layout; dropped tokens get zeros."""
+        if self.grid is not None:
+            n, c, h, w = a.shape
+            out = np.zeros((n, self.prefix + h * w, c), dtype=a.dtype)
+            out[:, self.prefix:] = a.transpose(0, 2, 3, 1).reshape(n, h * w, c)
+            return out
+        return np.ascontiguousarray(a.transpose(self.perm))
+
+
+def batch_leading(model: onnx.ModelProto, image: str, info: dict) -> set[str]:
+    """The float tensors computed from the image whose axis 0 is the batch, sample for sample.
+
+    Attention reshapes move the batch: (N, T, 3, heads, d) is permuted to (3, N, heads, T, d), a window partition
+    folds it into (N * windows, ws * ws, C). A Transpose keeps the batch in front when its perm starts with 0; a
+    Reshape when the batch stays the only free axis and each sample keeps its element count; a value-wise op, MatMul
+    or reduction when one input with the batch in front already has the output's shape (a residual Add of an
+    attention branch) or, for every other op, when all its float inputs have it.
+    """
+    def shape(name):
+        ti = info.get(name)
+        return tuple(ti.shape) if ti is not None and ti.shape is not None else None
+
+    def per_sample(s):
+        return None if s is None or None in s[1:] else int(np.prod(s[1:], dtype=np.int64))
+
+    inits = {t.name for t in model.graph.initializer}
+    lead = {image}
+    for node in model.graph.node:
+        floats = [i for i in node_inputs(node) if i in info and info[i].is_float and i not in inits]
+        tracked = [i for i in floats if i in lead]
+        if not tracked:
+            continue
+        op, first = node.op_type, node.input[0] if node.input else ""
+        for out in (o for o in node.output if o):
+            s = shape(out)
+            if s is None or not s or s[0] is not None:
+                continue
+            if op == "Transpose":
+                keep = first in lead and list(node_attr(node, "perm", [1, 0]))[0] == 0
+            elif op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+                keep = first in lead and per_sample(s) is not None and per_sample(s) == per_sample(shape(first))
+            elif op == "Concat":  # along another axis, every input has the batch where the one in ``lead`` has it
+                keep = node_attr(node, "axis", 0) != 0
+            elif op in ("Gather", "Split", "Slice"):
+                keep = first in lead and (op == "Slice" or node_attr(node, "axis", 0) != 0)
+            else:
+                keep = any(shape(i) == s for i in tracked) or len(tracked) == len(floats)
+            if keep:
+                lead.add(out)
+    return lead
+
+
+def token_grids(model: onnx.ModelProto, layout: dict, info: dict, data: set[str],
+                lead: set[str]) -> dict[str, LayerView]:
+    """Token tensors (N, p + h*w, C) and their views: (h, w) is the grid of the last image-laid-out 4-D tensor the
+    tokens were computed from (the patch embedding's output), ``p`` at most :data:`MAX_PREFIX_TOKENS`; the batch must
+    lead (``lead``, :func:`batch_leading`), which leaves out attention's per-head and per-window tensors."""
+    grid: dict[str, tuple] = {}
+    views = {}
+    for node in model.graph.node:
+        ins = [i for i in node_inputs(node) if i in data]
+        if not ins:
+            continue
+        inherited = next((grid[i] for i in ins if i in grid), None)
+        for out in node.output:
+            ti = info.get(out)
+            if not out or ti is None or ti.shape is None:
+                continue
+            if out in layout:
+                nchw = [ti.shape[p] for p in inverse(layout[out])]
+                grid[out] = tuple(nchw[2:])
+                continue
+            if inherited is None:
+                continue
+            grid[out] = inherited
+            s = ti.shape
+            # (N, C, h*w): a channels-first map flattened, channels on axis 1 (its transpose holds the tokens).
+            flat_channels = node.op_type in ("Reshape", "Flatten") and node.input[0] in layout \
+                and layout[node.input[0]][1] == 1
+            if len(s) == 3 and out in lead and None not in s[1:] and ti.is_float and not flat_channels:
+                h, w = inherited
+                prefix = s[1] - h * w
+                if h * w > 1 and 0 <= prefix <= MAX_PREFIX_TOKENS:
+                    views[out] = LayerView(native=tuple(s), grid=(h, w), prefix=prefix)
+    return views

@@ -1,0 +1,236 @@
+"""Deployed layouts (graph/layout.py): channels-last and integer-pixel image inputs, channels-last feature maps and
+vision-transformer token maps, each checked against the same network in the usual NCHW float form or against torch.
+
+* An NHWC input (a torch model that permutes its input first, as tf2onnx's NHWC graphs do) is found from the data
+  flow; users give NCHW arrays and get the same scores, gradients and maps as from the NCHW export of the same net.
+* A uint8 NHWC input with the preprocessing inside the graph (Cast -> Transpose -> Div -> Sub -> Div) takes raw
+  pixels; its Grad-CAM equals the float model's on the preprocessed image, and its input gradient is the float
+  model's divided by 255 * std (the chain rule through the in-graph normalisation).
+* Token layers of a ViT and channels-last layers of a Swin transformer are seen as (N, C, h, w): their activations
+  and gradients equal torch's reshaped the way pytorch-grad-cam's ``reshape_transform`` does, and Grad-CAM at them
+  equals pytorch-grad-cam's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnx_cnnviz as cv
+from onnx_cnnviz.graph.layout import ADAPTED_INPUT
+from onnx_cnnviz.methods.registry import explain
+from tests.cli import invoke
+from tests.conftest import CACHE, export_onnx, rel_err, torchvision_model
+from tests.tiny_models import write_png
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+SIZE = 64
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ChannelsLast(torch.nn.Module):
+    """``net`` taking (N, H, W, C) images, as TensorFlow models do."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+class RawPixels(torch.nn.Module):
+    """``net`` taking uint8 (N, H, W, 3) pixels and normalising them inside (torchvision's preprocessing)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def forward(self, pixels):
+        x = pixels.float().permute(0, 3, 1, 2) / 255.0
+        return self.net((x - self.mean) / self.std)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """resnet18 (random weights) exported three ways: NCHW float, NHWC float, uint8 NHWC raw pixels."""
+    net = torchvision_model("resnet18")
+    paths = {}
+    for kind, module, dummy in (("nchw", net, torch.zeros(1, 3, SIZE, SIZE)),
+                                ("nhwc", ChannelsLast(net), torch.zeros(1, SIZE, SIZE, 3)),
+                                ("uint8", RawPixels(net).eval(), torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8))):
+        path = CACHE / f"layouts_resnet18_{kind}_{SIZE}.onnx"
+        if not path.exists():
+            export_onnx(module, dummy, path)
+        paths[kind] = cv.load(path, device="cpu")
+    return net, paths
+
+
+def test_channels_last_input_is_found_and_fed_as_nchw(resnet):
+    _, models = resnet
+    nchw, nhwc = models["nchw"], models["nhwc"]
+    assert nhwc.input_layout == "NHWC" and nchw.input_layout == "NCHW"
+    assert nhwc.input_shape == nchw.input_shape == (3, SIZE, SIZE)
+    assert nhwc.input_name == ADAPTED_INPUT
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    assert rel_err(nhwc.scores(x), nchw.scores(x)) < 1e-5
+    for method in ("saliency", "gradcam", "gradcampp", "occlusion"):
+        params = {"window": (16, 16), "stride": (16, 16)} if method == "occlusion" else {}
+        ours = explain(nhwc, method, x, targets=[1, 2], params=params)
+        ref = explain(nchw, method, x, targets=[1, 2], params=params)
+        assert ours.shape == ref.shape == (2, SIZE, SIZE), method
+        assert np.abs(ours - ref).max() < 1e-4, method
+    assert nhwc.default_layer is not None and nhwc.layer(nhwc.default_layer).shape == (None, 512, 2, 2)
+
+
+def test_uint8_pixels_give_the_float_models_maps(resnet):
+    net, models = resnet
+    raw, nchw = models["uint8"], models["nchw"]
+    assert raw.input_dtype == "uint8" and raw.takes_pixels and raw.input_layout == "NHWC"
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 3, SIZE, SIZE)).astype(np.uint8)
+    x = ((pixels / 255.0 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))).astype(np.float32)
+    assert rel_err(raw.scores(pixels), nchw.scores(x)) < 1e-4
+    assert rel_err(raw.scores(pixels.astype(np.float32)), nchw.scores(x)) < 1e-4
+    assert np.abs(cv.grad_cam(raw, pixels, [3, 4]) - cv.grad_cam(nchw, x, [3, 4])).max() < 1e-4
+    # d score / d pixel = d score / d x * dx/dpixel, with dx/dpixel = 1 / (255 std) per channel.
+    g_raw = raw.run(pixels, wrt=[raw.input_name], targets=[3, 4]).grads[raw.input_name]
+    g = nchw.run(x, wrt=[nchw.input_name], targets=[3, 4]).grads[nchw.input_name]
+    assert rel_err(g_raw, g / (255.0 * np.reshape(STD, (1, 3, 1, 1)))) < 1e-4
+    # and both are torch's
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt)[[0, 1], [3, 4]].sum().backward()
+    assert rel_err(g, xt.grad.numpy()) < 1e-4
+
+
+def test_integer_pixels_that_are_computed_on_are_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    from tests.tiny_models import save
+
+    nodes = [helper.make_node("Add", ["pixels", "one"], ["shifted"]),
+             helper.make_node("Cast", ["shifted"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                              [helper.make_tensor("one", TensorProto.UINT8, [], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = save(model, tmp_path / "int.onnx")
+    with pytest.raises(cv.ModelStructureError, match=r"computes on them before casting.*'Add'|Add"):
+        cv.load(path, device="cpu")
+
+
+def test_cli_explains_a_raw_pixel_model_without_preprocessing_flags(resnet, tmp_path):
+    path = CACHE / f"layouts_resnet18_uint8_{SIZE}.onnx"
+    image = write_png(tmp_path / "in.png", SIZE, seed=2)
+    out = tmp_path / "out"
+    result = invoke("explain", path, image, "--method", "gradcam", "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "assuming" not in result.stderr  # no preprocessing warning: the model takes pixels
+    assert any(out.iterdir())
+
+
+# --- transformers -----------------------------------------------------------------------------------------------------
+def small_vit():
+    torch.manual_seed(0)
+    net = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                               mlp_dim=64, num_classes=10).eval()
+    torch.nn.init.normal_(net.heads.head.weight)  # torchvision starts the head at zero: every gradient would be 0
+    return net
+
+
+def small_swin():
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+                           num_classes=10).eval()
+
+
+def vit_reshape(tensor, height=4, width=4):
+    """pytorch-grad-cam's documented ViT ``reshape_transform`` (tutorials/vision_transformers)."""
+    result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+    return result.transpose(2, 3).transpose(1, 2)
+
+
+def swin_reshape(tensor):
+    """pytorch-grad-cam's Swin ``reshape_transform`` for (N, h, w, C) stages: channels first."""
+    return tensor.permute(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    made = {}
+    for name, net, size in (("vit", small_vit(), 32), ("swin", small_swin(), 32)):
+        path = CACHE / f"layouts_{name}_{size}.onnx"
+        if not path.exists():
+            export_onnx(net, torch.zeros(1, 3, size, size), path)
+        made[name] = (net, cv.load(path, device="cpu"), size)
+    return made
+
+
+def _captured(net, module, x, target):
+    """torch's activation of ``module`` and the gradient of the target scores with respect to it."""
+    store = {}
+
+    def hook(_m, _i, out):
+        out.retain_grad()
+        store["a"] = out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        scores = net(torch.tensor(x))
+        scores[range(len(x)), target].sum().backward()
+    finally:
+        handle.remove()
+    return store["a"].detach(), store["a"].grad
+
+
+def test_vit_token_layers_are_seen_on_the_patch_grid(transformers):
+    net, m, size = transformers["vit"]
+    layer = m.default_layer
+    assert m.layer(layer).view.kind == "tokens" and m.layer(layer).view.prefix == 1
+    assert layer == "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0"  # blocks[-1].norm1
+    assert m.layer(layer).shape == (None, 32, 4, 4)
+    x = np.random.default_rng(3).standard_normal((2, 3, size, size)).astype(np.float32)
+    run = m.run(x, outputs=[layer], wrt=[layer, m.input_name], targets=[1, 2])
+    a, g = _captured(net, net.encoder.layers[-1].ln_1, x, [1, 2])
+    assert rel_err(run.outputs[layer], vit_reshape(a).numpy()) < 1e-4
+    assert rel_err(run.grads[layer], vit_reshape(g).numpy()) < 1e-4
+    # a cotangent given on the (N, C, h, w) view: the class token gets none
+    cot = np.random.default_rng(4).standard_normal((2, 32, 4, 4)).astype(np.float32)
+    back = m.vjp(x, layer, cot)
+    assert back.outputs[layer].shape == (2, 32, 4, 4)
+    xt = torch.tensor(x, requires_grad=True)
+    store = {}
+    handle = net.encoder.layers[-1].ln_1.register_forward_hook(lambda _m, _i, out: store.setdefault("a", out))
+    net(xt)
+    handle.remove()
+    (vit_reshape(store["a"]) * torch.tensor(cot)).sum().backward()
+    assert rel_err(back.grads[m.input_name], xt.grad.numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["vit", "swin"])
+def test_grad_cam_equals_pytorch_grad_cam_with_its_reshape_transform(transformers, name):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    net, m, size = transformers[name]
+    if name == "vit":
+        module, transform, layer = net.encoder.layers[-1].ln_1, vit_reshape, m.default_layer
+    else:
+        module, transform = net.features[-1][-1].norm2, swin_reshape
+        layer = next(la.name for la in m.layers if la.name.startswith("/features/features.3/features.3.1/norm2/"))
+        assert m.layer(layer).view.kind == "NHWC"
+    x = np.random.default_rng(5).standard_normal((2, 3, size, size)).astype(np.float32)
+    targets = [1, 2]
+    for ours_fn, theirs_cls in ((cv.grad_cam, pgc.GradCAM), (cv.grad_cam_pp, pgc.GradCAMPlusPlus)):
+        with theirs_cls(model=net, target_layers=[module], reshape_transform=transform) as cam:
+            ref = cam(torch.tensor(x), [ClassifierOutputTarget(t) for t in targets])
+        ours = ours_fn(m, x, targets, layer=layer)
+        assert ours.shape == ref.shape == (2, size, size)
+        assert np.abs(ours - ref).max() < 1e-3, (name, ours_fn.__name__)
