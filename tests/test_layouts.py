@@ -86,6 +86,15 @@ def test_channels_last_input_is_found_and_fed_as_nchw(resnet):
     assert nhwc.default_layer is not None and nhwc.layer(nhwc.default_layer).shape == (None, 512, 2, 2)
 
 
+def test_receptive_fields_follow_the_image_axes_through_transposes(resnet):
+    from onnx_cnnviz.methods.receptive_field import receptive_field
+
+    _, models = resnet
+    ours, ref = (receptive_field(m, m.default_layer) for m in (models["nhwc"], models["nchw"]))
+    assert (ours.size, ours.jump, ours.start, ours.layer_hw) == (ref.size, ref.jump, ref.start, ref.layer_hw)
+    assert ours.size == (435, 435)  # torchvision ResNet-18 layer4 (graph/receptive_field.py)
+
+
 def test_uint8_pixels_give_the_float_models_maps(resnet):
     net, models = resnet
     raw, nchw = models["uint8"], models["nchw"]

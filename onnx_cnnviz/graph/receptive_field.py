@@ -36,6 +36,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelStructureError
+from .layout import inverse, tensor_layouts
+from .structure import downstream
 from .ops import GLOBAL_POOLS, REDUCTIONS, RESAMPLING, SLIDING_WINDOWS, node_attr
 from .padding import window_geometry
 from .subgraphs import node_inputs
@@ -113,11 +115,19 @@ def _union(fields):
     return _Axis(end - s + 1, fields[0].j, s)
 
 
-def _spatial(info, name):
+def _spatial(info, name, layouts=None):
+    """(h, w) of a 4-D tensor laid out in the image's axes (NCHW unless ``layouts`` says otherwise)."""
     ti = info.get(name)
-    if ti is None or ti.shape is None or len(ti.shape) != 4 or any(d is None for d in ti.shape[2:]):
+    if ti is None or ti.shape is None or len(ti.shape) != 4:
         return None
-    return tuple(int(d) for d in ti.shape[2:])
+    if layouts is not None and name in layouts:
+        where = inverse(layouts[name])
+        hw = (ti.shape[where[2]], ti.shape[where[3]])
+    elif layouts is not None:
+        return None  # axes that are not the image's (attention windows): no grid
+    else:
+        hw = ti.shape[2:]
+    return None if any(d is None for d in hw) else tuple(int(d) for d in hw)
 
 
 def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict, constants: dict | None = None
@@ -131,6 +141,9 @@ def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict
     """
     graph = model.graph
     values = _Values(graph.initializer, constants)
+    # Fields are per image axis (rows, columns): a channels-last tensor holds them on its axes 1 and 2, and a
+    # Transpose between two layouts of the image's axes (tf2onnx's around every Conv) leaves them unchanged.
+    layouts = tensor_layouts(model, input_name, info, downstream(graph, [input_name]))
     in_hw = _spatial(info, input_name)
     if in_hw is None:
         raise ModelStructureError(f"the input '{input_name}' has no static (N, C, H, W) shape.")
@@ -141,18 +154,21 @@ def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict
             continue
         unknown = [fields[n] for n in tracked if isinstance(fields[n], str)]
         for out in node.output:
-            out_hw = _spatial(info, out)
+            out_hw = _spatial(info, out, layouts)
             if not out or out_hw is None:
                 continue  # leaves the spatial domain (Flatten, Gemm, ...): nothing to track
             if unknown:
                 fields[out] = unknown[0]
+            elif node.op_type == "Transpose" and node.input[0] in layouts and node.input[0] in fields:
+                fields[out] = fields[node.input[0]]
             else:
-                fields[out] = _node_field(node, out_hw, fields, info, values)
+                fields[out] = _node_field(node, out_hw, fields, info, values, layouts)
     return fields
 
 
-def _node_field(node, out_hw, fields, info, values):
+def _node_field(node, out_hw, fields, info, values, layouts):
     op = node.op_type
+    spatial = lambda name: _spatial(info, name, layouts)  # noqa: E731
     src = node.input[0]
     if op in SLIDING_WINDOWS and src in fields:
         if op in ("Conv", "ConvInteger", "QLinearConv"):
@@ -161,26 +177,26 @@ def _node_field(node, out_hw, fields, info, values):
             kernel = list(node_attr(node, "kernel_shape", list(wshape)[2:]))
         else:
             kernel = list(node_attr(node, "kernel_shape"))
-        strides, dilations, begins, _ = window_geometry(node, _spatial(info, src), kernel)
+        strides, dilations, begins, _ = window_geometry(node, spatial(src), kernel)
         out = []
         for a in range(2):
             f = fields[src][a]
             out.append(_Axis(f.r + (kernel[a] - 1) * dilations[a] * f.j, f.j * strides[a], f.s - begins[a] * f.j))
         return tuple(out)
     if op in GLOBAL_POOLS or (op in REDUCTIONS and out_hw == (1, 1)):
-        in_hw = _spatial(info, src)
+        in_hw = spatial(src)
         return tuple(_Axis(f.r + (n - 1) * f.j, f.j, f.s) for f, n in zip(fields[src], in_hw))
     if op == "Pad" and src in fields:
-        begins = _pad_begins(node, values)
+        begins = _pad_begins(node, values, inverse(layouts.get(src, (0, 1, 2, 3))))
         if begins is None:
             return f"the Pad node '{node.name}' has pads computed at run time from the image's values"
         return tuple(_Axis(f.r, f.j, f.s - int(begins[a]) * f.j) for a, f in enumerate(fields[src]))
     # Everything else keeps the grid when its spatial inputs share the output's size (elementwise ops, BatchNorm,
     # Concat over channels, ...): union over those inputs, leaving out inputs broadcast over space.
     spatial_inputs = [n for n in node.input if n in fields]
-    same = [n for n in spatial_inputs if _spatial(info, n) == out_hw]
-    broadcast = [n for n in spatial_inputs if _spatial(info, n) == (1, 1) and out_hw != (1, 1)]
-    if op in RESAMPLING and not (same and _spatial(info, src) == out_hw and op != "Transpose"):
+    same = [n for n in spatial_inputs if spatial(n) == out_hw]
+    broadcast = [n for n in spatial_inputs if spatial(n) == (1, 1) and out_hw != (1, 1)]
+    if op in RESAMPLING and not (same and spatial(src) == out_hw and op != "Transpose"):
         return f"node '{node.name or node.output[0]}' ({op}) resamples or moves the spatial axes"
     if len(same) + len(broadcast) != len(spatial_inputs) or not same:
         return f"node '{node.name or node.output[0]}' ({op}) changes the spatial size in a way not modelled"
@@ -193,10 +209,10 @@ def _node_field(node, out_hw, fields, info, values):
     return tuple(axes)
 
 
-def _pad_begins(node, values):
-    """The (y, x) begin padding of a Pad node on an (N, C, H, W) tensor: from the ``pads`` attribute (opset < 11) or
-    the ``pads`` input (an initializer or a run-time constant), with the optional ``axes`` input (opset 18); None when
-    the amounts are not known before running the graph."""
+def _pad_begins(node, values, where=(0, 1, 2, 3)):
+    """The (y, x) begin padding of a Pad node: from the ``pads`` attribute (opset < 11) or the ``pads`` input (an
+    initializer or a run-time constant), with the optional ``axes`` input (opset 18); None when the amounts are not
+    known before running the graph. ``where``: the tensor axes holding the image's N, C, H, W (NCHW by default)."""
     pads = node_attr(node, "pads")
     axes = None
     if pads is None:
@@ -211,13 +227,14 @@ def _pad_begins(node, values):
     if len(pads) != 2 * len(axes):
         return None
     begin = dict(zip(axes, pads[:len(axes)]))
-    return begin.get(2, 0), begin.get(3, 0)
+    return begin.get(where[2], 0), begin.get(where[3], 0)
 
 
-def layer_field(fields: dict, info: dict, input_name: str, name: str) -> ReceptiveField:
+def layer_field(fields: dict, info: dict, input_name: str, name: str, layer_hw: tuple | None = None
+                ) -> ReceptiveField:
     """The :class:`ReceptiveField` of tensor ``name`` from ``fields`` (:func:`compute_receptive_fields` on the same
     graph and ``info``). Raises :class:`ModelStructureError` when ``name`` is not a spatial map computed from the image
-    or an op on the way resamples the grid."""
+    or an op on the way resamples the grid. ``layer_hw``: the layer's (h, w) when it is not laid out NCHW."""
     if name not in fields:
         raise ModelStructureError(f"'{name}' is not a spatial (N, C, h, w) tensor computed from the image; it has no "
                                   "receptive field.")
@@ -225,4 +242,4 @@ def layer_field(fields: dict, info: dict, input_name: str, name: str) -> Recepti
     if isinstance(f, str):
         raise ModelStructureError(f"the receptive field of '{name}' is not defined: {f}.")
     return ReceptiveField(layer=name, size=(f[0].r, f[1].r), jump=(f[0].j, f[1].j), start=(f[0].s, f[1].s),
-                          input_hw=_spatial(info, input_name), layer_hw=_spatial(info, name))
+                          input_hw=_spatial(info, input_name), layer_hw=tuple(layer_hw or _spatial(info, name)))

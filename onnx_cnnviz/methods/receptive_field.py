@@ -22,4 +22,5 @@ def receptive_field(m: Model, layer, hw=None) -> ReceptiveField:
     name = getattr(layer, "name", layer)
     if name not in fields and name not in spec.info:
         m.layer(name)  # raises UnknownLayerError with suggestions
-    return layer_field(fields, spec.info, m.input_name, name)
+    view = spec.views.get(name)
+    return layer_field(fields, spec.info, m.input_name, name, view.nchw_shape()[2:] if view is not None else None)
