@@ -160,6 +160,14 @@ def small_swin():
                            num_classes=10).eval()
 
 
+def small_maxvit():
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    return MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 1],
+                  head_dim=8, stochastic_depth_prob=0.0, num_classes=10).eval()
+
+
 def vit_reshape(tensor, height=4, width=4):
     """pytorch-grad-cam's documented ViT ``reshape_transform`` (tutorials/vision_transformers)."""
     result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
@@ -174,7 +182,7 @@ def swin_reshape(tensor):
 @pytest.fixture(scope="module")
 def transformers():
     made = {}
-    for name, net, size in (("vit", small_vit(), 32), ("swin", small_swin(), 32)):
+    for name, net, size in (("vit", small_vit(), 32), ("swin", small_swin(), 32), ("maxvit", small_maxvit(), 32)):
         path = CACHE / f"layouts_{name}_{size}.onnx"
         if not path.exists():
             export_onnx(net, torch.zeros(1, 3, size, size), path)
@@ -223,18 +231,33 @@ def test_vit_token_layers_are_seen_on_the_patch_grid(transformers):
     assert rel_err(back.grads[m.input_name], xt.grad.numpy()) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["vit", "swin"])
+def _pytorch_grad_cam_setup(name, net, m):
+    """(module, reshape_transform, our layer) of pytorch-grad-cam's documented choice for each transformer."""
+    if name.startswith("vit"):
+        h = m.layer(m.default_layer).shape[2]
+        return net.encoder.layers[-1].ln_1, lambda t: vit_reshape(t, h, h), m.default_layer
+    if name.startswith("swin"):
+        block = len(net.features) - 1
+        prefix = f"/features/features.{block}/features.{block}.{len(net.features[-1]) - 1}/norm2/"
+        layer = next(la.name for la in m.layers if la.name.startswith(prefix))
+        assert m.layer(layer).view.kind == "NHWC"
+        return net.features[-1][-1].norm2, swin_reshape, layer
+    # MaxViT's last layer ends with the grid attention's departition: an NCHW map, no reshape needed
+    assert "departition" in m.default_layer
+    return net.blocks[-1].layers[-1], None, m.default_layer
+
+
+@pytest.mark.parametrize("name", ["vit", "swin", "maxvit"])
 def test_grad_cam_equals_pytorch_grad_cam_with_its_reshape_transform(transformers, name):
+    net, m, size = transformers[name]
+    _compare_with_pytorch_grad_cam(name, net, m, size)
+
+
+def _compare_with_pytorch_grad_cam(name, net, m, size):
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    net, m, size = transformers[name]
-    if name == "vit":
-        module, transform, layer = net.encoder.layers[-1].ln_1, vit_reshape, m.default_layer
-    else:
-        module, transform = net.features[-1][-1].norm2, swin_reshape
-        layer = next(la.name for la in m.layers if la.name.startswith("/features/features.3/features.3.1/norm2/"))
-        assert m.layer(layer).view.kind == "NHWC"
+    module, transform, layer = _pytorch_grad_cam_setup(name, net, m)
     x = np.random.default_rng(5).standard_normal((2, 3, size, size)).astype(np.float32)
     targets = [1, 2]
     for ours_fn, theirs_cls in ((cv.grad_cam, pgc.GradCAM), (cv.grad_cam_pp, pgc.GradCAMPlusPlus)):
@@ -243,3 +266,20 @@ def test_grad_cam_equals_pytorch_grad_cam_with_its_reshape_transform(transformer
         ours = ours_fn(m, x, targets, layer=layer)
         assert ours.shape == ref.shape == (2, size, size)
         assert np.abs(ours - ref).max() < 1e-3, (name, ours_fn.__name__)
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t"])
+def test_full_size_transformers_match_pytorch_grad_cam(name):
+    """The real architectures at 224 px (random weights): input gradients equal torch's, Grad-CAM pytorch-grad-cam's."""
+    net = torchvision_model(name)
+    if name.startswith("vit"):
+        torch.nn.init.normal_(net.heads.head.weight, std=0.02)
+    path = CACHE / f"layouts_{name}_224.onnx"
+    if not path.exists():
+        export_onnx(net, torch.zeros(1, 3, 224, 224), path)
+    m = cv.load(path, device="cpu")
+    x = np.random.default_rng(6).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt)[[0, 1], [1, 2]].sum().backward()
+    assert rel_err(m.run(x, wrt=[m.input_name], targets=[1, 2]).grads[m.input_name], xt.grad.numpy()) < 1e-4
+    _compare_with_pytorch_grad_cam(name, net, m, 224)

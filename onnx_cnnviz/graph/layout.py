@@ -190,7 +190,8 @@ def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str
     Softmax, Concat, Slice, Pad keep the layout their data inputs share, and an input of unknown layout with the
     output's exact shape is taken to share it (Swin's residual Add of the window attention's output); a MatMul by a
     constant over the channel axis (a Linear applied channels-last, as in ConvNeXt and Swin) keeps it; a Reshape keeps
-    it only when it restores the shape of the 4-D tensor it started from (a channel shuffle).
+    it only when it restores the shape of the 4-D tensor its values were moved from, by Reshapes and Transposes and
+    shape-keeping work in between (a channel shuffle; MaxViT's window and grid partitions and their inverses).
     """
     def shape(name):
         ti = info.get(name)
@@ -212,6 +213,12 @@ def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str
                 root = origin.get(src, src if src in layout else None)
                 if root is not None:
                     origin.update({o: root for o in outs})
+        elif op in LAYOUT_KEEPING or op in ("MatMul", "Gemm"):
+            # Work inside a partitioned space (MaxViT's windows: a residual Add, a LayerNorm) keeps the values where
+            # the partition put them, so the Reshape that undoes the partition restores the map's layout.
+            kept = next((origin[i] for i in ins if i in origin and outs and shape(i) == shape(outs[0])), None)
+            if kept is not None:
+                origin.update({o: kept for o in outs})
         result = None
         if op == "Transpose" and node.input[0] in layout and len(layout[node.input[0]]) == 4:
             result = compose(layout[node.input[0]], node_attr(node, "perm", [3, 2, 1, 0]))
