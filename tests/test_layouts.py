@@ -168,6 +168,21 @@ def small_maxvit():
                   head_dim=8, stochastic_depth_prob=0.0, num_classes=10).eval()
 
 
+TIMM = {  # small configurations of timm's architectures (random weights, no download)
+    "timm_vit": ("vit_tiny_patch16_224", dict(img_size=64, depth=2), 64),
+    "timm_deit": ("deit_tiny_distilled_patch16_224", dict(img_size=64, depth=2), 64),  # class + distillation token
+    "timm_swin": ("swin_tiny_patch4_window7_224", dict(img_size=112, depths=(1, 1, 1, 1), embed_dim=24,
+                                                      num_heads=(1, 1, 1, 1)), 112),
+}
+
+
+def timm_model(name):
+    timm = pytest.importorskip("timm")
+    arch, kwargs, size = TIMM[name]
+    torch.manual_seed(0)
+    return timm.create_model(arch, pretrained=False, num_classes=10, **kwargs).eval(), size
+
+
 def vit_reshape(tensor, height=4, width=4):
     """pytorch-grad-cam's documented ViT ``reshape_transform`` (tutorials/vision_transformers)."""
     result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
@@ -182,7 +197,9 @@ def swin_reshape(tensor):
 @pytest.fixture(scope="module")
 def transformers():
     made = {}
-    for name, net, size in (("vit", small_vit(), 32), ("swin", small_swin(), 32), ("maxvit", small_maxvit(), 32)):
+    nets = [("vit", small_vit(), 32), ("swin", small_swin(), 32), ("maxvit", small_maxvit(), 32)]
+    nets += [(name, *timm_model(name)) for name in TIMM]
+    for name, net, size in nets:
         path = CACHE / f"layouts_{name}_{size}.onnx"
         if not path.exists():
             export_onnx(net, torch.zeros(1, 3, size, size), path)
@@ -236,6 +253,21 @@ def _pytorch_grad_cam_setup(name, net, m):
     if name.startswith("vit"):
         h = m.layer(m.default_layer).shape[2]
         return net.encoder.layers[-1].ln_1, lambda t: vit_reshape(t, h, h), m.default_layer
+    if name in ("timm_vit", "timm_deit"):  # pytorch-grad-cam's vit_example.py: blocks[-1].norm1
+        view = m.layer(m.default_layer).view
+        assert m.default_layer == "/blocks/blocks.1/norm1/LayerNormalization_output_0"
+        assert view.prefix == (2 if name == "timm_deit" else 1)
+        h = view.grid[0]
+
+        def drop_prefix(t):
+            return t[:, view.prefix:].reshape(t.size(0), h, h, t.size(2)).permute(0, 3, 1, 2)
+        return net.blocks[-1].norm1, drop_prefix, m.default_layer
+    if name == "timm_swin":  # pytorch-grad-cam's swinT_example.py: layers[-1].blocks[-1].norm2, tokens on the grid
+        layer = next(la.name for la in m.layers if la.name.startswith("/layers/layers.3/blocks/blocks.0/norm2/"))
+        view = m.layer(layer).view
+        assert view.kind == "tokens" and view.prefix == 0 and view.grid == (4, 4)
+        return (net.layers[-1].blocks[-1].norm2,
+                lambda t: t.reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2), layer)
     if name.startswith("swin"):
         block = len(net.features) - 1
         prefix = f"/features/features.{block}/features.{block}.{len(net.features[-1]) - 1}/norm2/"
@@ -247,7 +279,7 @@ def _pytorch_grad_cam_setup(name, net, m):
     return net.blocks[-1].layers[-1], None, m.default_layer
 
 
-@pytest.mark.parametrize("name", ["vit", "swin", "maxvit"])
+@pytest.mark.parametrize("name", ["vit", "swin", "maxvit", *TIMM])
 def test_grad_cam_equals_pytorch_grad_cam_with_its_reshape_transform(transformers, name):
     net, m, size = transformers[name]
     _compare_with_pytorch_grad_cam(name, net, m, size)

@@ -181,24 +181,104 @@ def _pixels_to_float_inplace(graph: onnx.GraphProto, image: str) -> None:
 
 
 # --- layouts of the tensors ------------------------------------------------------------------------------------------
-def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str]) -> dict[str, tuple]:
+# Where a Reshape moves the image's axes is followed with *factors*: a tensor axis is a tuple of (image axis, stride,
+# size) in row-major order, position along the image axis = sum of index * stride. A Reshape splits and merges them
+# (Swin's patch merging is a space-to-depth: rows (28) -> rows (14) x inner rows (2), the inner part going into the
+# channels), a Transpose permutes them. The batch is the factor (0, 1, None).
+_BATCH = (0, 1, None)
+
+
+def _factors_of(layout: tuple, shape: tuple) -> tuple | None:
+    if shape[0] is not None or None in shape[1:]:
+        return None
+    return tuple((_BATCH,) if i == 0 else (((layout[i], 1, shape[i]),) if shape[i] != 1 else ())
+                 for i in range(len(shape)))
+
+
+def _reshape_factors(axes: tuple, out_shape: tuple) -> tuple | None:
+    """The factors of ``Reshape(t, out_shape)`` when ``t`` has ``axes``; None when a new axis would cut a factor
+    unevenly or the batch would not be in one free axis."""
+    pending = [f for axis in axes for f in axis]
+    static = int(np.prod([f[2] for f in pending if f[2] is not None], dtype=np.int64))
+    if sum(f[2] is None for f in pending) != 1 or sum(d is None for d in out_shape) != 1:
+        return None
+    rest = int(np.prod([d for d in out_shape if d is not None], dtype=np.int64))
+    if rest == 0 or static % rest:
+        return None
+    out = []
+    for d in out_shape:
+        need_batch, target, axis = d is None, (static // rest if d is None else int(d)), []
+        while need_batch or target > 1:
+            if not pending:
+                return None
+            f = pending[0]
+            if f[2] is None:
+                if not need_batch:
+                    return None
+                axis.append(pending.pop(0))
+                need_batch = False
+            elif target % f[2] == 0:
+                axis.append(pending.pop(0))
+                target //= f[2]
+            elif f[2] % target == 0:  # the outer part of this factor closes the axis, the inner part stays
+                inner = f[2] // target
+                axis.append((f[0], f[1] * inner, target))
+                pending[0] = (f[0], f[1], inner)
+                target = 1
+            else:
+                return None
+        out.append(tuple(axis))
+    return tuple(out) if not pending else None
+
+
+def _consecutive(axis: tuple) -> bool:
+    return all(a[1] == b[1] * b[2] for a, b in zip(axis, axis[1:]))
+
+
+def _layout_from_factors(axes: tuple) -> tuple | None:
+    """The layout of a 4-D tensor whose axes are ``axes``: one axis exactly the batch, one the rows (the outer
+    factors of H, in order), one the columns; the fourth holds the channels (and maybe the inner factors of H and W,
+    as after a space-to-depth). None when the axes are not so (windows folded into the batch, heads, ...)."""
+    roles = [None] * 4
+    for i, axis in enumerate(axes):
+        ids = {f[0] for f in axis}
+        if axis == (_BATCH,):
+            roles[i] = 0
+        elif ids in ({2}, {3}) and _consecutive(axis):
+            roles[i] = ids.pop()
+    if sorted(r for r in roles if r is not None) != [0, 2, 3]:
+        return None
+    for spatial in (2, 3):
+        outer = min(f[1] for f in axes[roles.index(spatial)])
+        if any(f[0] == spatial and f[1] * f[2] > outer for i, axis in enumerate(axes) if roles[i] is None for f in axis):
+            return None  # an outer part of the rows elsewhere: the grid is scrambled
+    if any(f[0] == 0 for i, axis in enumerate(axes) if roles[i] is None for f in axis):
+        return None
+    return tuple(1 if r is None else r for r in roles)
+
+
+def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str]) -> tuple[dict, dict]:
     """For each 4-D tensor computed from the image, the permutation of the image's NCHW axes it is laid out in;
-    tensors whose axes are not the image's (attention windows, heads, patches regrouped by a Reshape) are absent.
+    tensors whose axes are not the image's (attention windows, heads) are absent. Also returns the factors of every
+    tensor they could be followed to (see ``_reshape_factors``).
 
     ``data``: the tensors computed from the image (others are constants and shapes). Transposes compose
     permutations; channels-first ops (Conv, pools, BatchNormalization) output NCHW; value-wise ops, LayerNorm,
     Softmax, Concat, Slice, Pad keep the layout their data inputs share, and an input of unknown layout with the
     output's exact shape is taken to share it (Swin's residual Add of the window attention's output); a MatMul by a
-    constant over the channel axis (a Linear applied channels-last, as in ConvNeXt and Swin) keeps it; a Reshape keeps
-    it only when it restores the shape of the 4-D tensor its values were moved from, by Reshapes and Transposes and
-    shape-keeping work in between (a channel shuffle; MaxViT's window and grid partitions and their inverses).
+    constant over the channel axis (a Linear applied channels-last, as in ConvNeXt and Swin) keeps it. Reshapes are
+    followed factor by factor: a channel shuffle, a space-to-depth (Swin's patch merging) and the inverse of a window
+    partition (Swin, MaxViT) give image layouts again; shape-keeping work between them (a residual Add, a LayerNorm,
+    a Linear) keeps the factors.
     """
     def shape(name):
         ti = info.get(name)
         return tuple(ti.shape) if ti is not None and ti.shape is not None else None
 
     layout = {image: NCHW}
-    origin: dict[str, str] = {}  # a reshaped tensor -> the 4-D tensor of known layout its values came from
+    factors: dict[str, tuple] = {}
+    if shape(image) is not None and len(shape(image)) == 4:
+        factors[image] = _factors_of(NCHW, shape(image))
     for node in model.graph.node:
         ins = [i for i in node_inputs(node) if i in data]
         if not ins:
@@ -207,28 +287,22 @@ def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str
         four = [o for o in outs if shape(o) is not None and len(shape(o)) == 4]
         known = [layout[i] for i in ins if i in layout]
         op = node.op_type
-        if op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"):
-            src = ins[0] if ins[0] == node.input[0] else None
-            if src is not None:
-                root = origin.get(src, src if src in layout else None)
-                if root is not None:
-                    origin.update({o: root for o in outs})
-        elif op in LAYOUT_KEEPING or op in ("MatMul", "Gemm"):
-            # Work inside a partitioned space (MaxViT's windows: a residual Add, a LayerNorm) keeps the values where
-            # the partition put them, so the Reshape that undoes the partition restores the map's layout.
-            kept = next((origin[i] for i in ins if i in origin and outs and shape(i) == shape(outs[0])), None)
-            if kept is not None:
-                origin.update({o: kept for o in outs})
+        moved = None
+        if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and factors.get(node.input[0]) and outs \
+                and shape(outs[0]) is not None:
+            moved = _reshape_factors(factors[node.input[0]], shape(outs[0]))
+        elif op == "Transpose" and factors.get(node.input[0]):
+            moved = tuple(factors[node.input[0]][p] for p in node_attr(node, "perm", []))
+        elif outs and shape(outs[0]) is not None:
+            # work that keeps a shape keeps the axes (a residual Add, a LayerNorm, a Linear C -> C)
+            moved = next((factors[i] for i in ins if factors.get(i) and shape(i) == shape(outs[0])), None)
         result = None
         if op == "Transpose" and node.input[0] in layout and len(layout[node.input[0]]) == 4:
             result = compose(layout[node.input[0]], node_attr(node, "perm", [3, 2, 1, 0]))
         elif op in CHANNELS_FIRST:
             result = NCHW if node.input[0] in layout or node.input[0] in data else None
-        elif op == "Reshape":
-            root = origin.get(node.input[0])
-            if four and root is not None and shape(four[0]) == shape(root):
-                result = layout[root]
-            elif four and node.input[0] in layout and shape(four[0]) == shape(node.input[0]):
+        elif op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            if four and node.input[0] in layout and shape(four[0]) == shape(node.input[0]):
                 result = layout[node.input[0]]
         elif op in ("MatMul", "Gemm"):
             a = node.input[0]
@@ -239,10 +313,15 @@ def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str
             if op in LAYOUT_KEEPING or op in REDUCTIONS or not unknown:
                 if all(four and shape(i) == shape(four[0]) for i in unknown):
                     result = known[0]
-        if result is not None:
-            for o in four:
+        if result is None and moved is not None and four:
+            result = _layout_from_factors(moved)
+        for o in outs:
+            if result is not None and o in four:
                 layout[o] = result
-    return layout
+                factors[o] = _factors_of(result, shape(o)) or moved
+            elif moved is not None:
+                factors[o] = moved
+    return layout, factors
 
 
 @dataclass(frozen=True)
@@ -329,11 +408,29 @@ def batch_leading(model: onnx.ModelProto, image: str, info: dict) -> set[str]:
     return lead
 
 
-def token_grids(model: onnx.ModelProto, layout: dict, info: dict, data: set[str],
+def _token_grid(axes: tuple) -> tuple | None:
+    """(h, w) when a 3-D tensor's ``axes`` are (batch, rows then columns, channels): patch tokens in row-major
+    order; None otherwise."""
+    if len(axes) != 3 or axes[0] != (_BATCH,):
+        return None
+    tokens = axes[1]
+    rows = [f for f in tokens if f[0] == 2]
+    cols = [f for f in tokens if f[0] == 3]
+    if not rows or not cols or tokens != tuple(rows + cols) or not _consecutive(rows) or not _consecutive(cols):
+        return None
+    if any(f[0] in (0, 2, 3) and f[1] * f[2] > min(g[1] for g in (rows if f[0] == 2 else cols)) for f in axes[2]
+           if f[0] != 0) or any(f[0] == 0 for f in axes[2]):
+        return None
+    return (int(np.prod([f[2] for f in rows])), int(np.prod([f[2] for f in cols])))
+
+
+def token_grids(model: onnx.ModelProto, layout: dict, factors: dict, info: dict, data: set[str],
                 lead: set[str]) -> dict[str, LayerView]:
-    """Token tensors (N, p + h*w, C) and their views: (h, w) is the grid of the last image-laid-out 4-D tensor the
-    tokens were computed from (the patch embedding's output), ``p`` at most :data:`MAX_PREFIX_TOKENS`; the batch must
-    lead (``lead``, :func:`batch_leading`), which leaves out attention's per-head and per-window tensors."""
+    """Token tensors (N, p + h*w, C) and their views. Where the factors of the tensor are known (the tokens are a
+    map's rows and columns flattened, as Swin's blocks do) they give the grid exactly; after tokens are prepended (a
+    class token) the grid is that of the last image-laid-out tensor the tokens were computed from (the patch
+    embedding's output), with ``p`` at most :data:`MAX_PREFIX_TOKENS`. The batch must lead (``lead``,
+    :func:`batch_leading`), which leaves out attention's per-head and per-window tensors."""
     grid: dict[str, tuple] = {}
     views = {}
     for node in model.graph.node:
@@ -349,16 +446,22 @@ def token_grids(model: onnx.ModelProto, layout: dict, info: dict, data: set[str]
                 nchw = [ti.shape[p] for p in inverse(layout[out])]
                 grid[out] = tuple(nchw[2:])
                 continue
+            s = ti.shape
+            if len(s) != 3 or out not in lead or None in s[1:] or not ti.is_float:
+                if inherited is not None:
+                    grid[out] = inherited
+                continue
+            if factors.get(out):
+                exact = _token_grid(factors[out])
+                if exact is not None:
+                    grid[out] = exact
+                    views[out] = LayerView(native=tuple(s), grid=exact, prefix=0)
+                continue  # the axes are known and are not tokens (a flattened NCHW map: channels first)
             if inherited is None:
                 continue
             grid[out] = inherited
-            s = ti.shape
-            # (N, C, h*w): a channels-first map flattened, channels on axis 1 (its transpose holds the tokens).
-            flat_channels = node.op_type in ("Reshape", "Flatten") and node.input[0] in layout \
-                and layout[node.input[0]][1] == 1
-            if len(s) == 3 and out in lead and None not in s[1:] and ti.is_float and not flat_channels:
-                h, w = inherited
-                prefix = s[1] - h * w
-                if h * w > 1 and 0 <= prefix <= MAX_PREFIX_TOKENS:
-                    views[out] = LayerView(native=tuple(s), grid=(h, w), prefix=prefix)
+            h, w = inherited
+            prefix = s[1] - h * w
+            if h * w > 1 and 0 <= prefix <= MAX_PREFIX_TOKENS:
+                views[out] = LayerView(native=tuple(s), grid=(h, w), prefix=prefix)
     return views

@@ -143,7 +143,7 @@ def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict
     values = _Values(graph.initializer, constants)
     # Fields are per image axis (rows, columns): a channels-last tensor holds them on its axes 1 and 2, and a
     # Transpose between two layouts of the image's axes (tf2onnx's around every Conv) leaves them unchanged.
-    layouts = tensor_layouts(model, input_name, info, downstream(graph, [input_name]))
+    layouts, _ = tensor_layouts(model, input_name, info, downstream(graph, [input_name]))
     in_hw = _spatial(info, input_name)
     if in_hw is None:
         raise ModelStructureError(f"the input '{input_name}' has no static (N, C, H, W) shape.")

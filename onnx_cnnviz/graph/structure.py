@@ -144,8 +144,8 @@ def candidate_layers(model: onnx.ModelProto, image: str, score: str, info: dict[
     graph = model.graph
     data = downstream(graph, [image])
     on_path = data & upstream(graph, [score])
-    layout = tensor_layouts(model, image, info, data)
-    tokens = token_grids(model, layout, info, data, batch_leading(model, image, info))
+    layout, factors = tensor_layouts(model, image, info, data)
+    tokens = token_grids(model, layout, factors, info, data, batch_leading(model, image, info))
     layers = []
     for node in graph.node:
         for out in node.output:
