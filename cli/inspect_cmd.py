@@ -30,6 +30,7 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
 
     m = load_model(model, device, input_name, output_name, input_size, max_nodes=max_nodes)
     info = describe(m, model)
+    info["score_choice"] = score_choice_info(m, output_name)
     info["model"] = abspath(model)
     info["device"] = m.device
     try:
@@ -61,6 +62,9 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     skipped = f" (input of the final {score['softmax_skipped']}, which is skipped)" if score["softmax_skipped"] \
         else ""
     out(f"score        {score['tensor']}{skipped}, {info['num_classes']} classes")
+    picked = info["score_choice"]
+    if len(picked["outputs"]) > 1:
+        out(f"             from {picked['output']} ({picked['summary']}): {picked['reason']}")
     if info["static_batch"]:
         out("batch        the graph hard-codes batch 1: images run one at a time")
     if choice is not None:
@@ -94,6 +98,17 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
         out(f"classes      {len(names)}:")
         for i, name in enumerate(names):
             out(f"  {i:>{len(str(len(names) - 1))}}  {name}")
+
+
+def score_choice_info(m, output_name) -> dict:
+    """Which output holds the class scores and why (:func:`onnx_cnnviz.graph.head.choose_score` on the model's
+    normalised graph, which keeps every output): the chosen output, the reason, and each output's role."""
+    from onnx_cnnviz.graph.head import choose_score
+
+    choice = choose_score(m.spec().model, output_name)
+    return {"output": choice.output, "reason": choice.reason, "summary": choice.summary(),
+            "outputs": [{"name": r.name, "kind": r.kind, "computed_from": r.source if r.from_output else None,
+                         "expression": r.describe()} for r in choice.outputs]}
 
 
 def _value(v) -> str:

@@ -54,6 +54,12 @@ _SHARED_TYPES = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.DOUBLE: np.dtyp
 _PLACEHOLDER = "cnnviz-shared-weight.bin"
 
 
+#: onnxruntime graph optimisers that change results. ``Pad_Fusion`` folds a zero ``Pad`` into the ``MaxPool`` after
+#: it, which pads with -inf instead: the max of a border window that held padded zeros becomes negative (onnxruntime
+#: 1.31; BiT's stem is exactly Pad(0) -> MaxPool, and its scores came out 4% off). It only saves a copy.
+DISABLED_OPTIMIZERS = ["Pad_Fusion"]
+
+
 @functools.lru_cache(maxsize=1)
 def cuda_available() -> bool:
     """True when onnxruntime can create a working CUDA session here. Never prints."""
@@ -302,7 +308,8 @@ class Session:
                     for name, value in zip(names, values):
                         options.add_initializer(name, value)
                 try:
-                    self._session = ort.InferenceSession(payload, options, providers=providers)
+                    self._session = ort.InferenceSession(payload, options, providers=providers,
+                                                         disabled_optimizers=DISABLED_OPTIMIZERS)
                     if in_place:
                         self.shared = tuple({id(w): w for w in shared.values()}.values())
                 except Exception:
@@ -311,7 +318,7 @@ class Session:
         if self._session is None:
             try:
                 self._session = ort.InferenceSession(model.SerializeToString(), self._options(threads, lean),
-                                                     providers=providers)
+                                                     providers=providers, disabled_optimizers=DISABLED_OPTIMIZERS)
             except Exception as exc:
                 raise RuntimeFailure(f"onnxruntime could not load the rewritten graph: {str(exc)[:500]}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]

@@ -300,3 +300,25 @@ def test_integer_shape_arithmetic_on_the_path_needs_no_rule():
     x = np.random.default_rng(6).standard_normal((2, 3, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(m.scores(x), numpy_tiny(tiny_classifier(), x), rtol=1e-5, atol=1e-5)
     assert np.abs(cv.gradients(m, x)).max() > 0
+
+
+def test_a_zero_pad_before_max_pool_keeps_its_zeros(tmp_path):
+    """onnxruntime's Pad_Fusion would fold Pad(0) into the MaxPool, which pads with -inf (runtime.DISABLED_OPTIMIZERS):
+    the border windows of an all-negative map must see the padded zeros (BiT's stem)."""
+    from onnx import TensorProto, helper
+
+    from tests.tiny_models import save
+
+    pads = helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1])
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"]),
+             helper.make_node("MaxPool", ["padded"], ["pooled"], kernel_shape=[3, 3], strides=[2, 2]),
+             helper.make_node("Flatten", ["pooled"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [pads])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    m = cv.load(save(model, tmp_path / "padpool.onnx"), device="cpu")
+    x = -np.arange(1, 17, dtype=np.float32).reshape(1, 1, 4, 4)
+    padded = np.pad(x[0, 0], 1)
+    expected = [padded[i:i + 3, j:j + 3].max() for i in (0, 2) for j in (0, 2)]
+    np.testing.assert_array_equal(m.scores(x)[0], expected)

@@ -1,6 +1,7 @@
 """The classifier head: every walk back from the class score (or from a layer) through the graph.
 
-* :func:`find_score` — the class vector before a final Softmax/LogSoftmax/Sigmoid;
+* :func:`find_score` — the class vector before a final Softmax/LogSoftmax/Sigmoid; :func:`choose_score` — which
+  output holds it when there are several (``probs = Softmax(logits)``, ``label = ArgMax(probs)``, a TopK), and why;
 * :func:`cam_head` — CAM's class weights over a globally average-pooled feature map (Zhou et al. 2016);
 * :func:`spatial_head` — the last spatial map before the score and the head nodes after it (the fully convolutional
   rewrite);
@@ -97,11 +98,154 @@ def global_average_input(node: onnx.NodeProto, info: dict, inits: dict, made_by:
 # ==================================================================================================================
 # The score
 # ==================================================================================================================
-def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, str, str | None]:
-    """Return ``(output_name, score_tensor, skipped_op)``.
+# What a deployed model computes from its class scores for convenience, next to them or instead of them: views of the
+# same values, the final normalisers, and selections (the label, the top k, the confidence). An output computed from
+# another through these alone holds no class scores of its own.
+SAME_VALUES = SCORE_VIEWS | INFERENCE_IDENTITIES | {"Cast"}
+# Selections count only along the class axis (1 or -1 of (N, K) scores): a ReduceMax over H and W is a global max
+# pool, whose output is the class scores themselves.
+SELECTIONS = {"ArgMax": "labels", "TopK": "top-k", "ReduceMax": "the maximum"}
+DERIVING = SAME_VALUES | NORMALISERS | set(SELECTIONS)
+# The class vectors an output may be, best first: the scores themselves, then their normalisations (whose input
+# the score is then taken from).
+CLASS_VECTORS = ("class scores", "log-probabilities", "probabilities", "sigmoid probabilities")
+_NORMALISED = {"Softmax": "probabilities", "LogSoftmax": "log-probabilities", "Sigmoid": "sigmoid probabilities"}
 
-    The score is the class vector before any final Softmax/LogSoftmax/Sigmoid (Simonyan et al.; Grad-CAM), also when
-    the normaliser is followed by Reshape/Flatten/Squeeze: then the normaliser's input is the score.
+
+@dataclass(frozen=True)
+class OutputRole:
+    """What one graph output is: ``name = ops(source)``, ``source`` being another output (``from_output``) or the
+    tensor where the walk back through :data:`DERIVING` ops stops; ``root`` is where the walk ends through every
+    output, the same for all outputs computed from one tensor."""
+    name: str
+    source: str
+    ops: tuple  # (op_type, output index) from source to name, source side first
+    root: str
+    kind: str  # one of CLASS_VECTORS, or "labels", "top-k scores", "top-k labels", "the maximum"
+    producer: str  # what computes ``root``: "Gemm 'fc'", or "the graph input"
+    from_output: bool = False
+
+    @property
+    def is_class_vector(self) -> bool:
+        return self.kind in CLASS_VECTORS
+
+    @property
+    def expression(self) -> str:
+        """``Softmax(logits)``, ``ArgMax(probs)``, ``TopK(logits).indices`` (views left out): ``name`` in terms of
+        ``source``."""
+        text = self.source
+        for op, index in self.ops:
+            if op in SAME_VALUES:
+                continue
+            text = f"{op}({text})" + ((".indices" if index else ".values") if op == "TopK" else "")
+        return text
+
+    @property
+    def formula(self) -> str:
+        """``probs = Softmax(logits)`` when the output is computed from another tensor by more than views, else
+        its bare name."""
+        return f"{self.name} = {self.expression}" if self.from_output or self.expression != self.source else self.name
+
+    def describe(self) -> str:
+        """:attr:`formula` for an output computed from another, else what it is and what computes it:
+        ``logits (class scores, computed by Gemm 'fc')``."""
+        if self.from_output:
+            return self.formula
+        where = f"{self.source} " if self.expression != self.source else ""
+        return f"{self.formula} ({self.kind}, {where}computed by {self.producer})"
+
+
+@dataclass(frozen=True)
+class ScoreChoice:
+    """The class-score output :func:`choose_score` picked, the tensor the score is read from, and why."""
+    output: str  # the output (or tensor) holding the class vector
+    tensor: str  # the score: ``output``, or the input of its final normaliser
+    skipped: str | None  # the normaliser skipped (Softmax, LogSoftmax, Sigmoid) or None
+    reason: str  # one sentence
+    outputs: tuple = ()  # OutputRole of every graph output, in graph order
+
+    def summary(self) -> str:
+        """``outputs: logits, probs = Softmax(logits), label = ArgMax(probs)``."""
+        return "outputs: " + ", ".join(r.formula for r in self.outputs)
+
+
+def output_roles(model: onnx.ModelProto) -> list[OutputRole]:
+    """:class:`OutputRole` of every output of ``model``: which are computed from which (through :data:`DERIVING`
+    ops only), and what each holds."""
+    graph = model.graph
+    made_by = producers(graph)
+    inits = {t.name: t for t in graph.initializer}
+    names = [o.name for o in graph.output]
+    walks = {name: _walk_to_source(name, made_by, inits, set(names) - {name}) for name in names}
+    roles: dict[str, OutputRole] = {}
+    chains: dict[str, tuple] = {}  # output -> ops from its root
+
+    def role(name: str) -> OutputRole:
+        if name not in roles:
+            source, ops = walks[name]
+            if source != name and source in walks:  # computed from another output (a DAG: no cycle)
+                parent = role(source)
+                root, producer, chains[name] = parent.root, parent.producer, chains[source] + ops
+            else:
+                node = made_by.get(source)
+                root, chains[name] = source, ops
+                producer = f"{node.op_type} '{node.name or source}'" if node is not None else "the graph input"
+            roles[name] = OutputRole(name, source, ops, root, _kind(chains[name]), producer,
+                                     from_output=source != name and source in walks)
+        return roles[name]
+
+    return [role(name) for name in names]
+
+
+def _walk_to_source(name: str, made_by: dict, inits: dict, others: set) -> tuple[str, tuple]:
+    """Walk back from output ``name`` through :data:`DERIVING` ops until another output (in ``others``) or a tensor
+    not made by them: ``(that tensor, ((op_type, output index), ...) source side first)``; ``(name, ())`` when
+    ``name`` is not computed by such an op."""
+    ops, current = [], name
+    node = made_by.get(current)
+    while node is not None and _derives(node, inits, made_by):
+        ops.append((node.op_type, list(node.output).index(current)))
+        current = node.input[0]
+        if current in others:
+            break
+        node = made_by.get(current)
+    return current, tuple(reversed(ops))
+
+
+def _derives(node: onnx.NodeProto, inits: dict, made_by: dict) -> bool:
+    """Whether ``node`` is one of :data:`DERIVING`, a selection only along the class axis."""
+    if node.op_type not in DERIVING or not node.input or not node.input[0]:
+        return False
+    if node.op_type == "ReduceMax":
+        axes = reduce_axes(node, inits, made_by, 2)
+        return axes is not None and len(axes) == 1 and axes[0] in (1, -1)
+    if node.op_type in ("ArgMax", "TopK"):
+        return node_attr(node, "axis", 0 if node.op_type == "ArgMax" else -1) in (1, -1)
+    return True
+
+
+def _kind(ops) -> str:
+    """What a tensor computed by ``ops`` from the class scores holds: the last op that changes values decides."""
+    for op, index in reversed(list(ops)):
+        if op in SAME_VALUES:
+            continue
+        if op in _NORMALISED:
+            return _NORMALISED[op]
+        if op == "TopK":
+            return "top-k labels" if index else "top-k scores"
+        return SELECTIONS[op]
+    return "class scores"
+
+
+def choose_score(model: onnx.ModelProto, wanted: str | None = None) -> ScoreChoice:
+    """Pick the class-score output of ``model`` and the score tensor in it (see :func:`find_score`), saying why.
+
+    With several outputs the choice is automatic when it is unambiguous: every output is computed from one tensor
+    through views, final normalisers and selections (``probs = Softmax(logits)``, ``label = ArgMax(probs)``,
+    ``TopK(logits)``; :func:`output_roles`). The class vector among them is chosen, the raw scores before their
+    normalisations; when every output is a selection (a TopK's values and indices), the tensor they select from. Two
+    outputs computed from different tensors may both be class scores (two heads): :class:`ModelStructureError`
+    listing each output and what it is.
     """
     graph = model.graph
     outputs = [o.name for o in graph.output]
@@ -109,22 +253,53 @@ def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, 
     if not outputs and wanted is None:
         raise ModelStructureError("the model has no outputs, so there is no class score to explain; the export "
                                   "is incomplete (give the exporter the output names) or this is not a classifier.")
+    roles = tuple(output_roles(model)) if outputs else ()
     if wanted is not None:
         if wanted not in outputs and wanted not in made_by:
             raise ModelStructureError(
                 f"the model has no output or tensor named '{wanted}'; its outputs are: {', '.join(outputs)}.")
-        output = wanted
-    elif len(outputs) == 1:
-        output = outputs[0]
-    else:
+        chosen = next((r for r in roles if r.name == wanted), None)
+        if chosen is not None and not chosen.is_class_vector:
+            raise ModelStructureError(
+                f"the output '{wanted}' holds {chosen.kind} ({chosen.describe()}), not a class vector; choose the "
+                f"class scores with output=NAME (--output NAME on the command line): {_listing(roles)}.")
+        return _score_in(wanted, made_by, "named with output=NAME (--output)", roles)
+    if len({r.root for r in roles}) > 1:
         raise ModelStructureError(
-            f"the model has several outputs ({', '.join(outputs)}); choose the class scores with output=NAME "
-            "(--output NAME on the command line).")
+            f"the model has several outputs ({', '.join(outputs)}) computed from different tensors, so more than one "
+            f"could be the class scores: {_listing(roles)}. Choose the class scores with output=NAME (--output NAME "
+            "on the command line).")
+    vectors = [r for r in roles if r.is_class_vector]
+    if not vectors:
+        root = roles[0].root
+        return _score_in(root, made_by, f"every output selects from the class scores '{root}'", roles)
+    best = min(vectors, key=lambda r: CLASS_VECTORS.index(r.kind))
+    if len(outputs) == 1:
+        return _score_in(best.name, made_by, "the model's only output", roles)
+    return _score_in(best.name, made_by, "the other outputs are computed from its class scores", roles)
+
+
+def _listing(roles) -> str:
+    return ", ".join(r.describe() for r in roles)
+
+
+def _score_in(output: str, made_by: dict, reason: str, roles: tuple) -> ScoreChoice:
+    """The score in ``output``: the input of a final Softmax/LogSoftmax/Sigmoid, also behind views, else itself."""
     name, _ = walk_back(output, made_by, SCORE_VIEWS)
     node = made_by.get(name)
     if node is not None and node.op_type in NORMALISERS:
-        return output, node.input[0], node.op_type
-    return output, output, None
+        return ScoreChoice(output, node.input[0], node.op_type, reason, roles)
+    return ScoreChoice(output, output, None, reason, roles)
+
+
+def find_score(model: onnx.ModelProto, wanted: str | None = None) -> tuple[str, str, str | None]:
+    """Return ``(output_name, score_tensor, skipped_op)`` (:func:`choose_score` says why).
+
+    The score is the class vector before any final Softmax/LogSoftmax/Sigmoid (Simonyan et al.; Grad-CAM), also when
+    the normaliser is followed by Reshape/Flatten/Squeeze: then the normaliser's input is the score.
+    """
+    choice = choose_score(model, wanted)
+    return choice.output, choice.tensor, choice.skipped
 
 
 # ==================================================================================================================

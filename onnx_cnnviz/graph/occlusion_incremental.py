@@ -39,6 +39,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import InputError
+from .autodiff.rules.conv import weight_shape
 from .builder import GraphBuilder
 from .load import opset_of
 from .occlusion import BASELINE, MODES, OUTPUT, POSITIONS
@@ -90,9 +91,7 @@ def _window_geometry(node, info, inits):
     """(kernel, strides, dilations, pad_begin) per spatial axis of a Conv/pool, or None when not modelled."""
     op = node.op_type
     if op == "Conv":
-        weight = node.input[1]
-        wshape = info[weight].shape if weight in info and info[weight].shape else (
-            tuple(inits[weight].dims) if weight in inits else None)
+        wshape = conv_weight_shape(node, info, inits)
         kernel = node_attr(node, "kernel_shape", list(wshape[2:]) if wshape else None)
     else:
         kernel = node_attr(node, "kernel_shape")
@@ -132,14 +131,28 @@ def _union(axes) -> Axis | None:
     return Axis(lo, hi - lo, axes[0].jump)
 
 
-def _conv_cost(node, info) -> float:
+def _conv_cost(node, info, inits) -> float:
     """Multiply-adds of a Conv, or, for convolutions with few per output (depthwise ones are bound by memory, not
     arithmetic), :data:`GLUE_COST` per output value."""
     out = _spatial(info, node.output[0])
-    w = info.get(node.input[1])
-    if out is None or w is None or w.shape is None:
+    w = conv_weight_shape(node, info, inits)
+    if out is None or w is None:
         return 0.0
-    return float(np.prod(out)) * max(float(np.prod(w.shape[1:])), GLUE_COST)
+    return float(np.prod(out)) * max(float(np.prod(w[1:])), GLUE_COST)
+
+
+def conv_weight_shape(node, info, inits) -> tuple | None:
+    """A Conv's weight shape (M, C / group, k...): an initializer's dims, the static shape shape inference gave, or,
+    for a weight computed in the graph whose shape inference gave up (timm's weight-standardised convolutions), read
+    from the node's input and output channels and its ``kernel_shape`` (the backward rule's ``weight_shape``); None
+    when nothing tells."""
+    weight = node.input[1]
+    if weight in inits:
+        return tuple(int(d) for d in inits[weight].dims)
+    known = info[weight].shape if weight in info else None
+    x, y = info.get(node.input[0]), info.get(node.output[0])
+    return weight_shape("Conv", x.shape if x is not None else None, y.shape if y is not None else None,
+                        int(node_attr(node, "group", 1)), node_attr(node, "kernel_shape"), known)
 
 
 def plan(model: onnx.ModelProto, info: dict, input_name: str, score_name: str, window, stride,
@@ -192,7 +205,7 @@ def _plan_at(model, info, input_name, score_name, window, stride, max_box_fracti
         consumers_outside.add(score_name)
     result.boxes = boxes
     result.frontier = [n for n in boxes if n in consumers_outside]
-    result.cost_fraction = _estimate(result, graph, info, on_path)
+    result.cost_fraction = _estimate(result, graph, info, inits, on_path)
     if not result.incremental and not result.reason:
         first = next((n for n in graph.node if any(i in derived for i in n.input)), None)
         result.reason = (f"the first node on the image, {first.op_type if first else '?'}, is not a local op on a "
@@ -200,14 +213,14 @@ def _plan_at(model, info, input_name, score_name, window, stride, max_box_fracti
     return result
 
 
-def _estimate(result: Plan, graph, info, on_path) -> float:
+def _estimate(result: Plan, graph, info, inits, on_path) -> float:
     """Work per window relative to a full forward pass: the convolutions' cost (:func:`_conv_cost`, on boxes where
     they run on boxes) plus :data:`GLUE_COST` for each value the assembly and the pastes move."""
     full = boxed = 0.0
     for idx, node in enumerate(graph.node):
         if node.op_type != "Conv" or not any(o in on_path for o in node.output):
             continue
-        macs = _conv_cost(node, info)
+        macs = _conv_cost(node, info, inits)
         full += macs
         if idx in result.incremental:
             box = result.boxes[node.output[0]]

@@ -886,8 +886,9 @@ def test_gradient_output_name():
 # --------------------------------------------------------------------------------------------------------------------
 
 UNSUPPORTED = {
-    "conv_weight_grad": lambda: Case([node("Conv", ["X", "W"])], {"X": rand((1, 2, 4, 4)), "W": _w((3, 2, 3, 3))},
-                                     wrt=("X", "W"), dims={"W": [3, 2, 3, 3]}),
+    "conv_transpose_weight_grad": lambda: Case([node("ConvTranspose", ["X", "W"])],
+                                               {"X": rand((1, 2, 4, 4)), "W": _w((2, 3, 3, 3))},
+                                               wrt=("X", "W"), dims={"W": [2, 3, 3, 3]}),
     "pow_runtime_exponent": lambda: one("Pow", rand((2, 3)), inputs=["X", "P"], extra={"P": np.array(2.0)},
                                         dims={"P": []}),
     "pow_tensor_exponent": lambda: one("Pow", rand((2, 3)), {"P": np.array([2.0, 3.0, 2.0])}, ["X", "P"]),

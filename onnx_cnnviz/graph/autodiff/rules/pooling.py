@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 from ...padding import window_geometry
 from . import register
@@ -127,9 +128,17 @@ def reduce_mean(ctx, node, dys):
     axes = reduce_axes(ctx, node)
     if axes is None:
         return [dys[0], None]
-    shape = ctx.static_shape(node.input[0])
-    count = float(np.prod([shape[a] for a in axes]))
-    scaled = ctx.b.op("Mul", [dys[0], ctx.b.const(1.0 / count)])
+    b = ctx.b
+    shape = ctx.shape(node.input[0])
+    reduced = [shape[a] for a in axes]
+    if all(d is not None for d in reduced):
+        scaled = b.op("Mul", [dys[0], b.const(1.0 / float(np.prod(reduced)))])
+    else:
+        # A mean over the batch (a filter computed from the whole batch, say): the count is known at run time only,
+        # as size(x) / size(y).
+        count = b.op("Cast", [b.op("Div", [b.op("Size", [node.input[0]]), b.op("Size", [node.output[0]])])],
+                     to=TensorProto.FLOAT, hint="reduce_mean_count")
+        scaled = b.op("Div", [dys[0], count])
     return [_broadcast_back(ctx, node, scaled, axes), None]
 
 
