@@ -56,6 +56,14 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     for v in info["inputs"]:
         mark = "  <- image" if v["name"] == info["image_input"] else ""
         out(f"input        {v['name']}  {v['dtype']} {_dims(v['shape'])}{mark}")
+    adapted = [what for what, plain in ((info["image_layout"], "NCHW"), (info["image_dtype"], "float32"))
+               if what != plain]
+    if adapted:
+        out(f"             {' '.join(adapted)} image: give (N, C, H, W) "
+            f"{'pixel values' if info['image_dtype'] != 'float32' else 'float arrays'}; the engine puts a Transpose "
+            "in front of the graph"
+            if info["image_layout"] == "NHWC" else
+            f"             {' '.join(adapted)} image: give (N, C, H, W) pixel values (float or integer)")
     for v in info["outputs"]:
         out(f"output       {v['name']}  {v['dtype']} {_dims(v['shape'])}")
     score = info["score"]
@@ -83,7 +91,7 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     width = max((len(layer["name"]) for layer in shown), default=0)
     for layer in shown:
         mark = "  <- default" if layer["name"] == info["default_layer"] else ""
-        out(f"  {layer['name']:<{width}}  {_dims(layer['shape']):<20} {layer['op_type']}{mark}")
+        out(f"  {layer['name']:<{width}}  {_dims(layer['shape']):<20} {layer['op_type']}{_view(layer['view'])}{mark}")
     out(f"default      {info['default_layer']}")
     out("op types     " + ", ".join(f"{k} x{v}" for k, v in info["op_types"].items()))
     grad = info["gradient_path"]
@@ -109,6 +117,17 @@ def score_choice_info(m, output_name) -> dict:
     return {"output": choice.output, "reason": choice.reason, "summary": choice.summary(),
             "outputs": [{"name": r.name, "kind": r.kind, "computed_from": r.source if r.from_output else None,
                          "expression": r.describe()} for r in choice.outputs]}
+
+
+def _view(view) -> str:
+    """How the model holds a layer shown as (N, C, h, w): channels-last, or tokens (prefix + the patch grid)."""
+    if view is None:
+        return ""
+    if view["kind"] == "tokens":
+        h, w = view["grid"]
+        prefix = f"{view['prefix_tokens']} + " if view["prefix_tokens"] else ""
+        return f"  (tokens {_dims(view['native_shape'])}: {prefix}{h}x{w})"
+    return f"  ({view['kind']} {_dims(view['native_shape'])})"
 
 
 def _value(v) -> str:

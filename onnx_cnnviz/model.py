@@ -119,6 +119,7 @@ class Model:
         model, adapted = graph_layout.adapt_image_input(model, image)
         image = adapted.value
         self.input_name = image.name
+        self.source_input = adapted.original  # the image input's name in the file (input_name may be ours)
         self.input_layout = adapted.layout
         self.input_dtype = adapted.dtype
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None

@@ -205,12 +205,17 @@ def describe(m, source=None) -> dict:
         "producer": " ".join(p for p in (original.producer_name, original.producer_version) if p) or None,
         "inputs": [value(v) for v in graph.input if v.name not in inits],
         "outputs": [value(v) for v in graph.output],
-        "image_input": m.input_name,
+        "image_input": m.source_input,
+        # How the file takes the image; the engine always takes (N, C, H, W) float arrays (``engine_input``).
+        "image_layout": m.input_layout,
+        "image_dtype": m.input_dtype,
+        "engine_input": m.input_name,
         "input_shape": list(m.input_shape),
         "score": {"output": m.output_name, "tensor": m.score_name, "softmax_skipped": m.softmax_skipped},
         "num_classes": m.num_classes,
         "static_batch": m.static_batch,
-        "layers": [{"name": layer.name, "shape": list(layer.shape), "op_type": layer.op_type} for layer in m.layers],
+        "layers": [{"name": layer.name, "shape": list(layer.shape), "op_type": layer.op_type,
+                    "view": _view_info(layer.view)} for layer in m.layers],
         "default_layer": m.default_layer,
         "op_types": dict(sorted(Counter(n.op_type for n in graph.node).items())),
         "gradient_path": {"ops": dict(sorted(path_ops.items())), "missing_rules": missing,
@@ -221,6 +226,15 @@ def describe(m, source=None) -> dict:
         "labels": len(labels) if labels else None,
         "metadata": {k: v for k, v in m.metadata.items() if k != LABELS_KEY},
     }
+
+
+def _view_info(view) -> dict | None:
+    """How a layer the model keeps channels-last or as tokens is seen as (N, C, h, w); None for NCHW layers."""
+    if view is None:
+        return None
+    return {"kind": view.kind, "native_shape": list(view.native),
+            **({"prefix_tokens": view.prefix, "grid": list(view.grid)} if view.grid is not None else
+               {"perm": list(view.perm)})}
 
 
 def plain_gradient_notes(m, methods) -> list[str]:

@@ -141,6 +141,9 @@ def test_cli_explains_a_raw_pixel_model_without_preprocessing_flags(resnet, tmp_
     assert result.exit_code == 0, result.stderr
     assert "assuming" not in result.stderr  # no preprocessing warning: the model takes pixels
     assert any(out.iterdir())
+    shown = invoke("inspect", path)
+    assert "input        input  uint8 [N, 64, 64, 3]  <- image" in shown.stdout
+    assert "NHWC uint8 image: give (N, C, H, W) pixel values" in shown.stdout and "raw pixels" in shown.stdout
 
 
 # --- transformers -----------------------------------------------------------------------------------------------------
@@ -230,6 +233,7 @@ def test_vit_token_layers_are_seen_on_the_patch_grid(transformers):
     assert m.layer(layer).view.kind == "tokens" and m.layer(layer).view.prefix == 1
     assert layer == "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0"  # blocks[-1].norm1
     assert m.layer(layer).shape == (None, 32, 4, 4)
+    assert "(tokens [N, 17, 32]: 1 + 4x4)  <- default" in invoke("inspect", CACHE / "layouts_vit_32.onnx", "--all-layers").stdout
     x = np.random.default_rng(3).standard_normal((2, 3, size, size)).astype(np.float32)
     run = m.run(x, outputs=[layer], wrt=[layer, m.input_name], targets=[1, 2])
     a, g = _captured(net, net.encoder.layers[-1].ln_1, x, [1, 2])
