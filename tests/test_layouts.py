@@ -319,3 +319,26 @@ def test_full_size_transformers_match_pytorch_grad_cam(name):
     net(xt)[[0, 1], [1, 2]].sum().backward()
     assert rel_err(m.run(x, wrt=[m.input_name], targets=[1, 2]).grads[m.input_name], xt.grad.numpy()) < 1e-4
     _compare_with_pytorch_grad_cam(name, net, m, 224)
+
+
+@pytest.mark.parametrize("name", ["vit", "swin", "maxvit", "timm_swin"])
+def test_report_and_occlusion_on_transformers(transformers, name, tmp_path):
+    """The HTML report (default methods) and occlusion on token, channels-last and partitioned models: maps of the
+    image's size, the same in the report's batch as one image at a time."""
+    net, m, size = transformers[name]
+    folder = tmp_path / "images"
+    for i in range(2):
+        write_png(folder / f"{i}.png", size, seed=i)
+    out = tmp_path / "report"
+    result = invoke("report", CACHE / f"layouts_{name}_{size}.onnx", folder, "--out", out, "--preprocess", "none")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "report.html").stat().st_size > 0
+    x = np.random.default_rng(7).standard_normal((2, 3, size, size)).astype(np.float32)
+    params = {"window": (size // 4, size // 4), "stride": (size // 4, size // 4)}
+    both = explain(m, "occlusion", x, [1, 2], params=params)
+    one = explain(m, "occlusion", x[1:], [2], params=params)
+    assert both.shape == (2, size, size) and np.abs(both[1:] - one).max() < 1e-4
+    drop = m.scores(x[:1])[0, 1] - m.scores(np.where(np.arange(size)[None, None, :, None] < size // 4,
+                                                     np.where(np.arange(size)[None, None, None, :] < size // 4,
+                                                              0, x[:1]), x[:1]))[0, 1]
+    assert abs(both[0, 0, 0] - drop) < 1e-4  # the top-left pixel is covered by the top-left window only
