@@ -188,6 +188,18 @@ class Model:
         hw = self._static_hw or (None, None)
         return (self.channels, *hw)
 
+    def tensor_shape(self, name: str, hw=None) -> tuple:
+        """The shape (None for the batch) of tensor ``name`` as :meth:`run` returns it at input size ``hw``: a layer
+        the model keeps channels-last or as tokens has its (None, C, h, w) view's shape."""
+        spec = self.spec(hw)
+        view = spec.views.get(name)
+        if view is not None:
+            return view.nchw_shape()
+        if name not in spec.info or spec.info[name].shape is None:
+            self._require_tensor(name)
+            raise InputError(f"the shape of '{name}' is not known.")
+        return tuple(spec.info[name].shape)
+
     def layer(self, name) -> Layer:
         """The candidate layer called ``name`` (a name or a :class:`Layer`); :class:`UnknownLayerError` with the
         closest names otherwise."""

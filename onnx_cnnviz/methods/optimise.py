@@ -219,7 +219,7 @@ def neuron_model(m: Model, layer, channel: int, unit=None, steps: int = 200, lr:
     """
     name = m.layer_name(layer)
     hw = _hw(m, hw)
-    shape = m.spec(hw).info[name].shape
+    shape = m.tensor_shape(name, hw)
     if len(shape) != 4:
         raise InputError(f"layer '{name}' is not a (N, C, h, w) feature map.")
     c = int(channel)
