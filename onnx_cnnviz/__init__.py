@@ -19,6 +19,7 @@ from .methods.localise import iou, localise
 from .methods.optimise import class_model, invert, neuron_model
 from .methods.receptive_field import ReceptiveField, receptive_field
 from .methods.score_map import score_map
+from . import metrics
 from .model import DEFAULT_MAX_SESSIONS, Model, RunResult
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ __all__ = [
     "gradients", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion",
     "cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
     "guided_grad_cam", "top_k", "registry",
+    # which map to trust: faithfulness metrics (onnx_cnnviz.metrics)
+    "metrics",
     # looking inside the network
     "filters", "activations", "top_patches", "mid_layer", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
     "scatter_plot", "localise", "iou", "class_model", "neuron_model", "invert",

@@ -1,0 +1,28 @@
+"""Faithfulness and robustness metrics over any method's explanations, batched through onnxruntime.
+
+    import onnx_cnnviz as cv
+    from onnx_cnnviz import metrics
+
+    cam = cv.grad_cam(m, x)                              # (N, H, W) in [0, 1]
+    metrics.deletion(m, x, cam).mean()                   # RISE deletion AUC (lower is better)
+    metrics.insertion(m, x, cam).values                  # one AUC per image (higher is better)
+    drop, increase = metrics.confidence_change(m, x, cam)    # Grad-CAM++'s average drop / increase in confidence
+    metrics.road(m, x, cam, order="morf")                # ROAD (noisy linear imputation), pytorch-grad-cam's numbers
+    metrics.infidelity(m, x, cv.gradients(m, x))         # Yeh et al., as captum computes it
+    metrics.sensitivity_max(m, x, "gradcam")             # re-explains perturbed copies of x
+    metrics.registry.evaluate("deletion", m, x, cam)     # any metric by name (the table a command line lists)
+
+Every metric returns a :class:`MetricResult`: ``values`` (one per image), ``mean()``, the ``curve`` behind it and
+``output``, what was read from the model (probability or score, in words). Perturbed images are built and scored
+``batch_size`` at a time, never all at once.
+"""
+from . import registry
+from .base import MetricResult
+from .confidence import average_drop, confidence_change, increase_in_confidence
+from .curves import deletion, insertion
+from .imputation import road, road_combined, road_least_relevant_first, road_most_relevant_first
+from .robustness import infidelity, sensitivity_max
+
+__all__ = ["MetricResult", "registry", "deletion", "insertion", "confidence_change", "average_drop",
+           "increase_in_confidence", "road", "road_most_relevant_first", "road_least_relevant_first", "road_combined",
+           "infidelity", "sensitivity_max"]
