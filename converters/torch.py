@@ -18,7 +18,8 @@ What it does to the module (on a copy; the caller's module is left as it was):
 
 Exporters: ``dynamo=False`` (default) is the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``);
 ``dynamo=True`` uses ``torch.export`` + onnxscript (needs the ``onnxscript`` package) and writes opset 18 at least
-(the exporter has no lower-opset implementations; asking for less falls back to 18).
+(the exporter has no lower-opset implementations; asking for less falls back to 18); it traces an example batch of 2,
+since a trace at batch 1 may bake that 1 into the graph.
 
 Weights: a torchvision name gets torchvision's pretrained weights, ``weights`` (an enum value such as
 ``"IMAGENET1K_V1"`` or ``"ResNet18_Weights.IMAGENET1K_V1"``) or else the architecture's ``DEFAULT`` ones, read from
@@ -362,8 +363,12 @@ def _run_exporter(module, x, path: Path, opset: int, dynamo: bool, input_name: s
         levels = [lg.level for lg in quiet]
         for lg in quiet:
             lg.setLevel(logging.ERROR)
+        # An example batch of 2, not 1: torch.export specialises sizes 0 and 1, so a batch-1 trace can bake that 1
+        # into reshapes (torchvision's ViT attention: the export then fails at batch 2 although its input says any
+        # batch) or refuse the dynamic range outright (ConvNeXt at 112 px).
+        example = x.expand(2, *x.shape[1:]).contiguous()
         try:
-            program = torch.onnx.export(module, (x,), None, dynamo=True, opset_version=opset,
+            program = torch.onnx.export(module, (example,), None, dynamo=True, opset_version=opset,
                                         input_names=[input_name], output_names=[output_name],
                                         dynamic_shapes=({0: torch.export.Dim("N", min=1, max=65536)},),
                                         verbose=False, report=False)
@@ -382,7 +387,7 @@ def _check_outputs(module, model, channels, hw, input_name, rtol=1e-3, atol=1e-4
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failure is raised as RuntimeFailure, never printed
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         got = session.run(None, {input_name: x})[0]

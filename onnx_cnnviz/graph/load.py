@@ -14,9 +14,11 @@ Normal form (:func:`normalise` returns it as a new model; its steps edit that co
 * every float16 tensor is float32 (the user's file is never touched; only our copy computes in float32);
 * the batch dimension of the image input and of the outputs is symbolic (:data:`BATCH_DIM`), so a batch runs in one
   call (:func:`make_batch_dynamic_inplace`, applied by :class:`onnx_cnnviz.model.Model` once the image input is
-  known). A graph that hard-codes batch 1 in a Reshape (``[1, -1]``) gets that constant rewritten to 0 (copy the
-  input's batch); whether the result really batches is checked when the model is loaded (``Model`` runs batch 2 and
-  batch 1 and compares the scores).
+  known). A graph that hard-codes batch 1 in a Reshape (TorchScript's ``[1, -1]``, the dynamo exporter's
+  ``[1, 25088]`` with ``allowzero=1``) gets that 1 rewritten to follow the input's batch (:func:`batch_free_shape`),
+  and an ``as_strided`` Gather that reads a whole flattened tensor in order becomes that Reshape first; a graph that
+  still does not infer batch 2 keeps its static batch. Whether the result really batches is checked when the model
+  is loaded (``Model`` runs batch 2 and batch 1 and compares the scores, and runs images one at a time otherwise).
 
 Before any of that, :func:`read_model` refuses what would exhaust the machine or fail later with an untyped message:
 more nodes than ``max_nodes``, a tensor whose declared size is over ``max_tensor_bytes`` or does not match the bytes
@@ -500,11 +502,17 @@ def input_batch_is_static(model: onnx.ModelProto, input_name: str) -> bool:
 def make_batch_dynamic_inplace(model: onnx.ModelProto, input_name: str) -> bool:
     """Make dim 0 of the image input and of every output symbolic. Returns True when the model had a static batch.
 
-    Reshape shape constants that start with 1 (a hard-coded batch) are rewritten to 0, which ONNX Reshape reads as
-    "copy this dimension from the input".
+    Exporters that trace at batch 1 write that 1 into Reshape shape constants: TorchScript's ``[1, -1]``, torch's
+    dynamo exporter ``[1, 25088]`` with ``allowzero=1`` (where 0 means an empty axis, not "copy"). Each such leading 1
+    is rewritten to follow the batch (:func:`batch_free_shape`), and so is an ``as_strided`` Gather
+    (:func:`fold_identity_gathers_inplace`). When shape inference at batch 2 still does not give a batch of 2
+    (:func:`infers_batch`), the input keeps its static batch. Whether the result really batches is checked when the
+    model is loaded (``Model`` runs batch 2 against batch 1 and runs images one at a time otherwise).
     """
     graph = model.graph
     was_static = input_batch_is_static(model, input_name)  # some exporters write -1 for "any"
+    if was_static:
+        fold_identity_gathers_inplace(model)  # reads the shapes the static batch gives
     values = [v for v in graph.input if v.name == input_name] + list(graph.output)
     for value in values:
         dims = value.type.tensor_type.shape.dim
@@ -520,24 +528,170 @@ def make_batch_dynamic_inplace(model: onnx.ModelProto, input_name: str) -> bool:
         for name in node_inputs(node):  # a subgraph reading the constant shares it too
             consumers[name] = consumers.get(name, 0) + 1
     for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        if node_attr(node, "allowzero", 0) == 1:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2 \
+                or node.input[1] not in inits:
             continue
         shape = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64)
-        if shape.ndim == 1 and shape.size >= 1 and shape[0] == 1:
-            new = shape.copy()
-            new[0] = 0
-            name = node.input[1]
-            if consumers.get(name, 0) > 1:  # shared constant: give this node its own copy
-                name = f"{name}__cnnviz_batch"
-                if name not in inits:
-                    inits[name] = numpy_helper.from_array(new, name)
-                    graph.initializer.append(inits[name])
-                node.input[1] = name
-            else:
-                inits[name].CopyFrom(numpy_helper.from_array(new, name))
+        rewritten = batch_free_shape(shape, bool(node_attr(node, "allowzero", 0)))
+        if rewritten is None:
+            continue
+        new, allowzero = rewritten
+        name = node.input[1]
+        if consumers.get(name, 0) > 1:  # shared constant: give this node its own copy
+            name = f"{name}__cnnviz_batch{'_az' if allowzero else ''}"
+            if name not in inits:
+                inits[name] = numpy_helper.from_array(new, name)
+                graph.initializer.append(inits[name])
+            node.input[1] = name
+        else:
+            inits[name].CopyFrom(numpy_helper.from_array(new, name))
+        _set_allowzero(node, allowzero)
+    if infers_batch(model, input_name) is False:
+        # A batch of 1 is still baked in somewhere (an attention reshape to [L, 1 * heads, d], say): keep the graph
+        # as exported, which Model then runs one image at a time, rather than one whose shape probe would fail.
+        fix_batch_inplace(model, input_name, 1)
     return True
+
+
+def infers_batch(model: onnx.ModelProto, input_name: str, batch: int = 2) -> bool | None:
+    """Whether ONNX shape inference, with the image input's batch set to ``batch``, gives every output that batch:
+    False when it gives another size (a graph that hard-codes batch 1 says (1, K)) or finds the graph inconsistent
+    at that batch (a Concat of (1, ...) and (2, ...)); None when it cannot tell (ops of other domains have no shape
+    functions here). Costs no weights and no run (the graph is inferred without its large initializers)."""
+    from .shapes import weightless  # shapes builds on this module
+
+    light = weightless(model)
+    for value in light.graph.input:
+        if value.name == input_name and value.type.tensor_type.shape.dim:
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_value = int(batch)
+    for value in light.graph.output:
+        if value.type.tensor_type.shape.dim:
+            value.type.tensor_type.shape.dim[0].Clear()
+    del light.graph.value_info[:]
+    custom = any(n.domain not in ("", "ai.onnx") for n in light.graph.node)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True, data_prop=True).graph
+    except Exception:  # noqa: BLE001
+        if not custom:
+            return False
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True).graph
+        except Exception:  # noqa: BLE001
+            return None
+    firsts = []
+    for value in inferred.output:
+        dims = value.type.tensor_type.shape.dim
+        firsts.append(dims[0].dim_value if dims and dims[0].HasField("dim_value") else None)
+    if any(d is not None and d != batch for d in firsts):
+        return False
+    return True if firsts and all(d == batch for d in firsts) else None
+
+
+def fold_identity_gathers_inplace(model: onnx.ModelProto) -> int:
+    """Replace each ``Gather(v, indices)`` that reads a whole 1-D tensor in order (constant indices 0, 1, ..., len(v)-1
+    in any shape) by ``Reshape(v, indices.shape)``, the same values. Returns how many were replaced.
+
+    torch's dynamo exporter writes ``as_strided`` (ConvNeXt's head) as such a Gather over a flattened tensor; traced
+    at batch 1 its indices hold that batch, and the Reshape it becomes is then rewritten like any other. Lengths come
+    from ONNX shape inference on the model as exported (its batch still static).
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    candidates = [n for n in graph.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")
+                  and node_attr(n, "axis", 0) in (0, -1) and len(n.input) == 2 and n.input[1] in inits
+                  and math.prod(inits[n.input[1]].dims) > 1]
+    if not candidates:
+        return 0
+    lengths = _static_lengths(model, [n.input[0] for n in candidates])
+    folded = 0
+    for node in candidates:
+        indices = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64)
+        length = lengths.get(node.input[0])
+        if length is None or indices.size != length:
+            continue
+        if not np.array_equal(np.where(indices < 0, indices + length, indices).reshape(-1), np.arange(length)):
+            continue
+        shape_name = f"{node.input[1]}__cnnviz_shape"
+        if shape_name not in inits:
+            inits[shape_name] = numpy_helper.from_array(np.asarray(indices.shape, dtype=np.int64), shape_name)
+            graph.initializer.append(inits[shape_name])
+        data = node.input[0]
+        node.op_type = "Reshape"
+        del node.input[:]
+        node.input.extend([data, shape_name])
+        del node.attribute[:]
+        # allowzero: the shape holds no 0, and the batch rewrite must read the leading 1 as "-1", never as "copy dim
+        # 0 of a flattened input".
+        node.attribute.append(helper.make_attribute("allowzero", 1))
+        folded += 1
+    return folded
+
+
+def _static_lengths(model: onnx.ModelProto, names) -> dict[str, int]:
+    """Lengths of the 1-D tensors ``names`` as ONNX shape inference tells them (weights left out); absent: unknown."""
+    from .shapes import weightless  # shapes builds on this module
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False, data_prop=True).graph
+    except Exception:  # noqa: BLE001 - nothing known: nothing folded
+        return {}
+    wanted, out = set(names), {}
+    for value in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        dims = value.type.tensor_type.shape.dim
+        if value.name in wanted and len(dims) == 1 and dims[0].HasField("dim_value"):
+            out[value.name] = int(dims[0].dim_value)
+    for tensor in model.graph.initializer:
+        if tensor.name in wanted and len(tensor.dims) == 1:
+            out[tensor.name] = int(tensor.dims[0])
+    return out
+
+
+def batch_free_shape(shape: np.ndarray, allowzero: bool) -> tuple[np.ndarray, bool] | None:
+    """A Reshape's constant ``shape`` whose first entry hard-codes batch 1, rewritten to follow the input's batch:
+    ``(new shape, new allowzero)``; None when there is nothing to rewrite or no way to.
+
+    ONNX Reshape reads 0 as "copy this dimension of the input" (unless ``allowzero``) and -1 as "whatever the element
+    count leaves": ``[1, 25088]`` becomes ``[-1, 25088]`` (either reading), ``[1, -1]`` becomes ``[0, -1]`` (the -1
+    is taken, so the batch is copied; with ``allowzero`` on, it is switched off, which changes nothing when the shape
+    holds no other 0).
+    """
+    if shape.ndim != 1 or shape.size == 0 or shape[0] != 1:
+        return None
+    new = shape.copy()
+    rest = shape[1:]
+    if not allowzero:
+        new[0] = 0
+        return new, False
+    if not (rest == -1).any():
+        new[0] = -1
+        return new, True
+    if not (rest == 0).any():
+        new[0] = 0
+        return new, False
+    return None
+
+
+def _set_allowzero(node: onnx.NodeProto, value: bool) -> None:
+    for attr in node.attribute:
+        if attr.name == "allowzero":
+            attr.i = int(value)
+            return
+    if value:
+        node.attribute.append(helper.make_attribute("allowzero", 1))
+
+
+def fix_batch_inplace(model: onnx.ModelProto, input_name: str, batch: int = 1) -> None:
+    """Declare dim 0 of the image input and of every output as ``batch``: the graph a model that cannot batch (it
+    hard-codes batch 1 where no rewrite reaches) is run with, one image at a time."""
+    graph = model.graph
+    for value in [v for v in graph.input if v.name == input_name] + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = int(batch)
+    del graph.value_info[:]
 
 
 def set_input_shape_inplace(model: onnx.ModelProto, input_name: str, chw: tuple[int, int, int]) -> None:

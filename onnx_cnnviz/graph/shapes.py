@@ -1,7 +1,12 @@
 """Static shapes of every tensor: ONNX shape inference first, one probe run where inference cannot tell.
 
-Shapes are tuples with ``None`` for the (symbolic) batch dimension and concrete ints elsewhere: the engine fixes the
-image's C, H, W before building any graph, so all but the batch is static.
+Shapes are tuples with ``None`` for every dimension that follows the batch and concrete ints elsewhere: the engine
+fixes the image's C, H, W before building any graph, so all but the batch is static. The batch is usually axis 0, but
+not always: attention writes (L, N, E) tensors, window partitions (N * windows, area, C). A probe runs batch 1 and
+batch 2 and marks *every* dimension that differs as None; :attr:`TensorInfo.batch_axes` says which of them equal the
+batch itself (dim_param ``N`` in the graph), the others (a multiple of it, say) are written as unknown dims, so that
+onnxruntime's optimisers never plan with a size that is only right at batch 1. Rules read a None dimension at run
+time (``Shape`` of the forward tensor).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, Tenso
 @dataclass(frozen=True)
 class TensorInfo:
     elem_type: int
-    shape: tuple | None  # None = rank unknown; entries None = symbolic (batch)
+    shape: tuple | None  # None = rank unknown; entries None = symbolic (they follow the batch)
+    batch_axes: tuple = (0,)  # the None entries equal to the batch itself; other None entries are multiples of it
 
     @property
     def is_float(self) -> bool:
@@ -39,6 +45,14 @@ def _dims(value: onnx.ValueInfoProto):
     if not ttype.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim)
+
+
+def _batch_axes(value: onnx.ValueInfoProto) -> tuple:
+    """Axes whose dim_param is the batch's (:data:`BATCH_DIM`)."""
+    ttype = value.type.tensor_type
+    if not ttype.HasField("shape"):
+        return ()
+    return tuple(i for i, d in enumerate(ttype.shape.dim) if d.HasField("dim_param") and d.dim_param == BATCH_DIM)
 
 
 def weightless(model: onnx.ModelProto, keep_elements: int = 64) -> onnx.ModelProto:
@@ -74,7 +88,7 @@ def infer(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     graph = inferred.graph
     info: dict[str, TensorInfo] = {}
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-        info[value.name] = TensorInfo(value.type.tensor_type.elem_type, _dims(value))
+        info[value.name] = TensorInfo(value.type.tensor_type.elem_type, _dims(value), _batch_axes(value))
     for tensor in graph.initializer:
         info[tensor.name] = TensorInfo(tensor.data_type, tuple(tensor.dims))
     return info
@@ -111,36 +125,82 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw) -
     """Run the model at batch 1 and batch 2 (zeros) exposing ``names``; returns the two lists of values.
 
     Only the nodes ``names`` need run (:func:`pruned_to`), on zeros that stay unwritten (untouched memory) unless a
-    node reads them. A model whose batch is fixed runs at that batch alone (both lists are then the same run).
+    node reads them. A model whose batch is fixed runs at that batch alone (both lists are then the same run). A
+    failure is a :class:`ModelStructureError` (onnxruntime's own log is silenced: loading never prints); when only
+    batch 2 fails, its message says the export hard-codes a batch of 1 (:func:`batch_one_only` tells callers).
     """
-    import onnxruntime as ort
-
     names = list(names)
     probe_model = pruned_to(model, names, input_name)
+    fixed = _fixed_batch(model, input_name)
+    batches = (fixed,) if fixed else (1, 2)
+    try:
+        session = _quiet_session(probe_model)
+    except Exception as exc:
+        raise ModelStructureError(f"a probe run of the model (to learn {len(names)} tensor shapes or values that "
+                                  f"shape inference could not tell) could not start: {str(exc)[:300]}") from None
+    runs = []
+    for batch in batches:
+        try:
+            runs.append(session.run(names, {input_name: np.zeros((batch, *chw), dtype=np.float32)}))
+        except Exception as exc:
+            if batch == 2:
+                raise ModelStructureError(
+                    "the model runs at batch 1 but not at batch 2: its graph hard-codes a batch of 1 somewhere (an "
+                    "exporter tracing an example batch of 1 does this; with torch.onnx.export, trace a batch of 2). "
+                    f"onnxruntime: {str(exc)[:300]}") from None
+            raise ModelStructureError(
+                f"a probe run of the model (to learn {len(names)} tensor shapes or values that shape inference could "
+                f"not tell) failed: {str(exc)[:300]}") from None
+    return runs if len(runs) == 2 else runs * 2
+
+
+def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
     image = next((v for v in model.graph.input if v.name == input_name), None)
     dims = image.type.tensor_type.shape.dim if image is not None else []
-    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-    batches = (fixed,) if fixed else (1, 2)
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+def _quiet_session(model: onnx.ModelProto):
+    """A CPU session whose failures are raised, never logged: onnxruntime prints errors (severity 3) to stderr in
+    red unless its log level is 4 (fatal only)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def batch_one_only(model: onnx.ModelProto, input_name: str, chw) -> bool:
+    """Whether ``model`` (its batch declared symbolic) computes its outputs at batch 1 but fails at batch 2: an
+    export that hard-codes the batch somewhere no rewrite reached (torch.export traced at batch 1, say). Such a model
+    is correct run one image at a time. Runs the whole model twice on zeros, silently."""
+    outputs = [o.name for o in model.graph.output]
     try:
-        session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        runs = [session.run(names, {input_name: np.zeros((batch, *chw), dtype=np.float32)}) for batch in batches]
-        return runs if len(runs) == 2 else runs * 2
-    except Exception as exc:
-        raise ModelStructureError(
-            f"a probe run of the model (to learn {len(names)} tensor shapes or values that shape inference could "
-            f"not tell) failed: {str(exc)[:300]}") from None
+        session = _quiet_session(pruned_to(model, outputs, input_name))
+        session.run(outputs, {input_name: np.zeros((1, *chw), dtype=np.float32)})
+    except Exception:  # noqa: BLE001 - fails at batch 1 too: another problem
+        return False
+    try:
+        session.run(outputs, {input_name: np.zeros((2, *chw), dtype=np.float32)})
+    except Exception:  # noqa: BLE001
+        return True
+    return False
 
 
 def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict[str, TensorInfo]:
-    """Shapes by running the model at batch 1 and 2; dims that follow the batch become None."""
+    """Shapes by running the model at batch 1 and 2: every dim that differs between the two runs becomes None,
+    wherever it is (attention and window partitions move the batch off axis 0); those that are 1 and 2 are the batch
+    itself (:attr:`TensorInfo.batch_axes`)."""
     one, two = probe_runs(model, names, input_name, chw)
     out = {}
     for name, a, b in zip(names, one, two):
         a, b = np.asarray(a), np.asarray(b)
-        shape = tuple(None if (i == 0 and a.shape[0] != b.shape[0]) else int(s) for i, s in enumerate(a.shape))
-        out[name] = TensorInfo(_np_to_onnx(a.dtype), shape)
+        if a.ndim != b.ndim:
+            raise ModelStructureError(f"tensor '{name}' has rank {a.ndim} at batch 1 but {b.ndim} at batch 2; the "
+                                      "model's shapes do not follow the batch in a way that can be explained.")
+        shape = tuple(int(s) if s == t else None for s, t in zip(a.shape, b.shape))
+        batch = tuple(i for i, (s, t) in enumerate(zip(a.shape, b.shape)) if (s, t) == (1, 2))
+        out[name] = TensorInfo(_np_to_onnx(a.dtype), shape, batch)
     return out
 
 
@@ -195,8 +255,14 @@ def annotate_inplace(model: onnx.ModelProto, info: dict[str, TensorInfo], names=
         ti = info.get(name)
         if ti is None or ti.shape is None or name in declared:
             continue
-        dims = [d if d is not None else BATCH_DIM for d in ti.shape]
-        graph.value_info.append(helper.make_tensor_value_info(name, ti.elem_type, dims))
+        graph.value_info.append(helper.make_tensor_value_info(name, ti.elem_type, annotated_dims(ti)))
+
+
+def annotated_dims(ti: TensorInfo) -> list:
+    """The dims to declare for a tensor: sizes, :data:`BATCH_DIM` where the dim is the batch, and an unnamed
+    (unknown) dim where it only follows the batch (N * windows): naming it N would tell onnxruntime two sizes are
+    equal that are not."""
+    return [d if d is not None else (BATCH_DIM if i in ti.batch_axes else None) for i, d in enumerate(ti.shape)]
 
 
 def pool_output_size(size: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int,
@@ -226,10 +292,12 @@ def misinferred_pools(model: onnx.ModelProto, info: dict[str, TensorInfo]) -> li
         x, y = info.get(node.input[0]), info.get(node.output[0])
         if x is None or y is None or x.shape is None or y.shape is None:
             continue
+        if None in x.shape[2:]:
+            continue  # a size only the run tells: nothing to compare
         kernel = list(node_attr(node, "kernel_shape"))
         strides, dilations, begins, ends = window_geometry(node, x.shape[2:], kernel)
         expected = [pool_output_size(s, k, st, d, pb, pe, True) for s, k, st, d, pb, pe in
                     zip(x.shape[2:], kernel, strides, dilations, begins, ends)]
-        if None not in x.shape[2:] and list(y.shape[2:]) != expected:
+        if list(y.shape[2:]) != expected:
             wrong.append(node.output[0])
     return wrong

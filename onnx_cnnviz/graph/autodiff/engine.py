@@ -33,7 +33,7 @@ from ...errors import InputError, ModelStructureError, UnsupportedOpError
 from ..builder import GraphBuilder
 from ..load import BATCH_DIM, opset_of
 from ..ops import node_attr
-from ..shapes import TensorInfo
+from ..shapes import TensorInfo, annotated_dims
 from ..structure import upstream
 from ..subgraphs import CONTROL_FLOW, has_subgraphs, node_inputs
 from .rules import rule_table
@@ -169,6 +169,10 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     score_info = info.get(score)
     if score_info is None or score_info.shape is None or len(score_info.shape) < 2:
         raise ModelStructureError(f"the score tensor '{score}' has no known (N, K) shape; cannot seed the gradient.")
+    if any(d is None for d in score_info.shape[1:]):
+        raise ModelStructureError(f"the score tensor '{score}' has shape {score_info.shape}: a dimension other than "
+                                  "the first follows the batch, so it cannot be read as one row of class scores per "
+                                  "sample.")
     num_classes = int(np.prod([d for d in score_info.shape[1:]]))
 
     existing = {t.name for t in graph.initializer} | {v.name for v in graph.input}
@@ -225,7 +229,7 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
         out = grad_name(name)
         b.nodes.append(helper.make_node("Identity", [total], [out], name=b.unique("grad_out")))
         ti = info.get(name)
-        dims = [d if d is not None else BATCH_DIM for d in ti.shape] if ti and ti.shape is not None else None
+        dims = annotated_dims(ti) if ti and ti.shape is not None else None
         graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, dims))
         outputs[name] = out
     if target_output:

@@ -1,8 +1,10 @@
 """Backward rules of ops that move, copy or select elements without arithmetic.
 
 Re-views (Reshape, Flatten, Squeeze, Unsqueeze) reshape ``g`` back; Transpose applies the inverse permutation;
-Concat splits ``g``, Split concatenates; Slice, Pad and Gather put ``g`` back where the elements came from; Resize
-applies the transpose of its (separable, per-axis) interpolation matrices.
+Concat splits ``g``, Split concatenates; Slice, Pad and the gathers (Gather, GatherElements, GatherND) put ``g`` back
+where the elements came from (with ``ScatterND``/``ScatterElements(reduction="add")`` where the indices are known at
+run time only); Resize applies the transpose of its (separable, per-axis) interpolation matrices. Sizes that follow
+the batch (None in the shape info, wherever the batch sits) are read at run time with ``Shape``.
 """
 from __future__ import annotations
 
@@ -203,28 +205,117 @@ def pad(ctx, node, dys):
 
 @register("Gather")
 def gather(ctx, node, dys):
-    """Constant indices: scatter g back along ``axis`` (repeated indices add up)."""
-    b = ctx.b
-    indices = ctx.constant(node.input[1], "the gather indices")
+    """y = x.take(indices, axis): put g back where each element came from (repeated indices add up).
+
+    Constant indices over an axis of known length: a product with the 0/1 selection matrix, which needs no run-time
+    shape arithmetic. Indices computed at run time (torch's dynamo exporter writes ``as_strided`` as a Gather whose
+    indices are built from ``Range`` over the batch), or an axis whose length follows the batch: ``ScatterND`` with
+    ``reduction="add"`` into zeros shaped like ``x``. Either way the indices are integers, so they get no gradient.
+    Gathering along the batch axis itself is refused: it would mix the samples whose gradients a run returns.
+    """
     data_shape = ctx.shape(node.input[0])
     rank = len(data_shape)
     axis = ctx.attr("axis", 0)
     axis = axis + rank if axis < 0 else axis
     dim = data_shape[axis]
-    if dim is None:
+    if dim is None and _is_batch_axis(ctx, node.input[0], axis):
         ctx.unsupported("gathering along the batch axis")
+    indices = ctx.value(node.input[1])
+    if indices is None or dim is None or sum(d is None for d in data_shape) > 1:
+        return [_gather_scatter(ctx, node, dys[0], axis), None]
+    return [_gather_select(ctx, dys[0], np.asarray(indices), data_shape, axis), None]
+
+
+def _is_batch_axis(ctx, name: str, axis: int) -> bool:
+    """Whether ``axis`` of ``name`` is the batch itself (not merely a size that follows it, as N * 768 does)."""
+    ti = ctx.info.get(name)
+    return ti is None or axis in ti.batch_axes
+
+
+def _gather_select(ctx, g: str, indices: np.ndarray, data_shape: tuple, axis: int) -> str:
+    """Constant indices: ``dx = g P`` along ``axis`` with P[j, i] = [indices[j] == i] (repeats add up)."""
+    b = ctx.b
+    rank, dim = len(data_shape), data_shape[axis]
     flat = np.asarray(indices, dtype=np.int64).reshape(-1)
     flat = np.where(flat < 0, flat + dim, flat)
     collapsed = [(-1 if d is None else int(d)) for d in data_shape[:axis]] + [len(flat)] \
         + [(-1 if d is None else int(d)) for d in data_shape[axis + 1:]]
-    g = b.op("Reshape", [dys[0], b.ints(collapsed)])
+    g = b.op("Reshape", [g, b.ints(collapsed)])
     select = np.zeros((len(flat), dim), dtype=np.float32)
     np.add.at(select, (np.arange(len(flat)), flat), 1.0)
     perm = list(range(rank))
     perm[axis], perm[-1] = perm[-1], perm[axis]
     moved = g if axis == rank - 1 else b.op("Transpose", [g], perm=perm)
     placed = b.op("MatMul", [moved, b.const(select, hint="gather_select")])
-    placed = placed if axis == rank - 1 else b.op("Transpose", [placed], perm=perm)
+    return placed if axis == rank - 1 else b.op("Transpose", [placed], perm=perm)
+
+
+def _nonnegative(ctx, indices: str, sizes: str) -> str:
+    """``indices`` as int64 with negative entries counted from the end of ``sizes`` (broadcast)."""
+    b = ctx.b
+    idx = b.op("Cast", [indices], to=TensorProto.INT64)
+    negative = b.op("Less", [idx, b.ints([0])])
+    return b.op("Where", [negative, b.op("Add", [idx, sizes]), idx], hint="gather_index")
+
+
+def _gather_scatter(ctx, node, g: str, axis: int) -> str:
+    """Run-time indices: move ``axis`` to the front, ``ScatterND(add)`` the rows of g into zeros, move it back."""
+    b = ctx.b
+    x, indices = node.input[0], node.input[1]
+    rank = len(ctx.shape(x))
+    q = len(ctx.shape(indices))
+    front = [axis] + [i for i in range(rank) if i != axis]  # x's axes with ``axis`` first
+    g_perm = list(range(axis, axis + q)) + list(range(axis)) + list(range(axis + q, rank - 1 + q))
+    if g_perm != list(range(len(g_perm))):
+        g = b.op("Transpose", [g], perm=g_perm)
+    x_shape = b.shape(x)
+    dim = b.op("Slice", [x_shape, b.ints([axis]), b.ints([axis + 1])])
+    idx = b.op("Unsqueeze", [_nonnegative(ctx, indices, dim), b.ints([-1])])
+    zeros = b.op("ConstantOfShape", [b.op("Gather", [x_shape, b.ints(front)], axis=0)],
+                 value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]))
+    placed = b.op("ScatterND", [zeros, idx, g], hint="gather_grad", reduction="add")
+    if front == list(range(rank)):
+        return placed
+    inverse = [0] * rank
+    for i, p in enumerate(front):
+        inverse[p] = i
+    return b.op("Transpose", [placed], perm=inverse)
+
+
+@register("GatherElements")
+def gather_elements(ctx, node, dys):
+    """y[i][j][k] = x[index[i][j][k]][j][k] (axis 0): ``ScatterElements(add)`` of g into zeros like x."""
+    b = ctx.b
+    x = node.input[0]
+    rank = len(ctx.shape(x))
+    axis = ctx.attr("axis", 0)
+    axis = axis + rank if axis < 0 else axis
+    if ctx.shape(x)[axis] is None and _is_batch_axis(ctx, x, axis):
+        ctx.unsupported("gathering along the batch axis")
+    dim = b.op("Slice", [b.shape(x), b.ints([axis]), b.ints([axis + 1])])
+    idx = _nonnegative(ctx, node.input[1], dim)
+    placed = b.op("ScatterElements", [b.zeros_like(x), idx, dys[0]], hint="gather_elements_grad", axis=axis,
+                  reduction="add")
+    return [placed, None]
+
+
+@register("GatherND")
+def gather_nd(ctx, node, dys):
+    """y[i_1..i_q] = x[indices[i_1..i_q, :]] (``batch_dims`` 0): ``ScatterND(add)`` of g into zeros like x.
+
+    torch's dynamo exporter writes adaptive average pooling whose windows do not tile the map this way."""
+    b = ctx.b
+    if ctx.attr("batch_dims", 0):
+        ctx.unsupported("GatherND with batch_dims > 0")
+    x, indices = node.input[0], node.input[1]
+    depth = ctx.shape(indices)[-1]
+    if depth is None:
+        ctx.unsupported("the length of the index tuples is not known")
+    if depth >= 1 and ctx.shape(x)[0] is None and _is_batch_axis(ctx, x, 0):
+        ctx.unsupported("gathering along the batch axis")
+    sizes = b.op("Slice", [b.shape(x), b.ints([0]), b.ints([int(depth)])])
+    idx = _nonnegative(ctx, indices, sizes)
+    placed = b.op("ScatterND", [b.zeros_like(x), idx, dys[0]], hint="gather_nd_grad", reduction="add")
     return [placed, None]
 
 
@@ -251,7 +342,9 @@ def resize_matrix(node: onnx.NodeProto, opset: int, in_size: int, out_size: int,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 13))])
     model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # library code never prints; a failure is raised
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     basis = np.eye(in_size, dtype=np.float32).reshape(in_size, 1, in_size, 1)
     out = session.run(["y"], {"x": basis})[0]  # (in, 1, out, 1): row i is the response to e_i
     return out.reshape(in_size, out_size).T.copy()
