@@ -275,7 +275,13 @@ class Model:
         try:
             return self._spec(hw)
         except ModelStructureError:
-            if not had_static_batch or self._base is None:
+            chw = (self.channels, *hw)
+            if self._base is None and graph_shapes.batch_one_only(self._batched, self.input_name, chw):
+                # Declared "any batch", yet batch 1 is baked in where no rewrite reached (torch.export traced at
+                # batch 1): the graph as exported runs one image at a time.
+                self._base = copy.deepcopy(self._batched)
+                graph_load.fix_batch_inplace(self._base, self.input_name, 1)
+            elif not had_static_batch or self._base is None:
                 raise
             self.static_batch = True
             self._specs.clear()

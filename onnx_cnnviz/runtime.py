@@ -335,7 +335,7 @@ class Session:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures are raised as RuntimeFailure; onnxruntime must not print them
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1

@@ -6,8 +6,7 @@ import copy
 import onnx
 from onnx import helper
 
-from .load import BATCH_DIM
-from .shapes import TensorInfo
+from .shapes import TensorInfo, annotated_dims
 
 
 def expose(model: onnx.ModelProto, names, info: dict[str, TensorInfo], keep_outputs: bool = False) -> onnx.ModelProto:
@@ -34,7 +33,7 @@ def expose(model: onnx.ModelProto, names, info: dict[str, TensorInfo], keep_outp
             continue
         ti = info.get(name)
         if ti is not None and ti.shape is not None:
-            dims = [d if d is not None else BATCH_DIM for d in ti.shape]
+            dims = annotated_dims(ti)  # "N" only where the axis is the batch itself, not N x windows
             graph.output.append(helper.make_tensor_value_info(name, ti.elem_type, dims))
         else:
             graph.output.append(helper.make_empty_tensor_value_info(name))

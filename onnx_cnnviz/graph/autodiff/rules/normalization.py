@@ -49,11 +49,13 @@ def layer_norm(ctx, node, dys):
     if any(ctx.wants(i) for i in range(1, len(node.input))):
         ctx.unsupported("a gradient for LayerNormalization scale or bias was asked for")
     b, x = ctx.b, node.input[0]
-    shape = ctx.static_shape(x)
+    shape = ctx.shape(x)
     rank = len(shape)
     axis = ctx.attr("axis", -1)
     axis = axis + rank if axis < 0 else axis
     axes = list(range(axis, rank))
+    if any(d is None for d in shape[axis:]):  # the leading axes may follow the batch (attention's (L, N, E))
+        ctx.unsupported(f"the normalised axes {shape[axis:]} of its input are not all static")
     count = float(np.prod(shape[axis:]))
     # The forward node can hand out its own statistics (optional outputs Mean and InvStdDev).
     mean = ctx.forward_output(1, "ln_mean")
