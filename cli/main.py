@@ -146,11 +146,12 @@ def cli():
 
 
 def _register():
-    from . import convert, explain, features, graph, inspect_cmd, report
+    from . import convert, evaluate, explain, features, graph, inspect_cmd, report
 
     cli.add_command(inspect_cmd.inspect_cmd)
     cli.add_command(explain.explain_cmd)
     cli.add_command(explain.occlusion_cmd)
+    cli.add_command(evaluate.evaluate_cmd)
     cli.add_command(report.report_cmd)
     cli.add_command(graph.export_graph_cmd)
     cli.add_command(convert.convert_group)

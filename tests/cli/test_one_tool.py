@@ -414,6 +414,7 @@ def failing_run(name: str, inputs: Path, tmp_path: Path) -> list:
         "dream": ["dream", missing, "--target", "1", "--out", tmp_path / "d.png"],
         "invert": ["invert", missing, a, "--out", tmp_path / "i.png"],
         "localize": ["localize", missing, a, "--out", tmp_path / "o"],
+        "evaluate": ["evaluate", missing, a, "--out", tmp_path / "o"],
         "convert torch": ["convert", "torch", "no_such_net", "--out", tmp_path / "x.onnx"],
         "convert keras": ["convert", "keras", tmp_path / "missing.keras", "--out", tmp_path / "x.onnx"],
     }[name]
