@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from onnx_cnnviz.errors import InputError
+
 from .common import (abspath, check_outputs, finish, global_flags, input_size_option, labels_option,
                      no_check_option, opset_option, out_model_option, overwrite_option, preprocess_option, preset,
                      seed_option)
@@ -72,27 +74,36 @@ def convert_torch(source, out_path, input_size, opset, dynamo, weights, random_w
 @click.option("--channels-first", is_flag=True,
               help="The Keras model already takes (N, C, H, W) input. Default: its input is (N, H, W, C) and the "
                    "ONNX input becomes (N, C, H, W) (a Transpose in front of the graph).")
+@click.option("--keep-nhwc", is_flag=True,
+              help="Keep the (N, H, W, C) input, as plain tf2onnx writes it (what deployed TensorFlow models look "
+                   "like); cnnviz reads the layout from the graph and still takes NCHW arrays.")
 @preprocess_option("Recorded in the metadata (imagenet = Keras's torch mode; default: none recorded).")
 @labels_option("Recorded in the metadata.")
 @no_check_option("(Keras).")
 @overwrite_option
 @global_flags
-def convert_keras(model_path, out_path, input_size, opset, channels_first, preprocess, labels, no_check, overwrite):
+def convert_keras(model_path, out_path, input_size, opset, channels_first, keep_nhwc, preprocess, labels, no_check,
+                  overwrite):
     """Convert a Keras classifier saved as .keras or .h5 with tf2onnx (needs the keras extra:
     pip install 'onnx-cnnviz[keras]').
 
-    The ONNX input is NCHW with a dynamic batch, and the conversion is checked against Keras on a random batch.
+    The ONNX input is NCHW (NHWC with --keep-nhwc) with a dynamic batch, and the conversion is checked against Keras
+    on a random batch.
     The final softmax stays in the graph; explanations use the score before it.
     """
     from onnx_cnnviz.converters.keras import export, import_tensorflow
 
     import_tensorflow()  # the missing-extra message before anything else
+    if channels_first and keep_nhwc:
+        raise InputError("--keep-nhwc keeps a channels-last input; it cannot be combined with --channels-first.")
     check_outputs([out_path], overwrite, [model_path, labels])
     path = export(model_path, out_path, input_size=input_size, opset=opset, channels_last_input=not channels_first,
-                  preprocess=preprocess, labels=labels, check=not no_check, overwrite=overwrite)
-    layout = "NCHW input" if channels_first else "NHWC input transposed to NCHW"
+                  preprocess=preprocess, labels=labels, check=not no_check, overwrite=overwrite, keep_nhwc=keep_nhwc)
+    layout = ("NCHW input" if channels_first else "NHWC input kept" if keep_nhwc
+              else "NHWC input transposed to NCHW")
     finish({"source": abspath(model_path), "out": abspath(path), "converter": "tf2onnx",
-            "input_layout": "NCHW" if channels_first else "NHWC", "opset": opset,
+            "input_layout": "NCHW" if channels_first else "NHWC", "onnx_input_layout": "NHWC" if keep_nhwc else "NCHW",
+            "opset": opset,
             "input_size": list(input_size) if input_size else None},
            f"wrote {path} (tf2onnx, {layout})")
 

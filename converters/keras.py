@@ -17,6 +17,15 @@ What the converter does:
   ``x_onnx = x_keras.transpose(0, 3, 1, 2)``. ``channels_last_input=False`` is for a Keras model whose input already
   is ``(N, C, H, W)`` (``data_format="channels_first"``): then nothing is transposed (TensorFlow's CPU kernels cannot
   run such a model, so without a GPU convert it with ``check=False``).
+* **Or NHWC kept** (``keep_nhwc=True``): the ONNX input stays ``(N, H, W, C)``, exactly what plain tf2onnx
+  (``python -m tf2onnx.convert`` without ``--inputs-as-nchw``) writes and what deployed TensorFlow models usually
+  are. ``cnnviz.load`` detects that layout from the graph (``Model.input_layout == "NHWC"``) and takes NCHW arrays as
+  for every other model, so both files explain the same way; the option exists to produce such files
+  (tests/keras/test_keras_nhwc.py and benchmarks/what_loads.py check that both give the same maps).
+* **Input dtype**: the Keras input's own. A model built on ``keras.Input(..., dtype="uint8")`` takes raw pixels and
+  scales them inside (``Rescaling``); tf2onnx then writes ``Cast`` -> ``Mul``/``Add`` -> ``Transpose`` at the front of
+  the graph and ``cnnviz.load`` reports ``Model.input_dtype == "uint8"``. Float and 8-bit integer inputs only (an
+  image classifier's); any other dtype is an :class:`InputError`.
 * **Dynamic batch**: the ONNX input and output have a symbolic batch dimension ``N``. H and W are the Keras
   model's (``input_size`` must agree when the model fixes them); a model built for any size (``Input((None, None,
   3))``) is exported at ``input_size`` when it is given, else with free H and W.
@@ -107,6 +116,20 @@ def load_keras_model(model_or_path):
         raise ModelLoadError(f"Keras could not load '{path}' ({type(exc).__name__}: {first}).") from None
 
 
+#: Input dtypes an image classifier takes: float images, or raw 8-bit pixels scaled inside the graph.
+INPUT_DTYPES = ("float16", "float32", "float64", "uint8", "int8")
+
+
+def _input_dtype(model) -> str:
+    """The Keras input's dtype name ("float32", "uint8", ...), one of :data:`INPUT_DTYPES`."""
+    dtype = getattr(model.inputs[0], "dtype", None) or "float32"
+    name = str(getattr(dtype, "name", dtype))
+    if name not in INPUT_DTYPES:
+        raise InputError(f"the Keras model's input has dtype {name}, not an image's ({', '.join(INPUT_DTYPES)}): "
+                         "take float or uint8 pixels and cast inside the model.")
+    return name
+
+
 def _input_geometry(model, input_size, channels_last_input: bool):
     """``(keras_shape, channels, hw)``: the Keras input shape to trace (batch None), C, and (H, W) or (None, None)."""
     inputs = list(getattr(model, "inputs", None) or [])
@@ -157,15 +180,17 @@ def _resolve_preprocessing(preprocess, hw):
 
 def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, channels_last_input: bool = True,
            preprocess=None, labels=None, input_name: str = "input", output_name: str | None = None,
-           overwrite: bool = False, check: bool = True, metadata: dict | None = None) -> Path:
+           overwrite: bool = False, check: bool = True, metadata: dict | None = None,
+           keep_nhwc: bool = False) -> Path:
     """Convert a Keras classifier to ONNX at ``path`` (written atomically; an existing file is kept unless
     ``overwrite``). See the module docstring for what the converted graph looks like.
 
     ``model_or_path``: a Keras model (Keras 3 / ``tf.keras``) or a ``.keras`` / ``.h5`` file. ``input_size``: (H, W)
     (an int = square); None = the model's own. ``opset``: ONNX opset for tf2onnx. ``channels_last_input``: the Keras
-    model takes NHWC images (the default): the ONNX input becomes NCHW. ``preprocess``: a preset name ("imagenet",
-    "caffe", "none", "tf") or a :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata (None: nothing
-    recorded). ``labels``: class names (a list, or a text file, one per line) recorded as ``cnnviz.labels``.
+    model takes NHWC images (the default): the ONNX input becomes NCHW, unless ``keep_nhwc`` (the ONNX input stays
+    NHWC, as plain tf2onnx writes it; onnx_cnnviz still takes NCHW arrays for it). ``preprocess``: a preset name
+    ("imagenet", "caffe", "none", "tf") or a :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata (None:
+    nothing recorded). ``labels``: class names (a list, or a text file, one per line) recorded as ``cnnviz.labels``.
     ``input_name`` / ``output_name``: the ONNX input and output names (default output name: the Keras output
     layer's). ``check``: compare onnxruntime with the Keras model on a random batch. Returns the path.
     """
@@ -180,8 +205,13 @@ def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, cha
         raise InputError(f"{path}: give the output a .onnx suffix.")
     tf, tf2onnx = import_tensorflow()
     keras = _keras()
+    if keep_nhwc and not channels_last_input:
+        raise InputError("keep_nhwc keeps a channels-last input as it is: a channels-first model "
+                         "(channels_last_input=False) has none to keep; drop one of the two.")
     model = load_keras_model(model_or_path)
     trace_shape, channels, hw = _input_geometry(model, input_size, channels_last_input)
+    dtype = _input_dtype(model)
+    transpose_input = channels_last_input and not keep_nhwc
     preprocessing = _resolve_preprocessing(preprocess, hw)
     if isinstance(labels, (str, os.PathLike)):
         labels = read_labels(labels)
@@ -195,7 +225,7 @@ def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, cha
         raise InputError(f"{len(labels)} labels for a model with {out_shape[1]} classes.")
 
     output_name = output_name or _output_layer_name(model)
-    spec = (tf.TensorSpec(trace_shape, tf.float32, name=input_name),)
+    spec = (tf.TensorSpec(trace_shape, tf.as_dtype(dtype), name=input_name),)
 
     # tf2onnx's from_keras names outputs from ``model.output_names``, which Keras 3 Sequential models fill with
     # internal tensor names it then cannot find (KeyError 'keras_tensor_N'); tracing the call ourselves, with a dict
@@ -206,12 +236,13 @@ def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, cha
 
     try:
         model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=int(opset),
-                                                       inputs_as_nchw=[input_name] if channels_last_input else None)
+                                                       inputs_as_nchw=[input_name] if transpose_input else None)
     except CnnvizError:
         raise
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise RuntimeFailure(f"tf2onnx could not convert the Keras model: {type(exc).__name__}: {first}") from exc
+    _inline_captured_constants(model_proto, _captured_constants(serve, spec), input_name)
     _name_batch_dimension(model_proto)
     if model_proto.producer_version.endswith(" None"):  # tf2onnx appends its git hash, None in wheels
         model_proto.producer_version = model_proto.producer_version[:-len(" None")]
@@ -227,12 +258,13 @@ def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, cha
     source = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else f"model {model.name!r}"
     props["cnnviz.source"] = (f"tf2onnx {tf2onnx.__version__} conversion (TensorFlow {tf.__version__}, Keras "
                               f"{getattr(keras, '__version__', '?')}) of Keras {source}"
-                              + ("; input transposed NHWC -> NCHW" if channels_last_input else ""))
+                              + ("; input transposed NHWC -> NCHW" if transpose_input else "")
+                              + ("; input kept NHWC" if keep_nhwc else ""))
     props.update(metadata or {})
     set_metadata_props(model_proto, props)
     onnx.checker.check_model(model_proto)
     if check:
-        _check_outputs(model, model_proto, channels, check_hw, input_name, channels_last_input)
+        _check_outputs(model, model_proto, channels, check_hw, input_name, channels_last_input, keep_nhwc, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, model_proto.SerializeToString(), overwrite=overwrite)
     return path
@@ -260,6 +292,41 @@ def _output_layer_name(model) -> str:
     return str(getattr(layer, "name", None) or "output")
 
 
+def _captured_constants(function, spec) -> dict:
+    """``{placeholder name: value}`` of the constant tensors a traced call captures.
+
+    A layer that keeps plain tensors rather than variables (Keras 3's ``Normalization`` built with ``mean``/
+    ``variance``, as in keras.applications EfficientNet) makes them captured inputs of the concrete function.
+    tf2onnx freezes captured *variables* but lists captured constants as graph inputs of their own (e.g.
+    ``.../normalization_1/Sub/y:0``), so the model would not run with the image alone; their values are here."""
+    import tensorflow as tf
+
+    concrete = function.get_concrete_function(*spec)  # the same trace tf2onnx converts (tf.function caches it)
+    placeholders = list(concrete.inputs)[len(concrete.inputs) - len(concrete.captured_inputs):]
+    return {placeholder.name: value.numpy() for placeholder, value in zip(placeholders, concrete.captured_inputs)
+            if value.dtype != tf.resource and hasattr(value, "numpy")}
+
+
+def _inline_captured_constants(model_proto, constants: dict, input_name: str) -> None:
+    """Turn the graph inputs tf2onnx made of captured constants into initializers; any other extra input is an
+    error (the converted model must take the image alone)."""
+    from onnx import numpy_helper
+
+    graph = model_proto.graph
+    kept = []
+    for value in graph.input:
+        if value.name in constants:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(constants[value.name]), value.name))
+        else:
+            kept.append(value)
+    extra = [value.name for value in kept if value.name != input_name]
+    if extra:
+        raise RuntimeFailure(f"tf2onnx left inputs other than the image in the converted model ({', '.join(extra)}); "
+                             "the Keras model may read tensors it does not own.")
+    del graph.input[:]
+    graph.input.extend(kept)
+
+
 def _name_batch_dimension(model_proto, name: str = "N") -> None:
     """tf2onnx names the free batch dimension "unk__N"; call it ``N`` on the graph's inputs and outputs."""
     for value in list(model_proto.graph.input) + list(model_proto.graph.output):
@@ -268,13 +335,23 @@ def _name_batch_dimension(model_proto, name: str = "N") -> None:
             dims[0].dim_param = name
 
 
-def _check_outputs(model, model_proto, channels, hw, input_name, channels_last_input, rtol=1e-3,
-                   atol=1e-5) -> None:
+def _check_batch(channels, hw, dtype: str, rng) -> np.ndarray:
+    """A random NCHW batch of 2 in the input's dtype: standard normal floats, or integer pixels over the dtype's
+    whole range (a uint8 model's preprocessing sees 0..255, as from an image file)."""
+    shape = (2, channels, *hw)
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _check_outputs(model, model_proto, channels, hw, input_name, channels_last_input, keep_nhwc=False,
+                   dtype="float32", rtol=1e-3, atol=1e-5) -> None:
     import onnxruntime as ort
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, channels, *hw)).astype(np.float32)  # what the ONNX model takes
-    keras_x = x.transpose(0, 2, 3, 1) if channels_last_input else x
+    x = _check_batch(channels, hw, dtype, np.random.default_rng(0))  # NCHW
+    keras_x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if channels_last_input else x
+    onnx_x = keras_x if keep_nhwc else x
     try:
         expected = _to_numpy(model(keras_x, training=False))
     except Exception as exc:  # noqa: BLE001
@@ -287,7 +364,7 @@ def _check_outputs(model, model_proto, channels, hw, input_name, channels_last_i
     try:
         session = ort.InferenceSession(model_proto.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
-        got = session.run(None, {input_name: x})[0]
+        got = session.run(None, {input_name: onnx_x})[0]
     except Exception as exc:  # noqa: BLE001
         raise RuntimeFailure(f"onnxruntime cannot run the converted model: {str(exc)[:300]}") from None
     if got.shape != expected.shape:

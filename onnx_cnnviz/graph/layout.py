@@ -293,6 +293,13 @@ def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str
             moved = _reshape_factors(factors[node.input[0]], shape(outs[0]))
         elif op == "Transpose" and factors.get(node.input[0]):
             moved = tuple(factors[node.input[0]][p] for p in node_attr(node, "perm", []))
+        elif op in ("MatMul", "Gemm") and factors.get(node.input[0]) and len(ins) == 1 and outs \
+                and shape(outs[0]) is not None and len(shape(outs[0])) == len(factors[node.input[0]]) \
+                and all(f[0] == 1 for f in factors[node.input[0]][-1]) and not node_attr(node, "transA", 0):
+            # a constant weight over the channel axis (Keras's Dense on (N*h*w, C), a Linear channels-last): the
+            # other axes stay, the channels get the new width
+            width = shape(outs[0])[-1]
+            moved = factors[node.input[0]][:-1] + ((((1, 1, width),) if width != 1 else ()),)
         elif outs and shape(outs[0]) is not None:
             # work that keeps a shape keeps the axes (a residual Add, a LayerNorm, a Linear C -> C)
             moved = next((factors[i] for i in ins if factors.get(i) and shape(i) == shape(outs[0])), None)

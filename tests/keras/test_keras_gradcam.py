@@ -205,6 +205,18 @@ def test_cli_convert_keras_subprocess(converted, tmp_path):
                            text=True, timeout=300)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1].startswith("cnnviz: error:") and "already exists" in again.stderr
+    # --keep-nhwc: the file takes (N, H, W, C) as plain tf2onnx writes it; cnnviz still takes NCHW arrays
+    kept = tmp_path / "nhwc.onnx"
+    done = subprocess.run([str(cnnviz), "--json", "convert", "keras", str(saved), "--keep-nhwc", "--out", str(kept)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["onnx_input_layout"] == "NHWC"
+    m3 = cv.load(kept, device="cpu")
+    assert m3.input_layout == "NHWC" and m3.input_shape == (3, SIZE, SIZE)
+    np.testing.assert_allclose(m3.scores(x), m2.scores(x), rtol=1e-5, atol=1e-6)
+    both = subprocess.run([str(cnnviz), "convert", "keras", str(saved), "--keep-nhwc", "--channels-first", "--out",
+                           str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=300)
+    assert both.returncode == 1 and "--keep-nhwc" in both.stderr.strip().splitlines()[-1]
 
 
 def test_sequential_h5_and_inference_mode(tmp_path):
