@@ -11,12 +11,11 @@ inputs that need none: ``ctx.wants(i)`` tells which do). Rules live in one modul
 ``activations.py``    Relu, LeakyRelu, PRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh, Erf, Gelu, Softmax,
                       LogSoftmax, Elu, Softplus, Mish; the guided and deconvnet rules of rectifiers
 ``pooling.py``        MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceSum, ReduceMax,
-                      ReduceMin
+                      ReduceMin, ReduceSumSquare, ReduceL2
 ``normalization.py``  BatchNormalization, LayerNormalization, InstanceNormalization
 ``shape.py``          Identity, Dropout, Cast, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Split, Slice,
                       Pad, Expand, Tile, Gather, GatherElements, GatherND, Resize, Upsample
-``einsum.py``         Einsum (any equation onnxruntime runs: broadcasting, ellipsis, diagonals); ReduceSumSquare,
-                      ReduceL2 (a tensor contracted with itself)
+``einsum.py``         Einsum (any equation onnxruntime runs: broadcasting, ellipsis, diagonals)
 ====================  ==============================================================================================
 
 The rule sets ``vanilla``, ``guided`` and ``deconvnet`` differ only at rectifiers (:data:`RECTIFIERS`: Relu, Clip with

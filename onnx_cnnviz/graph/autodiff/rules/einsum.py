@@ -19,9 +19,6 @@ operands has, nor write a diagonal:
   stretched, back to size 1, and expanded where another operand was (the einsum then gives size 1 there).
 
 Both first cases are one extra ``Einsum`` with constant operands (ones, identity), built only when needed.
-
-The module also holds the rules of the two norms, ``ReduceSumSquare`` and ``ReduceL2``: contractions of a tensor with
-itself, ``einsum("...i,...i->...", x, x)`` over the reduced axes.
 """
 from __future__ import annotations
 
@@ -31,7 +28,6 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from . import register
-from .pooling import reduce_axes
 
 ELLIPSIS = "..."
 
@@ -247,40 +243,3 @@ def _ones(ctx, x: str, axis: int, size) -> str:
     length = b.op("Slice", [b.shape(x), b.ints([axis]), b.ints([axis + 1])])
     return b.op("ConstantOfShape", [length], hint="einsum_ones",
                 value=helper.make_tensor("value", TensorProto.FLOAT, [1], [1.0]))
-
-
-# --- norms: contractions of a tensor with itself -----------------------------------------------------------------
-# ReduceSumSquare(x) = einsum("...i,...i->...", x, x) over the reduced axes, and ReduceL2 its square root (SwinV2's
-# cosine attention normalises queries and keys with it: torch's F.normalize exports as ReduceL2 -> Clip -> Div).
-
-def _spread(ctx, node, g: str, axes: list[int]) -> str:
-    """The gradient of a reduction's output over ``axes``, back at every position of its input."""
-    b = ctx.b
-    if not ctx.attr("keepdims", 1):
-        g = b.op("Unsqueeze", [g, b.ints(axes)])
-    return b.op("Expand", [g, b.shape(node.input[0])])
-
-
-@register("ReduceSumSquare")
-def reduce_sum_square(ctx, node, dys):
-    """y = sum x^2: dx = 2 g x (over no axes, with ``noop_with_empty_axes``, y = x^2 elementwise: the same)."""
-    b = ctx.b
-    axes = reduce_axes(ctx, node)
-    g = dys[0] if axes is None else _spread(ctx, node, dys[0], axes)
-    return [b.op("Mul", [g, b.op("Mul", [node.input[0], b.const(2.0)])], hint="sum_square_grad"), None]
-
-
-@register("ReduceL2")
-def reduce_l2(ctx, node, dys):
-    """y = sqrt(sum x^2): dx = g x / y, and 0 where y = 0 (torch's subgradient of the norm at 0). Over no axes
-    (``noop_with_empty_axes``) y = |x|: dx = g sign(x)."""
-    b = ctx.b
-    x, y = node.input[0], node.output[0]
-    axes = reduce_axes(ctx, node)
-    if axes is None:
-        return [b.op("Mul", [dys[0], b.op("Sign", [x])], hint="l2_grad"), None]
-    norm = y if ctx.attr("keepdims", 1) else b.op("Unsqueeze", [y, b.ints(axes)])
-    zero = b.op("Equal", [norm, b.const(0.0)])
-    safe = b.op("Where", [zero, b.const(1.0), norm])
-    ratio = b.op("Where", [zero, b.const(0.0), b.op("Div", [x, safe])])
-    return [b.op("Mul", [_spread(ctx, node, dys[0], axes), ratio], hint="l2_grad"), None]

@@ -158,3 +158,32 @@ def _reduce_select(ctx, node, dys):
 
 register("ReduceMax")(_reduce_select)
 register("ReduceMin")(_reduce_select)
+
+
+# --- norms: contractions of a tensor with itself -----------------------------------------------------------------
+# ReduceSumSquare(x) = einsum("...i,...i->...", x, x) over the reduced axes, and ReduceL2 its square root (SwinV2's
+# cosine attention normalises queries and keys with it: torch's F.normalize exports as ReduceL2 -> Clip -> Div).
+
+@register("ReduceSumSquare")
+def reduce_sum_square(ctx, node, dys):
+    """y = sum x^2: dx = 2 g x (over no axes, with ``noop_with_empty_axes``, y = x^2 elementwise: the same)."""
+    b = ctx.b
+    axes = reduce_axes(ctx, node)
+    g = dys[0] if axes is None else _broadcast_back(ctx, node, dys[0], axes)
+    return [b.op("Mul", [g, b.op("Mul", [node.input[0], b.const(2.0)])], hint="sum_square_grad"), None]
+
+
+@register("ReduceL2")
+def reduce_l2(ctx, node, dys):
+    """y = sqrt(sum x^2): dx = g x / y, and 0 where y = 0 (torch's subgradient of the norm at 0). Over no axes
+    (``noop_with_empty_axes``) y = |x|: dx = g sign(x)."""
+    b = ctx.b
+    x, y = node.input[0], node.output[0]
+    axes = reduce_axes(ctx, node)
+    if axes is None:
+        return [b.op("Mul", [dys[0], b.op("Sign", [x])], hint="l2_grad"), None]
+    norm = y if ctx.attr("keepdims", 1) else b.op("Unsqueeze", [y, b.ints(axes)])
+    zero = b.op("Equal", [norm, b.const(0.0)])
+    safe = b.op("Where", [zero, b.const(1.0), norm])
+    ratio = b.op("Where", [zero, b.const(0.0), b.op("Div", [x, safe])])
+    return [b.op("Mul", [_broadcast_back(ctx, node, dys[0], axes), ratio], hint="l2_grad"), None]
