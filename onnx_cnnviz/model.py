@@ -152,7 +152,16 @@ class Model:
             raise ModelStructureError(
                 f"the model accepts images of any size but does not run at {hw[0]}x{hw[1]} ({exc}). Give the size "
                 "it was trained for: load(..., input_size=(H, W)) or --input-size HxW.") from None
-        if had_static_batch and not self.static_batch and not self._batches_correctly(hw):
+        if not had_static_batch and not self.static_batch and self._bakes_batch_one(hw):
+            # Declared "any batch", yet shape inference at batch 2 says otherwise and the graph only runs at batch 1
+            # (a constant [1, K] reshape): run it one image at a time rather than fail at the first batch.
+            self._base = copy.deepcopy(self._batched)
+            graph_load.fix_batch_inplace(self._base, self.input_name, 1)
+            self.static_batch = True
+            self._specs.clear()
+            self._cache.clear()
+            spec = self._spec(hw)
+        elif had_static_batch and not self.static_batch and not self._batches_correctly(hw):
             # The graph hard-codes batch 1 somewhere we could not rewrite: run one sample at a time.
             self.static_batch = True
             self._specs.clear()
@@ -267,6 +276,13 @@ class Model:
                     "load(..., input_size=(H, W)) or --input-size HxW.") from None
             return (h, w)
         return (DEFAULT_SPATIAL, DEFAULT_SPATIAL)
+
+    def _bakes_batch_one(self, hw) -> bool:
+        """Whether the batch-dynamic graph cannot run a batch of 2: ONNX shape inference at batch 2 disagrees (no
+        run), confirmed by running batch 1 and batch 2 on zeros (:func:`graph_shapes.batch_one_only`)."""
+        if graph_load.infers_batch(self._batched, self.input_name) is not False:
+            return False
+        return graph_shapes.batch_one_only(self._batched, self.input_name, (self.channels, *hw))
 
     def _batched_spec(self, hw: tuple, had_static_batch: bool) -> _Specialised:
         """The spec at ``hw`` of the batch-dynamic graph; for a graph exported at a fixed batch whose batch-dynamic
