@@ -260,3 +260,23 @@ def torch_rule_grad(model, x: np.ndarray, targets, rule: str, pattern=None) -> n
             out = model(xt)
         out[torch.arange(len(targets)), torch.as_tensor(targets)].sum().backward()
     return xt.grad.numpy()
+
+
+def module_output_and_grad(model, module, x: np.ndarray, targets):
+    """torch's output of ``module`` (a submodule of ``model``) on ``x`` and the gradient of
+    ``sum_n S[n, targets[n]]`` with respect to it, both as torch tensors (a forward hook keeps the output's grad)."""
+    import torch
+
+    captured = {}
+
+    def hook(_module, _inputs, output):
+        output.retain_grad()
+        captured["out"] = output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        out[torch.arange(len(x)), torch.as_tensor(targets)].sum().backward()
+    finally:
+        handle.remove()
+    return captured["out"].detach(), captured["out"].grad

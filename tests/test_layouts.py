@@ -20,6 +20,7 @@ from onnx_cnnviz.graph.layout import ADAPTED_INPUT
 from onnx_cnnviz.methods.registry import explain
 from tests.cli import invoke
 from tests.conftest import CACHE, export_onnx, rel_err, torchvision_model
+from tests.reference import module_output_and_grad
 from tests.tiny_models import write_png
 
 torch = pytest.importorskip("torch")
@@ -210,23 +211,6 @@ def transformers():
     return made
 
 
-def _captured(net, module, x, target):
-    """torch's activation of ``module`` and the gradient of the target scores with respect to it."""
-    store = {}
-
-    def hook(_m, _i, out):
-        out.retain_grad()
-        store["a"] = out
-
-    handle = module.register_forward_hook(hook)
-    try:
-        scores = net(torch.tensor(x))
-        scores[range(len(x)), target].sum().backward()
-    finally:
-        handle.remove()
-    return store["a"].detach(), store["a"].grad
-
-
 def test_vit_token_layers_are_seen_on_the_patch_grid(transformers):
     net, m, size = transformers["vit"]
     layer = m.default_layer
@@ -236,7 +220,7 @@ def test_vit_token_layers_are_seen_on_the_patch_grid(transformers):
     assert "(tokens [N, 17, 32]: 1 + 4x4)  <- default" in invoke("inspect", CACHE / "layouts_vit_32.onnx", "--all-layers").stdout
     x = np.random.default_rng(3).standard_normal((2, 3, size, size)).astype(np.float32)
     run = m.run(x, outputs=[layer], wrt=[layer, m.input_name], targets=[1, 2])
-    a, g = _captured(net, net.encoder.layers[-1].ln_1, x, [1, 2])
+    a, g = module_output_and_grad(net, net.encoder.layers[-1].ln_1, x, [1, 2])
     assert rel_err(run.outputs[layer], vit_reshape(a).numpy()) < 1e-4
     assert rel_err(run.grads[layer], vit_reshape(g).numpy()) < 1e-4
     # a cotangent given on the (N, C, h, w) view: the class token gets none

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 import onnx_cnnviz as cv
 
 from .conftest import CACHE, export_onnx, rel_err
-from .reference import onnx_kink_pattern, torch_rule_grad
+from .reference import module_output_and_grad, onnx_kink_pattern, torch_rule_grad
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -137,23 +137,6 @@ def raw_run(m, x, outputs=(), wrt=()):
     return dict(zip(names, session.run(names, feeds)))
 
 
-def _module_output_and_grad(model, module_path, x):
-    """The output of ``module_path`` and the gradient of sum_n S[n, targets[n]] with respect to it (torch hook)."""
-    captured = {}
-
-    def hook(_module, _inputs, output):
-        output.retain_grad()
-        captured["out"] = output
-
-    handle = model.get_submodule(module_path).register_forward_hook(hook)
-    try:
-        out = model(torch.from_numpy(x))
-        out[torch.arange(len(x)), torch.as_tensor(TARGETS)].sum().backward()
-    finally:
-        handle.remove()
-    return captured["out"].detach().numpy(), captured["out"].grad.numpy()
-
-
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_gradient_at_a_token_tensor_matches_torch_hook(transformer, name):
     """The ONNX tensor equal to a block's output ((N, 1 + h*w, C) tokens for ViTs, the class token included;
@@ -163,7 +146,8 @@ def test_gradient_at_a_token_tensor_matches_torch_hook(transformer, name):
 
     model, m, module_path = transformer(name)
     x = batch()
-    ref_act, ref_grad = _module_output_and_grad(model, module_path, x)
+    ref_act, ref_grad = (t.numpy() for t in module_output_and_grad(model, model.get_submodule(module_path), x,
+                                                                  TARGETS))
     info = m.spec().info
     candidates = [t for t, ti in info.items() if ti.shape is not None and ti.is_float and len(ti.shape) == ref_act.ndim
                   and ti.shape[0] is None and tuple(ti.shape[1:]) == ref_act.shape[1:]]
