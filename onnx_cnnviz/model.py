@@ -19,7 +19,7 @@ from .errors import InputError, ModelStructureError, NumericalError
 from .graph import layout as graph_layout
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
-from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
+from .graph.autodiff import GRAD_PREFIX, SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
 from .graph.expose import expose
 from .graph.head import find_score
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
@@ -477,7 +477,7 @@ class Model:
         seed_rows = None
         if wrt and mode == "input":
             seed_rows = score_weights if score_weights is not None else _one_hot(target_arr, self.num_classes)
-        merged = self._run_batches(session, x, batch_size, seed_rows)
+        merged = self._run_batches(session, x, batch_size, seed_rows, self._spec(hw).info)
         scores = merged[self.score_name].reshape(n, -1)
         check_finite(scores, f"class scores ('{self.score_name}')")
         result_targets = None
@@ -488,9 +488,10 @@ class Model:
                                   outputs={o: _as_nchw(views, o, merged[o]) for o in outputs},
                                   grads={w: _as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
 
-    def _run_batches(self, session, x: np.ndarray, batch_size, seed_rows=None) -> dict:
+    def _run_batches(self, session, x: np.ndarray, batch_size, seed_rows=None, info: dict | None = None) -> dict:
         """Run ``session`` over ``x`` in batches (one image at a time for a static-batch model), feeding
-        ``seed_rows`` as the backward seed; outputs are concatenated over the batches."""
+        ``seed_rows`` as the backward seed; outputs are concatenated over the batches along their batch axis
+        (:func:`_batch_axis`: not axis 0 for an attention tensor such as (L, N, E))."""
         step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
         parts = []
         for start in range(0, len(x), step):
@@ -498,7 +499,9 @@ class Model:
             if seed_rows is not None:
                 feeds[SEED_INPUT] = seed_rows[start:start + step]
             parts.append(session.run(feeds))
-        return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts], axis=_batch_axis(info or {}, k)) for k in parts[0]}
 
     def scores(self, x, batch_size: int | None = None) -> np.ndarray:
         """(N, K) float32 class scores before any final Softmax/LogSoftmax/Sigmoid."""
@@ -526,6 +529,11 @@ class Model:
         spec = self._spec(hw)
         view = spec.views.get(at)
         shown = view.nchw_shape() if view is not None else spec.info.get(at).shape
+        if shown is None or any(d is None for d in shown[1:]):
+            # The seed is fed as (N, rest) rows reshaped to the tensor: a tensor whose batch is not its outermost
+            # axis (attention's (L, N, E)) has no such rows.
+            raise InputError(f"vjp cannot be seeded at '{at}': its shape {_shape_text(shown)} does not have the "
+                             "batch as axis 0; seed a layer (Model.layers) or a tensor of shape (N, ...).")
         size = int(np.prod(shown[1:]))
         seed = np.asarray(cotangent, dtype=np.float32)
         if seed.ndim < 1 or seed.shape[0] != n or int(np.prod(seed.shape[1:])) != size:
@@ -542,7 +550,7 @@ class Model:
             names = [at] + [o for o in outputs if o != at] + [gg.gradients[w] for w in wrt]
             return _keep_outputs(gg.model, names, spec.info, private=True)
 
-        merged = self._run_batches(self.cached_session(key, build), x, batch_size, seed)
+        merged = self._run_batches(self.cached_session(key, build), x, batch_size, seed, spec.info)
         views = spec.views
         return _checked(RunResult(scores=None, targets=None,
                                   outputs={o: _as_nchw(views, o, merged[o]) for o in (at,) + outputs},
@@ -643,6 +651,23 @@ def _checked(result: RunResult) -> RunResult:
     for name, value in result.grads.items():
         check_finite(value, f"gradient with respect to '{name}'")
     return result
+
+
+def _shape_text(shape) -> str:
+    return "unknown" if shape is None else "(" + ", ".join("N?" if d is None else str(d) for d in shape) + ")"
+
+
+def _batch_axis(info: dict, name: str) -> int:
+    """The axis along which a tensor's batches are joined: its outermost axis that follows the batch (a None entry of
+    its shape; the batch itself, or a merged axis such as window partitions' N * windows, whose outer factor is N).
+    A gradient ``grad_name(t)`` has the shape of ``t``; anything unknown (scores, targets) has the batch first."""
+    tensor = info.get(name)
+    if tensor is None and name.startswith(GRAD_PREFIX):
+        tensor = info.get(name[len(GRAD_PREFIX):])
+    shape = getattr(tensor, "shape", None)
+    if not shape or shape[0] is None or None not in shape:
+        return 0
+    return shape.index(None)
 
 
 def _as_nchw(views: dict, name: str, value: np.ndarray) -> np.ndarray:

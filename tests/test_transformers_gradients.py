@@ -261,3 +261,23 @@ def test_probe_marks_every_dimension_that_follows_the_batch(transformer):
         if t in declared:
             dims = declared[t].type.tensor_type.shape.dim
             assert not dims[1].HasField("dim_value"), f"'{t}' declared with a static batch axis"
+
+
+@pytest.mark.parametrize("name", ["vit", "swin"])
+def test_tensors_whose_batch_is_not_axis_0_are_joined_along_their_batch_axis(transformer, name):
+    """``batch_size=1`` runs one image per onnxruntime call and joins the parts: an attention tensor (L, N, E) must be
+    joined on axis 1 (joining on axis 0 gives a tensor of the right size and the wrong values), Swin's
+    (N * windows, area, C) on axis 0; its gradient likewise. Equal to the single-call run of the whole batch.
+    ``vjp`` seeded at (L, N, E) is refused (its seed rows are (N, rest)), with a typed error, not a numpy TypeError."""
+    _, m, _ = transformer(name)
+    x = batch()
+    moved = batch_moved(m, x)
+    tensor = moved[0]
+    whole = m.run(x, outputs=[tensor], wrt=[tensor], targets=TARGETS)
+    parts = m.run(x, outputs=[tensor], wrt=[tensor], targets=TARGETS, batch_size=1)
+    assert rel_err(parts.outputs[tensor], whole.outputs[tensor]) <= 1e-5
+    assert rel_err(parts.grads[tensor], whole.grads[tensor]) <= 1e-5
+    if whole.outputs[tensor].shape[1] == len(x):
+        cot = np.ones((len(x), int(np.prod(whole.outputs[tensor].shape)) // len(x)), np.float32)
+        with pytest.raises(cv.errors.InputError, match="batch as axis 0"):
+            m.vjp(x, tensor, cot)
