@@ -61,7 +61,8 @@ def quiet():
 def export(model, size: int, path: Path, exporter: str) -> str:
     """Write ``model`` to ``path`` with ``exporter``; returns how the batch was declared. ``dynamo`` tries what users
     write first (an example batch of 1 with ``Dim("N", min=1)``), then an example batch of 2 (torch.export
-    specialises sizes 0 and 1, and refuses the range from a batch-1 trace of some models), then ``Dim.DYNAMIC``."""
+    specialises sizes 0 and 1: it refuses the range from a batch-1 trace of some models, and for others, torchvision's
+    ViT, it returns a graph whose batch is the constant 1 — taken for a refusal here), then ``Dim.DYNAMIC``."""
     import torch
 
     if exporter == "torchscript":
@@ -84,8 +85,21 @@ def export(model, size: int, path: Path, exporter: str) -> str:
             error = exc
             continue
         program.save(str(path), external_data=False)
+        if shapes is not None and batch == 1 and declared_batch(path) is not None:
+            # torch.export accepted Dim N from a batch-1 trace yet specialised the batch to 1 (torchvision's ViT):
+            # the file is a static export. A user asking for a dynamic batch retries with an example batch of 2.
+            error = RuntimeError("torch.export specialised Dim N to the example batch of 1")
+            continue
         return label
     raise error
+
+
+def declared_batch(path: Path) -> int | None:
+    """The image input's batch as the file declares it: an int, or None when symbolic."""
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return int(dim.dim_value) if dim.HasField("dim_value") else None
 
 
 def cell(name: str, exporter: str, size: int, fresh: bool, keep: bool = False) -> dict:
