@@ -826,7 +826,7 @@ def image_options(f):
 
 # The pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png): never taken as inputs
 # from folders and globs inside the output folder.
-_OURS = re.compile(r"\.([a-z-]+\.(top\d+|c\d+)|activations|boxes)\.png$")
+_OURS = re.compile(r"(\.([a-z-]+\.(top\d+|c\d+)|activations|boxes)\.png|^curve\.[a-z0-9+-]+\.[a-z0-9+-]+\.png)$")
 
 
 def collect_images(specs, exclude: Path | None = None, recursive: bool = False) -> list[Path]:
@@ -837,7 +837,7 @@ def collect_images(specs, exclude: Path | None = None, recursive: bool = False) 
     explicitly are always taken (reading them says whether they are pictures).
 
     ``exclude``: the output folder: pictures this tool wrote there (NAME.METHOD.RANK.png, NAME.activations.png,
-    NAME.boxes.png) are not taken from folders and globs, so that a second run over a folder holding its own results
+    NAME.boxes.png, evaluate's curve.METHOD.METRIC.png) are not taken from folders and globs, so that a second run over a folder holding its own results
     does not explain the results.
     """
     found: list[Path] = []

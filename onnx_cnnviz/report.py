@@ -450,7 +450,20 @@ def _colour_bar(scale: float) -> str:
             f'<div class="cbar-labels"><span>{-scale:.3g}</span><span>0</span><span>+{scale:.3g}</span></div>')
 
 
-def _fmt_params(params: dict) -> str:
+def page_head(title: str, extra_css: str = "") -> list[str]:
+    """The opening of every page this package writes, up to ``<body>``: no network (the Content-Security-Policy forbids
+    every external fetch; inline style and script and data: images only), the shared styles plus ``extra_css``, and
+    the load check of its pictures (:data:`_SCRIPT`)."""
+    return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
+            f"<title>{html.escape(title)}</title><style>{_CSS}{extra_css}</style><script>{_SCRIPT}</script></head>"
+            "<body>"]
+
+
+def format_params(params: dict) -> str:
+    """``key=value, ...`` with sizes written ``AxB``."""
     parts = []
     for k, v in params.items():
         if isinstance(v, (tuple, list)):
@@ -468,18 +481,12 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
     are base64 PNG data URIs, styles inline, no external resource."""
     esc = html.escape
     title = title or "cnnviz report" + (f" — {info['model']}" if info.get("model") else "")
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           # No network: forbid every external fetch, allow the inline style/script and data: images only.
-           "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-           "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
-           f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
-           f"<h1>{esc(title)}</h1>"]
+    out = page_head(title) + [f"<h1>{esc(title)}</h1>"]
     pre = info.get("preprocessing") or {}
     meta = [f"input <code>{esc(str(info.get('input', '')))}</code>",
             f"score <code>{esc(str(info.get('score', '')))}</code>",
             f"{info.get('classes')} classes", f"device {esc(str(info.get('device', '')))}",
-            "preprocessing <code>" + esc(_fmt_params({k: v for k, v in pre.items() if v is not None})) + "</code>"]
+            "preprocessing <code>" + esc(format_params({k: v for k, v in pre.items() if v is not None})) + "</code>"]
     out.append('<div class="meta">' + " · ".join(meta) + "</div>")
     for note in info.get("notes") or ():
         out.append(f'<div class="note">Note: {esc(note)}</div>')
@@ -531,7 +538,7 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
                 if meth and meth.paper:
                     caption += f'<div style="color:#888">{esc(meth.paper)}</div>'
                 if params:
-                    caption += f'<div class="params">{esc(_fmt_params(params))}</div>'
+                    caption += f'<div class="params">{esc(format_params(params))}</div>'
                 if scale and scale[0] is not None:
                     caption += _colour_bar(scale[0])
                 out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(pic)}"><figcaption>{caption}</figcaption>'
