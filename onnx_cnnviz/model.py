@@ -109,7 +109,7 @@ class Model:
         self.threads = threads
         original = graph_load.read_model(source, max_nodes=max_nodes)
         self.metadata = {p.key: p.value for p in original.metadata_props}
-        model = graph_load.normalise(original)
+        model = graph_load.normalise(original, copy=False)  # read_model gave a copy of its own
         image = find_image_input(model, input)
         self.input_name = image.name
         self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
@@ -328,9 +328,18 @@ class Model:
         if graph_shapes.misinferred_pools(model, info):
             # Every shape after such a pool is off by one window: measure the whole path instead.
             unknown = [n for node in graph.node for n in node.output if n in on_path]
+        inits = {t.name for t in graph.initializer}
+        probed = None
         if unknown or self.score_name not in info or info[self.score_name].shape is None:
             probe_names = list(dict.fromkeys(unknown + [self.score_name]))
-            info.update(graph_shapes.probe(model, probe_names, self.input_name, (self.channels, *hw)))
+            # The integer tensors the constants below are drawn from, read in the same runs (their types may be
+            # among the unknowns).
+            candidates = list(dict.fromkeys(
+                name for node in graph.node if any(o in on_path for o in node.output) for name in node.input
+                if name and name not in inits and not (name in info and info[name].is_float)))
+            probed_info, probed = graph_shapes.probe_with_constants(model, probe_names, candidates, self.input_name,
+                                                                     (self.channels, *hw))
+            info.update(probed_info)
         score = info.get(self.score_name)
         if score is None or score.shape is None or len(score.shape) < 2:
             raise ModelStructureError(f"the score tensor '{self.score_name}' has no (N, K) shape; is this a "
@@ -342,12 +351,14 @@ class Model:
         graph_shapes.annotate_inplace(model, info)
         # Shape arithmetic computed at run time (Shape -> Gather -> Div feeding a Slice, say) is constant once C, H, W
         # are fixed; backward rules need those values.
-        inits = {t.name for t in graph.initializer}
         computed_ints = list(dict.fromkeys(
             name for node in graph.node if any(o in on_path for o in node.output)
             for name in node.input if name and name not in inits and name in info and not info[name].is_float))
-        constants = graph_shapes.batch_independent_values(model, computed_ints, self.input_name,
-                                                           (self.channels, *hw))
+        if probed is not None:
+            constants = {name: probed[name] for name in computed_ints if name in probed}
+        else:
+            constants = graph_shapes.batch_independent_values(model, computed_ints, self.input_name,
+                                                               (self.channels, *hw))
         layers = candidate_layers(model, self.input_name, self.score_name, info)
         return _Specialised(model, info, layers, constants, {la.name: la.view for la in layers if la.view})
 

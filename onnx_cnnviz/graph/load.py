@@ -28,6 +28,7 @@ version newer than the installed onnx and onnxruntime support.
 from __future__ import annotations
 
 import copy
+import copy as _copy  # topological_sort's ``copy`` argument shadows the module there
 import functools
 import heapq
 import math
@@ -286,10 +287,11 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 1
 
 
-def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a normalised copy of ``model`` (see the module docstring)."""
+def normalise(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
+    """Return a normalised copy of ``model`` (see the module docstring); ``copy=False`` normalises ``model`` itself
+    when it can (a model just read, such as :func:`read_model`'s: copying a ViT-B's 330 MB costs seconds)."""
     check_supported_versions(model)
-    model = topological_sort(model)
+    model = topological_sort(model, copy=copy)
     constants_to_initializers_inplace(model)
     drop_initializer_inputs_inplace(model)
     model, folded = fold_constant_ifs(model)
@@ -353,8 +355,8 @@ def check_supported_versions(model: onnx.ModelProto) -> None:
             f"({versions}). Re-export the model with an older exporter, or upgrade onnx and onnxruntime.")
 
 
-def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose main-graph nodes are in topological order.
+def topological_sort(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
+    """A copy of ``model`` (``model`` itself with ``copy=False``) whose main-graph nodes are in topological order.
 
     ONNX requires that order, but some exporters and hand-edited graphs do not respect it, and every walk here reads
     the graph front to back (a node listed before its producer would seem not to be reached by the image). Nodes
@@ -362,7 +364,8 @@ def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
     depends on the producers of everything it reads, through its subgraphs too. :class:`ModelLoadError` for a cycle,
     a tensor two nodes write, or a tensor nothing provides.
     """
-    model = copy.deepcopy(model)
+    if copy:
+        model = _copy.deepcopy(model)
     graph = model.graph
     nodes = list(graph.node)
     available = {v.name for v in graph.input} | {t.name for t in graph.initializer}
@@ -407,7 +410,7 @@ def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ModelLoadError(
             f"the model's graph has a cycle (through nodes {', '.join(stuck[:6])}{', ...' if len(stuck) > 6 else ''}"
             "), so it cannot be run. Re-export the model.")
-    sorted_nodes = [copy.deepcopy(nodes[i]) for i in order]
+    sorted_nodes = [_copy.deepcopy(nodes[i]) for i in order]
     del graph.node[:]
     graph.node.extend(sorted_nodes)
     return model

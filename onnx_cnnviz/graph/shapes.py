@@ -191,17 +191,35 @@ def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dic
     """Shapes by running the model at batch 1 and 2: every dim that differs between the two runs becomes None,
     wherever it is (attention and window partitions move the batch off axis 0); those that are 1 and 2 are the batch
     itself (:attr:`TensorInfo.batch_axes`)."""
-    one, two = probe_runs(model, names, input_name, chw)
-    out = {}
-    for name, a, b in zip(names, one, two):
-        a, b = np.asarray(a), np.asarray(b)
+    return probe_with_constants(model, names, (), input_name, chw)[0]
+
+
+def probe_with_constants(model: onnx.ModelProto, names: list[str], candidates, input_name: str,
+                         chw) -> tuple[dict[str, TensorInfo], dict[str, np.ndarray]]:
+    """:func:`probe`'s shapes of ``names`` and :func:`batch_independent_values` of the integer tensors among
+    ``candidates``, from one pair of runs (a second session over a large model costs seconds: serialising it and
+    planning its memory)."""
+    inputs = [v.name for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer}]
+    data = value_dependent(model.graph, inputs) if candidates else set()
+    candidates = [n for n in candidates if n not in data]
+    everything = list(dict.fromkeys(list(names) + candidates))
+    if not everything:
+        return {}, {}
+    one, two = probe_runs(model, everything, input_name, chw)
+    runs = {name: (np.asarray(a), np.asarray(b)) for name, a, b in zip(everything, one, two)}
+    info = {}
+    for name in names:
+        a, b = runs[name]
         if a.ndim != b.ndim:
             raise ModelStructureError(f"tensor '{name}' has rank {a.ndim} at batch 1 but {b.ndim} at batch 2; the "
                                       "model's shapes do not follow the batch in a way that can be explained.")
         shape = tuple(int(s) if s == t else None for s, t in zip(a.shape, b.shape))
         batch = tuple(i for i, (s, t) in enumerate(zip(a.shape, b.shape)) if (s, t) == (1, 2))
-        out[name] = TensorInfo(_np_to_onnx(a.dtype), shape, batch)
-    return out
+        info[name] = TensorInfo(_np_to_onnx(a.dtype), shape, batch)
+    constants = {name: runs[name][0] for name in candidates
+                 if not np.issubdtype(runs[name][0].dtype, np.floating)
+                 and runs[name][0].shape == runs[name][1].shape and np.array_equal(*runs[name])}
+    return info, constants
 
 
 def batch_independent_values(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict:
