@@ -58,6 +58,16 @@ def run_options(f):
         image_options)
 
 
+def ray_option(f):
+    """--ray [ADDRESS]: run on Ray (the optional ``ray`` extra), ``auto`` for a running cluster, no address for a
+    local one."""
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+                        metavar="[ADDRESS]",
+                        help="Run on Ray (pip install 'onnx-cnnviz[ray]'): pictures read in Ray tasks, explained by a "
+                             "pool of actors each holding the model; same outputs plus OUT/records.parquet. 'auto' "
+                             "joins a running cluster, an address that cluster, no value starts a local one.")(f)
+
+
 @click.command("explain")
 @run_options
 @method_option(registry.names, "Default: gradcam.")
@@ -66,6 +76,7 @@ def run_options(f):
 @preprocessing_options
 @labels_option()
 @model_options
+@ray_option
 @global_flags
 @click.pass_context
 def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples, noise, steps, **kw):
@@ -228,7 +239,13 @@ def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
     if work.stale:
         echo(f"resume: {len(work.stale)} result(s) were made with other settings ({', '.join(work.changed)}) and "
              "are recomputed", err=True)
-    outcome = explain_all(m, job, paths, keys, work)
+    if options.get("ray_address"):
+        # Imported only here: the core and the single-process run never import Ray.
+        from onnx_cnnviz.dataset.pipeline import explain_on_ray
+
+        outcome = explain_on_ray(m, job, paths, keys, work, options)
+    else:
+        outcome = explain_all(m, job, paths, keys, work)
     finish_run(ctx, m, job, paths, keys, work, outcome)
 
 

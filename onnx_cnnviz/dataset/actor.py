@@ -1,0 +1,200 @@
+"""The two stages Ray runs: reading pictures (stateless tasks, :func:`decode_batch`) and explaining them (a pool of
+actors, :class:`ExplainActor`).
+
+Each actor loads the ONNX model once, in its own process, with onnxruntime's intra-op threads set to the actor's CPU
+share (so that N actors on a machine do not each start one thread per core), and keeps the model's sessions between
+batches. It explains a batch with ``cnnviz explain``'s own code (:func:`onnx_cnnviz.cli.explain.explain_group`: the
+same classes, maps, pictures, arrays and JSON records as the single-process run), scores the maps with the asked
+metrics, writes its part of the records table and hands the driver only the small rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CnnvizError, InputError
+from . import records, sources
+
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """What an actor needs, fixed on the driver: the model file and how to load it (``load_kwargs``: device, input,
+    output, input_size, batch_size, max_nodes), its onnxruntime ``threads`` and the ``work`` it does per batch (a
+    picklable callable, see :class:`ModelActor`)."""
+    model_path: str
+    load_kwargs: dict
+    threads: int
+    work: object
+
+
+@contextlib.contextmanager
+def quiet_cli():
+    """A click context whose messages are all silenced: the CLI functions the actors call echo their result lines,
+    which belong to the driver."""
+    import click
+
+    from ..cli.common import Settings
+
+    with click.Context(click.Command("cnnviz-ray"), obj=Settings(quiet=True)):
+        yield
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process (a column of the table: which actor made a row)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def npy(array: np.ndarray) -> bytes:
+    from ..cli.common import npy_bytes
+
+    return npy_bytes(array)
+
+
+def decode_batch(batch: dict, preprocessing, max_pixels) -> dict:
+    """Ray task: the model input of each planned picture, as ``.npy`` bytes in column ``x`` (empty, with the cause
+    in ``error``, for a picture that cannot be read: it becomes a ``failed`` row, the job goes on)."""
+    xs, errors = [], []
+    for path in batch["path"]:
+        try:
+            xs.append(npy(sources.load_input(str(path), preprocessing, max_pixels)))
+            errors.append("")
+        except InputError as exc:
+            xs.append(b"")
+            errors.append(str(exc))
+    out = dict(batch)
+    out["x"] = np.array(xs, dtype=object)
+    out["error"] = np.array(errors, dtype=object)
+    return out
+
+
+class ModelActor:
+    """Ray actor: the model loaded once (its sessions kept between batches); each call hands one batch of read
+    pictures to ``spec.work``.
+
+    ``work(m, read, failed) -> rows``: ``read`` holds (x (1, C, H, W), item) per picture read, ``failed`` (item,
+    error) per picture that could not be, each ``item`` the picture's planned columns (``index``, ``path``,
+    ``key`` and whatever the caller put in); ``rows``: JSON-serialisable dicts, handed to the driver as they are.
+    It runs inside a silenced click context, so that the CLI's functions can be called as they are."""
+
+    def __init__(self, spec: ActorSpec):
+        import onnx_cnnviz as cv
+
+        self.work, self.m, self.error = spec.work, None, None
+        try:
+            self.m = cv.load(spec.model_path, threads=spec.threads, **spec.load_kwargs)
+        except CnnvizError as exc:  # handed to the driver as the typed error it is (see error_row)
+            self.error = exc
+
+    def __call__(self, batch: dict) -> dict:
+        if self.error is not None:
+            return error_row(self.error)
+        try:
+            return self.run(batch)
+        except CnnvizError as exc:
+            return error_row(exc)
+
+    def run(self, batch: dict) -> dict:
+        planned = [name for name in batch if name not in ("x", "error")]
+        read, failed = [], []
+        for j, (blob, error) in enumerate(zip(batch["x"], batch["error"])):
+            item = {name: plain(batch[name][j]) for name in planned}
+            if error:
+                failed.append((item, str(error)))
+            else:
+                read.append((np.load(io.BytesIO(blob), allow_pickle=False), item))
+        with quiet_cli():
+            rows = self.work(self.m, read, failed)
+        return {"row": np.array([json.dumps(r) for r in rows], dtype=object)}
+
+
+def error_row(exc: CnnvizError) -> dict:
+    """A batch's result when the library raised a typed error in the actor: one row naming the error class and its
+    message, which the driver raises again (a Ray wrapper would hide the class behind its own)."""
+    return {"row": np.array([json.dumps({ERROR: [type(exc).__name__, str(exc)]})], dtype=object)}
+
+
+#: The key of an error row.
+ERROR = "__cnnviz_error__"
+
+
+def plain(value):
+    """A numpy scalar of a batch column as the Python value it was planned as."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass(frozen=True)
+class ExplainWork:
+    """``cnnviz explain`` as an actor's work: the run's settings (``job``: a
+    :class:`~onnx_cnnviz.cli.explain.RunSettings` whose output folder is absolute), the metrics (name ->
+    parameters), the settings digest per method and the records table folder. Planned items carry ``methods`` (JSON
+    list: the methods still to do) and ``skip`` (JSON list: record file names of results kept)."""
+    job: object
+    metrics: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    table: str = ""
+
+    def __call__(self, m, read: list, failed: list) -> list:
+        from ..cli.explain import explain_group, same_size_groups
+
+        job, worker = self.job, worker_id()
+        rows, returned, done, groups = [], [], set(), []
+        for item, error in failed:
+            rows.append(records.failed_row(path_of(item["path"]).resolve().__str__(), item["key"], error, worker))
+            returned.append({"status": records.STATUS_FAILED, "image": rows[-1]["image"], "error": error,
+                             "worker": worker})
+        for j, (x, item) in enumerate(read):
+            done.update(job.out / name for name in json.loads(item["skip"]))
+            groups.append((x, (j, json.loads(item["methods"]))))
+        paths = [path_of(item["path"]) for _, item in read]
+        keys = [item["key"] for _, item in read]
+        for x, items in same_size_groups(groups):
+            written: list = []
+            explain_group(m, job, x, items, paths, keys, done, written)
+            values = self.metric_values(m, x, items, paths, written)
+            rows += records.rows_from_records(written, job, self.settings, values, worker)
+            returned += [{"status": records.STATUS_OK, "record": rec, "worker": worker} for rec in written]
+        records.write_part(Path(self.table), rows)
+        return returned
+
+    def metric_values(self, m, x: np.ndarray, items: list, paths: list, written: list) -> dict:
+        """json path -> {metric: value} for the results just written: each metric run on the group's pictures and
+        their maps (read back from the .npy files just written), per method and rank, as ``cnnviz evaluate`` feeds
+        them (:func:`onnx_cnnviz.cli.evaluate.metric_input`). A metric that cannot take a method's result gives NaN."""
+        if not self.metrics or not written:
+            return {}
+        from ..cli.evaluate import metric_input
+        from ..metrics import registry as metric_registry
+
+        row_of = {str(paths[j].resolve()): r for r, (j, _) in enumerate(items)}
+        groups: dict = {}
+        for rec in written:
+            groups.setdefault((rec["method"], records.rank_of(rec["json"], rec["method"])), []).append(rec)
+        values: dict = {}
+        for (method, _), recs in groups.items():
+            xs = x[[row_of[rec["image"]] for rec in recs]]
+            maps = np.stack([np.load(rec["outputs"]["array"], allow_pickle=False) for rec in recs])
+            targets = np.array([rec["class"] for rec in recs], dtype=np.int64)
+            for metric, params in self.metrics.items():
+                try:
+                    explanation = metric_input(metric, maps, method, params)
+                    result = metric_registry.evaluate(metric, m, xs, explanation, targets, params=params,
+                                                      batch_size=self.job.rows_per_run)
+                    scores = [float(v) for v in result.values]
+                except CnnvizError:
+                    scores = [float("nan")] * len(recs)
+                for rec, value in zip(recs, scores):
+                    values.setdefault(rec["json"], {})[metric] = value
+        return values
+
+
+def path_of(text: str):
+    """A planned picture's path: a :class:`~onnx_cnnviz.dataset.sources.Uri` for a URI, else a ``Path``."""
+    return sources.Uri(text) if sources.is_uri(text) else Path(text)

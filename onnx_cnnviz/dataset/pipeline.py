@@ -1,0 +1,430 @@
+"""The Ray Data pipeline: planned pictures -> read and preprocess (Ray tasks) -> explain and write (an actor pool) ->
+the small record rows, streamed to the driver one batch at a time.
+
+:func:`run_work` is the pipeline for any work on pictures with one model per actor (a picklable
+``work(m, read, failed) -> rows``): ``cnnviz explain`` and ``cnnviz evaluate`` alike. Two entry points run
+explanations through it: :func:`explain` (the library: a dataset of paths or URIs, a summary back, nothing held per
+result on the driver) and :func:`explain_on_ray` (``cnnviz explain --ray``: the CLI's plan in, the CLI's outcome
+out, so that its summary, JSON document and exit codes are those of the single-process run).
+
+What runs where, and why:
+
+* the driver lists the pictures and plans with ``cnnviz explain``'s :func:`~onnx_cnnviz.cli.explain.plan` (its JSON
+  records say what ``resume`` skips and which settings changed; the same checks refuse to overwrite anything), then
+  only iterates over record rows;
+* ``decode_batch`` tasks (:data:`DECODE_CPUS` each) read pictures where they lie (local disk, S3, GCS, ...) and
+  preprocess them, so decoding scales with the cluster, not with the driver;
+* a fixed pool of :class:`~onnx_cnnviz.dataset.actor.ModelActor` (``ActorPoolStrategy(size=actors)``), each with
+  ``cpus_per_actor`` CPUs (its onnxruntime intra-op threads) and ``gpus_per_actor`` GPUs when the cluster has GPUs,
+  explains. Ray Data creates pool actors with ``max_restarts=-1`` and ``max_task_retries=-1``: an actor that dies is
+  restarted and its batch retried, and the batch's part of the table keeps its name, so each record is written once.
+
+The output folder must be one that every node sees (a local folder on one machine, a shared filesystem on a cluster):
+the actors write the maps and the table there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CnnvizError, InputError, RuntimeFailure
+from . import records, require_ray, sources
+from .actor import ERROR, ActorSpec, ExplainWork, ModelActor, decode_batch, quiet_cli
+
+#: CPUs reserved by each read-and-preprocess task (the actors get the rest of a machine).
+DECODE_CPUS = 0.25
+#: The method parameters of ``cnnviz explain``'s defaults (its --window, --stride, ... options).
+DEFAULT_PARAMS = {"window": (16, 16), "stride": (8, 8), "baseline": 0.0, "mode": "score", "samples": 25,
+                  "noise": 0.15, "steps": 50}
+
+
+@dataclass
+class Summary:
+    """What a library run did: ``written`` results (records on disk), ``skipped`` pictures (finished before,
+    resume), ``failed`` pictures (unreadable: a ``failed`` row each), ``interrupted`` (Ctrl-C, or a callback that
+    raised KeyboardInterrupt), ``table`` (the records table's folder), ``actors`` and ``cpus_per_actor`` used."""
+    written: int
+    skipped: int
+    failed: int
+    interrupted: bool
+    table: str
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the pool is sized: ``actors`` of ``cpus`` CPUs (onnxruntime threads: ``threads``) and ``gpus`` GPUs."""
+    actors: int
+    cpus: float
+    gpus: float
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus + 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cluster
+
+
+def connect(address: str | None):
+    """Join Ray: an already initialised Ray as it is, ``address`` "auto" a running cluster (``ray start``), another
+    address that cluster (``ray://host:10001`` or ``host:6379``), None or "local" a new local one. Returns whether
+    this call started Ray (and should shut it down)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "configure_logging": True}
+    try:
+        if address in (None, "", "local"):
+            ray.init(**kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot connect to the Ray cluster at {address!r} ({str(exc).splitlines()[0]}); start one "
+                         "with `ray start --head`, or pass --ray without an address for a local one.") from None
+    return True
+
+
+def plan_resources(actors: int | None, cpus_per_actor: float | None, gpus_per_actor: float | None) -> Resources:
+    """The pool for this cluster. With GPUs: one actor per GPU by default (``gpus_per_actor`` 1). Without: one actor
+    per machine by default, each with the machine's CPUs but what the read tasks need. ``cpus_per_actor`` defaults
+    to an even share of the smallest machine's CPUs left after :data:`DECODE_CPUS` x 2."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [n["Resources"].get("CPU", 0.0) for n in nodes] or [1.0]
+    total_gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if total_gpus >= 1 else 0.0
+    if actors is None:
+        actors = int(total_gpus // gpus_per_actor) if gpus_per_actor else len(nodes)
+    actors = max(1, int(actors))
+    if cpus_per_actor is None:
+        per_node = max(1, math.ceil(actors / max(1, len(nodes))))
+        share = (min(node_cpus) - 2 * DECODE_CPUS) / per_node
+        cpus_per_actor = max(0.25, math.floor(share * 4) / 4)
+    if cpus_per_actor <= 0:
+        raise InputError(f"cpus_per_actor must be positive, not {cpus_per_actor}.")
+    return Resources(actors, float(cpus_per_actor), float(gpus_per_actor))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Planning against the table
+
+
+def reconcile(job, paths: list, keys: list, work, table: Path, settings: dict) -> list:
+    """Make the records table agree with the plan, and return the planned items for Ray.
+
+    A result the plan keeps (its JSON record is finished with this run's settings) must have its row with this
+    run's settings digest: when it has not, the row is rebuilt from the JSON record if no metrics are asked for,
+    and the result is computed again otherwise (its metric values are missing or were made with other parameters).
+    Rows of every result about to be written, and ``failed`` rows of pictures read again, are dropped first, so that
+    each result has one row."""
+    if table.exists() and not table.is_dir():
+        raise InputError(f"{table} exists and is not the records table's folder; move it away or choose another "
+                         "--out.")
+    have = records.finished(table)
+    todo = {i: list(missing) for i, missing in work.todo}
+    backfill = []
+    for i, key in enumerate(keys):
+        for name in job.methods:
+            for rank in job.ranks:
+                json_path = job.files(key, name, rank).json
+                if json_path not in work.done or have.get(str(json_path.resolve())) == settings[name]:
+                    continue
+                record = None if job_metrics(settings) else records.record_of(json_path)
+                if record is not None and record.get("method") == name:
+                    backfill.append(record)
+                    continue
+                work.done.discard(json_path)
+                missing = todo.setdefault(i, [])
+                if name not in missing:
+                    missing.append(name)
+    redo = {str(f.json.resolve()) for i, missing in todo.items() for name in missing for rank in job.ranks
+            for f in [job.files(keys[i], name, rank)] if f.json not in work.done}
+    records.drop_rows(table, redo | {r["json"] for r in backfill}, {str(paths[i].resolve()) for i in todo})
+    records.write_part(table, records.rows_from_records(backfill, job, settings, worker="driver (from JSON)"))
+    items = []
+    for i in sorted(todo):
+        kept = [job.files(keys[i], name, rank).json.name for name in todo[i] for rank in job.ranks
+                if job.files(keys[i], name, rank).json in work.done]
+        items.append({"index": i, "path": str(paths[i].resolve()), "key": keys[i],
+                      "methods": json.dumps([m for m in job.methods if m in todo[i]]), "skip": json.dumps(kept)})
+    return items
+
+
+def job_metrics(settings: dict) -> bool:
+    return bool(settings.get("__metrics__"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run_work(model, load_kwargs: dict, items: list, preprocessing, work, *, batch_size: int = 8,
+             address: str | None = None, actors: int | None = None, cpus_per_actor: float | None = None,
+             gpus_per_actor: float | None = None, max_pixels="default",
+             on_rows: Callable[[list], None] | None = None, progress: bool = True) -> bool:
+    """The generic pipeline, for any work on pictures with one model per actor (``cnnviz explain`` and ``cnnviz
+    evaluate`` alike): ``items`` (one dict per picture, small JSON-able values, with at least ``path``: a local path
+    or a URI) are read and preprocessed with ``preprocessing`` in Ray tasks, ``batch_size`` at a time; a pool of
+    actors, each loading ``model`` once (``load_kwargs``: :func:`onnx_cnnviz.load`'s), calls
+    ``work(m, read, failed)`` on each batch (see :class:`~onnx_cnnviz.dataset.actor.ModelActor`); the rows it
+    returns reach ``on_rows(rows)`` on the driver, one batch at a time. Returns whether the run was interrupted
+    (Ctrl-C, or ``on_rows`` raising KeyboardInterrupt). Ray is joined or started as :func:`connect` says, and shut
+    down after when this call started it."""
+    from ..image import MAX_PIXELS
+
+    limit = MAX_PIXELS if max_pixels == "default" else max_pixels
+    started = connect(address)
+    try:
+        pool = plan_resources(actors, cpus_per_actor, gpus_per_actor)
+        spec = ActorSpec(str(Path(model).resolve()), dict(load_kwargs), pool.threads, work)
+        return execute(items, spec, pool, preprocessing, int(batch_size), limit, on_rows, progress)
+    finally:
+        if started:
+            require_ray().shutdown()
+
+
+def execute(items: list, spec: ActorSpec, pool: Resources, preprocessing, batch_size: int, max_pixels,
+            on_rows, progress: bool) -> bool:
+    """Build and iterate the Ray Data pipeline (see :func:`run_work`). One block per ``batch_size`` items, so that
+    a batch holds the pictures the single-process run would read together."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = progress
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
+    if not items:
+        return False
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch_size)))
+    ds = ds.map_batches(decode_batch, fn_kwargs={"preprocessing": preprocessing, "max_pixels": max_pixels},
+                        batch_size=batch_size, num_cpus=DECODE_CPUS, batch_format="numpy")
+    ds = ds.map_batches(ModelActor, fn_constructor_args=(spec,), batch_size=batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=pool.actors), num_cpus=pool.cpus,
+                        num_gpus=pool.gpus or None)
+    iterator = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for batch in iterator:
+            rows = [json.loads(text) for text in batch["row"]]
+            for row in rows:
+                if ERROR in row:
+                    raise library_error(*row[ERROR])
+            if on_rows is not None:
+                on_rows(rows)
+    except KeyboardInterrupt:
+        return True
+    except CnnvizError:
+        raise
+    except Exception as exc:  # Ray's wrappers of what failed in a task or an actor
+        raise typed(exc) from exc
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+    return False
+
+
+def library_error(name: str, message: str) -> CnnvizError:
+    """The typed error an actor reported (:func:`~onnx_cnnviz.dataset.actor.error_row`), raised on the driver."""
+    from .. import errors
+
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, CnnvizError)):
+        cls = CnnvizError
+    return cls(message)
+
+
+def typed(exc: BaseException) -> Exception:
+    """The error to raise for a failed Ray run: the library's own typed error when one is behind it (a model an
+    actor cannot load, a bad parameter; Ray wraps it), else :class:`RuntimeFailure` with Ray's first line."""
+    from ray.exceptions import RayError
+
+    seen, todo = set(), [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, CnnvizError) and not isinstance(err, RayError):  # Ray's wrapper is both
+            return err
+        todo += [getattr(err, "cause", None), err.__cause__, err.__context__]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = lines[-1] if lines else type(exc).__name__  # Ray's text ends with the failing line of the task
+    return RuntimeFailure(f"the Ray pipeline failed ({type(exc).__name__}: {cause}); run with --debug for Ray's "
+                          "traceback, and check the actors' logs (ray logs).")
+
+
+def remove_leftovers(job, items: list, table: Path) -> list:
+    """Delete the temporary files that actors killed mid-write left (their batches were retried and written whole):
+    those of this run's outputs in the output folder, and of the table's parts. Called once a run has finished, when
+    no actor writes any more (an interrupted run leaves them to ``resume``, which removes them as ``cnnviz explain
+    --resume`` does)."""
+    from ..files import remove_stale_temps, temp_target
+
+    names = {f.name for item in items for name in json.loads(item["methods"]) for rank in job.ranks
+             for f in job.files(item["key"], name, rank)}
+    removed = remove_stale_temps(job.out, names)
+    if table.is_dir():
+        parts = {temp_target(p.name) for p in table.iterdir() if (temp_target(p.name) or "").startswith("part-")}
+        removed += remove_stale_temps(table, parts)
+    return removed
+
+
+def explain_work(job, metrics: dict, settings: dict, table: Path) -> ExplainWork:
+    """The actors' work for ``cnnviz explain``: the job with an absolute output folder (actors may run in another
+    working directory) and ``resume`` set, so that a retried batch replaces the files its killed attempt left (the
+    driver's plan has already refused every file this run may not replace)."""
+    job = dataclasses.replace(job, out=Path(job.out).resolve(), resume=True)
+    return ExplainWork(job=job, metrics=metrics, settings=settings, table=str(table.resolve()))
+
+
+def digests(job, metrics: dict) -> dict:
+    settings = {name: records.settings_digest(job, name, metrics) for name in job.methods}
+    settings["__metrics__"] = bool(metrics)
+    return settings
+
+
+def metric_settings(metrics, metric_params: dict | None) -> dict:
+    """name -> the parameters each metric runs with (checked by the metrics registry)."""
+    from ..metrics import registry as metric_registry
+
+    params = metric_params or {}
+    unknown = sorted(set(params) - set(metrics or ()))
+    if unknown:
+        raise InputError(f"metric_params names {unknown[0]!r}, which is not among the metrics {list(metrics or ())}.")
+    return {name: metric_registry.parameters(name, params.get(name)) for name in (metrics or ())}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ``cnnviz explain --ray``
+
+
+def explain_on_ray(m, job, paths: list, keys: list, work, options: dict):
+    """``cnnviz explain``'s run on Ray: the CLI's plan ``work`` in, its :class:`~onnx_cnnviz.cli.explain.Outcome`
+    out (records listed as they arrive, unreadable pictures warned about and listed), so that
+    :func:`~onnx_cnnviz.cli.explain.finish_run` prints and exits as for the single-process run. ``options``: the
+    command's options (model loading, --max-pixels through the pixel limit in force, --ray ADDRESS)."""
+    from ..cli.common import echo, settings as cli_settings, warn
+    from ..cli.explain import Outcome
+    from ..image.reading import current_pixel_limit
+
+    outcome = Outcome()
+    table = Path(job.out) / records.TABLE
+    settings = digests(job, {})
+    items = reconcile(job, paths, keys, work, table, settings)
+    load_kwargs = {"device": options["device"], "input": options["input_name"], "output": options["output_name"],
+                   "input_size": options["input_size"], "batch_size": options["rows_per_run"],
+                   "max_nodes": options["max_nodes"]}
+    shown = {str(p.resolve()): p for p in paths}
+
+    def on_rows(rows):
+        for row in rows:
+            if row["status"] == records.STATUS_FAILED:
+                outcome.failed.append({"image": row["image"], "error": row["error"]})
+                warn(f"skipped: {row['error']}")
+                continue
+            record = row["record"]
+            outcome.results.append(record)
+            c, names = record["class"], job.labels
+            label = f" {names[c]}" if names else ""
+            echo(f"{shown.get(record['image'], record['image'])}  {record['method']:<14} {c}{label}  "
+                 f"p={record['probability']:.3f}  -> {Path(record['outputs']['picture'])}")
+
+    s = cli_settings()
+    try:
+        outcome.interrupted = run_work(options["model"], load_kwargs, items, job.preprocessing,
+                                       explain_work(job, {}, settings, table), batch_size=job.batch_size,
+                                       address=options.get("ray_address"), max_pixels=current_pixel_limit(),
+                                       on_rows=on_rows, progress=not (s.quiet or s.json))
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    if not outcome.interrupted:
+        remove_leftovers(job, items, table)
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The library entry point
+
+
+def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None, layer=None, params=None,
+            metrics=(), metric_params=None, preprocess=None, labels=None, batch_size: int = 8,
+            rows_per_run: int | None = None, resume: bool = False, overwrite: bool = False, recursive: bool = False,
+            device: str = "auto", actors: int | None = None, cpus_per_actor: float | None = None,
+            gpus_per_actor: float | None = None, address: str | None = None, alpha: float = 0.5,
+            colormap: str = "jet", max_pixels="default", progress: bool = False,
+            on_batch: Callable[[list], None] | None = None) -> Summary:
+    """Explain every picture of ``images`` (local files, folders, globs, or URIs such as ``s3://bucket/photos/``)
+    with ``methods`` on Ray, writing into the folder ``out`` what ``cnnviz explain`` writes (``KEY.METHOD.RANK.png``,
+    ``.npy``, ``.json``) and the records table ``out/records.parquet`` (one row per result: image, method, rank,
+    class, score, probability, the image's ``top_k`` classes, ``target``, layer, parameters, ``metrics`` values,
+    output files; a ``failed`` row per unreadable picture).
+
+    The arguments are ``cnnviz explain``'s options (``params``: the methods' own, as its --window, --stride,
+    --samples, ...; ``preprocess``: a preset name, or None for the model's metadata else imagenet); ``metrics``:
+    metric registry names scored on each map (``metric_params``: name -> parameters). ``resume``: skip the results
+    finished with the same settings (changed settings or metrics are recomputed); ``overwrite``: replace results.
+    ``address``: None starts a local Ray (or uses the one this process joined), "auto" a running cluster.
+    ``actors`` / ``cpus_per_actor`` / ``gpus_per_actor``: the pool (default: one actor per machine, or per GPU).
+    ``on_batch(rows)``: called on the driver with each batch's rows; raising KeyboardInterrupt there stops the run
+    like Ctrl-C (what is finished stays, ``resume`` completes it). Returns a :class:`Summary`; nothing per result
+    is kept on the driver.
+    """
+    from ..cli.common import choose_preprocessing, image_keys, load_model, out_folder
+    from ..cli.explain import RunSettings, check_options, plan
+    from ..image import MAX_PIXELS
+    from ..image.reading import pixel_limit
+
+    limit = MAX_PIXELS if max_pixels == "default" else max_pixels
+    options = {"target": target, "top_k": top_k, "layer": layer, "labels": labels, "out_dir": str(out),
+               "overwrite": overwrite, "resume": resume, "batch_size": int(batch_size), "rows_per_run": rows_per_run,
+               "alpha": alpha, "colormap": colormap, "model": str(model)}
+    methods = list(methods)
+    with quiet_cli(), pixel_limit(limit):
+        check_options(options)
+        folder = out_folder(out)
+        paths = sources.collect([str(s) for s in ([images] if isinstance(images, (str, Path)) else images)],
+                                exclude=folder, recursive=recursive)
+        load_kwargs = {"device": device, "batch_size": rows_per_run}
+        m = load_model(model, **load_kwargs)
+        pre = choose_preprocessing(m, preprocess).preprocessing
+        job = RunSettings.build(m, pre, methods, {**DEFAULT_PARAMS, **(params or {})}, options)
+        keys = image_keys(paths)
+        work = plan(job, paths, keys)
+        metric_spec = metric_settings(metrics, metric_params)
+        settings = digests(job, metric_spec)
+        table = folder / records.TABLE
+        items = reconcile(job, paths, keys, work, table, settings)
+    counts = {"written": 0, "failed": 0}
+
+    def count(rows):
+        counts["written"] += sum(r["status"] == records.STATUS_OK for r in rows)
+        counts["failed"] += sum(r["status"] == records.STATUS_FAILED for r in rows)
+        if on_batch is not None:
+            on_batch(rows)
+
+    started = connect(address)  # joined here (not in run_work) to size the pool for the summary
+    try:
+        pool = plan_resources(actors, cpus_per_actor, gpus_per_actor)
+        interrupted = run_work(model, load_kwargs, items, pre, explain_work(job, metric_spec, settings, table),
+                               batch_size=batch_size, actors=pool.actors, cpus_per_actor=pool.cpus,
+                               gpus_per_actor=pool.gpus, max_pixels=limit, on_rows=count, progress=progress)
+    finally:
+        if started:
+            require_ray().shutdown()
+    if not interrupted:
+        remove_leftovers(job, items, table)
+    skipped = len(paths) - len(items)
+    return Summary(written=counts["written"], skipped=skipped, failed=counts["failed"], interrupted=interrupted,
+                   table=str(table.resolve()), actors=pool.actors, cpus_per_actor=pool.cpus,
+                   gpus_per_actor=pool.gpus)
