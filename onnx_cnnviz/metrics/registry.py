@@ -17,6 +17,10 @@ What a metric takes (``takes``): ``"maps"``, one importance value per pixel ((N,
 pixel); ``"attributions"``, values per input element ((N, C, H, W), or a map spread over the channels); ``"method"``,
 the explanation method itself (a registry method name, or a function ``explain(x, targets)``), because the metric
 re-explains perturbed images.
+
+A metric with ``needs_boxes=True`` (the localisation metrics) scores maps against ground-truth boxes: :func:`evaluate`
+passes it ``boxes=``, one sequence of :class:`~onnx_cnnviz.metrics.boxes.Box` per image in the model input's pixels,
+and refuses to run it without them.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import Callable
 
 from ..errors import InputError
 from ..model import Model
-from . import confidence, curves, imputation, robustness
+from . import confidence, curves, imputation, localisation, robustness
 from .base import MetricResult
 
 TAKES = ("maps", "attributions", "method")
@@ -39,7 +43,8 @@ class Metric:
     progress=None, **params) -> MetricResult``. ``takes``: what ``explanation`` is (:data:`TAKES`).
     ``higher_is_better``: the direction of a more faithful explanation. ``output``: what it reads from the model by
     default ("probability" | "score"; None when it reads explanations). ``params``: the metric's own keyword
-    arguments with their defaults. ``paper``: the reference.
+    arguments with their defaults. ``paper``: the reference. ``needs_boxes``: the metric scores maps against
+    ground-truth boxes, and ``func`` takes them as ``boxes=`` (one sequence of boxes per image).
     """
     name: str
     title: str
@@ -49,6 +54,7 @@ class Metric:
     output: str | None = "probability"
     params: dict = field(default_factory=dict)
     paper: str = ""
+    needs_boxes: bool = False
 
     def __post_init__(self):
         if self.takes not in TAKES:
@@ -101,12 +107,21 @@ def parameters(metric, params: dict | None = None) -> dict:
 
 
 def evaluate(metric, m: Model, x, explanation, targets=None, params: dict | None = None,
-             batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> MetricResult:
+             batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+             boxes=None) -> MetricResult:
     """Run ``metric`` (a name or a :class:`Metric`) on images ``x`` and their ``explanation`` (maps, attributions or
-    the method, as the metric ``takes``) for ``targets`` (the classes explained; None: each image's top-1)."""
+    the method, as the metric ``takes``) for ``targets`` (the classes explained; None: each image's top-1).
+
+    ``boxes``: the ground-truth boxes of a metric that ``needs_boxes`` (one sequence per image, in the model input's
+    pixels; an :class:`InputError` when missing); metrics that need none ignore them."""
     meth = get(metric)
-    return meth.func(m, x, explanation, targets, batch_size=batch_size, progress=progress,
-                     **parameters(meth, params))
+    kwargs = parameters(meth, params)
+    if meth.needs_boxes:
+        if boxes is None:
+            raise InputError(f"metric {meth.name!r} needs ground-truth boxes (--boxes): one list of (x0, y0, x1, y1) "
+                             "boxes per image, from a CSV or JSON file.")
+        kwargs["boxes"] = boxes
+    return meth.func(m, x, explanation, targets, batch_size=batch_size, progress=progress, **kwargs)
 
 
 _CURVE = {"baseline": None, "pixels_per_step": None, "output": "probability", "channels": "sum"}
@@ -138,6 +153,15 @@ for _metric in [
            params={"layer": None, "method_params": None, "samples": 10, "radius": 0.02, "perturbation": None,
                    "seed": 0},
            paper=_YEH),
+    Metric("pointing-game", "Pointing game", localisation.pointing_game, "maps", True, output=None,
+           params={"tolerance": localisation.TOLERANCE, "channels": "sum"}, paper="Zhang et al. 2016",
+           needs_boxes=True),
+    Metric("energy-pointing-game", "Energy-based pointing game", localisation.energy_pointing_game, "maps", True,
+           output=None, params={"channels": "sum"}, paper="Wang et al. 2020", needs_boxes=True),
+    Metric("localisation-accuracy", "Localisation accuracy", localisation.localisation_accuracy, "maps", True,
+           output=None, params={"threshold": localisation.THRESHOLD, "iou_threshold": localisation.IOU_THRESHOLD,
+                                "variant": "gt-known", "channels": "sum"},
+           paper="Zhou et al. 2016", needs_boxes=True),
 ]:
     register(_metric)
 del _metric

@@ -1,0 +1,293 @@
+"""Ground-truth boxes for the localisation metrics: the :class:`Box` type, reading boxes from CSV or JSON, and mapping
+them from an original image's pixels to the model input's.
+
+A box is half-open, ``(x0, y0, x1, y1)``: it covers ``image[y0:y1, x0:x1]``, the convention of
+:mod:`onnx_cnnviz.methods.localise` and :mod:`models.shapes_dataset`. Coordinates may be fractional (COCO's are);
+:meth:`Box.pixels` rounds the edges to whole pixels when a metric needs a pixel mask.
+
+Files (``image`` is the image's file name or path as the run gives it; several rows or entries per image are several
+boxes)::
+
+    image,x0,y0,x1,y1,label          # CSV: the label column is optional, an empty cell means "no label"
+    cat.png,10,12,80,96,281
+
+    {"cat.png": [[10, 12, 80, 96]]}                                  # JSON: plain boxes
+    {"cat.png": [{"box": [10, 12, 80, 96], "label": 281}]}          # or labelled ones
+
+**Resizing.** The command line's preprocessing (:func:`onnx_cnnviz.image.preprocess`) is a plain ``cv2.resize`` of
+the whole image to ``size`` (H, W), no crop and no letterbox, so a box maps by scaling x by ``W_in / W_image`` and y
+by ``H_in / H_image`` separately (:func:`to_input`). The edges scale exactly: output pixel ``j`` of ``cv2.resize``
+covers ``[j / s, (j + 1) / s)`` of the original, so the box's continuous extent ``[x0, x1)`` becomes
+``[x0 s, x1 s)``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+
+#: The CSV columns every row needs; ``label`` may follow.
+CSV_COLUMNS = ("image", "x0", "y0", "x1", "y1")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open ground-truth box ``[x0, x1) x [y0, y1)`` in some image's pixels, with an optional class label.
+
+    ``label``: the class index the box outlines (None: unlabelled, matched by every class)."""
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    label: int | None = None
+
+    def __post_init__(self):
+        for name in ("x0", "y0", "x1", "y1"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InputError(f"box {self.coords_text()}: {name} must be a finite number, not {value!r}.")
+            object.__setattr__(self, name, float(value))  # numpy scalars too: one type in records and JSON
+        if self.x1 <= self.x0 or self.y1 <= self.y0:
+            raise InputError(f"box {self.coords_text()} is empty: a box is (x0, y0, x1, y1) with x1 > x0 and "
+                             "y1 > y0 (half-open, in pixels).")
+        if self.label is not None:
+            if isinstance(self.label, bool) or not isinstance(self.label, numbers.Integral) or self.label < 0:
+                raise InputError(f"box {self.coords_text()}: label must be a class index (an int >= 0) or None, "
+                                 f"not {self.label!r}.")
+            object.__setattr__(self, "label", int(self.label))
+
+    @property
+    def coords(self) -> tuple:
+        """``(x0, y0, x1, y1)``."""
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    def coords_text(self) -> str:
+        return "(" + ", ".join(f"{v:g}" if isinstance(v, numbers.Real) else repr(v) for v in self.coords) + ")"
+
+    def scaled(self, sx: float, sy: float) -> Box:
+        """The box after scaling x by ``sx`` and y by ``sy`` (a resize of the whole image)."""
+        return Box(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy, self.label)
+
+    def inside(self, width: float, height: float) -> bool:
+        """Whether the box lies within a ``width`` x ``height`` image (its half-open extent within [0, size])."""
+        return self.x0 >= 0 and self.y0 >= 0 and self.x1 <= width and self.y1 <= height
+
+    def pixels(self, width: int, height: int) -> tuple:
+        """The box in whole pixels of a ``width`` x ``height`` image: ``(x0, y0, x1, y1)`` ints, half-open.
+
+        Each edge is rounded to the nearest pixel edge (halves up), and a box thinner than a pixel keeps one pixel,
+        so a box that lies in the image always covers at least one of its pixels."""
+        x0, x1 = _pixel_span(self.x0, self.x1, width)
+        y0, y1 = _pixel_span(self.y0, self.y1, height)
+        return (x0, y0, x1, y1)
+
+
+def _pixel_span(lo: float, hi: float, size: int) -> tuple:
+    start = min(max(math.floor(lo + 0.5), 0), size - 1)
+    stop = min(max(math.floor(hi + 0.5), start + 1), size)
+    return start, stop
+
+
+def as_box(value, where: str) -> Box:
+    """A :class:`Box` from a Box or 4 numbers ``(x0, y0, x1, y1)``; ``where`` names it in the error."""
+    if isinstance(value, Box):
+        return value
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"{where} must be a Box or 4 numbers (x0, y0, x1, y1), not the text {value!r}.")
+    try:
+        coords = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise InputError(f"{where} must be a Box or 4 numbers (x0, y0, x1, y1), not {value!r}.") from None
+    if len(coords) != 4:
+        raise InputError(f"{where} must be 4 numbers (x0, y0, x1, y1), not {len(coords)}: {value!r}.")
+    try:
+        return Box(*coords)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------------------------
+def read_boxes(path) -> dict[str, list[Box]]:
+    """The boxes of a ``.csv`` or ``.json`` file (see the module docstring): ``{image: [Box, ...]}``, the image keys as
+    written in the file, the boxes in file order. Every problem is an :class:`InputError` naming the file and the row
+    or entry."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise InputError(f"boxes file {path}: unknown format {suffix or '(no suffix)'!r}; give a .csv (header "
+                         f"{','.join(CSV_COLUMNS)}[,label]) or a .json file.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read boxes file {path}: {err.__class__.__name__}: {err}.") from None
+    return _parse_csv(text, path) if suffix == ".csv" else _parse_json(text, path)
+
+
+def _parse_csv(text: str, path: Path) -> dict[str, list[Box]]:
+    """Rows ``image,x0,y0,x1,y1[,label]`` (column order free, extra columns ignored)."""
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"boxes file {path}: missing column(s) {', '.join(missing)}; the header must be "
+                         f"{','.join(CSV_COLUMNS)}[,label], got {','.join(header) or '(empty file)'}.")
+    reader.fieldnames = header
+    table: dict[str, list[Box]] = {}
+    for line, row in enumerate(reader, start=2):
+        where = f"boxes file {path}, line {line}"
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise InputError(f"{where}: the image column is empty; name the image file.")
+        coords = [_number(row.get(c), c, where) for c in CSV_COLUMNS[1:]]
+        label = _label((row.get("label") or "").strip() or None, where) if "label" in header else None
+        table.setdefault(image, []).append(_box(coords, label, where))
+    return table
+
+
+def _parse_json(text: str, path: Path) -> dict[str, list[Box]]:
+    """``{image: [[x0, y0, x1, y1], ...]}`` or ``{image: [{"box": [...], "label": k}, ...]}``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"boxes file {path} is not valid JSON: {err}.") from None
+    if not isinstance(data, dict):
+        raise InputError(f"boxes file {path}: the JSON must be an object {{\"image.png\": [[x0, y0, x1, y1], ...]}},"
+                         f" not a {type(data).__name__}.")
+    table: dict[str, list[Box]] = {}
+    for image, entries in data.items():
+        if isinstance(entries, (dict, str)) or not isinstance(entries, list):
+            raise InputError(f"boxes file {path}, image {image!r}: give a list of boxes, not {entries!r}.")
+        table[image] = [_json_box(entry, f"boxes file {path}, image {image!r}, box {k}")
+                        for k, entry in enumerate(entries)]
+    return table
+
+
+def _json_box(entry, where: str) -> Box:
+    label = None
+    if isinstance(entry, dict):
+        if "box" not in entry:
+            raise InputError(f"{where}: an object entry needs a \"box\": [x0, y0, x1, y1] (and optionally a "
+                             "\"label\"), got keys " + ", ".join(map(repr, entry)) + ".")
+        label = _label(entry.get("label"), where)
+        entry = entry["box"]
+    if not isinstance(entry, list) or len(entry) != 4:
+        raise InputError(f"{where}: a box is 4 numbers [x0, y0, x1, y1], not {entry!r}.")
+    names = CSV_COLUMNS[1:]
+    return _box([_number(v, name, where) for v, name in zip(entry, names)], label, where)
+
+
+def _number(value, name: str, where: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"{where}: {name} is {value!r}, not a number.")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {name} is {value!r}, not a number.") from None
+    if not math.isfinite(number):
+        raise InputError(f"{where}: {name} is {value!r}, not a finite number.")
+    return number
+
+
+def _label(value, where: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number != int(number) or number < 0:
+        raise InputError(f"{where}: label is {value!r}; a label is a class index (an integer >= 0).")
+    return int(number)
+
+
+def _box(coords: list, label, where: str) -> Box:
+    x0, y0, x1, y1 = coords
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty; boxes are half-open "
+                         "(x0, y0, x1, y1) with x1 > x0 and y1 > y0.")
+    return Box(x0, y0, x1, y1, label)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# matching boxes to a run's images, and mapping them to the model input
+# ---------------------------------------------------------------------------------------------------------------
+def lookup(table: dict, image) -> list[Box]:
+    """The boxes of ``image`` (a path or name as the run gives it) in ``table`` (:func:`read_boxes`'s): the key equal
+    to the path as given, else to its normalised form, else the one key with the same file name ([] when none).
+    Two keys sharing the image's file name in different folders are ambiguous: :class:`InputError`."""
+    text = str(image)
+    if text in table:
+        return list(table[text])
+    norm = os.path.normpath(text)
+    for key in table:
+        if os.path.normpath(key) == norm:
+            return list(table[key])
+    name = os.path.basename(norm)
+    keys = [key for key in table if os.path.basename(os.path.normpath(key)) == name]
+    if len(keys) > 1:
+        raise InputError(f"image {text}: the boxes file names {len(keys)} images called {name!r} "
+                         f"({', '.join(keys[:3])}); write the image paths in the boxes file as the run gives them.")
+    return list(table[keys[0]]) if keys else []
+
+
+def images_without_boxes(table: dict, images) -> list:
+    """The images of the run (paths or names) that have no box in ``table``: the caller decides whether that is an
+    error (a localisation metric needs a box on every image it scores)."""
+    return [image for image in images if not lookup(table, image)]
+
+
+def check_inside(boxes, width: int, height: int, image="") -> list[Box]:
+    """``boxes`` checked to lie within a ``width`` x ``height`` image (half-open: ``x1 <= width``)."""
+    out = []
+    for k, value in enumerate(boxes):
+        box = as_box(value, f"image {image}, box {k}")
+        if not box.inside(width, height):
+            raise InputError(f"image {image}, box {k} {box.coords_text()} lies outside the image ({width}x{height} "
+                             "pixels, width x height); boxes are half-open (x0, y0, x1, y1) in the original image's "
+                             "pixels, 0 <= x0 < x1 <= width.")
+        out.append(box)
+    return out
+
+
+def to_input(boxes, image_size, input_size=None, image="") -> list[Box]:
+    """``boxes`` in an original image's pixels -> the model input's, under the command line's preprocessing.
+
+    ``image_size``: the original (H, W); ``input_size``: the model input's (H, W) (``Preprocessing.size``; None keeps
+    the image size). The boxes are checked to lie in the original image first (``image`` names it in the error), then
+    scaled by ``W_in / W`` and ``H_in / H`` (a plain resize, no crop: see the module docstring)."""
+    h, w = (int(v) for v in image_size)
+    boxes = check_inside(boxes, w, h, image)
+    if input_size is None:
+        return boxes
+    h_in, w_in = (int(v) for v in input_size)
+    return [box.scaled(w_in / w, h_in / h) for box in boxes]
+
+
+def boxes_for_images(table: dict, images, image_sizes, input_size=None, require: bool = True) -> list[list[Box]]:
+    """One list of boxes per image of a run, in the model input's pixels: :func:`lookup` then :func:`to_input`.
+
+    ``image_sizes``: each image's original (H, W). ``require``: an image without a box is an :class:`InputError`
+    naming it (False: it gets an empty list)."""
+    images = list(images)
+    sizes = list(image_sizes)
+    if len(sizes) != len(images):
+        raise InputError(f"{len(images)} images but {len(sizes)} image sizes; give one (H, W) per image.")
+    if require:
+        missing = images_without_boxes(table, images)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(f"image {missing[0]}{more} has no ground-truth box in the boxes file; add its boxes or "
+                             "leave it out of the run.")
+    return [to_input(lookup(table, image), size, input_size, image) for image, size in zip(images, sizes)]
+
+
+__all__ = ["Box", "CSV_COLUMNS", "as_box", "read_boxes", "lookup", "images_without_boxes", "check_inside", "to_input",
+           "boxes_for_images"]
