@@ -286,7 +286,8 @@ class ImageEntry:
     path: str
     view: np.ndarray  # uint8 RGB, the model's input view
     top: list  # [(class, name or None, score, probability)], best first
-    # [(method name, class, picture uint8 RGB, parameters dict, colour scale of a signed result or None)]
+    # [(method name, class, picture uint8 RGB, parameters dict, colour scale of a signed result or None,
+    #   {metric: (value, higher is better)} or None)]
     panels: list = field(default_factory=list)
     error: str | None = None
     target: tuple | None = None  # (class, name or None, score, probability, rank)
@@ -297,7 +298,8 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
                 labels: list[str] | None = None, target: int | None = None, layer: str | None = None,
                 params: dict | None = None, top: int | None = None, batch_size: int | None = None, progress=None,
                 title: str | None = None, model_name: str | None = None, errors: list | None = None, *,
-                predictions: int | None = None, top_k: int | None = None, step_progress=None) -> str:
+                predictions: int | None = None, top_k: int | None = None, step_progress=None,
+                metrics=(), metric_params: dict | None = None) -> str:
     """Run ``methods`` on every image and return the HTML report (see :func:`render_report`).
 
     ``images``: paths (or anything :func:`~onnx_cnnviz.image.read_image` takes). ``preprocessing``: how to make the
@@ -308,7 +310,9 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
     ``batch_size``: rows per onnxruntime run (default: the library's). ``progress``: a callable called with 1 after
     each image. ``step_progress``: a callable ``step_progress(method, done, total)`` told the units of work of the
     long-running methods inside an image (see :func:`registry.explain`). An image that cannot be read gets an error
-    line in the report instead of pictures.
+    line in the report instead of pictures. ``metrics``: faithfulness metrics (:mod:`onnx_cnnviz.metrics` registry
+    names, e.g. deletion, insertion) computed for every panel's map and shown under it, with their direction;
+    ``metric_params``: ``{metric: {parameter: value}}``.
     """
     from .image import PRESETS, preprocess
 
@@ -322,6 +326,7 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
     check_labels(labels, m.num_classes)
     for n in names:
         registry.resolved_layer(m, n, layer)  # fail before any work on a bad layer
+    metrics = _check_report_metrics(metrics, metric_params)
     if target is not None:
         m.targets_for(target, 1)
     shown = predictions if predictions is not None else (top if top is not None else 5)
@@ -376,8 +381,9 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
                 if not meth.class_specific and r > 0:
                     continue  # one map for every class: shown once, in the first row
                 result = out[r] if meth.class_specific else out[0]
+                values = _panel_metrics(m, x, result, n, c, metrics, metric_params, batch_size)
                 entry.panels.append((n, c if meth.class_specific else None, picture(n, result, view, pre.order),
-                                     used, color_scale(n, result)))
+                                     used, color_scale(n, result), values))
         entries.append(entry)
         if progress:
             progress(1)
@@ -387,6 +393,41 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
             "target": None if target is None else int(target), "top_k": top_k if top_k else None,
             "predictions": k, "notes": plain_gradient_notes(m, names)}
     return render_report(entries, info, labels, title=title)
+
+
+def _check_report_metrics(metrics, metric_params: dict | None) -> list:
+    """The metric names, checked before any work: known, their parameters known, none that needs ground-truth boxes
+    (the report has none)."""
+    from .metrics import registry as metric_registry
+
+    names = [metric_registry.get(name).name for name in metrics or ()]
+    for name in names:
+        if metric_registry.get(name).needs_boxes:
+            raise InputError(f"metric {name!r} needs ground-truth boxes, which a report has none of; use "
+                             "cnnviz evaluate --boxes.")
+        metric_registry.parameters(name, (metric_params or {}).get(name))
+    unknown = sorted(set(metric_params or {}) - set(names))
+    if unknown:
+        raise InputError(f"parameters given for metric {unknown[0]!r}, which is not among the report's metrics "
+                         f"({', '.join(names) or 'none'}).")
+    return names
+
+
+def _panel_metrics(m, x: np.ndarray, result: np.ndarray, method: str, target: int, metrics: list,
+                   metric_params: dict | None, batch_size: int | None) -> dict:
+    """{metric: (value, higher_is_better)} of one panel's map for its class (the first explained class for a
+    class-agnostic map), as ``cnnviz evaluate`` scores it (:func:`onnx_cnnviz.metrics.inputs.explanation_for`)."""
+    from .metrics import registry as metric_registry
+    from .metrics.inputs import explanation_for
+
+    values = {}
+    for name in metrics:
+        params = (metric_params or {}).get(name)
+        explanation = explanation_for(name, result[None], method, params)
+        got = metric_registry.evaluate(name, m, x, explanation, np.array([int(target)]), params=params,
+                                       batch_size=batch_size)
+        values[name] = (float(got.values[0]), bool(got.higher_is_better))
+    return values
 
 
 def fit_preprocessing(m, pre: Preprocessing) -> Preprocessing:
@@ -428,6 +469,7 @@ table.top tr.gap td{color:#999;text-align:center;border-bottom:none}
 .error{color:#b00020;font-size:13px}
 .note{background:#fff8e1;border:1px solid #f0d890;border-radius:4px;padding:6px 10px;font-size:13px;margin-bottom:12px}
 .cbar{height:8px;border-radius:2px;margin-top:4px}
+.metrics{font-size:11px;color:#333;margin-top:3px}
 .cbar-labels{display:flex;justify-content:space-between;color:#666;font-size:10px}
 footer{color:#888;font-size:11px;margin-top:24px}
 """
@@ -532,15 +574,20 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
                 c, name, score, prob, rank = explained
                 out.append(f'<div class="rowhead"><b>#{rank}</b> {esc(class_label(c))} · p={prob:.3f}</div>')
             out.append("<div class=\"row\" style=\"margin-top:12px\">")
-            for name, c, pic, params, *scale in panels:
+            for name, c, pic, params, *extra in panels:
+                scale, scores = (extra + [None, None])[:2]
                 meth = registry.METHODS.get(name)
                 caption = f"<b>{esc(meth.title if meth else name)}</b> · {esc(class_label(c))}"
                 if meth and meth.paper:
                     caption += f'<div style="color:#888">{esc(meth.paper)}</div>'
                 if params:
                     caption += f'<div class="params">{esc(format_params(params))}</div>'
-                if scale and scale[0] is not None:
-                    caption += _colour_bar(scale[0])
+                if scale is not None:
+                    caption += _colour_bar(scale)
+                if scores:
+                    caption += '<div class="metrics">' + " · ".join(
+                        f"{esc(metric)} <b>{value:.3g}</b>{'&#8593;' if up else '&#8595;'}"
+                        for metric, (value, up) in scores.items()) + "</div>"
                 out.append(f'<figure><img alt="{esc(name)}" src="{data_uri(pic)}"><figcaption>{caption}</figcaption>'
                            "</figure>")
             out.append("</div>")
