@@ -11,19 +11,27 @@ from . import registry
 from .base import pixel_maps
 
 #: The metrics that multiply the image by the map (Grad-CAM++'s explanation map ``E = M * x``, Chattopadhyay et al.
-#: 2018, Sec. 5.1), so the map must lie in [0, 1]: each image's per-pixel map is min-max normalised for them
-#: (Chattopadhyay et al. normalise the CAM the same way). The ranking metrics (deletion, insertion, ROAD) get the maps
-#: as the methods return them: a per-image positive affine rescaling leaves their pixel order, and so their values,
-#: unchanged.
+#: 2018, Sec. 5.1), so the map must lie in [0, 1] (:func:`unit_range`). The ranking metrics (deletion, insertion,
+#: ROAD) get the maps as the methods return them: a per-image positive affine rescaling leaves their pixel order, and
+#: so their values, unchanged.
 UNIT_RANGE_METRICS = frozenset({"average-drop", "increase-in-confidence"})
 
 
 def unit_range(maps: np.ndarray) -> np.ndarray:
-    """(N, H, W) maps min-max normalised per image to [0, 1], in float32; a constant map becomes all 0."""
+    """(N, H, W) maps brought to [0, 1] per image, in float32, as a mask that keeps what the map calls evidence for
+    the class: a map with no negative value is min-max normalised (the CAM family, as Chattopadhyay et al. and
+    pytorch-grad-cam scale a CAM); a signed map (gradient x input, integrated gradients) keeps its positive part over
+    its maximum, so that negative evidence masks the image out instead of sitting at 0.5, a half-bright copy of the
+    image that raises the confidence whatever the map says. A map with nothing positive (or constant) becomes 0."""
     flat = maps.reshape(len(maps), -1).astype(np.float64)
     lo, hi = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return ((flat - lo) / span).reshape(maps.shape).astype(np.float32)
+    signed = lo < 0
+    base = np.where(signed, 0.0, lo)
+    span = hi - base
+    span = np.where(span > 0, span, 1.0)
+    scaled = np.clip((flat - base) / span, 0.0, 1.0)
+    scaled[(hi <= base)[:, 0]] = 0.0
+    return scaled.reshape(maps.shape).astype(np.float32)
 
 
 def explanation_for(metric, maps: np.ndarray, method, params: dict | None = None):

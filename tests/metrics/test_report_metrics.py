@@ -52,8 +52,12 @@ def test_each_panel_shows_the_registry_value_of_its_map(setup):
 
 
 def test_average_drop_gets_maps_in_the_unit_range():
-    maps = np.array([[[-2.0, 0.0], [2.0, 6.0]], [[1.0, 1.0], [1.0, 1.0]]], np.float32)
-    np.testing.assert_allclose(unit_range(maps), [[[0, 0.25], [0.5, 1]], [[0, 0], [0, 0]]])
+    """Non-negative maps min-max scaled; signed maps keep their positive part over the maximum; constant or
+    nowhere-positive maps give 0."""
+    maps = np.array([[[1.0, 2.0], [3.0, 5.0]], [[-2.0, 0.0], [2.0, 6.0]], [[1.0, 1.0], [1.0, 1.0]],
+                     [[-1.0, -3.0], [-2.0, -1.0]]], np.float32)
+    np.testing.assert_allclose(unit_range(maps), [[[0, 0.25], [0.5, 1]], [[0, 0], [1 / 3, 1]], [[0, 0], [0, 0]],
+                                                  [[0, 0], [0, 0]]])
     np.testing.assert_allclose(explanation_for("average-drop", maps, "gradcam"), unit_range(maps))
     assert explanation_for("deletion", maps, "gradcam") is maps
     assert explanation_for("sensitivity-max", maps, "gradcam") == "gradcam"
