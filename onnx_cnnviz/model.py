@@ -394,6 +394,12 @@ class Model:
         """How many sessions, graphs and plans the model holds now (at most ``max_sessions``)."""
         return len(self._cache)
 
+    @property
+    def graph_proto(self) -> onnx.ModelProto:
+        """The normalised graph, its batch dynamic (or fixed at 1 for a model run one image at a time), before any
+        input size is fixed: loading it again gives this model. Read-only: the model's own, not a copy."""
+        return self._base if self.static_batch else self._batched
+
     def spec(self, hw=None) -> _Specialised:
         """The normalised graph specialised to input size ``hw`` (default: the model's own), with its shape info."""
         return self._spec(hw or self._static_hw or self._default_hw())

@@ -13,6 +13,7 @@
     metrics.registry.evaluate("deletion", m, x, cam)     # any metric by name (the table a command line lists)
     boxes = metrics.boxes_for_images(metrics.read_boxes("boxes.csv"), paths, sizes, input_size=(224, 224))
     metrics.localisation(m, x, cam, boxes)               # pointing game, energy pointing game, localisation accuracy
+    metrics.randomisation_check(m, x, ["saliency", "gradcam", "guided"])  # Adebayo et al.'s sanity check
 
 Every metric returns a :class:`MetricResult`: ``values`` (one per image), ``mean()``, the ``curve`` behind it and
 ``output``, what was read from the model (probability or score, in words). Perturbed images are built and scored
@@ -24,12 +25,12 @@ from .boxes import Box, boxes_for_images, read_boxes, to_input
 from .confidence import average_drop, confidence_change, increase_in_confidence
 from .curves import deletion, insertion
 from .imputation import road, road_combined, road_least_relevant_first, road_most_relevant_first
-# The function shadows its module's name, so that the entry point reads metrics.localisation(m, x, maps, boxes); the
-# module is sys.modules["onnx_cnnviz.metrics.localisation"] (importlib.import_module gives it).
-from .localisation import energy_pointing_game, localisation, localisation_accuracy, pointing_game
+from .pointing import energy_pointing_game, localisation, localisation_accuracy, pointing_game
 from .robustness import infidelity, sensitivity_max
+from .sanity import SanityResult, model_randomisation, randomisation_check
 
 __all__ = ["MetricResult", "registry", "deletion", "insertion", "confidence_change", "average_drop",
            "increase_in_confidence", "road", "road_most_relevant_first", "road_least_relevant_first", "road_combined",
            "infidelity", "sensitivity_max", "Box", "read_boxes", "to_input", "boxes_for_images", "localisation",
-           "pointing_game", "energy_pointing_game", "localisation_accuracy"]
+           "pointing_game", "energy_pointing_game", "localisation_accuracy", "SanityResult", "randomisation_check",
+           "model_randomisation"]

@@ -29,7 +29,7 @@ from typing import Callable
 
 from ..errors import InputError
 from ..model import Model
-from . import confidence, curves, imputation, localisation, robustness
+from . import confidence, curves, imputation, pointing, robustness, sanity
 from .base import MetricResult
 
 TAKES = ("maps", "attributions", "method")
@@ -153,15 +153,19 @@ for _metric in [
            params={"layer": None, "method_params": None, "samples": 10, "radius": 0.02, "perturbation": None,
                    "seed": 0},
            paper=_YEH),
-    Metric("pointing-game", "Pointing game", localisation.pointing_game, "maps", True, output=None,
-           params={"tolerance": localisation.TOLERANCE, "channels": "sum"}, paper="Zhang et al. 2016",
+    Metric("pointing-game", "Pointing game", pointing.pointing_game, "maps", True, output=None,
+           params={"tolerance": pointing.TOLERANCE, "channels": "sum"}, paper="Zhang et al. 2016",
            needs_boxes=True),
-    Metric("energy-pointing-game", "Energy-based pointing game", localisation.energy_pointing_game, "maps", True,
+    Metric("energy-pointing-game", "Energy-based pointing game", pointing.energy_pointing_game, "maps", True,
            output=None, params={"channels": "sum"}, paper="Wang et al. 2020", needs_boxes=True),
-    Metric("localisation-accuracy", "Localisation accuracy", localisation.localisation_accuracy, "maps", True,
-           output=None, params={"threshold": localisation.THRESHOLD, "iou_threshold": localisation.IOU_THRESHOLD,
+    Metric("localisation-accuracy", "Localisation accuracy", pointing.localisation_accuracy, "maps", True,
+           output=None, params={"threshold": pointing.THRESHOLD, "iou_threshold": pointing.IOU_THRESHOLD,
                                 "variant": "gt-known", "channels": "sum"},
            paper="Zhou et al. 2016", needs_boxes=True),
+    Metric("model-randomisation", "Model randomisation (sanity check)", sanity.model_randomisation, "method", False,
+           output=None, params={"stages": "blocks", "measure": "spearman_abs", "mode": "cascading", "seed": 0,
+                                "init": "normal", "layer": None, "method_params": None},
+           paper="Adebayo et al. 2018"),
 ]:
     register(_metric)
 del _metric

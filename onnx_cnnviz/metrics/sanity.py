@@ -327,7 +327,7 @@ def _proto(source) -> onnx.ModelProto:
     if isinstance(source, Model):
         # The model's own normalised, batch-dynamic graph: loading it again gives the same model (same input, score,
         # layers); the Model itself keeps it unchanged.
-        return source._batched
+        return source.graph_proto
     return graph_load.normalise(graph_load.read_model(source, max_nodes=None))
 
 

@@ -362,14 +362,17 @@ def test_registry_runs_every_metric_by_name(tiny):
     m, x, _ = tiny
     maps = _maps(len(x))
     assert registry.names() == ["deletion", "insertion", "average-drop", "increase-in-confidence", "road-morf",
-                                "road-lerf", "road-combined", "infidelity", "sensitivity-max"]
+                                "road-lerf", "road-combined", "infidelity", "sensitivity-max", "pointing-game",
+                                "energy-pointing-game", "localisation-accuracy", "model-randomisation"]
     small = {"deletion": {"pixels_per_step": 16}, "insertion": {"pixels_per_step": 16},
              "road-morf": {"percentiles": [50]}, "road-lerf": {"percentiles": [50]},
-             "road-combined": {"percentiles": [50]}, "infidelity": {"samples": 2}, "sensitivity-max": {"samples": 2}}
+             "road-combined": {"percentiles": [50]}, "infidelity": {"samples": 2}, "sensitivity-max": {"samples": 2},
+             "model-randomisation": {"stages": 1}}
     for name in registry.names():
         metric = registry.get(name)
         explanation = "saliency" if metric.takes == "method" else maps
-        result = registry.evaluate(name, m, x, explanation, [0, 1, 2], params=small.get(name))
+        boxes = [[(0, 0, 4, 4)]] * 3 if metric.needs_boxes else None
+        result = registry.evaluate(name, m, x, explanation, [0, 1, 2], params=small.get(name), boxes=boxes)
         assert result.metric == name and result.values.shape == (3,) and np.isfinite(result.values).all()
         assert result.higher_is_better is metric.higher_is_better
     direct = metrics.deletion(m, x, maps, [0, 1, 2], pixels_per_step=16)

@@ -8,7 +8,6 @@ boxes; the model only gives the top-1 classes.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import warnings
@@ -20,14 +19,13 @@ import onnx_cnnviz as cv
 from onnx_cnnviz import metrics
 from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.image import Preprocessing, preprocess
+from onnx_cnnviz.metrics import pointing as loc
 from onnx_cnnviz.metrics import registry
 from onnx_cnnviz.metrics.boxes import (Box, boxes_for_images, check_inside, images_without_boxes, lookup, read_boxes,
                                        to_input)
 
 from ..conftest import REPO, load_script
 from ..tiny_models import gap_classifier
-
-loc = importlib.import_module("onnx_cnnviz.metrics.localisation")  # metrics.localisation is the entry point
 
 S = 48  # image side: room for a peak 16 px away from a box
 
