@@ -241,7 +241,11 @@ and from the command line (`--ray auto` joins the cluster of `ray start --head`;
 
 ```bash
 cnnviz explain model.onnx photos/ -m gradcam,saliency --top-k 3 --out /shared/out --ray auto --resume
+cnnviz evaluate model.onnx photos/ -m gradcam,saliency --metric deletion,insertion --out /shared/eval --ray auto --resume
 ```
+
+`cnnviz evaluate --ray` runs the same way: the actors explain and score each batch, the driver alone appends the
+rows to `results.jsonl`, so `--resume`, the tables, `report.html` and the exit codes are the single-process run's.
 
 The command's outputs, summary, `--json` document and exit codes are those of the single-process run (0, 1 when a
 picture could not be read, 130 when interrupted); progress is Ray Data's own progress bars (none under `--quiet` or

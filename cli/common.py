@@ -456,6 +456,16 @@ def overwrite_option(f):
                          help="Replace existing output files (never done otherwise; input files are never written).")(f)
 
 
+def ray_option(note: str):
+    """--ray [ADDRESS]: run on Ray (the optional ``ray`` extra; :mod:`onnx_cnnviz.dataset`), for explain and evaluate.
+    A flag with an optional value: ``--ray`` alone is "local" (a new local Ray), ``--ray auto`` a running cluster,
+    ``--ray HOST:PORT`` that cluster; not given, None (the single-process run). ``note``: what the command writes."""
+    return shared_option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                         help="Run on Ray (pip install 'onnx-cnnviz[ray]'): pictures read in Ray tasks, processed by a "
+                              "pool of actors each holding the model. 'auto' joins a running cluster, an address that "
+                              "cluster, no value starts a local one.", note=note)
+
+
 def recursive_option(f):
     """-r / --recursive, for every command that takes folders of images."""
     return shared_option("--recursive", "-r", is_flag=True, help="Also take images from subfolders.")(f)

@@ -10,7 +10,7 @@ classes; the localisation metrics also get each image's ground-truth boxes from 
 * ``results.csv`` / ``results.json``: one row per image x method x metric (image, method, metric, value, class, and
   what the metric read from the model);
 * ``summary.csv`` / ``summary.json``: per method x metric the mean, the sample standard deviation (ddof=1; 0 for a
-  single image), n and the normal-approximation 95% confidence interval ``mean +- 1.96 std / sqrt(n)``;
+  single image), n and the Student-t 95% confidence interval ``mean +- t(0.975, n - 1) std / sqrt(n)``;
 * ``curve.METHOD.METRIC.png``: the mean curve over the images of each metric that has one (deletion, insertion,
   ROAD), drawn with OpenCV;
 * ``report.html``: one self-contained page (:mod:`onnx_cnnviz.evaluation_page`) with the ranking, the curves, the
@@ -19,13 +19,17 @@ classes; the localisation metrics also get each image's ground-truth boxes from 
 and prints, per metric, the methods ranked best first (the direction is the metric registry's
 ``higher_is_better``). Memory stays bounded: --batch-size images are read, explained and scored at a time; the
 journal is read back a line at a time, keeping the per-row values and the running sums of the curves.
+
+With --ray [ADDRESS] the same plan runs on Ray (:func:`onnx_cnnviz.dataset.pipeline.evaluate_on_ray`): Ray tasks read
+the pictures, a pool of actors each holding the model runs :func:`evaluate_group` on each batch and sends back the
+journal rows, and this process appends them to the journal as they arrive, so it stays the journal's only writer and
+--resume, the tables, the page (its example maps are made here) and the exit codes are the single-process run's.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,19 +42,21 @@ from onnx_cnnviz.errors import CnnvizError, InputError, NumericalError
 from onnx_cnnviz.files import check_regular
 from onnx_cnnviz.image import Preprocessing
 from onnx_cnnviz.metrics import registry as metric_registry
+from onnx_cnnviz.metrics.inputs import explanation_for
+from onnx_cnnviz.metrics.intervals import mean_interval
 from onnx_cnnviz.methods import registry
 
 from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, abspath, batch_size_option, collect_images, echo, emit_json,
                      flatten_lists, global_flags, image_options, labels_option, layer_option, method_option,
                      model_and_preprocessing, model_options, out_folder, out_folder_option, overwrite_option,
-                     preprocessing_options, progress, protect_inputs, recursive_option, remove_stale_temps,
-                     resolve_labels, resolve_target, rows_per_run_option, save_json, settings, shared_option,
-                     target_option, warn, CsvChoice)
+                     preprocessing_options, progress, protect_inputs, ray_option, recursive_option,
+                     remove_stale_temps, resolve_labels, resolve_target, rows_per_run_option, save_json, settings,
+                     shared_option, target_option, warn, CsvChoice)
 from .explain import read_batch, same_size_groups
 
 #: The confidence interval the summary reports, in words (the CSV header and the JSON say it).
-CI_FORMULA = "mean +- 1.96 * std / sqrt(n), std the sample standard deviation (ddof=1; 0 when n = 1)"
-Z95 = 1.96
+CI_FORMULA = ("mean +- t(0.975, n - 1) * std / sqrt(n), Student's t quantile, std the sample standard deviation "
+              "(ddof=1; the interval is the mean alone when n = 1)")
 RESULT_FIELDS = ["image", "method", "metric", "value", "class", "output"]
 SUMMARY_FIELDS = ["method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "higher_is_better", "output"]
 DEFAULT_METRICS = ["deletion", "insertion"]
@@ -60,11 +66,6 @@ TABLES = ("results.csv", "results.json", "summary.csv", "summary.json")
 PAGE = "report.html"
 #: Images shown with every method's map on the page (the first ones read).
 EXAMPLES = 3
-#: The metrics that multiply the image by the map (Grad-CAM++'s explanation map ``E = M * x``), so the map must lie
-#: in [0, 1]: the CLI min-max normalises each image's per-pixel map for them (Chattopadhyay et al. normalise the
-#: CAM the same way). The ranking metrics (deletion, insertion, ROAD) get the maps as the methods return them: a
-#: per-image positive affine rescaling leaves their pixel order, and so their values, unchanged.
-UNIT_RANGE_METRICS = {"average-drop", "increase-in-confidence"}
 #: Curves whose points are random samples, not steps of a progression (sensitivity-max's perturbations): their mean
 #: is no curve, so no picture is drawn for them.
 UNORDERED_AXES = {"perturbation sample"}
@@ -102,6 +103,8 @@ RESUME_NOTE = (f"Here a result is an (image, method, metric) row of {JOURNAL}, a
 @preprocessing_options
 @labels_option()
 @model_options
+@ray_option(f"Same outputs; only this process writes {JOURNAL} (the actors send it their rows), so --resume works as "
+            "without --ray.")
 @global_flags
 @click.pass_context
 def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
@@ -109,10 +112,10 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     and localisation metrics (pointing game, with --boxes), and rank the methods per metric.
 
     Writes into --out: results.jsonl (every finished row, what --resume reads), results.csv/.json (one row per image
-    x method x metric), summary.csv/.json (per method x metric: mean, std, n and the 95% confidence interval mean +-
-    1.96 std/sqrt(n)), curve.METHOD.METRIC.png (the mean curve of each curve metric) and report.html (the ranking,
+    x method x metric), summary.csv/.json (per method x metric: mean, std, n and the Student-t 95% confidence interval
+    mean +- t std/sqrt(n)), curve.METHOD.METRIC.png (the mean curve of each curve metric) and report.html (the ranking,
     curves, model and example maps on one page). Existing files are never replaced without --overwrite or
-    --resume; input files never.
+    --resume; input files never. With --ray the images are read and evaluated on Ray; the outputs are the same.
     """
     methods = flatten_lists(methods) or ["gradcam"]
     metrics = flatten_lists(metrics) or list(DEFAULT_METRICS)
@@ -289,7 +292,13 @@ def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_fi
     if work.stale:
         echo(f"resume: {work.stale} row(s) were made with other settings ({', '.join(work.changed)}) and are "
              "recomputed", err=True)
-    tally = evaluate_all(m, job, paths, work, outputs[JOURNAL])
+    if options.get("ray_address"):
+        # Imported only here: the core and the single-process run never import Ray.
+        from onnx_cnnviz.dataset.pipeline import evaluate_on_ray
+
+        tally = evaluate_on_ray(job, paths, work, outputs[JOURNAL], options)
+    else:
+        tally = evaluate_all(m, job, paths, work, outputs[JOURNAL])
     finish_run(ctx, m, job, outputs, paths, work, tally, options)
 
 
@@ -453,12 +462,16 @@ class Journal:
 @dataclass
 class Tally:
     """What this run did: how many rows it added to the journal, the images that could not be read, the example
-    pictures for the page, whether Ctrl-C stopped it."""
+    pictures for the page, whether Ctrl-C stopped it. ``make_examples`` False: no pictures are kept (a Ray actor's
+    tally: the page's examples are made on the driver, :func:`complete_examples`); ``warnings``: key -> message of
+    the warnings given once per run, which an actor hands to the driver to give."""
     computed: int = 0
     wrote: bool = False  # the journal was opened for this run's rows (an --overwrite run's old journal is replaced)
     failed: list = field(default_factory=list)
     examples: dict = field(default_factory=dict)  # image index -> Example
     interrupted: bool = False
+    make_examples: bool = True
+    warnings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -496,9 +509,10 @@ def evaluate_all(m, job: Job, paths: list, work: Plan, journal_path: Path) -> Ta
 def evaluate_group(m, job: Job, x: np.ndarray, items: list, paths: list, journal: Journal, tally: Tally,
                    bar=None) -> None:
     """The missing method x metric rows of the same-size images ``x`` (one per plan item of ``items``), for
-    --target or each image's top-1."""
+    --target or each image's top-1. ``paths``: the run's images, indexed by the items' image indices (a list, or a
+    dict of the items' only: a Ray actor's batch); ``journal``: anything with ``append(rows)``."""
     scores = m.scores(x, batch_size=job.rows_per_run)
-    warn_probability_output(m, scores)
+    warn_probability_output(m, scores, tally)
     targets = m.targets_for(job.target, len(x)) if job.target is not None else scores.argmax(axis=1)
     for method in job.methods:
         rows = [j for j, (_, missing) in enumerate(items) if any(k[0] == method for k in missing)]
@@ -545,43 +559,24 @@ def score(m, job: Job, metric: str, method: str, x: np.ndarray, maps: np.ndarray
     """Metric ``metric`` on ``method``'s ``maps`` of the images ``x`` (indices ``images`` of the run)."""
     params = job.params[metric]
     extra = {"boxes": [job.boxes[i] for i in images]} if needs_boxes(metric) else {}
-    return metric_registry.evaluate(metric, m, x, metric_input(metric, maps, method, params), targets, params=params,
+    return metric_registry.evaluate(metric, m, x, explanation_for(metric, maps, method, params), targets, params=params,
                                     batch_size=job.rows_per_run,
                                     progress=bar.method_progress(metric) if bar is not None else None, **extra)
 
 
-def metric_input(metric: str, maps: np.ndarray, method: str, params: dict):
-    """What metric ``metric`` takes for ``method``'s ``maps``: the method's name (a metric that re-explains), the
-    maps as they are, or, for :data:`UNIT_RANGE_METRICS`, one map per pixel (reduced over channels as the metric
-    would, its ``channels`` parameter) min-max normalised to [0, 1] per image (a constant map becomes 0)."""
-    meta = metric_registry.get(metric)
-    if meta.takes == "method":
-        return method
-    if metric not in UNIT_RANGE_METRICS:
-        return maps
-    from onnx_cnnviz.metrics.base import pixel_maps
-
-    channels = metric_registry.parameters(metric, params).get("channels", "sum")
-    return unit_range(pixel_maps(np.asarray(maps, dtype=np.float32), channels))
-
-
-def unit_range(maps: np.ndarray) -> np.ndarray:
-    """(N, H, W) maps min-max normalised per image to [0, 1], in float32; a constant map becomes all 0."""
-    flat = maps.reshape(len(maps), -1).astype(np.float64)
-    lo, hi = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return ((flat - lo) / span).reshape(maps.shape).astype(np.float32)
-
-
-def warn_probability_output(m, scores: np.ndarray) -> None:
+def warn_probability_output(m, scores: np.ndarray, tally: Tally | None = None) -> None:
     """Say once when the model's output is already a probability (rows summing to 1, no Softmax for the engine to
-    skip): the metrics then read that output as it is, not a softmax of it, and the tables' ``output`` says so."""
+    skip): the metrics then read that output as it is, not a softmax of it, and the tables' ``output`` says so.
+    The message is also kept in ``tally.warnings``: a Ray actor's warnings are silenced, the driver gives them."""
     from onnx_cnnviz.metrics.base import looks_like_probabilities
 
     if m.softmax_skipped is None and looks_like_probabilities(scores):
-        warn(f"the model's output '{m.output_name}' is already a probability (its rows sum to 1 and it ends in no "
-             "Softmax to skip): the metrics read it as it is, 'probability (the model's own output, already "
-             "normalised; no softmax applied)', as the tables' output column says.", once="probability-output")
+        message = (f"the model's output '{m.output_name}' is already a probability (its rows sum to 1 and it ends in "
+                   "no Softmax to skip): the metrics read it as it is, 'probability (the model's own output, already "
+                   "normalised; no softmax applied)', as the tables' output column says.")
+        if tally is not None:
+            tally.warnings["probability-output"] = message
+        warn(message, once="probability-output")
 
 
 def record(job: Job, journal: Journal, tally: Tally, images: list, paths: list, method: str, metric: str,
@@ -608,6 +603,8 @@ def keep_examples(m, job: Job, tally: Tally, method: str, x: np.ndarray, images:
     from onnx_cnnviz import report
     from onnx_cnnviz.image import deprocess
 
+    if not tally.make_examples:
+        return
     for r, i in enumerate(images):
         if i >= EXAMPLES + len(tally.failed):
             continue
@@ -721,16 +718,12 @@ def mean_curves(results: Results) -> dict:
 
 
 def summary_row(method: str, metric: str, values, output: str | None = None) -> dict:
-    """Mean, sample std (ddof=1; 0 for one value), n and the 95% interval mean +- 1.96 std / sqrt(n); ``output``:
-    what the metric read from the model."""
-    v = np.asarray(values, dtype=np.float64)
-    n = len(v)
-    mean = float(v.mean())
-    std = float(v.std(ddof=1)) if n > 1 else 0.0
-    half = Z95 * std / math.sqrt(n)
-    return {"method": method, "metric": metric, "mean": mean, "std": std, "n": n, "ci95_low": mean - half,
-            "ci95_high": mean + half, "higher_is_better": metric_registry.get(metric).higher_is_better,
-            "output": output}
+    """Mean, sample std (ddof=1; 0 for one value), n and the Student-t 95% interval
+    (:func:`onnx_cnnviz.metrics.intervals.mean_interval`); ``output``: what the metric read from the model."""
+    stats = mean_interval(values)
+    return {"method": method, "metric": metric, "mean": stats["mean"], "std": stats["std"], "n": stats["n"],
+            "ci95_low": stats["low"], "ci95_high": stats["high"],
+            "higher_is_better": metric_registry.get(metric).higher_is_better, "output": output}
 
 
 def outputs_read(rows: list) -> dict:
@@ -771,7 +764,7 @@ def csv_text(fields: list, rows: list, header: list | None = None) -> str:
 
 def summary_header() -> list:
     """The summary CSV's column names: the interval's columns carry their formula."""
-    ci = {"ci95_low": "ci95_low (mean - 1.96*std/sqrt(n))", "ci95_high": "ci95_high (mean + 1.96*std/sqrt(n))"}
+    ci = {"ci95_low": "ci95_low (mean - t*std/sqrt(n))", "ci95_high": "ci95_high (mean + t*std/sqrt(n))"}
     return [ci.get(name, name) for name in SUMMARY_FIELDS]
 
 

@@ -29,9 +29,9 @@ from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, abspath, apply, batch_size_
                      emit_json, flatten_lists, global_flags, image_keys, image_options, labels_option, layer_option,
                      method_option, model_and_preprocessing, model_options, npy_bytes, occlusion_geometry,
                      occlusion_options, out_folder, out_folder_option, overwrite_option, preprocessing_options,
-                     progress, protect_inputs, recursive_option, remove_stale_temps, resolve_labels, resolve_target,
-                     rows_per_run_option, save_json, settings, shared_option, smoothgrad_ig_options, stack,
-                     target_option, top_k_option, warn, warn_occlusion_stride)
+                     progress, protect_inputs, ray_option, recursive_option, remove_stale_temps, resolve_labels,
+                     resolve_target, rows_per_run_option, save_json, settings, shared_option, smoothgrad_ig_options,
+                     stack, target_option, top_k_option, warn, warn_occlusion_stride)
 
 
 def run_options(f):
@@ -58,16 +58,6 @@ def run_options(f):
         image_options)
 
 
-def ray_option(f):
-    """--ray [ADDRESS]: run on Ray (the optional ``ray`` extra), ``auto`` for a running cluster, no address for a
-    local one."""
-    return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
-                        metavar="[ADDRESS]",
-                        help="Run on Ray (pip install 'onnx-cnnviz[ray]'): pictures read in Ray tasks, explained by a "
-                             "pool of actors each holding the model; same outputs plus OUT/records.parquet. 'auto' "
-                             "joins a running cluster, an address that cluster, no value starts a local one.")(f)
-
-
 @click.command("explain")
 @run_options
 @method_option(registry.names, "Default: gradcam.")
@@ -76,7 +66,7 @@ def ray_option(f):
 @preprocessing_options
 @labels_option()
 @model_options
-@ray_option
+@ray_option("Same outputs plus OUT/records.parquet (one row per result).")
 @global_flags
 @click.pass_context
 def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples, noise, steps, **kw):

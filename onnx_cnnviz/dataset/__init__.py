@@ -12,6 +12,8 @@ explain`` does (its JSON records decide what ``resume`` skips); Ray tasks read a
 (:mod:`.sources`); a pool of actors (:mod:`.actor`), each loading the ONNX model once and keeping its onnxruntime
 sessions, explains them and writes the maps with ``cnnviz explain``'s own writer, plus one Parquet part per batch of
 the records table (:mod:`.records`). The driver only receives the small record rows, one batch at a time.
+``cnnviz evaluate --ray`` runs its metrics through the same pipeline (:func:`.pipeline.evaluate_on_ray`): the actors
+compute evaluate's journal rows and the driver alone writes them.
 
 Ray is imported only here, never by the core: ``import onnx_cnnviz`` and ``cnnviz explain`` without ``--ray`` leave
 it out (``tests/dataset`` checks it).

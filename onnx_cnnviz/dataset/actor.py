@@ -5,7 +5,9 @@ Each actor loads the ONNX model once, in its own process, with onnxruntime's int
 share (so that N actors on a machine do not each start one thread per core), and keeps the model's sessions between
 batches. It explains a batch with ``cnnviz explain``'s own code (:func:`onnx_cnnviz.cli.explain.explain_group`: the
 same classes, maps, pictures, arrays and JSON records as the single-process run), scores the maps with the asked
-metrics, writes its part of the records table and hands the driver only the small rows.
+metrics, writes its part of the records table and hands the driver only the small rows. For ``cnnviz evaluate``
+(:class:`EvaluateWork`) it runs evaluate's own :func:`~onnx_cnnviz.cli.evaluate.evaluate_group` and writes nothing:
+its journal rows go to the driver, which writes them.
 """
 from __future__ import annotations
 
@@ -167,10 +169,10 @@ class ExplainWork:
     def metric_values(self, m, x: np.ndarray, items: list, paths: list, written: list) -> dict:
         """json path -> {metric: value} for the results just written: each metric run on the group's pictures and
         their maps (read back from the .npy files just written), per method and rank, as ``cnnviz evaluate`` feeds
-        them (:func:`onnx_cnnviz.cli.evaluate.metric_input`). A metric that cannot take a method's result gives NaN."""
+        them (:func:`onnx_cnnviz.metrics.inputs.explanation_for`). A metric that cannot take a method's result gives NaN."""
         if not self.metrics or not written:
             return {}
-        from ..cli.evaluate import metric_input
+        from ..metrics.inputs import explanation_for
         from ..metrics import registry as metric_registry
 
         row_of = {str(paths[j].resolve()): r for r, (j, _) in enumerate(items)}
@@ -184,7 +186,7 @@ class ExplainWork:
             targets = np.array([rec["class"] for rec in recs], dtype=np.int64)
             for metric, params in self.metrics.items():
                 try:
-                    explanation = metric_input(metric, maps, method, params)
+                    explanation = explanation_for(metric, maps, method, params)
                     result = metric_registry.evaluate(metric, m, xs, explanation, targets, params=params,
                                                       batch_size=self.job.rows_per_run)
                     scores = [float(v) for v in result.values]
@@ -198,3 +200,46 @@ class ExplainWork:
 def path_of(text: str):
     """A planned picture's path: a :class:`~onnx_cnnviz.dataset.sources.Uri` for a URI, else a ``Path``."""
     return sources.Uri(text) if sources.is_uri(text) else Path(text)
+
+
+#: The ``status`` of an :class:`EvaluateWork` row carrying a warning the actor could not give (its messages are
+#: silenced), for the driver to give once.
+STATUS_WARNING = "warning"
+
+
+class JournalRows:
+    """An actor's stand-in for ``cnnviz evaluate``'s journal: it collects the rows instead of writing them, so that
+    the driver stays the only writer of results.jsonl (and --resume reads what a run without Ray would have left)."""
+
+    def __init__(self):
+        self.rows: list = []
+
+    def append(self, rows: list) -> None:
+        self.rows += rows
+
+
+@dataclass(frozen=True)
+class EvaluateWork:
+    """``cnnviz evaluate`` as an actor's work: ``job`` is the run's :class:`~onnx_cnnviz.cli.evaluate.Job`. Planned
+    items carry ``index`` (the picture's place in the run's list: its settings and boxes are keyed by it) and
+    ``missing`` (JSON list of the [method, metric] rows still to do).
+
+    Each batch is evaluated with the single-process run's own :func:`~onnx_cnnviz.cli.evaluate.evaluate_group` (same
+    classes, maps, metric inputs and journal rows); the actor writes nothing. It returns ``{"status": "ok", "row":
+    journal row}`` per finished row, ``{"status": "failed", "image", "error"}`` per unreadable picture and
+    ``{"status": "warning", "key", "message"}`` per once-per-run warning met. The page's example pictures are made
+    on the driver (:func:`~onnx_cnnviz.cli.evaluate.complete_examples`), not here."""
+    job: object
+
+    def __call__(self, m, read: list, failed: list) -> list:
+        from ..cli.evaluate import Tally, evaluate_group, same_size_groups
+
+        rows = [{"status": records.STATUS_FAILED, "image": item["path"], "error": error} for item, error in failed]
+        paths = {item["index"]: item["path"] for _, item in read}
+        groups = [(x, (item["index"], [tuple(k) for k in json.loads(item["missing"])])) for x, item in read]
+        journal, tally = JournalRows(), Tally(make_examples=False)
+        for x, items in same_size_groups(groups):
+            evaluate_group(m, self.job, x, items, paths, journal, tally)
+        rows += [{"status": records.STATUS_OK, "row": row} for row in journal.rows]
+        rows += [{"status": STATUS_WARNING, "key": key, "message": message} for key, message in tally.warnings.items()]
+        return rows

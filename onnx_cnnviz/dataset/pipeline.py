@@ -5,7 +5,9 @@ the small record rows, streamed to the driver one batch at a time.
 ``work(m, read, failed) -> rows``): ``cnnviz explain`` and ``cnnviz evaluate`` alike. Two entry points run
 explanations through it: :func:`explain` (the library: a dataset of paths or URIs, a summary back, nothing held per
 result on the driver) and :func:`explain_on_ray` (``cnnviz explain --ray``: the CLI's plan in, the CLI's outcome
-out, so that its summary, JSON document and exit codes are those of the single-process run).
+out, so that its summary, JSON document and exit codes are those of the single-process run). :func:`evaluate_on_ray`
+(``cnnviz evaluate --ray``) runs metrics through it the same way: evaluate's plan in, its tally out; there the actors
+write nothing and the driver appends their rows to evaluate's journal, which it alone writes.
 
 What runs where, and why:
 
@@ -34,7 +36,8 @@ from typing import Callable
 
 from ..errors import CnnvizError, InputError, RuntimeFailure
 from . import records, require_ray, sources
-from .actor import ERROR, ActorSpec, ExplainWork, ModelActor, decode_batch, quiet_cli
+from .actor import (ERROR, STATUS_WARNING, ActorSpec, EvaluateWork, ExplainWork, ModelActor, decode_batch,
+                    quiet_cli)
 
 #: CPUs reserved by each read-and-preprocess task (the actors get the rest of a machine).
 DECODE_CPUS = 0.25
@@ -351,6 +354,87 @@ def explain_on_ray(m, job, paths: list, keys: list, work, options: dict):
     if not outcome.interrupted:
         remove_leftovers(job, items, table)
     return outcome
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ``cnnviz evaluate --ray``
+
+
+def evaluate_on_ray(job, paths: list, work, journal_path: Path, options: dict):
+    """``cnnviz evaluate``'s run on Ray: the CLI's plan ``work`` in (its ``todo``: (image index, the (method, metric)
+    rows missing)), its :class:`~onnx_cnnviz.cli.evaluate.Tally` out, so that
+    :func:`~onnx_cnnviz.cli.evaluate.finish_run` writes the tables, the page and the exit code as for the
+    single-process run.
+
+    The actors (:class:`~onnx_cnnviz.dataset.actor.EvaluateWork`) only compute; this process appends their rows to
+    the journal ``journal_path`` as each batch arrives (:class:`~onnx_cnnviz.cli.evaluate.Journal`: whole lines,
+    flushed and synced), so it is the journal's only writer and --resume reads exactly what a run without Ray leaves
+    (a Ctrl-C or a kill loses only the batches not yet received). Unreadable pictures are warned about and listed as
+    the single-process run lists them; the page's example maps are made here later, by ``finish_run``.
+    ``options``: the command's options (model loading, --max-pixels through the pixel limit in force, --ray
+    ADDRESS)."""
+    from ..cli.common import settings as cli_settings
+    from ..cli.evaluate import Journal, Tally
+    from ..image.reading import current_pixel_limit
+
+    tally = Tally()
+    items = evaluate_items(paths, work.todo)
+    if not items:  # --resume found every row done: no need to start Ray
+        return tally
+    load_kwargs = {"device": options["device"], "input": options["input_name"], "output": options["output_name"],
+                   "input_size": options["input_size"], "batch_size": options["rows_per_run"],
+                   "max_nodes": options["max_nodes"]}
+    journal = Journal(journal_path, job.resume)
+    s = cli_settings()
+    try:
+        tally.interrupted = run_work(options["model"], load_kwargs, items, job.preprocessing, EvaluateWork(job),
+                                     batch_size=job.batch_size, address=options.get("ray_address"),
+                                     max_pixels=current_pixel_limit(),
+                                     on_rows=evaluation_rows(journal, tally, paths, items),
+                                     progress=not (s.quiet or s.json))
+    except KeyboardInterrupt:
+        tally.interrupted = True
+    finally:
+        tally.wrote = journal.handle is not None
+        journal.close()
+        # Batches arrive in any order: the failures are listed in the pictures' order, as without Ray.
+        order = {item["path"]: item["index"] for item in items}
+        tally.failed.sort(key=lambda f: order.get(f["image"], -1))
+    return tally
+
+
+def evaluate_items(paths: list, todo: list) -> list:
+    """The planned pictures for Ray, one per plan item: ``index``, ``path`` (absolute and resolved: the actors may
+    run elsewhere, and it is the journal's name of the image) and ``missing`` (JSON list of [method, metric], in a
+    fixed order)."""
+    from ..cli.common import abspath
+
+    return [{"index": i, "path": abspath(paths[i]), "missing": json.dumps(sorted(missing))} for i, missing in todo]
+
+
+def evaluation_rows(journal, tally, paths: list, items: list) -> Callable[[list], None]:
+    """The driver's handler of one batch of :class:`EvaluateWork` rows: the ``ok`` rows appended to ``journal`` at
+    once (and counted), each unreadable picture warned about and added to ``tally.failed`` as
+    :func:`~onnx_cnnviz.cli.explain.read_batch` adds it, each actor's warning given once."""
+    from ..cli.common import warn
+
+    given = {item["path"]: str(paths[item["index"]]) for item in items}
+
+    def on_rows(rows: list) -> None:
+        done = [row["row"] for row in rows if row["status"] == records.STATUS_OK]
+        if done:
+            journal.append(done)
+            tally.computed += len(done)
+        for row in rows:
+            if row["status"] == records.STATUS_FAILED:
+                # The actor read the absolute path; the message names the picture as it was given, as without Ray.
+                error = row["error"].replace(row["image"], given.get(row["image"], row["image"]))
+                tally.failed.append({"image": row["image"], "error": error})
+                warn(f"skipped: {error}")
+            elif row["status"] == STATUS_WARNING:
+                warn(row["message"], once=row["key"])
+
+    return on_rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------

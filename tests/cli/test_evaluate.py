@@ -81,11 +81,12 @@ def library_values(inputs) -> dict:
         maps = registry.explain(m, method, x, targets)
         for metric in METRICS:
             given = maps
-            if metric == "average-drop":  # the CLI min-max normalises the maps that multiply the image
+            if metric == "average-drop":  # the maps that multiply the image are brought to [0, 1]
                 pixels = maps.sum(axis=1) if maps.ndim == 4 else maps  # the metric's channels="sum"
                 flat = pixels.reshape(len(pixels), -1).astype(np.float64)
                 lo, hi = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
-                given = ((flat - lo) / (hi - lo)).reshape(pixels.shape).astype(np.float32)
+                lo = np.where(lo < 0, 0.0, lo)  # signed: the positive part over the maximum; else min-max
+                given = np.clip((flat - lo) / (hi - lo), 0, 1).reshape(pixels.shape).astype(np.float32)
             result = metric_registry.evaluate(metric, m, x, given, targets, params=LIB_PARAMS[metric])
             for i, value in enumerate(result.values):
                 out[(i, method, metric)] = (float(value), int(result.targets[i]))
@@ -115,25 +116,30 @@ def test_rows_equal_the_library(run):
     assert all(len(r["curve"]) == 17 for r in lines if r["metric"] != "average-drop")  # k = 0, 4, ..., 64
 
 
-def test_summary_is_numpys_statistics(run):
+def test_summary_is_numpys_and_scipys_statistics(run):
+    """Mean and sample std as numpy computes them; the 95% interval with scipy's Student-t quantile (t(0.975, 1) =
+    12.7 at n = 2, where the normal 1.96 would be 6.5 times too narrow)."""
+    from scipy.stats import t
+
     _, out, _ = run
     rows = read_csv(out / "results.csv")
     summary = read_csv(out / "summary.csv")
     assert len(summary) == len(METHODS) * len(METRICS)
     low, high = [k for k in summary[0] if k.startswith("ci95_")]
-    assert "1.96*std/sqrt(n)" in low and "1.96*std/sqrt(n)" in high
+    assert "t*std/sqrt(n)" in low and "t*std/sqrt(n)" in high
     for s in summary:
         v = np.array([float(r["value"]) for r in rows if (r["method"], r["metric"]) == (s["method"], s["metric"])])
         std = v.std(ddof=1)
+        half = t.ppf(0.975, len(v) - 1) * std / math.sqrt(len(v))
         assert int(s["n"]) == len(v) == 2
         assert float(s["mean"]) == pytest.approx(v.mean(), rel=1e-12)
         assert float(s["std"]) == pytest.approx(std, rel=1e-12)
-        assert float(s[low]) == pytest.approx(v.mean() - 1.96 * std / math.sqrt(2), rel=1e-12, abs=1e-15)
-        assert float(s[high]) == pytest.approx(v.mean() + 1.96 * std / math.sqrt(2), rel=1e-12, abs=1e-15)
+        assert float(s[low]) == pytest.approx(v.mean() - half, rel=1e-9, abs=1e-12)
+        assert float(s[high]) == pytest.approx(v.mean() + half, rel=1e-9, abs=1e-12)
         assert s["higher_is_better"] == str(metric_registry.get(s["metric"]).higher_is_better)
         assert s["output"] == "probability (softmax of the scores)"
     document = json.loads((out / "summary.json").read_text())
-    assert "1.96" in document["confidence_interval"]
+    assert "Student's t" in document["confidence_interval"]
     assert [d["mean"] for d in document["summary"]] == [float(s["mean"]) for s in summary]
 
 

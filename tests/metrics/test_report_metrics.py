@@ -74,3 +74,22 @@ def test_bad_metric_arguments_fail_before_any_work(setup, metrics, params, words
     with pytest.raises(InputError, match=re.escape(words)):
         make_report(m, [image], ["gradcam"], preprocessing=Preprocessing(size=(8, 8)), metrics=metrics,
                     metric_params=params)
+
+
+def test_t_quantile_and_interval_equal_scipys():
+    """Exact sums (A&S 26.7.3/4) up to 200 degrees of freedom, the Cornish-Fisher expansion above: scipy's quantile
+    to 1e-9 either way; a NaN value is left out."""
+    from scipy.stats import t
+
+    from onnx_cnnviz.metrics.intervals import mean_interval, t_quantile
+
+    for df in [1, 2, 3, 4, 7, 30, 199, 200, 201, 1000, 50000]:
+        for level in (0.9, 0.95, 0.99):
+            assert t_quantile(df, level) == pytest.approx(t.ppf((1 + level) / 2, df), rel=1e-9)
+    v = np.array([0.2, 0.5, np.nan, 0.9, 0.4])
+    got = mean_interval(v)
+    kept = v[~np.isnan(v)]
+    half = t.ppf(0.975, 3) * kept.std(ddof=1) / 2
+    assert got["n"] == 4 and got["low"] == pytest.approx(kept.mean() - half) and got["high"] == pytest.approx(
+        kept.mean() + half)
+    assert mean_interval([3.0]) == {"mean": 3.0, "std": 0.0, "n": 1, "low": 3.0, "high": 3.0}
