@@ -16,6 +16,7 @@ import difflib
 import glob
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from onnx_cnnviz import jsonio
 from onnx_cnnviz.errors import InputError, ModelLoadError
 from onnx_cnnviz.files import check_regular
 from onnx_cnnviz.image import IMAGE_SUFFIXES, MAX_PIXELS, Preprocessing
+from onnx_cnnviz.metrics import registry as metric_registry
 
 # Exit codes besides 0 and click's 2 for bad usage (see main.py's docstring).
 EXIT_FAILURE = 1
@@ -454,6 +456,46 @@ OUT_HELP = "Where the results go."
 def overwrite_option(f):
     return shared_option("--overwrite", is_flag=True,
                          help="Replace existing output files (never done otherwise; input files are never written).")(f)
+
+
+def metric_options(note: str):
+    """--metric (faithfulness metrics by registry name) and --metric-param METRIC.KEY=VALUE, for evaluate and report
+    (:func:`parse_metric_params` reads them)."""
+    def decorate(f):
+        f = shared_option("--metric-param", "metric_params", metavar="METRIC.KEY=VALUE", multiple=True,
+                          help="A metric parameter (VALUE read as JSON, else as text), e.g. "
+                               "deletion.pixels_per_step=16; repeatable.")(f)
+        return shared_option("--metric", "--metrics", "metrics", type=CsvChoice(metric_registry.names),
+                             multiple=True, aliases=("--metrics",),
+                             help="Metric(s) by name, comma-separated or repeated: {methods}.", note=note)(f)
+    return decorate
+
+
+def parse_metric_params(items, metrics: list) -> dict:
+    """``METRIC.KEY=VALUE`` items as {metric: {key: value}}, each checked against the metric's parameters
+    (:func:`onnx_cnnviz.metrics.registry.parameters`): an item not of that form, a metric not evaluated, or a key it
+    does not take is a usage error (exit code 2, as an unknown --metric) naming what it takes. The values themselves
+    are checked by the metric when it runs."""
+    params: dict = {m: {} for m in metrics}
+    for item in items:
+        name, sep, value = item.partition("=")
+        metric, dot, key = name.partition(".")
+        if not sep or not dot or not key:
+            raise click.BadParameter(f"{item!r} is not METRIC.KEY=VALUE (e.g. deletion.pixels_per_step=16).",
+                                     param_hint="--metric-param")
+        if metric not in params:
+            raise click.BadParameter(f"{item!r} names metric {metric!r}, which is not evaluated; evaluated: "
+                                     f"{', '.join(metrics)}.", param_hint="--metric-param")
+        try:
+            params[metric][key] = json.loads(value)
+        except ValueError:
+            params[metric][key] = value  # a word such as score or blur
+    for metric in metrics:
+        try:
+            metric_registry.parameters(metric, params[metric])
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metric-param") from None
+    return params
 
 
 def ray_option(note: str):

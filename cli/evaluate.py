@@ -48,10 +48,11 @@ from onnx_cnnviz.methods import registry
 
 from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, abspath, batch_size_option, collect_images, echo, emit_json,
                      flatten_lists, global_flags, image_options, labels_option, layer_option, method_option,
-                     model_and_preprocessing, model_options, out_folder, out_folder_option, overwrite_option,
-                     preprocessing_options, progress, protect_inputs, ray_option, recursive_option,
+                     metric_options, model_and_preprocessing, model_options, out_folder, out_folder_option,
+                     overwrite_option, parse_metric_params, preprocessing_options, progress, protect_inputs,
+                     ray_option, recursive_option,
                      remove_stale_temps, resolve_labels, resolve_target, rows_per_run_option, save_json, settings,
-                     shared_option, target_option, warn, CsvChoice)
+                     shared_option, target_option, warn)
 from .explain import read_batch, same_size_groups
 
 #: The confidence interval the summary reports, in words (the CSV header and the JSON say it).
@@ -81,12 +82,7 @@ RESUME_NOTE = (f"Here a result is an (image, method, metric) row of {JOURNAL}, a
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @method_option(registry.names, "Default: gradcam.")
-@shared_option("--metric", "--metrics", "metrics", type=CsvChoice(metric_registry.names), multiple=True,
-               aliases=("--metrics",), help="Metric(s) by name, comma-separated or repeated: {methods}.",
-               note="Default: deletion,insertion.")
-@shared_option("--metric-param", "metric_params", metavar="METRIC.KEY=VALUE", multiple=True,
-               help="A metric parameter (VALUE read as JSON, else as text), e.g. deletion.pixels_per_step=16; "
-                    "repeatable.")
+@metric_options("Default: deletion,insertion.")
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
               help="Ground-truth boxes of the images (CSV or JSON, keyed by image file name or path, in the "
                    "original pictures' pixels), for the localisation metrics (pointing-game, energy-pointing-game, "
@@ -142,33 +138,6 @@ def check_boxes_usage(metrics: list, boxes_file) -> None:
                                "FILE (CSV or JSON, keyed by image file name).")
     if boxes_file and not wanting:
         warn(f"--boxes is ignored: none of {', '.join(metrics)} uses boxes.")
-
-
-def parse_metric_params(items, metrics: list) -> dict:
-    """``METRIC.KEY=VALUE`` items as {metric: {key: value}}, each checked against the metric's parameters
-    (:func:`metric_registry.parameters`): an item not of that form, a metric not evaluated, or a key it does not take
-    is a usage error (exit code 2, as an unknown --metric) naming what it takes. The values themselves are checked by
-    the metric when it runs."""
-    params: dict = {m: {} for m in metrics}
-    for item in items:
-        name, sep, value = item.partition("=")
-        metric, dot, key = name.partition(".")
-        if not sep or not dot or not key:
-            raise click.BadParameter(f"{item!r} is not METRIC.KEY=VALUE (e.g. deletion.pixels_per_step=16).",
-                                     param_hint="--metric-param")
-        if metric not in params:
-            raise click.BadParameter(f"{item!r} names metric {metric!r}, which is not evaluated; evaluated: "
-                                     f"{', '.join(metrics)}.", param_hint="--metric-param")
-        try:
-            params[metric][key] = json.loads(value)
-        except ValueError:
-            params[metric][key] = value  # a word such as score or blur
-    for metric in metrics:
-        try:
-            metric_registry.parameters(metric, params[metric])
-        except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint="--metric-param") from None
-    return params
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from onnx_cnnviz.methods import registry
 
 from .common import (EXIT_FAILURE, abspath, check_outputs, collect_images, finish, flatten_lists, global_flags,
                      image_options, labels_option, layer_option, method_option, method_parameter_options,
-                     model_and_preprocessing, model_options, occlusion_geometry, out_folder, out_folder_option,
-                     overwrite_option, preprocessing_options, progress, recursive_option, resolve_labels,
+                     metric_options, model_and_preprocessing, model_options, occlusion_geometry, out_folder,
+                     out_folder_option, overwrite_option, parse_metric_params, preprocessing_options, progress,
+                     recursive_option, resolve_labels,
                      resolve_target, rows_per_run_option, shared_option, target_option, top_k_option, warn)
 
 DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam"]
@@ -30,6 +31,8 @@ DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam
 @layer_option("Feature map of the CAM family (default: the last spatial map).")
 @click.option("--title", default=None, help="Page title.")
 @method_parameter_options
+@metric_options("Shown under each map, for its class (default: none). Metrics that need boxes are for "
+                "cnnviz evaluate.")
 @rows_per_run_option(aliases=("--batch-size",))
 @recursive_option
 @overwrite_option
@@ -40,7 +43,8 @@ DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam
 @global_flags
 @click.pass_context
 def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, layer, title, window, stride,
-               baseline, occlusion_mode, samples, noise, steps, rows_per_run, recursive, overwrite, **kw):
+               baseline, occlusion_mode, samples, noise, steps, rows_per_run, recursive, overwrite, metrics,
+               metric_params, **kw):
     """Write one self-contained HTML page (pictures embedded, no network needed) showing, per image, the top
     predictions and all requested methods side by side with the parameters used (one row per class with
     --top-k)."""
@@ -58,6 +62,8 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
     names = resolve_labels(m, kw["labels"])
     target = resolve_target(target, names)
     chosen = flatten_lists(methods) or DEFAULT_METHODS
+    metrics = flatten_lists(metrics)
+    metric_params = parse_metric_params(metric_params, metrics)
     params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode, "samples": samples,
               "noise": noise, "steps": steps}
     if "occlusion" in chosen and pre.size:
@@ -67,7 +73,8 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
         page = make_report(m, paths, chosen, preprocessing=pre, labels=names, target=target, layer=layer,
                            params=params, predictions=predictions, top_k=top_k, batch_size=rows_per_run,
                            progress=bar.update, step_progress=bar.step_progress, title=title,
-                           model_name=Path(model).name, errors=errors)
+                           model_name=Path(model).name, errors=errors, metrics=metrics,
+                           metric_params=metric_params)
     write_report(out, page, overwrite=overwrite)
     for image, message in errors:
         warn(f"skipped: {message}")

@@ -93,3 +93,22 @@ def test_t_quantile_and_interval_equal_scipys():
     assert got["n"] == 4 and got["low"] == pytest.approx(kept.mean() - half) and got["high"] == pytest.approx(
         kept.mean() + half)
     assert mean_interval([3.0]) == {"mean": 3.0, "std": 0.0, "n": 1, "low": 3.0, "high": 3.0}
+
+
+def test_cli_report_shows_the_metrics_asked_for(setup, tmp_path):
+    """``cnnviz report --metric deletion,insertion --metric-param ...``: one faithfulness line per panel; a metric
+    parameter of a metric not asked for is a usage error (exit 2), as for evaluate."""
+    from tests.cli import invoke
+
+    m, image = setup
+    model = tmp_path / "gap.onnx"
+    save(gap_classifier(), model)
+    result = invoke("report", model, image, "--preprocess", "imagenet", "--method", "gradcam,saliency", "--metric",
+                    "deletion,insertion", "--metric-param", "deletion.pixels_per_step=4", "--metric-param",
+                    "insertion.pixels_per_step=4", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    panels = shown((tmp_path / "r" / "report.html").read_text())
+    assert len(panels) == 2 and all(set(p) == {"deletion", "insertion"} for p in panels)
+    bad = invoke("report", model, image, "--preprocess", "imagenet", "--metric", "deletion", "--metric-param",
+                 "insertion.pixels_per_step=4", "--out", tmp_path / "r2")
+    assert bad.exit_code == 2 and "not evaluated" in bad.output
