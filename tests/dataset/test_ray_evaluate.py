@@ -43,14 +43,6 @@ RTOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local Ray for the module (the command joins it instead of starting its own)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """The 16x16 model and 42 random pictures of three sizes, plus one unreadable file."""
     folder = tmp_path_factory.mktemp("inputs")

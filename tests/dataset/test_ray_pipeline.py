@@ -42,14 +42,6 @@ METHODS = ["gradcam", "saliency", "guided"]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local Ray for the module (the CLI and the library join it instead of starting their own)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def model(torchvision_onnx):
     return torchvision_onnx("resnet18")[1]
 
