@@ -503,9 +503,24 @@ def ray_option(note: str):
     A flag with an optional value: ``--ray`` alone is "local" (a new local Ray), ``--ray auto`` a running cluster,
     ``--ray HOST:PORT`` that cluster; not given, None (the single-process run). ``note``: what the command writes."""
     return shared_option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                         callback=_check_ray_address,
                          help="Run on Ray (pip install 'onnx-cnnviz[ray]'): pictures read in Ray tasks, processed by a "
                               "pool of actors each holding the model. 'auto' joins a running cluster, an address that "
                               "cluster, no value starts a local one.", note=note)
+
+
+#: What --ray's value can be: local (the flag alone), auto, HOST:PORT, or a ray:// / http(s):// address.
+_RAY_ADDRESS = re.compile(r"^(local|auto|(ray|https?)://\S+|[A-Za-z0-9.\-\[\]:]+:\d+)$")
+
+
+def _check_ray_address(ctx, param, value):
+    """--ray takes an optional value, so ``--ray model.onnx photos/`` reads the model's path as the address: refuse
+    anything that is not an address, saying so, rather than fail later in Ray or on the wrong argument."""
+    if value is not None and not _RAY_ADDRESS.match(value):
+        raise click.BadParameter(f"{value!r} is not a Ray address (auto, HOST:PORT or ray://HOST:PORT). --ray takes "
+                                 "an optional value: put it after the model and images, or give it one "
+                                 "(--ray auto).", param_hint="--ray")
+    return value
 
 
 def recursive_option(f):

@@ -262,3 +262,19 @@ def test_single_process_evaluate_never_imports_ray(inputs, tmp_path):
             "print('no ray')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "no ray" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("args", [["--ray", "MODEL", "PIC"], ["--ray", "not an address", "MODEL", "PIC"]])
+def test_a_value_for_ray_that_is_no_address_is_a_usage_error(args, tmp_path):
+    """``--ray`` takes an optional value: ``cnnviz evaluate --ray model.onnx pic.png`` would read the model's path as
+    the address. It is refused before anything runs, naming the fix, not failed on inside Ray."""
+    model = save(gap_classifier(), tmp_path / "m.onnx")
+    pic = write_png(tmp_path / "a.png")
+    argv = [{"MODEL": model, "PIC": pic}.get(a, a) for a in args]
+    result = invoke("evaluate", *argv, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "is not a Ray address" in result.output
+    assert not (tmp_path / "o").exists()
+    for ok in ["auto", "local", "10.0.0.5:6379", "ray://head:10001", "localhost:6379"]:
+        from onnx_cnnviz.cli.common import _RAY_ADDRESS
+
+        assert _RAY_ADDRESS.match(ok), ok
