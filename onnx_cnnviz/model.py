@@ -19,6 +19,7 @@ from .errors import InputError, ModelStructureError, NumericalError
 from .graph import layout as graph_layout
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
+from .graph import unbake
 from .graph.autodiff import GRAD_PREFIX, SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
 from .graph.expose import expose
 from .graph.head import find_score
@@ -133,6 +134,15 @@ class Model:
         self._batched = model
         self._base = copy.deepcopy(model) if graph_load.input_batch_is_static(model, self.input_name) else None
         had_static_batch = graph_load.make_batch_dynamic_inplace(self._batched, self.input_name)
+        rewritten = had_static_batch
+        if not had_static_batch:
+            # Declared any-batch, yet traced at batch 1 into reshapes all the same (torch.export's Dim.DYNAMIC over
+            # torchvision's attention): rewritten as for a static export (graph/unbake.py), checked below like one,
+            # with the graph as exported, run one image at a time, as the fallback.
+            fixed = unbake.unbaked(self._batched, self.input_name)
+            if fixed is not None:
+                self._base, self._batched, rewritten = self._batched, fixed, True
+                graph_load.fix_batch_inplace(self._base, self.input_name, 1)
         self._cache = LRUCache(max_sessions)
         self._specs = LRUCache(MAX_SIZES)
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE
@@ -145,14 +155,14 @@ class Model:
             raise ModelStructureError("the image input's channel count is not fixed in the model; re-export it with "
                                       "a static channel dimension.")
         try:
-            spec = self._batched_spec(hw, had_static_batch)
+            spec = self._batched_spec(hw, rewritten)
         except ModelStructureError as exc:
             if self._static_hw or self._input_size:
                 raise
             raise ModelStructureError(
                 f"the model accepts images of any size but does not run at {hw[0]}x{hw[1]} ({exc}). Give the size "
                 "it was trained for: load(..., input_size=(H, W)) or --input-size HxW.") from None
-        if not had_static_batch and not self.static_batch and self._bakes_batch_one(hw):
+        if not rewritten and not self.static_batch and self._bakes_batch_one(hw):
             # Declared "any batch", yet shape inference at batch 2 says otherwise and the graph only runs at batch 1
             # (a constant [1, K] reshape): run it one image at a time rather than fail at the first batch.
             self._base = copy.deepcopy(self._batched)
@@ -161,7 +171,7 @@ class Model:
             self._specs.clear()
             self._cache.clear()
             spec = self._spec(hw)
-        elif had_static_batch and not self.static_batch and not self._batches_correctly(hw):
+        elif rewritten and not self.static_batch and not self._batches_correctly(hw):
             # The graph hard-codes batch 1 somewhere we could not rewrite: run one sample at a time.
             self.static_batch = True
             self._specs.clear()

@@ -324,9 +324,12 @@ def test_a_zero_pad_before_max_pool_keeps_its_zeros(tmp_path):
     np.testing.assert_array_equal(m.scores(x)[0], expected)
 
 
-def test_a_graph_declared_any_batch_that_bakes_batch_one_runs_one_image_at_a_time(tmp_path):
-    """Declared (N, 3, 4, 4) but reshaped to a constant [1, 48]: shape inference at batch 2 disagrees, the loader runs
-    images one at a time instead of failing inside onnxruntime at the first batch."""
+@pytest.mark.parametrize("shape, trans_a, batches", [([1, 48], 0, True), ([48, 1], 1, False)])
+def test_a_graph_declared_any_batch_that_bakes_batch_one(tmp_path, shape, trans_a, batches):
+    """Declared (N, 3, 4, 4) but reshaped to a constant [1, 48]: the reshape is rewritten to follow the batch
+    (graph/unbake.py) and the model batches. Reshaped to [48, 1] and multiplied transposed, no reshape can carry the
+    batch (a Transpose would): the loader runs images one at a time instead of failing inside onnxruntime at the
+    first batch. Scores and gradients exact either way."""
     from onnx import TensorProto, helper, numpy_helper
 
     from tests.tiny_models import save
@@ -334,15 +337,15 @@ def test_a_graph_declared_any_batch_that_bakes_batch_one_runs_one_image_at_a_tim
     rng = np.random.default_rng(0)
     w = rng.standard_normal((5, 48)).astype(np.float32)
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)]
+             helper.make_node("Gemm", ["flat", "w"], ["logits"], transA=trans_a, transB=1)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
                               [numpy_helper.from_array(w, "w"),
-                               numpy_helper.from_array(np.array([1, 48], dtype=np.int64), "shape")])
+                               numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     m = cv.load(save(model, tmp_path / "baked.onnx"), device="cpu")
-    assert m.static_batch
+    assert m.static_batch is not batches
     x = rng.standard_normal((3, 3, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(m.scores(x), np.maximum(x, 0).reshape(3, 48) @ w.T, rtol=1e-5, atol=1e-5)
     g = m.run(x, wrt=[m.input_name], targets=[0, 1, 2]).grads[m.input_name]
