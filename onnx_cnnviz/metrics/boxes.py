@@ -244,15 +244,17 @@ def images_without_boxes(table: dict, images) -> list:
     return [image for image in images if not lookup(table, image)]
 
 
-def check_inside(boxes, width: int, height: int, image="") -> list[Box]:
-    """``boxes`` checked to lie within a ``width`` x ``height`` image (half-open: ``x1 <= width``)."""
+def check_inside(boxes, width: int, height: int, image="",
+                 space: str = "boxes are half-open (x0, y0, x1, y1) in the original image's pixels, "
+                              "0 <= x0 < x1 <= width") -> list[Box]:
+    """``boxes`` checked to lie within a ``width`` x ``height`` image (half-open: ``x1 <= width``); ``space``: what
+    the error says about the pixels the boxes are in."""
     out = []
     for k, value in enumerate(boxes):
         box = as_box(value, f"image {image}, box {k}")
         if not box.inside(width, height):
             raise InputError(f"image {image}, box {k} {box.coords_text()} lies outside the image ({width}x{height} "
-                             "pixels, width x height); boxes are half-open (x0, y0, x1, y1) in the original image's "
-                             "pixels, 0 <= x0 < x1 <= width.")
+                             f"pixels, width x height); {space}.")
         out.append(box)
     return out
 

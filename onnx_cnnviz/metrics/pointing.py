@@ -53,7 +53,7 @@ from ..errors import InputError
 from ..methods.localise import box_from_map, iou
 from ..model import Model
 from .base import MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, targets_of
-from .boxes import Box, as_box
+from .boxes import Box, check_inside
 
 #: Zhang et al.'s tolerance, in pixels (TorchRay's default).
 TOLERANCE = 15
@@ -104,16 +104,12 @@ def check_boxes(boxes, n: int, width: int, height: int) -> list[list[Box]]:
     for i, image in enumerate(boxes):
         if isinstance(image, (Box, str, bytes)) or not hasattr(image, "__iter__"):
             raise InputError(f"the boxes of image {i} must be a list of boxes, not {image!r}.")
-        image = [as_box(b, f"image {i}, box {k}") for k, b in enumerate(image)]
+        image = list(image)
         if not image:
             raise InputError(f"image {i} has no ground-truth box; a localisation metric needs at least one box per "
                              "image (leave the image out, or add its box).")
-        for k, box in enumerate(image):
-            if not box.inside(width, height):
-                raise InputError(f"image {i}, box {k} {box.coords_text()} lies outside the image ({width}x{height} "
-                                 "pixels, width x height); boxes are in the model input's pixels (scale them with "
-                                 "metrics.boxes.to_input).")
-        out.append(image)
+        out.append(check_inside(image, width, height, i, space="boxes are in the model input's pixels (scale them "
+                                                               "with metrics.boxes.to_input)"))
     return out
 
 
