@@ -4,6 +4,7 @@ batch, are its input gradients exact?
     .venv/bin/python benchmarks/dynamo_sweep.py                          # every classifier, dynamo both ways
     .venv/bin/python benchmarks/dynamo_sweep.py --only resnet18,vit_b_16 --exporters dynamo,torchscript
     .venv/bin/python benchmarks/dynamo_sweep.py --size 112 --timeout 900 --out .cache/dynamo_sweep/table.md
+    .venv/bin/python benchmarks/dynamo_sweep.py --merge part1.md part2.md --out docs/dynamo_sweep.md
 
 ``torch.onnx.export(..., dynamo=True)`` is what users get from torch 2.9 on. Each (model, exporter) cell is measured
 in a child process of its own (a crash or a timeout costs that cell only), with random weights (fixed seed, ReLUs
@@ -216,6 +217,37 @@ def summary(rows: list[dict]) -> str:
     return f"{len(rows)} cells: {loaded} load, {batched} run batched, {exact} exact (<= {EXACT:g})."
 
 
+def read_table(path: Path) -> list[dict]:
+    """The rows of a table this script wrote (the Markdown back into cells)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or cells[0] in ("model", "---"):
+            continue
+        rows.append(dict(zip(("model", "exporter", "declared", "load", "batch", "gradient"), cells)))
+    return rows
+
+
+def merge(paths: list[Path], out: Path) -> str:
+    """One table from several runs (a sweep over all of torchvision is hours on 2 cores: it is run in parts), one
+    row per (model, exporter), a later file's cell replacing an earlier one's, sorted by model; written to ``out``
+    with the files it came from."""
+    cells: dict = {}
+    for path in paths:
+        for row in read_table(path):
+            cells[(row["model"], row["exporter"])] = row
+    rows = [cells[k] for k in sorted(cells, key=lambda k: (k[0], EXPORTERS.index(k[1])))]
+    models = len({r["model"] for r in rows})
+    text = (f"# Every torchvision classifier through torch's dynamo exporter\n\n"
+            f"Written by `benchmarks/dynamo_sweep.py --merge {' '.join(str(p) for p in paths)}` from runs of "
+            "`benchmarks/dynamo_sweep.py --only ...` (each cell in a child process of its own; see the script's "
+            "docstring for what each column means). A model's cells come from the last run that measured it.\n\n"
+            f"{models} models ({len(classifiers())} torchvision classifiers). {summary(rows)}\n\n{table(rows)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated model names (default: every torchvision classifier)")
@@ -227,7 +259,15 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-exports", action="store_true", help="keep the .onnx files for a later run")
     parser.add_argument("--out", type=Path, default=CACHE / "table.md")
     parser.add_argument("--cell", nargs=2, metavar=("MODEL", "EXPORTER"), help=argparse.SUPPRESS)
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="TABLE",
+                        help="combine tables of earlier runs (later ones win per cell) into --out; run nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        missing = [str(p) for p in args.merge if not p.is_file()]
+        if missing:
+            parser.error(f"no such table: {', '.join(missing)}")
+        print(merge(args.merge, args.out))
+        return 0
     if args.cell:
         print(json.dumps(cell(args.cell[0], args.cell[1], args.size, args.fresh, args.keep_exports)), flush=True)
         return 0
