@@ -139,10 +139,12 @@ class Model:
             # Declared any-batch, yet traced at batch 1 into reshapes all the same (torch.export's Dim.DYNAMIC over
             # torchvision's attention): rewritten as for a static export (graph/unbake.py), checked below like one,
             # with the graph as exported, run one image at a time, as the fallback.
-            fixed = unbake.unbaked(self._batched, self.input_name)
-            if fixed is not None:
-                self._base, self._batched, rewritten = self._batched, fixed, True
+            light = unbake.unbaked_graph(self._batched, self.input_name)
+            if light is not None:
+                self._base = copy.deepcopy(self._batched)
                 graph_load.fix_batch_inplace(self._base, self.input_name, 1)
+                unbake.apply_inplace(self._batched, light)
+                rewritten = True
         self._cache = LRUCache(max_sessions)
         self._specs = LRUCache(MAX_SIZES)
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE

@@ -553,12 +553,9 @@ def make_batch_dynamic_inplace(model: onnx.ModelProto, input_name: str) -> bool:
     # [1 * windows, area, C]; shape inference does not check a Reshape's element count, so it can look fine): undo it
     # where shape inference shows how (graph/unbake.py). Otherwise, where shape inference sees the batch fail, keep
     # the graph as exported, which Model then runs one image at a time, rather than one whose shape probe would fail.
-    from .unbake import unbaked  # unbake builds on this module
+    from .unbake import unbake_inplace  # unbake builds on this module
 
-    fixed = unbaked(model, input_name)
-    if fixed is not None:
-        model.CopyFrom(fixed)
-    elif infers_batch(model, input_name) is False:
+    if not unbake_inplace(model, input_name) and infers_batch(model, input_name) is False:
         fix_batch_inplace(model, input_name, 1)
     return True
 

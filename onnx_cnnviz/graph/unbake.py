@@ -8,7 +8,7 @@ leading ``[1, ...]`` of CNN heads; a transformer hides the batch elsewhere: torc
 class token, ``[1, 1, E]``, is concatenated to (N, L, E) patches. At batch 2 such a graph fails inside onnxruntime
 (or, worse, reshapes without error into the wrong layout).
 
-:func:`unbaked` finds these places with ONNX shape inference alone (weights left out, nothing run), at batch 1
+:func:`unbake_inplace` finds these places with ONNX shape inference alone (weights left out, nothing run), at batch 1
 and at batch 2, in rounds:
 
 * a Reshape whose input follows the batch on one axis but whose constant target does not hold the input's element
@@ -33,29 +33,48 @@ at a time).
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-#: Rounds of inference and rewriting at most (each fixes every baked place shape inference reaches).
-MAX_ROUNDS = 64
+def unbake_inplace(model: onnx.ModelProto, input_name: str) -> bool:
+    """Rewrite the batch-1 reshapes, expands and token concatenations of ``model`` (its image input declared
+    any-batch) to follow the batch, when there are any and shape inference then gives every output the batch.
+    Returns whether ``model`` was changed."""
+    light = unbaked_graph(model, input_name)
+    if light is None:
+        return False
+    apply_inplace(model, light)
+    return True
 
 
-def unbaked(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto | None:
-    """A copy of ``model`` (its image input declared any-batch) with its batch-1 reshapes, expands and token
-    concatenations rewritten to follow the batch, when there were any and shape inference then gives every output
-    the batch; None otherwise. ``model`` is not changed."""
+def apply_inplace(model: onnx.ModelProto, light: onnx.ModelProto) -> None:
+    """Give ``model`` the nodes of :func:`unbaked_graph`'s result ``light`` and the initializers it added."""
+    del model.graph.node[:]
+    model.graph.node.extend(light.graph.node)
+    have = {t.name for t in model.graph.initializer}
+    model.graph.initializer.extend(t for t in light.graph.initializer if t.name not in have)
+    del model.graph.value_info[:]
+
+
+def unbaked_graph(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto | None:
+    """The rewrite of :func:`unbake_inplace` as a weightless copy of ``model`` (its nodes and the small initializers
+    it adds; it never changes one ``model`` has), or None when there is nothing to rewrite or it does not work out.
+    ``model`` is not changed."""
     from .load import infers_batch
+    from .shapes import weightless
 
-    work = copy.deepcopy(model)
+    work = weightless(model)  # shapes are all this reads: the weights join the result at the end
+    places = sum(1 for n in work.graph.node if n.op_type in ("Reshape", "Expand", "Concat"))
     decisions: dict[str, list] = {}  # reshape output -> [candidate targets, index chosen]
     changed = False
-    for _ in range(MAX_ROUNDS):
+    for _ in range(3 * places + 8):  # each round fixes a place or moves a decision to its next candidate
         # Shape inference does not check a Reshape's element count, so "every output has the batch" is not enough:
-        # rounds go on until no baked place is left that inference reaches.
+        # rounds go on until no baked place is left that inference reaches. Batch 1 is inferred again each round:
+        # an exported ``[0, heads, d, L]`` (0: copy) can make inference's batch-1 shapes inconsistent downstream
+        # until it is rewritten.
         one, two = shapes_at(work, input_name, 1), shapes_at(work, input_name, 2)
         if _fix_reshapes(work, one, two, decisions) or _fix_expands(work, one, two) or _fix_concats(work, one, two):
             changed = True
