@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+
 def unbake_inplace(model: onnx.ModelProto, input_name: str) -> bool:
     """Rewrite the batch-1 reshapes, expands and token concatenations of ``model`` (its image input declared
     any-batch) to follow the batch, when there are any and shape inference then gives every output the batch.
