@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..errors import ModelStructureError
 from .load import BATCH_DIM, constants_to_initializers_inplace, float16_to_float32_inplace
@@ -177,24 +177,10 @@ def _quiet_session(model: onnx.ModelProto):
     options.log_severity_level = 4
     if model.ByteSize() < SERIALISE_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    # Every large float weight goes beside the graph (a probe needs no in-place weights, so any slot will do; the
-    # explanation sessions share only those of weight slots).
-    light = weightless(model, keep_elements=runtime.SHARED_MIN_BYTES // 4)
-    weights = {t.name: t for t in model.graph.initializer}
-    names, values = [], []
-    for tensor in light.graph.initializer:
-        if tensor.HasField("raw_data") or tensor.float_data or tensor.data_type not in FLOAT_TYPES:
-            continue  # kept with its data: small, or not a float
-        array = np.ascontiguousarray(numpy_helper.to_array(weights[tensor.name]))
-        names.append(tensor.name)
-        values.append(ort.OrtValue.ortvalue_from_numpy(array))
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", runtime._PLACEHOLDER), ("offset", "0"), ("length", str(array.nbytes))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-    options.add_external_initializers(names, values)
-    session = ort.InferenceSession(light.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session.cnnviz_weights = values  # the OrtValues must outlive the session
+    payload, shared = runtime.split_weights(model, runtime.SharedWeights())
+    options.add_external_initializers(list(shared), [w.value for w in shared.values()])
+    session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    session.cnnviz_weights = shared  # the OrtValues must outlive the session
     return session
 
 
