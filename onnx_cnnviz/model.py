@@ -609,8 +609,7 @@ class Model:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, self.channels, *hw), dtype=np.float32)
         try:
-            session = runtime.Session(self.build_graph(hw), ["CPUExecutionProvider"], self.threads,
-                                      weights=runtime.SharedWeights())  # a model over 2 GB cannot be serialised
+            session = runtime.Session(self.build_graph(hw), ["CPUExecutionProvider"], self.threads)
             both = session.run({self.input_name: x})[self.score_name]
             one = session.run({self.input_name: x[:1]})[self.score_name]
         except Exception:

@@ -350,27 +350,3 @@ def test_a_graph_declared_any_batch_that_bakes_batch_one(tmp_path, shape, trans_
     np.testing.assert_allclose(m.scores(x), np.maximum(x, 0).reshape(3, 48) @ w.T, rtol=1e-5, atol=1e-5)
     g = m.run(x, wrt=[m.input_name], targets=[0, 1, 2]).grads[m.input_name]
     np.testing.assert_allclose(g, (w[[0, 1, 2]] * (x.reshape(3, 48) > 0)).reshape(x.shape), rtol=1e-5, atol=1e-6)
-
-
-def test_a_model_too_large_to_serialise_is_probed_with_its_weights_beside_the_graph(monkeypatch):
-    """Protobuf cannot serialise 2 GiB (torchvision's vit_h_14 has 2.5 GB of weights): the load-time probe then
-    passes the graph with its weights added beside it, as explanation sessions do. Forced here on a small model: the
-    probe's shapes and values equal the plain probe's."""
-    from onnx_cnnviz.graph import load as graph_load
-    from onnx_cnnviz.graph import shapes as graph_shapes
-    from tests.tiny_models import gap_classifier
-
-    model = graph_load.normalise(gap_classifier(size=8))
-    names = [o for node in model.graph.node for o in node.output]
-    plain = graph_shapes.probe_runs(model, names, "x", (3, 8, 8))
-    from onnx_cnnviz import runtime
-
-    monkeypatch.setattr(graph_shapes, "SERIALISE_LIMIT", 0)
-    monkeypatch.setattr(runtime, "SHARED_MIN_BYTES", 0)  # this model's weights are small: share them all
-    split = graph_shapes.probe_runs(model, names, "x", (3, 8, 8))
-    for a, b in zip(plain, split):
-        for u, v in zip(a, b):
-            np.testing.assert_array_equal(u, v)
-    # A session missing its weights would fail to start rather than differ: check they went beside the graph.
-    session = graph_shapes._quiet_session(graph_shapes.pruned_to(model, names, "x"))
-    assert session.cnnviz_weights, "the weights were not passed beside the graph"

@@ -160,28 +160,14 @@ def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
-#: Protobuf cannot serialise a message of 2 GiB or more: a larger model's probe takes its weights from outside it.
-SERIALISE_LIMIT = 2 ** 31 - 1
-
-
 def _quiet_session(model: onnx.ModelProto):
     """A CPU session whose failures are raised, never logged: onnxruntime prints errors (severity 3) to stderr in
-    red unless its log level is 4 (fatal only). A model over protobuf's 2 GiB (torchvision's vit_h_14) is passed as
-    its graph with the weights added beside it (:func:`onnx_cnnviz.runtime.split_weights`), as the explanation
-    sessions are."""
+    red unless its log level is 4 (fatal only)."""
     import onnxruntime as ort
-
-    from .. import runtime
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    if model.ByteSize() < SERIALISE_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    payload, shared = runtime.split_weights(model, runtime.SharedWeights())
-    options.add_external_initializers(list(shared), [w.value for w in shared.values()])
-    session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
-    session.cnnviz_weights = shared  # the OrtValues must outlive the session
-    return session
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def batch_one_only(model: onnx.ModelProto, input_name: str, chw) -> bool:
