@@ -55,6 +55,8 @@ MAX_PIXELS = 4096 * 4096
 #: layer) is ~400 MB; a protobuf file holds at most 2 GB. A tiny file can still *declare* a 10^6 x 10^6 tensor (in
 #: its dims, or pointing at external data), which would be allocated before anything failed.
 MAX_TENSOR_BYTES = 4 * 2 ** 30
+#: Protobuf's limit on one serialised message (an ONNX model with its weights inline).
+PROTOBUF_LIMIT = 2 ** 31 - 1
 #: Opsets and IR versions every onnxruntime this project accepts (>= 1.20) runs; newer ones are checked against the
 #: installed runtime.
 KNOWN_GOOD_OPSET, KNOWN_GOOD_IR = 21, 10
@@ -72,6 +74,7 @@ def read_model(source, max_nodes: int | None = MAX_NODES,
     if isinstance(source, onnx.ModelProto):
         check_node_count(source, max_nodes)
         check_tensor_sizes(source, max_tensor_bytes)
+        check_total_size(source, "the ModelProto given")
         return copy.deepcopy(source)
     if isinstance(source, (bytes, bytearray)):
         try:
@@ -105,7 +108,19 @@ def read_model(source, max_nodes: int | None = MAX_NODES,
     check_text(model, f"'{path}'")
     check_tensor_sizes(model, max_tensor_bytes, path.parent, what=f"'{path}'")
     _load_external_data(model, path.parent)
+    check_total_size(model, f"'{path}'")
     return model
+
+
+def check_total_size(model: onnx.ModelProto, what: str = "the model") -> None:
+    """Refuse a model whose weights reach protobuf's 2 GiB message limit (torchvision's vit_h_14 and regnet_y_128gf,
+    2.5 GB each, loaded from external data): every copy of a message that large fails inside protobuf ("Failed to
+    serialize proto"), and loading copies the model (normalising it, rewriting its batch, probing it)."""
+    total = sum(t.ByteSize() for t in model.graph.initializer)
+    if total >= PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{what} holds {total / 2 ** 30:.1f} GiB of weights; protobuf, which ONNX models are made of, cannot copy "
+            "a message of 2 GiB or more, and loading copies the model: models this large are not supported yet.")
 
 
 def count_nodes(graph: onnx.GraphProto) -> int:
