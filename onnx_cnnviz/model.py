@@ -16,6 +16,7 @@ import onnx
 
 from . import runtime
 from .errors import InputError, ModelStructureError, NumericalError
+from .graph import held
 from .graph import layout as graph_layout
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
@@ -109,6 +110,7 @@ class Model:
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
         original = graph_load.read_model(source, max_nodes=max_nodes)
+        held.claim(self, original)  # weights held outside the protobuf (a model of over 1 GiB) live as long as this
         self.metadata = {p.key: p.value for p in original.metadata_props}
         model = graph_load.normalise(original, copy=False)  # read_model gave a copy of its own
         image = find_image_input(model, input)
@@ -376,7 +378,7 @@ class Model:
 
     def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str):
         key = (tuple(hw), outputs, wrt, rule if wrt else None, target_mode if wrt else None)
-        return self._cache.get(key, lambda: self.new_session(self.build_graph(hw, outputs, wrt, rule, target_mode)))
+        return self._cache.get(key, lambda: self.new_session(self._graph(hw, outputs, wrt, rule, target_mode)))
 
     def new_session(self, graph: onnx.ModelProto) -> runtime.Session:
         """A new onnxruntime session over ``graph`` (a rewritten graph of this model) on the model's device and
@@ -417,14 +419,23 @@ class Model:
         return self._spec(hw or self._static_hw or self._default_hw())
 
     def build_graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla",
-                    target_mode: str = "input") -> onnx.ModelProto:
+                    target_mode: str = "input", inline_weights: bool = True) -> onnx.ModelProto:
         """The rewritten graph: outputs = score, ``outputs`` tensors, and ``cnnviz/grad/<T>`` for ``T`` in ``wrt``.
 
         ``target_mode``: "input" (the graph takes ``cnnviz/seed`` (N, K), the weights of each sample's class scores:
         a one-hot row explains one class) or "top1" (each sample's top-scoring class, chosen inside the graph and
         returned as ``cnnviz/target``). The result is a plain ONNX model: save it with ``onnx.save`` and run it with
-        any onnxruntime.
+        any onnxruntime (a model of 2 GiB of weights or more must be saved with ``save_as_external_data=True``, as
+        any ONNX model that large). ``inline_weights=False``: the weights of a model of over 1 GiB stay held outside
+        the protobuf (graph/held.py), as the model's own sessions read them: cheaper, but only this process can run
+        that graph (through :func:`onnx_cnnviz.graph.held.session`, or write it with :func:`held.save`).
         """
+        graph = self._graph(hw, outputs, wrt, rule, target_mode)
+        return held.inlined(graph) if inline_weights else graph
+
+    def _graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla",
+               target_mode: str = "input") -> onnx.ModelProto:
+        """:meth:`build_graph` with the weights as the model holds them (held ones stay placeholders)."""
         spec = self.spec(hw)
         for name in list(outputs) + list(wrt):
             if name not in spec.info and name != self.input_name:
@@ -609,7 +620,8 @@ class Model:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, self.channels, *hw), dtype=np.float32)
         try:
-            session = runtime.Session(self.build_graph(hw), ["CPUExecutionProvider"], self.threads)
+            session = runtime.Session(self._graph(hw), ["CPUExecutionProvider"], self.threads,
+                                      weights=runtime.SharedWeights())
             both = session.run({self.input_name: x})[self.score_name]
             one = session.run({self.input_name: x[:1]})[self.score_name]
         except Exception:

@@ -172,14 +172,20 @@ def describe(m, source=None) -> dict:
     from .graph.autodiff.engine import differentiable_path
 
     # The model was already read under the caller's limits (max_nodes, tensor sizes): no second cap here.
-    original = graph_load.read_model(source, max_nodes=None) if source is not None else m.spec().model
+    import onnx
+
+    if source is None:
+        original = m.spec().model
+    elif isinstance(source, onnx.ModelProto):
+        original = source  # only read
+    else:
+        original = graph_load.read_model(source, max_nodes=None, weights=False)
     graph = original.graph
     inits = {t.name for t in graph.initializer}
 
     def value(v):
         t = v.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-        import onnx
         return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims}
 
     spec = m.spec()
@@ -190,7 +196,7 @@ def describe(m, source=None) -> dict:
     missing = sorted(op for op in path_ops if op not in known)
     error = None
     try:
-        m.build_graph(wrt=(m.input_name,))
+        m.build_graph(wrt=(m.input_name,), inline_weights=False)
     except UnsupportedOpError as exc:
         error = str(exc)
     except CnnvizError as exc:

@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto
 
 from .errors import InputError, RuntimeFailure
+from .graph import held
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -149,6 +150,12 @@ class _Weight:
         self.array = np.frombuffer(data, dtype=dtype).reshape(dims)
         self.value = ort.OrtValue.ortvalue_from_numpy(self.array)
 
+    @classmethod
+    def over(cls, array: np.ndarray) -> "_Weight":
+        """A weight over an array held outside the graph (graph/held.py), read in place."""
+        array = np.ascontiguousarray(array)
+        return cls(memoryview(array).cast("B"), array.dtype, array.shape)
+
 
 class SharedWeights:
     """The large weights of one model's graphs, each held once and handed to every session that uses it.
@@ -202,24 +209,6 @@ class SharedWeights:
         return sum(len(w.data) for w in self._live())
 
 
-def _is_repeated(field) -> bool:
-    repeated = getattr(field, "is_repeated", None)
-    return repeated if repeated is not None else field.label == field.LABEL_REPEATED
-
-
-def _copy_fields(source, target, skip: str) -> None:
-    """Copy every set field of protobuf message ``source`` into ``target`` except ``skip``."""
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if _is_repeated(field):
-            getattr(target, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
 def _weight_slot_names(graph: onnx.GraphProto) -> set:
     """Names consumed only as weight inputs of the ops in ``_WEIGHT_SLOTS`` (never by another op, a subgraph, as a
     graph input or output)."""
@@ -249,10 +238,15 @@ def split_weights(model: onnx.ModelProto, weights: SharedWeights) -> tuple[bytes
     graph = model.graph
     candidates = _weight_slot_names(graph)
     shell = onnx.ModelProto()
-    _copy_fields(model, shell, "graph")
-    _copy_fields(graph, shell.graph, "initializer")
+    held.copy_fields(model, shell, "graph")
+    held.copy_fields(graph, shell.graph, "initializer")
     shared = {}
     for tensor in graph.initializer:
+        if held.is_held(tensor):  # already a placeholder; shared in place where a weight may be
+            shell.graph.initializer.append(tensor)
+            if tensor.name in candidates and tensor.data_type in _SHARED_TYPES:
+                shared[tensor.name] = _Weight.over(held.value(tensor))
+            continue
         dtype = _SHARED_TYPES.get(tensor.data_type)
         weight = None
         if (dtype is not None and tensor.name in candidates and tensor.data_location != TensorProto.EXTERNAL
@@ -298,6 +292,7 @@ class Session:
                 names, values = list(shared), [w.value for w in shared.values()]
                 # What the optimisers read while the session is built (copied into its graph, then dropped) ...
                 options.add_external_initializers(names, values)
+                held.add_to(model, options, skip=shared)  # held weights that are not shared: copied in
                 in_place = providers[0] == "CPUExecutionProvider"
                 if in_place:
                     # ... and what the kernels read at run time, in place (the OrtValues must outlive the session).
@@ -317,8 +312,8 @@ class Session:
             del payload
         if self._session is None:
             try:
-                self._session = ort.InferenceSession(model.SerializeToString(), self._options(threads, lean),
-                                                     providers=providers, disabled_optimizers=DISABLED_OPTIMIZERS)
+                self._session = held.session(model, self._options(threads, lean), providers,
+                                             disabled_optimizers=DISABLED_OPTIMIZERS)
             except Exception as exc:
                 raise RuntimeFailure(f"onnxruntime could not load the rewritten graph: {str(exc)[:500]}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]

@@ -20,6 +20,8 @@ import copy
 import numpy as np
 from onnx import helper
 
+from onnx_cnnviz.graph import held
+
 KINK_OPS = ("Relu", "Clip", "MaxPool", "HardSwish", "HardSigmoid")
 
 
@@ -49,7 +51,7 @@ def onnx_kink_pattern(m, x: np.ndarray) -> dict[str, list[np.ndarray]]:
         return pattern
     del model.graph.output[:]
     model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = held.session(model, ort.SessionOptions(), ["CPUExecutionProvider"])  # weights held outside, if any
     values = session.run(wanted, {m.input_name: x.astype(np.float32)})
     for kind, value in zip(kinds, values):
         pattern[kind].append(value)

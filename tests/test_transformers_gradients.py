@@ -22,6 +22,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx_cnnviz as cv
+from onnx_cnnviz.graph import held
 
 from .conftest import CACHE, export_onnx, rel_err
 from .reference import module_output_and_grad, onnx_kink_pattern, torch_rule_grad
@@ -183,7 +184,7 @@ def perturbed_scores(m, tensor: str, x: np.ndarray):
     del graph.value_info[:]
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = held.session(model, options, ["CPUExecutionProvider"])
 
     def run(v):
         scores, value = session.run(None, {m.input_name: x, "__delta": np.asarray(v, dtype=np.float32)})
@@ -204,8 +205,7 @@ def batch_moved(m, x) -> list[str]:
     model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in maybe)
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    values = ort.InferenceSession(model.SerializeToString(), options,
-                                  providers=["CPUExecutionProvider"]).run(maybe, {m.input_name: x})
+    values = held.session(model, options, ["CPUExecutionProvider"]).run(maybe, {m.input_name: x})
     return [t for t, v in zip(maybe, values) if v.shape[0] != len(x)]
 
 

@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import ModelStructureError
+from . import held
 from .ops import (CHANNEL_KEEPING, DENSE, HEAD_GLUE, INFERENCE_IDENTITIES, LINEAR_LAYERS, NORMALISERS,
                   ORDER_KEEPING_VIEWS, SCORE_VIEWS, WINDOWED_EQUIVALENT, node_attr)
 from .structure import producers
@@ -52,7 +52,7 @@ def constant_value(name: str, inits: dict, made_by: dict) -> np.ndarray | None:
     Identity / Cast / Transpose nodes (some exporters transpose a Linear's weight in the graph); None when it is
     computed from the input."""
     if name in inits:
-        return numpy_helper.to_array(inits[name]).astype(np.float32)
+        return held.value(inits[name]).astype(np.float32)
     node = made_by.get(name)
     if node is None or not node.input:
         return None

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import InputError, ModelLoadError, ModelStructureError
 from ..files import check_regular
+from . import held
 from .ops import node_attr
 from .subgraphs import fold_constant_ifs, node_inputs, subgraphs_of
 
@@ -63,18 +64,25 @@ KNOWN_GOOD_OPSET, KNOWN_GOOD_IR = 21, 10
 
 
 def read_model(source, max_nodes: int | None = MAX_NODES,
-               max_tensor_bytes: int | None = MAX_TENSOR_BYTES) -> onnx.ModelProto:
+               max_tensor_bytes: int | None = MAX_TENSOR_BYTES, weights: bool = True) -> onnx.ModelProto:
     """Read a path (external data beside it is loaded) or copy a ModelProto. Never modifies the source.
 
     ``max_nodes``: refuse a graph with more nodes than this (:class:`ModelStructureError`), checked before any
     external weights are read; ``None``: no limit. ``max_tensor_bytes``: refuse a tensor (initializer or constant)
     whose declared size is larger (:class:`ModelLoadError`), checked from its dims before its data is read;
     ``None``: no limit. A tensor whose declared size does not match the data stored for it is refused too.
+
+    A model of :data:`held.HOLD_ABOVE_BYTES` of weights or more comes back with its large weights held outside the
+    protobuf (graph/held.py); whoever keeps the model should :func:`held.claim` them. ``weights=False``: a file's
+    external data are not read (its structure only, to describe it).
     """
     if isinstance(source, onnx.ModelProto):
         check_node_count(source, max_nodes)
         check_tensor_sizes(source, max_tensor_bytes)
-        check_total_size(source, "the ModelProto given")
+        if held.should_hold(source):
+            model = held.copy_holding(source)
+            check_total_size(model, "the ModelProto given")
+            return model
         return copy.deepcopy(source)
     if isinstance(source, (bytes, bytearray)):
         try:
@@ -87,6 +95,8 @@ def read_model(source, max_nodes: int | None = MAX_NODES,
         check_node_count(model, max_nodes)
         check_text(model, "the bytes given")
         check_tensor_sizes(model, max_tensor_bytes, what="the bytes given")
+        if held.should_hold(model):
+            held.hold_inplace(model)
         return model
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(f"expected a path to an .onnx file or an onnx.ModelProto, got {type(source).__name__}.")
@@ -107,20 +117,25 @@ def read_model(source, max_nodes: int | None = MAX_NODES,
     check_node_count(model, max_nodes, f"'{path}'")
     check_text(model, f"'{path}'")
     check_tensor_sizes(model, max_tensor_bytes, path.parent, what=f"'{path}'")
-    _load_external_data(model, path.parent)
+    if not weights:
+        return model
+    _load_external_data(model, path.parent, hold=held.should_hold(model))
     check_total_size(model, f"'{path}'")
     return model
 
 
 def check_total_size(model: onnx.ModelProto, what: str = "the model") -> None:
-    """Refuse a model whose weights reach protobuf's 2 GiB message limit (torchvision's vit_h_14 and regnet_y_128gf,
-    2.5 GB each, loaded from external data): every copy of a message that large fails inside protobuf ("Failed to
-    serialize proto"), and loading copies the model (normalising it, rewriting its batch, probing it)."""
-    total = sum(t.ByteSize() for t in model.graph.initializer)
+    """Refuse a model whose weights *left inside the protobuf* reach its 2 GiB message limit: every copy of a message
+    that large fails inside protobuf ("Failed to serialize proto"), and loading copies the model. Large weights are
+    held outside it (graph/held.py: torchvision's vit_h_14 and regnet_y_128gf, 2.5 GB each); what stays is small
+    tensors and types numpy cannot hold (bfloat16, 4-bit), which no real model has 2 GiB of."""
+    total = sum(t.ByteSize() for t in model.graph.initializer if not held.is_held(t))
     if total >= PROTOBUF_LIMIT:
         raise ModelLoadError(
-            f"{what} holds {total / 2 ** 30:.1f} GiB of weights; protobuf, which ONNX models are made of, cannot copy "
-            "a message of 2 GiB or more, and loading copies the model: models this large are not supported yet.")
+            f"{what} holds {total / 2 ** 30:.1f} GiB of weights in tensors that cannot be held outside the graph "
+            "(types numpy cannot represent, or many small tensors); protobuf, which ONNX models are made of, cannot "
+            "copy a message of 2 GiB or more, and loading copies the model. Convert the weights to float32 or "
+            "float16.")
 
 
 def count_nodes(graph: onnx.GraphProto) -> int:
@@ -276,8 +291,10 @@ def _check_external(tensor: TensorProto, declared: int, base: Path | None, label
             f"{_size_text(max(available, 0))} from offset {offset}: the file is truncated or not this model's.")
 
 
-def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+def _load_external_data(model: onnx.ModelProto, base: Path, hold: bool = False) -> None:
+    """Read the tensors stored in external files under ``base`` into ``model``; with ``hold``, its large initializers
+    go into graph/held.py's store instead, read straight from their files into arrays."""
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
     missing = []
     for tensor in model.graph.initializer:
@@ -290,9 +307,27 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
             f"the model stores weights in external data files that are missing: {', '.join(sorted(set(missing)))}. "
             f"Put them next to the .onnx file (in '{base}') or load the model from its original folder.")
     try:
-        load_external_data_for_model(model, str(base))
+        if hold:
+            held.hold_inplace(model, read=lambda t: _read_external(t, base) if uses_external_data(t)
+                              else numpy_helper.to_array(t))
+        for tensor in _all_tensors(model.graph):
+            if uses_external_data(tensor) and not held.is_held(tensor):
+                load_external_data_for_tensor(tensor, str(base))
+                tensor.data_location = TensorProto.DEFAULT
+                del tensor.external_data[:]
     except Exception as exc:
         raise ModelLoadError(f"could not read the model's external data ({exc}).") from None
+
+
+def _read_external(tensor: TensorProto, base: Path) -> np.ndarray:
+    """An external tensor's values, read from its file into an array (little-endian, as ONNX stores them)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    array = np.fromfile(base / info["location"], dtype=dtype, count=count, offset=int(info.get("offset") or 0))
+    if array.size != count:
+        raise ModelLoadError(f"tensor '{tensor.name}': its external data file is shorter than its shape says.")
+    return array.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -495,8 +530,11 @@ def float16_to_float32_inplace(model: onnx.ModelProto) -> None:
     graph = model.graph
     for i, tensor in enumerate(graph.initializer):
         if tensor.data_type == f16:
-            arr = numpy_helper.to_array(tensor).astype(np.float32)
-            graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, tensor.name))
+            arr = held.value(tensor).astype(np.float32)
+            if held.is_held(tensor):
+                held.put(tensor, arr, held.holding_of(tensor))
+            else:
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, tensor.name))
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         if value.type.tensor_type.elem_type == f16:
             value.type.tensor_type.elem_type = f32
@@ -549,7 +587,7 @@ def make_batch_dynamic_inplace(model: onnx.ModelProto, input_name: str) -> bool:
         if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2 \
                 or node.input[1] not in inits:
             continue
-        shape = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64)
+        shape = held.value(inits[node.input[1]]).astype(np.int64)
         rewritten = batch_free_shape(shape, bool(node_attr(node, "allowzero", 0)))
         if rewritten is None:
             continue
@@ -629,7 +667,7 @@ def fold_identity_gathers_inplace(model: onnx.ModelProto) -> int:
     lengths = _static_lengths(model, [n.input[0] for n in candidates])
     folded = 0
     for node in candidates:
-        indices = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64)
+        indices = held.value(inits[node.input[1]]).astype(np.int64)
         length = lengths.get(node.input[0])
         if length is None or indices.size != length:
             continue

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import ModelStructureError
+from . import held
 from .layout import inverse, tensor_layouts
 from .structure import downstream
 from .ops import GLOBAL_POOLS, REDUCTIONS, RESAMPLING, SLIDING_WINDOWS, node_attr
@@ -88,7 +88,7 @@ class _Values:
 
     def __getitem__(self, name):
         if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self._protos[name])
+            self._arrays[name] = held.value(self._protos[name])
         return np.asarray(self._arrays[name])
 
     def shape(self, name) -> tuple:

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from ..errors import ModelStructureError
 from .load import BATCH_DIM, constants_to_initializers_inplace, float16_to_float32_inplace
+from . import held
 from .ops import node_attr
 from .padding import window_geometry
 from .subgraphs import DEFAULT_DOMAINS, fold_constant_ifs, node_inputs, value_dependent
@@ -167,7 +168,7 @@ def _quiet_session(model: onnx.ModelProto):
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return held.session(model, options, ["CPUExecutionProvider"])
 
 
 def batch_one_only(model: onnx.ModelProto, input_name: str, chw) -> bool:

@@ -39,6 +39,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import held
+
 
 def unbake_inplace(model: onnx.ModelProto, input_name: str) -> bool:
     """Rewrite the batch-1 reshapes, expands and token concatenations of ``model`` (its image input declared
@@ -239,7 +241,7 @@ def _fix_expands(model: onnx.ModelProto, one: dict, two: dict) -> bool:
         axis = batch_axis(one[data], two[data])
         if axis is None:
             continue
-        shape = numpy_helper.to_array(inits[node.input[1]]).astype(np.int64).copy()
+        shape = held.value(inits[node.input[1]]).astype(np.int64).copy()
         at = axis + len(shape) - len(one[data])
         if not 0 <= at < len(shape) or shape[at] == 1 or shape[at] != one[data][axis]:
             continue

@@ -67,6 +67,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import InputError, ModelStructureError
+from ..graph import held
 from ..graph import load as graph_load
 from ..model import Model
 from .base import MetricResult
@@ -357,20 +358,24 @@ def randomise(model, layers: Iterable[LearnableLayer], seed: int = 0, init: str 
     seed = _seed(seed)
     proto = copy.deepcopy(_proto(model))
     index = {t.name: i for i, t in enumerate(proto.graph.initializer)}
+    holding = held.new_holding()  # where re-drawn weights of a model held outside its graph go
     for layer in layers:
         for name in (layer.weight,) + layer.bias:
-            _replace(proto, index, name, lambda v, n=name, f=layer.fan_in: _drawn(v, n, f, init, seed))
+            _replace(proto, index, name, lambda v, n=name, f=layer.fan_in: _drawn(v, n, f, init, seed), holding)
         for name, value in zip(layer.norm, (1.0, 0.0)):
-            _replace(proto, index, name, lambda v, c=value: np.full_like(v, c))
+            _replace(proto, index, name, lambda v, c=value: np.full_like(v, c), holding)
     return proto
 
 
-def _replace(proto: onnx.ModelProto, index: dict, name: str, new: Callable) -> None:
+def _replace(proto: onnx.ModelProto, index: dict, name: str, new: Callable, holding: str) -> None:
     if name not in index:
         raise InputError(f"'{name}' is not an initializer of this model; the layers were listed from another model.")
     tensor = proto.graph.initializer[index[name]]
-    values = numpy_helper.to_array(tensor)
-    tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new(values)), name))
+    values = np.ascontiguousarray(new(held.value(tensor)))
+    if held.is_held(tensor):  # a model too large for one protobuf keeps its weights outside it (graph/held.py)
+        held.put(tensor, values, holding)
+    else:
+        tensor.CopyFrom(numpy_helper.from_array(values, name))
 
 
 def stage_layers(groups: list[Group], stage: int, mode: str = "cascading") -> list[LearnableLayer]:

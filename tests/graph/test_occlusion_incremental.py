@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_cnnviz as cv
+from onnx_cnnviz.graph import held
 from onnx_cnnviz.graph import occlusion_incremental as oi
 from onnx_cnnviz.graph.occlusion import BASELINE, IMAGE, OUTPUT, POSITIONS, WINDOW, occlusion_graph, window_positions
 from onnx_cnnviz.methods.occlusion import incremental_plan
@@ -24,7 +25,7 @@ pytest.importorskip("torch")
 
 
 def _session(model: onnx.ModelProto):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return held.session(model, ort.SessionOptions(), ["CPUExecutionProvider"])
 
 
 def _compare(m: cv.Model, x: np.ndarray, window, stride, max_box_fraction=None, fill=(0.5, -1.0, 0.25),

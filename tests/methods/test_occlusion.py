@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 import onnx_cnnviz as cv
+from onnx_cnnviz.graph import held
 from onnx_cnnviz.graph.occlusion import (BASELINE, IMAGE, OUTPUT, POSITIONS, WINDOW, occlusion_graph,
                                          window_positions)
 from onnx_cnnviz.methods.occlusion import incremental_plan
@@ -84,7 +85,7 @@ def test_prefix_makes_exactly_the_occluded_images(loaded):
     _, m, x = loaded("resnet18")
     h, w = x.shape[2:]
     graph = occlusion_graph(m.spec((h, w)).model, m.input_name, m.score_name, expose_images=True)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = held.session(graph, ort.SessionOptions(), ["CPUExecutionProvider"])
     positions = np.array([[0, 0], [100, 100], [50, 7], [-5, 90], [h, w]], dtype=np.int64)
     window, fill = (24, 32), np.array([0.5, -1.5, 2.0], dtype=np.float32)
     scores, images = session.run([OUTPUT, m.input_name], {IMAGE: x[:1], POSITIONS: positions,

@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ...errors import InputError, ModelStructureError, UnsupportedOpError
+from .. import held
 from ..builder import GraphBuilder
 from ..load import BATCH_DIM, opset_of
 from ..ops import node_attr
@@ -198,7 +199,10 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
         seed_2d = b.op("OneHot", [TARGET_OUTPUT, b.ints([num_classes]), b.const([0.0, 1.0])], hint="seed", axis=-1)
     grads: dict[str, list[str]] = {score: [b.op("Reshape", [seed_2d, b.shape(score)], hint="seed_like_score")]}
 
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    # A held weight (graph/held.py) gets no value: the rules then read it through graph nodes, as they do a weight
+    # computed at run time, instead of folding a derived copy of it (a flipped kernel, a transposed matrix) into the
+    # graph, which would grow past protobuf's limit again.
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if not held.is_held(t)}
     values.update(constants or {})
     ctx = RuleContext(b, info, values)
     for node in reversed(nodes):

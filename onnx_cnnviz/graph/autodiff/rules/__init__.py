@@ -26,9 +26,9 @@ from __future__ import annotations
 from typing import Callable
 
 import onnx
-from onnx import numpy_helper
 
 from ....errors import InputError
+from ... import held
 from ...structure import downstream, upstream
 
 RULES: dict[str, Callable] = {}
@@ -108,7 +108,7 @@ def rectifiers_on_path(model: onnx.ModelProto, input_name: str, score_name: str,
         if name in constants:
             return constants[name]
         tensor = values.get(name)
-        return numpy_helper.to_array(tensor) if tensor is not None else None
+        return held.value(tensor) if tensor is not None else None
 
     on_path = downstream(graph, [input_name]) & upstream(graph, [score_name])
     return [n for n in graph.node if n.input and n.input[0] in on_path
