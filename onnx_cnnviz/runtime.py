@@ -59,6 +59,10 @@ _PLACEHOLDER = "cnnviz-shared-weight.bin"
 #: it, which pads with -inf instead: the max of a border window that held padded zeros becomes negative (onnxruntime
 #: 1.31; BiT's stem is exactly Pad(0) -> MaxPool, and its scores came out 4% off). It only saves a copy.
 DISABLED_OPTIMIZERS = ["Pad_Fusion"]
+#: Also off for a model whose weights are held outside its graph (graph/held.py, 1 GiB and more): these fold the
+#: weights into new ones (a convolution with its BatchNorm, kernels reordered for NCHWc kernels), a private copy of
+#: the whole model in every session (2.4 GB per session on regnet_y_128gf) where the held ones are read in place.
+HELD_DISABLED_OPTIMIZERS = DISABLED_OPTIMIZERS + ["ConvBNFusion", "NchwcTransformer"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -282,6 +286,7 @@ class Session:
         self.shared: tuple = ()  # the shared weights this session reads: kept alive as long as the session
         lean = weights is not None and SHARE_WEIGHTS
         self.lean = lean
+        disabled = HELD_DISABLED_OPTIMIZERS if held.any_held(model) else DISABLED_OPTIMIZERS
         if lean and hasattr(ort.SessionOptions, "add_external_initializers"):
             try:
                 payload, shared = split_weights(model, weights)
@@ -304,7 +309,7 @@ class Session:
                         options.add_initializer(name, value)
                 try:
                     self._session = ort.InferenceSession(payload, options, providers=providers,
-                                                         disabled_optimizers=DISABLED_OPTIMIZERS)
+                                                         disabled_optimizers=disabled)
                     if in_place:
                         self.shared = tuple({id(w): w for w in shared.values()}.values())
                 except Exception:
@@ -313,7 +318,7 @@ class Session:
         if self._session is None:
             try:
                 self._session = held.session(model, self._options(threads, lean), providers,
-                                             disabled_optimizers=DISABLED_OPTIMIZERS)
+                                             disabled_optimizers=disabled)
             except Exception as exc:
                 raise RuntimeFailure(f"onnxruntime could not load the rewritten graph: {str(exc)[:500]}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]

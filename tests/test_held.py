@@ -132,6 +132,8 @@ def test_build_graph_is_a_plain_model_and_save_writes_external_data(hold_everyth
     with pytest.raises(InputError, match="exists"):
         held.save(kept, tmp_path / "other.onnx")
     assert (tmp_path / "other.onnx.data").read_bytes() == b"mine" and not (tmp_path / "other.onnx").exists()
+    with pytest.raises(InputError, match="file name"):
+        held.save(kept, tmp_path / "third.onnx", data_name="../third.data")
 
 
 def test_float16_weights_are_held_as_float32(hold_everything, monkeypatch):
@@ -243,11 +245,18 @@ def test_real_models_give_the_same_maps_held_or_not(label, monkeypatch):
     x = np.random.default_rng(5).standard_normal((2, 3, size, size)).astype(np.float32)
     targets = [1, 7]
     np.testing.assert_allclose(m.scores(x), plain.scores(x), rtol=1e-5, atol=1e-5)
+    # Held sessions run BatchNorm unfused (runtime.HELD_DISABLED_OPTIMIZERS), so float32 rounding differs; an
+    # occlusion map is a difference of two scores, so its error is measured against the scores, not the map.
+    score_scale = float(np.abs(plain.scores(x)).max())
     for method, params in (("saliency", {}), ("gradcam", {}), ("gradcampp", {}),
                            ("occlusion", {"window": size // 4, "stride": size // 4})):
         ours, ref = explain(m, method, x, targets, params=params), explain(plain, method, x, targets, params=params)
         for a, b in zip(ours, ref):
-            assert rel_err(np.asarray(a), np.asarray(b)) <= 1e-5, (label, method)
+            a, b = np.asarray(a), np.asarray(b)
+            if method == "occlusion":
+                assert np.abs(a - b).max() <= 1e-5 * score_scale, (label, method)
+            else:
+                assert rel_err(a, b) <= 1e-5, (label, method)
 
 
 # --- a real model of over 2 GiB ------------------------------------------------------------------------------------
@@ -291,15 +300,15 @@ def test_a_model_of_over_2_gib_loads_and_its_gradients_are_exact(tmp_path):
     targets = [3, 8]
     ours = cv.gradients(m, x, targets=targets)
 
-    # The reference: torch autograd in float64 over the same weights, each ReLU pinned to onnxruntime's decisions
-    # (16384-wide sums in float32 flip a few units whose input is within rounding of 0).
+    # The reference: torch autograd over the same weights (the same memory), each ReLU pinned to onnxruntime's
+    # decisions (16384-wide sums in float32 flip a few units whose input is within rounding of 0).
     import torch
     import torch.nn.functional as F
 
     pre = m.run(x, outputs=["c", "h0", "h1", "h2"]).outputs
-    masks = {k: torch.from_numpy((pre[k] > 0).astype(np.float64)) for k in pre}
-    t = {k: torch.from_numpy(v).double() for k, v in arrays.items()}
-    xt = torch.from_numpy(x).double().requires_grad_(True)
+    masks = {k: torch.from_numpy((pre[k] > 0).astype(np.float32)) for k in pre}
+    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    xt = torch.from_numpy(x).requires_grad_(True)
     h = (F.conv2d(xt, t["w1"], padding=1) * masks["c"]).mean(dim=(2, 3))
     for i, name in enumerate(("fc1", "fc2", "fc3")):
         h = (h @ t[name]) * masks[f"h{i}"]

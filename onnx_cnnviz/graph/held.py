@@ -38,15 +38,16 @@ from onnx import TensorProto, numpy_helper
 
 from ..errors import InputError, ModelLoadError
 
-#: A model whose initializers hold this many bytes or more has its large ones held outside the protobuf. Below
-#: protobuf's 2 GiB so that what a rewrite adds (the backward graph's constants) never pushes a copy over it.
-#: ``CNNVIZ_HOLD_ABOVE_BYTES`` sets it (0: hold every model's large weights; the test suite runs that way too).
+#: A model whose initializers hold this many bytes or more has its large ones held outside the protobuf. Half of
+#: protobuf's 2 GiB: a backward graph of a model held inside carries a derived copy of most weights (flipped
+#: kernels, transposed matrices), so it reaches twice the model.
+#: ``CNNVIZ_HOLD_ABOVE_BYTES`` sets it (0: hold the large weights of every model, as tests/test_held.py does).
 HOLD_ABOVE_BYTES = int(os.environ.get("CNNVIZ_HOLD_ABOVE_BYTES", 2 ** 30))
 #: Only initializers this large are held: weights, not the shape constants and scalars that passes read and edit
 #: (``CNNVIZ_HOLD_MIN_BYTES``).
 HOLD_MIN_BYTES = int(os.environ.get("CNNVIZ_HOLD_MIN_BYTES", 2 ** 20))
 _PREFIX = "cnnviz-held-"
-#: Types held (numpy and onnxruntime agree on their memory layout); others stay inline.
+#: Types an array in the store may have (numpy and onnxruntime agree on their memory layout).
 _TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64,
           TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT16: np.int16,
           TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.UINT16: np.uint16}
@@ -110,7 +111,7 @@ def put(tensor: TensorProto, array: np.ndarray, holding: str) -> None:
     dtype = {np.dtype(v): k for k, v in _TYPES.items()}.get(array.dtype)
     if dtype is None:
         raise InputError(f"cannot hold an array of dtype {array.dtype}.")
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array).view()  # a view: the caller's own array stays writable
     array.setflags(write=False)
     key = f"{holding}-{next(_counter)}"
     with _lock:
@@ -127,15 +128,14 @@ def put(tensor: TensorProto, array: np.ndarray, holding: str) -> None:
         entry.key, entry.value = k, v
 
 
-def should_hold(model: onnx.ModelProto, sizes: dict[str, int] | None = None) -> bool:
-    """Whether ``model``'s initializers reach :data:`HOLD_ABOVE_BYTES` (``sizes``: name -> bytes, when their data
-    are not loaded yet)."""
-    if sizes is None:
-        sizes = {t.name: declared_bytes(t) for t in model.graph.initializer}
-    return sum(sizes.values()) >= HOLD_ABOVE_BYTES
+def should_hold(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s initializers reach :data:`HOLD_ABOVE_BYTES`, counted from their dims (their data may not
+    be read yet)."""
+    return sum(declared_bytes(t) for t in model.graph.initializer) >= HOLD_ABOVE_BYTES
 
 
 def declared_bytes(tensor: TensorProto) -> int:
+    """Bytes of ``tensor``'s values, from its type and dims."""
     dtype = _TYPES.get(tensor.data_type)
     if dtype is None:
         return tensor.ByteSize()
@@ -289,34 +289,45 @@ def add_to(model: onnx.ModelProto, options, skip=()) -> list:
 
 def save(model: onnx.ModelProto, path, data_name: str | None = None) -> Path:
     """Write ``model`` to ``path`` as a standard ONNX file, its held weights as external data in ``data_name``
-    (default ``<file name>.data``) beside it; a model without held weights is written as one file. Refuses to
-    overwrite either file. Returns the path written."""
+    (a file name, default ``<file name>.data``) beside it; a model without held weights is written as one file.
+    Never overwrites: an existing file at either path is an :class:`InputError`, and what a failed write leaves is
+    removed. Returns the path written."""
     path = Path(path)
-    if path.exists():
-        raise InputError(f"'{path}' exists; give a new path (nothing is overwritten).")
-    if not any_held(model):
-        onnx.save(model, str(path))
-        return path
     data_name = data_name or f"{path.name}.data"
+    if Path(data_name).name != data_name or data_name in (".", ".."):
+        raise InputError(f"data_name must be a file name (it is written beside '{path.name}'), not {data_name!r}.")
     data_path = path.parent / data_name
-    if data_path.exists():
-        raise InputError(f"'{data_path}' exists; give a new path (nothing is overwritten).")
-    out = copy_model(model)
-    offset = 0
-    with open(data_path, "xb") as f:
-        for tensor in out.graph.initializer:
-            if key_of(tensor) is None:
-                continue
-            data = np.ascontiguousarray(value(tensor)).astype(value(tensor).dtype.newbyteorder("<"), copy=False)
-            pad = -offset % 4096  # onnxruntime memory-maps external data at page-aligned offsets where it can
-            f.write(b"\0" * pad)
-            offset += pad
-            f.write(data.tobytes())
-            del tensor.external_data[:]
-            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(data.nbytes))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = k, v
-            offset += data.nbytes
-    with open(path, "xb") as f:
-        f.write(out.SerializeToString())
+    held_any = any_held(model)
+    for target in (path, data_path) if held_any else (path,):
+        if target.exists():
+            raise InputError(f"'{target}' exists; give a new path (nothing is overwritten).")
+    out = copy_model(model) if held_any else model
+    written = []
+    try:
+        if held_any:
+            with open(data_path, "xb") as f:
+                written.append(data_path)
+                offset = 0
+                for tensor in out.graph.initializer:
+                    if key_of(tensor) is None:
+                        continue
+                    data = np.ascontiguousarray(value(tensor), dtype=value(tensor).dtype.newbyteorder("<"))
+                    pad = -offset % 4096  # page-aligned, so that onnxruntime can memory-map each tensor
+                    f.write(b"\0" * pad)
+                    offset += pad
+                    f.write(memoryview(data).cast("B"))
+                    del tensor.external_data[:]
+                    for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(data.nbytes))):
+                        entry = tensor.external_data.add()
+                        entry.key, entry.value = k, v
+                    offset += data.nbytes
+        with open(path, "xb") as f:
+            written.append(path)
+            f.write(out.SerializeToString())
+    except BaseException as exc:
+        for made in written:  # only files this call created
+            made.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError):
+            raise InputError(f"'{exc.filename}' appeared while saving; nothing was overwritten.") from None
+        raise
     return path

@@ -168,6 +168,7 @@ def _quiet_session(model: onnx.ModelProto):
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.enable_cpu_mem_arena = False
     return held.session(model, options, ["CPUExecutionProvider"])
 
 

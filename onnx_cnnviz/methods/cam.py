@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError, ModelStructureError
+from ..errors import InputError
 from ..graph.head import CamHead
 from ..graph.head import cam_head as graph_cam_head
 from ..maps import finish_maps, normalize_maps, normalize_signed

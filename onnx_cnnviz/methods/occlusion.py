@@ -23,7 +23,6 @@ import warnings
 
 import numpy as np
 
-from .. import runtime
 from ..errors import InputError, RuntimeFailure
 from ..graph import occlusion_incremental
 from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW, occlusion_graph,

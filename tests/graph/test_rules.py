@@ -25,6 +25,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_cnnviz.errors import UnsupportedOpError
+from onnx_cnnviz.graph import held
 from onnx_cnnviz.graph.autodiff.engine import append_gradients, grad_name
 from onnx_cnnviz.graph.shapes import TensorInfo, infer
 
@@ -98,7 +99,7 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return held.session(model, options, ["CPUExecutionProvider"])  # held weights, if any, handed over in memory
 
 
 def feeds(case: Case, dtype, override=None) -> dict:
@@ -143,32 +144,40 @@ def finite_differences(case: Case, run, eps: float, w: np.ndarray, name: str) ->
     return grad
 
 
-def gradient_graph(case: Case, rule_set: str = "vanilla"):
+def gradient_graph(case: Case, rule_set: str = "vanilla", hold=()):
+    """The case's model with its backward graph; the initializers named in ``hold`` held outside the protobuf
+    (graph/held.py), as those of a model of over 1 GiB are."""
     model = build(case, np.float32)
+    if hold:
+        holding = held.new_holding()
+        for tensor in model.graph.initializer:
+            if tensor.name in hold:
+                held.put(tensor, numpy_helper.to_array(tensor), holding)
     info = infer(model)
     for name, shape in case.shape_fixes.items():
         info[name] = TensorInfo(info[name].elem_type, tuple(shape))
     gg = append_gradients(model, score=case.score, wrt=list(case.wrt), info=info, rule_set=rule_set, seed="input")
-    onnx.checker.check_model(gg.model, full_check=True)
+    onnx.checker.check_model(held.inlined(gg.model), full_check=True)
     for node in gg.model.graph.node:
         assert node.domain in ("", "ai.onnx"), f"node {node.name} uses domain {node.domain!r}"
     return gg
 
 
-def run_gradients(case: Case, w: np.ndarray, rule_set: str = "vanilla"):
-    gg = gradient_graph(case, rule_set)
+def run_gradients(case: Case, w: np.ndarray, rule_set: str = "vanilla", hold=()):
+    gg = gradient_graph(case, rule_set, hold)
     names = [gg.gradients[t] for t in case.wrt]
     out = session(gg.model).run([case.score] + names, {**feeds(case, np.float32), gg.seed_input: w})
     return out[0], dict(zip(case.wrt, out[1:]))
 
 
-def check(case: Case, seed: int = 0):
-    """Assert that every ``cnnviz/grad/T`` equals the finite-difference gradient of L = sum(w * Y)."""
+def check(case: Case, seed: int = 0, hold=()):
+    """Assert that every ``cnnviz/grad/T`` equals the finite-difference gradient of L = sum(w * Y); ``hold``: the
+    initializers held outside the protobuf while the backward graph is built and run."""
     rng = np.random.default_rng(1000 + seed)  # not the streams rand() draws inputs from: w must not mirror X
     y = session(build(case, np.float32)).run([case.score], feeds(case, np.float32))[0]
     assert y.ndim >= 2, "the score must be (N, K, ...)"
     w = rng.normal(size=(y.shape[0], int(np.prod(y.shape[1:])))).astype(np.float32)
-    y_grad_graph, grads = run_gradients(case, w)
+    y_grad_graph, grads = run_gradients(case, w, hold=hold)
     np.testing.assert_allclose(y_grad_graph, y, rtol=1e-6, atol=1e-6)  # the forward is left intact
     run, eps, tol = reference_runner(case)
     for name in case.wrt:
@@ -290,6 +299,23 @@ def test_conv_emission_paths():
     assert _conv_grad_ops((1, 2, 6, 6), (3, 2, 3, 3), dict(strides=[2, 2])) == {"ConvTranspose"}
 
 
+@pytest.mark.parametrize("name", ["plain_fast_path", "bias", "groups", "depthwise", "dilations_asym",
+                                  "asymmetric_pads", "stride2", "same_lower_even_kernel", "conv1d"])
+def test_conv_with_a_held_weight(name):
+    """A weight held outside the protobuf (graph/held.py) is read in place by ConvTranspose at any stride: no flipped
+    copy of it is folded into the graph."""
+    x_shape, w_shape, attrs = CONV_CASES[name]
+    attrs = dict(attrs)
+    inputs, inits = ["X", "W"], {"W": _w(w_shape)}
+    if attrs.pop("bias", False):
+        inputs.append("B")
+        inits["B"] = np.arange(w_shape[0], dtype=np.float64)
+    case = one("Conv", rand(x_shape), inits, inputs, **attrs)
+    check(case, hold=("W",))
+    ops = {n.op_type for n in gradient_graph(case, hold=("W",)).model.graph.node if n.name.startswith("cnnviz/")}
+    assert "ConvTranspose" in ops and "Conv" not in ops
+
+
 CONV_T_CASES = {
     "plain": ((2, 3, 3, 3), (3, 2, 3, 3), {}),
     "stride2": ((2, 3, 3, 3), (3, 2, 3, 3), dict(strides=[2, 2])),
@@ -351,6 +377,15 @@ def test_matmul_weight_2d():
 
 def test_matmul_weight_3d():
     check(one("MatMul", rand((2, 3, 4)), {"W": _w((4, 5))}, ["X", "W"]))
+
+
+@pytest.mark.parametrize("x_shape", [(2, 4), (2, 3, 4), (2, 2, 3, 4)])
+def test_matmul_with_a_held_weight(x_shape):
+    """dX = G W^T as a Gemm with transB over the held weight itself (no transposed copy), whatever X's rank."""
+    case = one("MatMul", rand(x_shape), {"W": _w((4, 5))}, ["X", "W"])
+    check(case, hold=("W",))
+    ops = [n.op_type for n in gradient_graph(case, hold=("W",)).model.graph.node if n.name.startswith("cnnviz/")]
+    assert "Gemm" in ops and "Transpose" not in ops
 
 
 def test_matmul_batched_both_activations():

@@ -56,6 +56,12 @@ class RuleContext:
     values: dict[str, np.ndarray]
     node: onnx.NodeProto = None
     wanted: set = field(default_factory=set)
+    held: frozenset = frozenset()  # initializers held outside the protobuf (graph/held.py): constant, value unread
+
+    def is_held(self, name: str) -> bool:
+        """Whether ``name`` is a held weight: constant, but any copy derived from it would be folded into each
+        session's memory (a rule should read it as it is where it can)."""
+        return name in self.held
 
     def wants(self, index: int) -> bool:
         return index in self.wanted
@@ -204,7 +210,7 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     # graph, which would grow past protobuf's limit again.
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if not held.is_held(t)}
     values.update(constants or {})
-    ctx = RuleContext(b, info, values)
+    ctx = RuleContext(b, info, values, held=frozenset(t.name for t in graph.initializer if held.is_held(t)))
     for node in reversed(nodes):
         dys = [_total(b, grads, o) if o else None for o in node.output]
         if all(d is None for d in dys):

@@ -111,7 +111,10 @@ def conv(ctx, node, dys):
 def _conv_input_grad(ctx, node, g, w_shape, geometry) -> str:
     b = ctx.b
     kernel, in_spatial, out_spatial, strides, dilations, begins, ends, group = geometry
-    if all(s == 1 for s in strides) and all(
+    # A stride-1 convolution's input gradient is a convolution with the flipped kernel (faster than ConvTranspose in
+    # onnxruntime); a held weight (graph/held.py) goes through ConvTranspose instead, which reads it in place where
+    # the flipped kernel would be folded into a copy of it in every session (2.6 GB for regnet_y_128gf).
+    if not ctx.is_held(node.input[1]) and all(s == 1 for s in strides) and all(
             (k - 1) * d >= max(pb, pe) for k, d, pb, pe in zip(kernel, dilations, begins, ends)):
         w_value = ctx.value(node.input[1])
         flipped = b.const(flipped_transposed(w_value, group), hint="conv_wT") if w_value is not None \

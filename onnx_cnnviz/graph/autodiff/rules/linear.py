@@ -62,7 +62,14 @@ def matmul(ctx, node, dys):
             full = b.op("Mul", [g_col, a_name])
             db = b.reduce_sum(full, list(range(a_rank - 1)), keepdims=False, hint="matmul_dB")
         return [da, db]
-    if ctx.wants(0):
+    if ctx.wants(0) and b_rank == 2 and ctx.is_held(b_name):
+        # dA = G B^T as a Gemm with transB, which reads a held weight (graph/held.py) in place, where the
+        # Transpose would be folded into a copy of it in every session (2.5 GB for vit_h_14); a 2-D B broadcasts
+        # nothing, so A's leading axes are G's.
+        rows = b.op("Reshape", [g, b.ints([-1, int(ctx.shape(b_name)[1])])], hint="matmul_dA_rows")
+        da = b.op("Gemm", [rows, b_name], hint="matmul_dA", transB=1)
+        da = b.op("Reshape", [da, b.shape(a_name)], hint="matmul_dA")
+    elif ctx.wants(0):
         da = b.op("MatMul", [g, _swap_last(ctx, b_name)], hint="matmul_dA")
         da = unbroadcast(ctx, da, a_name, tuple(y_shape[:-2]) + tuple(ctx.shape(a_name)[-2:]))
     if ctx.wants(1):
