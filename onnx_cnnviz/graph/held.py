@@ -14,9 +14,11 @@ the arrays stay in this process's store. Rewrites then copy only these placehold
 * :func:`session` builds an onnxruntime session, handing the held arrays over as OrtValues
   (``SessionOptions.add_external_initializers``: onnxruntime copies them into its graph, so the optimisers and
   kernels see ordinary initializers);
-* the backward graph reads a held weight through graph nodes (a Transpose, say) where it would otherwise fold a new
-  constant from its value, as for weights computed at run time; onnxruntime folds those nodes when the session is
-  built, so no derived copy of the weights ever enters a protobuf;
+* the backward graph never folds a copy derived from a held weight into the protobuf: the Conv rule reads it
+  through ConvTranspose and the MatMul rule through Gemm with ``transB``, both in place; any other rule reads it
+  through graph nodes, as a weight computed at run time (onnxruntime folds those into the session);
+* sessions over a held model run without onnxruntime's Conv+BatchNorm fusion and NCHWc reordering
+  (``runtime.HELD_DISABLED_OPTIMIZERS``), which would copy every weight into each session;
 * :func:`save` writes such a model as a standard ONNX file with its weights as external data.
 
 Lifetime: the arrays of one read form a *holding*, kept until every owner that :func:`claim`\\ ed it (each
