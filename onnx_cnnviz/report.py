@@ -167,13 +167,14 @@ def describe(m, source=None) -> dict:
     (:func:`onnx_cnnviz.graph.autodiff.rules.supported_ops`), and whether building the backward graph to the image
     succeeds (it also checks the attribute variants each rule covers).
     """
+    import onnx
+
     from .graph import load as graph_load
     from .graph.autodiff.rules import supported_ops
     from .graph.autodiff.engine import differentiable_path
 
-    # The model was already read under the caller's limits (max_nodes, tensor sizes): no second cap here.
-    import onnx
-
+    # The model was already read under the caller's limits (max_nodes, tensor sizes): no second cap here, and its
+    # structure is all this needs (a file's external weights are not read again).
     if source is None:
         original = m.spec().model
     elif isinstance(source, onnx.ModelProto):

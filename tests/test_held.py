@@ -104,6 +104,10 @@ def test_every_source_kind_is_held_and_left_unchanged(hold_everything, tmp_path)
         np.testing.assert_allclose(m.scores(x), ref.scores(x), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(cv.gradients(m, x, targets=[0, 3, 4]), ref_grads, rtol=1e-5, atol=1e-7)
     assert model.SerializeToString() == before
+    from onnx_cnnviz.report import describe  # `cnnviz inspect`: the file's structure, its weights not read again
+
+    summary = describe(m, external)
+    assert summary["inputs"][0]["name"] == "x" and summary["gradient_path"]["error"] is None
 
 
 def test_build_graph_is_a_plain_model_and_save_writes_external_data(hold_everything, tmp_path):
