@@ -322,3 +322,15 @@ def test_a_model_of_over_2_gib_loads_and_its_gradients_are_exact(tmp_path):
     ref = xt.grad.numpy()
     for i in range(2):
         assert rel_err(ours[i], ref[i]) <= 1e-4
+
+
+def test_a_malformed_threshold_setting_is_a_typed_error():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CNNVIZ_HOLD_ABOVE_BYTES": "1GB"}
+    done = subprocess.run([sys.executable, "-c", "import onnx_cnnviz"], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "InputError: the environment variable CNNVIZ_HOLD_ABOVE_BYTES must be a whole number of bytes, not '1GB'" \
+        in done.stderr

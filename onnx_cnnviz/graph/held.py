@@ -40,14 +40,23 @@ from onnx import TensorProto, numpy_helper
 
 from ..errors import InputError, ModelLoadError
 
+def _bytes_setting(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise InputError(f"the environment variable {name} must be a whole number of bytes, not {text!r}.")
+    return int(text)
+
+
 #: A model whose initializers hold this many bytes or more has its large ones held outside the protobuf. Half of
 #: protobuf's 2 GiB: a backward graph of a model held inside carries a derived copy of most weights (flipped
 #: kernels, transposed matrices), so it reaches twice the model.
 #: ``CNNVIZ_HOLD_ABOVE_BYTES`` sets it (0: hold the large weights of every model, as tests/test_held.py does).
-HOLD_ABOVE_BYTES = int(os.environ.get("CNNVIZ_HOLD_ABOVE_BYTES", 2 ** 30))
+HOLD_ABOVE_BYTES = _bytes_setting("CNNVIZ_HOLD_ABOVE_BYTES", 2 ** 30)
 #: Only initializers this large are held: weights, not the shape constants and scalars that passes read and edit
 #: (``CNNVIZ_HOLD_MIN_BYTES``).
-HOLD_MIN_BYTES = int(os.environ.get("CNNVIZ_HOLD_MIN_BYTES", 2 ** 20))
+HOLD_MIN_BYTES = _bytes_setting("CNNVIZ_HOLD_MIN_BYTES", 2 ** 20)
 _PREFIX = "cnnviz-held-"
 #: Types an array in the store may have (numpy and onnxruntime agree on their memory layout).
 _TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64,
