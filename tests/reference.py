@@ -20,6 +20,7 @@ import copy
 import numpy as np
 from onnx import helper
 
+from onnx_cnnviz import runtime
 from onnx_cnnviz.graph import held
 
 KINK_OPS = ("Relu", "Clip", "MaxPool", "HardSwish", "HardSigmoid")
@@ -51,7 +52,10 @@ def onnx_kink_pattern(m, x: np.ndarray) -> dict[str, list[np.ndarray]]:
         return pattern
     del model.graph.output[:]
     model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in wanted)
-    session = held.session(model, ort.SessionOptions(), ["CPUExecutionProvider"])  # weights held outside, if any
+    # The optimisers the engine's own sessions run with: a model held outside its protobuf runs BatchNorm unfused
+    # (runtime.HELD_DISABLED_OPTIMIZERS), and a pattern read from the fused forward would pin other float32 roundings.
+    disabled = runtime.HELD_DISABLED_OPTIMIZERS if held.any_held(model) else runtime.DISABLED_OPTIMIZERS
+    session = held.session(model, ort.SessionOptions(), ["CPUExecutionProvider"], disabled_optimizers=disabled)
     values = session.run(wanted, {m.input_name: x.astype(np.float32)})
     for kind, value in zip(kinds, values):
         pattern[kind].append(value)
