@@ -37,7 +37,7 @@ def _held_count(m) -> int:
 
 def _bigger_classifier(seed: int = 0) -> onnx.ModelProto:
     """gap_classifier (16 x 16) with a middle conv (4 -> 8) and a channel-mixing MatMul in NHWC (8 -> 64): weights of
-    1 KiB and more, held when everything is; the MatMul's backward then reads its weight through a Transpose node."""
+    1 KiB and more, held when everything is; their backward paths then read them in place (ConvTranspose, Gemm)."""
     rng = np.random.default_rng(seed)
 
     def mid(last):
@@ -87,16 +87,15 @@ def test_every_source_kind_is_held_and_left_unchanged(hold_everything, tmp_path)
     before = model.SerializeToString()
     external = tmp_path / "ext" / "m.onnx"
     external.parent.mkdir()
-    onnx.save(copy.deepcopy(model), str(external), save_as_external_data=True,  # onnx.save edits what it saves all_tensors_to_one_file=True, location="m.data",
-              size_threshold=0)
+    # onnx.save converts the model it is given to external data: it gets a copy
+    onnx.save(copy.deepcopy(model), str(external), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    assert (external.parent / "m.data").is_file()
     x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
-    monkey = held.HOLD_ABOVE_BYTES
-    held.HOLD_ABOVE_BYTES = 2 ** 62  # the plain path, for reference
-    try:
+    with pytest.MonkeyPatch.context() as plain:
+        plain.setattr(held, "HOLD_ABOVE_BYTES", 2 ** 62)  # the plain path, for reference
         ref = cv.load(model, device="cpu")
         ref_grads = cv.gradients(ref, x, targets=[0, 3, 4])
-    finally:
-        held.HOLD_ABOVE_BYTES = monkey
     assert _held_count(ref) == 0
     for source in (model, model.SerializeToString(), save(model, tmp_path / "inline.onnx"), external):
         m = cv.load(source, device="cpu")
