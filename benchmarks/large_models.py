@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/large_models.py --models vit_l_16 --keep-exports
 
 Protobuf cannot copy a message of 2 GiB, so these models' weights are held beside the graph (onnx_cnnviz/graph/
-held.py). Each model is exported with torch's dynamo exporter (``Dim("N")`` batch, external data, random weights as
-in tests/conftest.py) in a child process, then measured in a fresh child: ``cv.load``, Grad-CAM, saliency and scores
+held.py). Each model is exported with torch's dynamo exporter and a dynamic batch, as benchmarks/dynamo_sweep.py
+exports it (random weights as in tests/conftest.py; torch writes weights this large as external data), in a child
+process, then measured in a fresh child: ``cv.load``, Grad-CAM, saliency and scores
 on two 224x224 images, each its first call (session build included), with the process's resident memory after each
 step and its peak so far. The weights' size is the floor: every session reads the held weights in place.
 """
@@ -24,23 +25,13 @@ STEPS = ("load", "grad_cam", "saliency", "scores")
 
 
 def export(name: str, path: Path) -> None:
-    """The dynamo export of torchvision's ``name`` (an example batch of 2: torch.export specialises a batch of 1)."""
-    import logging
-    import warnings
-
-    import torch
-
+    """The dynamo export of torchvision's ``name`` with a dynamic batch, made as benchmarks/dynamo_sweep.py makes it."""
+    from benchmarks.dynamo_sweep import export as sweep_export, quiet
     from tests.conftest import torchvision_model
 
-    warnings.simplefilter("ignore")
-    for logger in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo"):
-        logging.getLogger(logger).setLevel(logging.CRITICAL)
-    model = torchvision_model(name)
+    quiet()
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = {0: torch.export.Dim("N", min=1, max=4096)}
-    program = torch.onnx.export(model, (torch.zeros(2, 3, 224, 224),), None, dynamo=True, opset_version=18,
-                                input_names=["input"], output_names=["logits"], dynamic_shapes=(batch,))
-    program.save(str(path), external_data=True)
+    sweep_export(torchvision_model(name), 224, path, "dynamo")
 
 
 def measure(path: Path) -> dict:

@@ -63,6 +63,8 @@ _TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, Tensor
           TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT16: np.int16,
           TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.UINT16: np.uint16}
 
+_ONNX_TYPE = {np.dtype(v): k for k, v in _TYPES.items()}
+
 _lock = threading.Lock()
 _arrays: dict[str, np.ndarray] = {}  # key ("<holding>-<n>") -> array
 _owners: dict[str, weakref.WeakSet] = {}  # holding -> objects that keep it
@@ -119,7 +121,7 @@ def new_holding() -> str:
 def put(tensor: TensorProto, array: np.ndarray, holding: str) -> None:
     """Make ``tensor`` a placeholder for ``array`` (stored under ``holding``); its name is kept, type and dims are
     ``array``'s."""
-    dtype = {np.dtype(v): k for k, v in _TYPES.items()}.get(array.dtype)
+    dtype = _ONNX_TYPE.get(array.dtype)
     if dtype is None:
         raise InputError(f"cannot hold an array of dtype {array.dtype}.")
     array = np.ascontiguousarray(array).view()  # a view: the caller's own array stays writable
@@ -166,30 +168,28 @@ def holdable(tensor: TensorProto) -> bool:
 def copy_holding(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` (left as it is) whose large initializers are held (see :func:`hold_inplace`); made one
     initializer at a time, so ``model`` may be over protobuf's limit."""
-    out = onnx.ModelProto()
-    copy_fields(model, out, "graph")
-    copy_fields(model.graph, out.graph, "initializer")
-    holding = None
-    for tensor in model.graph.initializer:
-        if holdable(tensor) and tensor.data_location != TensorProto.EXTERNAL:
-            holding = holding or new_holding()
-            placeholder = out.graph.initializer.add()
-            placeholder.name = tensor.name
-            put(placeholder, numpy_helper.to_array(tensor), holding)
-        else:
-            out.graph.initializer.append(tensor)
-    return out
+    holding = new_holding()
+
+    def hold(tensor):
+        if not holdable(tensor) or tensor.data_location == TensorProto.EXTERNAL:
+            return tensor
+        placeholder = TensorProto(name=tensor.name)
+        put(placeholder, numpy_helper.to_array(tensor), holding)
+        return placeholder
+
+    return _rebuilt(model, hold)
 
 
-def hold_inplace(model: onnx.ModelProto, read=None) -> str | None:
+def hold_inplace(model: onnx.ModelProto, read_external=None) -> str | None:
     """Move ``model``'s large initializers into the store (see the module docstring); returns the holding, or None
-    when nothing was held. ``read(tensor)``: the tensor's array when its data are not inline yet (external data
-    read straight into numpy, never through the protobuf); default :func:`numpy_helper.to_array`."""
+    when nothing was held. ``read_external(tensor)``: the array of a tensor whose data are in an external file, read
+    straight into numpy, never through the protobuf; the others are read with :func:`numpy_helper.to_array`."""
     holding = None
     for tensor in model.graph.initializer:
         if not holdable(tensor):
             continue
-        array = read(tensor) if read is not None else numpy_helper.to_array(tensor)
+        external = tensor.data_location == TensorProto.EXTERNAL
+        array = read_external(tensor) if external and read_external is not None else numpy_helper.to_array(tensor)
         holding = holding or new_holding()
         put(tensor, array.reshape(tuple(tensor.dims)), holding)
     return holding
@@ -229,14 +229,19 @@ def held_bytes() -> int:
         return sum(a.nbytes for a in _arrays.values())
 
 
-def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` that never copies the whole message at once (``copy.deepcopy`` serialises it, which
-    protobuf refuses at 2 GiB): everything but the initializers, then each initializer on its own."""
+def _rebuilt(model: onnx.ModelProto, each) -> onnx.ModelProto:
+    """A new model: ``model`` without its initializers, then ``each(tensor)`` of every initializer. Never copies the
+    whole message at once (``copy.deepcopy`` serialises it, which protobuf refuses at 2 GiB)."""
     out = onnx.ModelProto()
     copy_fields(model, out, "graph")
     copy_fields(model.graph, out.graph, "initializer")
-    out.graph.initializer.extend(model.graph.initializer)
+    out.graph.initializer.extend(each(tensor) for tensor in model.graph.initializer)
     return out
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` made one initializer at a time (see :func:`_rebuilt`)."""
+    return _rebuilt(model, lambda tensor: tensor)
 
 
 def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -244,15 +249,7 @@ def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
     none is held). A model of 2 GiB or more can then only be written with ``save_as_external_data=True``."""
     if not any_held(model):
         return model
-    out = onnx.ModelProto()
-    copy_fields(model, out, "graph")
-    copy_fields(model.graph, out.graph, "initializer")
-    for tensor in model.graph.initializer:
-        if key_of(tensor) is None:
-            out.graph.initializer.append(tensor)
-        else:
-            out.graph.initializer.append(numpy_helper.from_array(value(tensor), tensor.name))
-    return out
+    return _rebuilt(model, lambda t: t if key_of(t) is None else numpy_helper.from_array(value(t), t.name))
 
 
 def _repeated(field) -> bool:

@@ -308,8 +308,7 @@ def _load_external_data(model: onnx.ModelProto, base: Path, hold: bool = False) 
             f"Put them next to the .onnx file (in '{base}') or load the model from its original folder.")
     try:
         if hold:
-            held.hold_inplace(model, read=lambda t: _read_external(t, base) if uses_external_data(t)
-                              else numpy_helper.to_array(t))
+            held.hold_inplace(model, read_external=lambda t: _read_external(t, base))
         for tensor in _all_tensors(model.graph):
             if uses_external_data(tensor) and not held.is_held(tensor):
                 load_external_data_for_tensor(tensor, str(base))
