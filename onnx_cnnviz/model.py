@@ -8,24 +8,27 @@ else is remembered between calls.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from . import runtime
-from .errors import InputError, ModelStructureError, NumericalError
+from .errors import InputError, ModelStructureError
 from .graph import held
 from .graph import layout as graph_layout
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
 from .graph import unbake
-from .graph.autodiff import GRAD_PREFIX, SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
+from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
 from .graph.expose import expose
 from .graph.head import find_score
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
                               upstream, without_other_inputs)
+from .lru_cache import LRUCache
+from .run_result import RunResult, as_nchw, batch_axis, check_finite, checked, shape_text
+
+__all__ = ["Model", "RunResult", "LRUCache", "check_finite", "DEFAULT_MAX_SESSIONS"]
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SPATIAL = 224
@@ -38,48 +41,6 @@ MAX_SIZES = 4
 #: Memory the load-time batching check (batch 2 against batch 1, see ``Model._batches_correctly``) may take. Past it
 #: the check is skipped and images run one at a time, which is always correct: at such sizes batching gains little.
 PROBE_BUDGET_BYTES = 256 * 2 ** 20
-
-
-class LRUCache:
-    """A dict of at most ``capacity`` entries that drops the least recently used one when full."""
-
-    def __init__(self, capacity: int):
-        if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
-            raise InputError(f"a cache holds at least one entry; got capacity {capacity!r}.")
-        self.capacity = int(capacity)
-        self._items: OrderedDict = OrderedDict()
-
-    def get(self, key, build):
-        """The entry under ``key``, made with ``build()`` when absent (evicting the least recently used)."""
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = build()
-        self._items[key] = value
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return value
-
-    def __contains__(self, key) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def keys(self) -> list:
-        return list(self._items)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
-@dataclass
-class RunResult:
-    """What one :meth:`Model.run` returns (arrays concatenated over batches)."""
-    scores: np.ndarray  # (N, K) float32, before any final softmax
-    targets: np.ndarray | None  # (N,) int64 class used for the gradients, when gradients were asked for
-    outputs: dict = field(default_factory=dict)  # tensor name -> array
-    grads: dict = field(default_factory=dict)  # tensor name -> dS_target / d tensor
 
 
 @dataclass
@@ -524,14 +485,14 @@ class Model:
         if wrt:
             result_targets = merged[TARGET_OUTPUT] if mode == "top1" else target_arr
         views = self._spec(hw).views
-        return _checked(RunResult(scores=scores, targets=result_targets,
-                                  outputs={o: _as_nchw(views, o, merged[o]) for o in outputs},
-                                  grads={w: _as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
+        return checked(RunResult(scores=scores, targets=result_targets,
+                                  outputs={o: as_nchw(views, o, merged[o]) for o in outputs},
+                                  grads={w: as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
 
     def _run_batches(self, session, x: np.ndarray, batch_size, seed_rows=None, info: dict | None = None) -> dict:
         """Run ``session`` over ``x`` in batches (one image at a time for a static-batch model), feeding
         ``seed_rows`` as the backward seed; outputs are concatenated over the batches along their batch axis
-        (:func:`_batch_axis`: not axis 0 for an attention tensor such as (L, N, E))."""
+        (:func:`batch_axis`: not axis 0 for an attention tensor such as (L, N, E))."""
         step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
         parts = []
         for start in range(0, len(x), step):
@@ -541,7 +502,7 @@ class Model:
             parts.append(session.run(feeds))
         if len(parts) == 1:
             return parts[0]
-        return {k: np.concatenate([p[k] for p in parts], axis=_batch_axis(info or {}, k)) for k in parts[0]}
+        return {k: np.concatenate([p[k] for p in parts], axis=batch_axis(info or {}, k)) for k in parts[0]}
 
     def scores(self, x, batch_size: int | None = None) -> np.ndarray:
         """(N, K) float32 class scores before any final Softmax/LogSoftmax/Sigmoid."""
@@ -572,7 +533,7 @@ class Model:
         if shown is None or any(d is None for d in shown[1:]):
             # The seed is fed as (N, rest) rows reshaped to the tensor: a tensor whose batch is not its outermost
             # axis (attention's (L, N, E)) has no such rows.
-            raise InputError(f"vjp cannot be seeded at '{at}': its shape {_shape_text(shown)} does not have the "
+            raise InputError(f"vjp cannot be seeded at '{at}': its shape {shape_text(shown)} does not have the "
                              "batch as axis 0; seed a layer (Model.layers) or a tensor of shape (N, ...).")
         size = int(np.prod(shown[1:]))
         seed = np.asarray(cotangent, dtype=np.float32)
@@ -592,9 +553,9 @@ class Model:
 
         merged = self._run_batches(self.cached_session(key, build), x, batch_size, seed, spec.info)
         views = spec.views
-        return _checked(RunResult(scores=None, targets=None,
-                                  outputs={o: _as_nchw(views, o, merged[o]) for o in (at,) + outputs},
-                                  grads={w: _as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
+        return checked(RunResult(scores=None, targets=None,
+                                  outputs={o: as_nchw(views, o, merged[o]) for o in (at,) + outputs},
+                                  grads={w: as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
 
     def _require_tensor(self, name: str) -> None:
         spec = self.spec()
@@ -627,27 +588,6 @@ class Model:
         except Exception:
             return False
         return both.shape[0] == 2 and np.allclose(both[:1], one, rtol=1e-4, atol=1e-5)
-
-
-def check_finite(values: np.ndarray, what: str, image: int | None = None) -> None:
-    """Raise :class:`NumericalError` when a float array the model produced holds NaN or Inf.
-
-    ``values`` is batched (axis 0 = image) unless ``image`` names the one image it belongs to."""
-    values = np.asarray(values)
-    if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
-        return
-    if image is not None:
-        bad = np.array([image])
-    else:
-        rows = values.reshape(values.shape[0], -1) if values.ndim >= 2 else values.reshape(-1, 1)
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-    images = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
-    kinds = " and ".join(k for k, hit in (("NaN", np.isnan(values).any()), ("Inf", np.isinf(values).any())) if hit)
-    raise NumericalError(
-        f"the model produced {kinds} in its {what} for image(s) {images}, so no valid explanation can be drawn. "
-        "Either an op of the model is out of its domain for this input (Log or Sqrt of a negative value, a division "
-        "by zero, an overflow) or the input is far outside the range the model was trained for: check the "
-        "preprocessing (mean, std, scale) and that the model runs correctly in onnxruntime.")
 
 
 def _size_pair(size) -> tuple:
@@ -683,38 +623,6 @@ def _keep_outputs(model: onnx.ModelProto, names, info, private: bool = False) ->
     del model.graph.output[:]
     model.graph.output.extend(outs)
     return model
-
-
-def _checked(result: RunResult) -> RunResult:
-    """The result, once every tensor and gradient in it is finite (NumericalError otherwise)."""
-    for name, value in result.outputs.items():
-        check_finite(value, f"tensor '{name}'")
-    for name, value in result.grads.items():
-        check_finite(value, f"gradient with respect to '{name}'")
-    return result
-
-
-def _shape_text(shape) -> str:
-    return "unknown" if shape is None else "(" + ", ".join("N?" if d is None else str(d) for d in shape) + ")"
-
-
-def _batch_axis(info: dict, name: str) -> int:
-    """The axis along which a tensor's batches are joined: its outermost axis that follows the batch (a None entry of
-    its shape; the batch itself, or a merged axis such as window partitions' N * windows, whose outer factor is N).
-    A gradient ``grad_name(t)`` has the shape of ``t``; anything unknown (scores, targets) has the batch first."""
-    tensor = info.get(name)
-    if tensor is None and name.startswith(GRAD_PREFIX):
-        tensor = info.get(name[len(GRAD_PREFIX):])
-    shape = getattr(tensor, "shape", None)
-    if not shape or shape[0] is None or None not in shape:
-        return 0
-    return shape.index(None)
-
-
-def _as_nchw(views: dict, name: str, value: np.ndarray) -> np.ndarray:
-    """A layer's tensor as its (N, C, h, w) view (unchanged for NCHW tensors and non-layers)."""
-    view = views.get(name)
-    return view.to_nchw(value) if view is not None else value
 
 
 def _one_hot(targets: np.ndarray, k: int) -> np.ndarray:
