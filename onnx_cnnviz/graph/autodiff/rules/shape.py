@@ -1,7 +1,8 @@
 """Backward rules of ops that move, copy or select elements without arithmetic.
 
 Re-views (Reshape, Flatten, Squeeze, Unsqueeze) reshape ``g`` back; Transpose applies the inverse permutation;
-Concat splits ``g``, Split concatenates; Slice, Pad and the gathers (Gather, GatherElements, GatherND) put ``g`` back
+Concat splits ``g``, Split concatenates; Slice, Pad (every mode: reflect, edge and wrap padding copy elements, so
+their gradient adds the border's ``g`` back onto the elements copied) and the gathers (Gather, GatherElements, GatherND) put ``g`` back
 where the elements came from (with ``ScatterND``/``ScatterElements(reduction="add")`` where the indices are known at
 run time only); Resize applies the transpose of its (separable, per-axis) interpolation matrices. Sizes that follow
 the batch (None in the shape info, wherever the batch sits) are read at run time with ``Shape``.
@@ -100,19 +101,20 @@ def split(ctx, node, dys):
     return [b.op("Concat", parts, hint="split_grad", axis=axis), None]
 
 
-def _scatter_axis(ctx, g: str, axis: int, rank: int, index: np.ndarray, size: int) -> str:
-    """Put the slices of ``g`` along ``axis`` back at positions ``index`` of an axis of length ``size``.
+def _scatter_axis(ctx, g: str, axis: int, rank: int, index: np.ndarray, size: int, hint: str = "select") -> str:
+    """Put the slices of ``g`` along ``axis`` back at positions ``index`` of an axis of length ``size`` (slices sent
+    to the same position add up).
 
-    Done as a product with the 0/1 selection matrix P (len(index), size) after moving ``axis`` last: exact (each
-    row of P has one 1), and it needs no run-time shape arithmetic.
+    Done as a product with the 0/1 selection matrix P (len(index), size) after moving ``axis`` last: each row of P
+    has one 1, so each output is a plain sum of the slices sent there, and it needs no run-time shape arithmetic.
     """
     b = ctx.b
     select = np.zeros((len(index), size), dtype=np.float32)
-    select[np.arange(len(index)), index] = 1.0
+    np.add.at(select, (np.arange(len(index)), np.asarray(index)), 1.0)
     perm = list(range(rank))
     perm[axis], perm[-1] = perm[-1], perm[axis]
     moved = g if axis == rank - 1 else b.op("Transpose", [g], perm=perm)
-    placed = b.op("MatMul", [moved, b.const(select, hint="select")])
+    placed = b.op("MatMul", [moved, b.const(select, hint=hint)])
     return placed if axis == rank - 1 else b.op("Transpose", [placed], perm=perm)
 
 
@@ -165,11 +167,18 @@ def slice_(ctx, node, dys):
 
 @register("Pad")
 def pad(ctx, node, dys):
-    """Constant padding: the gradient is the central crop (and zero-padding where the forward cropped)."""
-    b = ctx.b
+    """Pad in every mode (Pad-2 to Pad-19: constant, reflect, edge, wrap), negative pads (crops) included.
+
+    Constant padding: the gradient is the central crop of g (and zero-padding where the forward cropped). The other
+    modes copy input elements into the border: along each padded axis y = P x with P a 0/1 matrix of shape
+    (out, in), one 1 per row (y_j = x_{src(j)}); so dx = P^T g, axis by axis (the modes are separable: a corner of
+    a reflect-padded map is the reflection along H of the reflection along W). P is measured from onnxruntime's own
+    Pad kernel on ``arange(in)`` (as Resize's matrices are), so the backward is the exact transpose of the forward
+    the model runs, whatever convention the kernel follows for crops and borders.
+    """
     mode = ctx.attr("mode", "constant")
-    if mode != "constant":
-        ctx.unsupported(f"Pad mode '{mode}' (only constant padding is supported)")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        ctx.unsupported(f"Pad mode '{mode}'")
     shape = ctx.shape(node.input[0])
     rank = len(shape)
     pads = ctx.value(node.input[1]) if len(node.input) > 1 and node.input[1] else ctx.attr("pads")
@@ -183,8 +192,27 @@ def pad(ctx, node, dys):
     n = len(axes)
     begin = dict(zip(axes, pads[:n]))
     end = dict(zip(axes, pads[n:]))
+    if mode == "constant":
+        return [_constant_pad_grad(ctx, dys[0], shape, ctx.shape(node.output[0]), axes, begin, end)] \
+            + [None] * (len(node.input) - 1)
     g = dys[0]
-    out_shape = ctx.shape(node.output[0])
+    for axis in axes:
+        if begin[axis] == 0 and end[axis] == 0:
+            continue
+        if shape[axis] is None:
+            ctx.unsupported(f"{mode} padding along an axis of unknown length (the batch)")
+        source = pad_sources(mode, int(shape[axis]), begin[axis], end[axis])
+        if source is None:
+            ctx.unsupported(f"onnxruntime refuses {mode} padding of ({begin[axis]}, {end[axis]}) on an axis of "
+                            f"length {shape[axis]}")
+        g = _scatter_axis(ctx, g, axis, rank, source, int(shape[axis]), hint="pad_grad")
+    return [g] + [None] * (len(node.input) - 1)
+
+
+def _constant_pad_grad(ctx, g: str, shape: tuple, out_shape: tuple, axes: list, begin: dict, end: dict) -> str:
+    """Constant padding: crop g where the forward padded, zero-pad it where the forward cropped."""
+    b = ctx.b
+    rank = len(shape)
     starts, ends, slice_axes = [], [], []
     repad = [0] * (2 * rank)
     for axis in axes:
@@ -200,7 +228,30 @@ def pad(ctx, node, dys):
         g = b.op("Slice", [g, b.ints(starts), b.ints(ends), b.ints(slice_axes)], hint="pad_grad")
     if any(repad):
         g = b.op("Pad", [g, b.ints(repad)], hint="pad_grad_uncrop")
-    return [g] + [None] * (len(node.input) - 1)
+    return g
+
+
+def pad_sources(mode: str, size: int, pad_begin: int, pad_end: int) -> np.ndarray | None:
+    """Which input index each output element of a 1-D ``Pad(mode, [pad_begin, pad_end])`` of ``arange(size)`` copies,
+    read from onnxruntime's kernel (None where onnxruntime refuses the pads, e.g. reflect wider than the axis)."""
+    import onnxruntime as ort
+
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode=mode)], "pad_axis",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("pads", TensorProto.INT64, [2], [pad_begin, pad_end])])
+    wrap = mode == "wrap"  # Pad-19 added wrap; the other modes are read at opset 13, as the engine's models run
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19 if wrap else 13)])
+    model.ir_version = 9 if wrap else 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # library code never prints; a refusal is returned as None
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        out = session.run(["y"], {"x": np.arange(size, dtype=np.float32)})[0]
+    except Exception:  # onnxruntime's own refusal (InvalidArgument / Fail): the caller names the node
+        return None
+    return np.rint(out).astype(np.int64)
 
 
 @register("Gather")
