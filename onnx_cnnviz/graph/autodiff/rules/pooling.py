@@ -6,7 +6,8 @@
   ``max_pool2d_with_indices_backward`` exactly, ties included.
 * AveragePool spreads ``g / count`` uniformly over each window: a depthwise ``ConvTranspose`` with a kernel of ones,
   ``count`` being the number of elements the forward averaged (it varies at the borders when padding is excluded or
-  the last window is partial in ``ceil_mode``).
+  the last window is partial in ``ceil_mode``). The kernel of ones covers only the taps that ever read the input,
+  so a nominal window larger than its input (a 1280x1280 ``ceil_mode`` pooler over 7x7) costs what the input does.
 * Global pools and reductions broadcast ``g`` back over the reduced axes (divided by the count for means; masked to
   the arg-max for max reductions).
 """
@@ -17,7 +18,6 @@ from onnx import TensorProto
 
 from ...padding import window_geometry
 from . import register
-from .conv import transpose_pads
 
 
 @register("MaxPool")
@@ -41,24 +41,61 @@ def _zero_tensor():
     return helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _taps_in_range(start: int, k: int, d: int, lo: int, hi: int) -> int:
+    """How many of the taps ``start + j d`` (``0 <= j < k``) fall in ``[lo, hi)``: closed form, so a nominal kernel
+    of thousands (Hugging Face EfficientNet's 1280) costs nothing."""
+    first = max(0, _ceil_div(lo - start, d))
+    last = min(k - 1, (hi - 1 - start) // d)
+    return max(0, last - first + 1)
+
+
 def avg_pool_counts(in_spatial, out_spatial, kernel, strides, dilations, begins, ends, include_pad):
     """How many elements each output position averaged, per axis; the product over axes is the divisor."""
     per_axis = []
     for size, out, k, s, d, pb, pe in zip(in_spatial, out_spatial, kernel, strides, dilations, begins, ends):
         lo, hi = (-pb, size + pe) if include_pad else (0, size)
-        counts = []
-        for o in range(out):
-            start = o * s - pb
-            counts.append(sum(1 for j in range(k) if lo <= start + j * d < hi))
-        per_axis.append(np.array(counts, dtype=np.float32))
+        per_axis.append(np.array([_taps_in_range(o * s - pb, k, d, lo, hi) for o in range(out)], dtype=np.float32))
     grid = per_axis[0]
     for axis_counts in per_axis[1:]:
         grid = np.multiply.outer(grid, axis_counts)
     return grid
 
 
+def _tap_reaches_input(j: int, size: int, out: int, s: int, d: int, pb: int) -> bool:
+    """Whether tap ``j`` of the window lands on a real input element (not padding, not past the end) for some
+    output position ``o``: the smallest ``o`` with ``o s - pb + j d >= 0`` is in range and still before the end."""
+    c = j * d - pb
+    o = max(0, _ceil_div(-c, s))
+    return o < out and o * s + c <= size - 1
+
+
+def live_taps(size: int, out: int, k: int, s: int, d: int, pb: int) -> tuple[int, int]:
+    """``(first, last)``: the window's taps that ever read the input along one axis. The others read only padding or
+    the void past a ``ceil_mode`` end, so their gradient is dropped anyway; a kernel larger than its input (Hugging
+    Face EfficientNet's 1280x1280 ``ceil_mode`` pooler over a 7x7 map) shrinks to at most the input's size."""
+    # Taps past these bounds land beyond the input for every o (left: even the last window; right: even the first).
+    first = max(0, _ceil_div(pb - (out - 1) * s, d))
+    last = min(k - 1, (size - 1 + pb) // d)
+    while first <= last and not _tap_reaches_input(first, size, out, s, d, pb):
+        first += 1
+    while last >= first and not _tap_reaches_input(last, size, out, s, d, pb):
+        last -= 1
+    return first, last
+
+
 @register("AveragePool")
 def average_pool(ctx, node, dys):
+    """Y[o] = sum_j X[o s - p + j d] / count[o] (Lin et al. 2013 style average pooling; ONNX AveragePool):
+    dX = ConvTranspose(dY / count, ones) -- a depthwise transposed convolution with a kernel of ones.
+
+    The kernel is clipped to the taps that ever read the input (:func:`live_taps`), so the constant it costs grows
+    with the input it applies to, never with the nominal ``kernel_shape``; a window that covers the whole input once
+    (a global pool written as AveragePool) is differentiated as one: ``dX = expand(dY / count)``.
+    """
     b, g, x = ctx.b, dys[0], node.input[0]
     x_shape = ctx.static_shape(x)
     out_spatial = list(ctx.static_shape(node.output[0])[2:])
@@ -67,16 +104,40 @@ def average_pool(ctx, node, dys):
     strides, dilations, begins, ends = window_geometry(node, in_spatial, kernel)
     counts = avg_pool_counts(in_spatial, out_spatial, kernel, strides, dilations, begins, ends,
                              bool(ctx.attr("count_include_pad", 0)))
+    uniform = bool(np.all(counts == counts.flat[0]))
+    live = [live_taps(size, o, k, s, d, pb)
+            for size, o, k, s, d, pb in zip(in_spatial, out_spatial, kernel, strides, dilations, begins)]
+    if any(first > last for first, last in live) or not counts.all():
+        ctx.unsupported("a pooling window reads no input element (every window lies in the padding)")
+    whole = all(o == 1 and d == 1 and last - first + 1 == size
+                for o, d, (first, last), size in zip(out_spatial, dilations, live, in_spatial))
+    if whole:  # one window over the whole input: every element got dY / count
+        scaled = b.op("Mul", [g, b.const(1.0 / float(counts.flat[0]))])
+        return [b.op("Expand", [scaled, b.shape(x)], hint="avgpool_global_grad")]
     channels = x_shape[1]
-    if np.all(counts == counts.flat[0]):
-        kernel_w = np.full((channels, 1, *kernel), 1.0 / counts.flat[0], dtype=np.float32)
+    clipped = [last - first + 1 for first, last in live]
+    if uniform:
+        kernel_w = np.full((channels, 1, *clipped), 1.0 / counts.flat[0], dtype=np.float32)
         scaled = g
     else:
-        kernel_w = np.ones((channels, 1, *kernel), dtype=np.float32)
+        kernel_w = np.ones((channels, 1, *clipped), dtype=np.float32)
         scaled = b.op("Mul", [g, b.const((1.0 / counts)[None, None], hint="avgpool_inv_count")])
-    attrs = transpose_pads(in_spatial, out_spatial, kernel, strides, dilations, begins)
+    # Unpadded, the transposed convolution writes positions first d - pb ... (o - 1) s - pb + last d along each axis:
+    # crop what falls outside the input (pads) and extend with zeros where the windows never reached (Pad).
+    crop_begin, crop_end, grow_begin, grow_end = [], [], [], []
+    for size, o, s, d, pb, (first, last) in zip(in_spatial, out_spatial, strides, dilations, begins, live):
+        lo = first * d - pb
+        hi = (o - 1) * s - pb + last * d
+        crop_begin.append(max(-lo, 0))
+        grow_begin.append(max(lo, 0))
+        crop_end.append(max(hi - (size - 1), 0))
+        grow_end.append(max((size - 1) - hi, 0))
     weight = b.const(kernel_w, hint="avgpool_ones")
-    return [b.op("ConvTranspose", [scaled, weight], hint="avgpool_grad", group=channels, **attrs)]
+    dx = b.op("ConvTranspose", [scaled, weight], hint="avgpool_grad", group=channels, strides=list(strides),
+              dilations=list(dilations), pads=crop_begin + crop_end, kernel_shape=clipped)
+    if any(grow_begin) or any(grow_end):
+        dx = b.op("Pad", [dx, b.ints([0, 0, *grow_begin, 0, 0, *grow_end])], hint="avgpool_grad_pad")
+    return [dx]
 
 
 @register("GlobalAveragePool")
