@@ -428,6 +428,94 @@ def test_metadata_round_trip_and_parsing():
         im.Preprocessing.from_metadata({"cnnviz.preprocess.size": "224.5"})
 
 
+def test_tf_and_tflite_presets_are_their_formulas():
+    """One set of presets for the library and the CLI: Keras "tf" is x / 127.5 - 1, TF-Lite's is (x - 127) / 128."""
+    rgb = random_rgb(224, 224, seed=6)
+    pixels = rgb.astype(np.float64).transpose(2, 0, 1)
+    np.testing.assert_allclose(im.preprocess(rgb, "tf")[0], pixels / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(im.preprocess(rgb, "tflite")[0], (pixels - 127) / 128, atol=1e-6)
+    np.testing.assert_array_equal(im.preprocess(rgb, "raw")[0], pixels)
+    assert im.preprocess(rgb, "TF").shape == (1, 3, 224, 224)
+
+
+def test_crop_policy_matches_torchvision_resize_and_center_crop():
+    """Shorter side 256 then the centre 224 x 224: the window torchvision's Resize(256) + CenterCrop(224) keeps.
+
+    On a picture whose shorter side is already 256 nothing is resampled, so the pixels must be torchvision's
+    exactly; on other sizes the resized size and the corner must be the ones torchvision computes."""
+    torchvision = pytest.importorskip("torchvision")
+    transforms = torchvision.transforms
+    spec = im.get_preprocessing("imagenet", order="RGB")
+    crop = im.Preprocessing(size=224, mean=spec.mean, std=spec.std, resize="crop")
+    for h, w in ((256, 341), (400, 256), (256, 256)):
+        rgb = random_rgb(h, w, seed=h + w)
+        expected = np.asarray(transforms.CenterCrop(224)(transforms.Resize(256)(Image.fromarray(rgb))))
+        assert np.array_equal(im.deprocess(im.preprocess(rgb, crop)[0], crop), expected)
+    for h, w in ((375, 500), (500, 333), (180, 240), (1000, 1001)):
+        resized = transforms.Resize(256)(Image.fromarray(random_rgb(h, w, seed=1)))
+        (h1, w1), (top, left) = crop.resize_plan((h, w))
+        assert (w1, h1) == resized.size
+        assert (top, left) == (int(round((h1 - 224) / 2.0)), int(round((w1 - 224) / 2.0)))
+    squash = im.get_preprocessing("imagenet")
+    rgb = random_rgb(100, 150, seed=4)
+    assert np.array_equal(im.deprocess(im.preprocess(rgb, squash)[0]),
+                          cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_LINEAR))
+
+
+def test_crop_of_a_non_square_input_and_fraction_one():
+    """Any (H, W) and fraction: a fraction of 1 on a picture of the input's aspect ratio is a plain resize."""
+    spec = im.Preprocessing(size=(64, 32), resize="crop", crop_fraction=1.0)
+    rgb = random_rgb(128, 64, seed=2)
+    assert spec.resize_plan(rgb.shape[:2]) == ((64, 32), (0, 0))
+    assert im.preprocess(rgb, spec).shape == (1, 3, 64, 32)
+    half = im.Preprocessing(size=(50, 50), resize="crop", crop_fraction=0.5)
+    assert half.resize_plan((100, 300)) == ((100, 300), (25, 125))
+    assert half.input_region((100, 300)) == (25.0, 125.0, 50.0, 50.0)
+    assert im.Preprocessing(size=None, resize="crop").resize_plan((7, 9)) == ((7, 9), (0, 0))
+
+
+def test_input_region_maps_the_model_input_back_onto_the_picture():
+    """A marker at the picture point the region names is where the model input shows it, for both policies."""
+    for spec in (im.Preprocessing(size=(112, 112), resize="crop"), im.Preprocessing(size=(112, 112))):
+        picture = np.zeros((256, 384, 3), np.uint8)
+        top, left, height, width = spec.input_region(picture.shape[:2])
+        # the picture point seen at the centre of input pixel (30, 90)
+        y, x = top + 30.5 * height / 112, left + 90.5 * width / 112
+        picture[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2] = 255
+        seen = im.deprocess(im.preprocess(picture, spec)[0], spec)[..., 0].astype(float)
+        peak = np.unravel_index(np.argmax(seen), seen.shape)
+        assert abs(peak[0] - 30) <= 1 and abs(peak[1] - 90) <= 1, (spec.resize, peak)
+    assert im.Preprocessing(size=(112, 112)).input_region((256, 384)) == (0.0, 0.0, 256.0, 384.0)
+
+
+def test_resize_policy_in_metadata_and_description():
+    spec = im.get_preprocessing("tflite")
+    crop = im.Preprocessing(size=224, mean=127, std=128, scale=1, resize="crop")
+    meta = crop.to_metadata()
+    assert meta["cnnviz.preprocess.resize"] == "crop" and meta["cnnviz.preprocess.crop_fraction"] == "0.875"
+    assert im.Preprocessing.from_metadata(meta) == crop
+    # files written before the resize key existed keep squashing
+    old = {k: v for k, v in spec.to_metadata().items() if "resize" not in k and "crop" not in k}
+    assert im.Preprocessing.from_metadata(old).resize == "squash"
+    assert im.Preprocessing.from_metadata({"cnnviz.preprocess.preset": "imagenet", "cnnviz.preprocess.resize": "Crop",
+                                           "cnnviz.preprocess.crop_fraction": "224/256"}) == \
+        im.Preprocessing(size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize="crop")
+    assert "shorter side 256 + centre crop 224x224" in crop.describe()
+    assert "edges are cut off" in crop.describe()
+    assert "(pixels - mean 127,127,127) / std 128,128,128" in crop.describe()
+    assert "squashed to 224x224" in spec.describe()
+    assert im.PRESETS["none"].describe() == "RGB, pixels / 255, at the picture's own size (no resize)"
+    assert im.PRESETS["caffe"].describe().startswith("BGR, pixels - mean 103.939,116.779,123.68, squashed")
+    with pytest.raises(InputError, match="resize must be one of squash, crop"):
+        im.Preprocessing(resize="letterbox")
+    with pytest.raises(InputError, match="crop_fraction"):
+        im.Preprocessing(resize="crop", crop_fraction=0)
+    with pytest.raises(InputError, match="crop_fraction"):
+        im.Preprocessing.from_metadata({"cnnviz.preprocess.crop_fraction": "1.5"})
+    with pytest.raises(InputError, match="resize must be"):
+        im.Preprocessing.from_metadata({"cnnviz.preprocess.resize": ""})
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Overlays, gradient and saliency images
 

@@ -1,7 +1,9 @@
 """Model inputs: the :class:`Preprocessing` spec, the :data:`PRESETS`, :func:`preprocess` and :func:`deprocess`.
 
-A model input is a float32 ``(N, C, H, W)`` array ``x = (pixels_in_order * scale - mean) / std``. A spec travels in
-ONNX ``metadata_props`` under keys starting with :data:`METADATA_PREFIX`.
+A model input is a float32 ``(N, C, H, W)`` array ``x = (pixels_in_order * scale - mean) / std`` of the picture
+brought to the input size by the spec's resize policy (:data:`RESIZE_POLICIES`: squash the whole picture, or scale
+its shorter side and cut the centre out, the ImageNet evaluation transform). A spec travels in ONNX
+``metadata_props`` under keys starting with :data:`METADATA_PREFIX`.
 """
 from __future__ import annotations
 
@@ -19,24 +21,40 @@ from .reading import read_image
 
 METADATA_PREFIX = "cnnviz.preprocess."
 
+#: How a picture is brought to the input size: "squash" resizes the whole picture to H x W (the aspect ratio is not
+#: kept); "crop" scales it, keeping its aspect ratio, until an H x W window covers ``crop_fraction`` of its shorter
+#: side, and keeps that centred window (torchvision's ``Resize(256) + CenterCrop(224)`` for ``crop_fraction``
+#: 224 / 256 = 0.875, the ImageNet evaluation transform).
+RESIZE_POLICIES = ("squash", "crop")
+#: The ImageNet evaluation crop: shorter side 256, centre 224 x 224.
+IMAGENET_CROP_FRACTION = 224 / 256
+
 
 @dataclass(frozen=True)
 class Preprocessing:
     """How a model wants its input: ``x = (pixels_in_order * scale - mean) / std``, in (N, C, H, W) float32.
 
-    * ``size``: (H, W) to resize to with ``cv2.INTER_LINEAR`` (an int means square); ``None`` keeps the image size.
+    * ``size``: (H, W) of the model input (an int means square); ``None`` keeps the image size (no resize, no crop).
     * ``order``: "RGB" or "BGR", the channel order the model expects.
     * ``scale``: multiplies the 0..255 pixels first (1/255 for [0, 1] inputs, 1 for 0..255 inputs).
     * ``mean``, ``std``: per channel, in the model's channel order and in the scaled units; ``None`` skips the step.
+    * ``resize``: how the picture reaches ``size`` (:data:`RESIZE_POLICIES`). "squash" (the default): the whole
+      picture resized to H x W. "crop": resized keeping its aspect ratio by ``r = max(H / (f h), W / (f w))``
+      (``f = crop_fraction``, ``h, w`` the picture's size), then the centred H x W window is kept, so the model sees
+      the middle ``f`` of the picture's shorter side and the edges are cut off (:meth:`input_region` says which part
+      of the picture that is). For 224 x 224 and ``f = 0.875``: shorter side 256, centre crop 224.
+    * ``crop_fraction``: ``f`` in (0, 1], used by "crop" only.
 
-    Resizing is plain bilinear, without the antialiasing of PIL / torchvision ``Resize``: a photo much larger than
-    ``size`` is better downscaled first if you need to match those pipelines closely.
+    Resizing is plain bilinear (``cv2.INTER_LINEAR``), without the antialiasing of PIL / torchvision ``Resize``: a
+    photo much larger than ``size`` is better downscaled first if you need to match those pipelines closely.
     """
     size: tuple | None = (224, 224)
     mean: tuple | None = None
     std: tuple | None = None
     order: str = "RGB"
     scale: float = 1.0 / 255.0
+    resize: str = "squash"
+    crop_fraction: float = IMAGENET_CROP_FRACTION
 
     def __post_init__(self):
         object.__setattr__(self, "size", norm_size(self.size))
@@ -50,6 +68,87 @@ class Preprocessing:
         if not (math.isfinite(scale) and scale > 0):
             raise InputError(f"scale must be a positive number, not {self.scale!r}.")
         object.__setattr__(self, "scale", scale)
+        resize = str(self.resize).strip().lower()
+        if resize not in RESIZE_POLICIES:
+            raise InputError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, not {self.resize!r}.")
+        object.__setattr__(self, "resize", resize)
+        fraction = as_float(self.crop_fraction, "crop_fraction")
+        if not (math.isfinite(fraction) and 0 < fraction <= 1):
+            raise InputError(f"crop_fraction must be a number in (0, 1] (0.875 is the ImageNet evaluation crop, "
+                             f"224 of 256), not {self.crop_fraction!r}.")
+        object.__setattr__(self, "crop_fraction", fraction)
+
+    def resize_plan(self, image_size) -> tuple:
+        """Where a picture of ``image_size`` (H, W) goes: ``((h1, w1), (top, left))``, the size it is resized to
+        and the corner of the ``size`` window kept from it (``(h1, w1) == size`` and ``(0, 0)`` when it is
+        squashed; the picture's own size and ``(0, 0)`` when ``size`` is None)."""
+        h, w = (int(v) for v in image_size)
+        if self.size is None:
+            return (h, w), (0, 0)
+        out_h, out_w = self.size
+        if self.resize == "squash":
+            return (out_h, out_w), (0, 0)
+        ratio = max(out_h / (self.crop_fraction * h), out_w / (self.crop_fraction * w))
+        # Rounded as torchvision's Resize rounds, never below the window (a fraction of 1 on a picture of the
+        # input's aspect ratio must not lose a row to rounding).
+        h1, w1 = max(out_h, int(round(h * ratio))), max(out_w, int(round(w * ratio)))
+        # torchvision's CenterCrop corner: int(round((h1 - out_h) / 2)).
+        return (h1, w1), (int(round((h1 - out_h) / 2.0)), int(round((w1 - out_w) / 2.0)))
+
+    def input_region(self, image_size) -> tuple:
+        """The part of a picture of ``image_size`` (H, W) that the model input shows, in the picture's pixels:
+        ``(top, left, height, width)`` (floats; the whole picture ``(0, 0, H, W)`` when squashed or not resized).
+
+        A point ``(y, x)`` of the model input (pixel edges, 0 to H_in) is the picture's point
+        ``(top + y * height / H_in, left + x * width / W_in)``: use it to put a map or a box made on the model
+        input back onto the original picture, or the reverse.
+        """
+        h, w = (int(v) for v in image_size)
+        (h1, w1), (top, left) = self.resize_plan((h, w))
+        out_h, out_w = self.size if self.size is not None else (h, w)
+        sy, sx = h / h1, w / w1
+        return (top * sy, left * sx, out_h * sy, out_w * sx)
+
+    def fit_picture(self, rgb: np.ndarray) -> np.ndarray:
+        """A uint8 ``(H, W, 3)`` picture brought to the input size by the resize policy (not normalised): what
+        :func:`preprocess` scales and what :func:`deprocess` gives back."""
+        (h1, w1), (top, left) = self.resize_plan(rgb.shape[:2])
+        if (h1, w1) != rgb.shape[:2]:
+            rgb = cv2.resize(rgb, (w1, h1), interpolation=cv2.INTER_LINEAR)
+        if self.size is not None and (h1, w1) != self.size:
+            rgb = np.ascontiguousarray(rgb[top:top + self.size[0], left:left + self.size[1]])
+        return rgb
+
+    def describe(self) -> str:
+        """One line for people: channel order, the arithmetic, the size and which resize runs, e.g. "RGB,
+        (pixels / 255 - mean 0.485,0.456,0.406) / std 0.229,0.224,0.225, 224x224 by shorter side 256 + centre crop
+        224 (the picture's edges are cut off)"."""
+        def numbers(values):
+            return ",".join(f"{v:g}" for v in values)
+        if abs(self.scale - 1 / 255) < 1e-12:
+            value = "pixels / 255"
+        elif self.scale == 1.0:
+            value = "pixels"
+        else:
+            value = f"pixels x {self.scale:g}"
+        if self.mean is not None:
+            value = f"{'(' if self.std is not None else ''}{value} - mean {numbers(self.mean)}" \
+                    f"{')' if self.std is not None else ''}"
+        if self.std is not None:
+            value = f"{value} / std {numbers(self.std)}"
+        return f"{self.order}, {value}, {self.describe_resize()}"
+
+    def describe_resize(self) -> str:
+        """Which resize runs, in words: "squashed to 224x224", "shorter side 256 + centre crop 224x224 (the
+        picture's edges are cut off)", or "at the picture's own size"."""
+        if self.size is None:
+            return "at the picture's own size (no resize)"
+        h, w = self.size
+        if self.resize == "squash":
+            return f"squashed to {h}x{w} (whole picture, aspect ratio not kept)"
+        side = min(h, w) / self.crop_fraction
+        return (f"shorter side {side:g} + centre crop {h}x{w} (crop fraction {self.crop_fraction:g}: the picture's "
+                f"edges are cut off)")
 
     def to_metadata(self) -> dict:
         """String key/values for ONNX ``metadata_props``, keys prefixed ``cnnviz.preprocess.``; "" means None.
@@ -60,7 +159,8 @@ class Preprocessing:
             return "" if values is None else ",".join(repr(v) for v in values)
         return {METADATA_PREFIX + "size": join(self.size), METADATA_PREFIX + "mean": join(self.mean),
                 METADATA_PREFIX + "std": join(self.std), METADATA_PREFIX + "order": self.order,
-                METADATA_PREFIX + "scale": repr(self.scale)}
+                METADATA_PREFIX + "scale": repr(self.scale), METADATA_PREFIX + "resize": self.resize,
+                METADATA_PREFIX + "crop_fraction": repr(self.crop_fraction)}
 
     @classmethod
     def from_metadata(cls, props) -> Preprocessing | None:
@@ -69,13 +169,15 @@ class Preprocessing:
         ``props``: a dict (e.g. ``Model.metadata``) or ONNX ``metadata_props`` entries; keys without the prefix are
         ignored. Keys: ``preset`` (a name in :data:`PRESETS` to start from), ``size`` ("224,224" or "224"), ``mean``,
         ``std`` (comma-separated; "" for none), ``order`` ("RGB"/"BGR"), ``scale`` (a number or a fraction such as
-        "1/255"). Keys left out take the preset's value, or without a preset: no resize, no mean/std, RGB, 1/255.
+        "1/255"), ``resize`` ("squash" or "crop", :data:`RESIZE_POLICIES`), ``crop_fraction`` (a number or a
+        fraction such as "224/256"). Keys left out take the preset's value, or without a preset: no resize, no
+        mean/std, RGB, 1/255, squash (so files written before ``resize`` existed keep meaning what they meant).
         """
         items = props.items() if isinstance(props, Mapping) else ((p.key, p.value) for p in props)
         ours = {k[len(METADATA_PREFIX):]: str(v).strip() for k, v in items if str(k).startswith(METADATA_PREFIX)}
         if not ours:
             return None
-        known = ("preset", "size", "mean", "std", "order", "scale")
+        known = ("preset", "size", "mean", "std", "order", "scale", "resize", "crop_fraction")
         unknown = sorted(set(ours) - set(known))
         if unknown:
             raise InputError(f"Unknown preprocessing metadata key(s) {', '.join(METADATA_PREFIX + k for k in unknown)};"
@@ -83,9 +185,9 @@ class Preprocessing:
         base = _preset(ours.pop("preset")) if "preset" in ours else cls(size=None)
         fields = {}
         for key, text in ours.items():
-            if key == "order":
+            if key in ("order", "resize"):
                 fields[key] = text
-            elif key == "scale":
+            elif key in ("scale", "crop_fraction"):
                 fields[key] = _parse_number(text, METADATA_PREFIX + key)
             elif text == "":
                 fields[key] = None
@@ -132,6 +234,13 @@ PRESETS = {
                               scale=1.0 / 255.0),
     # Caffe-trained VGG / ResNet (and Keras "caffe" mode): BGR, 0..255, minus the per-channel mean (B, G, R).
     "caffe": Preprocessing(size=(224, 224), mean=(103.939, 116.779, 123.68), std=None, order="BGR", scale=1.0),
+    # Keras "tf" mode (MobileNet, Inception, Xception in keras.applications): x / 127.5 - 1 = (x / 255 - 0.5) / 0.5.
+    "tf": Preprocessing(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="RGB", scale=1.0 / 255.0),
+    # TensorFlow Lite image models (EfficientNet-Lite, the TF-Lite model zoo's float models): (x - 127) / 128.
+    "tflite": Preprocessing(size=(224, 224), mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), order="RGB",
+                            scale=1.0),
+    # Integer pixels as they are (0..255 RGB): models that normalise inside their graph.
+    "raw": Preprocessing(size=(224, 224), mean=None, std=None, order="RGB", scale=1.0),
     # [0, 1] RGB at the image's own size.
     "none": Preprocessing(size=None, mean=None, std=None, order="RGB", scale=1.0 / 255.0),
 }
@@ -159,18 +268,30 @@ def get_preprocessing(preset="imagenet", size=None, mean=None, std=None, order=N
 def preprocess(images, preset="imagenet", size=None, mean=None, std=None, order=None, scale=None) -> np.ndarray:
     """One image or a list of images -> a float32 ``(N, 3, H, W)`` model input.
 
-    ``x = (resize(rgb)[..., order] * scale - mean) / std``; see :class:`Preprocessing` and :data:`PRESETS`
-    ("imagenet", "caffe", "none"). ``preset`` may be a name or a :class:`Preprocessing` (e.g. from
+    ``x = (fit(rgb)[..., order] * scale - mean) / std``, ``fit`` the spec's resize policy (squash, or shorter side
+    + centre crop: :meth:`Preprocessing.fit_picture`); see :class:`Preprocessing` and :data:`PRESETS` ("imagenet",
+    "caffe", "tf", "tflite", "raw", "none"). ``preset`` may be a name or a :class:`Preprocessing` (e.g. from
     :meth:`Preprocessing.from_metadata`); the other arguments override its fields. Each image may be anything
     :func:`read_image` accepts; a 4-D ``(N, H, W, C)`` array is a batch. The uint8 image is resized before scaling, so
-    ``deprocess(preprocess(img))`` gives back exactly the resized image a viewer should be shown.
+    ``deprocess(preprocess(img))`` gives back exactly the resized (and cropped) image a viewer should be shown:
+    maps drawn on it line up with what the model saw.
+
+    Args:
+        images: one picture or a list (paths, ``PIL.Image``, arrays), or an ``(N, H, W, C)`` batch.
+        preset: a name in :data:`PRESETS` or a :class:`Preprocessing`.
+        size, mean, std, order, scale: overrides of the preset's fields (``None`` keeps them).
+
+    Returns:
+        float32 ``(N, 3, H, W)``.
+
+    Raises:
+        InputError: an unknown preset, a bad field, an unreadable picture, or pictures of different sizes with no
+            ``size`` to bring them to one.
     """
     spec = get_preprocessing(preset, size, mean, std, order, scale)
     out = []
     for item in image_list(images):
-        rgb = read_image(item)
-        if spec.size is not None and rgb.shape[:2] != spec.size:
-            rgb = cv2.resize(rgb, (spec.size[1], spec.size[0]), interpolation=cv2.INTER_LINEAR)
+        rgb = spec.fit_picture(read_image(item))
         if out and rgb.shape != out[0].shape:
             raise InputError(f"The images have different sizes ({out[0].shape[:2]} and {rgb.shape[:2]}); pass size= "
                              f"to resize them all.")
@@ -191,7 +312,7 @@ def deprocess(x, preset="imagenet", mean=None, std=None, order=None, scale=None)
     W, 3)``.
 
     ``pixels = (x * std + mean) / scale``, rounded and clipped to 0..255, then put in RGB order. The resize is not
-    undone (the result has the model's input size).
+    undone (the result has the model's input size, and shows the crop when the spec crops).
     """
     spec = get_preprocessing(preset, None, mean, std, order, scale)
     x = np.asarray(x, dtype=np.float32)
