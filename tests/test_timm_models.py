@@ -65,3 +65,9 @@ def test_resnetblur50_reflect_padding_input_gradient_equals_torch():
     graph = m.spec().model.graph
     assert sum(n.op_type == "Pad" and any(a.s == b"reflect" for a in n.attribute) for n in graph.node) == 4
     assert_input_gradient_matches(net, m, x)
+
+
+def test_mvitv2_scatter_nd_input_gradient_equals_torch():
+    net, m, x = exported("mvitv2_tiny", 224)
+    assert sum(n.op_type == "ScatterND" for n in m.spec().model.graph.node) == 10  # one per attention block
+    assert_input_gradient_matches(net, m, x)

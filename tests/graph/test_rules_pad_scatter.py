@@ -81,3 +81,77 @@ def test_reflect_wider_than_the_axis_is_refused_by_name():
     with pytest.raises(UnsupportedOpError) as err:
         gradient_graph(case)
     assert "'Pad_node'" in str(err.value) and "reflect" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ScatterND
+# --------------------------------------------------------------------------------------------------------------------
+
+def scatter_case(shape: tuple, indices: np.ndarray, update_shape: tuple, reduction: str | None = None,
+                 batch: bool = True):
+    """``Y = ScatterND(X, I, U)`` with X and U graph inputs (both differentiated) and constant indices I;
+    ``batch``: the first dim of X and U is the symbolic N (else every dim is static)."""
+    from onnx import helper
+
+    attrs = {} if reduction is None else {"reduction": reduction}
+    node = helper.make_node("ScatterND", ["X", "I", "U"], ["Y"], name="ScatterND_node", **attrs)
+    from .test_rules import Case
+    inputs = {"X": rand(shape, seed=1), "U": rand(update_shape, seed=2)}
+    dims = {} if batch else {n: list(v.shape) for n, v in inputs.items()}
+    return Case([node], inputs, {"I": _i64(indices)}, wrt=("X", "U"), dims=dims, opset=18 if reduction else 17)
+
+
+def _numpy_scatter(x, indices, updates, reduction):
+    out = x.copy()
+    depth = indices.shape[-1]
+    for pos, upd in zip(indices.reshape(-1, depth), updates.reshape(-1, *x.shape[depth:])):
+        if reduction == "add":
+            out[tuple(pos)] += upd
+        else:
+            out[tuple(pos)] = upd
+    return out
+
+
+SCATTER_CASES = {
+    # whole elements of a (N, C, L) tensor: indices of depth 3, one batch entry each
+    "elements": ((2, 3, 4), [[[0, 1, 2], [1, 0, 3], [1, 2, 0]]], (1, 3), None, False),
+    # rows of the non-batch axes written for both samples (depth 1 over a static leading axis)
+    "rows_depth1": ((3, 2, 4), [[2], [0]], (2, 2, 4), None, False),
+    # blocks: depth 2 (sample, channel), the whole spatial slice written: as MViTv2 writes its attention map
+    "slices_depth2": ((2, 3, 2, 3), [[0, 2], [1, 0], [1, 2]], (3, 2, 3), None, True),
+    # negative indices count from the end
+    "negative": ((2, 4, 3), [[-1, 1], [0, -3]], (2, 3), None, True),
+    # add: a position written twice receives both updates (and both updates its g)
+    "add_repeated": ((2, 3, 4), [[0, 1], [0, 1], [1, 2]], (3, 4), "add", True),
+    "add_elements": ((2, 3), [[0, 2], [1, 1], [0, 2]], (3,), "add", True),
+}
+
+
+@pytest.mark.parametrize("name", list(SCATTER_CASES))
+def test_scatter_nd_matches_finite_differences(name):
+    shape, indices, update_shape, reduction, batch = SCATTER_CASES[name]
+    case = scatter_case(shape, np.array(indices), update_shape, reduction, batch)
+    got = session(build(case, np.float64)).run(["Y"], feeds(case, np.float64))[0]
+    expected = _numpy_scatter(case.inputs["X"], np.where(np.array(indices) < 0,
+                                                         np.array(indices) + np.array(shape[:len(indices[0])]),
+                                                         np.array(indices)),
+                              case.inputs["U"], reduction)
+    np.testing.assert_allclose(got, expected)  # the case computes the scatter it names
+    check(case)
+
+
+def test_scatter_nd_data_only_and_updates_only():
+    """Only the wanted inputs get a gradient (a constant data tensor, constant updates)."""
+    case = scatter_case((2, 3, 4), np.array([[0, 1], [1, 2]]), (2, 4))
+    case.wrt = ("U",)
+    check(case)
+    case.wrt = ("X",)
+    check(case)
+
+
+@pytest.mark.parametrize("reduction", ["mul", "max", "min"])
+def test_scatter_nd_other_reductions_are_refused_by_name(reduction):
+    case = scatter_case((2, 3), np.array([[0, 1]]), (1,), reduction)
+    with pytest.raises(UnsupportedOpError) as err:
+        gradient_graph(case)
+    assert "'ScatterND_node'" in str(err.value) and reduction in str(err.value)

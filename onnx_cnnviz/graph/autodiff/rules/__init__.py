@@ -14,8 +14,10 @@ inputs that need none: ``ctx.wants(i)`` tells which do). Rules live in one modul
                       ReduceMin, ReduceSumSquare, ReduceL2
 ``normalization.py``  BatchNormalization, LayerNormalization, InstanceNormalization
 ``shape.py``          Identity, Dropout, Cast, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Split, Slice,
-                      Pad, Expand, Tile, Gather, GatherElements, GatherND, Resize, Upsample
+                      Pad (constant, reflect, edge, wrap), Expand, Tile, Gather, GatherElements, GatherND, Resize,
+                      Upsample
 ``einsum.py``         Einsum (any equation onnxruntime runs: broadcasting, ellipsis, diagonals)
+``scatter.py``        ScatterND (reductions none and add)
 ====================  ==============================================================================================
 
 The rule sets ``vanilla``, ``guided`` and ``deconvnet`` differ only at rectifiers (:data:`RECTIFIERS`: Relu, Clip with
@@ -43,7 +45,7 @@ def register(*op_types: str):
 
 
 # Importing the families fills RULES.
-from . import activations, conv, einsum, elementwise, linear, normalization, pooling, shape  # noqa: E402,F401
+from . import activations, conv, einsum, elementwise, linear, normalization, pooling, scatter, shape  # noqa: E402,F401
 
 # --- rule sets -------------------------------------------------------------------------------------------------
 # The rectifiers: op_type -> (its true rule, which nodes of that type are rectifiers: (node, value) -> bool, where
