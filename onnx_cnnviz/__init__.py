@@ -19,7 +19,9 @@ from .methods.localise import iou, localise
 from .methods.optimise import class_model, invert, neuron_model
 from .methods.receptive_field import ReceptiveField, receptive_field
 from .methods.score_map import score_map
-from . import metrics
+from . import metrics, tasks
+from .targets import ClassScore, OutputElement, OutputWeights, Region, Target
+from .tasks import Detection
 from .model import DEFAULT_MAX_SESSIONS, Model, RunResult
 
 __version__ = "0.1.0"
@@ -28,8 +30,8 @@ __version__ = "0.1.0"
 def load(source, device: str = "auto", input: str | None = None, output: str | None = None,
          batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
          max_nodes: int | None = MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS,
-         max_pixels: int | None = MAX_PIXELS) -> Model:
-    """Load an ONNX classifier (a path or an ``onnx.ModelProto``) for explanation.
+         max_pixels: int | None = MAX_PIXELS, task: str = "classifier", labels=None) -> Model:
+    """Load an ONNX classifier, detector or segmenter (a path or an ``onnx.ModelProto``) for explanation.
 
     ``device``: "auto" | "cpu" | "cuda". ``input``/``output``: the image input and class-score output when the model
     has several. ``input_size``: (H, W) for models that accept any size (the layer list is computed at that size).
@@ -39,9 +41,14 @@ def load(source, device: str = "auto", input: str | None = None, output: str | N
     or an array given to a method — before any memory is spent on it (default 4096*4096; ``None``: no limit).
     Tensors declaring more than 4 GiB, an opset newer than the installed onnx/onnxruntime, a graph out of
     topological order with a cycle: :class:`ModelLoadError`.
+    ``task``: "classifier" (the (N, K) class scores, found and checked), "detector" (the head output read by a
+    decoder of :mod:`onnx_cnnviz.tasks`; explain :func:`onnx_cnnviz.tasks.detect`'s detections) or "segmenter" (a
+    dense (N, C, H, W) output; explain :class:`Region` targets). ``labels``: the class names, so that targets can
+    name classes.
     """
     return Model(source, device=device, input=input, output=output, batch_size=batch_size, threads=threads,
-                 input_size=input_size, max_nodes=max_nodes, max_sessions=max_sessions, max_pixels=max_pixels)
+                 input_size=input_size, max_nodes=max_nodes, max_sessions=max_sessions, max_pixels=max_pixels,
+                 task=task, labels=labels)
 
 
 __all__ = [
@@ -53,6 +60,8 @@ __all__ = [
     "guided_grad_cam", "top_k", "registry",
     # which map to trust: faithfulness metrics (onnx_cnnviz.metrics)
     "metrics",
+    # what to explain: targets, and tasks beyond classification (onnx_cnnviz.tasks)
+    "Target", "ClassScore", "OutputElement", "OutputWeights", "Region", "Detection", "tasks",
     # looking inside the network
     "filters", "activations", "top_patches", "mid_layer", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
     "scatter_plot", "localise", "iou", "class_model", "neuron_model", "invert",

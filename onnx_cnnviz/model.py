@@ -1,7 +1,9 @@
-"""``Model``: a loaded classifier plus the cache of rewritten graphs and sessions built for it.
+"""``Model``: a loaded classifier (or detector, or segmenter) plus the cache of rewritten graphs and sessions built
+for it.
 
-Everything a method needs comes from :meth:`Model.run`: the class scores, any exposed intermediate tensors and the
-gradient of the chosen class score with respect to any tensors, from one onnxruntime run per batch. A rewritten graph
+Everything a method needs comes from :meth:`Model.run`: the class scores (a detector's or segmenter's head output),
+any exposed intermediate tensors and the gradient of the target (:mod:`onnx_cnnviz.targets`: a class score, a
+detection, a region, any weighted sum of an output) with respect to any tensors, from one onnxruntime run per batch. A rewritten graph
 is built once per (input size, outputs, gradient targets, rule set, seed mode) and kept on the model object; nothing
 else is remembered between calls.
 """
@@ -14,6 +16,7 @@ import numpy as np
 import onnx
 
 from . import runtime
+from . import targets as target_kinds
 from .errors import InputError, ModelStructureError
 from .graph import held
 from .graph import layout as graph_layout
@@ -27,6 +30,8 @@ from .graph.structure import (Layer, candidate_layers, default_layer, downstream
                               upstream, without_other_inputs)
 from .lru_cache import LRUCache
 from .run_result import RunResult, as_nchw, batch_axis, check_finite, checked, shape_text
+from .tasks.decoders import find_decoder
+from .tasks.head import TASKS, NotAClassifierError, check_head, head_output
 
 __all__ = ["Model", "RunResult", "LRUCache", "check_finite", "DEFAULT_MAX_SESSIONS"]
 
@@ -59,7 +64,11 @@ class Model:
     def __init__(self, source, device: str = "auto", input: str | None = None, output: str | None = None,
                  batch_size: int | None = None, threads: int | None = None, input_size: tuple | None = None,
                  max_nodes: int | None = graph_load.MAX_NODES, max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 max_pixels: int | None = graph_load.MAX_PIXELS):
+                 max_pixels: int | None = graph_load.MAX_PIXELS, task: str = "classifier", labels=None):
+        if task not in TASKS:
+            raise InputError(f"task must be one of {', '.join(TASKS)}, not {task!r}.")
+        self.task = task
+        self.labels = None if labels is None else [str(v) for v in labels]
         if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool)
                                        or max_pixels < 1):
             raise InputError(f"max_pixels must be a positive int or None, not {max_pixels!r}.")
@@ -76,7 +85,11 @@ class Model:
         model = graph_load.normalise(original, copy=False)  # read_model gave a copy of its own
         image = find_image_input(model, input)
         self.input_name = image.name
-        self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
+        if task == "classifier":
+            self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
+        else:  # the head output as it is: a detector's or segmenter's targets read its elements
+            self.output_name = self.score_name = head_output(model, task, output)
+            self.softmax_skipped = None
         model = without_other_inputs(model, self.input_name, self.score_name)
         # A channels-last or integer-pixel input gets an NCHW float input in front (graph/layout.py): users, methods
         # and gradients then see NCHW float pixels whatever the model was exported with.
@@ -122,7 +135,7 @@ class Model:
         try:
             spec = self._batched_spec(hw, rewritten)
         except ModelStructureError as exc:
-            if self._static_hw or self._input_size:
+            if self._static_hw or self._input_size or isinstance(exc, NotAClassifierError):
                 raise
             raise ModelStructureError(
                 f"the model accepts images of any size but does not run at {hw[0]}x{hw[1]} ({exc}). Give the size "
@@ -144,7 +157,19 @@ class Model:
             spec = self._spec(hw)
         elif not self.static_batch:
             self._base = None
-        self.num_classes = int(np.prod(spec.info[self.score_name].shape[1:]))
+        #: Elements per image of the head output: K for a classifier, C*H*W for a segmenter, (4+C)*A for a detector.
+        self.score_size = int(np.prod(spec.info[self.score_name].shape[1:]))
+        self.decoder = None
+        if task == "classifier":
+            self.num_classes = self.score_size
+        elif task == "segmenter":
+            self.num_classes = int(spec.info[self.score_name].shape[1])
+        else:
+            self.decoder = find_decoder(self.score_name, spec.info[self.score_name].shape)
+            self.num_classes = self.decoder.num_classes
+        if self.labels is not None and self.num_classes is not None and len(self.labels) != self.num_classes:
+            raise InputError(f"labels has {len(self.labels)} class names but the model has {self.num_classes} "
+                             "classes.")
         self._layers = spec.layers
         self._default_layer = default_layer(spec.layers, spec.model, self.input_name)
 
@@ -220,6 +245,10 @@ class Model:
         return list(dict.fromkeys(self.layer(item).name for item in items))
 
     def __repr__(self) -> str:
+        if self.task != "classifier":
+            return (f"Model(task={self.task!r}, input={self.input_name!r} {self.input_shape}, "
+                    f"head={self.score_name!r} {self.tensor_shape(self.score_name)}, {self.num_classes} classes, "
+                    f"{len(self._layers)} layers, default_layer={self._default_layer!r}, device={self.device!r})")
         return (f"Model(input={self.input_name!r} {self.input_shape}, score={self.score_name!r} "
                 f"[{self.num_classes} classes{', softmax skipped' if self.softmax_skipped else ''}], "
                 f"{len(self._layers)} layers, default_layer={self._default_layer!r}, device={self.device!r})")
@@ -315,14 +344,7 @@ class Model:
             probed_info, probed = graph_shapes.probe_with_constants(model, probe_names, candidates, self.input_name,
                                                                      (self.channels, *hw))
             info.update(probed_info)
-        score = info.get(self.score_name)
-        if score is None or score.shape is None or len(score.shape) < 2:
-            raise ModelStructureError(f"the score tensor '{self.score_name}' has no (N, K) shape; is this a "
-                                      "classifier? Choose the class-score output with output=NAME.")
-        if any(d not in (1, None) for d in score.shape[2:]):
-            raise ModelStructureError(
-                f"the output '{self.score_name}' has shape {score.shape}, not (N, K): this looks like a dense "
-                "prediction (segmentation, detection) rather than an image classifier.")
+        check_head(self.task, self.score_name, info.get(self.score_name))
         graph_shapes.annotate_inplace(model, info)
         # Shape arithmetic computed at run time (Shape -> Gather -> Div feeding a Slice, say) is constant once C, H, W
         # are fixed; backward rules need those values.
@@ -337,9 +359,11 @@ class Model:
         layers = candidate_layers(model, self.input_name, self.score_name, info)
         return _Specialised(model, info, layers, constants, {la.name: la.view for la in layers if la.view})
 
-    def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str):
-        key = (tuple(hw), outputs, wrt, rule if wrt else None, target_mode if wrt else None)
-        return self._cache.get(key, lambda: self.new_session(self._graph(hw, outputs, wrt, rule, target_mode)))
+    def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str, at: str | None = None):
+        at = at or self.score_name
+        key = (tuple(hw), outputs, wrt, rule if wrt else None, target_mode if wrt else None) + \
+            ((at,) if wrt and at != self.score_name else ())
+        return self._cache.get(key, lambda: self.new_session(self._graph(hw, outputs, wrt, rule, target_mode, at)))
 
     def new_session(self, graph: onnx.ModelProto) -> runtime.Session:
         """A new onnxruntime session over ``graph`` (a rewritten graph of this model) on the model's device and
@@ -394,9 +418,10 @@ class Model:
         graph = self._graph(hw, outputs, wrt, rule, target_mode)
         return held.inlined(graph) if inline_weights else graph
 
-    def _graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla",
-               target_mode: str = "input") -> onnx.ModelProto:
-        """:meth:`build_graph` with the weights as the model holds them (held ones stay placeholders)."""
+    def _graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla", target_mode: str = "input",
+               at: str | None = None) -> onnx.ModelProto:
+        """:meth:`build_graph` with the weights as the model holds them (held ones stay placeholders); ``at``: the
+        tensor the seed is fed to (default: the score)."""
         spec = self.spec(hw)
         for name in list(outputs) + list(wrt):
             if name not in spec.info and name != self.input_name:
@@ -404,8 +429,8 @@ class Model:
         model = spec.model
         extra = []
         if wrt:
-            gg = append_gradients(model, self.score_name, list(wrt), spec.info, rule_set=rule, seed=target_mode,
-                                  constants=spec.constants)
+            gg = append_gradients(model, at or self.score_name, list(wrt), spec.info, rule_set=rule,
+                                  seed=target_mode, constants=spec.constants)
             model = gg.model
             extra = [gg.gradients[w] for w in wrt] + ([gg.target_output] if gg.target_output else [])
         names = [self.score_name] + [o for o in outputs if o != self.score_name] + extra
@@ -438,27 +463,30 @@ class Model:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def targets_for(self, targets, n: int) -> np.ndarray | None:
-        """Normalise ``targets`` (None, an int, or one int per sample) to an (N,) int64 array, or None for top-1."""
+        """``targets`` (None, an int or class name, one per sample, or :class:`~onnx_cnnviz.targets.ClassScore`
+        objects) as an (N,) int64 array of classes, or None for top-1. Other target objects (a region, a detection,
+        an output element) name no class score: :class:`InputError` (methods take them through :meth:`run`)."""
         if targets is None:
             return None
-        arr = np.asarray(targets)
-        if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
-            arr = np.full(n, int(arr))
-        if arr.ndim != 1 or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):
-            raise InputError(f"targets must be None, an int, or {n} ints (one per image), got {targets!r}.")
-        bad = arr[(arr < 0) | (arr >= self.num_classes)]
-        if bad.size:
-            raise InputError(f"target class {int(bad[0])} is out of range: the model has {self.num_classes} classes "
-                             f"(0..{self.num_classes - 1}).")
-        return arr.astype(np.int64)
+        seeds = target_kinds.resolve(self, targets, n)
+        if seeds.objects and not all(isinstance(t, (int, np.integer, str, target_kinds.ClassScore))
+                                     for t in seeds.objects):
+            raise InputError("this takes class targets (ints, class names or ClassScore), not "
+                             f"{type(next(t for t in seeds.objects if isinstance(t, target_kinds.Target))).__name__}"
+                             " objects.")
+        return seeds.classes
 
     def run(self, x, outputs=(), wrt=(), rule: str = "vanilla", targets=None, score_weights=None,
             batch_size: int | None = None) -> RunResult:
-        """One pass per batch returning scores, ``outputs`` tensors and gradients of the target score wrt ``wrt``.
+        """One pass per batch returning scores, ``outputs`` tensors and gradients of each image's target wrt ``wrt``.
 
-        ``score_weights`` (N, K) replaces the one-hot target rows (the gradient is then of
-        ``sum_k score_weights[n, k] S[n, k]``).
-        Names in ``outputs``/``wrt`` are tensor names (``Model.layers`` lists the 4-D ones) or the input's name.
+        ``targets``: None (each image's top-1 class, classifiers only), an int or class name, a target object
+        (:mod:`onnx_cnnviz.targets`), or one of these per image; :func:`onnx_cnnviz.targets.resolve` turns them into
+        the backward seed. ``score_weights`` (N, K) replaces the one-hot target rows (the gradient is then of
+        ``sum_k score_weights[n, k] S[n, k]``). ``scores``: (N, K) class scores, or for a detector or segmenter its
+        head output flattened per image (N, :attr:`score_size`). Names in ``outputs``/``wrt`` are tensor names
+        (``Model.layers`` lists the 4-D ones) or the input's name. ``RunResult.targets``: the (N,) class each row
+        explains (-1 for a target naming none).
         """
         x = self.check_input(x)
         n = x.shape[0]
@@ -466,28 +494,22 @@ class Model:
         for name in outputs + wrt:
             if name != self.input_name and name != self.score_name:
                 self._require_tensor(name)
-        target_arr = self.targets_for(targets, n)
-        if score_weights is not None:
-            score_weights = np.asarray(score_weights, dtype=np.float32)
-            if score_weights.shape != (n, self.num_classes):
-                raise InputError(f"score_weights must have shape ({n}, {self.num_classes}), got "
-                                 f"{score_weights.shape}.")
-        mode = "input" if (score_weights is not None or target_arr is not None) else "top1"
+        seeds = target_kinds.resolve(self, targets, n, score_weights) if wrt or targets is not None else None
+        mode = "top1" if seeds is None or seeds.rows is None else "input"
+        at = self.score_name if seeds is None else seeds.tensor
         hw = tuple(x.shape[2:])
-        session = self._session(hw, outputs, wrt, rule, mode)
-        seed_rows = None
-        if wrt and mode == "input":
-            seed_rows = score_weights if score_weights is not None else _one_hot(target_arr, self.num_classes)
-        merged = self._run_batches(session, x, batch_size, seed_rows, self._spec(hw).info)
+        session = self._session(hw, outputs, wrt, rule, mode, at)
+        merged = self._run_batches(session, x, batch_size, seeds.rows if wrt and mode == "input" else None,
+                                   self._spec(hw).info)
         scores = merged[self.score_name].reshape(n, -1)
         check_finite(scores, f"class scores ('{self.score_name}')")
         result_targets = None
         if wrt:
-            result_targets = merged[TARGET_OUTPUT] if mode == "top1" else target_arr
+            result_targets = merged[TARGET_OUTPUT] if mode == "top1" else seeds.classes
         views = self._spec(hw).views
         return checked(RunResult(scores=scores, targets=result_targets,
-                                  outputs={o: as_nchw(views, o, merged[o]) for o in outputs},
-                                  grads={w: as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
+                                 outputs={o: as_nchw(views, o, merged[o]) for o in outputs},
+                                 grads={w: as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
 
     def _run_batches(self, session, x: np.ndarray, batch_size, seed_rows=None, info: dict | None = None) -> dict:
         """Run ``session`` over ``x`` in batches (one image at a time for a static-batch model), feeding
@@ -623,9 +645,3 @@ def _keep_outputs(model: onnx.ModelProto, names, info, private: bool = False) ->
     del model.graph.output[:]
     model.graph.output.extend(outs)
     return model
-
-
-def _one_hot(targets: np.ndarray, k: int) -> np.ndarray:
-    rows = np.zeros((len(targets), k), dtype=np.float32)
-    rows[np.arange(len(targets)), targets] = 1.0
-    return rows

@@ -1,0 +1,121 @@
+"""Detector heads: a decoder turns a head output into candidate detections and names the tensor element behind each.
+
+The interface (:class:`Decoder`), so that a user adds an unknown head in a few lines::
+
+    class MyHead(Decoder):
+        description = "my head: (N, A, 6) rows of x1, y1, x2, y2, score, class"
+
+        @classmethod
+        def matches(cls, name, shape):          # the head output's name and shape (None for the batch)
+            return len(shape) == 3 and shape[2] == 6
+
+        def __init__(self, shape):
+            self.num_classes = 1
+            self.shape = tuple(shape[1:])
+
+        def candidates(self, output):            # one image's output, per-image shape
+            rows = output.reshape(-1, 6)
+            return Candidates(boxes=rows[:, :4], scores=rows[:, 4], classes=rows[:, 5].astype(np.int64),
+                              elements=np.arange(len(rows)) * 6 + 4)
+
+    onnx_cnnviz.tasks.register_decoder(MyHead)
+
+``elements`` are flat indices into the image's head output: the element whose value is the detection's score, which
+the :class:`onnx_cnnviz.tasks.Detection` target seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ModelStructureError
+
+__all__ = ["Candidates", "Decoder", "UltralyticsDecoder", "register_decoder", "recognise", "find_decoder",
+           "DECODERS"]
+
+
+@dataclass
+class Candidates:
+    """One image's candidate detections before NMS: (M, 4) boxes (x1, y1, x2, y2, input pixels), (M,) scores,
+    (M,) int64 classes, and (M,) int64 ``elements``: the flat index, in the image's head output, of the element
+    holding each candidate's score."""
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    elements: np.ndarray
+
+
+class Decoder:
+    """A detector head's decoder. Subclasses set ``description`` (one line: the head and its layout) and implement
+    :meth:`matches`, ``__init__(shape)`` (setting ``num_classes``) and :meth:`candidates`."""
+
+    description: str = ""
+    num_classes: int
+
+    @classmethod
+    def matches(cls, name: str, shape: tuple) -> bool:
+        """Whether a head output called ``name`` of ``shape`` (None for unknown axes) is this head's."""
+        raise NotImplementedError
+
+    def candidates(self, output: np.ndarray) -> Candidates:
+        """The candidate detections in one image's head output (its per-image shape)."""
+        raise NotImplementedError
+
+
+class UltralyticsDecoder(Decoder):
+    """ultralytics YOLOv8 / YOLO11 (and v9, v10 without end-to-end, v12) detection head exported without NMS:
+    (N, 4 + C, A), rows ``cx, cy, w, h`` in input pixels then C sigmoid class scores, one column per anchor point of
+    all FPN levels. A candidate's score is its best class score; its element is row ``4 + c`` of column ``a``."""
+
+    description = "an ultralytics v8/v11 detection head ((N, 4 + C, A): box cx, cy, w, h and C class scores per anchor)"
+
+    @classmethod
+    def matches(cls, name: str, shape: tuple) -> bool:
+        return len(shape) == 3 and shape[1] is not None and shape[2] is not None and 4 < shape[1] < shape[2]
+
+    def __init__(self, shape: tuple):
+        self.shape = (int(shape[1]), int(shape[2]))
+        self.num_classes = self.shape[0] - 4
+
+    def candidates(self, output: np.ndarray) -> Candidates:
+        out = np.asarray(output, dtype=np.float32).reshape(self.shape)
+        anchors = self.shape[1]
+        cls_scores = out[4:]
+        classes = cls_scores.argmax(axis=0).astype(np.int64)
+        scores = cls_scores[classes, np.arange(anchors)]
+        cx, cy, w, h = out[0], out[1], out[2], out[3]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        return Candidates(boxes, scores, classes, (4 + classes) * anchors + np.arange(anchors))
+
+
+#: Known heads, tried in order by :func:`recognise`.
+DECODERS: list = [UltralyticsDecoder]
+
+
+def register_decoder(decoder: type, first: bool = True) -> None:
+    """Add a :class:`Decoder` subclass to the heads :func:`recognise` tries (``first``: before the built-in ones)."""
+    if decoder not in DECODERS:
+        DECODERS.insert(0 if first else len(DECODERS), decoder)
+
+
+def recognise(name: str, shape) -> Decoder | None:
+    """The decoder of the first known head matching output ``name`` of ``shape``, or None."""
+    shape = tuple(shape) if shape is not None else ()
+    for decoder in DECODERS:
+        if decoder.matches(name, shape):
+            return decoder(shape)
+    return None
+
+
+def find_decoder(name: str, shape) -> Decoder:
+    """Like :func:`recognise`, but an unknown head is a :class:`ModelStructureError` naming the output and the
+    decoder interface."""
+    decoder = recognise(name, shape)
+    if decoder is None:
+        known = "; ".join(d.description for d in DECODERS)
+        raise ModelStructureError(
+            f"no known detector head reads the output '{name}' of shape {tuple(shape)} (known: {known}). Choose "
+            "another output with output=NAME, or describe the head in a few lines: subclass "
+            "onnx_cnnviz.tasks.Decoder (matches, __init__, candidates) and onnx_cnnviz.tasks.register_decoder it.")
+    return decoder

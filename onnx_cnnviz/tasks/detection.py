@@ -1,0 +1,112 @@
+"""Detections as targets: decode a detector's head, keep the boxes NMS keeps, and explain each box.
+
+A detection's score is one element of the head output (for an ultralytics head, the sigmoid class score ``s_{c,a}``
+of its anchor ``a``), so the :class:`Detection` target's seed is that element's one-hot cotangent: the gradient of a
+detection is ``d s_{c,a} / d x``, the quantity YOLO Grad-CAM tutorials backpropagate one box at a time
+(pytorch-grad-cam's YOLO notebooks, ``yolov8-explainer``). :func:`explain` explains every detection of every image
+in one batched run instead: the images are repeated, one row per detection, and each row gets its detection's
+cotangent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..targets import Target
+from .nms import nms
+
+__all__ = ["Detection", "detect", "explain"]
+
+
+@dataclass(frozen=True)
+class Detection(Target):
+    """One detection: ``box`` (x1, y1, x2, y2 in input pixels), ``cls``, ``score``, and the flat index ``element``
+    of its score in the image's head output ``output`` (None: the model's head output). ``image``: the image of the
+    batch it was found in."""
+    image: int
+    box: tuple
+    cls: int
+    score: float
+    element: int
+    output: str | None = None
+
+    @property
+    def class_index(self) -> int:  # type: ignore[override]
+        return int(self.cls)
+
+    def seed(self, m) -> tuple[str, np.ndarray]:
+        tensor = self.output or m.score_name
+        row = np.zeros(int(np.prod(m.tensor_shape(tensor)[1:])), np.float32)
+        if not 0 <= self.element < row.size:
+            raise InputError(f"detection element {self.element} is outside the head output '{tensor}' "
+                             f"({row.size} elements per image).")
+        row[self.element] = 1.0
+        return tensor, row
+
+
+def detect(m, x, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
+           batch_size: int | None = None) -> list[list[Detection]]:
+    """The detections of each image: the head output decoded by ``m.decoder``, candidates scoring at least ``conf``,
+    class-aware greedy NMS at ``iou`` (:func:`onnx_cnnviz.tasks.nms.nms`), at most ``max_det`` per image.
+
+    Args:
+        m: a model loaded with ``task="detector"``.
+        x: (N, C, H, W) float images, preprocessed for the model.
+        conf: the score threshold (ultralytics' ``conf``).
+        iou: the NMS overlap threshold.
+        max_det: detections kept per image at most, best first.
+        batch_size: images per run.
+
+    Returns:
+        One list of :class:`Detection` per image, best score first (empty where nothing scores ``conf``).
+
+    Raises:
+        InputError: ``m`` is not a detector, or a threshold is out of range.
+    """
+    if getattr(m, "decoder", None) is None:
+        raise InputError(f"detect needs a detector: load the model with task='detector' (this one is a {m.task}).")
+    if not 0.0 <= float(conf) <= 1.0 or not 0.0 <= float(iou) <= 1.0:
+        raise InputError(f"conf and iou are in [0, 1], got conf={conf!r}, iou={iou!r}.")
+    if isinstance(max_det, bool) or not isinstance(max_det, (int, np.integer)) or max_det < 1:
+        raise InputError(f"max_det must be a positive int, got {max_det!r}.")
+    heads = m.scores(x, batch_size=batch_size)  # (N, elements): the head output, flattened per image
+    found = []
+    for i, head in enumerate(heads):
+        cand = m.decoder.candidates(head)
+        ok = np.flatnonzero(cand.scores >= conf)
+        kept = ok[nms(cand.boxes[ok], cand.scores[ok], iou, cand.classes[ok], max_det)]
+        found.append([Detection(i, tuple(float(v) for v in cand.boxes[k]), int(cand.classes[k]),
+                                float(cand.scores[k]), int(cand.elements[k]), m.score_name) for k in kept])
+    return found
+
+
+def explain(method: Callable, m, x, detections, **params) -> np.ndarray:
+    """Maps of ``method`` for every detection, all in one batched run: row ``d`` explains ``detections[d]``.
+
+    Args:
+        method: any map function of the registry (``grad_cam``, ``saliency``, ``gradients``, ...).
+        m: a model loaded with ``task="detector"``.
+        x: (N, C, H, W) the images the detections were found in.
+        detections: the :class:`Detection` objects (a flat list, or :func:`detect`'s list of lists).
+        **params: the method's own parameters (``layer``, ``upsample``, ...).
+
+    Returns:
+        The method's maps, one per detection ((D, H, W) for a map method).
+
+    Raises:
+        InputError: no detection to explain (the message says none scored above the threshold).
+    """
+    flat = [d for item in detections for d in (item if isinstance(item, (list, tuple)) else [item])]
+    if not flat:
+        raise InputError("there is no detection to explain: nothing scored above the detection threshold (conf); "
+                         "lower it (detect(..., conf=...)) or check the preprocessing.")
+    if not all(isinstance(d, Detection) for d in flat):
+        raise InputError("explain takes Detection objects (from onnx_cnnviz.tasks.detect).")
+    x = np.asarray(x)
+    rows = np.asarray([d.image for d in flat], dtype=np.int64)
+    if rows.max() >= len(x):
+        raise InputError(f"a detection belongs to image {int(rows.max())}, but x holds {len(x)} images.")
+    return method(m, x[rows], targets=flat, **params)

@@ -1,0 +1,79 @@
+"""Which task a model's head serves, and the checks of it at load time.
+
+A classifier's head is its (N, K) class scores (:func:`onnx_cnnviz.graph.head.find_score`). A detector's or a
+segmenter's head output is taken as it is (:func:`head_output`): its targets (:mod:`onnx_cnnviz.targets`) read its
+elements. A model loaded as a classifier whose output is a detector head or a dense map is refused by
+:func:`check_head` with a :class:`NotAClassifierError` that says what it is and how to load it.
+"""
+from __future__ import annotations
+
+import onnx
+
+from ..errors import ModelStructureError
+from .decoders import recognise
+
+#: The tasks a model can be loaded for (``load(..., task=...)``).
+TASKS = ("classifier", "detector", "segmenter")
+
+
+class NotAClassifierError(ModelStructureError):
+    """A model loaded as a classifier whose output is not (N, K) class scores: a detector head or a dense map."""
+
+
+def head_output(model: onnx.ModelProto, task: str, wanted: str | None = None) -> str:
+    """The output a detector's or segmenter's targets are read from: ``wanted``, or the model's only output.
+
+    Args:
+        model: the normalised model.
+        task: "detector" or "segmenter" (for the messages).
+        wanted: a graph output's name, or None.
+
+    Returns:
+        The output's name.
+
+    Raises:
+        ModelStructureError: ``wanted`` is not an output, or the model has several outputs and none was chosen.
+    """
+    names = [o.name for o in model.graph.output]
+    if wanted is not None:
+        if wanted not in names:
+            raise ModelStructureError(f"'{wanted}' is not an output of the model; its outputs: {', '.join(names)}.")
+        return wanted
+    if len(names) == 1:
+        return names[0]
+    raise ModelStructureError(f"this {task} has several outputs ({', '.join(names)}); choose the head output its "
+                              "targets read with output=NAME.")
+
+
+def not_a_classifier(name: str, shape) -> None:
+    """Raise :class:`NotAClassifierError` for a classifier whose score tensor ``name`` has ``shape`` (not (N, K))."""
+    decoder = recognise(name, shape)
+    if decoder is not None:
+        raise NotAClassifierError(
+            f"this is a detector: its output '{name}' has shape {tuple(shape)}, {decoder.description}. Load it with "
+            "task='detector' (onnx_cnnviz.load(path, task='detector')) and explain its detections "
+            "(onnx_cnnviz.tasks.detect, then targets=the detections).")
+    raise NotAClassifierError(
+        f"the output '{name}' has shape {tuple(shape)}, not (N, K): this looks like a dense prediction "
+        "(segmentation, detection) rather than an image classifier. A segmenter with an (N, C, H, W) output loads "
+        "with task='segmenter' (targets: onnx_cnnviz.targets.Region); a detector with task='detector'.")
+
+
+def check_head(task: str, name: str, score) -> None:
+    """Check the head output ``name`` (its :class:`TensorInfo` ``score``, at one input size) fits ``task``.
+
+    Raises:
+        NotAClassifierError: a classifier whose output is a detector head or a dense map.
+        ModelStructureError: no usable shape.
+    """
+    shape = None if score is None else score.shape
+    if task != "classifier":
+        if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
+            raise ModelStructureError(f"the head output '{name}' of this {task} has no known shape at this input "
+                                      "size; give the size: load(..., input_size=(H, W)).")
+        return
+    if shape is None or len(shape) < 2:
+        raise ModelStructureError(f"the score tensor '{name}' has no (N, K) shape; is this a classifier? Choose the "
+                                  "class-score output with output=NAME.")
+    if any(d not in (1, None) for d in shape[2:]):
+        not_a_classifier(name, shape)
