@@ -891,9 +891,24 @@ def image_options(f):
                               "no limit).")(f)
 
 
-# The pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png): never taken as inputs
-# from folders and globs inside the output folder.
+# The names of the pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png, evaluate's
+# curve.METHOD.METRIC.png): left out of the inputs taken from folders and globs inside the output folder, when the
+# file this tool writes beside each of them is there too (see _is_ours).
 _OURS = re.compile(r"(\.([a-z-]+\.(top\d+|c\d+)|activations|boxes)\.png|^curve\.[a-z0-9+-]+\.[a-z0-9+-]+\.png)$")
+
+
+def _is_ours(path: Path) -> bool:
+    """``path`` (a name :data:`_OURS` matches) is a picture this tool wrote: the file written with it is beside it
+    (NAME.METHOD.RANK.json, the record written last; NAME.activations.npy; NAME.boxes.json; evaluate's journal for a
+    curve). A user's picture that only looks like an output has none, so it stays an input (and is never replaced)."""
+    name = path.name
+    if name.startswith("curve."):
+        partner = path.with_name("results.jsonl")
+    elif name.endswith(".activations.png"):
+        partner = path.with_suffix(".npy")
+    else:
+        partner = path.with_suffix(".json")
+    return partner.is_file()
 
 
 def collect_images(specs, exclude: Path | None = None, recursive: bool = False) -> list[Path]:
@@ -904,8 +919,9 @@ def collect_images(specs, exclude: Path | None = None, recursive: bool = False) 
     explicitly are always taken (reading them says whether they are pictures).
 
     ``exclude``: the output folder: pictures this tool wrote there (NAME.METHOD.RANK.png, NAME.activations.png,
-    NAME.boxes.png, evaluate's curve.METHOD.METRIC.png) are not taken from folders and globs, so that a second run over a folder holding its own results
-    does not explain the results.
+    NAME.boxes.png, evaluate's curve.METHOD.METRIC.png, each with the file written beside it) are not taken from
+    folders and globs, so that a second run over a folder holding its own results does not explain the results. A
+    picture only named like one of them is an input like any other.
     """
     found: list[Path] = []
     seen = set()
@@ -913,7 +929,8 @@ def collect_images(specs, exclude: Path | None = None, recursive: bool = False) 
 
     def add(path: Path, expanded: bool = True):
         key = path.resolve()
-        if expanded and excluded is not None and (excluded in key.parents) and _OURS.search(key.name):
+        if expanded and excluded is not None and (excluded in key.parents) and _OURS.search(key.name) \
+                and _is_ours(key):
             return
         if key not in seen:
             seen.add(key)

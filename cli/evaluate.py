@@ -317,6 +317,10 @@ def plan(job: Job, outputs: dict, paths: list) -> Plan:
         if existing and not journal.exists():
             raise InputError(f"{existing[0]} already exists but {journal} does not, so it is not a result --resume "
                              "can build on; choose another --out, or pass --overwrite to replace it.")
+    if job.resume and journal.is_symlink():
+        # Appending (or cutting a half line) would write into whatever the link points to.
+        raise InputError(f"{journal} is a symbolic link; --resume never appends through a link: replace it with the "
+                         "journal file itself, or choose another --out.")
     work = Plan([])
     if job.resume:
         work.removed = remove_stale_temps(job.out, {f.name for f in files})
@@ -414,7 +418,7 @@ class Journal:
     def append(self, rows: list) -> None:
         if self.handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.path, self.mode, encoding="utf-8")
+            self.handle = open_journal(self.path, self.mode == "a")
         self.handle.write("".join(json.dumps(row, default=jsonio.to_jsonable) + "\n" for row in rows))
         self.handle.flush()
         os.fsync(self.handle.fileno())
@@ -422,6 +426,20 @@ class Journal:
     def close(self) -> None:
         if self.handle is not None:
             self.handle.close()
+
+
+def open_journal(path: Path, append: bool):
+    """The journal file opened for writing, never through a symbolic link: a new journal replaces a link at its
+    place (as every other output's atomic rename does) instead of emptying the file the link points to, or creating
+    the target of a dangling one; appending to a link fails (``O_NOFOLLOW``; the plan refuses it first)."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if append:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | nofollow
+    else:
+        if path.is_symlink():
+            path.unlink()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | nofollow
+    return os.fdopen(os.open(path, flags, 0o666), "w", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ is on disk, also after Ctrl-C) and sets the exit code.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -229,6 +230,8 @@ def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
     if work.stale:
         echo(f"resume: {len(work.stale)} result(s) were made with other settings ({', '.join(work.changed)}) and "
              "are recomputed", err=True)
+    if work.broken:
+        echo(f"resume: {len(work.broken)} result(s) have missing or broken files and are recomputed", err=True)
     if options.get("ray_address"):
         # Imported only here: the core and the single-process run never import Ray.
         from onnx_cnnviz.dataset.pipeline import explain_on_ray
@@ -244,13 +247,15 @@ class Plan:
     """What is left to do: ``todo`` holds, per image with something to compute, (its index, the methods with at
     least one result to compute); ``skipped`` the images --resume finds finished; ``done`` the records of the results
     --resume keeps; ``stale`` the records made with other settings (recomputed), ``changed`` which settings differ;
-    ``removed`` the temporary files of a killed run that --resume deleted."""
+    ``removed`` the temporary files of a killed run that --resume deleted; ``broken`` the records whose picture or
+    array is missing or damaged (recomputed)."""
     todo: list
     skipped: list
     done: set = field(default_factory=set)
     stale: list = field(default_factory=list)
     changed: list = field(default_factory=list)
     removed: list = field(default_factory=list)
+    broken: list = field(default_factory=list)
 
 
 def plan(job: RunSettings, paths: list, keys: list) -> Plan:
@@ -282,11 +287,13 @@ def plan(job: RunSettings, paths: list, keys: list) -> Plan:
             todo = False
             for files in outs:
                 state, detail = record_state(job, name, path, files.json)
-                if state == "done":
+                if state == "done" and broken_file(files) is None:
                     work.done.add(files.json)
                     continue
                 todo = True
-                if state == "stale":
+                if state == "done":
+                    work.broken.append(abspath(files.json))
+                elif state == "stale":
                     work.stale.append(abspath(files.json))
                     changed.update(detail)
                 elif state == "other" and not job.overwrite:
@@ -334,6 +341,38 @@ def record_state(job: RunSettings, name: str, image: Path, record_path: Path) ->
         else:
             changed.append(key)
     return ("stale", changed) if changed else ("done", None)
+
+
+def broken_file(files: ResultFiles) -> Path | None:
+    """The first of a finished result's picture and array that is missing, empty or damaged (not a PNG from its
+    signature to its IEND chunk; an NPY whose header cannot be read or whose data is shorter than the header says),
+    else None: --resume keeps a result only when every file its record stands for is whole."""
+    import struct
+
+    for path in (files.png, files.npy):
+        try:
+            with open(path, "rb") as handle:
+                if path.suffix == ".png":
+                    head = handle.read(8)
+                    handle.seek(0, os.SEEK_END)
+                    size = handle.tell()
+                    handle.seek(max(0, size - 12))
+                    tail = handle.read(12)
+                    whole = head == b"\x89PNG\r\n\x1a\n" and size >= 20 and tail[4:8] == b"IEND" \
+                        and struct.unpack(">I", tail[:4])[0] == 0
+                else:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                                   np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(handle)
+                    need = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    handle.seek(0, os.SEEK_END)
+                    whole = not dtype.hasobject and handle.tell() >= need
+        except (OSError, ValueError, EOFError, TypeError):
+            whole = False
+        if not whole:
+            return path
+    return None
 
 
 @dataclass
@@ -520,7 +559,7 @@ def finish_run(ctx: click.Context, m, job: RunSettings, paths: list, keys: list,
     if settings().json:
         emit_json({"model": job.model_path, "out": abspath(job.out), "device": m.device,
                    "methods": job.methods, "results": results, "files": files, "skipped": work.skipped,
-                   "stale": work.stale, "removed_temporary": [abspath(p) for p in work.removed],
+                   "stale": work.stale, "broken": work.broken, "removed_temporary": [abspath(p) for p in work.removed],
                    "failed": outcome.failed, "interrupted": outcome.interrupted})
     if outcome.interrupted:
         click.echo(f"cnnviz: interrupted after {complete} of {len(work.todo)} image(s); the {len(results)} result(s) "
