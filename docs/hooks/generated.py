@@ -1,0 +1,90 @@
+"""MkDocs hook: the reference tables generated from the registries when the site is built.
+
+A page asks for a table with a marker line, ``<!-- cnnviz:methods -->``, ``<!-- cnnviz:metrics -->`` or
+``<!-- cnnviz:rules -->``; :func:`on_page_markdown` replaces it with the table read from
+:mod:`onnx_cnnviz.methods.registry`, :mod:`onnx_cnnviz.metrics.registry` or
+:mod:`onnx_cnnviz.graph.autodiff.rules` at that moment. The tables are never written by hand, so registering a method
+(a plugin's, say) changes the built site and nothing else has to.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+
+MARKER = re.compile(r"^<!-- cnnviz:(methods|metrics|rules) -->$", re.MULTILINE)
+
+
+def _cell(value) -> str:
+    """A value as table-cell text: newlines folded; pipes (they would split the cell) and brackets (Markdown would
+    read ``x[i]`` as a link) escaped."""
+    text = " ".join(str(value).split())
+    for char in "|[]":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _params(params: dict) -> str:
+    """Parameters as code spans (brackets need no escaping there; pipes still split a table cell)."""
+    return ", ".join(f"`{k}={v!r}`".replace("|", "\\|") for k, v in params.items()) or "—"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def methods_table() -> str:
+    """One row per registered explanation method, in registration order."""
+    from onnx_cnnviz.methods import registry
+
+    rows = ["| name | method | result | backward graph | layer | per class | signed | parameters | paper |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for meth in registry.METHODS.values():
+        rows.append(f"| `{meth.name}` | {_cell(meth.title)} | {meth.kind} | {_yes(meth.gradients)} | "
+                    f"{_yes(meth.uses_layer)} | {_yes(meth.class_specific)} | {_yes(meth.signed)} | "
+                    f"{_params(meth.params)} | {_cell(meth.paper) or '—'} |")
+    return "\n".join(rows)
+
+
+def metrics_table() -> str:
+    """One row per registered metric, in registration order."""
+    from onnx_cnnviz.metrics import registry
+
+    rows = ["| name | metric | takes | better | reads | boxes | parameters | paper |",
+            "|---|---|---|---|---|---|---|---|"]
+    for met in registry.METRICS.values():
+        rows.append(f"| `{met.name}` | {_cell(met.title)} | {met.takes} | "
+                    f"{'higher' if met.higher_is_better else 'lower'} | {met.output or '—'} | "
+                    f"{_yes(met.needs_boxes)} | {_params(met.params)} | {_cell(met.paper) or '—'} |")
+    return "\n".join(rows)
+
+
+def _summary(func) -> str:
+    doc = inspect.getdoc(func) or ""
+    return _cell(doc.split("\n\n")[0]) or "—"
+
+
+def rules_table() -> str:
+    """One row per op_type with a backward rule: its family module, its rule function in each rule set, and the
+    first paragraph of the rule's docstring."""
+    from onnx_cnnviz.graph.autodiff import rules
+
+    sets = rules.RULE_SETS
+    tables = {name: rules.rule_table(name) for name in sets}
+    head = "| op_type | module | " + " | ".join(f"`{s}` rule" for s in sets) + " | what it computes |"
+    rows = [head, "|" + "---|" * (3 + len(sets))]
+    for op in rules.supported_ops():
+        funcs = [tables[s][op] for s in sets]
+        module = funcs[0].__module__.rsplit(".", 1)[-1]
+        names = [f"`{f.__name__}`" for f in funcs]
+        if len({f.__name__ for f in funcs}) == 1:
+            names = [names[0]] + ["same"] * (len(sets) - 1)
+        rows.append(f"| `{op}` | `{module}.py` | " + " | ".join(names) + f" | {_summary(funcs[0])} |")
+    return "\n".join(rows)
+
+
+TABLES = {"methods": methods_table, "metrics": metrics_table, "rules": rules_table}
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Replace each table marker of the page with the table as the registries hold it now."""
+    return MARKER.sub(lambda match: TABLES[match.group(1)](), markdown)

@@ -1,0 +1,139 @@
+"""The documentation site: `mkdocs build --strict` passes, the reference pages follow the code (a toy method and a
+toy metric registered now appear in the built tables), and the built pages render with their pictures in headless
+Chromium."""
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("mkdocs", reason="the docs tools are not installed (mkdocs, mkdocs-material, mkdocstrings, "
+                    "mkdocs-click)")
+
+
+def build_site(site_dir: Path) -> Path:
+    """Build the site from mkdocs.yml into ``site_dir`` in this process (so registry changes made by the test are
+    seen), strict: a warning fails the build."""
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+
+    config = load_config(str(REPO / "mkdocs.yml"), site_dir=str(site_dir), strict=True)
+    build(config)
+    return site_dir
+
+
+def _toy_map(m, x, targets=None, layer=None, *, upsample=True, normalize=True, batch_size=None, sharpness=2.5):
+    """A toy map for the test: uniform."""
+    return np.ones((len(x),) + tuple(x.shape[2:]), np.float32)
+
+
+def _toy_metric(m, x, maps, targets=None, *, batch_size=None, progress=None, reach=7):
+    raise AssertionError("never run: the test only registers it")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site built with a toy method and a toy metric registered (both removed afterwards)."""
+    from onnx_cnnviz.methods import registry as methods
+    from onnx_cnnviz.metrics import registry as metrics
+
+    methods.register(methods.Method("toy-docs-method", "Toy docs method", _toy_map, kind="map", gradients=False,
+                                    params={"sharpness": 2.5}, paper="Nobody et al. 2099"))
+    metrics.register(metrics.Metric("toy-docs-metric", "Toy docs metric", _toy_metric, takes="maps",
+                                    higher_is_better=True, params={"reach": 7}, paper="Nobody et al. 2099"))
+    try:
+        yield build_site(tmp_path_factory.mktemp("site"))
+    finally:
+        methods.unregister("toy-docs-method")
+        metrics.unregister("toy-docs-metric")
+
+
+def _text(page: Path) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8")))
+
+
+def _rows(page: Path) -> list[str]:
+    """The text of each table row of a built page."""
+    rows = re.findall(r"<tr>(.*?)</tr>", page.read_text(encoding="utf-8"), flags=re.S)
+    return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", r)).split()) for r in rows]
+
+
+def test_every_registered_method_is_in_the_built_table(site):
+    from onnx_cnnviz.methods import registry
+
+    rows = _rows(site / "reference" / "methods" / "index.html")
+    toy = [r for r in rows if r.startswith("toy-docs-method ")]
+    assert toy == ["toy-docs-method Toy docs method map no no yes no sharpness=2.5 Nobody et al. 2099"]
+    for name in registry.names():
+        assert any(r.startswith(f"{name} ") for r in rows), name
+    occlusion = next(r for r in rows if r.startswith("occlusion "))
+    assert "window=(16, 16)" in occlusion and "Zeiler & Fergus 2014" in occlusion
+
+
+def test_every_registered_metric_is_in_the_built_table(site):
+    from onnx_cnnviz.metrics import registry
+
+    rows = _rows(site / "reference" / "metrics" / "index.html")
+    assert "toy-docs-metric Toy docs metric maps higher probability no reach=7 Nobody et al. 2099" in rows
+    for name in registry.names():
+        assert any(r.startswith(f"{name} ") for r in rows), name
+
+
+def test_every_backward_rule_is_in_the_built_table(site):
+    from onnx_cnnviz.graph.autodiff import rules
+
+    rows = _rows(site / "reference" / "rules" / "index.html")
+    for op in rules.supported_ops():
+        assert any(r.startswith(f"{op} ") for r in rows), op
+    relu = next(r for r in rows if r.startswith("Relu "))
+    assert "relu_vanilla relu_guided relu_deconvnet" in relu
+    conv = next(r for r in rows if r.startswith("Conv "))
+    assert "conv.py conv same same" in conv
+
+
+def test_the_cli_reference_lists_every_command_and_option(site):
+    from onnx_cnnviz.cli.main import cli
+
+    text = _text(site / "reference" / "cli" / "index.html")
+    for name, command in cli.commands.items():
+        if command.hidden:
+            continue
+        assert f"cnnviz {name}" in text, name
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and not getattr(param, "hidden", False):
+                    assert opt in text, (name, opt)
+
+
+def test_a_new_cli_option_reaches_the_built_reference(tmp_path):
+    """Add an option to a command, rebuild: it is in the CLI page (and gone again once removed)."""
+    import click
+
+    from onnx_cnnviz.cli.main import cli
+
+    command = cli.commands["inspect"]
+    option = click.Option(["--toy-docs-flag"], is_flag=True, help="A flag the docs test adds.")
+    command.params.append(option)
+    try:
+        site = build_site(tmp_path / "site")
+    finally:
+        command.params.remove(option)
+    assert "--toy-docs-flag" in _text(site / "reference" / "cli" / "index.html")
+
+
+def test_the_api_reference_documents_the_public_functions(site):
+    text = _text(site / "reference" / "api" / "methods" / "index.html")
+    for name in ("grad_cam", "grad_cam_pp", "saliency", "integrated_gradients", "occlusion", "register"):
+        assert name in text, name
+    assert "load" in _text(site / "reference" / "api" / "model" / "index.html")
+
+
+def test_the_validation_pages_are_in_the_site(site):
+    for page in ("what_loads", "dynamo_sweep", "faithfulness", "pointing_game", "sanity_check", "ray"):
+        assert (site / page / "index.html").is_file(), page
+    assert (site / "img" / "report.png").is_file() and (site / "sanity_check.png").is_file()
