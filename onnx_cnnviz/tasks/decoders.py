@@ -52,6 +52,9 @@ class Decoder:
 
     description: str = ""
     num_classes: int
+    #: Anchor points (one per location of every pyramid level), when the head has them: its levels are then found
+    #: (:func:`onnx_cnnviz.tasks.levels.pyramid_levels`).
+    anchors: int | None = None
 
     @classmethod
     def matches(cls, name: str, shape: tuple) -> bool:
@@ -77,6 +80,7 @@ class UltralyticsDecoder(Decoder):
     def __init__(self, shape: tuple):
         self.shape = (int(shape[1]), int(shape[2]))
         self.num_classes = self.shape[0] - 4
+        self.anchors = self.shape[1]
 
     def candidates(self, output: np.ndarray) -> Candidates:
         out = np.asarray(output, dtype=np.float32).reshape(self.shape)

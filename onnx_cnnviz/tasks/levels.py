@@ -1,0 +1,46 @@
+"""A detector's feature pyramid levels: the maps its head reads, one per resolution.
+
+A one-stage detector head (YOLO, FCOS, RetinaNet, PicoDet) runs a box branch and a class branch of convolutions on
+each pyramid level, so each level's map feeds at least two convolutions; its anchors are one per location of every
+level, so the levels' h*w sum to the head's anchor count. :func:`pyramid_levels` finds them from the graph alone:
+scanning the layers from the head back, the last map of each resolution that feeds two or more convolutions,
+until the sizes add up to the anchors. Grad-CAM over them is the multi-level detection CAM (each level's map
+upsampled and averaged, :func:`onnx_cnnviz.grad_cam` with ``layer=levels``); the coarsest level is the detector's
+default layer, the one pytorch-grad-cam's YOLO tutorials explain at.
+"""
+from __future__ import annotations
+
+import onnx
+
+from ..graph.structure import Layer, consumers
+
+__all__ = ["pyramid_levels"]
+
+
+def pyramid_levels(model: onnx.ModelProto, layers: list[Layer], anchors: int | None) -> list[str]:
+    """The pyramid levels of a detector head with ``anchors`` anchor points, finest first ([] when none add up).
+
+    Args:
+        model: the model specialised to an input size (``Model.spec().model``).
+        layers: its candidate layers (``Model.layers``), input to output order.
+        anchors: the head's anchor count (None: unknown, no levels).
+
+    Returns:
+        Layer names, finest resolution first.
+    """
+    if not anchors:
+        return []
+    used_by = consumers(model.graph)
+    found: dict[tuple, str] = {}
+    total = 0
+    for layer in reversed(layers):
+        hw = tuple(layer.shape[2:])
+        if hw in found or sum(1 for node in used_by.get(layer.name, []) if node.op_type == "Conv") < 2:
+            continue
+        found[hw] = layer.name
+        total += int(hw[0]) * int(hw[1])
+        if total >= anchors:
+            break
+    if total != anchors:
+        return []
+    return [name for _, name in sorted(found.items(), key=lambda item: -item[0][0] * item[0][1])]
