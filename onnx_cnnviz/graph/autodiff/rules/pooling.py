@@ -204,17 +204,25 @@ def reduce_mean(ctx, node, dys):
 
 
 def _reduce_select(ctx, node, dys):
-    """ReduceMax/ReduceMin: g goes to the elements equal to the extreme."""
+    """ReduceMax/ReduceMin: ``dx = g * mask / count`` with ``mask = (x == y)`` and ``count`` the number of elements
+    tied for the extreme in each reduced group -- torch's ``amax``/``amin`` backward (and TensorFlow's
+    ``reduce_max``): exact ties share ``g`` evenly instead of each receiving all of it.
+
+    The mask is the forward run's own decision: it compares the same ``x`` and ``y`` that this session computed, so
+    the gradient is that of the function the session evaluated, whichever element a near-tie made win (another
+    framework's float32 kernels may crown the other one; tests pin the reference to this choice, as for MaxPool).
+    """
     b = ctx.b
     axes = reduce_axes(ctx, node)
     if axes is None:
         return [dys[0], None]
-    y = node.output[0]
+    y, g = node.output[0], dys[0]
     if not ctx.attr("keepdims", 1):
-        y = b.op("Unsqueeze", [y, b.ints(axes)])
-    mask = b.op("Equal", [node.input[0], y])
-    return [b.op("Where", [mask, _broadcast_back(ctx, node, dys[0], axes), b.const(0.0)], hint="reduce_sel_grad"),
-            None]
+        y, g = (b.op("Unsqueeze", [t, b.ints(axes)]) for t in (y, g))
+    mask = b.op("Cast", [b.op("Equal", [node.input[0], y])], to=TensorProto.FLOAT, hint="reduce_sel_mask")
+    count = b.reduce_sum(mask, axes, keepdims=True, hint="reduce_sel_ties")
+    share = b.op("Div", [mask, count], hint="reduce_sel_share")
+    return [b.op("Mul", [g, share], hint="reduce_sel_grad"), None]  # g broadcasts back over the reduced axes
 
 
 register("ReduceMax")(_reduce_select)
