@@ -137,3 +137,80 @@ def test_the_validation_pages_are_in_the_site(site):
     for page in ("what_loads", "dynamo_sweep", "faithfulness", "pointing_game", "sanity_check", "ray"):
         assert (site / page / "index.html").is_file(), page
     assert (site / "img" / "report.png").is_file() and (site / "sanity_check.png").is_file()
+
+
+# --- the built pages in headless Chromium -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    from tests.cli import chromium
+
+    path, reason = chromium.find_or_install()
+    if path is None:
+        pytest.skip(reason)
+    return path
+
+
+class _Url:
+    """An http URL where ``chromium.open_page`` expects a file path (it navigates to ``page.resolve().as_uri()``)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def resolve(self):
+        return self
+
+    def as_uri(self) -> str:
+        return self.url
+
+
+@pytest.fixture(scope="module")
+def served(site):
+    """The built site over HTTP on a free local port, as `mkdocs serve` shows it: from file:// the theme's search
+    worker cannot load its index (a script error that no reader sees)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # no request lines in the test output
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("page, pictures", [
+    ("index.html", {"img/report.png"}),
+    ("guides/inside-the-network/index.html", {"img/class_model_tabby.png", "img/class_model_king_penguin.png",
+                                              "img/class_model_tabby_before.png", "img/inversion_cat.png",
+                                              "img/patches.png"}),
+])
+def test_pages_render_with_their_pictures_in_chromium(site, served, browser, page, pictures, tmp_path):
+    """The page loads from disk, every picture it names is decoded (complete, non-zero width), no script throws;
+    the full-page screenshot is kept in the test's folder (and copied to $CNNVIZ_KEEP_SCREENSHOT_DIR when set)."""
+    import os
+    import shutil
+
+    from tests.cli import chromium
+
+    path = site / page
+    html_text = path.read_text(encoding="utf-8")
+    for picture in pictures:
+        assert Path(picture).name in html_text, picture
+    shot = tmp_path / (page.replace("/", "_").replace(".html", "") + ".png")
+    seen = chromium.open_page(browser, _Url(served + page), shot)
+    assert len(seen["images"]) >= len(pictures), seen["images"]
+    assert all(complete and width > 0 for complete, width, _ in seen["images"]), seen["images"]
+    assert seen["exceptions"] == [] and seen["log"] == [], (seen["exceptions"], seen["log"])
+    assert shot.stat().st_size > 30_000
+    print(f"screenshot of {page}: {shot}")
+    if os.environ.get("CNNVIZ_KEEP_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["CNNVIZ_KEEP_SCREENSHOT_DIR"]) / shot.name)
