@@ -32,7 +32,7 @@ from .lru_cache import LRUCache
 from .run_result import RunResult, as_nchw, batch_axis, check_finite, checked, shape_text
 from .tasks.decoders import find_decoder
 from .tasks.head import TASKS, NotAClassifierError, check_head, head_output
-from .tasks.levels import pyramid_levels
+from .tasks.levels import backbone_output, pyramid_levels
 
 __all__ = ["Model", "RunResult", "LRUCache", "check_finite", "DEFAULT_MAX_SESSIONS"]
 
@@ -168,13 +168,18 @@ class Model:
         else:
             self.decoder = find_decoder(self.score_name, spec.info[self.score_name].shape)
             self.num_classes = self.decoder.num_classes
+        #: A detector's pyramid levels (the maps its head reads, finest first; Grad-CAM over them with layer=levels).
         self.levels = pyramid_levels(spec.model, spec.layers, getattr(self.decoder, "anchors", None))
         if self.labels is not None and self.num_classes is not None and len(self.labels) != self.num_classes:
             raise InputError(f"labels has {len(self.labels)} class names but the model has {self.num_classes} "
                              "classes.")
         self._layers = spec.layers
-        self._default_layer = self.levels[-1] if self.levels else default_layer(spec.layers, spec.model,
-                                                                                  self.input_name)
+        if self.levels:
+            self._default_layer = self.levels[-1]
+        elif task == "segmenter":
+            self._default_layer = backbone_output(spec.model, spec.layers)
+        else:
+            self._default_layer = default_layer(spec.layers, spec.model, self.input_name)
 
     # --- public description ------------------------------------------------------------------------------------
     @property

@@ -16,7 +16,8 @@ so that maps agree with it:
 4. several layers: the per-layer maps are averaged, then (``normalize``) min-max scaled once more.
 
 With ``upsample=False, normalize=False, relu=False`` a method returns its raw map at the layer's resolution.
-``targets``: None (each image's top-1 class, chosen inside the same run), an int, or one int per image. ``layer``:
+``targets``: None (each image's top-1 class, chosen inside the same run), an int or class name, a target object
+(:mod:`onnx_cnnviz.targets`: a detection, a region, any output element), or one per image. ``layer``:
 None (``Model.default_layer``), a layer name, or a list of names (maps averaged after upsampling).
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..graph.head import CamHead
 from ..graph.head import cam_head as graph_cam_head
 from ..maps import finish_maps, normalize_maps, normalize_signed
 from ..model import Model
+from ..targets import resolve
 from .attribution import auto_batch_size
 from .gradients import gradients
 
@@ -120,7 +122,7 @@ def _resolve_targets(m: Model, run, targets, n: int) -> np.ndarray:
     if run.targets is not None:
         return np.asarray(run.targets, dtype=np.int64).reshape(n)
     if targets is not None:
-        return m.targets_for(targets, n)
+        return resolve(m, targets, n).classes
     return run.scores.argmax(axis=1).astype(np.int64)
 
 
@@ -238,7 +240,7 @@ def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
 
 
 def _score_cam_weights(m: Model, x: np.ndarray, A: np.ndarray, tgt: np.ndarray, batch_size: int,
-                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                       progress: Callable[[int, int], None] | None = None, seeds=None) -> np.ndarray:
     """Score-CAM channel weights (Wang et al., CVPR-W 2020), as pytorch-grad-cam's ``ScoreCAM``:
 
     each channel A^k is upsampled to the input size (bilinear, align_corners=True), min-max scaled to [0, 1]
@@ -246,7 +248,9 @@ def _score_cam_weights(m: Model, x: np.ndarray, A: np.ndarray, tgt: np.ndarray, 
     ``S_c(x (.) H^k)`` of all channels go through a softmax over k: ``w_k = softmax_k S_c(x (.) H^k)``.
 
     ``batch_size`` channels are upsampled, masked and scored at a time, so memory does not grow with the channel
-    count. ``progress(done, total)``: called after each batch with the masked images done and ``N * C``.
+    count. ``seeds`` (:class:`onnx_cnnviz.targets.Seeds` of target objects): the score of a masked image is then its
+    target's value ``sum(cotangent * T)`` instead of the class score. ``progress(done, total)``: called after each
+    batch with the masked images done and ``N * C``.
     """
     H, W = x.shape[2:]
     ry = _bilinear_matrix(H, A.shape[2]).astype(np.float32)
@@ -263,13 +267,24 @@ def _score_cam_weights(m: Model, x: np.ndarray, A: np.ndarray, tgt: np.ndarray, 
             up = (up - lo) / (hi - lo + 1e-8)
             masked = (x[i][None] * up[:, None]).astype(np.float32)
             del up, flat
-            scores[start:stop] = m.scores(masked, batch_size=batch_size)[:, tgt[i]]
+            if seeds is None:
+                scores[start:stop] = m.scores(masked, batch_size=batch_size)[:, tgt[i]]
+            else:
+                scores[start:stop] = seeds.values(_seeded_values(m, masked, seeds.tensor, batch_size),
+                                                  np.full(stop - start, i))
             del masked
             if progress is not None:
                 progress(i * A.shape[1] + stop, total)
         e = np.exp(scores - scores.max())
         weights[i] = e / e.sum()
     return weights
+
+
+def _seeded_values(m: Model, x: np.ndarray, tensor: str, batch_size) -> np.ndarray:
+    """(B, size) the seeded tensor of each image, flattened (the scores when the seed is at the score)."""
+    if tensor == m.score_name:
+        return m.scores(x, batch_size=batch_size)
+    return m.run(x, outputs=[tensor], batch_size=batch_size).outputs[tensor].reshape(len(x), -1)
 
 
 def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
@@ -282,6 +297,8 @@ def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, n
     with C. ``progress``: a callable ``progress(done, total)`` called after each batch with the masked images scored
     so far and their total, N * C (summed over the layers when there are several). Returns (N, H, W) float32."""
     x = np.asarray(x)
+    seeds = resolve(m, targets, len(x)) if targets is not None else None
+    seeds = seeds if seeds is not None and seeds.objects else None
     offset = [0]
     total = [0]
     if progress is not None:
@@ -294,7 +311,7 @@ def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, n
             done_before = offset[0]
             report = lambda done, _: progress(done_before + done, total[0])  # noqa: E731
             offset[0] += A.shape[0] * A.shape[1]
-        return _weighted_sum(_score_cam_weights(m, x.astype(np.float32), A, tgt, step, report), A)
+        return _weighted_sum(_score_cam_weights(m, x.astype(np.float32), A, tgt, step, report, seeds), A)
 
     return _family(m, x, targets, layer, combine, False, upsample, normalize, relu, batch_size)[0]
 
@@ -315,6 +332,8 @@ def cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normali
     forward pass, no gradient. ``layer=None`` picks the feature map feeding the head; any other layer is an error (use grad_cam).
     Returns (N, H, W) float32."""
     head = cam_head(m)
+    if targets is not None:
+        m.targets_for(targets, np.shape(x)[0])  # CAM reads class weights: class targets only
     if layer is not None:
         names = m.layer_names(layer)
         wrong = [n for n in names if n not in head.aliases]
@@ -337,6 +356,6 @@ def guided_grad_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = T
     upsampled, normalised Grad-CAM map: ``G_guided(x) (.) L^c_Grad-CAM``. Returns (N, C, H, W) float32 at the input's
     size (``upsample`` has nothing to do); ``normalize`` divides each image by its largest absolute value."""
     maps, tgt = _family(m, x, targets, layer, _per_layer(_grad_cam_map), True, True, True, True, batch_size)
-    guided = gradients(m, x, tgt, rule="guided", batch_size=batch_size)
+    guided = gradients(m, x, tgt if targets is None else targets, rule="guided", batch_size=batch_size)
     out = (guided * maps[:, None]).astype(np.float32)
     return normalize_signed(out) if normalize else out

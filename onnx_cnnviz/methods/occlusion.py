@@ -29,6 +29,7 @@ from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW
                                window_positions)
 from ..maps import normalize_maps, normalize_signed
 from ..model import Model, check_finite
+from ..targets import resolve
 from .arguments import baseline_values, input_only, pair
 from .attribution import Progress, auto_batch_size
 
@@ -100,12 +101,24 @@ def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=
     window, stride = pair(window, "window"), pair(stride, "stride")
     if window[0] > h or window[1] > w:
         raise InputError(f"window {window} is larger than the image ({h}x{w}).")
-    target_arr = m.targets_for(targets, n)
+    seeds = resolve(m, targets, n) if targets is not None else None
+    if seeds is not None and seeds.objects:
+        # A target object's value is sum(cotangent * head output): read from the occluded images' head output.
+        if seeds.tensor != m.score_name:
+            raise InputError(f"occlusion reads the model's head output '{m.score_name}'; a target on '{seeds.tensor}' "
+                             "is explained by the gradient and CAM methods.")
+        if mode != "score":
+            raise InputError("a target object is occluded in mode='score' (its value's drop); mode='probability' is "
+                             "the softmax of class scores.")
+    elif m.task != "classifier":
+        raise InputError(f"occlusion of a {m.task} needs target objects (a Detection, a Region, an OutputElement).")
+    target_arr = None if seeds is None else seeds.classes
+    rows = seeds.rows if seeds is not None and seeds.objects else None
     fills = baseline_values(x, baseline, image_shaped=False).reshape(n, c)
     positions = window_positions((h, w), window, stride)
     # Row 0 of every image: a window entirely outside the image, i.e. the image itself.
-    rows = np.concatenate([np.array([[h, w]], dtype=np.int64), positions])
-    bs = int(batch_size) if batch_size else auto_batch_size(m, (h, w), len(rows), backward=False)
+    feed_rows = np.concatenate([np.array([[h, w]], dtype=np.int64), positions])
+    bs = int(batch_size) if batch_size else auto_batch_size(m, (h, w), len(feed_rows), backward=False)
     if m.static_batch:
         bs = 1
     if bs < 1:
@@ -143,8 +156,8 @@ def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=
             runs = ((s, {POSITIONS: positions[s:s + bs], BASELINE: fills[i], **feeds}) for s in range(0, windows, bs))
         else:
             reference = None  # row 0 of the first run
-            runs = ((s - 1, {IMAGE: image, POSITIONS: rows[s:s + bs], WINDOW: window_feed, BASELINE: fills[i]})
-                    for s in range(0, len(rows), bs))
+            runs = ((s - 1, {IMAGE: image, POSITIONS: feed_rows[s:s + bs], WINDOW: window_feed,
+                             BASELINE: fills[i]}) for s in range(0, len(feed_rows), bs))
         t = None if target_arr is None else int(target_arr[i])
         for first, feed in runs:  # first: the index of the run's first window (-1: the run starts with the image)
             values = session.run(feed, [OUTPUT])[OUTPUT]
@@ -152,10 +165,13 @@ def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=
             check_finite(values, "class scores with windows occluded", image=i)
             if first < 0:
                 reference, values, first = values[0], values[1:], 0
-            if t is None:
-                t = int(reference.argmax())
-            column = values[:, t]
-            per_window[first:first + len(column)] = reference[t] - column if mode == "score" else column
+            if rows is not None:  # the target's value, sum(cotangent * head output), per window
+                ref_value, column = float(reference @ rows[i]), values @ rows[i].astype(np.float64)
+            else:
+                if t is None:
+                    t = int(reference.argmax())
+                ref_value, column = reference[t], values[:, t]
+            per_window[first:first + len(column)] = ref_value - column if mode == "score" else column
             if progress is not None and len(column):
                 progress(i * windows + first + len(column), total_windows)
         grid = per_window.reshape(len(tops), len(lefts))

@@ -24,6 +24,9 @@ def top_k(method, m: Model, x, k: int = 5, *, progress: Progress | None = None, 
     """
     if "targets" in kwargs:
         raise InputError("top_k chooses the targets itself (the k best classes); do not pass targets.")
+    if m.task != "classifier":
+        raise InputError(f"top_k explains a classifier's k best classes; a {m.task}'s predictions are explained with "
+                         "onnx_cnnviz.tasks.explain(method, m, x, targets) (detections, regions).")
     entry = registry.get(method) if isinstance(method, str) else registry.by_function(method)
     if entry is not None and not entry.class_specific:
         raise InputError(f"{entry.title} does not depend on the class, so its top-{k} maps would all be equal; use a "

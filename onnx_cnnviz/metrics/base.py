@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import Model
+from ..targets import resolve
 
 OUTPUTS = ("probability", "score")
 #: How (N, C, H, W) attributions become one value per pixel for the metrics that rank or mask pixels.
@@ -129,11 +130,35 @@ def batch_size_of(m: Model, batch_size) -> int:
     return m.batch_size if batch_size is None else positive_int(batch_size, "batch_size")
 
 
+class TargetRows(np.ndarray):
+    """(N, K) float32 cotangent rows of target objects over the scores (what :func:`targets_of` returns for them);
+    ``classes`` (N,) int64 the class each explains (-1: none), what a :class:`MetricResult` reports."""
+    classes: np.ndarray
+
+
 def targets_of(m: Model, targets, clean_scores: np.ndarray) -> np.ndarray:
-    """(N,) int64 classes: ``targets`` checked, or each image's top-1 (first index on ties, as torch's argmax)."""
+    """(N,) int64 classes: ``targets`` checked, or each image's top-1 (first index on ties, as torch's argmax).
+
+    Target objects (:mod:`onnx_cnnviz.targets`: a detection, a region, a weighted sum of the head output) give their
+    :class:`TargetRows` instead: a metric then reads each image's target value ``sum(cotangent * scores)``."""
     if targets is None:
+        if m.task != "classifier":
+            resolve(m, None, len(clean_scores))  # raises: a detector or segmenter has no top-1 class
         return np.argmax(clean_scores, axis=1).astype(np.int64)
-    return m.targets_for(targets, len(clean_scores))
+    seeds = resolve(m, targets, len(clean_scores))
+    if not seeds.objects:
+        return seeds.classes
+    if seeds.tensor != m.score_name:
+        raise InputError(f"the metrics read the model's head output '{m.score_name}'; a target on '{seeds.tensor}' "
+                         "cannot be scored by them.")
+    rows = seeds.rows.view(TargetRows)
+    rows.classes = seeds.classes
+    return rows
+
+
+def result_targets(targets: np.ndarray) -> np.ndarray:
+    """The (N,) classes a :class:`MetricResult` reports for :func:`targets_of`'s ``targets``."""
+    return getattr(targets, "classes", targets)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,8 +173,11 @@ class Readout:
     transform: Callable[[np.ndarray], np.ndarray]
 
     def __call__(self, scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """The target's value per row of ``scores``."""
+        """The target's value per row of ``scores``: ``targets`` (B,) classes, or (B, K) cotangent rows of target
+        objects (:class:`TargetRows`), whose value is ``sum_k rows[b, k] values[b, k]``."""
         values = self.transform(np.asarray(scores, dtype=np.float64))
+        if np.ndim(targets) == 2:
+            return np.einsum("bk,bk->b", values, np.asarray(targets, dtype=np.float64))
         return values[np.arange(len(values)), targets]
 
 
@@ -185,6 +213,9 @@ def readout(m: Model, output: str, clean_scores: np.ndarray) -> Readout:
     """
     if output not in OUTPUTS:
         raise InputError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}.")
+    if m.task != "classifier":  # no class vector to normalise: the head output's elements are the targets' values
+        return Readout("score", f"the {m.task}'s head output '{m.score_name}' as it is (the target's value)",
+                       _identity)
     head = m.softmax_skipped
     already = head is None and looks_like_probabilities(clean_scores)
     if output == "score":
@@ -230,4 +261,5 @@ def clean_scores(m: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 __all__ = ["MetricResult", "Readout", "OUTPUTS", "CHANNELS", "check_x", "check_maps", "pixel_maps", "positive_int",
-           "batch_size_of", "targets_of", "readout", "looks_like_probabilities", "score_jobs", "clean_scores"]
+           "batch_size_of", "targets_of", "TargetRows", "result_targets", "readout", "looks_like_probabilities",
+           "score_jobs", "clean_scores"]

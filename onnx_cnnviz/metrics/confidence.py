@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..model import Model
 from .base import (MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, readout, score_jobs,
-                   targets_of)
+                   result_targets, targets_of)
 
 #: How far a map may stray outside [0, 1] (float rounding of a normalised, upsampled map).
 RANGE_TOLERANCE = 1e-5
@@ -62,7 +62,8 @@ def confidence_change(m: Model, x, maps, targets=None, *, output: str = "probabi
     y = read(clean, targets)
     bad = np.flatnonzero(y <= 0)
     if bad.size:
-        raise InputError(f"image {int(bad[0])}'s {read.output} for class {int(targets[bad[0]])} is {y[bad[0]]:.4g}; "
+        cls = int(result_targets(targets)[bad[0]])
+        raise InputError(f"image {int(bad[0])}'s {read.output} for class {cls} is {y[bad[0]]:.4g}; "
                          "the drop in confidence divides by it, so it must be positive: use output='probability'.")
     o = np.empty(len(x))
     jobs = [(i,) for i in range(len(x))]
@@ -74,9 +75,10 @@ def confidence_change(m: Model, x, maps, targets=None, *, output: str = "probabi
     for chunk, values in score_jobs(m, jobs, build, read, targets, bs, progress):
         o[[i for (i,) in chunk]] = values
     details = {"clean": y, "masked": o}
-    drop = MetricResult("average-drop", np.maximum(y - o, 0.0) / y, targets, False, read.description,
+    classes = result_targets(targets)
+    drop = MetricResult("average-drop", np.maximum(y - o, 0.0) / y, classes, False, read.description,
                         details=details)
-    increase = MetricResult("increase-in-confidence", (o > y).astype(np.float64), targets, True, read.description,
+    increase = MetricResult("increase-in-confidence", (o > y).astype(np.float64), classes, True, read.description,
                             details=details)
     return drop, increase
 

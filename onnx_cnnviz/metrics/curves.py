@@ -38,7 +38,7 @@ from ..errors import InputError
 from ..methods.arguments import baseline_values
 from ..model import Model
 from .base import (MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, positive_int, readout,
-                   score_jobs, targets_of)
+                   result_targets, score_jobs, targets_of)
 
 #: RISE's blur (``gkern(klen=11, nsig=5)``).
 BLUR_SIZE = 11
@@ -148,7 +148,7 @@ def _curves(kind: str, m: Model, x, maps, targets, baseline, pixels_per_step, ou
             curve[i, j] = v
     fractions = counts / pixels
     return MetricResult(
-        metric=kind, values=auc(curve, fractions), targets=targets, higher_is_better=not deleting,
+        metric=kind, values=auc(curve, fractions), targets=result_targets(targets), higher_is_better=not deleting,
         output=read.description, curve=curve, axis=fractions,
         axis_name="fraction of pixels deleted" if deleting else "fraction of pixels inserted",
         details={"clean": read(clean, targets), "pixels_per_step": step,

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import InputError, MissingDependencyError
 from ..model import Model
 from .base import (MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, readout, score_jobs,
-                   targets_of)
+                   result_targets, targets_of)
 
 #: (row offset, column offset) -> weight of that neighbour in the imputation (the ROAD authors' weights).
 NEIGHBOURS = [((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
@@ -179,7 +179,7 @@ def road(m: Model, x, maps, targets=None, *, order: str = "morf", percentiles=DE
             after[o][i, k] = v
     change = {o: after[o] - y[:, None] for o in orders}
     curve = (change["lerf"] - change["morf"]) / 2 if order == "combined" else change[order]
-    return MetricResult(metric=f"road-{order}", values=curve.mean(axis=1), targets=targets,
+    return MetricResult(metric=f"road-{order}", values=curve.mean(axis=1), targets=result_targets(targets),
                         higher_is_better=order != "morf", output=read.description, curve=curve,
                         axis=np.asarray(percentiles, dtype=np.float64), axis_name="percentile (percent of pixels kept)",
                         details={"clean": y, **{f"imputed_{o}": after[o] for o in orders}})

@@ -52,7 +52,8 @@ import numpy as np
 from ..errors import InputError
 from ..methods.localise import box_from_map, iou
 from ..model import Model
-from .base import MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, targets_of
+from .base import (MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, result_targets,
+                   targets_of)
 from .boxes import Box, check_inside
 
 #: Zhang et al.'s tolerance, in pixels (TorchRay's default).
@@ -83,7 +84,7 @@ def _prepare(m: Model, x, maps, boxes, targets, channels: str, batch_size) -> _B
     n, h, w = heat.shape
     checked = check_boxes(boxes, n, w, h)
     scores = clean_scores(m, x, batch_size_of(m, batch_size))
-    targets = targets_of(m, targets, scores)
+    targets = result_targets(targets_of(m, targets, scores))  # a detection or region: the class it explains
     predicted = np.argmax(scores, axis=1).astype(np.int64)
     relevant = [[box.pixels(w, h) for box in image if box.label is None or box.label == t]
                 for image, t in zip(checked, targets)]

@@ -1,4 +1,5 @@
-"""A detector's feature pyramid levels: the maps its head reads, one per resolution.
+"""Default layers beyond classifiers: a detector's feature pyramid levels (the maps its head reads, one per
+resolution) and a segmenter's backbone output.
 
 A one-stage detector head (YOLO, FCOS, RetinaNet, PicoDet) runs a box branch and a class branch of convolutions on
 each pyramid level, so each level's map feeds at least two convolutions; its anchors are one per location of every
@@ -14,7 +15,7 @@ import onnx
 
 from ..graph.structure import Layer, consumers
 
-__all__ = ["pyramid_levels"]
+__all__ = ["pyramid_levels", "backbone_output"]
 
 
 def pyramid_levels(model: onnx.ModelProto, layers: list[Layer], anchors: int | None) -> list[str]:
@@ -44,3 +45,20 @@ def pyramid_levels(model: onnx.ModelProto, layers: list[Layer], anchors: int | N
     if total != anchors:
         return []
     return [name for _, name in sorted(found.items(), key=lambda item: -item[0][0] * item[0][1])]
+
+
+def backbone_output(model: onnx.ModelProto, layers: list[Layer]) -> str | None:
+    """A segmenter's default layer: the backbone's last map, which the decoder's branches read.
+
+    The last layer at the coarsest spatial resolution (h*w > 1) that feeds two or more nodes (DeepLabV3's ASPP
+    branches, LR-ASPP's two paths); the last layer at that resolution when none does; None without spatial layers.
+    pytorch-grad-cam's segmentation tutorial explains at this map (``model.backbone.layer4``).
+    """
+    spatial = [la for la in layers if len(la.shape) == 4 and la.shape[2] * la.shape[3] > 1]
+    if not spatial:
+        return None
+    coarsest = min(la.shape[2] * la.shape[3] for la in spatial)
+    at_coarsest = [la for la in spatial if la.shape[2] * la.shape[3] == coarsest]
+    used_by = consumers(model.graph)
+    branching = [la for la in at_coarsest if len([n for n in used_by.get(la.name, []) if n.op_type != "Shape"]) >= 2]
+    return (branching or at_coarsest)[-1].name
