@@ -12,27 +12,29 @@ classes), :func:`image_options` (--max-pixels: the commands that read pictures).
 """
 from __future__ import annotations
 
-import difflib
-import glob
-import hashlib
-import io
 import json
-import os
 import re
 import shutil
 import sys
 import time
-from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from onnx_cnnviz import jsonio
-from onnx_cnnviz.errors import InputError, ModelLoadError
-from onnx_cnnviz.files import check_regular
-from onnx_cnnviz.image import IMAGE_SUFFIXES, MAX_PIXELS, Preprocessing
+from onnx_cnnviz.errors import InputError
+from onnx_cnnviz.image import MAX_PIXELS
 from onnx_cnnviz.metrics import registry as metric_registry
+from onnx_cnnviz.runs import explain_plan, labels, preprocessing
+from onnx_cnnviz.runs.images import collect_images, image_keys  # noqa: F401  (the commands' one collector)
+from onnx_cnnviz.runs.labels import resolve_labels  # noqa: F401
+from onnx_cnnviz.runs.outputs import (abspath, check_outputs, npy_bytes, out_folder, protect_inputs,  # noqa: F401
+                                      save_json, save_npy)
+from onnx_cnnviz.runs.preprocessing import (ASSUMED_PRESET, PRESET_NAMES, PreprocessingChoice,  # noqa: F401
+                                            assumed_warning, choose_preprocessing, load_model, preset)
+from onnx_cnnviz.runs.reporting import Reporter
 
 # Exit codes besides 0 and click's 2 for bad usage (see main.py's docstring).
 EXIT_FAILURE = 1
@@ -174,11 +176,6 @@ def finish(document, message: str) -> None:
         emit_json(document)
     else:
         echo(message)
-
-
-def abspath(path) -> str | None:
-    """The one way paths appear in JSON: absolute and resolved (None stays None)."""
-    return None if path is None else str(Path(path).resolve())
 
 
 def error_document(exc: BaseException, message: str, exit_code: int) -> dict:
@@ -645,23 +642,6 @@ def input_size_option(note: str, default):
                          help="The model's input size HxW (or one number for a square),", note=note)
 
 
-_LIBRARY_DEFAULT = object()
-
-
-def load_model(path, device="auto", input_name=None, output_name=None, input_size=None, batch_size=None,
-               max_nodes=_LIBRARY_DEFAULT):
-    """The model at ``path``; ``max_nodes``: the --max-nodes value (None: no limit; not given: the library's
-    default). A path that is not a regular file (a FIFO that would block, a device) is refused before it is opened
-    (:class:`ModelLoadError`); a folder or a missing file gets the library's message."""
-    import onnx_cnnviz as cv
-
-    if not Path(path).is_dir():
-        check_regular(path, "model file", ModelLoadError)
-    limit = {} if max_nodes is _LIBRARY_DEFAULT else {"max_nodes": max_nodes}
-    return cv.load(path, device=device, input=input_name, output=output_name, input_size=input_size,
-                   batch_size=batch_size, **limit)
-
-
 def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None):
     """The model and its preprocessing from a command's MODEL argument, :func:`model_options` and
     :func:`preprocessing_options` values (``options``: the command's keyword arguments holding them)."""
@@ -673,6 +653,19 @@ def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None):
     return m, pre
 
 
+def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, order, scale, input_size=None,
+                          model_name: str = "the model"):
+    """The run's preprocessing policy (:func:`onnx_cnnviz.runs.preprocessing.resolve_preprocessing`), warning once
+    when the preprocessing is only assumed."""
+    return preprocessing.resolve_preprocessing(m, preprocess, mean, std, size, order, scale, input_size, model_name,
+                                               reporter())
+
+
+def channel_order(m, order: str | None, model_name: str = "the model") -> str:
+    """The channel order of --order, else the model's metadata, else RGB (with a warning): for filters."""
+    return preprocessing.channel_order(m, order, model_name, reporter())
+
+
 def layer_name(m, layer: str | None) -> str | None:
     """The checked name of ``layer`` on ``m`` (the model's default layer when None)."""
     return m.layer(layer).name if layer else m.default_layer
@@ -681,25 +674,10 @@ def layer_name(m, layer: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Preprocessing
 
-#: The presets of --preprocess: the library's (onnx_cnnviz.image.PRESETS) and Keras's "tf" mode (x / 127.5 - 1).
-PRESET_NAMES = ("imagenet", "caffe", "tf", "none")
-#: What --preprocess is used when the model's metadata holds none and no flag is given (with a warning).
-ASSUMED_PRESET = "imagenet"
-
-
-def preset(name: str):
-    """The :class:`~onnx_cnnviz.image.Preprocessing` of a --preprocess name."""
-    from onnx_cnnviz.image import PRESETS, Preprocessing
-
-    if name == "tf":
-        return Preprocessing(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="RGB",
-                             scale=1.0 / 255.0)
-    return PRESETS[name]
-
 
 PREPROCESS_HELP = ("The model's preprocessing preset: imagenet (torchvision: RGB in [0, 1], ImageNet mean and std), "
-                   "caffe (BGR 0..255 minus the mean), tf (RGB scaled to [-1, 1]), none (RGB in [0, 1] at the "
-                   "picture's size).")
+                   "caffe (BGR 0..255 minus the mean), tf (RGB scaled to [-1, 1]), tflite ((RGB - 127) / 128), raw "
+                   "(RGB 0..255), none (RGB in [0, 1] at the picture's size).")
 
 
 def preprocess_option(note: str):
@@ -726,99 +704,6 @@ def preprocessing_options(f):
         shared_option("--scale", type=FloatsType(count=(1,)), help="Pixel scale before the mean, e.g. 1/255 or 1."))
 
 
-@dataclass(frozen=True)
-class PreprocessingChoice:
-    """The preprocessing a command uses and where it comes from: ``source`` is "metadata" (the model's
-    ``cnnviz.preprocess.*`` keys, maybe with flags over them), "flags" (--preprocess, or fields given on the assumed
-    preset), "model" (the model takes integer pixels: :data:`RAW_PIXELS`) or "assumed" (nothing given: the
-    :data:`ASSUMED_PRESET`)."""
-    preprocessing: object
-    source: str
-    preset: str | None
-    flags: tuple
-
-    def describe(self) -> str:
-        if self.source == "model":
-            return ("raw pixels (the model takes integer pixels and preprocesses them inside its graph; RGB order "
-                    "assumed, set --order BGR otherwise)")
-        if self.source == "metadata":
-            extra = f", with {', '.join(self.flags)}" if self.flags else ""
-            return f"from the model's metadata{extra}"
-        if self.source == "flags":
-            return (f"from the flags ({', '.join(self.flags)})" +
-                    (f" on the {self.preset} preset" if self.preset and "--preprocess" not in self.flags else ""))
-        return (f"assumed: the {self.preset} preset (the model's metadata holds no preprocessing; set --preprocess or "
-                "--mean/--std/--order/--scale)")
-
-
-#: What a model that takes integer pixels (and preprocesses them in its graph) is fed: the pixels, RGB, unscaled.
-RAW_PIXELS = Preprocessing(size=None, mean=None, std=None, order="RGB", scale=1.0)
-
-
-def choose_preprocessing(m, preprocess=None, mean=None, std=None, size=None, order=None, scale=None,
-                         input_size=None) -> PreprocessingChoice:
-    """The model's metadata preprocessing, unless --preprocess is given; else the :data:`ASSUMED_PRESET`; then the
-    field overrides (--input-size stands for --size when that is not given). A model with a fixed input size always
-    gets its own size (:func:`~onnx_cnnviz.report.fit_preprocessing`, which also refuses models that do not take
-    3-channel pictures)."""
-    from onnx_cnnviz.image import Preprocessing, get_preprocessing
-    from onnx_cnnviz.report import fit_preprocessing
-
-    fields = {"--mean": mean, "--std": std, "--order": order, "--scale": scale}
-    given = [name for name, value in fields.items() if value is not None]
-    metadata = None if preprocess else Preprocessing.from_metadata(m.metadata)
-    if preprocess:
-        source, name, base = "flags", preprocess, preset(preprocess)
-        given = ["--preprocess"] + given
-    elif metadata is not None:
-        source, name, base = "metadata", None, metadata
-    elif getattr(m, "takes_pixels", False):
-        # Exported taking integer pixels, the model preprocesses inside its graph: feed it the pixels as they are.
-        source, name, base = ("flags" if given else "model"), None, RAW_PIXELS
-    else:
-        source, name, base = ("flags" if given else "assumed"), ASSUMED_PRESET, preset(ASSUMED_PRESET)
-    pre = get_preprocessing(base, size=size or input_size, mean=mean, std=std, order=order.upper() if order else None,
-                            scale=scale[0] if scale else None)
-    return PreprocessingChoice(fit_preprocessing(m, pre), source, name, tuple(given))
-
-
-def assumed_warning(model_name: str) -> str:
-    """The warning of a model run on the assumed preset: which preset, and the flags to set."""
-    p = preset(ASSUMED_PRESET)
-    scale = "pixels / 255" if abs(p.scale - 1 / 255) < 1e-12 else f"pixels x {p.scale:g}"
-    numbers = f"{p.order}, {scale}, mean {','.join(f'{v:g}' for v in p.mean)}, std " \
-              f"{','.join(f'{v:g}' for v in p.std)}"
-    return (f"{model_name} holds no preprocessing metadata and no preprocessing flag was given: assuming the "
-            f"{ASSUMED_PRESET} preset ({numbers}). A model trained otherwise predicts wrong classes: set "
-            "--preprocess caffe|tf|none (Caffe models such as SqueezeNet need caffe) or --mean/--std/--order/--scale "
-            "(`cnnviz convert` records them in the model).")
-
-
-def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, order, scale, input_size=None,
-                          model_name: str = "the model"):
-    """:func:`choose_preprocessing`, warning once when the preprocessing is only assumed."""
-    choice = choose_preprocessing(m, preprocess, mean, std, size, order, scale, input_size)
-    if choice.source == "assumed":
-        warn(assumed_warning(model_name), once="assumed-preprocessing")
-    return choice.preprocessing
-
-
-def channel_order(m, order: str | None, model_name: str = "the model") -> str:
-    """The channel order of --order, else the model's metadata, else RGB (with a warning): for filters, which reads
-    no picture."""
-    from onnx_cnnviz.image import Preprocessing
-
-    if order:
-        return order.upper()
-    metadata = Preprocessing.from_metadata(m.metadata)
-    if metadata is not None:
-        return metadata.order
-    warn(f"{model_name} holds no preprocessing metadata and --order is not given: assuming RGB channel order for the "
-         "filter colours; pass --order BGR for a model that takes BGR input (Caffe models such as SqueezeNet).",
-         once="assumed-order")
-    return "RGB"
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Class names and targets
 
@@ -826,48 +711,6 @@ def channel_order(m, order: str | None, model_name: str = "the model") -> str:
 def labels_option(note: str = "Default: the model's 'cnnviz.labels' metadata."):
     return shared_option("--labels", type=click.Path(dir_okay=False), default=None,
                          help="Class names: a text file, one name per line (line i names class i - 1).", note=note)
-
-
-def resolve_labels(m, labels_path):
-    from onnx_cnnviz import report
-
-    if labels_path:
-        return report.check_labels(report.read_labels(labels_path), m.num_classes, f"labels file '{labels_path}'")
-    return report.check_labels(report.labels_from_metadata(m.metadata), m.num_classes, "the model's label metadata")
-
-
-def resolve_target(value, labels, hint: str = "--target"):
-    """The class index of a --target value: an index as given, or a class name matched case-insensitively against
-    ``labels`` (a whole name, or one of its comma-separated synonyms). An unknown or ambiguous name, or a name when
-    no class names are known, is a usage error (exit code 2) listing the close matches."""
-    if value is None or isinstance(value, int):
-        return value
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    if not labels:
-        raise click.BadParameter(f"{text!r} is a class name but the model's class names are not known; give the "
-                                 "class index, or the class names with --labels FILE.", param_hint=hint)
-    key = text.casefold()
-    found = [i for i, name in enumerate(labels) if name.casefold() == key]
-    if not found:
-        found = [i for i, name in enumerate(labels)
-                 if key in (part.strip().casefold() for part in name.split(","))]
-    if len(found) == 1:
-        return found[0]
-    if found:
-        listed = "; ".join(f"{i} ({labels[i]})" for i in found)
-        raise click.BadParameter(f"{text!r} names {len(found)} classes: {listed}; give the index.", param_hint=hint)
-    folded = [name.casefold() for name in labels]
-    close = difflib.get_close_matches(key, folded, n=5, cutoff=0.6)
-    near = [i for i, name in enumerate(folded) if name in close]
-    near += [i for i, name in enumerate(folded) if key in name and i not in near]
-    near = near[:8]
-    hint_text = ("; close matches: " + "; ".join(f"{i} ({labels[i]})" for i in near)) if near else ""
-    raise click.BadParameter(f"no class is named {text!r}{hint_text}. `cnnviz inspect MODEL --classes` lists the "
-                             "class names.", param_hint=hint)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -891,241 +734,62 @@ def image_options(f):
                               "no limit).")(f)
 
 
-# The names of the pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png, evaluate's
-# curve.METHOD.METRIC.png): left out of the inputs taken from folders and globs inside the output folder, when the
-# file this tool writes beside each of them is there too (see _is_ours).
-_OURS = re.compile(r"(\.([a-z-]+\.(top\d+|c\d+)|activations|boxes)\.png|^curve\.[a-z0-9+-]+\.[a-z0-9+-]+\.png)$")
-
-
-def _is_ours(path: Path) -> bool:
-    """``path`` (a name :data:`_OURS` matches) is a picture this tool wrote: the file written with it is beside it
-    (NAME.METHOD.RANK.json, the record written last; NAME.activations.npy; NAME.boxes.json; evaluate's journal for a
-    curve). A user's picture that only looks like an output has none, so it stays an input (and is never replaced)."""
-    name = path.name
-    if name.startswith("curve."):
-        partner = path.with_name("results.jsonl")
-    elif name.endswith(".activations.png"):
-        partner = path.with_suffix(".npy")
-    else:
-        partner = path.with_suffix(".json")
-    return partner.is_file()
-
-
-def collect_images(specs, exclude: Path | None = None, recursive: bool = False) -> list[Path]:
-    """Files, folders (their image files, sorted) and globs -> a list of image paths without duplicates.
-
-    Folders (and folders a glob matches) give their regular files whose suffix is one of
-    :data:`onnx_cnnviz.image.IMAGE_SUFFIXES` (hidden files left out; subfolders too with ``recursive``). Files named
-    explicitly are always taken (reading them says whether they are pictures).
-
-    ``exclude``: the output folder: pictures this tool wrote there (NAME.METHOD.RANK.png, NAME.activations.png,
-    NAME.boxes.png, evaluate's curve.METHOD.METRIC.png, each with the file written beside it) are not taken from
-    folders and globs, so that a second run over a folder holding its own results does not explain the results. A
-    picture only named like one of them is an input like any other.
-    """
-    found: list[Path] = []
-    seen = set()
-    excluded = exclude.resolve() if exclude is not None else None
-
-    def add(path: Path, expanded: bool = True):
-        key = path.resolve()
-        if expanded and excluded is not None and (excluded in key.parents) and _OURS.search(key.name) \
-                and _is_ours(key):
-            return
-        if key not in seen:
-            seen.add(key)
-            found.append(path)
-
-    def add_folder(folder: Path):
-        pattern = "**/*" if recursive else "*"
-        for p in sorted(folder.glob(pattern)):
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file():
-                add(p)
-
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            add_folder(path)
-        elif path.exists():
-            add(path, expanded=False)
-        elif glob.has_magic(str(spec)):
-            matches = sorted(glob.glob(str(spec), recursive=True))
-            if not matches:
-                raise InputError(f"no file matches {spec!r}.")
-            for match in matches:
-                p = Path(match)
-                if p.is_dir():
-                    add_folder(p)
-                elif p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-                    add(p)
-        else:
-            raise InputError(f"image '{spec}' does not exist.")
-    if not found:
-        hint = "" if recursive else "; pass -r to look in subfolders too"
-        raise InputError(f"no image files found in {', '.join(map(str, specs))} "
-                         f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}{hint}).")
-    return found
-
-
-def image_keys(paths: list[Path]) -> list[str]:
-    """One file-name stem per image, different for different input paths (compared ignoring case, for file systems
-    that do): the stem when no other image has it; else the path relative to the images' common folder, its folders
-    joined by ``__`` (``a/cat.png`` -> ``a__cat``), plus the suffix when only that differs (``cat_png``,
-    ``cat_jpg``); when that still collides (``a/cat.png`` and ``a__cat.png``), a short hash of the full path is
-    added (``a__cat-3f9c2a1b``). Keys over :data:`MAX_KEY` characters are cut and hashed the same way."""
-    stems = [p.stem for p in paths]
-    if _unique(stems) and all(len(k) <= MAX_KEY for k in stems):
-        return stems
-    resolved = [p.resolve() for p in paths]
-    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
-    counts = Counter(stem.casefold() for stem in stems)
-    keys = []
-    for r, stem in zip(resolved, stems):
-        if counts[stem.casefold()] == 1:
-            keys.append(stem)
-        else:
-            rel = r.relative_to(root)
-            keys.append("__".join(rel.parent.parts + (rel.stem,)))
-    # Same name but the suffix in one folder (cat.png, cat.jpg): the suffix tells them apart.
-    groups: dict = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k.casefold(), []).append(i)
-    for members in groups.values():
-        suffixes = [paths[i].suffix.lstrip(".").casefold() for i in members]
-        if len(members) > 1 and all(suffixes) and len(set(suffixes)) == len(members):
-            for i in members:
-                keys[i] = f"{keys[i]}_{paths[i].suffix.lstrip('.')}"
-
-    def digest(i: int, digits: int) -> str:
-        return hashlib.sha1(str(resolved[i]).encode("utf-8", "surrogateescape")).hexdigest()[:digits]
-
-    keys = [f"{k[:MAX_KEY - 9]}-{digest(i, 8)}" if len(k) > MAX_KEY else k for i, k in enumerate(keys)]
-    # Anything still shared (a/cat.png and a__cat.png): a hash of the full path, longer until every key is unique.
-    for digits in (8, 16, 40):
-        counts = Counter(k.casefold() for k in keys)
-        if all(n == 1 for n in counts.values()):
-            return keys
-        keys = [f"{k}-{digest(i, digits)}" if counts[k.casefold()] > 1 else k for i, k in enumerate(keys)]
-    return keys if _unique(keys) else [f"{k}-{i}" for i, k in enumerate(keys)]
-
-
-MAX_KEY = 120  # characters of an image's key in output file names (file names stop at 255 bytes)
-
-
-def _unique(keys) -> bool:
-    return len({k.casefold() for k in keys}) == len(keys)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Output files
+# The library's runs, spoken through this command
 
 
-def out_folder(path) -> Path:
-    """The --out folder of a command: refused (:class:`InputError`) when it exists and is not a folder."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--out '{path}' exists and is not a folder; give a folder for the results.")
-    return path
+class CliReporter(Reporter):
+    """A :class:`~onnx_cnnviz.runs.reporting.Reporter` that prints: information on stderr, result lines on stdout,
+    warnings as ``cnnviz: warning:`` lines (once per key, per command), progress as the command's display; all
+    silenced by --quiet (and stdout by --json)."""
+
+    def info(self, message: str) -> None:
+        echo(message, err=True)
+
+    def result(self, message: str) -> None:
+        echo(message)
+
+    def warn(self, message: str, once: str | None = None) -> None:
+        warn(message, once=once)
+
+    def progress(self, total: int, label: str, unit: str = "images"):
+        return progress(total, label, unit)
 
 
-def protect_inputs(outputs, inputs) -> None:
-    """Refuse (:class:`InputError`) to write any of ``outputs`` over one of ``inputs`` (the model, images, labels,
-    any file a command reads), whatever --overwrite says: the same path, or the same file reached through a symbolic
-    or hard link (compared by device and inode, like :func:`os.path.samefile`). Call it before any work, with every
-    output the command may write. ``None`` entries are ignored."""
-    sources = {}
-    for path in inputs:
-        if path is None:
-            continue
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        sources[(info.st_dev, info.st_ino)] = path
-    if not sources:
-        return
-    for out in outputs:
-        try:
-            info = os.stat(out)
-        except OSError:  # not there (or not reachable): it cannot be an input
-            continue
-        source = sources.get((info.st_dev, info.st_ino))
-        if source is not None:
-            same = "" if os.path.abspath(out) == os.path.abspath(source) else f" (the same file as the input {source})"
-            raise InputError(f"the output {out} would replace an input file{same}; choose another --out (input "
-                             "files are never written).")
+def reporter() -> CliReporter:
+    """The reporter of the running command."""
+    return CliReporter()
 
 
-def check_outputs(paths, overwrite: bool, inputs=()) -> None:
-    """Fail before any work when an output would replace an input (:func:`protect_inputs`, whatever ``overwrite``
-    says), is something other than a regular file (a folder, a FIFO: never replaced), or exists while ``overwrite``
-    is false."""
-    paths = [Path(p) for p in paths]
-    protect_inputs(paths, inputs)
-    for p in paths:
-        check_regular(p, "the output")
-    if overwrite:
-        return
-    for p in paths:
-        if p.exists():
-            raise InputError(f"{p} already exists; pass --overwrite to replace it.")
+@contextmanager
+def usage_errors():
+    """Report a library :class:`InputError` about one option (it carries ``option``, the flag) as the usage error of
+    that flag (exit code 2), as click reports a bad value."""
+    try:
+        yield
+    except InputError as exc:
+        option = getattr(exc, "option", None)
+        if option is None:
+            raise
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
-
-def remove_stale_temps(folder, names) -> list:
-    """Delete the temporary files a killed run (``kill -9``) left in ``folder`` for the output file ``names``
-    (see :func:`onnx_cnnviz.files.remove_stale_temps`) and say how many; returns them."""
-    from onnx_cnnviz import files
-
-    removed = files.remove_stale_temps(folder, names)
-    if removed:
-        echo(f"resume: removed {len(removed)} temporary file(s) left by an interrupted run", err=True)
-    return removed
+def resolve_target(value, names, hint: str = "--target"):
+    """The class index of a --target value (:func:`onnx_cnnviz.runs.labels.resolve_target`); a bad name is a usage
+    error of ``hint``."""
+    with usage_errors():
+        return labels.resolve_target(value, names, hint)
 
 
 def occlusion_geometry(window, stride, hw) -> None:
-    """Check the occlusion --window and --stride against the ``hw`` model input before any work: a window larger
-    than the input is a usage error; a stride not smaller than the input along an axis gets a warning (only one
-    window is placed along it, at the top or left edge, so most of the map stays empty)."""
-    if window[0] > hw[0] or window[1] > hw[1]:
-        raise click.BadParameter(f"the occlusion window {window[0]}x{window[1]} is larger than the {hw[0]}x{hw[1]} "
-                                 "model input; give a smaller --window.", param_hint="--window")
-    warn_occlusion_stride(stride, hw)
+    """Check the occlusion --window and --stride against the ``hw`` model input before any work
+    (:func:`onnx_cnnviz.runs.explain_plan.occlusion_geometry`; a window too large is a usage error)."""
+    with usage_errors():
+        explain_plan.occlusion_geometry(window, stride, hw, reporter())
 
 
-def warn_occlusion_stride(stride, hw) -> None:
-    """Warn when the occlusion ``stride`` is not smaller than the ``hw`` image along an axis."""
-    axes = [axis for axis, s, n in (("height", stride[0], hw[0]), ("width", stride[1], hw[1])) if s >= n]
-    if not axes:
-        return
-    where = " and ".join(axes)
-    shown = "a single window" if len(axes) == 2 else ("one row of windows" if axes == ["height"] else
-                                                       "one column of windows")
-    warn(f"the occlusion stride {stride[0]}x{stride[1]} is not smaller than the {hw[0]}x{hw[1]} image in {where}: "
-         f"{shown} is placed (at the top-left), so the map is empty outside it; give a smaller --stride.")
+def remove_stale_temps(folder, names) -> list:
+    """Delete the temporary files a killed run left in ``folder`` for the output file ``names`` and say how many."""
+    from onnx_cnnviz.runs.outputs import remove_stale_temps as remove
 
-
-def npy_bytes(array) -> bytes:
-    """``array`` in the .npy format (no pickles: a plain numeric array)."""
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-# write_atomic is looked up on onnx_cnnviz.report at each call: the CLI's tests replace it there (a full disk).
-
-
-def save_npy(path, array, overwrite: bool) -> str:
-    """Write ``array`` as a .npy file, atomically; returns the path written."""
-    from onnx_cnnviz import report
-
-    return str(report.write_atomic(path, npy_bytes(array), overwrite=overwrite))
-
-
-def save_json(path, document, overwrite: bool) -> str:
-    """Write ``document`` as indented JSON, atomically; returns the path written."""
-    from onnx_cnnviz import report
-
-    return str(report.write_atomic(path, jsonio.dumps(document), overwrite=overwrite))
+    return remove(folder, names, reporter())

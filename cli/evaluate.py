@@ -52,8 +52,8 @@ from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, abspath, batch_size_option,
                      overwrite_option, parse_metric_params, preprocessing_options, progress, protect_inputs,
                      ray_option, recursive_option,
                      remove_stale_temps, resolve_labels, resolve_target, rows_per_run_option, save_json, settings,
-                     shared_option, target_option, warn)
-from .explain import read_batch, same_size_groups
+                     shared_option, target_option, warn, reporter)
+from onnx_cnnviz.runs.images import read_batch, same_size_groups
 
 #: The confidence interval the summary reports, in words (the CSV header and the JSON say it).
 CI_FORMULA = ("mean +- t(0.975, n - 1) * std / sqrt(n), Student's t quantile, std the sample standard deviation "
@@ -482,7 +482,7 @@ def evaluate_all(m, job: Job, paths: list, work: Plan, journal_path: Path) -> Ta
         with progress(len(work.todo), "evaluating") as bar:
             for start in range(0, len(work.todo), job.batch_size):
                 chunk = work.todo[start:start + job.batch_size]
-                for x, items in same_size_groups(read_batch(paths, chunk, job.preprocessing, tally.failed)):
+                for x, items in same_size_groups(read_batch(paths, chunk, job.preprocessing, tally.failed, reporter())):
                     evaluate_group(m, job, x, items, paths, journal, tally, bar)
                 bar.update(len(chunk))
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@ actors, :class:`ExplainActor`).
 
 Each actor loads the ONNX model once, in its own process, with onnxruntime's intra-op threads set to the actor's CPU
 share (so that N actors on a machine do not each start one thread per core), and keeps the model's sessions between
-batches. It explains a batch with ``cnnviz explain``'s own code (:func:`onnx_cnnviz.cli.explain.explain_group`: the
+batches. It explains a batch with the library's run (:func:`onnx_cnnviz.runs.explain_run.explain_group`: the
 same classes, maps, pictures, arrays and JSON records as the single-process run), scores the maps with the asked
 metrics, writes its part of the records table and hands the driver only the small rows. For ``cnnviz evaluate``
 (:class:`EvaluateWork`) it runs evaluate's own :func:`~onnx_cnnviz.cli.evaluate.evaluate_group` and writes nothing:
@@ -11,7 +11,6 @@ its journal rows go to the driver, which writes them.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -37,25 +36,14 @@ class ActorSpec:
     work: object
 
 
-@contextlib.contextmanager
-def quiet_cli():
-    """A click context whose messages are all silenced: the CLI functions the actors call echo their result lines,
-    which belong to the driver."""
-    import click
-
-    from ..cli.common import Settings
-
-    with click.Context(click.Command("cnnviz-ray"), obj=Settings(quiet=True)):
-        yield
-
-
 def worker_id() -> str:
     """``host:pid`` of this process (a column of the table: which actor made a row)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def npy(array: np.ndarray) -> bytes:
-    from ..cli.common import npy_bytes
+    """``array`` as ``.npy`` bytes (how a read picture travels from a read task to an actor)."""
+    from ..runs.outputs import npy_bytes
 
     return npy_bytes(array)
 
@@ -84,7 +72,7 @@ class ModelActor:
     ``work(m, read, failed) -> rows``: ``read`` holds (x (1, C, H, W), item) per picture read, ``failed`` (item,
     error) per picture that could not be, each ``item`` the picture's planned columns (``index``, ``path``,
     ``key`` and whatever the caller put in); ``rows``: JSON-serialisable dicts, handed to the driver as they are.
-    It runs inside a silenced click context, so that the CLI's functions can be called as they are."""
+    Whatever it would say goes to the driver in its rows: the runs it calls get a silent reporter."""
 
     def __init__(self, spec: ActorSpec):
         import onnx_cnnviz as cv
@@ -112,8 +100,7 @@ class ModelActor:
                 failed.append((item, str(error)))
             else:
                 read.append((np.load(io.BytesIO(blob), allow_pickle=False), item))
-        with quiet_cli():
-            rows = self.work(self.m, read, failed)
+        rows = self.work(self.m, read, failed)
         return {"row": np.array([json.dumps(r) for r in rows], dtype=object)}
 
 
@@ -135,7 +122,7 @@ def plain(value):
 @dataclass(frozen=True)
 class ExplainWork:
     """``cnnviz explain`` as an actor's work: the run's settings (``job``: a
-    :class:`~onnx_cnnviz.cli.explain.RunSettings` whose output folder is absolute), the metrics (name ->
+    :class:`~onnx_cnnviz.runs.explain_plan.RunSettings` whose output folder is absolute), the metrics (name ->
     parameters), the settings digest per method and the records table folder. Planned items carry ``methods`` (JSON
     list: the methods still to do) and ``skip`` (JSON list: record file names of results kept)."""
     job: object
@@ -144,7 +131,9 @@ class ExplainWork:
     table: str = ""
 
     def __call__(self, m, read: list, failed: list) -> list:
-        from ..cli.explain import explain_group, same_size_groups
+        from ..runs.explain_run import explain_group
+        from ..runs.images import same_size_groups
+        from ..runs.reporting import SilentReporter
 
         job, worker = self.job, worker_id()
         rows, returned, done, groups = [], [], set(), []
@@ -159,7 +148,7 @@ class ExplainWork:
         keys = [item["key"] for _, item in read]
         for x, items in same_size_groups(groups):
             written: list = []
-            explain_group(m, job, x, items, paths, keys, done, written)
+            explain_group(m, job, x, items, paths, keys, done, written, reporter=SilentReporter())
             values = self.metric_values(m, x, items, paths, written)
             rows += records.rows_from_records(written, job, self.settings, values, worker)
             returned += [{"status": records.STATUS_OK, "record": rec, "worker": worker} for rec in written]

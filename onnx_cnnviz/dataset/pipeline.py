@@ -11,7 +11,7 @@ write nothing and the driver appends their rows to evaluate's journal, which it 
 
 What runs where, and why:
 
-* the driver lists the pictures and plans with ``cnnviz explain``'s :func:`~onnx_cnnviz.cli.explain.plan` (its JSON
+* the driver lists the pictures and plans with the library's :func:`~onnx_cnnviz.runs.explain_plan.plan` (its JSON
   records say what ``resume`` skips and which settings changed; the same checks refuse to overwrite anything), then
   only iterates over record rows;
 * ``decode_batch`` tasks (:data:`DECODE_CPUS` each) read pictures where they lie (local disk, S3, GCS, ...) and
@@ -36,14 +36,10 @@ from typing import Callable
 
 from ..errors import CnnvizError, InputError, RuntimeFailure
 from . import records, require_ray, sources
-from .actor import (ERROR, STATUS_WARNING, ActorSpec, EvaluateWork, ExplainWork, ModelActor, decode_batch,
-                    quiet_cli)
+from .actor import ERROR, STATUS_WARNING, ActorSpec, EvaluateWork, ExplainWork, ModelActor, decode_batch
 
 #: CPUs reserved by each read-and-preprocess task (the actors get the rest of a machine).
 DECODE_CPUS = 0.25
-#: The method parameters of ``cnnviz explain``'s defaults (its --window, --stride, ... options).
-DEFAULT_PARAMS = {"window": (16, 16), "stride": (8, 8), "baseline": 0.0, "mode": "score", "samples": 25,
-                  "noise": 0.15, "steps": 50}
 
 
 @dataclass
@@ -312,14 +308,14 @@ def metric_settings(metrics, metric_params: dict | None) -> dict:
 # ``cnnviz explain --ray``
 
 
-def explain_on_ray(m, job, paths: list, keys: list, work, options: dict):
-    """``cnnviz explain``'s run on Ray: the CLI's plan ``work`` in, its :class:`~onnx_cnnviz.cli.explain.Outcome`
-    out (records listed as they arrive, unreadable pictures warned about and listed), so that
-    :func:`~onnx_cnnviz.cli.explain.finish_run` prints and exits as for the single-process run. ``options``: the
-    command's options (model loading, --max-pixels through the pixel limit in force, --ray ADDRESS)."""
-    from ..cli.common import echo, settings as cli_settings, warn
-    from ..cli.explain import Outcome
+def explain_on_ray(m, job, paths: list, keys: list, work, options: dict, reporter, progress: bool = True):
+    """``cnnviz explain``'s run on Ray: the library's plan ``work`` in, its
+    :class:`~onnx_cnnviz.runs.explain_run.Outcome` out (records listed as they arrive, unreadable pictures warned
+    about and listed, each result's line given to ``reporter``), so that the summary, JSON document and exit codes
+    are those of the single-process run. ``options``: the command's options (model loading, --ray ADDRESS; the pixel
+    limit is the one in force); ``progress``: show Ray Data's progress bars."""
     from ..image.reading import current_pixel_limit
+    from ..runs.explain_run import Outcome, result_line
 
     outcome = Outcome()
     table = Path(job.out) / records.TABLE
@@ -334,21 +330,20 @@ def explain_on_ray(m, job, paths: list, keys: list, work, options: dict):
         for row in rows:
             if row["status"] == records.STATUS_FAILED:
                 outcome.failed.append({"image": row["image"], "error": row["error"]})
-                warn(f"skipped: {row['error']}")
+                reporter.warn(f"skipped: {row['error']}")
                 continue
             record = row["record"]
             outcome.results.append(record)
             c, names = record["class"], job.labels
             label = f" {names[c]}" if names else ""
-            echo(f"{shown.get(record['image'], record['image'])}  {record['method']:<14} {c}{label}  "
-                 f"p={record['probability']:.3f}  -> {Path(record['outputs']['picture'])}")
+            reporter.result(result_line(shown.get(record["image"], record["image"]), record["method"], c, label,
+                                        record["probability"], Path(record["outputs"]["picture"])))
 
-    s = cli_settings()
     try:
         outcome.interrupted = run_work(options["model"], load_kwargs, items, job.preprocessing,
                                        explain_work(job, {}, settings, table), batch_size=job.batch_size,
                                        address=options.get("ray_address"), max_pixels=current_pixel_limit(),
-                                       on_rows=on_rows, progress=not (s.quiet or s.json))
+                                       on_rows=on_rows, progress=progress)
     except KeyboardInterrupt:
         outcome.interrupted = True
     if not outcome.interrupted:
@@ -464,27 +459,31 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
     like Ctrl-C (what is finished stays, ``resume`` completes it). Returns a :class:`Summary`; nothing per result
     is kept on the driver.
     """
-    from ..cli.common import choose_preprocessing, image_keys, load_model, out_folder
-    from ..cli.explain import RunSettings, check_options, plan
     from ..image import MAX_PIXELS
     from ..image.reading import pixel_limit
+    from ..runs.explain import DEFAULT_PARAMS
+    from ..runs.explain_plan import RunSettings, plan
+    from ..runs.images import image_keys
+    from ..runs.outputs import out_folder
+    from ..runs.preprocessing import choose_preprocessing, load_model
+    from ..runs.reporting import SilentReporter
 
     limit = MAX_PIXELS if max_pixels == "default" else max_pixels
     options = {"target": target, "top_k": top_k, "layer": layer, "labels": labels, "out_dir": str(out),
                "overwrite": overwrite, "resume": resume, "batch_size": int(batch_size), "rows_per_run": rows_per_run,
                "alpha": alpha, "colormap": colormap, "model": str(model)}
     methods = list(methods)
-    with quiet_cli(), pixel_limit(limit):
-        check_options(options)
+    quiet = SilentReporter()
+    with pixel_limit(limit):
         folder = out_folder(out)
         paths = sources.collect([str(s) for s in ([images] if isinstance(images, (str, Path)) else images)],
                                 exclude=folder, recursive=recursive)
         load_kwargs = {"device": device, "batch_size": rows_per_run}
         m = load_model(model, **load_kwargs)
         pre = choose_preprocessing(m, preprocess).preprocessing
-        job = RunSettings.build(m, pre, methods, {**DEFAULT_PARAMS, **(params or {})}, options)
+        job = RunSettings.build(m, pre, methods, {**DEFAULT_PARAMS, **(params or {})}, options, quiet)
         keys = image_keys(paths)
-        work = plan(job, paths, keys)
+        work = plan(job, paths, keys, quiet)
         metric_spec = metric_settings(metrics, metric_params)
         settings = digests(job, metric_spec)
         table = folder / records.TABLE

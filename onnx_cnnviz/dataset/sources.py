@@ -96,9 +96,9 @@ def list_remote(spec: str, recursive: bool = False) -> list[Uri]:
 
 
 def collect(specs, exclude: Path | None, recursive: bool = False) -> list:
-    """Local specs as ``cnnviz explain`` collects them (:func:`onnx_cnnviz.cli.common.collect_images`), URIs
+    """Local specs as ``cnnviz explain`` collects them (:func:`onnx_cnnviz.runs.images.collect_images`), URIs
     through :func:`list_remote`; the order given, without duplicates."""
-    from ..cli.common import collect_images
+    from ..runs.images import collect_images
 
     local = [s for s in specs if not is_uri(s)]
     found = collect_images(local, exclude=exclude, recursive=recursive) if local else []

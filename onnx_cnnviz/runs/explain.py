@@ -1,0 +1,149 @@
+"""Explain a folder of images into files, in process: what ``cnnviz explain`` writes, from Python.
+
+    from onnx_cnnviz import runs
+
+    document = runs.explain_images("model.onnx", ["photos/"], "out/", methods=["gradcam", "saliency"])
+
+writes, per image, method and class, ``KEY.METHOD.RANK.png`` (the overlay), ``.npy`` (the raw map) and ``.json`` (the
+record), exactly as the command does, and returns the document ``cnnviz explain --json`` prints. The steps are public
+for the command line and the Ray pipeline, which run them with their own reporters: :func:`prepare` (images, model,
+settings, plan), :func:`~onnx_cnnviz.runs.explain_run.explain_all` (the work) and :func:`summary` (the document).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from ..errors import InputError
+from .explain_plan import Plan, RunSettings, check_options, plan
+from .explain_run import Outcome, explain_all
+from .images import collect_images, image_keys
+from .outputs import abspath, out_folder
+from .preprocessing import LIBRARY_DEFAULT, load_model, resolve_preprocessing
+from .reporting import Reporter
+
+#: The methods' own parameters when not given (``cnnviz explain``'s --window, --stride, --baseline, --mode,
+#: --samples, --noise, --steps defaults).
+DEFAULT_PARAMS = {"window": (16, 16), "stride": (8, 8), "baseline": 0.0, "mode": "score", "samples": 25,
+                  "noise": 0.15, "steps": 50}
+
+
+def prepare(options: dict, methods: list, params: dict, reporter: Reporter) -> tuple:
+    """Everything before the work: the images (:func:`~onnx_cnnviz.runs.images.collect_images`, before the model, so
+    that a typo fails fast), the model and its preprocessing, the checked settings and the plan; the plan's resume
+    lines go to ``reporter``. ``options``: the command's options by their names (model, images, out_dir, recursive,
+    device, input_name, output_name, input_size, max_nodes, preprocess, mean, std, size, order, scale, labels, target,
+    top_k, layer, overwrite, resume, batch_size, rows_per_run, alpha, colormap). Returns (model, settings, paths, keys,
+    plan)."""
+    check_options(options)
+    out = out_folder(options["out_dir"])
+    paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
+    m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
+                   options["input_size"], options["rows_per_run"], options["max_nodes"])
+    pre = resolve_preprocessing(m, options["preprocess"], options["mean"], options["std"], options["size"],
+                                options["order"], options["scale"], options["input_size"],
+                                model_name=Path(options["model"]).name, reporter=reporter)
+    job = RunSettings.build(m, pre, methods, params, options, reporter)
+    keys = image_keys(paths)
+    work = plan(job, paths, keys, reporter)
+    if work.skipped:
+        reporter.info(f"resume: {len(work.skipped)} image(s) already done, skipped")
+    if work.stale:
+        reporter.info(f"resume: {len(work.stale)} result(s) were made with other settings ({', '.join(work.changed)}) "
+                      "and are recomputed")
+    if work.broken:
+        reporter.info(f"resume: {len(work.broken)} result(s) have missing or broken files and are recomputed")
+    return m, job, paths, keys, work
+
+
+def summary(m, job: RunSettings, paths: list, keys: list, work: Plan, outcome: Outcome) -> tuple:
+    """The run's document and how many planned images are complete. It counts exactly the results on disk: the
+    records written by this run ("results") and, under resume, those kept; "files" maps each image to the files of
+    its finished results (absolute paths, as everywhere in JSON). Raises :class:`InputError` when there was nothing
+    to explain (no result, nothing skipped, nothing failed, not interrupted)."""
+    results = outcome.results
+    finished = {Path(r["json"]) for r in results} | {Path(abspath(p)) for p in work.done}
+
+    def is_finished(files) -> bool:
+        return Path(abspath(files.json)) in finished
+
+    files = {}
+    for path, key in zip(paths, keys):
+        mine = [f for name in job.methods for rank in job.ranks
+                for f in job.files(key, name, rank) if is_finished(job.files(key, name, rank))]
+        if mine:
+            files[abspath(path)] = [abspath(f) for f in mine]
+    complete = sum(all(is_finished(job.files(keys[i], name, rank)) for name in missing for rank in job.ranks)
+                   for i, missing in work.todo)
+    if not results and not work.skipped and not outcome.failed and not outcome.interrupted:
+        raise InputError("nothing was explained.")
+    document = {"model": job.model_path, "out": abspath(job.out), "device": m.device, "methods": job.methods,
+                "results": results, "files": files, "skipped": work.skipped, "stale": work.stale,
+                "broken": work.broken, "removed_temporary": [abspath(p) for p in work.removed],
+                "failed": outcome.failed, "interrupted": outcome.interrupted}
+    return document, complete
+
+
+def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), params: dict | None = None,
+                   target=None, top_k: int | None = None, layer: str | None = None, labels=None, preprocess=None,
+                   mean=None, std=None, size=None, order=None, scale=None, input_size=None, device: str = "auto",
+                   input_name: str | None = None, output_name: str | None = None, max_nodes=LIBRARY_DEFAULT,
+                   max_pixels=LIBRARY_DEFAULT, batch_size: int = 8, rows_per_run: int | None = None,
+                   recursive: bool = False, overwrite: bool = False, resume: bool = False, alpha: float = 0.5,
+                   colormap: str = "jet", reporter: Reporter | None = None) -> dict:
+    """Explain the images ``images`` with ``methods`` and write into the folder ``out`` exactly what ``cnnviz
+    explain`` writes: per image, method and class, ``KEY.METHOD.RANK.png`` (the overlay), ``.npy`` (the raw map as the
+    method returns it) and ``.json`` (model, image, class, class name, score, probability, method, parameters,
+    preprocessing, files).
+
+    For each image and class explained, each method's map ``M = method(model, x, c)`` of the preprocessed picture
+    ``x = (pixels * scale - mean) / std`` (the preprocessing of the model's metadata unless given); the class ``c``
+    is the top-1 (file rank ``top1``), each of the ``top_k`` best (``top1`` .. ``topK``) or ``target`` (``cN``).
+
+    Args:
+        model: the ONNX file.
+        images: picture files, folders (their pictures) and globs, or one of them; the run's own results in ``out``
+            are left out.
+        out: the output folder.
+        methods: method registry names (``onnx_cnnviz.methods.registry.names()``).
+        params: the methods' own parameters (``window``, ``stride``, ``baseline``, ``mode``, ``samples``,
+            ``noise``, ``steps``), over :data:`DEFAULT_PARAMS`.
+        target: a class index or class name explained for every image (excludes ``top_k``).
+        top_k: explain the K best classes of each image.
+        layer: the CAM family's feature map (default: the last spatial map).
+        labels: a class-names file (default: the model's metadata).
+        preprocess: a preset name of :data:`onnx_cnnviz.image.PRESETS`; ``mean``, ``std``, ``size``, ``order``,
+            ``scale`` override fields (``cnnviz``'s preprocessing flags).
+        input_size, device, input_name, output_name, max_nodes: how the model is loaded (:func:`onnx_cnnviz.load`).
+        max_pixels: refuse pictures with more pixels (None: no limit; default: the library's).
+        batch_size: images read and explained together; ``rows_per_run``: rows per onnxruntime run.
+        recursive: also take images from subfolders.
+        overwrite: replace existing results; ``resume``: keep the finished results made with the same settings
+            (their files whole) and compute the rest. Input files are never written, whatever the flags.
+        alpha, colormap: the overlays' opacity and OpenCV colormap.
+        reporter: where lines, warnings and progress go (default: warnings through :func:`warnings.warn`).
+
+    Returns:
+        The run's document, as ``cnnviz explain --json`` prints it: "results" (the records written), "files" (image
+        -> its files), "skipped", "stale", "broken", "removed_temporary", "failed", "interrupted".
+
+    Raises:
+        InputError: a bad option, no images, an output that would replace an input or (without ``overwrite`` or
+            ``resume``) a result, or nothing explained.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from ..image.reading import pixel_limit
+
+    reporter = reporter or Reporter()
+    options = {"model": str(model), "images": [images] if isinstance(images, (str, Path)) else list(images),
+               "out_dir": str(out), "recursive": recursive, "device": device, "input_name": input_name,
+               "output_name": output_name, "input_size": input_size, "max_nodes": max_nodes,
+               "preprocess": preprocess, "mean": mean, "std": std, "size": size, "order": order, "scale": scale,
+               "labels": labels, "target": target, "top_k": top_k, "layer": layer, "overwrite": overwrite,
+               "resume": resume, "batch_size": int(batch_size), "rows_per_run": rows_per_run, "alpha": alpha,
+               "colormap": colormap}
+    limit = contextlib.nullcontext() if max_pixels is LIBRARY_DEFAULT else pixel_limit(max_pixels)
+    with limit:
+        m, job, paths, keys, work = prepare(options, list(methods), {**DEFAULT_PARAMS, **(params or {})}, reporter)
+        outcome = explain_all(m, job, paths, keys, work, reporter)
+    return summary(m, job, paths, keys, work, outcome)[0]

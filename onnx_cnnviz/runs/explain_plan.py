@@ -1,0 +1,250 @@
+"""Explaining images into files, the plan: the settings of a run (:class:`RunSettings`, checked against the loaded
+model before any image is read) and :func:`plan`, which decides which images and methods are left to do, refusing to
+replace an input (whatever the flags) or, without ``overwrite`` or ``resume``, a result; under ``resume`` it keeps the
+finished results made with the same settings whose files are whole, recomputes the others and removes the temporary
+files a killed run left."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from .. import jsonio
+from ..errors import InputError
+from ..files import check_regular
+from ..image import Preprocessing
+from ..methods import registry
+from .labels import option_error, resolve_labels, resolve_target
+from .outputs import abspath, broken_file, protect_inputs, remove_stale_temps
+
+
+class ResultFiles(NamedTuple):
+    """The files of one result (image, method, class rank), in the order they are written: the record last, so that
+    a record on disk means a finished result (what --resume looks for)."""
+    png: Path
+    npy: Path
+    json: Path
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs besides the model and the images, fixed once from the command line.
+
+    ``params``: the method parameters as given (what :func:`registry.explain` takes); ``method_params``: per method,
+    the parameters it runs with and its layer, as its JSON records show them. ``ranks``: the file-name rank of each
+    class explained per image (``top1`` .. ``topK`` with --top-k, ``cN`` with --target N, else ``top1``).
+    ``labels``: the class names, or None. ``inputs``: the files the run reads (model, labels), which no output may
+    replace.
+    """
+    out: Path
+    methods: list
+    params: dict
+    layer: str | None
+    method_params: dict
+    ranks: list
+    target: int | None
+    top_k: int | None
+    overwrite: bool
+    resume: bool
+    batch_size: int
+    rows_per_run: int | None
+    alpha: float
+    colormap: str
+    preprocessing: Preprocessing
+    preprocessing_info: dict
+    labels: list | None
+    model_path: str
+    version: str
+    inputs: tuple = ()
+
+    @classmethod
+    def build(cls, m, pre: Preprocessing, methods: list, params: dict, options: dict, reporter) -> RunSettings:
+        """Check the options against the loaded model ``m`` (labels, each method's layer, the target class, the
+        occlusion window), so that a bad one fails before any image is read, and fix the settings. ``options``: the
+        run's options by their command-line names (target, top_k, layer, labels, out_dir, overwrite, resume,
+        batch_size, rows_per_run, alpha, colormap, model)."""
+        from .. import __version__, report
+
+        check_options(options)
+
+        labels = resolve_labels(m, options["labels"])
+        target, top_k = resolve_target(options["target"], labels), options["top_k"]
+        layers = {name: registry.resolved_layer(m, name, options["layer"]) for name in methods}
+        if target is not None:
+            m.targets_for(target, 1)  # a class out of range fails now, not after the first batch
+        if top_k:
+            ranks = [f"top{r}" for r in range(1, min(top_k, m.num_classes) + 1)]
+        else:
+            ranks = [f"c{target}"] if target is not None else ["top1"]
+        if "occlusion" in methods and pre.size:
+            occlusion_geometry(params["window"], params["stride"], pre.size, reporter)
+        method_params = {}
+        for name in methods:
+            used = registry.parameters(name, params)
+            if layers[name]:
+                used["layer"] = layers[name]
+            method_params[name] = used
+        return cls(out=Path(options["out_dir"]), methods=methods, params=params, layer=options["layer"],
+                   method_params=method_params, ranks=ranks, target=target, top_k=top_k,
+                   overwrite=options["overwrite"], resume=options["resume"], batch_size=options["batch_size"],
+                   rows_per_run=options["rows_per_run"],
+                   alpha=options["alpha"], colormap=options["colormap"], preprocessing=pre,
+                   preprocessing_info=report.preprocessing_info(pre), labels=labels,
+                   model_path=str(Path(options["model"]).resolve()), version=__version__,
+                   inputs=tuple(p for p in (options["model"], options["labels"]) if p))
+
+    @property
+    def k(self) -> int:
+        """Classes explained per image."""
+        return len(self.ranks)
+
+    def files(self, key: str, method: str, rank: str) -> ResultFiles:
+        """The files of one result: ``KEY.METHOD.RANK.png|npy|json`` in the output folder."""
+        stem = f"{key}.{method}.{rank}"
+        return ResultFiles(*(self.out / f"{stem}.{suffix}" for suffix in ResultFiles._fields))
+
+    def result_settings(self, method: str) -> dict:
+        """The settings a result of ``method`` is made with, as its record holds them: model, parameters,
+        preprocessing and overlay (alpha, colormap). --resume keeps a result only if its record repeats them."""
+        return {"model": self.model_path, "parameters": self.method_params[method],
+                "preprocessing": self.preprocessing_info,
+                "overlay": {"alpha": self.alpha, "colormap": self.colormap}}
+
+
+def check_options(options: dict) -> None:
+    """The option errors that need neither the images nor the model: ``target`` with ``top_k``, an unknown
+    ``colormap`` (:class:`InputError`; the command line reports them as usage errors)."""
+    from ..image import COLORMAPS
+
+    if options["target"] is not None and options["top_k"] is not None:
+        raise option_error("--target and --top-k exclude each other; give one.", "--top-k")
+    colormap = options["colormap"]
+    if colormap.lower() not in COLORMAPS:
+        raise option_error(f"unknown colormap {colormap!r}; use one of {', '.join(sorted(COLORMAPS))}.",
+                           "--colormap")
+
+
+def occlusion_geometry(window, stride, hw, reporter) -> None:
+    """Check the occlusion ``window`` and ``stride`` against the ``hw`` model input before any work: a window larger
+    than the input is an :class:`InputError` (about --window); a stride not smaller than the input along an axis gets
+    a warning (only one window is placed along it, at the top or left edge, so most of the map stays empty)."""
+    if window[0] > hw[0] or window[1] > hw[1]:
+        raise option_error(f"the occlusion window {window[0]}x{window[1]} is larger than the {hw[0]}x{hw[1]} model "
+                           "input; give a smaller --window.", "--window")
+    warn_occlusion_stride(stride, hw, reporter)
+
+
+def warn_occlusion_stride(stride, hw, reporter) -> None:
+    """Warn (through ``reporter``) when the occlusion ``stride`` is not smaller than the ``hw`` image along an
+    axis."""
+    axes = [axis for axis, s, n in (("height", stride[0], hw[0]), ("width", stride[1], hw[1])) if s >= n]
+    if not axes:
+        return
+    where = " and ".join(axes)
+    shown = "a single window" if len(axes) == 2 else ("one row of windows" if axes == ["height"] else
+                                                       "one column of windows")
+    reporter.warn(f"the occlusion stride {stride[0]}x{stride[1]} is not smaller than the {hw[0]}x{hw[1]} image in "
+                  f"{where}: {shown} is placed (at the top-left), so the map is empty outside it; give a smaller "
+                  "--stride.")
+
+
+@dataclass
+class Plan:
+    """What is left to do: ``todo`` holds, per image with something to compute, (its index, the methods with at
+    least one result to compute); ``skipped`` the images --resume finds finished; ``done`` the records of the results
+    --resume keeps; ``stale`` the records made with other settings (recomputed), ``changed`` which settings differ;
+    ``removed`` the temporary files of a killed run that --resume deleted; ``broken`` the records whose picture or
+    array is missing or damaged (recomputed)."""
+    todo: list
+    skipped: list
+    done: set = field(default_factory=set)
+    stale: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    broken: list = field(default_factory=list)
+
+
+def plan(job: RunSettings, paths: list, keys: list, reporter=None) -> Plan:
+    """Which images and methods are left to do.
+
+    Refuses (:class:`InputError`, before any work) an output that would replace an input image, the model or the
+    labels, whatever the flags; without --overwrite or --resume, a result file that exists already; under --resume
+    without --overwrite, a record of another image. Under --resume a result whose record exists and repeats this
+    run's settings (:meth:`RunSettings.result_settings`) is kept; one made with other settings is stale and
+    recomputed, and the temporary files a killed run left for this run's outputs are removed.
+    """
+    outputs = {(i, name): [job.files(key, name, rank) for rank in job.ranks]
+               for i, key in enumerate(keys) for name in job.methods}
+    every = [f for outs in outputs.values() for files in outs for f in files]
+    protect_inputs(every, [*job.inputs, *paths])
+    for f in every:
+        check_regular(f, "the result file")  # a folder or a FIFO where a result goes: never replaced
+    work = Plan([], [])
+    conflicts, changed = [], set()
+    for i, path in enumerate(paths):
+        missing = []
+        for name in job.methods:
+            outs = outputs[(i, name)]
+            if not job.resume:
+                if not job.overwrite:
+                    conflicts += [f for files in outs for f in files if f.exists()]
+                missing.append(name)
+                continue
+            todo = False
+            for files in outs:
+                state, detail = record_state(job, name, path, files.json)
+                if state == "done" and broken_file(files) is None:
+                    work.done.add(files.json)
+                    continue
+                todo = True
+                if state == "done":
+                    work.broken.append(abspath(files.json))
+                elif state == "stale":
+                    work.stale.append(abspath(files.json))
+                    changed.update(detail)
+                elif state == "other" and not job.overwrite:
+                    conflicts.append(f"{files.json} holds the result of another image ({detail})")
+            if todo:
+                missing.append(name)
+        if missing:
+            work.todo.append((i, missing))
+        else:
+            work.skipped.append(abspath(path))
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        if job.resume:
+            raise InputError(f"{conflicts[0]}{more}; choose another --out, or pass --overwrite to replace it.")
+        raise InputError(f"{conflicts[0]} already exists{more}; pass --overwrite to replace results or --resume to "
+                         "skip finished ones.")
+    work.changed = sorted(changed)
+    if job.resume:
+        work.removed = remove_stale_temps(job.out, {f.name for f in every}, reporter)
+    return work
+
+
+def record_state(job: RunSettings, name: str, image: Path, record_path: Path) -> tuple:
+    """What --resume makes of the record ``record_path`` of method ``name`` on ``image``: ("missing", None),
+    ("done", None) when it repeats this run's settings, ("stale", the names of the settings that differ) when not
+    (or when it cannot be read), ("other", that image) when it is the result of another image."""
+    if not record_path.exists():
+        return "missing", None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return "stale", [f"unreadable record: {type(exc).__name__}"]
+    if record.get("image") != str(image.resolve()):
+        return "other", record.get("image")
+    wanted = json.loads(jsonio.dumps(job.result_settings(name)))
+    changed = []
+    for key, value in wanted.items():
+        found = record.get(key)
+        if found == value:
+            continue
+        if isinstance(value, dict) and isinstance(found, dict):
+            changed += [k for k in sorted(set(value) | set(found)) if value.get(k) != found.get(k)]
+        else:
+            changed.append(key)
+    return ("stale", changed) if changed else ("done", None)
