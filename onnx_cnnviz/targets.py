@@ -82,6 +82,7 @@ class ClassScore(Target):
         return self.cls if isinstance(self.cls, int) else -1
 
     def seed(self, m) -> tuple[str, np.ndarray]:
+        _classifier_only(m, self.cls)
         c = class_index(m, self.cls)
         row = np.zeros(score_size(m), np.float32)
         row[c] = 1.0
@@ -215,6 +216,16 @@ def class_index(m, cls, channels: int | None = None) -> int:
     return int(cls)
 
 
+def _classifier_only(m, target) -> None:
+    """A class score exists only in a classifier's (N, K) scores: on a detector's or segmenter's head output an int
+    would silently pick an element (a box coordinate, one pixel), so it is refused."""
+    if m.task != "classifier":
+        what = ("the Detection objects of onnx_cnnviz.tasks.detect" if m.task == "detector"
+                else "a Region (a class channel over a mask)")
+        raise InputError(f"target {target!r} is a class score, but this is a {m.task}: its targets are {what}, or "
+                         "any OutputElement / OutputWeights of its outputs.")
+
+
 def _as_list(targets, n: int) -> list:
     """``targets`` as one item per image: a single item is repeated."""
     if isinstance(targets, (Target, str, int, np.integer)):
@@ -259,6 +270,7 @@ def resolve(m, targets, n: int, score_weights=None) -> Seeds:
         return Seeds(m.score_name, None, None)
     items = _as_list(targets, n)
     if not any(isinstance(t, Target) for t in items):
+        _classifier_only(m, items[0])
         classes = np.array([class_index(m, t) for t in items], dtype=np.int64)
         rows = np.zeros((n, score_size(m)), np.float32)
         rows[np.arange(n), classes] = 1.0

@@ -161,6 +161,10 @@ def test_no_detection_above_threshold_says_so(yolov8n):
         explain(cv.grad_cam, m, x, found)
     with pytest.raises(InputError, match="a detector has no top-1 class"):
         cv.grad_cam(m, x)
+    with pytest.raises(InputError, match="target 3 is a class score, but this is a detector"):
+        cv.grad_cam(m, x, targets=3)
+    with pytest.raises(InputError, match="top_k explains a classifier's k best classes"):
+        cv.top_k("gradcam", m, x, k=2)
     with pytest.raises(InputError, match="detect needs a detector"):
         detect(cv.load(_classifier_proto(), device="cpu"), np.zeros((1, 3, 8, 8), np.float32))
 
@@ -183,3 +187,17 @@ def test_nms_greedy_class_aware():
 def test_detection_is_a_target():
     d = Detection(0, (0.0, 0.0, 1.0, 1.0), 3, 0.5, 7)
     assert isinstance(d, cv.Target) and d.class_index == 3
+
+
+def test_yolov8n_eigen_cam_equals_pytorch_grad_cam(yolov8n):
+    """EigenCAM (class-agnostic, no gradient) at each pyramid level equals pytorch-grad-cam's EigenCAM on the torch
+    model, the method of its YOLO tutorial."""
+    from pytorch_grad_cam import EigenCAM
+
+    module, m = yolov8n
+    x = images(2, seed=6)
+    net = module.inner
+    for name, index in zip(m.levels, (15, 18, 21)):
+        with EigenCAM(model=module, target_layers=[net.model[index]]) as peer:
+            ref = peer(input_tensor=torch.from_numpy(x), targets=[lambda out: out.sum()] * 2)  # unused: no gradient
+        np.testing.assert_allclose(cv.eigen_cam(m, x, layer=name), ref, atol=1e-4)
