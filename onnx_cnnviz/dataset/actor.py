@@ -1,13 +1,13 @@
 """The two stages Ray runs: reading pictures (stateless tasks, :func:`decode_batch`) and explaining them (a pool of
-actors, :class:`ExplainActor`).
+actors, :class:`ModelActor`).
 
 Each actor loads the ONNX model once, in its own process, with onnxruntime's intra-op threads set to the actor's CPU
 share (so that N actors on a machine do not each start one thread per core), and keeps the model's sessions between
 batches. It explains a batch with the library's run (:func:`onnx_cnnviz.runs.explain_run.explain_group`: the
 same classes, maps, pictures, arrays and JSON records as the single-process run), scores the maps with the asked
 metrics, writes its part of the records table and hands the driver only the small rows. For ``cnnviz evaluate``
-(:class:`EvaluateWork`) it runs evaluate's own :func:`~onnx_cnnviz.cli.evaluate.evaluate_group` and writes nothing:
-its journal rows go to the driver, which writes them.
+(:class:`EvaluateWork`) it runs evaluate's own :func:`~onnx_cnnviz.runs.evaluate_run.evaluate_group` and writes
+nothing: its journal rows go to the driver, which writes them.
 """
 from __future__ import annotations
 
@@ -158,7 +158,8 @@ class ExplainWork:
     def metric_values(self, m, x: np.ndarray, items: list, paths: list, written: list) -> dict:
         """json path -> {metric: value} for the results just written: each metric run on the group's pictures and
         their maps (read back from the .npy files just written), per method and rank, as ``cnnviz evaluate`` feeds
-        them (:func:`onnx_cnnviz.metrics.inputs.explanation_for`). A metric that cannot take a method's result gives NaN."""
+        them (:func:`onnx_cnnviz.metrics.inputs.explanation_for`). A metric that cannot take a method's result
+        gives NaN."""
         if not self.metrics or not written:
             return {}
         from ..metrics.inputs import explanation_for
@@ -209,19 +210,22 @@ class JournalRows:
 
 @dataclass(frozen=True)
 class EvaluateWork:
-    """``cnnviz evaluate`` as an actor's work: ``job`` is the run's :class:`~onnx_cnnviz.cli.evaluate.Job`. Planned
+    """``cnnviz evaluate`` as an actor's work: ``job`` is the run's
+    :class:`~onnx_cnnviz.runs.evaluate_plan.Job`. Planned
     items carry ``index`` (the picture's place in the run's list: its settings and boxes are keyed by it) and
     ``missing`` (JSON list of the [method, metric] rows still to do).
 
-    Each batch is evaluated with the single-process run's own :func:`~onnx_cnnviz.cli.evaluate.evaluate_group` (same
+    Each batch is evaluated with the single-process run's own
+    :func:`~onnx_cnnviz.runs.evaluate_run.evaluate_group` (same
     classes, maps, metric inputs and journal rows); the actor writes nothing. It returns ``{"status": "ok", "row":
     journal row}`` per finished row, ``{"status": "failed", "image", "error"}`` per unreadable picture and
     ``{"status": "warning", "key", "message"}`` per once-per-run warning met. The page's example pictures are made
-    on the driver (:func:`~onnx_cnnviz.cli.evaluate.complete_examples`), not here."""
+    on the driver (:func:`~onnx_cnnviz.runs.evaluate_run.complete_examples`), not here."""
     job: object
 
     def __call__(self, m, read: list, failed: list) -> list:
-        from ..cli.evaluate import Tally, evaluate_group, same_size_groups
+        from ..runs.evaluate_run import Tally, evaluate_group
+        from ..runs.images import same_size_groups
 
         rows = [{"status": records.STATUS_FAILED, "image": item["path"], "error": error} for item, error in failed]
         paths = {item["index"]: item["path"] for _, item in read}

@@ -355,21 +355,21 @@ def explain_on_ray(m, job, paths: list, keys: list, work, options: dict, reporte
 # ``cnnviz evaluate --ray``
 
 
-def evaluate_on_ray(job, paths: list, work, journal_path: Path, options: dict):
+def evaluate_on_ray(job, paths: list, work, journal_path: Path, options: dict, reporter, progress: bool = True):
     """``cnnviz evaluate``'s run on Ray: the CLI's plan ``work`` in (its ``todo``: (image index, the (method, metric)
-    rows missing)), its :class:`~onnx_cnnviz.cli.evaluate.Tally` out, so that
-    :func:`~onnx_cnnviz.cli.evaluate.finish_run` writes the tables, the page and the exit code as for the
+    rows missing)), its :class:`~onnx_cnnviz.runs.evaluate_run.Tally` out, so that
+    :func:`~onnx_cnnviz.runs.evaluate.finish` writes the tables, the page and the exit code as for the
     single-process run.
 
     The actors (:class:`~onnx_cnnviz.dataset.actor.EvaluateWork`) only compute; this process appends their rows to
-    the journal ``journal_path`` as each batch arrives (:class:`~onnx_cnnviz.cli.evaluate.Journal`: whole lines,
+    the journal ``journal_path`` as each batch arrives (:class:`~onnx_cnnviz.runs.evaluate_plan.Journal`: whole lines,
     flushed and synced), so it is the journal's only writer and --resume reads exactly what a run without Ray leaves
     (a Ctrl-C or a kill loses only the batches not yet received). Unreadable pictures are warned about and listed as
     the single-process run lists them; the page's example maps are made here later, by ``finish_run``.
     ``options``: the command's options (model loading, --max-pixels through the pixel limit in force, --ray
     ADDRESS)."""
-    from ..cli.common import settings as cli_settings
-    from ..cli.evaluate import Journal, Tally
+    from ..runs.evaluate_plan import Journal
+    from ..runs.evaluate_run import Tally
     from ..image.reading import current_pixel_limit
 
     tally = Tally()
@@ -380,13 +380,12 @@ def evaluate_on_ray(job, paths: list, work, journal_path: Path, options: dict):
                    "input_size": options["input_size"], "batch_size": options["rows_per_run"],
                    "max_nodes": options["max_nodes"]}
     journal = Journal(journal_path, job.resume)
-    s = cli_settings()
     try:
         tally.interrupted = run_work(options["model"], load_kwargs, items, job.preprocessing, EvaluateWork(job),
                                      batch_size=job.batch_size, address=options.get("ray_address"),
                                      max_pixels=current_pixel_limit(),
-                                     on_rows=evaluation_rows(journal, tally, paths, items),
-                                     progress=not (s.quiet or s.json))
+                                     on_rows=evaluation_rows(journal, tally, paths, items, reporter),
+                                     progress=progress)
     except KeyboardInterrupt:
         tally.interrupted = True
     finally:
@@ -402,16 +401,15 @@ def evaluate_items(paths: list, todo: list) -> list:
     """The planned pictures for Ray, one per plan item: ``index``, ``path`` (absolute and resolved: the actors may
     run elsewhere, and it is the journal's name of the image) and ``missing`` (JSON list of [method, metric], in a
     fixed order)."""
-    from ..cli.common import abspath
+    from ..runs.outputs import abspath
 
     return [{"index": i, "path": abspath(paths[i]), "missing": json.dumps(sorted(missing))} for i, missing in todo]
 
 
-def evaluation_rows(journal, tally, paths: list, items: list) -> Callable[[list], None]:
+def evaluation_rows(journal, tally, paths: list, items: list, reporter) -> Callable[[list], None]:
     """The driver's handler of one batch of :class:`EvaluateWork` rows: the ``ok`` rows appended to ``journal`` at
     once (and counted), each unreadable picture warned about and added to ``tally.failed`` as
-    :func:`~onnx_cnnviz.cli.explain.read_batch` adds it, each actor's warning given once."""
-    from ..cli.common import warn
+    :func:`~onnx_cnnviz.runs.images.read_batch` adds it, each actor's warning given once (through ``reporter``)."""
 
     given = {item["path"]: str(paths[item["index"]]) for item in items}
 
@@ -425,9 +423,9 @@ def evaluation_rows(journal, tally, paths: list, items: list) -> Callable[[list]
                 # The actor read the absolute path; the message names the picture as it was given, as without Ray.
                 error = row["error"].replace(row["image"], given.get(row["image"], row["image"]))
                 tally.failed.append({"image": row["image"], "error": error})
-                warn(f"skipped: {error}")
+                reporter.warn(f"skipped: {error}")
             elif row["status"] == STATUS_WARNING:
-                warn(row["message"], once=row["key"])
+                reporter.warn(row["message"], once=row["key"])
 
     return on_rows
 

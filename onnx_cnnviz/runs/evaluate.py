@@ -1,0 +1,152 @@
+"""Evaluate explanation methods with faithfulness and localisation metrics on a folder of images, in process: what
+``cnnviz evaluate`` writes, from Python.
+
+    from onnx_cnnviz import runs
+
+    document = runs.evaluate_images("model.onnx", ["photos/"], "eval/", methods=["gradcam", "saliency"],
+                                    metrics=["deletion", "insertion"])
+
+writes ``results.jsonl`` (the journal), ``results.csv`` / ``.json``, ``summary.csv`` / ``.json``, the mean curves and
+``report.html`` exactly as the command does, and returns the document ``cnnviz evaluate --json`` prints. The steps
+are public for the command line and the Ray pipeline: :func:`prepare` (images, model, settings, plan),
+:func:`~onnx_cnnviz.runs.evaluate_run.evaluate_all` (the work) and :func:`finish` (tables, curves, page, document).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from ..errors import CnnvizError, InputError
+from ..metrics import registry as metric_registry
+from .evaluate_plan import DEFAULT_METRICS, JOURNAL, Plan, build_job, needs_boxes, output_files, plan
+from .evaluate_run import Tally, complete_examples, evaluate_all
+from .evaluate_tables import (Results, curve_pictures, page_text, ranking, read_results, run_document, summarise,
+                              write_outputs)
+from .images import collect_images
+from .outputs import abspath, out_folder
+from .preprocessing import LIBRARY_DEFAULT, load_model, resolve_preprocessing
+from .reporting import Reporter
+
+
+def check_metrics(metrics: list, metric_params: dict | None, boxes_file, reporter: Reporter) -> dict:
+    """The metrics' parameters, each checked against its metric (an unknown metric or key is an
+    :class:`InputError`); a metric that needs boxes without ``boxes_file`` is an :class:`InputError` about --boxes,
+    ``boxes_file`` with no such metric a warning (the file is not read). Returns {metric: parameters as given}."""
+    wanting = [name for name in metrics if needs_boxes(name)]
+    if wanting and not boxes_file:
+        raise InputError(f"{', '.join(wanting)} score maps against ground-truth boxes: give them with --boxes FILE "
+                         "(CSV or JSON, keyed by image file name).")
+    if boxes_file and not wanting:
+        reporter.warn(f"--boxes is ignored: none of {', '.join(metrics)} uses boxes.")
+    params = {name: dict((metric_params or {}).get(name) or {}) for name in metrics}
+    unknown = sorted(set(metric_params or {}) - set(metrics))
+    if unknown:
+        raise InputError(f"metric_params names {unknown[0]!r}, which is not evaluated; evaluated: "
+                         f"{', '.join(metrics)}.")
+    for name in metrics:
+        metric_registry.parameters(name, params[name])
+    return params
+
+
+def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_file, reporter: Reporter) -> tuple:
+    """Everything before the work: the images, the model and its preprocessing, the checked settings (:class:`Job`),
+    the output files and the plan; the plan's resume lines go to ``reporter``. ``options``: the command's options by
+    their names (see :func:`onnx_cnnviz.runs.explain.prepare`). Returns (model, job, paths, outputs, plan)."""
+    out = out_folder(options["out_dir"])
+    paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
+    m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
+                   options["input_size"], options["rows_per_run"], options["max_nodes"])
+    pre = resolve_preprocessing(m, options["preprocess"], options["mean"], options["std"], options["size"],
+                                options["order"], options["scale"], options["input_size"],
+                                model_name=Path(options["model"]).name, reporter=reporter)
+    job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options)
+    outputs = output_files(out, methods, metrics)
+    work = plan(job, outputs, paths, reporter)
+    if work.done:
+        reporter.info(f"resume: {len(work.done)} row(s) already done with the same settings, skipped")
+    if work.stale:
+        reporter.info(f"resume: {work.stale} row(s) were made with other settings ({', '.join(work.changed)}) and "
+                      "are recomputed")
+    return m, job, paths, outputs, work
+
+
+def finish(m, job, outputs: dict, paths: list, work: Plan, tally: Tally, model_name: str,
+           reporter: Reporter) -> tuple:
+    """Write what the journal holds for this run (also after Ctrl-C): the tables, the curves and the page. Returns
+    (the run's document, the rows read back). Raises :class:`InputError` when no image could be evaluated; returns
+    (None, empty results) when the run was interrupted before any row."""
+    # Without resume the journal holds this run's rows only once it has written one (an old one is not read).
+    ours = job.resume or tally.wrote
+    results = read_results(job, outputs[JOURNAL], paths) if ours else Results()
+    if not results.rows:
+        if tally.interrupted:
+            return None, results
+        raise InputError("no image could be evaluated (all were skipped, listed above).")
+    if not tally.interrupted:
+        try:
+            complete_examples(m, job, paths, tally)
+        except CnnvizError as exc:  # the page's pictures are not worth the tables: they are written all the same
+            reporter.warn(f"the page shows fewer example maps: {exc}")
+    summary = summarise(results, job.methods, job.metrics)
+    document = run_document(m, job)
+    pictures = curve_pictures(results)
+    page = page_text(m, job, model_name, document, summary, pictures, tally, paths)
+    files = write_outputs(outputs, document, results, summary, pictures, page, job.overwrite or job.resume)
+    return {**document, "out": abspath(job.out), "results": results.rows, "summary": summary,
+            "ranking": ranking(summary, job.metrics), "files": files, "failed": tally.failed,
+            "computed": tally.computed, "kept": len(work.done), "stale": work.stale,
+            "removed_temporary": [abspath(p) for p in work.removed], "interrupted": tally.interrupted}, results
+
+
+def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), metrics=tuple(DEFAULT_METRICS),
+                    metric_params: dict | None = None, boxes=None, target=None, layer: str | None = None,
+                    labels=None, preprocess=None, mean=None, std=None, size=None, order=None, scale=None,
+                    input_size=None, device: str = "auto", input_name: str | None = None,
+                    output_name: str | None = None, max_nodes=LIBRARY_DEFAULT, max_pixels=LIBRARY_DEFAULT,
+                    batch_size: int = 8, rows_per_run: int | None = None, recursive: bool = False,
+                    overwrite: bool = False, resume: bool = False, reporter: Reporter | None = None) -> dict:
+    """Score explanation ``methods`` on ``images`` with ``metrics`` and write into the folder ``out`` exactly what
+    ``cnnviz evaluate`` writes: ``results.jsonl`` (one line per finished image x method x metric row),
+    ``results.csv`` / ``.json``, ``summary.csv`` / ``.json`` (per method x metric: mean, sample std, n and the
+    Student-t 95% interval ``mean +- t(0.975, n - 1) std / sqrt(n)``), ``curve.METHOD.METRIC.png`` and
+    ``report.html``.
+
+    Args:
+        model: the ONNX file.
+        images: picture files, folders and globs (or one of them).
+        out: the output folder.
+        methods: method registry names; ``metrics``: metric registry names (``onnx_cnnviz.metrics.registry``).
+        metric_params: {metric: {key: value}}, checked against each metric's parameters.
+        boxes: ground-truth boxes file (CSV or JSON) for the localisation metrics.
+        target: a class index or name evaluated for every image (default: each image's top-1).
+        layer, labels, preprocess, mean, std, size, order, scale, input_size, device, input_name, output_name,
+            max_nodes, max_pixels, batch_size, rows_per_run, recursive: as :func:`onnx_cnnviz.runs.explain_images`.
+        overwrite: replace existing results; ``resume``: keep the journal's rows made with the same settings.
+        reporter: where lines, warnings and progress go (default: warnings through :func:`warnings.warn`).
+
+    Returns:
+        The run's document, as ``cnnviz evaluate --json`` prints it ("results", "summary", "ranking", "files", ...);
+        "interrupted" is true after Ctrl-C.
+
+    Raises:
+        InputError: a bad option, no images, an output that would replace an input or (without ``overwrite`` or
+            ``resume``) a result, or no image that could be evaluated.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from ..image.reading import pixel_limit
+
+    reporter = reporter or Reporter()
+    methods, metrics = list(methods), list(metrics)
+    params = check_metrics(metrics, metric_params, boxes, reporter)
+    options = {"model": str(model), "images": [images] if isinstance(images, (str, Path)) else list(images),
+               "out_dir": str(out), "recursive": recursive, "device": device, "input_name": input_name,
+               "output_name": output_name, "input_size": input_size, "max_nodes": max_nodes,
+               "preprocess": preprocess, "mean": mean, "std": std, "size": size, "order": order, "scale": scale,
+               "labels": labels, "target": target, "layer": layer, "overwrite": overwrite, "resume": resume,
+               "batch_size": int(batch_size), "rows_per_run": rows_per_run}
+    limit = contextlib.nullcontext() if max_pixels is LIBRARY_DEFAULT else pixel_limit(max_pixels)
+    with limit:
+        m, job, paths, outputs, work = prepare(options, methods, metrics, params, boxes, reporter)
+        tally = evaluate_all(m, job, paths, work, outputs[JOURNAL], reporter)
+        document, _ = finish(m, job, outputs, paths, work, tally, Path(model).name, reporter)
+    return document if document is not None else {"results": [], "interrupted": True}

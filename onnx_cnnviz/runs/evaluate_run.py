@@ -1,0 +1,202 @@
+"""Evaluating explanation methods with metrics, the work: :func:`evaluate_all` reads the planned images a batch at a
+time, explains each same-size group with every method still missing for it (:func:`method_maps`, checked to be
+finite maps over the image), scores every missing metric on those maps (:func:`score`) and appends each finished
+(method, metric) to the journal at once (:func:`record`); it keeps a few example pictures for the page."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, NumericalError
+from ..methods import registry
+from ..metrics import registry as metric_registry
+from ..metrics.inputs import explanation_for
+from .evaluate_plan import EXAMPLES, UNORDERED_AXES, Job, Journal, Plan, needs_boxes
+from .images import read_batch, same_size_groups
+from .outputs import abspath
+
+
+@dataclass
+class Tally:
+    """What this run did: how many rows it added to the journal, the images that could not be read, the example
+    pictures for the page, whether Ctrl-C stopped it. ``make_examples`` False: no pictures are kept (a Ray actor's
+    tally: the page's examples are made on the driver, :func:`complete_examples`); ``warnings``: key -> message of
+    the warnings given once per run, which an actor hands to the driver to give."""
+    computed: int = 0
+    wrote: bool = False  # the journal was opened for this run's rows (an --overwrite run's old journal is replaced)
+    failed: list = field(default_factory=list)
+    examples: dict = field(default_factory=dict)  # image index -> Example
+    interrupted: bool = False
+    make_examples: bool = True
+    warnings: dict = field(default_factory=dict)
+
+@dataclass
+class Example:
+    """One image shown on the page: its model view, the class explained and its probability, and each method's
+    picture."""
+    path: str
+    view: np.ndarray
+    cls: int
+    probability: float
+    pictures: dict = field(default_factory=dict)
+
+def evaluate_all(m, job: Job, paths: list, work: Plan, journal_path: Path, reporter) -> Tally:
+    """Read --batch-size images at a time, explain each same-size group with every method still missing for it and
+    score every missing metric on those maps, each finished (method, metric) appended to the journal at once.
+    Ctrl-C stops it, keeping what was measured. ``reporter``: warnings and progress."""
+    tally = Tally()
+    journal = Journal(journal_path, job.resume)
+    try:
+        with reporter.progress(len(work.todo), "evaluating") as bar:
+            for start in range(0, len(work.todo), job.batch_size):
+                chunk = work.todo[start:start + job.batch_size]
+                for x, items in same_size_groups(read_batch(paths, chunk, job.preprocessing, tally.failed, reporter)):
+                    evaluate_group(m, job, x, items, paths, journal, tally, bar, reporter)
+                bar.update(len(chunk))
+    except KeyboardInterrupt:
+        tally.interrupted = True
+    finally:
+        tally.wrote = journal.handle is not None
+        journal.close()
+    return tally
+
+def evaluate_group(m, job: Job, x: np.ndarray, items: list, paths: list, journal: Journal, tally: Tally,
+                   bar=None, reporter=None) -> None:
+    """The missing method x metric rows of the same-size images ``x`` (one per plan item of ``items``), for
+    --target or each image's top-1. ``paths``: the run's images, indexed by the items' image indices (a list, or a
+    dict of the items' only: a Ray actor's batch); ``journal``: anything with ``append(rows)``; ``reporter``: told
+    the once-per-run warnings (also kept in ``tally.warnings``)."""
+    scores = m.scores(x, batch_size=job.rows_per_run)
+    warn_probability_output(m, scores, tally, reporter)
+    targets = m.targets_for(job.target, len(x)) if job.target is not None else scores.argmax(axis=1)
+    for method in job.methods:
+        rows = [j for j, (_, missing) in enumerate(items) if any(k[0] == method for k in missing)]
+        if not rows:
+            continue
+        images = [items[j][0] for j in rows]
+        maps = method_maps(m, method, x[rows], targets[rows], job.layer, job.rows_per_run,
+                           [paths[i] for i in images], bar.method_progress(method) if bar is not None else None)
+        keep_examples(m, job, tally, method, x[rows], images, paths, maps, scores[rows], targets[rows])
+        for metric in job.metrics:
+            sub = [r for r, j in enumerate(rows) if (method, metric) in items[j][1]]
+            if sub:
+                result = score(m, job, metric, method, x[rows][sub], maps[sub], targets[rows][sub],
+                               [images[r] for r in sub], bar)
+                record(job, journal, tally, [images[r] for r in sub], paths, method, metric, result)
+
+def method_maps(m, method: str, x: np.ndarray, targets: np.ndarray, layer, rows_per_run, paths: list,
+                progress=None) -> np.ndarray:
+    """Method ``method``'s result on ``x`` (the images ``paths``), checked to be a map over the image: (N, H, W), or
+    (N, C', H, W) with C' 1 or the images' channels (attributions, reduced per pixel by the metrics), of finite
+    numbers. A wrong shape is an :class:`InputError`, NaN or Inf a :class:`NumericalError`, naming the method (and
+    the image): a metric of such a map would be no measurement."""
+    result = np.asarray(registry.explain(m, method, x, targets, layer=layer, batch_size=rows_per_run,
+                                         progress=progress))
+    n, c, h, w = x.shape
+    fits = (result.ndim == 3 or (result.ndim == 4 and result.shape[1] in (1, c))) \
+        and result.shape[0] == n and tuple(result.shape[-2:]) == (h, w)
+    if not fits:
+        raise InputError(f"method {method!r} returns an array of shape {tuple(result.shape)}, not a map over the "
+                         f"{h}x{w} image ({n}, {h}, {w}) or ({n}, {c}, {h}, {w}); it cannot be evaluated.")
+    if not (np.issubdtype(result.dtype, np.number) or result.dtype == bool):
+        raise InputError(f"method {method!r} returns an array of {result.dtype}, not numbers; it cannot be "
+                         "evaluated.")
+    bad = ~np.isfinite(result.reshape(n, -1)).all(axis=1)
+    if bad.any():
+        raise NumericalError(f"method {method!r} returns NaN or Inf in its map of '{paths[int(np.argmax(bad))]}'; "
+                             "a metric of it would mean nothing (check the method, or leave that image out).")
+    return result
+
+def score(m, job: Job, metric: str, method: str, x: np.ndarray, maps: np.ndarray, targets: np.ndarray,
+          images: list, bar=None):
+    """Metric ``metric`` on ``method``'s ``maps`` of the images ``x`` (indices ``images`` of the run)."""
+    params = job.params[metric]
+    extra = {"boxes": [job.boxes[i] for i in images]} if needs_boxes(metric) else {}
+    return metric_registry.evaluate(metric, m, x, explanation_for(metric, maps, method, params), targets, params=params,
+                                    batch_size=job.rows_per_run,
+                                    progress=bar.method_progress(metric) if bar is not None else None, **extra)
+
+def warn_probability_output(m, scores: np.ndarray, tally: Tally | None = None, reporter=None) -> None:
+    """Say once when the model's output is already a probability (rows summing to 1, no Softmax for the engine to
+    skip): the metrics then read that output as it is, not a softmax of it, and the tables' ``output`` says so.
+    The message is also kept in ``tally.warnings``: a Ray actor's warnings are silenced, the driver gives them."""
+    from ..metrics.base import looks_like_probabilities
+
+    if m.softmax_skipped is None and looks_like_probabilities(scores):
+        message = (f"the model's output '{m.output_name}' is already a probability (its rows sum to 1 and it ends in "
+                   "no Softmax to skip): the metrics read it as it is, 'probability (the model's own output, already "
+                   "normalised; no softmax applied)', as the tables' output column says.")
+        if tally is not None:
+            tally.warnings["probability-output"] = message
+        if reporter is not None:
+            reporter.warn(message, once="probability-output")
+
+def record(job: Job, journal: Journal, tally: Tally, images: list, paths: list, method: str, metric: str,
+           result) -> None:
+    """Append ``result`` (a :class:`~onnx_cnnviz.metrics.MetricResult` on the run's images ``images``) to the
+    journal: one line per image, with its settings and its curve."""
+    ordered = result.curve is not None and result.axis_name not in UNORDERED_AXES
+    axis = None if result.axis is None else np.asarray(result.axis).tolist()
+    lines = []
+    for r, i in enumerate(images):
+        lines.append({"image": abspath(paths[i]), "method": method, "metric": metric,
+                      "value": float(result.values[r]), "class": int(result.targets[r]), "output": result.output,
+                      "settings": job.row_settings(method, metric, i),
+                      "curve": np.asarray(result.curve[r], dtype=np.float64).tolist() if ordered else None,
+                      "axis": axis if ordered else None, "axis_name": result.axis_name if ordered else None})
+    journal.append(lines)
+    tally.computed += len(lines)
+
+def keep_examples(m, job: Job, tally: Tally, method: str, x: np.ndarray, images: list, paths: list,
+                  maps: np.ndarray, scores: np.ndarray, targets: np.ndarray) -> None:
+    """Keep the pictures of ``method``'s maps of the first :data:`EXAMPLES` images of the run, for the page (the
+    first readable ones: :func:`complete_examples` adds those this run did not explain)."""
+    from .. import report
+    from ..image import deprocess
+
+    if not tally.make_examples:
+        return
+    for r, i in enumerate(images):
+        if i >= EXAMPLES + len(tally.failed):
+            continue
+        view = deprocess(x[r], preset=job.preprocessing)
+        if i not in tally.examples:
+            c = int(targets[r])
+            probs = report.probabilities(scores[r:r + 1], m.softmax_skipped)[0]
+            tally.examples[i] = Example(abspath(paths[i]), thumbnail(view), c, float(probs[c]))
+        pic = report.picture(method, maps[r], view, job.preprocessing.order)
+        tally.examples[i].pictures[method] = thumbnail(pic)
+
+def thumbnail(picture: np.ndarray, side: int = 160) -> np.ndarray:
+    """``picture`` shrunk (area interpolation) so that its longer side is at most ``side`` pixels."""
+    import cv2
+
+    h, w = picture.shape[:2]
+    if max(h, w) <= side:
+        return picture
+    f = side / max(h, w)
+    return cv2.resize(picture, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+def complete_examples(m, job: Job, paths: list, tally: Tally) -> None:
+    """Explain the example images whose pictures this run did not make (rows kept by --resume), so that the page
+    shows every method on the first images, whatever was skipped."""
+    from ..image import preprocess
+
+    failed = {f["image"] for f in tally.failed}
+    wanted = [i for i, p in enumerate(paths) if abspath(p) not in failed][:EXAMPLES]
+    for i in wanted:
+        example = tally.examples.get(i)
+        missing = [name for name in job.methods if example is None or name not in example.pictures]
+        if not missing:
+            continue
+        try:
+            x = preprocess([paths[i]], preset=job.preprocessing)
+        except InputError:
+            continue
+        scores = m.scores(x, batch_size=job.rows_per_run)
+        targets = m.targets_for(job.target, 1) if job.target is not None else scores.argmax(axis=1)
+        for name in missing:
+            maps = method_maps(m, name, x, targets, job.layer, job.rows_per_run, [paths[i]])
+            keep_examples(m, job, tally, name, x, [i], paths, maps, scores, targets)

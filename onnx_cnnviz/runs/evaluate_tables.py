@@ -1,0 +1,223 @@
+"""Evaluating explanation methods with metrics, the results: the journal read back (:func:`read_results`), the
+summary per method x metric (mean, sample std, n and the Student-t 95% interval
+``mean +- t(0.975, n - 1) std / sqrt(n)``), the ranking, the tables, the mean curves drawn with OpenCV and the HTML
+page (:mod:`onnx_cnnviz.evaluation_page`), written atomically."""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics import registry as metric_registry
+from ..metrics.intervals import mean_interval
+from .evaluate_plan import (CI_FORMULA, EXAMPLES, JOURNAL, PAGE, RESULT_FIELDS, SUMMARY_FIELDS, TABLES, Job,
+                            journal_lines, row_key)
+from .evaluate_run import Tally
+from .outputs import abspath, save_json
+
+
+@dataclass
+class Results:
+    """The rows of this run's request (image x method x metric) read back from the journal, in image, method, metric
+    order; per (method, metric) the values and the running sum of the curves (with their abscissae)."""
+    rows: list = field(default_factory=list)
+    values: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)  # (method, metric) -> [sum of curves, count, axis, axis_name]
+    mixed: set = field(default_factory=set)  # (method, metric) whose curves differ in length: no mean curve
+
+def read_results(job: Job, journal: Path, paths: list) -> Results:
+    """The journal's rows for this run: per (image, method, metric) its last line made with this run's settings.
+    Two passes over the file, so that only the chosen lines' curves are ever summed and none is kept."""
+    index = {abspath(p): i for i, p in enumerate(paths)}
+    chosen: dict = {}
+    for n, row in enumerate(journal_lines(journal)):
+        key = row_key(row, index)
+        if key is not None and row["method"] in job.layers and row["metric"] in job.params \
+                and row["settings"] == job.row_settings(key[1], key[2], key[0]):
+            chosen[key] = n
+    lines = set(chosen.values())
+    picked: dict = {}
+    results = Results()
+    for n, row in enumerate(journal_lines(journal)):
+        if n in lines:
+            key = row_key(row, index)
+            picked[key] = {f: row[f] for f in RESULT_FIELDS}
+            add_curve(results, (key[1], key[2]), row)
+    order = {name: k for k, name in enumerate(job.methods)}, {name: k for k, name in enumerate(job.metrics)}
+    for key in sorted(picked, key=lambda k: (k[0], order[0][k[1]], order[1][k[2]])):
+        row = picked[key]
+        results.rows.append(row)
+        results.values.setdefault((key[1], key[2]), []).append(float(row["value"]))
+    return results
+
+def add_curve(results: Results, key: tuple, row: dict) -> None:
+    """Add a journal row's curve to the running sum of its (method, metric)."""
+    if row.get("curve") is None or key in results.mixed:
+        return
+    curve = np.asarray(row["curve"], dtype=np.float64)
+    if key not in results.curves:
+        results.curves[key] = [curve.copy(), 1, np.asarray(row["axis"]) if row.get("axis") else None,
+                               row.get("axis_name")]
+    elif results.curves[key][0].shape != curve.shape:
+        # Images kept at their own sizes give curves of other lengths: no single mean curve.
+        results.mixed.add(key)
+        del results.curves[key]
+    else:
+        results.curves[key][0] += curve
+        results.curves[key][1] += 1
+
+def mean_curves(results: Results) -> dict:
+    """(method, metric) -> (mean curve, axis, axis name, n)."""
+    return {key: (total / count, axis, name, count) for key, (total, count, axis, name) in results.curves.items()}
+
+def summary_row(method: str, metric: str, values, output: str | None = None) -> dict:
+    """Mean, sample std (ddof=1; 0 for one value), n and the Student-t 95% interval
+    (:func:`onnx_cnnviz.metrics.intervals.mean_interval`); ``output``: what the metric read from the model."""
+    stats = mean_interval(values)
+    return {"method": method, "metric": metric, "mean": stats["mean"], "std": stats["std"], "n": stats["n"],
+            "ci95_low": stats["low"], "ci95_high": stats["high"],
+            "higher_is_better": metric_registry.get(metric).higher_is_better, "output": output}
+
+def outputs_read(rows: list) -> dict:
+    """(method, metric) -> what the metric read from the model, in words (several, joined, if the rows differ)."""
+    seen: dict = {}
+    for row in rows:
+        texts = seen.setdefault((row["method"], row["metric"]), [])
+        if row["output"] not in texts:
+            texts.append(row["output"])
+    return {key: "; ".join(t for t in texts if t) or None for key, texts in seen.items()}
+
+def summarise(results: Results, methods: list, metrics: list) -> list:
+    outputs = outputs_read(results.rows)
+    return [summary_row(method, metric, results.values[(method, metric)], outputs.get((method, metric)))
+            for method in methods for metric in metrics if results.values.get((method, metric))]
+
+def ranking(summary: list, metrics: list) -> dict:
+    """Per metric, the methods best first (by mean, in the metric's direction)."""
+    out = {}
+    for metric in metrics:
+        rows = [r for r in summary if r["metric"] == metric]
+        if rows:
+            better = metric_registry.get(metric).higher_is_better
+            out[metric] = [r["method"] for r in sorted(rows, key=lambda r: -r["mean"] if better else r["mean"])]
+    return out
+
+def csv_text(fields: list, rows: list, header: list | None = None) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header or fields)
+    for row in rows:
+        writer.writerow([row[f] for f in fields])
+    return buffer.getvalue()
+
+def summary_header() -> list:
+    """The summary CSV's column names: the interval's columns carry their formula."""
+    ci = {"ci95_low": "ci95_low (mean - t*std/sqrt(n))", "ci95_high": "ci95_high (mean + t*std/sqrt(n))"}
+    return [ci.get(name, name) for name in SUMMARY_FIELDS]
+
+def ranking_text(summary: list, metrics: list) -> str:
+    """The ranking table printed at the end: per metric, its direction and what it read, then the methods best
+    first."""
+    lines = []
+    for metric, order in ranking(summary, metrics).items():
+        meta = metric_registry.get(metric)
+        by_method = {r["method"]: r for r in summary if r["metric"] == metric}
+        reads = by_method[order[0]]["output"]
+        lines.append(f"{meta.title} ({metric}, {'higher' if meta.higher_is_better else 'lower'} is better"
+                     + (f"; reads {reads}" if reads else "") + ")")
+        for rank, method in enumerate(order, 1):
+            r = by_method[method]
+            lines.append(f"  {rank}. {method:<16} {r['mean']:.4f}  "
+                         f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}]  n={r['n']}")
+    return "\n".join(lines)
+
+def curve_picture(curve: np.ndarray, axis: np.ndarray, title: str, axis_name: str | None,
+                  width: int = 480, height: int = 320) -> np.ndarray:
+    """The mean curve as an RGB uint8 picture (OpenCV only: no plotting library): a polyline over the axis range,
+    the y range [min(0, lowest), max(1, highest)] so that probability curves share a scale."""
+    import cv2
+
+    pic = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 56, width - 16, 34, height - 40
+    x = np.asarray(axis, dtype=np.float64) if axis is not None and len(axis) == len(curve) else \
+        np.linspace(0.0, 1.0, len(curve))
+    y0, y1 = min(0.0, float(curve.min())), max(1.0, float(curve.max()))
+    x0, x1 = float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1.0
+    px = left + (x - x0) / (x1 - x0) * (right - left)
+    py = bottom - (curve - y0) / (y1 - y0) * (bottom - top)
+    black, font = (0, 0, 0), cv2.FONT_HERSHEY_SIMPLEX
+    cv2.rectangle(pic, (left, top), (right, bottom), (160, 160, 160), 1)
+    points = np.stack([px, py], axis=1).round().astype(np.int32).reshape(-1, 1, 2)
+    cv2.polylines(pic, [points], False, (0, 80, 200), 2, cv2.LINE_AA)
+    cv2.putText(pic, title, (left, 22), font, 0.5, black, 1, cv2.LINE_AA)
+    cv2.putText(pic, f"{y1:.2f}", (4, top + 5), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(pic, f"{y0:.2f}", (4, bottom + 5), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(pic, f"{x0:g}", (left - 4, bottom + 16), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(pic, f"{x1:g}", (right - 24, bottom + 16), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(pic, axis_name or "step", (left + 60, height - 8), font, 0.4, black, 1, cv2.LINE_AA)
+    return pic
+
+def curve_pictures(results: Results) -> dict:
+    """(method, metric) -> the picture of its mean curve."""
+    pictures = {}
+    for (method, metric), (curve, axis, axis_name, n) in mean_curves(results).items():
+        title = f"{method}: mean {metric_registry.get(metric).title} curve (n={n})"
+        pictures[(method, metric)] = curve_picture(curve, axis, title, axis_name)
+    return pictures
+
+def write_outputs(outputs: dict, document: dict, results: Results, summary: list, pictures: dict, page: str,
+                  replace: bool) -> dict:
+    """Write the tables, the curves and the page, each atomically; returns what was written, by role (absolute
+    paths)."""
+    from .. import report
+
+    written = {}
+    report.write_atomic(outputs["results.csv"], csv_text(RESULT_FIELDS, results.rows), overwrite=replace)
+    save_json(outputs["results.json"], {**document, "rows": results.rows}, replace)
+    report.write_atomic(outputs["summary.csv"], csv_text(SUMMARY_FIELDS, summary, summary_header()),
+                        overwrite=replace)
+    save_json(outputs["summary.json"], {**document, "summary": summary}, replace)
+    for name in (JOURNAL, *TABLES):
+        written[name] = abspath(outputs[name])
+    curves = {}
+    for (method, metric), pic in pictures.items():
+        path = outputs[("curve", method, metric)]
+        report.write_atomic(path, report.png_bytes(pic), overwrite=replace)
+        curves[f"{method}.{metric}"] = abspath(path)
+    written["curves"] = curves
+    report.write_atomic(outputs[PAGE], page, overwrite=replace)
+    written["page"] = abspath(outputs[PAGE])
+    return written
+
+def run_document(m, job: Job) -> dict:
+    """What every table's JSON repeats: the model, device, methods, metrics with their parameters, the interval."""
+    return {"model": job.model_path, "device": m.device, "methods": job.methods,
+            "preprocessing": job.preprocessing_info, "target": job.target,
+            "layers": {name: layer for name, layer in job.layers.items() if layer},
+            "metrics": {name: {"title": metric_registry.get(name).title,
+                               "higher_is_better": metric_registry.get(name).higher_is_better,
+                               "parameters": metric_registry.parameters(name, job.params[name])}
+                        for name in job.metrics},
+            "confidence_interval": CI_FORMULA}
+
+def page_text(m, job: Job, model_name: str, document: dict, summary: list, pictures: dict, tally: Tally,
+              paths: list) -> str:
+    """The HTML page of the run (:func:`onnx_cnnviz.evaluation_page.render`)."""
+    from .. import evaluation_page, report
+
+    examples = [tally.examples[i] for i in sorted(tally.examples)][:EXAMPLES]
+    metrics = {}
+    for name in job.metrics:
+        meta = metric_registry.get(name)
+        metrics[name] = {**document["metrics"][name], "paper": meta.paper}
+    return evaluation_page.render(
+        model=report.describe(m, job.model_path), preprocessing=job.preprocessing_info, summary=summary,
+        ranking=ranking(summary, job.metrics), metrics=metrics, curves=pictures,
+        examples=[evaluation_page.ExampleRow(e.path, e.view, e.cls, job.labels[e.cls] if job.labels else None,
+                                             e.probability, [(name, e.pictures[name]) for name in job.methods
+                                                             if name in e.pictures]) for e in examples],
+        images=len(paths), failed=tally.failed, interrupted=tally.interrupted, ci_formula=CI_FORMULA,
+        title=f"cnnviz evaluate — {model_name}")
