@@ -4,11 +4,12 @@ A decoder (:mod:`.decoders`) turns a detector's head output into detections and 
 :class:`Detection` (:mod:`.detection`) is the target that explains one; a segmenter's targets are
 :class:`onnx_cnnviz.targets.Region`. Methods and metrics see targets, never tasks.
 """
-from .decoders import Candidates, Decoder, UltralyticsDecoder, find_decoder, recognise, register_decoder
+from .decoders import (Candidates, Decoder, UltralyticsDecoder, YoloV5Decoder, find_decoder, recognise,
+                       register_decoder)
 from .detection import Detection, detect, explain
 from .head import TASKS, NotAClassifierError, check_head, head_output, not_a_classifier
 from .nms import box_iou, nms
 
-__all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "register_decoder",
+__all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder", "register_decoder",
            "recognise", "find_decoder", "Detection", "detect", "explain", "nms", "box_iou", "check_head",
            "head_output", "not_a_classifier"]

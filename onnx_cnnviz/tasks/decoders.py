@@ -21,7 +21,8 @@ The interface (:class:`Decoder`), so that a user adds an unknown head in a few l
     onnx_cnnviz.tasks.register_decoder(MyHead)
 
 ``elements`` are flat indices into the image's head output: the element whose value is the detection's score, which
-the :class:`onnx_cnnviz.tasks.Detection` target seeds.
+the :class:`onnx_cnnviz.tasks.Detection` target seeds. A head whose score is a product of two elements (YOLOv5's
+objectness x class probability) also gives ``factors``: the other element of each product.
 """
 from __future__ import annotations
 
@@ -31,19 +32,21 @@ import numpy as np
 
 from ..errors import ModelStructureError
 
-__all__ = ["Candidates", "Decoder", "UltralyticsDecoder", "register_decoder", "recognise", "find_decoder",
-           "DECODERS"]
+__all__ = ["Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder", "register_decoder", "recognise",
+           "find_decoder", "DECODERS"]
 
 
 @dataclass
 class Candidates:
     """One image's candidate detections before NMS: (M, 4) boxes (x1, y1, x2, y2, input pixels), (M,) scores,
     (M,) int64 classes, and (M,) int64 ``elements``: the flat index, in the image's head output, of the element
-    holding each candidate's score."""
+    holding each candidate's score; ``factors`` (M,) int64 or None: where the score is ``T[element] * T[factor]``
+    (objectness x class probability), the factor's flat index."""
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
     elements: np.ndarray
+    factors: np.ndarray | None = None
 
 
 class Decoder:
@@ -93,8 +96,35 @@ class UltralyticsDecoder(Decoder):
         return Candidates(boxes, scores, classes, (4 + classes) * anchors + np.arange(anchors))
 
 
+class YoloV5Decoder(Decoder):
+    """YOLOv5 (and v7, YOLOX-style exports with the decoding inside) head without NMS: (N, A, 5 + C), per anchor box
+    ``cx, cy, w, h`` in input pixels, the objectness and C class probabilities (all after their sigmoids). A
+    candidate's score is ``objectness x class probability`` of its best class, as yolov5's ``non_max_suppression``;
+    its element is the class probability, its factor the objectness."""
+
+    description = "a YOLOv5-style detection head ((N, A, 5 + C): box cx, cy, w, h, objectness and C class scores)"
+
+    @classmethod
+    def matches(cls, name: str, shape: tuple) -> bool:
+        return len(shape) == 3 and shape[1] is not None and shape[2] is not None and 5 < shape[2] < shape[1]
+
+    def __init__(self, shape: tuple):
+        self.shape = (int(shape[1]), int(shape[2]))
+        self.num_classes = self.shape[1] - 5
+
+    def candidates(self, output: np.ndarray) -> Candidates:
+        out = np.asarray(output, dtype=np.float32).reshape(self.shape)
+        anchors, width = self.shape
+        classes = out[:, 5:].argmax(axis=1).astype(np.int64)
+        rows = np.arange(anchors)
+        scores = out[rows, 5 + classes] * out[:, 4]
+        cx, cy, w, h = out[:, 0], out[:, 1], out[:, 2], out[:, 3]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        return Candidates(boxes, scores, classes, rows * width + 5 + classes, rows * width + 4)
+
+
 #: Known heads, tried in order by :func:`recognise`.
-DECODERS: list = [UltralyticsDecoder]
+DECODERS: list = [UltralyticsDecoder, YoloV5Decoder]
 
 
 def register_decoder(decoder: type, first: bool = True) -> None:

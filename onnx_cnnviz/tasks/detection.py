@@ -6,6 +6,11 @@ detection is ``d s_{c,a} / d x``, the quantity YOLO Grad-CAM tutorials backpropa
 (pytorch-grad-cam's YOLO notebooks, ``yolov8-explainer``). :func:`explain` explains every detection of every image
 in one batched run instead: the images are repeated, one row per detection, and each row gets its detection's
 cotangent.
+
+Where the head's score is a product ``s = T_e T_f`` (YOLOv5: class probability x objectness), the cotangent is its
+gradient at the detected image, ``T_f e_e + T_e e_f``: the input gradient is then exactly ``ds/dx`` (the chain
+rule), and perturbation methods (occlusion, the metrics) read the score's first-order change
+``T_f dT_e + T_e dT_f``.
 """
 from __future__ import annotations
 
@@ -25,13 +30,17 @@ __all__ = ["Detection", "detect", "explain"]
 class Detection(Target):
     """One detection: ``box`` (x1, y1, x2, y2 in input pixels), ``cls``, ``score``, and the flat index ``element``
     of its score in the image's head output ``output`` (None: the model's head output). ``image``: the image of the
-    batch it was found in."""
+    batch it was found in. ``factor``/``factor_value``/``element_value``: for a product score ``T[element] *
+    T[factor]`` (-1: none), the factor's index and both values at the detected image."""
     image: int
     box: tuple
     cls: int
     score: float
     element: int
     output: str | None = None
+    factor: int = -1
+    element_value: float = 1.0
+    factor_value: float = 1.0
 
     @property
     def class_index(self) -> int:  # type: ignore[override]
@@ -43,7 +52,11 @@ class Detection(Target):
         if not 0 <= self.element < row.size:
             raise InputError(f"detection element {self.element} is outside the head output '{tensor}' "
                              f"({row.size} elements per image).")
-        row[self.element] = 1.0
+        if self.factor < 0:
+            row[self.element] = 1.0
+        else:  # d(T_e T_f) = T_f dT_e + T_e dT_f
+            row[self.element] = self.factor_value
+            row[self.factor] += self.element_value
         return tensor, row
 
 
@@ -78,9 +91,16 @@ def detect(m, x, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
         cand = m.decoder.candidates(head)
         ok = np.flatnonzero(cand.scores >= conf)
         kept = ok[nms(cand.boxes[ok], cand.scores[ok], iou, cand.classes[ok], max_det)]
-        found.append([Detection(i, tuple(float(v) for v in cand.boxes[k]), int(cand.classes[k]),
-                                float(cand.scores[k]), int(cand.elements[k]), m.score_name) for k in kept])
+        found.append([_detection(i, cand, k, head, m.score_name) for k in kept])
     return found
+
+
+def _detection(image: int, cand, k: int, head: np.ndarray, output: str) -> Detection:
+    """Candidate ``k`` of image ``image`` as a :class:`Detection` (``head``: the image's flat head output)."""
+    element = int(cand.elements[k])
+    factor = -1 if cand.factors is None else int(cand.factors[k])
+    return Detection(image, tuple(float(v) for v in cand.boxes[k]), int(cand.classes[k]), float(cand.scores[k]),
+                     element, output, factor, float(head[element]), float(head[factor]) if factor >= 0 else 1.0)
 
 
 def explain(method: Callable, m, x, detections, **params) -> np.ndarray:
