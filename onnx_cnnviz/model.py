@@ -1,11 +1,10 @@
-"""``Model``: a loaded classifier (or detector, or segmenter) plus the cache of rewritten graphs and sessions built
-for it.
+"""``Model``: a loaded classifier, detector or segmenter plus the cache of rewritten graphs and sessions built for it.
 
 Everything a method needs comes from :meth:`Model.run`: the class scores (a detector's or segmenter's head output),
 any exposed intermediate tensors and the gradient of the target (:mod:`onnx_cnnviz.targets`: a class score, a
-detection, a region, any weighted sum of an output) with respect to any tensors, from one onnxruntime run per batch. A rewritten graph
-is built once per (input size, outputs, gradient targets, rule set, seed mode) and kept on the model object; nothing
-else is remembered between calls.
+detection, a region, any weighted sum of an output) with respect to any tensors, from one onnxruntime run per
+batch. A rewritten graph is built once per (input size, outputs, gradient targets, rule set, seed mode) and kept on
+the model object; nothing else is remembered between calls.
 """
 from __future__ import annotations
 
@@ -24,10 +23,11 @@ from .graph import load as graph_load
 from .graph import shapes as graph_shapes
 from .graph import unbake
 from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
-from .graph.expose import expose
 from .graph.head import find_score
+from .graph.outputs import keep_outputs
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
                               upstream, without_other_inputs)
+from .input_checks import check_images, size_pair
 from .lru_cache import LRUCache
 from .run_result import RunResult, as_nchw, batch_axis, check_finite, checked, shape_text
 from .tasks.decoders import find_decoder
@@ -75,7 +75,7 @@ class Model:
             raise InputError(f"max_pixels must be a positive int or None, not {max_pixels!r}.")
         self.max_pixels = None if max_pixels is None else int(max_pixels)
         if input_size is not None:
-            input_size = _size_pair(input_size)
+            input_size = size_pair(input_size)
             self._check_pixels(input_size, f"input_size={input_size}", InputError)
         self.providers = runtime.providers_for(device)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
@@ -171,8 +171,7 @@ class Model:
         #: A detector's pyramid levels (the maps its head reads, finest first; Grad-CAM over them with layer=levels).
         self.levels = pyramid_levels(spec.model, spec.layers, getattr(self.decoder, "anchors", None))
         if self.labels is not None and self.num_classes is not None and len(self.labels) != self.num_classes:
-            raise InputError(f"labels has {len(self.labels)} class names but the model has {self.num_classes} "
-                             "classes.")
+            raise InputError(f"labels has {len(self.labels)} class names; the model has {self.num_classes} classes.")
         self._layers = spec.layers
         if self.levels:
             self._default_layer = self.levels[-1]
@@ -442,33 +441,14 @@ class Model:
             model = gg.model
             extra = [gg.gradients[w] for w in wrt] + ([gg.target_output] if gg.target_output else [])
         names = [self.score_name] + [o for o in outputs if o != self.score_name] + extra
-        return _keep_outputs(model, names, spec.info, private=bool(wrt))
+        return keep_outputs(model, names, spec.info, private=bool(wrt))
 
     # --- running ----------------------------------------------------------------------------------------------
     def check_input(self, x) -> np.ndarray:
         """``x`` checked against the model's input (4-D float, channels, size, finite, not empty) and returned as a
         C-contiguous float32 array; :class:`InputError` saying what is wrong otherwise."""
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"x must be a numpy array (N, C, H, W), got {type(x).__name__}.")
-        if x.ndim == 3:
-            raise InputError(f"x has shape {x.shape}; add the batch axis: x[None] for one image (N, C, H, W).")
-        if x.ndim != 4:
-            raise InputError(f"x must be 4-D (N, C, H, W), got shape {x.shape}.")
-        if not np.issubdtype(x.dtype, np.floating) and not (self.takes_pixels and np.issubdtype(x.dtype, np.integer)):
-            raise InputError(f"x must be a float array (preprocessed for the model), got dtype {x.dtype}.")
-        if x.shape[1] != self.channels:
-            raise InputError(f"the model takes {self.channels} channels, x has {x.shape[1]} (shape {x.shape}); "
-                             "check the preprocessing (grayscale vs RGB, channels-last vs NCHW).")
-        if self._static_hw and tuple(x.shape[2:]) != tuple(self._static_hw):
-            raise InputError(f"the model takes {self._static_hw[0]}x{self._static_hw[1]} images, x is "
-                             f"{x.shape[2]}x{x.shape[3]}; resize the images first (onnx_cnnviz.image.preprocess).")
-        if x.shape[0] == 0:
-            raise InputError("x holds no images (batch of 0).")
-        if not self._static_hw:
-            self._check_pixels(x.shape[2:], "each image of x", InputError)
-        if not np.all(np.isfinite(x)):
-            raise InputError("x contains NaN or Inf values; check the image loading and preprocessing.")
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return check_images(x, self.channels, self._static_hw, self.takes_pixels,
+                            lambda hw: self._check_pixels(hw, "each image of x", InputError))
 
     def targets_for(self, targets, n: int) -> np.ndarray | None:
         """``targets`` (None, an int or class name, one per sample, or :class:`~onnx_cnnviz.targets.ClassScore`
@@ -477,11 +457,11 @@ class Model:
         if targets is None:
             return None
         seeds = target_kinds.resolve(self, targets, n)
-        if seeds.objects and not all(isinstance(t, (int, np.integer, str, target_kinds.ClassScore))
-                                     for t in seeds.objects):
-            raise InputError("this takes class targets (ints, class names or ClassScore), not "
-                             f"{type(next(t for t in seeds.objects if isinstance(t, target_kinds.Target))).__name__}"
-                             " objects.")
+        other = [t for t in seeds.objects or () if isinstance(t, target_kinds.Target)
+                 and not isinstance(t, target_kinds.ClassScore)]
+        if other:
+            raise InputError(f"this takes class targets (ints, class names, ClassScore), not "
+                             f"{type(other[0]).__name__}.")
         return seeds.classes
 
     def run(self, x, outputs=(), wrt=(), rule: str = "vanilla", targets=None, score_weights=None,
@@ -579,7 +559,7 @@ class Model:
             gg = append_gradients(spec.model, at, list(wrt), spec.info, rule_set=rule, seed="input",
                                   constants=spec.constants)
             names = [at] + [o for o in outputs if o != at] + [gg.gradients[w] for w in wrt]
-            return _keep_outputs(gg.model, names, spec.info, private=True)
+            return keep_outputs(gg.model, names, spec.info, private=True)
 
         merged = self._run_batches(self.cached_session(key, build), x, batch_size, seed, spec.info)
         views = spec.views
@@ -618,38 +598,3 @@ class Model:
         except Exception:
             return False
         return both.shape[0] == 2 and np.allclose(both[:1], one, rtol=1e-4, atol=1e-5)
-
-
-def _size_pair(size) -> tuple:
-    """``size`` as (H, W) positive ints; :class:`InputError` otherwise."""
-    try:
-        h, w = size
-        if any(isinstance(v, bool) or int(v) != v or int(v) < 1 for v in (h, w)):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise InputError(f"input_size must be (H, W), two positive ints, got {size!r}.") from None
-    return (int(h), int(w))
-
-
-def _keep_outputs(model: onnx.ModelProto, names, info, private: bool = False) -> onnx.ModelProto:
-    """Like :func:`expose` but keeping the outputs the gradient pass declared (their shapes are known).
-
-    ``private``: ``model`` is a copy nobody else holds (a gradient graph just built), edited in place; otherwise it
-    is copied once. Either way no second copy of the weights is made: :func:`expose` only sees the outputs."""
-    outputs = onnx.ModelProto()
-    outputs.graph.output.extend(model.graph.output)  # copies, safe from the edits below
-    declared = {o.name: o for o in outputs.graph.output}
-    exposed = expose(outputs, [n for n in names if n not in declared], info)
-    if not private:
-        model = copy.deepcopy(model)
-    del model.graph.output[:]
-    model.graph.output.extend(exposed.graph.output)
-    for name in names:
-        if name in declared:
-            model.graph.output.append(declared[name])
-    # Put outputs in the order asked for.
-    order = {name: i for i, name in enumerate(names)}
-    outs = sorted(model.graph.output, key=lambda o: order.get(o.name, len(order)))
-    del model.graph.output[:]
-    model.graph.output.extend(outs)
-    return model
