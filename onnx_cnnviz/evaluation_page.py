@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import jsonio
-from .report import data_uri, format_params, page_head
+from .html_page import data_uri, format_params, page_head
 
 #: The page's styles beside the report's: the ranking tables and the smaller figures of the examples.
 _EXTRA_CSS = """
