@@ -4,7 +4,8 @@ A page asks for a table with a marker line, ``<!-- cnnviz:methods -->``, ``<!-- 
 ``<!-- cnnviz:rules -->``; :func:`on_page_markdown` replaces it with the table read from
 :mod:`onnx_cnnviz.methods.registry`, :mod:`onnx_cnnviz.metrics.registry` or
 :mod:`onnx_cnnviz.graph.autodiff.rules` at that moment. The tables are never written by hand, so registering a method
-(a plugin's, say) changes the built site and nothing else has to.
+(a plugin's, say) changes the built site and nothing else has to. :func:`on_page_content` tidies the CLI reference
+that mkdocs-click renders.
 """
 from __future__ import annotations
 
@@ -88,3 +89,12 @@ TABLES = {"methods": methods_table, "metrics": metrics_table, "rules": rules_tab
 def on_page_markdown(markdown: str, page, config, files) -> str:
     """Replace each table marker of the page with the table as the registries hold it now."""
     return MARKER.sub(lambda match: TABLES[match.group(1)](), markdown)
+
+
+# click 8.3 marks an option without a default with its UNSET sentinel, which mkdocs-click 0.9 prints as it is.
+UNSET_DEFAULT = re.compile(r"<code>Sentinel\.UNSET</code>")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """The CLI reference: an option without a default shows a dash, not click's internal sentinel."""
+    return UNSET_DEFAULT.sub("—", html)
