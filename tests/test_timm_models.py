@@ -6,6 +6,10 @@ exporter at opset 17 (tests/conftest.py's ``export_onnx``) and loaded by the lib
 * ``resnetblur50``: BlurPool pads its maps in reflect mode before the blur filter (the rule of Pad's copying modes);
 * ``mvitv2_tiny``: the relative-position bias is assigned into the attention map through ``ScatterND`` (mvitv2's
   smallest variant; ``mvitv2_base_cls``, the one the sweep met, has the same block and is run by the sweep script);
+* ``levit_128s``: tokens flattened with the batch around every BatchNorm1d (``bn(x.flatten(0, 1)).reshape_as(x)``)
+  and attention without a residual at each downsampling: its token layers are followed to the last stage;
+* ``hiera_tiny_224``: tokens kept "unrolled" (each mask unit's offsets outermost) and max-pooled by ``ReduceMax``
+  over mask units: token layers of every stage, seen on the image grid as timm's own ``Reroll`` sees them.
 
 Input gradients are compared with torch autograd under the kink pattern of the ONNX forward (tests/reference.py),
 relative error below 1e-4 of the largest entry per image.
@@ -17,7 +21,7 @@ import pytest
 
 import onnx_cnnviz as cv
 from tests.conftest import CACHE, export_onnx, rel_err
-from tests.reference import onnx_kink_pattern, pinned
+from tests.reference import module_output_and_grad, onnx_kink_pattern, pinned
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -44,7 +48,17 @@ def exported(name: str, size: int, **kwargs):
     return net, cv.load(path, device="cpu"), x
 
 
+def uncached(net):
+    """``net`` with LeViT's cached attention biases dropped: in eval mode it keeps the bias tensor of its first
+    forward, graph included, and a second backward through it fails."""
+    for module in net.modules():
+        if getattr(module, "attention_bias_cache", None):
+            module.attention_bias_cache = {}
+    return net
+
+
 def torch_input_grad(net, m, x) -> np.ndarray:
+    uncached(net)
     xt = torch.from_numpy(x).clone().requires_grad_(True)
     with pinned(net, onnx_kink_pattern(m, x)) as stats:
         out = net(xt)
@@ -70,4 +84,92 @@ def test_resnetblur50_reflect_padding_input_gradient_equals_torch():
 def test_mvitv2_scatter_nd_input_gradient_equals_torch():
     net, m, x = exported("mvitv2_tiny", 224)
     assert sum(n.op_type == "ScatterND" for n in m.spec().model.graph.node) == 10  # one per attention block
+    assert_input_gradient_matches(net, m, x)
+
+
+def _grid_view(t, h):
+    return t.reshape(t.size(0), h, h, t.size(2)).permute(0, 3, 1, 2)
+
+
+def _compare_grad_cam(net, m, x, module, transform, layer):
+    """Grad-CAM and Grad-CAM++ at ``layer`` against pytorch-grad-cam's at ``module`` with ``reshape_transform``."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    for ours_fn, theirs_cls in ((cv.grad_cam, pgc.GradCAM), (cv.grad_cam_pp, pgc.GradCAMPlusPlus)):
+        uncached(net)
+        with theirs_cls(model=net, target_layers=[module], reshape_transform=transform) as cam:
+            ref = cam(torch.tensor(x), [ClassifierOutputTarget(t) for t in TARGETS])
+        ours = ours_fn(m, x, TARGETS, layer=layer)
+        assert ours.shape == ref.shape == x.shape[:1] + x.shape[2:]
+        assert np.abs(ours - ref).max() < 1e-3, ours_fn.__name__
+
+
+def _compare_layer(net, m, x, module, transform, layer):
+    """The activation and gradient at ``layer`` (as the library's (N, C, h, w) view) against torch's at ``module``."""
+    run = m.run(x, outputs=[layer], wrt=[layer], targets=TARGETS)
+    a, g = module_output_and_grad(uncached(net), module, x, TARGETS)
+    assert rel_err(run.outputs[layer], transform(a).numpy()) < 1e-4
+    assert rel_err(run.grads[layer], transform(g).numpy()) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def levit():
+    return exported("levit_128s", 224)
+
+
+def test_levit_tokens_are_followed_to_the_last_stage(levit):
+    net, m, x = levit
+    layer = m.default_layer
+    assert layer == "/stages/stages.2/blocks/blocks.3/Add_1_output_0"  # stages[-1].blocks[-1]: 4x4 tokens
+    view = m.layer(layer).view
+    assert view.kind == "tokens" and view.grid == (4, 4) and view.prefix == 0
+    stages = {la.name.split("/")[2] for la in m.layers if la.name.startswith("/stages/")}
+    assert stages == {"stages.0", "stages.1", "stages.2"}
+    assert len(m.layers) > 100  # the sweep saw 10 (the stem and one downsampling query)
+    grids = {m.layer(la.name).shape[2:] for la in m.layers if la.view is not None and la.view.kind == "tokens"}
+    assert grids == {(14, 14), (7, 7), (4, 4)}
+    _compare_layer(net, m, x, net.stages[-1].blocks[-1], lambda t: _grid_view(t, 4), layer)
+    # the middle stage, after the attention downsampling (which has no residual connection)
+    middle = "/stages/stages.1/blocks/blocks.1/Add_1_output_0"
+    _compare_layer(net, m, x, net.stages[1].blocks[1], lambda t: _grid_view(t, 7), middle)
+
+
+def test_levit_grad_cam_and_input_gradient_equal_torch(levit):
+    net, m, x = levit
+    _compare_grad_cam(net, m, x, net.stages[-1].blocks[-1], lambda t: _grid_view(t, 4), m.default_layer)
+    assert_input_gradient_matches(net, m, x)
+
+
+@pytest.fixture(scope="module")
+def hiera():
+    return exported("hiera_tiny_224", 224)
+
+
+def test_hiera_unrolled_tokens_are_seen_on_the_grid(hiera):
+    net, m, x = hiera
+    layer = m.default_layer
+    assert layer == "/blocks.11/Add_1_output_0"  # blocks[-1]: the last stage, 7x7
+    assert m.layer(layer).view.grid == (7, 7)
+    sizes = {m.layer(la.name).shape[2:] for la in m.layers if la.view is not None and la.view.kind == "tokens"}
+    assert sizes == {(56, 56), (28, 28), (14, 14), (7, 7)}
+    # block 1 (stage 2): 28x28 tokens still unrolled by the later stages' 2x2 strides; timm's Reroll puts them back
+    middle = "/blocks.1/Add_1_output_0"
+    assert m.layer(middle).view.order is not None and m.layer(middle).view.grid == (28, 28)
+    _compare_layer(net, m, x, net.blocks[1], lambda t: net.reroll(t, 1).permute(0, 3, 1, 2), middle)
+    _compare_layer(net, m, x, net.blocks[-1], lambda t: net.reroll(t, 11).permute(0, 3, 1, 2), layer)
+    # a cotangent given on the grid reaches the model's unrolled tokens in their places
+    cot = np.random.default_rng(4).standard_normal((2, 192, 28, 28)).astype(np.float32)
+    view = m.layer(middle).view
+    native = view.from_nchw(cot)
+    np.testing.assert_array_equal(view.to_nchw(native), cot)
+    rerolled = net.reroll(torch.from_numpy(native), 1).permute(0, 3, 1, 2).numpy()
+    np.testing.assert_array_equal(rerolled, cot)
+
+
+def test_hiera_grad_cam_and_input_gradient_equal_torch(hiera):
+    net, m, x = hiera
+    _compare_grad_cam(net, m, x, net.blocks[-1], lambda t: net.reroll(t, 11).permute(0, 3, 1, 2), m.default_layer)
+    _compare_grad_cam(net, m, x, net.blocks[1], lambda t: net.reroll(t, 1).permute(0, 3, 1, 2),
+                      "/blocks.1/Add_1_output_0")
     assert_input_gradient_matches(net, m, x)

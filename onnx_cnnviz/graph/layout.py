@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import ModelStructureError
+from . import held
 from .ops import GLOBAL_POOLS, POINTWISE, REDUCTIONS, SLIDING_WINDOWS, node_attr
 from .subgraphs import node_inputs
 
@@ -231,6 +232,35 @@ def _reshape_factors(axes: tuple, out_shape: tuple) -> tuple | None:
     return tuple(out) if not pending else None
 
 
+def _reduced_axes(node: onnx.NodeProto, constant) -> list[int] | None:
+    """The axes a Reduce* node reduces (attribute before opset 18, input after; None: all, or not known)."""
+    axes = node_attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = constant(node.input[1])
+        axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
+    return None if axes is None or len(axes) == 0 else list(axes)
+
+
+def _pooled_factors(axes: tuple, reduced: list[int] | None, keepdims: int) -> tuple | None:
+    """The factors of a reduction over ``reduced`` of a tensor with ``axes``, when it pools space: every reduced
+    factor is an inner part of the rows or the columns (strides below those of every factor of that image axis that
+    stays), as Hiera's max over its mask units (``x.view(B, 4, -1, C).max(dim=1)``) is a 2x2 max-pool of tokens kept
+    in unrolled order. None for any other reduction (over channels, the batch, or an outer part of the grid)."""
+    if reduced is None:
+        return None
+    reduced = sorted({a + len(axes) if a < 0 else a for a in reduced})
+    if any(not 0 <= a < len(axes) for a in reduced):
+        return None
+    gone = [f for a in reduced for f in axes[a]]
+    kept = [f for i, axis in enumerate(axes) if i not in reduced for f in axis]
+    for f in gone:
+        if f[0] not in (2, 3) or any(k[0] == f[0] and k[1] < f[1] * f[2] for k in kept):
+            return None
+    if keepdims:
+        return tuple(() if i in reduced else axis for i, axis in enumerate(axes))
+    return tuple(axis for i, axis in enumerate(axes) if i not in reduced)
+
+
 def _consecutive(axis: tuple) -> bool:
     return all(a[1] == b[1] * b[2] for a, b in zip(axis, axis[1:]))
 
@@ -275,6 +305,11 @@ def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str
         ti = info.get(name)
         return tuple(ti.shape) if ti is not None and ti.shape is not None else None
 
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def constant(name):
+        return held.value(inits[name]) if name in inits else None
+
     layout = {image: NCHW}
     factors: dict[str, tuple] = {}
     if shape(image) is not None and len(shape(image)) == 4:
@@ -293,13 +328,19 @@ def tensor_layouts(model: onnx.ModelProto, image: str, info: dict, data: set[str
             moved = _reshape_factors(factors[node.input[0]], shape(outs[0]))
         elif op == "Transpose" and factors.get(node.input[0]):
             moved = tuple(factors[node.input[0]][p] for p in node_attr(node, "perm", []))
-        elif op in ("MatMul", "Gemm") and factors.get(node.input[0]) and len(ins) == 1 and outs \
+        elif op in ("MatMul", "Gemm") and factors.get(node.input[0]) and outs \
                 and shape(outs[0]) is not None and len(shape(outs[0])) == len(factors[node.input[0]]) \
                 and all(f[0] == 1 for f in factors[node.input[0]][-1]) and not node_attr(node, "transA", 0):
             # a constant weight over the channel axis (Keras's Dense on (N*h*w, C), a Linear channels-last): the
-            # other axes stay, the channels get the new width
+            # other axes stay, the channels get the new width. Attention's products too (queries times keys, then
+            # the attention weights times the values): each row of the result belongs to the query's token, its
+            # columns are new channels (so a query's attention weights become its channels); without this, LeViT's
+            # tokens are lost at every attention that has no residual connection around it (its downsampling).
             width = shape(outs[0])[-1]
             moved = factors[node.input[0]][:-1] + ((((1, 1, width),) if width != 1 else ()),)
+        elif op in REDUCTIONS and factors.get(node.input[0]) and outs:
+            moved = _pooled_factors(factors[node.input[0]], _reduced_axes(node, constant),
+                                    node_attr(node, "keepdims", 1))
         elif outs and shape(outs[0]) is not None:
             # work that keeps a shape keeps the axes (a residual Add, a LayerNorm, a Linear C -> C)
             moved = next((factors[i] for i in ins if factors.get(i) and shape(i) == shape(outs[0])), None)
@@ -338,12 +379,15 @@ class LayerView:
     ``perm``: a 4-D tensor whose axis i holds the image's axis ``perm[i]`` (:data:`NHWC` for channels-last).
     ``grid``/``prefix``: a token tensor (N, prefix + h*w, C): the first ``prefix`` tokens (class, distillation,
     registers) are dropped and the rest reshaped to the (h, w) patch grid, as pytorch-grad-cam's ViT
-    ``reshape_transform`` does. ``native``: the tensor's shape in the model (None for the batch).
+    ``reshape_transform`` does. ``order``: for tokens not in row-major order (Hiera keeps them "unrolled", each
+    mask unit's 2x2 offsets outermost), ``(sizes, perm)``: the tokens viewed as ``sizes`` and transposed by
+    ``perm`` are row-major. ``native``: the tensor's shape in the model (None for the batch).
     """
     native: tuple
     perm: tuple | None = None
     grid: tuple | None = None
     prefix: int = 0
+    order: tuple | None = None  # (sizes, perm): tokens not in row-major order, see _token_grid
 
     @property
     def kind(self) -> str:
@@ -359,7 +403,12 @@ class LayerView:
         if self.grid is not None:
             n, _, c = a.shape
             h, w = self.grid
-            return np.ascontiguousarray(a[:, self.prefix:].reshape(n, h, w, c).transpose(0, 3, 1, 2))
+            tokens = a[:, self.prefix:]
+            if self.order is not None:
+                sizes, perm = self.order
+                k = len(sizes)
+                tokens = tokens.reshape(n, *sizes, c).transpose(0, *[1 + p for p in perm], k + 1)
+            return np.ascontiguousarray(tokens.reshape(n, h, w, c).transpose(0, 3, 1, 2))
         return np.ascontiguousarray(a.transpose(inverse(self.perm)))
 
     def from_nchw(self, a: np.ndarray) -> np.ndarray:
@@ -367,7 +416,13 @@ class LayerView:
         if self.grid is not None:
             n, c, h, w = a.shape
             out = np.zeros((n, self.prefix + h * w, c), dtype=a.dtype)
-            out[:, self.prefix:] = a.transpose(0, 2, 3, 1).reshape(n, h * w, c)
+            tokens = a.transpose(0, 2, 3, 1)
+            if self.order is not None:
+                sizes, perm = self.order
+                k = len(sizes)
+                back = inverse(perm)
+                tokens = tokens.reshape(n, *[sizes[p] for p in perm], c).transpose(0, *[1 + i for i in back], k + 1)
+            out[:, self.prefix:] = tokens.reshape(n, h * w, c)
             return out
         return np.ascontiguousarray(a.transpose(self.perm))
 
@@ -390,15 +445,28 @@ def batch_leading(model: onnx.ModelProto, image: str, info: dict) -> set[str]:
 
     inits = {t.name for t in model.graph.initializer}
     lead = {image}
+    # Tensors whose axis 0 is the batch merged with the axes after it, samples one after the other (LeViT's
+    # ``bn(x.flatten(0, 1)).reshape_as(x)``, BatchNorm1d over (N*T, C)): name -> elements per sample. A view back to
+    # that many elements per sample has the batch in front again.
+    merged: dict[str, int] = {}
     for node in model.graph.node:
         floats = [i for i in node_inputs(node) if i in info and info[i].is_float and i not in inits]
         tracked = [i for i in floats if i in lead]
+        rows = [i for i in floats if i in merged]
+        if rows and not tracked:
+            _follow_merged(node, rows, floats, merged, lead, shape, per_sample)
+            continue
         if not tracked:
             continue
         op, first = node.op_type, node.input[0] if node.input else ""
         for out in (o for o in node.output if o):
             s = shape(out)
             if s is None or not s or s[0] is not None:
+                continue
+            if op in ("Reshape", "Flatten") and first in lead and per_sample(s) is not None \
+                    and per_sample(shape(first)) is not None and per_sample(s) != per_sample(shape(first)) \
+                    and per_sample(shape(first)) % per_sample(s) == 0:
+                merged[out] = per_sample(shape(first))
                 continue
             if op == "Transpose":
                 keep = first in lead and list(node_attr(node, "perm", [1, 0]))[0] == 0
@@ -415,20 +483,55 @@ def batch_leading(model: onnx.ModelProto, image: str, info: dict) -> set[str]:
     return lead
 
 
+#: Ops that work row by row on a (N*T, C) tensor (with constant parameters): the rows stay where they are.
+_ROW_WISE = POINTWISE | {"BatchNormalization", "LayerNormalization", "MatMul", "Gemm", "Gelu", "Erf", "Softplus",
+                         "HardSwish"}
+
+
+def _follow_merged(node, rows: list[str], floats: list[str], merged: dict, lead: set, shape, per_sample) -> None:
+    """One node reading tensors whose batch is merged with the next axes (``merged`` in :func:`batch_leading`)."""
+    op, first = node.op_type, node.input[0] if node.input else ""
+    count = merged[rows[0]]
+    if any(merged[r] != count for r in rows) or len(rows) != len(floats):
+        return  # another computed tensor in the mix: its rows may not be the samples'
+    for out in (o for o in node.output if o):
+        s = shape(out)
+        if s is None or not s or s[0] is not None or per_sample(s) is None:
+            continue
+        if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and first in merged:
+            if per_sample(s) == count:
+                lead.add(out)
+            elif count % per_sample(s) == 0:
+                merged[out] = count
+        elif op in _ROW_WISE and first in merged and (op not in ("MatMul", "Gemm") or len(floats) == 1) \
+                and (node_attr(node, "axis", -1) in (-1, len(s) - 1) or op != "LayerNormalization") \
+                and not node_attr(node, "transA", 0) and shape(first)[1:-1] == s[1:-1]:
+            merged[out] = count
+
+
 def _token_grid(axes: tuple) -> tuple | None:
-    """(h, w) when a 3-D tensor's ``axes`` are (batch, rows then columns, channels): patch tokens in row-major
-    order; None otherwise."""
+    """((h, w), order) when a 3-D tensor's ``axes`` are (batch, tokens, channels) and the tokens are the cells of an
+    (h, w) grid: the rows' factors form one chain (each factor's stride the size times the stride of the next one
+    in), the columns' too, and nothing else is in the token axis. ``order`` is None for row-major tokens (ViT, Swin,
+    LeViT); otherwise ``(sizes, perm)``: the token axis viewed as ``sizes`` (its factors in the model's order) and
+    transposed by ``perm`` is the row-major grid (Hiera's unrolled tokens, whose inner 2x2 mask-unit offsets come
+    first). None when the axes are not so."""
     if len(axes) != 3 or axes[0] != (_BATCH,):
         return None
     tokens = axes[1]
-    rows = [f for f in tokens if f[0] == 2]
-    cols = [f for f in tokens if f[0] == 3]
-    if not rows or not cols or tokens != tuple(rows + cols) or not _consecutive(rows) or not _consecutive(cols):
+    rows = sorted((f for f in tokens if f[0] == 2), key=lambda f: -f[1])
+    cols = sorted((f for f in tokens if f[0] == 3), key=lambda f: -f[1])
+    if not rows or not cols or len(rows) + len(cols) != len(tokens) or not _consecutive(rows) \
+            or not _consecutive(cols):
         return None
-    if any(f[0] in (0, 2, 3) and f[1] * f[2] > min(g[1] for g in (rows if f[0] == 2 else cols)) for f in axes[2]
-           if f[0] != 0) or any(f[0] == 0 for f in axes[2]):
+    if any(f[0] in (2, 3) and f[1] * f[2] > min(g[1] for g in (rows if f[0] == 2 else cols)) for f in axes[2]) \
+            or any(f[0] == 0 for f in axes[2]):
         return None
-    return (int(np.prod([f[2] for f in rows])), int(np.prod([f[2] for f in cols])))
+    grid = (int(np.prod([f[2] for f in rows])), int(np.prod([f[2] for f in cols])))
+    if tokens == tuple(rows + cols):
+        return grid, None
+    perm = tuple(tokens.index(f) for f in rows + cols)
+    return grid, (tuple(int(f[2]) for f in tokens), perm)
 
 
 def token_grids(model: onnx.ModelProto, layout: dict, factors: dict, info: dict, data: set[str],
@@ -436,8 +539,9 @@ def token_grids(model: onnx.ModelProto, layout: dict, factors: dict, info: dict,
     """Token tensors (N, p + h*w, C) and their views. Where the factors of the tensor are known (the tokens are a
     map's rows and columns flattened, as Swin's blocks do) they give the grid exactly; after tokens are prepended (a
     class token) the grid is that of the last image-laid-out tensor the tokens were computed from (the patch
-    embedding's output), with ``p`` at most :data:`MAX_PREFIX_TOKENS`. The batch must lead (``lead``,
-    :func:`batch_leading`), which leaves out attention's per-head and per-window tensors."""
+    embedding's output), with ``p`` at most :data:`MAX_PREFIX_TOKENS`. The batch must lead, as the factors show or
+    else ``lead`` (:func:`batch_leading`) does, which leaves out attention's per-head and per-window tensors. Tokens
+    whose factors are a permuted grid (Hiera's unrolled order) get a view that puts them back in row-major order."""
     grid: dict[str, tuple] = {}
     views = {}
     for node in model.graph.node:
@@ -454,16 +558,18 @@ def token_grids(model: onnx.ModelProto, layout: dict, factors: dict, info: dict,
                 grid[out] = tuple(nchw[2:])
                 continue
             s = ti.shape
+            if len(s) == 3 and None not in s[1:] and ti.is_float and factors.get(out):
+                # The factors say where every token sits and that the batch leads, sample for sample (also after
+                # LeViT's flatten(0, 1) -> BatchNorm1d -> reshape round trips, which batch_leading cannot follow).
+                exact = _token_grid(factors[out])
+                if exact is not None:
+                    grid[out] = exact[0]
+                    views[out] = LayerView(native=tuple(s), grid=exact[0], prefix=0, order=exact[1])
+                continue  # the axes are known and are not tokens (a flattened NCHW map: channels first)
             if len(s) != 3 or out not in lead or None in s[1:] or not ti.is_float:
                 if inherited is not None:
                     grid[out] = inherited
                 continue
-            if factors.get(out):
-                exact = _token_grid(factors[out])
-                if exact is not None:
-                    grid[out] = exact
-                    views[out] = LayerView(native=tuple(s), grid=exact, prefix=0)
-                continue  # the axes are known and are not tokens (a flattened NCHW map: channels first)
             if inherited is None:
                 continue
             grid[out] = inherited
