@@ -33,7 +33,7 @@ from tests.tiny_models import gap_classifier, save, write_png
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
 
-from onnx_cnnviz import dataset  # noqa: E402
+from onnx_cnnviz import dataset, runs  # noqa: E402
 from onnx_cnnviz.dataset import records  # noqa: E402
 
 N_IMAGES = 42
@@ -107,6 +107,16 @@ def test_cli_ray_run_equals_single_process_run(cluster, model, photos, tmp_path)
     assert {Path(r["json"]).name for r in doc_a["results"]} == {Path(r["json"]).name for r in doc_b["results"]}
     assert len(doc_b["files"]) == N_IMAGES
     assert_same_results(tmp_path / "single", tmp_path / "ray")
+    # the library's in-process run (onnx_cnnviz.runs) writes the command's maps and records; Ray's equal both
+    lib = tmp_path / "lib"
+    doc_c = runs.explain_images(model, photos, lib, methods=METHODS, preprocess="imagenet", batch_size=8,
+                                reporter=runs.SilentReporter())
+    assert [f["image"] for f in doc_c["failed"]] == [f["image"] for f in doc_a["failed"]]
+    for stem, record in result_files(tmp_path / "single").items():
+        assert (lib / f"{stem}.npy").read_bytes() == (tmp_path / "single" / f"{stem}.npy").read_bytes(), stem
+        mine, theirs = json.loads((lib / f"{stem}.json").read_text()), json.loads(record.read_text())
+        assert {k: v for k, v in mine.items() if k != "outputs"} == {k: v for k, v in theirs.items() if k != "outputs"}
+    assert_same_results(lib, tmp_path / "ray")
 
     rows = table(tmp_path / "ray")
     ok = rows[rows.status == "ok"]
