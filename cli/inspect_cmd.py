@@ -8,7 +8,11 @@ import click
 from onnx_cnnviz.errors import InputError
 
 from .common import (abspath, choose_preprocessing, emit_json, global_flags, labels_option, load_model,
-                     model_options, preprocessing_options, resolve_labels, settings)
+                     model_options, preprocessing_options, progress, resolve_labels, settings, warn)
+
+#: How the check's warning names the preprocessing it judged, by where that preprocessing came from.
+JUDGED = {"metadata": "the model's declared preprocessing", "flags": "the preprocessing the flags give",
+          "assumed": "the assumed preprocessing", "model": "raw pixels"}
 
 
 @click.command("inspect")
@@ -19,15 +23,28 @@ from .common import (abspath, choose_preprocessing, emit_json, global_flags, lab
 @click.option("--all-layers/--short", default=False, help="List every candidate layer (default: the last 12).")
 @click.option("--classes", "list_classes", is_flag=True,
               help="List the class names (index and name), from --labels or the model's metadata.")
+@click.option("--check-preprocessing", "check_folder", type=click.Path(), default=None, metavar="FOLDER",
+              help="Score candidate preprocessings (imagenet, caffe, tflite, tf, raw, none, their channel swaps, "
+                   "and the one the other commands would use) on the pictures of FOLDER and say which one the "
+                   "weights fit. Labels: FOLDER/labels.csv (file,class_index), class sub-folders, or --check-labels; "
+                   "without labels, the information of the predictions stands in for accuracy.")
+@click.option("--check-labels", type=click.Path(dir_okay=False), default=None, metavar="CSV",
+              help="The labels of --check-preprocessing's pictures: a CSV of file,class_index rows (a class name "
+                   "works too). Default: FOLDER/labels.csv, else class sub-folders, else none.")
+@click.option("--check-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Score at most this many pictures of --check-preprocessing (an even subsample).")
 @global_flags
 def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, preprocess, mean, std, size, order,
-                scale, labels, all_layers, list_classes):
+                scale, labels, all_layers, list_classes, check_folder, check_labels, check_images):
     """Inputs, outputs, the class-score tensor (and whether a final Softmax was skipped), the preprocessing the
     other commands would use and where it comes from (the model's metadata, the flags, or the assumed default),
     candidate layers with their shapes, the default layer, op types, and whether every op on the gradient path has a
-    backward rule. With --classes, the class names too."""
+    backward rule. With --classes, the class names too. With --check-preprocessing FOLDER, which preprocessing the
+    weights fit, with numbers, and a warning when the one in use is clearly not it."""
     from onnx_cnnviz.report import describe, preprocessing_info
 
+    if (check_labels or check_images != 500) and not check_folder:
+        raise click.UsageError("--check-labels and --check-images go with --check-preprocessing FOLDER.")
     m = load_model(model, device, input_name, output_name, input_size, max_nodes=max_nodes)
     info = describe(m, model)
     info["score_choice"] = score_choice_info(m, output_name)
@@ -35,9 +52,11 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     info["device"] = m.device
     try:
         choice = choose_preprocessing(m, preprocess, mean, std, size, order, scale, input_size)
+        pre = choice.preprocessing
         info["preprocessing_used"] = {"source": choice.source, "preset": choice.preset, "flags": list(choice.flags),
-                                      "settings": preprocessing_info(choice.preprocessing),
-                                      "description": choice.describe()}
+                                      "settings": {**preprocessing_info(pre), "resize": pre.resize,
+                                                   "crop_fraction": pre.crop_fraction},
+                                      "description": choice.describe(), "text": pre.describe()}
     except InputError as exc:  # a model that does not take 3-channel pictures
         choice = None
         info["preprocessing_used"] = {"source": None, "error": str(exc)}
@@ -47,6 +66,10 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
             raise InputError(f"{Path(model).name} holds no class names in its metadata ('cnnviz.labels'); give them "
                              "with --labels FILE (one name per line).")
         info["classes"] = [{"index": i, "name": name} for i, name in enumerate(names)]
+    check = None
+    if check_folder:
+        check = run_check(m, check_folder, check_labels, check_images, choice)
+        info["preprocessing_check"] = check.to_dict()
     if settings().json:
         emit_json(info)
         return
@@ -78,6 +101,7 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     if choice is not None:
         used = info["preprocessing_used"]["settings"]
         out("preprocess   " + ", ".join(f"{k}={_value(v)}" for k, v in used.items()))
+        out(f"             {choice.preprocessing.describe()}")
         out(f"             {choice.describe()}")
     else:
         out(f"preprocess   not applicable: {info['preprocessing_used']['error']}")
@@ -106,6 +130,54 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
         out(f"classes      {len(names)}:")
         for i, name in enumerate(names):
             out(f"  {i:>{len(str(len(names) - 1))}}  {name}")
+    if check is not None:
+        print_check(check, out)
+
+
+def run_check(m, folder, labels, max_images, choice):
+    """:func:`~onnx_cnnviz.preprocessing_check.check_preprocessing` with a progress bar, judging the preprocessing
+    the other commands would use (``choice``); its warning goes through :func:`warn`."""
+    from onnx_cnnviz.preprocessing_check import check_preprocessing
+
+    with progress(1, "checking preprocessing", unit="candidates") as bar:
+        def report(done: int, total: int) -> None:
+            bar.total, bar.done = total, done
+            bar.draw(force=done == total)
+        check = check_preprocessing(m, folder, labels=labels, declared=choice.preprocessing if choice else None,
+                                    max_images=max_images, progress=report, warn=False,
+                                    declared_as=JUDGED.get(choice.source if choice else None,
+                                                           "the preprocessing in use"))
+    if check.warning:
+        warn(check.warning)
+    return check
+
+
+def print_check(check, out) -> None:
+    """The check's rows, best first, its resize comparison, and what to pass to use the best preprocessing."""
+    from onnx_cnnviz.image import PRESETS
+
+    source = f"labels from {check.labels_source}" if check.labelled else \
+        "no labels (information H(mean p) - mean H(p) in nats stands in for accuracy)"
+    out(f"check        {check.images} pictures, {source}:")
+    for line in check.table():
+        out(f"  {line}")
+    for row in check.resize_rows:
+        score = f"top-1 {row.top1:.0%}" if check.labelled else f"information {row.information:.2f}"
+        out(f"  resize {row.preprocessing.resize:<7} {score}  ({row.preprocessing.describe_resize()})")
+    out(f"verdict      {check.summary()}")
+    best = check.best
+    if not best.declared:
+        if best.name in PRESETS:
+            out(f"             use --preprocess {best.name}" +
+                (" (or record it with `cnnviz convert`)" if check.declared is None else ""))
+        else:
+            pre = best.preprocessing
+            # No preset is this one: its fields (--mean 0 and --std 1 drop the base preset's mean and std).
+            fields = [f"--{k} {','.join(f'{x:g}' for x in v) if v else default}"
+                      for k, v, default in (("mean", pre.mean, "0"), ("std", pre.std, "1"))]
+            out(f"             use --preprocess raw {' '.join(fields)} --order {pre.order} --scale {pre.scale:g}")
+    for line in check.skipped:
+        out(f"  skipped {line}")
 
 
 def score_choice_info(m, output_name) -> dict:

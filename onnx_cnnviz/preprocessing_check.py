@@ -446,8 +446,8 @@ def _lead_share(best_lp, other_lp, classes, rounds: int, seed: int) -> tuple[flo
 
 
 def check_preprocessing(model, images, labels=None, declared=None, max_images: int | None = MAX_IMAGES,
-                        batch_size: int | None = None, progress=None, warn: bool = True,
-                        seed: int = 0) -> PreprocessingCheck:
+                        batch_size: int | None = None, progress=None, warn: bool = True, seed: int = 0,
+                        declared_as: str = "the model's declared preprocessing") -> PreprocessingCheck:
     """Score candidate preprocessings on pictures and say which one the model's weights fit.
 
     See the module docstring for the candidates, the scores (top-1 / top-5 / NLL with labels, the information
@@ -464,6 +464,7 @@ def check_preprocessing(model, images, labels=None, declared=None, max_images: i
         progress: called with ``(done, total)`` forward passes after each one.
         warn: issue :attr:`PreprocessingCheck.warning` as a :class:`PreprocessingWarning` too.
         seed: of the bootstrap resamples.
+        declared_as: what the warning calls ``declared`` (a caller judging its user's flags says so).
 
     Returns:
         A :class:`PreprocessingCheck`, best row first.
@@ -540,10 +541,9 @@ def check_preprocessing(model, images, labels=None, declared=None, max_images: i
         lead, share = _lead_share(log_probs[best.key], log_probs[declared_row.key], classes, BOOTSTRAP_ROUNDS, seed)
         minimum = MIN_TOP1_LEAD if labelled else MIN_INFORMATION_LEAD
         if lead >= minimum and share >= BOOTSTRAP_SHARE:
-            unit = f"{lead:.0%} more top-1" if labelled else f"{lead:.2f} nats more information"
+            unit = f"{100 * lead:.0f} points more top-1" if labelled else f"{lead:.2f} nats more information"
             named = f"{declared_row.label}: " if declared_row.name != "declared" else ""
-            warning = (f"the model's declared preprocessing ({named}{declared.describe()}) is not the one its weights "
-                       f"fit: "
+            warning = (f"{declared_as} ({named}{declared_row.preprocessing.describe()}) is not the one the model's weights fit: "
                        f"{best.label} ({best.preprocessing.describe()}) scores {unit} on {len(pictures)} pictures "
                        f"({_numbers(best, labelled)} against {_numbers(declared_row, labelled)}; ahead in "
                        f"{share:.0%} of {BOOTSTRAP_ROUNDS} resamples). Explanations made with the declared "
