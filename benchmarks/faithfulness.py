@@ -177,6 +177,13 @@ def check_combined(m, x, targets, maps, derived) -> float:
     return gap
 
 
+def _preprocess_text(pre: dict) -> str:
+    """The preprocessing of a results document in words (older documents hold only size, mean and std)."""
+    if "text" in pre:
+        return pre["text"]
+    return f"224×224, mean {pre['mean']}, std {pre['std']}"
+
+
 def measure(args, log) -> dict:
     """Build what is missing, explain and score everything; the results document."""
     fp = flagship()
@@ -207,7 +214,8 @@ def measure(args, log) -> dict:
         rows.append(row)
     return {"command": args.command, "model": str(Path(model).relative_to(ROOT)), "model_tag":
             m.metadata.get("cnnviz.model", "?"), "layer": m.default_layer, "images": images,
-            "preprocess": {"mean": list(prep.mean), "std": list(prep.std), "size": list(prep.size)},
+            "preprocess": {"mean": list(prep.mean), "std": list(prep.std), "size": list(prep.size),
+                           "resize": prep.resize, "text": prep.describe()},
             "methods": {r["method"]: registry.parameters(r["method"]) for r in rows if r["method"] in registry.METHODS},
             "metrics": {k: _jsonable(metric_registry.parameters(k)) for k in METRICS},
             "combined_gap": gap, "rows": rows, "seconds": time.time() - start,
@@ -497,8 +505,8 @@ Measured {doc['date']} on {doc['machine']}, shared with other jobs{load_text(doc
 
 ## Setup
 
-* Model: `{doc['model']}`, {doc['model_tag']}: the model of the README's "Two commands", ImageNet
-  preprocessing from its metadata (224×224, mean {doc['preprocess']['mean']}, std {doc['preprocess']['std']}).
+* Model: `{doc['model']}`, {doc['model_tag']}: the model of the README's "Two commands", with the
+  preprocessing its metadata records ({_preprocess_text(doc['preprocess'])}).
   CAM-family layer:
   `{doc['layer']}` (`Model.default_layer`, the last feature map, 7×7×1280).
 * Images: scikit-image's {n} sample photographs (`models/sample_images.py`), each explained for its top-1 class:

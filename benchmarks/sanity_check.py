@@ -152,7 +152,8 @@ def markdown(result: sanity.SanityResult, command: str, seconds: float, photos: 
         "",
         f"{result.mode.capitalize()} randomisation of the flagship model's learned weights, from the logits down "
         f"({len(result.stages)} stages over the model's blocks; stage k randomises every learnable layer from the "
-        f"logits down to the block named), on {len(photos)} sample photographs ({', '.join(photos)}) at 224 px. "
+        f"logits down to the block named), on {len(photos)} sample photographs ({', '.join(photos)}) at 224 px, "
+        f"preprocessed as the model's metadata says ({result.details.get('preprocessing', 'see the model')}). "
         f"Weights re-drawn with `init={result.init!r}`, seed {result.seed} "
         "(see `onnx_cnnviz/metrics/sanity.py`). Each randomised model explains the trained model's top-1 class "
         f"({top1}). Methods (registry names; default parameters unless given): {names}. "
@@ -191,7 +192,12 @@ def main(argv=None) -> int:
 
     model = _script("build_efficientnet_lite0").build(MODEL, log=log)
     samples = {p.stem: p for p in _script("sample_images").write_samples(SAMPLES, args.photos)}
-    x = im.preprocess([samples[name] for name in args.photos], preset="imagenet")
+    import onnx
+
+    # The preprocessing the model records (TF-Lite's (x - 127) / 128, shorter side 256 + centre crop 224).
+    prep = im.Preprocessing.from_metadata({p.key: p.value for p in onnx.load(str(model),
+                                                                              load_external_data=False).metadata_props})
+    x = im.preprocess([samples[name] for name in args.photos], preset=prep)
     methods = tuple(args.methods.split(","))
     params = {"ig": {"steps": args.ig_steps}, "smoothgrad": {"samples": args.sg_samples}}
     params = {name: value for name, value in params.items() if name in methods}
@@ -204,6 +210,7 @@ def main(argv=None) -> int:
                                         progress=progress)
     seconds = time.time() - start
     result.details["params"] = params
+    result.details["preprocessing"] = prep.describe()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     argv_text = " ".join(sys.argv[1:] if argv is None else argv)
