@@ -418,6 +418,7 @@ def _information(probs: np.ndarray, weights: np.ndarray | None = None) -> np.nda
 
 
 def _score(name, pre, log_probs, classes, declared) -> CandidateScore:
+    log_probs = log_probs.astype(np.float64)
     probs = np.exp(log_probs)
     top = np.argsort(-log_probs, axis=1)[:, :5]
     fields = dict(information=_information(probs), confidence=float(probs.max(axis=1).mean()),
@@ -435,6 +436,7 @@ def _rank_key(row: CandidateScore, labelled: bool):
 def _lead_share(best_lp, other_lp, classes, rounds: int, seed: int) -> tuple[float, float]:
     """The best row's lead over another (top-1 or information) and the share of bootstrap resamples it holds in."""
     n = len(best_lp)
+    best_lp, other_lp = best_lp.astype(np.float64), other_lp.astype(np.float64)
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=rounds).astype(np.float64)
     if classes is not None:
@@ -599,7 +601,7 @@ def _run(m, fitted: np.ndarray, pre: Preprocessing, batch_size) -> np.ndarray:
             x /= std
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         scores = m.scores(x, batch_size=batch_size) if batch_size else m.scores(x)
-        parts.append(_log_softmax(np.asarray(scores)))
+        parts.append(_log_softmax(np.asarray(scores)).astype(np.float32))  # float32: 13 candidates x N x K held
     out = np.concatenate(parts)
     # A picture the model answers with NaN or infinite scores tells nothing: a uniform guess stands for it.
     bad = ~np.isfinite(out).all(axis=1)
