@@ -134,6 +134,10 @@ def test_cli_uses_the_metadata_without_flags(lite0, samples, tmp_path):
     assert record["preprocessing"]["mean"] == pytest.approx([127.0, 127.0, 127.0])
     assert record["preprocessing"]["std"] == pytest.approx([128.0, 128.0, 128.0])
 
+    result = runner.invoke(cli, ["inspect", str(lite0)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "(pixels - mean 127,127,127) / std 128,128,128, shorter side 256 + centre crop 224x224" in result.stdout
+
     result = runner.invoke(cli, ["report", str(lite0), *map(str, samples.values()), "--out", str(tmp_path / "report"),
                                  "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
