@@ -83,6 +83,9 @@ def test_class_targets_as_objects_names_and_ints_agree(resnet):
     layer = m.layers[-8].name
     np.testing.assert_allclose(cv.score_cam(m, one, targets=cv.OutputWeights(None, rows[0]), layer=layer),
                                cv.score_cam(m, one, targets=3, layer=layer), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(
+        cv.integrated_gradients(m, x, targets=[cv.OutputWeights(None, r) for r in rows], steps=3, batch_size=4),
+        cv.integrated_gradients(m, x, targets=[3, 9], steps=3, batch_size=4))
     maps = cv.grad_cam(m, one, targets=3)
     a = cv.metrics.deletion(m, one, maps, targets=cv.OutputWeights(None, rows[0]), output="score")
     b = cv.metrics.deletion(m, one, maps, targets=3, output="score")

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..maps import normalize_signed
 from ..model import Model
 from ..runtime import available_memory
+from ..targets import resolve
 from .arguments import baseline_values, input_only
 from .gradients import gradients
 
@@ -69,11 +70,19 @@ def _chunk(m: Model, x: np.ndarray, rows: int, batch_size, backward: bool) -> in
 
 
 def resolve_targets(m: Model, x: np.ndarray, targets) -> np.ndarray:
-    """(N,) int64 targets: as given, or the top-1 class of each clean image."""
-    t = m.targets_for(targets, x.shape[0])
-    if t is None:
-        t = m.scores(x).argmax(axis=1).astype(np.int64)
-    return t
+    """(N,) int64 targets: as given, or the top-1 class of each clean image. Target objects
+    (:mod:`onnx_cnnviz.targets`: a detection, a region, ...) come back as an (N,) object array of them, indexed per
+    image like the classes, so that each noisy copy or path point keeps its image's target."""
+    if targets is None:
+        resolve(m, None, x.shape[0])  # a detector or segmenter has no top-1 class: says so
+        return m.scores(x).argmax(axis=1).astype(np.int64)
+    seeds = resolve(m, targets, x.shape[0])
+    if not seeds.objects:
+        return seeds.classes
+    per_image = np.empty(len(seeds.objects), dtype=object)
+    for i, target in enumerate(seeds.objects):
+        per_image[i] = target
+    return per_image
 
 
 def _finish(attribution: np.ndarray, normalize: bool) -> np.ndarray:

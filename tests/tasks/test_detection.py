@@ -201,3 +201,16 @@ def test_yolov8n_eigen_cam_equals_pytorch_grad_cam(yolov8n):
         with EigenCAM(model=module, target_layers=[net.model[index]]) as peer:
             ref = peer(input_tensor=torch.from_numpy(x), targets=[lambda out: out.sum()] * 2)  # unused: no gradient
         np.testing.assert_allclose(cv.eigen_cam(m, x, layer=name), ref, atol=1e-4)
+
+
+def test_any_registry_method_explains_detections_in_one_call(yolov8n):
+    """Path and noise methods keep each row's detection along their copies: explaining all detections in one call
+    equals explaining each alone."""
+    _, m = yolov8n
+    x = images(2, seed=7)
+    found = detect(m, x, conf=0.25, max_det=2)
+    flat = [d for dets in found for d in dets]
+    together = explain(cv.integrated_gradients, m, x, found, steps=2)
+    alone = np.concatenate([cv.integrated_gradients(m, x[d.image:d.image + 1], targets=d, steps=2) for d in flat])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+    assert explain(cv.saliency, m, x, found).shape == (len(flat), SIZE, SIZE)
