@@ -23,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SPAWN = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
 #: The child: load, then five methods; prints one JSON line of peak KiB (and seconds) after each step.
 CHILD = r"""
 import json, resource, sys, time
@@ -54,6 +56,8 @@ report["one"], report["five"] = report["grad_cam"], report["occlusion"]
 with open("/proc/self/statm") as f:
     report["resident_now"] = int(f.read().split()[1]) * resource.getpagesize() // 1024
 report["shared_weights_mib"] = round((m.shared_weights.nbytes if m.shared_weights else 0) / 2 ** 20, 1)
+from onnx_cnnviz.graph import held
+report["held_mib"] = round(held.held_bytes() / 2 ** 20, 1)  # weights held beside the graph, read in place
 print(json.dumps(report))
 """
 
@@ -82,8 +86,10 @@ def measure(path, share: bool = True, images: int = 1, timeout: float = 900) -> 
     """Run the five methods on ``path`` in a child process; peak KiB after load / one method / five methods."""
     env = dict(os.environ, CNNVIZ_SHARE_WEIGHTS="1" if share else "0")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(images)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    # Linux carries a process's peak resident size across fork and exec: started straight from a caller holding
+    # torch and an exported model, the child's ru_maxrss would begin at the caller's. A small wrapper starts it.
+    proc = subprocess.run([sys.executable, "-c", SPAWN, sys.executable, "-c", CHILD, str(path), str(images)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the measuring child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -102,7 +108,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"peak resident memory (GiB) of a child process: load, then 5 methods on {args.images} image(s) "
           f"at {args.size}x{args.size}")
-    header = ("model", "file MB", "setting", "load", "1 method", "5 methods", "5 / 1", "resident after", "shared MB")
+    header = ("model", "file MB", "setting", "load", "1 method", "5 methods", "5 / 1", "resident after", "shared MB",
+              "held MB")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +120,7 @@ def main() -> None:
                 r = measure(path, share=setting == "after", images=args.images)
                 print(f"| {name} | {size_mb:.0f} | {setting} | {gib(r['load'])} | {gib(r['one'])} | "
                       f"{gib(r['five'])} | {r['five'] / r['one']:.2f} | {gib(r['resident_now'])} | "
-                      f"{r['shared_weights_mib']:.0f} |", flush=True)
+                      f"{r['shared_weights_mib']:.0f} | {r['held_mib']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,8 @@ def test_five_methods_on_vgg16_stay_within_twice_one(tmp_path):
     r = bench.measure(path, share=True, images=1, timeout=600)
     print("peak KiB", {k: r[k] for k in ("load", "one", "five", "resident_now")}, "shared MiB",
           r["shared_weights_mib"])
-    assert r["shared_weights_mib"] * 1024 >= 0.9 * weights_kib, r  # the weights are really shared
+    # The weights are really read in place: shared between the sessions, or (a model of 256 MiB and more) held
+    # beside the graph, which every session reads.
+    assert (r["shared_weights_mib"] + r["held_mib"]) * 1024 >= 0.9 * weights_kib, r
     assert r["five"] <= 2.2 * r["one"], r
     assert r["five"] - r["one"] <= 4 * weights_kib, r

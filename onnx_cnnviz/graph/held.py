@@ -49,11 +49,14 @@ def _bytes_setting(name: str, default: int) -> int:
     return int(text)
 
 
-#: A model whose initializers hold this many bytes or more has its large ones held outside the protobuf. Half of
-#: protobuf's 2 GiB: a backward graph of a model held inside carries a derived copy of most weights (flipped
-#: kernels, transposed matrices), so it reaches twice the model.
+#: A model whose initializers hold this many bytes or more has its large ones held outside the protobuf. Well
+#: below protobuf's 2 GiB (a backward graph of a model held inside carries a derived copy of most weights: flipped
+#: kernels, transposed matrices), and low enough for memory: a model held inside also keeps its weights twice (in
+#: the protobuf and in the sessions' shared store) plus those derived copies; held, they are in memory once: timm's
+#: VGG-16 (553 MB) peaks at 1.9 GB over load and five methods instead of 4.6 GB (8 GB and more with NCHWc copies),
+#: torchvision's at 1.8 GB instead of 3.45 (issue 26; benchmarks/memory_phases.py, benchmarks/memory_sessions.py).
 #: ``CNNVIZ_HOLD_ABOVE_BYTES`` sets it (0: hold the large weights of every model, as tests/test_held.py does).
-HOLD_ABOVE_BYTES = _bytes_setting("CNNVIZ_HOLD_ABOVE_BYTES", 2 ** 30)
+HOLD_ABOVE_BYTES = _bytes_setting("CNNVIZ_HOLD_ABOVE_BYTES", 2 ** 28)
 #: Only initializers this large are held: weights, not the shape constants and scalars that passes read and edit
 #: (``CNNVIZ_HOLD_MIN_BYTES``).
 HOLD_MIN_BYTES = _bytes_setting("CNNVIZ_HOLD_MIN_BYTES", 2 ** 20)

@@ -1,0 +1,246 @@
+"""Peak resident memory per phase (load, scores, Grad-CAM, saliency, occlusion, gradients) of one process explaining
+one model, against the targets of issue 26.
+
+    .venv/bin/python benchmarks/memory_phases.py [--models timm:vgg16,hf:efficientnet] [--limit-gb 8] [--write]
+
+Each model (timm or Hugging Face, random weights, fixed seed, TorchScript export at opset 17, cached in
+``.cache/memory_phases``) is measured in a fresh child process that imports no torch: it loads the file, runs the
+phases on a batch of two 224x224 images and prints its peak resident size (``ru_maxrss``) after each, with the
+resident size at that moment. Linux carries a process's peak across fork and exec, so the child is started by a small
+wrapper process (a child of this one, which holds torch, would start from its peak). A watchdog thread in the child
+ends it (exit 3, the phase named) when its resident size passes ``--limit-gb``: the machine is shared.
+
+Targets (issue 26): load at most 2.5x the file's size plus 500 MB; every method at most 1.5x the weights plus the
+activations of one batch (the sum of every float tensor of one forward pass at the batch size, read from shape
+inference: an upper bound of what a backward pass keeps), both counted over the process's own resident size before
+loading (Python, numpy and onnxruntime: about 100 MB).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache" / "memory_phases"
+RESULTS = CACHE / "results.json"
+BATCH = 2
+SIZE = 224
+
+#: Models of the sweep: "timm:<name>" or "hf:<key of HF_MODELS>".
+DEFAULT_MODELS = ["timm:vgg16", "timm:nfnet_f1", "timm:mvitv2_base_cls", "hf:efficientnet", "hf:resnet", "hf:vit",
+                  "hf:deit", "hf:convnext", "hf:swin", "hf:mobilevit"]
+
+SPAWN = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
+#: The child: argv = model path, resident limit in bytes; prints one JSON line.
+CHILD = r"""
+import json, os, resource, sys, threading, time
+limit = int(sys.argv[2])
+page = resource.getpagesize()
+phase = ["import"]
+
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+
+def watchdog():
+    while True:
+        if resident() > limit:
+            sys.stdout.write(json.dumps({"killed": phase[0], "resident": resident()}) + "\n")
+            sys.stdout.flush()
+            os._exit(3)
+        time.sleep(0.05)
+
+threading.Thread(target=watchdog, daemon=True).start()
+import numpy as np
+import onnx_cnnviz as cv
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+report = {"base": resident()}
+phase[0] = "load"
+start = time.perf_counter()
+m = cv.load(sys.argv[1], device="cpu")
+report["load"] = {"peak": peak(), "now": resident(), "s": round(time.perf_counter() - start, 1)}
+print(json.dumps(report), flush=True)
+c, h, w = m.input_shape
+x = np.random.default_rng(0).standard_normal((2, c, h, w)).astype(np.float32)
+calls = [("scores", lambda: m.scores(x)), ("gradcam", lambda: cv.grad_cam(m, x)),
+         ("saliency", lambda: cv.saliency(m, x)),
+         ("occlusion", lambda: cv.occlusion(m, x, window=(h // 2, w // 2), stride=(h // 2, w // 2))),
+         ("gradients", lambda: cv.gradients(m, x))]
+for name, call in calls:
+    phase[0] = name
+    start = time.perf_counter()
+    try:
+        call()
+        report[name] = {"peak": peak(), "now": resident(), "s": round(time.perf_counter() - start, 1)}
+    except Exception as exc:
+        report[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "peak": peak()}
+    print(json.dumps(report), flush=True)  # after each phase: a watchdog stop keeps what was measured
+"""
+
+
+def hf_models():
+    """Hugging Face configurations at their library defaults but for 10 labels and 224x224 input."""
+    import transformers as tr
+
+    return {
+        "efficientnet": lambda: tr.EfficientNetForImageClassification(tr.EfficientNetConfig(
+            num_labels=10, image_size=224, width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280)),
+        "resnet": lambda: tr.ResNetForImageClassification(tr.ResNetConfig(num_labels=10)),
+        "vit": lambda: tr.ViTForImageClassification(tr.ViTConfig(num_labels=10, image_size=224)),
+        "deit": lambda: tr.DeiTForImageClassification(tr.DeiTConfig(num_labels=10, image_size=224)),
+        "convnext": lambda: tr.ConvNextForImageClassification(tr.ConvNextConfig(num_labels=10, image_size=224)),
+        "swin": lambda: tr.SwinForImageClassification(tr.SwinConfig(num_labels=10, image_size=224)),
+        "mobilevit": lambda: tr.MobileViTForImageClassification(tr.MobileViTConfig(num_labels=10, image_size=224)),
+    }
+
+
+def torch_module(spec: str):
+    """The torch module (pixels -> logits, eval mode) of ``spec``."""
+    import torch
+
+    torch.manual_seed(0)
+    source, name = spec.split(":", 1)
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=1000).eval()
+    model = hf_models()[name]().eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(pixel_values=x).logits
+
+    return Logits(model).eval()
+
+
+def exported(spec: str) -> Path:
+    path = CACHE / (spec.replace(":", "_") + ".onnx")
+    if path.exists():
+        return path
+    import torch
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    model = torch_module(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    return path
+
+
+def sizes(path: Path) -> dict:
+    """File bytes, float weight bytes and the float activations of one forward pass at :data:`BATCH`."""
+    import numpy as np
+    import onnx
+
+    from onnx_cnnviz.graph.shapes import FLOAT_TYPES
+
+    model = onnx.load(str(path))
+    weights = sum(int(np.prod(t.dims, dtype=np.int64)) * 4 for t in model.graph.initializer
+                  if t.data_type in FLOAT_TYPES)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = BATCH
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    activations = 0
+    for value in inferred.value_info:
+        ttype = value.type.tensor_type
+        dims = [d.dim_value for d in ttype.shape.dim] if ttype.HasField("shape") else []
+        if ttype.elem_type in FLOAT_TYPES and dims and all(d > 0 for d in dims):
+            activations += int(np.prod(dims, dtype=np.int64)) * 4
+    return {"file": path.stat().st_size, "weights": weights, "activations": activations}
+
+
+def measure(path: Path, limit: int, timeout: float) -> dict:
+    command = [sys.executable, "-c", SPAWN, sys.executable, "-c", CHILD, str(path), str(limit)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout}
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    report = {}
+    for record in records:  # the last full report, and the watchdog's line if it stopped the child
+        report.update(record)
+    if proc.returncode not in (0, 3):
+        report["crashed"] = proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else proc.returncode
+    return report
+
+
+PHASES = ["load", "scores", "gradcam", "saliency", "occlusion", "gradients"]
+
+
+def verdict(spec: str, report: dict, size: dict) -> dict:
+    """Each phase's peak against its target: load <= 2.5 file + 500 MB, methods <= 1.5 weights + activations, over
+    the process's resident size before loading."""
+    base = report.get("base", 0)
+    targets = {"load": 2.5 * size["file"] + 500e6}
+    for phase in PHASES[1:]:
+        targets[phase] = 1.5 * size["weights"] + size["activations"]
+    rows = {}
+    for phase in PHASES:
+        entry = report.get(phase)
+        if not isinstance(entry, dict) or "error" in entry:
+            rows[phase] = {"error": entry.get("error") if isinstance(entry, dict) else None}
+            continue
+        rows[phase] = {"peak": entry["peak"], "target": base + targets[phase],
+                       "ok": entry["peak"] <= base + targets[phase]}
+    return rows
+
+
+def gb(n) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def table(results: dict) -> str:
+    lines = ["| model | file / weights / activations (GB) | " + " | ".join(PHASES) + " |",
+             "|---|---|" + "---|" * len(PHASES)]
+    for spec, entry in results.items():
+        size, report = entry["sizes"], entry["report"]
+        cells = []
+        for phase in PHASES:
+            row = entry["verdict"].get(phase, {})
+            if "peak" in row:
+                cells.append(f"{gb(row['peak'])} {'ok' if row['ok'] else 'OVER'} (<= {gb(row['target'])})")
+            elif report.get("killed") == phase:
+                cells.append(f"stopped at {gb(report['resident'])} (watchdog)")
+            elif "timeout" in report:
+                cells.append("timed out")
+            else:
+                cells.append(row.get("error") or "—")
+        lines.append(f"| {spec} | {gb(size['file'])} / {gb(size['weights'])} / {gb(size['activations'])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--limit-gb", type=float, default=8.0, help="watchdog: resident size that ends a child")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for spec in args.models.split(","):
+        path = exported(spec)
+        size = sizes(path)
+        report = measure(path, int(args.limit_gb * 1e9), args.timeout)
+        results[spec] = {"sizes": size, "report": report, "verdict": verdict(spec, report, size)}
+        print(spec, json.dumps(results[spec]), flush=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
