@@ -781,6 +781,13 @@ def resolve_target(value, names, hint: str = "--target"):
         return labels.resolve_target(value, names, hint)
 
 
+def check_top_k(top_k, num_classes: int):
+    """--top-k checked against the model's class count (:func:`onnx_cnnviz.runs.labels.check_top_k`); more classes
+    than the model has is a usage error of --top-k, never a silently shorter answer."""
+    with usage_errors():
+        return labels.check_top_k(top_k, num_classes)
+
+
 def occlusion_geometry(window, stride, hw) -> None:
     """Check the occlusion --window and --stride against the ``hw`` model input before any work
     (:func:`onnx_cnnviz.runs.explain_plan.occlusion_geometry`; a window too large is a usage error)."""

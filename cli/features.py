@@ -10,7 +10,7 @@ import numpy as np
 from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.methods.localise import METHODS as LOCALISE_METHODS
 
-from .common import (abspath, apply, batch_size_option, channel_order, check_outputs, collect_images, echo,
+from .common import (abspath, apply, batch_size_option, channel_order, check_outputs, check_top_k, collect_images, echo,
                      emit_json, finish, flatten_lists, global_flags, image_keys, image_options, labels_option,
                      layer_name, layer_option, load_model, method_option, model_and_preprocessing, model_options,
                      order_option, out_folder, out_folder_option, out_picture_option, overwrite_option,
@@ -342,6 +342,7 @@ def localize_cmd(ctx, images, methods, top_k, target, threshold, layer, batch_si
     m, pre = model_and_preprocessing(ctx, kw)
     names = resolve_labels(m, kw["labels"])
     target = resolve_target(target, names)
+    check_top_k(top_k, m.num_classes)
     results, files = [], {}
     with progress(len(paths), "localizing") as bar:
         for start in range(0, len(paths), batch_size):

@@ -7,7 +7,7 @@ import click
 
 from onnx_cnnviz.methods import registry
 
-from .common import (EXIT_FAILURE, abspath, check_outputs, collect_images, finish, flatten_lists, global_flags,
+from .common import (EXIT_FAILURE, abspath, check_outputs, check_top_k, collect_images, finish, flatten_lists, global_flags,
                      image_options, labels_option, layer_option, method_option, method_parameter_options,
                      metric_options, model_and_preprocessing, model_options, occlusion_geometry, out_folder,
                      out_folder_option, overwrite_option, parse_metric_params, preprocessing_options, progress,
@@ -61,6 +61,7 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
     m, pre = model_and_preprocessing(ctx, kw, rows_per_run)
     names = resolve_labels(m, kw["labels"])
     target = resolve_target(target, names)
+    check_top_k(top_k, m.num_classes)
     chosen = flatten_lists(methods) or DEFAULT_METHODS
     metrics = flatten_lists(metrics)
     metric_params = parse_metric_params(metric_params, metrics)

@@ -326,7 +326,11 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
         m.targets_for(target, 1)
     shown = predictions if predictions is not None else (top if top is not None else 5)
     k = max(1, min(int(shown), m.num_classes))
-    rows = max(1, min(int(top_k), m.num_classes)) if top_k else 1
+    if top_k is not None:
+        from .runs.labels import check_top_k
+
+        check_top_k(top_k, m.num_classes, "top_k")
+    rows = top_k if top_k else 1
     entries = []
     for source in images:
         label = str(source)

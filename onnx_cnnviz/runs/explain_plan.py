@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..files import check_regular
 from ..image import Preprocessing
 from ..methods import registry
-from .labels import option_error, resolve_labels, resolve_target
+from .labels import check_top_k, option_error, resolve_labels, resolve_target
 from .outputs import abspath, broken_file, protect_inputs, remove_stale_temps
 
 
@@ -69,12 +69,13 @@ class RunSettings:
         check_options(options)
 
         labels = resolve_labels(m, options["labels"])
-        target, top_k = resolve_target(options["target"], labels), options["top_k"]
+        target = resolve_target(options["target"], labels)
+        top_k = check_top_k(options["top_k"], m.num_classes)
         layers = {name: registry.resolved_layer(m, name, options["layer"]) for name in methods}
         if target is not None:
             m.targets_for(target, 1)  # a class out of range fails now, not after the first batch
         if top_k:
-            ranks = [f"top{r}" for r in range(1, min(top_k, m.num_classes) + 1)]
+            ranks = [f"top{r}" for r in range(1, top_k + 1)]
         else:
             ranks = [f"c{target}"] if target is not None else ["top1"]
         if "occlusion" in methods and pre.size:
