@@ -12,7 +12,8 @@ mvitv2_base_cls, levit_128s, hiera_base_plus_224, fbnetv3_d) in a section of the
 process of its own, pinned to one core (the machine is shared), under a memory watchdog that kills it above
 ``--memory-gb`` of resident memory; a crash, a hang or the watchdog costs that model only. Per model:
 
-* **export**: timm's model (random weights, ``torch.manual_seed(0)``, eval, activations not in place) exported by
+* **export**: timm's model (random weights, ``torch.manual_seed(0)``, eval, activations not in place; a classifier
+  timm initialises to zero, as Hiera's, drawn from N(0, 0.02) instead, else every gradient is 0) exported by
   the TorchScript exporter at opset 17 with a dynamic batch (tests/conftest.py's ``export_onnx``), at the input size
   of its pretrained config (square);
 * **forward**: ``max |onnxruntime - torch| / max |torch|`` of the scores of a plain onnxruntime session of the exported
@@ -89,6 +90,11 @@ def measure(name: str) -> dict:
     for module in net.modules():
         if hasattr(module, "inplace"):
             module.inplace = False
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    if isinstance(head, torch.nn.Linear) and not head.weight.detach().abs().max() > 0:
+        # timm zero-initialises some heads (Hiera's head_init_scale): every gradient would be 0
+        torch.nn.init.normal_(head.weight, std=0.02)
+        row["head"] = "zero head re-drawn"
     size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
     row["size"] = size
     row["params_m"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 1)
