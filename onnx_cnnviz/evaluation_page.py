@@ -129,10 +129,12 @@ def _ranking(summary: list, ranking: dict, metrics: dict, ci_formula: str) -> st
         for rank, method in enumerate(order, 1):
             r = rows[method]
             attr = ' class="best"' if rank == 1 and len(order) > 1 else ""
+            # Rows where the metric is undefined are left out of the mean: the page says how many, as the tables do.
+            undefined = f' (+{r["undefined"]} undefined)' if r.get("undefined") else ""
             out.append(f'<tr{attr} data-method="{esc(method)}"><td>{rank}</td><td>{esc(method)}</td>'
                        f'<td class="num">{r["mean"]:.4f}</td>'
                        f'<td class="num">[{r["ci95_low"]:.4f}, {r["ci95_high"]:.4f}]</td>'
-                       f'<td class="num">{r["std"]:.4f}</td><td class="num">{r["n"]}</td></tr>')
+                       f'<td class="num">{r["std"]:.4f}</td><td class="num">{r["n"]}{undefined}</td></tr>')
         out.append("</table>")
     out.append("</section>")
     return "\n".join(out)

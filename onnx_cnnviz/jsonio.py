@@ -2,10 +2,15 @@
 
 Results hold numpy scalars and arrays, paths and tuples, which :mod:`json` does not take; :func:`to_jsonable` is the
 one conversion, so a record on disk, the same record on stdout and the report's embedded data agree.
+
+The JSON written is strict (RFC 8259): NaN and the infinities, which :mod:`json` would write as the bare words
+``NaN`` and ``Infinity`` that strict parsers (JavaScript's ``JSON.parse``, jq, most other languages) reject, become
+``null``; whoever writes a number that may be undefined says why beside it (evaluate's rows carry a ``reason``).
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import PurePath
 
 import numpy as np
@@ -13,16 +18,22 @@ import numpy as np
 
 def to_jsonable(value):
     """``value`` as plain JSON types: numpy scalars as Python numbers, arrays and tuples as lists, paths as strings,
-    dicts and lists converted item by item; JSON's own types as they are and anything else as its ``str``.
+    dicts and lists converted item by item, NaN and the infinities as None (strict JSON has no such numbers); JSON's
+    own types as they are and anything else as its ``str``.
 
     Usable as the ``default`` of :func:`json.dumps` (which calls it only for what it cannot encode itself).
     """
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, np.generic):
-        return value.item()
+        return to_jsonable(value.item())
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        if np.issubdtype(value.dtype, np.number) and not np.issubdtype(value.dtype, np.complexfloating) \
+                and np.isfinite(value).all():
+            return value.tolist()  # nothing to replace: no walk over every element
+        return to_jsonable(value.tolist())
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, dict):
@@ -33,8 +44,9 @@ def to_jsonable(value):
 
 
 def dumps(value, indent: int | None = 2) -> str:
-    """``value`` as JSON text (indented by ``indent`` spaces; None: one line), converted by :func:`to_jsonable`."""
-    return json.dumps(value, indent=indent, default=to_jsonable)
+    """``value`` as strict JSON text (indented by ``indent`` spaces; None: one line), converted by
+    :func:`to_jsonable` (NaN and infinities as null)."""
+    return json.dumps(to_jsonable(value), indent=indent, allow_nan=False, default=to_jsonable)
 
 
 def dumps_for_html(value) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import jsonio
 from ..errors import CnnvizError, InputError
 from . import records, sources
 
@@ -101,7 +102,7 @@ class ModelActor:
             else:
                 read.append((np.load(io.BytesIO(blob), allow_pickle=False), item))
         rows = self.work(self.m, read, failed)
-        return {"row": np.array([json.dumps(r) for r in rows], dtype=object)}
+        return {"row": np.array([jsonio.dumps(r, indent=None) for r in rows], dtype=object)}
 
 
 def error_row(exc: CnnvizError) -> dict:

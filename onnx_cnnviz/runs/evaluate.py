@@ -21,7 +21,7 @@ from ..metrics import registry as metric_registry
 from .evaluate_plan import DEFAULT_METRICS, JOURNAL, Plan, build_job, needs_boxes, output_files, plan
 from .evaluate_run import Tally, complete_examples, evaluate_all
 from .evaluate_tables import (Results, curve_pictures, page_text, ranking, read_results, run_document, summarise,
-                              write_outputs)
+                              undefined_lines, write_outputs)
 from .images import collect_images
 from .outputs import abspath, out_folder
 from .preprocessing import LIBRARY_DEFAULT, load_model, resolve_preprocessing
@@ -88,6 +88,8 @@ def finish(m, job, outputs: dict, paths: list, work: Plan, tally: Tally, model_n
         except CnnvizError as exc:  # the page's pictures are not worth the tables: they are written all the same
             reporter.warn(f"the page shows fewer example maps: {exc}")
     summary = summarise(results, job.methods, job.metrics)
+    for line in undefined_lines(results):
+        reporter.warn(line)
     document = run_document(m, job)
     pictures = curve_pictures(results)
     page = page_text(m, job, model_name, document, summary, pictures, tally, paths)

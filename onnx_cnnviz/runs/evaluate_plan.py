@@ -22,9 +22,13 @@ from .outputs import abspath, open_journal, protect_inputs, remove_stale_temps
 #: The confidence interval the summary reports, in words (the CSV header and the JSON say it).
 CI_FORMULA = ("mean +- t(0.975, n - 1) * std / sqrt(n), Student's t quantile, std the sample standard deviation "
               "(ddof=1; the interval is the mean alone when n = 1)")
-RESULT_FIELDS = ["image", "method", "metric", "value", "class", "output"]
+#: A row's ``value`` is null where the metric is undefined for that image (a constant map's rank correlation, ...);
+#: ``reason`` then says why (and is empty for every measured value).
+RESULT_FIELDS = ["image", "method", "metric", "value", "class", "output", "reason"]
 
-SUMMARY_FIELDS = ["method", "metric", "mean", "std", "n", "ci95_low", "ci95_high", "higher_is_better", "output"]
+#: ``n``: the values the mean is over; ``undefined``: the rows of the (method, metric) whose value is null.
+SUMMARY_FIELDS = ["method", "metric", "mean", "std", "n", "undefined", "ci95_low", "ci95_high", "higher_is_better",
+                  "output"]
 
 DEFAULT_METRICS = ["deletion", "insertion"]
 
@@ -278,7 +282,7 @@ class Journal:
         if self.handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = open_journal(self.path, self.mode == "a")
-        self.handle.write("".join(json.dumps(row, default=jsonio.to_jsonable) + "\n" for row in rows))
+        self.handle.write("".join(jsonio.dumps(row, indent=None) + "\n" for row in rows))
         self.handle.flush()
         os.fsync(self.handle.fileno())
 

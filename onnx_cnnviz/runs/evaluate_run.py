@@ -84,7 +84,7 @@ def evaluate_group(m, job: Job, x: np.ndarray, items: list, paths: list, journal
             if sub:
                 result = score(m, job, metric, method, x[rows][sub], maps[sub], targets[rows][sub],
                                [images[r] for r in sub], bar)
-                record(job, journal, tally, [images[r] for r in sub], paths, method, metric, result)
+                record(job, journal, tally, [images[r] for r in sub], paths, method, metric, result, maps[sub])
 
 def method_maps(m, method: str, x: np.ndarray, targets: np.ndarray, layer, rows_per_run, paths: list,
                 progress=None) -> np.ndarray:
@@ -134,20 +134,46 @@ def warn_probability_output(m, scores: np.ndarray, tally: Tally | None = None, r
             reporter.warn(message, once="probability-output")
 
 def record(job: Job, journal: Journal, tally: Tally, images: list, paths: list, method: str, metric: str,
-           result) -> None:
+           result, maps: np.ndarray | None = None) -> None:
     """Append ``result`` (a :class:`~onnx_cnnviz.metrics.MetricResult` on the run's images ``images``) to the
-    journal: one line per image, with its settings and its curve."""
+    journal: one line per image, with its settings and its curve. A value the metric could not define (NaN) is
+    written as null with its ``reason`` (:func:`undefined_reason`; ``maps``: the method's maps the metric scored),
+    never as a number the tables would average."""
     ordered = result.curve is not None and result.axis_name not in UNORDERED_AXES
     axis = None if result.axis is None else np.asarray(result.axis).tolist()
     lines = []
     for r, i in enumerate(images):
+        value = float(result.values[r])
+        curve = np.asarray(result.curve[r], dtype=np.float64) if ordered else None
+        defined = bool(np.isfinite(value))
         lines.append({"image": abspath(paths[i]), "method": method, "metric": metric,
-                      "value": float(result.values[r]), "class": int(result.targets[r]), "output": result.output,
+                      "value": value if defined else None, "class": int(result.targets[r]), "output": result.output,
+                      "reason": None if defined else undefined_reason(metric, result, r,
+                                                                       None if maps is None else maps[r]),
                       "settings": job.row_settings(method, metric, i),
-                      "curve": np.asarray(result.curve[r], dtype=np.float64).tolist() if ordered else None,
+                      "curve": curve.tolist() if ordered else None,
                       "axis": axis if ordered else None, "axis_name": result.axis_name if ordered else None})
     journal.append(lines)
     tally.computed += len(lines)
+
+def undefined_reason(metric: str, result, r: int, trained_map: np.ndarray | None) -> str:
+    """Why ``metric``'s value of image ``r`` is undefined (NaN), in one line. The model randomisation test
+    (Adebayo et al. 2018) compares maps by Spearman's rank correlation, which is undefined when either map is
+    constant (as ``scipy.stats.spearmanr``): say whether the trained model's map is, or from which stage the
+    randomised models' maps are (e.g. a Grad-CAM that ReLU makes all zero once the weights are random)."""
+    if metric == "model-randomisation":
+        measure = (result.details or {}).get("measure", "spearman_abs")
+        if trained_map is not None and np.ptp(np.asarray(trained_map, dtype=np.float64)) == 0:
+            value = float(np.ravel(trained_map)[0])
+            return (f"the method's map on the trained model is constant (every value {value:g}), so its {measure} "
+                    "with any randomised model's map is undefined")
+        stages = [] if result.curve is None else \
+            [k + 1 for k, v in enumerate(np.asarray(result.curve[r], dtype=np.float64)) if not np.isfinite(v)]
+        where = f"at stage(s) {', '.join(map(str, stages))} of {len(result.curve[r])}" if stages \
+            else "after randomisation"
+        return (f"the method's map of the randomised model is constant (e.g. all zero) {where}, so its {measure} with "
+                "the trained model's map is undefined (a rank correlation with a constant)")
+    return f"{metric} is undefined (NaN) for this image's map"
 
 def keep_examples(m, job: Job, tally: Tally, method: str, x: np.ndarray, images: list, paths: list,
                   maps: np.ndarray, scores: np.ndarray, targets: np.ndarray) -> None:

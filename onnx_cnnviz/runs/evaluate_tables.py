@@ -25,7 +25,10 @@ class Results:
     order; per (method, metric) the values and the running sum of the curves (with their abscissae)."""
     rows: list = field(default_factory=list)
     values: dict = field(default_factory=dict)
-    curves: dict = field(default_factory=dict)  # (method, metric) -> [sum of curves, count, axis, axis_name]
+    #: (method, metric) -> the rows whose value is null (the metric undefined there): left out of the mean, said.
+    undefined: dict = field(default_factory=dict)
+    #: (method, metric) -> [sum of the curves' finite points, count per point, axis, axis_name]
+    curves: dict = field(default_factory=dict)
     mixed: set = field(default_factory=set)  # (method, metric) whose curves differ in length: no mean curve
 
 def read_results(job: Job, journal: Path, paths: list) -> Results:
@@ -44,22 +47,29 @@ def read_results(job: Job, journal: Path, paths: list) -> Results:
     for n, row in enumerate(journal_lines(journal)):
         if n in lines:
             key = row_key(row, index)
-            picked[key] = {f: row[f] for f in RESULT_FIELDS}
+            picked[key] = {f: row.get(f) for f in RESULT_FIELDS}
             add_curve(results, (key[1], key[2]), row)
     order = {name: k for k, name in enumerate(job.methods)}, {name: k for k, name in enumerate(job.metrics)}
     for key in sorted(picked, key=lambda k: (k[0], order[0][k[1]], order[1][k[2]])):
         row = picked[key]
         results.rows.append(row)
-        results.values.setdefault((key[1], key[2]), []).append(float(row["value"]))
+        results.values.setdefault((key[1], key[2]), [])
+        if row["value"] is None:
+            results.undefined.setdefault((key[1], key[2]), []).append(row)
+        else:
+            results.values[(key[1], key[2])].append(float(row["value"]))
     return results
 
 def add_curve(results: Results, key: tuple, row: dict) -> None:
-    """Add a journal row's curve to the running sum of its (method, metric)."""
+    """Add a journal row's curve to the running sum of its (method, metric); an undefined point (null, NaN) is left
+    out of that point's mean, as an undefined value is left out of the summary's."""
     if row.get("curve") is None or key in results.mixed:
         return
-    curve = np.asarray(row["curve"], dtype=np.float64)
+    curve = np.asarray([np.nan if v is None else v for v in row["curve"]], dtype=np.float64)
+    finite = np.isfinite(curve)
+    curve = np.where(finite, curve, 0.0)
     if key not in results.curves:
-        results.curves[key] = [curve.copy(), 1, np.asarray(row["axis"]) if row.get("axis") else None,
+        results.curves[key] = [curve, finite.astype(np.int64), np.asarray(row["axis"]) if row.get("axis") else None,
                                row.get("axis_name")]
     elif results.curves[key][0].shape != curve.shape:
         # Images kept at their own sizes give curves of other lengths: no single mean curve.
@@ -67,17 +77,24 @@ def add_curve(results: Results, key: tuple, row: dict) -> None:
         del results.curves[key]
     else:
         results.curves[key][0] += curve
-        results.curves[key][1] += 1
+        results.curves[key][1] += finite
 
 def mean_curves(results: Results) -> dict:
-    """(method, metric) -> (mean curve, axis, axis name, n)."""
-    return {key: (total / count, axis, name, count) for key, (total, count, axis, name) in results.curves.items()}
+    """(method, metric) -> (mean curve, axis, axis name, n): per point the mean of the curves defined there (NaN
+    where none is; n the most curves any point is averaged over). A curve undefined everywhere is left out."""
+    out = {}
+    for key, (total, count, axis, name) in results.curves.items():
+        if count.max() > 0:
+            out[key] = (np.where(count > 0, total / np.maximum(count, 1), np.nan), axis, name, int(count.max()))
+    return out
 
-def summary_row(method: str, metric: str, values, output: str | None = None) -> dict:
+def summary_row(method: str, metric: str, values, output: str | None = None, undefined: int = 0) -> dict:
     """Mean, sample std (ddof=1; 0 for one value), n and the Student-t 95% interval
-    (:func:`onnx_cnnviz.metrics.intervals.mean_interval`); ``output``: what the metric read from the model."""
+    (:func:`onnx_cnnviz.metrics.intervals.mean_interval`) of the defined ``values``; ``undefined``: the rows left
+    out because the metric is undefined there; ``output``: what the metric read from the model."""
     stats = mean_interval(values)
     return {"method": method, "metric": metric, "mean": stats["mean"], "std": stats["std"], "n": stats["n"],
+            "undefined": undefined,
             "ci95_low": stats["low"], "ci95_high": stats["high"],
             "higher_is_better": metric_registry.get(metric).higher_is_better, "output": output}
 
@@ -91,9 +108,25 @@ def outputs_read(rows: list) -> dict:
     return {key: "; ".join(t for t in texts if t) or None for key, texts in seen.items()}
 
 def summarise(results: Results, methods: list, metrics: list) -> list:
+    """One summary row per (method, metric) with at least one defined value."""
     outputs = outputs_read(results.rows)
-    return [summary_row(method, metric, results.values[(method, metric)], outputs.get((method, metric)))
+    return [summary_row(method, metric, results.values[(method, metric)], outputs.get((method, metric)),
+                        len(results.undefined.get((method, metric), ())))
             for method in methods for metric in metrics if results.values.get((method, metric))]
+
+
+def undefined_lines(results: Results) -> list:
+    """One line per (method, metric) with rows whose value is undefined: how many of how many, which images (the
+    first few) and why, and what the mean is over; the tables keep each row's reason."""
+    lines = []
+    for (method, metric), rows in results.undefined.items():
+        defined = len(results.values.get((method, metric), ()))
+        names = ", ".join(Path(r["image"]).name for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        mean = f"the mean is over the other {defined}" if defined else "no mean"
+        lines.append(f"{metric} of {method} is undefined for {len(rows)} of {len(rows) + defined} image(s) "
+                     f"({names}); {Path(rows[0]['image']).name}: {rows[0].get('reason') or 'undefined'}; {mean} "
+                     "(results.csv gives each row's reason).")
+    return lines
 
 def ranking(summary: list, metrics: list) -> dict:
     """Per metric, the methods best first (by mean, in the metric's direction)."""
@@ -131,7 +164,8 @@ def ranking_text(summary: list, metrics: list) -> str:
         for rank, method in enumerate(order, 1):
             r = by_method[method]
             lines.append(f"  {rank}. {method:<16} {r['mean']:.4f}  "
-                         f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}]  n={r['n']}")
+                         f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}]  n={r['n']}"
+                         + (f" ({r['undefined']} undefined, left out)" if r.get("undefined") else ""))
     return "\n".join(lines)
 
 def curve_picture(curve: np.ndarray, axis: np.ndarray, title: str, axis_name: str | None,
@@ -144,14 +178,16 @@ def curve_picture(curve: np.ndarray, axis: np.ndarray, title: str, axis_name: st
     left, right, top, bottom = 56, width - 16, 34, height - 40
     x = np.asarray(axis, dtype=np.float64) if axis is not None and len(axis) == len(curve) else \
         np.linspace(0.0, 1.0, len(curve))
-    y0, y1 = min(0.0, float(curve.min())), max(1.0, float(curve.max()))
+    finite = np.isfinite(curve)
+    y0, y1 = min(0.0, float(curve[finite].min())), max(1.0, float(curve[finite].max()))
     x0, x1 = float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1.0
     px = left + (x - x0) / (x1 - x0) * (right - left)
     py = bottom - (curve - y0) / (y1 - y0) * (bottom - top)
     black, font = (0, 0, 0), cv2.FONT_HERSHEY_SIMPLEX
     cv2.rectangle(pic, (left, top), (right, bottom), (160, 160, 160), 1)
-    points = np.stack([px, py], axis=1).round().astype(np.int32).reshape(-1, 1, 2)
-    cv2.polylines(pic, [points], False, (0, 80, 200), 2, cv2.LINE_AA)
+    # A point no curve defines (NaN) breaks the line instead of being drawn at a made-up height.
+    points = np.stack([px, py], axis=1)
+    cv2.polylines(pic, segments(points, finite), False, (0, 80, 200), 2, cv2.LINE_AA)
     cv2.putText(pic, title, (left, 22), font, 0.5, black, 1, cv2.LINE_AA)
     cv2.putText(pic, f"{y1:.2f}", (4, top + 5), font, 0.4, black, 1, cv2.LINE_AA)
     cv2.putText(pic, f"{y0:.2f}", (4, bottom + 5), font, 0.4, black, 1, cv2.LINE_AA)
@@ -159,6 +195,18 @@ def curve_picture(curve: np.ndarray, axis: np.ndarray, title: str, axis_name: st
     cv2.putText(pic, f"{x1:g}", (right - 24, bottom + 16), font, 0.4, black, 1, cv2.LINE_AA)
     cv2.putText(pic, axis_name or "step", (left + 60, height - 8), font, 0.4, black, 1, cv2.LINE_AA)
     return pic
+
+def segments(points: np.ndarray, finite: np.ndarray) -> list:
+    """The runs of consecutive defined points of ``points`` (P, 2) as OpenCV polylines (int32, (n, 1, 2))."""
+    out, start = [], None
+    for k, ok in enumerate([*finite.tolist(), False]):
+        if ok and start is None:
+            start = k
+        elif not ok and start is not None:
+            out.append(points[start:k].round().astype(np.int32).reshape(-1, 1, 2))
+            start = None
+    return out
+
 
 def curve_pictures(results: Results) -> dict:
     """(method, metric) -> the picture of its mean curve."""
