@@ -297,6 +297,24 @@ def progress(length: int, label: str, unit: str = "images") -> Progress:
 # Parameter types
 
 
+#: The largest count any option takes: int32's, what numpy's and onnxruntime's index types hold. A larger number
+#: (99999999999999999999) would overflow deep inside the run; it is refused as a usage error instead.
+MAX_COUNT = 2**31 - 1
+
+#: SmoothGrad's --samples and integrated gradients' --steps: each is one more backward pass per image, and beyond
+#: this many the answer no longer changes (both converge within a few hundred) while the run would take days.
+MAX_PASSES = 100_000
+
+#: A random seed is what numpy's generators take: 0 .. 2**32 - 1 (negative seeds are refused by numpy).
+MAX_SEED = 2**32 - 1
+
+
+def count(min: int = 1, max: int = MAX_COUNT) -> click.IntRange:
+    """An integer option in [min, max] (``max``: :data:`MAX_COUNT` unless smaller): out of range is click's usage
+    error naming the range, never an OverflowError inside the library."""
+    return click.IntRange(min=min, max=max)
+
+
 class SizeType(click.ParamType):
     """HxW, HXW, H,W or a single N (square)."""
     name = "HxW"
@@ -314,6 +332,8 @@ class SizeType(click.ParamType):
             nums = nums * 2
         if len(nums) != 2 or min(nums) < 1:
             self.fail(f"{value!r} is not a size; write HxW such as 224x224 (or one number for a square).", param, ctx)
+        if max(nums) > MAX_COUNT:
+            self.fail(f"{value!r} is too large: a side is at most {MAX_COUNT} pixels.", param, ctx)
         return tuple(nums)
 
 
@@ -468,6 +488,14 @@ def metric_options(note: str):
     return decorate
 
 
+def huge_number(value) -> bool:
+    """Whether ``value`` (a parsed --metric-param value, lists included) holds a number of magnitude beyond
+    :data:`MAX_COUNT`, which no metric parameter takes and numpy cannot index with (OverflowError)."""
+    if isinstance(value, list):
+        return any(huge_number(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_COUNT
+
+
 def parse_metric_params(items, metrics: list) -> dict:
     """``METRIC.KEY=VALUE`` items as {metric: {key: value}}, each checked against the metric's parameters
     (:func:`onnx_cnnviz.metrics.registry.parameters`): an item not of that form, a metric not evaluated, or a key it
@@ -485,8 +513,11 @@ def parse_metric_params(items, metrics: list) -> dict:
                                      f"{', '.join(metrics)}.", param_hint="--metric-param")
         try:
             params[metric][key] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             params[metric][key] = value  # a word such as score or blur
+        if huge_number(params[metric][key]):
+            raise click.BadParameter(f"{item!r}: {value} is too large; a metric's number is at most {MAX_COUNT} "
+                                     "in size.", param_hint="--metric-param")
     for metric in metrics:
         try:
             metric_registry.parameters(metric, params[metric])
@@ -527,13 +558,13 @@ def recursive_option(f):
 
 def batch_size_option(f):
     """--batch-size: images per run, for the commands that read many pictures."""
-    return shared_option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+    return shared_option("--batch-size", type=count(1), default=8, show_default=True,
                          help="Images read and run together (memory grows with it).")(f)
 
 
 def rows_per_run_option(aliases=()):
     """--rows-per-run: rows per onnxruntime run (``aliases``: an older spelling of this command)."""
-    return shared_option("--rows-per-run", *aliases, "rows_per_run", type=click.IntRange(min=1), default=None,
+    return shared_option("--rows-per-run", *aliases, "rows_per_run", type=count(1), default=None,
                          aliases=aliases,
                          help="Rows (images, masked or noisy copies) per onnxruntime run (default: sized by the "
                               "library to the memory available).")
@@ -545,7 +576,7 @@ def layer_option(note: str, multiple: bool = False, dest: str = "layer"):
 
 
 def tile_option(default: int):
-    return shared_option("--tile", type=click.IntRange(min=1), default=default, show_default=True,
+    return shared_option("--tile", type=count(1), default=default, show_default=True,
                          help="Tile size in pixels.")
 
 
@@ -556,7 +587,7 @@ def target_option(note: str, aliases=()):
 
 
 def top_k_option(note: str, aliases=()):
-    return shared_option("--top-k", *aliases, "top_k", type=click.IntRange(min=1), default=None, aliases=aliases,
+    return shared_option("--top-k", *aliases, "top_k", type=count(1), default=None, aliases=aliases,
                          help="The K best classes of each image:", note=note)
 
 
@@ -568,11 +599,12 @@ def method_option(choices, note: str):
 
 
 def seed_option(note: str, default: int = 0):
-    return shared_option("--seed", type=int, default=default, show_default=True, help="Random seed", note=note)
+    return shared_option("--seed", type=click.IntRange(0, MAX_SEED), default=default,
+                         show_default=True, help="Random seed", note=note)
 
 
 def steps_option(note: str, default: int):
-    return shared_option("--steps", type=click.IntRange(min=1), default=default, show_default=True,
+    return shared_option("--steps", type=count(1, MAX_PASSES), default=default, show_default=True,
                          help="Number of steps:", note=note)
 
 
@@ -609,7 +641,7 @@ def occlusion_options(f):
 
 
 def smoothgrad_ig_options():
-    return [shared_option("--samples", type=click.IntRange(min=1), default=25, show_default=True,
+    return [shared_option("--samples", type=count(1, MAX_PASSES), default=25, show_default=True,
                           help="SmoothGrad samples."),
             shared_option("--noise", type=click.FloatRange(min=0), default=0.15, show_default=True,
                           help="SmoothGrad noise (fraction of the image's value range)."),

@@ -10,8 +10,8 @@ import numpy as np
 from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.methods.localise import METHODS as LOCALISE_METHODS
 
-from .common import (abspath, apply, batch_size_option, channel_order, check_outputs, check_top_k, collect_images, echo,
-                     emit_json, finish, flatten_lists, global_flags, image_keys, image_options, labels_option,
+from .common import (abspath, apply, batch_size_option, channel_order, check_outputs, check_top_k, collect_images,
+                     count, echo, emit_json, finish, flatten_lists, global_flags, image_keys, image_options, labels_option,
                      layer_name, layer_option, load_model, method_option, model_and_preprocessing, model_options,
                      order_option, out_folder, out_folder_option, out_picture_option, overwrite_option,
                      preprocessing_options, progress, recursive_option, resolve_labels, resolve_target, save_json,
@@ -42,8 +42,8 @@ def _one_input(path, pre):
 @click.command("filters")
 @click.argument("model", type=click.Path())
 @layer_option("Produced by a convolution (default: the first convolution).")
-@click.option("--max-filters", type=click.IntRange(min=1), default=None, help="Show at most this many filters.")
-@click.option("--max-channels", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--max-filters", type=count(1), default=None, help="Show at most this many filters.")
+@click.option("--max-channels", type=count(1), default=16, show_default=True,
               help="Input channels shown per filter for deeper layers.")
 @tile_option(24)
 @out_picture_option("filters")
@@ -70,7 +70,7 @@ def filters_cmd(layer, max_filters, max_channels, tile, out_path, overwrite, ord
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @layer_option("Feature map (default: the default layer).")
-@shared_option("--top-channels", "--top", "top", type=click.IntRange(min=1), default=None, aliases=("--top",),
+@shared_option("--top-channels", "--top", "top", type=count(1), default=None, aliases=("--top",),
                help="Only the N most active channels.")
 @click.option("--scale-by", "scale_by", type=click.Choice(["layer", "channel"]), default="layer", show_default=True,
               help="One gray scale for all maps, or one per map.")
@@ -115,7 +115,7 @@ def activations_cmd(ctx, images, layer, top, scale_by, tile, recursive, out_dir,
 @click.argument("images", nargs=-1, required=True)
 @layer_option("Feature map (default: the deepest layer whose receptive field is at most half the image).")
 @click.option("--channels", default=None, help="Channels to show, comma-separated (default: the first 16).")
-@shared_option("--per-channel", "-k", "k", type=click.IntRange(min=1), default=9, show_default=True, aliases=("-k",),
+@shared_option("--per-channel", "-k", "k", type=count(1), default=9, show_default=True, aliases=("-k",),
                help="Patches per channel.")
 @click.option("--guided", is_flag=True, help="Add the guided backpropagation of each unit next to its patch.")
 @tile_option(64)
@@ -163,11 +163,11 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
 @layer_option("Tensor whose values are the code (default: the input of the last linear layer).")
 @click.option("--projection", type=click.Choice(["pca", "tsne"]), default="pca", show_default=True,
               help="2-D map of the codes.")
-@click.option("--neighbours", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--neighbours", type=count(0), default=5, show_default=True,
               help="Nearest neighbours listed per image (0: none).")
-@click.option("--mosaic-size", "mosaic_size", type=click.IntRange(min=64), default=1024, show_default=True,
+@click.option("--mosaic-size", "mosaic_size", type=count(64), default=1024, show_default=True,
               help="Mosaic size in pixels.")
-@click.option("--thumb", type=click.IntRange(min=8), default=64, show_default=True, help="Thumbnail size.")
+@click.option("--thumb", type=count(8), default=64, show_default=True, help="Thumbnail size.")
 @batch_size_option
 @recursive_option
 @out_folder_option
@@ -223,12 +223,12 @@ def _optim_options(f):
 @click.argument("model", type=click.Path())
 @target_option("Visualise it (Simonyan's class model).", aliases=("--class",))
 @layer_option("Of the unit / channel to visualise.")
-@click.option("--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
+@click.option("--channel", type=count(0), default=None, help="Channel of --layer.")
 @click.option("--unit", default=None, help="I,J: one unit of the channel (default: the channel's mean).")
 @_optim_options
 @click.option("--decay", type=click.FloatRange(min=0), default=None, help="L2 decay per step (Yosinski).")
-@click.option("--blur-every", type=click.IntRange(min=0), default=None, help="Gaussian blur every N steps (0: off).")
-@click.option("--jitter", type=click.IntRange(min=0), default=None, help="Random shift in pixels per step.")
+@click.option("--blur-every", type=count(0), default=None, help="Gaussian blur every N steps (0: off).")
+@click.option("--jitter", type=count(0), default=None, help="Random shift in pixels per step.")
 @out_picture_option("dream")
 @overwrite_option
 @preprocessing_options

@@ -198,7 +198,13 @@ def plan(job: Job, outputs: dict, paths: list, reporter=None) -> Plan:
     if job.resume:
         work.removed = remove_stale_temps(job.out, {f.name for f in files}, reporter)
         drop_partial_line(journal)
-        work.done, work.stale, work.changed = journal_state(job, journal, paths)
+        bad: list = []
+        work.done, work.stale, work.changed = journal_state(job, journal, paths, bad)
+        if bad and reporter is not None:
+            lines = ", ".join(f"line {n} ({why})" for n, why in bad[:5]) + (f" and {len(bad) - 5} more"
+                                                                             if len(bad) > 5 else "")
+            reporter.warn(f"resume: skipped {len(bad)} line(s) of {journal} that are no journal row: {lines}; "
+                          "their rows are recomputed (the lines stay in the file, unread).")
     for i in range(len(paths)):
         missing = {(method, metric) for method in job.methods for metric in job.metrics
                    if (i, method, metric) not in work.done}
@@ -206,19 +212,60 @@ def plan(job: Job, outputs: dict, paths: list, reporter=None) -> Plan:
             work.todo.append((i, missing))
     return work
 
-def journal_lines(path: Path):
-    """The rows of the journal at ``path``, in order: a line that is not a JSON object (the half-written last line of
-    a killed run) is skipped."""
+def journal_lines(path: Path, bad: list | None = None):
+    """The rows of the journal at ``path``, in order. A line that is not a journal row (invalid UTF-8, not JSON, a
+    field of the wrong type: :func:`row_problem`; the journal is the user's file and may have been edited) is
+    skipped, so its row is recomputed, and ``(line number, why)`` appended to ``bad``; a blank line is skipped
+    silently. Read as bytes, line by line, so one bad line never stops the others."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except ValueError:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
-            if isinstance(row, dict) and {"image", "method", "metric", "settings"} <= set(row):
-                yield row
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problem = "not UTF-8 text"
+            except ValueError:
+                problem = "not a JSON line"
+            except RecursionError:
+                problem = "JSON nested too deep"
+            else:
+                problem = row_problem(row)
+                if problem is None:
+                    yield row
+                    continue
+            if bad is not None:
+                bad.append((number, problem))
+
+
+def row_problem(row) -> str | None:
+    """Why ``row`` (a parsed journal line) is not a journal row, or None when it is: an object with the image,
+    method and metric as strings, the settings as an object, the value a number or null (undefined, with a
+    reason), the class an integer, the curve null or a list of numbers and nulls."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    missing = [k for k in ("image", "method", "metric", "settings", "value") if k not in row]
+    if missing:
+        return f"no {missing[0]!r}"
+    for key in ("image", "method", "metric"):
+        if not isinstance(row[key], str):
+            return f"{key!r} is not a string"
+    if not isinstance(row["settings"], dict):
+        return "'settings' is not an object"
+    value = row["value"]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"'value' is {value!r}, not a number"
+    if isinstance(row.get("class"), bool) or not isinstance(row.get("class"), int):
+        return "'class' is not an integer"
+    curve = row.get("curve")
+    if curve is not None and (not isinstance(curve, list)
+                              or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
+                                     for v in curve)):
+        return "'curve' is not a list of numbers"
+    return None
+
 
 def drop_partial_line(path: Path) -> None:
     """Cut a half-written last line (a run killed while appending) off the journal, so that new lines start on
@@ -235,13 +282,14 @@ def row_key(row: dict, index: dict):
     i = index.get(row["image"])
     return None if i is None else (i, row["method"], row["metric"])
 
-def journal_state(job: Job, journal: Path, paths: list) -> tuple:
+def journal_state(job: Job, journal: Path, paths: list, bad: list | None = None) -> tuple:
     """(done rows, count of stale rows, names of the settings that differ): an (image, method, metric) of this run
     is done when a line of the journal was made with this run's settings (an earlier run's line counts too: the
-    same settings give the same row), and stale when its lines were all made with other settings."""
+    same settings give the same row), and stale when its lines were all made with other settings. ``bad``: gets
+    (line number, why) of each line that is no journal row (:func:`journal_lines`; its row is recomputed)."""
     index = {abspath(p): i for i, p in enumerate(paths)}
     done, other = set(), {}
-    for row in journal_lines(journal):
+    for row in journal_lines(journal, bad):
         key = row_key(row, index)
         if key is None or row["method"] not in job.layers or row["metric"] not in job.params:
             continue

@@ -5,13 +5,21 @@ Model: tests/tiny_models.py's gap_classifier (8x8 input, CLASSES = 5 classes, no
 """
 from __future__ import annotations
 
+import csv
+import json
+import math
+
 import pytest
 
 from onnx_cnnviz import runs
 from onnx_cnnviz.errors import InputError
+from tests.conftest import REPO
 from tests.tiny_models import CLASSES
 
 from . import invoke
+
+#: Beyond any C long: the value that overflowed inside the library (issue 24 point 6).
+HUGE = "99999999999999999999"
 
 
 @pytest.mark.parametrize("command", [
@@ -38,3 +46,54 @@ def test_library_runs_refuse_top_k_above_the_class_count(inputs, tmp_path):
     with pytest.raises(InputError, match=f"between 1 and {CLASSES}") as info:
         runs.explain_images(inputs / "model.onnx", inputs, tmp_path / "a", top_k=CLASSES + 1, preprocess="imagenet")
     assert info.value.option == "--top-k"
+
+
+def evaluate(inputs, out, *extra):
+    return invoke("evaluate", inputs / "model.onnx", inputs / "a.png", inputs / "b.png", "--preprocess", "imagenet",
+                  "-m", "saliency", "--metric", "average-drop", "--out", out, *extra)
+
+
+def test_resume_skips_and_reports_bad_journal_lines_and_recomputes_their_rows(inputs, tmp_path):
+    out = tmp_path / "out"
+    assert evaluate(inputs, out).exit_code == 0
+    path = out / "results.jsonl"
+    first, second = path.read_bytes().splitlines(keepends=True)
+    edited = json.loads(second)
+    edited["value"] = "abc"
+    # Line 1: invalid UTF-8 in the middle of a row; line 2: a row whose value is no number.
+    path.write_bytes(first.replace(b'"method"', b'"m\xff\xfethod"') + (json.dumps(edited) + "\n").encode())
+    result = evaluate(inputs, out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    warning = [line for line in result.stderr.splitlines() if "no journal row" in line]
+    assert warning and "line 1 (not UTF-8 text)" in warning[0] and "line 2 ('value' is 'abc'" in warning[0]
+    assert "2 computed, 0 kept" in result.stderr
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(math.isfinite(float(r["value"])) for r in rows)
+    assert path.read_bytes().startswith(first.replace(b'"method"', b'"m\xff\xfethod"'))  # the user's lines are kept
+
+
+@pytest.mark.parametrize("args", [
+    ["explain", "-m", "smoothgrad", "--samples", HUGE],
+    ["explain", "-m", "ig", "--steps", HUGE],
+    ["explain", "-m", "occlusion", "--window", "4", "--stride", HUGE],
+    ["explain", "-m", "saliency", "--batch-size", HUGE],
+    ["explain", "-m", "saliency", "--rows-per-run", HUGE],
+    ["report", "-m", "smoothgrad", "--samples", HUGE],
+    ["evaluate", "-m", "saliency", "--metric", "sensitivity-max", "--metric-param",
+     f"sensitivity-max.samples={HUGE}"],
+    ["evaluate", "-m", "saliency", "--metric", "deletion", "--metric-param", f"deletion.pixels_per_step={HUGE}"],
+])
+def test_huge_integers_are_usage_errors(inputs, tmp_path, args):
+    result = invoke(args[0], inputs / "model.onnx", inputs / "a.png", *args[1:], "--out", tmp_path / "out",
+                    "--preprocess", "imagenet")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_huge_seed_is_a_usage_error(tmp_path):
+    result = invoke("dream", REPO / "models" / "gap_cnn.onnx", "--seed", HUGE, "--out", tmp_path / "d.png")
+    assert result.exit_code == 2, result.output
+    assert "0<=x<=4294967295" in result.stderr
