@@ -11,9 +11,9 @@ from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.methods.localise import METHODS as LOCALISE_METHODS
 
 from .common import (abspath, apply, batch_size_option, channel_order, check_outputs, check_top_k, collect_images,
-                     count, echo, emit_json, finish, flatten_lists, global_flags, image_keys, image_options, labels_option,
-                     layer_name, layer_option, load_model, method_option, model_and_preprocessing, model_options,
-                     order_option, out_folder, out_folder_option, out_picture_option, overwrite_option,
+                     count, echo, emit_json, finish, flatten_lists, global_flags, image_keys, image_options,
+                     labels_option, layer_name, layer_option, load_model, method_option, model_and_preprocessing,
+                     model_options, order_option, out_folder, out_folder_option, out_picture_option, overwrite_option,
                      preprocessing_options, progress, recursive_option, resolve_labels, resolve_target, save_json,
                      save_npy, seed_option, settings, shared_option, steps_option, target_option, tile_option,
                      top_k_option)
