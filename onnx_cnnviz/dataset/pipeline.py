@@ -73,13 +73,95 @@ class Resources:
 # Cluster
 
 
+#: Seconds to wait for a cluster's address to answer before ``ray.init`` (which retries for minutes, printing its
+#: C++ client's warnings, when nothing listens there).
+REACH_TIMEOUT = 5.0
+
+#: The port of a ``ray://`` address without one (Ray Client's default).
+RAY_CLIENT_PORT = 10001
+
+
+def host_and_port(address: str) -> tuple | None:
+    """(host, port) of a ``HOST:PORT``, ``[IPV6]:PORT`` or ``ray://HOST[:PORT]`` address; None for the addresses
+    Ray resolves itself (auto, local, http(s)://: the job server). An address of no such form, a port outside
+    1..65535 or a dotted IPv4 address with a part above 255 is an :class:`InputError`."""
+    import ipaddress
+
+    text = address.strip()
+    client = text.startswith("ray://")
+    if client:
+        text = text[len("ray://"):].split("/", 1)[0]
+    elif "://" in text or text in ("", "auto", "local"):
+        return None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, ""
+    if not port_text and client:
+        port_text = str(RAY_CLIENT_PORT)
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise InputError(f"{address!r} is not a Ray address: give HOST:PORT with a port in 1..65535 (e.g. "
+                         "10.0.0.5:6379), ray://HOST:10001, or auto.")
+    if all(part.isdigit() for part in host.split(".")):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise InputError(f"{address!r} is not a Ray address: {host} is no IPv4 address (each of its four parts "
+                             "is 0..255).") from None
+    return host, int(port_text)
+
+
+def check_reachable(address: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Fail in seconds, with an :class:`InputError`, when nothing answers at ``address``'s host and port (a TCP
+    connection within ``timeout`` seconds), instead of leaving ``ray.init`` to retry for minutes. The host name is
+    resolved in a helper thread so that a slow resolver is bounded by the same timeout."""
+    import concurrent.futures
+    import socket
+
+    target = host_and_port(address)
+    if target is None:
+        return
+    host, port = target
+    advice = ("start the cluster (`ray start --head` on that machine), check the address and the firewall, or pass "
+              "--ray without an address for a local Ray.")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        found = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise InputError(f"cannot reach the Ray cluster at {address!r}: the name {host!r} did not resolve within "
+                         f"{timeout:g} s; {advice}") from None
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address!r}: {host!r} does not resolve "
+                         f"({exc.strerror or exc}); {advice}") from None
+    finally:
+        pool.shutdown(wait=False)
+    errors = []
+    for family, kind, proto, _, sockaddr in found:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return
+        except OSError as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            errors.append(f"no answer within {timeout:g} s" if timed_out else (exc.strerror or str(exc)).lower())
+    raise InputError(f"cannot reach the Ray cluster at {address!r}: nothing answers at {host} port {port} "
+                     f"({errors[0] if errors else 'no address'}); {advice}")
+
+
 def connect(address: str | None):
     """Join Ray: an already initialised Ray as it is, ``address`` "auto" a running cluster (``ray start``), another
     address that cluster (``ray://host:10001`` or ``host:6379``), None or "local" a new local one. Returns whether
-    this call started Ray (and should shut it down)."""
+    this call started Ray (and should shut it down). An address where nothing answers fails within seconds
+    (:func:`check_reachable`), before Ray starts retrying and logging."""
     ray = require_ray()
     if ray.is_initialized():
         return False
+    if address not in (None, "", "local"):
+        check_reachable(address)
     kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "configure_logging": True}
     try:
         if address in (None, "", "local"):
