@@ -48,46 +48,59 @@ class HeadOutput:
         return Wrapped(net).eval()
 
 
-@pytest.fixture(scope="session")
-def yolov8n_torchscript():
-    """(torch module returning the head output, ONNX path): yolov8n exported by torch.onnx.export (TorchScript
-    exporter, opset 17, dynamic batch)."""
+def export_torchscript(wrapped, path):
+    """torch.onnx.export (TorchScript exporter, opset 17, dynamic batch) of a module returning the head output."""
     import torch
 
-    _, net = ultralytics_net("yolov8n.yaml")
-    wrapped = HeadOutput(net)
-    path = CACHE / f"yolov8n_torchscript_{SIZE}.onnx"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["output0"],
+                          dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
+
+
+def export_ultralytics(yolo, path, work):
+    """ultralytics' own exporter (opset 17, static batch 1, no onnxslim), offline, run in ``work``."""
+    cwd = os.getcwd()
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(work))
+    os.chdir(work)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
-                              input_names=["images"], output_names=["output0"],
-                              dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
-    return wrapped, path
+            out = yolo.export(format="onnx", imgsz=SIZE, opset=17, simplify=False, dynamic=False, device="cpu",
+                              verbose=False)
+    finally:
+        os.chdir(cwd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(out if os.path.isabs(out) else work / out, path)
 
 
 @pytest.fixture(scope="session")
-def yolo11n_ultralytics(tmp_path_factory):
-    """(torch module, ONNX path): yolo11n exported by ultralytics' own exporter (opset 17, static batch 1, no
-    onnxslim), offline."""
-    yolo, net = ultralytics_net("yolo11n.yaml")
-    path = CACHE / f"yolo11n_ultralytics_{SIZE}.onnx"
-    if not path.exists():
-        work = tmp_path_factory.mktemp("ultralytics")
-        cwd = os.getcwd()
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(work))
-        os.chdir(work)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = yolo.export(format="onnx", imgsz=SIZE, opset=17, simplify=False, dynamic=False, device="cpu",
-                                  verbose=False)
-        finally:
-            os.chdir(cwd)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work / out if not os.path.isabs(out) else out, path)
-    return HeadOutput(net), path
+def ultralytics_onnx(tmp_path_factory):
+    """Factory: (yaml stem, exporter "torchscript" | "ultralytics") -> (torch module returning the head output, ONNX
+    path), each exported once (cached under the test cache)."""
+    made = {}
+
+    def get(stem: str, exporter: str):
+        if (stem, exporter) not in made:
+            yolo, net = ultralytics_net(f"{stem}.yaml")
+            path = CACHE / f"{stem}_{exporter}_{SIZE}.onnx"
+            if not path.exists():
+                if exporter == "torchscript":
+                    export_torchscript(HeadOutput(net), path)
+                else:
+                    export_ultralytics(yolo, path, tmp_path_factory.mktemp("ultralytics"))
+            made[stem, exporter] = (HeadOutput(net), path)
+        return made[stem, exporter]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def yolov8n_torchscript(ultralytics_onnx):
+    """(torch module returning the head output, ONNX path): yolov8n exported by torch.onnx.export."""
+    return ultralytics_onnx("yolov8n", "torchscript")
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
