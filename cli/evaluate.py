@@ -36,6 +36,7 @@ from onnx_cnnviz.runs import evaluate as runs_evaluate
 from onnx_cnnviz.runs.evaluate_plan import DEFAULT_METRICS, JOURNAL, Journal, needs_boxes  # noqa: F401
 from onnx_cnnviz.runs.evaluate_run import evaluate_all
 from onnx_cnnviz.runs.evaluate_tables import ranking_text
+from onnx_cnnviz.runs.method_layers import unavailable_line
 
 from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, batch_size_option, emit_json, flatten_lists, global_flags,
                      image_options, labels_option, layer_option, method_option, metric_options, model_options,
@@ -85,6 +86,10 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     mean +- t std/sqrt(n)), curve.METHOD.METRIC.png (the mean curve of each curve metric) and report.html (the ranking,
     curves, model and example maps on one page). Existing files are never replaced without --overwrite or
     --resume; input files never. With --ray the images are read and evaluated on Ray; the outputs are the same.
+
+    A method that cannot run on the model (Grad-CAM on an MLP: no spatial layer) is left out with a warning and the
+    others are measured. Exit codes: 0 all done; 1 an image could not be evaluated or a method could not run (the
+    rest is written; "failed" and "unavailable" in --json say which); 2 a usage error; 130 interrupted.
     """
     methods = flatten_lists(methods) or ["gradcam"]
     metrics = flatten_lists(metrics) or list(DEFAULT_METRICS)
@@ -115,7 +120,8 @@ def check_boxes_usage(metrics: list, boxes_file) -> None:
 def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_file, options: dict) -> None:
     """Evaluate ``methods`` x ``metrics`` on the images of ``options`` and write the tables, curves and page
     (:mod:`onnx_cnnviz.runs.evaluate`); print the ranking (or the --json document) and set the exit code: 130
-    interrupted, 1 when an image could not be evaluated, an error when nothing was measured."""
+    interrupted, 1 when an image could not be evaluated or a method could not run on the model (the others are
+    measured), an error when nothing was measured."""
     from pathlib import Path
 
     talk = reporter()
@@ -144,5 +150,8 @@ def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_fi
     if tally.failed:
         click.echo(f"cnnviz: error: {len(tally.failed)} of {len(paths)} image(s) could not be evaluated (listed "
                    f"above); the other results are in {job.out}", err=True)
+        ctx.exit(EXIT_FAILURE)
+    if job.unavailable:
+        click.echo(f"cnnviz: error: {unavailable_line(job.unavailable, job.out)}", err=True)
         ctx.exit(EXIT_FAILURE)
     talk.info(f"{len(results.rows)} row(s) in {job.out} ({tally.computed} computed, {len(work.done)} kept)")

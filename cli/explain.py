@@ -15,6 +15,7 @@ import click
 from onnx_cnnviz.methods import registry
 from onnx_cnnviz.runs import explain as runs_explain
 from onnx_cnnviz.runs.explain_run import explain_all
+from onnx_cnnviz.runs.method_layers import unavailable_line
 
 from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, apply, batch_size_option, emit_json, flatten_lists,
                      global_flags, image_options, labels_option, layer_option, method_option, model_options,
@@ -69,6 +70,10 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
     changes it) and skipped like unreadable ones. Input files are never written, whatever the flags. With --json the
     summary lists the records written ("results") and maps each image to the files of its finished results
     ("files"), also after Ctrl-C; paths in JSON are absolute.
+
+    A method that cannot run on the model (Grad-CAM on an MLP: no spatial layer) is left out with a warning and the
+    others run. Exit codes: 0 all done; 1 an image could not be explained or a method could not run (the rest is
+    written; "failed" and "unavailable" in --json say which); 2 a usage error; 130 interrupted (--resume finishes).
     """
     params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode, "samples": samples,
               "noise": noise, "steps": steps}
@@ -135,5 +140,8 @@ def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
     if outcome.failed:
         click.echo(f"cnnviz: error: {len(outcome.failed)} of {len(paths)} image(s) could not be explained (listed "
                    f"above); the other results are in {job.out}", err=True)
+        ctx.exit(EXIT_FAILURE)
+    if job.unavailable:
+        click.echo(f"cnnviz: error: {unavailable_line(job.unavailable, job.out)}", err=True)
         ctx.exit(EXIT_FAILURE)
     talk.info(f"{len(results)} result(s) in {job.out}")

@@ -59,7 +59,7 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
     pre = resolve_preprocessing(m, options["preprocess"], options["mean"], options["std"], options["size"],
                                 options["order"], options["scale"], options["input_size"],
                                 model_name=Path(options["model"]).name, reporter=reporter)
-    job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options)
+    job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options, reporter)
     outputs = output_files(out, methods, metrics)
     work = plan(job, outputs, paths, reporter)
     if work.done:
@@ -97,7 +97,8 @@ def finish(m, job, outputs: dict, paths: list, work: Plan, tally: Tally, model_n
     return {**document, "out": abspath(job.out), "results": results.rows, "summary": summary,
             "ranking": ranking(summary, job.metrics), "files": files, "failed": tally.failed,
             "computed": tally.computed, "kept": len(work.done), "stale": work.stale,
-            "removed_temporary": [abspath(p) for p in work.removed], "interrupted": tally.interrupted}, results
+            "removed_temporary": [abspath(p) for p in work.removed], "interrupted": tally.interrupted,
+            "unavailable": job.unavailable}, results
 
 
 def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), metrics=tuple(DEFAULT_METRICS),

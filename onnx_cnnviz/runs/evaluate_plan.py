@@ -17,6 +17,7 @@ from ..image import Preprocessing
 from ..methods import registry
 from ..metrics import registry as metric_registry
 from .labels import option_error, resolve_labels, resolve_target
+from .method_layers import method_layers
 from .outputs import abspath, open_journal, protect_inputs, remove_stale_temps
 
 #: The confidence interval the summary reports, in words (the CSV header and the JSON say it).
@@ -78,6 +79,8 @@ class Job:
     rows_per_run: int | None
     boxes: list | None = None
     inputs: tuple = ()
+    #: {method: why it cannot run on this model}: the asked methods left out (:mod:`.method_layers`).
+    unavailable: dict = field(default_factory=dict)
     _settings: dict = field(default_factory=dict, repr=False)  # (method, metric) -> the settings but the boxes
 
     def row_settings(self, method: str, metric: str, image: int) -> dict:
@@ -95,16 +98,18 @@ class Job:
         return self._settings[key]
 
 def build_job(m, pre: Preprocessing, paths: list, methods: list, metrics: list, params: dict, boxes_file,
-              options: dict) -> Job:
+              options: dict, reporter=None) -> Job:
     """Check the options against the loaded model ``m`` (labels, the target class, each method's layer, the boxes of
-    every image), so that a bad one fails before any image is explained, and fix the settings."""
+    every image), so that a bad one fails before any image is explained, and fix the settings. A method that cannot
+    run on ``m`` is left out and told to ``reporter`` (:func:`~.method_layers.method_layers`)."""
     from .. import report
 
     labels = resolve_labels(m, options["labels"])
     target = resolve_target(options["target"], labels)
     if target is not None:
         m.targets_for(target, 1)  # a class out of range fails now, not after the first batch
-    layers = {name: registry.resolved_layer(m, name, options["layer"]) for name in methods}
+    layers, unavailable = method_layers(m, methods, options["layer"], reporter)
+    methods = list(layers)
     wanting = [name for name in metrics if needs_boxes(name)]
     boxes = ground_truth_boxes(boxes_file, paths, pre, wanting) if wanting else None
     return Job(out=Path(options["out_dir"]), methods=methods, metrics=metrics, params=params, target=target,
@@ -112,7 +117,8 @@ def build_job(m, pre: Preprocessing, paths: list, methods: list, metrics: list, 
                preprocessing_info=report.preprocessing_info(pre), labels=labels,
                model_path=str(Path(options["model"]).resolve()), overwrite=options["overwrite"],
                resume=options["resume"], batch_size=options["batch_size"], rows_per_run=options["rows_per_run"],
-               boxes=boxes, inputs=tuple(p for p in (options["model"], options["labels"], boxes_file) if p))
+               boxes=boxes, inputs=tuple(p for p in (options["model"], options["labels"], boxes_file) if p),
+               unavailable=unavailable)
 
 def ground_truth_boxes(boxes_file, paths: list, pre: Preprocessing, wanting: list) -> list:
     """Per image of ``paths``, its ground-truth boxes (:class:`~onnx_cnnviz.metrics.boxes.Box`) in model-input

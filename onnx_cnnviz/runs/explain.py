@@ -80,7 +80,7 @@ def summary(m, job: RunSettings, paths: list, keys: list, work: Plan, outcome: O
     document = {"model": job.model_path, "out": abspath(job.out), "device": m.device, "methods": job.methods,
                 "results": results, "files": files, "skipped": work.skipped, "stale": work.stale,
                 "broken": work.broken, "removed_temporary": [abspath(p) for p in work.removed],
-                "failed": outcome.failed, "interrupted": outcome.interrupted}
+                "failed": outcome.failed, "interrupted": outcome.interrupted, "unavailable": job.unavailable}
     return document, complete
 
 
@@ -125,7 +125,8 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
 
     Returns:
         The run's document, as ``cnnviz explain --json`` prints it: "results" (the records written), "files" (image
-        -> its files), "skipped", "stale", "broken", "removed_temporary", "failed", "interrupted".
+        -> its files), "skipped", "stale", "broken", "removed_temporary", "failed", "interrupted", "unavailable"
+        ({method: why it cannot run on this model}: the asked methods left out, the others run).
 
     Raises:
         InputError: a bad option, no images, an output that would replace an input or (without ``overwrite`` or

@@ -16,6 +16,7 @@ from ..files import check_regular
 from ..image import Preprocessing
 from ..methods import registry
 from .labels import check_top_k, option_error, resolve_labels, resolve_target
+from .method_layers import method_layers
 from .outputs import abspath, broken_file, protect_inputs, remove_stale_temps
 
 
@@ -57,6 +58,8 @@ class RunSettings:
     model_path: str
     version: str
     inputs: tuple = ()
+    #: {method: why it cannot run on this model}: the asked methods left out (:mod:`.method_layers`).
+    unavailable: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, m, pre: Preprocessing, methods: list, params: dict, options: dict, reporter) -> RunSettings:
@@ -71,7 +74,8 @@ class RunSettings:
         labels = resolve_labels(m, options["labels"])
         target = resolve_target(options["target"], labels)
         top_k = check_top_k(options["top_k"], m.num_classes)
-        layers = {name: registry.resolved_layer(m, name, options["layer"]) for name in methods}
+        layers, unavailable = method_layers(m, methods, options["layer"], reporter)
+        methods = list(layers)
         if target is not None:
             m.targets_for(target, 1)  # a class out of range fails now, not after the first batch
         if top_k:
@@ -93,7 +97,7 @@ class RunSettings:
                    alpha=options["alpha"], colormap=options["colormap"], preprocessing=pre,
                    preprocessing_info=report.preprocessing_info(pre), labels=labels,
                    model_path=str(Path(options["model"]).resolve()), version=__version__,
-                   inputs=tuple(p for p in (options["model"], options["labels"]) if p))
+                   inputs=tuple(p for p in (options["model"], options["labels"]) if p), unavailable=unavailable)
 
     @property
     def k(self) -> int:

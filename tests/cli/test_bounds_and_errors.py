@@ -9,12 +9,14 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_cnnviz import runs
 from onnx_cnnviz.errors import InputError
 from tests.conftest import REPO
-from tests.tiny_models import CLASSES
+from tests.tiny_models import CLASSES, make_model, save
 
 from . import invoke
 
@@ -97,3 +99,46 @@ def test_huge_seed_is_a_usage_error(tmp_path):
     result = invoke("dream", REPO / "models" / "gap_cnn.onnx", "--seed", HUGE, "--out", tmp_path / "d.png")
     assert result.exit_code == 2, result.output
     assert "0<=x<=4294967295" in result.stderr
+
+
+def mlp(path):
+    """A 3x8x8 -> 5 MLP (Flatten, MatMul, Add): no spatial layer, so Grad-CAM has nothing to explain at."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("MatMul", ["f", "W"], ["h"]),
+             helper.make_node("Add", ["h", "B"], ["y"])]
+    inits = [numpy_helper.from_array(rng.normal(size=(192, CLASSES)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(CLASSES, np.float32), "B")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, CLASSES])], inits)
+    return save(model, path)
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_a_method_that_cannot_run_is_left_out_and_the_others_run(inputs, tmp_path, command):
+    model = mlp(tmp_path / "mlp.onnx")
+    out = tmp_path / "out"
+    extra = ["--metric", "average-drop"] if command == "evaluate" else []
+    result = invoke(command, model, inputs / "a.png", "-m", "gradcam,saliency", *extra, "--out", out,
+                    "--preprocess", "imagenet", "--json")
+    assert result.exit_code == 1, result.output
+    assert "gradcam cannot run on this model" in result.stderr and "no spatial feature map" in result.stderr
+    assert "1 method(s) could not run on this model (gradcam" in result.stderr.strip().splitlines()[-1]
+    doc = json.loads(result.stdout)
+    assert list(doc["unavailable"]) == ["gradcam"] and doc["methods"] == ["saliency"]
+    if command == "explain":
+        assert sorted(p.name for p in out.glob("*.json")) == ["a.saliency.top1.json"]
+    else:
+        assert [(r["method"], r["metric"]) for r in doc["results"]] == [("saliency", "average-drop")]
+
+
+def test_no_method_that_can_run_is_the_typed_error(inputs, tmp_path):
+    result = invoke("explain", mlp(tmp_path / "mlp.onnx"), inputs / "a.png", "-m", "gradcam", "--out",
+                    tmp_path / "out", "--preprocess", "imagenet")
+    assert result.exit_code == 1 and "no spatial feature map" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_wrong_layer_given_is_still_an_error_for_every_method(inputs, tmp_path):
+    result = invoke("explain", inputs / "model.onnx", inputs / "a.png", "-m", "gradcam,saliency", "--layer",
+                    "no-such-layer", "--out", tmp_path / "out", "--preprocess", "imagenet")
+    assert result.exit_code in (1, 2) and "no-such-layer" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
