@@ -688,9 +688,10 @@ def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None):
 def resolve_preprocessing(ctx: click.Context, m, preprocess, mean, std, size, order, scale, input_size=None,
                           model_name: str = "the model"):
     """The run's preprocessing policy (:func:`onnx_cnnviz.runs.preprocessing.resolve_preprocessing`), warning once
-    when the preprocessing is only assumed."""
-    return preprocessing.resolve_preprocessing(m, preprocess, mean, std, size, order, scale, input_size, model_name,
-                                               reporter())
+    when the preprocessing is only assumed; a --size over the model's pixel limit is a usage error of --size."""
+    with usage_errors():
+        return preprocessing.resolve_preprocessing(m, preprocess, mean, std, size, order, scale, input_size,
+                                                   model_name, reporter())
 
 
 def channel_order(m, order: str | None, model_name: str = "the model") -> str:

@@ -71,9 +71,27 @@ def choose_preprocessing(m, preprocess=None, mean=None, std=None, size=None, ord
         source, name, base = ("flags" if given else "model"), None, RAW_PIXELS
     else:
         source, name, base = ("flags" if given else "assumed"), ASSUMED_PRESET, preset(ASSUMED_PRESET)
+    check_size(m, size, "--size")
+    check_size(m, input_size, "--input-size")
     pre = get_preprocessing(base, size=size or input_size, mean=mean, std=std, order=order.upper() if order else None,
                             scale=scale[0] if scale else None)
     return PreprocessingChoice(fit_preprocessing(m, pre), source, name, tuple(given))
+
+
+def check_size(m, size, option: str) -> None:
+    """Refuse a ``size`` (H, W) the pictures would be resized to whose H*W is over the model's ``max_pixels``
+    (:class:`InputError` about ``option``), before any picture is read, resized or allocated at that size (a
+    30000x30000 --size on a dynamic-size model passed 5 GB before the model's own check, after the resize)."""
+    from .labels import option_error
+
+    limit = getattr(m, "max_pixels", None)
+    if not size or limit is None:
+        return
+    h, w = (int(v) for v in size)
+    if h * w > limit:
+        raise option_error(f"{option} {h}x{w} is {h * w:,} pixels, more than the model's max_pixels={limit:,}; give "
+                           "a smaller size: every feature map scales with it (the limit is set when the model is "
+                           "loaded: onnx_cnnviz.load(..., max_pixels=N)).", option)
 
 
 def assumed_warning(model_name: str) -> str:

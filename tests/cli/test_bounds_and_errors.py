@@ -142,3 +142,35 @@ def test_a_wrong_layer_given_is_still_an_error_for_every_method(inputs, tmp_path
                     "no-such-layer", "--out", tmp_path / "out", "--preprocess", "imagenet")
     assert result.exit_code in (1, 2) and "no-such-layer" in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def dynamic_size_model(path):
+    """The tiny classifier with a dynamic height and width (any --size is accepted by the graph)."""
+    from tests.tiny_models import gap_classifier
+
+    model = gap_classifier()
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "side"
+    return save(model, path)
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate", "report"])
+def test_a_size_over_the_models_pixel_limit_is_refused_before_any_resize(inputs, tmp_path, command):
+    """4200x4200 (17.6 M pixels) is over the default max_pixels (16.7 M): refused as a usage error of --size from
+    the numbers alone; before, the pictures were resized to it first (30000x30000 passed 5 GB)."""
+    model = dynamic_size_model(tmp_path / "dyn.onnx")
+    result = invoke(command, model, inputs / "a.png", "-m", "saliency", "--size", "4200x4200", "--out",
+                    tmp_path / "out", "--preprocess", "imagenet")
+    assert result.exit_code == 2, result.output
+    assert "--size 4200x4200 is 17,640,000 pixels, more than the model's max_pixels" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    runs_ok = invoke(command, model, inputs / "a.png", "-m", "saliency", "--size", "16x16", "--out", tmp_path / "ok",
+                     "--preprocess", "imagenet")
+    assert runs_ok.exit_code == 0, runs_ok.output
+
+
+def test_library_runs_refuse_a_size_over_the_pixel_limit(inputs, tmp_path):
+    with pytest.raises(InputError, match="more than the model's max_pixels") as info:
+        runs.explain_images(dynamic_size_model(tmp_path / "dyn.onnx"), inputs, tmp_path / "a",
+                            methods=["saliency"], size=(30000, 30000), preprocess="imagenet")
+    assert info.value.option == "--size"
