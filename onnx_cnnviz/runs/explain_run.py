@@ -64,28 +64,32 @@ def explain_group(m, job: RunSettings, x: np.ndarray, items: list, paths: list, 
     """Explain the same-size images ``x`` (one row per plan item of ``items``) with each method still missing for
     them, for the run's classes (top-1, the top-k or --target), and write every result not in ``done`` (records
     --resume keeps), appending each record to ``records`` once it is on disk. ``bar``: the run's
-    progress display, told each method's units of work; ``reporter``: told the line of each result."""
+    progress display, told each method's units of work; ``reporter``: told the line of each result.
+
+    The (image, class) results are computed --batch-size at a time and written before the next ones, so memory is
+    set by --batch-size, not by the images times --top-k (8 images x 100 classes held 800 maps and 800 copies of
+    the images at once)."""
     from .. import report
     from ..image import deprocess
 
-    # The rows per onnxruntime run are --rows-per-run, else left to the library; --batch-size only bounds the images
-    # read at once.
+    # The rows per onnxruntime run are --rows-per-run, else left to the library; --batch-size bounds the images
+    # read at once and the (image, class) results held at once.
     scores = m.scores(x, batch_size=job.rows_per_run)
     probs = report.probabilities(scores, m.softmax_skipped)
     classes = explained_classes(job, scores)
     views = deprocess(x, preset=job.preprocessing)
     for name in job.methods:
         rows = [j for j, (_, missing) in enumerate(items) if name in missing]
-        if not rows:
+        pending = [(j, r) for j in rows for r in range(job.k)
+                   if job.files(keys[items[j][0]], name, job.ranks[r]).json not in done]
+        if not pending:
             continue
-        maps = method_maps(m, job, name, x[rows], classes[rows],
-                           progress=bar.method_progress(name) if bar is not None else None)
-        for row, j in enumerate(rows):
-            i = items[j][0]
-            image = ImageRow(paths[i], keys[i], views[j], scores[j], probs[j])
-            for r in range(job.k):
-                if job.files(image.key, name, job.ranks[r]).json not in done:
-                    write_result(m, job, name, image, r, int(classes[j, r]), maps[row, r], records, reporter)
+        progress = bar.method_progress(name) if bar is not None else None
+        for chunk, maps in result_chunks(m, job, name, x, classes, pending, progress):
+            for (j, r), result in zip(chunk, maps):
+                i = items[j][0]
+                image = ImageRow(paths[i], keys[i], views[j], scores[j], probs[j])
+                write_result(m, job, name, image, r, int(classes[j, r]), result, records, reporter)
 
 
 def explained_classes(job: RunSettings, scores: np.ndarray) -> np.ndarray:
@@ -97,17 +101,29 @@ def explained_classes(job: RunSettings, scores: np.ndarray) -> np.ndarray:
     return scores.argmax(axis=1)[:, None]
 
 
-def method_maps(m, job: RunSettings, name: str, x: np.ndarray, classes: np.ndarray, progress=None) -> np.ndarray:
-    """Method ``name``'s results for the images ``x`` and their ``classes`` (N, k), as (N, k, ...). A method that
-    does not depend on the class runs once per image, its result standing for each class. ``progress``: told the
-    method's units of work (see :func:`registry.explain`)."""
+def result_chunks(m, job: RunSettings, name: str, x: np.ndarray, classes: np.ndarray, pending: list,
+                  progress=None):
+    """Method ``name``'s results for the ``pending`` (image row, rank index) pairs of the images ``x`` and their
+    ``classes`` (N, k), --batch-size pairs at a time: yields (pairs, their maps). A method that does not depend on
+    the class runs once per image (--batch-size images at a time), its result standing for each of its classes.
+    ``progress``: told the method's units of work (see :func:`registry.explain`)."""
+    step = max(1, job.batch_size)
     if registry.get(name).class_specific:
-        raw = registry.explain(m, name, np.repeat(x, job.k, axis=0), classes.reshape(-1), layer=job.layer,
-                               params=job.params, batch_size=job.rows_per_run, progress=progress)
-        return raw.reshape(len(x), job.k, *raw.shape[1:])
-    raw = registry.explain(m, name, x, classes[:, 0], layer=job.layer, params=job.params,
-                           batch_size=job.rows_per_run, progress=progress)
-    return np.repeat(raw[:, None], job.k, axis=1)
+        for start in range(0, len(pending), step):
+            chunk = pending[start:start + step]
+            rows = [j for j, _ in chunk]
+            targets = np.array([classes[j, r] for j, r in chunk])
+            yield chunk, registry.explain(m, name, x[rows], targets, layer=job.layer, params=job.params,
+                                          batch_size=job.rows_per_run, progress=progress)
+        return
+    images = sorted({j for j, _ in pending})
+    for start in range(0, len(images), step):
+        some = images[start:start + step]
+        raw = registry.explain(m, name, x[some], classes[some, 0], layer=job.layer, params=job.params,
+                               batch_size=job.rows_per_run, progress=progress)
+        where = {j: n for n, j in enumerate(some)}
+        chunk = [(j, r) for j, r in pending if j in where]
+        yield chunk, [raw[where[j]] for j, _ in chunk]
 
 
 def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int, result: np.ndarray,
