@@ -30,10 +30,24 @@ from onnx_cnnviz.metrics import registry as metric_registry
 from onnx_cnnviz.runs import explain_plan, labels, preprocessing
 from onnx_cnnviz.runs.images import collect_images, image_keys  # noqa: F401  (the commands' one collector)
 from onnx_cnnviz.runs.labels import resolve_labels  # noqa: F401
-from onnx_cnnviz.runs.outputs import (abspath, check_outputs, npy_bytes, out_folder, protect_inputs,  # noqa: F401
-                                      save_json, save_npy)
-from onnx_cnnviz.runs.preprocessing import (ASSUMED_PRESET, PRESET_NAMES, PreprocessingChoice,  # noqa: F401
-                                            assumed_warning, choose_preprocessing, load_model, preset)
+from onnx_cnnviz.runs.outputs import (  # noqa: F401
+    abspath,
+    check_outputs,
+    npy_bytes,
+    out_folder,
+    protect_inputs,
+    save_json,
+    save_npy,
+)
+from onnx_cnnviz.runs.preprocessing import (  # noqa: F401
+    ASSUMED_PRESET,
+    PRESET_NAMES,
+    PreprocessingChoice,
+    assumed_warning,
+    choose_preprocessing,
+    load_model,
+    preset,
+)
 from onnx_cnnviz.runs.reporting import Reporter
 
 # Exit codes besides 0 and click's 2 for bad usage (see main.py's docstring).

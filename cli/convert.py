@@ -7,9 +7,21 @@ import click
 
 from onnx_cnnviz.errors import InputError
 
-from .common import (abspath, check_outputs, finish, global_flags, input_size_option, labels_option,
-                     no_check_option, opset_option, out_model_option, overwrite_option, preprocess_option, preset,
-                     seed_option)
+from .common import (
+    abspath,
+    check_outputs,
+    finish,
+    global_flags,
+    input_size_option,
+    labels_option,
+    no_check_option,
+    opset_option,
+    out_model_option,
+    overwrite_option,
+    preprocess_option,
+    preset,
+    seed_option,
+)
 
 
 @click.group("convert")

@@ -38,11 +38,33 @@ from onnx_cnnviz.runs.evaluate_run import evaluate_all
 from onnx_cnnviz.runs.evaluate_tables import ranking_text
 from onnx_cnnviz.runs.method_layers import unavailable_line
 
-from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, batch_size_option, emit_json, flatten_lists, global_flags,
-                     image_options, labels_option, layer_option, method_option, metric_options, model_options,
-                     out_folder_option, overwrite_option, parse_metric_params, preprocessing_options, ray_option,
-                     recursive_option, reporter, rows_per_run_option, settings, shared_option, target_option,
-                     usage_errors, warn)
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    batch_size_option,
+    emit_json,
+    flatten_lists,
+    global_flags,
+    image_options,
+    labels_option,
+    layer_option,
+    method_option,
+    metric_options,
+    model_options,
+    out_folder_option,
+    overwrite_option,
+    parse_metric_params,
+    preprocessing_options,
+    ray_option,
+    recursive_option,
+    reporter,
+    rows_per_run_option,
+    settings,
+    shared_option,
+    target_option,
+    usage_errors,
+    warn,
+)
 
 #: --resume's help: the same words as explain's (one meaning per flag, tests/cli/test_one_tool.py), with a note.
 RESUME_HELP = ("Skip the results whose .json record exists and was made with the same model, parameters and "

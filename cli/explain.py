@@ -17,11 +17,35 @@ from onnx_cnnviz.runs import explain as runs_explain
 from onnx_cnnviz.runs.explain_run import explain_all
 from onnx_cnnviz.runs.method_layers import unavailable_line
 
-from .common import (EXIT_FAILURE, EXIT_INTERRUPTED, apply, batch_size_option, emit_json, flatten_lists,
-                     global_flags, image_options, labels_option, layer_option, method_option, model_options,
-                     occlusion_options, out_folder_option, overwrite_option, preprocessing_options, ray_option,
-                     recursive_option, reporter, rows_per_run_option, settings, shared_option, smoothgrad_ig_options,
-                     stack, target_option, top_k_option, usage_errors)
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    apply,
+    batch_size_option,
+    emit_json,
+    flatten_lists,
+    global_flags,
+    image_options,
+    labels_option,
+    layer_option,
+    method_option,
+    model_options,
+    occlusion_options,
+    out_folder_option,
+    overwrite_option,
+    preprocessing_options,
+    ray_option,
+    recursive_option,
+    reporter,
+    rows_per_run_option,
+    settings,
+    shared_option,
+    smoothgrad_ig_options,
+    stack,
+    target_option,
+    top_k_option,
+    usage_errors,
+)
 
 
 def run_options(f):

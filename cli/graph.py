@@ -5,8 +5,17 @@ import click
 
 from onnx_cnnviz.graph.autodiff.rules import RULE_SETS
 
-from .common import (abspath, check_outputs, finish, global_flags, layer_option, load_model, model_options,
-                     out_model_option, overwrite_option)
+from .common import (
+    abspath,
+    check_outputs,
+    finish,
+    global_flags,
+    layer_option,
+    load_model,
+    model_options,
+    out_model_option,
+    overwrite_option,
+)
 
 
 @click.command("export-graph")

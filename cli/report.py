@@ -7,12 +7,39 @@ import click
 
 from onnx_cnnviz.methods import registry
 
-from .common import (EXIT_FAILURE, abspath, check_outputs, check_top_k, collect_images, finish, flatten_lists,
-                     global_flags, image_options, labels_option, layer_option, method_option, method_parameter_options,
-                     metric_options, model_and_preprocessing, model_options, occlusion_geometry, out_folder,
-                     out_folder_option, overwrite_option, parse_metric_params, preprocessing_options, progress,
-                     recursive_option, resolve_labels,
-                     resolve_target, rows_per_run_option, shared_option, target_option, top_k_option, warn)
+from .common import (
+    EXIT_FAILURE,
+    abspath,
+    check_outputs,
+    check_top_k,
+    collect_images,
+    finish,
+    flatten_lists,
+    global_flags,
+    image_options,
+    labels_option,
+    layer_option,
+    method_option,
+    method_parameter_options,
+    metric_options,
+    model_and_preprocessing,
+    model_options,
+    occlusion_geometry,
+    out_folder,
+    out_folder_option,
+    overwrite_option,
+    parse_metric_params,
+    preprocessing_options,
+    progress,
+    recursive_option,
+    resolve_labels,
+    resolve_target,
+    rows_per_run_option,
+    shared_option,
+    target_option,
+    top_k_option,
+    warn,
+)
 
 DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam"]
 

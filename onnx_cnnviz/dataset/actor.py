@@ -25,7 +25,6 @@ from ..errors import CnnvizError, InputError
 from . import records, sources
 
 
-
 @dataclass(frozen=True)
 class ActorSpec:
     """What an actor needs, fixed on the driver: the model file and how to load it (``load_kwargs``: device, input,
@@ -163,8 +162,8 @@ class ExplainWork:
         gives NaN."""
         if not self.metrics or not written:
             return {}
-        from ..metrics.inputs import explanation_for
         from ..metrics import registry as metric_registry
+        from ..metrics.inputs import explanation_for
 
         row_of = {str(paths[j].resolve()): r for r, (j, _) in enumerate(items)}
         groups: dict = {}

@@ -30,9 +30,9 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import CnnvizError, InputError, RuntimeFailure
 from . import records, require_ray, sources
@@ -450,9 +450,9 @@ def evaluate_on_ray(job, paths: list, work, journal_path: Path, options: dict, r
     the single-process run lists them; the page's example maps are made here later, by ``finish_run``.
     ``options``: the command's options (model loading, --max-pixels through the pixel limit in force, --ray
     ADDRESS)."""
+    from ..image.reading import current_pixel_limit
     from ..runs.evaluate_plan import Journal
     from ..runs.evaluate_run import Tally
-    from ..image.reading import current_pixel_limit
 
     tally = Tally()
     items = evaluate_items(paths, work.todo)

@@ -20,8 +20,17 @@ from ..errors import CnnvizError, InputError
 from ..metrics import registry as metric_registry
 from .evaluate_plan import DEFAULT_METRICS, JOURNAL, Plan, build_job, needs_boxes, output_files, plan
 from .evaluate_run import Tally, complete_examples, evaluate_all
-from .evaluate_tables import (Results, curve_pictures, page_text, ranking, read_results, run_document, summarise,
-                              undefined_lines, write_outputs)
+from .evaluate_tables import (
+    Results,
+    curve_pictures,
+    page_text,
+    ranking,
+    read_results,
+    run_document,
+    summarise,
+    undefined_lines,
+    write_outputs,
+)
 from .images import collect_images
 from .outputs import abspath, out_folder
 from .preprocessing import LIBRARY_DEFAULT, load_model, resolve_preprocessing

@@ -13,8 +13,18 @@ import numpy as np
 
 from ..metrics import registry as metric_registry
 from ..metrics.intervals import mean_interval
-from .evaluate_plan import (CI_FORMULA, EXAMPLES, JOURNAL, PAGE, RESULT_FIELDS, SUMMARY_FIELDS, TABLES, Job,
-                            journal_lines, row_key)
+from .evaluate_plan import (
+    CI_FORMULA,
+    EXAMPLES,
+    JOURNAL,
+    PAGE,
+    RESULT_FIELDS,
+    SUMMARY_FIELDS,
+    TABLES,
+    Job,
+    journal_lines,
+    row_key,
+)
 from .evaluate_run import Tally
 from .outputs import abspath, save_json
 

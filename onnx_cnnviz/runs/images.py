@@ -15,7 +15,6 @@ from ..errors import InputError
 from ..image import IMAGE_SUFFIXES, Preprocessing
 from .outputs import abspath
 
-
 # The names of the pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png, evaluate's
 # curve.METHOD.METRIC.png): left out of the inputs taken from folders and globs inside the output folder, when the
 # file this tool writes beside each of them is there too (see _is_ours).
