@@ -30,6 +30,7 @@ from .common import (
     layer_option,
     method_option,
     model_options,
+    occlusion_only_options,
     occlusion_options,
     out_folder_option,
     overwrite_option,
@@ -49,14 +50,14 @@ from .common import (
 
 
 def run_options(f):
-    """Options shared by explain and occlusion: targets, layer, output, batching."""
+    """Options shared by explain and occlusion: targets, output, batching (--layer: :func:`explain_cmd`'s only, as
+    occlusion reads no layer)."""
     return apply(
         f,
         click.argument("model", type=click.Path()),
         click.argument("images", nargs=-1, required=True),
         target_option("Explain it for every image."),
-        top_k_option("one result per class (RANK topK in the file names)."),
-        layer_option("Feature map of the CAM family (default: the last spatial map)."),
+        top_k_option("one result per class, written as NAME.METHOD.topK.png (.npy, .json), top1 the best."),
         out_folder_option,
         batch_size_option,
         rows_per_run_option(),
@@ -75,6 +76,7 @@ def run_options(f):
 @click.command("explain")
 @run_options
 @method_option(registry.names, "Default: gradcam.")
+@layer_option("Feature map of the CAM family (default: the last spatial map).")
 @occlusion_options
 @stack(*smoothgrad_ig_options())
 @preprocessing_options
@@ -106,7 +108,7 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
 
 @click.command("occlusion")
 @run_options
-@occlusion_options
+@occlusion_only_options
 @preprocessing_options
 @labels_option()
 @model_options
@@ -119,7 +121,7 @@ def occlusion_cmd(ctx, window, stride, baseline, occlusion_mode, **kw):
     Same outputs and options as `cnnviz explain --method occlusion`.
     """
     params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode}
-    run(ctx, ["occlusion"], params, **kw)
+    run(ctx, ["occlusion"], params, layer=None, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -49,12 +49,16 @@ def evaluate_all(m, job: Job, paths: list, work: Plan, journal_path: Path, repor
     tally = Tally()
     journal = Journal(journal_path, job.resume)
     try:
-        with reporter.progress(len(work.todo), "evaluating") as bar:
+        # Counted in rows (image x method x metric), each as it is journaled: counted in images, a batch of 4
+        # same-size pictures stayed at "0/4 images" until every method and metric of all 4 was done.
+        with reporter.progress(sum(len(missing) for _, missing in work.todo), "evaluating", unit="rows") as bar:
             for start in range(0, len(work.todo), job.batch_size):
                 chunk = work.todo[start:start + job.batch_size]
+                before = tally.computed
                 for x, items in same_size_groups(read_batch(paths, chunk, job.preprocessing, tally.failed, reporter)):
                     evaluate_group(m, job, x, items, paths, journal, tally, bar, reporter)
-                bar.update(len(chunk))
+                # The rows of the pictures that could not be read.
+                bar.update(sum(len(missing) for _, missing in chunk) - (tally.computed - before))
     except KeyboardInterrupt:
         tally.interrupted = True
     finally:
@@ -85,6 +89,8 @@ def evaluate_group(m, job: Job, x: np.ndarray, items: list, paths: list, journal
                 result = score(m, job, metric, method, x[rows][sub], maps[sub], targets[rows][sub],
                                [images[r] for r in sub], bar)
                 record(job, journal, tally, [images[r] for r in sub], paths, method, metric, result, maps[sub])
+                if bar is not None:
+                    bar.update(len(sub))
 
 def method_maps(m, method: str, x: np.ndarray, targets: np.ndarray, layer, rows_per_run, paths: list,
                 progress=None) -> np.ndarray:
@@ -114,9 +120,11 @@ def score(m, job: Job, metric: str, method: str, x: np.ndarray, maps: np.ndarray
     """Metric ``metric`` on ``method``'s ``maps`` of the images ``x`` (indices ``images`` of the run)."""
     params = job.params[metric]
     extra = {"boxes": [job.boxes[i] for i in images]} if needs_boxes(metric) else {}
+    # The progress names the method whose maps are scored: "deletion of gradcam 3/16", not "deletion 3/16".
     return metric_registry.evaluate(metric, m, x, explanation_for(metric, maps, method, params), targets, params=params,
                                     batch_size=job.rows_per_run,
-                                    progress=bar.method_progress(metric) if bar is not None else None, **extra)
+                                    progress=bar.method_progress(f"{metric} of {method}") if bar is not None else None,
+                                    **extra)
 
 def warn_probability_output(m, scores: np.ndarray, tally: Tally | None = None, reporter=None) -> None:
     """Say once when the model's output is already a probability (rows summing to 1, no Softmax for the engine to
