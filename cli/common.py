@@ -641,23 +641,24 @@ def method_parameter_options(f):
 
 def occlusion_options(f):
     """--window, --stride, --baseline, --mode: for explain and report (--baseline is also integrated gradients')."""
-    return _occlusion_options(f, "Fill value of the occluded window and the integrated-gradients baseline, or 'mean' "
-                                 "(the image's channel means; occlusion only).")
+    return _occlusion_options(f, "Also the integrated-gradients baseline ('mean' is occlusion's only).")
 
 
 def occlusion_only_options(f):
     """--window, --stride, --baseline, --mode: for ``cnnviz occlusion``, whose --baseline is occlusion's alone."""
-    return _occlusion_options(f, "Fill value of the occluded window, or 'mean' (the image's channel means).")
+    return _occlusion_options(f, None)
 
 
-def _occlusion_options(f, baseline_help: str):
+def _occlusion_options(f, baseline_note: str | None):
     return apply(
         f,
         shared_option("--window", type=SizeType(), default="16x16", show_default=True,
                       help="Occlusion window HxW (or one number)."),
         shared_option("--stride", type=SizeType(), default="8x8", show_default=True,
                       help="Occlusion stride HxW (or one number)."),
-        shared_option("--baseline", type=BaselineType(), default=0.0, show_default=True, help=baseline_help),
+        shared_option("--baseline", type=BaselineType(), default=0.0, show_default=True,
+                      help="Fill value of the occluded window, or 'mean' (the image's channel means).",
+                      note=baseline_note),
         shared_option("--mode", "occlusion_mode", type=click.Choice(["score", "probability"]), default="score",
                       show_default=True, help="Occlusion map: score drop, or probability with the window occluded."))
 
