@@ -177,6 +177,15 @@ def check_combined(m, x, targets, maps, derived) -> float:
     return gap
 
 
+def _zero_colour(pre: dict) -> str:
+    """What 0 in the model's normalised input is, as a colour: the mean the preprocessing subtracts."""
+    scale = pre.get("scale", 1 / 255 if max(pre["mean"]) <= 1 else 1.0)
+    level = [m / scale for m in pre["mean"]]
+    if max(level) - min(level) < 1e-9:
+        return f"the grey level {level[0]:g} of 0..255"
+    return "the mean colour " + ", ".join(f"{v:.0f}" for v in level) + " of 0..255"
+
+
 def _preprocess_text(pre: dict) -> str:
     """The preprocessing of a results document in words (older documents hold only size, mean and std)."""
     if "text" in pre:
@@ -215,7 +224,7 @@ def measure(args, log) -> dict:
     return {"command": args.command, "model": str(Path(model).relative_to(ROOT)), "model_tag":
             m.metadata.get("cnnviz.model", "?"), "layer": m.default_layer, "images": images,
             "preprocess": {"mean": list(prep.mean), "std": list(prep.std), "size": list(prep.size),
-                           "resize": prep.resize, "text": prep.describe()},
+                           "scale": prep.scale, "resize": prep.resize, "text": prep.describe()},
             "methods": {r["method"]: registry.parameters(r["method"]) for r in rows if r["method"] in registry.METHODS},
             "metrics": {k: _jsonable(metric_registry.parameters(k)) for k in METRICS},
             "combined_gap": gap, "rows": rows, "seconds": time.time() - start,
@@ -530,8 +539,9 @@ Measured {doc['date']} on {doc['machine']}, shared with other jobs{load_text(doc
 |---|---|---|---|
 {metrics}
 
-  Deletion pastes 0 in the normalised space (the ImageNet mean colour) over the map's top pixels, 28 steps of 1792
-  pixels; insertion restores them into RISE's blurred copy; both read the softmax probability of the target, AUC over
+  Deletion pastes 0 in the normalised space ({_zero_colour(doc['preprocess'])}) over the map's top
+  pixels, 28 steps of 1792 pixels; insertion restores them into RISE's blurred copy; both read the softmax
+  probability of the target, AUC over
   the fraction of pixels. Average drop is `max(0, Y − O) / Y` as a fraction (×100 for the Grad-CAM++ paper's
   percent), increase in confidence the fraction of photos with `O > Y`, `O` read on `map × image`; the map is the
   per-pixel map brought to [0, 1] per photo as `cnnviz evaluate` does (min-max for a non-negative map, the positive
