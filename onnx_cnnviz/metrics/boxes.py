@@ -14,11 +14,13 @@ boxes)::
     {"cat.png": [[10, 12, 80, 96]]}                                  # JSON: plain boxes
     {"cat.png": [{"box": [10, 12, 80, 96], "label": 281}]}          # or labelled ones
 
-**Resizing.** The command line's preprocessing (:func:`onnx_cnnviz.image.preprocess`) is a plain ``cv2.resize`` of
-the whole image to ``size`` (H, W), no crop and no letterbox, so a box maps by scaling x by ``W_in / W_image`` and y
-by ``H_in / H_image`` separately (:func:`to_input`). The edges scale exactly: output pixel ``j`` of ``cv2.resize``
-covers ``[j / s, (j + 1) / s)`` of the original, so the box's continuous extent ``[x0, x1)`` becomes
-``[x0 s, x1 s)``.
+**Resizing.** A squashing preprocessing (:func:`onnx_cnnviz.image.preprocess` with ``resize="squash"``) is a plain
+``cv2.resize`` of the whole image to ``size`` (H, W), no letterbox, so a box maps by scaling x by ``W_in / W_image``
+and y by ``H_in / H_image`` separately (:func:`to_input`). The edges scale exactly: output pixel ``j`` of
+``cv2.resize`` covers ``[j / s, (j + 1) / s)`` of the original, so the box's continuous extent ``[x0, x1)`` becomes
+``[x0 s, x1 s)``. A shorter-side + centre-crop preprocessing (``resize="crop"``, ImageNet evaluation) shows only
+``Preprocessing.input_region``: :func:`to_input` with ``region=`` shifts by the crop's corner, scales, and clips each
+box to the input.
 """
 from __future__ import annotations
 
@@ -259,18 +261,46 @@ def check_inside(boxes, width: int, height: int, image="",
     return out
 
 
-def to_input(boxes, image_size, input_size=None, image="") -> list[Box]:
+def to_input(boxes, image_size, input_size=None, image="", region=None) -> list[Box]:
     """``boxes`` in an original image's pixels -> the model input's, under the command line's preprocessing.
 
-    ``image_size``: the original (H, W); ``input_size``: the model input's (H, W) (``Preprocessing.size``; None keeps
-    the image size). The boxes are checked to lie in the original image first (``image`` names it in the error), then
-    scaled by ``W_in / W`` and ``H_in / H`` (a plain resize, no crop: see the module docstring)."""
+    Args:
+        boxes: the image's ground-truth boxes, in its own pixels.
+        image_size: the original (H, W).
+        input_size: the model input's (H, W) (``Preprocessing.size``); None keeps the image size.
+        image: the image's name, for the errors.
+        region: the part of the picture the model input shows, ``(top, left, height, width)`` in the picture's
+            pixels (``Preprocessing.input_region``); None means the whole picture (a plain resize, a squash).
+
+    Returns:
+        The boxes in model-input pixels: each corner ``(x, y)`` goes to ``((x - left) * W_in / width,
+        (y - top) * H_in / height)``. With a crop, a box is clipped to what the input shows, and a box wholly cut
+        off is dropped.
+
+    Raises:
+        InputError: a box outside the original image, or (with a crop) an image whose every box lies outside the
+            part the model sees: its scores would be computed against no ground truth.
+    """
     h, w = (int(v) for v in image_size)
     boxes = check_inside(boxes, w, h, image)
     if input_size is None:
         return boxes
     h_in, w_in = (int(v) for v in input_size)
-    return [box.scaled(w_in / w, h_in / h) for box in boxes]
+    if region is None:
+        return [box.scaled(w_in / w, h_in / h) for box in boxes]
+    top, left, height, width = (float(v) for v in region)
+    sx, sy = w_in / width, h_in / height
+    kept = []
+    for box in boxes:
+        x0, x1 = max((box.x0 - left) * sx, 0.0), min((box.x1 - left) * sx, float(w_in))
+        y0, y1 = max((box.y0 - top) * sy, 0.0), min((box.y1 - top) * sy, float(h_in))
+        if x1 > x0 and y1 > y0:
+            kept.append(Box(x0, y0, x1, y1, box.label))
+    if boxes and not kept:
+        raise InputError(f"every ground-truth box of image {image or '(unnamed)'} lies outside the centre crop the "
+                         f"model sees (rows {top:g}-{top + height:g}, columns {left:g}-{left + width:g} of its "
+                         f"{h}x{w} pixels); leave the image out, or preprocess by squashing the whole picture.")
+    return kept
 
 
 def boxes_for_images(table: dict, images, image_sizes, input_size=None, require: bool = True) -> list[list[Box]]:

@@ -402,6 +402,29 @@ def test_box_scaling_follows_the_real_preprocessing():
     assert to_input([box], (40, 100), None) == [box]
 
 
+def test_box_mapping_follows_a_centre_crop():
+    """The same check under shorter side + centre crop (ImageNet evaluation, as the flagship records): a rectangle in
+    a 60x120 picture, cropped to 64x64 with crop fraction 0.8 (scale 4/3 to 80x160, keep rows 8-72 and columns
+    48-112): the pixels more than half covered in the model input are ``to_input``'s box with ``region=``; a box cut
+    by the crop is clipped, one wholly outside is dropped, and an image left with no box is refused."""
+    pre = Preprocessing(size=(64, 64), mean=None, std=None, resize="crop", crop_fraction=0.8)
+    region = pre.input_region((60, 120))
+    assert region == pytest.approx((6.0, 36.0, 48.0, 48.0))
+    picture = np.zeros((60, 120, 3), np.uint8)
+    box = Box(45, 15, 75, 42)  # -> ((45 - 36) * 4/3, (15 - 6) * 4/3, ...) = (12, 12, 52, 48)
+    picture[15:42, 45:75] = 255
+    x = preprocess(picture, pre)
+    ys, xs = np.nonzero(x[0, 0] > 0.5)
+    mapped = to_input([box], (60, 120), (64, 64), "p.png", region=region)[0]
+    assert mapped.coords == pytest.approx((12.0, 12.0, 52.0, 48.0))
+    assert mapped.pixels(64, 64) == (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    cut = to_input([Box(20, 0, 50, 20, 3), Box(0, 0, 30, 60), box], (60, 120), (64, 64), "p.png", region=region)
+    assert [b.coords for b in cut] == [pytest.approx((0.0, 0.0, 56 / 3, 56 / 3)), pytest.approx(mapped.coords)]
+    assert cut[0].label == 3
+    with pytest.raises(InputError, match="outside the centre crop"):
+        to_input([Box(0, 0, 30, 60)], (60, 120), (64, 64), "p.png", region=region)
+
+
 def test_box_pixels_round_and_keep_one_pixel():
     assert Box(0.4, 0.6, 2.5, 3.49).pixels(10, 10) == (0, 1, 3, 3)
     assert Box(3.2, 3.3, 3.4, 3.45).pixels(10, 10) == (3, 3, 4, 4)  # thinner than a pixel: one pixel
