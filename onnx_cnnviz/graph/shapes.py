@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelStructureError
 from .load import BATCH_DIM, constants_to_initializers_inplace, float16_to_float32_inplace
@@ -122,8 +122,65 @@ def pruned_to(model: onnx.ModelProto, names, input_name: str) -> onnx.ModelProto
     return out
 
 
-def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> list[list[np.ndarray]]:
-    """Run the model at batch 1 and batch 2 (zeros) exposing ``names``; returns the two lists of values.
+@dataclass(frozen=True)
+class ProbedShape:
+    """What a probe learnt of a tensor whose values were not asked for: its shape and dtype (as an array's)."""
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _outputs_shapes_only(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[str, str]]:
+    """Make ``model`` output, for each of ``names``, its ``Shape`` and an empty slice of it (which keeps its dtype)
+    instead of the tensor: name -> (shape output, empty output). A probe that returned the tensors themselves kept
+    every activation of the run alive at once (mvitv2_base_cls: 6.5 GB to load a 210 MB file, issue 26); these let
+    onnxruntime free each tensor after its last use, as in any forward pass."""
+    graph = model.graph
+    taken = {o for n in graph.node for o in n.output} | {v.name for v in graph.input} | \
+        {t.name for t in graph.initializer} | {n.name for n in graph.node}
+    counter = [0]
+
+    def fresh(hint: str) -> str:
+        while True:
+            counter[0] += 1
+            name = f"cnnviz/probe/{hint}_{counter[0]}"
+            if name not in taken:
+                taken.add(name)
+                return name
+
+    flat_shape, zero = fresh("flat"), fresh("zero")
+    graph.initializer.extend([numpy_helper.from_array(np.array([-1], dtype=np.int64), flat_shape),
+                              numpy_helper.from_array(np.array([0], dtype=np.int64), zero)])
+    outputs, wrappers = {}, {}
+    for name in names:
+        shape, flat, empty = fresh("shape"), fresh("flat"), fresh("empty")
+        wrappers[name] = [helper.make_node("Shape", [name], [shape], name=fresh("node")),
+                          helper.make_node("Reshape", [name, flat_shape], [flat], name=fresh("node")),
+                          helper.make_node("Slice", [flat, zero, zero], [empty], name=fresh("node"))]
+        outputs[name] = (shape, empty)
+    # Each right after its tensor's producer: onnxruntime runs nodes in about this order, and wrappers at the end
+    # would keep every tensor alive until then.
+    nodes = [n for name in names if name not in {o for node in graph.node for o in node.output}
+             for n in wrappers[name]]
+    for node in graph.node:
+        nodes.append(node)
+        for out in node.output:
+            nodes.extend(wrappers.pop(out, ()))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.extend(helper.make_empty_tensor_value_info(o) for pair in outputs.values() for o in pair)
+    return outputs
+
+
+def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw,
+               shapes_only=(), float_shapes_only=()) -> list[list]:
+    """Run the model at batch 1 and batch 2 (zeros) exposing ``names``; returns the two lists of values (a
+    :class:`ProbedShape` instead of the value for each name in ``shapes_only``, and for each name in
+    ``float_shapes_only`` that turns out to be a float tensor: only integer ones are read whole there).
 
     Only the nodes ``names`` need run (:func:`pruned_to`), on zeros that stay unwritten (untouched memory) unless a
     node reads them. A model whose batch is fixed runs at that batch alone (both lists are then the same run). A
@@ -132,6 +189,12 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw) -
     """
     names = list(names)
     probe_model = pruned_to(model, names, input_name)
+    wanted = set(names)
+    float_shapes_only = [n for n in dict.fromkeys(float_shapes_only) if n in wanted]
+    shapes_only = [n for n in dict.fromkeys(list(shapes_only) + float_shapes_only) if n in wanted]
+    valued = [n for n in dict.fromkeys(names) if n not in set(shapes_only) or n in set(float_shapes_only)]
+    wrapped = _outputs_shapes_only(probe_model, shapes_only) if shapes_only else {}
+    probe_model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in valued)
     fixed = _fixed_batch(model, input_name)
     batches = (fixed,) if fixed else (1, 2)
     try:
@@ -139,10 +202,28 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw) -
     except Exception as exc:
         raise ModelStructureError(f"a probe run of the model (to learn {len(names)} tensor shapes or values that "
                                   f"shape inference could not tell) could not start: {str(exc)[:300]}") from None
+    maybe_float = set(float_shapes_only)
+    deferred = set()
+    if maybe_float:
+        # The session's own inference says which are floats (their shapes suffice) and which have a static shape
+        # (fetched whole, as before). The rest are fetched only where both runs gave them one shape, in runs of
+        # their own: one whose shape follows the batch cannot be a batch-independent value, and mvitv2's
+        # relative-position indices, (N, heads, 784, 784, 4) int64 and more, were otherwise fetched whole.
+        types = {o.name: (o.type or "", o.shape) for o in session.get_outputs() if o.name in maybe_float}
+        floats = {n for n, (t, _) in types.items() if "float" in t or "double" in t}
+        deferred = {n for n, (t, shape) in types.items() if n not in floats
+                    and not (shape is not None and all(isinstance(d, int) for d in shape))}
+        valued = [n for n in valued if n not in floats and n not in deferred]
+    fetch = valued + [o for pair in wrapped.values() for o in pair]
+    fetched = set(valued)
     runs = []
     for batch in batches:
         try:
-            runs.append(session.run(names, {input_name: np.zeros((batch, *chw), dtype=np.float32)}))
+            got = dict(zip(fetch, session.run(fetch, {input_name: np.zeros((batch, *chw), dtype=np.float32)})))
+            release_freed_memory()
+            runs.append([got[n] if n in fetched else
+                         ProbedShape(tuple(int(d) for d in got[wrapped[n][0]]), got[wrapped[n][1]].dtype)
+                         for n in names])
         except Exception as exc:
             if batch == 2:
                 raise ModelStructureError(
@@ -152,6 +233,14 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw) -
             raise ModelStructureError(
                 f"a probe run of the model (to learn {len(names)} tensor shapes or values that shape inference could "
                 f"not tell) failed: {str(exc)[:300]}") from None
+    if deferred:
+        index = {n: i for i, n in enumerate(names)}
+        late = [n for n in deferred if runs[0][index[n]].shape == runs[-1][index[n]].shape]
+        for batch, values in zip(batches, runs):
+            if late:  # these already ran once per batch above: a failure here cannot be the model's
+                for n, value in zip(late, session.run(late, {input_name: np.zeros((batch, *chw), dtype=np.float32)})):
+                    values[index[n]] = value
+                release_freed_memory()
     return runs if len(runs) == 2 else runs * 2
 
 
@@ -159,6 +248,13 @@ def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
     image = next((v for v in model.graph.input if v.name == input_name), None)
     dims = image.type.tensor_type.shape.dim if image is not None else []
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+def release_freed_memory() -> None:
+    """:func:`onnx_cnnviz.runtime.release_freed_memory` (imported late: runtime imports this package)."""
+    from ..runtime import release_freed_memory as release
+
+    release()
 
 
 def _quiet_session(model: onnx.ModelProto):
@@ -169,6 +265,7 @@ def _quiet_session(model: onnx.ModelProto):
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     return held.session(model, options, ["CPUExecutionProvider"])
 
 
@@ -207,8 +304,12 @@ def probe_with_constants(model: onnx.ModelProto, names: list[str], candidates, i
     everything = list(dict.fromkeys(list(names) + candidates))
     if not everything:
         return {}, {}
-    one, two = probe_runs(model, everything, input_name, chw)
-    runs = {name: (np.asarray(a), np.asarray(b)) for name, a, b in zip(everything, one, two)}
+    # Shapes only, but for integer candidates: a float tensor's values are never read here, and fetching them all
+    # kept every activation of the run alive at once (mvitv2_base_cls: 6.5 GB to load a 210 MB file, issue 26).
+    one, two = probe_runs(model, everything, input_name, chw, shapes_only=[n for n in names if n not in candidates],
+                          float_shapes_only=candidates)
+    runs = {name: (a, b) if isinstance(a, ProbedShape) else (np.asarray(a), np.asarray(b))
+            for name, a, b in zip(everything, one, two)}
     info = {}
     for name in names:
         a, b = runs[name]
