@@ -124,3 +124,50 @@ def kitten_x():
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+# --- markers by what a test needs (pytest -m quick | torch | ray | shared | memory) -----------------------------------
+#: The modules of the quick loop (`pytest -m quick`, under 2 minutes on 2 cores): one-node rule checks against finite
+#: differences, tiny models built in the test, parsing and error paths. A test of these modules that is marked slow,
+#: or that needs an exported torchvision model, a Ray cluster or lots of memory, is left out all the same.
+QUICK_MODULES = {
+    "tests/graph/test_rules.py", "tests/graph/test_rules_einsum.py", "tests/graph/test_rules_pad_scatter.py",
+    "tests/graph/test_rules_pooling_large.py", "tests/graph/test_rules_reduce_ties.py", "tests/graph/test_padding.py",
+    "tests/graph/test_head.py", "tests/test_jsonio.py", "tests/test_errors.py", "tests/test_load_limits.py",
+    "tests/test_image.py", "tests/methods/test_registry.py", "tests/metrics/test_hand.py", "tests/test_model_cache.py",
+    "tests/test_targets.py", "tests/test_model_vjp.py",
+}
+#: Modules whose tests take gigabytes (a 2.15 GB model, peak-memory measurements of real models).
+MEMORY_MODULES = {"tests/test_held.py", "tests/test_memory.py", "tests/test_memory_sessions.py",
+                  "tests/test_hf_models.py"}
+#: Fixtures that read ../shared (the SqueezeNet, the kitten).
+SHARED_FIXTURES = {"squeezenet_path", "kitten_x"}
+#: Fixtures that export a torchvision model with torch.
+TORCH_FIXTURES = {"torchvision_onnx", "loaded_batch"}
+
+
+def _imports_torch(path: Path, cache: dict) -> bool:
+    if path not in cache:
+        text = path.read_text(encoding="utf-8")
+        cache[path] = "import torch" in text or "from torch" in text
+    return cache[path]
+
+
+def pytest_collection_modifyitems(config, items):
+    torch_modules: dict = {}
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        rel = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.as_posix()
+        fixtures = set(getattr(item, "fixturenames", ()))
+        needs_torch = bool(fixtures & TORCH_FIXTURES) or _imports_torch(path, torch_modules)
+        if needs_torch:
+            item.add_marker(pytest.mark.torch)
+        if rel.startswith("tests/dataset/"):
+            item.add_marker(pytest.mark.ray)
+        if fixtures & SHARED_FIXTURES:
+            item.add_marker(pytest.mark.shared)
+        if rel in MEMORY_MODULES:
+            item.add_marker(pytest.mark.memory)
+        if (rel in QUICK_MODULES and item.get_closest_marker("slow") is None and not fixtures & TORCH_FIXTURES
+                and rel not in MEMORY_MODULES):
+            item.add_marker(pytest.mark.quick)
