@@ -255,9 +255,14 @@ def plain_gradient_notes(m, methods) -> list[str]:
 
 
 def preprocessing_info(pre: Preprocessing) -> dict:
-    """``pre`` as the plain dict the JSON records and the report show."""
-    return {"size": list(pre.size) if pre.size else None, "mean": list(pre.mean) if pre.mean else None,
-            "std": list(pre.std) if pre.std else None, "order": pre.order, "scale": pre.scale}
+    """``pre`` as the plain dict the JSON records and the report show, its resize policy included: a centre crop
+    hides the picture's edges from the model, so the reader must know which one ran."""
+    info = {"size": list(pre.size) if pre.size else None, "mean": list(pre.mean) if pre.mean else None,
+            "std": list(pre.std) if pre.std else None, "order": pre.order, "scale": pre.scale,
+            "resize": pre.resize}
+    if pre.resize == "crop":
+        info["crop_fraction"] = pre.crop_fraction
+    return info
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ def ground_truth_boxes(boxes_file, paths: list, pre: Preprocessing, wanting: lis
         except InputError:
             out.append(None)
             continue
-        out.append(box_io.to_input(box_io.lookup(table, str(path)), size, pre.size, str(path)))
+        region = pre.input_region(size) if pre.size else None  # a centre crop moves and cuts the boxes
+        out.append(box_io.to_input(box_io.lookup(table, str(path)), size, pre.size, str(path), region=region))
     return out
 
 def boxes_setting(boxes) -> list | None:

@@ -102,8 +102,9 @@ def assumed_warning(model_name: str) -> str:
               f"{','.join(f'{v:g}' for v in p.std)}"
     return (f"{model_name} holds no preprocessing metadata and no preprocessing flag was given: assuming the "
             f"{ASSUMED_PRESET} preset ({numbers}). A model trained otherwise predicts wrong classes: set "
-            "--preprocess caffe|tf|none (Caffe models such as SqueezeNet need caffe) or --mean/--std/--order/--scale "
-            "(`cnnviz convert` records them in the model).")
+            "--preprocess caffe|tf|tflite|raw|none (Caffe models such as SqueezeNet need caffe) or "
+            "--mean/--std/--order/--scale (`cnnviz convert` records them in the model). `cnnviz inspect MODEL "
+            "--check-preprocessing FOLDER` scores the presets on your pictures and says which one the weights fit.")
 
 
 def resolve_preprocessing(m, preprocess=None, mean=None, std=None, size=None, order=None, scale=None,
