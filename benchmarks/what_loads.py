@@ -714,6 +714,20 @@ def document(results: dict, columns: list[str], meta: dict) -> str:
     ])
 
 
+#: Sections of docs/what_loads.md written by other sweeps (benchmarks/memory_phases.py), kept when this one rewrites
+#: the file.
+KEPT = [("<!-- memory_phases:begin -->", "<!-- memory_phases:end -->")]
+
+
+def kept_sections(doc: Path) -> str:
+    text = doc.read_text() if doc.exists() else ""
+    parts = []
+    for begin, end in KEPT:
+        if begin in text and end in text:
+            parts.append("\n" + text[text.index(begin):text.index(end) + len(end)] + "\n")
+    return "".join(parts)
+
+
 def write_readme(results: dict, columns: list[str], meta: dict) -> bool:
     text = README.read_text()
     if BEGIN not in text or END not in text:
@@ -772,7 +786,7 @@ def main(argv=None) -> int:
     meta = {"date": datetime.date.today().isoformat(), "commit": commit(), "seconds": time.time() - started,
             "cpus": os.cpu_count(), "versions": versions(), "fresh": args.fresh}
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(document(results, list(COLUMNS), meta))
+    DOC.write_text(document(results, list(COLUMNS), meta) + kept_sections(DOC))
     wrote = write_readme(results, list(COLUMNS), meta)
     print(f"\nwrote {DOC.relative_to(ROOT)}" + (" and the README's table" if wrote else
                                               f" (README has no {BEGIN} ... {END} markers)"))
