@@ -33,6 +33,7 @@ from .html_page import _colour_bar, data_uri, format_params, page_head, png_byte
 from .maps import minmax
 from .methods import registry
 from .methods.gradients import has_rectifiers, no_rectifier_note
+from .methods.top_k import check_k
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pictures of results
@@ -332,9 +333,7 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
     shown = predictions if predictions is not None else (top if top is not None else 5)
     k = max(1, min(int(shown), m.num_classes))
     if top_k is not None:
-        from .runs.labels import check_top_k
-
-        check_top_k(top_k, m.num_classes, "top_k")
+        check_k(top_k, m.num_classes, "top_k")
     rows = top_k if top_k else 1
     entries = []
     for source in images:

@@ -11,6 +11,27 @@ from . import attribution, registry
 from .attribution import Progress, auto_batch_size
 
 
+def check_k(k, num_classes: int, name: str = "k") -> int:
+    """``k`` classes to explain, checked against the model's ``num_classes``.
+
+    Args:
+        k: the number of best classes asked for.
+        num_classes: the model's class count.
+        name: how the caller calls ``k`` in the error (``top_k`` for the report, ``--top-k`` on the command line).
+
+    Returns:
+        ``k`` as an int.
+
+    Raises:
+        InputError: ``k`` is not an int in [1, num_classes]: explaining fewer classes than asked would be a silent
+            wrong answer.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes:
+        raise InputError(f"{name} must be an int between 1 and {num_classes} (the model's class count), got "
+                         f"{k!r}; give at most {num_classes}.")
+    return int(k)
+
+
 def top_k(method, m: Model, x, k: int = 5, *, progress: Progress | None = None, **kwargs):
     """Maps of the ``k`` best-scoring classes of each image.
 
@@ -35,8 +56,7 @@ def top_k(method, m: Model, x, k: int = 5, *, progress: Progress | None = None, 
     if not callable(func):
         raise InputError(f"method must be a registered method name or a map function, got {method!r}.")
     x = m.check_input(x)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= m.num_classes:
-        raise InputError(f"k must be an int between 1 and {m.num_classes}, got {k!r}.")
+    k = check_k(k, m.num_classes)
     scores = m.scores(x, batch_size=kwargs.get("batch_size"))
     classes = np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
     maps = class_maps(func, m, x, classes, progress=progress, **kwargs)

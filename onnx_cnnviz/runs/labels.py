@@ -19,12 +19,14 @@ def check_top_k(top_k, num_classes: int, hint: str = "--top-k"):
     """``top_k`` checked against the model's ``num_classes``: None stays None; anything but an int in
     [1, num_classes] is an :class:`InputError` about option ``hint`` (the library's ``top_k`` refuses the same
     values), since explaining fewer classes than asked would be a silent wrong answer."""
+    from ..methods.top_k import check_k
+
     if top_k is None:
         return None
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes:
-        raise option_error(f"{hint} must be an int between 1 and {num_classes} (the model's class count), got "
-                           f"{top_k!r}; give at most {num_classes}.", hint)
-    return top_k
+    try:
+        return check_k(top_k, num_classes, hint)
+    except InputError as exc:
+        raise option_error(str(exc), hint) from None
 
 
 def resolve_labels(m, labels_path):

@@ -170,7 +170,7 @@ def test_every_shared_flag_has_one_meaning():
             "--overwrite", "--json"} <= set(shared)
     for flag, uses in shared.items():
         made_here = [name for name, param in uses if not isinstance(param, SharedOption)]
-        assert not made_here, f"{flag} of {made_here} is not made by a shared decorator (cli/common.py)"
+        assert not made_here, f"{flag} of {made_here} is not made by a shared decorator (onnx_cnnviz/cli/common.py)"
         meanings = {param.shared_help for _, param in uses}
         assert len(meanings) == 1, (flag, meanings)
         kinds = {type(param.type).__name__ for _, param in uses}

@@ -1,4 +1,4 @@
-"""Keras -> ONNX (converters/keras.py, tf2onnx) and Grad-CAM parity with tf-keras-vis on the Keras model.
+"""Keras -> ONNX (onnx_cnnviz/converters/keras.py, tf2onnx) and Grad-CAM parity with tf-keras-vis on the Keras model.
 
 Runs in the separate ``.venv-keras`` (``pip install -e '.[keras]' pytest``; see .ci/run): TensorFlow and torch
 disagree on protobuf, so the main venv has no TensorFlow and this whole module is skipped there.
