@@ -4,7 +4,8 @@
 
 The model is a torchvision architecture with fixed random weights (timings do not depend on the weights), exported to
 ONNX once; every method runs once untimed (graph building, session creation, torch warm-up; occlusion warms up on the
-first image), then ``--repeat`` timed runs of which the best is reported. Both libraries get the same number of threads. Ratios are against a bare
+first image), then ``--repeat`` timed runs of which the best is reported. Both libraries get the same number of
+threads. Ratios are against a bare
 onnxruntime forward pass of the original ONNX file at the same batch size; "speed-up" is peer time / our time.
 """
 from __future__ import annotations

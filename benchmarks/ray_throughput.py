@@ -212,11 +212,14 @@ def document(text: str, rows: list, args, stages: dict, load: float) -> str:
                            cores=os.cpu_count(), day=date.today().isoformat(), per_image=per_image,
                            map_kb=args.size * args.size * 4 / 1024, png_kb=args.size * args.size * 3 / 1024,
                            input_kb=3 * args.size * args.size * 4 / 1024,
-                           d2=ray2["seconds"] - single["seconds"], d1=dict(rows)["ray, 1 actor"]["seconds"] - single["seconds"], rate=1000.0 / steady, load=load, steady=steady,
+                           d2=ray2["seconds"] - single["seconds"],
+                           d1=dict(rows)["ray, 1 actor"]["seconds"] - single["seconds"], rate=1000.0 / steady,
+                           load=load, steady=steady,
                            single_s=single["seconds"], startup=single["seconds"] - args.images * steady / 1000,
                            read=stages["read"], explain=stages["explain"], write=stages["write"],
                            driver_us=stages["driver_us"], reads_per_core=1000.0 / stages["read"],
-                           writes_per_core=1000.0 / stages["write"], rows_per_s=float(f"{1e6 / stages['driver_us']:.2g}"))
+                           writes_per_core=1000.0 / stages["write"],
+                           rows_per_s=float(f"{1e6 / stages['driver_us']:.2g}"))
 
 
 TEMPLATE = """# Explaining a whole dataset on Ray
@@ -298,7 +301,8 @@ model, building the gradient graph and the onnxruntime session: about {startup:.
 {single_s:.1f} s, the rest being {steady:.0f} ms per picture of reading, explaining and writing). The Ray rows
 start one process per actor, each loading the model (in parallel with the reads), and Ray itself (the "Ray start"
 column, outside the run's time); against the single process the Ray runs took {d1:+.1f} s (1 actor) and {d2:+.1f} s
-(2 actors), within the noise of this shared machine. On one {cores}-core machine the Ray runs cannot be much faster than the single
+(2 actors), within the noise of this shared machine. On one {cores}-core machine the Ray runs cannot be much faster
+than the single
 process, which already uses every core through onnxruntime's threads: Ray pays off with more machines (or GPUs)
 than one process can use, and with long runs (resume, faults, a bucket as input).
 

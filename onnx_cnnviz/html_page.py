@@ -68,8 +68,8 @@ window.addEventListener('load', function () {
 
 def _colour_bar(scale: float) -> str:
     """A diverging colour bar (the picture's own colour map, blue -> neutral -> red) labelled -scale, 0, +scale."""
-    stops = ",".join("#%02x%02x%02x" % tuple(int(v) for v in colorize(np.array([[t]], np.float32), DIVERGING)[0, 0])
-                     for t in np.linspace(0.0, 1.0, 9))
+    colours = (colorize(np.array([[t]], np.float32), DIVERGING)[0, 0] for t in np.linspace(0.0, 1.0, 9))
+    stops = ",".join("#" + "".join(f"{int(v):02x}" for v in rgb) for rgb in colours)
     return (f'<div class="cbar" style="background:linear-gradient(to right,{stops})"></div>'
             f'<div class="cbar-labels"><span>{-scale:.3g}</span><span>0</span><span>+{scale:.3g}</span></div>')
 

@@ -2,7 +2,7 @@
 :class:`InputError` that says what is wrong and what to do."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

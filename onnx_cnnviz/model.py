@@ -81,7 +81,7 @@ class Model:
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
         original = graph_load.read_model(source, max_nodes=max_nodes)
-        held.claim(self, original)  # weights held outside the protobuf (a model of over 1 GiB) live as long as this
+        held.claim(self, original)  # weights held outside the protobuf (256 MiB or more) live as long as this
         self.metadata = {p.key: p.value for p in original.metadata_props}
         model = graph_load.normalise(original, copy=False)  # read_model gave a copy of its own
         image = find_image_input(model, input)
@@ -418,10 +418,8 @@ class Model:
         a one-hot row explains one class) or "top1" (each sample's top-scoring class, chosen inside the graph and
         returned as ``cnnviz/target``). The result is a plain ONNX model: save it with ``onnx.save`` and run it with
         any onnxruntime (a model of 2 GiB of weights or more must be saved with ``save_as_external_data=True``, as
-        any ONNX model that large). ``inline_weights=False``: the weights of a model of over 1 GiB stay held outside
-        the protobuf (graph/held.py), as the model's own sessions read them: cheaper, but only this process can run
-        that graph (through :func:`onnx_cnnviz.graph.held.session`, or write it with :func:`held.save`).
-        """
+        any ONNX model that large). ``inline_weights=False``: held weights (256 MiB or more) stay outside the protobuf
+        (graph/held.py), as the model's sessions read them: cheaper, but only this process can run that graph."""
         graph = self._graph(hw, outputs, wrt, rule, target_mode)
         return held.inlined(graph) if inline_weights else graph
 
@@ -522,7 +520,8 @@ class Model:
             batch_size: int | None = None) -> RunResult:
         """Backward pass seeded at any tensor: gradients of ``L = sum cotangent * T`` with ``T`` the tensor ``at``.
 
-        ``cotangent`` has the shape of ``T`` for the batch, ``(N, *T.shape[1:])`` (or ``(N, prod)``); it is fed to the graph
+        ``cotangent`` has the shape of ``T`` for the batch, ``(N, *T.shape[1:])`` (or ``(N, prod)``); it is fed to
+        the graph
         at run time, so one cached graph serves every cotangent: a one-hot one gives the gradient of one unit (a neuron
         objective, guided backprop of a unit), a channel-uniform one the gradient of a channel mean, and
         ``2 (Phi(x) - Phi_0)`` the gradient of ``||Phi(x) - Phi_0||^2`` (feature inversion). ``wrt``: tensor names

@@ -545,7 +545,8 @@ def check_preprocessing(model, images, labels=None, declared=None, max_images: i
         if lead >= minimum and share >= BOOTSTRAP_SHARE:
             unit = f"{100 * lead:.0f} points more top-1" if labelled else f"{lead:.2f} nats more information"
             named = f"{declared_row.label}: " if declared_row.name != "declared" else ""
-            warning = (f"{declared_as} ({named}{declared_row.preprocessing.describe()}) is not the one the model's weights fit: "
+            warning = (f"{declared_as} ({named}{declared_row.preprocessing.describe()}) is not the one the model's "
+                       "weights fit: "
                        f"{best.label} ({best.preprocessing.describe()}) scores {unit} on {len(pictures)} pictures "
                        f"({_numbers(best, labelled)} against {_numbers(declared_row, labelled)}; ahead in "
                        f"{share:.0%} of {BOOTSTRAP_ROUNDS} resamples). Explanations made with the declared "

@@ -159,7 +159,7 @@ class _Weight:
         self.value = ort.OrtValue.ortvalue_from_numpy(self.array)
 
     @classmethod
-    def over(cls, array: np.ndarray) -> "_Weight":
+    def over(cls, array: np.ndarray) -> _Weight:
         """A weight over an array held outside the graph (graph/held.py), read in place."""
         array = np.ascontiguousarray(array)
         return cls(memoryview(array).cast("B"), array.dtype, array.shape)

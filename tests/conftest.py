@@ -138,7 +138,7 @@ QUICK_MODULES = {
     "tests/test_targets.py", "tests/test_model_vjp.py",
 }
 #: Modules whose tests take gigabytes (a 2.15 GB model, peak-memory measurements of real models).
-MEMORY_MODULES = {"tests/test_held.py", "tests/test_memory.py", "tests/test_memory_sessions.py",
+MEMORY_MODULES = {"tests/test_held.py", "tests/test_memory.py", "tests/test_memory_sessions.py", "tests/test_hiera.py",
                   "tests/test_hf_models.py"}
 #: Fixtures that read ../shared (the SqueezeNet, the kitten).
 SHARED_FIXTURES = {"squeezenet_path", "kitten_x"}

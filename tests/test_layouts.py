@@ -217,7 +217,8 @@ def test_vit_token_layers_are_seen_on_the_patch_grid(transformers):
     assert m.layer(layer).view.kind == "tokens" and m.layer(layer).view.prefix == 1
     assert layer == "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0"  # blocks[-1].norm1
     assert m.layer(layer).shape == m.tensor_shape(layer) == (None, 32, 4, 4)
-    assert "(tokens [N, 17, 32]: 1 + 4x4)  <- default" in invoke("inspect", CACHE / "layouts_vit_32.onnx", "--all-layers").stdout
+    listing = invoke("inspect", CACHE / "layouts_vit_32.onnx", "--all-layers").stdout
+    assert "(tokens [N, 17, 32]: 1 + 4x4)  <- default" in listing
     x = np.random.default_rng(3).standard_normal((2, 3, size, size)).astype(np.float32)
     run = m.run(x, outputs=[layer], wrt=[layer, m.input_name], targets=[1, 2])
     a, g = module_output_and_grad(net, net.encoder.layers[-1].ln_1, x, [1, 2])

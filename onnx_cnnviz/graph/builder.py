@@ -5,7 +5,7 @@ unique and every constant becomes an initializer. Only operators of the default 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx

@@ -14,7 +14,7 @@ built from three helpers: :func:`walk_back` through a set of op types (:mod:`onn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

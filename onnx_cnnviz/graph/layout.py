@@ -280,7 +280,8 @@ def _layout_from_factors(axes: tuple) -> tuple | None:
         return None
     for spatial in (2, 3):
         outer = min(f[1] for f in axes[roles.index(spatial)])
-        if any(f[0] == spatial and f[1] * f[2] > outer for i, axis in enumerate(axes) if roles[i] is None for f in axis):
+        if any(f[0] == spatial and f[1] * f[2] > outer
+               for i, axis in enumerate(axes) if roles[i] is None for f in axis):
             return None  # an outer part of the rows elsewhere: the grid is scrambled
     if any(f[0] == 0 for i, axis in enumerate(axes) if roles[i] is None for f in axis):
         return None

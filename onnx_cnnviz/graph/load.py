@@ -354,7 +354,7 @@ def normalise(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _runtime_accepts(opset: int, ir_version: int) -> bool:
     """Whether the installed onnxruntime loads a one-node model stamped with ``opset`` and ``ir_version``.
 

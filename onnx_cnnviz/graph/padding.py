@@ -5,7 +5,7 @@ whatever way the exporter wrote them; they take them from here.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx
 

@@ -18,11 +18,11 @@ from ..errors import ModelStructureError, UnknownLayerError
 from .layout import NCHW, LayerView, batch_leading, tensor_layouts, token_grids
 from .ops import SHAPE_KEEPING_NO_OPS
 from .shapes import FLOAT_TYPES, TensorInfo
+from .subgraphs import node_inputs
 
 #: Integer element types a raw-pixel image input may have (cast to float inside the graph).
 PIXEL_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16, onnx.TensorProto.INT16,
                onnx.TensorProto.INT32}
-from .subgraphs import node_inputs
 
 
 class Layer(NamedTuple):

@@ -12,7 +12,7 @@ copies of it, and combine the gradients with numpy. The target class is resolved
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

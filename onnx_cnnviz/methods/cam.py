@@ -22,7 +22,7 @@ None (``Model.default_layer``), a layer name, or a list of names (maps averaged 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -329,7 +329,8 @@ def cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normali
     """CAM (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, Sec. 2):
     ``M_c(x, y) = sum_k w^c_k f_k(x, y)``, with ``w^c`` the classifier weights of class ``c`` after global average
     pooling of the feature maps ``f_k`` (see :func:`onnx_cnnviz.graph.head.cam_head` for the accepted heads). One
-    forward pass, no gradient. ``layer=None`` picks the feature map feeding the head; any other layer is an error (use grad_cam).
+    forward pass, no gradient. ``layer=None`` picks the feature map feeding the head; any other layer is an error
+    (use grad_cam).
     Returns (N, H, W) float32."""
     head = cam_head(m)
     if targets is not None:

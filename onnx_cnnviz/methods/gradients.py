@@ -23,8 +23,8 @@ from .arguments import input_only
 # Per model (weakly held, so a dropped model takes its entries with it): whether it has rectifiers on the gradient
 # path, and the rule sets already warned about. Kept out of the model's session cache, which is bounded: an entry
 # there would take a session's place, and an evicted one would warn again.
-_HAS_RECTIFIERS: "weakref.WeakKeyDictionary[Model, bool]" = weakref.WeakKeyDictionary()
-_WARNED: "weakref.WeakKeyDictionary[Model, set]" = weakref.WeakKeyDictionary()
+_HAS_RECTIFIERS: weakref.WeakKeyDictionary[Model, bool] = weakref.WeakKeyDictionary()
+_WARNED: weakref.WeakKeyDictionary[Model, set] = weakref.WeakKeyDictionary()
 
 
 def has_rectifiers(m: Model) -> bool:

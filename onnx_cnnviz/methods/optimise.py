@@ -23,7 +23,8 @@
 
 Every gradient comes from one cached ONNX graph per objective: the class score through :meth:`Model.run` with a
 one-hot ``score_weights`` row; a unit, a channel or the code distance through :meth:`Model.vjp`, whose cotangent
-(one-hot, uniform over the channel, or ``2 (Phi(x) - Phi_0) / ||Phi_0||^2``) is fed at run time. Steps are numpy. Runs are deterministic given
+(one-hot, uniform over the channel, or ``2 (Phi(x) - Phi_0) / ||Phi_0||^2``) is fed at run time. Steps are numpy.
+Runs are deterministic given
 ``seed`` (initial noise and jitter come from ``numpy.random.default_rng(seed)``).
 """
 from __future__ import annotations
@@ -276,7 +277,8 @@ def invert(m: Model, x, layer=None, steps: int = 200, lr: float = 0.02, lambda_t
                + lambda_tv / P TV_beta(y / B)
 
     where ``Phi_0 = Phi(x)`` (or ``code``, a given code at the layer to invert). The code term's gradient is one
-    :meth:`Model.vjp` run at the layer with the cotangent ``2 (Phi(y) - Phi_0) / ||Phi_0||^2``; the priors' gradients are numpy. Adam (Kingma &
+    :meth:`Model.vjp` run at the layer with the cotangent ``2 (Phi(y) - Phi_0) / ||Phi_0||^2``; the priors'
+    gradients are numpy. Adam (Kingma &
     Ba 2015) with step ``lr * B`` on the preconditioned gradient (``grad_blur``: Gaussian sigma in pixels, from the
     first value to the second over the run; ``decorrelate``: mixed across colours with the ImageNet colour
     correlation; see :func:`class_model`; None / False switch them off); ``y`` stays in the valid pixel range

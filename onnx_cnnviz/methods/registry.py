@@ -20,7 +20,7 @@ own tunables with their defaults (``window``, ``samples``, ...).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

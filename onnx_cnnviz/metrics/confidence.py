@@ -18,7 +18,7 @@ drop ``max(0, Y - O)``, not divided by ``Y``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

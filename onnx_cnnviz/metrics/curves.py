@@ -30,7 +30,7 @@ Conventions, and how they compare to the peers:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

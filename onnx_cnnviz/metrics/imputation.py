@@ -19,14 +19,15 @@ satisfies ``v >= percentile(v, p)`` (``numpy.percentile``, linear interpolation,
 ``p``% of the image (``ROADMostRelevantFirst(80)`` removes the top 20%); LeRF does the same on ``1 - v``, keeping the
 ``p``% most relevant. Ties go with the threshold: a ReLU'd CAM that is 0 on 30% of the image loses *every* pixel
 under MoRF at percentiles up to 30 (there is nothing left to impute from; the imputed image is then 0 plus noise, as
-pytorch-grad-cam's solver returns). The system is pytorch-grad-cam's (``NoisyLinearImputer``, itself the ROAD authors' code),
+pytorch-grad-cam's solver returns). The system is pytorch-grad-cam's (``NoisyLinearImputer``, itself the ROAD
+authors' code),
 assembled here in one vectorised pass and solved with the same ``scipy.sparse.linalg.spsolve``; scipy is needed
 (:class:`MissingDependencyError` otherwise). The noise of image ``i`` at percentile index ``k`` is drawn by
 :func:`noise_for`, reproducible from ``seed`` alone; pass ``noise=0`` for the deterministic imputation.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

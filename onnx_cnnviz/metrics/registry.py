@@ -25,7 +25,7 @@ and refuses to run it without them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import InputError
 from ..model import Model

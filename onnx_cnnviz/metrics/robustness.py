@@ -27,7 +27,7 @@ reproduces its numbers (``tests/metrics/test_robustness.py`` does).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

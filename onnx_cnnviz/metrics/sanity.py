@@ -34,7 +34,7 @@ that. :class:`SanityResult` records both: ``top1`` holds each randomised model's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

@@ -1,7 +1,8 @@
 """How a run speaks without printing: a :class:`Reporter` receives its lines, warnings and progress.
 
 The library's default reporter drops the lines, turns warnings into :func:`warnings.warn` (:class:`RunWarning`, once
-per key) and shows no progress; ``cnnviz`` passes one that prints them (``onnx_cnnviz/cli/common.py``), a Ray actor one that says
+per key) and shows no progress; ``cnnviz`` passes one that prints them (``onnx_cnnviz/cli/common.py``), a Ray actor
+one that says
 nothing (its driver speaks).
 """
 from __future__ import annotations

@@ -10,6 +10,6 @@ from .detection import Detection, detect, explain
 from .head import TASKS, NotAClassifierError, check_head, head_output, not_a_classifier
 from .nms import box_iou, nms
 
-__all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder", "register_decoder",
-           "recognise", "find_decoder", "Detection", "detect", "explain", "nms", "box_iou", "check_head",
-           "head_output", "not_a_classifier"]
+__all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder",
+           "register_decoder", "recognise", "find_decoder", "Detection", "detect", "explain", "nms", "box_iou",
+           "check_head", "head_output", "not_a_classifier"]

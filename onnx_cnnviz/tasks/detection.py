@@ -15,7 +15,7 @@ rule), and perturbation methods (occlusion, the metrics) read the score's first-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -24,7 +24,8 @@ def _gradient_support(m, layer, c, i, j, x):
 
 
 def test_resnet18_published(torchvision_onnx):
-    """torchvision ResNet-18: layer1 r=43, layer4 r=435, effective stride 4 / 32, effective padding 21 / 217 (3 + 1*2 + 4*1*4 = 21)."""
+    """torchvision ResNet-18: layer1 r=43, layer4 r=435, effective stride 4 / 32, effective padding 21 / 217
+    (3 + 1*2 + 4*1*4 = 21)."""
     _, path, size = torchvision_onnx("resnet18")
     m = cv.load(path)
     layer1 = receptive_field(m, "/layer1/layer1.1/relu_1/Relu_output_0")

@@ -51,8 +51,8 @@ def _constant_bytes(model) -> int:
 
 
 def test_nominal_kernel_costs_nothing():
-    """The HF EfficientNet pooler's 1280x1280 kernel over 7x7 (8 channels here; the model has 1280, where the old rule built an 8.4 GB
-    kernel of ones; a global window is differentiated as a global pool, with no kernel at all."""
+    """The HF EfficientNet pooler's 1280x1280 kernel over 7x7 (8 channels here; the model has 1280, where the old rule
+    built an 8.4 GB kernel of ones; a global window is differentiated as a global pool, with no kernel at all."""
     case = one("AveragePool", rand((1, 8, 7, 7)), kernel_shape=[1280, 1280], strides=[1280, 1280], ceil_mode=1)
     gg = gradient_graph(case)
     added = _constant_bytes(gg.model) - _constant_bytes(build(case))

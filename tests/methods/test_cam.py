@@ -1,4 +1,5 @@
-"""CAM family against pytorch-grad-cam 1.5.7 on torchvision models with fixed random weights, and on the real SqueezeNet.
+"""CAM family against pytorch-grad-cam 1.5.7 on torchvision models with fixed random weights, and on the real
+SqueezeNet.
 
 Parity: our normalised, upsampled maps must be within 1e-3 (max abs) of pytorch-grad-cam's at the same module, same
 targets (a batch of 4, one class each). pytorch-grad-cam normalises with ``(m - min) / (max + 1e-7)``: when a raw map's

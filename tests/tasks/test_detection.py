@@ -135,7 +135,8 @@ def test_exported_detector_gradients_equal_torch(ultralytics_onnx, stem, exporte
 
 def test_detector_loaded_as_classifier_says_it_is_a_detector(yolov8n_torchscript):
     _, path = yolov8n_torchscript
-    with pytest.raises(NotAClassifierError, match="^this is a detector: its output 'output0' has shape .*task='detector'"):
+    with pytest.raises(NotAClassifierError,
+                       match="^this is a detector: its output 'output0' has shape .*task='detector'"):
         cv.load(path, device="cpu")
 
 

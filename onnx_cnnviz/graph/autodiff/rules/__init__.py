@@ -25,7 +25,7 @@ lower bound 0 such as ReLU6, LeakyRelu, PRelu); every other op has its one true 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import onnx
 

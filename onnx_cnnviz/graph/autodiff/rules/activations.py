@@ -10,7 +10,7 @@ vanilla rule by :func:`guided` and :func:`deconvnet` (the table of which op is a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

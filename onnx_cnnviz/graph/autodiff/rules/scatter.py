@@ -25,7 +25,7 @@ def scatter_nd(ctx, node, dys):
     if reduction not in ("none", "add"):
         ctx.unsupported(f"ScatterND with reduction '{reduction}' (only 'none' and 'add' are supported)")
     g = dys[0]
-    x, indices, updates = node.input[0], node.input[1], node.input[2]
+    indices, updates = node.input[1], node.input[2]
     dx = du = None
     if ctx.wants(0):
         dx = g if reduction == "add" else b.op("ScatterND", [g, indices, b.zeros_like(updates)],

@@ -2,7 +2,8 @@
 
 Re-views (Reshape, Flatten, Squeeze, Unsqueeze) reshape ``g`` back; Transpose applies the inverse permutation;
 Concat splits ``g``, Split concatenates; Slice, Pad (every mode: reflect, edge and wrap padding copy elements, so
-their gradient adds the border's ``g`` back onto the elements copied) and the gathers (Gather, GatherElements, GatherND) put ``g`` back
+their gradient adds the border's ``g`` back onto the elements copied) and the gathers (Gather, GatherElements,
+GatherND) put ``g`` back
 where the elements came from (with ``ScatterND``/``ScatterElements(reduction="add")`` where the indices are known at
 run time only); Resize applies the transpose of its (separable, per-axis) interpolation matrices. Sizes that follow
 the batch (None in the shape info, wherever the batch sits) are read at run time with ``Shape``.
