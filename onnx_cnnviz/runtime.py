@@ -58,15 +58,14 @@ _PLACEHOLDER = "cnnviz-shared-weight.bin"
 #: onnxruntime graph optimisers that change results. ``Pad_Fusion`` folds a zero ``Pad`` into the ``MaxPool`` after
 #: it, which pads with -inf instead: the max of a border window that held padded zeros becomes negative (onnxruntime
 #: 1.31; BiT's stem is exactly Pad(0) -> MaxPool, and its scores came out 4% off). It only saves a copy.
-#: ``ConvBNFusion`` and ``NchwcTransformer`` fold the weights into new ones (a convolution with its BatchNorm, kernels
-#: reordered for NCHWc kernels): a private copy of every Conv weight in every session, where the shared or held ones
-#: are read in place. timm's VGG-16 writes its 400 MB fully-connected layers as Convs, and with NCHWc each of its
-#: sessions copied them: 8 GB by the second method (issue 26; 4.6 GB without these two, and 1.9 GB held). Measured
-#: on timm resnet50 at batch 2 on 2 cores, neither saves time worth a copy of the weights per session.
-DISABLED_OPTIMIZERS = ["Pad_Fusion", "ConvBNFusion", "NchwcTransformer"]
-#: The same for a model whose weights are held outside its graph (graph/held.py); kept as a name of its own for the
-#: callers that choose between the two (tests/reference.py reads the engine's forward with the same settings).
-HELD_DISABLED_OPTIMIZERS = list(DISABLED_OPTIMIZERS)
+DISABLED_OPTIMIZERS = ["Pad_Fusion"]
+#: Also off for a model whose weights are held outside its graph (graph/held.py, 256 MiB and more): ``ConvBNFusion``
+#: and ``NchwcTransformer`` fold the weights into new ones (a convolution with its BatchNorm, kernels reordered for
+#: NCHWc kernels), a private copy of every Conv weight in every session where the held ones are read in place
+#: (timm's VGG-16 writes its 400 MB fully-connected layers as Convs: 8 GB by the second method with them, 1.9 GB held
+#: without; issue 26). Below that size the copies cost little and NCHWc is worth keeping: off, a ResNet-50 forward
+#: took 1.16x (batch 1) and 1.30x (batch 8) as long on 2 cores (interleaved runs, best of 12).
+HELD_DISABLED_OPTIMIZERS = DISABLED_OPTIMIZERS + ["ConvBNFusion", "NchwcTransformer"]
 
 
 @functools.lru_cache(maxsize=1)
