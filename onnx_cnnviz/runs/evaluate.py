@@ -31,9 +31,8 @@ from .evaluate_tables import (
     undefined_lines,
     write_outputs,
 )
-from .images import collect_images
-from .outputs import abspath, out_folder
-from .preprocessing import LIBRARY_DEFAULT, load_model, resolve_preprocessing
+from .outputs import abspath
+from .preprocessing import LIBRARY_DEFAULT, open_run
 from .reporting import Reporter
 
 
@@ -61,13 +60,7 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
     """Everything before the work: the images, the model and its preprocessing, the checked settings (:class:`Job`),
     the output files and the plan; the plan's resume lines go to ``reporter``. ``options``: the command's options by
     their names (see :func:`onnx_cnnviz.runs.explain.prepare`). Returns (model, job, paths, outputs, plan)."""
-    out = out_folder(options["out_dir"])
-    paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
-    m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
-                   options["input_size"], options["rows_per_run"], options["max_nodes"])
-    pre = resolve_preprocessing(m, options["preprocess"], options["mean"], options["std"], options["size"],
-                                options["order"], options["scale"], options["input_size"],
-                                model_name=Path(options["model"]).name, reporter=reporter)
+    out, paths, m, pre = open_run(options, reporter)
     job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options, reporter)
     outputs = output_files(out, methods, metrics)
     work = plan(job, outputs, paths, reporter)

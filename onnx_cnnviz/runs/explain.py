@@ -17,9 +17,9 @@ from pathlib import Path
 from ..errors import InputError
 from .explain_plan import Plan, RunSettings, check_options, plan
 from .explain_run import Outcome, explain_all
-from .images import collect_images, image_keys
-from .outputs import abspath, out_folder
-from .preprocessing import LIBRARY_DEFAULT, load_model, resolve_preprocessing
+from .images import image_keys
+from .outputs import abspath
+from .preprocessing import LIBRARY_DEFAULT, open_run
 from .reporting import Reporter
 
 #: The methods' own parameters when not given (``cnnviz explain``'s --window, --stride, --baseline, --mode,
@@ -36,13 +36,7 @@ def prepare(options: dict, methods: list, params: dict, reporter: Reporter) -> t
     top_k, layer, overwrite, resume, batch_size, rows_per_run, alpha, colormap). Returns (model, settings, paths, keys,
     plan)."""
     check_options(options)
-    out = out_folder(options["out_dir"])
-    paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
-    m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
-                   options["input_size"], options["rows_per_run"], options["max_nodes"])
-    pre = resolve_preprocessing(m, options["preprocess"], options["mean"], options["std"], options["size"],
-                                options["order"], options["scale"], options["input_size"],
-                                model_name=Path(options["model"]).name, reporter=reporter)
+    out, paths, m, pre = open_run(options, reporter)
     job = RunSettings.build(m, pre, methods, params, options, reporter)
     keys = image_keys(paths)
     work = plan(job, paths, keys, reporter)

@@ -1,6 +1,7 @@
 """The one preprocessing policy of every run: the model's metadata, else a preset named by the caller, else raw
 pixels for a model that takes integer pixels, else the assumed ImageNet preset (with a warning); then the fields the
-caller gives. The presets are the library's (:data:`onnx_cnnviz.image.PRESETS`)."""
+caller gives. The presets are the library's (:data:`onnx_cnnviz.image.PRESETS`). :func:`open_run` is what explain and
+evaluate runs start from: the output folder, the images, the model and this policy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from ..files import check_regular
 from ..image import PRESETS, Preprocessing
+from .images import collect_images
+from .outputs import out_folder
 
 #: The preset names a caller may give (``cnnviz --preprocess``): the library's presets.
 PRESET_NAMES = tuple(PRESETS)
@@ -147,3 +150,26 @@ def load_model(path, device="auto", input_name=None, output_name=None, input_siz
     limit = {} if max_nodes is LIBRARY_DEFAULT else {"max_nodes": max_nodes}
     return cv.load(path, device=device, input=input_name, output=output_name, input_size=input_size,
                    batch_size=batch_size, **limit)
+
+
+def open_run(options: dict, reporter=None) -> tuple:
+    """What every run of images into files starts from, in this order: the output folder, the images (collected
+    before the model is loaded, so that a typo in a path fails fast, and with the output folder left out), the model,
+    and its preprocessing (:func:`resolve_preprocessing`, which warns through ``reporter`` when it is only assumed).
+
+    Args:
+        options: the run's options by name: out_dir, images, recursive, model, device, input_name, output_name,
+            input_size, rows_per_run, max_nodes, preprocess, mean, std, size, order, scale.
+        reporter: the run's :class:`~onnx_cnnviz.runs.reporting.Reporter` (None: warnings).
+
+    Returns:
+        ``(out, paths, m, pre)``: the output folder, the image paths, the loaded model and its preprocessing.
+    """
+    out = out_folder(options["out_dir"])
+    paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
+    m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
+                   options["input_size"], options["rows_per_run"], options["max_nodes"])
+    pre = resolve_preprocessing(m, options["preprocess"], options["mean"], options["std"], options["size"],
+                                options["order"], options["scale"], options["input_size"],
+                                model_name=Path(options["model"]).name, reporter=reporter)
+    return out, paths, m, pre
