@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 import onnx_cnnviz as cv
 
-from .conftest import CACHE, rel_err
+from .conftest import CACHE, export_onnx, rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -95,12 +94,7 @@ def hf_efficientnet():
     calibrate_batchnorm(model, torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
     path = CACHE / f"hf_efficientnet_b0_t{transformers.__version__}.onnx"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        export_onnx(model, torch.zeros(1, 3, 224, 224), path)
     return model, path
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ import onnx_cnnviz as cv
 from onnx_cnnviz import runtime
 from onnx_cnnviz.graph import held
 
-from .conftest import CACHE, rel_err
+from .conftest import CACHE, export_onnx, rel_err
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -93,12 +92,7 @@ def hiera():
         torch.nn.init.normal_(model.head.fc.weight, std=0.02)
     path = CACHE / f"{NAME}_timm{timm.__version__}_headinit.onnx"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        export_onnx(model, torch.zeros(1, 3, 224, 224), path)
     return model, path
 
 
