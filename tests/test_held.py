@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_cnnviz as cv
 from onnx_cnnviz.errors import InputError, ModelLoadError
+from onnx_cnnviz import runtime
 from onnx_cnnviz.graph import held
 from onnx_cnnviz.graph import load as graph_load
 from onnx_cnnviz.methods.registry import explain
@@ -237,6 +238,10 @@ def _real_models():
 @pytest.mark.parametrize("label", ["resnet18", "nhwc", "uint8", "convnext", "vit"])
 def test_real_models_give_the_same_maps_held_or_not(label, monkeypatch):
     path = _real_models()[label]()
+    # The plain reference runs with the held sessions' optimisers (BatchNorm unfused, no NCHWc): what is compared is
+    # holding the weights, not onnxruntime's fusions, whose float32 rounding flips near-zero ReLUs of a random model
+    # (saliency 0.7% apart on ResNet-18 with onnxruntime 1.2x's default fusions).
+    monkeypatch.setattr(runtime, "DISABLED_OPTIMIZERS", list(runtime.HELD_DISABLED_OPTIMIZERS))
     plain = cv.load(path, device="cpu")
     monkeypatch.setattr(held, "HOLD_ABOVE_BYTES", 0)
     monkeypatch.setattr(held, "HOLD_MIN_BYTES", 4096)
@@ -248,8 +253,7 @@ def test_real_models_give_the_same_maps_held_or_not(label, monkeypatch):
     x = np.random.default_rng(5).standard_normal((2, 3, size, size)).astype(np.float32)
     targets = [1, 7]
     np.testing.assert_allclose(m.scores(x), plain.scores(x), rtol=1e-5, atol=1e-5)
-    # Held sessions run BatchNorm unfused (runtime.HELD_DISABLED_OPTIMIZERS), so float32 rounding differs; an
-    # occlusion map is a difference of two scores, so its error is measured against the scores, not the map.
+    # An occlusion map is a difference of two scores, so its error is measured against the scores, not the map.
     score_scale = float(np.abs(plain.scores(x)).max())
     for method, params in (("saliency", {}), ("gradcam", {}), ("gradcampp", {}),
                            ("occlusion", {"window": size // 4, "stride": size // 4})):

@@ -334,7 +334,8 @@ def cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normali
     Returns (N, H, W) float32."""
     head = cam_head(m)
     if targets is not None:
-        m.targets_for(targets, np.shape(x)[0])  # CAM reads class weights: class targets only
+        x = m.check_input(x)
+        m.targets_for(targets, len(x))  # CAM reads class weights: class targets only
     if layer is not None:
         names = m.layer_names(layer)
         wrong = [n for n in names if n not in head.aliases]
