@@ -30,6 +30,7 @@ from onnx_cnnviz.metrics import registry as metric_registry
 from onnx_cnnviz.runs import explain_plan, labels, preprocessing
 from onnx_cnnviz.runs.images import collect_images, image_keys  # noqa: F401  (the commands' one collector)
 from onnx_cnnviz.runs.labels import resolve_labels  # noqa: F401
+from onnx_cnnviz.runs.method_layers import unavailable_line
 from onnx_cnnviz.runs.outputs import (  # noqa: F401
     abspath,
     check_outputs,
@@ -856,3 +857,18 @@ def remove_stale_temps(folder, names) -> list:
     from onnx_cnnviz.runs.outputs import remove_stale_temps as remove
 
     return remove(folder, names, reporter())
+
+
+def exit_for_outcome(ctx: click.Context, interrupted: str | None, failed: str | None, unavailable, out) -> None:
+    """How a run that wrote files ends, in every command: ``interrupted`` (what follows "cnnviz: interrupted", or
+    None) exits 130, then ``failed`` (the error, or None) exits 1, then methods the model could not run
+    (``unavailable``, named with the folder ``out`` of the others' results) exit 1; otherwise it returns."""
+    if interrupted is not None:
+        click.echo(f"cnnviz: interrupted{interrupted}", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    if failed is not None:
+        click.echo(f"cnnviz: error: {failed}", err=True)
+        ctx.exit(EXIT_FAILURE)
+    if unavailable:
+        click.echo(f"cnnviz: error: {unavailable_line(unavailable, out)}", err=True)
+        ctx.exit(EXIT_FAILURE)

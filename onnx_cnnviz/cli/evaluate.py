@@ -36,13 +36,12 @@ from onnx_cnnviz.runs import evaluate as runs_evaluate
 from onnx_cnnviz.runs.evaluate_plan import DEFAULT_METRICS, JOURNAL, Journal, needs_boxes  # noqa: F401
 from onnx_cnnviz.runs.evaluate_run import evaluate_all
 from onnx_cnnviz.runs.evaluate_tables import ranking_text
-from onnx_cnnviz.runs.method_layers import unavailable_line
 
 from .common import (
-    EXIT_FAILURE,
     EXIT_INTERRUPTED,
     batch_size_option,
     emit_json,
+    exit_for_outcome,
     flatten_lists,
     global_flags,
     image_options,
@@ -165,15 +164,11 @@ def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_fi
         emit_json(document)
     else:
         talk.result(ranking_text(document["summary"], job.metrics))
-    if tally.interrupted:
-        click.echo(f"cnnviz: interrupted; the {len(results.rows)} row(s) measured are written in {job.out} (run "
-                   "again with --resume to finish)", err=True)
-        ctx.exit(EXIT_INTERRUPTED)
-    if tally.failed:
-        click.echo(f"cnnviz: error: {len(tally.failed)} of {len(paths)} image(s) could not be evaluated (listed "
-                   f"above); the other results are in {job.out}", err=True)
-        ctx.exit(EXIT_FAILURE)
-    if job.unavailable:
-        click.echo(f"cnnviz: error: {unavailable_line(job.unavailable, job.out)}", err=True)
-        ctx.exit(EXIT_FAILURE)
+    exit_for_outcome(
+        ctx,
+        interrupted=(f"; the {len(results.rows)} row(s) measured are written in {job.out} (run again with --resume "
+                     "to finish)") if tally.interrupted else None,
+        failed=(f"{len(tally.failed)} of {len(paths)} image(s) could not be evaluated (listed above); the other "
+                f"results are in {job.out}") if tally.failed else None,
+        unavailable=job.unavailable, out=job.out)
     talk.info(f"{len(results.rows)} row(s) in {job.out} ({tally.computed} computed, {len(work.done)} kept)")

@@ -15,14 +15,12 @@ import click
 from onnx_cnnviz.methods import registry
 from onnx_cnnviz.runs import explain as runs_explain
 from onnx_cnnviz.runs.explain_run import explain_all
-from onnx_cnnviz.runs.method_layers import unavailable_line
 
 from .common import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
     apply,
     batch_size_option,
     emit_json,
+    exit_for_outcome,
     flatten_lists,
     global_flags,
     image_options,
@@ -159,15 +157,11 @@ def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
     if settings().json:
         emit_json(document)
     results = outcome.results
-    if outcome.interrupted:
-        click.echo(f"cnnviz: interrupted after {complete} of {len(work.todo)} image(s); the {len(results)} result(s) "
-                   f"written are kept in {job.out} (run again with --resume to finish)", err=True)
-        ctx.exit(EXIT_INTERRUPTED)
-    if outcome.failed:
-        click.echo(f"cnnviz: error: {len(outcome.failed)} of {len(paths)} image(s) could not be explained (listed "
-                   f"above); the other results are in {job.out}", err=True)
-        ctx.exit(EXIT_FAILURE)
-    if job.unavailable:
-        click.echo(f"cnnviz: error: {unavailable_line(job.unavailable, job.out)}", err=True)
-        ctx.exit(EXIT_FAILURE)
+    exit_for_outcome(
+        ctx,
+        interrupted=(f" after {complete} of {len(work.todo)} image(s); the {len(results)} result(s) written are kept "
+                     f"in {job.out} (run again with --resume to finish)") if outcome.interrupted else None,
+        failed=(f"{len(outcome.failed)} of {len(paths)} image(s) could not be explained (listed above); the other "
+                f"results are in {job.out}") if outcome.failed else None,
+        unavailable=job.unavailable, out=job.out)
     talk.info(f"{len(results)} result(s) in {job.out}")
