@@ -7,7 +7,18 @@ from __future__ import annotations
 
 
 class CnnvizError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of every error this library raises on purpose.
+
+    Catch it to handle any of them; the CLI turns each subclass into a one-line message and an exit code.
+
+    Example:
+        ```python
+        try:
+            model = cv.load("model.onnx")
+        except CnnvizError as error:
+            print(f"cannot explain this model: {error}")
+        ```
+    """
 
 
 class ModelLoadError(CnnvizError):
@@ -29,6 +40,13 @@ class UnsupportedOpError(CnnvizError):
     """A node on the gradient path has no backward rule (or uses an attribute variant the rule does not cover)."""
 
     def __init__(self, message: str, node_name: str = "", op_type: str = ""):
+        """Keep the node and its op type beside the message.
+
+        Args:
+            message: the cause and what to do (the text ``str(error)`` gives).
+            node_name: the ONNX node without a rule, or empty when not known.
+            op_type: its operator type (``Conv``, ``Loop``, ...), or empty.
+        """
         super().__init__(message)
         self.node_name = node_name
         self.op_type = op_type

@@ -10,8 +10,19 @@ import numpy as np
 
 
 def minmax(a) -> np.ndarray:
-    """``(a - min(a)) / (max(a) - min(a))`` over the whole array, float32 in [0, 1]; a constant (or non-finite
-    span) array becomes all zeros rather than NaN."""
+    """Min-max scaling over the whole array: ``(a - min(a)) / (max(a) - min(a))``.
+
+    Args:
+        a: an array of any shape (anything ``numpy.asarray`` takes).
+
+    Returns:
+        float32 values in [0, 1], the shape of ``a``; a constant array (or one whose span is not finite) becomes all
+        zeros rather than NaN.
+
+    Example:
+        >>> minmax([2.0, 4.0, 6.0]).tolist()
+        [0.0, 0.5, 1.0]
+    """
     a = np.asarray(a, dtype=np.float32)
     if a.size == 0:
         return a
@@ -23,7 +34,14 @@ def minmax(a) -> np.ndarray:
 
 
 def normalize_maps(maps) -> np.ndarray:
-    """Per-image min-max scaling to [0, 1] (axis 0 indexes images; a constant map becomes all zeros)."""
+    """Per-image min-max scaling, ``(m - min(m)) / (max(m) - min(m))`` for each image ``m`` of the stack.
+
+    Args:
+        maps: an array whose axis 0 indexes images: (N, H, W), (N, C, H, W) or any (N, ...).
+
+    Returns:
+        float32 in [0, 1], the shape of ``maps``; a constant image becomes all zeros.
+    """
     maps = np.asarray(maps, dtype=np.float32)
     flat = maps.reshape(maps.shape[0], -1)
     lo = flat.min(axis=1, keepdims=True)
@@ -33,8 +51,16 @@ def normalize_maps(maps) -> np.ndarray:
 
 
 def upsample_maps(maps, hw) -> np.ndarray:
-    """Bilinear resize of each (h, w) map of an (N, h, w) stack to ``hw`` = (H, W), as pytorch-grad-cam's
-    ``scale_cam_image`` does (``cv2.resize``, ``INTER_LINEAR``). Maps already at ``hw`` are returned as they are."""
+    """Bilinear resize of each map of a stack, as pytorch-grad-cam's ``scale_cam_image`` does (``cv2.resize``,
+    ``INTER_LINEAR``, half-pixel centres).
+
+    Args:
+        maps: (N, h, w) maps.
+        hw: the target size (H, W).
+
+    Returns:
+        (N, H, W) float32; maps already at ``hw`` are returned as they are.
+    """
     import cv2
 
     maps = np.asarray(maps, dtype=np.float32)
@@ -46,8 +72,17 @@ def upsample_maps(maps, hw) -> np.ndarray:
 
 
 def finish_maps(maps, hw, upsample: bool = True, normalize: bool = True) -> np.ndarray:
-    """The common tail of every (N, h, w) map: per-image min-max (``normalize``), then bilinear resize to ``hw``
-    (``upsample``), in pytorch-grad-cam's order."""
+    """The common tail of every map function: per-image min-max, then bilinear resize, in pytorch-grad-cam's order.
+
+    Args:
+        maps: (N, h, w) maps.
+        hw: the input's size (H, W).
+        upsample: resize to ``hw`` (:func:`upsample_maps`); False keeps the layer's resolution.
+        normalize: scale each map to [0, 1] (:func:`normalize_maps`); False keeps raw values.
+
+    Returns:
+        (N, H, W) float32 (or (N, h, w) without ``upsample``).
+    """
     out = np.asarray(maps, dtype=np.float32)
     if normalize:
         out = normalize_maps(out)
@@ -56,11 +91,17 @@ def finish_maps(maps, hw, upsample: bool = True, normalize: bool = True) -> np.n
     return out
 
 
-
-
 def normalize_signed(maps) -> np.ndarray:
-    """Per-image scaling of a signed map (or attribution) to [-1, 1] by its largest absolute value: zero stays zero,
-    so "no effect" keeps its meaning (min-max would move it). An all-zero image stays zero."""
+    """Per-image scaling of a signed map or attribution to [-1, 1]: ``m / max|m|``.
+
+    Zero stays zero, so "no effect" keeps its meaning (min-max would move it).
+
+    Args:
+        maps: an array whose axis 0 indexes images.
+
+    Returns:
+        float32 in [-1, 1], the shape of ``maps``; an all-zero image stays zero.
+    """
     maps = np.asarray(maps, dtype=np.float32)
     flat = maps.reshape(maps.shape[0], -1)
     top = np.abs(flat).max(axis=1, keepdims=True)

@@ -176,50 +176,191 @@ def _family(m: Model, x, targets, layer, combine: Callable, uses_gradients: bool
 # ==================================================================================================================
 def grad_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
              relu: bool = True, counterfactual: bool = False, batch_size: int | None = None) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
-    Localization", ICCV 2017): ``alpha_k^c = 1/Z sum_ij dS_c/dA^k_ij`` (Eq. 1), ``L^c = ReLU(sum_k alpha_k^c A^k)``
-    (Eq. 2). ``counterfactual=True`` negates the gradients (the paper's "counterfactual explanations"): regions whose
-    removal would raise the class score. Returns (N, H, W) float32."""
+    """Grad-CAM: the feature maps weighted by their spatially averaged gradient.
+
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization", ICCV 2017:
+    ``alpha_k^c = 1/Z sum_ij dS_c/dA^k_ij`` (Eq. 1), ``L^c = ReLU(sum_k alpha_k^c A^k)`` (Eq. 2).
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class, chosen in the same run), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: None (``Model.default_layer``), a layer name, or a list of names (the maps are averaged after
+            upsampling).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        counterfactual: negate the gradients (the paper's "counterfactual explanations"): the regions whose removal
+            would raise the class score.
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+
+    Example:
+        ```python
+        maps = cv.grad_cam(model, x, targets=[281, 285])   # (2, 224, 224) in [0, 1]
+        ```
+    """
     return _family(m, x, targets, layer, _per_layer(_grad_cam_map), True, upsample, normalize, relu, batch_size,
                    grad_sign=-1.0 if counterfactual else 1.0)[0]
 
 
 def grad_cam_pp(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
                 relu: bool = True, batch_size: int | None = None) -> np.ndarray:
-    """Grad-CAM++ (Chattopadhyay et al., WACV 2018, arXiv:1710.11063), the closed form pytorch-grad-cam uses:
+    """Grad-CAM++: the positive gradients weighted per pixel, in the closed form pytorch-grad-cam uses.
 
-    ``g = dS_c/dA``; ``alpha_ij^k = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (Eq. 19: the exponential-score assumption
-    turns the 2nd/3rd derivatives into powers of the first), ``alpha = 0`` where ``g == 0``;
-    ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``; map ``= ReLU(sum_k w_k A^k)``. Returns (N, H, W) float32."""
+    Chattopadhyay et al., "Grad-CAM++", WACV 2018 (arXiv:1710.11063): ``g = dS_c/dA``;
+    ``alpha_ij^k = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (Eq. 19: the exponential-score assumption turns the 2nd and
+    3rd derivatives into powers of the first), ``alpha = 0`` where ``g == 0``;
+    ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``; map ``= ReLU(sum_k w_k A^k)``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class, chosen in the same run), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: None (``Model.default_layer``), a layer name, or a list of names (the maps are averaged after
+            upsampling).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+    """
     return _family(m, x, targets, layer, _per_layer(_grad_cam_pp_map), True, upsample, normalize, relu, batch_size)[0]
 
 
 def hires_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
-    """HiResCAM (Draelos & Carin, arXiv:2011.08891): ``map = ReLU(sum_k dS_c/dA^k (.) A^k)``, the element-wise
-    product instead of Grad-CAM's spatially averaged gradient. Returns (N, H, W) float32."""
+    """HiResCAM: the element-wise product of gradient and activation instead of Grad-CAM's averaged gradient.
+
+    Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations", arXiv:2011.08891:
+    ``map = ReLU(sum_k dS_c/dA^k (.) A^k)``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class, chosen in the same run), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: None (``Model.default_layer``), a layer name, or a list of names (the maps are averaged after
+            upsampling).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+    """
     return _family(m, x, targets, layer, _per_layer(_hires_cam_map), True, upsample, normalize, relu, batch_size)[0]
 
 
 def xgrad_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
-    """XGrad-CAM (Fu et al., BMVC 2020, arXiv:2008.02312): ``w_k = sum_ij (A^k_ij / (sum_ab A^k_ab + eps))
-    dS_c/dA^k_ij``, map ``= ReLU(sum_k w_k A^k)``. Returns (N, H, W) float32."""
+    """XGrad-CAM: the gradients weighted by the normalised activations.
+
+    Fu et al., "Axiom-based Grad-CAM", BMVC 2020 (arXiv:2008.02312):
+    ``w_k = sum_ij (A^k_ij / (sum_ab A^k_ab + eps)) dS_c/dA^k_ij``, map ``= ReLU(sum_k w_k A^k)``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class, chosen in the same run), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: None (``Model.default_layer``), a layer name, or a list of names (the maps are averaged after
+            upsampling).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+    """
     return _family(m, x, targets, layer, _per_layer(_xgrad_cam_map), True, upsample, normalize, relu, batch_size)[0]
 
 
 def layer_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
-    """LayerCAM (Jiang et al., IEEE TIP 2021): ``map = ReLU(sum_k ReLU(dS_c/dA^k) (.) A^k)``; meant to be
-    used at shallow layers too (pass a list of layers to combine them). Returns (N, H, W) float32."""
+    """LayerCAM: the positive gradients times the activations, element-wise; meant for shallow layers too.
+
+    Jiang et al., "LayerCAM", IEEE TIP 2021: ``map = ReLU(sum_k ReLU(dS_c/dA^k) (.) A^k)``; pass a list of layers to
+    combine several.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class, chosen in the same run), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: None (``Model.default_layer``), a layer name, or a list of names (the maps are averaged after
+            upsampling).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+    """
     return _family(m, x, targets, layer, _per_layer(_layer_cam_map), True, upsample, normalize, relu, batch_size)[0]
 
 
 def eigen_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None) -> np.ndarray:
-    """EigenCAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299): the projection of the (h*w, C) centred
-    activations on their first right singular vector. Class-agnostic: ``targets`` is accepted and ignored; no
-    gradient is computed. Returns (N, H, W) float32."""
+    """EigenCAM: the activations projected on their first principal component; class-agnostic, no gradient.
+
+    Muhammad & Yeasin, "Eigen-CAM", IJCNN 2020 (arXiv:2008.00299): per image the (h*w, C) activations centred per
+    channel, ``M = U S V^T``, map ``= M v_1`` (the sign of ``v_1`` is LAPACK's, as in pytorch-grad-cam).
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None or anything :func:`grad_cam` takes: accepted and ignored (the map does not depend on
+            the class).
+        layer: None (``Model.default_layer``), a layer name, or a list of names (the maps are averaged after
+            upsampling).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+    """
     return _family(m, x, targets, layer, _per_layer(_eigen_cam_map), False, upsample, normalize, relu, batch_size)[0]
 
 
@@ -290,12 +431,36 @@ def _seeded_values(m: Model, x: np.ndarray, tensor: str, batch_size) -> np.ndarr
 def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
               relu: bool = True, batch_size: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for CNNs", CVPR-W 2020):
-    ``w_k = softmax_k S_c(x (.) norm(up(A^k)))``, map ``= ReLU(sum_k w_k A^k)`` (see :func:`_score_cam_weights`).
-    Gradient-free but costs C extra forward passes per image (C = the layer's channels), run in batches of
-    ``batch_size`` (default: sized to the model's per-image memory and the memory available); memory does not grow
-    with C. ``progress``: a callable ``progress(done, total)`` called after each batch with the masked images scored
-    so far and their total, N * C (summed over the layers when there are several). Returns (N, H, W) float32."""
+    """Score-CAM: each channel weighted by the class score of the image masked by that channel.
+
+    Wang et al., "Score-CAM: Score-Weighted Visual Explanations for CNNs", CVPR-W 2020:
+    ``H^k = minmax(up(A^k))`` (bilinear, align_corners), ``w_k = softmax_k S_c(x (.) H^k)``,
+    map ``= ReLU(sum_k w_k A^k)``. Gradient-free but costs C extra forward passes per image (C = the layer's
+    channels), run ``batch_size`` at a time, so memory does not grow with C.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class, chosen in the same run), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: None (``Model.default_layer``), a layer name, or a list of names (the maps are averaged after
+            upsampling).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        progress: ``progress(done, total)``, called after each batch with the masked images scored so far and
+            their total, N * C (summed over the layers when there are several).
+        batch_size: masked images per run (default: sized to the model's per-image memory and
+            the memory available).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+    """
     x = np.asarray(x)
     seeds = resolve(m, targets, len(x)) if targets is not None else None
     seeds = seeds if seeds is not None and seeds.objects else None
@@ -318,20 +483,52 @@ def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, n
 
 # --- CAM (Zhou et al.) -------------------------------------------------------------------------------------------
 def cam_head(m: Model) -> CamHead:
-    """The linear classifier head CAM reads its class weights from: :func:`onnx_cnnviz.graph.head.cam_head` on the
-    model's graph (the accepted heads and the errors are described there)."""
+    """The linear classifier head CAM reads its class weights from.
+
+    Args:
+        m: the loaded model.
+
+    Returns:
+        The head found by :func:`onnx_cnnviz.graph.head.cam_head` on the model's graph: the feature layer, the
+        (classes, C) weights and the form of the head.
+
+    Raises:
+        ModelStructureError: the model has no global-average-pooling -> linear head (the accepted heads are
+            described at :func:`onnx_cnnviz.graph.head.cam_head`).
+    """
     spec = m.spec()
     return graph_cam_head(spec.model, spec.info, m.score_name, m.num_classes)
 
 
 def cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True, relu: bool = True,
         batch_size: int | None = None) -> np.ndarray:
-    """CAM (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, Sec. 2):
+    """CAM: the feature maps weighted by the classifier's weights of the class; one forward pass, no gradient.
+
+    Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, Sec. 2:
     ``M_c(x, y) = sum_k w^c_k f_k(x, y)``, with ``w^c`` the classifier weights of class ``c`` after global average
-    pooling of the feature maps ``f_k`` (see :func:`onnx_cnnviz.graph.head.cam_head` for the accepted heads). One
-    forward pass, no gradient. ``layer=None`` picks the feature map feeding the head; any other layer is an error
-    (use grad_cam).
-    Returns (N, H, W) float32."""
+    pooling of the feature maps ``f_k`` (the accepted heads: :func:`onnx_cnnviz.graph.head.cam_head`).
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class, chosen in the same run), a class index or name, or one per
+            image (class targets only: CAM reads class weights).
+        layer: None: the feature map feeding the head, the only layer CAM is defined at (any other is an
+            error: use :func:`grad_cam`).
+        upsample: resize each map to the input's (H, W), bilinear; False keeps the layer's resolution.
+        normalize: min-max scale each map to [0, 1].
+        relu: keep the map's positive part (the paper's ReLU).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32 maps (N, h, w at the layer's resolution without ``upsample``).
+
+    Raises:
+        InputError: a bad input or target, or layers of different resolutions with ``upsample=False``.
+        ModelStructureError: the model has no head CAM can read.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+        NumericalError: the model produced NaN or Inf.
+    """
     head = cam_head(m)
     if targets is not None:
         x = m.check_input(x)
@@ -354,9 +551,27 @@ def cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normali
 # --- Guided Grad-CAM and top-k ------------------------------------------------------------------------------------
 def guided_grad_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = False,
                     batch_size: int | None = None) -> np.ndarray:
-    """Guided Grad-CAM (Selvaraju et al. 2017, Sec. 3.1): guided backpropagation (Springenberg et al. 2015) times the
-    upsampled, normalised Grad-CAM map: ``G_guided(x) (.) L^c_Grad-CAM``. Returns (N, C, H, W) float32 at the input's
-    size (``upsample`` has nothing to do); ``normalize`` divides each image by its largest absolute value."""
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map.
+
+    Selvaraju et al. 2017, Sec. 3.1, with guided backpropagation of Springenberg et al., "Striving for Simplicity",
+    ICLR-W 2015: ``G_guided(x) (.) L^c_Grad-CAM``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects.
+        targets: as :func:`grad_cam` takes them.
+        layer: Grad-CAM's layer, as :func:`grad_cam` takes it.
+        upsample: accepted for a uniform signature; the result is at the input's size either way.
+        normalize: divide each image by its largest absolute value (to [-1, 1]).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, C, H, W) float32, signed.
+
+    Raises:
+        InputError: a bad input or target.
+        UnknownLayerError: a layer that is not in ``Model.layers``.
+    """
     maps, tgt = _family(m, x, targets, layer, _per_layer(_grad_cam_map), True, True, True, True, batch_size)
     guided = gradients(m, x, tgt if targets is None else targets, rule="guided", batch_size=batch_size)
     out = (guided * maps[:, None]).astype(np.float32)
