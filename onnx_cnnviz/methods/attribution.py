@@ -38,12 +38,24 @@ MEMORY_BUDGET = 1 << 30
 
 
 def auto_batch_size(m: Model, hw, rows: int, backward: bool, cap: int = 64) -> int:
-    """Rows per run for ``rows`` inputs of size ``hw``: as many as fit :data:`MEMORY_BUDGET` (or a quarter of the
-    memory available now, if that is less), at most ``cap``, then evened out so the runs are about equally full.
+    """Rows per run for ``rows`` inputs of size ``hw``, sized to the memory.
 
-    The memory of one sample is estimated from the sum of the sizes of the model's per-sample tensors: onnxruntime
-    reuses buffers, so a forward pass holds about a quarter of that sum and a forward + backward pass about half
-    (measured on ResNet-50 at 224 px, CPU: 14 and 34 MB per sample against a sum of 101 MB)."""
+    As many as fit :data:`MEMORY_BUDGET` (or a quarter of the memory available now, if that is less), at most
+    ``cap``, then evened out so the runs are about equally full. The memory of one sample is estimated from the sum of
+    the sizes of the model's per-sample tensors: onnxruntime reuses buffers, so a forward pass holds about a quarter
+    of that sum and a forward + backward pass about half (measured on ResNet-50 at 224 px, CPU: 14 and 34 MB per
+    sample against a sum of 101 MB).
+
+    Args:
+        m: the loaded model.
+        hw: the input's (H, W).
+        rows: how many inputs will be run in all.
+        backward: whether the runs include the backward graph (twice the memory of a forward).
+        cap: the most rows in one run.
+
+    Returns:
+        The rows per run, at least 1 (1 for a model whose batch is static).
+    """
     if m.static_batch:
         return 1
     spec = m.spec(tuple(hw))
@@ -70,9 +82,20 @@ def _chunk(m: Model, x: np.ndarray, rows: int, batch_size, backward: bool) -> in
 
 
 def resolve_targets(m: Model, x: np.ndarray, targets) -> np.ndarray:
-    """(N,) int64 targets: as given, or the top-1 class of each clean image. Target objects
-    (:mod:`onnx_cnnviz.targets`: a detection, a region, ...) come back as an (N,) object array of them, indexed per
-    image like the classes, so that each noisy copy or path point keeps its image's target."""
+    """The targets of a batch, with the top-1 class of each clean image for None.
+
+    Args:
+        m: the loaded model.
+        x: the (N, C, H, W) checked input.
+        targets: None, a class index or name, a target object (:mod:`onnx_cnnviz.targets`), or one per image.
+
+    Returns:
+        (N,) int64 classes; target objects (a detection, a region, ...) come back as an (N,) object array of them,
+        indexed per image like the classes, so that each noisy copy or path point keeps its image's target.
+
+    Raises:
+        InputError: a bad target, or None for a detector or segmenter (which has no top-1 class).
+    """
     if targets is None:
         resolve(m, None, x.shape[0])  # a detector or segmenter has no top-1 class: says so
         return m.scores(x).argmax(axis=1).astype(np.int64)
@@ -93,7 +116,27 @@ def _finish(attribution: np.ndarray, normalize: bool) -> np.ndarray:
 
 def input_x_gradient(m: Model, x, targets=None, layer=None, *, rule: str = "vanilla", upsample: bool = True,
                      normalize: bool = False, batch_size: int | None = None) -> np.ndarray:
-    """(N, C, H, W) float32 ``x * dS_c/dx`` (captum ``InputXGradient``)."""
+    """Input x gradient (Shrikumar et al. 2016, as captum's ``InputXGradient``): ``x (.) dS_c/dx``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: must be None: the gradient is taken at the input (accepted for the map functions' common signature).
+        rule: the gradient's rule set, ``"vanilla"``, ``"guided"`` or ``"deconvnet"`` (:func:`gradients`).
+        upsample: accepted for the common signature; the result is at the input's size either way.
+        normalize: divide each image by its largest absolute value (to [-1, 1]).
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, C, H, W) float32, signed.
+
+    Raises:
+        InputError: a bad input, target or parameter, or a ``layer``.
+        UnsupportedOpError: an op on the gradient path has no backward rule.
+        NumericalError: the model produced NaN or Inf.
+    """
     input_only("input_x_gradient", layer)
     x = m.check_input(x)
     return _finish((x * gradients(m, x, targets, rule=rule, batch_size=batch_size)).astype(np.float32), normalize)
@@ -103,17 +146,38 @@ def smoothgrad(m: Model, x, targets=None, layer=None, *, samples: int = 25, nois
                seed: int | np.random.Generator | None = 0, magnitude: bool = False, rule: str = "vanilla",
                upsample: bool = True, normalize: bool = False, batch_size: int | None = None,
                progress: Progress | None = None) -> np.ndarray:
-    """(N, C, H, W) float32 SmoothGrad (Smilkov et al. 2017).
+    """SmoothGrad (Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017): the mean gradient of noisy
+    copies, ``1/n sum_i dS_c/dx (x + N(0, sigma^2))`` with ``sigma = noise * (max(x) - min(x))`` per image.
 
-    Each image gets ``samples`` copies with Gaussian noise of standard deviation ``noise * (max - min)`` of that
-    image; the result is the mean of their gradients (``magnitude=True``: the mean of the squared gradients, the
-    "SmoothGrad squared" of the PAIR saliency code and captum's ``smoothgrad_sq``). The noise comes from
-    ``numpy.random.default_rng(seed)`` (``seed``: an int, None, or a ``numpy.random.Generator``, whose draws then
-    continue), drawn image after image, copy after copy: equal seeds give equal maps, whatever the batch size.
+    ``magnitude=True`` averages the squared gradients instead (the "SmoothGrad squared" of the PAIR saliency code
+    and captum's ``smoothgrad_sq``). The noise comes from ``numpy.random.default_rng(seed)``, drawn image after image,
+    copy after copy: equal seeds give equal maps, whatever the batch size. The copies are made and run
+    ``batch_size`` at a time, the mean accumulating in float64 per image, so memory does not grow with ``samples``.
 
-    The copies are made and run ``batch_size`` at a time (default: as many as the memory budget allows, at most 64),
-    the mean accumulating in float64 per image, so memory does not grow with ``samples``. ``progress``: a callable
-    ``progress(done, total)`` called after each batch with the noisy copies done so far and ``N * samples``.
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: must be None: the gradient is taken at the input (accepted for the map functions' common signature).
+        samples: noisy copies per image, at least 1.
+        noise: the noise's standard deviation as a fraction of each image's value range, at least 0.
+        seed: an int, None, or a ``numpy.random.Generator`` (whose draws then continue).
+        magnitude: average the squared gradients.
+        rule: the gradient's rule set, ``"vanilla"``, ``"guided"`` or ``"deconvnet"``.
+        upsample: accepted for the common signature; the result is at the input's size either way.
+        normalize: divide each image by its largest absolute value.
+        batch_size: noisy copies per onnxruntime run (default: as many as the memory budget allows, at most 64).
+        progress: ``progress(done, total)``, called after each batch with the noisy copies done so far and
+            their total, ``N * samples``.
+
+    Returns:
+        (N, C, H, W) float32.
+
+    Raises:
+        InputError: a bad input, target or parameter, or a ``layer``.
+        UnsupportedOpError: an op on the gradient path has no backward rule.
+        NumericalError: the model produced NaN or Inf.
     """
     input_only("smoothgrad", layer)
     x = m.check_input(x)
@@ -152,7 +216,7 @@ def smoothgrad(m: Model, x, targets=None, layer=None, *, samples: int = 25, nois
 
 
 def ig_steps(steps: int, integration: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
-    """(alphas, weights) of captum's ``approximation_methods`` for ``steps`` points, reproduced exactly.
+    """The points and weights of the path integral, ``(a_i, w_i)``, as captum's ``approximation_methods``.
 
     Riemann rules: weights ``1/n`` (halved at both ends for the trapezoid), points from ``torch.linspace`` in float32
     (reproduced by :func:`_torch_linspace`, so the points match bit for bit). Gauss-Legendre: numpy's ``leggauss``
@@ -160,6 +224,21 @@ def ig_steps(steps: int, integration: str = "gausslegendre") -> tuple[np.ndarray
     (steps x steps) eigenvalue problem would cost O(steps^2) memory and O(steps^3) time (2000 steps: 32 MB and
     seconds), the same nodes and weights by Newton's method on the Legendre recurrence (:func:`_leggauss_newton`:
     O(steps) memory; they agree with ``leggauss`` to 1e-16 in the nodes and 1e-10 relative in the weights).
+
+    Args:
+        steps: the number of points (at least 1 for Gauss-Legendre, 2 for the Riemann rules).
+        integration: one of :data:`INTEGRATION_RULES` (captum's ``method``).
+
+    Returns:
+        ``(alphas, weights)``, two (steps,) float64 arrays.
+
+    Raises:
+        InputError: an unknown rule or too few steps.
+
+    Example:
+        >>> alphas, weights = ig_steps(2, "riemann_trapezoid")
+        >>> alphas.tolist(), weights.tolist()
+        ([0.0, 1.0], [0.5, 0.5])
     """
     steps = int(steps)
     if integration not in INTEGRATION_RULES:
@@ -232,18 +311,36 @@ def _torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
 def integrated_gradients(m: Model, x, targets=None, layer=None, *, baseline=0.0, steps: int = 50,
                          integration: str = "gausslegendre", upsample: bool = True, normalize: bool = False,
                          batch_size: int | None = None, progress: Progress | None = None) -> np.ndarray:
-    """(N, C, H, W) float32 Integrated Gradients (Sundararajan et al. 2017), as captum's ``IntegratedGradients``.
+    """Integrated Gradients (Sundararajan et al., "Axiomatic Attribution for Deep Networks", ICML 2017), as
+    captum's ``IntegratedGradients``.
 
-    ``IG = (x - x') * sum_i w_i dS_c/dx (x' + a_i (x - x'))`` with ``(a_i, w_i)`` = :func:`ig_steps` (captum's
-    default, ``integration="gausslegendre"`` (captum's ``method``), ``steps=50``). ``baseline`` ``x'``: a float,
-    per-channel values (C,), (N, C) values, ``"mean"`` (each image's channel means), or an array broadcastable to
-    ``x`` ((C, H, W) or (N, C, H, W)); see :func:`~onnx_cnnviz.methods.arguments.baseline_values`. The target is
-    resolved on ``x`` and kept along the path.
+    ``IG = (x - x') (.) sum_i w_i dS_c/dx (x' + a_i (x - x'))`` with ``(a_i, w_i)`` = :func:`ig_steps`. The target is
+    resolved on ``x`` and kept along the path. The path points are made and run ``batch_size`` at a time, the
+    weighted gradients summed per image in step order, so memory does not grow with ``steps``.
 
-    The path points are made and run ``batch_size`` at a time (default: as many as the memory budget allows, at most
-    64), the weighted gradients summed per image in step order as they come, so memory does not grow with ``steps``.
-    ``progress``: a callable ``progress(done, total)`` called after each batch with the interpolation steps done so
-    far and ``N * steps``.
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: must be None: the gradient is taken at the input (accepted for the map functions' common signature).
+        baseline: ``x'``: a float, per-channel values (C,), (N, C) values, ``"mean"`` (each image's channel means),
+            or an array broadcastable to ``x``; see :func:`~onnx_cnnviz.methods.arguments.baseline_values`.
+        steps: points on the path (captum's default 50).
+        integration: the quadrature, one of :data:`INTEGRATION_RULES` (captum's ``method``).
+        upsample: accepted for the common signature; the result is at the input's size either way.
+        normalize: divide each image by its largest absolute value.
+        batch_size: path points per onnxruntime run (default: as many as the memory budget allows, at most 64).
+        progress: ``progress(done, total)``, called after each batch with the interpolation steps done so far and
+            their total, ``N * steps``.
+
+    Returns:
+        (N, C, H, W) float32, signed.
+
+    Raises:
+        InputError: a bad input, target or parameter, or a ``layer``.
+        UnsupportedOpError: an op on the gradient path has no backward rule.
+        NumericalError: the model produced NaN or Inf.
     """
     input_only("integrated_gradients", layer)
     x = m.check_input(x)

@@ -28,9 +28,18 @@ _WARNED: weakref.WeakKeyDictionary[Model, set] = weakref.WeakKeyDictionary()
 
 
 def has_rectifiers(m: Model) -> bool:
-    """Whether a rectifier (Relu, Clip with lower bound 0 such as ReLU6, LeakyRelu, PRelu) lies on the gradient path
-    from the image to the score. When it is False the "guided" and "deconvnet" rules (guided backprop, deconvnet,
-    Guided Grad-CAM) give exactly the plain gradient: they differ from it only at rectifiers."""
+    """Whether a rectifier lies on the gradient path from the image to the score.
+
+    Rectifiers: Relu, Clip with lower bound 0 (ReLU6), LeakyRelu, PRelu. When there is none the "guided" and
+    "deconvnet" rules (guided backprop, deconvnet, Guided Grad-CAM) give exactly the plain gradient: they differ from
+    it only at rectifiers.
+
+    Args:
+        m: the loaded model.
+
+    Returns:
+        True when at least one rectifier is on the path.
+    """
     if m not in _HAS_RECTIFIERS:
         spec = m.spec()
         _HAS_RECTIFIERS[m] = bool(rectifiers_on_path(spec.model, m.input_name, m.score_name, spec.constants))
@@ -38,7 +47,14 @@ def has_rectifiers(m: Model) -> bool:
 
 
 def no_rectifier_note(rule: str) -> str:
-    """The sentence said (warning, report, CLI) when rule set ``rule`` meets a model without rectifiers."""
+    """The sentence said (warning, report, CLI) when rule set ``rule`` meets a model without rectifiers.
+
+    Args:
+        rule: the rule set, ``"guided"`` or ``"deconvnet"``.
+
+    Returns:
+        One sentence, ending in a full stop.
+    """
     return (f"the model has no rectifier (ReLU, ReLU6/Clip(0, max), LeakyReLU, PReLU) between the image and the score, "
             f"so the {rule!r} rule gives exactly the plain (vanilla) gradient.")
 
@@ -54,13 +70,33 @@ def _warn_if_plain(m: Model, rule: str) -> None:
 
 def gradients(m: Model, x, targets=None, layer=None, *, rule: str = "vanilla", upsample: bool = True,
               normalize: bool = False, batch_size: int | None = None) -> np.ndarray:
-    """(N, C, H, W) float32 gradient of each sample's target score with respect to its input.
+    """The gradient of each image's target score with respect to its input: ``dS_c/dx``.
 
-    ``rule``: "vanilla" | "guided" | "deconvnet". ``normalize``: divide each image's gradient by its largest
-    absolute value (signed, zero stays zero; off by default: the raw gradient). ``upsample`` has nothing to do (the
-    gradient is at the input's size); ``layer`` must be None (the gradient is taken at the input). With ``rule``
-    "guided" or "deconvnet" on a model without rectifiers (:func:`has_rectifiers`) the result is the plain gradient,
-    and a ``UserWarning`` says so (once per model and rule)."""
+    ``rule="guided"`` is guided backpropagation (Springenberg et al., "Striving for Simplicity", ICLR-W 2015: a
+    rectifier passes only positive gradients where its input was positive), ``"deconvnet"`` Zeiler & Fergus's
+    deconvnet (ECCV 2014: positive gradients, whatever the input). On a model without rectifiers
+    (:func:`has_rectifiers`) both equal the plain gradient, and a ``UserWarning`` says so once per model and rule.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: must be None: the gradient is taken at the input (accepted for the map functions' common signature).
+        rule: ``"vanilla"``, ``"guided"`` or ``"deconvnet"``.
+        upsample: accepted for the common signature; the result is at the input's size either way.
+        normalize: divide each image by its largest absolute value (signed, zero stays zero); off by default: the
+            raw gradient.
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, C, H, W) float32.
+
+    Raises:
+        InputError: a bad input, target or parameter, or a ``layer``.
+        UnsupportedOpError: an op on the gradient path has no backward rule.
+        NumericalError: the model produced NaN or Inf.
+    """
     input_only("gradients", layer)
     result = m.run(x, wrt=[m.input_name], rule=rule, targets=targets, batch_size=batch_size)
     grads = result.grads[m.input_name]
@@ -70,8 +106,28 @@ def gradients(m: Model, x, targets=None, layer=None, *, rule: str = "vanilla", u
 
 def saliency(m: Model, x, targets=None, layer=None, *, upsample: bool = True, normalize: bool = True,
              batch_size: int | None = None) -> np.ndarray:
-    """(N, H, W) Simonyan saliency: max over channels of |dS_c/dI|, min-max normalised per image by default.
-    ``upsample`` has nothing to do (the map is at the input's size); ``layer`` must be None."""
+    """Saliency (Simonyan et al., "Deep Inside Convolutional Networks", ICLR-W 2014): ``max_c |dS_c/dx|``.
+
+    The largest absolute gradient over the input's channels, min-max normalised per image by default.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        targets: None (each image's top-1 class), a class index or name, a target object
+            (:mod:`onnx_cnnviz.targets`), or one of these per image.
+        layer: must be None: the gradient is taken at the input (accepted for the map functions' common signature).
+        upsample: accepted for the common signature; the result is at the input's size either way.
+        normalize: min-max scale each map to [0, 1].
+        batch_size: images per onnxruntime run (default: the model's).
+
+    Returns:
+        (N, H, W) float32.
+
+    Raises:
+        InputError: a bad input, target or parameter, or a ``layer``.
+        UnsupportedOpError: an op on the gradient path has no backward rule.
+        NumericalError: the model produced NaN or Inf.
+    """
     input_only("saliency", layer)
     grads = gradients(m, x, targets, rule="vanilla", batch_size=batch_size)
     maps = np.abs(grads).max(axis=1)

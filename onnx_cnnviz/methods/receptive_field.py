@@ -7,12 +7,24 @@ from ..model import Model
 
 
 def receptive_field(m: Model, layer, hw=None) -> ReceptiveField:
-    """The receptive field of ``layer`` (a tensor name or :class:`Layer` of ``m``) at input size ``hw`` (default: the
-    model's own).
+    """The receptive field of a layer: the input pixels one of its positions can see.
 
-    See :mod:`onnx_cnnviz.graph.receptive_field` for the recursion (Araujo et al., Distill 2019) and the convention.
-    Raises :class:`UnknownLayerError` for a name that is no tensor of the model, :class:`ModelStructureError` when the
-    layer is not a spatial map computed from the image or an op on the way resamples the grid.
+    The recursion of Araujo et al., "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019
+    (``r_0 = sum_l ((k_l - 1) prod_{i<l} s_i) + 1``), walked over the graph by :mod:`onnx_cnnviz.graph.receptive_field`
+    (its docstring gives the convention), once per model and input size.
+
+    Args:
+        m: the loaded model.
+        layer: a tensor name or :class:`~onnx_cnnviz.graph.structure.Layer` of ``m``.
+        hw: the input's (H, W) (default: the model's own).
+
+    Returns:
+        The field's size, stride and offset per axis.
+
+    Raises:
+        UnknownLayerError: a name that is no tensor of the model.
+        ModelStructureError: the layer is not a spatial map computed from the image, or an op on the way
+            resamples the grid.
     """
     spec = m.spec(hw)
     input_hw = tuple(spec.info[m.input_name].shape[2:])

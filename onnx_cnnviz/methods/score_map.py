@@ -10,10 +10,28 @@ from ..model import Model
 
 
 def score_map(m: Model, x, softmax: bool = False, pool_stride: int = 1, batch_size: int | None = None):
-    """Class-score maps ``(N, K, h', w')`` of images of any size >= the model's input size, from the fully
-    convolutional rewrite of ``m``; the graph is built once per model and cached.
+    """Class-score maps of images larger than the model's input, from its fully convolutional rewrite.
 
-    At the model's own size the map is ``(N, K, 1, 1)`` and equals ``m.scores(x)``.
+    The rewrite of Long et al., "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015
+    (:mod:`onnx_cnnviz.graph.fully_conv`): the global pooling becomes a pool whose window is the feature map at the
+    original size, and the dense layers become convolutions, so each output position scores the window of the
+    model's input size under it. The graph is built once per
+    model and setting and cached. At the model's own size the map is ``(N, K, 1, 1)`` and equals ``m.scores(x)``.
+
+    Args:
+        m: the loaded model.
+        x: (N, C, H, W) float32 images at least as large as the model's input.
+        softmax: apply the softmax over the K classes at each position.
+        pool_stride: the rewritten pool's stride in feature-map cells (the scores' step is the network's total
+            stride times this).
+        batch_size: images per run (default: the model's).
+
+    Returns:
+        (N, K, h', w') float32 scores.
+
+    Raises:
+        InputError: ``x`` is not (N, C, H, W) with the model's channel count.
+        ModelStructureError: the model cannot be rewritten fully convolutionally.
     """
     spec = m.spec()
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))

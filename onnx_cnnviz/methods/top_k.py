@@ -33,15 +33,32 @@ def check_k(k, num_classes: int, name: str = "k") -> int:
 
 
 def top_k(method, m: Model, x, k: int = 5, *, progress: Progress | None = None, **kwargs):
-    """Maps of the ``k`` best-scoring classes of each image.
+    """Maps of the ``k`` best-scoring classes of each image (the CAM paper's top-5 figure, Zhou et al. 2016, Fig. 4).
 
-    ``method``: a registered method's name (``"gradcam"``) or its function (``cv.grad_cam``; any function of the
-    map-function shape works); ``kwargs`` go to it. Returns ``(maps (N, k, ...), classes (N, k))`` with classes in
-    decreasing score order. A class-agnostic method (EigenCAM) is refused: its k maps would be equal.
+    The N * k (image, class) maps are made ``batch_size`` at a time (see :func:`class_maps`), so memory beyond the
+    result does not grow with ``k``.
 
-    The N * k (image, class) maps are made ``batch_size`` at a time (default: as many as the memory budget allows,
-    at most 64), so memory beyond the result does not grow with ``k`` (see :func:`class_maps`). ``progress``: a
-    callable ``progress(done, total)`` called with the maps done so far and ``N * k``.
+    Args:
+        method: a registered method's name (``"gradcam"``) or its function (``cv.grad_cam``; any function of the
+            map-function shape works).
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        k: how many classes, in [1, ``m.num_classes``].
+        progress: ``progress(done, total)``, called after each batch with the maps done so far and
+            their total, ``N * k``.
+        **kwargs: passed on to ``method`` (``layer``, ``batch_size``, its parameters); not ``targets``.
+
+    Returns:
+        ``(maps, classes)``: maps (N, k, ...) and classes (N, k) in decreasing score order.
+
+    Raises:
+        InputError: ``targets`` given, a model that is not a classifier, a class-agnostic method (EigenCAM: its k
+            maps would be equal), a ``method`` that is neither a name nor a function, or a bad ``k``.
+
+    Example:
+        ```python
+        maps, classes = cv.top_k("gradcam", model, x, k=3)   # maps (N, 3, H, W)
+        ```
     """
     if "targets" in kwargs:
         raise InputError("top_k chooses the targets itself (the k best classes); do not pass targets.")
@@ -65,15 +82,28 @@ def top_k(method, m: Model, x, k: int = 5, *, progress: Progress | None = None, 
 
 def class_maps(method, m: Model, x, classes, *, batch_size: int | None = None, progress: Progress | None = None,
                **kwargs) -> np.ndarray:
-    """(N, k, ...) maps of ``method`` (a registered name or a map function) for image ``i`` and each class
-    ``classes[i, j]`` ((N, k) ints): what ``method`` returns for ``np.repeat(x, k, axis=0)`` and
-    ``classes.reshape(-1)``, without making those N * k copies at once.
+    """Maps of ``method`` for image ``i`` and each class ``classes[i, j]``, without copying the images k times.
 
-    The (image, class) rows go to ``method`` ``batch_size`` at a time (default: :func:`auto_batch_size` for N * k
-    rows); ``batch_size`` and ``kwargs`` are passed on to it. A method whose noise comes from a ``seed``
-    (SmoothGrad) gets one generator for all the batches, so its draws are those of one call. ``progress``: a callable
-    ``progress(done, total)`` called with the maps done so far and ``N * k``; when ``method`` takes a ``progress``
-    of its own, its reports in between are passed on, scaled to maps (whole maps, each value once).
+    What ``method`` returns for ``np.repeat(x, k, axis=0)`` and ``classes.reshape(-1)``, made ``batch_size``
+    (image, class) rows at a time. A method whose noise comes from a ``seed`` (SmoothGrad) gets one generator for
+    all the batches, so its draws are those of one call.
+
+    Args:
+        method: a registered name or a map function.
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) input batch, preprocessed as the model expects (``Model.check_input``).
+        classes: (N, k) class indices.
+        batch_size: rows per call of ``method`` (default: :func:`auto_batch_size` for N * k rows); passed on.
+        progress: ``progress(done, total)``, called after each batch with the maps done so far and
+            their total, ``N * k``. When ``method`` takes a ``progress`` of its own, its reports in
+            between are passed on, scaled to whole maps.
+        **kwargs: passed on to ``method``.
+
+    Returns:
+        (N, k, ...) maps.
+
+    Raises:
+        InputError: ``classes`` not (N, k) with k >= 1, or a bad ``batch_size``.
     """
     func = registry.get(method).func if isinstance(method, str) else method
     x = m.check_input(x)
