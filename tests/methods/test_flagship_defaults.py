@@ -9,14 +9,14 @@
 * The inversion at the default layer keeps the photo's layout (correlation with the photo, relative code error).
 
 Thresholds measured with ``benchmarks/flagship_pictures.py`` and the runs noted at each, with margin. The model is
-built once by tests/test_efficientnet_lite0.py's fixture (into .cache/tests).
+built once by tests/architectures/test_efficientnet_lite0.py's fixture (into .cache/tests).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests.test_efficientnet_lite0 import builder, lite0, samples  # noqa: F401  (fixtures)
+from tests.architectures.test_efficientnet_lite0 import builder, lite0, samples  # noqa: F401  (fixtures)
 
 CAT = 281  # tabby
 

@@ -18,7 +18,7 @@ import pytest
 
 import onnx_cnnviz as cv
 
-from .conftest import CACHE, export_onnx, rel_err
+from tests.conftest import CACHE, export_onnx, rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -109,7 +109,7 @@ def test_pooler_is_the_large_window(hf_efficientnet):
 
 def test_input_gradient_equals_torch_autograd(hf_efficientnet):
     """SiLU throughout, no kinks to pin: the plain torch gradient is the reference (max error <= 1e-4 of the largest
-    entry, per sample, as in tests/test_engine_parity.py)."""
+    entry, per sample, as in tests/architectures/test_engine_parity.py)."""
     model, path = hf_efficientnet
     m = cv.load(path, device="cpu")
     x = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)

@@ -198,9 +198,9 @@ def _real_models():
     an NHWC wrapper and a uint8 raw-pixel wrapper (graph/layout.py)."""
     torch = pytest.importorskip("torch")
     from tests.conftest import export_onnx
-    from tests.test_dynamo_export import dynamo_export
-    from tests.test_layouts import ChannelsLast, RawPixels
-    from tests.test_transformers_gradients import SIZE as T_SIZE
+    from tests.architectures.test_dynamo_export import dynamo_export
+    from tests.graph.test_layouts import ChannelsLast, RawPixels
+    from tests.architectures.test_transformers_gradients import SIZE as T_SIZE
 
     def torchscript(name, module=None, dummy=None, size=64):
         def make():
@@ -218,7 +218,7 @@ def _real_models():
         return make
 
     def small_vit():
-        from tests.test_transformers_gradients import BUILDERS
+        from tests.architectures.test_transformers_gradients import BUILDERS
 
         torch.manual_seed(0)
         return BUILDERS["vit"]()[0].eval()

@@ -4,14 +4,14 @@ are never touched (checksums of the inputs before and after each case).
 Cases tested elsewhere (referenced, not duplicated):
 
 * an op without a gradient rule on the path (node and op named, "report it as an issue"):
-  ``tests/test_engine.py::test_missing_rule_on_the_path_names_node_and_op_but_forward_still_works``,
+  ``tests/model/test_engine.py::test_missing_rule_on_the_path_names_node_and_op_but_forward_still_works``,
   and ``tests/cli/test_cli.py::test_inspect_reports_missing_rule``;
 * a keyboard interrupt in a folder run (exit 130, finished results kept, --resume finishes):
   ``tests/cli/test_cli.py::test_keyboard_interrupt_keeps_finished_results``;
 * a corrupt picture inside a folder run (skipped with a warning, the others explained):
   ``tests/cli/test_cli.py::test_unreadable_image_in_folder``;
 * the image byte-level checks (truncated PNG/JPEG, empty, folder, decompression-bomb header):
-  ``tests/test_image.py``.
+  ``tests/image/test_image.py``.
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.cli.main import cli
 from onnx_cnnviz.image import preprocess, read_image
 
-from .tiny_models import (CLASSES, divide_by_zero, gap_classifier, log_of_negative, make_model, save, unchanged,
+from tests.tiny_models import (CLASSES, divide_by_zero, gap_classifier, log_of_negative, make_model, save, unchanged,
                           write_png)
 
-from .cli import one_line_error
+from tests.cli import one_line_error
 
 @pytest.fixture
 def inputs(tmp_path):

@@ -31,10 +31,10 @@ from onnx_cnnviz.graph.autodiff.engine import append_gradients
 from onnx_cnnviz.graph.shapes import infer
 from onnx_cnnviz.methods.gradients import has_rectifiers
 
-from .conftest import CACHE, REPO, load_script, rel_err
-from .graph.test_rules import Case, check, node, one, rand, run_gradients, session
-from .reference import onnx_kink_pattern, torch_rule_grad
-from .tiny_models import make_model
+from tests.conftest import CACHE, REPO, load_script, rel_err
+from tests.graph.test_rules import Case, check, node, one, rand, run_gradients, session
+from tests.reference import onnx_kink_pattern, torch_rule_grad
+from tests.tiny_models import make_model
 
 RULES = ("vanilla", "guided", "deconvnet")
 TOL = 1e-4

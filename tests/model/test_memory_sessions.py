@@ -20,10 +20,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_cnnviz as cv
 from onnx_cnnviz import runtime
 
-from .conftest import load_script
-from .tiny_models import gap_classifier, make_model
+from tests.conftest import load_script
+from tests.tiny_models import gap_classifier, make_model
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_sessions.py"
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_sessions.py"
 
 
 def benchmark():

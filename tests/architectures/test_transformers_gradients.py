@@ -24,8 +24,8 @@ from onnx import TensorProto, helper
 import onnx_cnnviz as cv
 from onnx_cnnviz.graph import held
 
-from .conftest import CACHE, export_onnx, rel_err
-from .reference import module_output_and_grad, onnx_kink_pattern, torch_rule_grad
+from tests.conftest import CACHE, export_onnx, rel_err
+from tests.reference import module_output_and_grad, onnx_kink_pattern, torch_rule_grad
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

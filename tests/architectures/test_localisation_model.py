@@ -10,7 +10,7 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.image import Preprocessing, preprocess
 from onnx_cnnviz.methods.localise import localise
 
-from .conftest import REPO, load_script
+from tests.conftest import REPO, load_script
 
 MODEL = REPO / "models" / "gap_cnn.onnx"
 N = 200

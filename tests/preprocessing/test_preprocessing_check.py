@@ -245,7 +245,7 @@ def test_cli_inspect_check_preprocessing(colour_pictures, tmp_path):
 
 @pytest.fixture(scope="module")
 def sample():
-    from tests.test_efficientnet_lite0 import IMAGENET_SAMPLE, imagenet_sample
+    from tests.architectures.test_efficientnet_lite0 import IMAGENET_SAMPLE, imagenet_sample
 
     imagenet_sample()  # skips when the sample is absent
     return IMAGENET_SAMPLE

@@ -5,7 +5,7 @@ import pytest
 import onnx_cnnviz as cv
 from onnx_cnnviz.model import DEFAULT_MAX_SESSIONS, LRUCache
 
-from .tiny_models import gap_classifier
+from tests.tiny_models import gap_classifier
 
 
 def test_lru_cache_drops_least_recently_used():

@@ -26,7 +26,7 @@ import onnx_cnnviz as cv
 from onnx_cnnviz import runtime
 from onnx_cnnviz.graph import held
 
-from .conftest import CACHE, export_onnx, rel_err
+from tests.conftest import CACHE, export_onnx, rel_err
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")

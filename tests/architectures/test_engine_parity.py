@@ -18,8 +18,8 @@ import pytest
 import onnx_cnnviz as cv
 from onnx_cnnviz.graph.autodiff import grad_name
 
-from .conftest import rel_err
-from .reference import onnx_kink_pattern, pinned, rectifier_rule_hooks
+from tests.conftest import rel_err
+from tests.reference import onnx_kink_pattern, pinned, rectifier_rule_hooks
 
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 import onnx_cnnviz as cv
 from onnx_cnnviz.cli.main import cli
 
-from .tiny_models import CLASSES, gap_classifier, save, write_png
+from tests.tiny_models import CLASSES, gap_classifier, save, write_png
 
 SIZE = 8
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,

@@ -24,11 +24,11 @@ from onnx_cnnviz.errors import UnsupportedOpError
 from onnx_cnnviz.graph import occlusion_incremental as oi
 from onnx_cnnviz.graph.occlusion import window_positions
 
-from .conftest import CACHE, export_onnx, rel_err
-from .graph.test_occlusion_incremental import _compare
-from .graph.test_rules import CONV_CASES, Case, _w, check, gradient_graph, node, rand
-from .methods.test_cam import _close, reference_maps
-from .reference import onnx_kink_pattern, pinned
+from tests.conftest import CACHE, export_onnx, rel_err
+from tests.graph.test_occlusion_incremental import _compare
+from tests.graph.test_rules import CONV_CASES, Case, _w, check, gradient_graph, node, rand
+from tests.methods.test_cam import _close, reference_maps
+from tests.reference import onnx_kink_pattern, pinned
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from .tiny_models import gap_classifier, save, write_png
+from tests.tiny_models import gap_classifier, save, write_png
 
 MEASURE = """
 import resource, subprocess, sys

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from onnx_cnnviz import image as im
 from onnx_cnnviz.errors import InputError
 
-from .conftest import KITTEN
+from tests.conftest import KITTEN
 
 
 def random_rgb(h=32, w=48, seed=0):

@@ -14,9 +14,9 @@ import numpy as np
 
 import onnx_cnnviz as cv
 
-from .tiny_models import gap_classifier
+from tests.tiny_models import gap_classifier
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mutate(data: bytes, rng: np.random.Generator) -> bytes:

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_cnnviz as cv
 from onnx_cnnviz.graph.load import MAX_TENSOR_BYTES, read_model, topological_sort
 
-from .tiny_models import CLASSES, gap_classifier, save
+from tests.tiny_models import CLASSES, gap_classifier, save
 
 
 def x_of(n=1, size=8, seed=0):

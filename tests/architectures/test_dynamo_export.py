@@ -29,9 +29,9 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.errors import UnsupportedOpError
 from onnx_cnnviz.graph import load as graph_load
 
-from .conftest import CACHE, rel_err, torchvision_model
-from .graph.test_rules import Case, check, gradient_graph, node, rand
-from .reference import onnx_kink_pattern, torch_rule_grad
+from tests.conftest import CACHE, rel_err, torchvision_model
+from tests.graph.test_rules import Case, check, gradient_graph, node, rand
+from tests.reference import onnx_kink_pattern, torch_rule_grad
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
@@ -182,7 +182,7 @@ def test_transformers_exported_at_batch_one_batch_and_match_torch(name):
     partitions ([1 * windows, area, C]) and the class token's concatenation. Loading rewrites them (graph/unbake.py:
     the likeliest placement of the batch first, the next one where shape inference then fails downstream): the model
     batches, and a batch of 3 gives torch autograd's input gradients."""
-    from .test_transformers_gradients import BUILDERS, SIZE as T_SIZE
+    from tests.architectures.test_transformers_gradients import BUILDERS, SIZE as T_SIZE
 
     torch.manual_seed(0)
     model, _ = BUILDERS[name]()

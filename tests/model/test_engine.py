@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_cnnviz as cv
 
-from .conftest import CACHE
-from .reference import directional_derivative_check
+from tests.conftest import CACHE
+from tests.reference import directional_derivative_check
 
 RAPIDOCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
 PADDLE_CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -200,7 +200,7 @@ def test_missing_rule_on_the_path_names_node_and_op_but_forward_still_works():
 
 def test_ceil_mode_pool_whose_last_window_starts_in_padding_gets_its_real_shape(tmp_path):
     torch = pytest.importorskip("torch")
-    from .conftest import export_onnx
+    from tests.conftest import export_onnx
 
     class Net(torch.nn.Module):
         def __init__(self):
