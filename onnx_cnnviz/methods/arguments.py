@@ -2,7 +2,11 @@
 
 * ``layer``: methods that work at the input take ``layer=None`` only (:func:`input_only`); the others resolve it with
   :meth:`Model.layer_names`.
-* ``window``/``stride``: an int or (height, width) (:func:`pair`).
+* ``window``/``stride``: an int or (height, width) of ints (:func:`pair`); ``4.5`` is refused, not truncated.
+* ``batch_size``: None (the method chooses) or a positive int (:func:`batch_size`); 0, -3, 2.5 and True are refused.
+* ``upsample``/``normalize``/``relu``: True or False (:func:`flag`); a tuple or a string is refused, not taken as
+  True.
+* ``top``: how many classes, an int from 1 to the model's class count (:func:`count_of_classes`).
 * ``baseline``: the reference input of occlusion and Integrated Gradients (:func:`baseline_values`): a float, one
   value per channel, one per image and channel, ``"mean"`` (each image's channel means), or (IG only) an array
   shaped like the images.
@@ -21,17 +25,70 @@ def input_only(method: str, layer) -> None:
                          "use a CAM method (grad_cam, ...) to explain at a feature layer.")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def pair(value, name: str) -> tuple[int, int]:
-    """``value`` (an int or (height, width)) as two positive ints."""
-    if isinstance(value, (int, np.integer)):
-        value = (int(value), int(value))
-    try:
-        result = tuple(int(v) for v in value)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{name} must be an int or (height, width), got {value!r}.") from None
-    if len(result) != 2 or min(result) < 1:
+    """``value`` (an int or (height, width)) as two positive ints.
+
+    Args:
+        value: one int for both sides, or a pair of ints.
+        name: the argument's name, for the error.
+
+    Returns:
+        ``(height, width)``.
+
+    Raises:
+        InputError: not an int or a pair of ints (a float such as 4.5 is refused rather than truncated), or a side
+            below 1.
+    """
+    if _is_int(value):
+        value = (value, value)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise InputError(f"{name} must be an int or (height, width) of positive ints, got {value!r}.")
-    return result
+    result = tuple(value)
+    if len(result) != 2 or not all(_is_int(v) for v in result) or min(result) < 1:
+        raise InputError(f"{name} must be an int or (height, width) of positive ints, got {value!r}.")
+    return (int(result[0]), int(result[1]))
+
+
+def batch_size(value, name: str = "batch_size") -> int | None:
+    """``value`` checked as a batch size: None (the method chooses one from its memory budget) or an int >= 1.
+
+    Raises:
+        InputError: 0, a negative number, a float (2.5, or 2.0: a batch is a count) or a bool.
+    """
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise InputError(f"{name} must be None (chosen from the memory budget) or an int >= 1, got {value!r}.")
+    return int(value)
+
+
+def flag(value, name: str) -> bool:
+    """``value`` checked as an on/off switch (``upsample``, ``normalize``, ``relu``): True or False (numpy bools
+    too). Anything else, an (H, W) size or the text ``"big"``, would silently count as True, so it is refused.
+
+    Raises:
+        InputError: not a bool.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InputError(f"{name} must be True or False, got {value!r}; the maps come back at the input's size with "
+                     f"{name}=True (resize them yourself for another size).")
+
+
+def count_of_classes(value, num_classes: int | None, name: str = "top") -> int:
+    """``value`` checked as a number of classes to explain: an int from 1 to ``num_classes`` (None: no upper bound).
+
+    Raises:
+        InputError: not an int, below 1, or above the model's class count (it would be clipped silently).
+    """
+    if not _is_int(value) or value < 1 or (num_classes is not None and value > num_classes):
+        upper = f" and {num_classes}, the model's class count" if num_classes is not None else ""
+        raise InputError(f"{name} must be an int between 1{upper}, got {value!r}.")
+    return int(value)
 
 
 def baseline_values(x: np.ndarray, baseline, image_shaped: bool = True) -> np.ndarray:
@@ -68,4 +125,4 @@ def baseline_values(x: np.ndarray, baseline, image_shaped: bool = True) -> np.nd
     raise InputError(f"baseline must be {forms}; got shape {arr.shape} for x of shape {x.shape}.")
 
 
-__all__ = ["input_only", "pair", "baseline_values"]
+__all__ = ["input_only", "pair", "batch_size", "flag", "count_of_classes", "baseline_values"]

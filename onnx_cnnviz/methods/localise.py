@@ -20,6 +20,8 @@ import numpy as np
 from .. import image as im
 from ..errors import InputError
 from ..model import Model
+from .arguments import batch_size as check_batch_size
+from .arguments import count_of_classes
 
 #: The registry names of the methods localise draws boxes from.
 METHODS = ("cam", "gradcam", "saliency")
@@ -100,7 +102,9 @@ def localise(m: Model, x, method: str = "cam", targets=None, top: int = 1, thres
     for any head), or "saliency" (Simonyan et al.: saliency + GrabCut; ``pictures`` are the images as shown, by
     default ``x`` deprocessed with ``preprocess``). Maps are used raw (after ReLU) and upsampled bilinearly, so
     ``threshold`` is a fraction of each map's own maximum. ``targets``: None (the top classes), an int, one int per
-    image, or an (N, k) array of classes.
+    image, or an (N, k) array of classes. ``top``: how many of the highest-scoring classes, from 1 to the model's
+    class count (an :class:`InputError` otherwise, rather than a silently clipped count); read only when ``targets``
+    is None. ``batch_size``: None or an int >= 1.
     """
     from .cam import cam, grad_cam
     from .features import display_image
@@ -108,11 +112,14 @@ def localise(m: Model, x, method: str = "cam", targets=None, top: int = 1, thres
 
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
+    batch_size = check_batch_size(batch_size)
+    if targets is None:  # top is read only without targets; 0, 2.5 or more than the classes are refused, not clipped
+        top = count_of_classes(top, m.num_classes if m.task == "classifier" else None, "top")
     x = m.check_input(x)
     n = x.shape[0]
     scores = m.scores(x, batch_size=batch_size)
     if targets is None:
-        classes = np.argsort(-scores, axis=1, kind="stable")[:, :max(1, int(top))]
+        classes = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     else:
         arr = np.asarray(targets)
         classes = arr.reshape(n, -1) if arr.ndim == 2 else m.targets_for(targets, n)[:, None]

@@ -30,7 +30,8 @@ from ..graph.occlusion import (BASELINE, IMAGE, MODES, OUTPUT, POSITIONS, WINDOW
 from ..maps import normalize_maps, normalize_signed
 from ..model import Model, check_finite
 from ..targets import resolve
-from .arguments import baseline_values, input_only, pair
+from .arguments import baseline_values, flag, input_only, pair
+from .arguments import batch_size as check_batch_size
 from .attribution import Progress, auto_batch_size
 
 
@@ -71,6 +72,27 @@ def incremental_session(m: Model, hw, window, stride, mode: str = "score"):
     return m.cached(("occlusion-incremental", hw, window, stride, mode), build)
 
 
+def stride_note(stride, hw) -> str | None:
+    """The warning about ``stride`` on an ``hw`` image, or None: a stride not smaller than the image along an axis
+    places only one window along it, at the top or left edge, so the map is empty beyond that window. The command
+    line gives the same text before any work (with it as the ``once`` key, the warning is shown once)."""
+    axes = [axis for axis, s, size in (("height", stride[0], hw[0]), ("width", stride[1], hw[1])) if s >= size]
+    if not axes:
+        return None
+    shown = "a single window" if len(axes) == 2 else ("one row of windows" if axes == ["height"] else
+                                                       "one column of windows")
+    return (f"the occlusion stride {stride[0]}x{stride[1]} is not smaller than the {hw[0]}x{hw[1]} image in "
+            f"{' and '.join(axes)}: {shown} is placed (at the top-left), so the map is empty outside it; give a "
+            "smaller stride (--stride).")
+
+
+def warn_stride(stride, hw) -> None:
+    """:func:`stride_note` as a :class:`UserWarning`, when there is one."""
+    note = stride_note(stride, hw)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=3)
+
+
 def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=(8, 8), baseline=0.0,
               mode: str = "score", upsample: bool = True, normalize: bool = False, batch_size: int | None = None,
               incremental: bool = True, progress: Progress | None = None) -> np.ndarray:
@@ -96,11 +118,15 @@ def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
     input_only("occlusion", layer)
+    flag(upsample, "upsample")
+    normalize = flag(normalize, "normalize")
+    batch_size = check_batch_size(batch_size)
     x = m.check_input(x)
     n, c, h, w = x.shape
     window, stride = pair(window, "window"), pair(stride, "stride")
     if window[0] > h or window[1] > w:
         raise InputError(f"window {window} is larger than the image ({h}x{w}).")
+    warn_stride(stride, (h, w))
     seeds = resolve(m, targets, n) if targets is not None else None
     if seeds is not None and seeds.objects:
         # A target object's value is sum(cotangent * head output): read from the occluded images' head output.
@@ -118,11 +144,9 @@ def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=
     positions = window_positions((h, w), window, stride)
     # Row 0 of every image: a window entirely outside the image, i.e. the image itself.
     feed_rows = np.concatenate([np.array([[h, w]], dtype=np.int64), positions])
-    bs = int(batch_size) if batch_size else auto_batch_size(m, (h, w), len(feed_rows), backward=False)
+    bs = batch_size or auto_batch_size(m, (h, w), len(feed_rows), backward=False)
     if m.static_batch:
         bs = 1
-    if bs < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
     use_incremental = incremental and not m.static_batch and incremental_plan(m, (h, w), window, stride).worthwhile
     session = incremental_session(m, (h, w), window, stride, mode) if use_incremental else None
     use_incremental = session is not None
