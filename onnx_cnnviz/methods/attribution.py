@@ -236,9 +236,10 @@ def ig_steps(steps: int, integration: str = "gausslegendre") -> tuple[np.ndarray
         InputError: an unknown rule or too few steps.
 
     Example:
-        >>> alphas, weights = ig_steps(2, "riemann_trapezoid")
-        >>> alphas.tolist(), weights.tolist()
-        ([0.0, 1.0], [0.5, 0.5])
+        >>> ig_steps(1)[0].tolist(), ig_steps(1)[1].tolist()
+        ([0.5], [1.0])
+        >>> ig_steps(3, "riemann_trapezoid")[1].tolist()  # captum's weights: 1/n, halved at both ends
+        [0.16666666666666666, 0.3333333333333333, 0.16666666666666666]
     """
     steps = int(steps)
     if integration not in INTEGRATION_RULES:

@@ -35,12 +35,17 @@ PROBABILITY_TOLERANCE = 1e-3
 class MetricResult:
     """One metric on a batch of images: one number per image, and the curve behind it when there is one.
 
-    ``metric``: the registry name (``deletion``, ``road-morf``, ...). ``values``: (N,) float64, one per image (an AUC,
-    a drop, ...); :meth:`mean` averages them. ``targets``: (N,) the classes measured. ``higher_is_better``: the
-    direction in which a more faithful explanation moves the value. ``output``: what was read from the model, in
-    words (:func:`readout`; None for metrics that read explanations, not scores). ``curve``: (N, P) the values per
-    step, percentile or sample, with ``axis`` (P,) their abscissae and ``axis_name`` what those are. ``details``:
-    further per-image arrays (``clean``: the target's value on the unperturbed image, ...).
+    Attributes:
+        metric: the registry name (``deletion``, ``road-morf``, ...).
+        values: (N,) float64, one per image (an AUC, a drop, ...); :meth:`mean` averages them.
+        targets: (N,) the classes measured (-1 for a target object that is not a class).
+        higher_is_better: the direction in which a more faithful explanation moves the value.
+        output: what was read from the model, in words (:func:`readout`); None for metrics that read explanations,
+            not scores.
+        curve: (N, P) the values per step, percentile or sample, or None.
+        axis: (P,) the curve's abscissae, or None.
+        axis_name: what the abscissae are, or None.
+        details: further per-image arrays (``clean``: the target's value on the unperturbed image, ...).
     """
     metric: str
     values: np.ndarray
@@ -53,7 +58,11 @@ class MetricResult:
     details: dict = field(default_factory=dict)
 
     def mean(self) -> float:
-        """The mean over images (what the peers' ``summary()`` reports)."""
+        """The mean over images (what the peers' ``summary()`` reports).
+
+        Returns:
+            The mean of :attr:`values`.
+        """
         return float(np.mean(self.values))
 
     def __len__(self) -> int:
@@ -64,13 +73,35 @@ class MetricResult:
 # input checks
 # ---------------------------------------------------------------------------------------------------------------
 def check_x(m: Model, x) -> np.ndarray:
-    """The images, checked by the model (4-D float, channels, size, finite) as float32."""
+    """The images, checked by the model (4-D float, channels, size, finite).
+
+    Args:
+        m: the loaded model.
+        x: the images.
+
+    Returns:
+        (N, C, H, W) float32.
+
+    Raises:
+        InputError: not images the model takes.
+    """
     return m.check_input(x)
 
 
 def check_maps(maps, x: np.ndarray, what: str = "maps") -> np.ndarray:
-    """``maps`` for images ``x`` (N, C, H, W), checked: (N, H, W) or (N, C', H, W) with C' = 1 or C, the images' own
-    H and W, finite numbers. Returned as float32 (the precision the peers compare in)."""
+    """Maps for images ``x``, checked: (N, H, W) or (N, C', H, W) with C' = 1 or C, the images' H and W, finite.
+
+    Args:
+        maps: the maps or attributions.
+        x: the (N, C, H, W) images they explain.
+        what: how the error messages call them.
+
+    Returns:
+        The maps as float32 (the precision the peers compare in).
+
+    Raises:
+        InputError: missing, not numeric, of another shape or count than the images, or not finite.
+    """
     n, c, h, w = x.shape
     if maps is None:
         raise InputError(f"{what} are required: one ({h}, {w}) map per image, shape ({n}, {h}, {w}).")
@@ -102,11 +133,20 @@ def check_maps(maps, x: np.ndarray, what: str = "maps") -> np.ndarray:
 
 
 def pixel_maps(maps: np.ndarray, channels: str = "sum") -> np.ndarray:
-    """One value per pixel, (N, H, W): (N, H, W) maps as they are; (N, C, H, W) attributions reduced over channels.
+    """One value per pixel: (N, H, W) maps as they are, (N, C, H, W) attributions reduced over channels.
 
-    ``channels``: ``"sum"`` (the signed sum over channels, as Quantus's tutorials and captum's visualisation reduce
-    attributions: positive evidence ranks first), ``"abs-sum"`` (|sum over channels|, the report's gray pictures) or
-    ``"max-abs"`` (max over channels of |value|, Simonyan et al.'s saliency)."""
+    Args:
+        maps: checked maps (:func:`check_maps`).
+        channels: ``"sum"`` (the signed sum over channels, as Quantus's tutorials and captum's visualisation reduce
+            attributions: positive evidence ranks first), ``"abs-sum"`` (``|sum_c a_c|``, the report's gray
+            pictures) or ``"max-abs"`` (``max_c |a_c|``, Simonyan et al.'s saliency).
+
+    Returns:
+        (N, H, W) float32.
+
+    Raises:
+        InputError: an unknown ``channels``.
+    """
     if channels not in CHANNELS:
         raise InputError(f"channels must be one of {', '.join(CHANNELS)}, not {channels!r}.")
     if maps.ndim == 3:
@@ -119,28 +159,65 @@ def pixel_maps(maps: np.ndarray, channels: str = "sum") -> np.ndarray:
 
 
 def positive_int(value, name: str) -> int:
-    """``value`` as a positive int (bools refused)."""
+    """``value`` as a positive int (bools refused).
+
+    Args:
+        value: the value given.
+        name: the parameter's name, for the error.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        InputError: not an int, a bool, or below 1.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive int, not {value!r}.")
     return int(value)
 
 
 def batch_size_of(m: Model, batch_size) -> int:
-    """Perturbed images per onnxruntime run: ``batch_size``, or the model's own default."""
+    """Perturbed images per onnxruntime run.
+
+    Args:
+        m: the loaded model.
+        batch_size: the caller's choice, or None.
+
+    Returns:
+        ``batch_size``, or the model's own default.
+
+    Raises:
+        InputError: ``batch_size`` is not a positive int.
+    """
     return m.batch_size if batch_size is None else positive_int(batch_size, "batch_size")
 
 
 class TargetRows(np.ndarray):
-    """(N, K) float32 cotangent rows of target objects over the scores (what :func:`targets_of` returns for them);
-    ``classes`` (N,) int64 the class each explains (-1: none), what a :class:`MetricResult` reports."""
+    """(N, K) float32 cotangent rows of target objects over the scores (what :func:`targets_of` returns for them).
+
+    Attributes:
+        classes: (N,) int64 the class each row explains (-1: none), what a :class:`MetricResult` reports.
+    """
     classes: np.ndarray
 
 
 def targets_of(m: Model, targets, clean_scores: np.ndarray) -> np.ndarray:
-    """(N,) int64 classes: ``targets`` checked, or each image's top-1 (first index on ties, as torch's argmax).
+    """The targets a metric measures: ``targets`` checked, or each image's top-1.
 
-    Target objects (:mod:`onnx_cnnviz.targets`: a detection, a region, a weighted sum of the head output) give their
-    :class:`TargetRows` instead: a metric then reads each image's target value ``sum(cotangent * scores)``."""
+    Args:
+        m: the loaded model.
+        targets: None, a class index or name, a target object (:mod:`onnx_cnnviz.targets`), or one per image.
+        clean_scores: (N, K) the unperturbed images' scores.
+
+    Returns:
+        (N,) int64 classes (top-1: the first index on ties, as torch's argmax), or, for target objects (a
+        detection, a region, a weighted sum of the head output), their :class:`TargetRows`: a metric then reads each
+        image's target value ``sum(cotangent * scores)``.
+
+    Raises:
+        InputError: a bad target, a target on another tensor than the head output, or None for a detector or
+            segmenter.
+    """
     if targets is None:
         if m.task != "classifier":
             resolve(m, None, len(clean_scores))  # raises: a detector or segmenter has no top-1 class
@@ -157,7 +234,14 @@ def targets_of(m: Model, targets, clean_scores: np.ndarray) -> np.ndarray:
 
 
 def result_targets(targets: np.ndarray) -> np.ndarray:
-    """The (N,) classes a :class:`MetricResult` reports for :func:`targets_of`'s ``targets``."""
+    """The (N,) classes a :class:`MetricResult` reports for :func:`targets_of`'s ``targets``.
+
+    Args:
+        targets: classes, or :class:`TargetRows`.
+
+    Returns:
+        (N,) int64 (-1 for a target object that is not a class).
+    """
     return getattr(targets, "classes", targets)
 
 
@@ -166,15 +250,28 @@ def result_targets(targets: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Readout:
-    """The quantity a metric reads: ``output`` ("probability" | "score"), ``description`` (what exactly, in words)
-    and ``transform`` (scores (B, K) -> values (B, K), float64)."""
+    """The quantity a metric reads from the scores.
+
+    Attributes:
+        output: ``"probability"`` or ``"score"``.
+        description: what exactly, in words (the records and pages show it).
+        transform: scores (B, K) -> values (B, K), float64.
+    """
     output: str
     description: str
     transform: Callable[[np.ndarray], np.ndarray]
 
     def __call__(self, scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """The target's value per row of ``scores``: ``targets`` (B,) classes, or (B, K) cotangent rows of target
-        objects (:class:`TargetRows`), whose value is ``sum_k rows[b, k] values[b, k]``."""
+        """The target's value per row of ``scores``.
+
+        Args:
+            scores: (B, K) scores.
+            targets: (B,) classes, or (B, K) cotangent rows of target objects (:class:`TargetRows`), whose value is
+                ``sum_k rows[b, k] values[b, k]``.
+
+        Returns:
+            (B,) float64.
+        """
         values = self.transform(np.asarray(scores, dtype=np.float64))
         if np.ndim(targets) == 2:
             return np.einsum("bk,bk->b", values, np.asarray(targets, dtype=np.float64))
@@ -195,21 +292,38 @@ def _identity(s: np.ndarray) -> np.ndarray:
 
 
 def looks_like_probabilities(scores: np.ndarray) -> bool:
-    """Every row in [0, 1] and summing to 1: the model's output is already a probability distribution."""
+    """Whether the model's output already is a probability distribution.
+
+    Args:
+        scores: (N, K) scores.
+
+    Returns:
+        True when every row is in [0, 1] and sums to 1.
+    """
     s = np.asarray(scores, dtype=np.float64)
     return bool(s.shape[1] > 1 and (s >= 0).all() and (s <= 1).all()
                 and np.allclose(s.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE))
 
 
 def readout(m: Model, output: str, clean_scores: np.ndarray) -> Readout:
-    """What the metric reads for ``output`` on model ``m`` (``clean_scores``: the unperturbed images' scores, which
-    show whether the model's output is already a probability).
+    """What a metric reads for ``output`` on model ``m``.
 
     * ``"score"``: the class score before any final Softmax/LogSoftmax/Sigmoid (as it is when the output has no such
       head; the description then says the score is the model's probability).
     * ``"probability"``: the softmax of the scores (or the sigmoid after a Sigmoid head); when the model has no head
-      to skip and its output already sums to 1, that output as it is. A single-output model without a Sigmoid head
-      has no probability (a softmax over one class is always 1): :class:`InputError`.
+      to skip and its output already sums to 1, that output as it is.
+
+    Args:
+        m: the loaded model.
+        output: ``"probability"`` or ``"score"``.
+        clean_scores: the unperturbed images' scores, which show whether the output already is a probability.
+
+    Returns:
+        The readout.
+
+    Raises:
+        InputError: an unknown ``output``, or ``"probability"`` of a single-output model without a Sigmoid head
+            (a softmax over one class is always 1).
     """
     if output not in OUTPUTS:
         raise InputError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}.")
@@ -241,10 +355,20 @@ def readout(m: Model, output: str, clean_scores: np.ndarray) -> Readout:
 # ---------------------------------------------------------------------------------------------------------------
 def score_jobs(m: Model, jobs: list, build: Callable[[list], np.ndarray], read: Readout, targets: np.ndarray,
                batch_size: int, progress: Callable[[int, int], None] | None = None) -> Iterable[tuple]:
-    """Score ``jobs`` (tuples whose first item is the image index) ``batch_size`` at a time.
+    """Score ``jobs`` ``batch_size`` at a time; only one chunk's perturbed images exist at a time.
 
-    ``build(chunk)`` returns the chunk's perturbed images (B, C, H, W) float32; yields ``(chunk, values)`` with
-    ``values`` (B,) the target's readout on each. Only one chunk's images exist at a time."""
+    Args:
+        m: the loaded model.
+        jobs: tuples whose first item is the image index.
+        build: ``build(chunk)`` returns the chunk's perturbed images, (B, C, H, W) float32.
+        read: what to read from the scores.
+        targets: the targets of :func:`targets_of`, indexed by image.
+        batch_size: jobs per run.
+        progress: ``progress(done, total)`` after each chunk, in jobs.
+
+    Yields:
+        ``(chunk, values)``, with ``values`` (B,) the target's readout on each perturbed image.
+    """
     total = len(jobs)
     for start in range(0, total, batch_size):
         chunk = jobs[start:start + batch_size]
@@ -256,7 +380,16 @@ def score_jobs(m: Model, jobs: list, build: Callable[[list], np.ndarray], read: 
 
 
 def clean_scores(m: Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """(N, K) scores of the unperturbed images."""
+    """The scores of the unperturbed images.
+
+    Args:
+        m: the loaded model.
+        x: (N, C, H, W) checked images.
+        batch_size: images per run.
+
+    Returns:
+        (N, K) scores.
+    """
     return m.scores(x, batch_size=batch_size)
 
 

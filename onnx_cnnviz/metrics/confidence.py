@@ -47,11 +47,33 @@ def _unit_maps(maps: np.ndarray) -> np.ndarray:
 def confidence_change(m: Model, x, maps, targets=None, *, output: str = "probability", channels: str = "sum",
                       batch_size: int | None = None,
                       progress: Callable[[int, int], None] | None = None) -> tuple[MetricResult, MetricResult]:
-    """Average drop and increase in confidence from one run: ``(drop, increase)`` results, one value per image
-    (the drop fraction; 1.0 or 0.0 for an increase); their :meth:`~MetricResult.mean` is the paper's metric.
+    """Average drop and increase in confidence (Chattopadhyay et al., "Grad-CAM++", WACV 2018), from one run.
 
-    ``maps``: (N, H, W) in [0, 1] (or (N, C, H, W), reduced by ``channels`` and then in [0, 1]); ``targets``: the
-    classes they explain (None: top-1). ``details["clean"]`` and ``details["masked"]`` hold ``Y`` and ``O``.
+    ``Y`` is the target's confidence on the image and ``O`` on ``map (.) image``; average drop is
+    ``mean(max(0, Y - O) / Y)``, increase in confidence ``mean(O > Y)``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps in [0, 1], or (N, C, H, W) attributions reduced per pixel by ``channels`` (then in
+            [0, 1]).
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        ``(drop, increase)``: one value per image each (the drop fraction; 1.0 or 0.0 for an increase), whose
+        :meth:`~onnx_cnnviz.metrics.base.MetricResult.mean` is the paper's metric; ``details["clean"]`` and
+        ``details["masked"]`` hold ``Y`` and ``O``.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
     """
     x = check_x(m, x)
     maps = _unit_maps(pixel_maps(check_maps(maps, x), channels))
@@ -85,8 +107,30 @@ def confidence_change(m: Model, x, maps, targets=None, *, output: str = "probabi
 
 def average_drop(m: Model, x, maps, targets=None, *, output: str = "probability", channels: str = "sum",
                  batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """Average drop (Grad-CAM++): per image ``max(0, Y - O) / Y``, with ``O`` the confidence on ``map * image``.
-    Lower is better. Arguments as :func:`confidence_change`."""
+    """Average drop (Chattopadhyay et al., "Grad-CAM++", WACV 2018): per image ``max(0, Y - O) / Y``, with ``O``
+    the confidence on ``map (.) image``. Lower is better.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps in [0, 1], or (N, C, H, W) attributions reduced per pixel by ``channels`` (then in
+            [0, 1]).
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        The drop per image.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
+    """
     return confidence_change(m, x, maps, targets, output=output, channels=channels, batch_size=batch_size,
                              progress=progress)[0]
 
@@ -94,8 +138,30 @@ def average_drop(m: Model, x, maps, targets=None, *, output: str = "probability"
 def increase_in_confidence(m: Model, x, maps, targets=None, *, output: str = "probability", channels: str = "sum",
                            batch_size: int | None = None,
                            progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """Increase in confidence (Grad-CAM++): per image 1 when ``O > Y`` else 0. Higher is better. Arguments as
-    :func:`confidence_change`."""
+    """Increase in confidence (Chattopadhyay et al., "Grad-CAM++", WACV 2018): per image 1 when ``O > Y`` else 0.
+    Higher is better.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps in [0, 1], or (N, C, H, W) attributions reduced per pixel by ``channels`` (then in
+            [0, 1]).
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        1.0 or 0.0 per image.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
+    """
     return confidence_change(m, x, maps, targets, output=output, channels=channels, batch_size=batch_size,
                              progress=progress)[1]
 

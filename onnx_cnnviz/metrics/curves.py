@@ -79,7 +79,14 @@ def blur(image: np.ndarray) -> np.ndarray:
 
 
 def ranks_of(pixel_map: np.ndarray) -> np.ndarray:
-    """(N, P) rank of each pixel, 0 = most important: a stable descending sort, equal values in raster order."""
+    """The rank of each pixel, 0 = most important: a stable descending sort, equal values in raster order.
+
+    Args:
+        pixel_map: (N, H, W) or (N, P) one value per pixel.
+
+    Returns:
+        (N, P) int ranks.
+    """
     flat = pixel_map.reshape(len(pixel_map), -1)
     order = np.argsort(-flat, axis=1, kind="stable")
     ranks = np.empty_like(order)
@@ -88,12 +95,32 @@ def ranks_of(pixel_map: np.ndarray) -> np.ndarray:
 
 
 def step_counts(pixels: int, pixels_per_step: int) -> np.ndarray:
-    """Pixels perturbed at each point of the curve: 0, s, 2s, ..., and P (the last step possibly shorter)."""
+    """Pixels perturbed at each point of the curve: 0, s, 2s, ..., and P (the last step possibly shorter).
+
+    Args:
+        pixels: P, the pixels of one image.
+        pixels_per_step: s.
+
+    Returns:
+        (steps + 1,) int counts.
+
+    Example:
+        >>> step_counts(10, 4).tolist()
+        [0, 4, 8, 10]
+    """
     return np.array(list(range(0, pixels, pixels_per_step)) + [pixels], dtype=np.int64)
 
 
 def auc(curve: np.ndarray, fractions: np.ndarray) -> np.ndarray:
-    """Trapezoid rule of each row of ``curve`` over ``fractions`` (the fraction perturbed at each point)."""
+    """The trapezoid rule of each row of ``curve`` over ``fractions``.
+
+    Args:
+        curve: (N, T) values.
+        fractions: (T,) the fraction perturbed at each point.
+
+    Returns:
+        (N,) float64 areas.
+    """
     curve = np.asarray(curve, dtype=np.float64)
     widths = np.diff(np.asarray(fractions, dtype=np.float64))
     return ((curve[:, 1:] + curve[:, :-1]) * 0.5 * widths).sum(axis=1)
@@ -158,15 +185,40 @@ def _curves(kind: str, m: Model, x, maps, targets, baseline, pixels_per_step, ou
 def deletion(m: Model, x, maps, targets=None, *, baseline=0.0, pixels_per_step: int | None = None,
              output: str = "probability", channels: str = "sum", batch_size: int | None = None,
              progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """Deletion (RISE): the area under the target's probability as the map's most important pixels are replaced by
-    ``baseline``, ``pixels_per_step`` at a time (default ``8 W``: 224*8 at 224x224). Lower is better.
+    """Deletion (Petsiuk et al., "RISE", BMVC 2018): the area under the target's probability as the map's most
+    important pixels are replaced by ``baseline``, ``pixels_per_step`` at a time. Lower is better.
 
-    ``x``: (N, C, H, W) preprocessed images; ``maps``: (N, H, W) (or (N, C, H, W) attributions, reduced per pixel
-    by ``channels``: see :func:`~onnx_cnnviz.metrics.base.pixel_maps`); ``targets``: the classes the maps explain
-    (None: each image's top-1). ``baseline``: a float, per-channel values, ``"mean"``, an image-shaped array or
-    ``"blur"``. ``output``: ``"probability"`` or ``"score"``. The perturbed images go through onnxruntime
-    ``batch_size`` at a time. Returns a :class:`MetricResult` with the AUC per image and the curves; its ``output``
-    says what the curve measures.
+    ``AUC = sum_t (f_t + f_(t+1)) / 2 * (a_(t+1) - a_t)``, with ``f_t`` the target's probability after step ``t`` and
+    ``a_t`` the fraction of pixels replaced (the trapezoid rule, :func:`auc`).
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps, or (N, C, H, W) attributions reduced per pixel by ``channels``.
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        baseline: what replaces the pixels: a float, per-channel values, ``"mean"``, an image-shaped array or
+            ``"blur"``.
+        pixels_per_step: pixels replaced per step (default ``8 W``: 224*8 at 224x224, RISE's).
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        The AUC per image and the curves; its ``output`` says what the curve measures.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
+
+    Example:
+        ```python
+        maps = cv.grad_cam(model, x)
+        print(cv.metrics.deletion(model, x, maps).mean())
+        ```
     """
     return _curves("deletion", m, x, maps, targets, baseline, pixels_per_step, output, channels, batch_size, progress)
 
@@ -174,9 +226,34 @@ def deletion(m: Model, x, maps, targets=None, *, baseline=0.0, pixels_per_step: 
 def insertion(m: Model, x, maps, targets=None, *, baseline="blur", pixels_per_step: int | None = None,
               output: str = "probability", channels: str = "sum", batch_size: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """Insertion (RISE): the area under the target's probability as the map's most important pixels are restored,
-    ``pixels_per_step`` at a time, into ``baseline`` (default: RISE's blurred copy of the image). Higher is better.
-    Arguments as :func:`deletion`."""
+    """Insertion (Petsiuk et al., "RISE", BMVC 2018): the area under the target's probability as the map's most
+    important pixels are restored, ``pixels_per_step`` at a time, into ``baseline``. Higher is better.
+
+    The AUC of :func:`deletion`, the curve running the other way: from the baseline to the image.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps, or (N, C, H, W) attributions reduced per pixel by ``channels``.
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        baseline: the image the pixels are restored into (default: RISE's blurred copy, :func:`blur`); as
+            :func:`deletion` takes it.
+        pixels_per_step: pixels restored per step (default ``8 W``).
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        The AUC per image and the curves.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
+    """
     return _curves("insertion", m, x, maps, targets, baseline, pixels_per_step, output, channels, batch_size,
                    progress)
 

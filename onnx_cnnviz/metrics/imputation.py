@@ -55,15 +55,33 @@ def _scipy():
 
 
 def removed_mask(pixel_map: np.ndarray, percentile: float, order: str) -> np.ndarray:
-    """(H, W) bool, True where ROAD removes a pixel at ``percentile`` (``order`` "morf" or "lerf")."""
+    """Where ROAD removes pixels at one percentile.
+
+    Args:
+        pixel_map: (H, W) one value per pixel.
+        percentile: the percent of pixels kept.
+        order: ``"morf"`` (remove the highest ranked) or ``"lerf"`` (the lowest).
+
+    Returns:
+        (H, W) bool, True where a pixel is removed.
+    """
     v = pixel_map.astype(np.float32) if order == "morf" else np.float32(1) - pixel_map.astype(np.float32)
     return ~(v < np.percentile(v, percentile))
 
 
 def linear_system(image: np.ndarray, removed: np.ndarray):
-    """The imputation's sparse system ``A u = b`` for ``image`` (C, H, W) with pixels ``removed`` (H, W) unknown:
-    row ``r`` says ``sum_j w_j u_j - (sum of in-image weights) u_r = - sum_known w_j x_j`` over the 8 neighbours.
-    Returns ``(A (n, n) CSC, b (n, C), flat indices of the removed pixels)``."""
+    """The imputation's sparse system ``A u = b`` over the removed pixels.
+
+    Row ``r`` says ``sum_j w_j u_j - (sum of in-image weights) u_r = - sum_known w_j x_j`` over the 8 neighbours
+    (weights 1/6 for the 4 direct, 1/12 for the diagonal ones, Rong et al. 2022).
+
+    Args:
+        image: (C, H, W) the image.
+        removed: (H, W) bool, the unknown pixels.
+
+    Returns:
+        ``(A, b, index)``: A (n, n) CSC, b (n, C), and the flat indices of the n removed pixels.
+    """
     csc_matrix, _ = _scipy()
     c, h, w = image.shape
     flat_removed = removed.reshape(-1)
@@ -92,17 +110,38 @@ def linear_system(image: np.ndarray, removed: np.ndarray):
 
 
 def noise_for(seed: int, image: int, percentile_index: int, order: str, shape: tuple) -> np.ndarray:
-    """The standard normal draws (float32) that scale into the noise of image ``image`` at percentile index
-    ``percentile_index`` for ``order`` ("morf" or "lerf"): one stream per (seed, image, percentile, order), so a
-    result does not depend on the batch size or on which other images are evaluated."""
+    """The standard normal draws that scale into one image's imputation noise at one percentile and order.
+
+    One stream per (seed, image, percentile, order), so a result does not depend on the batch size or on which
+    other images are evaluated.
+
+    Args:
+        seed: the metric's seed.
+        image: the image's index in the batch.
+        percentile_index: the percentile's index in the metric's list.
+        order: ``"morf"`` or ``"lerf"``.
+        shape: the draws' shape.
+
+    Returns:
+        float32 draws of ``shape``.
+    """
     rng = np.random.default_rng([int(seed), int(image), int(percentile_index), _ORDER_CODE[order]])
     return rng.standard_normal(shape, dtype=np.float32)
 
 
 def impute(image: np.ndarray, removed: np.ndarray, noise: float = 0.01,
            draw: Callable[[tuple], np.ndarray] | None = None) -> np.ndarray:
-    """Noisy linear imputation of ``image`` (C, H, W) at the ``removed`` (H, W) pixels: the solution of
-    :func:`linear_system` plus ``noise`` times ``draw((C, n))`` (standard normal; none when ``noise`` is 0)."""
+    """Noisy linear imputation of the removed pixels: the solution of :func:`linear_system` plus noise.
+
+    Args:
+        image: (C, H, W) the image.
+        removed: (H, W) bool, the pixels to fill.
+        noise: the standard deviation of the noise added to the filled pixels (none when 0).
+        draw: ``draw(shape)``, standard normal draws of shape (C, n); needed when ``noise`` is not 0.
+
+    Returns:
+        (C, H, W) float32, the image with the removed pixels filled.
+    """
     _, spsolve = _scipy()
     c = image.shape[0]
     if removed.all():
@@ -144,13 +183,36 @@ def _noise(noise) -> float:
 def road(m: Model, x, maps, targets=None, *, order: str = "morf", percentiles=DEFAULT_PERCENTILES,
          noise: float = 0.01, seed: int = 0, output: str = "probability", channels: str = "sum",
          batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """ROAD (Rong et al. 2022): the target's change ``O - Y`` when the pixels the map ranks most (``order="morf"``)
-    or least (``"lerf"``) relevant are removed by noisy linear imputation, averaged over ``percentiles`` (each the
-    percent of pixels *kept*, pytorch-grad-cam's convention); ``"combined"``: ``(LeRF - MoRF) / 2``.
+    """ROAD (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022).
 
-    ``maps``: (N, H, W) (or (N, C, H, W), reduced by ``channels``); ``targets``: the classes they explain (None:
-    top-1); ``noise``: the imputation noise's standard deviation; ``seed``: its random seed (:func:`noise_for`);
-    ``output``: ``"probability"`` (default) or ``"score"``. The curve holds the change per percentile.
+    The target's change ``O - Y`` when the pixels the map ranks most (``order="morf"``) or least (``"lerf"``)
+    relevant are removed by noisy linear imputation (each removed pixel the weighted mean of its 8 neighbours, plus
+    noise: :func:`linear_system`, :func:`impute`), averaged over ``percentiles``; ``"combined"``:
+    ``(LeRF - MoRF) / 2``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps, or (N, C, H, W) attributions reduced per pixel by ``channels``.
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        order: ``"morf"``, ``"lerf"`` or ``"combined"``.
+        percentiles: the percents of pixels *kept* (pytorch-grad-cam's convention), each one point of the curve.
+        noise: the imputation noise's standard deviation.
+        seed: the noise's seed (:func:`noise_for`: one stream per image, percentile and order).
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        The mean change per image; the curve holds the change per percentile.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
     """
     if order not in ORDERS:
         raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}.")
@@ -190,7 +252,31 @@ def road_most_relevant_first(m: Model, x, maps, targets=None, *, percentiles=DEF
                              seed: int = 0, output: str = "probability", channels: str = "sum",
                              batch_size: int | None = None,
                              progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """ROAD, most relevant first (:func:`road` with ``order="morf"``): lower is better."""
+    """ROAD, most relevant first (:func:`road` with ``order="morf"``): lower is better.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps, or (N, C, H, W) attributions reduced per pixel by ``channels``.
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        percentiles: the percents of pixels *kept* (pytorch-grad-cam's convention), each one point of the curve.
+        noise: the imputation noise's standard deviation.
+        seed: the noise's seed (:func:`noise_for`: one stream per image, percentile and order).
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        The mean change per image, and the change per percentile.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
+    """
     return road(m, x, maps, targets, order="morf", percentiles=percentiles, noise=noise, seed=seed, output=output,
                 channels=channels, batch_size=batch_size, progress=progress)
 
@@ -199,7 +285,31 @@ def road_least_relevant_first(m: Model, x, maps, targets=None, *, percentiles=DE
                               noise: float = 0.01, seed: int = 0, output: str = "probability", channels: str = "sum",
                               batch_size: int | None = None,
                               progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """ROAD, least relevant first (:func:`road` with ``order="lerf"``): higher is better."""
+    """ROAD, least relevant first (:func:`road` with ``order="lerf"``): higher is better.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps, or (N, C, H, W) attributions reduced per pixel by ``channels``.
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        percentiles: the percents of pixels *kept* (pytorch-grad-cam's convention), each one point of the curve.
+        noise: the imputation noise's standard deviation.
+        seed: the noise's seed (:func:`noise_for`: one stream per image, percentile and order).
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        The mean change per image, and the change per percentile.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
+    """
     return road(m, x, maps, targets, order="lerf", percentiles=percentiles, noise=noise, seed=seed, output=output,
                 channels=channels, batch_size=batch_size, progress=progress)
 
@@ -207,7 +317,31 @@ def road_least_relevant_first(m: Model, x, maps, targets=None, *, percentiles=DE
 def road_combined(m: Model, x, maps, targets=None, *, percentiles=DEFAULT_PERCENTILES, noise: float = 0.01,
                   seed: int = 0, output: str = "probability", channels: str = "sum", batch_size: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """ROAD combined, ``(LeRF - MoRF) / 2`` (:func:`road` with ``order="combined"``): higher is better."""
+    """ROAD combined, ``(LeRF - MoRF) / 2`` (:func:`road` with ``order="combined"``): higher is better.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: (N, C, H, W) preprocessed images, as the model takes them.
+        maps: (N, H, W) maps, or (N, C, H, W) attributions reduced per pixel by ``channels``.
+        targets: the classes (or target objects) the maps explain; None: each image's top-1.
+        percentiles: the percents of pixels *kept* (pytorch-grad-cam's convention), each one point of the curve.
+        noise: the imputation noise's standard deviation.
+        seed: the noise's seed (:func:`noise_for`: one stream per image, percentile and order).
+        output: ``"probability"`` (the softmax of the scores, or the model's own probabilities) or ``"score"``
+            (the class score before any final Softmax).
+        channels: how (N, C, H, W) attributions become one value per pixel: ``"sum"``, ``"abs-sum"`` or
+            ``"max-abs"`` (:func:`~onnx_cnnviz.metrics.base.pixel_maps`).
+        batch_size: perturbed images per onnxruntime run (default: the model's).
+        progress: ``progress(done, total)``, called after each batch with the perturbed images scored so far and
+            their total.
+
+    Returns:
+        The combined value per image.
+
+    Raises:
+        InputError: images, maps, targets or parameters of the wrong shape or value (the message names which).
+        NumericalError: the model produced NaN or Inf.
+    """
     return road(m, x, maps, targets, order="combined", percentiles=percentiles, noise=noise, seed=seed,
                 output=output, channels=channels, batch_size=batch_size, progress=progress)
 

@@ -72,8 +72,24 @@ def _ranks(v: np.ndarray) -> np.ndarray:
 
 def spearman(a, b) -> float:
     """Spearman's rank correlation of two maps (flattened): the Pearson correlation of their ranks, ties averaged.
-    NaN when either map is constant (a correlation with a constant is undefined; ``scipy.stats.spearmanr`` says the
-    same)."""
+
+    ``rho = cov(R(a), R(b)) / (s_R(a) s_R(b))``.
+
+    Args:
+        a: a map.
+        b: a map with as many values.
+
+    Returns:
+        rho in [-1, 1]; NaN when either map is constant (a correlation with a constant is undefined;
+        ``scipy.stats.spearmanr`` says the same).
+
+    Raises:
+        InputError: the maps differ in size.
+
+    Example:
+        >>> spearman([1, 2, 3], [10, 30, 20])
+        0.5
+    """
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
@@ -88,11 +104,23 @@ def spearman(a, b) -> float:
 
 
 def ssim(a, b, data_range: float = 1.0) -> float:
-    """Mean structural similarity of two 2-D maps (Wang et al. 2004), as ``skimage.metrics.structural_similarity``
-    computes it by default: 7 x 7 uniform window, sample covariance, ``K1 = 0.01``, ``K2 = 0.03``, averaged over the
-    window centres at least 3 pixels from the border.
+    """Mean structural similarity of two 2-D maps (Wang et al., "Image quality assessment: from error visibility to
+    structural similarity", IEEE TIP 2004), as ``skimage.metrics.structural_similarity`` computes it by default.
 
-    ``SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2))``, ``C_i = (K_i L)^2``.
+    ``SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2))``, ``C_i = (K_i L)^2``:
+    7 x 7 uniform window, sample covariance, ``K1 = 0.01``, ``K2 = 0.03``, averaged over the window centres at least
+    3 pixels from the border.
+
+    Args:
+        a: (H, W) map.
+        b: (H, W) map.
+        data_range: L, the values' range.
+
+    Returns:
+        The mean SSIM, in [-1, 1].
+
+    Raises:
+        InputError: the maps are not 2-D of one shape, or smaller than the window.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -115,20 +143,43 @@ def ssim(a, b, data_range: float = 1.0) -> float:
 
 
 def absolute_maps(maps: np.ndarray) -> np.ndarray:
-    """(N, H, W) ``|map|``, or ``sum_c |a_c|`` for (N, C, H, W) attributions (the paper's grayscale view)."""
+    """The paper's grayscale view: ``|map|``, or ``sum_c |a_c|`` for (N, C, H, W) attributions.
+
+    Args:
+        maps: (N, H, W) maps or (N, C, H, W) attributions.
+
+    Returns:
+        (N, H, W) float32.
+    """
     maps = np.asarray(maps, dtype=np.float64)
     return np.abs(maps) if maps.ndim == 3 else np.abs(maps).sum(axis=1)
 
 
 def signed_maps(maps: np.ndarray) -> np.ndarray:
-    """(N, H, W) maps as they are, or ``sum_c a_c`` for (N, C, H, W) attributions (the paper's diverging view)."""
+    """The paper's diverging view: maps as they are, or ``sum_c a_c`` for (N, C, H, W) attributions.
+
+    Args:
+        maps: (N, H, W) maps or (N, C, H, W) attributions.
+
+    Returns:
+        (N, H, W) float32.
+    """
     maps = np.asarray(maps, dtype=np.float64)
     return maps if maps.ndim == 3 else maps.sum(axis=1)
 
 
 def unit_map(m: np.ndarray) -> np.ndarray:
-    """A non-negative 2-D map in [0, 1] as the paper's ``VisualizeImageGrayscale`` shows it: ``(m - min) / (p99 -
-    min)``, clipped (the max when the 99th percentile equals the minimum; zeros for a constant map)."""
+    """A non-negative 2-D map in [0, 1] as the paper's ``VisualizeImageGrayscale`` shows it.
+
+    ``(m - min) / (p99 - min)``, clipped to [0, 1] (divided by the max when the 99th percentile equals the minimum;
+    zeros for a constant map).
+
+    Args:
+        m: (H, W) non-negative map.
+
+    Returns:
+        (H, W) float32 in [0, 1].
+    """
     lo = float(m.min())
     hi = float(np.percentile(m, CLIP_PERCENTILE))
     if hi <= lo:
@@ -139,7 +190,19 @@ def unit_map(m: np.ndarray) -> np.ndarray:
 
 
 def compare_maps(original: np.ndarray, randomised: np.ndarray) -> dict:
-    """Per image: ``spearman_abs``, ``spearman`` (signed) and ``ssim`` (of the [0, 1] absolute maps), (N,) each."""
+    """The three similarity measures of Adebayo et al. 2018 between maps of the trained and a randomised model.
+
+    Args:
+        original: (N, H, W) or (N, C, H, W) maps of the trained model.
+        randomised: the randomised model's maps, of the same shape.
+
+    Returns:
+        ``{"spearman_abs", "spearman", "ssim"}`` -> (N,) each: the rank correlation of the absolute maps, of the
+        signed maps, and the SSIM of the [0, 1] absolute maps (:func:`unit_map`).
+
+    Raises:
+        InputError: the maps differ in shape.
+    """
     if np.shape(original) != np.shape(randomised):
         raise InputError(f"the maps differ in shape: {np.shape(original)} and {np.shape(randomised)}.")
     abs_o, abs_r = absolute_maps(original), absolute_maps(randomised)
@@ -158,12 +221,20 @@ def compare_maps(original: np.ndarray, randomised: np.ndarray) -> dict:
 class SanityResult:
     """The randomisation test on a batch of images.
 
-    ``methods``: the registry names compared. ``stages``: each stage's label (the group randomised last, the
-    paper's x-axis). ``randomised``: per stage, the node names whose parameters were re-initialised (cumulative when
-    cascading). ``mode``: "cascading" | "independent". ``targets``: (N,) the classes explained on the trained model.
-    ``top1``: (S, N) each randomised model's top-1 class. ``spearman_abs``, ``spearman``, ``ssim``: method -> (S, N)
-    per stage and image (NaN where a map is constant). ``init``, ``seed``: how the weights were drawn.
-    ``retarget``: whether each randomised model explained its own top-1 class.
+    Attributes:
+        methods: the registry names compared.
+        stages: each stage's label (the group randomised last, the paper's x-axis).
+        randomised: per stage, the node names whose parameters were re-initialised (cumulative when cascading).
+        mode: ``"cascading"`` or ``"independent"``.
+        targets: (N,) the classes explained on the trained model.
+        top1: (S, N) each randomised model's top-1 class.
+        spearman_abs: method -> (S, N) per stage and image (NaN where a map is constant).
+        spearman: method -> (S, N), of the signed maps.
+        ssim: method -> (S, N).
+        init: how the weights were drawn.
+        seed: the draws' seed.
+        retarget: whether each randomised model explained its own top-1 class.
+        details: further arrays (the trained model's maps, ...).
     """
     methods: tuple
     stages: list
@@ -180,13 +251,30 @@ class SanityResult:
     details: dict = field(default_factory=dict)
 
     def values(self, measure: str = "spearman_abs") -> dict:
-        """method -> (S, N) of ``measure`` (:data:`MEASURES`)."""
+        """One measure of every method.
+
+        Args:
+            measure: one of :data:`MEASURES`.
+
+        Returns:
+            method -> (S, N).
+
+        Raises:
+            InputError: an unknown measure.
+        """
         if measure not in MEASURES:
             raise InputError(f"measure must be one of {', '.join(MEASURES)}, not {measure!r}.")
         return getattr(self, measure)
 
     def mean(self, measure: str = "spearman_abs") -> dict:
-        """method -> (S,) the mean over images (NaNs of constant maps left out; NaN when every image's is)."""
+        """One measure of every method, averaged over images.
+
+        Args:
+            measure: one of :data:`MEASURES`.
+
+        Returns:
+            method -> (S,) the mean over images (NaNs of constant maps left out; NaN when every image's is).
+        """
         out = {}
         for name, arr in self.values(measure).items():
             finite = np.isfinite(arr)
@@ -238,20 +326,40 @@ def randomisation_check(model, x, methods=("saliency", "gradcam", "guided", "gui
                         retarget: bool = False, layer: str | None = None, method_params: dict | None = None,
                         load_options: dict | None = None, batch_size: int | None = None,
                         progress: Callable[[int, int], None] | None = None) -> SanityResult:
-    """The model parameter randomisation test (Adebayo et al. 2018) of ``methods`` on images ``x``.
+    """The model parameter randomisation test of ``methods`` on images ``x``.
 
-    ``model``: a path, bytes, an ``onnx.ModelProto`` or a loaded :class:`Model` (never modified). ``x``: (N, C, H, W)
-    images as the model takes them. ``methods``: registry names (``onnx_cnnviz.registry.names()``). ``targets``: the
-    classes explained (None: each image's top-1 on the trained model). ``stages``: ``"blocks"``, ``"layers"``, a
-    number of stages or explicit groups (module docstring). ``mode``: ``"cascading"`` (stage k randomises groups
-    1..k) or ``"independent"`` (group k alone). ``seed``, ``init``: how the weights are drawn. ``retarget``: explain
-    each randomised model's own top-1 class (the paper's released code) instead of the trained model's class.
-    ``layer``: the CAM layer (None: the default layer). ``method_params``: method name -> its parameters.
-    ``load_options``: keyword arguments of :func:`onnx_cnnviz.load` for the randomised models (a given Model's own
-    device, batch size and threads by default). ``progress(done, total)``: called after each method at each stage.
+    Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018, Sec. 3: the weights are re-drawn stage by stage
+    from the logits down and each method's map on each randomised model is compared with the trained model's (rank
+    correlation of the absolute and the signed maps, SSIM). A method whose maps stay similar does not explain the
+    model.
 
-    Returns a :class:`SanityResult`: per stage, method and image, the Spearman rank correlation of the absolute and
-    of the signed maps with the trained model's, and the SSIM of the [0, 1] absolute maps.
+    Args:
+        model: a path, bytes, an ``onnx.ModelProto`` or a loaded :class:`~onnx_cnnviz.model.Model` (never
+            modified).
+        x: (N, C, H, W) images as the model takes them.
+        methods: registry names (``onnx_cnnviz.registry.names()``).
+        targets: the classes explained; None: each image's top-1 on the trained model.
+        stages: ``"blocks"``, ``"layers"``, a number of stages, or explicit groups of node names (the module
+            docstring).
+        mode: ``"cascading"`` (stage k randomises groups 1..k) or ``"independent"`` (group k alone).
+        seed: the weights' seed.
+        init: how the weights are drawn (:data:`INITS`).
+        retarget: explain each randomised model's own top-1 class (the paper's released code) instead of the
+            trained model's class.
+        layer: the CAM layer (None: the default layer).
+        method_params: method name -> its parameters.
+        load_options: keyword arguments of :func:`onnx_cnnviz.load` for the randomised models (a given Model's own
+            device, batch size and threads by default).
+        batch_size: images per run.
+        progress: ``progress(done, total)``, called after each method at each stage.
+
+    Returns:
+        Per stage, method and image, the Spearman rank correlation of the absolute and of the signed maps with the
+        trained model's, and the SSIM of the [0, 1] absolute maps.
+
+    Raises:
+        InputError: unknown methods, mode, init or method parameters, or bad images or targets.
+        ModelStructureError: the model has no parameters to randomise in the stages asked for.
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
@@ -297,11 +405,35 @@ def model_randomisation(m, x, method, targets=None, *, stages="blocks", measure:
                         mode: str = "cascading", seed: int = 0, init: str = "normal", layer: str | None = None,
                         method_params: dict | None = None, batch_size: int | None = None,
                         progress: Callable[[int, int], None] | None = None) -> MetricResult:
-    """The randomisation test of one method as a :class:`MetricResult`, the shape of every metric of
-    :mod:`onnx_cnnviz.metrics.registry` (``takes="method"``): ``values`` (N,) the ``measure`` after the last stage
-    (every layer randomised, when cascading), ``curve`` (N, S) the measure at each stage, ``axis`` the stage numbers
-    1..S. Lower is better: a map that keeps resembling the trained model's once the weights are gone does not
-    explain the model. ``details``: the stage labels and the other two measures' curves."""
+    """The randomisation test of one method as a :class:`~onnx_cnnviz.metrics.base.MetricResult`.
+
+    The shape of every metric of :mod:`onnx_cnnviz.metrics.registry` (``takes="method"``). Lower is better: a map
+    that keeps resembling the trained model's once the weights are gone does not explain the model (Adebayo et al.
+    2018).
+
+    Args:
+        m: a loaded model, or anything :func:`randomisation_check` takes.
+        x: (N, C, H, W) images.
+        method: a registry name.
+        targets: the classes explained; None: each image's top-1.
+        stages: as :func:`randomisation_check` takes them.
+        measure: one of :data:`MEASURES`.
+        mode: ``"cascading"`` or ``"independent"``.
+        seed: the weights' seed.
+        init: how the weights are drawn.
+        layer: the CAM layer.
+        method_params: the method's parameters.
+        batch_size: images per run.
+        progress: ``progress(done, total)`` after each stage.
+
+    Returns:
+        ``values`` (N,) the ``measure`` after the last stage (every layer randomised, when cascading), ``curve``
+        (N, S) the measure at each stage, ``axis`` the stage numbers 1..S; ``details``: the stage labels and the
+        other two measures' curves.
+
+    Raises:
+        InputError: an unknown measure, or a method that is not a registry name.
+    """
     from ..methods import registry
 
     if measure not in MEASURES:
