@@ -34,19 +34,22 @@ IMAGENET_CROP_FRACTION = 224 / 256
 class Preprocessing:
     """How a model wants its input: ``x = (pixels_in_order * scale - mean) / std``, in (N, C, H, W) float32.
 
-    * ``size``: (H, W) of the model input (an int means square); ``None`` keeps the image size (no resize, no crop).
-    * ``order``: "RGB" or "BGR", the channel order the model expects.
-    * ``scale``: multiplies the 0..255 pixels first (1/255 for [0, 1] inputs, 1 for 0..255 inputs).
-    * ``mean``, ``std``: per channel, in the model's channel order and in the scaled units; ``None`` skips the step.
-    * ``resize``: how the picture reaches ``size`` (:data:`RESIZE_POLICIES`). "squash" (the default): the whole
-      picture resized to H x W. "crop": resized keeping its aspect ratio by ``r = max(H / (f h), W / (f w))``
-      (``f = crop_fraction``, ``h, w`` the picture's size), then the centred H x W window is kept, so the model sees
-      the middle ``f`` of the picture's shorter side and the edges are cut off (:meth:`input_region` says which part
-      of the picture that is). For 224 x 224 and ``f = 0.875``: shorter side 256, centre crop 224.
-    * ``crop_fraction``: ``f`` in (0, 1], used by "crop" only.
-
     Resizing is plain bilinear (``cv2.INTER_LINEAR``), without the antialiasing of PIL / torchvision ``Resize``: a
     photo much larger than ``size`` is better downscaled first if you need to match those pipelines closely.
+
+    Attributes:
+        size: (H, W) of the model input (an int means square); ``None`` keeps the image size (no resize, no crop).
+        mean: per channel, in the model's channel order and in the scaled units; ``None`` skips the step.
+        std: per channel, likewise; ``None`` skips the step.
+        order: "RGB" or "BGR", the channel order the model expects.
+        scale: multiplies the 0..255 pixels first (1/255 for [0, 1] inputs, 1 for 0..255 inputs).
+        resize: how the picture reaches ``size`` (:data:`RESIZE_POLICIES`). "squash" (the default): the whole
+            picture resized to H x W. "crop": resized keeping its aspect ratio by
+            ``r = max(H / (f h), W / (f w))`` (``f = crop_fraction``, ``h, w`` the picture's size), then the centred
+            H x W window is kept, so the model sees the middle ``f`` of the picture's shorter side and the edges are
+            cut off (:meth:`input_region` says which part of the picture that is). For 224 x 224 and
+            ``f = 0.875``: shorter side 256, centre crop 224.
+        crop_fraction: ``f`` in (0, 1], used by "crop" only.
     """
     size: tuple | None = (224, 224)
     mean: tuple | None = None
@@ -79,9 +82,15 @@ class Preprocessing:
         object.__setattr__(self, "crop_fraction", fraction)
 
     def resize_plan(self, image_size) -> tuple:
-        """Where a picture of ``image_size`` (H, W) goes: ``((h1, w1), (top, left))``, the size it is resized to
-        and the corner of the ``size`` window kept from it (``(h1, w1) == size`` and ``(0, 0)`` when it is
-        squashed; the picture's own size and ``(0, 0)`` when ``size`` is None)."""
+        """Where a picture goes: the size it is resized to and the corner of the ``size`` window kept.
+
+        Args:
+            image_size: the picture's (H, W).
+
+        Returns:
+            ``((h1, w1), (top, left))``: ``(h1, w1) == size`` and ``(0, 0)`` when it is squashed; the picture's own
+            size and ``(0, 0)`` when ``size`` is None.
+        """
         h, w = (int(v) for v in image_size)
         if self.size is None:
             return (h, w), (0, 0)
@@ -96,12 +105,18 @@ class Preprocessing:
         return (h1, w1), (int(round((h1 - out_h) / 2.0)), int(round((w1 - out_w) / 2.0)))
 
     def input_region(self, image_size) -> tuple:
-        """The part of a picture of ``image_size`` (H, W) that the model input shows, in the picture's pixels:
-        ``(top, left, height, width)`` (floats; the whole picture ``(0, 0, H, W)`` when squashed or not resized).
+        """The part of a picture that the model input shows, in the picture's pixels.
 
         A point ``(y, x)`` of the model input (pixel edges, 0 to H_in) is the picture's point
         ``(top + y * height / H_in, left + x * width / W_in)``: use it to put a map or a box made on the model
         input back onto the original picture, or the reverse.
+
+        Args:
+            image_size: the picture's (H, W).
+
+        Returns:
+            ``(top, left, height, width)`` as floats; the whole picture ``(0, 0, H, W)`` when squashed or not
+            resized.
         """
         h, w = (int(v) for v in image_size)
         (h1, w1), (top, left) = self.resize_plan((h, w))
@@ -110,8 +125,14 @@ class Preprocessing:
         return (top * sy, left * sx, out_h * sy, out_w * sx)
 
     def fit_picture(self, rgb: np.ndarray) -> np.ndarray:
-        """A uint8 ``(H, W, 3)`` picture brought to the input size by the resize policy (not normalised): what
-        :func:`preprocess` scales and what :func:`deprocess` gives back."""
+        """A picture brought to the input size by the resize policy, not normalised.
+
+        Args:
+            rgb: uint8 ``(H, W, 3)``.
+
+        Returns:
+            uint8 at the input size: what :func:`preprocess` scales and what :func:`deprocess` gives back.
+        """
         (h1, w1), (top, left) = self.resize_plan(rgb.shape[:2])
         if (h1, w1) != rgb.shape[:2]:
             rgb = cv2.resize(rgb, (w1, h1), interpolation=cv2.INTER_LINEAR)
@@ -120,9 +141,12 @@ class Preprocessing:
         return rgb
 
     def describe(self) -> str:
-        """One line for people: channel order, the arithmetic, the size and which resize runs, e.g. "RGB,
-        (pixels / 255 - mean 0.485,0.456,0.406) / std 0.229,0.224,0.225, 224x224 by shorter side 256 + centre crop
-        224 (the picture's edges are cut off)"."""
+        """One line for people: channel order, the arithmetic, the size and which resize runs.
+
+        Returns:
+            e.g. "RGB, (pixels / 255 - mean 0.485,0.456,0.406) / std 0.229,0.224,0.225, 224x224 by shorter side 256
+            + centre crop 224 (the picture's edges are cut off)".
+        """
         def numbers(values):
             return ",".join(f"{v:g}" for v in values)
         if abs(self.scale - 1 / 255) < 1e-12:
@@ -139,8 +163,12 @@ class Preprocessing:
         return f"{self.order}, {value}, {self.describe_resize()}"
 
     def describe_resize(self) -> str:
-        """Which resize runs, in words: "squashed to 224x224", "shorter side 256 + centre crop 224x224 (the
-        picture's edges are cut off)", or "at the picture's own size"."""
+        """Which resize runs, in words.
+
+        Returns:
+            "squashed to 224x224", "shorter side 256 + centre crop 224x224 (the picture's edges are cut off)", or
+            "at the picture's own size".
+        """
         if self.size is None:
             return "at the picture's own size (no resize)"
         h, w = self.size
@@ -151,9 +179,12 @@ class Preprocessing:
                 f"edges are cut off)")
 
     def to_metadata(self) -> dict:
-        """String key/values for ONNX ``metadata_props``, keys prefixed ``cnnviz.preprocess.``; "" means None.
+        """The spec as ONNX ``metadata_props`` entries.
 
         Floats are written with ``repr`` so :meth:`from_metadata` gets back exactly the same numbers.
+
+        Returns:
+            String key/values, keys prefixed ``cnnviz.preprocess.``; "" means None.
         """
         def join(values):
             return "" if values is None else ",".join(repr(v) for v in values)
@@ -164,14 +195,23 @@ class Preprocessing:
 
     @classmethod
     def from_metadata(cls, props) -> Preprocessing | None:
-        """The preprocessing stored in model metadata, or ``None`` when it holds no ``cnnviz.preprocess.*`` key.
+        """The preprocessing stored in model metadata.
 
-        ``props``: a dict (e.g. ``Model.metadata``) or ONNX ``metadata_props`` entries; keys without the prefix are
-        ignored. Keys: ``preset`` (a name in :data:`PRESETS` to start from), ``size`` ("224,224" or "224"), ``mean``,
-        ``std`` (comma-separated; "" for none), ``order`` ("RGB"/"BGR"), ``scale`` (a number or a fraction such as
-        "1/255"), ``resize`` ("squash" or "crop", :data:`RESIZE_POLICIES`), ``crop_fraction`` (a number or a
-        fraction such as "224/256"). Keys left out take the preset's value, or without a preset: no resize, no
-        mean/std, RGB, 1/255, squash (so files written before ``resize`` existed keep meaning what they meant).
+        Keys: ``preset`` (a name in :data:`PRESETS` to start from), ``size`` ("224,224" or "224"), ``mean``, ``std``
+        (comma-separated; "" for none), ``order`` ("RGB"/"BGR"), ``scale`` (a number or a fraction such as "1/255"),
+        ``resize`` ("squash" or "crop", :data:`RESIZE_POLICIES`), ``crop_fraction`` (a number or a fraction such as
+        "224/256"). Keys left out take the preset's value, or without a preset: no resize, no mean/std, RGB, 1/255,
+        squash (so files written before ``resize`` existed keep meaning what they meant).
+
+        Args:
+            props: a dict (e.g. ``Model.metadata``) or ONNX ``metadata_props`` entries; keys without the prefix are
+                ignored.
+
+        Returns:
+            The spec, or ``None`` when the metadata holds no ``cnnviz.preprocess.*`` key.
+
+        Raises:
+            InputError: a key's value cannot be read.
         """
         items = props.items() if isinstance(props, Mapping) else ((p.key, p.value) for p in props)
         ours = {k[len(METADATA_PREFIX):]: str(v).strip() for k, v in items if str(k).startswith(METADATA_PREFIX)}
@@ -256,9 +296,27 @@ def _preset(preset) -> Preprocessing:
 
 
 def get_preprocessing(preset="imagenet", size=None, mean=None, std=None, order=None, scale=None) -> Preprocessing:
-    """A preset (name or :class:`Preprocessing`) with the given fields overridden (``None`` keeps the preset's).
+    """A preset with the given fields overridden.
 
     To drop a preset's mean or std, override it with 0 or 1.
+
+    Args:
+        preset: a name in :data:`PRESETS` or a :class:`Preprocessing`.
+        size: (H, W) of the model input (an int means square); None keeps the preset's.
+        mean: per-channel mean in the scaled units, model channel order; None keeps the preset's.
+        std: per-channel standard deviation; None keeps the preset's.
+        order: ``"RGB"`` or ``"BGR"``; None keeps the preset's.
+        scale: what the 0..255 pixels are multiplied by first; None keeps the preset's.
+
+    Returns:
+        The spec.
+
+    Raises:
+        InputError: an unknown preset or a bad field.
+
+    Example:
+        >>> get_preprocessing("imagenet", size=256).size
+        (256, 256)
     """
     base = _preset(preset)
     changes = {k: v for k, v in dict(size=size, mean=mean, std=std, order=order, scale=scale).items() if v is not None}
@@ -270,16 +328,19 @@ def preprocess(images, preset="imagenet", size=None, mean=None, std=None, order=
 
     ``x = (fit(rgb)[..., order] * scale - mean) / std``, ``fit`` the spec's resize policy (squash, or shorter side
     + centre crop: :meth:`Preprocessing.fit_picture`); see :class:`Preprocessing` and :data:`PRESETS` ("imagenet",
-    "caffe", "tf", "tflite", "raw", "none"). ``preset`` may be a name or a :class:`Preprocessing` (e.g. from
-    :meth:`Preprocessing.from_metadata`); the other arguments override its fields. Each image may be anything
-    :func:`read_image` accepts; a 4-D ``(N, H, W, C)`` array is a batch. The uint8 image is resized before scaling, so
+    "caffe", "tf", "tflite", "raw", "none"). The uint8 image is resized before scaling, so
     ``deprocess(preprocess(img))`` gives back exactly the resized (and cropped) image a viewer should be shown:
     maps drawn on it line up with what the model saw.
 
     Args:
-        images: one picture or a list (paths, ``PIL.Image``, arrays), or an ``(N, H, W, C)`` batch.
-        preset: a name in :data:`PRESETS` or a :class:`Preprocessing`.
-        size, mean, std, order, scale: overrides of the preset's fields (``None`` keeps them).
+        images: one picture or a list (paths, ``PIL.Image``, arrays: anything :func:`read_image` accepts), or an
+            ``(N, H, W, C)`` batch.
+        preset: a name in :data:`PRESETS` or a :class:`Preprocessing` (e.g. from :meth:`Preprocessing.from_metadata`).
+        size: (H, W) of the model input (an int means square); None keeps the preset's.
+        mean: per-channel mean in the scaled units, model channel order; None keeps the preset's.
+        std: per-channel standard deviation; None keeps the preset's.
+        order: ``"RGB"`` or ``"BGR"``; None keeps the preset's.
+        scale: what the 0..255 pixels are multiplied by first; None keeps the preset's.
 
     Returns:
         float32 ``(N, 3, H, W)``.
@@ -308,11 +369,23 @@ def preprocess(images, preset="imagenet", size=None, mean=None, std=None, order=
 
 
 def deprocess(x, preset="imagenet", mean=None, std=None, order=None, scale=None) -> np.ndarray:
-    """Invert :func:`preprocess` for display: ``(C, H, W)`` -> uint8 RGB ``(H, W, 3)``; ``(N, C, H, W)`` -> ``(N, H,
-    W, 3)``.
+    """Invert :func:`preprocess` for display: ``pixels = (x * std + mean) / scale``, rounded, clipped, RGB.
 
-    ``pixels = (x * std + mean) / scale``, rounded and clipped to 0..255, then put in RGB order. The resize is not
-    undone (the result has the model's input size, and shows the crop when the spec crops).
+    The resize is not undone (the result has the model's input size, and shows the crop when the spec crops).
+
+    Args:
+        x: ``(C, H, W)`` or ``(N, C, H, W)`` model input.
+        preset: a name in :data:`PRESETS` or a :class:`Preprocessing`.
+        mean: per-channel mean in the scaled units, model channel order; None keeps the preset's.
+        std: per-channel standard deviation; None keeps the preset's.
+        order: ``"RGB"`` or ``"BGR"``; None keeps the preset's.
+        scale: what the 0..255 pixels are multiplied by first; None keeps the preset's.
+
+    Returns:
+        uint8 RGB ``(H, W, 3)``, or ``(N, H, W, 3)`` for a batch.
+
+    Raises:
+        InputError: an unknown preset, a bad field, or ``x`` of the wrong shape.
     """
     spec = get_preprocessing(preset, None, mean, std, order, scale)
     x = np.asarray(x, dtype=np.float32)

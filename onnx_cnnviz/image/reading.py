@@ -47,10 +47,25 @@ def _check_limit(max_pixels) -> int | None:
 
 @contextlib.contextmanager
 def pixel_limit(max_pixels: int | None):
-    """Inside the ``with`` block, every :func:`read_image` call that does not pass ``max_pixels`` (the reads inside
+    """Change the picture size :func:`read_image` refuses, inside a ``with`` block.
+
+    Every :func:`read_image` call that does not pass ``max_pixels`` (the reads inside
     :func:`~onnx_cnnviz.image.preprocess`, the feature-visualisation functions, ...) refuses pictures over
-    ``max_pixels`` pixels instead of :data:`MAX_PIXELS` (``None``: no limit). Blocks nest; the previous limit comes
-    back on exit. The limit is a context variable: other threads and asyncio tasks keep their own."""
+    ``max_pixels`` pixels instead of :data:`MAX_PIXELS`. Blocks nest; the previous limit comes back on exit. The
+    limit is a context variable: other threads and asyncio tasks keep their own.
+
+    Args:
+        max_pixels: the largest picture, in pixels; ``None``: no limit.
+
+    Yields:
+        Nothing; the limit holds until the block ends.
+
+    Example:
+        ```python
+        with pixel_limit(200_000_000):
+            x = cv.preprocess("panorama.jpg")
+        ```
+    """
     token = _limit.set(_check_limit(max_pixels))
     try:
         yield
@@ -59,7 +74,11 @@ def pixel_limit(max_pixels: int | None):
 
 
 def current_pixel_limit() -> int | None:
-    """The ``max_pixels`` that :func:`read_image` uses when none is passed (see :func:`pixel_limit`)."""
+    """The ``max_pixels`` that :func:`read_image` uses when none is passed (see :func:`pixel_limit`).
+
+    Returns:
+        The limit in pixels, or None for none.
+    """
     return _limit.get()
 
 # What read_image decodes (cv2.imdecode; GIF needs OpenCV >= 4.11), for finding pictures in a folder by suffix.
@@ -77,9 +96,6 @@ def read_image(source, mode: str = "RGB", max_pixels: int | None = CURRENT_LIMIT
                exif_orientation: bool = True) -> np.ndarray:
     """Any picture as a uint8 ``(H, W, 3)`` array, RGB order (``mode="BGR"``: BGR order, as OpenCV uses).
 
-    ``source``: a path (``str`` / ``Path``, any characters; decoded by ``cv2.imdecode`` with ``IMREAD_UNCHANGED``),
-    a ``PIL.Image``, or an array ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` in RGB(A) order.
-
     Pixel values:
 
     * uint8 as is; uint16 (16-bit PNG/TIFF, PIL mode ``I;16``/``I``) to the nearest 8-bit level, ``round(v / 257)``,
@@ -87,18 +103,28 @@ def read_image(source, mode: str = "RGB", max_pixels: int | None = CURRENT_LIMIT
       other integer arrays (int32, int64, ...) must lie in [0, 255]; bool arrays become 0 / 255.
     * Grayscale is repeated over the three channels.
     * Alpha is dropped, not composited, by default: this is what ``PIL.Image.convert("RGB")`` and
-      ``cv2.imread(path)`` give, so the pixels match the usual training pipelines. Pass ``background`` (a gray level
-      or an RGB triple, 0..255) to composite over it instead: ``rgb * a + background * (1 - a)``.
-    * For files, the EXIF orientation tag (JPEG, PNG eXIf, TIFF, WebP) is applied, so the array is upright the way
-      image viewers show it; ``exif_orientation=False`` keeps the stored pixel order (what plain PIL gives).
+      ``cv2.imread(path)`` give, so the pixels match the usual training pipelines. Pass ``background`` to composite
+      over it instead: ``rgb * a + background * (1 - a)``.
 
-    ``max_pixels``: refuse pictures with more pixels than this (``None``: no limit; default :data:`MAX_PIXELS`, or
-    the limit of an enclosing :func:`pixel_limit` block). For files the size is read from the header before anything
-    is decoded, so a crafted "decompression bomb" costs no memory.
+    Args:
+        source: a path (``str`` / ``Path``, any characters; decoded by ``cv2.imdecode`` with
+            ``IMREAD_UNCHANGED``), a ``PIL.Image``, or an array ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or
+            ``(H, W, 4)`` in RGB(A) order.
+        mode: ``"RGB"`` or ``"BGR"``, the channel order returned.
+        max_pixels: refuse pictures with more pixels than this (``None``: no limit; default :data:`MAX_PIXELS`, or
+            the limit of an enclosing :func:`pixel_limit` block). For files the size is read from the header before
+            anything is decoded, so a crafted "decompression bomb" costs no memory.
+        background: a gray level or an RGB triple, 0..255, to composite a transparent picture over; None drops alpha.
+        exif_orientation: for files, apply the EXIF orientation tag (JPEG, PNG eXIf, TIFF, WebP), so the array is
+            upright the way image viewers show it; False keeps the stored pixel order (what plain PIL gives).
 
-    Raises :class:`InputError` for a missing, unreadable, truncated or non-image file (naming the file), a path that
-    is not a regular file (a FIFO, a device such as ``/dev/zero``, a socket: refused before anything is read), an
-    array of the wrong shape or range, or a picture over ``max_pixels``.
+    Returns:
+        uint8 ``(H, W, 3)``.
+
+    Raises:
+        InputError: a missing, unreadable, truncated or non-image file (naming the file), a path that is not a
+            regular file (a FIFO, a device such as ``/dev/zero``, a socket: refused before anything is read), an
+            array of the wrong shape or range, or a picture over ``max_pixels``.
     """
     order = check_order(mode, "mode")
     max_pixels = _limit.get() if max_pixels is CURRENT_LIMIT else _check_limit(max_pixels)
@@ -190,9 +216,15 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 def rgb_triple(value, what: str) -> np.ndarray:
     """A colour argument as a float32 ``(R, G, B)`` array: a gray level ``v`` becomes ``(v, v, v)``.
 
-    ``value``: one number or three, each in 0..255 (a background, a canvas colour). ``what``: the argument's name for
-    the :class:`InputError` raised on anything else. The result is a read-only broadcast view; copy it (or
-    ``.astype``) before writing to it.
+    Args:
+        value: one number or three, each in 0..255 (a background, a canvas colour).
+        what: the argument's name, for the error.
+
+    Returns:
+        A read-only broadcast view; copy it (or ``.astype``) before writing to it.
+
+    Raises:
+        InputError: not one or three numbers in 0..255.
     """
     try:
         flat = np.asarray(value, dtype=np.float32).reshape(-1)

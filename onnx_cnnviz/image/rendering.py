@@ -74,9 +74,18 @@ def _heatmap_2d(heatmap, what: str = "heatmap") -> np.ndarray:
 def colorize(heatmap, colormap="jet", size=None) -> np.ndarray:
     """A [0, 1] heat map as a uint8 RGB picture: ``cv2.applyColorMap(round(255 * h))`` converted from BGR.
 
-    ``size``: (H, W) to resize the float map to first (bilinear). ``colormap``: a name in :data:`COLORMAPS`
-    ("jet", "viridis", "inferno", "magma", "turbo", "hot", "parula", ...), a ``cv2.COLORMAP_*`` constant, or
-    :data:`DIVERGING` ("coolwarm", for signed maps: see :func:`signed_to_unit`).
+    Args:
+        heatmap: (h, w) values in [0, 1].
+        colormap: a name in :data:`COLORMAPS` ("jet", "viridis", "inferno", "magma", "turbo", "hot", "parula", ...),
+            a ``cv2.COLORMAP_*`` constant, or :data:`DIVERGING` ("coolwarm", for signed maps: see
+            :func:`signed_to_unit`).
+        size: (H, W) to resize the float map to first (bilinear); None keeps its size.
+
+    Returns:
+        uint8 (H, W, 3) RGB.
+
+    Raises:
+        InputError: a map that is not 2-D or not in [0, 1], or an unknown colour map.
     """
     h = _heatmap_2d(heatmap)
     size = norm_size(size)
@@ -87,12 +96,30 @@ def colorize(heatmap, colormap="jet", size=None) -> np.ndarray:
 
 
 def overlay(image, heatmap, alpha: float = 0.5, colormap="jet") -> np.ndarray:
-    """Heat map over an image, as in the Grad-CAM figures (Selvaraju et al. 2017): uint8 RGB at the image's size.
+    """Heat map over an image, as in the Grad-CAM figures (Selvaraju et al. 2017).
 
     ``out = round((1 - alpha) * image + alpha * colorize(heatmap))``, with the heat map resized bilinearly to the
     image. This is a plain alpha blend: pytorch-grad-cam's ``show_cam_on_image`` computes the same blend on [0, 1]
     floats and then divides by its maximum, which brightens dim images; here alpha=0 gives back the image exactly
     and alpha=1 the coloured map.
+
+    Args:
+        image: the picture (anything :func:`read_image` accepts).
+        heatmap: (h, w) values in [0, 1].
+        alpha: the map's weight, in [0, 1].
+        colormap: as :func:`colorize` takes it.
+
+    Returns:
+        uint8 RGB at the image's size.
+
+    Raises:
+        InputError: a bad image, map, ``alpha`` or colour map.
+
+    Example:
+        ```python
+        picture = cv.overlay(cv.deprocess(x[0]), maps[0], alpha=0.4)
+        cv.save_image("cat.gradcam.png", picture)
+        ```
     """
     alpha = as_float(alpha, "alpha")
     if not 0.0 <= alpha <= 1.0:
@@ -104,9 +131,19 @@ def overlay(image, heatmap, alpha: float = 0.5, colormap="jet") -> np.ndarray:
 
 
 def signed_to_unit(smap, scale: float | None = None) -> np.ndarray:
-    """A signed (h, w) map as the [0, 1] heat map a diverging colour map expects, with 0 at 0.5: ``0.5 + m / (2
-    scale)``, clipped; ``scale`` defaults to ``max |m|`` (an all-zero map gives 0.5 everywhere). So "no effect" has
-    the same colour on every map, whatever its range, which min-max scaling cannot promise."""
+    """A signed (h, w) map as the [0, 1] heat map a diverging colour map expects, with 0 at 0.5.
+
+    ``0.5 + m / (2 scale)``, clipped to [0, 1]. So "no effect" has the same colour on every map, whatever its range,
+    which min-max scaling cannot promise.
+
+    Args:
+        smap: (h, w) signed map.
+        scale: the value shown at the ends of the colour map (default ``max |m|``; an all-zero map gives 0.5
+            everywhere).
+
+    Returns:
+        float32 (h, w) in [0, 1].
+    """
     m = np.asarray(smap, dtype=np.float32)
     if not np.isfinite(m).all():
         raise InputError("The signed map has NaN or infinite values.")
@@ -119,15 +156,23 @@ def signed_to_unit(smap, scale: float | None = None) -> np.ndarray:
 def gradient_image(grad, mode: str = "std", order: str = "RGB") -> np.ndarray:
     """A gradient with respect to the input (vanilla, guided backprop, deconvnet) as a uint8 RGB picture.
 
-    ``grad``: ``(C, H, W)`` with C = 1 or 3, or a batch ``(N, C, H, W)`` (each image scaled on its own).
-    ``order``: the channel order of the model input ("BGR" for caffe-style models), flipped to RGB for display.
-
     * ``mode="std"`` (the default; ``deprocess_image`` of the Keras filter-visualisation example, Chollet 2016,
       the usual way guided-backprop (Springenberg et al. 2015) and deconvnet (Zeiler & Fergus 2014) reconstructions
       are shown): ``g = (g - mean(g)) / (std(g) + 1e-5) * 0.1 + 0.5``, clipped to [0, 1], mean and std over all
       channels and pixels. The mean sits at mid-gray; +-5 standard deviations reach black / white.
     * ``mode="minmax"``: ``(g - min(g)) / (max(g) - min(g))`` over all channels and pixels; a constant gradient
       gives black.
+
+    Args:
+        grad: ``(C, H, W)`` with C = 1 or 3, or a batch ``(N, C, H, W)`` (each image scaled on its own).
+        mode: ``"std"`` or ``"minmax"``.
+        order: the channel order of the model input ("BGR" for caffe-style models), flipped to RGB for display.
+
+    Returns:
+        uint8 ``(H, W, 3)``, or ``(N, H, W, 3)`` for a batch.
+
+    Raises:
+        InputError: a bad shape, mode or order.
     """
     g = np.asarray(grad, dtype=np.float32)
     if g.ndim == 4:
@@ -151,9 +196,17 @@ def gradient_image(grad, mode: str = "std", order: str = "RGB") -> np.ndarray:
 def saliency_image(smap, normalize: bool = True, colormap=None) -> np.ndarray:
     """A saliency map ``(H, W)`` (Simonyan et al. 2014, Sec. 3.1) as a uint8 RGB picture.
 
-    ``normalize``: min-max scale the map to [0, 1] first, as in the paper's figures (a constant map gives black);
-    with False the map must already lie in [0, 1]. ``colormap``: None for gray (white = salient), else as in
-    :func:`colorize`.
+    Args:
+        smap: (H, W) map.
+        normalize: min-max scale the map to [0, 1] first, as in the paper's figures (a constant map gives black);
+            with False the map must already lie in [0, 1].
+        colormap: None for gray (white = salient), else as in :func:`colorize`.
+
+    Returns:
+        uint8 (H, W, 3).
+
+    Raises:
+        InputError: a map that is not 2-D, or not in [0, 1] without ``normalize``.
     """
     m = np.asarray(smap, dtype=np.float32)
     while m.ndim > 2 and m.shape[0] == 1:
@@ -179,17 +232,27 @@ _MIN_FONT_SCALE = 0.3
 
 
 def grid(images, ncols: int | None = None, labels=None, pad: int = 2, bg=255, tile_size=None) -> np.ndarray:
-    """Images in a mosaic, left to right then top to bottom: uint8 RGB.
-
-    Each tile is ``tile_size`` (H, W) (default: the largest height and width among the images); an image is centred
-    in its tile, shrunk or enlarged to fit it, keeping its aspect ratio, only when ``tile_size`` is given. ``pad``
-    pixels of ``bg`` (a gray level or an RGB triple) separate the tiles and frame the mosaic. ``ncols`` defaults to
-    ``min(len(images), 8)`` (torchvision's ``make_grid``). ``labels`` (one string or None per image, e.g.
-    "tabby 0.94") are drawn centred in a band under each tile with ``cv2.putText`` (Hershey simplex; non-ASCII
-    characters show as "?"); a label too wide for the tile is shrunk, then cut with "..".
+    """Images in a mosaic, left to right then top to bottom.
 
     Tile ``i`` has its top-left corner at ``(y, x) = (pad + r * (tile_h + band + pad), pad + c * (tile_w + pad))``
     with ``r, c = divmod(i, ncols)``.
+
+    Args:
+        images: the pictures (anything :func:`read_image` accepts).
+        ncols: columns (default ``min(len(images), 8)``, torchvision's ``make_grid``).
+        labels: one string or None per image (e.g. "tabby 0.94"), drawn centred in a band under each tile with
+            ``cv2.putText`` (Hershey simplex; non-ASCII characters show as "?"); a label too wide for the tile is
+            shrunk, then cut with "..".
+        pad: pixels between the tiles and around the mosaic.
+        bg: the background, a gray level or an RGB triple.
+        tile_size: (H, W) of each tile (default: the largest height and width among the images); an image is
+            centred in its tile, shrunk or enlarged to fit it keeping its aspect ratio, only when this is given.
+
+    Returns:
+        uint8 RGB mosaic.
+
+    Raises:
+        InputError: no images, labels not one per image, or a bad ``ncols``, ``pad``, ``bg`` or ``tile_size``.
     """
     pictures = [read_image(item) for item in image_list(images)]
     n = len(pictures)
@@ -228,11 +291,19 @@ def grid(images, ncols: int | None = None, labels=None, pad: int = 2, bg=255, ti
 
 
 def fit_into(picture: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """``picture`` scaled by one factor to fit a ``(th, tw)`` box, aspect ratio kept: the result is ``th`` high or
-    ``tw`` wide (at least 1 pixel each way) and never larger than the box.
+    """``picture`` scaled by one factor to fit a ``(th, tw)`` box, aspect ratio kept.
 
-    The picture comes back unchanged when it already has that size; otherwise ``cv2.resize`` with ``INTER_AREA`` when
-    shrinking, ``INTER_LINEAR`` when enlarging. Centring it in the box is the caller's job.
+    ``cv2.resize`` with ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging. Centring it in the box is the
+    caller's job.
+
+    Args:
+        picture: (h, w, 3) uint8.
+        th: the box's height.
+        tw: the box's width.
+
+    Returns:
+        The picture ``th`` high or ``tw`` wide (at least 1 pixel each way), never larger than the box; unchanged
+        when it already has that size.
     """
     h, w = picture.shape[:2]
     ratio = min(th / h, tw / w)
@@ -270,11 +341,23 @@ def _draw_label(canvas: np.ndarray, text: str, x0: int, top: int, width: int, ba
 
 
 def save_image(path, image, overwrite: bool = False, quality: int = 95) -> Path:
-    """Write an image (anything :func:`read_image` accepts; RGB) to PNG, JPEG or any format OpenCV encodes, by suffix.
+    """Write an image to PNG, JPEG or any format OpenCV encodes, chosen by the suffix.
 
     The file is written atomically: encoded in memory, written to a temporary file in the same folder, then moved into
-    place, so a reader never sees half a file. Parent folders are created. An existing file is kept and
-    :class:`InputError` raised unless ``overwrite=True``. ``quality``: JPEG / WebP quality 1..100. Returns the path.
+    place, so a reader never sees half a file. Parent folders are created.
+
+    Args:
+        path: where to write.
+        image: anything :func:`read_image` accepts; RGB.
+        overwrite: replace an existing file; False keeps it and raises.
+        quality: JPEG / WebP quality, 1..100.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError: the file exists and ``overwrite`` is False, an unknown suffix, a bad ``quality``, or a bad
+            image.
     """
     path = Path(path)
     if path.is_dir():
