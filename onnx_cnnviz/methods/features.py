@@ -35,7 +35,17 @@ from .receptive_field import ReceptiveField, receptive_field
 # Inputs: paths, folders, arrays -> batches of model inputs plus display images
 # ==================================================================================================================
 def list_images(folder) -> list[Path]:
-    """The image files directly in ``folder`` (by suffix), sorted by name."""
+    """The image files directly in ``folder`` (by suffix), sorted by name.
+
+    Args:
+        folder: a folder.
+
+    Returns:
+        The paths.
+
+    Raises:
+        InputError: ``folder`` is not a folder.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder.")
@@ -43,8 +53,15 @@ def list_images(folder) -> list[Path]:
 
 
 def preprocessing_for(m: Model, preprocess=None) -> im.Preprocessing:
-    """``preprocess`` (a preset name or :class:`Preprocessing`), else the model's metadata, else "imagenet" at the
-    model's input size."""
+    """The preprocessing to feed ``m``: ``preprocess``, else the model's metadata, else "imagenet" at its input size.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        preprocess: a preset name, a :class:`~onnx_cnnviz.image.Preprocessing`, or None.
+
+    Returns:
+        The spec.
+    """
     if preprocess is not None:
         prep = im.get_preprocessing(preprocess)
     else:
@@ -78,8 +95,23 @@ def _items(images):
 
 
 def iter_batches(m: Model, images, preprocess=None, batch_size: int | None = None):
-    """Yield ``(start, items, x)``: the position of the batch's first image in the stream, the items themselves
-    (paths, arrays, ...) and their float32 model input ``(n, C, H, W)``."""
+    """Stream pictures as model inputs, ``batch_size`` at a time.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        images: a folder, or a list of pictures (paths, arrays: anything
+            :func:`~onnx_cnnviz.image.read_image` reads).
+        preprocess: a preset name or :class:`~onnx_cnnviz.image.Preprocessing`; default: the model's metadata,
+            else "imagenet" at the model's input size.
+        batch_size: pictures per batch (default: the model's).
+
+    Yields:
+        ``(start, items, x)``: the position of the batch's first image in the stream, the items themselves (paths,
+        arrays, ...) and their float32 model input ``(n, C, H, W)``.
+
+    Raises:
+        InputError: no images, or one that cannot be read.
+    """
     prep = preprocessing_for(m, preprocess)
     step = max(1, int(batch_size or m.batch_size))
     start, chunk = 0, []
@@ -105,7 +137,16 @@ def _to_input(items, prep) -> np.ndarray:
 
 
 def display_image(x_row: np.ndarray, preprocess=None, m: Model | None = None) -> np.ndarray:
-    """A model input ``(C, H, W)`` back to a uint8 RGB picture (:func:`deprocess`; grey inputs min-max scaled)."""
+    """A model input back to a uint8 RGB picture (:func:`~onnx_cnnviz.image.deprocess`; grey inputs min-max scaled).
+
+    Args:
+        x_row: ``(C, H, W)`` model input.
+        preprocess: the spec it was made with (None: ``m``'s, see :func:`preprocessing_for`).
+        m: the model, for its preprocessing metadata.
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+    """
     prep = preprocessing_for(m, preprocess) if m is not None else im.get_preprocessing(preprocess or "imagenet")
     x_row = np.asarray(x_row, dtype=np.float32)
     if x_row.shape[0] == 3:
@@ -120,8 +161,19 @@ def display_image(x_row: np.ndarray, preprocess=None, m: Model | None = None) ->
 # Filters
 # ==================================================================================================================
 def conv_weights(m: Model, layer=None) -> tuple[str, np.ndarray]:
-    """``(conv node name, W)`` with W ``(O, C/groups, kh, kw)``: the first convolution after the image (``layer=None``),
-    or the convolution producing ``layer`` (walking back through activations, normalisations and residual adds)."""
+    """A convolution's kernels: the first convolution after the image, or the one producing ``layer``.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        layer: None (the first convolution), or a layer produced by a convolution (walking back through
+            activations, normalisations and residual adds).
+
+    Returns:
+        ``(conv node name, W)`` with W ``(O, C/groups, kh, kw)``.
+
+    Raises:
+        ModelStructureError: no convolution there, or one whose weights are computed at run time.
+    """
     spec = m.spec()
     graph = spec.model.graph
     if layer is None:
@@ -150,14 +202,27 @@ def _upscale(tile: np.ndarray, min_size: int) -> np.ndarray:
 
 def filters(m: Model, layer=None, order: str | None = None, max_filters: int | None = None,
             max_channels: int = 16, tile: int = 24, ncols: int | None = None) -> np.ndarray:
-    """Convolution kernels as a uint8 RGB picture.
+    """Convolution kernels as a uint8 RGB picture (the first-layer figure of Krizhevsky et al. 2012, Fig. 3).
 
-    ``layer=None``: the first convolution. With 3 input channels each filter is one colour tile, min-max scaled per
-    filter, ``(w - min w) / (max w - min w)`` (the AlexNet figure); ``order`` is the model's channel order ("BGR" for
-    caffe models; default: from the model's preprocessing metadata, else RGB), flipped to RGB for display. Otherwise
-    (a deeper layer, or a first layer on grey/other inputs) filter ``o`` is a row of ``min(C, max_channels)`` grey
-    tiles, one per input channel, scaled by the min and max over that filter. Tiles are enlarged with nearest
-    neighbours to at least ``tile`` pixels.
+    With 3 input channels each filter is one colour tile, min-max scaled per filter, ``(w - min w) / (max w - min w)``.
+    Otherwise (a deeper layer, or a first layer on grey/other inputs) filter ``o`` is a row of ``min(C, max_channels)``
+    grey tiles, one per input channel, scaled by the min and max over that filter.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        layer: None (the first convolution) or a layer produced by a convolution (:func:`conv_weights`).
+        order: the model's channel order ("BGR" for caffe models; default: from the model's preprocessing metadata,
+            else RGB), flipped to RGB for display.
+        max_filters: show at most this many filters (default: all).
+        max_channels: input channels shown per filter of a deeper layer.
+        tile: the smallest tile, in pixels (kernels are enlarged with nearest neighbours).
+        ncols: tiles per row (default: chosen from the count).
+
+    Returns:
+        uint8 RGB picture.
+
+    Raises:
+        ModelStructureError: no convolution there.
     """
     _, w = conv_weights(m, layer)
     if max_filters is not None:
@@ -186,8 +251,13 @@ def filters(m: Model, layer=None, order: str | None = None, max_filters: int | N
 # ==================================================================================================================
 @dataclass
 class ActivationGrid:
-    """Feature maps of one image: ``image`` the grid (uint8 RGB), ``channels`` the channel of each tile in order,
-    ``maps`` the raw ``(C, h, w)`` activations."""
+    """Feature maps of one image.
+
+    Attributes:
+        image: the grid, uint8 RGB.
+        channels: the channel of each tile, in order.
+        maps: the raw ``(C, h, w)`` activations.
+    """
     image: np.ndarray
     channels: list
     maps: np.ndarray
@@ -195,11 +265,24 @@ class ActivationGrid:
 
 def activations(m: Model, x, layer=None, top: int | None = None, scale: str = "layer", tile: int = 48,
                 ncols: int | None = None) -> ActivationGrid:
-    """The feature maps of one image ``x`` ((C, H, W) or (1, C, H, W), preprocessed) at ``layer`` as grey tiles.
+    """The feature maps of one image at ``layer`` as grey tiles (the deep visualization toolbox, Yosinski et al. 2015).
 
-    ``top``: show only the ``top`` channels with the largest mean activation, most active first (all channels in
-    their order when None). ``scale="layer"``: one min-max over all shown maps, so tiles compare (the deep
-    visualization toolbox); ``"channel"``: each map on its own. Tiles are enlarged (nearest) to ``tile`` pixels.
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: one preprocessed image, (C, H, W) or (1, C, H, W).
+        layer: a layer name (default ``Model.default_layer``).
+        top: show only the ``top`` channels with the largest mean activation, most active first (all channels in
+            their order when None).
+        scale: ``"layer"``: one min-max over all shown maps, so tiles compare; ``"channel"``: each map on its own.
+        tile: tiles are enlarged (nearest) to this many pixels.
+        ncols: tiles per row (default: chosen from the count).
+
+    Returns:
+        The grid, the channels shown and the raw maps.
+
+    Raises:
+        InputError: more than one image, or an unknown ``scale``.
+        UnknownLayerError: a layer not in ``Model.layers``.
     """
     name = m.layer_name(layer)
     x = np.asarray(x, dtype=np.float32)
@@ -233,7 +316,18 @@ def activations(m: Model, x, layer=None, top: int | None = None, scale: str = "l
 # ==================================================================================================================
 @dataclass
 class Patch:
-    """One of a channel's top activations: where it is and what the input looks like there."""
+    """One of a channel's top activations: where it is and what the input looks like there.
+
+    Attributes:
+        channel: the channel.
+        value: the channel's maximum activation in this image.
+        index: the position of the image in the stream.
+        unit: (i, j) of the maximum in the layer.
+        box: (x0, y0, x1, y1), its receptive field in the model input, clipped.
+        crop: uint8 RGB ``image[y0:y1, x0:x1]``, or None.
+        guided: uint8 RGB guided backpropagation of the unit in the same box, or None.
+        source: the item (path, array) it came from.
+    """
     channel: int
     value: float  # the channel's maximum activation in this image
     index: int  # position of the image in the stream
@@ -246,13 +340,30 @@ class Patch:
 
 @dataclass
 class TopPatches:
+    """The top patches of each channel of a layer (:func:`top_patches`).
+
+    Attributes:
+        layer: the layer.
+        receptive_field: the layer's receptive field.
+        patches: channel -> its patches, best first.
+        count: the images seen.
+    """
     layer: str
     receptive_field: ReceptiveField
     patches: dict = field(default_factory=dict)  # channel -> [Patch], best first
     count: int = 0  # images seen
 
     def grid(self, channels=None, tile: int = 64, guided: bool | None = None) -> np.ndarray:
-        """One row per channel, its patches left to right (each followed by its guided backprop when present)."""
+        """One row per channel, its patches left to right (each followed by its guided backprop when present).
+
+        Args:
+            channels: the channels to show (default: all, in order).
+            tile: the tile size in pixels.
+            guided: show the guided backpropagation beside each patch (default: when it was computed).
+
+        Returns:
+            uint8 RGB picture.
+        """
         channels = list(self.patches) if channels is None else list(channels)
         if guided is None:
             guided = any(p.guided is not None for c in channels for p in self.patches[c])
@@ -274,16 +385,23 @@ MID_LAYER_FIELD = 0.5
 
 
 def mid_layer(m: Model, max_field: float = MID_LAYER_FIELD) -> str:
-    """The deepest layer whose units see a part of the image: the last of :attr:`Model.layers` (input-to-output
-    order) whose receptive field is at most ``max_field`` of the input's smaller side. The default layer of
-    :func:`top_patches` and :func:`onnx_cnnviz.methods.optimise.invert`.
+    """The deepest layer whose units see a part of the image, not all of it.
 
-    :attr:`Model.default_layer` (the last spatial map, the CAM layer) sees the whole image on modern networks
-    (EfficientNet-Lite0's last map: 851 px on a 224-pixel input; SqueezeNet 1.1's conv10: 207 px), so its "patches" are
-    whole images and its inversion is colour noise. Here: EfficientNet-Lite0 ``/_blocks.6/_swish/Clip_output_0``
-    (14x14, 83 px), SqueezeNet 1.1 ``fire7/expand1x1_2`` (13x13, 111 px). Pad outputs and 1x1 maps are skipped;
-    layers whose field is not defined (a resampling op on the way) are skipped; :attr:`Model.default_layer` when no
-    layer qualifies.
+    The last of :attr:`Model.layers` (input-to-output order) whose receptive field is at most ``max_field`` of the
+    input's smaller side: the default layer of :func:`top_patches` and
+    :func:`onnx_cnnviz.methods.optimise.invert`. :attr:`Model.default_layer` (the last spatial map, the CAM layer)
+    sees the whole image on modern networks (EfficientNet-Lite0's last map: 851 px on a 224-pixel input; SqueezeNet
+    1.1's conv10: 207 px), so its "patches" are whole images and its inversion is colour noise. Here:
+    EfficientNet-Lite0 ``/_blocks.6/_swish/Clip_output_0`` (14x14, 83 px), SqueezeNet 1.1 ``fire7/expand1x1_2``
+    (13x13, 111 px). Pad outputs, 1x1 maps and layers whose field is not defined (a resampling op on the way) are
+    skipped.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        max_field: the largest field, as a fraction of the input's smaller side.
+
+    Returns:
+        The layer's name; :attr:`Model.default_layer` when no layer qualifies.
     """
     def choose():
         spec = m.spec()
@@ -308,13 +426,33 @@ def top_patches(m: Model, images, layer=None, channels=None, k: int = 9, preproc
                 batch_size: int | None = None, crops: bool = True) -> TopPatches:
     """The ``k`` images that activate each channel of ``layer`` most, and the patch under each maximum.
 
-    For every image ``n`` and channel ``c`` the score is ``max_ij A[n, c, i, j]`` (Girshick et al. 2014 rank pool5
-    units this way); the ``k`` best images per channel are kept while streaming batches. The patch is the receptive
-    field of the arg-max unit (:func:`onnx_cnnviz.methods.receptive_field.receptive_field`), clipped to the image.
-    ``layer=None``: :func:`mid_layer`, the deepest layer whose field is at most half the image (the last map before
-    global pooling sees the whole image on most modern networks, so every patch would be the whole picture).
-    ``guided=True`` adds guided backpropagation of that unit, ``dA[c, i, j] / dx`` with the guided ReLU rule, cropped
-    to the same box (Springenberg et al. 2015). Images are read twice: once to rank, once for the kept ones.
+    For every image ``n`` and channel ``c`` the score is ``max_ij A[n, c, i, j]`` (Girshick et al., "Rich feature
+    hierarchies", CVPR 2014, rank pool5 units this way); the ``k`` best images per channel are kept while streaming
+    batches. The patch is the receptive field of the arg-max unit
+    (:func:`onnx_cnnviz.methods.receptive_field.receptive_field`), clipped to the image. Images are read twice: once
+    to rank, once for the kept ones.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        images: a folder, or a list of pictures (paths, arrays: anything
+            :func:`~onnx_cnnviz.image.read_image` reads).
+        layer: default :func:`mid_layer`, the deepest layer whose field is at most half the image (the last map
+            before global pooling sees the whole image on most modern networks).
+        channels: the channels to rank (default: all).
+        k: images kept per channel.
+        preprocess: a preset name or :class:`~onnx_cnnviz.image.Preprocessing`; default: the model's metadata,
+            else "imagenet" at the model's input size.
+        guided: add guided backpropagation of each unit, ``dA[c, i, j] / dx`` with the guided ReLU rule, cropped to
+            the same box (Springenberg et al. 2015).
+        batch_size: images per run (default: the model's).
+        crops: keep the pictures' crops (False: boxes only).
+
+    Returns:
+        The layer, its receptive field and the patches per channel.
+
+    Raises:
+        InputError: no images, or channels outside the layer.
+        ModelStructureError: the layer's receptive field is not defined.
     """
     name = mid_layer(m) if layer is None else m.layer_name(layer)
     prep = preprocessing_for(m, preprocess)
@@ -403,9 +541,20 @@ def _fill_patches(m, result: TopPatches, sources: dict, prep, guided: bool, batc
 # Feature space
 # ==================================================================================================================
 def penultimate_layer(m: Model) -> str:
-    """The input of the last linear map before the class score (fc7 for AlexNet / VGG, the pooled features for
-    ResNet, the input of SqueezeNet's 1x1 classifier conv), found by walking back from the score through
-    reshapes, pooling, activations and dropout."""
+    """The input of the last linear map before the class score.
+
+    fc7 for AlexNet / VGG, the pooled features for ResNet, the input of SqueezeNet's 1x1 classifier conv: found by
+    walking back from the score through reshapes, pooling, activations and dropout.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+
+    Returns:
+        The layer's name.
+
+    Raises:
+        ModelStructureError: no linear classifier layer nor spatial feature map found.
+    """
     name = penultimate_input(m.spec().model, m.score_name, m.input_name)
     if name is not None:
         return name
@@ -415,8 +564,23 @@ def penultimate_layer(m: Model) -> str:
 
 
 def embeddings(m: Model, images, layer=None, preprocess=None, batch_size: int | None = None) -> np.ndarray:
-    """(N, D) float32 features of every image: ``layer`` (default :func:`penultimate_layer`), global-average pooled
-    when it is a spatial map, streamed in batches."""
+    """The features of every image at ``layer``, global-average pooled when it is a spatial map, streamed in batches.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        images: a folder, or a list of pictures (paths, arrays: anything
+            :func:`~onnx_cnnviz.image.read_image` reads).
+        layer: the layer (default :func:`penultimate_layer`).
+        preprocess: a preset name or :class:`~onnx_cnnviz.image.Preprocessing`; default: the model's metadata,
+            else "imagenet" at the model's input size.
+        batch_size: images per run (default: the model's).
+
+    Returns:
+        (N, D) float32.
+
+    Raises:
+        InputError: no images.
+    """
     name = penultimate_layer(m) if layer is None else (layer.name if isinstance(layer, Layer) else layer)
     spec = m.spec()
     if name not in spec.info:
@@ -429,11 +593,20 @@ def embeddings(m: Model, images, layer=None, preprocess=None, batch_size: int | 
 
 
 def nearest_neighbours(features, queries=None, k: int = 5, metric: str = "euclidean", exclude_self: bool = True):
-    """``(indices (Q, k), distances (Q, k))`` of the ``k`` nearest rows of ``features`` to each query.
+    """The ``k`` nearest rows of ``features`` to each query (Krizhevsky et al. 2012, Fig. 4).
 
-    ``queries``: row indices into ``features`` (default: all), or an array of query vectors. ``metric``:
-    "euclidean" (Krizhevsky et al. 2012, Fig. 4 use the Euclidean distance of the 4096-d codes) or "cosine".
-    ``exclude_self``: when queries are indices, the query itself is not its own neighbour.
+    Args:
+        features: (N, D) features (:func:`embeddings`).
+        queries: row indices into ``features`` (default: all), or an array of query vectors.
+        k: neighbours per query (at most the rows available).
+        metric: ``"euclidean"`` (Krizhevsky et al. use the Euclidean distance of the 4096-d codes) or ``"cosine"``.
+        exclude_self: when queries are indices, the query itself is not its own neighbour.
+
+    Returns:
+        ``(indices (Q, k), distances (Q, k))``, nearest first.
+
+    Raises:
+        InputError: an unknown metric.
     """
     f = np.asarray(features, dtype=np.float64)
     if queries is None:
@@ -457,7 +630,18 @@ def nearest_neighbours(features, queries=None, k: int = 5, metric: str = "euclid
 
 
 def neighbours_grid(pictures, queries, indices, tile: int = 96, labels=None) -> np.ndarray:
-    """Rows of ``[query, its neighbours...]`` as one picture (``pictures``: anything :func:`read_image` reads)."""
+    """Rows of ``[query, its neighbours...]`` as one picture.
+
+    Args:
+        pictures: the pictures the features were made of (anything :func:`~onnx_cnnviz.image.read_image` reads).
+        queries: the query rows' indices into ``pictures``.
+        indices: (Q, k) neighbour indices (:func:`nearest_neighbours`).
+        tile: the tile size in pixels.
+        labels: one label per picture, or None.
+
+    Returns:
+        uint8 RGB picture.
+    """
     tiles, row_labels = [], []
     for q, row in zip(queries, indices):
         tiles.append(pictures[int(q)])
@@ -470,12 +654,25 @@ def neighbours_grid(pictures, queries, indices, tile: int = 96, labels=None) -> 
 
 def project_2d(features, method: str = "pca", seed: int = 0, perplexity: float = 30.0,
                iterations: int = 1000) -> np.ndarray:
-    """(N, 2) float32 coordinates of the rows of ``features``.
+    """2-D coordinates of the rows of ``features``, for a map of the dataset.
 
-    ``"pca"``: the projections on the first two principal components (centred SVD; each axis' sign fixed so that its
-    largest loading is positive, so results are reproducible). ``"tsne"``: scikit-learn's t-SNE (van der Maaten &
-    Hinton 2008) with PCA initialisation and ``random_state=seed``; the perplexity is capped at (N - 1) / 3;
-    ``iterations`` (>= 250) of gradient descent.
+    ``"pca"``: the projections on the first two principal components (centred SVD; each axis' sign fixed so that
+    its largest loading is positive, so results are reproducible). ``"tsne"``: scikit-learn's t-SNE (van der Maaten &
+    Hinton, JMLR 2008) with PCA initialisation.
+
+    Args:
+        features: (N, D) with N >= 2.
+        method: ``"pca"`` or ``"tsne"``.
+        seed: t-SNE's ``random_state``.
+        perplexity: t-SNE's perplexity, capped at (N - 1) / 3.
+        iterations: t-SNE's gradient-descent iterations (>= 250).
+
+    Returns:
+        (N, 2) float32.
+
+    Raises:
+        InputError: features not (N, D) with N >= 2, or an unknown method.
+        MissingDependencyError: ``"tsne"`` without scikit-learn.
     """
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or len(f) < 2:
@@ -502,11 +699,25 @@ def project_2d(features, method: str = "pca", seed: int = 0, perplexity: float =
 
 
 def mosaic(pictures, coords, size: int = 1024, thumb: int = 64, snap: bool = True, bg=255) -> np.ndarray:
-    """Thumbnails placed at 2-D positions (Karpathy's cnnembed picture): uint8 RGB ``(size, size, 3)``.
+    """Thumbnails placed at 2-D positions (Karpathy's cnnembed picture).
 
-    ``coords`` (N, 2) are scaled to the canvas (min-max per axis, x = column 0, y = column 1). ``snap=True`` moves each
-    thumbnail to the nearest free cell of a ``size // thumb`` grid (greedy, in order of distance to its cell), so
-    none overlap, as cnnembed's grid version does; ``False`` pastes at the exact positions, later ones on top.
+    ``coords`` are scaled to the canvas (min-max per axis, x = column 0, y = column 1).
+
+    Args:
+        pictures: one per row of ``coords`` (anything :func:`~onnx_cnnviz.image.read_image` reads).
+        coords: (N, 2) positions (:func:`project_2d`).
+        size: the canvas' side in pixels.
+        thumb: the thumbnails' side in pixels.
+        snap: move each thumbnail to the nearest free cell of a ``size // thumb`` grid (greedy, in order of distance
+            to its cell), so none overlap, as cnnembed's grid version does; False pastes at the exact positions,
+            later ones on top.
+        bg: the background, a gray level or an RGB triple.
+
+    Returns:
+        uint8 RGB ``(size, size, 3)``.
+
+    Raises:
+        InputError: ``coords`` not (N, 2) with one row per picture, or more thumbnails than grid cells.
     """
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(pictures):
@@ -543,7 +754,20 @@ def scatter_plot(coords, labels=None, names=None, title: str | None = None, size
                  dpi: int = 100) -> np.ndarray:
     """A scatter plot of 2-D coordinates as a uint8 RGB picture (matplotlib, no window opened).
 
-    ``labels``: an int class per point (one colour per class, with a legend using ``names`` when given)."""
+    Args:
+        coords: (N, 2) positions.
+        labels: an int class per point (one colour per class), or None.
+        names: class index -> name, for the legend.
+        title: the plot's title.
+        size: the figure's (width, height) in inches.
+        dpi: dots per inch.
+
+    Returns:
+        uint8 RGB picture.
+
+    Raises:
+        MissingDependencyError: matplotlib is not installed.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

@@ -48,10 +48,16 @@ COLOR_CORRELATION_SQRT = np.array([[0.26, 0.09, 0.02],
 
 @dataclass
 class Optimised:
-    """Result of an optimisation: ``x`` the model input (C, H, W) float32, ``image`` it as uint8 RGB, ``history``
-    the objective's main term at each step (the class score, the unit's activation, or the relative code error
-    ``||Phi(x) - Phi_0|| / ||Phi_0||`` for inversion), before that step's update, and ``final`` its value at ``x``;
-    ``layer`` the layer optimised at (None for a class model)."""
+    """Result of an optimisation.
+
+    Attributes:
+        x: the model input (C, H, W) float32.
+        image: it as uint8 RGB.
+        history: the objective's main term at each step (the class score, the unit's activation, or the relative code
+            error ``||Phi(x) - Phi_0|| / ||Phi_0||`` for inversion), before that step's update.
+        final: its value at ``x``.
+        layer: the layer optimised at (None for a class model).
+    """
     x: np.ndarray
     image: np.ndarray
     history: np.ndarray
@@ -176,22 +182,43 @@ def class_model(m: Model, target: int, steps: int = 200, lr: float = 0.02, l2: f
                 jitter: int = 16, blur_every: int = 0, blur_sigma: float = 0.5, clip_norm_percentile: float = 0.0,
                 init: str = "zero", seed: int = 0, preprocess=None, hw=None, clip: bool = True,
                 grad_blur=(8.0, 1.0), decorrelate: bool = True) -> Optimised:
-    """The class model of Simonyan et al. 2014: ``argmax_I S_c(I) - l2 ||I||^2``, regularised as in Yosinski et al.
-
-    ``target``: the class. ``lr``: the step as a fraction of the input range per step (normalised gradient).
-    ``l2``: Simonyan's lambda (model-input units); ``decay``, ``blur_every``/``blur_sigma``,
-    ``clip_norm_percentile``, ``jitter``: Yosinski et al.'s regularisers (0 to switch off). ``grad_blur``: the
-    sigma (pixels) of the Gaussian blur of each step's gradient, going geometrically from the first value at the
-    first step to the second at the last, so the image is built coarse to fine; ``decorrelate``: mix the gradient
-    across colours with the ImageNet colour correlation (Olah et al. 2017; 3-channel inputs only). ``None`` /
-    ``False`` switch them off (the plain Yosinski et al. ascent). ``init``: "zero" (the zero model input) or
-    "noise". ``preprocess``: gives the valid pixel range (clipping) and the display (default: the model's metadata,
-    else "imagenet"). ``history`` holds ``S_c`` before each step.
+    """The class model of Simonyan et al., "Deep Inside Convolutional Networks", ICLR-W 2014:
+    ``argmax_I S_c(I) - l2 ||I||^2``, regularised as in Yosinski et al., "Understanding Neural Networks Through Deep
+    Visualization", ICML-W 2015.
 
     The defaults are tuned on EfficientNet-Lite0 and SqueezeNet 1.1 at 224 px (``benchmarks/flagship_pictures.py``):
     jitter 16 px, no decay and no image blur (both greyed the picture), the coarse-to-fine gradient blur 8 -> 1 px and
     the colour mixing (without either, EfficientNet's "tabby" is a grey texture at probability 0.97; with both, tabby
     fur, ears and eyes at probability > 0.99). For much smaller inputs scale ``jitter`` and ``grad_blur`` down.
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        target: the class.
+        steps: gradient-ascent steps.
+        lr: the step as a fraction of the input range per step (normalised gradient).
+        l2: Simonyan's lambda, in model-input units (0: off).
+        decay: Yosinski et al.'s weight decay per step (0: off).
+        jitter: the largest random shift per step, in pixels (0: off).
+        blur_every: blur the image every this many steps (0: off).
+        blur_sigma: that blur's sigma in pixels.
+        clip_norm_percentile: zero the pixels whose norm is under this percentile (0: off).
+        init: ``"zero"`` (the zero model input) or ``"noise"``.
+        seed: the noise's and the jitter's seed.
+        preprocess: gives the valid pixel range (clipping) and the display (default: the model's metadata, else
+            "imagenet").
+        hw: the input size to optimise at (default: the model's).
+        clip: keep the image in the valid pixel range.
+        grad_blur: the sigma (pixels) of the Gaussian blur of each step's gradient, going geometrically from the
+            first value at the first step to the second at the last, so the image is built coarse to fine; None:
+            off.
+        decorrelate: mix the gradient across colours with the ImageNet colour correlation (Olah et al., "Feature
+            Visualization", Distill 2017; 3-channel inputs only).
+
+    Returns:
+        The image, and ``history`` holding ``S_c`` before each step.
+
+    Raises:
+        InputError: an unknown ``init`` or class, or bad parameters.
     """
     hw = _hw(m, hw)
     target = int(m.targets_for(int(target), 1)[0])
@@ -210,13 +237,45 @@ def neuron_model(m: Model, layer, channel: int, unit=None, steps: int = 200, lr:
                  decay: float = 0.005, jitter: int = 0, blur_every: int = 4, blur_sigma: float = 0.5,
                  clip_norm_percentile: float = 0.0, init: str = "noise", seed: int = 0, preprocess=None, hw=None,
                  clip: bool = True, grad_blur=None, decorrelate: bool = False) -> Optimised:
-    """Activation maximisation for one unit ``A[channel, i, j]`` (``unit=(i, j)``) or, with ``unit=None``, the
-    channel's mean ``1/(hw) sum_ij A[channel, i, j]`` of any layer; same regularisers as :func:`class_model`
-    (``grad_blur`` and ``decorrelate`` off by default: a blurred gradient reaches outside a single unit's field).
+    """Activation maximisation for one unit ``A[channel, i, j]`` or a channel's mean ``1/(hw) sum_ij A[channel, i, j]``.
 
     The gradient is one :meth:`Model.vjp` run with a constant cotangent (one-hot at the unit, or ``1/(hw)`` over the
-    channel); the graph is built once and reused every step. Jitter defaults to off: it would move a single unit's
-    field. ``init="noise"`` by default: at the zero input many units are exactly 0 behind a ReLU and get no gradient.
+    channel); the graph is built once and reused every step. Same regularisers as :func:`class_model`, with
+    ``grad_blur`` and ``decorrelate`` off by default (a blurred gradient reaches outside a single unit's field),
+    jitter off (it would move a single unit's field) and ``init="noise"`` (at the zero input many units are exactly
+    0 behind a ReLU and get no gradient).
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        layer: a (N, C, h, w) feature map.
+        channel: the channel.
+        unit: (i, j) in the map, or None for the channel's mean.
+        steps: gradient-ascent steps.
+        lr: the step as a fraction of the input range per step (normalised gradient).
+        l2: Simonyan's lambda, in model-input units (0: off).
+        decay: Yosinski et al.'s weight decay per step (0: off).
+        jitter: the largest random shift per step, in pixels (0: off).
+        blur_every: blur the image every this many steps (0: off).
+        blur_sigma: that blur's sigma in pixels.
+        clip_norm_percentile: zero the pixels whose norm is under this percentile (0: off).
+        init: ``"zero"`` (the zero model input) or ``"noise"``.
+        seed: the noise's and the jitter's seed.
+        preprocess: gives the valid pixel range (clipping) and the display (default: the model's metadata, else
+            "imagenet").
+        hw: the input size to optimise at (default: the model's).
+        clip: keep the image in the valid pixel range.
+        grad_blur: the sigma (pixels) of the Gaussian blur of each step's gradient, going geometrically from the
+            first value at the first step to the second at the last, so the image is built coarse to fine; None:
+            off.
+        decorrelate: mix the gradient across colours with the ImageNet colour correlation (Olah et al., "Feature
+            Visualization", Distill 2017; 3-channel inputs only).
+
+    Returns:
+        The image, and ``history`` holding the activation before each step.
+
+    Raises:
+        InputError: a layer that is not a feature map, a channel or unit outside it, or an unknown ``init``.
+        UnknownLayerError: a layer not in ``Model.layers``.
     """
     name = m.layer_name(layer)
     hw = _hw(m, hw)
@@ -244,8 +303,19 @@ def neuron_model(m: Model, layer, channel: int, unit=None, steps: int = 200, lr:
 
 
 def total_variation(x: np.ndarray, beta: float = 2.0, eps: float = 1e-8):
-    """``(TV_beta(x), dTV/dx)`` for a (C, H, W) array (Mahendran & Vedaldi 2015, Eq. 4; forward differences, zero at
-    the last row / column)."""
+    """The total variation prior of Mahendran & Vedaldi 2015, Eq. 4, and its gradient.
+
+    ``TV_beta(x) = sum_ij ((x_(i,j+1) - x_ij)^2 + (x_(i+1,j) - x_ij)^2)^(beta/2)``, forward differences, zero at the
+    last row / column.
+
+    Args:
+        x: (C, H, W) array.
+        beta: the exponent.
+        eps: added inside the power so its gradient stays finite where the differences vanish.
+
+    Returns:
+        ``(TV_beta(x), dTV/dx)``.
+    """
     dx = np.zeros_like(x, dtype=np.float64)
     dy = np.zeros_like(x, dtype=np.float64)
     dx[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
@@ -264,27 +334,48 @@ def total_variation(x: np.ndarray, beta: float = 2.0, eps: float = 1e-8):
 def invert(m: Model, x, layer=None, steps: int = 200, lr: float = 0.02, lambda_tv: float = 0.5, beta: float = 2.0,
            lambda_norm: float = 1e-3, alpha: float = 6.0, init: str = "noise", seed: int = 0, preprocess=None,
            clip: bool = True, code=None, grad_blur=(2.0, 0.5), decorrelate: bool = True) -> Optimised:
-    """Reconstruct an image from its code at ``layer`` (Mahendran & Vedaldi 2015, Eq. 1-4).
-
-    ``layer=None``: :func:`onnx_cnnviz.methods.features.mid_layer`, the deepest layer whose units see at most half
-    the image (EfficientNet-Lite0: ``/_blocks.6/_swish/Clip_output_0``, 14x14, relative code error about 0.14 after
-    the default 200 steps, a recognisable photo; its last map, :attr:`Model.default_layer`, stays above 0.9 and
-    gives colour noise).
+    """Reconstruct an image from its code at ``layer`` (Mahendran & Vedaldi, "Understanding Deep Image
+    Representations by Inverting Them", CVPR 2015, Eq. 1-4).
 
     Minimises, over a (C, H, W) image ``y``, with ``B`` the input range and ``P = H W``::
 
         E(y) = ||Phi(y) - Phi_0||^2 / ||Phi_0||^2 + lambda_norm / P ||y / B||_alpha^alpha
                + lambda_tv / P TV_beta(y / B)
 
-    where ``Phi_0 = Phi(x)`` (or ``code``, a given code at the layer to invert). The code term's gradient is one
-    :meth:`Model.vjp` run at the layer with the cotangent ``2 (Phi(y) - Phi_0) / ||Phi_0||^2``; the priors'
-    gradients are numpy. Adam (Kingma &
-    Ba 2015) with step ``lr * B`` on the preconditioned gradient (``grad_blur``: Gaussian sigma in pixels, from the
-    first value to the second over the run; ``decorrelate``: mixed across colours with the ImageNet colour
-    correlation; see :func:`class_model`; None / False switch them off); ``y`` stays in the valid pixel range
-    (``clip``). ``history`` holds the relative code error ``||Phi(y) - Phi_0|| / ||Phi_0||`` before each step,
-    ``final`` at the result. Defaults tuned on EfficientNet-Lite0 and SqueezeNet 1.1 (lr 0.05 without
-    preconditioning left the colours noisy and the error higher).
+    where ``Phi_0 = Phi(x)`` (or ``code``). The code term's gradient is one :meth:`Model.vjp` run at the layer with
+    the cotangent ``2 (Phi(y) - Phi_0) / ||Phi_0||^2``; the priors' gradients are numpy. Adam (Kingma & Ba 2015)
+    with step ``lr * B`` on the preconditioned gradient. Defaults tuned on EfficientNet-Lite0 and SqueezeNet 1.1
+    (lr 0.05 without preconditioning left the colours noisy and the error higher).
+
+    Args:
+        m: the loaded model (:func:`onnx_cnnviz.load`).
+        x: one preprocessed image, (C, H, W) or (1, C, H, W).
+        layer: default :func:`onnx_cnnviz.methods.features.mid_layer`, the deepest layer whose units see at most half
+            the image (EfficientNet-Lite0: ``/_blocks.6/_swish/Clip_output_0``, 14x14, relative code error about
+            0.14 after 200 steps, a recognisable photo; its last map, :attr:`Model.default_layer`, stays above 0.9
+            and gives colour noise).
+        steps: Adam steps.
+        lr: the step as a fraction of the input range.
+        lambda_tv: the total variation prior's weight.
+        beta: its exponent (:func:`total_variation`).
+        lambda_norm: the alpha-norm prior's weight.
+        alpha: its exponent.
+        init: ``"zero"`` or ``"noise"``.
+        seed: the noise's seed.
+        preprocess: the valid pixel range and the display (default: the model's metadata, else "imagenet").
+        clip: keep ``y`` in the valid pixel range.
+        code: a given code at the layer to invert, instead of ``x``'s.
+        grad_blur: Gaussian sigma in pixels of the gradient's blur, from the first value to the second over the run;
+            None: off.
+        decorrelate: mix the gradient across colours with the ImageNet colour correlation (see :func:`class_model`).
+
+    Returns:
+        The image, ``history`` holding the relative code error ``||Phi(y) - Phi_0|| / ||Phi_0||`` before each step and
+        ``final`` at the result.
+
+    Raises:
+        InputError: more than one image, an all-zero code, or an unknown ``init``.
+        UnknownLayerError: a layer not in ``Model.layers``.
     """
     name = mid_layer(m) if layer is None else m.layer_name(layer)
     prep = preprocessing_for(m, preprocess)
