@@ -58,6 +58,8 @@ class Decoder:
     #: Anchor points (one per location of every pyramid level), when the head has them: its levels are then found
     #: (:func:`onnx_cnnviz.tasks.levels.pyramid_levels`).
     anchors: int | None = None
+    #: Whether :func:`onnx_cnnviz.tasks.detect` clips the kept boxes to the image (after NMS, as PaddleDetection).
+    clip_boxes: bool = False
 
     @classmethod
     def matches(cls, name: str, shape: tuple) -> bool:

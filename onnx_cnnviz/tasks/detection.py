@@ -91,6 +91,10 @@ def detect(m, x, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
         cand = m.decoder.candidates(head)
         ok = np.flatnonzero(cand.scores >= conf)
         kept = ok[nms(cand.boxes[ok], cand.scores[ok], iou, cand.classes[ok], max_det)]
+        if getattr(m.decoder, "clip_boxes", False):
+            h, w = np.shape(x)[2:]
+            cand.boxes = cand.boxes.copy()
+            cand.boxes[kept] = np.clip(cand.boxes[kept], 0, [w, h, w, h])
         found.append([_detection(i, cand, k, head, m.score_name) for k in kept])
     return found
 

@@ -2,12 +2,13 @@
 resolution) and a segmenter's backbone output.
 
 A one-stage detector head (YOLO, FCOS, RetinaNet, PicoDet) runs a box branch and a class branch of convolutions on
-each pyramid level, so each level's map feeds at least two convolutions; its anchors are one per location of every
-level, so the levels' h*w sum to the head's anchor count. :func:`pyramid_levels` finds them from the graph alone:
-scanning the layers from the head back, the last map of each resolution that feeds two or more convolutions,
-until the sizes add up to the anchors. Grad-CAM over them is the multi-level detection CAM (each level's map
-upsampled and averaged, :func:`onnx_cnnviz.grad_cam` with ``layer=levels``); the coarsest level is the detector's
-default layer, the one pytorch-grad-cam's YOLO tutorials explain at.
+each pyramid level, so each level's map feeds at least two convolutions (or one whose output is split into both:
+PicoDet's shared head); its anchors are one per location of every level, so the levels' h*w sum to the head's anchor
+count. :func:`pyramid_levels` finds them from the graph alone: scanning the layers from the head back, the last map
+of each resolution that feeds the head so, until the sizes add up to the anchors. Grad-CAM over them is the
+multi-level detection CAM (each level's map upsampled and averaged, :func:`onnx_cnnviz.grad_cam` with
+``layer=levels``); the coarsest level is the detector's default layer, the one pytorch-grad-cam's YOLO tutorials
+explain at.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def pyramid_levels(model: onnx.ModelProto, layers: list[Layer], anchors: int | N
     total = 0
     for layer in reversed(layers):
         hw = tuple(layer.shape[2:])
-        if hw in found or sum(1 for node in used_by.get(layer.name, []) if node.op_type == "Conv") < 2:
+        if hw in found or not _feeds_head(layer.name, used_by):
             continue
         found[hw] = layer.name
         total += int(hw[0]) * int(hw[1])
@@ -45,6 +46,13 @@ def pyramid_levels(model: onnx.ModelProto, layers: list[Layer], anchors: int | N
     if total != anchors:
         return []
     return [name for _, name in sorted(found.items(), key=lambda item: -item[0][0] * item[0][1])]
+
+
+def _feeds_head(name: str, used_by: dict) -> bool:
+    """Whether map ``name`` feeds a head's prediction convolutions: two or more (a box branch and a class branch), or
+    one whose output is split into both (PicoDet's ``share_cls_reg`` head: one Conv, then Split into C + 4 (R + 1))."""
+    convs = [node for node in used_by.get(name, []) if node.op_type == "Conv"]
+    return len(convs) >= 2 or any(user.op_type == "Split" for conv in convs for user in used_by.get(conv.output[0], []))
 
 
 def backbone_output(model: onnx.ModelProto, layers: list[Layer]) -> str | None:
