@@ -21,7 +21,9 @@ from .graph import held
 from .graph import layout as graph_layout
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
-from .graph import unbake
+from .graph.loading import batch_pass, batch_record, normalise_passes, read_pass
+from .graph.loading.choices import inputs_record, layout_record, score_record
+from .graph.loading.size import shapes_record
 from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
 from .graph.head import find_score
 from .graph.outputs import keep_outputs
@@ -57,6 +59,7 @@ class _Specialised:
     layers: list
     constants: dict  # run-time computed integer tensors whose value does not depend on the batch
     views: dict = field(default_factory=dict)  # layer name -> LayerView, for layers not kept NCHW by the model
+    stats: dict = field(default_factory=dict)  # how the shapes were learnt (graph/loading/size.py's shapes_record)
 
 
 class Model:
@@ -80,10 +83,10 @@ class Model:
         self.providers = runtime.providers_for(device)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
-        original = graph_load.read_model(source, max_nodes=max_nodes)
+        original, passes = read_pass(source, max_nodes=max_nodes)
         held.claim(self, original)  # weights held outside the protobuf (256 MiB or more) live as long as this
         self.metadata = {p.key: p.value for p in original.metadata_props}
-        model = graph_load.normalise(original, copy=False)  # read_model gave a copy of its own
+        model, normal = normalise_passes(original, copy=False)  # read_model gave a copy of its own
         image = find_image_input(model, input)
         self.input_name = image.name
         if task == "classifier":
@@ -91,7 +94,10 @@ class Model:
         else:  # the head output as it is: a detector's or segmenter's targets read its elements
             self.output_name = self.score_name = head_output(model, task, output)
             self.softmax_skipped = None
-        model = without_other_inputs(model, self.input_name, self.score_name)
+        kept = without_other_inputs(model, self.input_name, self.score_name)
+        passes += normal + [inputs_record(self.input_name, model, kept),
+                            score_record(task, self.output_name, self.score_name, self.softmax_skipped)]
+        model = kept
         # A channels-last or integer-pixel input gets an NCHW float input in front (graph/layout.py): users, methods
         # and gradients then see NCHW float pixels whatever the model was exported with.
         model, adapted = graph_layout.adapt_image_input(model, image)
@@ -100,6 +106,7 @@ class Model:
         self.source_input = adapted.original  # the image input's name in the file (input_name may be ours)
         self.input_layout = adapted.layout
         self.input_dtype = adapted.dtype
+        passes.append(layout_record(adapted.original, adapted.layout, adapted.dtype, self.input_name))
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                 for d in image.type.tensor_type.shape.dim]
         self._static_hw = tuple(dims[2:]) if all(d is not None for d in dims[2:]) else None
@@ -107,21 +114,10 @@ class Model:
             self._check_pixels(self._static_hw, "the model's declared input", ModelStructureError)
         self.channels = dims[1]
         self.static_batch = False
-        # The as-exported graph is kept only when its batch was static: it is the fallback if rewriting fails.
-        self._batched = model
-        self._base = copy.deepcopy(model) if graph_load.input_batch_is_static(model, self.input_name) else None
-        had_static_batch = graph_load.make_batch_dynamic_inplace(self._batched, self.input_name)
-        rewritten = had_static_batch
-        if not had_static_batch:
-            # Declared any-batch, yet traced at batch 1 into reshapes all the same (torch.export's Dim.DYNAMIC over
-            # torchvision's attention): rewritten as for a static export (graph/unbake.py), checked below like one,
-            # with the graph as exported, run one image at a time, as the fallback.
-            light = unbake.unbaked_graph(self._batched, self.input_name)
-            if light is not None:
-                self._base = copy.deepcopy(self._batched)
-                graph_load.fix_batch_inplace(self._base, self.input_name, 1)
-                unbake.apply_inplace(self._batched, light)
-                rewritten = True
+        # The graph as exported (batch 1) is kept where the batch was rewritten: the fallback if that does not batch.
+        plan = batch_pass(model, self.input_name)
+        self._batched, self._base, rewritten = plan.batched, plan.base, plan.rewritten
+        self._one_at_a_time_why = None
         self._cache = LRUCache(max_sessions)
         self._specs = LRUCache(MAX_SIZES)
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE
@@ -141,18 +137,21 @@ class Model:
             raise ModelStructureError(
                 f"the model accepts images of any size but does not run at {hw[0]}x{hw[1]} ({exc}). Give the size "
                 "it was trained for: load(..., input_size=(H, W)) or --input-size HxW.") from None
-        if not rewritten and not self.static_batch and self._bakes_batch_one(hw):
+        if not rewritten and not self.static_batch and \
+                graph_shapes.bakes_batch_one(self._batched, self.input_name, (self.channels, *hw)):
             # Declared "any batch", yet shape inference at batch 2 says otherwise and the graph only runs at batch 1
             # (a constant [1, K] reshape): run it one image at a time rather than fail at the first batch.
             self._base = copy.deepcopy(self._batched)
             graph_load.fix_batch_inplace(self._base, self.input_name, 1)
             self.static_batch = True
+            self._one_at_a_time_why = "declared any batch, it runs at batch 1 only"
             self._specs.clear()
             self._cache.clear()
             spec = self._spec(hw)
         elif rewritten and not self.static_batch and not self._batches_correctly(hw):
             # The graph hard-codes batch 1 somewhere we could not rewrite: run one sample at a time.
             self.static_batch = True
+            self._one_at_a_time_why = "batch 2 did not give batch 1's scores, or was too large to check"
             self._specs.clear()
             self._cache.clear()
             spec = self._spec(hw)
@@ -179,6 +178,9 @@ class Model:
             self._default_layer = backbone_output(spec.model, spec.layers)
         else:
             self._default_layer = default_layer(spec.layers, spec.model, self.input_name)
+        #: What each loading pass found or changed, in the order they ran (``cnnviz inspect`` lists them).
+        self.load_passes = tuple(passes + [batch_record(plan, self.static_batch, self._one_at_a_time_why),
+                                           shapes_record(hw, **spec.stats)])
 
     # --- public description ------------------------------------------------------------------------------------
     @property
@@ -277,23 +279,13 @@ class Model:
             return self._input_size
         size = self.metadata.get("cnnviz.input_size")
         if size:
-            try:
-                h, w = (int(v) for v in size.lower().split("x"))
-                if h < 1 or w < 1:
-                    raise ValueError
-            except ValueError:
-                raise ModelStructureError(
-                    f"the model's metadata 'cnnviz.input_size' is {size!r}, not HxW; give the size: "
-                    "load(..., input_size=(H, W)) or --input-size HxW.") from None
+            parts = size.lower().split("x")
+            h, w = (int(v) if v.strip().lstrip("+").isdecimal() else 0 for v in parts) if len(parts) == 2 else (0, 0)
+            if h < 1 or w < 1:
+                raise ModelStructureError(f"the model's metadata 'cnnviz.input_size' is {size!r}, not HxW; give the "
+                                          "size: load(..., input_size=(H, W)) or --input-size HxW.")
             return (h, w)
         return (DEFAULT_SPATIAL, DEFAULT_SPATIAL)
-
-    def _bakes_batch_one(self, hw) -> bool:
-        """Whether the batch-dynamic graph cannot run a batch of 2: ONNX shape inference at batch 2 disagrees (no
-        run), confirmed by running batch 1 and batch 2 on zeros (:func:`graph_shapes.batch_one_only`)."""
-        if graph_load.infers_batch(self._batched, self.input_name) is not False:
-            return False
-        return graph_shapes.batch_one_only(self._batched, self.input_name, (self.channels, *hw))
 
     def _batched_spec(self, hw: tuple, had_static_batch: bool) -> _Specialised:
         """The spec at ``hw`` of the batch-dynamic graph; for a graph exported at a fixed batch whose batch-dynamic
@@ -311,6 +303,7 @@ class Model:
             elif not had_static_batch or self._base is None:
                 raise
             self.static_batch = True
+            self._one_at_a_time_why = "the graph with a symbolic batch does not run; the graph as exported does"
             self._specs.clear()
             self._cache.clear()
             try:
@@ -330,13 +323,18 @@ class Model:
         graph_load.set_input_shape_inplace(model, self.input_name, (self.channels, *hw))
         # An If whose condition is shape arithmetic always takes one branch at this size: inline it, so that walks
         # and the backward pass see plain nodes.
+        ifs = sum(n.op_type == "If" for n in model.graph.node)
         model = graph_shapes.fold_ifs_at_size(model, self.input_name, (self.channels, *hw))
         info = graph_shapes.infer(model)
+        made = {o for node in model.graph.node for o in node.output}
+        stats = {"ifs_folded": max(0, ifs - sum(n.op_type == "If" for n in model.graph.node)), "probed": 0,
+                 "inferred": sum(1 for name, ti in info.items() if name in made and ti.static)}
         graph = model.graph
         on_path = downstream(graph, [self.input_name]) & upstream(graph, [self.score_name])
         unknown = [n for node in graph.node for n in node.output if n in on_path and not
                    (n in info and info[n].shape is not None and all(d is not None for d in info[n].shape[1:]))]
-        if graph_shapes.misinferred_pools(model, info):
+        stats["pools"] = len(graph_shapes.misinferred_pools(model, info))
+        if stats["pools"]:
             # Every shape after such a pool is off by one window: measure the whole path instead.
             unknown = [n for node in graph.node for n in node.output if n in on_path]
         inits = {t.name for t in graph.initializer}
@@ -351,6 +349,7 @@ class Model:
             probed_info, probed = graph_shapes.probe_with_constants(model, probe_names, candidates, self.input_name,
                                                                      (self.channels, *hw))
             info.update(probed_info)
+            stats["probed"] = len(probed_info)
         check_head(self.task, self.score_name, info.get(self.score_name))
         graph_shapes.annotate_inplace(model, info)
         # Shape arithmetic computed at run time (Shape -> Gather -> Div feeding a Slice, say) is constant once C, H, W
@@ -364,7 +363,7 @@ class Model:
             constants = graph_shapes.batch_independent_values(model, computed_ints, self.input_name,
                                                                (self.channels, *hw))
         layers = candidate_layers(model, self.input_name, self.score_name, info)
-        return _Specialised(model, info, layers, constants, {la.name: la.view for la in layers if la.view})
+        return _Specialised(model, info, layers, constants, {la.name: la.view for la in layers if la.view}, stats)
 
     def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str, at: str | None = None):
         at = at or self.score_name
@@ -520,10 +519,9 @@ class Model:
             batch_size: int | None = None) -> RunResult:
         """Backward pass seeded at any tensor: gradients of ``L = sum cotangent * T`` with ``T`` the tensor ``at``.
 
-        ``cotangent`` has the shape of ``T`` for the batch, ``(N, *T.shape[1:])`` (or ``(N, prod)``); it is fed to
-        the graph
-        at run time, so one cached graph serves every cotangent: a one-hot one gives the gradient of one unit (a neuron
-        objective, guided backprop of a unit), a channel-uniform one the gradient of a channel mean, and
+        ``cotangent`` has the shape of ``T`` for the batch, ``(N, *T.shape[1:])`` (or ``(N, prod)``); it is fed to the
+        graph at run time, so one cached graph serves every cotangent: a one-hot one gives the gradient of one unit (a
+        neuron objective, guided backprop of a unit), a channel-uniform one the gradient of a channel mean, and
         ``2 (Phi(x) - Phi_0)`` the gradient of ``||Phi(x) - Phi_0||^2`` (feature inversion). ``wrt``: tensor names
         (default: the input). Returns a :class:`RunResult` whose ``outputs`` hold ``T`` and ``outputs`` and whose
         ``grads`` hold ``dL/d wrt``; ``scores`` is None (the class scores are not computed unless ``T`` needs them).

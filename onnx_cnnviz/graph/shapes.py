@@ -14,16 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import ModelStructureError
-from .load import BATCH_DIM, constants_to_initializers_inplace, float16_to_float32_inplace
 from . import held
+from .loading.batch import BATCH_DIM
+from .loading.inference import infers_batch
+from .loading.weightless import FLOAT_TYPES, weightless
+from .loading.weights import constants_to_initializers_inplace, float16_to_float32_inplace
 from .ops import node_attr
 from .padding import window_geometry
 from .subgraphs import DEFAULT_DOMAINS, fold_constant_ifs, node_inputs, value_dependent
 
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
 @dataclass(frozen=True)
@@ -54,30 +56,6 @@ def _batch_axes(value: onnx.ValueInfoProto) -> tuple:
     if not ttype.HasField("shape"):
         return ()
     return tuple(i for i, d in enumerate(ttype.shape.dim) if d.HasField("dim_param") and d.dim_param == BATCH_DIM)
-
-
-def weightless(model: onnx.ModelProto, keep_elements: int = 64) -> onnx.ModelProto:
-    """A copy for shape inference: large float initializers keep their type and dims but drop their data.
-
-    Shape inference serialises the whole model; without the weights it takes milliseconds instead of seconds on a
-    500 MB VGG. Small and integer tensors (shapes, axes, pads) keep their values for data propagation.
-    """
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    graph = light.graph
-    graph.name = model.graph.name
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)
-    for tensor in model.graph.initializer:
-        if tensor.data_type in FLOAT_TYPES and int(np.prod(tensor.dims)) > keep_elements:
-            graph.initializer.append(onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
-                                                      dims=tensor.dims))
-        else:
-            graph.initializer.append(tensor)
-    return light
 
 
 def infer(model: onnx.ModelProto) -> dict[str, TensorInfo]:
@@ -284,6 +262,14 @@ def batch_one_only(model: onnx.ModelProto, input_name: str, chw) -> bool:
     except Exception:  # noqa: BLE001
         return True
     return False
+
+
+def bakes_batch_one(model: onnx.ModelProto, input_name: str, chw) -> bool:
+    """Whether ``model`` (its batch declared symbolic) cannot run a batch of 2: ONNX shape inference at batch 2
+    disagrees (no run), confirmed by running batch 1 and batch 2 on zeros (:func:`batch_one_only`)."""
+    if infers_batch(model, input_name) is not False:
+        return False
+    return batch_one_only(model, input_name, chw)
 
 
 def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict[str, TensorInfo]:

@@ -1,12 +1,12 @@
 """A batch of 1 baked into the middle of a graph, undone: the attention and window reshapes of a transformer traced at
 batch 1, and the tokens concatenated to a batch of patches.
 
-An exporter that traces at batch 1 writes that 1 into Reshape constants. :func:`load.batch_free_shape` rewrites the
-leading ``[1, ...]`` of CNN heads; a transformer hides the batch elsewhere: torch's multi-head attention views its
-(L, N, E) queries as ``[L, 1, 3, d]``, merges the batch into the heads, ``[L, 1 * heads, d]``, or into the tokens,
-``[L * 1, E]``; Swin's window partition writes ``[1 * windows, area, C]``, SwinV2 expands to such a shape; and the
-class token, ``[1, 1, E]``, is concatenated to (N, L, E) patches. At batch 2 such a graph fails inside onnxruntime
-(or, worse, reshapes without error into the wrong layout).
+Part of the ``batch`` pass (:mod:`.batch`). An exporter that traces at batch 1 writes that 1 into Reshape constants.
+:func:`.batch.batch_free_shape` rewrites the leading ``[1, ...]`` of CNN heads; a transformer hides the batch elsewhere:
+torch's multi-head attention views its (L, N, E) queries as ``[L, 1, 3, d]``, merges the batch into the heads,
+``[L, 1 * heads, d]``, or into the tokens, ``[L * 1, E]``; Swin's window partition writes ``[1 * windows, area, C]``,
+SwinV2 expands to such a shape; and the class token, ``[1, 1, E]``, is concatenated to (N, L, E) patches. At batch 2
+such a graph fails inside onnxruntime (or, worse, reshapes without error into the wrong layout).
 
 :func:`unbake_inplace` finds these places with ONNX shape inference alone (weights left out, nothing run), at batch 1
 and at batch 2, in rounds:
@@ -39,7 +39,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import held
+from .. import held
+from .inference import infers_batch, shapes_at
+from .weightless import weightless
 
 
 def unbake_inplace(model: onnx.ModelProto, input_name: str) -> bool:
@@ -66,9 +68,6 @@ def unbaked_graph(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto | 
     """The rewrite of :func:`unbake_inplace` as a weightless copy of ``model`` (its nodes and the small initializers
     it adds; it never changes one ``model`` has), or None when there is nothing to rewrite or it does not work out.
     ``model`` is not changed."""
-    from .load import infers_batch
-    from .shapes import weightless
-
     work = weightless(model)  # shapes are all this reads: the weights join the result at the end
     places = sum(1 for n in work.graph.node if n.op_type in ("Reshape", "Expand", "Concat"))
     decisions: dict[str, list] = {}  # reshape output -> [candidate targets, index chosen]
@@ -123,34 +122,6 @@ def _repair(model: onnx.ModelProto, failed: onnx.NodeProto, decisions: dict) -> 
                 nxt.append(producer[name])
         frontier = nxt
     return False
-
-
-def shapes_at(model: onnx.ModelProto, input_name: str, batch: int) -> dict[str, tuple]:
-    """Static shapes ONNX shape inference gives every tensor with the image input's batch set to ``batch`` (tensors
-    it cannot tell, or that an inconsistent node leaves unknown, are absent). Weights are left out."""
-    from .shapes import weightless
-
-    light = weightless(model)
-    for value in light.graph.input:
-        if value.name == input_name and value.type.tensor_type.shape.dim:
-            value.type.tensor_type.shape.dim[0].Clear()
-            value.type.tensor_type.shape.dim[0].dim_value = int(batch)
-    for value in light.graph.output:
-        if value.type.tensor_type.shape.dim:
-            value.type.tensor_type.shape.dim[0].Clear()
-    del light.graph.value_info[:]
-    try:
-        graph = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True).graph
-    except Exception:  # noqa: BLE001 - nothing known
-        return {}
-    out = {}
-    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-        ttype = value.type.tensor_type
-        if ttype.HasField("shape") and all(d.HasField("dim_value") for d in ttype.shape.dim):
-            out[value.name] = tuple(int(d.dim_value) for d in ttype.shape.dim)
-    for tensor in model.graph.initializer:
-        out[tensor.name] = tuple(int(d) for d in tensor.dims)
-    return out
 
 
 def batch_axis(one: tuple, two: tuple) -> int | None:
@@ -305,3 +276,13 @@ def _const(model: onnx.ModelProto, name: str, values) -> str:
     if name not in {t.name for t in model.graph.initializer}:
         model.graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
     return name
+
+
+def unbaked_places(model: onnx.ModelProto) -> int:
+    """How many places of ``model`` :func:`unbake_inplace` rewrote: reshapes and expands given their own constant
+    target (``..__cnnviz_unbaked``) and concatenation inputs expanded to the batch (``..__cnnviz_in<i>``)."""
+    reshaped = sum(1 for n in model.graph.node if n.op_type in ("Reshape", "Expand") and len(n.input) > 1
+                   and n.input[1].endswith("__cnnviz_unbaked"))
+    expanded = sum(1 for n in model.graph.node if n.op_type == "Expand" and n.output
+                   and n.output[0].rpartition("__cnnviz_in")[2].isdigit() and "__cnnviz_in" in n.output[0])
+    return reshaped + expanded
