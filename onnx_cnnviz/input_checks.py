@@ -56,8 +56,9 @@ def size_pair(size) -> tuple:
     """``size`` as (H, W) positive ints; :class:`InputError` otherwise."""
     try:
         h, w = size
-        if any(isinstance(v, bool) or int(v) != v or int(v) < 1 for v in (h, w)):
-            raise ValueError
+        valid = not any(isinstance(v, bool) or int(v) != v or int(v) < 1 for v in (h, w))
     except (TypeError, ValueError):
-        raise InputError(f"input_size must be (H, W), two positive ints, got {size!r}.") from None
+        valid = False
+    if not valid:
+        raise InputError(f"input_size must be (H, W), two positive ints, got {size!r}.")
     return (int(h), int(w))

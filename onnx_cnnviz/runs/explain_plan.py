@@ -32,9 +32,10 @@ class ResultFiles(NamedTuple):
 class RunSettings:
     """Everything a run needs besides the model and the images, fixed once from the command line.
 
-    ``params``: the method parameters as given (what :func:`registry.explain` takes); ``method_params``: per method,
-    the parameters it runs with and its layer, as its JSON records show them. ``ranks``: the file-name rank of each
-    class explained per image (``top1`` .. ``topK`` with --top-k, ``cN`` with --target N, else ``top1``).
+    ``params``: the method parameters as given, one dict for every method of the run (what :func:`registry.explain`
+    takes with ``shared=True``: ``KEY`` for each method taking it, ``METHOD.KEY`` for one); ``method_params``: per
+    method, the parameters it runs with and its layer, as its JSON records show them. ``ranks``: the file-name rank
+    of each class explained per image (``top1`` .. ``topK`` with --top-k, ``cN`` with --target N, else ``top1``).
     ``labels``: the class names, or None. ``inputs``: the files the run reads (model, labels), which no output may
     replace.
     """
@@ -60,6 +61,9 @@ class RunSettings:
     inputs: tuple = ()
     #: {method: why it cannot run on this model}: the asked methods left out (:mod:`.method_layers`).
     unavailable: dict = field(default_factory=dict)
+    #: {method: its registry entry}: a run (and a Ray actor, in another process) runs the entries it was planned
+    #: with, also a method registered only where the run was planned.
+    entries: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, m, pre: Preprocessing, methods: list, params: dict, options: dict, reporter) -> RunSettings:
@@ -82,11 +86,12 @@ class RunSettings:
             ranks = [f"top{r}" for r in range(1, top_k + 1)]
         else:
             ranks = [f"c{target}"] if target is not None else ["top1"]
-        if "occlusion" in methods and pre.size:
-            occlusion_geometry(params["window"], params["stride"], pre.size, reporter)
+        registry.check_parameters(methods, params)
+        if pre.size:  # the methods whose parameters must fit the input (occlusion's window), checked before any work
+            registry.check_input_size(methods, params, pre.size, reporter.warn)
         method_params = {}
         for name in methods:
-            used = registry.parameters(name, params)
+            used = registry.parameters(name, params, shared=True)
             if layers[name]:
                 used["layer"] = layers[name]
             method_params[name] = used
@@ -97,7 +102,16 @@ class RunSettings:
                    alpha=options["alpha"], colormap=options["colormap"], preprocessing=pre,
                    preprocessing_info=report.preprocessing_info(pre), labels=labels,
                    model_path=str(Path(options["model"]).resolve()), version=__version__,
-                   inputs=tuple(p for p in (options["model"], options["labels"]) if p), unavailable=unavailable)
+                   inputs=tuple(p for p in (options["model"], options["labels"]) if p), unavailable=unavailable,
+                   entries={name: registry.get(name) for name in methods})
+
+    def method(self, name: str):
+        """The registry entry of method ``name``, as planned."""
+        return self.entries.get(name) or registry.get(name)
+
+    def own_params(self, name: str) -> dict:
+        """The parameters method ``name`` runs with, its layer left out (what :func:`registry.explain` takes)."""
+        return {k: v for k, v in self.method_params[name].items() if k != "layer"}
 
     @property
     def k(self) -> int:
@@ -128,30 +142,6 @@ def check_options(options: dict) -> None:
     if colormap.lower() not in COLORMAPS:
         raise option_error(f"unknown colormap {colormap!r}; use one of {', '.join(sorted(COLORMAPS))}.",
                            "--colormap")
-
-
-def occlusion_geometry(window, stride, hw, reporter) -> None:
-    """Check the occlusion ``window`` and ``stride`` against the ``hw`` model input before any work: a window larger
-    than the input is an :class:`InputError` (about --window); a stride not smaller than the input along an axis gets
-    a warning (only one window is placed along it, at the top or left edge, so most of the map stays empty)."""
-    if window[0] > hw[0] or window[1] > hw[1]:
-        raise option_error(f"the occlusion window {window[0]}x{window[1]} is larger than the {hw[0]}x{hw[1]} model "
-                           "input; give a smaller --window.", "--window")
-    warn_occlusion_stride(stride, hw, reporter)
-
-
-def warn_occlusion_stride(stride, hw, reporter) -> None:
-    """Warn (through ``reporter``) when the occlusion ``stride`` is not smaller than the ``hw`` image along an
-    axis."""
-    axes = [axis for axis, s, n in (("height", stride[0], hw[0]), ("width", stride[1], hw[1])) if s >= n]
-    if not axes:
-        return
-    where = " and ".join(axes)
-    shown = "a single window" if len(axes) == 2 else ("one row of windows" if axes == ["height"] else
-                                                       "one column of windows")
-    reporter.warn(f"the occlusion stride {stride[0]}x{stride[1]} is not smaller than the {hw[0]}x{hw[1]} image in "
-                  f"{where}: {shown} is placed (at the top-left), so the map is empty outside it; give a smaller "
-                  "--stride.")
 
 
 @dataclass
@@ -236,10 +226,10 @@ def record_state(job: RunSettings, name: str, image: Path, record_path: Path) ->
         return "missing", None
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         return "stale", [f"unreadable record: {type(exc).__name__}"]
+    if not isinstance(record, dict):
+        return "stale", ["unreadable record: not a JSON object"]
     if record.get("image") != str(image.resolve()):
         return "other", record.get("image")
     wanted = json.loads(jsonio.dumps(job.result_settings(name)))

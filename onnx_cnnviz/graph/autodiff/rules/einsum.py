@@ -27,6 +27,7 @@ import string
 import numpy as np
 from onnx import TensorProto, helper
 
+from ....errors import ModelStructureError
 from . import register
 
 ELLIPSIS = "..."
@@ -35,16 +36,29 @@ ELLIPSIS = "..."
 def parse_equation(equation: str, ranks: list[int]) -> tuple[list[list[str]], list[str]]:
     """The operands' and the output's subscripts as token lists (letters and ``"..."``); an implicit output (no
     ``->``) is written out as numpy and onnxruntime define it: the ellipsis, then every label used exactly once, in
-    alphabetical order. ``ValueError`` for text that is not an equation over ``len(ranks)`` operands."""
+    alphabetical order.
+
+    Args:
+        equation: the node's ``equation`` attribute, e.g. ``"bij,bjk->bik"`` or ``"...ij,...jk"``.
+        ranks: the rank of each operand, in input order.
+
+    Returns:
+        (subscripts of each operand, subscripts of the output), each a list of single letters and ``"..."``.
+
+    Raises:
+        ModelStructureError: the text is not an equation over ``len(ranks)`` operands of those ranks.
+    """
     text = equation.replace(" ", "")
     lhs, arrow, rhs = text.partition("->")
     terms = [_tokens(t) for t in lhs.split(",")]
     if len(terms) != len(ranks):
-        raise ValueError(f"the equation has {len(terms)} operands, the node {len(ranks)}")
+        raise ModelStructureError(f"the Einsum equation has {len(terms)} operands, the node {len(ranks)}; the model is "
+                                  "not valid ONNX: re-export it")
     for term, rank in zip(terms, ranks):
         letters = sum(1 for t in term if t != ELLIPSIS)
         if term.count(ELLIPSIS) > 1 or letters > rank or (ELLIPSIS not in term and letters != rank):
-            raise ValueError(f"subscripts '{''.join(term)}' do not fit an operand of rank {rank}")
+            raise ModelStructureError(f"the Einsum subscripts '{''.join(term)}' do not fit an operand of rank {rank}; "
+                                      "the model is not valid ONNX: re-export it")
     if arrow:
         out = _tokens(rhs)
     else:
@@ -56,7 +70,8 @@ def parse_equation(equation: str, ranks: list[int]) -> tuple[list[list[str]], li
         out = ([ELLIPSIS] if any(ELLIPSIS in t for t in terms) else []) + sorted(t for t, c in counts.items()
                                                                                   if c == 1)
     if len(set(t for t in out)) != len(out):
-        raise ValueError(f"the output subscripts '{''.join(out)}' repeat a label")
+        raise ModelStructureError(f"the Einsum output subscripts '{''.join(out)}' repeat a label; the model is not "
+                                  "valid ONNX: re-export it")
     return terms, out
 
 
@@ -71,7 +86,8 @@ def _tokens(term: str) -> list[str]:
             tokens.append(term[i])
             i += 1
         else:
-            raise ValueError(f"'{term[i]}' is not a subscript label")
+            raise ModelStructureError(f"'{term[i]}' in an Einsum equation is not a subscript label (letters and '...' "
+                                      "only); the model is not valid ONNX: re-export it")
     return tokens
 
 
@@ -118,7 +134,7 @@ def einsum(ctx, node, dys):
     shapes = [ctx.shape(name) for name in node.input]
     try:
         terms, out = parse_equation(equation or "", [len(s) for s in shapes])
-    except ValueError as exc:
+    except ModelStructureError as exc:
         ctx.unsupported(f"its equation '{equation}' could not be read ({exc})")
     if any(ELLIPSIS in t for t in terms) and ELLIPSIS not in out:
         ctx.unsupported(f"the equation '{equation}' sums over the ellipsis dimensions (onnxruntime does not run it)")
