@@ -14,6 +14,12 @@ boxes)::
     {"cat.png": [[10, 12, 80, 96]]}                                  # JSON: plain boxes
     {"cat.png": [{"box": [10, 12, 80, 96], "label": 281}]}          # or labelled ones
 
+**Limits.** A boxes file is read only when it is a regular file of at most :data:`MAX_BOXES_BYTES` bytes holding at
+most :data:`MAX_BOXES` boxes, each checked as the file is read (a larger one is an :class:`InputError` before it
+fills the memory); a JSON file nested deeper than the parser can recurse is an :class:`InputError` too. Given the
+run's ``images``, :func:`read_boxes` keeps only the rows of those images as the rows arrive, and given the model's
+``num_classes`` it refuses a label that is no class of the model (every localisation value would silently be 0).
+
 **Resizing.** A squashing preprocessing (:func:`onnx_cnnviz.image.preprocess` with ``resize="squash"``) is a plain
 ``cv2.resize`` of the whole image to ``size`` (H, W), no letterbox, so a box maps by scaling x by ``W_in / W_image``
 and y by ``H_in / H_image`` separately (:func:`to_input`). The edges scale exactly: output pixel ``j`` of
@@ -25,6 +31,7 @@ box to the input.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import numbers
@@ -33,9 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..files import read_regular
 
 #: The CSV columns every row needs; ``label`` may follow.
 CSV_COLUMNS = ("image", "x0", "y0", "x1", "y1")
+#: The largest boxes file read, in bytes: 64 MiB holds about two million CSV rows, far more than any evaluation set
+#: (ImageNet's validation set has 50,000 images, COCO's 36,781 boxes).
+MAX_BOXES_BYTES = 64 * 1024 * 1024
+#: The most boxes a file may hold (rows of a CSV, entries of a JSON file).
+MAX_BOXES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -117,25 +130,76 @@ def as_box(value, where: str) -> Box:
 # ---------------------------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------------------------
-def read_boxes(path) -> dict[str, list[Box]]:
-    """The boxes of a ``.csv`` or ``.json`` file (see the module docstring): ``{image: [Box, ...]}``, the image keys as
-    written in the file, the boxes in file order. Every problem is an :class:`InputError` naming the file and the row
-    or entry."""
+def read_boxes(path, images=None, num_classes: int | None = None) -> dict[str, list[Box]]:
+    """The boxes of a ``.csv`` or ``.json`` file (see the module docstring).
+
+    Args:
+        path: the file.
+        images: the run's images (paths or names as the run gives them); when given, only the rows of these images
+            are kept, each row checked as it arrives (a key matches an image as :func:`lookup` matches it: the same
+            path, the same normalised path, or the same file name), so a large file of other images costs no memory.
+        num_classes: the model's class count; when given, a label outside ``0 .. num_classes - 1`` is refused.
+
+    Returns:
+        ``{image: [Box, ...]}``, the image keys as written in the file, the boxes in file order.
+
+    Raises:
+        InputError: naming the file and the row or entry: not a regular file, over :data:`MAX_BOXES_BYTES` bytes
+            or :data:`MAX_BOXES` boxes, JSON nested too deep to parse, a malformed row, an empty
+            box, or a label that is no class of the model.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise InputError(f"boxes file {path}: unknown format {suffix or '(no suffix)'!r}; give a .csv (header "
                          f"{','.join(CSV_COLUMNS)}[,label]) or a .json file.")
+    if path.is_dir():
+        raise InputError(f"cannot read boxes file {path}: IsADirectoryError: it is a folder; give a .csv or .json "
+                         "file.")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular(path, "boxes file", max_bytes=MAX_BOXES_BYTES).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read boxes file {path}: {err.__class__.__name__}: {err}.") from None
-    return _parse_csv(text, path) if suffix == ".csv" else _parse_json(text, path)
+    keep = _image_filter(images)
+    labels = _label_check(num_classes)
+    return _parse_csv(text, path, keep, labels) if suffix == ".csv" else _parse_json(text, path, keep, labels)
 
 
-def _parse_csv(text: str, path: Path) -> dict[str, list[Box]]:
+def _image_filter(images):
+    """A test ``key -> bool``: whether a file's image key names one of ``images`` (None: every key)."""
+    if images is None:
+        return lambda key: True
+    texts = {str(image) for image in images}
+    norms = {os.path.normpath(t) for t in texts}
+    names = {os.path.basename(n) for n in norms}
+
+    def keep(key: str) -> bool:
+        norm = os.path.normpath(key)
+        return key in texts or norm in norms or os.path.basename(norm) in names
+    return keep
+
+
+def _label_check(num_classes):
+    """A check ``(label, where) -> None`` that a label is a class of a ``num_classes``-class model."""
+    if num_classes is None:
+        return lambda label, where: None
+    num_classes = int(num_classes)
+
+    def check(label, where):
+        if label is not None and label >= num_classes:
+            raise InputError(f"{where}: label {label} is not a class of the model, which has {num_classes} classes "
+                             f"(0 to {num_classes - 1}); give the class index of the object the box outlines.")
+    return check
+
+
+def _too_many(path: Path) -> InputError:
+    return InputError(f"boxes file {path} holds more than {MAX_BOXES:,} boxes; give the boxes of the images the run "
+                      "evaluates (split the file).")
+
+
+def _parse_csv(text: str, path: Path, keep, check_label) -> dict[str, list[Box]]:
     """Rows ``image,x0,y0,x1,y1[,label]`` (column order free, extra columns ignored)."""
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
@@ -143,33 +207,57 @@ def _parse_csv(text: str, path: Path) -> dict[str, list[Box]]:
                          f"{','.join(CSV_COLUMNS)}[,label], got {','.join(header) or '(empty file)'}.")
     reader.fieldnames = header
     table: dict[str, list[Box]] = {}
-    for line, row in enumerate(reader, start=2):
-        where = f"boxes file {path}, line {line}"
+    for count, row in enumerate(reader, start=1):
+        if count > MAX_BOXES:
+            raise _too_many(path)
+        where = f"boxes file {path}, line {reader.line_num}"
         image = (row.get("image") or "").strip()
         if not image:
             raise InputError(f"{where}: the image column is empty; name the image file.")
+        if not keep(image):
+            continue
         coords = [_number(row.get(c), c, where) for c in CSV_COLUMNS[1:]]
         label = _label((row.get("label") or "").strip() or None, where) if "label" in header else None
+        check_label(label, where)
         table.setdefault(image, []).append(_box(coords, label, where))
     return table
 
 
-def _parse_json(text: str, path: Path) -> dict[str, list[Box]]:
+def _parse_json(text: str, path: Path, keep, check_label) -> dict[str, list[Box]]:
     """``{image: [[x0, y0, x1, y1], ...]}`` or ``{image: [{"box": [...], "label": k}, ...]}``."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"boxes file {path} is not valid JSON: {err}.") from None
+    except RecursionError:  # the parser recurses once per level: a file nested thousands deep is no boxes file
+        raise InputError(f"boxes file {path} nests its brackets too deep to parse (a boxes file nests 4 levels); give "
+                         "{\"image.png\": [[x0, y0, x1, y1], ...]}.") from None
     if not isinstance(data, dict):
         raise InputError(f"boxes file {path}: the JSON must be an object {{\"image.png\": [[x0, y0, x1, y1], ...]}},"
                          f" not a {type(data).__name__}.")
     table: dict[str, list[Box]] = {}
+    count = 0
     for image, entries in data.items():
         if isinstance(entries, (dict, str)) or not isinstance(entries, list):
-            raise InputError(f"boxes file {path}, image {image!r}: give a list of boxes, not {entries!r}.")
-        table[image] = [_json_box(entry, f"boxes file {path}, image {image!r}, box {k}")
-                        for k, entry in enumerate(entries)]
+            raise InputError(f"boxes file {path}, image {image!r}: give a list of boxes, not {_short(entries)}.")
+        count += len(entries)
+        if count > MAX_BOXES:
+            raise _too_many(path)
+        if not keep(image):
+            continue
+        boxes = []
+        for k, entry in enumerate(entries):
+            where = f"boxes file {path}, image {image!r}, box {k}"
+            box = _json_box(entry, where)
+            check_label(box.label, where)
+            boxes.append(box)
+        table[image] = boxes
     return table
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _json_box(entry, where: str) -> Box:
@@ -321,5 +409,29 @@ def boxes_for_images(table: dict, images, image_sizes, input_size=None, require:
     return [to_input(lookup(table, image), size, input_size, image) for image, size in zip(images, sizes)]
 
 
-__all__ = ["Box", "CSV_COLUMNS", "as_box", "read_boxes", "lookup", "images_without_boxes", "check_inside", "to_input",
-           "boxes_for_images"]
+def check_labels(boxes, num_classes: int | None, where: str = "boxes") -> None:
+    """Refuse a box whose label is no class of a ``num_classes``-class model (None: no check).
+
+    A box labelled 7 on a 6-class model matches no target, so every pointing-game, energy and localisation value
+    would be 0.0 without a word.
+
+    Args:
+        boxes: a mapping ``{image: [Box, ...]}`` (:func:`read_boxes`'s) or one sequence of boxes per image.
+        num_classes: the model's class count.
+        where: what the boxes are, for the error.
+
+    Raises:
+        InputError: naming the image, the box and its label.
+    """
+    if num_classes is None:
+        return
+    items = boxes.items() if isinstance(boxes, dict) else enumerate(boxes)
+    check = _label_check(num_classes)
+    for image, image_boxes in items:
+        for k, box in enumerate(image_boxes or ()):
+            label = box.label if isinstance(box, Box) else None
+            check(label, f"{where}, image {image!r}, box {k}")
+
+
+__all__ = ["Box", "CSV_COLUMNS", "MAX_BOXES", "MAX_BOXES_BYTES", "check_labels", "as_box",
+           "read_boxes", "lookup", "images_without_boxes", "check_inside", "to_input", "boxes_for_images"]

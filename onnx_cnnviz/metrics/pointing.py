@@ -27,7 +27,8 @@ point, :func:`localisation`, and each under its registry name.
   a fraction of each map's own maximum: the project's ``localise`` applies it to raw (``normalize=False``) maps, on
   which a min-max normalised map's 20% is a little higher unless its minimum is 0.
 
-Which boxes count: those of the image labelled with the target class, and every unlabelled one; when an image's boxes
+Which boxes count: those of the image labelled with the target class, and every unlabelled one (a label that is
+no class of the model, 7 on a 6-class model, is an :class:`InputError`: it would match no target); when an image's boxes
 are labelled and none has the target class, the class is not in the image and the image scores 0 (a miss, the top-1
 rule's "class wrong"), with ``details["class_in_image"]`` False. ``targets`` None means each image's top-1 class, as
 every metric. Values are per image: 1.0 / 0.0 for the hits, the energy share for the energy game, so
@@ -54,7 +55,7 @@ from ..methods.localise import box_from_map, iou
 from ..model import Model
 from .base import (MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, result_targets,
                    targets_of)
-from .boxes import Box, check_inside
+from .boxes import Box, check_inside, check_labels
 
 #: Zhang et al.'s tolerance, in pixels (TorchRay's default).
 TOLERANCE = 15
@@ -83,6 +84,7 @@ def _prepare(m: Model, x, maps, boxes, targets, channels: str, batch_size) -> _B
     heat = pixel_maps(check_maps(maps, x), channels)
     n, h, w = heat.shape
     checked = check_boxes(boxes, n, w, h)
+    check_labels(checked, m.num_classes, "boxes")  # a label of no class would score 0.0 silently
     scores = clean_scores(m, x, batch_size_of(m, batch_size))
     targets = result_targets(targets_of(m, targets, scores))  # a detection or region: the class it explains
     predicted = np.argmax(scores, axis=1).astype(np.int64)
