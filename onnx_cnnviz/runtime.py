@@ -4,6 +4,11 @@
 dependencies load and a GPU is present), and falls back to the CPU silently: onnxruntime-gpu prints a red error when
 asked for CUDA on a machine without it, so we check before asking.
 
+``device="openvino"`` runs the graphs on onnxruntime's OpenVINO execution provider (the ``onnxruntime-openvino``
+package, which replaces ``onnxruntime``/``onnxruntime-gpu`` in its environment) on the CPU, at float32
+(:data:`OPENVINO_OPTIONS`); nodes it declines run on the CPU provider. :attr:`Session.provider` names the provider a
+session runs on, :func:`device_of` the device of a provider list.
+
 Sessions of one model share its weights (:class:`SharedWeights`, one per :class:`~onnx_cnnviz.Model`). Every rewritten
 graph reaches onnxruntime with its large float Conv / ConvTranspose / Gemm / MatMul weights (the original ones and those
 a rewrite derives, such as the backward pass's flipped kernels) replaced by empty external-data placeholders; the
@@ -32,10 +37,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .errors import InputError, RuntimeFailure
+from .errors import InputError, MissingDependencyError, RuntimeFailure
 from .graph import held
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "openvino")
+#: The execution provider each explicit device asks for first (the CPU provider always follows, for any node the first
+#: one declines).
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 
 #: Sessions built with a :class:`SharedWeights` share the weights it holds (set ``CNNVIZ_SHARE_WEIGHTS=0`` in the
 #: environment, or this to False, for one private copy of the weights per session, onnxruntime's default).
@@ -116,11 +124,43 @@ def _gpu_present() -> bool:
     return False
 
 
+def openvino_available() -> bool:
+    """True when this onnxruntime has the OpenVINO execution provider (the ``onnxruntime-openvino`` package)."""
+    import onnxruntime as ort
+
+    return PROVIDERS["openvino"] in ort.get_available_providers()
+
+
 def providers_for(device: str) -> list[str]:
+    """The onnxruntime execution providers for ``device``, best first.
+
+    Args:
+        device: "auto" (CUDA where a CUDA session can really be made, else the CPU), "cpu", "cuda" or "openvino"
+            (onnxruntime's OpenVINO execution provider on the CPU, from the ``onnxruntime-openvino`` package, which
+            replaces ``onnxruntime``/``onnxruntime-gpu`` in its environment).
+
+    Returns:
+        Provider names for ``onnxruntime.InferenceSession``; ``CPUExecutionProvider`` last.
+
+    Raises:
+        InputError: an unknown device.
+        MissingDependencyError: "openvino" without the OpenVINO execution provider installed.
+        RuntimeFailure: "cuda" where CUDA cannot be used.
+    """
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, not {device!r}.")
     if device == "cpu":
         return ["CPUExecutionProvider"]
+    if device == "openvino":
+        if not openvino_available():
+            import onnxruntime as ort
+
+            raise MissingDependencyError(
+                "device='openvino' needs onnxruntime's OpenVINO execution provider, which this onnxruntime "
+                f"{ort.__version__} does not have (it has {', '.join(ort.get_available_providers())}). Install it "
+                "in an environment of its own: pip install onnxruntime-openvino (it replaces onnxruntime and "
+                "onnxruntime-gpu, which must not be installed beside it); or use device='cpu'.")
+        return [PROVIDERS["openvino"], "CPUExecutionProvider"]
     if cuda_available():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
@@ -128,6 +168,64 @@ def providers_for(device: str) -> list[str]:
             "device='cuda' was asked for but onnxruntime cannot use CUDA here (no GPU, no onnxruntime-gpu, or "
             "missing CUDA/cuDNN libraries). Use device='auto' or 'cpu'.")
     return ["CPUExecutionProvider"]
+
+
+def device_of(providers) -> str:
+    """The device a list of providers (a session's, or :func:`providers_for`'s) runs on: "cuda", "openvino" or
+    "cpu", after the first provider."""
+    first = providers[0] if providers else "CPUExecutionProvider"
+    first = first[0] if isinstance(first, tuple) else first
+    return next((device for device, name in PROVIDERS.items() if name == first), "cpu")
+
+
+#: Options of the OpenVINO execution provider (onnxruntime-openvino): the CPU plugin at full float32 precision. The
+#: plugin's own default on CPUs with bfloat16 instructions (AVX512_BF16, AMX) computes in bfloat16, about 3 significant
+#: digits: gradients and maps would no longer match the CPU provider's. ``precision="ACCURACY"`` keeps the model's
+#: own precision (float32 here) and turns that down-conversion off.
+OPENVINO_OPTIONS = {"device_type": "CPU", "precision": "ACCURACY"}
+
+
+def session_providers(providers: list[str], threads: int | None = None) -> list:
+    """``providers`` as ``onnxruntime.InferenceSession`` takes them, with the options a provider needs here: the
+    OpenVINO provider gets :data:`OPENVINO_OPTIONS` and the session's thread count (its own thread pool does not
+    read the session's ``intra_op_num_threads``)."""
+    out = []
+    for name in providers:
+        if name == PROVIDERS["openvino"]:
+            out.append((name, {**OPENVINO_OPTIONS, "num_of_threads": str(threads or default_threads())}))
+        else:
+            out.append(name)
+    return out
+
+
+def for_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the one attribute OpenVINO misreads written so it reads it right (a copy; ``model`` itself
+    unchanged, and returned as it is when there is nothing to change).
+
+    OpenVINO's ONNX reader (2025.4, through onnxruntime-openvino 1.24) takes a ``HardSigmoid`` whose ``beta`` is
+    exactly 0 for one without ``beta``, that is 0.5: ``HardSigmoid(0)`` comes out 0.5 instead of 0 (``Selu`` with
+    ``alpha=0`` likewise). The backward graph's ReLU masks are ``HardSigmoid(y; alpha=2**126, beta=0)``
+    (graph/autodiff/rules/activations.py), so every gradient through a ReLU leaked half of it where the ReLU was off.
+    ``beta = -1e-30`` gives the same float32 results (0 at 0; ``alpha * x - 1e-30 == alpha * x`` for
+    ``|alpha * x| >= 1e-23``, and a difference below 1e-30 under that).
+    """
+    def misread(node) -> bool:
+        return (node.op_type == "HardSigmoid" and node.domain in ("", "ai.onnx")
+                and any(a.name == "beta" and a.f == 0.0 for a in node.attribute))
+
+    if not any(misread(node) for node in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    held.copy_fields(model, out, "graph")
+    held.copy_fields(model.graph, out.graph, "node")
+    for node in model.graph.node:
+        copy = out.graph.node.add()
+        copy.CopyFrom(node)
+        if misread(copy):
+            for attr in copy.attribute:
+                if attr.name == "beta":
+                    attr.f = -1e-30
+    return out
 
 
 def available_memory() -> int | None:
@@ -285,6 +383,8 @@ class Session:
                  weights: SharedWeights | None = None):
         import onnxruntime as ort
 
+        if PROVIDERS["openvino"] in providers:
+            model = for_openvino(model)
         self._session = None
         self.shared: tuple = ()  # the shared weights this session reads: kept alive as long as the session
         lean = weights is not None and SHARE_WEIGHTS
@@ -311,7 +411,8 @@ class Session:
                     for name, value in zip(names, values):
                         options.add_initializer(name, value)
                 try:
-                    self._session = ort.InferenceSession(payload, options, providers=providers,
+                    self._session = ort.InferenceSession(payload, options,
+                                                         providers=session_providers(providers, threads),
                                                          disabled_optimizers=disabled)
                     if in_place:
                         self.shared = tuple({id(w): w for w in shared.values()}.values())
@@ -320,13 +421,16 @@ class Session:
             del payload
         if self._session is None:
             try:
-                self._session = held.session(model, self._options(threads, lean), providers,
-                                             disabled_optimizers=disabled)
+                self._session = held.session(model, self._options(threads, lean),
+                                             session_providers(providers, threads), disabled_optimizers=disabled)
             except Exception as exc:
                 raise RuntimeFailure(f"onnxruntime could not load the rewritten graph: {str(exc)[:500]}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.providers = self._session.get_providers()
+        #: The execution provider the session runs on (its first one; nodes that provider declines run on the CPU
+        #: provider): "CPUExecutionProvider", "CUDAExecutionProvider" or "OpenVINOExecutionProvider".
+        self.provider = self.providers[0]
 
     lean = False  # set per session in __init__
 
