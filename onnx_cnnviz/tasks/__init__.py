@@ -2,7 +2,8 @@
 
 A decoder (:mod:`.decoders`) turns a detector's head output into detections and the tensor elements behind them;
 :class:`Detection` (:mod:`.detection`) is the target that explains one; a segmenter's targets are
-:class:`onnx_cnnviz.targets.Region`. Methods and metrics see targets, never tasks.
+:class:`onnx_cnnviz.targets.Region` (a text detector's, :class:`TextRegion`). Methods and metrics see targets, never
+tasks.
 """
 from .decoders import (Candidates, Decoder, UltralyticsDecoder, YoloV5Decoder, find_decoder, recognise,
                        register_decoder)
@@ -10,8 +11,9 @@ from .detection import Detection, detect, explain
 from .head import TASKS, NotAClassifierError, check_head, head_output, not_a_classifier
 from .nms import box_iou, nms
 from .picodet import PICODET_OUTPUT, PicoDetDecoder, picodet_head
+from .text import TextRegion, text_regions
 
 __all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder",
            "register_decoder", "recognise", "find_decoder", "Detection", "detect", "explain", "nms", "box_iou",
            "check_head", "head_output", "not_a_classifier",
-           "PICODET_OUTPUT", "PicoDetDecoder", "picodet_head"]
+           "PICODET_OUTPUT", "PicoDetDecoder", "picodet_head", "TextRegion", "text_regions"]

@@ -114,21 +114,24 @@ def explain(method: Callable, m, x, detections, **params) -> np.ndarray:
         method: any map function of the registry (``grad_cam``, ``saliency``, ``gradients``, ...).
         m: a model loaded with ``task="detector"``.
         x: (N, C, H, W) the images the detections were found in.
-        detections: the :class:`Detection` objects (a flat list, or :func:`detect`'s list of lists).
+        detections: the :class:`Detection` objects (a flat list, or :func:`detect`'s list of lists), or any
+            targets with an ``image`` index (:class:`onnx_cnnviz.tasks.text.TextRegion`).
         **params: the method's own parameters (``layer``, ``upsample``, ...).
 
     Returns:
         The method's maps, one per detection ((D, H, W) for a map method).
 
     Raises:
-        InputError: no detection to explain (the message says none scored above the threshold).
+        InputError: no detection to explain (the message says none scored above the threshold), or a target that
+            does not say its image.
     """
     flat = [d for item in detections for d in (item if isinstance(item, (list, tuple)) else [item])]
     if not flat:
         raise InputError("there is no detection to explain: nothing scored above the detection threshold (conf); "
                          "lower it (detect(..., conf=...)) or check the preprocessing.")
-    if not all(isinstance(d, Detection) for d in flat):
-        raise InputError("explain takes Detection objects (from onnx_cnnviz.tasks.detect).")
+    if not all(isinstance(d, Target) and isinstance(getattr(d, "image", None), (int, np.integer)) for d in flat):
+        raise InputError("explain takes Detection objects (from onnx_cnnviz.tasks.detect) or TextRegion objects "
+                         "(from onnx_cnnviz.tasks.text_regions): targets that say which image they belong to.")
     x = np.asarray(x)
     rows = np.asarray([d.image for d in flat], dtype=np.int64)
     if rows.max() >= len(x):
