@@ -10,9 +10,18 @@ from .shapes import TensorInfo, annotated_dims
 
 
 def expose(model: onnx.ModelProto, names, info: dict[str, TensorInfo], keep_outputs: bool = False) -> onnx.ModelProto:
-    """Return a copy whose outputs are ``names`` (plus the original outputs when ``keep_outputs``).
+    """A copy of the model whose outputs are ``names`` (plus the original outputs when ``keep_outputs``).
 
     Outputs nobody asked for are dropped, so onnxruntime prunes what only they needed (a final Softmax, say).
+
+    Args:
+        model: the ONNX model (not edited).
+        names: the tensors to output.
+        info: tensor name -> its static type and shape, for the outputs' value infos.
+        keep_outputs: keep the model's own outputs too.
+
+    Returns:
+        The new model (sharing the weights' protos).
     """
     model = copy.deepcopy(model)
     graph = model.graph

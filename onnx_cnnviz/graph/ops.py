@@ -10,7 +10,16 @@ from onnx import helper
 
 
 def node_attr(node: onnx.NodeProto, name: str, default=None):
-    """The value of attribute ``name`` of ``node`` (strings decoded), or ``default`` when the node does not set it."""
+    """The value of one attribute of a node.
+
+    Args:
+        node: the node.
+        name: the attribute's name.
+        default: what to return when the node does not set it.
+
+    Returns:
+        The value (strings decoded), or ``default``.
+    """
     for a in node.attribute:
         if a.name == name:
             value = helper.get_attribute_value(a)

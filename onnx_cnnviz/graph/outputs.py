@@ -12,10 +12,21 @@ __all__ = ["keep_outputs"]
 
 
 def keep_outputs(model: onnx.ModelProto, names, info, private: bool = False) -> onnx.ModelProto:
-    """Like :func:`expose` but keeping the outputs the gradient pass declared (their shapes are known).
+    """Like :func:`~onnx_cnnviz.graph.expose.expose`, keeping the outputs the gradient pass declared.
 
-    ``private``: ``model`` is a copy nobody else holds (a gradient graph just built), edited in place; otherwise it
-    is copied once. Either way no second copy of the weights is made: :func:`expose` only sees the outputs."""
+    No second copy of the weights is made either way: :func:`~onnx_cnnviz.graph.expose.expose` only sees the
+    outputs.
+
+    Args:
+        model: the ONNX model.
+        names: the tensors to output.
+        info: tensor name -> its static type and shape.
+        private: ``model`` is a copy nobody else holds (a gradient graph just built), edited in place; otherwise it
+            is copied once.
+
+    Returns:
+        The model with those outputs.
+    """
     outputs = onnx.ModelProto()
     outputs.graph.output.extend(model.graph.output)  # copies, safe from the edits below
     declared = {o.name: o for o in outputs.graph.output}

@@ -13,20 +13,42 @@ from .ops import node_attr
 
 
 def split_padding(total: int, auto_pad: str) -> tuple[int, int]:
-    """``(begin, end)`` halves of ``total`` padding pixels: the odd one goes at the end for ``SAME_UPPER`` and at the
-    start otherwise (the ONNX Conv and ConvTranspose specs)."""
+    """The begin and end halves of a total padding (the ONNX Conv and ConvTranspose specs).
+
+    Args:
+        total: padding pixels on one axis.
+        auto_pad: ``"SAME_UPPER"`` puts the odd pixel at the end; anything else at the start.
+
+    Returns:
+        ``(begin, end)``.
+
+    Example:
+        >>> split_padding(3, "SAME_UPPER"), split_padding(3, "SAME_LOWER")
+        ((1, 2), (2, 1))
+    """
     small, big = total // 2, total - total // 2
     return (small, big) if auto_pad == "SAME_UPPER" else (big, small)
 
 
 def explicit_pads(auto_pad: str, pads: Sequence[int] | None, in_spatial: Sequence[int], kernel: Sequence[int],
                   strides: Sequence[int], dilations: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Begin and end pads per spatial axis of a Conv or pooling window (ONNX spec, Conv / MaxPool ``auto_pad``):
+    """Begin and end pads per spatial axis of a Conv or pooling window (ONNX spec, Conv / MaxPool ``auto_pad``).
 
     * ``SAME_UPPER`` / ``SAME_LOWER``: the output has ``ceil(in / s)`` positions, so the total padding is
       ``max(0, (out - 1) s + (k - 1) d + 1 - in)``, split by :func:`split_padding`;
     * ``VALID``: no padding;
     * ``NOTSET``: the ``pads`` attribute ``[b_1, ..., b_n, e_1, ..., e_n]`` (all zero when absent).
+
+    Args:
+        auto_pad: the node's ``auto_pad``.
+        pads: its ``pads`` attribute, or None.
+        in_spatial: the input's spatial sizes.
+        kernel: the window per axis.
+        strides: the strides per axis.
+        dilations: the dilations per axis.
+
+    Returns:
+        ``(begins, ends)``, one int per axis each.
     """
     rank = len(kernel)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -44,8 +66,16 @@ def explicit_pads(auto_pad: str, pads: Sequence[int] | None, in_spatial: Sequenc
 
 
 def window_geometry(node: onnx.NodeProto, in_spatial: Sequence, kernel: Sequence[int]):
-    """``(strides, dilations, begins, ends)`` of a Conv / pooling ``node`` over an input of spatial size
-    ``in_spatial`` with ``kernel`` (only ``SAME_*`` padding reads ``in_spatial``)."""
+    """The window geometry of a Conv or pooling node.
+
+    Args:
+        node: the node.
+        in_spatial: the input's spatial sizes (read only for ``SAME_*`` padding).
+        kernel: the window per axis.
+
+    Returns:
+        ``(strides, dilations, begins, ends)``, one int per axis each.
+    """
     rank = len(kernel)
     strides = list(node_attr(node, "strides", [1] * rank))
     dilations = list(node_attr(node, "dilations", [1] * rank))

@@ -56,12 +56,16 @@ MAX_BLOCK_FRACTION = 0.25
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LearnableLayer:
-    """One layer whose parameters the test re-initialises.
+    """One layer whose parameters the randomisation test re-initialises.
 
-    ``node``: the node's name (its first output's name when unnamed). ``op_type``. ``weight``: the weight
-    initializer. ``bias``: bias initializers (the node's own bias input, an ``Add`` right after). ``norm``: the
-    scale and B of a ``BatchNormalization`` right after (reset to 1 and 0). ``kept``: that BatchNormalization's
-    running mean and variance (left as they are). ``fan_in``: inputs per output unit (Kaiming's fan-in).
+    Attributes:
+        node: the node's name (its first output's name when unnamed).
+        op_type: its operator.
+        weight: the weight initializer.
+        bias: bias initializers (the node's own bias input, an ``Add`` right after).
+        norm: the scale and B of a ``BatchNormalization`` right after (reset to 1 and 0).
+        kept: that BatchNormalization's running mean and variance (left as they are).
+        fan_in: inputs per output unit (Kaiming's fan-in).
     """
     node: str
     op_type: str
@@ -73,18 +77,32 @@ class LearnableLayer:
 
     @property
     def parameters(self) -> tuple:
-        """Every initializer this layer's randomisation rewrites."""
+        """Every initializer this layer's randomisation rewrites.
+
+        Returns:
+            The weight, biases and normalisation parameters' names.
+        """
         return (self.weight,) + self.bias + self.norm
 
 
 @dataclass(frozen=True)
 class Group:
-    """One stage's unit: ``name`` (a block's module path, or a layer's node name) and its ``layers``."""
+    """One stage's unit of the randomisation test.
+
+    Attributes:
+        name: a block's module path, or a layer's node name.
+        layers: its learnable layers.
+    """
     name: str
     layers: tuple
 
     @property
     def nodes(self) -> tuple:
+        """The node names of the group's layers.
+
+        Returns:
+            One name per layer.
+        """
         return tuple(layer.node for layer in self.layers)
 
 
@@ -167,9 +185,19 @@ def _layer(node: onnx.NodeProto, index: int, inits: dict, users: dict, claimed: 
 
 
 def learnable_layers(model) -> list[LearnableLayer]:
-    """The learnable layers of ``model`` (a path, bytes, an ``onnx.ModelProto`` or a loaded :class:`Model`), from the
-    head towards the input (reverse topological order). A weight shared by several nodes belongs to the first (the
-    closest to the head). :class:`ModelStructureError` when there is none."""
+    """The learnable layers of ``model``, from the head towards the input (reverse topological order).
+
+    A weight shared by several nodes belongs to the first (the closest to the head).
+
+    Args:
+        model: a path, bytes, an ``onnx.ModelProto`` or a loaded :class:`~onnx_cnnviz.model.Model`.
+
+    Returns:
+        The layers.
+
+    Raises:
+        ModelStructureError: the model has no learnable layer.
+    """
     proto = _proto(model)
     graph = proto.graph
     inits = _float_inits(graph)
@@ -262,8 +290,19 @@ def _explicit(layers: list, stages) -> list[Group]:
 
 
 def randomisation_groups(model, stages="blocks") -> list[Group]:
-    """The groups of learnable layers the test randomises, head first (see the module docstring for ``stages``:
-    ``"blocks"``, ``"layers"``, a number of stages, or explicit groups)."""
+    """The groups of learnable layers the test randomises, head first.
+
+    Args:
+        model: a path, bytes, an ``onnx.ModelProto`` or a loaded :class:`~onnx_cnnviz.model.Model`.
+        stages: ``"blocks"``, ``"layers"``, a number of stages, or explicit groups (the module docstring).
+
+    Returns:
+        The groups.
+
+    Raises:
+        InputError: a bad ``stages``.
+        ModelStructureError: the model has no learnable layer.
+    """
     layers = model if isinstance(model, list) else learnable_layers(model)
     if isinstance(stages, str):
         if stages == "layers":
@@ -317,8 +356,22 @@ def _drawn(values: np.ndarray, name: str, fan_in: int, init: str, seed: int) -> 
 
 
 def randomise(model, layers: Iterable[LearnableLayer], seed: int = 0, init: str = "normal") -> onnx.ModelProto:
-    """A copy of ``model`` (a path, bytes, ModelProto or :class:`Model`) with the parameters of ``layers``
-    re-initialised (see the module docstring); every other initializer, node and attribute untouched."""
+    """A copy of ``model`` with the parameters of ``layers`` re-initialised (the module docstring gives the draws).
+
+    Every other initializer, node and attribute is untouched.
+
+    Args:
+        model: a path, bytes, an ``onnx.ModelProto`` or a loaded :class:`~onnx_cnnviz.model.Model`.
+        layers: the layers to re-initialise.
+        seed: the draws' seed.
+        init: how the weights are drawn (``"normal"``, ...: the module's ``INITS``).
+
+    Returns:
+        The randomised model.
+
+    Raises:
+        InputError: an unknown ``init``.
+    """
     if init not in INITS:
         raise InputError(f"init must be one of {', '.join(INITS)}, not {init!r}.")
     seed = _seed(seed)
@@ -345,8 +398,16 @@ def _replace(proto: onnx.ModelProto, index: dict, name: str, new: Callable, hold
 
 
 def stage_layers(groups: list[Group], stage: int, mode: str = "cascading") -> list[LearnableLayer]:
-    """The layers randomised at ``stage`` (0-based): groups 0..stage when cascading, group ``stage`` alone when
-    independent."""
+    """The layers randomised at one stage.
+
+    Args:
+        groups: the groups, head first.
+        stage: the stage, 0-based.
+        mode: ``"cascading"`` (groups 0..stage) or ``"independent"`` (group ``stage`` alone).
+
+    Returns:
+        The layers.
+    """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
     if isinstance(stage, bool) or not isinstance(stage, (int, np.integer)) or not 0 <= stage < len(groups):
@@ -357,8 +418,19 @@ def stage_layers(groups: list[Group], stage: int, mode: str = "cascading") -> li
 
 def randomised_models(model, stages="blocks", seed: int = 0, init: str = "normal",
                       mode: str = "cascading") -> Iterable[tuple[Group, onnx.ModelProto]]:
-    """``(group, randomised ModelProto)`` for each stage in turn, one model at a time (each is a plain ONNX model:
-    save it with ``onnx.save`` or load it with :func:`onnx_cnnviz.load`)."""
+    """Each stage's randomised model in turn, one model at a time.
+
+    Args:
+        model: a path, bytes, an ``onnx.ModelProto`` or a loaded :class:`~onnx_cnnviz.model.Model`.
+        stages: as :func:`randomisation_groups` takes them.
+        seed: the draws' seed.
+        init: how the weights are drawn.
+        mode: ``"cascading"`` or ``"independent"``.
+
+    Yields:
+        ``(group, randomised ModelProto)``: a plain ONNX model (save it with ``onnx.save`` or load it with
+        :func:`onnx_cnnviz.load`).
+    """
     proto = _proto(model)
     groups = randomisation_groups(learnable_layers(proto), stages)
     for k, group in enumerate(groups):

@@ -45,7 +45,19 @@ from .subgraphs import node_inputs
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """The receptive field of the units of one layer, in the coordinates of the model input (rows y, columns x)."""
+    """The receptive field of the units of one layer, in the coordinates of the model input (rows y, columns x).
+
+    The recursion of Araujo et al., "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019:
+    unit ``(i, j)`` sees the input box starting at ``start + (i, j) * jump`` of ``size`` pixels.
+
+    Attributes:
+        layer: the layer's name.
+        size: (r_y, r_x), the field's size in pixels.
+        jump: (j_y, j_x), the effective stride.
+        start: (s_y, s_x), the input coordinate of unit (0, 0)'s first pixel; ``-start`` is the effective padding.
+        input_hw: (H, W) of the model input the fields refer to.
+        layer_hw: (h, w) of the layer.
+    """
     layer: str
     size: tuple  # (r_y, r_x) pixels
     jump: tuple  # (j_y, j_x) effective stride
@@ -55,17 +67,35 @@ class ReceptiveField:
 
     @property
     def padding(self) -> tuple:
-        """Distill's effective padding ``-start`` per axis."""
+        """Distill's effective padding, ``-start`` per axis.
+
+        Returns:
+            (p_y, p_x).
+        """
         return tuple(-s for s in self.start)
 
     def center(self, i: int, j: int) -> tuple:
-        """Input coordinates (y, x) of the centre of unit (i, j)'s field (may be fractional)."""
+        """Input coordinates of the centre of unit (i, j)'s field.
+
+        Args:
+            i: the unit's row.
+            j: the unit's column.
+
+        Returns:
+            (y, x), possibly fractional.
+        """
         return tuple(self.start[a] + idx * self.jump[a] + (self.size[a] - 1) / 2.0 for a, idx in enumerate((i, j)))
 
     def box(self, i: int, j: int, clip: bool = True) -> tuple:
-        """The field of unit (row i, column j) as a half-open pixel box ``(x0, y0, x1, y1)``: ``image[y0:y1, x0:x1]``.
+        """The field of unit (row i, column j) as a half-open pixel box: ``image[y0:y1, x0:x1]``.
 
-        ``clip=True`` cuts it to the image (what a crop can show); ``False`` keeps the theoretical box.
+        Args:
+            i: the unit's row.
+            j: the unit's column.
+            clip: cut it to the image (what a crop can show); False keeps the theoretical box.
+
+        Returns:
+            ``(x0, y0, x1, y1)``.
         """
         y0 = self.start[0] + int(i) * self.jump[0]
         x0 = self.start[1] + int(j) * self.jump[1]
@@ -132,12 +162,18 @@ def _spatial(info, name, layouts=None):
 
 def compute_receptive_fields(model: onnx.ModelProto, input_name: str, info: dict, constants: dict | None = None
                               ) -> dict:
-    """Walk the graph once; returns ``{tensor: ((axis_y, axis_x) | reason_str)}`` for every spatial tensor reached.
+    """Walk the graph once and give the field of every spatial tensor reached from the input.
 
-    ``info`` holds static shapes (``Model.spec(hw).info``); an entry that is a string says why the field is unknown.
-    ``constants``: integer tensors computed at run time whose values are fixed once the input size is
-    (``Model.spec(hw).constants``), such as the Pad amounts TF-style "same" padding computes from ``Shape`` arithmetic
-    (EfficientNet's ``static_padding``); without them such a Pad leaves its field unknown.
+    Args:
+        model: the ONNX model.
+        input_name: the image input's name.
+        info: static shapes (``Model.spec(hw).info``).
+        constants: integer tensors computed at run time whose values are fixed once the input size is
+            (``Model.spec(hw).constants``), such as the Pad amounts TF-style "same" padding computes from ``Shape``
+            arithmetic (EfficientNet's ``static_padding``); without them such a Pad leaves its field unknown.
+
+    Returns:
+        ``{tensor: (axis_y, axis_x) | reason}``: a string says why the field is unknown.
     """
     graph = model.graph
     values = _Values(graph.initializer, constants)
@@ -232,9 +268,22 @@ def _pad_begins(node, values, where=(0, 1, 2, 3)):
 
 def layer_field(fields: dict, info: dict, input_name: str, name: str, layer_hw: tuple | None = None
                 ) -> ReceptiveField:
-    """The :class:`ReceptiveField` of tensor ``name`` from ``fields`` (:func:`compute_receptive_fields` on the same
-    graph and ``info``). Raises :class:`ModelStructureError` when ``name`` is not a spatial map computed from the image
-    or an op on the way resamples the grid. ``layer_hw``: the layer's (h, w) when it is not laid out NCHW."""
+    """The :class:`ReceptiveField` of one tensor.
+
+    Args:
+        fields: :func:`compute_receptive_fields` on the same graph and ``info``.
+        info: static shapes.
+        input_name: the image input's name.
+        name: the tensor.
+        layer_hw: the layer's (h, w) when it is not laid out NCHW.
+
+    Returns:
+        The field.
+
+    Raises:
+        ModelStructureError: ``name`` is not a spatial map computed from the image, or an op on the way resamples
+            the grid.
+    """
     if name not in fields:
         raise ModelStructureError(f"'{name}' is not a spatial (N, C, h, w) tensor computed from the image; it has no "
                                   "receptive field.")

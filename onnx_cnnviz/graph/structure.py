@@ -26,10 +26,15 @@ PIXEL_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.U
 
 
 class Layer(NamedTuple):
-    """A candidate target layer: the tensor ``name``, its ``shape`` (None, C, h, w) and the producing ``op_type``.
+    """A candidate target layer: a float feature map on the path from the image to the score.
 
-    ``view``: None for an NCHW tensor; for a channels-last or token tensor, how the engine sees it as (N, C, h, w)
-    (:class:`onnx_cnnviz.graph.layout.LayerView`): methods get and give NCHW arrays either way."""
+    Attributes:
+        name: the tensor's name.
+        shape: (None, C, h, w), as the methods see it.
+        op_type: the producing node's operator.
+        view: None for an NCHW tensor; for a channels-last or token tensor, how the engine sees it as (N, C, h, w)
+            (:class:`onnx_cnnviz.graph.layout.LayerView`): methods get and give NCHW arrays either way.
+    """
     name: str
     shape: tuple
     op_type: str
@@ -37,11 +42,26 @@ class Layer(NamedTuple):
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that produces it.
+
+    Args:
+        graph: the ONNX graph.
+
+    Returns:
+        One entry per node output (empty names, for left-out optional outputs, skipped).
+    """
     return {out: node for node in graph.node for out in node.output if out}
 
 
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Tensor name -> the nodes that use it (as a listed input or from inside one of their subgraphs)."""
+    """Tensor name -> the nodes that use it (as a listed input or from inside one of their subgraphs).
+
+    Args:
+        graph: the ONNX graph.
+
+    Returns:
+        The consumers of every tensor used.
+    """
     result: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node_inputs(node):
@@ -50,7 +70,15 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def downstream(graph: onnx.GraphProto, sources) -> set[str]:
-    """Every tensor computed (directly or not) from one of ``sources``, the sources included."""
+    """Every tensor computed (directly or not) from one of ``sources``, the sources included.
+
+    Args:
+        graph: the ONNX graph.
+        sources: tensor names.
+
+    Returns:
+        The names.
+    """
     reached = set(sources)
     for node in graph.node:  # nodes are topologically sorted (ONNX requires it)
         if any(name in reached for name in node_inputs(node)):
@@ -59,7 +87,15 @@ def downstream(graph: onnx.GraphProto, sources) -> set[str]:
 
 
 def upstream(graph: onnx.GraphProto, sinks) -> set[str]:
-    """Every tensor that one of ``sinks`` depends on, the sinks included."""
+    """Every tensor that one of ``sinks`` depends on, the sinks included.
+
+    Args:
+        graph: the ONNX graph.
+        sinks: tensor names.
+
+    Returns:
+        The names.
+    """
     reached = set(sinks)
     for node in reversed(graph.node):
         if any(o in reached for o in node.output if o):
@@ -68,6 +104,18 @@ def upstream(graph: onnx.GraphProto, sinks) -> set[str]:
 
 
 def find_image_input(model: onnx.ModelProto, wanted: str | None = None) -> onnx.ValueInfoProto:
+    """The model's image input: its one 4-D float or integer-pixel input, or the one named ``wanted``.
+
+    Args:
+        model: an ONNX model.
+        wanted: an input's name, or None to find the image.
+
+    Returns:
+        The input's value info.
+
+    Raises:
+        ModelStructureError: no input named ``wanted``, no 4-D image input, or several (name one).
+    """
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in inits]
@@ -92,12 +140,22 @@ def find_image_input(model: onnx.ModelProto, wanted: str | None = None) -> onnx.
 
 
 def without_other_inputs(model: onnx.ModelProto, image: str, score: str) -> onnx.ModelProto:
-    """A copy of ``model`` whose only graph input is ``image``; :class:`ModelStructureError` when the score depends
-    on another input.
+    """A copy of ``model`` whose only graph input is ``image``.
 
     Only the image gets a value when the model runs, and onnxruntime refuses to run a graph with an input left
     unfed; so an input the score needs (a second image, a mask, a temperature) makes the model unsupported, naming
     it, and an input the score does not need is removed with everything computed from it (outputs included).
+
+    Args:
+        model: an ONNX model.
+        image: the image input's name.
+        score: the score tensor's name.
+
+    Returns:
+        The model (``model`` itself when it has no other input).
+
+    Raises:
+        ModelStructureError: the score depends on another input.
     """
     graph = model.graph
     inits = {t.name for t in graph.initializer}
@@ -137,10 +195,21 @@ def _describe(value: onnx.ValueInfoProto) -> str:
 
 
 def candidate_layers(model: onnx.ModelProto, image: str, score: str, info: dict[str, TensorInfo]) -> list[Layer]:
-    """Every float feature map on a path from the image to the score, in graph order: 4-D tensors laid out in the
-    image's axes (NCHW, or channels-last and other permutations, with a :class:`LayerView`), and token tensors
-    (N, p + h*w, C) of vision transformers (with a token view). Tensors whose axes are not the image's (attention
-    heads and windows) are not layers."""
+    """Every float feature map on a path from the image to the score, in graph order.
+
+    4-D tensors laid out in the image's axes (NCHW, or channels-last and other permutations, with a
+    :class:`~onnx_cnnviz.graph.layout.LayerView`), and token tensors (N, p + h*w, C) of vision transformers (with a
+    token view). Tensors whose axes are not the image's (attention heads and windows) are not layers.
+
+    Args:
+        model: an ONNX model.
+        image: the image input's name.
+        score: the score tensor's name.
+        info: tensor name -> its static type and shape.
+
+    Returns:
+        The layers.
+    """
     graph = model.graph
     data = downstream(graph, [image])
     on_path = data & upstream(graph, [score])
@@ -170,6 +239,14 @@ def default_layer(layers: list[Layer], model: onnx.ModelProto | None = None, ima
     token is different: after the last attention only the class token reaches the score, so the patch tokens of the
     last layers get no gradient; pytorch-grad-cam's ViT example takes ``blocks[-1].norm1``, the LayerNorm feeding the
     last attention, and so does this (given ``model`` and ``image``).
+
+    Args:
+        layers: the candidate layers (:func:`candidate_layers`).
+        model: the ONNX model, to recognise a class-token transformer.
+        image: the image input's name.
+
+    Returns:
+        The layer's name, or None when there is no candidate.
     """
     spatial = [layer for layer in layers if (layer.shape[2] or 0) * (layer.shape[3] or 0) > 1]
     if not spatial:
@@ -205,6 +282,18 @@ def _before_last_attention(model: onnx.ModelProto, image: str, spatial: list[Lay
 
 
 def resolve_layer(layers: list[Layer], name: str) -> Layer:
+    """The layer named ``name``.
+
+    Args:
+        layers: the candidate layers.
+        name: a layer's tensor name.
+
+    Returns:
+        The layer.
+
+    Raises:
+        UnknownLayerError: no such layer (the message suggests close names).
+    """
     for layer in layers:
         if layer.name == name:
             return layer

@@ -29,11 +29,26 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def has_subgraphs(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` holds graphs in its attributes (If, Loop, Scan).
+
+    Args:
+        node: the node.
+
+    Returns:
+        True when it does.
+    """
     return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
 
 
 def subgraphs_of(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs held in ``node``'s attributes (an If's two branches, a Loop's or Scan's body)."""
+    """The graphs held in ``node``'s attributes (an If's two branches, a Loop's or Scan's body).
+
+    Args:
+        node: the node.
+
+    Returns:
+        The graphs, in attribute order.
+    """
     out = []
     for attr in node.attribute:
         if attr.type == AttributeProto.GRAPH:
@@ -44,7 +59,14 @@ def subgraphs_of(node: onnx.NodeProto) -> list[onnx.GraphProto]:
 
 
 def defined_in(graph: onnx.GraphProto) -> set[str]:
-    """Names ``graph`` itself defines: its inputs, initializers and node outputs."""
+    """Names ``graph`` itself defines: its inputs, initializers and node outputs.
+
+    Args:
+        graph: the ONNX graph.
+
+    Returns:
+        The names.
+    """
     names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     names |= {t.values.name for t in graph.sparse_initializer}
     names |= {o for node in graph.node for o in node.output if o}
@@ -52,7 +74,14 @@ def defined_in(graph: onnx.GraphProto) -> set[str]:
 
 
 def outer_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names ``graph`` (or a subgraph nested in it) reads without defining them: tensors of the outer scope."""
+    """Names ``graph`` (or a subgraph nested in it) reads without defining them: tensors of the outer scope.
+
+    Args:
+        graph: the ONNX graph.
+
+    Returns:
+        The names.
+    """
     reads = {o.name for o in graph.output}
     for node in graph.node:
         reads.update(i for i in node.input if i)
@@ -63,7 +92,14 @@ def outer_reads(graph: onnx.GraphProto) -> set[str]:
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Every tensor ``node`` uses: its listed inputs, then those its subgraphs read from outer scope (sorted)."""
+    """Every tensor ``node`` uses: its listed inputs, then those its subgraphs read from outer scope (sorted).
+
+    Args:
+        node: the node.
+
+    Returns:
+        The names (empty ones for left-out optional inputs kept in place).
+    """
     listed = [i for i in node.input if i]
     if not has_subgraphs(node):
         return listed
@@ -79,6 +115,13 @@ def value_dependent(graph: onnx.GraphProto, sources) -> set[str]:
     Like :func:`onnx_cnnviz.graph.structure.downstream`, except that ``Shape`` and ``Size`` read only the shape of
     their input: shape arithmetic built on them is constant once the input size is fixed. Names not in the result are
     functions of initializers and shapes only.
+
+    Args:
+        graph: the ONNX graph.
+        sources: tensor names.
+
+    Returns:
+        The names.
     """
     reached = set(sources)
     for node in graph.node:
@@ -90,7 +133,14 @@ def value_dependent(graph: onnx.GraphProto, sources) -> set[str]:
 
 
 def all_names(model: onnx.ModelProto) -> set[str]:
-    """Every tensor and node name used anywhere in ``model`` (subgraphs included): what a new name must avoid."""
+    """Every tensor and node name used anywhere in ``model`` (subgraphs included): what a new name must avoid.
+
+    Args:
+        model: an ONNX model.
+
+    Returns:
+        The names.
+    """
     names: set[str] = set()
     stack = [model.graph]
     while stack:
@@ -107,7 +157,14 @@ def all_names(model: onnx.ModelProto) -> set[str]:
 
 
 def scalar_condition(value) -> bool | None:
-    """``value`` (a one-element array) as a bool, or None when it is not one element."""
+    """A one-element array as a bool.
+
+    Args:
+        value: an array.
+
+    Returns:
+        Its truth value, or None when it is not one element.
+    """
     arr = np.asarray(value)
     if arr.size != 1:
         return None
@@ -115,8 +172,16 @@ def scalar_condition(value) -> bool | None:
 
 
 def constant_conditions(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Values of the one-element initializers and ``Constant`` nodes of the main graph (candidate If conditions);
-    nothing large is materialised."""
+    """Values of the one-element initializers and ``Constant`` nodes of the main graph (candidate If conditions).
+
+    Nothing large is materialised.
+
+    Args:
+        model: an ONNX model.
+
+    Returns:
+        Name -> value.
+    """
     tensors = list(model.graph.initializer)
     for node in model.graph.node:
         if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and len(node.output) == 1:
@@ -141,13 +206,19 @@ def constant_conditions(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def fold_constant_ifs(model: onnx.ModelProto, values: dict | None = None) -> tuple[onnx.ModelProto, int]:
     """Replace every main-graph ``If`` whose condition has a known value by the nodes of the branch it takes.
 
-    ``values``: condition name -> value (one element), for conditions computed at run time but known to be constant
-    (shape arithmetic, see :func:`onnx_cnnviz.graph.shapes.batch_independent_values`); one-element initializers are
-    read as well. The branch's nodes are inserted where the ``If`` stood (everything a branch reads from outer scope is
-    computed before the ``If``, so the order stays topological); every name the branch defines gets a fresh name, and
-    the branch's outputs become the ``If``'s outputs. Branches that become main-graph nodes may hold ``If`` nodes
-    themselves: they are folded in turn. Returns ``(new model, number of Ifs folded)``; ``model`` itself (never edited)
-    when nothing was folded.
+    The branch's nodes are inserted where the ``If`` stood (everything a branch reads from outer scope is computed
+    before the ``If``, so the order stays topological); every name the branch defines gets a fresh name, and the
+    branch's outputs become the ``If``'s outputs. Branches that become main-graph nodes may hold ``If`` nodes
+    themselves: they are folded in turn.
+
+    Args:
+        model: an ONNX model. Never edited.
+        values: condition name -> value (one element), for conditions computed at run time but known to be constant
+            (shape arithmetic, see :func:`onnx_cnnviz.graph.shapes.batch_independent_values`); one-element
+            initializers are read as well.
+
+    Returns:
+        ``(new model, number of Ifs folded)``; ``model`` itself when nothing was folded.
     """
     folded_total = 0
     current = model
@@ -189,6 +260,14 @@ def fold_constant_ifs(model: onnx.ModelProto, values: dict | None = None) -> tup
 
 
 def count_ifs(model: onnx.ModelProto) -> int:
+    """The ``If`` nodes of ``model``, subgraphs included.
+
+    Args:
+        model: an ONNX model.
+
+    Returns:
+        Their number.
+    """
     total, stack = 0, [model.graph]
     while stack:
         g = stack.pop()
