@@ -52,6 +52,20 @@ def load(source, device: str = "auto", input: str | None = None, output: str | N
                  task=task, labels=labels)
 
 
+def __getattr__(name: str):
+    """``cv.<method>``: the function of a registered method that has no name of its own here, by its registry name
+    (a dash written as an underscore), so that a method registered after import (``registry.register``) is
+    ``cv.<its name>`` too. The built-in ones keep their documented names above (``cv.grad_cam`` for ``gradcam``)."""
+    for meth in registry.METHODS.values():
+        if meth.name.replace("-", "_") == name:
+            return meth.func
+    raise AttributeError(f"module 'onnx_cnnviz' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted({*globals(), *(meth.name.replace("-", "_") for meth in registry.METHODS.values())})
+
+
 __all__ = [
     # loading and the engine
     "load", "Model", "RunResult", "Layer", "receptive_field", "ReceptiveField", "score_map",

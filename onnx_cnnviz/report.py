@@ -246,13 +246,14 @@ def _view_info(view) -> dict | None:
 
 
 def plain_gradient_notes(m, methods) -> list[str]:
-    """Notes for ``methods`` (registry names) that would silently equal the plain gradient on ``m``: guided
-    backprop, deconvnet and Guided Grad-CAM on a model with no rectifier on the gradient path."""
-    rules = {"guided": "guided", "deconvnet": "deconvnet", "guided-gradcam": "guided"}
-    wanted = [name for name in methods if name in rules]
+    """Notes for ``methods`` (registry names) that would silently equal the plain gradient on ``m``: those with a
+    :attr:`~onnx_cnnviz.methods.registry.Method.rectifier_rule` (guided backprop, deconvnet, Guided Grad-CAM) on a
+    model with no rectifier on the gradient path."""
+    wanted = [registry.get(name) for name in methods]
+    wanted = [meth for meth in wanted if meth.rectifier_rule]
     if not wanted or has_rectifiers(m):
         return []
-    return [f"{', '.join(wanted)}: {no_rectifier_note(rules[wanted[0]])}"]
+    return [f"{', '.join(meth.name for meth in wanted)}: {no_rectifier_note(wanted[0].rectifier_rule)}"]
 
 
 def preprocessing_info(pre: Preprocessing) -> dict:
@@ -325,6 +326,7 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
     if labels is None:
         labels = labels_from_metadata(m.metadata)
     check_labels(labels, m.num_classes)
+    registry.check_parameters(names, params)
     for n in names:
         registry.resolved_layer(m, n, layer)  # fail before any work on a bad layer
     metrics = _check_report_metrics(metrics, metric_params)
@@ -369,11 +371,11 @@ def make_report(m, images, methods=("gradcam", "saliency", "guided"), preprocess
             report_step = (lambda d, t, n=n: step_progress(n, d, t)) if step_progress else None
             if meth.class_specific:
                 out = registry.explain(m, n, np.repeat(x, len(classes), axis=0), np.array(classes), layer=layer,
-                                       params=params, batch_size=batch_size, progress=report_step)
+                                       params=params, batch_size=batch_size, progress=report_step, shared=True)
             else:
                 out = registry.explain(m, n, x, np.array(classes[:1]), layer=layer, params=params,
-                                       batch_size=batch_size, progress=report_step)
-            used = registry.parameters(meth, params)
+                                       batch_size=batch_size, progress=report_step, shared=True)
+            used = registry.parameters(meth, params, shared=True)
             if meth.uses_layer:
                 used["layer"] = registry.resolved_layer(m, meth, layer)
             results[n] = (out, used)

@@ -26,8 +26,9 @@ import click
 from onnx_cnnviz import jsonio
 from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.image import MAX_PIXELS
+from onnx_cnnviz.methods import registry as method_registry
 from onnx_cnnviz.metrics import registry as metric_registry
-from onnx_cnnviz.runs import explain_plan, labels, preprocessing
+from onnx_cnnviz.runs import labels, preprocessing
 from onnx_cnnviz.runs.images import collect_images, image_keys  # noqa: F401  (the commands' one collector)
 from onnx_cnnviz.runs.labels import resolve_labels  # noqa: F401
 from onnx_cnnviz.runs.method_layers import unavailable_line
@@ -67,13 +68,14 @@ DEFAULT_OUT = "cnnviz-out"
 class SharedOption(click.Option):
     """An option made by :func:`shared_option`: ``shared_help`` is the flag's one meaning (the same on every command
     that takes it; a command may add a note, such as its default); ``aliases`` are older spellings still accepted but
-    not shown in --help. ``{methods}`` in the help is replaced by the option's choices when the help is shown (so a
-    method registered after import is listed)."""
+    not shown in --help. ``{methods}`` in the help is replaced by the option's choices, ``{params}`` by ``fill()``,
+    when the help is shown (so a method or metric registered after import is listed, with its parameters)."""
 
-    def __init__(self, *args, shared_help: str = "", aliases=(), **kwargs):
+    def __init__(self, *args, shared_help: str = "", aliases=(), fill=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.shared_help = shared_help
         self.aliases = tuple(aliases)
+        self.fill = fill
 
     def get_help_record(self, ctx):
         saved_opts, saved_secondary, saved_help = self.opts, self.secondary_opts, self.help
@@ -81,17 +83,20 @@ class SharedOption(click.Option):
         self.secondary_opts = [o for o in self.secondary_opts if o not in self.aliases]
         if self.help and "{methods}" in self.help:
             self.help = self.help.replace("{methods}", ", ".join(getattr(self.type, "choices", ())))
+        if self.help and "{params}" in self.help and self.fill is not None:
+            self.help = self.help.replace("{params}", self.fill())
         try:
             return super().get_help_record(ctx)
         finally:
             self.opts, self.secondary_opts, self.help = saved_opts, saved_secondary, saved_help
 
 
-def shared_option(*decls, help: str, note: str | None = None, aliases=(), **attrs):
+def shared_option(*decls, help: str, note: str | None = None, aliases=(), fill=None, **attrs):
     """A click option with one meaning everywhere: ``help`` (the same text on every command), ``note`` (what is
-    particular to this command, e.g. its default), ``aliases`` (hidden older spellings, given in ``decls`` too)."""
+    particular to this command, e.g. its default), ``aliases`` (hidden older spellings, given in ``decls`` too),
+    ``fill`` (what ``{params}`` in the help becomes, computed when the help is shown)."""
     text = f"{help} {note}" if note else help
-    return click.option(*decls, cls=SharedOption, shared_help=help, aliases=aliases, help=text, **attrs)
+    return click.option(*decls, cls=SharedOption, shared_help=help, aliases=aliases, fill=fill, help=text, **attrs)
 
 
 def stack(*decorators):
@@ -496,7 +501,8 @@ def metric_options(note: str):
     def decorate(f):
         f = shared_option("--metric-param", "metric_params", metavar="METRIC.KEY=VALUE", multiple=True,
                           help="A metric parameter (VALUE read as JSON, else as text), e.g. "
-                               "deletion.pixels_per_step=16; repeatable.")(f)
+                               "deletion.pixels_per_step=16; repeatable. The parameters, with their defaults: "
+                               "{params}.", fill=metric_registry.all_parameters)(f)
         return shared_option("--metric", "--metrics", "metrics", type=CsvChoice(metric_registry.names),
                              multiple=True, aliases=("--metrics",),
                              help="Metric(s) by name, comma-separated or repeated: {methods}.", note=note)(f)
@@ -516,28 +522,48 @@ def parse_metric_params(items, metrics: list) -> dict:
     (:func:`onnx_cnnviz.metrics.registry.parameters`): an item not of that form, a metric not evaluated, or a key it
     does not take is a usage error (exit code 2, as an unknown --metric) naming what it takes. The values themselves
     are checked by the metric when it runs."""
-    params: dict = {m: {} for m in metrics}
-    for item in items:
-        name, sep, value = item.partition("=")
-        metric, dot, key = name.partition(".")
-        if not sep or not dot or not key:
-            raise click.BadParameter(f"{item!r} is not METRIC.KEY=VALUE (e.g. deletion.pixels_per_step=16).",
-                                     param_hint="--metric-param")
-        if metric not in params:
-            raise click.BadParameter(f"{item!r} names metric {metric!r}, which is not evaluated; evaluated: "
-                                     f"{', '.join(metrics)}.", param_hint="--metric-param")
-        try:
-            params[metric][key] = json.loads(value)
-        except (ValueError, RecursionError):
-            params[metric][key] = value  # a word such as score or blur
-        if huge_number(params[metric][key]):
-            raise click.BadParameter(f"{item!r}: {value} is too large; a metric's number is at most {MAX_COUNT} "
-                                     "in size.", param_hint="--metric-param")
+    params = _parse_dotted(items, metrics, "--metric-param", "METRIC", "deletion.pixels_per_step=16", "metric",
+                           "evaluated")
     for metric in metrics:
         try:
             metric_registry.parameters(metric, params[metric])
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint="--metric-param") from None
+    return params
+
+
+def parse_method_params(items, methods: list) -> dict:
+    """``METHOD.KEY=VALUE`` items (--param) as the run's ``{"METHOD.KEY": value}`` parameters (see
+    :func:`onnx_cnnviz.methods.registry.parameters`), each checked against the method's parameters: an item not of
+    that form, a method not run, or a key it does not take is a usage error (exit code 2) naming what it takes."""
+    params = _parse_dotted(items, methods, "--param", "METHOD", "occlusion.window=[8,8]", "method", "run")
+    for method in methods:
+        try:
+            method_registry.parameters(method, params[method])
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--param") from None
+    return {f"{method}.{key}": value for method, given in params.items() for key, value in given.items()}
+
+
+def _parse_dotted(items, names: list, hint: str, form: str, example: str, what: str, chosen: str) -> dict:
+    """``NAME.KEY=VALUE`` items as {name: {key: value}} for ``names`` (VALUE read as JSON, else as text); an item
+    not of that form, a name not among ``names``, a number too large are usage errors of ``hint``."""
+    params: dict = {n: {} for n in names}
+    for item in items:
+        name, sep, value = item.partition("=")
+        owner, dot, key = name.partition(".")
+        if not sep or not dot or not key:
+            raise click.BadParameter(f"{item!r} is not {form}.KEY=VALUE (e.g. {example}).", param_hint=hint)
+        if owner not in params:
+            raise click.BadParameter(f"{item!r} names {what} {owner!r}, which is not {chosen}; {chosen}: "
+                                     f"{', '.join(names)}.", param_hint=hint)
+        try:
+            params[owner][key] = json.loads(value)
+        except (ValueError, RecursionError):
+            params[owner][key] = value  # a word such as score or blur
+        if huge_number(params[owner][key]):
+            raise click.BadParameter(f"{item!r}: {value} is too large; a {what}'s number is at most {MAX_COUNT} "
+                                     "in size.", param_hint=hint)
     return params
 
 
@@ -636,8 +662,26 @@ def no_check_option(note: str):
 
 def method_parameter_options(f):
     """The methods' own parameters (occlusion's --window, --stride, --baseline, --mode; SmoothGrad's --samples,
-    --noise; integrated gradients' --steps), for explain and report."""
-    return apply(f, occlusion_options, *smoothgrad_ig_options())
+    --noise; integrated gradients' --steps; any method's --param METHOD.KEY=VALUE), for explain and report."""
+    return apply(f, occlusion_options, *smoothgrad_ig_options(), param_option)
+
+
+def param_option(f):
+    """--param METHOD.KEY=VALUE: any registered method's own parameter (:func:`parse_method_params` reads them), so
+    that a method's tunable is reachable without an option of its own; the help lists them with their defaults."""
+    return shared_option("--param", "method_params", metavar="METHOD.KEY=VALUE", multiple=True,
+                         help="A method parameter (VALUE read as JSON, else as text), e.g. occlusion.window=[8,8]; "
+                              "repeatable; wins over the options above. The parameters, with their defaults: "
+                              "{params}.", fill=method_registry.all_parameters)(f)
+
+
+def _default(method: str, key: str):
+    """Method ``method``'s default for parameter ``key``, read from its registry entry (so from its function)."""
+    return method_registry.get(method).params[key]
+
+
+def _size_text(size) -> str:
+    return f"{size[0]}x{size[1]}" if isinstance(size, tuple) else str(size)
 
 
 def occlusion_options(f):
@@ -653,23 +697,45 @@ def occlusion_only_options(f):
 def _occlusion_options(f, baseline_note: str | None):
     return apply(
         f,
-        shared_option("--window", type=SizeType(), default="16x16", show_default=True,
-                      help="Occlusion window HxW (or one number)."),
-        shared_option("--stride", type=SizeType(), default="8x8", show_default=True,
-                      help="Occlusion stride HxW (or one number)."),
-        shared_option("--baseline", type=BaselineType(), default=0.0, show_default=True,
+        shared_option("--window", type=SizeType(), default=_size_text(_default("occlusion", "window")),
+                      show_default=True, help="Occlusion window HxW (or one number)."),
+        shared_option("--stride", type=SizeType(), default=_size_text(_default("occlusion", "stride")),
+                      show_default=True, help="Occlusion stride HxW (or one number)."),
+        shared_option("--baseline", type=BaselineType(), default=_default("occlusion", "baseline"), show_default=True,
                       help="Fill value of the occluded window, or 'mean' (the image's channel means).",
                       note=baseline_note),
-        shared_option("--mode", "occlusion_mode", type=click.Choice(["score", "probability"]), default="score",
-                      show_default=True, help="Occlusion map: score drop, or probability with the window occluded."))
+        shared_option("--mode", "occlusion_mode", type=click.Choice(["score", "probability"]),
+                      default=_default("occlusion", "mode"), show_default=True,
+                      help="Occlusion map: score drop, or probability with the window occluded."))
 
 
 def smoothgrad_ig_options():
-    return [shared_option("--samples", type=count(1, MAX_PASSES), default=25, show_default=True,
-                          help="SmoothGrad samples."),
-            shared_option("--noise", type=click.FloatRange(min=0), default=0.15, show_default=True,
-                          help="SmoothGrad noise (fraction of the image's value range)."),
-            steps_option("integrated gradients' points on the path from the baseline.", 50)]
+    return [shared_option("--samples", type=count(1, MAX_PASSES), default=_default("smoothgrad", "samples"),
+                          show_default=True, help="SmoothGrad samples."),
+            shared_option("--noise", type=click.FloatRange(min=0), default=_default("smoothgrad", "noise"),
+                          show_default=True, help="SmoothGrad noise (fraction of the image's value range)."),
+            steps_option("integrated gradients' points on the path from the baseline.", _default("ig", "steps"))]
+
+
+def method_params(options: dict, methods: list) -> dict:
+    """The run's method parameters from the command's options: the methods' own options (--window, --samples, ...,
+    popped from ``options``) and --param items (checked against ``methods``), as one dict for
+    :func:`onnx_cnnviz.methods.registry.parameters` (``METHOD.KEY`` from --param wins over a plain ``KEY``)."""
+    params = {key: options.pop(name) for key, name in _OPTION_PARAMS if name in options}
+    params.update(parse_method_params(options.pop("method_params", ()) or (), methods))
+    return params
+
+
+#: (method parameter, the click name of the option setting it) for the options above.
+_OPTION_PARAMS = (("window", "window"), ("stride", "stride"), ("baseline", "baseline"), ("mode", "occlusion_mode"),
+                  ("samples", "samples"), ("noise", "noise"), ("steps", "steps"))
+
+
+def check_input_size(methods: list, params: dict, hw) -> None:
+    """Check the parameters of ``methods`` that must fit the ``hw`` model input (occlusion's --window and --stride)
+    before any work (:func:`onnx_cnnviz.methods.registry.check_input_size`; a window too large is a usage error)."""
+    with usage_errors():
+        method_registry.check_input_size(methods, params, hw, reporter().warn)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -843,13 +909,6 @@ def check_top_k(top_k, num_classes: int):
     than the model has is a usage error of --top-k, never a silently shorter answer."""
     with usage_errors():
         return labels.check_top_k(top_k, num_classes)
-
-
-def occlusion_geometry(window, stride, hw) -> None:
-    """Check the occlusion --window and --stride against the ``hw`` model input before any work
-    (:func:`onnx_cnnviz.runs.explain_plan.occlusion_geometry`; a window too large is a usage error)."""
-    with usage_errors():
-        explain_plan.occlusion_geometry(window, stride, hw, reporter())
 
 
 def remove_stale_temps(folder, names) -> list:

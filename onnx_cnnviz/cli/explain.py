@@ -27,9 +27,10 @@ from .common import (
     labels_option,
     layer_option,
     method_option,
+    method_parameter_options,
+    method_params,
     model_options,
     occlusion_only_options,
-    occlusion_options,
     out_folder_option,
     overwrite_option,
     preprocessing_options,
@@ -39,8 +40,6 @@ from .common import (
     rows_per_run_option,
     settings,
     shared_option,
-    smoothgrad_ig_options,
-    stack,
     target_option,
     top_k_option,
     usage_errors,
@@ -75,15 +74,14 @@ def run_options(f):
 @run_options
 @method_option(registry.names, "Default: gradcam.")
 @layer_option("Feature map of the CAM family (default: the last spatial map).")
-@occlusion_options
-@stack(*smoothgrad_ig_options())
+@method_parameter_options
 @preprocessing_options
 @labels_option()
 @model_options
 @ray_option("Same outputs plus OUT/records.parquet (one row per result).")
 @global_flags
 @click.pass_context
-def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples, noise, steps, **kw):
+def explain_cmd(ctx, methods, **kw):
     """Explain the classification of IMAGES (files, folders, globs) with one or more methods.
 
     Writes, per image, method and class, into --out: NAME.METHOD.RANK.png (the picture), .npy (the raw map as the
@@ -99,9 +97,9 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
     others run. Exit codes: 0 all done; 1 an image could not be explained or a method could not run (the rest is
     written; "failed" and "unavailable" in --json say which); 2 a usage error; 130 interrupted (--resume finishes).
     """
-    params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode, "samples": samples,
-              "noise": noise, "steps": steps}
-    run(ctx, flatten_lists(methods) or ["gradcam"], params, **kw)
+    methods = flatten_lists(methods) or ["gradcam"]
+    params = method_params(kw, methods)
+    run(ctx, methods, params, **kw)
 
 
 @click.command("occlusion")
@@ -112,13 +110,13 @@ def explain_cmd(ctx, methods, window, stride, baseline, occlusion_mode, samples,
 @model_options
 @global_flags
 @click.pass_context
-def occlusion_cmd(ctx, window, stride, baseline, occlusion_mode, **kw):
+def occlusion_cmd(ctx, **kw):
     """Occlusion maps (Zeiler & Fergus 2014): slide a --window of --baseline values over each image with --stride
     and record how the class score drops (--mode score) or the class probability (--mode probability).
 
     Same outputs and options as `cnnviz explain --method occlusion`.
     """
-    params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode}
+    params = method_params(kw, ["occlusion"])
     run(ctx, ["occlusion"], params, layer=None, **kw)
 
 

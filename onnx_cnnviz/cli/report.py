@@ -10,6 +10,7 @@ from onnx_cnnviz.methods import registry
 from .common import (
     EXIT_FAILURE,
     abspath,
+    check_input_size,
     check_outputs,
     check_top_k,
     collect_images,
@@ -21,10 +22,10 @@ from .common import (
     layer_option,
     method_option,
     method_parameter_options,
+    method_params,
     metric_options,
     model_and_preprocessing,
     model_options,
-    occlusion_geometry,
     out_folder,
     out_folder_option,
     overwrite_option,
@@ -69,9 +70,8 @@ DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam
 @model_options
 @global_flags
 @click.pass_context
-def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, layer, title, window, stride,
-               baseline, occlusion_mode, samples, noise, steps, rows_per_run, recursive, overwrite, metrics,
-               metric_params, **kw):
+def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, layer, title, rows_per_run, recursive,
+               overwrite, metrics, metric_params, **kw):
     """Write one self-contained HTML page (pictures embedded, no network needed) showing, per image, the top
     predictions and all requested methods side by side with the parameters used (one row per class with
     --top-k)."""
@@ -92,10 +92,9 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
     chosen = flatten_lists(methods) or DEFAULT_METHODS
     metrics = flatten_lists(metrics)
     metric_params = parse_metric_params(metric_params, metrics)
-    params = {"window": window, "stride": stride, "baseline": baseline, "mode": occlusion_mode, "samples": samples,
-              "noise": noise, "steps": steps}
-    if "occlusion" in chosen and pre.size:
-        occlusion_geometry(window, stride, pre.size)
+    params = method_params(kw, chosen)
+    if pre.size:
+        check_input_size(chosen, params, pre.size)
     errors: list = []
     with progress(len(paths), "explaining") as bar:
         page = make_report(m, paths, chosen, preprocessing=pre, labels=names, target=target, layer=layer,

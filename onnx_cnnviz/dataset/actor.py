@@ -29,11 +29,32 @@ from . import records, sources
 class ActorSpec:
     """What an actor needs, fixed on the driver: the model file and how to load it (``load_kwargs``: device, input,
     output, input_size, batch_size, max_nodes), its onnxruntime ``threads`` and the ``work`` it does per batch (a
-    picklable callable, see :class:`ModelActor`)."""
+    picklable callable, see :class:`ModelActor`). ``entries``: the driver's method and metric registry entries,
+    registered in the actor's process before any work, so that a method or metric registered on the driver only (by
+    a script, a plugin, a test) runs on Ray as it runs in process."""
     model_path: str
     load_kwargs: dict
     threads: int
     work: object
+    entries: tuple = ()
+
+
+def registry_entries() -> tuple:
+    """Every method and metric entry registered in this (the driver's) process, for the actors to register."""
+    from ..methods import registry
+    from ..metrics import registry as metric_registry
+
+    return (*registry.METHODS.values(), *metric_registry.METRICS.values())
+
+
+def register_entries(entries) -> None:
+    """Register the driver's registry ``entries`` (methods and metrics) in this process, replacing its own."""
+    from ..methods import registry
+    from ..metrics import registry as metric_registry
+
+    for entry in entries:
+        table = registry if isinstance(entry, registry.Method) else metric_registry
+        table.register(entry, replace=True)
 
 
 def worker_id() -> str:
@@ -79,6 +100,7 @@ class ModelActor:
 
         self.work, self.m, self.error = spec.work, None, None
         try:
+            register_entries(spec.entries)
             self.m = cv.load(spec.model_path, threads=spec.threads, **spec.load_kwargs)
         except CnnvizError as exc:  # handed to the driver as the typed error it is (see error_row)
             self.error = exc

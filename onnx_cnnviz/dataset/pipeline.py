@@ -36,7 +36,8 @@ from pathlib import Path
 
 from ..errors import CnnvizError, InputError, RuntimeFailure
 from . import records, require_ray, sources
-from .actor import ERROR, STATUS_WARNING, ActorSpec, EvaluateWork, ExplainWork, ModelActor, decode_batch
+from .actor import (ERROR, STATUS_WARNING, ActorSpec, EvaluateWork, ExplainWork, ModelActor, decode_batch,
+                    registry_entries)
 
 #: CPUs reserved by each read-and-preprocess task (the actors get the rest of a machine).
 DECODE_CPUS = 0.25
@@ -268,7 +269,7 @@ def run_work(model, load_kwargs: dict, items: list, preprocessing, work, *, batc
     started = connect(address)
     try:
         pool = plan_resources(actors, cpus_per_actor, gpus_per_actor)
-        spec = ActorSpec(str(Path(model).resolve()), dict(load_kwargs), pool.threads, work)
+        spec = ActorSpec(str(Path(model).resolve()), dict(load_kwargs), pool.threads, work, registry_entries())
         return execute(items, spec, pool, preprocessing, int(batch_size), limit, on_rows, progress)
     finally:
         if started:
@@ -529,8 +530,9 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
     class, score, probability, the image's ``top_k`` classes, ``target``, layer, parameters, ``metrics`` values,
     output files; a ``failed`` row per unreadable picture).
 
-    The arguments are ``cnnviz explain``'s options (``params``: the methods' own, as its --window, --stride,
-    --samples, ...; ``preprocess``: a preset name, or None for the model's metadata else imagenet); ``metrics``:
+    The arguments are ``cnnviz explain``'s options (``params``: the methods' own, ``KEY`` or ``METHOD.KEY`` as
+    its --window, --samples, --param, ..., over the registry's defaults;
+    ``preprocess``: a preset name, or None for the model's metadata else imagenet); ``metrics``:
     metric registry names scored on each map (``metric_params``: name -> parameters). ``resume``: skip the results
     finished with the same settings (changed settings or metrics are recomputed); ``overwrite``: replace results.
     ``address``: None starts a local Ray (or uses the one this process joined), "auto" a running cluster.
@@ -541,7 +543,6 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
     """
     from ..image import MAX_PIXELS
     from ..image.reading import pixel_limit
-    from ..runs.explain import DEFAULT_PARAMS
     from ..runs.explain_plan import RunSettings, plan
     from ..runs.images import image_keys
     from ..runs.outputs import out_folder
@@ -561,7 +562,7 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
         load_kwargs = {"device": device, "batch_size": rows_per_run}
         m = load_model(model, **load_kwargs)
         pre = choose_preprocessing(m, preprocess).preprocessing
-        job = RunSettings.build(m, pre, methods, {**DEFAULT_PARAMS, **(params or {})}, options, quiet)
+        job = RunSettings.build(m, pre, methods, dict(params or {}), options, quiet)
         keys = image_keys(paths)
         work = plan(job, paths, keys, quiet)
         metric_spec = metric_settings(metrics, metric_params)

@@ -10,13 +10,6 @@ import numpy as np
 from . import registry
 from .base import pixel_maps
 
-#: The metrics that multiply the image by the map (Grad-CAM++'s explanation map ``E = M * x``, Chattopadhyay et al.
-#: 2018, Sec. 5.1), so the map must lie in [0, 1] (:func:`unit_range`). The ranking metrics (deletion, insertion,
-#: ROAD) get the maps as the methods return them: a per-image positive affine rescaling leaves their pixel order, and
-#: so their values, unchanged.
-UNIT_RANGE_METRICS = frozenset({"average-drop", "increase-in-confidence"})
-
-
 def unit_range(maps: np.ndarray) -> np.ndarray:
     """(N, H, W) maps brought to [0, 1] per image, in float32, as a mask that keeps what the map calls evidence for
     the class: a map with no negative value is min-max normalised (the CAM family, as Chattopadhyay et al. and
@@ -36,13 +29,14 @@ def unit_range(maps: np.ndarray) -> np.ndarray:
 
 def explanation_for(metric, maps: np.ndarray, method, params: dict | None = None):
     """What metric ``metric`` takes for ``method``'s ``maps`` (the method's registry name, or a function, with its
-    raw output): the method itself for a metric that re-explains (``takes == "method"``); for
-    :data:`UNIT_RANGE_METRICS`, one map per pixel (reduced over channels as the metric would, by its ``channels``
+    raw output): the method itself for a metric that re-explains (``takes == "method"``); for a metric with
+    :attr:`~onnx_cnnviz.metrics.registry.Metric.unit_range` (it multiplies the image by the map), one map per pixel
+    (reduced over channels as the metric would, by its ``channels``
     parameter) min-max normalised to [0, 1] per image; otherwise the maps as they are."""
     meta = registry.get(metric)
     if meta.takes == "method":
         return method
-    if meta.name not in UNIT_RANGE_METRICS:
+    if not meta.unit_range:
         return maps
     channels = registry.parameters(meta, params).get("channels", "sum")
     return unit_range(pixel_maps(np.asarray(maps, dtype=np.float32), channels))

@@ -11,7 +11,10 @@ Adding a metric is one function plus one :func:`register` call::
         ...  # MetricResult
 
     registry.register(registry.Metric("mine", "My metric", my_metric, takes="maps", higher_is_better=True,
-                                      params={"my_param": 3}, paper="Doe et al. 2026"))
+                                      paper="Doe et al. 2026"))
+
+Its parameters and their defaults (``my_param=3``) are read from the function's signature: every keyword beyond
+:data:`COMMON`. ``cnnviz evaluate --metric mine --metric-param mine.my_param=5`` sets one; ``--help`` lists them.
 
 What a metric takes (``takes``): ``"maps"``, one importance value per pixel ((N, H, W), or (N, C, H, W) reduced per
 pixel); ``"attributions"``, values per input element ((N, C, H, W), or a map spread over the channels); ``"method"``,
@@ -24,15 +27,19 @@ and refuses to run it without them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import InputError
 from ..model import Model
+from ..registries import Registry, check_name, check_params, describe_params, resolved, signature_params
 from . import confidence, curves, imputation, pointing, robustness, sanity
 from .base import MetricResult
 
 TAKES = ("maps", "attributions", "method")
+
+#: The keywords every metric function may take, supplied by :func:`evaluate`, not parameters of the metric's own.
+COMMON = frozenset({"targets", "batch_size", "progress", "boxes"})
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,15 @@ class Metric:
     progress=None, **params) -> MetricResult``. ``takes``: what ``explanation`` is (:data:`TAKES`).
     ``higher_is_better``: the direction of a more faithful explanation. ``output``: what it reads from the model by
     default ("probability" | "score"; None when it reads explanations). ``params``: the metric's own keyword
-    arguments with their defaults. ``paper``: the reference. ``needs_boxes``: the metric scores maps against
-    ground-truth boxes, and ``func`` takes them as ``boxes=`` (one sequence of boxes per image).
+    arguments: None (every keyword of ``func`` beyond :data:`COMMON`) or a sequence of those names; after
+    construction, the dict name -> default read from the signature. ``paper``: the reference. ``needs_boxes``: the
+    metric scores maps against ground-truth boxes, and ``func`` takes them as ``boxes=`` (one sequence of boxes per
+    image). ``unit_range``: the metric multiplies the image by the map (Grad-CAM++'s explanation map ``E = M * x``,
+    Chattopadhyay et al. 2018, Sec. 5.1), so it is given maps brought to [0, 1]
+    (:func:`onnx_cnnviz.metrics.inputs.unit_range`); the ranking metrics (deletion, insertion, ROAD) get the maps as
+    the methods return them, since a per-image positive affine rescaling leaves their pixel order, and so their
+    values, unchanged. ``ordered_curve``: the points of its curve are steps of a progression, so their mean is a
+    curve worth drawing (False for random samples, such as sensitivity-max's perturbations).
     """
     name: str
     title: str
@@ -52,58 +66,73 @@ class Metric:
     takes: str
     higher_is_better: bool
     output: str | None = "probability"
-    params: dict = field(default_factory=dict)
+    params: dict | tuple | None = None
     paper: str = ""
     needs_boxes: bool = False
+    unit_range: bool = False
+    ordered_curve: bool = True
 
     def __post_init__(self):
+        check_name(self.name, "metric")
         if self.takes not in TAKES:
             raise InputError(f"metric {self.name!r}: takes must be one of {', '.join(TAKES)}, not {self.takes!r}.")
-        if not self.name or any(ch.isspace() or ch in ",/" for ch in self.name):
-            raise InputError(f"a metric name is one word without commas or slashes, not {self.name!r}.")
+        if not callable(self.func):
+            raise InputError(f"metric {self.name!r}: func must be callable, not {type(self.func).__name__}.")
+        object.__setattr__(self, "params", signature_params(self.func, 3, COMMON, self.params,
+                                                            f"metric {self.name!r}"))
 
 
-METRICS: dict[str, Metric] = {}
+_METRICS: Registry[Metric] = Registry("metric", Metric)
+
+#: The table itself, name -> :class:`Metric` (read it; change it through :func:`register` and :func:`unregister`).
+METRICS: dict[str, Metric] = _METRICS.entries
 
 
 def register(metric: Metric, replace: bool = False) -> Metric:
-    """Add ``metric`` to the table (``replace=True`` to redefine an existing name). Returns it."""
-    if metric.name in METRICS and not replace:
-        raise InputError(f"a metric named {metric.name!r} is already registered; pass replace=True to redefine it.")
-    METRICS[metric.name] = metric
-    return metric
+    """Add ``metric`` to the table (``replace=True`` to redefine an existing name).
+
+    Returns:
+        ``metric``.
+
+    Raises:
+        InputError: the name is taken (and ``replace`` is False).
+    """
+    return _METRICS.register(metric, replace)
 
 
 def unregister(name: str) -> None:
     """Remove metric ``name`` from the table."""
-    get(name)
-    del METRICS[name]
+    _METRICS.unregister(name)
 
 
 def get(name) -> Metric:
-    """The :class:`Metric` called ``name`` (an :class:`InputError` listing the names otherwise)."""
-    if isinstance(name, Metric):
-        return name
-    if name not in METRICS:
-        raise InputError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}.")
-    return METRICS[name]
+    """The :class:`Metric` called ``name`` (a :class:`Metric` passes through; an :class:`InputError` listing the
+    names otherwise)."""
+    return _METRICS.get(name)
 
 
 def names() -> list[str]:
     """Every registered metric name, in registration order."""
-    return list(METRICS)
+    return _METRICS.names()
 
 
 def parameters(metric, params: dict | None = None) -> dict:
-    """The parameters ``metric`` runs with: its defaults overridden by ``params`` (a None value keeps the default).
-    A key the metric does not take is an :class:`InputError` naming the ones it does."""
+    """The parameters ``metric`` runs with: its defaults overridden by ``params`` (a None value keeps the default; a
+    list given for a tuple default becomes a tuple).
+
+    Raises:
+        InputError: a key the metric does not take, naming the ones it does.
+    """
     meth = get(metric)
     params = dict(params or {})
-    unknown = sorted(set(params) - set(meth.params))
-    if unknown:
-        known = ", ".join(meth.params) or "none"
-        raise InputError(f"metric {meth.name!r} takes no parameter {unknown[0]!r}; its parameters: {known}.")
-    return {k: params[k] if params.get(k) is not None else v for k, v in meth.params.items()}
+    check_params(f"metric {meth.name!r}", meth.params, params)
+    return resolved(meth.params, params)
+
+
+def all_parameters() -> str:
+    """Every registered metric's own parameters with their defaults, as "metric: key=default, ...; ..." (the help
+    of ``--metric-param``)."""
+    return "; ".join(f"{meth.name}: {describe_params(meth.params)}" for meth in METRICS.values() if meth.params)
 
 
 def evaluate(metric, m: Model, x, explanation, targets=None, params: dict | None = None,
@@ -124,50 +153,37 @@ def evaluate(metric, m: Model, x, explanation, targets=None, params: dict | None
     return meth.func(m, x, explanation, targets, batch_size=batch_size, progress=progress, **kwargs)
 
 
-_CURVE = {"baseline": None, "pixels_per_step": None, "output": "probability", "channels": "sum"}
-_ROAD = {"percentiles": imputation.DEFAULT_PERCENTILES, "noise": 0.01, "seed": 0, "output": "probability",
-         "channels": "sum"}
 _RISE = "Petsiuk et al. 2018"
 _ROAD_PAPER = "Rong et al. 2022"
 _YEH = "Yeh et al. 2019"
 _GRADCAMPP = "Chattopadhyay et al. 2018"
 
 for _metric in [
-    Metric("deletion", "Deletion AUC", curves.deletion, "maps", False, params={**_CURVE, "baseline": 0.0},
-           paper=_RISE),
-    Metric("insertion", "Insertion AUC", curves.insertion, "maps", True, params={**_CURVE, "baseline": "blur"},
-           paper=_RISE),
-    Metric("average-drop", "Average drop", confidence.average_drop, "maps", False,
-           params={"output": "probability", "channels": "sum"}, paper=_GRADCAMPP),
+    Metric("deletion", "Deletion AUC", curves.deletion, "maps", False, paper=_RISE),
+    Metric("insertion", "Insertion AUC", curves.insertion, "maps", True, paper=_RISE),
+    Metric("average-drop", "Average drop", confidence.average_drop, "maps", False, paper=_GRADCAMPP,
+           unit_range=True),
     Metric("increase-in-confidence", "Increase in confidence", confidence.increase_in_confidence, "maps", True,
-           params={"output": "probability", "channels": "sum"}, paper=_GRADCAMPP),
-    Metric("road-morf", "ROAD, most relevant first", imputation.road_most_relevant_first, "maps", False, params=_ROAD,
+           paper=_GRADCAMPP, unit_range=True),
+    Metric("road-morf", "ROAD, most relevant first", imputation.road_most_relevant_first, "maps", False,
            paper=_ROAD_PAPER),
-    Metric("road-lerf", "ROAD, least relevant first", imputation.road_least_relevant_first, "maps", True, params=_ROAD,
+    Metric("road-lerf", "ROAD, least relevant first", imputation.road_least_relevant_first, "maps", True,
            paper=_ROAD_PAPER),
-    Metric("road-combined", "ROAD combined", imputation.road_combined, "maps", True, params=_ROAD, paper=_ROAD_PAPER),
-    Metric("infidelity", "Infidelity", robustness.infidelity, "attributions", False, output="score",
-           params={"samples": 10, "noise": 0.003, "perturbation": None, "normalize": False, "output": "score",
-                   "seed": 0}, paper=_YEH),
+    Metric("road-combined", "ROAD combined", imputation.road_combined, "maps", True, paper=_ROAD_PAPER),
+    Metric("infidelity", "Infidelity", robustness.infidelity, "attributions", False, output="score", paper=_YEH),
     Metric("sensitivity-max", "Sensitivity-max", robustness.sensitivity_max, "method", False, output=None,
-           params={"layer": None, "method_params": None, "samples": 10, "radius": 0.02, "perturbation": None,
-                   "seed": 0},
-           paper=_YEH),
+           paper=_YEH, ordered_curve=False),
     Metric("pointing-game", "Pointing game", pointing.pointing_game, "maps", True, output=None,
-           params={"tolerance": pointing.TOLERANCE, "channels": "sum"}, paper="Zhang et al. 2016",
-           needs_boxes=True),
+           paper="Zhang et al. 2016", needs_boxes=True),
     Metric("energy-pointing-game", "Energy-based pointing game", pointing.energy_pointing_game, "maps", True,
-           output=None, params={"channels": "sum"}, paper="Wang et al. 2020", needs_boxes=True),
+           output=None, paper="Wang et al. 2020", needs_boxes=True),
     Metric("localisation-accuracy", "Localisation accuracy", pointing.localisation_accuracy, "maps", True,
-           output=None, params={"threshold": pointing.THRESHOLD, "iou_threshold": pointing.IOU_THRESHOLD,
-                                "variant": "gt-known", "channels": "sum"},
-           paper="Zhou et al. 2016", needs_boxes=True),
+           output=None, paper="Zhou et al. 2016", needs_boxes=True),
     Metric("model-randomisation", "Model randomisation (sanity check)", sanity.model_randomisation, "method", False,
-           output=None, params={"stages": "blocks", "measure": "spearman_abs", "mode": "cascading", "seed": 0,
-                                "init": "normal", "layer": None, "method_params": None},
-           paper="Adebayo et al. 2018"),
+           output=None, paper="Adebayo et al. 2018"),
 ]:
     register(_metric)
 del _metric
 
-__all__ = ["Metric", "METRICS", "TAKES", "register", "unregister", "get", "names", "parameters", "evaluate"]
+__all__ = ["Metric", "METRICS", "TAKES", "COMMON", "register", "unregister", "get", "names", "parameters",
+           "all_parameters", "evaluate"]

@@ -19,7 +19,7 @@ metrics: journal, tallies, summaries, intervals, ranking, curves and page).
 from __future__ import annotations
 
 from .evaluate import evaluate_images
-from .explain import DEFAULT_PARAMS, explain_images
+from .explain import explain_images
 from .reporting import Reporter, RunWarning, SilentReporter
 
-__all__ = ["explain_images", "evaluate_images", "Reporter", "RunWarning", "SilentReporter", "DEFAULT_PARAMS"]
+__all__ = ["explain_images", "evaluate_images", "Reporter", "RunWarning", "SilentReporter"]

@@ -43,10 +43,6 @@ PAGE = "report.html"
 #: Images shown with every method's map on the page (the first ones read).
 EXAMPLES = 3
 
-#: Curves whose points are random samples, not steps of a progression (sensitivity-max's perturbations): their mean
-#: is no curve, so no picture is drawn for them.
-UNORDERED_AXES = {"perturbation sample"}
-
 
 def needs_boxes(metric: str) -> bool:
     """Metric ``metric`` scores maps against ground-truth boxes (the registry's ``needs_boxes``)."""

@@ -13,7 +13,7 @@ from ..errors import InputError, NumericalError
 from ..methods import registry
 from ..metrics import registry as metric_registry
 from ..metrics.inputs import explanation_for
-from .evaluate_plan import EXAMPLES, UNORDERED_AXES, Job, Journal, Plan, needs_boxes
+from .evaluate_plan import EXAMPLES, Job, Journal, Plan, needs_boxes
 from .images import read_batch, same_size_groups
 from .outputs import abspath
 
@@ -147,7 +147,8 @@ def record(job: Job, journal: Journal, tally: Tally, images: list, paths: list, 
     journal: one line per image, with its settings and its curve. A value the metric could not define (NaN) is
     written as null with its ``reason`` (:func:`undefined_reason`; ``maps``: the method's maps the metric scored),
     never as a number the tables would average."""
-    ordered = result.curve is not None and result.axis_name not in UNORDERED_AXES
+    # A curve of random samples (sensitivity-max's perturbations) has no mean curve worth keeping or drawing.
+    ordered = result.curve is not None and metric_registry.get(metric).ordered_curve
     axis = None if result.axis is None else np.asarray(result.axis).tolist()
     lines = []
     for r, i in enumerate(images):

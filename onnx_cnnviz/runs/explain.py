@@ -22,12 +22,6 @@ from .outputs import abspath
 from .preprocessing import LIBRARY_DEFAULT, open_run
 from .reporting import Reporter
 
-#: The methods' own parameters when not given (``cnnviz explain``'s --window, --stride, --baseline, --mode,
-#: --samples, --noise, --steps defaults).
-DEFAULT_PARAMS = {"window": (16, 16), "stride": (8, 8), "baseline": 0.0, "mode": "score", "samples": 25,
-                  "noise": 0.15, "steps": 50}
-
-
 def prepare(options: dict, methods: list, params: dict, reporter: Reporter) -> tuple:
     """Everything before the work: the images (:func:`~onnx_cnnviz.runs.images.collect_images`, before the model, so
     that a typo fails fast), the model and its preprocessing, the checked settings and the plan; the plan's resume
@@ -100,8 +94,9 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
             are left out.
         out: the output folder.
         methods: method registry names (``onnx_cnnviz.methods.registry.names()``).
-        params: the methods' own parameters (``window``, ``stride``, ``baseline``, ``mode``, ``samples``,
-            ``noise``, ``steps``), over :data:`DEFAULT_PARAMS`.
+        params: the methods' own parameters, one dict for all: ``KEY`` (e.g. ``window``, ``samples``) for every
+            method taking it, ``METHOD.KEY`` for one method; the others keep their registry defaults
+            (:attr:`onnx_cnnviz.methods.registry.Method.params`, read from each method's function).
         target: a class index or class name explained for every image (excludes ``top_k``).
         top_k: explain the K best classes of each image.
         layer: the CAM family's feature map (default: the last spatial map).
@@ -123,7 +118,8 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
         ({method: why it cannot run on this model}: the asked methods left out, the others run).
 
     Raises:
-        InputError: a bad option, no images, an output that would replace an input or (without ``overwrite`` or
+        InputError: a bad option, a parameter no method of the run takes, no images,
+            an output that would replace an input or (without ``overwrite`` or
             ``resume``) a result, or nothing explained.
         ModelLoadError: the model cannot be loaded.
     """
@@ -139,6 +135,6 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
                "colormap": colormap}
     limit = contextlib.nullcontext() if max_pixels is LIBRARY_DEFAULT else pixel_limit(max_pixels)
     with limit:
-        m, job, paths, keys, work = prepare(options, list(methods), {**DEFAULT_PARAMS, **(params or {})}, reporter)
+        m, job, paths, keys, work = prepare(options, list(methods), dict(params or {}), reporter)
         outcome = explain_all(m, job, paths, keys, work, reporter)
     return summary(m, job, paths, keys, work, outcome)[0]

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..methods import registry
-from .explain_plan import Plan, RunSettings, warn_occlusion_stride
+from .explain_plan import Plan, RunSettings
 from .images import read_batch, same_size_groups
 from .outputs import abspath, npy_bytes, save_json
 
@@ -39,9 +39,12 @@ def explain_all(m, job: RunSettings, paths: list, keys: list, work: Plan, report
                 chunk = todo[start:start + job.batch_size]
                 read = read_batch(paths, chunk, job.preprocessing, outcome.failed, reporter)
                 for x, items in same_size_groups(read):
-                    if "occlusion" in job.methods and x.shape[2:] not in checked and not job.preprocessing.size:
+                    if x.shape[2:] not in checked and not job.preprocessing.size:
                         checked.add(x.shape[2:])  # images kept at their own size: checked per size
-                        warn_occlusion_stride(job.params["stride"], x.shape[2:], reporter)
+                        for name in job.methods:
+                            meth = job.method(name)
+                            if meth.check_input is not None:
+                                meth.check_input(job.own_params(name), tuple(x.shape[2:]), reporter.warn, False)
                     explain_group(m, job, x, items, paths, keys, work.done, outcome.results, bar, reporter)
                 bar.update(len(chunk))
     except KeyboardInterrupt:
@@ -108,19 +111,20 @@ def result_chunks(m, job: RunSettings, name: str, x: np.ndarray, classes: np.nda
     the class runs once per image (--batch-size images at a time), its result standing for each of its classes.
     ``progress``: told the method's units of work (see :func:`registry.explain`)."""
     step = max(1, job.batch_size)
-    if registry.get(name).class_specific:
+    meth = job.method(name)
+    if meth.class_specific:
         for start in range(0, len(pending), step):
             chunk = pending[start:start + step]
             rows = [j for j, _ in chunk]
             targets = np.array([classes[j, r] for j, r in chunk])
-            yield chunk, registry.explain(m, name, x[rows], targets, layer=job.layer, params=job.params,
-                                          batch_size=job.rows_per_run, progress=progress)
+            yield chunk, registry.explain(m, meth, x[rows], targets, layer=job.layer,
+                                          params=job.own_params(name), batch_size=job.rows_per_run, progress=progress)
         return
     images = sorted({j for j, _ in pending})
     for start in range(0, len(images), step):
         some = images[start:start + step]
-        raw = registry.explain(m, name, x[some], classes[some, 0], layer=job.layer, params=job.params,
-                               batch_size=job.rows_per_run, progress=progress)
+        raw = registry.explain(m, meth, x[some], classes[some, 0], layer=job.layer,
+                               params=job.own_params(name), batch_size=job.rows_per_run, progress=progress)
         where = {j: n for n, j in enumerate(some)}
         chunk = [(j, r) for j, r in pending if j in where]
         yield chunk, [raw[where[j]] for j, _ in chunk]
@@ -133,7 +137,7 @@ def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int
     Ctrl-C comes during the write; ``reporter`` is told its line."""
     from .. import report
 
-    meth = registry.get(name)
+    meth = job.method(name)
     files = job.files(image.key, name, job.ranks[r])
     # Under --resume, files without their record are leftovers of an interrupted run, and stale results were made
     # with other settings: both are replaced.
@@ -141,7 +145,7 @@ def write_result(m, job: RunSettings, name: str, image: ImageRow, r: int, c: int
     if replace:
         # The old record goes first: a record on disk always describes the picture and array beside it.
         files.json.unlink(missing_ok=True)
-    pic = report.picture(name, result, image.view, job.preprocessing.order, alpha=job.alpha, colormap=job.colormap)
+    pic = report.picture(meth, result, image.view, job.preprocessing.order, alpha=job.alpha, colormap=job.colormap)
     report.write_atomic(files.png, report.png_bytes(pic), overwrite=replace)
     report.write_atomic(files.npy, npy_bytes(result), overwrite=replace)
     names = job.labels

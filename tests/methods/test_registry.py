@@ -25,7 +25,7 @@ def test_every_method_runs_through_the_registry(name):
     m = cv.load(gap_classifier(size=8))
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     params = {"window": (4, 4), "stride": (4, 4), "samples": 2, "steps": 4}
-    out = registry.explain(m, name, x, np.array([1, 2]), params=params)
+    out = registry.explain(m, name, x, np.array([1, 2]), params=params, shared=True)
     meth = registry.get(name)
     assert out.shape == ((2, 8, 8) if meth.kind in ("map", "gray") else (2, 3, 8, 8)), name
     assert np.isfinite(out).all()
