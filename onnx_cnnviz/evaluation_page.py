@@ -44,8 +44,16 @@ figure.thumb img{width:160px}
 
 @dataclass
 class ExampleRow:
-    """One example image: its file, the model's view of it (uint8 RGB), the class explained (its name when known)
-    and probability, and each method's picture ([(method, uint8 RGB)], in the run's method order)."""
+    """One example image of the evaluation page.
+
+    Attributes:
+        path: its file.
+        view: the model's view of it, uint8 RGB.
+        cls: the class explained.
+        name: the class's name, when known.
+        probability: the model's probability of it.
+        pictures: each method's picture, ``[(method, uint8 RGB)]`` in the run's method order.
+    """
     path: str
     view: np.ndarray
     cls: int
@@ -57,15 +65,24 @@ class ExampleRow:
 def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, metrics: dict, curves: dict,
            examples: list, images: int, failed: list = (), interrupted: bool = False, ci_formula: str = "",
            title: str = "cnnviz evaluate") -> str:
-    """The page.
+    """The evaluation page, one self-contained HTML file.
 
-    ``model``: :func:`onnx_cnnviz.report.describe` of the model. ``preprocessing``: its
-    :func:`~onnx_cnnviz.report.preprocessing_info`. ``summary``: the summary rows (method, metric, mean, std, n,
-    ci95_low, ci95_high, higher_is_better, output). ``ranking``: per metric the methods best first. ``metrics``: per
-    metric its title, higher_is_better, parameters and paper. ``curves``: (method, metric) -> uint8 RGB picture of
-    the mean curve. ``examples``: :class:`ExampleRow` s. ``images``: how many images the run read; ``failed``: the
-    images that could not be ({"image", "error"}); ``interrupted``: Ctrl-C stopped the run (the numbers cover the
-    rows finished). ``ci_formula``: the interval, in words.
+    Args:
+        model: :func:`onnx_cnnviz.report.describe` of the model.
+        preprocessing: its :func:`~onnx_cnnviz.report.preprocessing_info`.
+        summary: the summary rows (method, metric, mean, std, n, ci95_low, ci95_high, higher_is_better, output).
+        ranking: per metric, the methods best first.
+        metrics: per metric its title, higher_is_better, parameters and paper.
+        curves: (method, metric) -> uint8 RGB picture of the mean curve.
+        examples: the example rows.
+        images: how many images the run read.
+        failed: the images that could not be read or explained (``{"image", "error"}`` each).
+        interrupted: Ctrl-C stopped the run (the numbers cover the rows finished).
+        ci_formula: the confidence interval, in words.
+        title: the page's title.
+
+    Returns:
+        The HTML text.
     """
     esc = html.escape
     out = [_head(title), f"<h1>{esc(title)}</h1>", _meta(model, summary, images, metrics)]

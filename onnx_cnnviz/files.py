@@ -20,7 +20,14 @@ _TEMP = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{8}\.tmp$")
 
 
 def file_kind(mode: int) -> str:
-    """What a ``st_mode`` is, in words ("a regular file", "a folder", "a FIFO (named pipe)", ...)."""
+    """What a ``st_mode`` is, in words.
+
+    Args:
+        mode: an ``os.stat`` result's ``st_mode``.
+
+    Returns:
+        "a regular file", "a folder", "a FIFO (named pipe)", ...
+    """
     for test, words in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"),
                         (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
                         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
@@ -30,12 +37,23 @@ def file_kind(mode: int) -> str:
 
 
 def read_regular(path, what: str, max_bytes: int | None = None, error=InputError) -> bytes:
-    """The bytes of the regular file ``path``. ``what`` names it in errors ("labels file", "image file").
+    """The bytes of a regular file, refusing anything else before reading it.
 
     The file is opened without blocking and checked with ``fstat`` before anything is read, so a FIFO never hangs
-    the caller and a device (``/dev/zero``) is never read: both raise ``error`` (a :class:`CnnvizError` class), as
-    does a folder or a file over ``max_bytes``. A missing file raises :class:`FileNotFoundError` (callers word that
-    themselves); other ``OSError`` s propagate.
+    the caller and a device (``/dev/zero``) is never read.
+
+    Args:
+        path: the file.
+        what: how errors name it ("labels file", "image file").
+        max_bytes: the largest size accepted, or None.
+        error: the :class:`~onnx_cnnviz.errors.CnnvizError` class raised.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        CnnvizError: (``error``) a folder, FIFO, device or socket, or a file over ``max_bytes``.
+        FileNotFoundError: a missing file (callers word that themselves); other ``OSError`` s propagate.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
@@ -62,8 +80,16 @@ def read_regular(path, what: str, max_bytes: int | None = None, error=InputError
 
 
 def check_regular(path, what: str, error=InputError) -> None:
-    """Raise ``error`` when ``path`` exists but is not a regular file (a folder, FIFO, device or socket; symbolic
-    links are followed). Nothing is opened, so a FIFO does not block. A missing path passes."""
+    """Refuse a path that exists but is not a regular file; nothing is opened, so a FIFO does not block.
+
+    Args:
+        path: the path (symbolic links are followed).
+        what: how the error names it.
+        error: the :class:`~onnx_cnnviz.errors.CnnvizError` class raised.
+
+    Raises:
+        CnnvizError: (``error``) a folder, FIFO, device or socket. A missing path passes.
+    """
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -73,15 +99,30 @@ def check_regular(path, what: str, error=InputError) -> None:
 
 
 def temp_target(name: str) -> str | None:
-    """The target file name when ``name`` is a temporary file of :func:`write_atomic` (``.NAME.XXXXXXXX.tmp``),
-    else None."""
+    """The target file name of a temporary file of :func:`write_atomic` (``.NAME.XXXXXXXX.tmp``).
+
+    Args:
+        name: a file name.
+
+    Returns:
+        ``NAME``, or None when ``name`` is not such a temporary file.
+    """
     match = _TEMP.match(name)
     return match.group("target") if match else None
 
 
 def remove_stale_temps(folder, targets) -> list[Path]:
-    """Delete the temporary files :func:`write_atomic` left in ``folder`` for the file names ``targets`` (a run
-    killed with ``kill -9`` never reaches its clean-up); returns the paths removed. Other files are never touched."""
+    """Delete the temporary files :func:`write_atomic` left for some targets (a run killed with ``kill -9``).
+
+    Other files are never touched.
+
+    Args:
+        folder: the folder.
+        targets: the file names whose temporary files may be removed.
+
+    Returns:
+        The paths removed.
+    """
     folder, targets = Path(folder), set(targets)
     if not folder.is_dir():
         return []
@@ -97,13 +138,23 @@ def remove_stale_temps(folder, targets) -> list[Path]:
 
 
 def write_atomic(path, data: bytes | str, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so that nobody sees half
-    a file. An existing file is kept (:class:`InputError`) unless ``overwrite``. Parent folders are created.
+    """Write a file through a temporary file in the same folder and a rename, so that nobody sees half a file.
 
-    An existing target that is not a regular file (a FIFO, a device) is refused whatever ``overwrite`` says.
+    Parent folders are created. Without ``overwrite`` the temporary file is hard-linked into place, which fails if
+    ``path`` appeared meanwhile (``os.replace`` would silently clobber it); file systems without hard links fall back
+    to check-then-replace.
 
-    Without ``overwrite`` the temporary file is hard-linked into place, which fails if ``path`` appeared meanwhile
-    (``os.replace`` would silently clobber it); file systems without hard links fall back to check-then-replace.
+    Args:
+        path: the file to write.
+        data: bytes, or text (written as UTF-8).
+        overwrite: replace an existing regular file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        InputError: the file exists and ``overwrite`` is False, or the target is not a regular file (a FIFO, a
+            device: refused whatever ``overwrite`` says).
     """
     path = Path(path)
     if isinstance(data, str):

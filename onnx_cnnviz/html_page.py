@@ -14,7 +14,14 @@ from .image import DIVERGING, colorize
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """A uint8 RGB picture encoded as PNG."""
+    """A uint8 RGB picture encoded as PNG.
+
+    Args:
+        image: uint8 (H, W, 3) RGB.
+
+    Returns:
+        The PNG file's bytes.
+    """
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(np.asarray(image)[..., ::-1]))
     if not ok:
         raise InputError("could not encode a picture as PNG.")
@@ -22,7 +29,14 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def data_uri(image: np.ndarray) -> str:
-    """A uint8 RGB picture as a ``data:image/png;base64,...`` URI (pages embed their pictures: no network)."""
+    """A uint8 RGB picture as a ``data:image/png;base64,...`` URI (pages embed their pictures: no network).
+
+    Args:
+        image: uint8 (H, W, 3) RGB.
+
+    Returns:
+        The URI.
+    """
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
@@ -75,9 +89,18 @@ def _colour_bar(scale: float) -> str:
 
 
 def page_head(title: str, extra_css: str = "") -> list[str]:
-    """The opening of every page this package writes, up to ``<body>``: no network (the Content-Security-Policy forbids
-    every external fetch; inline style and script and data: images only), the shared styles plus ``extra_css``, and
-    the load check of its pictures (:data:`_SCRIPT`)."""
+    """The opening of every page this package writes, up to ``<body>``.
+
+    No network: the Content-Security-Policy forbids every external fetch (inline style and script and data: images
+    only). The shared styles plus ``extra_css``, and the load check of its pictures (:data:`_SCRIPT`).
+
+    Args:
+        title: the page's title (escaped here).
+        extra_css: more CSS for this page.
+
+    Returns:
+        The lines.
+    """
     return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
@@ -87,7 +110,18 @@ def page_head(title: str, extra_css: str = "") -> list[str]:
 
 
 def format_params(params: dict) -> str:
-    """``key=value, ...`` with sizes written ``AxB``."""
+    """Parameters as ``key=value, ...``, with sizes written ``AxB``.
+
+    Args:
+        params: name -> value.
+
+    Returns:
+        The text.
+
+    Example:
+        >>> format_params({"window": (16, 16), "stride": 8})
+        'window=16x16, stride=8'
+    """
     parts = []
     for k, v in params.items():
         if isinstance(v, (tuple, list)):

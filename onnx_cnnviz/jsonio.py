@@ -17,11 +17,22 @@ import numpy as np
 
 
 def to_jsonable(value):
-    """``value`` as plain JSON types: numpy scalars as Python numbers, arrays and tuples as lists, paths as strings,
-    dicts and lists converted item by item, NaN and the infinities as None (strict JSON has no such numbers); JSON's
-    own types as they are and anything else as its ``str``.
+    """A value as plain JSON types.
 
-    Usable as the ``default`` of :func:`json.dumps` (which calls it only for what it cannot encode itself).
+    Numpy scalars become Python numbers, arrays and tuples lists, paths strings, dicts and lists are converted item by
+    item, NaN and the infinities become None (strict JSON has no such numbers); JSON's own types stay as they are
+    and anything else becomes its ``str``. Usable as the ``default`` of :func:`json.dumps` (which calls it only for
+    what it cannot encode itself).
+
+    Args:
+        value: anything.
+
+    Returns:
+        The value in JSON types.
+
+    Example:
+        >>> to_jsonable({"x": float("nan"), "shape": (2, 3)})
+        {'x': None, 'shape': [2, 3]}
     """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -44,15 +55,30 @@ def to_jsonable(value):
 
 
 def dumps(value, indent: int | None = 2) -> str:
-    """``value`` as strict JSON text (indented by ``indent`` spaces; None: one line), converted by
-    :func:`to_jsonable` (NaN and infinities as null)."""
+    """A value as strict JSON text, converted by :func:`to_jsonable` (NaN and infinities as null).
+
+    Args:
+        value: anything.
+        indent: spaces per level; None: one line.
+
+    Returns:
+        The JSON text.
+    """
     return json.dumps(to_jsonable(value), indent=indent, allow_nan=False, default=to_jsonable)
 
 
 def dumps_for_html(value) -> str:
-    """``value`` as one line of JSON that can stand inside an HTML ``<script>`` element: ``<``, ``>`` and ``&`` are
-    written as ``\\u003c``, ``\\u003e`` and ``\\u0026`` (the same string to a JSON reader), so no text in the data can
-    close the element or start markup."""
+    """A value as one line of JSON that can stand inside an HTML ``<script>`` element.
+
+    ``<``, ``>`` and ``&`` are written as ``\\u003c``, ``\\u003e`` and ``\\u0026`` (the same string to a JSON
+    reader), so no text in the data can close the element or start markup.
+
+    Args:
+        value: anything.
+
+    Returns:
+        The JSON text.
+    """
     text = dumps(value, indent=None)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 

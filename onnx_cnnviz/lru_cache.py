@@ -13,7 +13,14 @@ from .errors import InputError
 
 
 class LRUCache:
-    """A dict of at most ``capacity`` entries that drops the least recently used one when full."""
+    """A dict of at most ``capacity`` entries that drops the least recently used one when full.
+
+    Args:
+        capacity: the most entries, at least 1.
+
+    Raises:
+        InputError: ``capacity`` is not an int of at least 1.
+    """
 
     def __init__(self, capacity: int):
         if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
@@ -22,7 +29,20 @@ class LRUCache:
         self._items: OrderedDict = OrderedDict()
 
     def get(self, key, build):
-        """The entry under ``key``, made with ``build()`` when absent (evicting the least recently used)."""
+        """The entry under ``key``, made with ``build()`` when absent (evicting the least recently used).
+
+        Args:
+            key: the key.
+            build: makes the entry; called only when it is absent.
+
+        Returns:
+            The entry, now the most recently used.
+
+        Example:
+            >>> cache = LRUCache(1)
+            >>> cache.get("a", lambda: 1), cache.get("b", lambda: 2), cache.keys()
+            (1, 2, ['b'])
+        """
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -39,7 +59,13 @@ class LRUCache:
         return len(self._items)
 
     def keys(self) -> list:
+        """The keys, least recently used first.
+
+        Returns:
+            The keys.
+        """
         return list(self._items)
 
     def clear(self) -> None:
+        """Drop every entry."""
         self._items.clear()

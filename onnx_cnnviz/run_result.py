@@ -12,7 +12,14 @@ from .graph.autodiff import GRAD_PREFIX
 
 @dataclass
 class RunResult:
-    """What one :meth:`Model.run` returns (arrays concatenated over batches)."""
+    """What one :meth:`Model.run` returns (arrays concatenated over batches).
+
+    Attributes:
+        scores: (N, K) float32, before any final softmax.
+        targets: (N,) int64, the class used for the gradients when gradients were asked for, else None.
+        outputs: tensor name -> array.
+        grads: tensor name -> ``dS_target / d tensor``, of the tensor's shape.
+    """
     scores: np.ndarray  # (N, K) float32, before any final softmax
     targets: np.ndarray | None  # (N,) int64 class used for the gradients, when gradients were asked for
     outputs: dict = field(default_factory=dict)  # tensor name -> array
@@ -20,9 +27,16 @@ class RunResult:
 
 
 def check_finite(values: np.ndarray, what: str, image: int | None = None) -> None:
-    """Raise :class:`NumericalError` when a float array the model produced holds NaN or Inf.
+    """Refuse a float array the model produced when it holds NaN or Inf.
 
-    ``values`` is batched (axis 0 = image) unless ``image`` names the one image it belongs to."""
+    Args:
+        values: the array, batched (axis 0 = image) unless ``image`` is given.
+        what: what it is, for the message.
+        image: the one image it belongs to, or None.
+
+    Raises:
+        NumericalError: NaN or Inf, naming the first image that has one.
+    """
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
         return
@@ -41,7 +55,17 @@ def check_finite(values: np.ndarray, what: str, image: int | None = None) -> Non
 
 
 def checked(result: RunResult) -> RunResult:
-    """The result, once every tensor and gradient in it is finite (NumericalError otherwise)."""
+    """The result, once every tensor and gradient in it is finite.
+
+    Args:
+        result: a run's result.
+
+    Returns:
+        ``result``.
+
+    Raises:
+        NumericalError: a tensor or gradient holds NaN or Inf.
+    """
     for name, value in result.outputs.items():
         check_finite(value, f"tensor '{name}'")
     for name, value in result.grads.items():
@@ -50,13 +74,31 @@ def checked(result: RunResult) -> RunResult:
 
 
 def shape_text(shape) -> str:
+    """A static shape in words: ``(N?, 3, 224, 224)``, or "unknown".
+
+    Args:
+        shape: dims (None for an unknown one), or None.
+
+    Returns:
+        The text.
+    """
     return "unknown" if shape is None else "(" + ", ".join("N?" if d is None else str(d) for d in shape) + ")"
 
 
 def batch_axis(info: dict, name: str) -> int:
-    """The axis along which a tensor's batches are joined: its outermost axis that follows the batch (a None entry of
-    its shape; the batch itself, or a merged axis such as window partitions' N * windows, whose outer factor is N).
-    A gradient ``grad_name(t)`` has the shape of ``t``; anything unknown (scores, targets) has the batch first."""
+    """The axis along which a tensor's batches are joined.
+
+    Its outermost axis that follows the batch (a None entry of its shape; the batch itself, or a merged axis such as
+    window partitions' N * windows, whose outer factor is N). A gradient ``grad_name(t)`` has the shape of ``t``;
+    anything unknown (scores, targets) has the batch first.
+
+    Args:
+        info: tensor name -> its static type and shape.
+        name: the tensor.
+
+    Returns:
+        The axis.
+    """
     tensor = info.get(name)
     if tensor is None and name.startswith(GRAD_PREFIX):
         tensor = info.get(name[len(GRAD_PREFIX):])
@@ -67,6 +109,15 @@ def batch_axis(info: dict, name: str) -> int:
 
 
 def as_nchw(views: dict, name: str, value: np.ndarray) -> np.ndarray:
-    """A layer's tensor as its (N, C, h, w) view (unchanged for NCHW tensors and non-layers)."""
+    """A layer's tensor as its (N, C, h, w) view (unchanged for NCHW tensors and non-layers).
+
+    Args:
+        views: layer name -> :class:`~onnx_cnnviz.graph.layout.LayerView`.
+        name: the tensor.
+        value: its array.
+
+    Returns:
+        The array, NCHW.
+    """
     view = views.get(name)
     return view.to_nchw(value) if view is not None else value
