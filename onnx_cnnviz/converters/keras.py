@@ -69,9 +69,15 @@ INSTALL_HINT = "pip install 'onnx-cnnviz[keras]'"
 
 
 def import_tensorflow():
-    """``(tensorflow, tf2onnx)``, or an :class:`InputError` naming the ``keras`` extra when they are missing.
+    """TensorFlow and tf2onnx, imported.
 
     TensorFlow's C++ start-up chatter is silenced (``TF_CPP_MIN_LOG_LEVEL=2``) unless the variable is already set.
+
+    Returns:
+        ``(tensorflow, tf2onnx)``.
+
+    Raises:
+        InputError: either is missing (the message names the ``keras`` extra).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -94,8 +100,20 @@ def _keras():
 
 
 def load_keras_model(model_or_path):
-    """A Keras model: ``model_or_path`` itself, or the model saved in a ``.keras`` / ``.h5`` file (loaded without
-    compiling; custom layers must be registered with ``keras.saving.register_keras_serializable``)."""
+    """A Keras model, loaded without compiling when given as a file.
+
+    Custom layers must be registered with ``keras.saving.register_keras_serializable``.
+
+    Args:
+        model_or_path: a Keras model (returned as is) or a ``.keras`` / ``.h5`` file.
+
+    Returns:
+        The model.
+
+    Raises:
+        InputError: not a model, a folder (a SavedModel), a missing file or another suffix.
+        ModelLoadError: Keras could not load the file.
+    """
     keras = _keras()
     if not isinstance(model_or_path, (str, os.PathLike)):
         if not hasattr(model_or_path, "inputs") or not callable(model_or_path):
@@ -182,17 +200,40 @@ def export(model_or_path, path, input_size=None, opset: int = DEFAULT_OPSET, cha
            preprocess=None, labels=None, input_name: str = "input", output_name: str | None = None,
            overwrite: bool = False, check: bool = True, metadata: dict | None = None,
            keep_nhwc: bool = False) -> Path:
-    """Convert a Keras classifier to ONNX at ``path`` (written atomically; an existing file is kept unless
-    ``overwrite``). See the module docstring for what the converted graph looks like.
+    """Convert a Keras classifier to ONNX with tf2onnx (the module docstring says what the converted graph looks
+    like).
 
-    ``model_or_path``: a Keras model (Keras 3 / ``tf.keras``) or a ``.keras`` / ``.h5`` file. ``input_size``: (H, W)
-    (an int = square); None = the model's own. ``opset``: ONNX opset for tf2onnx. ``channels_last_input``: the Keras
-    model takes NHWC images (the default): the ONNX input becomes NCHW, unless ``keep_nhwc`` (the ONNX input stays
-    NHWC, as plain tf2onnx writes it; onnx_cnnviz still takes NCHW arrays for it). ``preprocess``: a preset name
-    ("imagenet", "caffe", "none", "tf") or a :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata (None:
-    nothing recorded). ``labels``: class names (a list, or a text file, one per line) recorded as ``cnnviz.labels``.
-    ``input_name`` / ``output_name``: the ONNX input and output names (default output name: the Keras output
-    layer's). ``check``: compare onnxruntime with the Keras model on a random batch. Returns the path.
+    Args:
+        model_or_path: a Keras model (Keras 3 / ``tf.keras``) or a ``.keras`` / ``.h5`` file.
+        path: the ``.onnx`` file to write (atomically).
+        input_size: (H, W) (an int = square); None: the model's own.
+        opset: the ONNX opset for tf2onnx.
+        channels_last_input: the Keras model takes NHWC images (the default): the ONNX input becomes NCHW, unless
+            ``keep_nhwc``.
+        preprocess: a preset name ("imagenet", "caffe", "none", "tf") or a
+            :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata (None: nothing recorded).
+        labels: class names (a list, or a text file, one per line) recorded as ``cnnviz.labels``.
+        input_name: the ONNX input's name.
+        output_name: the ONNX output's name (default: the Keras output layer's).
+        overwrite: replace an existing file (otherwise it is kept and this raises).
+        check: compare onnxruntime with the Keras model on a random batch.
+        metadata: more ``metadata_props`` entries.
+        keep_nhwc: keep the ONNX input NHWC, as plain tf2onnx writes it (onnx_cnnviz still takes NCHW arrays for
+            it).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        InputError: the output exists or lacks ``.onnx``, a model that is not a one-input image classifier, a bad
+            ``input_size``, or labels that do not match the classes.
+        RuntimeFailure: tf2onnx failed, or the converted model does not run or differs from Keras.
+
+    Example:
+        ```python
+        from onnx_cnnviz.converters import keras as convert
+        convert.export("model.keras", "model.onnx", preprocess="tf")
+        ```
     """
     import onnx
 
@@ -377,12 +418,21 @@ def _check_outputs(model, model_proto, channels, hw, input_name, channels_last_i
 
 
 def layer_tensor(onnx_model, layer_name: str) -> str:
-    """The ONNX tensor holding the output of the Keras layer ``layer_name`` in a converted model.
+    """The ONNX tensor holding the output of a Keras layer in a converted model.
 
-    ``onnx_model``: an :class:`onnx_cnnviz.Model` (its candidate ``layers`` are searched) or an ONNX path /
-    ModelProto (every node output is searched). tf2onnx names tensors ``<scope>/<layer>_<k>/<Op>:0``; of the tensors
-    under the layer's scope, the last one in graph order is the layer's output (for ``Conv2D(activation="relu")``
-    the Relu after the convolution).
+    tf2onnx names tensors ``<scope>/<layer>_<k>/<Op>:0``; of the tensors under the layer's scope, the last one in
+    graph order is the layer's output (for ``Conv2D(activation="relu")`` the Relu after the convolution).
+
+    Args:
+        onnx_model: an :class:`onnx_cnnviz.Model` (its candidate ``layers`` are searched) or an ONNX path /
+            ModelProto (every node output is searched).
+        layer_name: the Keras layer's name.
+
+    Returns:
+        The tensor's name.
+
+    Raises:
+        InputError: no tensor of that layer in the model.
     """
     import re
 

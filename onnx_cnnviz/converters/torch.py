@@ -52,7 +52,14 @@ DYNAMO_MIN_OPSET = 18
 
 
 def import_torch():
-    """``torch``, or a :class:`MissingDependencyError` with the install command."""
+    """torch, imported.
+
+    Returns:
+        The ``torch`` module.
+
+    Raises:
+        MissingDependencyError: torch is not installed (the message gives the install command).
+    """
     try:
         import torch
     except ImportError:
@@ -62,7 +69,14 @@ def import_torch():
 
 
 def import_torchvision():
-    """``torchvision``, or a :class:`MissingDependencyError` with the install command."""
+    """torchvision, imported.
+
+    Returns:
+        The ``torchvision`` module.
+
+    Raises:
+        MissingDependencyError: torchvision is not installed (the message gives the install command).
+    """
     import_torch()
     try:
         import torchvision
@@ -73,13 +87,28 @@ def import_torchvision():
 
 
 def resolve_module(spec, weights: str | None = None, seed: int = 0, random_weights: bool = False):
-    """A ``torch.nn.Module`` from ``spec``: a module (returned as is), a torchvision model name ("resnet18"),
-    ``"torchvision:NAME"``, ``"timm:NAME"`` (needs timm), or ``"FILE.py:ATTR"`` / ``"package.module:ATTR"`` where
-    ATTR is a module instance, a module class or a function returning a module (called without arguments).
+    """A ``torch.nn.Module`` from a module, a name or a ``FILE.py:ATTR`` reference.
 
-    Names get pretrained weights from the local caches only (see the module docstring), or random ones with
-    ``random_weights``. Returns ``(module, info)`` with ``info`` holding ``labels`` and ``preprocessing`` when the
-    weights know them, and ``weights`` (what was loaded, or "random weights").
+    Names get pretrained weights from the local caches only (the module docstring), or random ones with
+    ``random_weights``.
+
+    Args:
+        spec: a module (returned as is), a torchvision model name ("resnet18"), ``"torchvision:NAME"``,
+            ``"timm:NAME"`` (needs timm), or ``"FILE.py:ATTR"`` / ``"package.module:ATTR"`` where ATTR is a module
+            instance, a module class or a function returning a module (called without arguments).
+        weights: a torchvision weights name for a named model (default: its default weights).
+        seed: ``torch.manual_seed`` before the module is built (random weights).
+        random_weights: the architecture with random weights.
+
+    Returns:
+        ``(module, info)``: ``info`` holds ``labels`` and ``preprocessing`` when the weights know them, and
+        ``weights`` (what was loaded, or "random weights").
+
+    Raises:
+        InputError: both weight options, weights for a module, an unknown name, file or attribute, or an attribute
+            that is not a module.
+        ModelLoadError: the pretrained weights are not in the local cache (the message says where to put them).
+        MissingDependencyError: torchvision or timm is missing.
     """
     torch = import_torch()
 
@@ -111,8 +140,15 @@ def resolve_module(spec, weights: str | None = None, seed: int = 0, random_weigh
 
 
 def cached_checkpoint(weight_enum) -> Path:
-    """Where torchvision looks for the file of ``weight_enum`` before downloading it: ``torch.hub.get_dir()``
-    (``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``) / ``checkpoints`` / the file name of its URL."""
+    """Where torchvision looks for a weights file before downloading it.
+
+    Args:
+        weight_enum: a torchvision weights entry.
+
+    Returns:
+        ``torch.hub.get_dir()`` (``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``) / ``checkpoints`` / the
+        file name of its URL.
+    """
     import torch
     from urllib.parse import urlparse
 
@@ -251,7 +287,14 @@ def _from_attribute(source: str, attr: str):
 
 
 def prepare(module):
-    """A copy of ``module`` in eval mode with every in-place flag switched off."""
+    """A copy of ``module`` in eval mode with every in-place flag switched off.
+
+    Args:
+        module: a ``torch.nn.Module`` (not changed).
+
+    Returns:
+        The copy.
+    """
     module = copy.deepcopy(module).eval()
     for sub in module.modules():
         if isinstance(getattr(sub, "inplace", None), bool):
@@ -263,15 +306,43 @@ def export(module_or_name, path, input_size=(224, 224), opset: int = DEFAULT_OPS
            weights: str | None = None, preprocessing=None, labels=None, channels: int = 3, seed: int = 0,
            input_name: str = "input", output_name: str = "logits", overwrite: bool = False, check: bool = True,
            metadata: dict | None = None, random_weights: bool = False) -> Path:
-    """Export a classifier to ONNX at ``path`` (written atomically; an existing file is kept unless ``overwrite``).
+    """Export a classifier to ONNX with a dynamic batch, checked against torch.
 
-    ``module_or_name``: see :func:`resolve_module`. ``input_size``: (H, W) (an int = square) of the example input;
-    the batch is dynamic, H and W are fixed by the TorchScript exporter and by dynamo. ``weights``,
-    ``random_weights``: for a name, see :func:`resolve_module`. ``preprocessing``: a preset
-    name ("imagenet", "caffe", "none") or a :class:`~onnx_cnnviz.image.Preprocessing` recorded in the metadata
-    (default: the weights' own for named weights, else none recorded). ``labels``: class names (a list, or a text
-    file, one per line) recorded as ``cnnviz.labels``. ``check``: compare onnxruntime with torch on a random batch.
-    Returns the path.
+    H and W are fixed by the TorchScript exporter and by dynamo; the batch is dynamic.
+
+    Args:
+        module_or_name: anything :func:`resolve_module` takes.
+        path: the ``.onnx`` file to write (atomically).
+        input_size: (H, W) of the example input (an int = square).
+        opset: the ONNX opset.
+        dynamo: use torch's dynamo exporter instead of TorchScript.
+        weights: for a name, see :func:`resolve_module`.
+        preprocessing: a preset name ("imagenet", "caffe", "none") or a :class:`~onnx_cnnviz.image.Preprocessing`
+            recorded in the metadata (default: the weights' own for named weights, else none recorded).
+        labels: class names (a list, or a text file, one per line) recorded as ``cnnviz.labels``.
+        channels: the input's channels.
+        seed: ``torch.manual_seed`` before the module is built (random weights).
+        input_name: the ONNX input's name.
+        output_name: the ONNX output's name.
+        overwrite: replace an existing file (otherwise it is kept and this raises).
+        check: compare onnxruntime with torch on a random batch.
+        metadata: more ``metadata_props`` entries.
+        random_weights: for a name, the architecture with random weights.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        InputError: the output exists or lacks ``.onnx``, a bad ``input_size``, a module that does not return one
+            (N, K) tensor, labels that do not match the classes, or anything :func:`resolve_module` refuses.
+        RuntimeFailure: the exporter failed, or the exported model does not run or differs from torch.
+        MissingDependencyError: torch (or onnxscript, for dynamo) is missing.
+
+    Example:
+        ```python
+        from onnx_cnnviz.converters import torch as convert
+        convert.export("resnet18", "resnet18.onnx", random_weights=True)
+        ```
     """
     torch = import_torch()
     import onnx
