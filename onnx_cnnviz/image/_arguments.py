@@ -10,22 +10,59 @@ from ..errors import InputError
 
 
 def check_order(order, what: str) -> str:
+    """A channel order, upper-cased.
+
+    Args:
+        order: ``"RGB"`` or ``"BGR"``, any case.
+        what: the argument's name, for the error.
+
+    Returns:
+        ``"RGB"`` or ``"BGR"``.
+
+    Raises:
+        InputError: anything else.
+    """
     value = str(order).upper()
     if value not in ("RGB", "BGR"):
         raise InputError(f"{what} must be 'RGB' or 'BGR', not {order!r}.")
     return value
 
 
-
 def as_float(value, what: str) -> float:
+    """A number argument as a float.
+
+    Args:
+        value: the value given.
+        what: the argument's name, for the error.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        InputError: not a number.
+    """
     try:
         return float(value)
     except (TypeError, ValueError) as err:
         raise InputError(f"{what} must be a number, not {value!r}.") from err
 
 
-
 def norm_size(size) -> tuple | None:
+    """A size argument as an (H, W) pair: an int means square.
+
+    Args:
+        size: None, a positive int, or an (H, W) pair of positive ints.
+
+    Returns:
+        ``(H, W)``, or None for None.
+
+    Raises:
+        InputError: anything else.
+
+    Example:
+        >>> norm_size(224), norm_size((240, 320))
+        ((224, 224), (240, 320))
+    """
     if size is None:
         return None
     values = (size, size) if np.ndim(size) == 0 else tuple(size)
@@ -36,6 +73,18 @@ def norm_size(size) -> tuple | None:
 
 
 def image_list(images) -> list:
+    """Pictures as a list: a list or tuple as it is, an (N, H, W, C) array split, anything else as one picture.
+
+    Args:
+        images: one picture, a list or tuple of them, or an (N, H, W, C) array.
+
+    Returns:
+        The pictures.
+
+    Raises:
+        InputError: an empty list, or a 4-D array whose last axis is not 1, 3 or 4 channels (an (N, C, H, W) model
+            input needs no preprocessing).
+    """
     if isinstance(images, (list, tuple)):
         if not images:
             raise InputError("No images given.")
