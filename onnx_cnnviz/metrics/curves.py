@@ -40,6 +40,11 @@ from ..model import Model
 from .base import (MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, positive_int, readout,
                    result_targets, score_jobs, targets_of)
 
+#: The most points a curve may have per image (``ceil(H W / pixels_per_step)`` steps): 100,000 is one point per pixel
+#: up to 316x316 images; a larger count is an :class:`InputError` before any work (the perturbed images are scored in
+#: batches either way, but each point costs one forward pass).
+MAX_STEPS = 100_000
+
 #: RISE's blur (``gkern(klen=11, nsig=5)``).
 BLUR_SIZE = 11
 BLUR_SIGMA = 5.0
@@ -126,6 +131,49 @@ def auc(curve: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     return ((curve[:, 1:] + curve[:, :-1]) * 0.5 * widths).sum(axis=1)
 
 
+def check_steps(pixels_per_step, hw) -> int:
+    """``pixels_per_step`` checked for ``hw`` = (H, W) images: None (``8 W``, RISE's default) or a positive int giving
+    at most :data:`MAX_STEPS` points per curve.
+
+    Args:
+        pixels_per_step: pixels perturbed per step.
+        hw: the images' (H, W).
+
+    Returns:
+        The step, in pixels.
+
+    Raises:
+        InputError: not a positive int, or more than :data:`MAX_STEPS` steps on these images.
+    """
+    h, w = (int(v) for v in hw)
+    step = 8 * w if pixels_per_step is None else positive_int(pixels_per_step, "pixels_per_step")
+    steps = -(-(h * w) // step)
+    if steps > MAX_STEPS:
+        raise InputError(f"pixels_per_step={step} gives {steps:,} steps per curve on {h}x{w} images, more than the "
+                         f"{MAX_STEPS:,} allowed (each step is one forward pass); give pixels_per_step >= "
+                         f"{-(-(h * w) // MAX_STEPS)}.")
+    return step
+
+
+class LazyJobs:
+    """The jobs of a metric as a sequence made on demand (``len`` and slices, what
+    :func:`~onnx_cnnviz.metrics.base.score_jobs` reads): job ``k`` of ``length`` is ``make(k)``, so no list of
+    every (image, step) pair is held, whatever the steps or samples."""
+
+    def __init__(self, length: int, make: Callable[[int], tuple]):
+        self.length, self.make = int(length), make
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.make(k) for k in range(*index.indices(self.length))]
+        if not -self.length <= index < self.length:
+            raise IndexError(index)
+        return self.make(index % self.length)
+
+
 def _substrates(x: np.ndarray, baseline) -> Callable[[int], np.ndarray]:
     """``i -> (C, H, W)`` the values pasted into image ``i`` (deletion) or the image insertion starts from."""
     if isinstance(baseline, str) and baseline == "blur":
@@ -144,7 +192,7 @@ def _curves(kind: str, m: Model, x, maps, targets, baseline, pixels_per_step, ou
     maps = pixel_maps(check_maps(maps, x), channels)
     n, c, h, w = x.shape
     pixels = h * w
-    step = 8 * w if pixels_per_step is None else positive_int(pixels_per_step, "pixels_per_step")
+    step = check_steps(pixels_per_step, (h, w))
     bs = batch_size_of(m, batch_size)
     substrate = _substrates(x, baseline)
     clean = clean_scores(m, x, bs)
@@ -157,8 +205,8 @@ def _curves(kind: str, m: Model, x, maps, targets, baseline, pixels_per_step, ou
     deleting = kind == "deletion"
     # The unperturbed image is the first point of deletion and the last of insertion: already scored.
     curve[:, 0 if deleting else -1] = read(clean, targets)
-    points = range(1, len(counts)) if deleting else range(len(counts) - 1)
-    jobs = [(i, j) for i in range(n) for j in points]
+    per_image = len(counts) - 1  # deletion: points 1..T; insertion: points 0..T-1
+    jobs = LazyJobs(n * per_image, lambda k: (k // per_image, k % per_image + (1 if deleting else 0)))
 
     def build(chunk):
         out = np.empty((len(chunk), c, pixels), dtype=np.float32)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import InputError, MissingDependencyError
 from ..model import Model
+from .curves import LazyJobs
 from .base import (MetricResult, batch_size_of, check_maps, check_x, clean_scores, pixel_maps, readout, score_jobs,
                    result_targets, targets_of)
 
@@ -41,6 +42,8 @@ NEIGHBOURS = [((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 
               ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6)]
 ORDERS = ("morf", "lerf", "combined")
 DEFAULT_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+#: The most percentiles (points of the curve) a call may ask for: each is one imputed image per image and order.
+MAX_PERCENTILES = 1_000
 _ORDER_CODE = {"morf": 0, "lerf": 1}
 
 
@@ -160,16 +163,33 @@ def impute(image: np.ndarray, removed: np.ndarray, noise: float = 0.01,
     return out.reshape(image.shape)
 
 
-def _percentiles(percentiles) -> tuple:
+def check_percentiles(percentiles) -> tuple:
+    """``percentiles`` checked: one to :data:`MAX_PERCENTILES` numbers in [0, 100].
+
+    Raises:
+        InputError: no numbers, too many, or a value outside [0, 100].
+    """
+    if hasattr(percentiles, "__len__") and not isinstance(percentiles, (str, bytes)) \
+            and len(percentiles) > MAX_PERCENTILES:
+        raise InputError(f"percentiles holds {len(percentiles):,} values, more than the {MAX_PERCENTILES:,} allowed "
+                         "(each is one imputed image per image); give fewer.")
     values = np.atleast_1d(np.asarray(percentiles, dtype=object))
     if values.ndim != 1 or not len(values):
-        raise InputError(f"percentiles must be one or more numbers in [0, 100], not {percentiles!r}.")
+        raise InputError(f"percentiles must be one or more numbers in [0, 100], not {_short(percentiles)}.")
+    if len(values) > MAX_PERCENTILES:
+        raise InputError(f"percentiles holds {len(values):,} values, more than the {MAX_PERCENTILES:,} allowed "
+                         "(each is one imputed image per image); give fewer.")
     out = []
     for p in values:
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p <= 100:
-            raise InputError(f"percentiles must be numbers in [0, 100], not {percentiles!r}.")
+            raise InputError(f"percentiles must be numbers in [0, 100], not {_short(percentiles)}.")
         out.append(p)
     return tuple(out)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _noise(noise) -> float:
@@ -216,7 +236,7 @@ def road(m: Model, x, maps, targets=None, *, order: str = "morf", percentiles=DE
     """
     if order not in ORDERS:
         raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}.")
-    percentiles = _percentiles(percentiles)
+    percentiles = check_percentiles(percentiles)
     noise = _noise(noise)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InputError(f"seed must be an int, not {seed!r}.")
@@ -229,7 +249,9 @@ def road(m: Model, x, maps, targets=None, *, order: str = "morf", percentiles=DE
     read = readout(m, output, clean)
     y = read(clean, targets)
     orders = ("morf", "lerf") if order == "combined" else (order,)
-    jobs = [(i, k, o) for o in orders for i in range(len(x)) for k in range(len(percentiles))]
+    n, points = len(x), len(percentiles)
+    jobs = LazyJobs(len(orders) * n * points,
+                    lambda j: (j // points % n, j % points, orders[j // (n * points)]))
     after = {o: np.empty((len(x), len(percentiles))) for o in orders}
 
     def build(chunk):

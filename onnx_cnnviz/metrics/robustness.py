@@ -20,10 +20,10 @@ explanation; ``||Phi(x)|| = 0`` counts as 1 (captum). Lower is better. The expla
 perturbed image through onnxruntime, with the same target class as on ``x``.
 
 Perturbations are drawn from ``numpy.random.default_rng(seed)``, image after image in order (``samples`` draws per
-image, in chunks of at most ``batch_size``). A custom ``perturbation`` is a function ``(x_rep, rng)`` of the
-repeated images (B, C, H, W) float32 returning, for infidelity, ``(I, x_perturbed)`` and, for sensitivity-max,
-``x_perturbed``. Handing captum a ``perturb_func`` that draws the same way from a generator with the same seed
-reproduces its numbers (``tests/metrics/test_robustness.py`` does).
+image, at most :data:`MAX_SAMPLES`, in chunks of at most ``batch_size``). A custom ``perturbation`` is a function
+``(x_rep, rng)`` of the repeated images (B, C, H, W) float32 returning, for infidelity, ``(I, x_perturbed)`` and, for
+sensitivity-max, ``x_perturbed``. Handing captum a ``perturb_func`` that draws the same way from a generator with the
+same seed reproduces its numbers (``tests/metrics/test_robustness.py`` does).
 """
 from __future__ import annotations
 
@@ -34,6 +34,26 @@ import numpy as np
 from ..errors import InputError
 from ..model import Model
 from .base import MetricResult, batch_size_of, check_maps, check_x, clean_scores, positive_int, readout, targets_of
+
+
+#: The most perturbations per image either metric draws (captum's default is 10): each is one forward pass
+#: (infidelity) or one explanation (sensitivity-max), and sensitivity-max keeps one value per sample in its curve. A
+#: larger ``samples`` is an :class:`InputError` before any work; the samples are drawn and scored ``batch_size`` at a
+#: time, so memory is set by the batch size, not by ``samples``.
+MAX_SAMPLES = 10_000
+
+
+def check_samples(samples) -> int:
+    """``samples`` checked: an int from 1 to :data:`MAX_SAMPLES`.
+
+    Raises:
+        InputError: not a positive int, or above :data:`MAX_SAMPLES`.
+    """
+    value = positive_int(samples, "samples")
+    if value > MAX_SAMPLES:
+        raise InputError(f"samples={value:,} is more than the {MAX_SAMPLES:,} perturbations per image allowed (each "
+                         "is one run of the model); give fewer.")
+    return value
 
 
 def gaussian_perturbation(noise: float) -> Callable:
@@ -64,14 +84,13 @@ def _seed(seed) -> int:
     return int(seed)
 
 
-def _sample_jobs(n: int, samples: int, batch_size: int) -> list:
-    """Chunks of (image, sample) jobs: an image's samples in order, at most ``batch_size`` per chunk, never two
-    images in one chunk (so a perturbation function sees one image's repeats, as captum calls it per image)."""
-    chunks = []
+def _sample_jobs(n: int, samples: int, batch_size: int):
+    """Chunks of (image, sample) jobs, made as they are consumed: an image's samples in order, at most
+    ``batch_size`` per chunk, never two images in one chunk (so a perturbation function sees one image's repeats,
+    as captum calls it per image)."""
     for i in range(n):
         for start in range(0, samples, batch_size):
-            chunks.append([(i, s) for s in range(start, min(start + batch_size, samples))])
-    return chunks
+            yield [(i, s) for s in range(start, min(start + batch_size, samples))]
 
 
 def _perturbed(result, x_rep: np.ndarray, pairs: bool, what: str):
@@ -103,7 +122,7 @@ def infidelity(m: Model, x, attributions, targets=None, *, samples: int = 10, no
     ``perturbation``, see the module docstring); ``normalize``: captum's ``normalize``; ``output``: ``"score"``
     (default) or ``"probability"``. Lower is better. ``details["beta"]`` holds the scale used with ``normalize``.
     """
-    samples = positive_int(samples, "samples")
+    samples = check_samples(samples)
     seed = _seed(seed)
     perturb = gaussian_perturbation(_positive_float(noise, "noise")) if perturbation is None else perturbation
     if not callable(perturb):
@@ -182,7 +201,7 @@ def sensitivity_max(m: Model, x, method, targets=None, *, layer: str | None = No
     ``[-radius, radius]`` (or a custom ``perturbation``). Lower is better. ``details["explanations"]`` holds the
     explanations of ``x``.
     """
-    samples = positive_int(samples, "samples")
+    samples = check_samples(samples)
     seed = _seed(seed)
     perturb = uniform_perturbation(_positive_float(radius, "radius")) if perturbation is None else perturbation
     if not callable(perturb):
@@ -208,7 +227,7 @@ def sensitivity_max(m: Model, x, method, targets=None, *, layer: str | None = No
             raise InputError(f"the explanation of a perturbed image has {moved.shape[1]} values, that of the image "
                              f"{base.shape[1]}.")
         ratios = np.linalg.norm(moved - base[i], axis=1) / norms[i]
-        curve[i, [s for _, s in chunk]] = ratios
+        curve[i, chunk[0][1]:chunk[-1][1] + 1] = ratios
         worst[i] = max(worst[i], ratios.max())
         done += len(chunk)
         if progress is not None:
@@ -218,4 +237,5 @@ def sensitivity_max(m: Model, x, method, targets=None, *, layer: str | None = No
                         details={"explanations": base})
 
 
-__all__ = ["infidelity", "sensitivity_max", "gaussian_perturbation", "uniform_perturbation"]
+__all__ = ["MAX_SAMPLES", "check_samples", "infidelity", "sensitivity_max", "gaussian_perturbation",
+           "uniform_perturbation"]
