@@ -36,11 +36,12 @@ JUDGED = {"metadata": "the model's declared preprocessing", "flags": "the prepro
 @global_flags
 def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, preprocess, mean, std, size, order,
                 scale, labels, all_layers, list_classes, check_folder, check_labels, check_images):
-    """Inputs, outputs, the class-score tensor (and whether a final Softmax was skipped), the preprocessing the
-    other commands would use and where it comes from (the model's metadata, the flags, or the assumed default),
-    candidate layers with their shapes, the default layer, op types, and whether every op on the gradient path has a
-    backward rule. With --classes, the class names too. With --check-preprocessing FOLDER, which preprocessing the
-    weights fit, with numbers, and a warning when the one in use is clearly not it."""
+    """Inputs, outputs, the class-score tensor (and whether a final Softmax was skipped), what each loading pass
+    changed, the preprocessing the other commands would use and where it comes from (the model's metadata, the
+    flags, or the assumed default), candidate layers with their shapes, the default layer, op types, and whether
+    every op on the gradient path has a backward rule. With --classes, the class names too. With
+    --check-preprocessing FOLDER, which preprocessing the weights fit, with numbers, and a warning when the one in
+    use is clearly not it."""
     from onnx_cnnviz.report import describe, preprocessing_info
 
     if (check_labels or check_images != 500) and not check_folder:
@@ -48,6 +49,7 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     m = load_model(model, device, input_name, output_name, input_size, max_nodes=max_nodes)
     info = describe(m, model)
     info["score_choice"] = score_choice_info(m, output_name)
+    info["loading"] = [record.to_dict() for record in m.load_passes]
     info["model"] = abspath(model)
     info["device"] = m.device
     try:
@@ -98,6 +100,7 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
         out(f"             from {picked['output']} ({picked['summary']}): {picked['reason']}")
     if info["static_batch"]:
         out("batch        the graph hard-codes batch 1: images run one at a time")
+    print_loading(info["loading"], out)
     if choice is not None:
         used = info["preprocessing_used"]["settings"]
         out("preprocess   " + ", ".join(f"{k}={_value(v)}" for k, v in used.items()))
@@ -132,6 +135,16 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
             out(f"  {i:>{len(str(len(names) - 1))}}  {name}")
     if check is not None:
         print_check(check, out)
+
+
+def print_loading(passes: list[dict], out) -> None:
+    """The loading passes in the order they ran, each with what it found or changed (``*``: it changed the graph
+    the engine runs, compared with the file)."""
+    changed = sum(1 for p in passes if p["changed"])
+    out(f"loading      {len(passes)} passes, {changed} changed the graph (*):")
+    width = max((len(p["pass"]) for p in passes), default=0)
+    for p in passes:
+        out(f"  {'*' if p['changed'] else ' '} {p['pass']:<{width}}  {p['summary']}")
 
 
 def run_check(m, folder, labels, max_images, choice):

@@ -324,23 +324,24 @@ def read_pass(source, max_nodes: int | None = MAX_NODES,
         ModelStructureError: more nodes than ``max_nodes``.
         InputError: a limit that is not a positive int or None.
     """
+    model, files = _read(source, max_nodes, max_tensor_bytes, weights=True)  # refuses any other type of source
     if isinstance(source, onnx.ModelProto):
         where = "the ModelProto given"
     elif isinstance(source, (bytes, bytearray)):
         where = "the bytes given"
     else:
-        where = f"'{source}'"
-    model, files = _read(source, max_nodes, max_tensor_bytes, weights=True)
+        where = f"'{Path(source).name}'"
     inits = list(model.graph.initializer)
     weight_bytes = sum(held.declared_bytes(t) for t in inits)
     nodes = count_nodes(model.graph)
     read = PassRecord(
         "read", False,
-        f"read {where}: {plural(nodes, 'node')}, {plural(len(inits), 'weight')} ({size_text(weight_bytes)})"
+        f"{where}: {plural(nodes, 'node')}, {plural(len(inits), 'weight')} ({size_text(weight_bytes)})"
         + (f", external data from {', '.join(files)}" if files else "")
-        + f"; limits max_nodes={max_nodes if max_nodes is None else f'{max_nodes:,}'}, max_tensor_bytes="
+        + f", within max_nodes={max_nodes if max_nodes is None else f'{max_nodes:,}'} and max_tensor_bytes="
         + (str(max_tensor_bytes) if max_tensor_bytes is None else size_text(max_tensor_bytes)),
-        {"source": where, "nodes": nodes, "weights": len(inits), "weight_bytes": weight_bytes,
+        {"source": str(source) if isinstance(source, (str, os.PathLike)) else where, "nodes": nodes,
+         "weights": len(inits), "weight_bytes": weight_bytes,
          "external_files": files, "max_nodes": max_nodes, "max_tensor_bytes": max_tensor_bytes})
     return model, [read, hold_record(model, weight_bytes)]
 

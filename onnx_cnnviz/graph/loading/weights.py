@@ -124,6 +124,6 @@ def float32_pass(model: onnx.ModelProto) -> PassRecord:
         The ``float32`` record (how many tensors, values and attributes were converted).
     """
     converted = float16_to_float32_inplace(model)
-    return PassRecord("float32", bool(converted),
-                      f"float16 computes in float32: {plural(converted, 'tensor')}, value or attribute converted"
-                      if converted else "no float16 tensors", {"converted": converted})
+    what = plural(converted, "float16 tensor, value or attribute", "float16 tensors, values and attributes")
+    return PassRecord("float32", bool(converted), f"{what} made float32" if converted else "no float16 tensors",
+                      {"converted": converted})
