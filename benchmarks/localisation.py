@@ -1,7 +1,7 @@
 """Weakly supervised localisation accuracy of CAM, Grad-CAM and saliency+GrabCut on the reference GAP CNN.
 
     .venv/bin/python benchmarks/localisation.py [--model models/gap_cnn.onnx] [--n 500] [--seed TEST_SEED]
-                                                [--threshold 0.2] [--threads 2]
+                                                [--threshold 0.2] [--threads 2] [--write]
 
 In the manner of Table 2 of the CAM paper (Zhou et al., CVPR 2016), on ``--n`` held-out images of
 ``models/shapes_dataset.py`` (regenerated from ``--seed``, by default ``shapes_dataset.TEST_SEED``, which training never
@@ -19,7 +19,8 @@ quantiles; Simonyan et al. Sec. 6). Baselines that look at no map: the whole ima
 ground-truth size (estimated on the training seed, not on the test images). A second table sweeps CAM's threshold
 (20% is Zhou et al.'s choice for ImageNet, not tuned here). On a GAP -> linear head Grad-CAM's channel weights are
 CAM's divided by the map's area, so the two rows agree (Selvaraju et al., Sec. 3.1). Times are wall-clock for each
-method over all the images (the scores run once first, outside the timings).
+method over all the images (the scores run once first, outside the timings). ``--write`` puts both tables, with the
+date, commit and machine, in ``docs/guides/localisation.md`` (between its ``localisation`` markers).
 """
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
 sys.path.insert(0, str(ROOT))
 
+import pages  # noqa: E402  (benchmarks/pages.py: this script's folder is on sys.path)
 import shapes_dataset as sd  # noqa: E402
+
+PAGE = ROOT / "docs" / "guides" / "localisation.md"
 
 METHODS = (("CAM, 20% threshold", "cam"), ("Grad-CAM, 20% threshold", "gradcam"),
            ("saliency + GrabCut", "saliency"))
@@ -137,6 +141,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--sweep", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
                         help="also report CAM's accuracy at these thresholds (none: skip)")
+    parser.add_argument("--write", action="store_true",
+                        help=f"write the tables into {PAGE.relative_to(ROOT)} (section localisation)")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -157,6 +163,33 @@ def main() -> None:
         print(sweep_markdown(result))
         print()
     print(f"# total {total:.1f} s (data generation, model load and scoring included)")
+    if args.write:
+        pages.write_section(PAGE, "localisation", section(result, args, command, total, ort.__version__))
+        print(f"wrote the localisation section of {PAGE.relative_to(ROOT)}")
+
+
+def section(result: dict, args, command: str, total: float, ort_version: str) -> str:
+    """The guide's "Measured" tables, with what they say computed from them (CAM against Grad-CAM, the best
+    threshold of the sweep)."""
+    lines = [pages.header("benchmarks/localisation.py", command, f"The whole run took {total:.0f} s."), "",
+             f"`{args.model.name}`: {result['n']} held-out images (seed {args.seed}), one object each, IoU >= 0.5, CAM "
+             f"threshold {args.threshold:g} of the map's maximum, largest connected component; top-1 classification "
+             f"accuracy {result['classification']:.3f}; onnxruntime {ort_version}, CPU. The script's docstring "
+             "defines the columns.", "", markdown(result)]
+    rows = {name: r for name, r, _ in result["rows"]}
+    cam = next((r for name, r in rows.items() if name.startswith("CAM")), None)
+    gradcam = next((r for name, r in rows.items() if name.startswith("Grad-CAM")), None)
+    if cam is not None and gradcam is not None:
+        same = all(abs(cam[k] - gradcam[k]) < 1e-12 for k in cam)
+        lines += ["", "CAM and Grad-CAM " + ("coincide, as they must on a GAP + linear head (Selvaraju et al., "
+                                             "Sec. 3.1)." if same else "differ on this model.")]
+    if result["sweep"]:
+        best = max(result["sweep"], key=lambda t: t[1]["top1_loc"])
+        lines += ["", sweep_markdown(result), "",
+                  f"The best threshold of the sweep is {best[0]:g} (top-1 localisation accuracy "
+                  f"{best[1]['top1_loc']:.3f}); the paper's {args.threshold:g} was chosen for ImageNet, not tuned "
+                  "here."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""Peak memory of whole `cnnviz` commands, for the README's reliability section.
+"""Peak memory of whole `cnnviz` commands, for the "Reliability and memory" page.
 
-    .venv/bin/python benchmarks/memory_cli.py [--model PATH --preprocess NAME] [--images 300]
+    .venv/bin/python benchmarks/memory_cli.py [--model PATH --preprocess NAME] [--images 300] [--write]
 
 Each command runs in its own wrapper process whose only child is the command, so ``RUSAGE_CHILDREN``'s
 ``ru_maxrss`` is that command's peak resident memory. The default model is the ImageNet SqueezeNet 1.1 of
 ``../shared/models`` (caffe preprocessing); the pictures are copies of ``../shared/images`` (224x224) under other
-names. Printed: a markdown table of command, what it does, peak MiB and seconds.
+names. Printed: a markdown table of command, what it does, peak MiB and seconds; ``--write`` also puts it, with the
+date, commit and machine, in ``docs/validation/reliability.md`` (between its ``memory_cli`` markers).
 """
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pages
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+PAGE = ROOT / "docs" / "validation" / "reliability.md"
 
 MEASURE = """
 import resource, subprocess, sys
@@ -41,12 +45,26 @@ def run(args) -> tuple[float, float]:
     return int(kib) / 1024, seconds
 
 
+def reading(peaks: dict, n: int) -> str:
+    """What the table says about streaming, computed from it: ``explain`` of ``n`` pictures against 30, and the
+    report's growth per picture."""
+    if n <= 30:
+        return ""
+    few, many = peaks["explain 30 images"], peaks[f"explain {n} images"]
+    growth = (peaks[f"report {n} images"] - peaks["report 30 images"]) / (n - 30)
+    return (f"`explain` of {n} pictures peaked at {many:.0f} MiB against {few:.0f} MiB for 30 "
+            f"({many / few:.2f}x); `report` grew by {growth:.2f} MiB per picture between 30 and {n}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(SHARED / "models" / "squeezenet1.1-imagenet-fp16.onnx"))
     parser.add_argument("--preprocess", default="caffe")
     parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--write", action="store_true",
+                        help=f"write the table into {PAGE.relative_to(ROOT)} (section memory_cli)")
     args = parser.parse_args()
+    started = time.perf_counter()
     sources = sorted((SHARED / "images").glob("*.png"))
     if not sources:
         raise SystemExit(f"no pictures in {SHARED / 'images'}")
@@ -77,11 +95,25 @@ def main() -> None:
             ("explain ig --steps 2000", "1 image", ["explain", args.model, one, "--method", "ig", "--steps", "2000",
                                                     "--out", tmp / "ig"]),
         ]
-        print("| command | what | peak MiB | seconds |")
-        print("|---|---|---:|---:|")
+        table = ["| command | what | peak MiB | seconds |", "|---|---|---:|---:|"]
+        print("\n".join(table))
+        peaks = {}
         for name, what, command in rows:
             peak, seconds = run(command + common)
-            print(f"| `{name}` | {what} | {peak:.0f} | {seconds:.0f} |", flush=True)
+            peaks[name] = peak
+            table.append(f"| `{name}` | {what} | {peak:.0f} | {seconds:.0f} |")
+            print(table[-1], flush=True)
+    if args.write:
+        model = Path(args.model)
+        shown = model.relative_to(SHARED.parent) if model.is_relative_to(SHARED.parent) else model
+        command = " ".join([".venv/bin/python benchmarks/memory_cli.py", *sys.argv[1:]])
+        text = [pages.header("benchmarks/memory_cli.py", command,
+                             f"The whole run took {time.perf_counter() - started:.0f} s."), "",
+                f"Peak resident memory of whole commands: `{shown.as_posix()}`, `--preprocess {args.preprocess}`, "
+                f"copies of the 224x224 pictures of `shared/images`, each command in its own process "
+                "(`ru_maxrss` of its wrapper's only child).", "", *table, "", reading(peaks, args.images)]
+        pages.write_section(PAGE, "memory_cli", "\n".join(text))
+        print(f"wrote the memory_cli section of {PAGE.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

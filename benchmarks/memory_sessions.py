@@ -1,6 +1,6 @@
 """Peak memory of one process explaining with several methods: sessions of one model share its weights.
 
-    .venv/bin/python benchmarks/memory_sessions.py [--models vgg16 vgg11] [--size 224] [--images 1]
+    .venv/bin/python benchmarks/memory_sessions.py [--models vgg16 vgg11] [--size 224] [--images 1] [--write]
 
 Each model is a torchvision architecture with random weights (memory does not depend on their values), exported to
 ONNX once into a temporary folder. Then, in a fresh child process per setting, the library loads it and runs five
@@ -8,7 +8,9 @@ methods on the same images, each building its own rewritten graph and onnxruntim
 layer, saliency, guided gradients, XGrad-CAM at another layer, and occlusion with a 112-pixel window (4 positions, to
 keep it quick). The child reports its peak resident memory (``ru_maxrss``) after loading, after the first method and
 after all five. "before" is ``CNNVIZ_SHARE_WEIGHTS=0`` (every session loads its own copy of the weights, onnxruntime's
-default), "after" the default (the model's sessions share one copy; see ``onnx_cnnviz.runtime``).
+default), "after" the default (the model's sessions share one copy; see ``onnx_cnnviz.runtime``). ``--write`` puts
+the table, with the date, commit and machine, in ``docs/validation/reliability.md`` (between its ``memory_sessions``
+markers).
 """
 from __future__ import annotations
 
@@ -18,10 +20,16 @@ import os
 import subprocess
 import sys
 import tempfile
-import warnings
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests/exporting.py, the one export helper
+    sys.path.insert(0, str(ROOT))
+
+import pages  # noqa: E402  (benchmarks/pages.py: this script's folder is first on sys.path)
+
+PAGE = ROOT / "docs" / "validation" / "reliability.md"
 
 SPAWN = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
 
@@ -64,22 +72,12 @@ print(json.dumps(report))
 
 def export(name: str, path: Path, size: int = 224) -> Path:
     """torchvision ``name`` with random weights (seed 0), activations not in place, exported like the tests do
-    (TorchScript exporter, opset 17, dynamic batch)."""
+    (tests/exporting.py: TorchScript exporter, opset 17, dynamic batch)."""
     import torch
-    import torchvision
 
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    for module in model.modules():
-        if hasattr(module, "inplace"):
-            module.inplace = False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-    return path
+    from tests.exporting import export_torchscript, torchvision_model
+
+    return export_torchscript(torchvision_model(name, seed=0), torch.zeros(1, 3, size, size), path)
 
 
 def measure(path, share: bool = True, images: int = 1, timeout: float = 900) -> dict:
@@ -105,22 +103,38 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=1, help="images per method call")
     parser.add_argument("--settings", nargs="+", choices=("before", "after"), default=["before", "after"])
+    parser.add_argument("--write", action="store_true",
+                        help=f"write the table into {PAGE.relative_to(ROOT)} (section memory_sessions)")
     args = parser.parse_args()
-    print(f"peak resident memory (GiB) of a child process: load, then 5 methods on {args.images} image(s) "
-          f"at {args.size}x{args.size}")
+    started = time.perf_counter()
+    title = (f"Peak resident memory (GiB) of a child process: load, then 5 methods on {args.images} image(s) "
+             f"at {args.size}x{args.size}")
+    print(title)
     header = ("model", "file MB", "setting", "load", "1 method", "5 methods", "5 / 1", "resident after", "shared MB",
               "held MB")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
+    table = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    print("\n".join(table))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = export(name, Path(tmp) / f"{name}.onnx", args.size)
             size_mb = path.stat().st_size / 1e6
             for setting in args.settings:
                 r = measure(path, share=setting == "after", images=args.images)
-                print(f"| {name} | {size_mb:.0f} | {setting} | {gib(r['load'])} | {gib(r['one'])} | "
-                      f"{gib(r['five'])} | {r['five'] / r['one']:.2f} | {gib(r['resident_now'])} | "
-                      f"{r['shared_weights_mib']:.0f} | {r['held_mib']:.0f} |", flush=True)
+                table.append(f"| {name} | {size_mb:.0f} | {setting} | {gib(r['load'])} | {gib(r['one'])} | "
+                             f"{gib(r['five'])} | {r['five'] / r['one']:.2f} | {gib(r['resident_now'])} | "
+                             f"{r['shared_weights_mib']:.0f} | {r['held_mib']:.0f} |")
+                print(table[-1], flush=True)
+    if args.write:
+        command = " ".join([".venv/bin/python benchmarks/memory_sessions.py", *sys.argv[1:]])
+        text = [pages.header("benchmarks/memory_sessions.py", command,
+                             f"The whole run took {time.perf_counter() - started:.0f} s."), "",
+                f"{title}: torchvision architectures with random weights, TorchScript export at opset 17. The five "
+                "methods: Grad-CAM at the default layer, saliency, guided gradients, XGrad-CAM at another layer and "
+                "occlusion with a 112-pixel window. \"before\": `CNNVIZ_SHARE_WEIGHTS=0` (a copy of the weights per "
+                "session); \"after\": the default (one copy shared by the model's sessions, or held beside the graph "
+                "from 256 MiB of weights).", "", *table]
+        pages.write_section(PAGE, "memory_sessions", "\n".join(text))
+        print(f"wrote the memory_sessions section of {PAGE.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Faithfulness metrics, ours against the peers, on the same model and the same maps, in one run.
 
-    .venv/bin/python benchmarks/metrics_speed.py [--model resnet50] [--size 224] [--images 2] [--threads N]
+    .venv/bin/python benchmarks/metrics_speed.py [--model resnet50] [--size 224] [--images 2] [--threads N] [--write]
+
+``--write`` puts the table, with the date, commit and machine, in the "Metrics" section of
+``docs/validation/index.md`` (between its ``metrics_speed`` markers; the rest of the page is kept).
 
 The model is a torchvision architecture with fixed random weights (timings do not depend on the weights), exported to
 ONNX once; the maps are onnx_cnnviz's Grad-CAM of each image's top-1 class, fed to both sides. Each metric runs once
@@ -37,6 +40,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import pages  # noqa: E402  (benchmarks/pages.py: this script's folder is first on sys.path)
+
+PAGE = ROOT / "docs" / "validation" / "index.md"
 
 STEP_ROWS = 8  # pixels per step = 8 image rows (224*8 at 224x224)
 PERCENTILES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
@@ -111,7 +118,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["quantus", "road", "robustness"],
                         help="leave rows out (Quantus's deletion is the longest)")
+    parser.add_argument("--write", action="store_true",
+                        help=f"write the table into {PAGE.relative_to(ROOT)} (section metrics_speed)")
     args = parser.parse_args()
+    started = time.perf_counter()
 
     import onnxruntime as ort
     import torch
@@ -151,16 +161,19 @@ def main() -> None:
         steps = size // STEP_ROWS
         step = STEP_ROWS * size
 
-        print(f"# {args.model} {size}x{size}, CPU, {threads} threads, {n} images, onnxruntime {ort.__version__}, "
-              f"torch {torch.__version__}; maps: onnx_cnnviz Grad-CAM of the top-1 class")
+        setting = (f"{args.model} {size}x{size}, CPU, {threads} threads, {n} images, onnxruntime {ort.__version__}, "
+                   f"torch {torch.__version__}")
+        print(f"# {setting}; maps: onnx_cnnviz Grad-CAM of the top-1 class")
         header = f"{'metric':<26} {'ours s':>8} {'peer':<34} {'peer s':>8} {'speed-up':>8} {'agreement':>10}"
         print(header)
         print("-" * len(header), flush=True)
+        rows = []
 
         def row(name, ours_s, peer, peer_s, agree):
             shown = "-" if agree is None else f"{agree:.1e}"
             print(f"{name:<26} {ours_s:>8.2f} {peer:<34} {peer_s:>8.2f} {peer_s / ours_s:>8.2f} {shown:>10}",
                   flush=True)
+            rows.append((name, ours_s, peer, peer_s, shown))
 
         with torch.no_grad():
             ours_s, _ = timed(lambda: m.scores(x), warm_up=lambda: m.scores(x[:1]))
@@ -271,6 +284,31 @@ def main() -> None:
             # Agreement up to the ReLU kinks torch and onnxruntime decide differently (tests/reference.py).
             row(f"sensitivity-max ({SAMPLES})", ours_s, "captum sensitivity_max (Saliency)", peer_s,
                 agreement(sens.values, peer))
+
+    if args.write:
+        command = " ".join([".venv/bin/python benchmarks/metrics_speed.py", *sys.argv[1:]])
+        pages.write_section(PAGE, "metrics_speed", section(rows, setting, command, time.perf_counter() - started))
+        print(f"wrote the metrics_speed section of {PAGE.relative_to(ROOT)}")
+
+
+def section(rows: list, setting: str, command: str, seconds: float) -> str:
+    """The page's "Metrics" table: the run's setting, each row's times, speed-up and agreement, and what the
+    deletion + insertion row says about issue 12's goal (computed from the row, not written by hand)."""
+    lines = [pages.header("benchmarks/metrics_speed.py", command, f"The whole run took {seconds:.0f} s."), "",
+             f"{setting}; torchvision architecture, random weights; the maps are onnx_cnnviz's Grad-CAM of each "
+             "image's top-1 class, fed to both sides; each metric runs once untimed first, then timed on all the "
+             "images; \"agreement\" is the largest per-image difference relative to the values' scale (the peers "
+             "read torch, we read onnxruntime; ROAD, infidelity and sensitivity-max draw the same random numbers on "
+             "both sides). The script's docstring gives each row's settings.", "",
+             "| metric | ours (s) | peer | peer (s) | speed-up | agreement |", "|---|---:|---|---:|---:|---:|"]
+    for name, ours_s, peer, peer_s, shown in rows:
+        lines.append(f"| {name} | {ours_s:.2f} | {peer} | {peer_s:.2f} | {peer_s / ours_s:.2f} | {shown} |")
+    curves = next((r for r in rows if r[0] == "deletion + insertion"), None)
+    if curves is not None:
+        ratio = curves[3] / curves[1]
+        lines += ["", f"Issue 12's goal, deletion + insertion at least 5x faster than the fastest peer, is "
+                  f"{'met' if ratio >= 5 else '**not met**'} in this run: {ratio:.1f}x against torchcam."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

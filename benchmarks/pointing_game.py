@@ -157,7 +157,7 @@ def reading(result: dict, tolerance: float, small: float) -> str:
     if "cam, raw maps (as localise)" in rows:
         raw = rows["cam, raw maps (as localise)"]
         lines.append(f"CAM on raw maps: GT-known {raw[3]:.3f}, top-1 {raw[4]:.3f}, the localise + iou rule of "
-                     "benchmarks/localisation.py (its README table).")
+                     "benchmarks/localisation.py (the localisation guide's table).")
     return " ".join(lines)
 
 
