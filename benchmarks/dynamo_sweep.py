@@ -67,26 +67,22 @@ def export(model, size: int, path: Path, exporter: str) -> str:
     import torch
 
     if exporter == "torchscript":
-        from tests.conftest import export_onnx
+        from tests.exporting import export_torchscript
 
-        export_onnx(model, torch.zeros(1, 3, size, size), path)
+        export_torchscript(model, torch.zeros(1, 3, size, size), path)
         return "dynamic_axes"
-    n = {0: torch.export.Dim("N", min=1, max=4096)}
-    attempts = [("static", 1, None)] if exporter == "dynamo-static" else \
-        [("Dim N, example batch 1", 1, n), ("Dim N, example batch 2", 2, n),
-         ("Dim.DYNAMIC", 1, {0: torch.export.Dim.DYNAMIC})]
+    from tests.exporting import export_dynamo
+
+    attempts = [("static", 1, "static")] if exporter == "dynamo-static" else \
+        [("Dim N, example batch 1", 1, "dim"), ("Dim N, example batch 2", 2, "dim"), ("Dim.DYNAMIC", 1, "dynamic")]
     error = None
     for label, batch, shapes in attempts:
-        kwargs = {} if shapes is None else {"dynamic_shapes": (shapes,)}
         try:
-            program = torch.onnx.export(model, (torch.zeros(batch, 3, size, size),), None, dynamo=True,
-                                        opset_version=18, input_names=["input"], output_names=["logits"],
-                                        verbose=False, report=False, **kwargs)
+            export_dynamo(model, torch.zeros(batch, 3, size, size), path, batch=shapes, max_batch=4096)
         except Exception as exc:  # noqa: BLE001 - torch.export's refusal of one batch range: try the next
             error = exc
             continue
-        program.save(str(path), external_data=False)
-        if shapes is not None and batch == 1 and declared_batch(path) is not None:
+        if shapes != "static" and batch == 1 and declared_batch(path) is not None:
             # torch.export accepted Dim N from a batch-1 trace yet specialised the batch to 1 (torchvision's ViT):
             # the file is a static export. A user asking for a dynamic batch retries with an example batch of 2.
             error = RuntimeError("torch.export specialised Dim N to the example batch of 1")
@@ -120,7 +116,8 @@ def measure(name: str, exporter: str, size: int, fresh: bool, path: Path) -> dic
     quiet()
     import onnx_cnnviz as cv
     from onnx_cnnviz.errors import CnnvizError
-    from tests.conftest import rel_err, torchvision_model
+    from tests.conftest import rel_err
+    from tests.exporting import torchvision_model
     from tests.reference import onnx_kink_pattern, torch_rule_grad
 
     row = {"model": name, "exporter": exporter}

@@ -27,7 +27,7 @@ STEPS = ("load", "grad_cam", "saliency", "scores")
 def export(name: str, path: Path) -> None:
     """The dynamo export of torchvision's ``name`` with a dynamic batch, made as benchmarks/dynamo_sweep.py makes it."""
     from benchmarks.dynamo_sweep import export as sweep_export, quiet
-    from tests.conftest import torchvision_model
+    from tests.exporting import torchvision_model
 
     quiet()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,11 @@ import argparse
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests/exporting.py, the one export helper
+    sys.path.insert(0, str(ROOT))
 CACHE = ROOT / ".cache" / "memory_phases"
 RESULTS = CACHE / "results.json"
 DOC = ROOT / "docs" / "what_loads.md"
@@ -137,14 +138,9 @@ def exported(spec: str) -> Path:
         return path
     import torch
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    model = torch_module(spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-    return path
+    from tests.exporting import export_torchscript
+
+    return export_torchscript(torch_module(spec), torch.zeros(1, 3, SIZE, SIZE), path)
 
 
 def sizes(path: Path) -> dict:

@@ -41,9 +41,9 @@ def export_model(size: int) -> Path:
     if not path.exists():
         import torch
 
-        from tests.conftest import export_onnx, torchvision_model
+        from tests.exporting import export_torchscript, torchvision_model
 
-        export_onnx(torchvision_model("resnet18"), torch.zeros(1, 3, size, size), path)
+        export_torchscript(torchvision_model("resnet18"), torch.zeros(1, 3, size, size), path)
     return path
 
 

@@ -80,7 +80,8 @@ def measure(name: str) -> dict:
     torch.set_num_threads(1)
     import onnx_cnnviz as cv
     from onnx_cnnviz.errors import CnnvizError
-    from tests.conftest import export_onnx, rel_err
+    from tests.conftest import rel_err
+    from tests.exporting import export_torchscript
     from tests.reference import onnx_kink_pattern, torch_rule_grad
 
     row: dict = {"model": name}
@@ -104,7 +105,7 @@ def measure(name: str) -> dict:
     CACHE.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        export_onnx(net, torch.zeros(1, 3, size, size), path)
+        export_torchscript(net, torch.zeros(1, 3, size, size), path)
     except Exception as exc:  # noqa: BLE001
         return {**row, "export": f"fails: {type(exc).__name__}: {first_line(exc)}"}
     try:

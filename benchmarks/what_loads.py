@@ -252,7 +252,7 @@ def torch_module(row: Row):
     import torch
 
     if row.framework == "torchvision" and not row.kwargs:
-        from tests.conftest import torchvision_model
+        from tests.exporting import torchvision_model
 
         model = torchvision_model(row.name, seed=0)
     else:
@@ -319,10 +319,10 @@ def torch_case(row: Row, column: str, fresh: bool) -> Case:
         return Case(path, x, torch_reference(model), EXACT_FP16)
     if column == "uint8":
         wrapper = Uint8Pixels(model)
-        from tests.conftest import export_onnx
+        from tests.exporting import export_torchscript
 
         path = cached(Path(f"{base}_uint8.onnx"),
-                      lambda p: export_onnx(wrapper, torch.zeros(1, s, s, 3, dtype=torch.uint8), p), fresh)
+                      lambda p: export_torchscript(wrapper, torch.zeros(1, s, s, 3, dtype=torch.uint8), p), fresh)
         pixels = np.random.default_rng(0).integers(0, 256, (BATCH, 3, s, s)).astype(np.uint8)
         return Case(path, pixels, torch_reference(wrapper, lambda x: x.transpose(0, 2, 3, 1),
                                                   lambda g: g.transpose(0, 3, 1, 2)))
@@ -332,10 +332,10 @@ def torch_case(row: Row, column: str, fresh: bool) -> Case:
 def torchscript(model, base: Path, size: int, fresh: bool) -> Path:
     import torch
 
-    from tests.conftest import export_onnx
+    from tests.exporting import export_torchscript
 
-    return cached(Path(f"{base}_torchscript.onnx"), lambda p: export_onnx(model, torch.zeros(1, 3, size, size), p),
-                  fresh)
+    return cached(Path(f"{base}_torchscript.onnx"),
+                  lambda p: export_torchscript(model, torch.zeros(1, 3, size, size), p), fresh)
 
 
 def dynamo_export(model, size: int, path: Path, dynamic_batch: bool) -> None:
@@ -345,11 +345,10 @@ def dynamo_export(model, size: int, path: Path, dynamic_batch: bool) -> None:
     baked into the graph)."""
     import torch
 
+    from tests.exporting import export_dynamo
+
     x = torch.zeros(2 if dynamic_batch else 1, 3, size, size)
-    kwargs = {"dynamic_shapes": ({0: torch.export.Dim("N", min=1, max=1024)},)} if dynamic_batch else {}
-    program = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=18, input_names=["input"],
-                                output_names=["logits"], verbose=False, report=False, **kwargs)
-    program.save(str(path), external_data=False)
+    export_dynamo(model, x, path, batch="dim" if dynamic_batch else "static", max_batch=1024)
 
 
 def Uint8Pixels(model):  # noqa: N802 - builds a torch module class lazily (torch is not imported at module level)

@@ -4,11 +4,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The one export helper and torchvision factory (tests/exporting.py); export_onnx is the name older tests use.
+from tests.exporting import export_torchscript as export_onnx
+from tests.exporting import torchvision_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,6 +25,8 @@ def load_script(path):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
 SHARED = Path(os.environ.get("CNNVIZ_SHARED", REPO.parent / "shared"))
 SQUEEZENET = SHARED / "models" / "squeezenet1.1-imagenet-fp16.onnx"
 KITTEN = SHARED / "images" / "kitten_224.png"
@@ -30,32 +35,6 @@ CACHE = Path(os.environ.get("CNNVIZ_TEST_CACHE", REPO / ".cache" / "tests"))
 # Input sizes used for exported torchvision models: small enough for CI on 2 cores, large enough that every
 # architecture keeps a spatial map (VGG's adaptive 7x7 pooling exports only from 224).
 TORCHVISION_SIZES = {"vgg11_bn": 224, "vgg16_bn": 224}
-
-
-def torchvision_model(name: str, seed: int = 0):
-    """A torchvision classifier with fixed random weights, in eval mode, ReLUs not in-place (for hook-based refs)."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(seed)
-    kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
-    for module in model.modules():
-        if hasattr(module, "inplace"):
-            module.inplace = False
-    return model
-
-
-def export_onnx(model, x, path: Path, opset: int = 17) -> Path:
-    """torch.onnx.export (TorchScript exporter) with a dynamic batch."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,8 @@ from onnx_cnnviz.errors import UnsupportedOpError
 from onnx_cnnviz.graph import occlusion_incremental as oi
 from onnx_cnnviz.graph.occlusion import window_positions
 
-from tests.conftest import CACHE, export_onnx, rel_err
+from tests.conftest import CACHE, rel_err
+from tests.exporting import export_torchscript
 from tests.graph.test_occlusion_incremental import _compare
 from tests.graph.test_rules import CONV_CASES, Case, _w, check, gradient_graph, node, rand
 from tests.methods.test_cam import _close, reference_maps
@@ -154,7 +155,7 @@ def timm_model():
                     module.inplace = False
             path = CACHE / f"timm_{name}_{SIZE}.onnx"
             if not path.exists():
-                export_onnx(model, torch.zeros(1, 3, SIZE, SIZE), path)
+                export_torchscript(model, torch.zeros(1, 3, SIZE, SIZE), path)
             x = np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
             made[name] = (model, cv.load(path, device="cpu"), x)
         return made[name]
@@ -279,7 +280,7 @@ class DynamicFilter(torch.nn.Module):
 def test_dynamic_filter_gradient_equals_torch_autograd():
     torch.manual_seed(0)
     model = DynamicFilter().eval()
-    path = export_onnx(model, torch.zeros(1, 3, 32, 32), CACHE / "dynamic_filter_32.onnx")
+    path = export_torchscript(model, torch.zeros(1, 3, 32, 32), CACHE / "dynamic_filter_32.onnx")
     m = cv.load(path, device="cpu")
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     xt = torch.from_numpy(x).requires_grad_(True)

@@ -17,9 +17,6 @@ models against finite differences here too, with the harness of tests/graph/test
 """
 from __future__ import annotations
 
-import logging
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -29,7 +26,8 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.errors import UnsupportedOpError
 from onnx_cnnviz.graph import load as graph_load
 
-from tests.conftest import CACHE, rel_err, torchvision_model
+from tests.conftest import CACHE, rel_err
+from tests.exporting import export_dynamo, torchvision_model
 from tests.graph.test_rules import Case, check, gradient_graph, node, rand
 from tests.reference import onnx_kink_pattern, torch_rule_grad
 
@@ -53,25 +51,15 @@ def dynamo_export(model, path, batch: str, size: int = SIZE, example_batch: int 
     batch range that includes 1, the example batch is 2, as the converter does (``example_batch=2``: directly)."""
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo", "torch.fx", "torch._guards"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     examples = [torch.zeros(b, 3, size, size) for b in (1, 2) if b >= example_batch]
     if batch != "dynamic":
         examples = examples[:1]
-    kwargs = {"dynamic_shapes": ({0: torch.export.Dim("N", min=1, max=1024)},)} if batch == "dynamic" else {}
     for i, x in enumerate(examples):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=18, input_names=["input"],
-                                            output_names=["logits"], verbose=False, report=False, **kwargs)
+            return export_dynamo(model, x, path, batch="dim" if batch == "dynamic" else "static")
         except Exception:  # noqa: BLE001 - torch.export refused the range at this example batch: try the next
             if i == len(examples) - 1:
                 raise
-            continue
-        program.save(str(path), external_data=False)
-        return path
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +143,7 @@ def test_dynamic_export_that_bakes_batch_one_is_rewritten_to_batch(tmp_path, cap
 
     model = tiny_vit()
     path = tmp_path / "vit_dynamic.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), None, dynamo=True, opset_version=18,
-                          input_names=["input"], output_names=["logits"], verbose=False, report=False,
-                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)).save(str(path))
+    export_dynamo(model, torch.zeros(1, 3, 32, 32), path, batch="dynamic")
     proto = onnx.load(str(path))
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "the export's batch is no longer symbolic"
     assert batch_one_only(graph_load.normalise(proto), "input", (3, 32, 32)), "torch now exports this correctly"

@@ -18,7 +18,8 @@ import pytest
 
 import onnx_cnnviz as cv
 
-from tests.conftest import CACHE, export_onnx, rel_err
+from tests.conftest import CACHE, rel_err
+from tests.exporting import export_torchscript
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -94,7 +95,7 @@ def hf_efficientnet():
     calibrate_batchnorm(model, torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
     path = CACHE / f"hf_efficientnet_b0_t{transformers.__version__}.onnx"
     if not path.exists():
-        export_onnx(model, torch.zeros(1, 3, 224, 224), path)
+        export_torchscript(model, torch.zeros(1, 3, 224, 224), path)
     return model, path
 
 

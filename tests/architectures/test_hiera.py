@@ -26,7 +26,8 @@ import onnx_cnnviz as cv
 from onnx_cnnviz import runtime
 from onnx_cnnviz.graph import held
 
-from tests.conftest import CACHE, export_onnx, rel_err
+from tests.conftest import CACHE, rel_err
+from tests.exporting import export_torchscript
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -92,7 +93,7 @@ def hiera():
         torch.nn.init.normal_(model.head.fc.weight, std=0.02)
     path = CACHE / f"{NAME}_timm{timm.__version__}_headinit.onnx"
     if not path.exists():
-        export_onnx(model, torch.zeros(1, 3, 224, 224), path)
+        export_torchscript(model, torch.zeros(1, 3, 224, 224), path)
     return model, path
 
 

@@ -1,7 +1,7 @@
 """The timm classifiers the random-sample sweep broke (issue 24, point 7), end to end against torch.
 
 Each model is built by timm with random weights (``pretrained=False``, fixed seed), exported with the TorchScript
-exporter at opset 17 (tests/conftest.py's ``export_onnx``) and loaded by the library:
+exporter at opset 17 (tests/exporting.py's ``export_torchscript``) and loaded by the library:
 
 * ``resnetblur50``: BlurPool pads its maps in reflect mode before the blur filter (the rule of Pad's copying modes);
 * ``mvitv2_tiny``: the relative-position bias is assigned into the attention map through ``ScatterND`` (mvitv2's
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import onnx_cnnviz as cv
-from tests.conftest import CACHE, export_onnx, rel_err
+from tests.conftest import CACHE, rel_err
+from tests.exporting import export_torchscript
 from tests.reference import module_output_and_grad, onnx_kink_pattern, pinned
 
 torch = pytest.importorskip("torch")
@@ -49,7 +50,7 @@ def exported(name: str, size: int, **kwargs):
     net = timm_net(name, **kwargs)
     path = CACHE / f"timm_models_{name}_{size}.onnx"
     if not path.exists():
-        export_onnx(net, torch.zeros(1, 3, size, size), path)
+        export_torchscript(net, torch.zeros(1, 3, size, size), path)
     x = np.random.default_rng(3).standard_normal((2, 3, size, size)).astype(np.float32)
     return net, cv.load(path, device="cpu"), x
 

@@ -2,8 +2,9 @@
 
 Small but real configurations of torchvision's ViT, Swin (v1 and v2: cosine attention with ReduceL2), MaxViT
 (Einsum relative attention, window and grid partitions) and timm's ViT, random weights, exported by the TorchScript
-exporter with a dynamic batch (tests/conftest.export_onnx), checked through the whole chain: ``cv.load(path)``, then
-``m.run(x, wrt=[...], targets=...)`` at batch 2 with a different target per image, and ``cv.saliency``.
+exporter with a dynamic batch (tests/exporting.export_torchscript), checked through the whole chain:
+``cv.load(path)``, then ``m.run(x, wrt=[...], targets=...)`` at batch 2 with a different target per image, and
+``cv.saliency``.
 
 What these models do that CNNs do not: attention moves the batch off axis 0 (nn.MultiheadAttention's (L, N, E)
 tensors, Swin's (N * windows, area, C) partitions), so the shape probe must mark every dimension that follows the
@@ -24,7 +25,8 @@ from onnx import TensorProto, helper
 import onnx_cnnviz as cv
 from onnx_cnnviz.graph import held
 
-from tests.conftest import CACHE, export_onnx, rel_err
+from tests.conftest import CACHE, rel_err
+from tests.exporting import export_torchscript
 from tests.reference import module_output_and_grad, onnx_kink_pattern, torch_rule_grad
 
 torch = pytest.importorskip("torch")
@@ -80,7 +82,7 @@ def transformer():
             model = model.eval()
             path = CACHE / f"transformer_{name}_{SIZE}_v1.onnx"
             if not path.exists():
-                export_onnx(model, torch.zeros(1, 3, SIZE, SIZE), path)
+                export_torchscript(model, torch.zeros(1, 3, SIZE, SIZE), path)
             made[name] = (model, cv.load(path, device="cpu"), module)
         return made[name]
 

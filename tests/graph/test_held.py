@@ -21,7 +21,8 @@ from onnx_cnnviz import runtime
 from onnx_cnnviz.graph import held
 from onnx_cnnviz.graph import load as graph_load
 from onnx_cnnviz.methods.registry import explain
-from tests.conftest import CACHE, rel_err, torchvision_model
+from tests.conftest import CACHE, rel_err
+from tests.exporting import torchvision_model
 from tests.tiny_models import gap_classifier, make_model, save
 
 
@@ -197,7 +198,7 @@ def _real_models():
     (as_strided Gather, LayerNorm), a dynamo static ViT (attention reshapes rewritten to batch: graph/unbake.py),
     an NHWC wrapper and a uint8 raw-pixel wrapper (graph/layout.py)."""
     torch = pytest.importorskip("torch")
-    from tests.conftest import export_onnx
+    from tests.exporting import export_torchscript
     from tests.architectures.test_dynamo_export import dynamo_export
     from tests.graph.test_layouts import ChannelsLast, RawPixels
     from tests.architectures.test_transformers_gradients import SIZE as T_SIZE
@@ -207,7 +208,7 @@ def _real_models():
             path = CACHE / f"held_{name}_{size}.onnx"
             if not path.exists():
                 net = module() if module else torchvision_model(name)
-                export_onnx(net, dummy if dummy is not None else torch.zeros(1, 3, size, size), path)
+                export_torchscript(net, dummy if dummy is not None else torch.zeros(1, 3, size, size), path)
             return path
         return make
 

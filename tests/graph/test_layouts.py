@@ -19,7 +19,8 @@ import onnx_cnnviz as cv
 from onnx_cnnviz.graph.layout import ADAPTED_INPUT
 from onnx_cnnviz.methods.registry import explain
 from tests.cli import invoke
-from tests.conftest import CACHE, export_onnx, rel_err, torchvision_model
+from tests.conftest import CACHE, rel_err
+from tests.exporting import export_torchscript, torchvision_model
 from tests.reference import module_output_and_grad
 from tests.tiny_models import write_png
 
@@ -65,7 +66,7 @@ def resnet():
                                 ("uint8", RawPixels(net).eval(), torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8))):
         path = CACHE / f"layouts_resnet18_{kind}_{SIZE}.onnx"
         if not path.exists():
-            export_onnx(module, dummy, path)
+            export_torchscript(module, dummy, path)
         paths[kind] = cv.load(path, device="cpu")
     return net, paths
 
@@ -206,7 +207,7 @@ def transformers():
     for name, net, size in nets:
         path = CACHE / f"layouts_{name}_{size}.onnx"
         if not path.exists():
-            export_onnx(net, torch.zeros(1, 3, size, size), path)
+            export_torchscript(net, torch.zeros(1, 3, size, size), path)
         made[name] = (net, cv.load(path, device="cpu"), size)
     return made
 
@@ -297,7 +298,7 @@ def test_full_size_transformers_match_pytorch_grad_cam(name):
         torch.nn.init.normal_(net.heads.head.weight, std=0.02)
     path = CACHE / f"layouts_{name}_224.onnx"
     if not path.exists():
-        export_onnx(net, torch.zeros(1, 3, 224, 224), path)
+        export_torchscript(net, torch.zeros(1, 3, 224, 224), path)
     m = cv.load(path, device="cpu")
     x = np.random.default_rng(6).standard_normal((2, 3, 224, 224)).astype(np.float32)
     xt = torch.tensor(x, requires_grad=True)

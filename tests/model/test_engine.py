@@ -200,7 +200,7 @@ def test_missing_rule_on_the_path_names_node_and_op_but_forward_still_works():
 
 def test_ceil_mode_pool_whose_last_window_starts_in_padding_gets_its_real_shape(tmp_path):
     torch = pytest.importorskip("torch")
-    from tests.conftest import export_onnx
+    from tests.exporting import export_torchscript
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -215,7 +215,7 @@ def test_ceil_mode_pool_whose_last_window_starts_in_padding_gets_its_real_shape(
     torch.manual_seed(0)
     net = Net().eval()
     x = torch.randn(2, 3, 5, 5)
-    m = cv.load(export_onnx(net, x, tmp_path / "ceil.onnx"), device="cpu")
+    m = cv.load(export_torchscript(net, x, tmp_path / "ceil.onnx"), device="cpu")
     assert m.layer(m.default_layer).shape == (None, 4, 3, 3)  # onnx shape inference alone says 4x4
     xt = x.clone().requires_grad_(True)
     net(xt)[torch.arange(2), torch.tensor([1, 2])].sum().backward()

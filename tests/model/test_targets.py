@@ -3,14 +3,13 @@ architecture; class targets given as objects, names or ints give the same maps; 
 equals pytorch-grad-cam's SemanticSegmentationTarget."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
 import onnx_cnnviz as cv
 from onnx_cnnviz.errors import InputError
 from tests.conftest import CACHE
+from tests.exporting import export_torchscript
 from tests.reference import onnx_kink_pattern, pinned
 
 torch = pytest.importorskip("torch")
@@ -130,12 +129,7 @@ def lraspp():
     module = Out(net).eval()
     path = CACHE / "lraspp_mobilenet_v3_large_160.onnx"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (torch.zeros(1, 3, 160, 160),), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["out"],
-                              dynamic_axes={"input": {0: "N"}, "out": {0: "N"}})
+        export_torchscript(module, torch.zeros(1, 3, 160, 160), path, output="out")
     return module, cv.load(path, device="cpu", task="segmenter")
 
 
