@@ -33,7 +33,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +124,6 @@ def main() -> None:
 
     import onnxruntime as ort
     import torch
-    import torchvision
     from captum.attr import Saliency
     from captum.metrics import infidelity, sensitivity_max
     from pytorch_grad_cam.metrics.road import ROADCombined
@@ -135,23 +133,16 @@ def main() -> None:
     import onnx_cnnviz as cv
     from onnx_cnnviz import metrics
     from onnx_cnnviz.runtime import default_threads
+    from tests.exporting import export_torchscript, torchvision_model
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    net = getattr(torchvision.models, args.model)(weights=None).eval()
-    for module in net.modules():
-        if hasattr(module, "inplace"):
-            module.inplace = False
+    net = torchvision_model(args.model, seed=0)
     softmax = lambda t: torch.softmax(t, dim=-1)  # noqa: E731
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{args.model}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (torch.zeros(1, 3, args.size, args.size),), str(path), dynamo=False,
-                              opset_version=17, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        export_torchscript(net, torch.zeros(1, 3, args.size, args.size), path)
         m = cv.load(path, device="cpu", threads=threads, batch_size=32)
         n, size = args.images, args.size
         x = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
