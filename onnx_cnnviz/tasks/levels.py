@@ -56,17 +56,21 @@ def _feeds_head(name: str, used_by: dict) -> bool:
 
 
 def backbone_output(model: onnx.ModelProto, layers: list[Layer]) -> str | None:
-    """A segmenter's default layer: the backbone's last map, which the decoder's branches read.
+    """A segmenter's default layer: the backbone's last map, which the decoder head reads.
 
-    The last layer at the coarsest spatial resolution (h*w > 1) that feeds two or more nodes (DeepLabV3's ASPP
-    branches, LR-ASPP's two paths); the last layer at that resolution when none does; None without spatial layers.
-    pytorch-grad-cam's segmentation tutorial explains at this map (``model.backbone.layer4``).
+    The last layer at the coarsest spatial resolution (h*w > 1) with the most channels, a Concat of head branches
+    (DeepLabV3's ASPP) aside: a backbone ends wide (ResNet's 2048, MobileNetV3's 960) and its head narrows it
+    (FCN's 512, ASPP's 256, LR-ASPP's 128). pytorch-grad-cam's segmentation tutorial explains at this map
+    (``model.backbone.layer4``); the layer before a residual block's fork or a head's first branch would be an
+    earlier block. None without spatial layers.
     """
     spatial = [la for la in layers if len(la.shape) == 4 and la.shape[2] * la.shape[3] > 1]
     if not spatial:
         return None
     coarsest = min(la.shape[2] * la.shape[3] for la in spatial)
-    at_coarsest = [la for la in spatial if la.shape[2] * la.shape[3] == coarsest]
-    used_by = consumers(model.graph)
-    branching = [la for la in at_coarsest if len([n for n in used_by.get(la.name, []) if n.op_type != "Shape"]) >= 2]
-    return (branching or at_coarsest)[-1].name
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    at_coarsest = [la for la in spatial if la.shape[2] * la.shape[3] == coarsest and producers.get(la.name) != "Concat"]
+    if not at_coarsest:
+        return [la for la in spatial if la.shape[2] * la.shape[3] == coarsest][-1].name
+    widest = max(la.shape[1] for la in at_coarsest)
+    return [la for la in at_coarsest if la.shape[1] == widest][-1].name
