@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelStructureError
 from .head import constant_value, reduce_axes, spatial_head
-from .load import BATCH_DIM
+from .loading.batch import BATCH_DIM
 from .ops import ACTIVATIONS, DENSE, FLATTENINGS, INFERENCE_IDENTITIES, WINDOWED_EQUIVALENT, node_attr
 from .structure import producers
 from .subgraphs import node_inputs

@@ -6,7 +6,7 @@ batch, probing its shapes, building each session), so torchvision's vit_h_14 and
 stored as external data) could not be loaded at all, and every copy of a 1 GB model costs seconds.
 
 A model whose weights reach :data:`HOLD_ABOVE_BYTES` therefore has its large initializers (:data:`HOLD_MIN_BYTES` and
-up) taken out when it is read (:func:`hold_inplace`, called by ``load.read_model``): each keeps its name, type and
+up) taken out when it is read (:func:`hold_inplace`, called by graph/loading/read.py): each keeps its name, type and
 dims in the graph, marked as external data whose ``location`` names the held array (``cnnviz-held-<holding>-<n>``);
 the arrays stay in this process's store. Rewrites then copy only these placeholders, and:
 
