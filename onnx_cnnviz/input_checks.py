@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["check_images", "size_pair"]
+__all__ = ["check_images", "size_pair", "check_batch_size"]
 
 
 def check_images(x, channels: int, static_hw: tuple | None, takes_pixels: bool,
@@ -62,3 +62,24 @@ def size_pair(size) -> tuple:
     if not valid:
         raise InputError(f"input_size must be (H, W), two positive ints, got {size!r}.")
     return (int(h), int(w))
+
+
+def check_batch_size(value, name: str = "batch_size") -> int | None:
+    """``value`` checked as a batch size: None (chosen from the memory budget or the model's default) or an int >= 1.
+
+    Args:
+        value: the batch size a user gave.
+        name: the argument's name, for the error.
+
+    Returns:
+        The int, or None.
+
+    Raises:
+        InputError: 0, a negative number, a float (2.5, or 2.0: a batch is a count) or a bool, which were coerced
+            silently before (0 meant "choose", 2.5 meant 2).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be None (chosen from the memory budget) or an int >= 1, got {value!r}.")
+    return int(value)

@@ -7,15 +7,20 @@
 * ``upsample``/``normalize``/``relu``: True or False (:func:`flag`); a tuple or a string is refused, not taken as
   True.
 * ``top``: how many classes, an int from 1 to the model's class count (:func:`count_of_classes`).
+* a 1x1 feature layer: a map there carries no spatial information, so the CAM methods warn
+  (:func:`warn_single_pixel`).
 * ``baseline``: the reference input of occlusion and Integrated Gradients (:func:`baseline_values`): a float, one
   value per channel, one per image and channel, ``"mean"`` (each image's channel means), or (IG only) an array
   shaped like the images.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..errors import InputError
+from ..input_checks import check_batch_size
 
 
 def input_only(method: str, layer) -> None:
@@ -54,16 +59,13 @@ def pair(value, name: str) -> tuple[int, int]:
 
 
 def batch_size(value, name: str = "batch_size") -> int | None:
-    """``value`` checked as a batch size: None (the method chooses one from its memory budget) or an int >= 1.
+    """``value`` checked as a batch size: None (the method chooses one from its memory budget) or an int >= 1
+    (:func:`onnx_cnnviz.input_checks.check_batch_size`, which the Model's runs use too).
 
     Raises:
         InputError: 0, a negative number, a float (2.5, or 2.0: a batch is a count) or a bool.
     """
-    if value is None:
-        return None
-    if not _is_int(value) or value < 1:
-        raise InputError(f"{name} must be None (chosen from the memory budget) or an int >= 1, got {value!r}.")
-    return int(value)
+    return check_batch_size(value, name)
 
 
 def flag(value, name: str) -> bool:
@@ -89,6 +91,28 @@ def count_of_classes(value, num_classes: int | None, name: str = "top") -> int:
         upper = f" and {num_classes}, the model's class count" if num_classes is not None else ""
         raise InputError(f"{name} must be an int between 1{upper}, got {value!r}.")
     return int(value)
+
+
+def single_pixel_note(method: str, layer: str, hw) -> str | None:
+    """The warning for ``method`` explained at ``layer`` whose feature map is ``hw`` = (h, w), or None.
+
+    A 1x1 map (a layer after global pooling, or the last stage of a small input) holds one value per channel: the
+    map is that one number spread over the image, 0.0 everywhere after min-max normalisation. It is not an error
+    (the number is right), but it shows nothing, so the caller warns.
+    """
+    h, w = (int(v) for v in hw)
+    if (h, w) != (1, 1):
+        return None
+    return (f"{method} at layer '{layer}': the layer's feature map is 1x1, so the map carries no spatial information "
+            "(one value spread over the image, 0 everywhere once normalised); choose a layer with a spatial map "
+            "(Model.layers lists them, the default layer is the last one).")
+
+
+def warn_single_pixel(method: str, layer: str, hw) -> None:
+    """:func:`single_pixel_note` as a :class:`UserWarning`, when there is one."""
+    note = single_pixel_note(method, layer, hw)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=3)
 
 
 def baseline_values(x: np.ndarray, baseline, image_shaped: bool = True) -> np.ndarray:
@@ -125,4 +149,5 @@ def baseline_values(x: np.ndarray, baseline, image_shaped: bool = True) -> np.nd
     raise InputError(f"baseline must be {forms}; got shape {arr.shape} for x of shape {x.shape}.")
 
 
-__all__ = ["input_only", "pair", "batch_size", "flag", "count_of_classes", "baseline_values"]
+__all__ = ["input_only", "pair", "batch_size", "flag", "count_of_classes", "single_pixel_note", "warn_single_pixel",
+           "baseline_values"]

@@ -108,3 +108,19 @@ def test_localise_top_equal_to_the_class_count_gives_every_class(model, x):
 def test_localise_refuses_a_bad_batch_size(model, x):
     with pytest.raises(InputError, match="batch_size must be None"):
         localise(model, x, method="gradcam", batch_size=0)
+
+
+def test_a_single_pixel_layer_is_named_in_a_warning():
+    assert arguments.single_pixel_note("grad_cam", "pool", (2, 1)) is None
+    with pytest.warns(UserWarning, match="grad_cam at layer 'pool': the layer's feature map is 1x1, so the map "
+                                         "carries no spatial information"):
+        arguments.warn_single_pixel("grad_cam", "pool", (1, 1))
+
+
+def test_the_models_runs_and_the_methods_share_one_batch_size_check():
+    from onnx_cnnviz.input_checks import check_batch_size
+
+    assert check_batch_size(None) is None and check_batch_size(np.int64(3)) == 3
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(InputError, match="batch_size must be None"):
+            check_batch_size(bad)
