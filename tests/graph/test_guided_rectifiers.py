@@ -34,7 +34,7 @@ from onnx_cnnviz.methods.gradients import has_rectifiers
 from tests.conftest import CACHE, REPO, load_script, rel_err
 from tests.graph.test_rules import Case, check, node, one, rand, run_gradients, session
 from tests.reference import onnx_kink_pattern, torch_rule_grad
-from tests.tiny_models import make_model
+from tests.tiny_models import gap_classifier
 
 RULES = ("vanilla", "guided", "deconvnet")
 TOL = 1e-4
@@ -238,34 +238,10 @@ def test_clip_is_rectifier_reads_inputs_and_attributes():
 # --------------------------------------------------------------------------------------------------------------------
 
 def small_classifier(activation: str = "Sigmoid", opset: int = 17, size: int = 8, **attrs) -> onnx.ModelProto:
-    """x (1, 3, S, S) -> Conv(3->4, 3x3, pad 1) -> ``activation`` -> GlobalAveragePool -> Flatten -> Gemm(->5).
-
-    ``activation``: an op type, or "Clip6" (Clip(0, 6), bounds as inputs at opset >= 11, attributes before)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "fc_w"),
-             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "fc_b")]
-    if activation == "Clip6" and opset >= 11:
-        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
-                  numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
-        act = helper.make_node("Clip", ["conv1", "lo", "hi"], ["act"], name="act")
-    elif activation == "Clip6":
-        act = helper.make_node("Clip", ["conv1"], ["act"], name="act", min=0.0, max=6.0)
-    elif activation == "PRelu":
-        inits.append(numpy_helper.from_array(np.array([0.2, -0.3, 0.1, 0.0], np.float32).reshape(4, 1, 1), "slope"))
-        act = helper.make_node("PRelu", ["conv1", "slope"], ["act"], name="act")
-    else:
-        act = helper.make_node(activation, ["conv1"], ["act"], name="act", **attrs)
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["conv1"], pads=[1, 1, 1, 1], name="conv1"), act,
-             helper.make_node("GlobalAveragePool", ["act"], ["pool"], name="pool"),
-             helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
-             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
-                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits, opset=opset)
-    if opset < 11:
-        model.ir_version = 5
-    return model
+    """x (1, 3, S, S) -> Conv(3->4, 3x3, pad 1) -> ``activation`` 'act' -> GlobalAveragePool -> Flatten -> Gemm(->5):
+    tests/tiny_models.py's ``gap_classifier`` with another activation ("Clip6": Clip(0, 6), bounds as inputs at
+    opset >= 11, attributes before)."""
+    return gap_classifier(size=size, activation=activation, activation_name="act", opset=opset, **attrs)
 
 
 def _x(n=2, size=8, seed=0):

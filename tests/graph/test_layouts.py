@@ -22,7 +22,7 @@ from tests.cli import invoke
 from tests.conftest import CACHE, rel_err
 from tests.exporting import export_torchscript, torchvision_model
 from tests.reference import module_output_and_grad
-from tests.tiny_models import write_png
+from tests.tiny_models import make_model, save, write_png
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -119,17 +119,13 @@ def test_uint8_pixels_give_the_float_models_maps(resnet):
 def test_integer_pixels_that_are_computed_on_are_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    from tests.tiny_models import save
-
     nodes = [helper.make_node("Add", ["pixels", "one"], ["shifted"]),
              helper.make_node("Cast", ["shifted"], ["x"], to=TensorProto.FLOAT),
              helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["logits"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-                              [helper.make_tensor("one", TensorProto.UINT8, [], [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(nodes, [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 3, 8, 8])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                       [helper.make_tensor("one", TensorProto.UINT8, [], [1])])
     path = save(model, tmp_path / "int.onnx")
     with pytest.raises(cv.ModelStructureError, match=r"computes on them before casting.*'Add'|Add"):
         cv.load(path, device="cpu")

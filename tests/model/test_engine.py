@@ -16,6 +16,7 @@ import onnx_cnnviz as cv
 
 from tests.conftest import CACHE
 from tests.reference import directional_derivative_check
+from tests.tiny_models import make_model, save
 
 RAPIDOCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
 PADDLE_CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -113,10 +114,8 @@ def tiny_classifier(batch=1, reshape_shape=(1, -1), head_op=None, mid_op=None, o
         nodes.append(helper.make_node(head_op, ["logits"], ["probs"], axis=1, name="head"))
         nodes.append(helper.make_node("Flatten", ["probs"], ["out"], name="trailing_flatten"))
         out = "out"
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])],
+                       [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits, opset=opset)
     return model
 
 
@@ -307,16 +306,12 @@ def test_a_zero_pad_before_max_pool_keeps_its_zeros(tmp_path):
     the border windows of an all-negative map must see the padded zeros (BiT's stem)."""
     from onnx import TensorProto, helper
 
-    from tests.tiny_models import save
-
     pads = helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1])
     nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"]),
              helper.make_node("MaxPool", ["padded"], ["pooled"], kernel_shape=[3, 3], strides=[2, 2]),
              helper.make_node("Flatten", ["pooled"], ["logits"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [pads])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [pads])
     m = cv.load(save(model, tmp_path / "padpool.onnx"), device="cpu")
     x = -np.arange(1, 17, dtype=np.float32).reshape(1, 1, 4, 4)
     padded = np.pad(x[0, 0], 1)
@@ -332,18 +327,14 @@ def test_a_graph_declared_any_batch_that_bakes_batch_one(tmp_path, shape, trans_
     first batch. Scores and gradients exact either way."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from tests.tiny_models import save
-
     rng = np.random.default_rng(0)
     w = rng.standard_normal((5, 48)).astype(np.float32)
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["flat"]),
              helper.make_node("Gemm", ["flat", "w"], ["logits"], transA=trans_a, transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
-                              [numpy_helper.from_array(w, "w"),
-                               numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+                       [numpy_helper.from_array(w, "w"),
+                        numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")])
     m = cv.load(save(model, tmp_path / "baked.onnx"), device="cpu")
     assert m.static_batch is not batches
     x = rng.standard_normal((3, 3, 4, 4)).astype(np.float32)

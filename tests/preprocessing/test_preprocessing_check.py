@@ -27,6 +27,7 @@ from onnx_cnnviz.errors import InputError
 from onnx_cnnviz.image import PRESETS, Preprocessing, save_image
 from onnx_cnnviz.preprocessing_check import (CANDIDATES, PreprocessingWarning, candidates, check_preprocessing,
                                              find_images, same_input, swapped)
+from tests.tiny_models import make_model
 
 COLOURS = ("red", "green", "blue")
 SUBSET = 25  # photographs of the 100-photo sample scored in the real-model tests
@@ -38,11 +39,9 @@ def colour_classifier(metadata: dict | None = None) -> onnx.ModelProto:
     nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pool"]),
              helper.make_node("Flatten", ["pool"], ["flat"]),
              helper.make_node("MatMul", ["flat", "w"], ["scores"])]
-    graph = helper.make_graph(nodes, "colours", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                              ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
-                              [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                       [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+                       [numpy_helper.from_array(weight, "w")], name="colours")
     props = {"cnnviz.labels": "\n".join(COLOURS), **(metadata or {})}
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
