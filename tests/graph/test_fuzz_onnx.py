@@ -1,7 +1,7 @@
 """Fuzz the loader: bytes of a valid small ONNX model, mutated (seeded), must load or give a typed error; never
 another exception, never a crash of the Python process (one batch runs in a subprocess to prove that).
 
-Run more cases by hand with ``python -m tests.test_fuzz_onnx SEED COUNT``.
+Run more cases by hand with ``python -m tests.graph.test_fuzz_onnx SEED COUNT``.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_mutated_models_load_or_give_typed_errors():
 
 def test_a_batch_of_mutations_does_not_crash_the_process():
     """Crashes (a segfault in a native parser, an abort) would kill pytest itself: run a batch elsewhere."""
-    proc = subprocess.run([sys.executable, "-m", "tests.test_fuzz_onnx", "8", "300", "20"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "tests.graph.test_fuzz_onnx", "8", "300", "20"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "cases" in proc.stdout
