@@ -132,7 +132,7 @@ def main() -> None:
                 "methods: Grad-CAM at the default layer, saliency, guided gradients, XGrad-CAM at another layer and "
                 "occlusion with a 112-pixel window. \"before\": `CNNVIZ_SHARE_WEIGHTS=0` (a copy of the weights per "
                 "session); \"after\": the default (one copy shared by the model's sessions, or held beside the graph "
-                "from 256 MiB of weights).", "", *table]
+                f"from 256 MiB of weights). Settings run: {', '.join(args.settings)}.", "", *table]
         pages.write_section(PAGE, "memory_sessions", "\n".join(text))
         print(f"wrote the memory_sessions section of {PAGE.relative_to(ROOT)}")
 
