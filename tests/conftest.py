@@ -18,8 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def load_script(path):
     """The Python file ``path`` (a script of models/ or benchmarks/, folders of scripts, not packages) as a module,
-    registered in ``sys.modules`` so that its dataclasses and pickling work."""
+    registered in ``sys.modules`` so that its dataclasses and pickling work. Its folder joins the end of ``sys.path``,
+    as a script's own folder is on it when run (the benchmarks import their sibling ``pages.py``)."""
     path = Path(path)
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(f"_cnnviz_{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
