@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import InputError, ModelStructureError
 from ..graph import held
+from ..graph.layout import batch_leading
 from ..graph.structure import downstream, upstream
 from ..graph.subgraphs import node_inputs
 from ..maps import finish_maps
@@ -85,6 +86,7 @@ def head_graph(model: onnx.ModelProto, layer: str, output: str, image: str, info
             nodes.append(node)
     made = {o for node in nodes for o in node.output if o}
     read = [name for node in nodes for name in node_inputs(node)]
+    leading = None  # float tensors whose axis 0 is the batch, sample for sample (computed when needed)
     initializers = {t.name: t for t in graph.initializer}
     extras, folded = [], []
     for name in dict.fromkeys(read):
@@ -93,8 +95,9 @@ def head_graph(model: onnx.ModelProto, layer: str, output: str, image: str, info
         if name in constants:
             folded.append(numpy_helper.from_array(np.asarray(constants[name]), name))
             continue
-        ti = info.get(name)
-        if ti is None or not ti.is_float or not ti.shape or ti.shape[0] is not None or 0 not in ti.batch_axes:
+        if leading is None:
+            leading = batch_leading(model, image, info)
+        if name not in leading:
             raise ModelStructureError(f"the network after layer '{layer}' reads '{name}', computed before the layer "
                                       "from the batch size, so it cannot score h*w masked copies per image; "
                                       "Recipro-CAM needs a head that takes its batch from its own input (Flatten, "
