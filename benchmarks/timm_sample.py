@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -101,8 +102,10 @@ def measure(name: str) -> dict:
     size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
     row["size"] = size
     row["params_m"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 1)
-    path = CACHE / f"{name}_{size}.onnx"
-    CACHE.mkdir(parents=True, exist_ok=True)
+    # A folder per model: a large export writes its weights beside the .onnx, and the parent removes the folder
+    # even when the watchdog killed this process before its own clean-up (the leftovers were gigabytes).
+    path = work_dir(name) / f"{name}_{size}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         export_torchscript(net, torch.zeros(1, 3, size, size), path)
@@ -157,7 +160,7 @@ def measure(name: str) -> dict:
             row.update(float64_check(net, x, ours, ref))
         return row
     finally:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def float64_check(net, x, ours, ref) -> dict:
@@ -200,6 +203,11 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def work_dir(name: str) -> Path:
+    """Where one model's export lives while it is measured (removed afterwards, by the child or the parent)."""
+    return CACHE / "work" / name
+
+
 def run_child(name: str, timeout: float, memory_gb: float, core: int) -> dict:
     """One model in a fresh interpreter on one core, killed above ``memory_gb`` resident or after ``timeout`` s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -222,6 +230,7 @@ def run_child(name: str, timeout: float, memory_gb: float, core: int) -> dict:
     finally:
         if child.poll() is None:
             child.kill()
+        shutil.rmtree(work_dir(name), ignore_errors=True)
     base = {"model": name, "peak_gb": round(peak / 2 ** 30, 2), "seconds": round(time.monotonic() - start)}
     if why:
         return {**base, "export": why}
