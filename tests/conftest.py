@@ -118,21 +118,22 @@ QUICK_MODULES = {
     "tests/graph/test_head.py", "tests/graph/test_load_limits.py", "tests/runs/test_jsonio.py",
     "tests/errors/test_errors.py", "tests/image/test_image.py", "tests/methods/test_registry.py",
     "tests/metrics/test_hand.py", "tests/model/test_model_cache.py", "tests/model/test_targets.py",
-    "tests/model/test_model_vjp.py",
+    "tests/model/test_model_vjp.py", "tests/graph/test_einsum_equation_errors.py",
+    "tests/errors/test_input_size_errors.py", "tests/runs/test_unreadable_records.py",
 }
 #: Modules whose tests take gigabytes (a 2.15 GB model, peak-memory measurements of real models).
 MEMORY_MODULES = {"tests/graph/test_held.py", "tests/runs/test_memory.py", "tests/model/test_memory_sessions.py",
                   "tests/architectures/test_hiera.py", "tests/architectures/test_hf_models.py"}
 #: Fixtures that read ../shared (the SqueezeNet, the kitten).
 SHARED_FIXTURES = {"squeezenet_path", "kitten_x"}
-#: Fixtures that export a torchvision model with torch.
-TORCH_FIXTURES = {"torchvision_onnx", "loaded_batch"}
+#: Fixtures that export a torchvision model with torch (conftest's, and tests/model/test_targets.py's segmenter).
+TORCH_FIXTURES = {"torchvision_onnx", "loaded_batch", "lraspp"}
 
 
 def _imports_torch(path: Path, cache: dict) -> bool:
     if path not in cache:
         text = path.read_text(encoding="utf-8")
-        cache[path] = "import torch" in text or "from torch" in text
+        cache[path] = any(s in text for s in ("import torch", "from torch", 'importorskip("torch")'))
     return cache[path]
 
 
