@@ -1,4 +1,11 @@
-"""Shared fixtures: real models exported once per session, the shared SqueezeNet and images, and helpers."""
+"""Shared fixtures: real models exported once per session, the shared SqueezeNet and images, and helpers.
+
+The test folders mirror the package: graph/ (loading, rules, passes), model/ (Model, targets, sessions), methods/,
+metrics/, runs/, tasks/, image/, preprocessing/, cli/, dataset/ (Ray), keras/, openvino/, errors/ (typed errors across
+the API and the CLI), docs/ (README, site, examples), and architectures/ (real architectures end to end: torchvision,
+timm, Hugging Face, dynamo exports). Tiny hand-built models come from tests/tiny_models.py, torch exports from
+tests/exporting.py; the markers (quick, torch, ray, shared, memory) are set at the end of this file.
+"""
 from __future__ import annotations
 
 import importlib.util
