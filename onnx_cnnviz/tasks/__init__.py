@@ -10,10 +10,12 @@ from .decoders import (Candidates, Decoder, UltralyticsDecoder, YoloV5Decoder, f
 from .detection import Detection, detect, explain
 from .head import TASKS, NotAClassifierError, check_head, head_output, not_a_classifier
 from .nms import box_iou, nms
+from .drise import drise, drise_masks
 from .picodet import PICODET_OUTPUT, PicoDetDecoder, picodet_head
 from .text import TextRegion, text_regions
 
 __all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder",
            "register_decoder", "recognise", "find_decoder", "Detection", "detect", "explain", "nms", "box_iou",
            "check_head", "head_output", "not_a_classifier",
-           "PICODET_OUTPUT", "PicoDetDecoder", "picodet_head", "TextRegion", "text_regions"]
+           "PICODET_OUTPUT", "PicoDetDecoder", "picodet_head", "TextRegion", "text_regions",
+           "drise", "drise_masks"]

@@ -70,6 +70,13 @@ class Decoder:
         """The candidate detections in one image's head output (its per-image shape)."""
         raise NotImplementedError
 
+    def vectors(self, output: np.ndarray, elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """D-RISE's detection vectors (:mod:`onnx_cnnviz.tasks.drise`) of the candidates whose score elements are
+        ``elements``: (M,) objectness (1 where the head has none) and (M, C) class scores of their anchors.
+        Optional: a decoder without it is refused by D-RISE only."""
+        raise NotImplementedError(f"{type(self).__name__} does not give D-RISE's class vectors; implement "
+                                  "Decoder.vectors(output, elements).")
+
 
 class UltralyticsDecoder(Decoder):
     """ultralytics YOLOv8 / YOLO11 (and v9, v10 without end-to-end, v12) detection head exported without NMS:
@@ -97,6 +104,11 @@ class UltralyticsDecoder(Decoder):
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         return Candidates(boxes, scores, classes, (4 + classes) * anchors + np.arange(anchors))
 
+    def vectors(self, output: np.ndarray, elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = np.asarray(output, dtype=np.float32).reshape(self.shape)
+        anchors = np.asarray(elements, dtype=np.int64) % self.shape[1]
+        return np.ones(len(anchors), np.float32), out[4:, anchors].T
+
 
 class YoloV5Decoder(Decoder):
     """YOLOv5 (and v7, YOLOX-style exports with the decoding inside) head without NMS: (N, A, 5 + C), per anchor box
@@ -123,6 +135,11 @@ class YoloV5Decoder(Decoder):
         cx, cy, w, h = out[:, 0], out[:, 1], out[:, 2], out[:, 3]
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         return Candidates(boxes, scores, classes, rows * width + 5 + classes, rows * width + 4)
+
+    def vectors(self, output: np.ndarray, elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = np.asarray(output, dtype=np.float32).reshape(self.shape)
+        rows = np.asarray(elements, dtype=np.int64) // self.shape[1]
+        return out[rows, 4], out[rows, 5:]
 
 
 #: Known heads, tried in order by :func:`recognise`.
