@@ -22,6 +22,7 @@ from .graph import layout as graph_layout
 from .graph import load as graph_load
 from .graph import shapes as graph_shapes
 from .graph.loading import batch_pass, batch_record, normalise_passes, read_pass
+from .graph.loading.batch import bakes_batch_one, batch_one_only, batches_correctly
 from .graph.loading.choices import inputs_record, layout_record, score_record
 from .graph.loading.size import shapes_record
 from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
@@ -138,7 +139,7 @@ class Model:
                 f"the model accepts images of any size but does not run at {hw[0]}x{hw[1]} ({exc}). Give the size "
                 "it was trained for: load(..., input_size=(H, W)) or --input-size HxW.") from None
         if not rewritten and not self.static_batch and \
-                graph_shapes.bakes_batch_one(self._batched, self.input_name, (self.channels, *hw)):
+                bakes_batch_one(self._batched, self.input_name, (self.channels, *hw)):
             # Declared "any batch", yet shape inference at batch 2 says otherwise and the graph only runs at batch 1
             # (a constant [1, K] reshape): run it one image at a time rather than fail at the first batch.
             self._base = copy.deepcopy(self._batched)
@@ -295,7 +296,7 @@ class Model:
             return self._spec(hw)
         except ModelStructureError:
             chw = (self.channels, *hw)
-            if self._base is None and graph_shapes.batch_one_only(self._batched, self.input_name, chw):
+            if self._base is None and batch_one_only(self._batched, self.input_name, chw):
                 # Declared "any batch", yet batch 1 is baked in where no rewrite reached (torch.export traced at
                 # batch 1): the graph as exported runs one image at a time.
                 self._base = copy.deepcopy(self._batched)
@@ -571,27 +572,9 @@ class Model:
         resolve_layer(self._layers, name)  # raises UnknownLayerError with suggestions
 
     def _batches_correctly(self, hw) -> bool:
-        """Run batch 2 and batch 1 on the batch-dynamic graph; both must agree.
-
-        The probe is the smallest that can tell (two images, float32, drawn as float32). When even that would take
-        more than :data:`PROBE_BUDGET_BYTES` (the input plus twice the largest feature map, at batch 2) the check is
-        skipped and False returned: images then run one at a time, always correct, and a model declaring a
-        4096x4096 input does not allocate gigabytes just to be loaded or inspected.
-        """
+        """Whether batch 2 gives batch 1's scores on the batch-dynamic graph (graph/loading/batch.py's
+        :func:`~onnx_cnnviz.graph.loading.batch.batches_correctly`, within :data:`PROBE_BUDGET_BYTES`)."""
         spec = self._spec(hw)
-        made = {o for node in spec.model.graph.node for o in node.output if o}
-        largest = max((int(np.prod(ti.shape[1:], dtype=np.float64)) for name, ti in spec.info.items()
-                       if name in made and ti.static and ti.shape), default=0)
-        pixels = self.channels * int(hw[0]) * int(hw[1])
-        if 2 * 4 * (pixels + 2 * largest) > PROBE_BUDGET_BYTES:
-            return False
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((2, self.channels, *hw), dtype=np.float32)
-        try:
-            session = runtime.Session(self._graph(hw), ["CPUExecutionProvider"], self.threads,
-                                      weights=runtime.SharedWeights())
-            both = session.run({self.input_name: x})[self.score_name]
-            one = session.run({self.input_name: x[:1]})[self.score_name]
-        except Exception:
-            return False
-        return both.shape[0] == 2 and np.allclose(both[:1], one, rtol=1e-4, atol=1e-5)
+        return batches_correctly(spec.model, spec.info, self.input_name, self.score_name, (self.channels, *hw),
+                                 lambda: runtime.Session(self._graph(hw), ["CPUExecutionProvider"], self.threads,
+                                                         weights=runtime.SharedWeights()), PROBE_BUDGET_BYTES)

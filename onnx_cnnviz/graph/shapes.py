@@ -17,14 +17,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelStructureError
-from . import held
-from .loading.batch import BATCH_DIM
-from .loading.inference import infers_batch
+# batch_one_only and bakes_batch_one belong to the batch pass (graph/loading/batch.py); re-exported for callers.
+from .loading.batch import BATCH_DIM, bakes_batch_one, batch_one_only  # noqa: F401
+from .loading.probe import pruned_to
+from .loading.probe import quiet_session as _quiet_session
 from .loading.weightless import FLOAT_TYPES, weightless
 from .loading.weights import constants_to_initializers_inplace, float16_to_float32_inplace
 from .ops import node_attr
 from .padding import window_geometry
-from .subgraphs import DEFAULT_DOMAINS, fold_constant_ifs, node_inputs, value_dependent
+from .subgraphs import DEFAULT_DOMAINS, fold_constant_ifs, value_dependent
 
 
 
@@ -71,33 +72,6 @@ def infer(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     for tensor in graph.initializer:
         info[tensor.name] = TensorInfo(tensor.data_type, tuple(tensor.dims))
     return info
-
-
-def pruned_to(model: onnx.ModelProto, names, input_name: str) -> onnx.ModelProto:
-    """A new model computing only ``names`` from ``input_name``: the nodes they need, the initializers those read.
-
-    Probes run this instead of the whole model: shape arithmetic (``Shape -> Gather -> ...``) then costs nothing
-    however large the image, because no node reads the image's values; and no weight is copied that is not needed.
-    """
-    graph = model.graph
-    needed = set(names)
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output if o):
-            keep.append(node)
-            needed.update(node_inputs(node))
-    out = onnx.ModelProto()
-    out.ir_version = model.ir_version
-    out.opset_import.extend(model.opset_import)
-    g = out.graph
-    g.name = graph.name
-    g.node.extend(reversed(keep))
-    g.input.extend(v for v in graph.input if v.name == input_name)
-    g.initializer.extend(t for t in graph.initializer if t.name in needed)
-    g.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in needed)
-    for name in dict.fromkeys(names):
-        g.output.append(helper.make_empty_tensor_value_info(name))
-    return out
 
 
 @dataclass(frozen=True)
@@ -233,43 +207,6 @@ def release_freed_memory() -> None:
     from ..runtime import release_freed_memory as release
 
     release()
-
-
-def _quiet_session(model: onnx.ModelProto):
-    """A CPU session whose failures are raised, never logged: onnxruntime prints errors (severity 3) to stderr in
-    red unless its log level is 4 (fatal only)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.enable_cpu_mem_arena = False
-    options.enable_mem_pattern = False
-    return held.session(model, options, ["CPUExecutionProvider"])
-
-
-def batch_one_only(model: onnx.ModelProto, input_name: str, chw) -> bool:
-    """Whether ``model`` (its batch declared symbolic) computes its outputs at batch 1 but fails at batch 2: an
-    export that hard-codes the batch somewhere no rewrite reached (torch.export traced at batch 1, say). Such a model
-    is correct run one image at a time. Runs the whole model twice on zeros, silently."""
-    outputs = [o.name for o in model.graph.output]
-    try:
-        session = _quiet_session(pruned_to(model, outputs, input_name))
-        session.run(outputs, {input_name: np.zeros((1, *chw), dtype=np.float32)})
-    except Exception:  # noqa: BLE001 - fails at batch 1 too: another problem
-        return False
-    try:
-        session.run(outputs, {input_name: np.zeros((2, *chw), dtype=np.float32)})
-    except Exception:  # noqa: BLE001
-        return True
-    return False
-
-
-def bakes_batch_one(model: onnx.ModelProto, input_name: str, chw) -> bool:
-    """Whether ``model`` (its batch declared symbolic) cannot run a batch of 2: ONNX shape inference at batch 2
-    disagrees (no run), confirmed by running batch 1 and batch 2 on zeros (:func:`batch_one_only`)."""
-    if infers_batch(model, input_name) is not False:
-        return False
-    return batch_one_only(model, input_name, chw)
 
 
 def probe(model: onnx.ModelProto, names: list[str], input_name: str, chw) -> dict[str, TensorInfo]:

@@ -12,10 +12,11 @@ Exporters trace at batch 1 and write that 1 into the graph:
   traced at batch 1 (torch.export's ``Dim.DYNAMIC`` over torchvision's attention);
 * where shape inference at batch 2 still fails, the batch stays fixed at 1.
 
-What the pass cannot tell without running the model, ``Model`` checks when it loads it: batch 2 against batch 1 on
-random images (``Model._batches_correctly``), and a graph that only runs at batch 1 (graph/shapes.py's
-``bakes_batch_one``); when either fails, images run one at a time through :attr:`BatchPlan.base`, the graph as exported.
-:func:`batch_record` turns the plan and that outcome into the pass's record.
+What the pass cannot tell without running the model is checked here too, when ``Model`` has specialised the graph to
+its default size: a rewritten graph must give batch 1's scores at batch 2 (:func:`batches_correctly`), and a graph
+declared any-batch must run at batch 2 (:func:`bakes_batch_one`); when either fails, ``Model`` runs images one at a
+time through :attr:`BatchPlan.base`, the graph as exported. :func:`batch_record` turns the plan and that outcome into
+the pass's record.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .. import held
 from ..ops import node_attr
 from ..subgraphs import node_inputs
 from .inference import infers_batch
+from .probe import pruned_to, quiet_session
 from .record import PassRecord, plural
 from .unbake import apply_inplace, unbaked_graph, unbaked_places
 from .weightless import weightless
@@ -286,3 +288,66 @@ def fix_batch_inplace(model: onnx.ModelProto, input_name: str, batch: int = 1) -
             dims[0].Clear()
             dims[0].dim_value = int(batch)
     del graph.value_info[:]
+
+
+def batch_one_only(model: onnx.ModelProto, input_name: str, chw) -> bool:
+    """Whether ``model`` (its batch declared symbolic) computes its outputs at batch 1 but fails at batch 2: an
+    export that hard-codes the batch somewhere no rewrite reached (torch.export traced at batch 1, say). Such a model
+    is correct run one image at a time. Runs the whole model twice on zeros, silently."""
+    outputs = [o.name for o in model.graph.output]
+    try:
+        session = quiet_session(pruned_to(model, outputs, input_name))
+        session.run(outputs, {input_name: np.zeros((1, *chw), dtype=np.float32)})
+    except Exception:  # noqa: BLE001 - fails at batch 1 too: another problem
+        return False
+    try:
+        session.run(outputs, {input_name: np.zeros((2, *chw), dtype=np.float32)})
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+def bakes_batch_one(model: onnx.ModelProto, input_name: str, chw) -> bool:
+    """Whether ``model`` (its batch declared symbolic) cannot run a batch of 2: ONNX shape inference at batch 2
+    disagrees (no run), confirmed by running batch 1 and batch 2 on zeros (:func:`batch_one_only`)."""
+    if infers_batch(model, input_name) is not False:
+        return False
+    return batch_one_only(model, input_name, chw)
+
+
+def batches_correctly(model: onnx.ModelProto, info: dict, input_name: str, score_name: str, chw, open_session,
+                      budget_bytes: int) -> bool:
+    """Run batch 2 and batch 1 through the batch-dynamic graph; both must give the same scores.
+
+    The probe is the smallest that can tell (two images, float32, drawn as float32). When even that would take more
+    than ``budget_bytes`` (the input plus twice the largest feature map, at batch 2) the check is skipped and False
+    returned: images then run one at a time, always correct, and a model declaring a 4096x4096 input does not
+    allocate gigabytes just to be loaded or inspected.
+
+    Args:
+        model: the graph specialised to the size ``chw`` (its tensors' shapes in ``info``, name -> TensorInfo).
+        info: the static shapes of ``model``'s tensors.
+        input_name: the image input.
+        score_name: the score tensor compared.
+        chw: the image's (C, H, W).
+        open_session: a function returning a session (``run(feeds) -> {name: array}``) over the graph to check.
+        budget_bytes: the memory the check may take.
+
+    Returns:
+        Whether batch 2's first row equals batch 1's scores (rtol 1e-4, atol 1e-5); False when the check fails to run
+        or is over budget.
+    """
+    made = {o for node in model.graph.node for o in node.output if o}
+    largest = max((int(np.prod(ti.shape[1:], dtype=np.float64)) for name, ti in info.items()
+                   if name in made and ti.static and ti.shape), default=0)
+    if 2 * 4 * (math.prod(int(d) for d in chw) + 2 * largest) > budget_bytes:
+        return False
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *chw), dtype=np.float32)
+    try:
+        session = open_session()
+        both = session.run({input_name: x})[score_name]
+        one = session.run({input_name: x[:1]})[score_name]
+    except Exception:  # noqa: BLE001 - a graph that does not run at batch 2 does not batch
+        return False
+    return both.shape[0] == 2 and np.allclose(both[:1], one, rtol=1e-4, atol=1e-5)
