@@ -13,8 +13,9 @@ In the order they run:
 5. ``batch`` (:mod:`.batch`, with :mod:`.unbake`): the batch made symbolic wherever the export baked in a 1;
 6. ``shapes`` (:mod:`.size`): the graph specialised to the default input size, with the shapes of every tensor.
 
-The modules import one another in that direction only (``.importlinter`` checks it): record, weightless, inference
-and unbake at the bottom, the passes above them, nothing here imports graph/shapes.py or the Model.
+The modules import one another in one direction only (``.importlinter`` checks it): record, weightless, probe,
+inference and unbake at the bottom, the passes above them; nothing here imports graph/shapes.py, runtime or the
+Model.
 """
 from .batch import BATCH_DIM, BatchPlan, batch_pass, batch_record
 from .normalise import MIN_OPSET, normalise, normalise_passes
