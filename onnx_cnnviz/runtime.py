@@ -199,32 +199,72 @@ def session_providers(providers: list[str], threads: int | None = None) -> list:
 
 
 def for_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with the one attribute OpenVINO misreads written so it reads it right (a copy; ``model`` itself
-    unchanged, and returned as it is when there is nothing to change).
+    """``model`` rewritten where OpenVINO's ONNX reader (2025.4, through onnxruntime-openvino 1.24) reads it wrong or
+    not at all (a copy; ``model`` itself unchanged, and returned as it is when there is nothing to change).
 
-    OpenVINO's ONNX reader (2025.4, through onnxruntime-openvino 1.24) takes a ``HardSigmoid`` whose ``beta`` is
-    exactly 0 for one without ``beta``, that is 0.5: ``HardSigmoid(0)`` comes out 0.5 instead of 0 (``Selu`` with
-    ``alpha=0`` likewise). The backward graph's ReLU masks are ``HardSigmoid(y; alpha=2**126, beta=0)``
-    (graph/autodiff/rules/activations.py), so every gradient through a ReLU leaked half of it where the ReLU was off.
-    ``beta = -1e-30`` gives the same float32 results (0 at 0; ``alpha * x - 1e-30 == alpha * x`` for
-    ``|alpha * x| >= 1e-23``, and a difference below 1e-30 under that).
+    * A ``HardSigmoid`` whose ``beta`` is exactly 0 is taken for one without ``beta``, that is 0.5:
+      ``HardSigmoid(0)`` comes out 0.5 instead of 0 (``Selu`` with ``alpha=0`` likewise). The backward graph's ReLU
+      masks are ``HardSigmoid(y; alpha=2**126, beta=0)`` (graph/autodiff/rules/activations.py), so every gradient
+      through a ReLU leaked half of it where the ReLU was off. ``beta = -1e-30`` gives the same float32 results (0 at
+      0; ``alpha * x - 1e-30 == alpha * x`` for ``|alpha * x| >= 1e-23``, and a difference below 1e-30 under that).
+    * A ``LayerNormalization`` with its optional ``Mean`` and ``InvStdDev`` outputs (which the backward rule reads:
+      graph/autodiff/rules/normalization.py) is refused ("used for training"): it keeps its one output ``Y`` and the
+      two statistics are computed beside it, ``Mean = ReduceMean(X)`` and ``InvStdDev = 1 / sqrt(ReduceMean((X -
+      Mean)^2) + epsilon)`` over the normalised axes (``axis`` to the last), as the operator defines them.
     """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
     def misread(node) -> bool:
         return (node.op_type == "HardSigmoid" and node.domain in ("", "ai.onnx")
                 and any(a.name == "beta" and a.f == 0.0 for a in node.attribute))
 
-    if not any(misread(node) for node in model.graph.node):
+    def statistics(node) -> bool:
+        return (node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx")
+                and any(o for o in node.output[1:]))
+
+    if not any(misread(node) or statistics(node) for node in model.graph.node):
         return model
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(model.graph.value_info) + list(model.graph.input)
+             + list(model.graph.output) if v.type.tensor_type.HasField("shape")}
     out = onnx.ModelProto()
     held.copy_fields(model, out, "graph")
     held.copy_fields(model.graph, out.graph, "node")
-    for node in model.graph.node:
+    for k, node in enumerate(model.graph.node):
         copy = out.graph.node.add()
         copy.CopyFrom(node)
         if misread(copy):
             for attr in copy.attribute:
                 if attr.name == "beta":
                     attr.f = -1e-30
+        elif statistics(copy):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
+            if axis >= 0:
+                rank = ranks.get(node.input[0], ranks.get(node.output[0]))
+                if rank is None:  # the axes cannot be told: left as it is (OpenVINO then refuses the graph)
+                    continue
+                axis -= rank
+            axes = list(range(axis, 0))
+            mean, inv_std = (list(node.output) + ["", ""])[1:3]
+            del copy.output[1:]
+            prefix = f"cnnviz/ov_ln{k}/"
+            mean = mean or prefix + "mean"
+            reduce_args = {"axes": axes, "keepdims": 1}
+            axes_input = []
+            if opset >= 18:
+                out.graph.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), prefix + "axes"))
+                axes_input, reduce_args = [prefix + "axes"], {"keepdims": 1}
+            make = onnx.helper.make_node
+            extra = [make("ReduceMean", [node.input[0]] + axes_input, [mean], **reduce_args),
+                     make("Sub", [node.input[0], mean], [prefix + "centred"]),
+                     make("Mul", [prefix + "centred", prefix + "centred"], [prefix + "square"]),
+                     make("ReduceMean", [prefix + "square"] + axes_input, [prefix + "var"], **reduce_args)]
+            out.graph.initializer.append(onnx.numpy_helper.from_array(np.array(eps, np.float32), prefix + "eps"))
+            if inv_std:
+                extra += [make("Add", [prefix + "var", prefix + "eps"], [prefix + "var_eps"]),
+                          make("Sqrt", [prefix + "var_eps"], [prefix + "std"]),
+                          make("Reciprocal", [prefix + "std"], [inv_std])]
+            out.graph.node.extend(extra)
     return out
 
 
