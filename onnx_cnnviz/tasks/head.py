@@ -41,6 +41,19 @@ def head_output(model: onnx.ModelProto, task: str, wanted: str | None = None) ->
         return wanted
     if len(names) == 1:
         return names[0]
+    if task == "detector":
+        from .picodet import PICODET_STRIDES, is_picodet
+
+        if is_picodet(model, PICODET_STRIDES):
+            raise ModelStructureError(
+                f"this detector's outputs ({', '.join(names)}) are a PicoDet head's, per-level class scores and DFL "
+                "box logits: decode them in the graph first, onnx_cnnviz.load(onnx_cnnviz.tasks.picodet_head(path), "
+                "task='detector').")
+        raise ModelStructureError(
+            f"this detector has several outputs ({', '.join(names)}); choose the head output its targets read with "
+            "output=NAME, or, for a head spread over several outputs, join them into one in the graph (as "
+            "onnx_cnnviz.tasks.picodet_head does) and describe it with a decoder: subclass onnx_cnnviz.tasks.Decoder "
+            "(matches, __init__, candidates) and onnx_cnnviz.tasks.register_decoder it.")
     raise ModelStructureError(f"this {task} has several outputs ({', '.join(names)}); choose the head output its "
                               "targets read with output=NAME.")
 

@@ -28,7 +28,7 @@ from ..errors import ModelStructureError
 from ..graph.load import read_model
 from .decoders import Candidates, Decoder, register_decoder
 
-__all__ = ["PICODET_OUTPUT", "PICODET_STRIDES", "picodet_head", "PicoDetDecoder"]
+__all__ = ["PICODET_OUTPUT", "PICODET_STRIDES", "picodet_head", "is_picodet", "PicoDetDecoder"]
 
 #: The decoded head output :func:`picodet_head` adds (the name :class:`PicoDetDecoder` recognises).
 PICODET_OUTPUT = "picodet/detections"
@@ -72,6 +72,15 @@ def _levels(model: onnx.ModelProto, strides: tuple) -> tuple[list, list, int, in
     if len(classes) != 1 or len(bins) != 1 or next(iter(bins)) % 4:
         raise ModelStructureError(f"the PicoDet levels disagree on the class count or the box bins: {listed}.")
     return scores, boxes, classes.pop(), bins.pop() // 4, grids
+
+
+def is_picodet(model: onnx.ModelProto, strides: tuple = PICODET_STRIDES) -> bool:
+    """Whether ``model``'s outputs are a PicoDet head of ``strides`` (what :func:`picodet_head` decodes)."""
+    try:
+        _levels(model, tuple(strides))
+    except ModelStructureError:
+        return False
+    return True
 
 
 def _centres_and_scales(hw: tuple, strides: tuple) -> tuple[np.ndarray, np.ndarray]:

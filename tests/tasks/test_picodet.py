@@ -120,3 +120,14 @@ def test_picodet_head_leaves_the_file_alone_and_has_one_output(layout):
     assert [o.name for o in model.graph.output] == [PICODET_OUTPUT]
     assert LAYOUT_CDLA.read_bytes() == before
     assert len(onnx.load(str(LAYOUT_CDLA)).graph.output) == 8
+
+
+def test_picodet_file_loaded_as_it_is_says_how_to_load_it(layout):
+    """The shipped file (eight outputs) loaded as a detector: the error names its outputs and picodet_head; a
+    detector with several outputs of no known head names the decoder interface."""
+    with pytest.raises(ModelStructureError, match="transpose_0.tmp_0.*are a PicoDet head's.*picodet_head\\(path\\)"):
+        cv.load(LAYOUT_CDLA, device="cpu", task="detector")
+    model = onnx.load(str(LAYOUT_CDLA))
+    del model.graph.output[1:4]  # scores of three levels gone: no longer a PicoDet head
+    with pytest.raises(ModelStructureError, match="several outputs .*subclass onnx_cnnviz.tasks.Decoder"):
+        cv.load(model, device="cpu", task="detector")
