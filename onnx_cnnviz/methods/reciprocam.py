@@ -16,6 +16,8 @@ layer's resolution equals theirs; their ``embed_scaling`` min-max scales each cl
 (``normalize``) to [0, 1], then (``upsample``) bilinearly to the input size like every map of this package.
 
 The head is cut from the model's graph at the layer (:func:`head_graph`): every node between the layer and the score.
+Where the layer's only reader is a ``GlobalAveragePool`` (ResNets, MobileNets, EfficientNets), the head starts after
+it and each masked map enters as its pooled value ``A[:, i, j] / (h w)``, (C, 1, 1) instead of (C, h, w).
 A node of the head that also reads a tensor computed before the layer (a skip connection around it) reads that
 tensor of the unmasked image, as OpenVINO XAI's graph does at batch 1. On a token layer (a ViT's (N, 1 + h*w, C)
 block output) the class and other prefix tokens are kept unmasked and only the patch tokens masked, OpenVINO XAI's
@@ -121,6 +123,21 @@ def head_graph(model: onnx.ModelProto, layer: str, output: str, image: str, info
     return result, extras
 
 
+def _pooled(model: onnx.ModelProto, layer: str) -> str | None:
+    """The output of the ``GlobalAveragePool`` that is the only reader of ``layer``, or None.
+
+    Its value on a masked feature map that keeps position (i, j) alone is ``A[:, i, j] / (h w)`` (the other
+    positions are zeros), so the head can start after the pool and take (C, 1, 1) rows instead of (C, h, w) maps: h*w
+    times less memory and copying, the same numbers up to the pool's rounding of that one division."""
+    readers = [node for node in model.graph.node if layer in node_inputs(node)]
+    if len(readers) != 1 or any(o.name == layer for o in model.graph.output):
+        return None
+    node = readers[0]
+    if node.op_type != "GlobalAveragePool" or node.domain not in ("", "ai.onnx"):
+        return None
+    return node.output[0]
+
+
 def _native_mosaics(A_native: np.ndarray, A: np.ndarray, rows: np.ndarray, view) -> np.ndarray:
     """The masked feature maps of ``rows`` (image * h*w + position), in the model's own layout.
 
@@ -175,8 +192,10 @@ def reciprocam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, 
     seeds = resolve(m, targets, n) if targets is not None else None
     output = seeds.tensor if seeds is not None else m.score_name
     key = (hw, name, output)
+    view = spec.views.get(name)
+    pooled = None if view is not None else m.cached(("reciprocam-pool", hw, name), lambda: _pooled(spec.model, name))
     head, extras = m.cached(("reciprocam-head",) + key, lambda: head_graph(
-        spec.model, name, output, m.input_name, spec.info, spec.constants))
+        spec.model, pooled or name, output, m.input_name, spec.info, spec.constants))
 
     # 1. One forward pass to the layer (and the tensors the head also reads, and the scores), in the model's layout.
     wanted = [name] + extras
@@ -185,7 +204,6 @@ def reciprocam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, 
     step = 1 if m.static_batch else int(batch_size or m.batch_size)
     parts = [forward.run({m.input_name: x[s:s + step]}, [m.score_name] + wanted) for s in range(0, n, step)]
     got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    view = spec.views.get(name)
     A_native = got[name]
     A = view.to_nchw(A_native) if view is not None else A_native
     h, w = A.shape[2:]
@@ -203,12 +221,17 @@ def reciprocam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, 
         free = available_memory()
         if free is not None:
             budget = min(budget, free // 4)
-        rows = max(1, min(total, budget // max(1, A_native[0].nbytes)))
+        row_bytes = A_native[0].nbytes // (h * w if pooled else 1)
+        rows = max(1, min(total, budget // max(1, row_bytes)))
     raw = np.empty(total, dtype=np.float64)
     for start in range(0, total, rows):
         index = np.arange(start, min(start + rows, total))
         img = index // (h * w)
-        feeds = {name: _native_mosaics(A_native, A, index, view)}
+        if pooled:  # the pooled masked map: the one kept position's values over h * w, as the pool computes it
+            pos = index % (h * w)
+            feeds = {pooled: (A[img, :, pos // w, pos % w] / np.float32(h * w))[:, :, None, None]}
+        else:
+            feeds = {name: _native_mosaics(A_native, A, index, view)}
         feeds.update({e: got[e][img] for e in extras})
         flat = session.run(feeds, [output])[output].reshape(len(index), -1)
         raw[index] = flat[np.arange(len(index)), top1[img]] if seeds is None else seeds.values(flat, img)
