@@ -74,6 +74,8 @@ def main() -> None:
                         help="batch sizes for occlusion and Score-CAM (--openvino)")
     parser.add_argument("--rise-masks", type=int, default=1000, help="RISE masks per image (--openvino)")
     parser.add_argument("--markdown", type=Path, default=None, help="write the --openvino table as a page")
+    parser.add_argument("--results", type=Path, default=ROOT / "out" / "speed-openvino.json",
+                        help="every --openvino timing and score, as JSON")
     args = parser.parse_args()
     if args.openvino:
         openvino_main(args)
@@ -311,7 +313,8 @@ def openvino_main(args) -> None:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text, encoding="utf-8")
-        (args.markdown.with_suffix(".json")).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(doc, indent=1), encoding="utf-8")
 
 
 def _commit() -> str:
