@@ -671,8 +671,8 @@ def param_option(f):
     that a method's tunable is reachable without an option of its own; the help lists them with their defaults."""
     return shared_option("--param", "method_params", metavar="METHOD.KEY=VALUE", multiple=True,
                          help="A method parameter (VALUE read as JSON, else as text), e.g. occlusion.window=[8,8]; "
-                              "repeatable; wins over the options above. The parameters, with their defaults: "
-                              "{params}.", fill=method_registry.all_parameters)(f)
+                              "repeatable; wins over an option of the same parameter (--window, ...). The "
+                              "parameters, with their defaults: {params}.", fill=method_registry.all_parameters)(f)
 
 
 def _default(method: str, key: str):

@@ -52,6 +52,8 @@ from .common import (
     model_options,
     out_folder_option,
     overwrite_option,
+    param_option,
+    parse_method_params,
     parse_metric_params,
     preprocessing_options,
     ray_option,
@@ -78,6 +80,7 @@ RESUME_NOTE = (f"Here a result is an (image, method, metric) row of {JOURNAL}, a
 @click.argument("images", nargs=-1, required=True)
 @method_option(registry.names, "Default: gradcam.")
 @metric_options("Default: deletion,insertion.")
+@param_option
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
               help="Ground-truth boxes of the images (CSV or JSON, keyed by image file name or path, in the "
                    "original pictures' pixels), for the localisation metrics (pointing-game, energy-pointing-game, "
@@ -116,6 +119,7 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     metrics = flatten_lists(metrics) or list(DEFAULT_METRICS)
     check_boxes_usage(metrics, boxes_file)
     params = parse_metric_params(metric_params, metrics)
+    options["method_params"] = parse_method_params(options.get("method_params") or (), methods)
     run(ctx, methods, metrics, params, boxes_file, options)
 
 

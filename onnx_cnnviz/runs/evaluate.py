@@ -104,7 +104,8 @@ def finish(m, job, outputs: dict, paths: list, work: Plan, tally: Tally, model_n
 
 
 def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), metrics=tuple(DEFAULT_METRICS),
-                    metric_params: dict | None = None, boxes=None, target=None, layer: str | None = None,
+                    metric_params: dict | None = None, params: dict | None = None, boxes=None, target=None,
+                    layer: str | None = None,
                     labels=None, preprocess=None, mean=None, std=None, size=None, order=None, scale=None,
                     input_size=None, device: str = "auto", input_name: str | None = None,
                     output_name: str | None = None, max_nodes=LIBRARY_DEFAULT, max_pixels=LIBRARY_DEFAULT,
@@ -122,6 +123,8 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
         out: the output folder.
         methods: method registry names; ``metrics``: metric registry names (``onnx_cnnviz.metrics.registry``).
         metric_params: {metric: {key: value}}, checked against each metric's parameters.
+        params: the methods' own parameters, one dict for all (``KEY`` or ``METHOD.KEY``, as
+            :func:`onnx_cnnviz.runs.explain_images` takes them; default: the registry's).
         boxes: ground-truth boxes file (CSV or JSON) for the localisation metrics.
         target: a class index or name evaluated for every image (default: each image's top-1).
         layer, labels, preprocess, mean, std, size, order, scale, input_size, device, input_name, output_name,
@@ -142,13 +145,14 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
 
     reporter = reporter or Reporter()
     methods, metrics = list(methods), list(metrics)
+    method_params = dict(params or {})
     params = check_metrics(metrics, metric_params, boxes, reporter)
     options = {"model": str(model), "images": [images] if isinstance(images, (str, Path)) else list(images),
                "out_dir": str(out), "recursive": recursive, "device": device, "input_name": input_name,
                "output_name": output_name, "input_size": input_size, "max_nodes": max_nodes,
                "preprocess": preprocess, "mean": mean, "std": std, "size": size, "order": order, "scale": scale,
                "labels": labels, "target": target, "layer": layer, "overwrite": overwrite, "resume": resume,
-               "batch_size": int(batch_size), "rows_per_run": rows_per_run}
+               "batch_size": int(batch_size), "rows_per_run": rows_per_run, "method_params": method_params}
     limit = contextlib.nullcontext() if max_pixels is LIBRARY_DEFAULT else pixel_limit(max_pixels)
     with limit:
         m, job, paths, outputs, work = prepare(options, methods, metrics, params, boxes, reporter)

@@ -77,7 +77,14 @@ class Job:
     inputs: tuple = ()
     #: {method: why it cannot run on this model}: the asked methods left out (:mod:`.method_layers`).
     unavailable: dict = field(default_factory=dict)
+    #: The methods' own parameters, one dict for all (``KEY`` or ``METHOD.KEY``; see
+    #: :func:`onnx_cnnviz.methods.registry.parameters`); empty: the registry's defaults.
+    method_params: dict = field(default_factory=dict)
     _settings: dict = field(default_factory=dict, repr=False)  # (method, metric) -> the settings but the boxes
+
+    def own_params(self, method: str) -> dict:
+        """The parameters method ``method`` runs with (its layer aside)."""
+        return registry.parameters(method, self.method_params, shared=True)
 
     def row_settings(self, method: str, metric: str, image: int) -> dict:
         """The settings an (image, method, metric) row is made with, as its journal line holds them: --resume keeps
@@ -86,7 +93,7 @@ class Job:
         key = (method, metric)
         if key not in self._settings:
             out = {"model": self.model_path, "preprocessing": self.preprocessing_info, "target": self.target,
-                   "method": {"layer": self.layers[method], "parameters": registry.parameters(method, None)},
+                   "method": {"layer": self.layers[method], "parameters": self.own_params(method)},
                    "parameters": metric_registry.parameters(metric, self.params[metric])}
             self._settings[key] = json.loads(jsonio.dumps(out, indent=None))  # as read back (tuples as lists)
         if needs_boxes(metric):
@@ -104,6 +111,8 @@ def build_job(m, pre: Preprocessing, paths: list, methods: list, metrics: list, 
     target = resolve_target(options["target"], labels)
     if target is not None:
         m.targets_for(target, 1)  # a class out of range fails now, not after the first batch
+    method_params = dict(options.get("method_params") or {})
+    registry.check_parameters(methods, method_params)
     layers, unavailable = method_layers(m, methods, options["layer"], reporter)
     methods = list(layers)
     wanting = [name for name in metrics if needs_boxes(name)]
@@ -114,7 +123,7 @@ def build_job(m, pre: Preprocessing, paths: list, methods: list, metrics: list, 
                model_path=str(Path(options["model"]).resolve()), overwrite=options["overwrite"],
                resume=options["resume"], batch_size=options["batch_size"], rows_per_run=options["rows_per_run"],
                boxes=boxes, inputs=tuple(p for p in (options["model"], options["labels"], boxes_file) if p),
-               unavailable=unavailable)
+               unavailable=unavailable, method_params=method_params)
 
 def ground_truth_boxes(boxes_file, paths: list, pre: Preprocessing, wanting: list) -> list:
     """Per image of ``paths``, its ground-truth boxes (:class:`~onnx_cnnviz.metrics.boxes.Box`) in model-input

@@ -81,7 +81,8 @@ def evaluate_group(m, job: Job, x: np.ndarray, items: list, paths: list, journal
             continue
         images = [items[j][0] for j in rows]
         maps = method_maps(m, method, x[rows], targets[rows], job.layer, job.rows_per_run,
-                           [paths[i] for i in images], bar.method_progress(method) if bar is not None else None)
+                           [paths[i] for i in images], bar.method_progress(method) if bar is not None else None,
+                           params=job.own_params(method))
         keep_examples(m, job, tally, method, x[rows], images, paths, maps, scores[rows], targets[rows])
         for metric in job.metrics:
             sub = [r for r, j in enumerate(rows) if (method, metric) in items[j][1]]
@@ -93,12 +94,12 @@ def evaluate_group(m, job: Job, x: np.ndarray, items: list, paths: list, journal
                     bar.update(len(sub))
 
 def method_maps(m, method: str, x: np.ndarray, targets: np.ndarray, layer, rows_per_run, paths: list,
-                progress=None) -> np.ndarray:
+                progress=None, params: dict | None = None) -> np.ndarray:
     """Method ``method``'s result on ``x`` (the images ``paths``), checked to be a map over the image: (N, H, W), or
     (N, C', H, W) with C' 1 or the images' channels (attributions, reduced per pixel by the metrics), of finite
     numbers. A wrong shape is an :class:`InputError`, NaN or Inf a :class:`NumericalError`, naming the method (and
     the image): a metric of such a map would be no measurement."""
-    result = np.asarray(registry.explain(m, method, x, targets, layer=layer, batch_size=rows_per_run,
+    result = np.asarray(registry.explain(m, method, x, targets, layer=layer, params=params, batch_size=rows_per_run,
                                          progress=progress))
     n, c, h, w = x.shape
     fits = (result.ndim == 3 or (result.ndim == 4 and result.shape[1] in (1, c))) \
@@ -119,6 +120,10 @@ def score(m, job: Job, metric: str, method: str, x: np.ndarray, maps: np.ndarray
           images: list, bar=None):
     """Metric ``metric`` on ``method``'s ``maps`` of the images ``x`` (indices ``images`` of the run)."""
     params = job.params[metric]
+    if job.method_params and "method_params" in metric_registry.get(metric).params \
+            and params.get("method_params") is None:
+        # A metric that re-explains (sensitivity-max, model randomisation) runs the method as the run does.
+        params = {**params, "method_params": job.own_params(method)}
     extra = {"boxes": [job.boxes[i] for i in images]} if needs_boxes(metric) else {}
     # The progress names the method whose maps are scored: "deletion of gradcam 3/16", not "deletion 3/16".
     return metric_registry.evaluate(metric, m, x, explanation_for(metric, maps, method, params), targets, params=params,
@@ -233,5 +238,6 @@ def complete_examples(m, job: Job, paths: list, tally: Tally) -> None:
         scores = m.scores(x, batch_size=job.rows_per_run)
         targets = m.targets_for(job.target, 1) if job.target is not None else scores.argmax(axis=1)
         for name in missing:
-            maps = method_maps(m, name, x, targets, job.layer, job.rows_per_run, [paths[i]])
+            maps = method_maps(m, name, x, targets, job.layer, job.rows_per_run, [paths[i]],
+                               params=job.own_params(name))
             keep_examples(m, job, tally, name, x, [i], paths, maps, scores, targets)

@@ -209,6 +209,37 @@ def test_cli_metric_param_reaches_the_results_as_in_process(toys, inputs, tmp_pa
     assert bad.exit_code == 2 and "its parameters: scale" in bad.stderr
 
 
+def test_evaluate_runs_the_method_with_its_param(toys, inputs, tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("evaluate", inputs / "model.onnx", inputs / "photos", "--method", METHOD, "--param",
+                    f"{METHOD}.power=3", "--metric", f"{METRIC},sensitivity-max", "--metric-param",
+                    "sensitivity-max.samples=2", "--preprocess", "imagenet", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    rows = journal(out)
+    assert len(rows) == 6 and all(r["settings"]["method"]["parameters"] == {"power": 3} for r in rows)
+    m = cv.load(inputs / "model.onnx")
+    for row in rows:
+        if row["metric"] == METRIC:
+            x = model_input(inputs, Path(row["image"]).name)
+            expected = SCALE * float(toy_power(m, x, [row["class"]], power=3).mean())
+            assert row["value"] == pytest.approx(expected, rel=1e-5)
+    lib = tmp_path / "lib"
+    runs.evaluate_images(inputs / "model.onnx", inputs / "photos", lib, methods=[METHOD],
+                         metrics=[METRIC, "sensitivity-max"], metric_params={"sensitivity-max": {"samples": 2}},
+                         params={f"{METHOD}.power": 3}, preprocess="imagenet", reporter=runs.SilentReporter())
+    key = ("image", "method", "metric")
+    assert sorted(journal(lib), key=lambda r: [r[k] for k in key]) == sorted(rows, key=lambda r: [r[k] for k in key])
+    # without --param the rows say the signature's default, and their values differ
+    plain = tmp_path / "plain"
+    result = invoke("evaluate", inputs / "model.onnx", inputs / "photos", "--method", METHOD, "--metric", METRIC,
+                    "--preprocess", "imagenet", "--out", plain)
+    assert result.exit_code == 0, result.output
+    assert all(r["settings"]["method"]["parameters"] == {"power": POWER} for r in journal(plain))
+    bad = invoke("evaluate", inputs / "model.onnx", inputs / "photos", "--method", METHOD, "--param",
+                 "gradcam.power=1", "--preprocess", "imagenet", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "which is not run" in bad.stderr
+
+
 def test_unregistered_toys_are_gone(inputs, tmp_path):
     """Nothing but the registration knew them: without it, the names are unknown everywhere."""
     assert METHOD not in registry.names() and METRIC not in metric_registry.names()
