@@ -1,6 +1,6 @@
 """Pictures from the flagship model: EfficientNet-Lite0 with the library's default settings, and what they measure.
 
-    .venv/bin/python benchmarks/flagship_pictures.py [--out docs/img] [--no-before] [--squeezenet PATH]
+    .venv/bin/python benchmarks/flagship_pictures.py [--out docs/img] [--no-before] [--squeezenet PATH] [--write]
 
 Builds the model (``models/build_efficientnet_lite0.py``, kept when already built) and the four sample photographs
 (``models/sample_images.py``, into ``out/samples``), then writes into ``--out`` (``docs/img`` by default, every PNG
@@ -23,7 +23,8 @@ the inversion's relative code error ``||Phi(y) - Phi_0|| / ||Phi_0||`` and its c
 patches' receptive field. ``--squeezenet`` (default ``../shared/models/squeezenet1.1-imagenet-fp16.onnx`` when
 present) adds the class model of 'tabby' and the inversion of the cat photo on SqueezeNet 1.1 (caffe preprocessing),
 before and after, to show it did not get worse. ``--no-before`` skips every run with the former defaults. About 5
-minutes on 2 CPU cores (2 with ``--no-before``).
+minutes on 2 CPU cores (2 with ``--no-before``). ``--write`` puts the table, with the date, commit and machine, in
+``docs/guides/inside-the-network.md`` (between its ``flagship_pictures`` markers).
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import pages  # noqa: E402  (benchmarks/pages.py: this script's folder is on sys.path)
+
 import onnx_cnnviz as cv  # noqa: E402
 from onnx_cnnviz import image as im  # noqa: E402
 from onnx_cnnviz.methods import features, optimise  # noqa: E402
@@ -52,6 +55,7 @@ WORK = ROOT / "out" / "flagship"
 SQUEEZENET = ROOT.parent / "shared" / "models" / "squeezenet1.1-imagenet-fp16.onnx"
 CLASSES = ((281, "tabby"), (145, "king_penguin"))
 MAX_BYTES = 300_000
+PAGE = ROOT / "docs" / "guides" / "inside-the-network.md"
 
 #: The library's defaults before issue 11 (onnx_cnnviz/methods/optimise.py): no gradient preconditioning, and
 #: ``invert`` at ``Model.default_layer`` (the last map) with 300 Adam steps of 0.05.
@@ -270,6 +274,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-before", dest="before", action="store_false",
                         help="skip the runs with the former defaults")
     parser.add_argument("--squeezenet", type=Path, default=SQUEEZENET if SQUEEZENET.exists() else None)
+    parser.add_argument("--write", action="store_true",
+                        help=f"write the table into {PAGE.relative_to(ROOT)} (section flagship_pictures)")
     args = parser.parse_args(argv)
 
     def log(message):
@@ -292,6 +298,21 @@ def main(argv=None) -> int:
     for path in sorted(args.out.glob("*.png")):
         log(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {path.stat().st_size // 1000} KB")
     log(f"{time.time() - start:.0f} s")
+    if args.write:
+        command = " ".join([".venv/bin/python benchmarks/flagship_pictures.py",
+                            *(argv if argv is not None else sys.argv[1:])])
+        intro = (f"Measured on the pictures above, with the model's own preprocessing "
+                 f"({features.preprocessing_for(m).describe()}) (\"former defaults\": the settings before issue 11; "
+                 "probability: softmax of the final picture's scores; coarse contrast: standard deviation of the grey "
+                 "picture blurred with sigma 4 px and shrunk to 28×28, near 1 for a flat texture; relative code error: "
+                 "‖Φ(y) − Φ₀‖ / ‖Φ₀‖ at the inverted layer)" + ("" if args.before else
+                 ". This run left out the former defaults (`--no-before`: a full run took over 20 minutes on the "
+                 "shared machine), so their column is empty") + ":")
+        pages.write_section(PAGE, "flagship_pictures", "\n\n".join([
+            pages.header("benchmarks/flagship_pictures.py", command,
+                         f"The whole run took {time.time() - start:.0f} s."),
+            intro, table(class_rows, inv, patch, args.before)]))
+        log(f"wrote the flagship_pictures section of {PAGE.relative_to(ROOT)}")
     return 0
 
 
