@@ -5,6 +5,7 @@ class scores up to float summation order (1e-5 of the largest score).
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
@@ -233,3 +234,41 @@ def test_real_squeezenet_kitten(squeezenet_path, kitten_x):
     assert np.abs(fast - full).max() <= 1e-4 * np.abs(full).max()
     y, x = np.unravel_index(full[0].argmax(), full[0].shape)
     assert KITTEN_BOX[0] <= x < KITTEN_BOX[2] and KITTEN_BOX[1] <= y < KITTEN_BOX[3]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_strides_pick_the_full_graph(loaded_batch, monkeypatch, stride):
+    """At stride 1 no map after ResNet-18's stride-2 conv1 sits on the windows' grid, and at stride 2 only conv1 and
+    its ReLU do: the incremental graph would recompute almost everything and paste a 64-channel map at half the
+    image's size per window (measured 1.26-1.28x the full graph's time per window at stride 2, window 16, 224 px). The
+    plan says so, and :func:`onnx_cnnviz.occlusion` never builds the incremental session."""
+    occlusion_method = importlib.import_module("onnx_cnnviz.methods.occlusion")  # not the function of that name
+    _, m, x = loaded_batch("resnet18", 1, seed=4)
+    the_plan = incremental_plan(m, x.shape[2:], (16, 16), (stride, stride))
+    assert not the_plan.worthwhile and the_plan.cost_fraction > 1.0 - oi.MIN_SAVING, the_plan
+    assert len(the_plan.incremental) <= 2  # nothing past conv1 and its ReLU
+
+    class Picked(Exception):
+        pass
+
+    def picks(which):
+        def session(*args, **kwargs):
+            raise Picked(which)
+        return session
+    # Which session occlusion asks for is the choice; stopping there spares the thousands of windows.
+    monkeypatch.setattr(occlusion_method, "incremental_session", picks("incremental"))
+    monkeypatch.setattr(occlusion_method, "occlusion_session", picks("full"))
+    with pytest.raises(Picked, match="full"):
+        cv.occlusion(m, x, 0, window=16, stride=stride)
+    with pytest.raises(Picked, match="incremental"):  # where it is worthwhile, the same call picks the other
+        cv.occlusion(m, x, 0, window=16, stride=8)
+
+
+def test_boxes_covering_the_map_are_not_worthwhile(loaded_batch):
+    """Boxes allowed to cover whole maps (fraction 1.0) at a stride whose windows overlap almost entirely: the
+    estimate counts the recomputed convolutions at their full size plus the glue, so it is not below a forward."""
+    _, m, x = loaded_batch("resnet18", 1, seed=4)
+    spec = m.spec(x.shape[2:])
+    the_plan = oi.plan(spec.model, spec.info, m.input_name, m.score_name, (96, 96), (8, 8), 1.0)
+    assert the_plan.incremental
+    assert the_plan.cost_fraction > 1.0 - oi.MIN_SAVING and not the_plan.worthwhile
