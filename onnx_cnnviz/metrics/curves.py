@@ -53,10 +53,20 @@ _TRUNCATE = 4.0
 
 
 def rise_kernel_1d(size: int = BLUR_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
-    """The 1-D factor of RISE's blur kernel: ``gaussian_filter1d`` (scipy, mode ``"reflect"``, truncate 4) of a
-    centred impulse of length ``size``. RISE's 2-D kernel is its outer product with itself (a separable filter of a
-    separable impulse). Computed here without scipy: the Gaussian taps ``exp(-t^2 / 2 sigma^2)``, ``|t| <= 4 sigma``,
-    normalised, each folded back into the window by half-sample reflection."""
+    """The 1-D factor of RISE's blur kernel (Petsiuk et al., "RISE", BMVC 2018).
+
+    ``gaussian_filter1d`` (scipy, mode ``"reflect"``, truncate 4) of a centred impulse of length ``size``. RISE's 2-D
+    kernel is its outer product with itself (a separable filter of a separable impulse). Computed here without scipy:
+    the Gaussian taps ``exp(-t^2 / 2 sigma^2)``, ``|t| <= 4 sigma``, normalised, each folded back into the window by
+    half-sample reflection.
+
+    Args:
+        size: the kernel's length (RISE: 11).
+        sigma: the Gaussian's standard deviation in pixels (RISE: 5).
+
+    Returns:
+        (size,) float64 weights summing to 1.
+    """
     radius = int(_TRUNCATE * sigma + 0.5)
     taps = np.arange(-radius, radius + 1)
     weights = np.exp(-0.5 * (taps / sigma) ** 2)
@@ -71,8 +81,16 @@ def rise_kernel_1d(size: int = BLUR_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarr
 
 
 def blur(image: np.ndarray) -> np.ndarray:
-    """RISE's blurred image: each channel of ``image`` (C, H, W) convolved with the 11x11, sigma-5 kernel of
-    :func:`rise_kernel_1d`, zero padding."""
+    """RISE's blurred image, the default baseline of :func:`insertion`.
+
+    Each channel convolved with the 11x11, sigma-5 kernel of :func:`rise_kernel_1d`, zero padding.
+
+    Args:
+        image: (C, H, W) image.
+
+    Returns:
+        (C, H, W) float32.
+    """
     import cv2
 
     k = rise_kernel_1d().astype(np.float32)

@@ -164,7 +164,13 @@ def impute(image: np.ndarray, removed: np.ndarray, noise: float = 0.01,
 
 
 def check_percentiles(percentiles) -> tuple:
-    """``percentiles`` checked: one to :data:`MAX_PERCENTILES` numbers in [0, 100].
+    """ROAD's percentiles, checked: one to :data:`MAX_PERCENTILES` numbers in [0, 100].
+
+    Args:
+        percentiles: a number or a sequence of numbers.
+
+    Returns:
+        The percentiles as a tuple.
 
     Raises:
         InputError: no numbers, too many, or a value outside [0, 100].
