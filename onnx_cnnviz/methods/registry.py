@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import InputError
 from ..model import Model
 from ..registries import Registry, check_name, check_params, describe_params, resolved, signature_params
-from . import attribution, cam, gradients, occlusion
+from . import attribution, cam, gradients, occlusion, reciprocam
 from .cam import cam_head
 
 #: How a result is shown: an (N, H, W) heat map over the image, an (N, H, W) map in gray (white = most), an
@@ -297,6 +297,7 @@ for _method in [
     Method("eigencam", "EigenCAM", cam.eigen_cam, "map", False, True, class_specific=False, params=_CAM,
            paper="Muhammad & Yeasin 2020"),
     Method("scorecam", "Score-CAM", cam.score_cam, "map", False, True, params=_CAM, paper="Wang et al. 2020"),
+    Method("reciprocam", "Recipro-CAM", reciprocam.reciprocam, "map", False, True, paper="Byun & Lee 2022"),
     Method("saliency", "Saliency", gradients.saliency, "gray", True, paper="Simonyan et al. 2014"),
     Method("guided", "Guided backprop", _guided, "gradient", True, signed=True, paper="Springenberg et al. 2015",
            rectifier_rule="guided"),
