@@ -211,8 +211,11 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if not held.is_held(t)}
     values.update(constants or {})
     ctx = RuleContext(b, info, values, held=frozenset(t.name for t in graph.initializer if held.is_held(t)))
+    shaped: dict[str, list | None] = {}
     for node in reversed(nodes):
         dys = [_total(b, grads, o) if o else None for o in node.output]
+        for o, dy in zip(node.output, dys):
+            _note_shape(shaped, info, dy, o)
         if all(d is None for d in dys):
             continue
         ctx.node = node
@@ -247,7 +250,28 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
 
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.initializers)
+    declared = {v.name for v in graph.value_info} | {v.name for v in graph.output} | existing
+    graph.value_info.extend(helper.make_tensor_value_info(name, info_type, dims)
+                            for name, (info_type, dims) in shaped.items() if dims is not None and name not in declared)
     return GradientGraph(model, score, outputs, seed_input, target_output)
+
+
+def _note_shape(shaped: dict, info: dict[str, TensorInfo], grad: str | None, tensor: str) -> None:
+    """Record that gradient tensor ``grad`` has the shape of forward tensor ``tensor`` (with its batch named).
+
+    onnxruntime's own shape inference gives each backward chain a fresh symbolic batch (a Reshape to a run-time
+    shape, an Expand), so it cannot tell that the gradient reaching a ReLU and the ReLU's mask have the same shape;
+    its blocked-layout (NCHWc) transformer then leaves every element-wise op of the backward pass in plain NCHW, with
+    two layout conversions around each backward convolution. Declaring the shape lets the whole backward pass stay
+    blocked. A tensor recorded twice with different shapes (a rule passing one tensor on as the gradient of two)
+    gets no declaration.
+    """
+    ti = info.get(tensor)
+    if grad is None or ti is None or ti.shape is None:
+        return
+    entry = (ti.elem_type, annotated_dims(ti))
+    if shaped.setdefault(grad, entry) != entry:
+        shaped[grad] = (ti.elem_type, None)
 
 
 def _total(b: GraphBuilder, grads: dict[str, list[str]], name: str) -> str | None:

@@ -19,20 +19,24 @@ from . import register
 from ._common import times_function_of_input
 
 
-# 2**126 lifts the smallest normal float32 (2**-126) to 1; larger values saturate at Clip's upper bound.
+# 2**126 lifts the smallest normal float32 (2**-126) to 1; larger values saturate at the upper bound 1.
 _MASK_GAIN = 2.0 ** 126
 
 
 def relu_mask(ctx, y: str) -> str:
-    """The float mask (y > 0) of a ReLU output y >= 0, as ``Clip(y * 2**126, 0, 1)``.
+    """The float mask (y > 0) of a ReLU output y >= 0, as ``HardSigmoid(y; alpha=2**126, beta=0)``, that is
+    ``min(max(2**126 y, 0), 1)``.
 
     Equal to (y > 0) for every y except subnormal activations (0 < y < 2**-126), which pass a fraction of the gradient.
-    It is built from Mul and Clip rather than Greater + Where because onnxruntime keeps Mul/Clip in its blocked
-    (NCHWc) convolution layout, so no layout conversion is inserted around each ReLU of the forward pass: the
-    input-gradient graph of ResNet-50 runs about 8% faster.
+    One HardSigmoid rather than Greater + Where (or Mul + Clip) because onnxruntime runs HardSigmoid, and the Mul of
+    two same-shaped tensors that applies the mask, in its blocked (NCHWc) convolution layout, where a Mul by a
+    scalar, Clip, Where and Sign all leave it: with the gradients' shapes declared (engine.py), the backward pass of a
+    ReLU network stays blocked between its convolutions instead of being converted back to NCHW around each of them
+    (ResNet-50: 95 conversions to NCHW left 42, those around the strided convolutions' ConvTranspose). One pass over
+    the map instead of two, too. Measured gain on two loaded cores: small, the input-gradient graph of ResNet-50 went
+    from 2.39x to 2.35x a forward at batch 1 and 2.48x to 2.46x at batch 8 (process CPU time, interleaved).
     """
-    b = ctx.b
-    return b.op("Clip", [b.op("Mul", [y, b.const(_MASK_GAIN)]), b.const(0.0), b.const(1.0)], hint="relu_mask")
+    return ctx.b.op("HardSigmoid", [y], hint="relu_mask", alpha=_MASK_GAIN, beta=0.0)
 
 
 def relu_vanilla(ctx, node, dys):

@@ -1,0 +1,138 @@
+"""Saliency and guided backpropagation against a forward pass, in one run.
+
+    .venv/bin/python benchmarks/backward_speed.py [--model resnet50] [--batches 1 8] [--repeat 7] [--cpu-time]
+        [--profile]
+
+The model is a torchvision architecture with fixed random weights (timings do not depend on the weights), exported to
+ONNX once. Per batch size: a bare onnxruntime forward pass of that file (the session options our sessions use), then
+:func:`onnx_cnnviz.saliency` and :func:`onnx_cnnviz.gradients` with ``rule="guided"``, each run once untimed (graph
+building, session creation), then ``--repeat`` rounds in which the three run one after the other (interleaved, so a
+change in the machine's load touches all three alike); the median of each is reported with its ratio to the forward.
+``--cpu-time`` measures the process's CPU time instead of wall time, with onnxruntime's spinning threads turned off
+in every session: steadier on a machine other jobs share, but not what a user waits for. ``--profile`` adds, per
+batch size, the kernel time of the saliency graph summed by op type (onnxruntime's profiler), beside the forward's.
+
+Timings on a shared machine move with its load: compare the numbers of one run only.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def export(arch: str, folder: Path) -> Path:
+    import torch
+    import torchvision
+
+    path = folder / f"{arch}.onnx"
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)(weights=None).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    return path
+
+
+def session(model, threads: int, spin: bool, profile_prefix: str | None = None):
+    """An onnxruntime session with the options and disabled optimisers of :mod:`onnx_cnnviz.runtime`."""
+    import onnxruntime as ort
+
+    from onnx_cnnviz.runtime import DISABLED_OPTIMIZERS, Session
+
+    options = Session._options(threads)
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_OPTIMIZERS)
+
+
+def by_op_type(sess, feed: dict, runs: int = 3) -> dict:
+    """Mean kernel milliseconds per run, summed by op type (onnxruntime's profiler)."""
+    for _ in range(runs):
+        sess.run(None, feed)
+    path = sess.end_profiling()
+    totals: collections.Counter = collections.Counter()
+    with open(path) as f:
+        for event in json.load(f):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+    os.remove(path)
+    return dict(totals.most_common())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cpu-time", action="store_true", help="process CPU time, onnxruntime spinning off")
+    parser.add_argument("--profile", action="store_true", help="kernel time by op type")
+    args = parser.parse_args()
+
+    import onnx_cnnviz as cv
+    from onnx_cnnviz import runtime
+
+    threads = args.threads or runtime.default_threads()
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} UTC, {args.model}, {threads} threads, {os.cpu_count()} cores, "
+          f"{'CPU' if args.cpu_time else 'wall'} time, median of {args.repeat} interleaved rounds (shared machine: "
+          "other jobs run beside this one)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export(args.model, Path(tmp))
+        bare = session(str(path), threads, spin=not args.cpu_time)
+        if args.cpu_time:  # the library's sessions, spinning off too
+            original = runtime.Session._options
+
+            def quiet(threads=None, lean=False):
+                options = original(threads, lean)
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                return options
+            runtime.Session._options = staticmethod(quiet)
+        m = cv.load(path, device="cpu", threads=threads)
+        for batch in args.batches:
+            x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            runs = {"forward": lambda: bare.run(None, {"input": x}),
+                    "saliency": lambda: cv.saliency(m, x),
+                    "guided": lambda: cv.gradients(m, x, rule="guided")}
+            times = {k: [] for k in runs}
+            for fn in runs.values():
+                fn()
+            for _ in range(args.repeat):
+                for k, fn in runs.items():
+                    start = clock()
+                    fn()
+                    times[k].append(clock() - start)
+            forward = statistics.median(times["forward"])
+            print(f"batch {batch}: " + ", ".join(
+                f"{k} {statistics.median(v) * 1e3:.1f} ms ({statistics.median(v) / forward:.2f}x)"
+                for k, v in times.items()), flush=True)
+            if args.profile:
+                graph = m.build_graph(wrt=[m.input_name], target_mode="top1").SerializeToString()
+                for label, model in (("forward", str(path)), ("saliency graph", graph)):
+                    ops = by_op_type(session(model, threads, not args.cpu_time, str(Path(tmp) / "profile")),
+                                     {"input": x})
+                    print(f"  {label}: " + ", ".join(f"{op} {ms:.1f}" for op, ms in ops.items() if ms >= 0.05)
+                          + " (ms per run)")
+
+
+if __name__ == "__main__":
+    main()
