@@ -16,7 +16,8 @@ import warnings
 import click
 
 from onnx_cnnviz import jsonio
-from onnx_cnnviz.errors import CnnvizError
+from onnx_cnnviz import settings as env_settings
+from onnx_cnnviz.errors import CnnvizError, InputError
 
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, error_document, global_flags, settings, warn
 
@@ -63,6 +64,14 @@ def _library_warning(message, category, filename, lineno, file=None, line=None) 
     warn(str(message), once=str(message))
 
 
+def _debug_from_environment() -> bool:
+    """Whether ``CNNVIZ_DEBUG`` asks for tracebacks (a malformed value, already reported, asks for none)."""
+    try:
+        return bool(env_settings.DEBUG.read())
+    except InputError:
+        return False
+
+
 class CnnvizGroup(click.Group):
     """A click group that maps errors to exit codes and one-line messages (for the console script and CliRunner);
     under --json an error is also one JSON document on stdout, ``{"error": {"type", "message", "exit_code"}}``,
@@ -87,6 +96,7 @@ class CnnvizGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
+            env_settings.check_all()  # a malformed CNNVIZ_ variable is refused before any work, in one line
             with warnings.catch_warnings():
                 # The library warns (no rectifier on the path, incremental occlusion unavailable, ...): show those
                 # as the CLI's own one-line warnings, once each, silenced by --quiet.
@@ -112,7 +122,7 @@ class CnnvizGroup(click.Group):
                 _emit_error(exc, "interrupted", EXIT_INTERRUPTED)
             ctx.exit(EXIT_INTERRUPTED)
         except (CnnvizError, OSError, Exception) as exc:  # noqa: BLE001 - the CLI boundary
-            if settings(ctx).debug or os.environ.get("CNNVIZ_DEBUG"):
+            if settings(ctx).debug or _debug_from_environment():
                 traceback.print_exc(file=sys.stderr)
             command = ctx.meta.get("cnnviz.command")
             resumable = command is not None and any(p.name == "resume" for p in command.params)

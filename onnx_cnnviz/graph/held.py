@@ -28,7 +28,6 @@ Lifetime: the arrays of one read form a *holding*, kept until every owner that :
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import uuid
 import weakref
@@ -38,16 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from .. import settings
 from ..errors import InputError, ModelLoadError
-
-def _bytes_setting(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    if not text.isdigit():
-        raise InputError(f"the environment variable {name} must be a whole number of bytes, not {text!r}.")
-    return int(text)
-
 
 #: A model whose initializers hold this many bytes or more has its large ones held outside the protobuf. Well
 #: below protobuf's 2 GiB (a backward graph of a model held inside carries a derived copy of most weights: flipped
@@ -55,11 +46,32 @@ def _bytes_setting(name: str, default: int) -> int:
 #: the protobuf and in the sessions' shared store) plus those derived copies; held, they are in memory once: timm's
 #: VGG-16 (553 MB) peaks at 1.9 GB over load and five methods instead of 4.6 GB (8 GB and more with NCHWc copies),
 #: torchvision's at 1.8 GB instead of 3.45 (issue 26; benchmarks/memory_phases.py, benchmarks/memory_sessions.py).
-#: ``CNNVIZ_HOLD_ABOVE_BYTES`` sets it (0: hold the large weights of every model, as tests/test_held.py does).
-HOLD_ABOVE_BYTES = _bytes_setting("CNNVIZ_HOLD_ABOVE_BYTES", 2 ** 28)
+#: None: ``CNNVIZ_HOLD_ABOVE_BYTES`` (:mod:`onnx_cnnviz.settings`, default 256 MiB), read when a model is loaded;
+#: a number set here wins (0: hold the large weights of every model, as tests/graph/test_held.py does).
+HOLD_ABOVE_BYTES: int | None = None
 #: Only initializers this large are held: weights, not the shape constants and scalars that passes read and edit
-#: (``CNNVIZ_HOLD_MIN_BYTES``).
-HOLD_MIN_BYTES = _bytes_setting("CNNVIZ_HOLD_MIN_BYTES", 2 ** 20)
+#: (None: ``CNNVIZ_HOLD_MIN_BYTES``, default 1 MiB).
+HOLD_MIN_BYTES: int | None = None
+
+
+def hold_above_bytes() -> int:
+    """The weight size from which a model is held: :data:`HOLD_ABOVE_BYTES`, else ``CNNVIZ_HOLD_ABOVE_BYTES``.
+
+    Raises:
+        InputError: the environment variable is not a whole number of bytes.
+    """
+    return settings.HOLD_ABOVE_BYTES.read() if HOLD_ABOVE_BYTES is None else HOLD_ABOVE_BYTES
+
+
+def hold_min_bytes() -> int:
+    """The size from which an initializer is held: :data:`HOLD_MIN_BYTES`, else ``CNNVIZ_HOLD_MIN_BYTES``.
+
+    Raises:
+        InputError: the environment variable is not a whole number of bytes.
+    """
+    return settings.HOLD_MIN_BYTES.read() if HOLD_MIN_BYTES is None else HOLD_MIN_BYTES
+
+
 _PREFIX = "cnnviz-held-"
 #: Types an array in the store may have (numpy and onnxruntime agree on their memory layout).
 _TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64,
@@ -147,7 +159,7 @@ def put(tensor: TensorProto, array: np.ndarray, holding: str) -> None:
 def should_hold(model: onnx.ModelProto) -> bool:
     """Whether ``model``'s initializers reach :data:`HOLD_ABOVE_BYTES`, counted from their dims (their data may not
     be read yet)."""
-    return sum(declared_bytes(t) for t in model.graph.initializer) >= HOLD_ABOVE_BYTES
+    return sum(declared_bytes(t) for t in model.graph.initializer) >= hold_above_bytes()
 
 
 def declared_bytes(tensor: TensorProto) -> int:
@@ -165,7 +177,7 @@ _HELD_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
 
 def holdable(tensor: TensorProto) -> bool:
     return (tensor.data_type in _HELD_TYPES and key_of(tensor) is None and not tensor.HasField("segment")
-            and declared_bytes(tensor) >= HOLD_MIN_BYTES)
+            and declared_bytes(tensor) >= hold_min_bytes())
 
 
 def copy_holding(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -137,7 +137,7 @@ def tiny_vit():
 def test_dynamic_export_that_bakes_batch_one_is_rewritten_to_batch(tmp_path, capfd):
     """torch.export with ``Dim.DYNAMIC`` traces torchvision's attention at batch 1 into reshapes to [L, 1, 3, d] while
     the input is declared dynamic: the file fails at batch 2 in onnxruntime itself. Loading it rewrites those
-    reshapes (graph/unbake.py) and the class token's concatenation, silently: the model then batches, with exact
+    reshapes (graph/loading/unbake.py) and the class token's concatenation, silently: the model then batches, with exact
     gradients."""
     from onnx_cnnviz.graph.shapes import batch_one_only
 
@@ -163,7 +163,7 @@ def test_dynamic_export_that_bakes_batch_one_is_rewritten_to_batch(tmp_path, cap
 def test_transformers_exported_at_batch_one_batch_and_match_torch(name):
     """Static dynamo exports (no ``dynamic_shapes``) of small ViT, Swin (shifted windows, attention masks), Swin-V2,
     MaxViT and timm ViT: torch writes batch 1 into attention reshapes ([L, 1 * heads, d], [L * 1, E]), window
-    partitions ([1 * windows, area, C]) and the class token's concatenation. Loading rewrites them (graph/unbake.py:
+    partitions ([1 * windows, area, C]) and the class token's concatenation. Loading rewrites them (graph/loading/unbake.py:
     the likeliest placement of the batch first, the next one where shape inference then fails downstream): the model
     batches, and a batch of 3 gives torch autograd's input gradients."""
     from tests.architectures.test_transformers_gradients import BUILDERS, SIZE as T_SIZE

