@@ -78,7 +78,15 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="write the --openvino table as a page")
     parser.add_argument("--results", type=Path, default=ROOT / "out" / "speed-openvino.json",
                         help="every --openvino timing and score, as JSON")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite --markdown from --results without measuring (--openvino)")
     args = parser.parse_args()
+    if args.openvino and args.render_only:
+        text = render(json.loads(args.results.read_text(encoding="utf-8")))
+        if args.markdown:
+            args.markdown.write_text(text, encoding="utf-8")
+        print(text)
+        return
     if args.openvino:
         openvino_main(args)
         return
@@ -344,6 +352,11 @@ def _cpu_name() -> str:
     return platform.processor() or "?"
 
 
+def _peer_ort(doc: dict) -> str:
+    return next((row["peer"]["ours_openvino_ep"]["onnxruntime"] for row in doc["models"].values()
+                 if row["peer"].get("ours_openvino_ep")), "?")
+
+
 def render(doc: dict) -> str:
     """The Markdown page of one --openvino run."""
     lines = [
@@ -360,8 +373,12 @@ def render(doc: dict) -> str:
         f"`shared/images/imagenet-sample`; occlusion: window 32, stride 16, baseline 0. Command: `{doc['command']}`.",
         "",
         "Columns: seconds per batch; **/ort fwd**: that time over onnxruntime's CPU forward of the same file and "
-        "batch; **/own fwd**: over its own runtime's forward (OpenVINO's compiled model at the same precision for "
-        "OpenVINO XAI, the OpenVINO execution provider for ours on it). OpenVINO XAI's white-box ReciproCAM is run at "
+        "batch, measured in the same process shortly before or after (ours: onnxruntime "
+        f"{doc['onnxruntime']} in the main venv; the OpenVINO rows: onnxruntime "
+        f"{_peer_ort(doc)} of `.venv-openvino`, the row `forward (same run)`), so that a change of load between the "
+        "two processes does not enter the ratio; **/own fwd**: over its own runtime's forward (OpenVINO's compiled "
+        "model at the same precision for OpenVINO XAI, the OpenVINO execution provider for ours on it), measured "
+        "back to back. OpenVINO XAI's white-box ReciproCAM is run at "
         "float32 (`f32`) and at the OpenVINO CPU plugin's default (`default`: bfloat16 on this CPU, what a user gets "
         "without asking).",
         "",
@@ -376,27 +393,35 @@ def render(doc: dict) -> str:
         failed = set()
         for batch in map(str, doc["batches"]):
             fwd = row["forward"][batch]
-            entries = [("forward", "onnxruntime CPU", fwd, fwd)]
+            entries = [("forward", "onnxruntime CPU", fwd, fwd, fwd)]
             for method, times in row["ours"].items():
                 if batch in times:
-                    entries.append((f"ours: {method}", "onnxruntime CPU", times[batch], fwd))
+                    entries.append((f"ours: {method}", "onnxruntime CPU", times[batch], fwd, fwd))
+            ep = peer.get("ours_openvino_ep")
+            # the OpenVINO rows: against the onnxruntime CPU forward of the OpenVINO run (same process, same load)
+            peer_fwd = ep["forward_cpu"][batch] if ep else fwd
+            if ep:
+                entries.append(("forward (same run)", "onnxruntime CPU", peer_fwd, peer_fwd, peer_fwd))
+                for method, times in ep.get("methods_cpu", {}).items():
+                    entries.append((f"ours: {method} (same run)", "onnxruntime CPU", times[batch], peer_fwd,
+                                    peer_fwd))
             for precision, res in peer["precisions"].items():
                 own = res["forward"][batch]
-                entries.append((f"forward ({res['precision_used']})", f"OpenVINO {precision}", own, own))
+                entries.append((f"forward ({res['precision_used']})", f"OpenVINO {precision}", own, peer_fwd, own))
                 for method, times in res["methods"].items():
                     if batch in times:
-                        entries.append((f"OpenVINO XAI: {method}", f"OpenVINO {precision}", times[batch], own))
-            ep = peer.get("ours_openvino_ep")
+                        entries.append((f"OpenVINO XAI: {method}", f"OpenVINO {precision}", times[batch], peer_fwd,
+                                        own))
             if ep:
                 own = ep["forward_openvino_ep"][batch]
-                entries.append(("forward", "onnxruntime OpenVINO EP", own, own))
+                entries.append(("forward", "onnxruntime OpenVINO EP", own, peer_fwd, own))
                 for method, times in ep["methods"].items():
                     if "error" in times:
                         failed.add(f"ours: {method} on the OpenVINO EP failed: {times['error']}")
                     else:
-                        entries.append((f"ours: {method}", "onnxruntime OpenVINO EP", times[batch], own))
-            for method, runtime, seconds, own in entries:
-                lines.append(f"| {batch} | {method} | {runtime} | {seconds:.3f} | {seconds / fwd:.2f} | "
+                        entries.append((f"ours: {method}", "onnxruntime OpenVINO EP", times[batch], peer_fwd, own))
+            for method, runtime, seconds, ref, own in entries:
+                lines.append(f"| {batch} | {method} | {runtime} | {seconds:.3f} | {seconds / ref:.2f} | "
                              f"{seconds / own:.2f} |")
         lines.append("")
         lines += [f"- {text}" for text in sorted(failed)] + ([""] if failed else [])

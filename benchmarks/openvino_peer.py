@@ -150,11 +150,21 @@ def ours_on_openvino(args, x: np.ndarray, targets: np.ndarray, log) -> dict:
                                                                        args.threads))
     name_in = bare_cpu.get_inputs()[0].name
     m = cv.load(args.model, device="openvino", threads=args.threads)
+    m_cpu = cv.load(args.model, device="cpu", threads=args.threads)  # the same methods on the CPU provider, same load
+    result["methods_cpu"] = {}
     for batch in args.batches:
         xb = x[:batch]
         result["forward_cpu"][str(batch)] = best_time(lambda: bare_cpu.run(None, {name_in: xb}), args.repeat)
         result["forward_openvino_ep"][str(batch)] = best_time(lambda: bare_ov.run(None, {name_in: xb}), args.repeat)
     for name in args.ours:
+        cpu_times = {}
+        for batch in args.batches:
+            xb, tb = x[:batch], targets[:batch]
+            if name == "reciprocam":
+                cpu_times[str(batch)] = best_time(lambda: reciprocam(m_cpu, xb, tb), args.repeat)
+            else:
+                cpu_times[str(batch)] = best_time(lambda: registry.explain(m_cpu, name, xb, tb), args.repeat)
+        result["methods_cpu"][name] = cpu_times
         times = {}
         try:
             for batch in args.batches:
