@@ -82,7 +82,7 @@ class Model:
             input_size = size_pair(input_size)
             self._check_pixels(input_size, f"input_size={input_size}", InputError)
         self.providers = runtime.providers_for(device)
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.device = runtime.device_of(self.providers)
         self.threads = threads
         original, passes = read_pass(source, max_nodes=max_nodes)
         held.claim(self, original)  # weights held outside the protobuf (256 MiB or more) live as long as this

@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from . import settings
 from .errors import InputError, MissingDependencyError, RuntimeFailure
 from .graph import held
 
@@ -45,9 +46,20 @@ DEVICES = ("auto", "cpu", "cuda", "openvino")
 #: one declines).
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 
-#: Sessions built with a :class:`SharedWeights` share the weights it holds (set ``CNNVIZ_SHARE_WEIGHTS=0`` in the
-#: environment, or this to False, for one private copy of the weights per session, onnxruntime's default).
-SHARE_WEIGHTS = os.environ.get("CNNVIZ_SHARE_WEIGHTS", "1").strip().lower() not in ("0", "false", "no", "off")
+#: Sessions built with a :class:`SharedWeights` share the weights it holds. None: ``CNNVIZ_SHARE_WEIGHTS`` decides
+#: (on unless 0/false/no/off, read when a session is built); False: one private copy of the weights per session,
+#: onnxruntime's default.
+SHARE_WEIGHTS: bool | None = None
+
+
+def share_weights() -> bool:
+    """Whether sessions share their model's weights: :data:`SHARE_WEIGHTS` when set, else ``CNNVIZ_SHARE_WEIGHTS``
+    (:mod:`onnx_cnnviz.settings`, on by default).
+
+    Raises:
+        InputError: the environment variable is not an on/off word.
+    """
+    return bool(settings.SHARE_WEIGHTS.read()) if SHARE_WEIGHTS is None else bool(SHARE_WEIGHTS)
 #: Initializers smaller than this stay inside each graph (biases, shape constants: nothing worth sharing).
 SHARED_MIN_BYTES = 16 * 1024
 #: The only places a shared initializer may be consumed: weight inputs of the ops below. onnxruntime's optimisers
@@ -427,7 +439,7 @@ class Session:
             model = for_openvino(model)
         self._session = None
         self.shared: tuple = ()  # the shared weights this session reads: kept alive as long as the session
-        lean = weights is not None and SHARE_WEIGHTS
+        lean = weights is not None and share_weights()
         self.lean = lean
         disabled = HELD_DISABLED_OPTIMIZERS if held.any_held(model) else DISABLED_OPTIMIZERS
         if lean and hasattr(ort.SessionOptions, "add_external_initializers"):

@@ -748,8 +748,10 @@ def model_options(f):
 
     return apply(
         f,
-        shared_option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                      help="Where onnxruntime runs the model (auto: CUDA when it works, else CPU)."),
+        shared_option("--device", type=click.Choice(["auto", "cpu", "cuda", "openvino"]), default="auto",
+                      show_default=True,
+                      help="Where onnxruntime runs the model (auto: CUDA when it works, else CPU; openvino: "
+                           "onnxruntime's OpenVINO execution provider, from the onnxruntime-openvino package)."),
         shared_option("--input", "input_name", metavar="NAME", help="The image input, when the model has several."),
         shared_option("--output", "output_name", metavar="NAME",
                       help="The class-score output, when the model has several."),
