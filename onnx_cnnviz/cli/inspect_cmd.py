@@ -52,6 +52,7 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     info["loading"] = [record.to_dict() for record in m.load_passes]
     info["model"] = abspath(model)
     info["device"] = m.device
+    info["provider"] = m.providers[0] if isinstance(m.providers[0], str) else m.providers[0][0]
     try:
         choice = choose_preprocessing(m, preprocess, mean, std, size, order, scale, input_size)
         pre = choice.preprocessing
@@ -95,6 +96,7 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     skipped = f" (input of the final {score['softmax_skipped']}, which is skipped)" if score["softmax_skipped"] \
         else ""
     out(f"score        {score['tensor']}{skipped}, {info['num_classes']} classes")
+    out(f"device       {info['device']} (onnxruntime's {info['provider']})")
     picked = info["score_choice"]
     if len(picked["outputs"]) > 1:
         out(f"             from {picked['output']} ({picked['summary']}): {picked['reason']}")

@@ -141,3 +141,20 @@ def test_vit_like_gradients_match():
         ours, theirs = method(cpu, x, [1, 3]), method(ov, x, [1, 3])
         assert np.abs(ours).max() > 0
         np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
+
+
+def test_inspect_names_the_provider(tmp_path):
+    """`cnnviz inspect --device openvino` says which execution provider runs the model, in text and in JSON."""
+    from click.testing import CliRunner
+
+    import onnx
+
+    from onnx_cnnviz.cli.main import cli
+
+    path = tmp_path / "small.onnx"
+    onnx.save(small_cnn(), path)
+    done = CliRunner().invoke(cli, ["inspect", str(path), "--device", "openvino"])
+    assert done.exit_code == 0, done.output
+    assert "device       openvino (onnxruntime's OpenVINOExecutionProvider)" in done.output
+    done = CliRunner().invoke(cli, ["inspect", str(path), "--device", "openvino", "--json"])
+    assert '"provider": "OpenVINOExecutionProvider"' in done.output
