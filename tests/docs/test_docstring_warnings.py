@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def docstring_warnings(package: str, search_path: Path) -> list[tuple[str, str]]
                 found.append(record.getMessage())
 
     handler = Collect()
-    logger = logging.getLogger("griffe")
-    logger.addHandler(handler)
+    # griffe logs to "griffe", or, once mkdocstrings has built a site in this process (tests/docs/test_site.py), to
+    # "mkdocs.plugins.griffe" with a "griffe: " prefix: listen to both.
+    loggers = [logging.getLogger("griffe"), logging.getLogger("mkdocs.plugins.griffe")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         root = griffe.load(package, search_paths=[str(search_path)], docstring_parser="google",
                            docstring_options=OPTIONS)
@@ -49,10 +53,11 @@ def docstring_warnings(package: str, search_path: Path) -> list[tuple[str, str]]
                 obj.docstring.parsed  # noqa: B018 (parsing is what warns)
             stack.extend(m for m in obj.members.values() if not m.is_alias)
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
     out = []
     for message in found:
-        path = Path(message.split(".py:", 1)[0])
+        path = Path(re.search(r"(\S+)\.py:\d+:", message).group(1))
         if path.is_absolute():
             path = path.relative_to(search_path)
         out.append((path.as_posix().removesuffix("/__init__").replace("/", "."), message))
