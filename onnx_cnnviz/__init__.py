@@ -13,8 +13,8 @@ from .graph.structure import Layer
 from .methods import registry
 from .methods import (cam, eigen_cam, grad_cam, grad_cam_pp, gradients, guided_grad_cam, hires_cam, input_x_gradient,
                       integrated_gradients, layer_cam, occlusion, saliency, score_cam, smoothgrad, top_k, xgrad_cam)
-from .methods.features import (activations, embeddings, filters, mid_layer, mosaic, nearest_neighbours, project_2d,
-                               scatter_plot, top_patches)
+from .methods.feature_space import embeddings, mosaic, nearest_neighbours, project_2d, scatter_plot
+from .methods.features import activations, filters, mid_layer, top_patches
 from .methods.localise import iou, localise
 from .methods.optimise import class_model, invert, neuron_model
 from .methods.receptive_field import ReceptiveField, receptive_field

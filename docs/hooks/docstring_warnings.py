@@ -13,7 +13,7 @@ import griffe
 #: Modules whose docstrings still name several parameters on one line (``size, mean, std: ...``), which griffe reads
 #: as one parameter that the signature does not have. Owned by the run layer's authors; remove a module once its
 #: docstrings have one parameter per line.
-PENDING = frozenset({"onnx_cnnviz.runs.explain", "onnx_cnnviz.runs.evaluate"})
+PENDING: frozenset = frozenset()
 
 
 def _module_of(obj) -> str:

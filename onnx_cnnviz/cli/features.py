@@ -217,7 +217,7 @@ def embed_cmd(ctx, images, layer, projection, neighbours, mosaic_size, thumb, ba
               overwrite, **kw):
     """The code of every image (embeddings.npy), a 2-D map of them as a thumbnail mosaic (mosaic.png, as
     Karpathy's cnnembed) and each image's nearest neighbours (embed.json)."""
-    from onnx_cnnviz.methods import features
+    from onnx_cnnviz.methods import feature_space
 
     out = out_folder(out_dir)
     files = {"npy": out / "embeddings.npy", "mosaic": out / "mosaic.png", "json": out / "embed.json"}
@@ -226,17 +226,17 @@ def embed_cmd(ctx, images, layer, projection, neighbours, mosaic_size, thumb, ba
     if len(paths) < 2:
         raise InputError("embed needs at least 2 images.")
     m, pre = model_and_preprocessing(ctx, kw)
-    codes = features.embeddings(m, [str(p) for p in paths], layer=layer, preprocess=pre, batch_size=batch_size)
-    coords = features.project_2d(codes, projection)
+    codes = feature_space.embeddings(m, [str(p) for p in paths], layer=layer, preprocess=pre, batch_size=batch_size)
+    coords = feature_space.project_2d(codes, projection)
     k = min(neighbours, len(paths) - 1)
-    near = features.nearest_neighbours(codes, k=k) if k else (np.zeros((len(paths), 0), int), None)
-    mosaic = features.mosaic([str(p) for p in paths], coords, size=mosaic_size, thumb=thumb,
-                             snap=len(paths) <= (mosaic_size // thumb) ** 2)
+    near = feature_space.nearest_neighbours(codes, k=k) if k else (np.zeros((len(paths), 0), int), None)
+    mosaic = feature_space.mosaic([str(p) for p in paths], coords, size=mosaic_size, thumb=thumb,
+                                  snap=len(paths) <= (mosaic_size // thumb) ** 2)
     save_npy(files["npy"], codes, overwrite)
     _save_png(files["mosaic"], mosaic, overwrite)
     document = {"model": abspath(kw["model"]), "out": abspath(out),
                 "files": {name: abspath(path) for name, path in files.items()},
-                "layer": layer or features.penultimate_layer(m), "dims": int(codes.shape[1]),
+                "layer": layer or feature_space.penultimate_layer(m), "dims": int(codes.shape[1]),
                 "projection": projection,
                 "images": [{"image": abspath(p), "xy": [float(v) for v in coords[i]],
                             "neighbours": [abspath(paths[j]) for j in near[0][i]]} for i, p in enumerate(paths)]}

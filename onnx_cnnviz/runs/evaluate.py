@@ -121,15 +121,32 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
         model: the ONNX file.
         images: picture files, folders and globs (or one of them).
         out: the output folder.
-        methods: method registry names; ``metrics``: metric registry names (``onnx_cnnviz.metrics.registry``).
+        methods: method registry names.
+        metrics: metric registry names (``onnx_cnnviz.metrics.registry``).
         metric_params: {metric: {key: value}}, checked against each metric's parameters.
         params: the methods' own parameters, one dict for all (``KEY`` or ``METHOD.KEY``, as
             :func:`onnx_cnnviz.runs.explain_images` takes them; default: the registry's).
         boxes: ground-truth boxes file (CSV or JSON) for the localisation metrics.
         target: a class index or name evaluated for every image (default: each image's top-1).
-        layer, labels, preprocess, mean, std, size, order, scale, input_size, device, input_name, output_name,
-            max_nodes, max_pixels, batch_size, rows_per_run, recursive: as :func:`onnx_cnnviz.runs.explain_images`.
-        overwrite: replace existing results; ``resume``: keep the journal's rows made with the same settings.
+        layer: as in :func:`onnx_cnnviz.runs.explain_images`.
+        labels: as in :func:`onnx_cnnviz.runs.explain_images`.
+        preprocess: as in :func:`onnx_cnnviz.runs.explain_images`.
+        mean: as in :func:`onnx_cnnviz.runs.explain_images`.
+        std: as in :func:`onnx_cnnviz.runs.explain_images`.
+        size: as in :func:`onnx_cnnviz.runs.explain_images`.
+        order: as in :func:`onnx_cnnviz.runs.explain_images`.
+        scale: as in :func:`onnx_cnnviz.runs.explain_images`.
+        input_size: as in :func:`onnx_cnnviz.runs.explain_images`.
+        device: as in :func:`onnx_cnnviz.runs.explain_images`.
+        input_name: as in :func:`onnx_cnnviz.runs.explain_images`.
+        output_name: as in :func:`onnx_cnnviz.runs.explain_images`.
+        max_nodes: as in :func:`onnx_cnnviz.runs.explain_images`.
+        max_pixels: as in :func:`onnx_cnnviz.runs.explain_images`.
+        batch_size: as in :func:`onnx_cnnviz.runs.explain_images`.
+        rows_per_run: as in :func:`onnx_cnnviz.runs.explain_images`.
+        recursive: as in :func:`onnx_cnnviz.runs.explain_images`.
+        overwrite: replace existing results.
+        resume: keep the journal's rows made with the same settings.
         reporter: where lines, warnings and progress go (default: warnings through :func:`warnings.warn`).
 
     Returns:

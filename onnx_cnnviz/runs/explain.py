@@ -101,15 +101,25 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
         top_k: explain the K best classes of each image.
         layer: the CAM family's feature map (default: the last spatial map).
         labels: a class-names file (default: the model's metadata).
-        preprocess: a preset name of :data:`onnx_cnnviz.image.PRESETS`; ``mean``, ``std``, ``size``, ``order``,
-            ``scale`` override fields (``cnnviz``'s preprocessing flags).
-        input_size, device, input_name, output_name, max_nodes: how the model is loaded (:func:`onnx_cnnviz.load`).
+        preprocess: a preset name of :data:`onnx_cnnviz.image.PRESETS` (``cnnviz``'s preprocessing flags).
+        mean: overrides the preset's per-channel mean.
+        std: overrides the preset's per-channel standard deviation.
+        size: overrides the preset's (height, width) the pictures are resized to.
+        order: overrides the preset's channel order ("RGB" or "BGR").
+        scale: overrides the preset's pixel scale.
+        input_size: the input size of a model that takes any size (:func:`onnx_cnnviz.load`).
+        device: where onnxruntime runs the model (:func:`onnx_cnnviz.load`).
+        input_name: the image input, when the model has several.
+        output_name: the class-score output, when the model has several.
+        max_nodes: refuse graphs with more nodes (:func:`onnx_cnnviz.load`).
         max_pixels: refuse pictures with more pixels (None: no limit; default: the library's).
-        batch_size: images read and explained together; ``rows_per_run``: rows per onnxruntime run.
+        batch_size: images read and explained together.
+        rows_per_run: rows per onnxruntime run.
         recursive: also take images from subfolders.
-        overwrite: replace existing results; ``resume``: keep the finished results made with the same settings
-            (their files whole) and compute the rest. Input files are never written, whatever the flags.
-        alpha, colormap: the overlays' opacity and OpenCV colormap.
+        overwrite: replace existing results. Input files are never written, whatever the flags.
+        resume: keep the finished results made with the same settings (their files whole) and compute the rest.
+        alpha: the overlays' opacity.
+        colormap: the overlays' OpenCV colormap.
         reporter: where lines, warnings and progress go (default: warnings through :func:`warnings.warn`).
 
     Returns:

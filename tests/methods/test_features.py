@@ -6,6 +6,7 @@ import pytest
 
 import onnx_cnnviz as cv
 from onnx_cnnviz import image as im
+from onnx_cnnviz.methods import feature_space as FS
 from onnx_cnnviz.methods import features as F
 
 from ..conftest import KITTEN, SHARED
@@ -87,47 +88,47 @@ def test_filters_first_layer_colour(squeezenet_path):
 def test_embeddings_neighbours_and_maps(squeezenet_path, tmp_path):
     """SqueezeNet features: the mirrored kitten is the kitten's nearest neighbour, not the fish."""
     m = cv.load(squeezenet_path)
-    assert F.penultimate_layer(m) == "fire9/concat_2"  # input of the 1x1 classifier conv
+    assert FS.penultimate_layer(m) == "fire9/concat_2"  # input of the 1x1 classifier conv
     kitten = im.read_image(KITTEN)
     fish = im.read_image(SHARED / "images" / "fish.png")
     pictures = [kitten, fish, kitten[:, ::-1].copy(), np.ascontiguousarray(fish[::-1])]
-    feats = F.embeddings(m, pictures, preprocess="caffe", batch_size=3)
+    feats = FS.embeddings(m, pictures, preprocess="caffe", batch_size=3)
     assert feats.shape == (4, 512)
-    idx, dist = F.nearest_neighbours(feats, [0, 1], k=2)
+    idx, dist = FS.nearest_neighbours(feats, [0, 1], k=2)
     assert idx[0, 0] == 2 and dist[0, 0] < dist[0, 1]
-    idx_c, _ = F.nearest_neighbours(feats, [0], k=1, metric="cosine")
+    idx_c, _ = FS.nearest_neighbours(feats, [0], k=1, metric="cosine")
     assert idx_c[0, 0] == 2
-    pooled = F.embeddings(m, pictures[:2], layer="pool5_1", preprocess="caffe")
+    pooled = FS.embeddings(m, pictures[:2], layer="pool5_1", preprocess="caffe")
     assert pooled.shape == (2, 256)
-    row = F.neighbours_grid(pictures, [0], idx[:1], tile=32)
+    row = FS.neighbours_grid(pictures, [0], idx[:1], tile=32)
     assert row.shape[1] == 3 * 32 + 4 * 2
 
 
 def test_project_pca_matches_sklearn_and_tsne_runs():
     rng = np.random.default_rng(0)
     feats = np.concatenate([rng.normal(0, 1, (20, 8)), rng.normal(6, 1, (20, 8))])
-    xy = F.project_2d(feats, "pca")
+    xy = FS.project_2d(feats, "pca")
     from sklearn.decomposition import PCA
 
     ref = PCA(2).fit_transform(feats)
     for a in range(2):
         assert abs(abs(np.corrcoef(xy[:, a], ref[:, a])[0, 1]) - 1) < 1e-6
     assert abs(xy[:20, 0].mean() - xy[20:, 0].mean()) > 10  # the two clusters split along PC1
-    t1, t2 = (F.project_2d(feats, "tsne", seed=3, iterations=500) for _ in range(2))
+    t1, t2 = (FS.project_2d(feats, "tsne", seed=3, iterations=500) for _ in range(2))
     np.testing.assert_allclose(t1, t2)
     # t-SNE keeps the clusters apart: every point's nearest neighbour is in its own cluster
-    nn, _ = F.nearest_neighbours(t1, k=1)
+    nn, _ = FS.nearest_neighbours(t1, k=1)
     assert ((nn[:, 0] < 20) == (np.arange(40) < 20)).all()
 
 
 def test_mosaic_and_scatter():
     pictures = [np.full((20, 30, 3), v, np.uint8) for v in (0, 60, 120, 180)]
     coords = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], float)
-    canvas = F.mosaic(pictures, coords, size=128, thumb=32)
+    canvas = FS.mosaic(pictures, coords, size=128, thumb=32)
     assert canvas.shape == (128, 128, 3)
     # corners get their thumbnail: top-left dark (0), bottom-right 180
     assert canvas[16, 16, 0] == 0 and canvas[128 - 16, 128 - 16, 0] == 180 and canvas[16, 128 - 16, 0] == 60
-    same = F.mosaic(pictures, np.zeros((4, 2)), size=128, thumb=32)  # snapping keeps all four visible
+    same = FS.mosaic(pictures, np.zeros((4, 2)), size=128, thumb=32)  # snapping keeps all four visible
     assert len({int(v) for v in np.unique(same[..., 0])} & {0, 60, 120, 180}) == 4
-    plot = F.scatter_plot(coords, labels=[0, 0, 1, 1], names=["a", "b"], size=(2, 2), dpi=50)
+    plot = FS.scatter_plot(coords, labels=[0, 0, 1, 1], names=["a", "b"], size=(2, 2), dpi=50)
     assert plot.shape == (100, 100, 3) and plot.dtype == np.uint8
