@@ -24,28 +24,21 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.exporting import export_torchscript, torchvision_model  # noqa: E402  (the one export helper)
 
 
 def export(arch: str, folder: Path) -> Path:
     import torch
-    import torchvision
 
     path = folder / f"{arch}.onnx"
     torch.manual_seed(0)
-    net = getattr(torchvision.models, arch)(weights=None).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-    return path
+    return export_torchscript(torchvision_model(arch), torch.zeros(1, 3, 224, 224), path)
 
 
 def session(model, threads: int, spin: bool, profile_prefix: str | None = None):

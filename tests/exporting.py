@@ -37,7 +37,7 @@ _TORCH_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo", "
 
 
 def export_torchscript(model, x, path, opset: int = TORCHSCRIPT_OPSET, output: str = OUTPUT,
-                       dynamic_batch: bool = True) -> Path:
+                       dynamic_batch: bool = True, input: str = INPUT) -> Path:
     """Export ``model`` with the TorchScript exporter.
 
     Args:
@@ -47,6 +47,7 @@ def export_torchscript(model, x, path, opset: int = TORCHSCRIPT_OPSET, output: s
         opset: the ONNX opset.
         output: the name of the output tensor.
         dynamic_batch: declare dimension 0 of the input and the output as ``"N"``.
+        input: the name of the input tensor (ultralytics' exporter says ``images``).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -55,10 +56,10 @@ def export_torchscript(model, x, path, opset: int = TORCHSCRIPT_OPSET, output: s
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    axes = {INPUT: {0: "N"}, output: {0: "N"}} if dynamic_batch else None
+    axes = {input: {0: "N"}, output: {0: "N"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT],
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[input],
                           output_names=[output], dynamic_axes=axes)
     return path
 

@@ -163,9 +163,9 @@ def test_dynamic_export_that_bakes_batch_one_is_rewritten_to_batch(tmp_path, cap
 def test_transformers_exported_at_batch_one_batch_and_match_torch(name):
     """Static dynamo exports (no ``dynamic_shapes``) of small ViT, Swin (shifted windows, attention masks), Swin-V2,
     MaxViT and timm ViT: torch writes batch 1 into attention reshapes ([L, 1 * heads, d], [L * 1, E]), window
-    partitions ([1 * windows, area, C]) and the class token's concatenation. Loading rewrites them (graph/loading/unbake.py:
-    the likeliest placement of the batch first, the next one where shape inference then fails downstream): the model
-    batches, and a batch of 3 gives torch autograd's input gradients."""
+    partitions ([1 * windows, area, C]) and the class token's concatenation. Loading rewrites them
+    (graph/loading/unbake.py: the likeliest placement of the batch first, the next one where shape inference then
+    fails downstream): the model batches, and a batch of 3 gives torch autograd's input gradients."""
     from tests.architectures.test_transformers_gradients import BUILDERS, SIZE as T_SIZE
 
     torch.manual_seed(0)

@@ -196,8 +196,8 @@ def test_only_what_cannot_be_held_counts_against_protobufs_limit(monkeypatch, tm
 # --- real models through the held path: the same maps as the plain path ------------------------------------------
 def _real_models():
     """(label, path maker) for a representative set: a TorchScript CNN with BatchNorm, a dynamo static ConvNeXt
-    (as_strided Gather, LayerNorm), a dynamo static ViT (attention reshapes rewritten to batch: graph/loading/unbake.py),
-    an NHWC wrapper and a uint8 raw-pixel wrapper (graph/layout.py)."""
+    (as_strided Gather, LayerNorm), a dynamo static ViT (attention reshapes rewritten to batch:
+    graph/loading/unbake.py), an NHWC wrapper and a uint8 raw-pixel wrapper (graph/layout.py)."""
     torch = pytest.importorskip("torch")
     from tests.exporting import export_torchscript
     from tests.architectures.test_dynamo_export import dynamo_export

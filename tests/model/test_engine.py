@@ -322,9 +322,9 @@ def test_a_zero_pad_before_max_pool_keeps_its_zeros(tmp_path):
 @pytest.mark.parametrize("shape, trans_a, batches", [([1, 48], 0, True), ([48, 1], 1, False)])
 def test_a_graph_declared_any_batch_that_bakes_batch_one(tmp_path, shape, trans_a, batches):
     """Declared (N, 3, 4, 4) but reshaped to a constant [1, 48]: the reshape is rewritten to follow the batch
-    (graph/loading/unbake.py) and the model batches. Reshaped to [48, 1] and multiplied transposed, no reshape can carry the
-    batch (a Transpose would): the loader runs images one at a time instead of failing inside onnxruntime at the
-    first batch. Scores and gradients exact either way."""
+    (graph/loading/unbake.py) and the model batches. Reshaped to [48, 1] and multiplied transposed, no reshape can
+    carry the batch (a Transpose would): the loader runs images one at a time instead of failing inside onnxruntime
+    at the first batch. Scores and gradients exact either way."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

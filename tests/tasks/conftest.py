@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CACHE
+from tests.exporting import export_torchscript as export_module
 
 SIZE = 320  # anchors 40*40 + 20*20 + 10*10 = 2100: small enough for 2 cores, three pyramid levels
 
@@ -52,12 +53,7 @@ def export_torchscript(wrapped, path):
     """torch.onnx.export (TorchScript exporter, opset 17, dynamic batch) of a module returning the head output."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["output0"],
-                          dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
+    export_module(wrapped, torch.zeros(1, 3, SIZE, SIZE), path, input="images", output="output0")
 
 
 def export_ultralytics(yolo, path, work):

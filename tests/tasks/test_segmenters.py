@@ -5,7 +5,6 @@ decisions pinned to the ONNX forward's (tests/reference.py, as the classifier pa
 default layer (the backbone's last map) equals pytorch-grad-cam's."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import pytest
 import onnx_cnnviz as cv
 from tests.conftest import CACHE
 from tests.reference import onnx_kink_pattern, pinned
+from tests.exporting import export_torchscript
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -49,12 +49,7 @@ def segmenter(request):
     module = Out(net).eval()
     path = CACHE / f"segmenter_{name}_{SIZE}.onnx"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["out"],
-                              dynamic_axes={"input": {0: "N"}, "out": {0: "N"}})
+        export_torchscript(module, torch.zeros(1, 3, SIZE, SIZE), path, output="out")
     return name, module, cv.load(path, device="cpu", task="segmenter")
 
 

@@ -3,13 +3,13 @@ objectness and class probabilities, one output), exported by torch.onnx.export; 
 class probability and its input gradient equals torch autograd of that product."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
 
 import onnx_cnnviz as cv
 from onnx_cnnviz.tasks import YoloV5Decoder, detect, explain
+from tests.exporting import export_torchscript
 
 torch = pytest.importorskip("torch")
 
@@ -48,11 +48,7 @@ def yolov5_like(seed: int = 0):
 def v5(tmp_path_factory):
     module = yolov5_like()
     path = tmp_path_factory.mktemp("v5") / "v5.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["output0"],
-                          dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
+    export_torchscript(module, torch.zeros(1, 3, SIZE, SIZE), path, input="images", output="output0")
     return module, cv.load(path, device="cpu", task="detector")
 
 
