@@ -340,9 +340,12 @@ def read_pass(source, max_nodes: int | None = MAX_NODES,
         + (f", external data from {', '.join(files)}" if files else "")
         + f", within max_nodes={max_nodes if max_nodes is None else f'{max_nodes:,}'} and max_tensor_bytes="
         + (str(max_tensor_bytes) if max_tensor_bytes is None else size_text(max_tensor_bytes)),
-        {"source": str(source) if isinstance(source, (str, os.PathLike)) else where, "nodes": nodes,
+        # an absolute path: --json documents name files absolutely, whatever the working folder
+        {"source": os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else where, "nodes": nodes,
          "weights": len(inits), "weight_bytes": weight_bytes,
-         "external_files": files, "max_nodes": max_nodes, "max_tensor_bytes": max_tensor_bytes})
+         "external_files": [os.path.join(os.path.dirname(os.path.abspath(source)), f) for f in files]
+         if isinstance(source, (str, os.PathLike)) else files,
+         "max_nodes": max_nodes, "max_tensor_bytes": max_tensor_bytes})
     return model, [read, hold_record(model, weight_bytes)]
 
 
