@@ -150,7 +150,9 @@ def _ranking(summary: list, ranking: dict, metrics: dict, ci_formula: str) -> st
             undefined = f' (+{r["undefined"]} undefined)' if r.get("undefined") else ""
             out.append(f'<tr{attr} data-method="{esc(method)}"><td>{rank}</td><td>{esc(method)}</td>'
                        f'<td class="num">{r["mean"]:.4f}</td>'
-                       f'<td class="num">[{r["ci95_low"]:.4f}, {r["ci95_high"]:.4f}]</td>'
+                       f'<td class="num">[{r["ci95_low"]:.4f}, {r["ci95_high"]:.4f}]'
+                       + (' <span title="clipped to the metric\'s range">(clipped)</span>' if r.get("ci95_clipped")
+                          else "") + '</td>'
                        f'<td class="num">{r["std"]:.4f}</td><td class="num">{r["n"]}{undefined}</td></tr>')
         out.append("</table>")
     out.append("</section>")

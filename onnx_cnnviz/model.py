@@ -30,7 +30,7 @@ from .graph.head import find_score
 from .graph.outputs import keep_outputs
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
                               upstream, without_other_inputs)
-from .input_checks import check_images, size_pair
+from .input_checks import check_batch_size, check_images, size_pair
 from .lru_cache import LRUCache
 from .run_result import RunResult, as_nchw, batch_axis, check_finite, checked, shape_text
 from .tasks.decoders import find_decoder
@@ -501,7 +501,8 @@ class Model:
         """Run ``session`` over ``x`` in batches (one image at a time for a static-batch model), feeding
         ``seed_rows`` as the backward seed; outputs are concatenated over the batches along their batch axis
         (:func:`batch_axis`: not axis 0 for an attention tensor such as (L, N, E))."""
-        step = 1 if self.static_batch else max(1, int(batch_size or self.batch_size))
+        batch_size = check_batch_size(batch_size)  # 0, -3 or 2.5 were coerced silently
+        step = 1 if self.static_batch else (batch_size or self.batch_size)
         parts = []
         for start in range(0, len(x), step):
             feeds = {self.input_name: x[start:start + step]}

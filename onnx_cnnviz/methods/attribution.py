@@ -22,6 +22,7 @@ from ..model import Model
 from ..runtime import available_memory
 from ..targets import resolve
 from .arguments import baseline_values, input_only
+from .arguments import batch_size as check_batch_size
 from .gradients import gradients
 
 #: ``progress(done, total)``: called by the long-running methods after each batch with the units of work done so
@@ -76,9 +77,7 @@ def auto_batch_size(m: Model, hw, rows: int, backward: bool, cap: int = 64) -> i
 def _chunk(m: Model, x: np.ndarray, rows: int, batch_size, backward: bool) -> int:
     """Rows made and run at once when ``rows`` inputs derived from ``x`` are streamed: ``batch_size`` if given,
     else :func:`auto_batch_size`."""
-    if batch_size and int(batch_size) < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-    return int(batch_size) if batch_size else auto_batch_size(m, x.shape[2:], rows, backward=backward)
+    return check_batch_size(batch_size) or auto_batch_size(m, x.shape[2:], rows, backward=backward)
 
 
 def resolve_targets(m: Model, x: np.ndarray, targets) -> np.ndarray:

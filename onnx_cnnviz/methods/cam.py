@@ -32,6 +32,8 @@ from ..graph.head import cam_head as graph_cam_head
 from ..maps import finish_maps, normalize_maps, normalize_signed
 from ..model import Model
 from ..targets import resolve
+from .arguments import batch_size as check_batch_size
+from .arguments import flag, warn_single_pixel
 from .attribution import auto_batch_size
 from .gradients import gradients
 
@@ -157,9 +159,12 @@ def _family(m: Model, x, targets, layer, combine: Callable, uses_gradients: bool
     ``combine(A, G, targets)`` makes each layer's raw map (G is None without gradients); :func:`_finish` does the
     rest.
     """
+    upsample, normalize, relu = flag(upsample, "upsample"), flag(normalize, "normalize"), flag(relu, "relu")
     names = m.layer_names(layer)
     if not upsample and len({m.layer(n).shape[2:] for n in names}) > 1:
         raise InputError(f"the layers {names} have different resolutions; averaging them needs upsample=True.")
+    for name in names:  # a 1x1 layer gives a constant map (0 once normalised): say so rather than draw it
+        warn_single_pixel("the CAM map", name, m.layer(name).shape[2:])
     run = m.run(x, outputs=names, wrt=names if uses_gradients else (), targets=targets, batch_size=batch_size)
     n = run.scores.shape[0]
     tgt = _resolve_targets(m, run, targets, n)
@@ -470,7 +475,7 @@ def score_cam(m: Model, x, targets=None, layer=None, *, upsample: bool = True, n
         total[0] = x.shape[0] * sum(int(m.layer(name).shape[1]) for name in m.layer_names(layer))
 
     def combine(A, G, tgt):
-        step = max(1, int(batch_size)) if batch_size else auto_batch_size(m, x.shape[2:], A.shape[1], backward=False)
+        step = check_batch_size(batch_size) or auto_batch_size(m, x.shape[2:], A.shape[1], backward=False)
         report = None
         if progress is not None:
             done_before = offset[0]

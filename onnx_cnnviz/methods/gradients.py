@@ -18,7 +18,7 @@ import numpy as np
 from ..graph.autodiff.rules import rectifiers_on_path
 from ..maps import normalize_maps, normalize_signed
 from ..model import Model
-from .arguments import input_only
+from .arguments import flag, input_only
 
 # Per model (weakly held, so a dropped model takes its entries with it): whether it has rectifiers on the gradient
 # path, and the rule sets already warned about. Kept out of the model's session cache, which is bounded: an entry
@@ -98,6 +98,8 @@ def gradients(m: Model, x, targets=None, layer=None, *, rule: str = "vanilla", u
         NumericalError: the model produced NaN or Inf.
     """
     input_only("gradients", layer)
+    flag(upsample, "upsample")
+    normalize = flag(normalize, "normalize")
     result = m.run(x, wrt=[m.input_name], rule=rule, targets=targets, batch_size=batch_size)
     grads = result.grads[m.input_name]
     _warn_if_plain(m, rule)
@@ -129,6 +131,8 @@ def saliency(m: Model, x, targets=None, layer=None, *, upsample: bool = True, no
         NumericalError: the model produced NaN or Inf.
     """
     input_only("saliency", layer)
+    flag(upsample, "upsample")
+    normalize = flag(normalize, "normalize")
     grads = gradients(m, x, targets, rule="vanilla", batch_size=batch_size)
     maps = np.abs(grads).max(axis=1)
     return normalize_maps(maps) if normalize else maps.astype(np.float32)

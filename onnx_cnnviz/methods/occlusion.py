@@ -126,6 +126,7 @@ def occlusion(m: Model, x, targets=None, layer=None, *, window=(16, 16), stride=
     window, stride = pair(window, "window"), pair(stride, "stride")
     if window[0] > h or window[1] > w:
         raise InputError(f"window {window} is larger than the image ({h}x{w}).")
+    warn_stride(stride, (h, w))  # as the command line does, before any work
     seeds = resolve(m, targets, n) if targets is not None else None
     if seeds is not None and seeds.objects:
         # A target object's value is sum(cotangent * head output): read from the occluded images' head output.

@@ -252,7 +252,7 @@ def _pair(value) -> tuple:
     return (int(value), int(value)) if np.isscalar(value) else tuple(int(v) for v in value)
 
 
-def _occlusion_fits(params: dict, hw: tuple, warn: Callable[[str], None], fixed: bool = True) -> None:
+def _occlusion_fits(params: dict, hw: tuple, warn: Callable[[str, str], None], fixed: bool = True) -> None:
     """Occlusion's window and stride against the ``hw`` image: a window larger than the run's input is an
     :class:`InputError` about --window (``fixed``); a stride not smaller than the image along an axis gets a warning
     (only one window is placed along it, at the top or left edge, so most of the map stays empty)."""
@@ -262,14 +262,12 @@ def _occlusion_fits(params: dict, hw: tuple, warn: Callable[[str], None], fixed:
                          "input; give a smaller --window.")
         exc.option = "--window"  # the command line reports it as a usage error of that flag
         raise exc
-    axes = [axis for axis, s, n in (("height", stride[0], hw[0]), ("width", stride[1], hw[1])) if s >= n]
-    if not axes:
-        return
-    where = " and ".join(axes)
-    shown = "a single window" if len(axes) == 2 else ("one row of windows" if axes == ["height"] else
-                                                       "one column of windows")
-    warn(f"the occlusion stride {stride[0]}x{stride[1]} is not smaller than the {hw[0]}x{hw[1]} image in "
-         f"{where}: {shown} is placed (at the top-left), so the map is empty outside it; give a smaller --stride.")
+    # The library's own text, keyed by itself: occlusion() warns again with it when it runs, and is not shown twice.
+    from .occlusion import stride_note
+
+    note = stride_note(stride, hw)
+    if note:
+        warn(note, note)
 
 
 def _guided(m, x, targets=None, layer=None, *, upsample=True, normalize=False, batch_size=None):

@@ -28,8 +28,9 @@ CI_FORMULA = ("mean +- t(0.975, n - 1) * std / sqrt(n), Student's t quantile, st
 RESULT_FIELDS = ["image", "method", "metric", "value", "class", "output", "reason"]
 
 #: ``n``: the values the mean is over; ``undefined``: the rows of the (method, metric) whose value is null.
-SUMMARY_FIELDS = ["method", "metric", "mean", "std", "n", "undefined", "ci95_low", "ci95_high", "higher_is_better",
-                  "output"]
+#: ``ci95_clipped``: the interval reached past the metric's range and was clipped to it.
+SUMMARY_FIELDS = ["method", "metric", "mean", "std", "n", "undefined", "ci95_low", "ci95_high", "ci95_clipped",
+                  "higher_is_better", "output"]
 
 DEFAULT_METRICS = ["deletion", "insertion"]
 
@@ -116,7 +117,7 @@ def build_job(m, pre: Preprocessing, paths: list, methods: list, metrics: list, 
     layers, unavailable = method_layers(m, methods, options["layer"], reporter)
     methods = list(layers)
     wanting = [name for name in metrics if needs_boxes(name)]
-    boxes = ground_truth_boxes(boxes_file, paths, pre, wanting) if wanting else None
+    boxes = ground_truth_boxes(boxes_file, paths, pre, wanting, m.num_classes) if wanting else None
     return Job(out=Path(options["out_dir"]), methods=methods, metrics=metrics, params=params, target=target,
                layer=options["layer"], layers=layers, preprocessing=pre,
                preprocessing_info=report.preprocessing_info(pre), labels=labels,
@@ -125,7 +126,7 @@ def build_job(m, pre: Preprocessing, paths: list, methods: list, metrics: list, 
                boxes=boxes, inputs=tuple(p for p in (options["model"], options["labels"], boxes_file) if p),
                unavailable=unavailable, method_params=method_params)
 
-def ground_truth_boxes(boxes_file, paths: list, pre: Preprocessing, wanting: list) -> list:
+def ground_truth_boxes(boxes_file, paths: list, pre: Preprocessing, wanting: list, num_classes=None) -> list:
     """Per image of ``paths``, its ground-truth boxes (:class:`~onnx_cnnviz.metrics.boxes.Box`) in model-input
     pixels, all checked before any work: :func:`~onnx_cnnviz.metrics.boxes.read_boxes` reads the file (keyed by file
     name or path), an image it gives no box is an :class:`InputError` about --boxes naming it, and
@@ -137,7 +138,9 @@ def ground_truth_boxes(boxes_file, paths: list, pre: Preprocessing, wanting: lis
     from ..metrics import boxes as box_io
 
     check_regular(boxes_file, "boxes file")  # a FIFO would block the read
-    table = box_io.read_boxes(boxes_file)
+    # Only the run's images are kept as the rows arrive; a label that is no class of the model is refused now
+    # (it would score 0.0 on every localisation metric).
+    table = box_io.read_boxes(boxes_file, images=[str(p) for p in paths], num_classes=num_classes)
     missing = box_io.images_without_boxes(table, [str(p) for p in paths])
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import registry as metric_registry
-from ..metrics.intervals import mean_interval
+from ..metrics.intervals import mean_interval, value_range
 from .evaluate_plan import (
     CI_FORMULA,
     EXAMPLES,
@@ -102,10 +102,10 @@ def summary_row(method: str, metric: str, values, output: str | None = None, und
     """Mean, sample std (ddof=1; 0 for one value), n and the Student-t 95% interval
     (:func:`onnx_cnnviz.metrics.intervals.mean_interval`) of the defined ``values``; ``undefined``: the rows left
     out because the metric is undefined there; ``output``: what the metric read from the model."""
-    stats = mean_interval(values)
+    stats = mean_interval(values, bounds=value_range(metric, output))  # clipped to what the metric can take
     return {"method": method, "metric": metric, "mean": stats["mean"], "std": stats["std"], "n": stats["n"],
             "undefined": undefined,
-            "ci95_low": stats["low"], "ci95_high": stats["high"],
+            "ci95_low": stats["low"], "ci95_high": stats["high"], "ci95_clipped": stats["clipped"],
             "higher_is_better": metric_registry.get(metric).higher_is_better, "output": output}
 
 def outputs_read(rows: list) -> dict:
@@ -158,7 +158,8 @@ def csv_text(fields: list, rows: list, header: list | None = None) -> str:
 
 def summary_header() -> list:
     """The summary CSV's column names: the interval's columns carry their formula."""
-    ci = {"ci95_low": "ci95_low (mean - t*std/sqrt(n))", "ci95_high": "ci95_high (mean + t*std/sqrt(n))"}
+    ci = {"ci95_low": "ci95_low (mean - t*std/sqrt(n))", "ci95_high": "ci95_high (mean + t*std/sqrt(n))",
+          "ci95_clipped": "ci95_clipped (interval clipped to the metric's range)"}
     return [ci.get(name, name) for name in SUMMARY_FIELDS]
 
 def ranking_text(summary: list, metrics: list) -> str:
@@ -174,7 +175,8 @@ def ranking_text(summary: list, metrics: list) -> str:
         for rank, method in enumerate(order, 1):
             r = by_method[method]
             lines.append(f"  {rank}. {method:<16} {r['mean']:.4f}  "
-                         f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}]  n={r['n']}"
+                         f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}]"
+                         + (" (clipped to the metric's range)" if r.get("ci95_clipped") else "") + f"  n={r['n']}"
                          + (f" ({r['undefined']} undefined, left out)" if r.get("undefined") else ""))
     return "\n".join(lines)
 

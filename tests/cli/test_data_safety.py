@@ -484,7 +484,8 @@ def test_stride_larger_than_the_image_warns(inputs, tmp_path):
                     "--out", tmp_path / "o", "--json")
     assert result.exit_code == 0, result.output
     assert ("cnnviz: warning: the occlusion stride 8x8 is not smaller than the 8x8 image in height and width: a "
-            "single window is placed (at the top-left), so the map is empty outside it; give a smaller --stride."
+            "single window is placed (at the top-left), so the map is empty outside it; give a smaller stride "
+            "(--stride)."
             ) in result.stderr
     occ = np.load(tmp_path / "o" / "a.occlusion.top1.npy")
     assert (occ[4:, :] == 0).all() and (occ[:, 4:] == 0).all()

@@ -125,8 +125,10 @@ def test_summary_is_numpys_and_scipys_statistics(run):
     rows = read_csv(out / "results.csv")
     summary = read_csv(out / "summary.csv")
     assert len(summary) == len(METHODS) * len(METRICS)
-    low, high = [k for k in summary[0] if k.startswith("ci95_")]
-    assert "t*std/sqrt(n)" in low and "t*std/sqrt(n)" in high
+    from onnx_cnnviz.metrics.intervals import value_range
+
+    low, high, clipped = [k for k in summary[0] if k.startswith("ci95_")]
+    assert "t*std/sqrt(n)" in low and "t*std/sqrt(n)" in high and "metric's range" in clipped
     for s in summary:
         v = np.array([float(r["value"]) for r in rows if (r["method"], r["metric"]) == (s["method"], s["metric"])])
         std = v.std(ddof=1)
@@ -134,8 +136,11 @@ def test_summary_is_numpys_and_scipys_statistics(run):
         assert int(s["n"]) == len(v) == 2
         assert float(s["mean"]) == pytest.approx(v.mean(), rel=1e-12)
         assert float(s["std"]) == pytest.approx(std, rel=1e-12)
-        assert float(s[low]) == pytest.approx(v.mean() - half, rel=1e-9, abs=1e-12)
-        assert float(s[high]) == pytest.approx(v.mean() + half, rel=1e-9, abs=1e-12)
+        # Clipped to the metric's range (all of these read probabilities: each lies in [0, 1] or [-1, 1]).
+        bottom, top = value_range(s["metric"], s["output"])
+        assert float(s[low]) == pytest.approx(max(v.mean() - half, bottom), rel=1e-9, abs=1e-12)
+        assert float(s[high]) == pytest.approx(min(v.mean() + half, top), rel=1e-9, abs=1e-12)
+        assert s[clipped] == str(v.mean() - half < bottom or v.mean() + half > top)
         assert s["higher_is_better"] == str(metric_registry.get(s["metric"]).higher_is_better)
         assert s["output"] == "probability (softmax of the scores)"
     document = json.loads((out / "summary.json").read_text())

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...errors import InputError, ModelLoadError, ModelStructureError
-from ...files import check_regular
+from ...files import check_regular, file_kind
 from .. import held
 from ..subgraphs import subgraphs_of
 from .record import PassRecord, plural, size_text
@@ -58,6 +58,7 @@ def _read(source, max_nodes: int | None, max_tensor_bytes: int | None,
     """:func:`read_model`, and the external data files it read weights from."""
     if isinstance(source, onnx.ModelProto):
         check_node_count(source, max_nodes)
+        check_node_names(source, "the ModelProto given")
         check_tensor_sizes(source, max_tensor_bytes)
         if held.should_hold(source):
             model = held.copy_holding(source)
@@ -74,6 +75,7 @@ def _read(source, max_nodes: int | None, max_tensor_bytes: int | None,
                                  "truncated.")
         check_node_count(model, max_nodes)
         check_text(model, "the bytes given")
+        check_node_names(model, "the bytes given")
         check_tensor_sizes(model, max_tensor_bytes, what="the bytes given")
         if held.should_hold(model):
             held.hold_inplace(model)
@@ -96,6 +98,7 @@ def _read(source, max_nodes: int | None, max_tensor_bytes: int | None,
         raise ModelLoadError(f"'{path}' parsed but holds no graph nodes: it is not an ONNX model or it is truncated.")
     check_node_count(model, max_nodes, f"'{path}'")
     check_text(model, f"'{path}'")
+    check_node_names(model, f"'{path}'")
     check_tensor_sizes(model, max_tensor_bytes, path.parent, what=f"'{path}'")
     if not weights:
         return model, []
@@ -147,6 +150,18 @@ def check_text(model: onnx.ModelProto, what: str = "the model") -> None:
     if bad is not None:
         raise ModelLoadError(f"{what} is corrupt: the name {bad!r} is not valid UTF-8 text. Check that the file is "
                              "complete and really an .onnx export.")
+
+
+def check_node_names(model: onnx.ModelProto, what: str = "the model") -> None:
+    """Node names must be distinct (empty names aside), as ONNX requires: onnxruntime refuses a graph with two nodes
+    of one name, which would otherwise surface only when a rewritten graph is loaded, blamed on the rewrite."""
+    seen = set()
+    for node in model.graph.node:
+        if node.name in seen:
+            raise ModelLoadError(f"{what} is an invalid ONNX model: two nodes are named '{node.name}' (node names must "
+                                 "be distinct); rename one and save the model again, or re-export it.")
+        if node.name:
+            seen.add(node.name)
 
 
 def check_node_count(model: onnx.ModelProto, max_nodes: int | None, what: str = "the model") -> None:
@@ -271,12 +286,18 @@ def _load_external_data(model: onnx.ModelProto, base: Path, hold: bool = False) 
     go into graph/held.py's store instead, read straight from their files into arrays."""
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-    missing = []
+    missing, irregular = [], []
     for tensor in model.graph.initializer:
         if uses_external_data(tensor):
             info = {e.key: e.value for e in tensor.external_data}
-            if not (base / info.get("location", "")).is_file():
+            location = base / info.get("location", "")
+            if not location.exists():
                 missing.append(info.get("location", "?"))
+            elif not location.is_file():  # a FIFO would block the read, a device such as /dev/zero never end
+                irregular.append(f"'{info.get('location')}' is {file_kind(location.stat().st_mode)}")
+    if irregular:
+        raise ModelLoadError(f"the model's external data must be regular files, but {', '.join(sorted(set(irregular)))}"
+                             "; put the weight files themselves next to the .onnx file.")
     if missing:
         raise ModelLoadError(
             f"the model stores weights in external data files that are missing: {', '.join(sorted(set(missing)))}. "
