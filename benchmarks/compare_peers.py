@@ -37,13 +37,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(Path(__file__).resolve().parent))
+import pages  # noqa: E402  (benchmarks/pages.py)
+from tests.exporting import export_torchscript  # noqa: E402  (the one export helper)
+
+#: The page whose "compare_peers" section ``--write`` rewrites.
+PAGE = ROOT / "docs" / "validation" / "index.md"
 
 
 def best_time(fn, repeat: int, warm_up=None) -> float:
@@ -80,6 +85,8 @@ def main() -> None:
                         help="every --openvino timing and score, as JSON")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite --markdown from --results without measuring (--openvino)")
+    parser.add_argument("--write", action="store_true",
+                        help=f"write the table into {PAGE.relative_to(ROOT)} (its compare_peers section)")
     args = parser.parse_args()
     if args.openvino and args.render_only:
         text = render(json.loads(args.results.read_text(encoding="utf-8")))
@@ -113,11 +120,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{args.model}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (torch.zeros(1, 3, args.size, args.size),), str(path), dynamo=False,
-                              opset_version=17, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        export_torchscript(net, torch.zeros(1, 3, args.size, args.size), path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -130,6 +133,8 @@ def main() -> None:
                  f"{'peer/fwd':>8} {'speed-up':>8}"
         print(header)
         print("-" * len(header))
+        table = []
+        started = time.perf_counter()
         for batch in args.batches:
             x = np.random.default_rng(batch).standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
             xt = torch.from_numpy(x)
@@ -171,6 +176,24 @@ def main() -> None:
             for method, ours, peer, theirs in rows:
                 print(f"{batch:>5} {method:<16} {ours:>8.3f} {peer:<22} {theirs:>8.3f} {ours / forward:>8.2f} "
                       f"{theirs / forward:>8.2f} {theirs / ours:>8.2f}", flush=True)
+                table.append((batch, method, ours, peer, theirs, forward))
+        if args.write:
+            command = (".venv/bin/python benchmarks/compare_peers.py --write"
+                       + (f" --model {args.model}" if args.model != "resnet50" else "")
+                       + (f" --batches {' '.join(map(str, args.batches))}" if args.batches != [1, 8] else "")
+                       + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
+                       + (" --skip-occlusion" if args.skip_occlusion else ""))
+            note = (f"torchvision {args.model} (random weights) at {args.size}x{args.size}, {threads} threads each, "
+                    f"onnxruntime {ort.__version__}, torch {torch.__version__}, best of {args.repeat} after one "
+                    f"warm-up; the whole run took {time.perf_counter() - started:.0f} s.")
+            lines = [pages.header("benchmarks/compare_peers.py", command, note), "",
+                     "| batch | method | ours (s) | peer | peer (s) | ours / forward | peer / forward | speed-up |",
+                     "|---:|---|---:|---|---:|---:|---:|---:|"]
+            for batch, method, ours, peer, theirs, forward in table:
+                lines.append(f"| {batch} | {method} | {ours:.3f} | {peer} | {theirs:.3f} | {ours / forward:.2f} | "
+                             f"{theirs / forward:.2f} | {theirs / ours:.2f} |")
+            pages.write_section(PAGE, "compare_peers", "\n".join(lines))
+            print(f"wrote {PAGE.relative_to(ROOT)}")
 
 
 # ==================================================================================================================
@@ -202,11 +225,7 @@ def export_model(name: str, out: Path, log) -> tuple[Path, bool]:
 
         net = getattr(torchvision.models, name)(weights=None).eval()
     path = out / f"{name}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    export_torchscript(net, torch.zeros(1, 3, 224, 224), path)
     return path, False
 
 
