@@ -91,9 +91,11 @@ def assert_same_tables(single: Path, on_ray: Path, text_columns=("image", "metho
         assert close(float(ra["value"]), float(rb["value"])), (ra, rb)
     sa, sb = read_csv(single / "summary.csv"), read_csv(on_ray / "summary.csv")
     assert [(r["method"], r["metric"], r["n"]) for r in sa] == [(r["method"], r["metric"], r["n"]) for r in sb]
-    numbers = [k for k in sa[0] if k.startswith(("mean", "std", "ci95"))]
+    numbers = [k for k in sa[0] if k.startswith(("mean", "std", "ci95")) and "clipped" not in k]
+    flags = [k for k in sa[0] if "clipped" in k]  # whether the interval was clipped to the metric's range
     for ra, rb in zip(sa, sb):
         assert close([float(ra[k]) for k in numbers], [float(rb[k]) for k in numbers]), (ra, rb)
+        assert [ra[k] for k in flags] == [rb[k] for k in flags], (ra, rb)
 
 
 def assert_same_journals(single: Path, on_ray: Path) -> None:
