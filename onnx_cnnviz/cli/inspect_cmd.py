@@ -96,12 +96,12 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     skipped = f" (input of the final {score['softmax_skipped']}, which is skipped)" if score["softmax_skipped"] \
         else ""
     out(f"score        {score['tensor']}{skipped}, {info['num_classes']} classes")
-    out(f"device       {info['device']} (onnxruntime's {info['provider']})")
     picked = info["score_choice"]
     if len(picked["outputs"]) > 1:
         out(f"             from {picked['output']} ({picked['summary']}): {picked['reason']}")
     if info["static_batch"]:
         out("batch        the graph hard-codes batch 1: images run one at a time")
+    out(f"device       {info['device']} (onnxruntime's {info['provider']})")
     print_loading(info["loading"], out)
     if choice is not None:
         used = info["preprocessing_used"]["settings"]

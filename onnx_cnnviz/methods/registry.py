@@ -62,7 +62,8 @@ class Method:
     map feeding the classifier head), checking a given ``layer``; None, any layer (``layer`` or the default).
     ``check_input``: ``check_input(params, hw, warn, fixed)`` for a method whose parameters must fit the image size
     (occlusion's window): raises :class:`InputError` when they cannot (``fixed``: ``hw`` is the run's one input size;
-    False, one image's own size, where it only warns) and calls ``warn(message)`` when they fit badly.
+    False, one image's own size, where it only warns) and calls ``warn(message, key)`` when they fit badly
+    (``key``: the same warning is shown once).
     ``rectifier_rule``: the gradient rule the method relies on ("guided", "deconvnet"): on a model with no rectifier
     on the gradient path its result is the plain gradient, which the report notes.
     """
@@ -198,7 +199,7 @@ def all_parameters() -> str:
     return "; ".join(f"{meth.name}: {describe_params(meth.params)}" for meth in METHODS.values() if meth.params)
 
 
-def check_input_size(methods, params: dict | None, hw, warn: Callable[[str], None], fixed: bool = True) -> None:
+def check_input_size(methods, params: dict | None, hw, warn: Callable[[str, str], None], fixed: bool = True) -> None:
     """Check the parameters of each of ``methods`` that must fit the ``hw`` image size (:attr:`Method.check_input`:
     occlusion's window and stride) before any work; ``params``: the run's one dict (:func:`parameters` with
     ``shared=True``). ``fixed``: ``hw`` is the run's input size (False: one image's own, where only warnings are

@@ -101,15 +101,20 @@ def test_one_parameter_dict_for_the_methods_of_a_run():
 
 def test_occlusion_checks_its_window_against_the_input_size():
     messages = []
+
+    def warn(message, key):  # a Reporter's warn: the message, and the key that shows it once
+        assert key == message
+        messages.append(message)
+
     registry.check_input_size(["gradcam", "occlusion"], {"window": (4, 4), "stride": (2, 2)}, (8, 8),
-                              messages.append)
+                              warn)
     assert messages == []
     with pytest.raises(InputError, match="window 16x16 is larger than the 8x8 model input") as caught:
-        registry.check_input_size(["occlusion"], {}, (8, 8), messages.append)
+        registry.check_input_size(["occlusion"], {}, (8, 8), warn)
     assert caught.value.option == "--window"  # the command line reports it as a usage error of --window
-    registry.check_input_size(["occlusion"], {"window": 4, "stride": 8}, (8, 8), messages.append)
+    registry.check_input_size(["occlusion"], {"window": 4, "stride": 8}, (8, 8), warn)
     assert len(messages) == 1 and "stride 8x8 is not smaller than the 8x8 image" in messages[0]
-    registry.check_input_size(["occlusion"], {}, (8, 8), messages.append, fixed=False)  # one image: a warning only
+    registry.check_input_size(["occlusion"], {}, (8, 8), warn, fixed=False)  # one image: a warning only
     assert len(messages) == 2
 
 
