@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
-import zipfile
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_cnnviz as cv
 
-from tests.conftest import CACHE
 from tests.reference import directional_derivative_check
 from tests.tiny_models import make_model, save
 
 RAPIDOCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
-PADDLE_CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+RAPIDOCR_PACKAGE = "rapidocr_onnxruntime"
+PADDLE_CLS = "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 
 
 def sha256(path: Path) -> str:
@@ -55,19 +53,15 @@ def test_squeezenet_loads_predicts_and_differentiates(squeezenet_path, kitten_x)
 # --- PaddlePaddle export: weights as Constant nodes ---------------------------------------------------------------
 @pytest.fixture(scope="session")
 def paddle_cls_model() -> Path:
-    """The text-direction classifier inside the rapidocr-onnxruntime wheel (downloaded, never installed)."""
-    target = CACHE / "rapidocr" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-    if not target.exists():
-        wheels = CACHE / "rapidocr" / "wheel"
-        wheels.mkdir(parents=True, exist_ok=True)
-        if not list(wheels.glob("*.whl")):
-            done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", RAPIDOCR_WHEEL,
-                                   "-d", str(wheels)], capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                pytest.skip(f"cannot download {RAPIDOCR_WHEEL} from the package index: {done.stderr[-300:]}")
-        with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
-            target.write_bytes(wheel.read(PADDLE_CLS))
-    return target
+    """The text-direction classifier shipped in the installed ``rapidocr-onnxruntime`` package (a project test
+    dependency): its file is read where pip put it, the package itself is never imported (its ``__init__`` needs
+    ``pyclipper``, which the tests do not)."""
+    spec = importlib.util.find_spec(RAPIDOCR_PACKAGE)
+    assert spec is not None and spec.origin, (
+        f"the {RAPIDOCR_PACKAGE} package is a test dependency ({RAPIDOCR_WHEEL}, installed with --no-deps)")
+    path = Path(spec.origin).parent / PADDLE_CLS
+    assert path.is_file(), f"{path} is missing from the installed {RAPIDOCR_WHEEL}"
+    return path
 
 
 def test_paddle_model_with_constant_node_weights(paddle_cls_model):
