@@ -34,7 +34,7 @@ from .input_checks import check_batch_size, check_images, size_pair
 from .lru_cache import LRUCache
 from .run_result import RunResult, as_nchw, batch_axis, check_finite, checked, shape_text
 from .tasks.decoders import find_decoder
-from .tasks.head import TASKS, NotAClassifierError, check_head, head_output
+from .tasks.head import TASKS, NotAClassifierError, check_head, check_outputs, head_output
 from .tasks.levels import backbone_output, pyramid_levels
 
 __all__ = ["Model", "RunResult", "LRUCache", "check_finite", "DEFAULT_MAX_SESSIONS"]
@@ -91,6 +91,8 @@ class Model:
         image = find_image_input(model, input)
         self.input_name = image.name
         if task == "classifier":
+            if output is None:
+                check_outputs(model)
             self.output_name, self.score_name, self.softmax_skipped = find_score(model, output)
         else:  # the head output as it is: a detector's or segmenter's targets read its elements
             self.output_name = self.score_name = head_output(model, task, output)

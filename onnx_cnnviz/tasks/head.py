@@ -72,6 +72,27 @@ def not_a_classifier(name: str, shape) -> None:
         "with task='segmenter' (targets: onnx_cnnviz.targets.Region); a detector with task='detector'.")
 
 
+def check_outputs(model: onnx.ModelProto) -> None:
+    """Refuse, before the class scores are looked for, a model loaded as a classifier whose outputs are a known
+    multi-output detector head (PicoDet's per-level scores and DFL box logits), which no ``output=`` makes a
+    classifier.
+
+    Raises:
+        NotAClassifierError: the outputs are a PicoDet head's; the message says how to load it as a detector.
+    """
+    if len(model.graph.output) < 2:
+        return
+    from .picodet import PICODET_STRIDES, is_picodet
+
+    if is_picodet(model, PICODET_STRIDES):
+        names = ", ".join(o.name for o in model.graph.output)
+        raise NotAClassifierError(
+            f"this is a detector: its outputs ({names}) are a PicoDet head's, per-level class scores and DFL box "
+            "logits. Load it with task='detector' after decoding them in the graph: "
+            "onnx_cnnviz.load(onnx_cnnviz.tasks.picodet_head(path), task='detector'), then explain its detections "
+            "(onnx_cnnviz.tasks.detect).")
+
+
 def check_head(task: str, name: str, score) -> None:
     """Check the head output ``name`` (its :class:`TensorInfo` ``score``, at one input size) fits ``task``.
 
