@@ -1,6 +1,6 @@
-"""The documentation site: `mkdocs build --strict` passes, the reference pages follow the code (a toy method and a
-toy metric registered now appear in the built tables), and the built pages render with their pictures in headless
-Chromium."""
+"""The documentation site: `mkdocs build --strict` passes, the reference pages follow the code (a toy method, a toy
+metric and a toy backward rule registered now appear in the built tables, a toy click option in the CLI page), and
+the built pages render with their pictures in headless Chromium."""
 from __future__ import annotations
 
 import html
@@ -36,21 +36,37 @@ def _toy_metric(m, x, maps, targets=None, *, batch_size=None, progress=None, rea
     raise AssertionError("never run: the test only registers it")
 
 
+TOY_OP = "ToyDocsOp"
+
+
+def toy_docs_rule(ctx, node, dys):
+    """The toy rule of the docs test: dx = dy (never run).
+
+    More text that the table leaves out (only the first paragraph is shown).
+    """
+    raise AssertionError("never run: the test only registers it")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """The site built with a toy method and a toy metric registered (both removed afterwards)."""
+    """The site built with a toy method, a toy metric and a toy backward rule registered (all removed afterwards)."""
+    from onnx_cnnviz.graph.autodiff import rules
     from onnx_cnnviz.methods import registry as methods
     from onnx_cnnviz.metrics import registry as metrics
+
+    assert TOY_OP not in rules.RULES
 
     methods.register(methods.Method("toy-docs-method", "Toy docs method", _toy_map, kind="map", gradients=False,
                                     params={"sharpness": 2.5}, paper="Nobody et al. 2099"))
     metrics.register(metrics.Metric("toy-docs-metric", "Toy docs metric", _toy_metric, takes="maps",
                                     higher_is_better=True, params={"reach": 7}, paper="Nobody et al. 2099"))
+    rules.register(TOY_OP)(toy_docs_rule)
     try:
         yield build_site(tmp_path_factory.mktemp("site"))
     finally:
         methods.unregister("toy-docs-method")
         metrics.unregister("toy-docs-metric")
+        rules.RULES.pop(TOY_OP, None)  # the rule registry has no unregister: the test removes its own entry
 
 
 def _text(page: Path) -> str:
@@ -94,6 +110,9 @@ def test_every_backward_rule_is_in_the_built_table(site):
     assert "relu_vanilla relu_guided relu_deconvnet" in relu
     conv = next(r for r in rows if r.startswith("Conv "))
     assert "conv.py conv same same" in conv
+    toy = [r for r in rows if r.startswith(f"{TOY_OP} ")]
+    assert toy == [f"{TOY_OP} test_site.py toy_docs_rule same same The toy rule of the docs test: dx = dy (never "
+                   "run)."]
 
 
 def test_the_cli_reference_lists_every_command_and_option(site):
@@ -111,8 +130,8 @@ def test_the_cli_reference_lists_every_command_and_option(site):
                     assert opt in text, (name, opt)
 
 
-def test_a_new_cli_option_reaches_the_built_reference(tmp_path):
-    """Add an option to a command, rebuild: it is in the CLI page (and gone again once removed)."""
+def test_a_new_cli_option_reaches_the_built_reference(site, tmp_path):
+    """Add an option to a command, rebuild: it is in the CLI page (the site built without it does not have it)."""
     import click
 
     from onnx_cnnviz.cli.main import cli
@@ -121,10 +140,12 @@ def test_a_new_cli_option_reaches_the_built_reference(tmp_path):
     option = click.Option(["--toy-docs-flag"], is_flag=True, help="A flag the docs test adds.")
     command.params.append(option)
     try:
-        site = build_site(tmp_path / "site")
+        site_with_flag = build_site(tmp_path / "site")
     finally:
         command.params.remove(option)
-    assert "--toy-docs-flag" in _text(site / "reference" / "cli" / "index.html")
+    assert "--toy-docs-flag" in _text(site_with_flag / "reference" / "cli" / "index.html")
+    assert "A flag the docs test adds." in _text(site_with_flag / "reference" / "cli" / "index.html")
+    assert "--toy-docs-flag" not in _text(site / "reference" / "cli" / "index.html")
 
 
 def test_the_api_reference_documents_the_public_functions(site):
