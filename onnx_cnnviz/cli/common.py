@@ -739,6 +739,43 @@ def check_input_size(methods: list, params: dict, hw) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Tasks: classifier, detector, segmenter
+
+
+def task_options(f):
+    """--task, --conf, --iou, --max-det, --class: what a run explains on a detector or a segmenter (read them with
+    :func:`task_options_from`; the library's side is :mod:`onnx_cnnviz.runs.detections`)."""
+    from onnx_cnnviz.runs.detections import TASK_CHOICES
+
+    return apply(
+        f,
+        shared_option("--task", type=click.Choice(list(TASK_CHOICES)), default="auto", show_default=True,
+                      help="What the model does: auto recognises a known detector head (ultralytics v5/v8/v11, "
+                           "PicoDet joined by onnx_cnnviz.tasks.picodet_head, heads registered with "
+                           "onnx_cnnviz.tasks.register_decoder), else loads a classifier; a segmenter (a dense "
+                           "(N, C, H, W) map) is declared."),
+        shared_option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+                      help="A detector's score threshold: detections scoring less are not explained."),
+        shared_option("--iou", type=click.FloatRange(0, 1), default=0.45, show_default=True,
+                      help="A detector's NMS overlap threshold (class-aware)."),
+        shared_option("--max-det", "max_det", type=count(1), default=300, show_default=True,
+                      help="Detections (or a segmenter's regions) explained per image at most, best first."),
+        shared_option("--class", "region_class", type=TargetType(), default=None,
+                      help="A segmenter's region: the class (index or name) summed over the pixels predicted as it "
+                           "(pytorch-grad-cam's SemanticSegmentationTarget); default: every predicted class."))
+
+
+def task_options_from(options: dict):
+    """The :class:`onnx_cnnviz.runs.detections.TaskOptions` of a command's :func:`task_options` values."""
+    from onnx_cnnviz.runs.detections import TaskOptions
+
+    with usage_errors():
+        return TaskOptions(task=options.get("task") or "auto", conf=options.get("conf", 0.25),
+                           iou=options.get("iou", 0.45), max_det=options.get("max_det", 300),
+                           region_class=options.get("region_class")).check()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Model options and loading
 
 

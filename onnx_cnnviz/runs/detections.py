@@ -1,0 +1,219 @@
+"""Tasks in the runs: which task a model serves (declared, or recognised from its head) and the targets each image
+is explained for, shared by ``cnnviz explain``, ``cnnviz evaluate`` and the Ray pipeline.
+
+    from onnx_cnnviz.runs.detections import TaskOptions, load_for_task, find_targets
+
+    opts = TaskOptions(task="auto", conf=0.25, iou=0.45, max_det=300)
+    m = load_for_task("yolov8n.onnx", opts.task)                 # a detector: its head is recognised
+    per_image = find_targets(m, x, opts)                          # [[Detection, ...], ...] one list per image
+
+A classifier's targets are its classes (the runs' --target / --top-k); a detector's are its detections
+(:func:`onnx_cnnviz.tasks.detect`: score at least ``conf``, class-aware NMS at ``iou``, at most ``max_det``); a
+segmenter's are :class:`ClassRegion` targets: class ``c``'s channel summed over the pixels predicted as ``c``,
+``L = sum_{ij: argmax_k T[k, i, j] = c} T[c, i, j]``, pytorch-grad-cam's ``SemanticSegmentationTarget`` with its
+tutorial's mask (the argmax of the output).
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, ModelLoadError, ModelStructureError
+from ..files import check_regular
+from ..targets import Region
+from .labels import option_error
+
+__all__ = ["TASK_CHOICES", "TaskOptions", "ClassRegion", "load_for_task", "find_targets", "target_record",
+           "labels_from_names"]
+
+#: The values of --task: ``auto`` is the task recognised from the model's head.
+TASK_CHOICES = ("auto", "classifier", "detector", "segmenter")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What a run explains on a detector or a segmenter.
+
+    ``task``: one of :data:`TASK_CHOICES`; ``conf``/``iou``/``max_det``: a detector's score threshold, NMS overlap
+    and detections kept per image (ultralytics' ``conf``, ``iou``, ``max_det``); ``region_class``: a segmenter's
+    region class (an index or a class name; None: every class predicted on the image, largest area first, at most
+    ``max_det``)."""
+    task: str = "auto"
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    region_class: int | str | None = None
+
+    def check(self) -> TaskOptions:
+        """The options checked (:class:`InputError` about the flag at fault); returns self."""
+        if self.task not in TASK_CHOICES:
+            raise option_error(f"--task is one of {', '.join(TASK_CHOICES)}, not {self.task!r}.", "--task")
+        for flag, value in (("--conf", self.conf), ("--iou", self.iou)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise option_error(f"{flag} is a number in [0, 1], got {value!r}.", flag)
+        if isinstance(self.max_det, bool) or not isinstance(self.max_det, (int, np.integer)) or self.max_det < 1:
+            raise option_error(f"--max-det is a positive whole number, got {self.max_det!r}.", "--max-det")
+        return self
+
+    def settings(self, task: str) -> dict:
+        """What a result of ``task`` depends on, as its record holds it (--resume compares it)."""
+        if task == "detector":
+            return {"task": task, "conf": float(self.conf), "iou": float(self.iou), "max_det": int(self.max_det)}
+        if task == "segmenter":
+            return {"task": task, "class": self.region_class, "max_det": int(self.max_det)}
+        return {"task": task}
+
+
+@dataclass(frozen=True, eq=False)
+class ClassRegion(Region):
+    """A segmenter's region: :class:`~onnx_cnnviz.targets.Region` (channel ``cls`` summed over ``mask``, at the
+    output's resolution) of image ``image``, with its ``box`` (x1, y1, x2, y2 in input pixels, exclusive ends),
+    ``score`` (the mean of channel ``cls`` over the mask) and ``area`` (the mask's fraction of the map)."""
+    image: int = 0
+    box: tuple = (0, 0, 0, 0)
+    score: float = 0.0
+    area: float = 0.0
+
+
+def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=None, output_name=None,
+                  input_size=None, batch_size=None, max_nodes=None, labels=None, **limits):
+    """The model at ``path`` loaded for ``task``.
+
+    ``auto`` loads a classifier unless the model's head is not (N, K) class scores and a known detector head
+    (:func:`onnx_cnnviz.tasks.recognise`) reads it: then a detector. Anything else keeps the classifier's refusal
+    (:class:`onnx_cnnviz.tasks.NotAClassifierError`, which says to load a dense map as a segmenter): a detector or
+    a segmenter is never explained as a classifier.
+
+    Args:
+        path: the ONNX file (a FIFO or a device is refused before it is opened).
+        task: one of :data:`TASK_CHOICES`.
+        device: where onnxruntime runs the model.
+        input_name: the image input, when the model has several.
+        output_name: the head output, when the model has several.
+        input_size: the input size of a model that takes any size.
+        batch_size: rows per onnxruntime run.
+        max_nodes: a node limit; not given: the library's default.
+        labels: class names (a list), or None.
+        **limits: other keywords of :func:`onnx_cnnviz.load` (``max_pixels``).
+
+    Returns:
+        The :class:`onnx_cnnviz.Model`; its ``task`` says which task was loaded.
+
+    Raises:
+        InputError: an unknown task.
+        ModelLoadError: the file cannot be loaded.
+        ModelStructureError: the head does not fit the task (a classifier's refusal names the task to declare).
+    """
+    import onnx_cnnviz as cv
+    from ..tasks import NotAClassifierError
+
+    if task not in TASK_CHOICES:
+        raise option_error(f"--task is one of {', '.join(TASK_CHOICES)}, not {task!r}.", "--task")
+    if not Path(path).is_dir():
+        check_regular(path, "model file", ModelLoadError)
+    kwargs = dict(device=device, input=input_name, output=output_name, input_size=input_size, batch_size=batch_size,
+                  labels=labels, **limits)
+    if max_nodes is not None:
+        kwargs["max_nodes"] = max_nodes
+    if task != "auto":
+        return cv.load(path, task=task, **kwargs)
+    try:
+        return cv.load(path, task="classifier", **kwargs)
+    except NotAClassifierError as refusal:
+        try:
+            return cv.load(path, task="detector", **kwargs)
+        except (InputError, ModelStructureError):
+            raise refusal from None
+
+
+def labels_from_names(metadata: dict) -> list | None:
+    """Class names from an ultralytics export's ``names`` metadata (``{0: 'person', 1: 'bicycle', ...}``), or None
+    when the metadata holds no such dict of consecutive indices."""
+    text = metadata.get("names")
+    if not text:
+        return None
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(names, dict) or sorted(names) != list(range(len(names))):
+        return None
+    return [str(names[i]) for i in range(len(names))]
+
+
+def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labels=None) -> list:
+    """The targets of each image of ``x`` for a detector or a segmenter ``m``.
+
+    Args:
+        m: a model loaded with task "detector" or "segmenter".
+        x: (N, C, H, W) the preprocessed images.
+        options: the run's :class:`TaskOptions`.
+        batch_size: rows per onnxruntime run.
+        labels: the class names (a segmenter's region class may be one).
+
+    Returns:
+        One list per image: :class:`onnx_cnnviz.tasks.Detection` objects (best score first) for a detector,
+        :class:`ClassRegion` objects (largest first) for a segmenter; empty where nothing is found.
+
+    Raises:
+        InputError: a classifier (its targets are classes), or a region class the model does not have.
+    """
+    from ..tasks import detect
+
+    options.check()
+    if m.task == "detector":
+        return detect(m, x, conf=options.conf, iou=options.iou, max_det=int(options.max_det), batch_size=batch_size)
+    if m.task != "segmenter":
+        raise InputError("find_targets finds a detector's detections or a segmenter's regions; a classifier's "
+                         "targets are its classes.")
+    return segment_regions(m, x, options, batch_size, labels)
+
+
+def segment_regions(m, x, options: TaskOptions, batch_size=None, labels=None) -> list:
+    """A segmenter's :class:`ClassRegion` targets of each image (see :func:`find_targets`)."""
+    x = np.asarray(x)
+    shape = m.tensor_shape(m.score_name, tuple(x.shape[2:]))
+    if len(shape) != 4:
+        raise InputError(f"a segmenter's head output is a dense (N, C, H, W) map; '{m.score_name}' has shape {shape}.")
+    channels, h, w = (int(d) for d in shape[1:])
+    wanted = None
+    if options.region_class is not None:
+        from .labels import resolve_target
+
+        wanted = resolve_target(options.region_class, labels, "--class")
+        if not 0 <= wanted < channels:
+            raise option_error(f"--class {wanted} is not a class of this segmenter (classes 0 to {channels - 1}).",
+                               "--class")
+    sy, sx = x.shape[2] / h, x.shape[3] / w
+    found = []
+    for i, flat in enumerate(m.scores(x, batch_size=batch_size)):
+        out = flat.reshape(channels, h, w)
+        predicted = out.argmax(axis=0)
+        classes = [wanted] if wanted is not None else list(np.unique(predicted))
+        regions = []
+        for c in classes:
+            mask = predicted == c
+            area = int(mask.sum())
+            if not area:
+                continue
+            ys, xs = np.nonzero(mask)
+            box = (float(xs.min() * sx), float(ys.min() * sy), float((xs.max() + 1) * sx), float((ys.max() + 1) * sy))
+            regions.append(ClassRegion(cls=int(c), mask=mask, output=m.score_name, image=i, box=box,
+                                       score=float(out[c][mask].mean()), area=area / mask.size))
+        regions.sort(key=lambda r: -r.area)
+        found.append(regions[:int(options.max_det)])
+    return found
+
+
+def target_record(target, labels=None) -> dict:
+    """What a record says of a detection or a region: box (x1, y1, x2, y2, input pixels), class, class name, score
+    (and a region's area, the fraction of the map)."""
+    c = int(target.cls)
+    record = {"box": [float(v) for v in target.box], "class": c,
+              "class_name": labels[c] if labels and 0 <= c < len(labels) else None, "score": float(target.score)}
+    if isinstance(target, ClassRegion):
+        record["area"] = float(target.area)
+    return record
