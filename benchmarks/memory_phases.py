@@ -9,15 +9,16 @@ what_loads.py keeps that section when it rewrites the file).
 
 Each model (timm or Hugging Face, random weights, fixed seed, TorchScript export at opset 17, cached in
 ``.cache/memory_phases``) is measured in a fresh child process that imports no torch: it loads the file, runs the
-phases on a batch of two 224x224 images and prints its peak resident size (``ru_maxrss``) after each, with the
-resident size at that moment. Linux carries a process's peak across fork and exec, so the child is started by a small
-wrapper process (a child of this one, which holds torch, would start from its peak). A watchdog thread in the child
-ends it (exit 3, the phase named) when its resident size passes ``--limit-gb``: the machine is shared.
+phases on a batch of two 224x224 images and records each phase's own peak resident size: ``VmHWM`` of
+``/proc/self/status``, set back to the resident size before each phase by writing 5 to ``/proc/self/clear_refs``
+(``ru_maxrss`` can do neither: it only grows, and Linux carries it across exec from the parent, which holds torch).
+A watchdog thread in the child ends it (exit 3, the phase named) when its resident size passes ``--limit-gb``: the
+machine is shared.
 
 Targets (issue 26): load at most 2.5x the file's size plus 500 MB; every method at most 1.5x the weights plus the
 activations of one batch (the sum of every float tensor of one forward pass at the batch size, read from shape
 inference: an upper bound of what a backward pass keeps), both counted over the process's own resident size before
-loading (Python, numpy and onnxruntime: about 100 MB).
+loading, with Python, numpy, onnx, onnxruntime and onnx_cnnviz imported (about 0.1-0.2 GB).
 """
 from __future__ import annotations
 
@@ -41,8 +42,6 @@ SIZE = 224
 DEFAULT_MODELS = ["timm:vgg16", "timm:nfnet_f1", "timm:mvitv2_base_cls", "hf:efficientnet", "hf:resnet", "hf:vit",
                   "hf:deit", "hf:convnext", "hf:swin", "hf:mobilevit"]
 
-SPAWN = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
-
 #: The child: argv = model path, resident limit in bytes; prints one JSON line.
 CHILD = r"""
 import json, os, resource, sys, threading, time
@@ -64,12 +63,25 @@ def watchdog():
 
 threading.Thread(target=watchdog, daemon=True).start()
 import numpy as np
+import onnxruntime
 import onnx_cnnviz as cv
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, the process's own high-water mark (ru_maxrss is carried across exec from the parent).
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
-report = {"base": resident()}
+def reset_peak():
+    # Writing 5 to clear_refs sets VmHWM back to the resident size now: the next phase's peak is its own.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+# The base: Python, numpy, onnx and onnxruntime imported, no model (what every target is counted over).
+report = {"base": resident(), "per_phase": reset_peak()}
 phase[0] = "load"
 start = time.perf_counter()
 m = cv.load(sys.argv[1], device="cpu")
@@ -83,6 +95,7 @@ calls = [("scores", lambda: m.scores(x)), ("gradcam", lambda: cv.grad_cam(m, x))
          ("gradients", lambda: cv.gradients(m, x))]
 for name, call in calls:
     phase[0] = name
+    reset_peak()
     start = time.perf_counter()
     try:
         call()
@@ -90,6 +103,12 @@ for name, call in calls:
     except Exception as exc:
         report[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "peak": peak()}
     print(json.dumps(report), flush=True)  # after each phase: a watchdog stop keeps what was measured
+    if name == "scores":  # one batch's float activations: every float tensor a node makes, from the load's shapes
+        spec = m.spec((h, w))
+        floats = [spec.info[o] for node in spec.model.graph.node for o in node.output
+                  if o in spec.info and spec.info[o].is_float and spec.info[o].shape is not None]
+        report["activations"] = int(sum(np.prod([2 if d is None else d for d in t.shape], dtype=np.int64) * 4
+                                        for t in floats))
 """
 
 
@@ -170,7 +189,7 @@ def sizes(path: Path) -> dict:
 
 
 def measure(path: Path, limit: int, timeout: float) -> dict:
-    command = [sys.executable, "-c", SPAWN, sys.executable, "-c", CHILD, str(path), str(limit)]
+    command = [sys.executable, "-c", CHILD, str(path), str(limit)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -192,8 +211,9 @@ def verdict(spec: str, report: dict, size: dict) -> dict:
     the process's resident size before loading."""
     base = report.get("base", 0)
     targets = {"load": 2.5 * size["file"] + 500e6}
+    activations = report.get("activations", size["activations"])  # the loaded model's shapes when measured
     for phase in PHASES[1:]:
-        targets[phase] = 1.5 * size["weights"] + size["activations"]
+        targets[phase] = 1.5 * size["weights"] + activations
     rows = {}
     for phase in PHASES:
         entry = report.get(phase)
@@ -210,8 +230,8 @@ def gb(n) -> str:
 
 
 def table(results: dict) -> str:
-    lines = ["| model | file / weights / activations (GB) | " + " | ".join(PHASES) + " |",
-             "|---|---|" + "---|" * len(PHASES)]
+    lines = ["| model | file / weights / activations (GB) | base | " + " | ".join(PHASES) + " |",
+             "|---|---|---|" + "---|" * len(PHASES)]
     for spec, entry in results.items():
         size, report = entry["sizes"], entry["report"]
         cells = []
@@ -225,9 +245,11 @@ def table(results: dict) -> str:
                 cells.append("timed out")
             else:
                 cells.append((row.get("error") or "—")[:90])
-        at_least = ">=" if size.get("unsized") else ""
-        lines.append(f"| {spec} | {gb(size['file'])} / {gb(size['weights'])} / {at_least}{gb(size['activations'])} | "
-                     + " | ".join(cells) + " |")
+        measured = report.get("activations")
+        activations = f"{gb(measured)}" if measured is not None else \
+            f"{'>=' if size.get('unsized') else ''}{gb(size['activations'])}"
+        lines.append(f"| {spec} | {gb(size['file'])} / {gb(size['weights'])} / {activations} | "
+                     f"{gb(report.get('base', 0))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -261,29 +283,32 @@ def main(argv=None) -> int:
 
 
 def write(results: dict, limit_gb: float) -> None:
-    import datetime
-
     import onnxruntime
 
-    text = DOC.read_text() if DOC.exists() else ""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import pages
+
+    missing = [spec for spec in DEFAULT_MODELS if spec not in results]
+    per_phase = all(entry["report"].get("per_phase", False) for entry in results.values())
+    note = (f"Batch of {BATCH} at {SIZE}x{SIZE}, random weights, TorchScript export at opset 17, onnxruntime "
+            f"{onnxruntime.__version__}; each model alone in a child process, a watchdog stops it past "
+            f"{limit_gb:g} GB.")
+    how = ("Each cell: the phase's own peak resident size in GB (`VmHWM`, set back to the resident size before "
+           "each phase through `/proc/self/clear_refs`), ok/OVER, and its target in brackets. "
+           if per_phase else
+           "Each cell: the process's peak resident size so far in GB (this kernel refused `/proc/self/clear_refs`, "
+           "so a load peak shows in every later cell), ok/OVER, and its target in brackets. ")
     section = "\n".join([
-        BEGIN, "## Memory per phase (issue 26)", "",
-        f"Generated by `benchmarks/memory_phases.py` on {datetime.date.today()} (onnxruntime "
-        f"{onnxruntime.__version__}, 2 CPU cores shared with other jobs). Peak resident size (GB, `ru_maxrss`) of "
-        f"one child process after each phase, batch of {BATCH} at {SIZE}x{SIZE}, random weights, TorchScript "
-        f"export at opset 17; a watchdog stops a child past {limit_gb:g} GB. Targets: load <= 2.5x the file + "
-        "500 MB; each method <= 1.5x the float weights + one batch's float activations (every tensor of a "
-        "forward pass, from ONNX shape inference; \">=\" where it could not size some tensors), both over the "
-        "process's resident size before loading (~0.1 GB). "
-        "Each cell: the process's peak so far (`ru_maxrss` cannot isolate a phase: a load peak shows in every later "
-        "cell), ok/OVER, (target). Models not measured here (HF DeiT, ConvNeXt, Swin, MobileViT) did not fit in "
-        "the session's time.", "",
-        table(results), "", END])
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+        "## Memory per phase (issue 26)", "",
+        pages.header("benchmarks/memory_phases.py", "python benchmarks/memory_phases.py --write", note), "",
+        how + "Targets (issue 26): load <= 2.5x the file + 500 MB; each method <= 1.5x the float weights + one "
+        "batch's float activations (every float tensor a node of the loaded graph makes at the batch size, from "
+        "the load's shapes; \">=\" where a stopped child left only ONNX shape inference's partial sum), "
+        "both over the child's resident size before loading (libraries imported, "
+        "no model: the *base* column)."
+        + (f" Not measured: {', '.join(missing)}." if missing else ""), "",
+        table(results)])
+    pages.write_section(DOC, "memory_phases", section)
 
 
 if __name__ == "__main__":
