@@ -46,6 +46,9 @@ def register(*op_types: str):
 
 # Importing the families fills RULES.
 from . import activations, conv, einsum, elementwise, linear, normalization, pooling, scatter, shape  # noqa: E402,F401
+# TopK, NonMaxSuppression, and Concat of run-time lengths (detector post-processing); after shape: its Concat
+# rule extends shape.concat.
+from . import selection  # noqa: E402,F401
 
 # --- rule sets -------------------------------------------------------------------------------------------------
 # The rectifiers: op_type -> (its true rule, which nodes of that type are rectifiers: (node, value) -> bool, where
