@@ -5,10 +5,12 @@ A page asks for a table with a marker line, ``<!-- cnnviz:methods -->``, ``<!-- 
 :mod:`onnx_cnnviz.methods.registry`, :mod:`onnx_cnnviz.metrics.registry` or
 :mod:`onnx_cnnviz.graph.autodiff.rules` at that moment. The tables are never written by hand, so registering a method
 (a plugin's, say) changes the built site and nothing else has to. :func:`on_page_content` tidies the CLI reference
-that mkdocs-click renders.
+that mkdocs-click renders, and :func:`on_config` makes mkdocs-click stop a command's description at the form feed
+where click's ``--help`` stops.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 
@@ -98,3 +100,32 @@ UNSET_DEFAULT = re.compile(r"<code>Sentinel\.UNSET</code>")
 def on_page_content(html: str, page, config, files) -> str:
     """The CLI reference: an option without a default shows a dash, not click's internal sentinel."""
     return UNSET_DEFAULT.sub("—", html)
+
+
+# A command function's docstring is its --help text, then a form feed and the Google-style Args/Raises for the API
+# reader; click's --help stops at the form feed, mkdocs-click 0.9 shows the whole docstring.
+FORM_FEED = "\f"
+
+
+def description_before_form_feed(make_description):
+    """Wrap mkdocs-click's description generator so that it shows a command's help up to its first form feed (the
+    help is cut before the generator splits it into lines: ``str.splitlines`` takes a form feed for a line end)."""
+    def cut(ctx, *args, **kwargs):
+        help_text = ctx.command.help or ""
+        if FORM_FEED in help_text:
+            command = copy.copy(ctx.command)
+            command.help = help_text.partition(FORM_FEED)[0]
+            ctx = copy.copy(ctx)
+            ctx.command = command
+        yield from make_description(ctx, *args, **kwargs)
+    cut.cuts_at_form_feed = True
+    return cut
+
+
+def on_config(config):
+    """Make the CLI reference show a command's description as ``--help`` does (once per process)."""
+    from mkdocs_click import _docs
+
+    if not getattr(_docs._make_description, "cuts_at_form_feed", False):
+        _docs._make_description = description_before_form_feed(_docs._make_description)
+    return config

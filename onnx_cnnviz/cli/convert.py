@@ -27,7 +27,10 @@ from .common import (
 @click.group("convert")
 def convert_group():
     """Convert a framework model to ONNX (dynamic batch, eval mode, preprocessing and labels in the metadata):
-    torch (PyTorch) or keras (Keras / TensorFlow via tf2onnx, with the keras extra)."""
+    torch (PyTorch) or keras (Keras / TensorFlow via tf2onnx, with the keras extra).
+    \f
+    The group itself does nothing; ``cnnviz convert torch`` and ``cnnviz convert keras`` do the work.
+    """
 
 
 @convert_group.command("torch")
@@ -57,6 +60,28 @@ def convert_torch(source, out_path, input_size, opset, dynamo, weights, random_w
     local cache only: when the file is not there the command says where to put it; --random-weights exports the
     architecture with random weights. The export is checked against torch on a random batch, in-place activations
     are made out-of-place and the batch dimension is dynamic.
+    \f
+    The text above is ``cnnviz convert torch --help``; click stops at the form feed. The work is
+    :func:`onnx_cnnviz.converters.torch.export`.
+
+    Args:
+        source: NAME_OR_PY:ATTR: a torchvision name, ``timm:NAME``, ``FILE.py:ATTR`` or ``package.module:ATTR``.
+        out_path: ``--out``: the ONNX file to write.
+        input_size: ``--input-size``: the (H, W) the model is exported at.
+        opset: ``--opset``: the ONNX opset to write.
+        dynamo: ``--dynamo``: use torch's dynamo exporter instead of the TorchScript one.
+        weights: ``--weights``: a torchvision weights enum name (None: the architecture's default weights).
+        random_weights: ``--random-weights``: export the architecture with random weights (seeded by ``seed``).
+        preprocess: ``--preprocess``: the preprocessing preset recorded in the metadata (None: the weights' own).
+        labels: ``--labels``: a text file of class names recorded in the metadata (None: the weights' categories).
+        seed: ``--seed``: the seed of the random weights.
+        no_check: ``--no-check``: skip the comparison with torch on a random batch.
+        overwrite: ``--overwrite``: replace ``out_path`` if it exists.
+
+    Raises:
+        click.UsageError: ``--weights`` with ``--random-weights``.
+        onnx_cnnviz.errors.CnnvizError: torch is missing, the weights are not in the local cache, the export fails
+            or differs from torch, or ``out_path`` would replace an input or exists without ``--overwrite``.
     """
     from onnx_cnnviz.converters.torch import export, import_torch
 
@@ -102,6 +127,27 @@ def convert_keras(model_path, out_path, input_size, opset, channels_first, keep_
     The ONNX input is NCHW (NHWC with --keep-nhwc) with a dynamic batch, and the conversion is checked against Keras
     on a random batch.
     The final softmax stays in the graph; explanations use the score before it.
+    \f
+    The text above is ``cnnviz convert keras --help``; click stops at the form feed. The work is
+    :func:`onnx_cnnviz.converters.keras.export`.
+
+    Args:
+        model_path: MODEL.keras: the saved Keras model (.keras or .h5).
+        out_path: ``--out``: the ONNX file to write.
+        input_size: ``--input-size``: the (H, W) to fix for a model built for any size (None: its own).
+        opset: ``--opset``: the ONNX opset tf2onnx writes.
+        channels_first: ``--channels-first``: the Keras model already takes (N, C, H, W).
+        keep_nhwc: ``--keep-nhwc``: keep the (N, H, W, C) input as tf2onnx writes it.
+        preprocess: ``--preprocess``: the preprocessing preset recorded in the metadata (None: none recorded).
+        labels: ``--labels``: a text file of class names recorded in the metadata.
+        no_check: ``--no-check``: skip the comparison with Keras on a random batch.
+        overwrite: ``--overwrite``: replace ``out_path`` if it exists.
+
+    Raises:
+        onnx_cnnviz.errors.InputError: ``--keep-nhwc`` with ``--channels-first``, or ``out_path`` would replace an
+            input or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: TensorFlow or tf2onnx is missing (the keras extra), or the conversion fails
+            or differs from Keras.
     """
     from onnx_cnnviz.converters.keras import export, import_tensorflow
 

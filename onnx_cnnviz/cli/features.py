@@ -89,7 +89,27 @@ def _one_input(path, pre):
 @global_flags
 def filters_cmd(layer, max_filters, max_channels, tile, out_path, overwrite, order, **kw):
     """The convolution kernels as a picture (first layer: one colour tile per filter, as in the AlexNet figure).
-    Reads no picture: of the preprocessing, only the channel order matters."""
+    Reads no picture: of the preprocessing, only the channel order matters.
+    \f
+    The text above is ``cnnviz filters --help``; click stops at the form
+    feed. The work is :func:`onnx_cnnviz.methods.features.filters`.
+
+    Args:
+        layer: ``--layer``: a tensor produced by a convolution (None: the first convolution).
+        max_filters: ``--max-filters``: show at most this many filters (None: all).
+        max_channels: ``--max-channels``: input channels shown per filter of a deeper layer.
+        tile: ``--tile``: the side of one tile in pixels.
+        out_path: ``--out``: the .png file to write.
+        overwrite: ``--overwrite``: replace ``out_path`` if it exists.
+        order: ``--order``: RGB or BGR, the colours of first-layer filters (None: the metadata's, else RGB).
+        **kw: MODEL (``model``) and the shared model options, by parameter name (``device``,
+            ``input_name``, ``output_name``, ``input_size``, ``max_nodes``): see
+            :func:`onnx_cnnviz.cli.inspect_cmd.inspect_cmd`.
+
+    Raises:
+        onnx_cnnviz.errors.InputError: an output would replace an input, or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: the model or a picture cannot be read, or the layer is unknown.
+    """
     from onnx_cnnviz.methods import features
 
     check_outputs([out_path], overwrite, _inputs(kw))
@@ -121,7 +141,30 @@ def filters_cmd(layer, max_filters, max_channels, tile, out_path, overwrite, ord
 @click.pass_context
 def activations_cmd(ctx, images, layer, top, scale_by, tile, recursive, out_dir, overwrite, **kw):
     """Feature maps of each image at a layer, as a grid of gray tiles (NAME.activations.png and .npy; NAME as in
-    `cnnviz explain`: unique per image)."""
+    `cnnviz explain`: unique per image).
+    \f
+    The text above is ``cnnviz activations --help``; click stops at the form
+    feed. The work is :func:`onnx_cnnviz.methods.features.activations`.
+
+    Args:
+        ctx: click's context (the model and preprocessing are resolved from it and ``kw``).
+        images: IMAGES: picture files and folders.
+        layer: ``--layer``: the feature map (None: the default layer).
+        top: ``--top-channels``: show only this many channels, the most active first (None: all).
+        scale_by: ``--scale-by``: ``layer`` (one grey scale for the whole map) or ``channel`` (each tile its own).
+        tile: ``--tile``: the side of one tile in pixels.
+        recursive: ``--recursive``: also take pictures from subfolders.
+        out_dir: ``--out``: the folder the files are written to.
+        overwrite: ``--overwrite``: replace files that exist.
+        **kw: MODEL (``model``) and the shared model and preprocessing options, by parameter name (``device``,
+            ``input_name``, ``output_name``, ``input_size``, ``max_nodes``, ``preprocess``, ``mean``, ``std``, ``size``,
+            ``order``, ``scale``): see
+            :func:`onnx_cnnviz.cli.inspect_cmd.inspect_cmd`.
+
+    Raises:
+        onnx_cnnviz.errors.InputError: an output would replace an input, or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: the model or a picture cannot be read, or the layer is unknown.
+    """
     from onnx_cnnviz.methods import features
 
     out = out_folder(out_dir)
@@ -166,7 +209,32 @@ def activations_cmd(ctx, images, layer, top, scale_by, tile, recursive, out_dir,
 @click.pass_context
 def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recursive, out_path, overwrite, **kw):
     """The image patches that activate each channel most, over a folder of IMAGES (one row per channel), with a
-    .json beside the picture listing image, value, unit and box of every patch."""
+    .json beside the picture listing image, value, unit and box of every patch.
+    \f
+    The text above is ``cnnviz patches --help``; click stops at the form
+    feed. The work is :func:`onnx_cnnviz.methods.features.top_patches`.
+
+    Args:
+        ctx: click's context (the model and preprocessing are resolved from it and ``kw``).
+        images: IMAGES: picture files and folders.
+        layer: ``--layer``: the feature map (None: the deepest whose receptive field is at most half the image).
+        channels: ``--channels``: the channels to show, comma-separated (None: the first 16).
+        k: ``--per-channel``: the number of patches per channel.
+        guided: ``--guided``: add each unit's guided backpropagation next to its patch.
+        tile: ``--tile``: the side of one tile in pixels.
+        batch_size: ``--batch-size``: pictures read and run together.
+        recursive: ``--recursive``: also take pictures from subfolders.
+        out_path: ``--out``: the .png file to write (its .json beside it).
+        overwrite: ``--overwrite``: replace files that exist.
+        **kw: MODEL (``model``) and the shared model and preprocessing options, by parameter name (``device``,
+            ``input_name``, ``output_name``, ``input_size``, ``max_nodes``, ``preprocess``, ``mean``, ``std``, ``size``,
+            ``order``, ``scale``): see
+            :func:`onnx_cnnviz.cli.inspect_cmd.inspect_cmd`.
+
+    Raises:
+        onnx_cnnviz.errors.InputError: an output would replace an input, or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: the model or a picture cannot be read, or the layer is unknown.
+    """
     from onnx_cnnviz.methods import features
 
     meta = Path(out_path).with_suffix(".json")
@@ -216,7 +284,32 @@ def patches_cmd(ctx, images, layer, channels, k, guided, tile, batch_size, recur
 def embed_cmd(ctx, images, layer, projection, neighbours, mosaic_size, thumb, batch_size, recursive, out_dir,
               overwrite, **kw):
     """The code of every image (embeddings.npy), a 2-D map of them as a thumbnail mosaic (mosaic.png, as
-    Karpathy's cnnembed) and each image's nearest neighbours (embed.json)."""
+    Karpathy's cnnembed) and each image's nearest neighbours (embed.json).
+    \f
+    The text above is ``cnnviz embed --help``; click stops at the form
+    feed. The work is :mod:`onnx_cnnviz.methods.feature_space`.
+
+    Args:
+        ctx: click's context (the model and preprocessing are resolved from it and ``kw``).
+        images: IMAGES: picture files and folders.
+        layer: ``--layer``: the tensor whose values are the code (None: the input of the last linear layer).
+        projection: ``--projection``: ``pca`` or ``tsne``, the 2-D map of the codes.
+        neighbours: ``--neighbours``: nearest neighbours listed per image (0: none).
+        mosaic_size: ``--mosaic-size``: the side of the mosaic in pixels.
+        thumb: ``--thumb``: the side of a thumbnail in pixels.
+        batch_size: ``--batch-size``: pictures read and run together.
+        recursive: ``--recursive``: also take pictures from subfolders.
+        out_dir: ``--out``: the folder the files are written to.
+        overwrite: ``--overwrite``: replace files that exist.
+        **kw: MODEL (``model``) and the shared model and preprocessing options, by parameter name (``device``,
+            ``input_name``, ``output_name``, ``input_size``, ``max_nodes``, ``preprocess``, ``mean``, ``std``, ``size``,
+            ``order``, ``scale``): see
+            :func:`onnx_cnnviz.cli.inspect_cmd.inspect_cmd`.
+
+    Raises:
+        onnx_cnnviz.errors.InputError: an output would replace an input, or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: the model or a picture cannot be read, or the layer is unknown.
+    """
     from onnx_cnnviz.methods import feature_space
 
     out = out_folder(out_dir)
@@ -275,7 +368,35 @@ def _optim_options(f):
 def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_every, jitter, out_path, overwrite,
               **kw):
     """An image made by gradient ascent: the class model of a --target class (Simonyan et al. 2014) or what
-    excites a --layer/--channel (activation maximisation), with Yosinski et al.'s regularisers."""
+    excites a --layer/--channel (activation maximisation), with Yosinski et al.'s regularisers.
+    \f
+    The text above is ``cnnviz dream --help``; click stops at the form
+    feed. The work is :func:`onnx_cnnviz.methods.optimise.class_model` or ``neuron_model``.
+
+    Args:
+        ctx: click's context (the model and preprocessing are resolved from it and ``kw``).
+        target: ``--target``: the class to visualise, an index or a name (None: a channel instead).
+        layer: ``--layer``: the layer of the channel to visualise.
+        channel: ``--channel``: the channel of ``layer`` (None: a class instead).
+        unit: ``--unit``: ``"I,J"``, one unit of the channel (None: the channel's mean).
+        steps: ``--steps``: the number of gradient-ascent steps.
+        lr: ``--lr``: the step size (None: the library's).
+        seed: ``--seed``: the seed of the starting noise and the jitter.
+        decay: ``--decay``: L2 decay per step (None: the library's).
+        blur_every: ``--blur-every``: a Gaussian blur every N steps (None: the library's; 0: off).
+        jitter: ``--jitter``: the random shift in pixels per step (None: the library's).
+        out_path: ``--out``: the .png file to write.
+        overwrite: ``--overwrite``: replace ``out_path`` if it exists.
+        **kw: MODEL (``model``) and the shared model and preprocessing options, by parameter name (``device``,
+            ``input_name``, ``output_name``, ``input_size``, ``max_nodes``, ``preprocess``, ``mean``, ``std``, ``size``,
+            ``order``, ``scale``, ``labels``): see
+            :func:`onnx_cnnviz.cli.inspect_cmd.inspect_cmd`.
+
+    Raises:
+        click.UsageError: neither or both of ``--target`` and ``--channel``.
+        onnx_cnnviz.errors.InputError: an output would replace an input, or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: the model or a picture cannot be read, or the layer is unknown.
+    """
     from onnx_cnnviz.methods import optimise
 
     if (target is None) == (channel is None):
@@ -321,7 +442,31 @@ def dream_cmd(ctx, target, layer, channel, unit, steps, lr, seed, decay, blur_ev
 @global_flags
 @click.pass_context
 def invert_cmd(ctx, image, layer, steps, lr, seed, lambda_tv, out_path, overwrite, **kw):
-    """Reconstruct IMAGE from its code at --layer (Mahendran & Vedaldi 2015): the picture the layer 'sees'."""
+    """Reconstruct IMAGE from its code at --layer (Mahendran & Vedaldi 2015): the picture the layer 'sees'.
+    \f
+    The text above is ``cnnviz invert --help``; click stops at the form
+    feed. The work is :func:`onnx_cnnviz.methods.optimise.invert`.
+
+    Args:
+        ctx: click's context (the model and preprocessing are resolved from it and ``kw``).
+        image: IMAGE: the picture whose code is inverted.
+        layer: ``--layer``: whose code is inverted (None: the deepest whose receptive field is at most half the
+            image).
+        steps: ``--steps``: the number of gradient-ascent steps.
+        lr: ``--lr``: the step size (None: the library's).
+        seed: ``--seed``: the seed of the starting noise and the jitter.
+        lambda_tv: ``--tv``: the total-variation weight (None: the library's).
+        out_path: ``--out``: the .png file to write.
+        overwrite: ``--overwrite``: replace ``out_path`` if it exists.
+        **kw: MODEL (``model``) and the shared model and preprocessing options, by parameter name (``device``,
+            ``input_name``, ``output_name``, ``input_size``, ``max_nodes``, ``preprocess``, ``mean``, ``std``, ``size``,
+            ``order``, ``scale``): see
+            :func:`onnx_cnnviz.cli.inspect_cmd.inspect_cmd`.
+
+    Raises:
+        onnx_cnnviz.errors.InputError: an output would replace an input, or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: the model or a picture cannot be read, or the layer is unknown.
+    """
     from onnx_cnnviz.methods import optimise
 
     check_outputs([out_path], overwrite, _inputs(kw, image))
@@ -360,7 +505,33 @@ def localize_cmd(ctx, images, methods, top_k, target, threshold, layer, batch_si
                  **kw):
     """Weakly supervised localisation: a bounding box per image and class from its CAM / Grad-CAM (Zhou et al.) or
     saliency + GrabCut (Simonyan et al.). Writes NAME.boxes.png (boxes drawn) and NAME.boxes.json (NAME as in
-    `cnnviz explain`: unique per image)."""
+    `cnnviz explain`: unique per image).
+    \f
+    The text above is ``cnnviz localize --help``; click stops at the form
+    feed. The work is :mod:`onnx_cnnviz.methods.localise`.
+
+    Args:
+        ctx: click's context (the model and preprocessing are resolved from it and ``kw``).
+        images: IMAGES: picture files and folders.
+        methods: ``--method``: one of gradcam, cam or saliency, as the values given (empty: gradcam).
+        top_k: ``--top-k``: one box for each of the K best classes (None: 1).
+        target: ``--target``: the class whose box is drawn instead of the best class's (an index or a name).
+        threshold: ``--threshold``: the fraction of the map's maximum kept (CAM / Grad-CAM).
+        layer: ``--layer``: the feature map of CAM / Grad-CAM (None: the last spatial map).
+        batch_size: ``--batch-size``: pictures read and run together.
+        recursive: ``--recursive``: also take pictures from subfolders.
+        out_dir: ``--out``: the folder the files are written to.
+        overwrite: ``--overwrite``: replace files that exist.
+        **kw: MODEL (``model``) and the shared model and preprocessing options, by parameter name (``device``,
+            ``input_name``, ``output_name``, ``input_size``, ``max_nodes``, ``preprocess``, ``mean``, ``std``, ``size``,
+            ``order``, ``scale``, ``labels``): see
+            :func:`onnx_cnnviz.cli.inspect_cmd.inspect_cmd`.
+
+    Raises:
+        click.BadParameter: more than one method.
+        onnx_cnnviz.errors.InputError: an output would replace an input, or exists without ``--overwrite``.
+        onnx_cnnviz.errors.CnnvizError: the model or a picture cannot be read, or the layer is unknown.
+    """
     from onnx_cnnviz.image import deprocess, preprocess
     from onnx_cnnviz.methods import localise
 

@@ -35,10 +35,35 @@ from .common import (
 def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, overwrite, device, input_name,
                      output_name, input_size, max_nodes):
     """Save MODEL rewritten for explanation: outputs are the class scores, the --layer feature maps, and the
-    gradients of the class score with respect to them (and to the image), named 'cnnviz/grad/<tensor>'.
+    gradients of the class score with respect to them (and to the image), named 'cnnviz/grad/TENSOR'.
 
     The file holds standard ONNX operators only: serve it with any onnxruntime. With --target-mode input, feed
     'cnnviz/seed' with one-hot rows of the classes to explain.
+    \f
+    The text above is ``cnnviz export-graph --help``; click stops at the form feed. The graph is
+    :meth:`onnx_cnnviz.Model.build_graph`, checked by ``onnx.checker`` before it is written atomically.
+
+    Args:
+        model: MODEL: the ONNX file to rewrite.
+        layers: ``--layer`` (repeatable): the feature maps to expose with their gradients (empty: the default
+            layer).
+        rule: ``--rule``: the rule set, vanilla, guided or deconvnet (how rectifiers pass the gradient back).
+        no_input_grad: ``--no-input-grad``: leave out the gradient with respect to the image.
+        target_mode: ``--target-mode``: ``input`` (the graph takes a one-hot ``cnnviz/seed``) or ``top1`` (each
+            image's best class, seeded inside the graph).
+        out_path: ``--out``: the ONNX file to write.
+        overwrite: ``--overwrite``: replace ``out_path`` if it exists.
+        device: ``--device``: auto, cpu, cuda or openvino (where onnxruntime runs the model).
+        input_name: ``--input``: the image input, when the model has several (None: the only one).
+        output_name: ``--output``: the class-score output, when the model has several (None: chosen from the
+            graph).
+        input_size: ``--input-size``: (H, W) for a model that takes any size (None: its metadata, else 224x224).
+        max_nodes: ``--max-nodes``: the largest node count accepted, counted before the weights are read (None: no
+            limit).
+
+    Raises:
+        onnx_cnnviz.errors.InputError: ``out_path`` exists without ``--overwrite``, or names an input.
+        onnx_cnnviz.errors.CnnvizError: the model cannot be loaded or a layer is unknown.
     """
     import onnx
 

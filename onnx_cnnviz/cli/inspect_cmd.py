@@ -41,7 +41,40 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
     flags, or the assumed default), candidate layers with their shapes, the default layer, op types, and whether
     every op on the gradient path has a backward rule. With --classes, the class names too. With
     --check-preprocessing FOLDER, which preprocessing the weights fit, with numbers, and a warning when the one in
-    use is clearly not it."""
+    use is clearly not it.
+    \f
+    The text above is ``cnnviz inspect --help``; click stops at the form feed, so what follows is for the API
+    reference only. The description is printed on stdout (one JSON document with ``--json``).
+
+    Args:
+        model: MODEL: the ONNX file.
+        device: ``--device``: auto, cpu, cuda or openvino (where onnxruntime runs the model).
+        input_name: ``--input``: the image input, when the model has several (None: the only one).
+        output_name: ``--output``: the class-score output, when the model has several (None: chosen from the
+            graph).
+        input_size: ``--input-size``: (H, W) for a model that takes any size (None: its metadata, else 224x224).
+        max_nodes: ``--max-nodes``: the largest node count accepted, counted before the weights are read (None: no
+            limit).
+        preprocess: ``--preprocess``: a preset name, or None for the model's metadata (else imagenet, warned).
+        mean: ``--mean``: per-channel mean, in the model's channel order and scale (None: the preset's).
+        std: ``--std``: per-channel std (None: the preset's).
+        size: ``--size``: (H, W) the pictures are resized to (None: the model's or the preset's).
+        order: ``--order``: RGB or BGR, the channel order the model expects (None: the metadata's, else RGB).
+        scale: ``--scale``: the pixel scale applied before the mean (None: the preset's).
+        labels: ``--labels``: a text file of class names, one per line (None: the model's metadata).
+        all_layers: ``--all-layers``: list every candidate layer (False: the last 12).
+        list_classes: ``--classes``: list the class names with their indices.
+        check_folder: ``--check-preprocessing``: a folder of pictures to score the candidate preprocessings on
+            (None: no check).
+        check_labels: ``--check-labels``: a CSV of ``file,class_index`` rows for those pictures (None: the folder's
+            labels.csv, else its class sub-folders, else none).
+        check_images: ``--check-images``: score at most this many pictures (an even subsample).
+
+    Raises:
+        click.UsageError: ``--check-labels`` or ``--check-images`` without ``--check-preprocessing``.
+        onnx_cnnviz.errors.CnnvizError: the model or a label file cannot be read (the group prints the one-line
+            cause and exits with 1).
+    """
     from onnx_cnnviz.report import describe, preprocessing_info
 
     if (check_labels or check_images != 500) and not check_folder:

@@ -23,13 +23,31 @@ from .common import EXIT_FAILURE, EXIT_INTERRUPTED, error_document, global_flags
 
 
 def fail_line(exc: BaseException, resumable: bool = True) -> str:
-    """The one-line cause printed for an error; ``resumable``: the failed command has --resume (a full disk then
-    suggests it)."""
+    """The one-line cause printed on stderr for an error that stops a command.
+
+    Args:
+        exc: the error.
+        resumable: the failed command has ``--resume`` (a full disk then suggests it).
+
+    Returns:
+        ``cnnviz: error: `` followed by :func:`fail_text`.
+    """
     return "cnnviz: error: " + fail_text(exc, resumable)
 
 
 def fail_text(exc: BaseException, resumable: bool = True) -> str:
-    """The cause of an error in one line, without the ``cnnviz: error:`` prefix (the --json error message)."""
+    """The cause of an error in one line, without the ``cnnviz: error:`` prefix (the --json error message).
+
+    A :class:`~onnx_cnnviz.errors.CnnvizError` says its own cause; an ``OSError`` names its file, with what to do
+    when the disk is full or a path is not writable; anything else is an internal error that points to ``--debug``.
+
+    Args:
+        exc: the error.
+        resumable: the failed command has ``--resume`` (a full disk then suggests it).
+
+    Returns:
+        The message, its whitespace folded to single spaces.
+    """
     if isinstance(exc, CnnvizError):
         text = str(exc)
     elif isinstance(exc, OSError):
@@ -177,7 +195,14 @@ _register()
 
 
 def main(argv=None) -> int:
-    """Console-script entry point."""
+    """The ``cnnviz`` console script: run the command line and turn its exit into a status code.
+
+    Args:
+        argv: the arguments after the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 success, 1 failure (a one-line cause on stderr), 2 bad usage, 130 interrupted.
+    """
     try:
         cli.main(args=argv, prog_name="cnnviz")
     except SystemExit as exc:

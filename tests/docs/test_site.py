@@ -130,6 +130,27 @@ def test_the_cli_reference_lists_every_command_and_option(site):
                     assert opt in text, (name, opt)
 
 
+def test_the_cli_reference_shows_each_description_as_help_does(site):
+    """A command's docstring goes on after a form feed with its Args for the API reader; the CLI page stops there,
+    as ``--help`` does (docs/hooks/generated.py)."""
+    import click
+
+    from onnx_cnnviz.cli.main import cli
+
+    page = _text(site / "reference" / "cli" / "index.html")
+    assert "\f" not in page and "Args:" not in page and "click stops at the form" not in page
+    cut = [name for name, command in cli.commands.items() if "\f" in (command.help or "")]
+    assert {"inspect", "export-graph", "filters", "convert"} <= set(cut), cut
+
+    def words(text: str) -> str:  # markup and punctuation aside (code spans become tags on the page)
+        return " ".join(re.findall(r"\w+", text))
+
+    for name in cut:
+        description = words(cli.commands[name].help.partition("\f")[0])
+        assert description in words(click.Context(cli.commands[name], info_name=name).get_help()), name
+        assert description in words(page), name
+
+
 def test_a_new_cli_option_reaches_the_built_reference(site, tmp_path):
     """Add an option to a command, rebuild: it is in the CLI page (the site built without it does not have it)."""
     import click
