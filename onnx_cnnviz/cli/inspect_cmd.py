@@ -173,8 +173,13 @@ def inspect_cmd(model, device, input_name, output_name, input_size, max_nodes, p
 
 
 def print_loading(passes: list[dict], out) -> None:
-    """The loading passes in the order they ran, each with what it found or changed (``*``: it changed the graph
-    the engine runs, compared with the file)."""
+    """Print the loading passes in the order they ran, each with what it found or changed (``*``: it changed the
+    graph the engine runs, compared with the file).
+
+    Args:
+        passes: the passes' records as dicts (``pass``, ``changed``, ``summary``), from ``Model.load_passes``.
+        out: prints one line.
+    """
     changed = sum(1 for p in passes if p["changed"])
     out(f"loading      {len(passes)} passes, {changed} changed the graph (*):")
     width = max((len(p["pass"]) for p in passes), default=0)
@@ -184,7 +189,19 @@ def print_loading(passes: list[dict], out) -> None:
 
 def run_check(m, folder, labels, max_images, choice):
     """:func:`~onnx_cnnviz.preprocessing_check.check_preprocessing` with a progress bar, judging the preprocessing
-    the other commands would use (``choice``); its warning goes through :func:`warn`."""
+    the other commands would use (``choice``); its warning goes through :func:`warn`.
+
+    Args:
+        m: the loaded model.
+        folder: the folder of pictures to score.
+        labels: a CSV of ``file,class_index`` rows, or None (the folder's labels.csv or class sub-folders).
+        max_images: score at most this many pictures.
+        choice: the preprocessing the other commands would use and where it comes from, or None when none can be
+            chosen.
+
+    Returns:
+        The check (rows, resize comparison, verdict and warning).
+    """
     from onnx_cnnviz.preprocessing_check import check_preprocessing
 
     with progress(1, "checking preprocessing", unit="candidates") as bar:
@@ -201,7 +218,12 @@ def run_check(m, folder, labels, max_images, choice):
 
 
 def print_check(check, out) -> None:
-    """The check's rows, best first, its resize comparison, and what to pass to use the best preprocessing."""
+    """Print the check's rows, best first, its resize comparison, and what to pass to use the best preprocessing.
+
+    Args:
+        check: the result of :func:`run_check`.
+        out: prints one line.
+    """
     from onnx_cnnviz.image import PRESETS
 
     source = f"labels from {check.labels_source}" if check.labelled else \
@@ -230,7 +252,16 @@ def print_check(check, out) -> None:
 
 def score_choice_info(m, output_name) -> dict:
     """Which output holds the class scores and why (:func:`onnx_cnnviz.graph.head.choose_score` on the model's
-    normalised graph, which keeps every output): the chosen output, the reason, and each output's role."""
+    normalised graph, which keeps every output).
+
+    Args:
+        m: the loaded model.
+        output_name: the ``--output`` given, or None.
+
+    Returns:
+        The chosen output, the reason, a one-line summary, and each output's role (name, kind, what it is computed
+        from and its expression).
+    """
     from onnx_cnnviz.graph.head import choose_score
 
     choice = choose_score(m.spec().model, output_name)
