@@ -6,7 +6,8 @@ load check as :mod:`onnx_cnnviz.report`'s page) showing, in reading order:
 * the ranking per metric, best first: mean, 95% confidence interval, std and n per method, with the metric's
   direction (higher or lower is better), what it read from the model (the target's probability, its score, or the
   model's own probability output), its parameters and its paper;
-* the mean curves of the curve metrics (deletion, insertion, ROAD), one picture per method;
+* the mean curves of the curve metrics (deletion, insertion, ROAD), every method's curve of a metric overlaid in
+  one plot, so that they compare at a glance;
 * a few example images with each method's map, so a reader sees what is ranked;
 * the model (:func:`onnx_cnnviz.report.describe`: inputs, score tensor, classes, gradient path) and the
   preprocessing.
@@ -37,6 +38,8 @@ table.kv td{padding:2px 0;font-family:ui-monospace,Menlo,Consolas,monospace;word
 .reads{color:#555;font-size:12px}
 figure.curve{width:360px}
 figure.curve img{width:360px}
+figure.overlay{width:640px}
+figure.overlay img{width:640px}
 figure.thumb{width:160px}
 figure.thumb img{width:160px}
 """
@@ -64,7 +67,7 @@ class ExampleRow:
 
 def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, metrics: dict, curves: dict,
            examples: list, images: int, failed: list = (), interrupted: bool = False, ci_formula: str = "",
-           title: str = "cnnviz evaluate") -> str:
+           title: str = "cnnviz evaluate", overlays: dict | None = None) -> str:
     """The evaluation page, one self-contained HTML file.
 
     Args:
@@ -73,13 +76,15 @@ def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, me
         summary: the summary rows (method, metric, mean, std, n, ci95_low, ci95_high, higher_is_better, output).
         ranking: per metric, the methods best first.
         metrics: per metric its title, higher_is_better, parameters and paper.
-        curves: (method, metric) -> uint8 RGB picture of the mean curve.
+        curves: (method, metric) -> uint8 RGB picture of one method's mean curve.
         examples: the example rows.
         images: how many images the run read.
         failed: the images that could not be read or explained (``{"image", "error"}`` each).
         interrupted: Ctrl-C stopped the run (the numbers cover the rows finished).
         ci_formula: the confidence interval, in words.
         title: the page's title.
+        overlays: metric -> uint8 RGB picture of every method's mean curve overlaid; shown first, each method's
+            own picture then folded under it.
 
     Returns:
         The HTML text.
@@ -92,7 +97,7 @@ def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, me
     for item in failed:
         out.append(f'<div class="error">{esc(str(item.get("image")))}: {esc(str(item.get("error")))}</div>')
     out.append(_ranking(summary, ranking, metrics, ci_formula))
-    out.append(_curves(curves, ranking, metrics))
+    out.append(_curves(curves, ranking, metrics, overlays or {}))
     out.append(_examples(examples))
     out.append(_model(model, preprocessing))
     out.append(_foot(summary, ranking))
@@ -159,23 +164,35 @@ def _ranking(summary: list, ranking: dict, metrics: dict, ci_formula: str) -> st
     return "\n".join(out)
 
 
-def _curves(curves: dict, ranking: dict, metrics: dict) -> str:
-    """The mean curves, one row of pictures per metric, methods in ranking order."""
-    if not curves:
+def _curves(curves: dict, ranking: dict, metrics: dict, overlays: dict) -> str:
+    """The mean curves, per metric: the methods overlaid in one plot (``overlays``), then each method's own picture
+    in ranking order (folded under the plot when there is one)."""
+    if not curves and not overlays:
         return ""
     esc = html.escape
     out = ['<section class="image" id="curves"><h2>Mean curves</h2>']
     for metric, order in ranking.items():
+        folded = metric in overlays
+        if folded:
+            title = metrics.get(metric, {}).get("title", metric)
+            out.append(f'<figure class="overlay"><img alt="curves {esc(metric)}" src="{data_uri(overlays[metric])}">'
+                       f"<figcaption><b>{esc(title)}</b> <code>{esc(metric)}</code>: every method's mean curve, "
+                       "legend in ranking order (best first)</figcaption></figure>")
         shown = [(method, curves[(method, metric)]) for method in order if (method, metric) in curves]
         if not shown:
             continue
         title = metrics.get(metric, {}).get("title", metric)
-        out.append(f'<div class="rowhead"><b>{esc(title)}</b> <code>{esc(metric)}</code></div>')
+        if folded:
+            out.append(f"<details><summary>each method's {esc(metric)} curve alone</summary>")
+        else:
+            out.append(f'<div class="rowhead"><b>{esc(title)}</b> <code>{esc(metric)}</code></div>')
         out.append('<div class="row" style="margin-top:12px">')
         for method, pic in shown:
             out.append(f'<figure class="curve"><img alt="curve {esc(method)} {esc(metric)}" src="{data_uri(pic)}">'
                        f"<figcaption><b>{esc(method)}</b></figcaption></figure>")
         out.append("</div>")
+        if folded:
+            out.append("</details>")
     out.append("</section>")
     return "\n".join(out)
 

@@ -34,7 +34,7 @@ from ..errors import InputError
 from ..model import Model
 from ..registries import Registry, check_name, check_params, describe_params, resolved, signature_params
 from . import confidence, curves, imputation, pointing, robustness, sanity
-from .base import MetricResult
+from .base import MetricResult, positive_int
 
 TAKES = ("maps", "attributions", "method")
 
@@ -129,6 +129,47 @@ def parameters(metric, params: dict | None = None) -> dict:
     return resolved(meth.params, params)
 
 
+def _optional_step(value) -> None:
+    if value is not None:
+        positive_int(value, "pixels_per_step")
+
+
+#: The parameters whose caps and types are checked before any work, whichever metric takes them (no image needed):
+#: perturbation samples (:data:`~onnx_cnnviz.metrics.robustness.MAX_SAMPLES`), ROAD's percentiles
+#: (:data:`~onnx_cnnviz.metrics.imputation.MAX_PERCENTILES`), the curves' step (its cap,
+#: :data:`~onnx_cnnviz.metrics.curves.MAX_STEPS` points, depends on the image size and is checked with the images).
+VALUE_CHECKS: dict = {"samples": robustness.check_samples, "percentiles": imputation.check_percentiles,
+                      "pixels_per_step": _optional_step}
+
+
+def check_values(metric, params: dict | None = None) -> dict:
+    """The parameters ``metric`` runs with (:func:`parameters`), their values checked against their documented caps
+    (:data:`VALUE_CHECKS`) before any image is read or model run: ``samples=100000000`` is refused here, not after
+    gigabytes of perturbations.
+
+    Args:
+        metric: a name or a :class:`Metric`.
+        params: the caller's parameters.
+
+    Returns:
+        The parameters, defaults included.
+
+    Raises:
+        InputError: an unknown key, or a value over its cap or of the wrong type (naming the metric).
+    """
+    meth = get(metric)
+    values = parameters(meth, params)
+    for key, value in values.items():
+        check = VALUE_CHECKS.get(key)
+        if check is None:
+            continue
+        try:
+            check(value)
+        except InputError as exc:
+            raise InputError(f"metric {meth.name!r}: {exc}") from None
+    return values
+
+
 def all_parameters() -> str:
     """Every registered metric's own parameters with their defaults, as "metric: key=default, ...; ..." (the help
     of ``--metric-param``)."""
@@ -186,4 +227,4 @@ for _metric in [
 del _metric
 
 __all__ = ["Metric", "METRICS", "TAKES", "COMMON", "register", "unregister", "get", "names", "parameters",
-           "all_parameters", "evaluate"]
+           "check_values", "VALUE_CHECKS", "all_parameters", "evaluate"]

@@ -23,6 +23,7 @@ from .evaluate_run import Tally, complete_examples, evaluate_all
 from .evaluate_tables import (
     Results,
     curve_pictures,
+    overlay_pictures,
     page_text,
     ranking,
     read_results,
@@ -59,7 +60,11 @@ def check_metrics(metrics: list, metric_params: dict | None, boxes_file, reporte
 def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_file, reporter: Reporter) -> tuple:
     """Everything before the work: the images, the model and its preprocessing, the checked settings (:class:`Job`),
     the output files and the plan; the plan's resume lines go to ``reporter``. ``options``: the command's options by
-    their names (see :func:`onnx_cnnviz.runs.explain.prepare`). Returns (model, job, paths, outputs, plan)."""
+    their names (see :func:`onnx_cnnviz.runs.explain.prepare`). Returns (model, job, paths, outputs, plan).
+    The metrics' parameters are checked against their caps first, before any image is read or the model loaded
+    (:func:`onnx_cnnviz.metrics.registry.check_values`: ``samples=100000000`` costs nothing)."""
+    for name in metrics:
+        metric_registry.check_values(name, params.get(name))
     out, paths, m, pre = open_run(options, reporter)
     job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options, reporter)
     outputs = output_files(out, methods, metrics)
@@ -94,7 +99,9 @@ def finish(m, job, outputs: dict, paths: list, work: Plan, tally: Tally, model_n
         reporter.warn(line)
     document = run_document(m, job)
     pictures = curve_pictures(results)
-    page = page_text(m, job, model_name, document, summary, pictures, tally, paths)
+    # The page overlays every method's curve of a metric in one plot (one file per method and metric on disk).
+    overlays = overlay_pictures(results, ranking(summary, job.metrics))
+    page = page_text(m, job, model_name, document, summary, pictures, tally, paths, overlays)
     files = write_outputs(outputs, document, results, summary, pictures, page, job.overwrite or job.resume)
     return {**document, "out": abspath(job.out), "results": results.rows, "summary": summary,
             "ranking": ranking(summary, job.metrics), "files": files, "failed": tally.failed,

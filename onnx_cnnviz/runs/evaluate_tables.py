@@ -180,26 +180,54 @@ def ranking_text(summary: list, metrics: list) -> str:
                          + (f" ({r['undefined']} undefined, left out)" if r.get("undefined") else ""))
     return "\n".join(lines)
 
+#: RGB colours of the overlaid curves, in ranking order (then repeated): distinct under the common colour blindnesses
+#: (Okabe & Ito's palette, without its yellow, too pale on white).
+PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (230, 159, 0), (0, 0, 0))
+
+
 def curve_picture(curve: np.ndarray, axis: np.ndarray, title: str, axis_name: str | None,
                   width: int = 480, height: int = 320) -> np.ndarray:
     """The mean curve as an RGB uint8 picture (OpenCV only: no plotting library): a polyline over the axis range,
     the y range [min(0, lowest), max(1, highest)] so that probability curves share a scale."""
+    return plot([(None, curve, axis)], title, axis_name, width, height)
+
+
+def overlay_picture(lines: list, title: str, axis_name: str | None, width: int = 640,
+                    height: int = 340) -> np.ndarray:
+    """Several mean curves in one RGB uint8 picture, each in its colour of :data:`PALETTE`, with a legend on the
+    right: ``lines`` is ``[(label, curve, axis), ...]`` (the methods of one metric, best first)."""
+    return plot(lines, title, axis_name, width, height, legend=True)
+
+
+def plot(lines: list, title: str, axis_name: str | None, width: int, height: int,
+         legend: bool = False) -> np.ndarray:
+    """Draw ``lines`` (``(label, curve, axis)``, axis None: evenly spaced over [0, 1]) on one pair of axes: x over
+    the union of their abscissae, y over [min(0, lowest), max(1, highest)]; a point no curve defines (NaN) breaks
+    its line instead of being drawn at a made-up height."""
     import cv2
 
     pic = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 56, width - 16, 34, height - 40
-    x = np.asarray(axis, dtype=np.float64) if axis is not None and len(axis) == len(curve) else \
-        np.linspace(0.0, 1.0, len(curve))
-    finite = np.isfinite(curve)
-    y0, y1 = min(0.0, float(curve[finite].min())), max(1.0, float(curve[finite].max()))
-    x0, x1 = float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1.0
-    px = left + (x - x0) / (x1 - x0) * (right - left)
-    py = bottom - (curve - y0) / (y1 - y0) * (bottom - top)
+    left, right, top, bottom = 56, width - (200 if legend else 16), 34, height - 40
+    xs = [np.asarray(axis, dtype=np.float64) if axis is not None and len(axis) == len(curve) else
+          np.linspace(0.0, 1.0, len(curve)) for _, curve, axis in lines]
+    curves = [np.asarray(curve, dtype=np.float64) for _, curve, _ in lines]
+    defined = np.concatenate([c[np.isfinite(c)] for c in curves] + [np.zeros(0)])
+    y0 = min(0.0, float(defined.min())) if defined.size else 0.0
+    y1 = max(1.0, float(defined.max())) if defined.size else 1.0
+    x0 = min(float(x.min()) for x in xs)
+    x1 = max(float(x.max()) for x in xs)
+    x1 = x1 if x1 > x0 else x0 + 1.0
     black, font = (0, 0, 0), cv2.FONT_HERSHEY_SIMPLEX
     cv2.rectangle(pic, (left, top), (right, bottom), (160, 160, 160), 1)
-    # A point no curve defines (NaN) breaks the line instead of being drawn at a made-up height.
-    points = np.stack([px, py], axis=1)
-    cv2.polylines(pic, segments(points, finite), False, (0, 80, 200), 2, cv2.LINE_AA)
+    for k, ((label, _, _), x, curve) in enumerate(zip(lines, xs, curves)):
+        colour = PALETTE[k % len(PALETTE)]
+        px = left + (x - x0) / (x1 - x0) * (right - left)
+        py = bottom - (np.where(np.isfinite(curve), curve, 0.0) - y0) / (y1 - y0) * (bottom - top)
+        cv2.polylines(pic, segments(np.stack([px, py], axis=1), np.isfinite(curve)), False, colour, 2, cv2.LINE_AA)
+        if legend:
+            y = top + 8 + 18 * k
+            cv2.line(pic, (right + 12, y), (right + 36, y), colour, 3, cv2.LINE_AA)
+            cv2.putText(pic, str(label)[:22], (right + 42, y + 5), font, 0.42, black, 1, cv2.LINE_AA)
     cv2.putText(pic, title, (left, 22), font, 0.5, black, 1, cv2.LINE_AA)
     cv2.putText(pic, f"{y1:.2f}", (4, top + 5), font, 0.4, black, 1, cv2.LINE_AA)
     cv2.putText(pic, f"{y0:.2f}", (4, bottom + 5), font, 0.4, black, 1, cv2.LINE_AA)
@@ -226,6 +254,22 @@ def curve_pictures(results: Results) -> dict:
     for (method, metric), (curve, axis, axis_name, n) in mean_curves(results).items():
         title = f"{method}: mean {metric_registry.get(metric).title} curve (n={n})"
         pictures[(method, metric)] = curve_picture(curve, axis, title, axis_name)
+    return pictures
+
+def overlay_pictures(results: Results, order: dict) -> dict:
+    """metric -> one picture of every method's mean curve of that metric, overlaid, methods in ``order[metric]``
+    (the ranking, best first; methods outside it after them), labelled with their n."""
+    means = mean_curves(results)
+    pictures = {}
+    for metric in dict.fromkeys(metric for _, metric in means):
+        ranked = list(order.get(metric, []))
+        methods = ranked + sorted(method for method, name in means if name == metric and method not in ranked)
+        lines, axis_name = [], None
+        for method in methods:
+            if (method, metric) in means:
+                curve, axis, axis_name, n = means[(method, metric)]
+                lines.append((f"{method} (n={n})", curve, axis))
+        pictures[metric] = overlay_picture(lines, f"mean {metric_registry.get(metric).title} curves", axis_name)
     return pictures
 
 def write_outputs(outputs: dict, document: dict, results: Results, summary: list, pictures: dict, page: str,
@@ -264,8 +308,9 @@ def run_document(m, job: Job) -> dict:
             "confidence_interval": CI_FORMULA}
 
 def page_text(m, job: Job, model_name: str, document: dict, summary: list, pictures: dict, tally: Tally,
-              paths: list) -> str:
-    """The HTML page of the run (:func:`onnx_cnnviz.evaluation_page.render`)."""
+              paths: list, overlays: dict | None = None) -> str:
+    """The HTML page of the run (:func:`onnx_cnnviz.evaluation_page.render`). ``pictures``: (method, metric) -> its
+    mean curve; ``overlays``: metric -> every method's curve in one plot (:func:`overlay_pictures`)."""
     from .. import evaluation_page, report
 
     examples = [tally.examples[i] for i in sorted(tally.examples)][:EXAMPLES]
@@ -280,4 +325,4 @@ def page_text(m, job: Job, model_name: str, document: dict, summary: list, pictu
                                              e.probability, [(name, e.pictures[name]) for name in job.methods
                                                              if name in e.pictures]) for e in examples],
         images=len(paths), failed=tally.failed, interrupted=tally.interrupted, ci_formula=CI_FORMULA,
-        title=f"cnnviz evaluate — {model_name}")
+        title=f"cnnviz evaluate — {model_name}", overlays=overlays)
