@@ -14,7 +14,6 @@ import click
 
 from onnx_cnnviz.methods import registry
 from onnx_cnnviz.runs import explain as runs_explain
-from onnx_cnnviz.runs.explain_run import explain_all
 
 from .common import (
     apply,
@@ -41,6 +40,7 @@ from .common import (
     settings,
     shared_option,
     target_option,
+    task_options,
     top_k_option,
     usage_errors,
 )
@@ -75,6 +75,7 @@ def run_options(f):
 @method_option(registry.names, "Default: gradcam.")
 @layer_option("Feature map of the CAM family (default: the last spatial map).")
 @method_parameter_options
+@task_options
 @preprocessing_options
 @labels_option()
 @model_options
@@ -82,7 +83,8 @@ def run_options(f):
 @global_flags
 @click.pass_context
 def explain_cmd(ctx, methods, **kw):
-    """Explain the classification of IMAGES (files, folders, globs) with one or more methods.
+    """Explain the classification (or detections, or segmentation) of IMAGES (files, folders, globs) with one or
+    more methods.
 
     Writes, per image, method and class, into --out: NAME.METHOD.RANK.png (the picture), .npy (the raw map as the
     library returns it) and .json (model, image, class, class name, score, probability, method, parameters).
@@ -92,6 +94,15 @@ def explain_cmd(ctx, methods, **kw):
     changes it) and skipped like unreadable ones. Input files are never written, whatever the flags. With --json the
     summary lists the records written ("results") and maps each image to the files of its finished results
     ("files"), also after Ctrl-C; paths in JSON are absolute.
+
+    A detector (recognised from its head, or --task detector) is explained per detection: its detections scoring
+    --conf, after NMS at --iou, at most --max-det per image, all of an image's detections in the same batched runs.
+    Per image NAME.detections.png (the boxes with number, class and score) and NAME.detections.json (the
+    detections and their files), per method and detection NAME.METHOD.detNN.png|npy|json (01 the best; the record
+    has the box, class, class name and score). A segmenter (--task segmenter) is explained per predicted class
+    region (--class C: that class only; pytorch-grad-cam's SemanticSegmentationTarget): NAME.regions.png|json and
+    NAME.METHOD.cC.png|npy|json. An image where nothing is found gets no file; a run where nothing is found in any
+    image is an error (exit code 1).
 
     A method that cannot run on the model (Grad-CAM on an MLP: no spatial layer) is left out with a warning and the
     others run. Exit codes: 0 all done; 1 an image could not be explained or a method could not run (the rest is
@@ -150,7 +161,7 @@ def run(ctx: click.Context, methods: list, params: dict, **options) -> None:
         s = settings()
         outcome = explain_on_ray(m, job, paths, keys, work, options, talk, progress=not (s.quiet or s.json))
     else:
-        outcome = explain_all(m, job, paths, keys, work, talk)
+        outcome = runs_explain.run_work(m, job, paths, keys, work, talk)
     document, complete = runs_explain.summary(m, job, paths, keys, work, outcome)
     if settings().json:
         emit_json(document)

@@ -25,9 +25,10 @@ from ..errors import InputError, ModelLoadError, ModelStructureError
 from ..files import check_regular
 from ..targets import Region
 from .labels import option_error
+from .preprocessing import LIBRARY_DEFAULT
 
-__all__ = ["TASK_CHOICES", "TaskOptions", "ClassRegion", "load_for_task", "find_targets", "target_record",
-           "labels_from_names"]
+__all__ = ["TASK_CHOICES", "TaskOptions", "ClassRegion", "task_options", "load_for_task", "open_task_run",
+           "find_targets", "target_record", "labels_from_names"]
 
 #: The values of --task: ``auto`` is the task recognised from the model's head.
 TASK_CHOICES = ("auto", "classifier", "detector", "segmenter")
@@ -79,7 +80,7 @@ class ClassRegion(Region):
 
 
 def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=None, output_name=None,
-                  input_size=None, batch_size=None, max_nodes=None, labels=None, **limits):
+                  input_size=None, batch_size=None, max_nodes=LIBRARY_DEFAULT, labels=None, **limits):
     """The model at ``path`` loaded for ``task``.
 
     ``auto`` loads a classifier unless the model's head is not (N, K) class scores and a known detector head
@@ -95,7 +96,7 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
         output_name: the head output, when the model has several.
         input_size: the input size of a model that takes any size.
         batch_size: rows per onnxruntime run.
-        max_nodes: a node limit; not given: the library's default.
+        max_nodes: a node limit (None: no limit); not given: the library's default.
         labels: class names (a list), or None.
         **limits: other keywords of :func:`onnx_cnnviz.load` (``max_pixels``).
 
@@ -116,7 +117,7 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
         check_regular(path, "model file", ModelLoadError)
     kwargs = dict(device=device, input=input_name, output=output_name, input_size=input_size, batch_size=batch_size,
                   labels=labels, **limits)
-    if max_nodes is not None:
+    if max_nodes is not LIBRARY_DEFAULT:
         kwargs["max_nodes"] = max_nodes
     if task != "auto":
         return cv.load(path, task=task, **kwargs)
@@ -127,6 +128,43 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
             return cv.load(path, task="detector", **kwargs)
         except (InputError, ModelStructureError):
             raise refusal from None
+
+
+def task_options(options: dict) -> TaskOptions:
+    """The checked :class:`TaskOptions` of a run's options by name (task, conf, iou, max_det, region_class; the
+    defaults where absent)."""
+    return TaskOptions(task=options.get("task") or "auto", conf=options.get("conf", 0.25),
+                       iou=options.get("iou", 0.45), max_det=options.get("max_det", 300),
+                       region_class=options.get("region_class")).check()
+
+
+def open_task_run(options: dict, reporter=None) -> tuple:
+    """:func:`onnx_cnnviz.runs.preprocessing.open_run` with the model loaded for the run's task (``options["task"]``,
+    :func:`load_for_task`): the output folder, the images (collected before the model, so that a typo fails fast),
+    the model, its preprocessing. Returns ``(out, paths, m, pre)``."""
+    from .images import collect_images
+    from .outputs import out_folder
+    from .preprocessing import resolve_preprocessing
+
+    out = out_folder(options["out_dir"])
+    paths = collect_images(options["images"], exclude=out, recursive=options["recursive"])
+    m = load_for_task(options["model"], options.get("task") or "auto", device=options["device"],
+                      input_name=options["input_name"], output_name=options["output_name"],
+                      input_size=options["input_size"], batch_size=options["rows_per_run"],
+                      max_nodes=options["max_nodes"])
+    pre = resolve_preprocessing(m, options["preprocess"], options["mean"], options["std"], options["size"],
+                                options["order"], options["scale"], options["input_size"],
+                                model_name=Path(options["model"]).name, reporter=reporter)
+    return out, paths, m, pre
+
+
+def task_line(m) -> str:
+    """The line saying which task runs: a detector's head, a segmenter's map."""
+    if m.task == "detector":
+        return f"task: detector, {m.decoder.description}, output '{m.score_name}'"
+    if m.task == "segmenter":
+        return f"task: segmenter, {m.num_classes} class maps, output '{m.score_name}'"
+    return "task: classifier"
 
 
 def labels_from_names(metadata: dict) -> list | None:

@@ -16,24 +16,46 @@ from pathlib import Path
 
 from ..errors import InputError
 from .explain_plan import Plan, RunSettings, check_options, plan
+from .detection_run import TaskRun, explain_targets_all, task_plan, task_summary
+from .detections import open_task_run, task_line, task_options
 from .explain_run import Outcome, explain_all
 from .images import image_keys
+from .labels import option_error
 from .outputs import abspath
-from .preprocessing import LIBRARY_DEFAULT, open_run
+from .preprocessing import LIBRARY_DEFAULT
 from .reporting import Reporter
 
 def prepare(options: dict, methods: list, params: dict, reporter: Reporter) -> tuple:
     """Everything before the work: the images (:func:`~onnx_cnnviz.runs.images.collect_images`, before the model, so
-    that a typo fails fast), the model and its preprocessing, the checked settings and the plan; the plan's resume
-    lines go to ``reporter``. ``options``: the command's options by their names (model, images, out_dir, recursive,
-    device, input_name, output_name, input_size, max_nodes, preprocess, mean, std, size, order, scale, labels, target,
-    top_k, layer, overwrite, resume, batch_size, rows_per_run, alpha, colormap). Returns (model, settings, paths, keys,
-    plan)."""
+    that a typo fails fast), the model loaded for the run's task (:func:`~onnx_cnnviz.runs.detections.load_for_task`:
+    declared, or recognised from its head) and its preprocessing, the checked settings and the plan; the plan's
+    resume lines go to ``reporter``. ``options``: the command's options by their names (model, images, out_dir,
+    recursive, device, input_name, output_name, input_size, max_nodes, preprocess, mean, std, size, order, scale,
+    labels, target, top_k, layer, overwrite, resume, batch_size, rows_per_run, alpha, colormap; task, conf, iou,
+    max_det, region_class where given). Returns (model, settings, paths, keys, plan): the settings are a
+    :class:`~onnx_cnnviz.runs.explain_plan.RunSettings` for a classifier, a
+    :class:`~onnx_cnnviz.runs.detection_run.TaskRun` for a detector or a segmenter."""
     check_options(options)
-    out, paths, m, pre = open_run(options, reporter)
+    targets = task_options(options)
+    out, paths, m, pre = open_task_run(options, reporter)
+    if m.task != "classifier":
+        reporter.info(task_line(m))
+        for flag, key in (("--target", "target"), ("--top-k", "top_k")):
+            if options.get(key) is not None:
+                hint = "--conf, --iou and --max-det choose its detections" if m.task == "detector" else \
+                    "--class chooses its region"
+                raise option_error(f"{flag} chooses a classifier's classes; this model is a {m.task} ({hint}).",
+                                   flag)
+    elif targets.region_class is not None:
+        raise option_error("--class chooses a segmenter's region; this model is a classifier (--target chooses its "
+                           "class).", "--class")
     job = RunSettings.build(m, pre, methods, params, options, reporter)
     keys = image_keys(paths)
-    work = plan(job, paths, keys, reporter)
+    if m.task == "classifier":
+        work = plan(job, paths, keys, reporter)
+    else:
+        job = TaskRun(job, m.task, targets)
+        work = task_plan(job, paths, keys, reporter)
     if work.skipped:
         reporter.info(f"resume: {len(work.skipped)} image(s) already done, skipped")
     if work.stale:
@@ -44,11 +66,22 @@ def prepare(options: dict, methods: list, params: dict, reporter: Reporter) -> t
     return m, job, paths, keys, work
 
 
+def run_work(m, job, paths: list, keys: list, work: Plan, reporter: Reporter) -> Outcome:
+    """The planned work of :func:`prepare`'s settings in this process: a classifier's classes
+    (:func:`~onnx_cnnviz.runs.explain_run.explain_all`), a detector's detections or a segmenter's regions
+    (:func:`~onnx_cnnviz.runs.detection_run.explain_targets_all`)."""
+    if isinstance(job, TaskRun):
+        return explain_targets_all(m, job, paths, keys, work, reporter)
+    return explain_all(m, job, paths, keys, work, reporter)
+
+
 def summary(m, job: RunSettings, paths: list, keys: list, work: Plan, outcome: Outcome) -> tuple:
     """The run's document and how many planned images are complete. It counts exactly the results on disk: the
     records written by this run ("results") and, under resume, those kept; "files" maps each image to the files of
     its finished results (absolute paths, as everywhere in JSON). Raises :class:`InputError` when there was nothing
     to explain (no result, nothing skipped, nothing failed, not interrupted)."""
+    if isinstance(job, TaskRun):
+        return task_summary(m, job, paths, keys, work, outcome)
     results = outcome.results
     finished = {Path(r["json"]) for r in results} | {Path(abspath(p)) for p in work.done}
 
@@ -65,7 +98,8 @@ def summary(m, job: RunSettings, paths: list, keys: list, work: Plan, outcome: O
                    for i, missing in work.todo)
     if not results and not work.skipped and not outcome.failed and not outcome.interrupted:
         raise InputError("nothing was explained.")
-    document = {"model": job.model_path, "out": abspath(job.out), "device": m.device, "methods": job.methods,
+    document = {"model": job.model_path, "out": abspath(job.out), "device": m.device, "task": m.task,
+                "methods": job.methods,
                 "results": results, "files": files, "skipped": work.skipped, "stale": work.stale,
                 "broken": work.broken, "removed_temporary": [abspath(p) for p in work.removed],
                 "failed": outcome.failed, "interrupted": outcome.interrupted, "unavailable": job.unavailable}
@@ -78,7 +112,8 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
                    input_name: str | None = None, output_name: str | None = None, max_nodes=LIBRARY_DEFAULT,
                    max_pixels=LIBRARY_DEFAULT, batch_size: int = 8, rows_per_run: int | None = None,
                    recursive: bool = False, overwrite: bool = False, resume: bool = False, alpha: float = 0.5,
-                   colormap: str = "jet", reporter: Reporter | None = None) -> dict:
+                   colormap: str = "jet", task: str = "auto", conf: float = 0.25, iou: float = 0.45,
+                   max_det: int = 300, region_class=None, reporter: Reporter | None = None) -> dict:
     """Explain the images ``images`` with ``methods`` and write into the folder ``out`` exactly what ``cnnviz
     explain`` writes: per image, method and class, ``KEY.METHOD.RANK.png`` (the overlay), ``.npy`` (the raw map as the
     method returns it) and ``.json`` (model, image, class, class name, score, probability, method, parameters,
@@ -120,6 +155,14 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
         resume: keep the finished results made with the same settings (their files whole) and compute the rest.
         alpha: the overlays' opacity.
         colormap: the overlays' OpenCV colormap.
+        task: "auto" (a known detector head is recognised, else a classifier), "classifier", "detector" or
+            "segmenter" (:mod:`onnx_cnnviz.runs.detections`). A detector's and a segmenter's results are per
+            detection (``KEY.METHOD.detNN``) or region (``KEY.METHOD.cC``), with ``KEY.detections.png|json``
+            (``KEY.regions.png|json``): see :mod:`onnx_cnnviz.runs.detection_run`.
+        conf: a detector's score threshold.
+        iou: a detector's NMS overlap threshold.
+        max_det: detections (regions) explained per image at most.
+        region_class: a segmenter's region class (default: every predicted class).
         reporter: where lines, warnings and progress go (default: warnings through :func:`warnings.warn`).
 
     Returns:
@@ -142,9 +185,10 @@ def explain_images(model, images, out="cnnviz-out", *, methods=("gradcam",), par
                "preprocess": preprocess, "mean": mean, "std": std, "size": size, "order": order, "scale": scale,
                "labels": labels, "target": target, "top_k": top_k, "layer": layer, "overwrite": overwrite,
                "resume": resume, "batch_size": int(batch_size), "rows_per_run": rows_per_run, "alpha": alpha,
-               "colormap": colormap}
+               "colormap": colormap, "task": task, "conf": conf, "iou": iou, "max_det": max_det,
+               "region_class": region_class}
     limit = contextlib.nullcontext() if max_pixels is LIBRARY_DEFAULT else pixel_limit(max_pixels)
     with limit:
         m, job, paths, keys, work = prepare(options, list(methods), dict(params or {}), reporter)
-        outcome = explain_all(m, job, paths, keys, work, reporter)
+        outcome = run_work(m, job, paths, keys, work, reporter)
     return summary(m, job, paths, keys, work, outcome)[0]

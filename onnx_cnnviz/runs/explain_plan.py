@@ -158,6 +158,9 @@ class Plan:
     changed: list = field(default_factory=list)
     removed: list = field(default_factory=list)
     broken: list = field(default_factory=list)
+    #: A detector's or segmenter's run (:mod:`.detection_run`): per image (absolute path), the result records
+    #: --resume keeps.
+    kept: dict = field(default_factory=dict)
 
 
 def plan(job: RunSettings, paths: list, keys: list, reporter=None) -> Plan:

@@ -19,10 +19,12 @@ from .outputs import abspath, npy_bytes, save_json
 @dataclass
 class Outcome:
     """What a run did: the records written (each listed once its file is on disk), the images that could not be
-    read, whether Ctrl-C stopped it."""
+    read, whether Ctrl-C stopped it, and (a detector's or segmenter's run) the images where nothing was found."""
     results: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     interrupted: bool = False
+    #: A detector's or segmenter's run: the images where nothing was found (nothing written for them).
+    nothing_found: list = field(default_factory=list)
 
 
 def explain_all(m, job: RunSettings, paths: list, keys: list, work: Plan, reporter) -> Outcome:

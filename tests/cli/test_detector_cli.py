@@ -1,0 +1,148 @@
+"""``cnnviz explain`` on a detector and a segmenter: the task recognised or declared, per-detection maps equal to the
+library's batched explanation, records with box, class, class name and score, the boxes picture, --resume and
+--overwrite, and a run where nothing is detected. Real models: yolov8n (random weights from ultralytics' yaml,
+exported by torch.onnx.export) and torchvision LR-ASPP (random weights)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import onnx_cnnviz as cv
+from onnx_cnnviz.image import preprocess
+from onnx_cnnviz.targets import Region
+from onnx_cnnviz.tasks import detect, explain
+from tests.tiny_models import write_png
+
+from . import invoke, one_line_error
+
+pytest.importorskip("torch")
+
+CONF = "0.45"
+
+
+@pytest.fixture(scope="module")
+def yolo():
+    from tests.runs.detector_models import yolo_path
+
+    return yolo_path()
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    folder = tmp_path / "in"
+    for i in range(2):
+        write_png(folder / f"im{i}.png", size=320, seed=10 + i)
+    names = folder / "coco.txt"
+    names.write_text("".join(f"thing{i}\n" for i in range(80)))
+    return folder
+
+
+def run(yolo, pictures, out, *more):
+    return invoke("--json", "explain", yolo, pictures / "im0.png", pictures / "im1.png", "--preprocess", "none",
+                  "--conf", CONF, "--max-det", "2", "--labels", pictures / "coco.txt", "--out", out, "--device", "cpu",
+                  *more)
+
+
+def test_detector_run_writes_each_detection_its_maps_and_records(yolo, pictures, tmp_path):
+    out = tmp_path / "out"
+    result = run(yolo, pictures, out, "-m", "gradcam,saliency")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["task"] == "detector" and "task: detector" in result.stderr
+    assert document["task_options"] == {"task": "detector", "conf": 0.45, "iou": 0.45, "max_det": 2}
+
+    m = cv.load(yolo, device="cpu", task="detector")
+    paths = [pictures / "im0.png", pictures / "im1.png"]
+    x = preprocess(paths, preset="none")
+    found = detect(m, x, conf=0.45, iou=0.45, max_det=2)
+    assert all(found), "the test images should have detections at this --conf"
+    flat = [d for per in found for d in per]
+    expected = explain(cv.grad_cam, m, x, flat)  # every detection of both images in one batched run
+
+    records = {(r["image"], r["method"], r["number"]): r for r in document["results"]}
+    assert len(records) == 2 * len(flat)
+    k = 0
+    for i, per in enumerate(found):
+        index = json.loads((out / f"im{i}.detections.json").read_text())
+        assert index["picture"] == str((out / f"im{i}.detections.png").resolve())
+        assert [t["number"] for t in index["targets_found"]] == list(range(1, len(per) + 1))
+        for n, d in enumerate(per):
+            rec = records[(str(paths[i].resolve()), "gradcam", n + 1)]
+            assert rec["class"] == d.cls and rec["class_name"] == f"thing{d.cls}"
+            assert rec["score"] == pytest.approx(d.score, rel=1e-6)
+            assert rec["box"] == pytest.approx(list(d.box), abs=1e-3)
+            assert rec["outputs"]["detections"] == index["picture"]
+            stem = f"im{i}.gradcam.det{n + 1:02d}"
+            assert rec["outputs"]["picture"] == str((out / f"{stem}.png").resolve())
+            np.testing.assert_allclose(np.load(out / f"{stem}.npy"), expected[k], atol=1e-5)
+            assert index["targets_found"][n]["records"]["saliency"] == str(
+                (out / f"im{i}.saliency.det{n + 1:02d}.json").resolve())
+            k += 1
+    drawn = cv.image.read_image(out / "im0.detections.png")
+    assert drawn.shape == (320, 320, 3)
+    assert not np.array_equal(drawn, preprocess_view(paths[0]))  # the boxes are drawn
+
+    # --resume: everything kept, nothing rewritten; a broken array is recomputed
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = run(yolo, pictures, out, "-m", "gradcam,saliency", "--resume")
+    assert again.exit_code == 0, again.output
+    redo = json.loads(again.stdout)
+    assert len(redo["skipped"]) == 2 and redo["results"] == []
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert sorted(redo["files"][str(paths[0].resolve())]) == sorted(document["files"][str(paths[0].resolve())])
+    (out / "im1.saliency.det01.npy").write_bytes(b"broken")
+    fixed = json.loads(run(yolo, pictures, out, "-m", "gradcam,saliency", "--resume").stdout)
+    assert fixed["skipped"] == [str(paths[0].resolve())]
+    assert {(r["method"], r["number"]) for r in fixed["results"]} == {("saliency", n + 1)
+                                                                     for n in range(len(found[1]))}
+    assert np.load(out / "im1.saliency.det01.npy").shape == (320, 320)
+
+    # without --overwrite or --resume nothing is replaced
+    refused = run(yolo, pictures, out, "-m", "gradcam")
+    assert refused.exit_code == 1 and "already exists" in one_line_error(refused)
+
+
+def preprocess_view(path):
+    from onnx_cnnviz.image import deprocess
+
+    return deprocess(preprocess([path], preset="none"), preset="none")[0]
+
+
+def test_no_detection_above_conf_says_so_and_writes_nothing(yolo, pictures, tmp_path):
+    out = tmp_path / "out"
+    result = run(yolo, pictures, out, "--conf", "1")
+    assert result.exit_code == 1
+    assert "no detection scores at least --conf 1" in json.loads(result.stdout)["error"]["message"]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_class_targets_are_refused_on_a_detector(yolo, pictures, tmp_path):
+    result = run(yolo, pictures, tmp_path / "out", "--target", "3")
+    assert result.exit_code == 2 and "--target chooses a classifier's classes" in result.output
+
+
+def test_segmenter_regions_through_the_cli(pictures, tmp_path):
+    from tests.runs.detector_models import lraspp_path
+
+    model = lraspp_path()
+    image = write_png(tmp_path / "seg" / "s.png", size=64, seed=3)
+    auto = invoke("explain", model, image, "--preprocess", "none", "--out", tmp_path / "auto", "--device", "cpu")
+    assert auto.exit_code == 1 and "task='segmenter'" in one_line_error(auto)
+
+    out = tmp_path / "out"
+    m = cv.load(model, device="cpu", task="segmenter")
+    x = preprocess([image], preset="none")
+    predicted = m.scores(x).reshape(m.tensor_shape(m.score_name, (64, 64))[1:]).argmax(axis=0)
+    c = int(np.bincount(predicted.ravel()).argmax())
+    result = invoke("--json", "explain", model, image, "--task", "segmenter", "--class", str(c), "--preprocess",
+                    "none", "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)["results"][0]
+    assert record["task"] == "segmenter" and record["class"] == c
+    assert record["area"] == pytest.approx((predicted == c).mean())
+    expected = cv.grad_cam(m, x, targets=[Region(cls=c, mask=predicted == c)])
+    np.testing.assert_allclose(np.load(out / f"s.gradcam.c{c}.npy"), expected[0], atol=1e-5)
+    index = json.loads((out / "s.regions.json").read_text())
+    assert [t["class"] for t in index["targets_found"]] == [c]
