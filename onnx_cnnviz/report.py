@@ -13,6 +13,7 @@ The methods, their names, titles, papers and how each result is shown come from 
 """
 from __future__ import annotations
 
+import ast
 import datetime
 import html
 import os
@@ -146,10 +147,23 @@ LABELS_KEY = "cnnviz.labels"
 def labels_from_metadata(metadata: dict) -> list[str] | None:
     """Class names stored under the ``cnnviz.labels`` metadata key (newline-joined), else an ultralytics export's
     ``names`` (``{0: 'person', ...}``), or None."""
-    from .runs.detections import labels_from_names
-
     text = metadata.get(LABELS_KEY)
     return _split_labels(text) if text else labels_from_names(metadata)
+
+
+def labels_from_names(metadata: dict) -> list | None:
+    """Class names from an ultralytics export's ``names`` metadata (``{0: 'person', 1: 'bicycle', ...}``), or None
+    when the metadata holds no such dict of consecutive indices."""
+    text = metadata.get("names")
+    if not text:
+        return None
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(names, dict) or sorted(names) != list(range(len(names))):
+        return None
+    return [str(names[i]) for i in range(len(names))]
 
 
 def targets_picture(view: np.ndarray, targets, labels=None) -> np.ndarray:

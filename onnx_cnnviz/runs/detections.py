@@ -15,13 +15,13 @@ tutorial's mask (the argmax of the output).
 """
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, ModelLoadError, ModelStructureError
+from ..report import labels_from_names  # noqa: F401 - part of this module's interface
 from ..files import check_regular
 from ..targets import Region
 from .labels import option_error
@@ -165,21 +165,6 @@ def task_line(m) -> str:
     if m.task == "segmenter":
         return f"task: segmenter, {m.num_classes} class maps, output '{m.score_name}'"
     return "task: classifier"
-
-
-def labels_from_names(metadata: dict) -> list | None:
-    """Class names from an ultralytics export's ``names`` metadata (``{0: 'person', 1: 'bicycle', ...}``), or None
-    when the metadata holds no such dict of consecutive indices."""
-    text = metadata.get("names")
-    if not text:
-        return None
-    try:
-        names = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return None
-    if not isinstance(names, dict) or sorted(names) != list(range(len(names))):
-        return None
-    return [str(names[i]) for i in range(len(names))]
 
 
 def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labels=None) -> list:
