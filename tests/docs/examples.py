@@ -13,6 +13,9 @@ How an example runs is chosen by an HTML comment on the line just above its fenc
                 blocks of a page share one namespace, as a reader's session would
 ``slow``        run as written in a folder of its own, as a test marked ``slow`` (Ray, the flagship model, minutes
                 of work)
+``continues``   run after the ``slow`` example above it (and any ``continues`` between), in the same folder and
+                Python namespace, as part of that one test: a command line that uses a model the example above
+                built; a ``continues`` block without a ``slow`` one above it is refused
 ``installs``    a set-up command: its leading ``python3 -m venv .venv`` and ``.venv/bin/pip install`` steps are
                 checked (each extra it installs exists in pyproject.toml) and left to the fresh clone of CI; the
                 steps after them run as written against the test venv, as a test marked ``slow``
@@ -44,7 +47,7 @@ from tests.conftest import REPO
 PYTHON = {"python", "py"}
 SHELL = {"bash", "sh", "shell", "console"}
 NOT_EXAMPLES = {"text", "toml", "yaml", "json", "csv", "html", "diff", "ini", "mermaid"}
-MODES = ("run", "slow", "installs", "ci", "benchmark")
+MODES = ("run", "slow", "continues", "installs", "ci", "benchmark")
 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
 MARKER = re.compile(r"^\s*<!--\s*example:\s*(?P<mode>[\w-]+)\s*-->\s*$")
@@ -136,7 +139,10 @@ def collect(path: Path, rules: dict | None = None) -> list[Example]:
         if mode is None:
             lines = [ln for ln in code.splitlines() if ln.strip()]
             mode = page_mode or ("benchmark" if lines and all(BENCHMARK_LINE.match(ln) for ln in lines) else "run")
-        if mode in ("run", "slow") and INSTALLS.search(code):
+        if mode == "continues" and not (examples and examples[-1].mode in ("slow", "continues")):
+            raise ValueError(f"{where}: a 'continues' example must come after a 'slow' example (or another "
+                             "'continues'), whose folder it runs in")
+        if mode in ("run", "slow", "continues") and INSTALLS.search(code):
             raise ValueError(f"{where}: a set-up command (venv or pip install) must be marked "
                              "<!-- example: installs --> or <!-- example: ci -->; run as written it would change the "
                              "venv the tests run in")
@@ -205,6 +211,17 @@ def run_shell(example: Example, workdir: Path, code: str | None = None, timeout:
         raise ExampleFailed(f"{example.where}: the shell example exited with {proc.returncode}\n"
                             f"{textwrap.indent(code, '    ')}\nstderr:\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def slow_groups(path: Path) -> list[list[Example]]:
+    """The page's ``slow`` examples, each with the ``continues`` examples that follow it: one test each."""
+    groups: list[list[Example]] = []
+    for example in collect(path):
+        if example.mode == "slow":
+            groups.append([example])
+        elif example.mode == "continues":
+            groups[-1].append(example)  # collect() refuses a continues example without a slow one above it
+    return groups
 
 
 def run_in_order(examples: list[Example], workdir: Path) -> None:

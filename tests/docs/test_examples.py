@@ -23,6 +23,16 @@ def _examples(mode: str):
     return found
 
 
+def _slow_groups():
+    found = []
+    for path in FILES:
+        try:
+            found += ex.slow_groups(path)
+        except ValueError:
+            pass
+    return found
+
+
 def _pages_with_plain_examples():
     pages = []
     for path in FILES:
@@ -35,6 +45,8 @@ def _pages_with_plain_examples():
 
 
 def _id(item):
+    if isinstance(item, list):  # a slow example and those that continue it
+        return item[0].where + "".join(f"+{e.line}" for e in item[1:])
     return item.where if isinstance(item, ex.Example) else str(item.relative_to(REPO))
 
 
@@ -60,9 +72,49 @@ def test_page_examples_run(path, example_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", _examples("slow"), ids=_id)
-def test_slow_example_runs(example, example_dir):
-    ex.run_in_order([example], example_dir)
+@pytest.mark.parametrize("group", _slow_groups(), ids=_id)
+def test_slow_example_runs(group, example_dir):
+    ex.run_in_order(group, example_dir)
+
+
+CONTINUED_PAGE = """<!-- example: slow -->
+```python
+from pathlib import Path
+Path("made.txt").write_text("1")
+n = 41
+```
+
+<!-- example: continues -->
+```bash
+test "$(cat made.txt)" = 1
+```
+
+<!-- example: continues -->
+```python
+assert n + 1 == 42
+```
+
+<!-- example: slow -->
+```python
+n
+```
+"""
+
+
+def test_continued_examples_run_in_their_slow_examples_folder(tmp_path, example_dir):
+    """A 'continues' block runs after its slow block, in its folder and namespace, as one test; the next slow block
+    starts a test of its own (its own namespace: ``n`` is not defined there)."""
+    page = tmp_path / "page.md"
+    page.write_text(CONTINUED_PAGE)
+    groups = ex.slow_groups(page)
+    assert [[e.mode for e in group] for group in groups] == [["slow", "continues", "continues"], ["slow"]]
+    ex.run_in_order(groups[0], example_dir)
+    with pytest.raises(ex.ExampleFailed, match="NameError"):
+        ex.run_in_order(groups[1], example_dir)
+    broken = page.read_text().replace("assert n + 1 == 42", "assert n + 1 == 43")
+    page.write_text(broken)
+    with pytest.raises(ex.ExampleFailed, match=r"page.md:14: the Python example failed with AssertionError"):
+        ex.run_in_order(ex.slow_groups(page)[0], example_dir)
 
 
 @pytest.mark.parametrize("path", [p for p in FILES if p.resolve().relative_to(REPO).as_posix() in ex.PAGE_RULES],
@@ -157,6 +209,9 @@ def test_a_broken_shell_example_fails(tmp_path, example_dir):
     ("```\ncnnviz inspect model.onnx\n```\n", "bare fence holding a command"),
     ("<!-- example: sometimes -->\n```bash\ncnnviz --help\n```\n", "unknown example mode 'sometimes'"),
     ("```python\nx = 1\n", "never closed"),
+    ("<!-- example: continues -->\n```bash\ncnnviz --help\n```\n", "must come after a 'slow' example"),
+    ("```python\nx = 1\n```\n\n<!-- example: continues -->\n```bash\ncnnviz --help\n```\n",
+     "must come after a 'slow' example"),
 ])
 def test_unclassifiable_fences_are_refused(tmp_path, text, message):
     page = tmp_path / "page.md"
