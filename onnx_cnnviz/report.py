@@ -166,30 +166,6 @@ def labels_from_names(metadata: dict) -> list | None:
     return [str(names[i]) for i in range(len(names))]
 
 
-def targets_picture(view: np.ndarray, targets, labels=None) -> np.ndarray:
-    """``view`` (uint8 RGB, the model's input) with each detection's (or region's) box drawn: its number (1: the
-    best), class (its name when ``labels`` give it) and score; a region's mask outline too."""
-    from .methods.localise import draw_boxes
-
-    canvas = np.ascontiguousarray(view, dtype=np.uint8).copy()
-    palette = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 160, 0), (200, 0, 200), (0, 200, 200)]
-    colors = [palette[k % len(palette)] for k in range(len(targets))]
-    h, w = canvas.shape[:2]
-    for target, color in zip(targets, colors):
-        mask = getattr(target, "mask", None)
-        if mask is not None:
-            mask = cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(canvas, contours, -1, color, 1)
-    texts = []
-    for k, target in enumerate(targets):
-        c = int(target.cls)
-        name = labels[c] if labels and 0 <= c < len(labels) else str(c)
-        texts.append(f"{k + 1} {name} {float(target.score):.2f}")
-    boxes = [tuple(float(np.clip(v, 0, side)) for v, side in zip(target.box, (w, h, w, h))) for target in targets]
-    return draw_boxes(canvas, boxes, colors=colors, labels=texts)
-
-
 def check_labels(labels: list[str] | None, num_classes: int, source: str = "labels") -> list[str] | None:
     if labels is not None and len(labels) != num_classes:
         raise InputError(f"{source} has {len(labels)} class names but the model has {num_classes} classes; give "

@@ -803,11 +803,20 @@ def input_size_option(note: str, default):
                          help="The model's input size HxW (or one number for a square),", note=note)
 
 
-def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None):
+def model_and_preprocessing(ctx: click.Context, options: dict, batch_size=None, task: str = "classifier"):
     """The model and its preprocessing from a command's MODEL argument, :func:`model_options` and
-    :func:`preprocessing_options` values (``options``: the command's keyword arguments holding them)."""
-    m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
-                   options["input_size"], batch_size, options["max_nodes"])
+    :func:`preprocessing_options` values (``options``: the command's keyword arguments holding them). ``task``:
+    what the model is loaded as (:func:`onnx_cnnviz.runs.detections.load_for_task`; "auto" recognises a detector)."""
+    if task == "classifier":
+        m = load_model(options["model"], options["device"], options["input_name"], options["output_name"],
+                       options["input_size"], batch_size, options["max_nodes"])
+    else:
+        from onnx_cnnviz.runs.detections import load_for_task
+
+        with usage_errors():
+            m = load_for_task(options["model"], task, device=options["device"], input_name=options["input_name"],
+                              output_name=options["output_name"], input_size=options["input_size"],
+                              batch_size=batch_size, max_nodes=options["max_nodes"])
     pre = resolve_preprocessing(ctx, m, options["preprocess"], options["mean"], options["std"], options["size"],
                                 options["order"], options["scale"], options["input_size"],
                                 model_name=Path(options["model"]).name)

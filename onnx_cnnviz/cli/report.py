@@ -14,6 +14,7 @@ from .common import (
     check_outputs,
     check_top_k,
     collect_images,
+    echo,
     finish,
     flatten_lists,
     global_flags,
@@ -38,6 +39,8 @@ from .common import (
     rows_per_run_option,
     shared_option,
     target_option,
+    task_options,
+    task_options_from,
     top_k_option,
     warn,
 )
@@ -59,6 +62,7 @@ DEFAULT_METHODS = ["gradcam", "gradcampp", "saliency", "guided", "guided-gradcam
 @layer_option("Feature map of the CAM family (default: the last spatial map).")
 @click.option("--title", default=None, help="Page title.")
 @method_parameter_options
+@task_options
 @metric_options("Shown under each map, for its class (default: none). Metrics that need boxes are for "
                 "cnnviz evaluate.")
 @rows_per_run_option(aliases=("--batch-size",))
@@ -74,7 +78,11 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
                overwrite, metrics, metric_params, **kw):
     """Write one self-contained HTML page (pictures embedded, no network needed) showing, per image, the top
     predictions and all requested methods side by side with the parameters used (one row per class with
-    --top-k)."""
+    --top-k).
+
+    On a detector (recognised from its head, or --task detector) the page shows, per image, its detections drawn
+    (number, class, score) and listed, and per detection each method's map; on a segmenter (--task segmenter), its
+    predicted-class regions (--class C: that class only)."""
     from onnx_cnnviz.report import make_report, write_report
 
     model = kw["model"]
@@ -85,8 +93,20 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
     out = out_folder(out_dir) / name
     paths = collect_images(images, exclude=Path(out_dir), recursive=recursive)
     check_outputs([out], overwrite, [model, kw["labels"], *paths])
-    m, pre = model_and_preprocessing(ctx, kw, rows_per_run)
+    targets = task_options_from(kw)
+    m, pre = model_and_preprocessing(ctx, kw, rows_per_run, task=targets.task)
     names = resolve_labels(m, kw["labels"])
+    if m.task != "classifier":
+        for flag, value in (("--target", target), ("--top-k", top_k), ("--metric", flatten_lists(metrics) or None)):
+            if value is not None:
+                raise click.BadParameter(f"this model is a {m.task}: the report shows each of its "
+                                         f"{'detections' if m.task == 'detector' else 'regions'}, not a "
+                                         f"classifier's classes ({flag} is for classifiers).", param_hint=flag)
+        return _task_report(ctx, m, pre, names, paths, out, targets, methods, layer, title, rows_per_run,
+                            overwrite, kw)
+    if targets.region_class is not None:
+        raise click.BadParameter("--class chooses a segmenter's region; this model is a classifier.",
+                                 param_hint="--class")
     target = resolve_target(target, names)
     check_top_k(top_k, m.num_classes)
     chosen = flatten_lists(methods) or DEFAULT_METHODS
@@ -109,6 +129,36 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
             "methods": chosen, "target": target, "top_k": top_k, "predictions": predictions,
             "bytes": out.stat().st_size, "failed": [{"image": abspath(i), "error": e} for i, e in errors]},
            f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s))")
+    if errors:
+        click.echo(f"cnnviz: error: {len(errors)} of {len(paths)} image(s) could not be read (listed above; the "
+                   "report shows the others)", err=True)
+        ctx.exit(EXIT_FAILURE)
+
+
+def _task_report(ctx, m, pre, names, paths, out, targets, methods, layer, title, rows_per_run, overwrite, kw):
+    """The report of a detector or a segmenter (:func:`onnx_cnnviz.runs.task_report.make_task_report`): per image
+    its targets drawn and listed, and per target each method's map."""
+    from onnx_cnnviz.report import write_report
+    from onnx_cnnviz.runs.detections import task_line
+    from onnx_cnnviz.runs.task_report import make_task_report
+
+    echo(task_line(m), err=True)
+    chosen = flatten_lists(methods) or DEFAULT_METHODS
+    params = method_params(kw, chosen)
+    if pre.size:
+        check_input_size(chosen, params, pre.size)
+    errors: list = []
+    with progress(len(paths), "explaining") as bar:
+        page = make_task_report(m, paths, chosen, pre, targets, labels=names, layer=layer, params=params,
+                                batch_size=rows_per_run, progress=bar.update, title=title,
+                                model_name=Path(kw["model"]).name, errors=errors)
+    write_report(out, page, overwrite=overwrite)
+    for image, message in errors:
+        warn(f"skipped: {message}")
+    finish({"model": abspath(kw["model"]), "report": abspath(out), "task": m.task,
+            "task_options": targets.settings(m.task), "images": [abspath(p) for p in paths], "methods": chosen,
+            "bytes": out.stat().st_size, "failed": [{"image": abspath(i), "error": e} for i, e in errors]},
+           f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s), a {m.task}'s report)")
     if errors:
         click.echo(f"cnnviz: error: {len(errors)} of {len(paths)} image(s) could not be read (listed above; the "
                    "report shows the others)", err=True)

@@ -222,6 +222,7 @@ def explain_targets_group(m, run: TaskRun, x: np.ndarray, items: list, paths: li
     with each method still missing (all the group's targets in batched runs, --batch-size targets per run), write
     every result not in ``done`` and, last, each image's index record."""
     from .. import report
+    from . import task_report
     from ..image import deprocess
     from ..methods import registry
 
@@ -241,7 +242,7 @@ def explain_targets_group(m, run: TaskRun, x: np.ndarray, items: list, paths: li
         picture, index = run.image_files(keys[i])
         if replace:
             index.unlink(missing_ok=True)  # the index goes first: on disk, it always describes the files beside it
-        report.write_atomic(picture, report.png_bytes(report.targets_picture(views[j], targets, job.labels)),
+        report.write_atomic(picture, report.png_bytes(task_report.targets_picture(views[j], targets, job.labels)),
                             overwrite=replace)
     records: dict = {}
     for name in job.methods:

@@ -146,3 +146,21 @@ def test_segmenter_regions_through_the_cli(pictures, tmp_path):
     np.testing.assert_allclose(np.load(out / f"s.gradcam.c{c}.npy"), expected[0], atol=1e-5)
     index = json.loads((out / "s.regions.json").read_text())
     assert [t["class"] for t in index["targets_found"]] == [c]
+
+
+def test_report_on_a_detector_shows_the_boxes_and_each_detections_maps(yolo, pictures, tmp_path):
+    out = tmp_path / "rep"
+    result = invoke("--json", "report", yolo, pictures / "im0.png", "--preprocess", "none", "--conf", CONF,
+                    "--max-det", "2", "-m", "gradcam,saliency", "--labels", pictures / "coco.txt", "--out", out,
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["task"] == "detector"
+    page = (out / "report.html").read_text()
+    m = cv.load(yolo, device="cpu", task="detector")
+    found = detect(m, preprocess([pictures / "im0.png"], preset="none"), conf=0.45, iou=0.45, max_det=2)[0]
+    assert found
+    assert f"<b>{len(found)} detections</b>" in page and 'alt="detections"' in page
+    for n, d in enumerate(found, 1):
+        assert f"<b>#{n}</b> {d.cls} thing{d.cls} · score {d.score:.3f}" in page
+        assert f'alt="gradcam #{n}"' in page and f'alt="saliency #{n}"' in page
+    assert page.count("<img ") == 2 + 2 * len(found)
