@@ -1,12 +1,13 @@
 """MkDocs hook: the reference tables generated from the registries when the site is built.
 
 A page asks for a table with a marker line, ``<!-- cnnviz:methods -->``, ``<!-- cnnviz:metrics -->`` or
-``<!-- cnnviz:rules -->``; :func:`on_page_markdown` replaces it with the table read from
+``<!-- cnnviz:rules -->``: :func:`on_page_markdown` replaces it with the table read from
 :mod:`onnx_cnnviz.methods.registry`, :mod:`onnx_cnnviz.metrics.registry` or
 :mod:`onnx_cnnviz.graph.autodiff.rules` at that moment. The tables are never written by hand, so registering a method
-(a plugin's, say) changes the built site and nothing else has to. :func:`on_page_content` tidies the CLI reference
-that mkdocs-click renders, and :func:`on_config` makes mkdocs-click stop a command's description at the form feed
-where click's ``--help`` stops.
+(a plugin's, say) changes the built site and nothing else has to. ``<!-- cnnviz:shadowed PACKAGE -->`` becomes the
+API blocks of the package's names that griffe cannot reach (:func:`shadowed_members`). :func:`on_page_content` tidies
+the CLI reference that mkdocs-click renders, and :func:`on_config` makes mkdocs-click stop a command's description
+at the form feed where click's ``--help`` stops.
 """
 from __future__ import annotations
 
@@ -87,10 +88,33 @@ def rules_table() -> str:
 
 TABLES = {"methods": methods_table, "metrics": metrics_table, "rules": rules_table}
 
+#: ``<!-- cnnviz:shadowed PACKAGE -->``: the API blocks of the package's public names that griffe cannot reach.
+SHADOWED = re.compile(r"^<!-- cnnviz:shadowed ([\w.]+) -->$", re.MULTILINE)
+
+
+def shadowed_members(package: str) -> list[str]:
+    """The full paths of the public functions and classes of ``package`` that share their name with one of its
+    submodules (``onnx_cnnviz.tasks.drise`` is a function and the module it lives in): griffe documents the submodule
+    under that name, so the package's block leaves the function out and the page names it itself."""
+    import importlib
+    import pkgutil
+
+    module = importlib.import_module(package)
+    submodules = {info.name for info in pkgutil.iter_modules(module.__path__)}
+    paths = []
+    for name in getattr(module, "__all__", []):
+        obj = getattr(module, name)
+        if name in submodules and (inspect.isfunction(obj) or inspect.isclass(obj)):
+            paths.append(f"{obj.__module__}.{obj.__qualname__}")
+    return paths
+
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Replace each table marker of the page with the table as the registries hold it now."""
-    return MARKER.sub(lambda match: TABLES[match.group(1)](), markdown)
+    """Replace each table marker of the page with the table as the registries hold it now, and each shadowed-names
+    marker with the mkdocstrings blocks of those names."""
+    markdown = MARKER.sub(lambda match: TABLES[match.group(1)](), markdown)
+    return SHADOWED.sub(lambda match: "\n\n".join(f"::: {path}" for path in shadowed_members(match.group(1))),
+                        markdown)
 
 
 # click 8.3 marks an option without a default with its UNSET sentinel, which mkdocs-click 0.9 prints as it is.

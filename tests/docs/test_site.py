@@ -179,6 +179,24 @@ def test_the_api_reference_documents_the_public_functions(site):
     assert ":class:" not in model_page and ":func:" not in model_page and ":mod:" not in model_page
 
 
+def test_every_public_name_of_the_tasks_package_is_documented(site):
+    """Each function and class of ``onnx_cnnviz.tasks.__all__`` has its block on the targets and tasks page, those that
+    share their name with a submodule (``drise``, ``nms``: griffe documents the module under that name) included."""
+    import inspect
+
+    from onnx_cnnviz import tasks
+
+    page = (site / "reference" / "api" / "targets" / "index.html").read_text(encoding="utf-8")
+    missing = []
+    for name in tasks.__all__:
+        obj = getattr(tasks, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            if f'id="onnx_cnnviz.tasks.{name}"' not in page and f'id="{obj.__module__}.{name}"' not in page:
+                missing.append(name)
+    assert not missing, missing
+    assert 'id="onnx_cnnviz.tasks.drise.drise"' in page and 'id="onnx_cnnviz.tasks.nms.nms"' in page
+
+
 def test_the_validation_pages_are_in_the_site(site):
     for page in ("what_loads", "dynamo_sweep", "faithfulness", "pointing_game", "sanity_check", "ray"):
         assert (site / page / "index.html").is_file(), page
