@@ -5,9 +5,11 @@ A page asks for a table with a marker line, ``<!-- cnnviz:methods -->``, ``<!-- 
 :mod:`onnx_cnnviz.methods.registry`, :mod:`onnx_cnnviz.metrics.registry` or
 :mod:`onnx_cnnviz.graph.autodiff.rules` at that moment. The tables are never written by hand, so registering a method
 (a plugin's, say) changes the built site and nothing else has to. ``<!-- cnnviz:shadowed PACKAGE -->`` becomes the
-API blocks of the package's names that griffe cannot reach (:func:`shadowed_members`). :func:`on_page_content` tidies
-the CLI reference that mkdocs-click renders, and :func:`on_config` makes mkdocs-click stop a command's description
-at the form feed where click's ``--help`` stops.
+API blocks of the package's names that griffe cannot reach (:func:`shadowed_members`), and
+``<!-- cnnviz:modules methods -->`` (``metrics``) those of the modules whose functions the registry runs
+(:func:`registry_modules`), so that a method's module added to the registry gets its API section too.
+:func:`on_page_content` tidies the CLI reference that mkdocs-click renders, and :func:`on_config` makes mkdocs-click
+stop a command's description at the form feed where click's ``--help`` stops.
 """
 from __future__ import annotations
 
@@ -109,10 +111,37 @@ def shadowed_members(package: str) -> list[str]:
     return paths
 
 
+#: ``<!-- cnnviz:modules methods -->`` (or ``metrics``): the API blocks of the modules holding the registered entries.
+MODULES = re.compile(r"^<!-- cnnviz:modules (methods|metrics) -->$", re.MULTILINE)
+BLOCK = re.compile(r"^::: ([\w.]+)\s*$", re.MULTILINE)
+
+
+def registry_modules(kind: str) -> list[str]:
+    """The library modules whose functions the registered methods (``kind="methods"``) or metrics run, in
+    registration order; an entry registered from outside the library (a plugin's, a test's) has no page here."""
+    if kind == "methods":
+        from onnx_cnnviz.methods.registry import METHODS as entries
+    else:
+        from onnx_cnnviz.metrics.registry import METRICS as entries
+    modules = []
+    for entry in entries.values():
+        module = entry.func.__module__
+        if module.startswith("onnx_cnnviz.") and module not in modules:
+            modules.append(module)
+    return modules
+
+
+def _module_blocks(match: re.Match, markdown: str) -> str:
+    """The blocks of a registry's modules that the page does not already document by hand."""
+    written = set(BLOCK.findall(markdown))
+    return "\n\n".join(f"::: {module}" for module in registry_modules(match.group(1)) if module not in written)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Replace each table marker of the page with the table as the registries hold it now, and each shadowed-names
-    marker with the mkdocstrings blocks of those names."""
+    """Replace each table marker of the page with the table as the registries hold it now, each modules marker with
+    the API blocks of the registries' modules, and each shadowed-names marker with the blocks of those names."""
     markdown = MARKER.sub(lambda match: TABLES[match.group(1)](), markdown)
+    markdown = MODULES.sub(lambda match: _module_blocks(match, markdown), markdown)
     return SHADOWED.sub(lambda match: "\n\n".join(f"::: {path}" for path in shadowed_members(match.group(1))),
                         markdown)
 

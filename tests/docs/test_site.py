@@ -179,6 +179,25 @@ def test_the_api_reference_documents_the_public_functions(site):
     assert ":class:" not in model_page and ":func:" not in model_page and ":mod:" not in model_page
 
 
+@pytest.mark.parametrize("kind", ["methods", "metrics"])
+def test_every_registered_entrys_module_has_its_api_section(site, kind):
+    """The API page of methods (metrics) documents the module of every library function the registry runs, Recipro-CAM's
+    included (the modules are read from the registry at build time; a test's toy entry has none)."""
+    from onnx_cnnviz.methods.registry import METHODS
+    from onnx_cnnviz.metrics.registry import METRICS
+
+    page = (site / "reference" / "api" / kind / "index.html").read_text(encoding="utf-8")
+    entries = METHODS if kind == "methods" else METRICS
+    modules = {entry.func.__module__ for entry in entries.values()}
+    assert "tests.docs.test_site" in modules and 'id="tests.docs.test_site"' not in page
+    library = sorted(m for m in modules if m.startswith("onnx_cnnviz."))
+    assert len(library) >= 5, library
+    for module in library:
+        assert page.count(f'id="{module}"') == 1, module
+    if kind == "methods":
+        assert 'id="onnx_cnnviz.methods.reciprocam"' in page
+
+
 def test_every_public_name_of_the_tasks_package_is_documented(site):
     """Each function and class of ``onnx_cnnviz.tasks.__all__`` has its block on the targets and tasks page, those that
     share their name with a submodule (``drise``, ``nms``: griffe documents the module under that name) included."""
