@@ -134,6 +134,9 @@ def error_row(exc: CnnvizError) -> dict:
 
 #: The key of an error row.
 ERROR = "__cnnviz_error__"
+#: The ``status`` of an :class:`ExplainWork` row naming an image where a detector (segmenter) found nothing: no
+#: file and no table row is written for it.
+STATUS_NOTHING = "nothing found"
 
 
 def plain(value):
@@ -144,7 +147,8 @@ def plain(value):
 @dataclass(frozen=True)
 class ExplainWork:
     """``cnnviz explain`` as an actor's work: the run's settings (``job``: a
-    :class:`~onnx_cnnviz.runs.explain_plan.RunSettings` whose output folder is absolute), the metrics (name ->
+    :class:`~onnx_cnnviz.runs.explain_plan.RunSettings` whose output folder is absolute; a detector's or segmenter's
+    :class:`~onnx_cnnviz.runs.detection_run.TaskRun`), the metrics (name ->
     parameters), the settings digest per method and the records table folder. Planned items carry ``methods`` (JSON
     list: the methods still to do) and ``skip`` (JSON list: record file names of results kept)."""
     job: object
@@ -153,7 +157,8 @@ class ExplainWork:
     table: str = ""
 
     def __call__(self, m, read: list, failed: list) -> list:
-        from ..runs.explain_run import explain_group
+        from ..runs.detection_run import TaskRun, explain_targets_group
+        from ..runs.explain_run import Outcome, explain_group
         from ..runs.images import same_size_groups
         from ..runs.reporting import SilentReporter
 
@@ -170,7 +175,13 @@ class ExplainWork:
         keys = [item["key"] for _, item in read]
         for x, items in same_size_groups(groups):
             written: list = []
-            explain_group(m, job, x, items, paths, keys, done, written, reporter=SilentReporter())
+            if isinstance(job, TaskRun):  # a detector's detections, a segmenter's regions
+                outcome = Outcome(results=written)
+                explain_targets_group(m, job, x, items, paths, keys, done, outcome, reporter=SilentReporter())
+                returned += [{"status": STATUS_NOTHING, "image": image, "worker": worker}
+                             for image in outcome.nothing_found]
+            else:
+                explain_group(m, job, x, items, paths, keys, done, written, reporter=SilentReporter())
             values = self.metric_values(m, x, items, paths, written)
             rows += records.rows_from_records(written, job, self.settings, values, worker)
             returned += [{"status": records.STATUS_OK, "record": rec, "worker": worker} for rec in written]

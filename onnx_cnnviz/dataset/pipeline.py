@@ -36,8 +36,8 @@ from pathlib import Path
 
 from ..errors import CnnvizError, InputError, RuntimeFailure
 from . import records, require_ray, sources
-from .actor import (ERROR, STATUS_WARNING, ActorSpec, EvaluateWork, ExplainWork, ModelActor, decode_batch,
-                    registry_entries)
+from .actor import (ERROR, STATUS_NOTHING, STATUS_WARNING, ActorSpec, EvaluateWork, ExplainWork, ModelActor,
+                    decode_batch, registry_entries)
 
 #: CPUs reserved by each read-and-preprocess task (the actors get the rest of a machine).
 DECODE_CPUS = 0.25
@@ -243,6 +243,33 @@ def reconcile(job, paths: list, keys: list, work, table: Path, settings: dict) -
     return items
 
 
+def task_items(run, paths: list, keys: list, work, table: Path, settings: dict) -> list:
+    """:func:`reconcile` for a detector's or segmenter's run (:class:`~onnx_cnnviz.runs.detection_run.TaskRun`):
+    the table's rows of the images to do are dropped (their targets are found again), the rows of kept results
+    missing from the table are rebuilt from their JSON records, and the planned items returned."""
+    if table.exists() and not table.is_dir():
+        raise InputError(f"{table} exists and is not the records table's folder; move it away or choose another "
+                         "--out.")
+    have = records.finished(table)
+    backfill = []
+    for kept in work.kept.values():
+        for json_path in kept:
+            record = records.record_of(json_path)
+            if record is not None and have.get(record["json"]) != settings.get(record.get("method")):
+                backfill.append(record)
+    todo = dict(work.todo)
+    doing = {str(paths[i].resolve()) for i in todo}
+    redo = {j for j in have if any(Path(j).name.startswith(f"{keys[i]}.") for i in todo)}
+    records.drop_rows(table, redo | {r["json"] for r in backfill}, doing)
+    records.write_part(table, records.rows_from_records(backfill, run, settings, worker="driver (from JSON)"))
+    items = []
+    for i in sorted(todo):
+        kept = [Path(f).name for f in work.kept.get(str(paths[i].resolve()), [])]
+        items.append({"index": i, "path": str(paths[i].resolve()), "key": keys[i],
+                      "methods": json.dumps([m for m in run.methods if m in todo[i]]), "skip": json.dumps(kept)})
+    return items
+
+
 def job_metrics(settings: dict) -> bool:
     return bool(settings.get("__metrics__"))
 
@@ -353,7 +380,7 @@ def remove_leftovers(job, items: list, table: Path) -> list:
     --resume`` does)."""
     from ..files import remove_stale_temps, temp_target
 
-    names = {f.name for item in items for name in json.loads(item["methods"]) for rank in job.ranks
+    names = {f.name for item in items for name in json.loads(item["methods"]) for rank in getattr(job, "ranks", ())
              for f in job.files(item["key"], name, rank)}
     removed = remove_stale_temps(job.out, names)
     if table.is_dir():
@@ -366,7 +393,12 @@ def explain_work(job, metrics: dict, settings: dict, table: Path) -> ExplainWork
     """The actors' work for ``cnnviz explain``: the job with an absolute output folder (actors may run in another
     working directory) and ``resume`` set, so that a retried batch replaces the files its killed attempt left (the
     driver's plan has already refused every file this run may not replace)."""
-    job = dataclasses.replace(job, out=Path(job.out).resolve(), resume=True)
+    from ..runs.detection_run import TaskRun
+
+    if isinstance(job, TaskRun):
+        job = dataclasses.replace(job, job=dataclasses.replace(job.job, out=Path(job.out).resolve(), resume=True))
+    else:
+        job = dataclasses.replace(job, out=Path(job.out).resolve(), resume=True)
     return ExplainWork(job=job, metrics=metrics, settings=settings, table=str(table.resolve()))
 
 
@@ -398,15 +430,18 @@ def explain_on_ray(m, job, paths: list, keys: list, work, options: dict, reporte
     are those of the single-process run. ``options``: the command's options (model loading, --ray ADDRESS; the pixel
     limit is the one in force); ``progress``: show Ray Data's progress bars."""
     from ..image.reading import current_pixel_limit
+    from ..runs.detection_run import TaskRun, nothing_line
     from ..runs.explain_run import Outcome, result_line
 
     outcome = Outcome()
     table = Path(job.out) / records.TABLE
     settings = digests(job, {})
-    items = reconcile(job, paths, keys, work, table, settings)
+    task = isinstance(job, TaskRun)
+    items = task_items(job, paths, keys, work, table, settings) if task else \
+        reconcile(job, paths, keys, work, table, settings)
     load_kwargs = {"device": options["device"], "input": options["input_name"], "output": options["output_name"],
                    "input_size": options["input_size"], "batch_size": options["rows_per_run"],
-                   "max_nodes": options["max_nodes"]}
+                   "max_nodes": options["max_nodes"], "task": m.task}
     shown = {str(p.resolve()): p for p in paths}
 
     def on_rows(rows):
@@ -415,12 +450,21 @@ def explain_on_ray(m, job, paths: list, keys: list, work, options: dict, reporte
                 outcome.failed.append({"image": row["image"], "error": row["error"]})
                 reporter.warn(f"skipped: {row['error']}")
                 continue
+            if row["status"] == STATUS_NOTHING:
+                outcome.nothing_found.append(row["image"])
+                reporter.info(f"{shown.get(row['image'], row['image'])}: {nothing_line(job)}")
+                continue
             record = row["record"]
             outcome.results.append(record)
             c, names = record["class"], job.labels
             label = f" {names[c]}" if names else ""
-            reporter.result(result_line(shown.get(record["image"], record["image"]), record["method"], c, label,
-                                        record["probability"], Path(record["outputs"]["picture"])))
+            image = shown.get(record["image"], record["image"])
+            if task:
+                reporter.result(f"{image}  {record['method']:<14} #{record['number']} {c}{label}  "
+                                f"score={record['score']:.3f}  -> {Path(record['outputs']['picture'])}")
+                continue
+            reporter.result(result_line(image, record["method"], c, label, record["probability"],
+                                        Path(record["outputs"]["picture"])))
 
     try:
         outcome.interrupted = run_work(options["model"], load_kwargs, items, job.preprocessing,

@@ -64,7 +64,8 @@ def rows_from_records(records: list, job, settings: dict, metrics: dict | None =
     """Table rows of ``records`` (JSON records as ``cnnviz explain`` writes them, each with its "json" path):
     ``settings``: method -> digest; ``metrics``: json path -> {metric: value}. ``top_k`` lists the classes of the
     image's records of that method, best rank first."""
-    order = {rank: i for i, rank in enumerate(job.ranks)}
+    # A detector's or segmenter's run (runs.detection_run.TaskRun) has no class ranks, target nor probability.
+    order = {rank: i for i, rank in enumerate(getattr(job, "ranks", ()))}
     classes: dict = {}
     for rec in records:
         rank = rank_of(rec["json"], rec["method"])
@@ -76,8 +77,8 @@ def rows_from_records(records: list, job, settings: dict, metrics: dict | None =
         rows.append({
             "image": rec["image"], "key": key_of(rec["json"], method, rank), "method": method, "rank": rank,
             "class": int(rec["class"]), "class_name": rec.get("class_name"), "score": float(rec["score"]),
-            "probability": float(rec["probability"]),
-            "top_k": [c for _, c in sorted(classes[(rec["image"], method)])], "target": job.target,
+            "probability": None if rec.get("probability") is None else float(rec["probability"]),
+            "top_k": [c for _, c in sorted(classes[(rec["image"], method)])], "target": getattr(job, "target", None),
             "layer": params.get("layer"), "parameters": compact(params), "settings": settings[method],
             "metrics": list((metrics or {}).get(rec["json"], {}).items()), "status": STATUS_OK, "error": None,
             "picture": rec["outputs"]["picture"], "array": rec["outputs"]["array"], "json": rec["json"],

@@ -49,17 +49,12 @@ class TaskRun:
     task: str
     options: TaskOptions
 
-    @property
-    def out(self) -> Path:
-        return self.job.out
-
-    @property
-    def methods(self) -> list:
-        return self.job.methods
-
-    @property
-    def unavailable(self) -> dict:
-        return self.job.unavailable
+    def __getattr__(self, name: str):
+        # The run's settings (out, methods, preprocessing, labels, batch_size, ...) read through, so that the CLI and
+        # the Ray pipeline take a TaskRun where they take RunSettings.
+        if name == "job" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.job, name)
 
     @property
     def word(self) -> str:

@@ -15,16 +15,19 @@ from ..errors import InputError
 from ..image import IMAGE_SUFFIXES, Preprocessing
 from .outputs import abspath
 
-# The names of the pictures this tool writes (NAME.METHOD.RANK.png, NAME.activations.png, NAME.boxes.png, evaluate's
+# The names of the pictures this tool writes (NAME.METHOD.RANK.png, a detector's NAME.METHOD.detNN.png and
+# NAME.detections.png, a segmenter's NAME.regions.png, NAME.activations.png, NAME.boxes.png, evaluate's
 # curve.METHOD.METRIC.png): left out of the inputs taken from folders and globs inside the output folder, when the
 # file this tool writes beside each of them is there too (see _is_ours).
-_OURS = re.compile(r"(\.([a-z-]+\.(top\d+|c\d+)|activations|boxes)\.png|^curve\.[a-z0-9+-]+\.[a-z0-9+-]+\.png)$")
+_OURS = re.compile(r"(\.([a-z-]+\.(top\d+|c\d+|det\d+)|activations|boxes|detections|regions)\.png"
+                   r"|^curve\.[a-z0-9+-]+\.[a-z0-9+-]+\.png)$")
 
 
 def _is_ours(path: Path) -> bool:
     """``path`` (a name :data:`_OURS` matches) is a picture this tool wrote: the file written with it is beside it
-    (NAME.METHOD.RANK.json, the record written last; NAME.activations.npy; NAME.boxes.json; evaluate's journal for a
-    curve). A user's picture that only looks like an output has none, so it stays an input (and is never replaced)."""
+    (NAME.METHOD.RANK.json, the record written last; NAME.activations.npy; NAME.boxes.json, NAME.detections.json,
+    NAME.regions.json; evaluate's journal for a curve). A user's picture that only looks like an output has none, so it
+    stays an input (and is never replaced)."""
     name = path.name
     if name.startswith("curve."):
         partner = path.with_name("results.jsonl")

@@ -5,13 +5,19 @@ from __future__ import annotations
 from tests.conftest import CACHE
 
 
-def yolo_path(stem: str = "yolov8n"):
-    """``stem`` exported by torch.onnx.export at tests/tasks' size (320), the same cached file as tests/tasks."""
+def yolo_path(stem: str = "yolov8n", gain: float = 1.0):
+    """``stem`` exported by torch.onnx.export at tests/tasks' size (320) (with ``gain`` 1, the same cached file as
+    tests/tasks). The random class branches score every anchor within 1e-6 of 0.5, so that which detections pass
+    NMS, and in which order, turns on float rounding; ``gain`` scales the class branches' last weights, spreading
+    the scores over (0, 1) so that a run on other threads (Ray's actors) keeps the same detections."""
     from tests.tasks.conftest import SIZE, HeadOutput, export_torchscript, ultralytics_net
 
-    path = CACHE / f"{stem}_torchscript_{SIZE}.onnx"
+    suffix = "" if gain == 1.0 else f"_gain{gain:g}"
+    path = CACHE / f"{stem}{suffix}_torchscript_{SIZE}.onnx"
     if not path.exists():
         _, net = ultralytics_net(f"{stem}.yaml")
+        for branch in net.model[-1].cv3:
+            branch[-1].weight.data *= gain
         export_torchscript(HeadOutput(net), path)
     return path
 
