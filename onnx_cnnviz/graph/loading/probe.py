@@ -38,11 +38,34 @@ def pruned_to(model: onnx.ModelProto, names, input_name: str) -> onnx.ModelProto
 
 def quiet_session(model: onnx.ModelProto):
     """A CPU session whose failures are raised, never logged: onnxruntime prints errors (severity 3) to stderr in
-    red unless its log level is 4 (fatal only)."""
+    red unless its log level is 4 (fatal only).
+
+    Unoptimised: a probe runs once or twice, and the optimisers' rewrites copy weights -- constant folding stores
+    every weight computed from the stored ones (timm's weight-standardised convolutions), the NCHWc transformer a
+    reordered copy of every Conv kernel -- which took timm nfnet_f1's load from 1.7 to 5.1 GB (issue 26).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
-    return held.session(model, options, ["CPUExecutionProvider"])
+    # Held weights (graph/held.py) are read in place, as the model's own sessions read them (runtime.py), rather
+    # than copied into the session: a second copy of every weight for a probe that runs twice.
+    names, values = [], []
+    for tensor in model.graph.initializer:
+        if held.key_of(tensor) is not None:
+            names.append(tensor.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(held.value(tensor)))
+    if not names:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.add_session_config_entry("session.disable_prepacking", "1")  # a pre-packed weight is a private copy
+    # What the graph reads while the session is built (its placeholders need data; dropped once built), and what
+    # the kernels read at run time, in place.
+    options.add_external_initializers(names, values)
+    for name, value in zip(names, values):
+        options.add_initializer(name, value)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.cnnviz_held_weights = values  # onnxruntime reads them in place: they must outlive the session
+    return session

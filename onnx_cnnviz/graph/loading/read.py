@@ -79,6 +79,7 @@ def _read(source, max_nodes: int | None, max_tensor_bytes: int | None,
         check_tensor_sizes(model, max_tensor_bytes, what="the bytes given")
         if held.should_hold(model):
             held.hold_inplace(model)
+            model = compacted(model)
         return model, []
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(f"expected a path to an .onnx file or an onnx.ModelProto, got {type(source).__name__}.")
@@ -104,9 +105,26 @@ def _read(source, max_nodes: int | None, max_tensor_bytes: int | None,
         return model, []
     files = sorted({e.value for t in _all_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL
                     for e in t.external_data if e.key == "location"})
-    _load_external_data(model, path.parent, hold=held.should_hold(model))
+    hold = held.should_hold(model)
+    _load_external_data(model, path.parent, hold=hold)
+    if hold:
+        model = compacted(model)
     check_total_size(model, f"'{path}'")
     return model, files
+
+
+def compacted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` in memory of its own, for a model whose weights were just held (graph/held.py).
+
+    Protobuf (upb) allocates a parsed message's fields in an arena that is freed only with the whole message, so the
+    weights moved into the store stayed allocated in the parsed file's message: the model's size twice over for as
+    long as it was loaded (timm nfnet_f1, 0.87 GB of weights: 1.81 GB resident after reading, 0.96 GB compacted;
+    issue 26). The copy holds only what is left (placeholders, small tensors); the parsed message is freed when the
+    caller drops it.
+    """
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(model)
+    return fresh
 
 
 def check_total_size(model: onnx.ModelProto, what: str = "the model") -> None:
