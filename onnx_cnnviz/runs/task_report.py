@@ -45,7 +45,16 @@ def targets_picture(view: np.ndarray, targets, labels=None) -> np.ndarray:
         name = labels[c] if labels and 0 <= c < len(labels) else str(c)
         texts.append(f"{k + 1} {name} {float(target.score):.2f}")
     boxes = [tuple(float(np.clip(v, 0, side)) for v, side in zip(target.box, (w, h, w, h))) for target in targets]
-    return draw_boxes(canvas, boxes, colors=colors, labels=texts)
+    canvas = draw_boxes(canvas, boxes, colors=colors)
+    for (x0, y0, _, _), text, color in zip(boxes, texts, colors):
+        # white text on the box's colour above its top-left corner (inside the picture), readable on any image
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        left = int(min(max(0, x0), max(0, w - tw - 4)))
+        top = int(y0 - th - base - 2 if y0 - th - base - 2 >= 0 else min(y0, max(0, h - th - base - 2)))
+        cv2.rectangle(canvas, (left, top), (left + tw + 4, top + th + base + 2), color, -1)
+        cv2.putText(canvas, text, (left + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return canvas
 
 
 @dataclass

