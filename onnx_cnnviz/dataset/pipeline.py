@@ -567,7 +567,8 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
             device: str = "auto", actors: int | None = None, cpus_per_actor: float | None = None,
             gpus_per_actor: float | None = None, address: str | None = None, alpha: float = 0.5,
             colormap: str = "jet", max_pixels="default", progress: bool = False,
-            on_batch: Callable[[list], None] | None = None) -> Summary:
+            on_batch: Callable[[list], None] | None = None, task: str = "auto", conf: float = 0.25,
+            iou: float = 0.45, max_det: int = 300, region_class=None) -> Summary:
     """Explain every picture of ``images`` (local files, folders, globs, or URIs such as ``s3://bucket/photos/``)
     with ``methods`` on Ray, writing into the folder ``out`` what ``cnnviz explain`` writes (``KEY.METHOD.RANK.png``,
     ``.npy``, ``.json``) and the records table ``out/records.parquet`` (one row per result: image, method, rank,
@@ -582,15 +583,19 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
     ``address``: None starts a local Ray (or uses the one this process joined), "auto" a running cluster.
     ``actors`` / ``cpus_per_actor`` / ``gpus_per_actor``: the pool (default: one actor per machine, or per GPU).
     ``on_batch(rows)``: called on the driver with each batch's rows; raising KeyboardInterrupt there stops the run
-    like Ctrl-C (what is finished stays, ``resume`` completes it). Returns a :class:`Summary`; nothing per result
-    is kept on the driver.
+    like Ctrl-C (what is finished stays, ``resume`` completes it). ``task``, ``conf``, ``iou``, ``max_det``,
+    ``region_class``: ``cnnviz explain``'s --task, --conf, --iou, --max-det, --class (a detector's results are per
+    detection, a segmenter's per region: :mod:`onnx_cnnviz.runs.detection_run`). Returns a :class:`Summary`;
+    nothing per result is kept on the driver.
     """
     from ..image import MAX_PIXELS
     from ..image.reading import pixel_limit
     from ..runs.explain_plan import RunSettings, plan
     from ..runs.images import image_keys
     from ..runs.outputs import out_folder
-    from ..runs.preprocessing import choose_preprocessing, load_model
+    from ..runs.detection_run import TaskRun, task_plan
+    from ..runs.detections import load_for_task, task_options
+    from ..runs.preprocessing import choose_preprocessing
     from ..runs.reporting import SilentReporter
 
     limit = MAX_PIXELS if max_pixels == "default" else max_pixels
@@ -603,16 +608,27 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
         folder = out_folder(out)
         paths = sources.collect([str(s) for s in ([images] if isinstance(images, (str, Path)) else images)],
                                 exclude=folder, recursive=recursive)
-        load_kwargs = {"device": device, "batch_size": rows_per_run}
-        m = load_model(model, **load_kwargs)
+        targets = task_options({"task": task, "conf": conf, "iou": iou, "max_det": max_det,
+                                "region_class": region_class})
+        m = load_for_task(model, targets.task, device=device, batch_size=rows_per_run)
+        load_kwargs = {"device": device, "batch_size": rows_per_run, "task": m.task}
         pre = choose_preprocessing(m, preprocess).preprocessing
         job = RunSettings.build(m, pre, methods, dict(params or {}), options, quiet)
         keys = image_keys(paths)
-        work = plan(job, paths, keys, quiet)
+        if m.task != "classifier" and (metrics or target is not None or top_k is not None):
+            raise InputError(f"this model is a {m.task}: it is explained per "
+                             f"{'detection' if m.task == 'detector' else 'region'}; target, top_k and metrics are "
+                             "for classifiers.")
+        if m.task == "classifier":
+            work = plan(job, paths, keys, quiet)
+        else:
+            job = TaskRun(job, m.task, targets)
+            work = task_plan(job, paths, keys, quiet)
         metric_spec = metric_settings(metrics, metric_params)
         settings = digests(job, metric_spec)
         table = folder / records.TABLE
-        items = reconcile(job, paths, keys, work, table, settings)
+        items = task_items(job, paths, keys, work, table, settings) if m.task != "classifier" else \
+            reconcile(job, paths, keys, work, table, settings)
     counts = {"written": 0, "failed": 0}
 
     def count(rows):

@@ -232,6 +232,8 @@ def explain_targets_group(m, run: TaskRun, x: np.ndarray, items: list, paths: li
             outcome.nothing_found.append(abspath(paths[i]))
             if reporter is not None:
                 reporter.info(f"{paths[i]}: {nothing_line(run)}")
+            if replace:  # an earlier run's files of this image would describe detections it no longer has
+                remove_outdated(run, keys[i], set())
             continue
         found.append(j)
         picture, index = run.image_files(keys[i])
@@ -270,6 +272,20 @@ def explain_targets_group(m, run: TaskRun, x: np.ndarray, items: list, paths: li
         document = {"image": str(paths[i].resolve()), "task": run.task, **run.settings(), "device": m.device,
                     "picture": abspath(picture), "targets_found": listed, "cnnviz_version": job.version}
         save_json(index, document, replace)
+        if replace:
+            keep = {picture, index} | {run.files(keys[i], name, run.rank(t, d))[k] for name in job.methods
+                                       for d, t in enumerate(per_image[j]) for k in range(3)}
+            remove_outdated(run, keys[i], keep)
+
+
+def remove_outdated(run: TaskRun, key: str, keep: set) -> list:
+    """Under --overwrite or --resume, delete the image's result files of this run's methods that are not in
+    ``keep`` (an earlier run found more detections, or other regions): they would stand beside the new index as if
+    they belonged to it. Only names this run writes are touched (:meth:`TaskRun.existing`)."""
+    removed = [f for f in run.existing(key) if f not in keep]
+    for f in removed:
+        f.unlink(missing_ok=True)
+    return removed
 
 
 def nothing_line(run: TaskRun) -> str:

@@ -58,3 +58,15 @@ def test_ray_detector_run_equals_single_process_run(cluster, yolo, tmp_path):
     for row in rows.to_dict("records"):
         record = json.loads(Path(row["json"]).read_text())
         assert (row["class"], row["score"]) == (record["class"], record["score"])
+    # the library's Ray run (onnx_cnnviz.dataset.explain) writes the same detections' records and maps
+    from onnx_cnnviz import dataset
+
+    lib = tmp_path / "lib"
+    summary = dataset.explain(yolo, photos, lib, methods=["saliency"], preprocess="none", conf=0.6, max_det=2,
+                              device="cpu")
+    assert summary.written == 6 and summary.failed == 0
+    for name in names:
+        mine, single_run = (json.loads((folder / name).read_text()) for folder in (lib, tmp_path / "single"))
+        assert mine["box"] == single_run["box"] and mine["class"] == single_run["class"]
+        got, want = (np.load(folder / name.replace(".json", ".npy")) for folder in (lib, tmp_path / "single"))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
