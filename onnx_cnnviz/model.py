@@ -33,6 +33,7 @@ from .graph.structure import (Layer, candidate_layers, default_layer, downstream
 from .input_checks import check_batch_size, check_images, size_pair
 from .lru_cache import LRUCache
 from .run_result import RunResult, as_nchw, batch_axis, check_finite, checked, shape_text
+from .tasks.data_sized import data_sized_info
 from .tasks.decoders import find_decoder
 from .tasks.head import TASKS, NotAClassifierError, check_head, check_outputs, head_output
 from .tasks.levels import backbone_output, pyramid_levels
@@ -351,7 +352,10 @@ class Model:
                 if name and name not in inits and not (name in info and info[name].is_float)))
             probed_info, probed = graph_shapes.probe_with_constants(model, probe_names, candidates, self.input_name,
                                                                      (self.channels, *hw))
+            inferred = dict(info)
             info.update(probed_info)
+            # the zero image's lengths after a score threshold or NMS are not the model's
+            info.update(data_sized_info(model, inferred, probed_info, self.input_name, (self.channels, *hw)))
             stats["probed"] = len(probed_info)
         check_head(self.task, self.score_name, info.get(self.score_name))
         graph_shapes.annotate_inplace(model, info)

@@ -12,10 +12,13 @@ from .head import TASKS, NotAClassifierError, check_head, head_output, not_a_cla
 from .nms import box_iou, nms
 from .drise import drise, drise_masks
 from .picodet import PICODET_OUTPUT, PicoDetDecoder, picodet_head
+from .nms_head import NMS_OUTPUT, NmsDecoder, nms_head
+from .detr import DETR_OUTPUT, DETR_SIGMOID_OUTPUT, DetrDecoder, detr_head
 from .text import TextRegion, text_regions
 
 __all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder",
            "register_decoder", "recognise", "find_decoder", "Detection", "detect", "explain", "nms", "box_iou",
            "check_head", "head_output", "not_a_classifier",
            "PICODET_OUTPUT", "PicoDetDecoder", "picodet_head", "TextRegion", "text_regions",
-           "drise", "drise_masks"]
+           "drise", "drise_masks", "NMS_OUTPUT", "NmsDecoder", "nms_head",
+           "DETR_OUTPUT", "DETR_SIGMOID_OUTPUT", "DetrDecoder", "detr_head"]

@@ -63,7 +63,8 @@ class Detection(Target):
 def detect(m, x, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
            batch_size: int | None = None) -> list[list[Detection]]:
     """The detections of each image: the head output decoded by ``m.decoder``, candidates scoring at least ``conf``,
-    class-aware greedy NMS at ``iou`` (:func:`onnx_cnnviz.tasks.nms.nms`), at most ``max_det`` per image.
+    class-aware greedy NMS at ``iou`` (:func:`onnx_cnnviz.tasks.nms.nms`; none where the graph applied its own,
+    :func:`onnx_cnnviz.tasks.nms_head`), at most ``max_det`` per image.
 
     Args:
         m: a model loaded with ``task="detector"``.
@@ -90,7 +91,10 @@ def detect(m, x, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
     for i, head in enumerate(heads):
         cand = m.decoder.candidates(head)
         ok = np.flatnonzero(cand.scores >= conf)
-        kept = ok[nms(cand.boxes[ok], cand.scores[ok], iou, cand.classes[ok], max_det)]
+        if getattr(m.decoder, "nms_inside", False):  # the graph's own NMS chose them: best first, as it orders them
+            kept = ok[np.argsort(-cand.scores[ok], kind="stable")][:max_det]
+        else:
+            kept = ok[nms(cand.boxes[ok], cand.scores[ok], iou, cand.classes[ok], max_det)]
         if getattr(m.decoder, "clip_boxes", False):
             h, w = np.shape(x)[2:]
             cand.boxes = cand.boxes.copy()
