@@ -23,8 +23,9 @@ How an example runs is chosen by an HTML comment on the line just above its fenc
                 suite would run the suite again)
 ``benchmark``   a benchmark's regeneration command: ``--help`` of each script runs and must list every flag used;
                 the full run is the benchmark's own (minutes to hours). A block made only of
-                ``.venv/bin/python benchmarks/NAME.py ...`` lines gets this mode without a marker: the validation
-                pages are written by their scripts, which write no markers
+                ``.venv/bin/python benchmarks/NAME.py ...`` lines (environment variables before them allowed) gets
+                this mode without a marker: the validation pages are written by their scripts, which write no
+                markers
 ==============  ===================================================================================================
 
 Pages written by scripts cannot carry markers either; :data:`PAGE_RULES` gives their examples a mode and the textual
@@ -52,7 +53,9 @@ MODES = ("run", "slow", "continues", "installs", "ci", "benchmark")
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
 MARKER = re.compile(r"^\s*<!--\s*example:\s*(?P<mode>[\w-]+)\s*-->\s*$")
 INSTALLS = re.compile(r"(-m venv|pip install)")
-BENCHMARK_LINE = re.compile(r"^\.venv/bin/python benchmarks/[\w.-]+\.py\b")
+# A benchmark's command line, environment variables first allowed (``OMP_WAIT_POLICY=PASSIVE .venv/bin/python ...``).
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=\S*$")
+BENCHMARK_LINE = re.compile(r"^(?:[A-Za-z_]\w*=\S* +)*\.venv/bin/python benchmarks/[\w.-]+\.py\b")
 
 # Pages written by benchmark scripts: path -> (mode for their examples, [(old, new), ...] replacements).
 PAGE_RULES: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -277,6 +280,8 @@ def benchmark_calls(code: str) -> list[tuple[str, list[str]]]:
         if not line.strip():
             continue
         words = shlex.split(line, comments=True)
+        while words and ENV_ASSIGNMENT.match(words[0]):
+            words = words[1:]
         script = words[1]
         calls.append((script, [w.split("=")[0] for w in words[2:] if w.startswith("--")]))
     return calls
