@@ -276,9 +276,11 @@ def served(site):
                                               "img/class_model_tabby_before.png", "img/inversion_cat.png",
                                               "img/patches.png"}),
 ])
-def test_pages_render_with_their_pictures_in_chromium(site, served, browser, page, pictures, tmp_path):
-    """The page loads from disk, every picture it names is decoded (complete, non-zero width), no script throws;
-    the full-page screenshot is kept in the test's folder (and copied to $CNNVIZ_KEEP_SCREENSHOT_DIR when set)."""
+def test_pages_render_with_their_pictures_in_chromium(site, served, browser, page, pictures, tmp_path,
+                                                      record_property):
+    """The page loads over HTTP, every picture it names is decoded (complete, non-zero width), no script throws;
+    the full-page screenshot is kept in the test's folder, named in the test's report (the ``screenshot`` property of
+    the JUnit XML, and the captured output), and copied to $CNNVIZ_KEEP_SCREENSHOT_DIR when set."""
     import os
     import shutil
 
@@ -295,5 +297,6 @@ def test_pages_render_with_their_pictures_in_chromium(site, served, browser, pag
     assert seen["exceptions"] == [] and seen["log"] == [], (seen["exceptions"], seen["log"])
     assert shot.stat().st_size > 30_000
     print(f"screenshot of {page}: {shot}")
+    record_property("screenshot", str(shot))
     if os.environ.get("CNNVIZ_KEEP_SCREENSHOT_DIR"):
         shutil.copy(shot, Path(os.environ["CNNVIZ_KEEP_SCREENSHOT_DIR"]) / shot.name)
