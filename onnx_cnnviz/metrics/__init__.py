@@ -15,6 +15,14 @@
     metrics.localisation(m, x, cam, boxes)               # pointing game, energy pointing game, localisation accuracy
     metrics.randomisation_check(m, x, ["saliency", "gradcam", "guided"])  # Adebayo et al.'s sanity check
 
+A detector's explanations are measured per detection (:mod:`.detections`)::
+
+    dets = [d for image in cv.tasks.detect(m, x) for d in image]
+    maps = cv.tasks.explain(cv.grad_cam, m, x, dets)    # one map per detection
+    metrics.detection_pointing_game(m, x, maps, dets, boxes)   # against each detection's matched box
+    metrics.detection_deletion(m, x, maps, dets)         # of its D-RISE similarity (Petsiuk et al. 2021)
+    metrics.detection_randomisation(m, x, dets, ["saliency", "gradcam"])
+
 Every metric returns a :class:`MetricResult`: ``values`` (one per image), ``mean()``, the ``curve`` behind it and
 ``output``, what was read from the model (probability or score, in words). Perturbed images are built and scored
 ``batch_size`` at a time, never all at once.
@@ -24,6 +32,8 @@ from .base import MetricResult
 from .boxes import Box, boxes_for_images, read_boxes, to_input
 from .confidence import average_drop, confidence_change, increase_in_confidence
 from .curves import deletion, insertion
+from .detections import (detection_deletion, detection_insertion, detection_pointing_game, detection_randomisation,
+                         match_detections)
 from .imputation import road, road_combined, road_least_relevant_first, road_most_relevant_first
 from .pointing import energy_pointing_game, localisation, localisation_accuracy, pointing_game
 from .robustness import infidelity, sensitivity_max
@@ -33,4 +43,5 @@ __all__ = ["MetricResult", "registry", "deletion", "insertion", "confidence_chan
            "increase_in_confidence", "road", "road_most_relevant_first", "road_least_relevant_first", "road_combined",
            "infidelity", "sensitivity_max", "Box", "read_boxes", "to_input", "boxes_for_images", "localisation",
            "pointing_game", "energy_pointing_game", "localisation_accuracy", "SanityResult", "randomisation_check",
-           "model_randomisation"]
+           "model_randomisation", "match_detections", "detection_pointing_game", "detection_deletion",
+           "detection_insertion", "detection_randomisation"]

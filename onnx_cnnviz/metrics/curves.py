@@ -205,7 +205,10 @@ def _substrates(x: np.ndarray, baseline) -> Callable[[int], np.ndarray]:
 
 
 def _curves(kind: str, m: Model, x, maps, targets, baseline, pixels_per_step, output: str, channels: str,
-            batch_size, progress) -> MetricResult:
+            batch_size, progress, target_read: Callable | None = None, name: str | None = None) -> MetricResult:
+    """Deletion or insertion (``kind``). ``target_read(clean)``, when given, returns the ``(targets, readout)`` the
+    curve follows instead of :func:`targets_of`'s and :func:`readout`'s (a detection's similarity,
+    :mod:`onnx_cnnviz.metrics.detections`); ``name``: the result's metric name (default ``kind``)."""
     x = check_x(m, x)
     maps = pixel_maps(check_maps(maps, x), channels)
     n, c, h, w = x.shape
@@ -214,8 +217,11 @@ def _curves(kind: str, m: Model, x, maps, targets, baseline, pixels_per_step, ou
     bs = batch_size_of(m, batch_size)
     substrate = _substrates(x, baseline)
     clean = clean_scores(m, x, bs)
-    targets = targets_of(m, targets, clean)
-    read = readout(m, output, clean)
+    if target_read is None:
+        targets = targets_of(m, targets, clean)
+        read = readout(m, output, clean)
+    else:
+        targets, read = target_read(clean)
     counts = step_counts(pixels, step)
     ranks = ranks_of(maps)
     flat = x.reshape(n, c, pixels)
@@ -241,7 +247,8 @@ def _curves(kind: str, m: Model, x, maps, targets, baseline, pixels_per_step, ou
             curve[i, j] = v
     fractions = counts / pixels
     return MetricResult(
-        metric=kind, values=auc(curve, fractions), targets=result_targets(targets), higher_is_better=not deleting,
+        metric=name or kind, values=auc(curve, fractions), targets=result_targets(targets),
+        higher_is_better=not deleting,
         output=read.description, curve=curve, axis=fractions,
         axis_name="fraction of pixels deleted" if deleting else "fraction of pixels inserted",
         details={"clean": read(clean, targets), "pixels_per_step": step,

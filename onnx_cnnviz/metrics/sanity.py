@@ -307,6 +307,8 @@ def _load_options(source, options: dict | None) -> dict:
     if isinstance(source, Model):
         opts = {"device": source.device, "batch_size": source.batch_size, "threads": source.threads,
                 "input_size": source.__dict__.get("_input_size"), "max_pixels": source.max_pixels}
+        if source.task != "classifier":  # a detector's randomised copies read the same head output
+            opts.update(task=source.task, output=source.score_name, labels=source.labels)
     opts.update(options or {})
     opts.setdefault("max_nodes", None)  # the randomised graph has the nodes of a model already accepted
     return opts
@@ -319,6 +321,28 @@ def _explain(model: Model, method: str, x: np.ndarray, targets: np.ndarray, laye
     meth = registry.get(method)
     return np.asarray(registry.explain(model, meth, x, targets, layer=layer if meth.uses_layer else None,
                                        params=params.get(method), batch_size=batch_size), dtype=np.float32)
+
+
+def _sanity_targets(trained: Model, targets, clean: np.ndarray, n: int, retarget: bool) -> tuple:
+    """``(targets, classes)``: what the methods explain on every model, and the (N,) classes a result reports.
+
+    Classes (ints, names, ``ClassScore``) become (N,) int64 (None: the top-1). Other target objects (a detector's
+    :class:`~onnx_cnnviz.tasks.Detection`, a segmenter's region) are kept as they are, one per image: their seed is
+    read from the randomised model's head output as from the trained one's (the sanity check on a detector); their
+    class is reported, -1 where they name none. ``retarget`` (each randomised model's own top-1) needs classes.
+    """
+    if targets is None or trained.task == "classifier":
+        classes = (np.argmax(clean, axis=1).astype(np.int64) if targets is None
+                   else trained.targets_for(targets, n))
+        return classes, classes
+    from ..targets import resolve
+
+    seeds = resolve(trained, targets, n)
+    if retarget:
+        raise InputError(f"retarget explains each randomised model's own top-1 class; a {trained.task}'s targets "
+                         "(detections, regions) have no top-1: leave retarget False.")
+    objects = list(seeds.objects) if seeds.objects else targets
+    return objects, np.asarray(seeds.classes, dtype=np.int64)
 
 
 def randomisation_check(model, x, methods=("saliency", "gradcam", "guided", "guided-gradcam"), targets=None, *,
@@ -378,7 +402,7 @@ def randomisation_check(model, x, methods=("saliency", "gradcam", "guided", "gui
     groups = randomisation_groups(learnable_layers(proto), stages)
     x = trained.check_input(x)
     clean = trained.scores(x, batch_size=batch_size)
-    targets = np.argmax(clean, axis=1).astype(np.int64) if targets is None else trained.targets_for(targets, len(x))
+    targets, classes = _sanity_targets(trained, targets, clean, len(x), retarget)
     original = {name: _explain(trained, name, x, targets, layer, params, batch_size) for name in names}
     measures = {key: {name: np.full((len(groups), len(x)), np.nan) for name in names} for key in MEASURES}
     top1 = np.zeros((len(groups), len(x)), dtype=np.int64)
@@ -387,7 +411,8 @@ def randomisation_check(model, x, methods=("saliency", "gradcam", "guided", "gui
         layers = stage_layers(groups, k, mode)
         randomised_nodes.append([la.node for la in layers])
         rand = Model(randomise(proto, layers, seed, init), **opts)
-        top1[k] = np.argmax(rand.scores(x, batch_size=batch_size), axis=1)
+        scores = rand.scores(x, batch_size=batch_size)
+        top1[k] = np.argmax(scores, axis=1) if rand.task == "classifier" else -1  # a head output has no top-1
         stage_targets = top1[k] if retarget else targets
         for j, name in enumerate(names):
             maps = _explain(rand, name, x, stage_targets, layer, params, batch_size)
@@ -396,7 +421,7 @@ def randomisation_check(model, x, methods=("saliency", "gradcam", "guided", "gui
             if progress is not None:
                 progress(k * len(names) + j + 1, total)
         del rand  # its sessions and weights go before the next stage's are built
-    return SanityResult(names, [g.name for g in groups], randomised_nodes, mode, targets, top1,
+    return SanityResult(names, [g.name for g in groups], randomised_nodes, mode, classes, top1,
                         measures["spearman_abs"], measures["spearman"], measures["ssim"], init, seed, retarget,
                         details={"groups": groups})
 
