@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import CnnvizError, InputError
 from ..metrics import registry as metric_registry
+from ..tasks.head import NotAClassifierError
 from .evaluate_plan import DEFAULT_METRICS, JOURNAL, Plan, build_job, needs_boxes, output_files, plan
 from .evaluate_run import Tally, complete_examples, evaluate_all
 from .evaluate_tables import (
@@ -65,7 +66,17 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
     (:func:`onnx_cnnviz.metrics.registry.check_values`: ``samples=100000000`` costs nothing)."""
     for name in metrics:
         metric_registry.check_values(name, params.get(name))
-    out, paths, m, pre = open_run(options, reporter)
+    try:
+        out, paths, m, pre = open_run(options, reporter)
+    except NotAClassifierError as exc:
+        if "this is a detector" not in str(exc):
+            raise
+        # The run's rows are per image and class; a detector's metrics are per detection (library only so far).
+        raise NotAClassifierError(
+            f"{str(exc).split('. Load it with')[0]}. cnnviz evaluate measures a classifier's maps, one row per "
+            "image; a detector's are measured per detection with the library: onnx_cnnviz.metrics."
+            "detection_pointing_game, detection_deletion / detection_insertion and detection_randomisation "
+            "(benchmarks/detector_pointing_game.py runs them on generated images with ground truth).") from None
     job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options, reporter)
     outputs = output_files(out, methods, metrics)
     work = plan(job, outputs, paths, reporter)
