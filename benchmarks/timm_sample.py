@@ -472,6 +472,8 @@ def cell_text(row: dict, key: str) -> str:
         return "" if value in ("", None) else f"{value:.1e}"
     if key == "default_layer" and value:
         return f"`{value}`"
+    if key == "gradient" and "rel_err" in row and "unpinned" not in row:
+        value = f"{value} [a]"  # measured before the decisions were pinned by value (see the page)
     return str(value).replace("|", "\\|")
 
 
@@ -497,6 +499,11 @@ def report(results: list[dict], names: list[str]) -> str:
             "reference was the inexact one. A row exact neither way where ours is no further from float64 than "
             "torch's own float32 is a network whose float32 gradient is ill-conditioned at random weights: not "
             "counted exact, listed apart. Models over the memory limit or the time limit are not exported.", "",
+            "[a]: measured by an earlier version of the script, whose reference pinned the n-th torch ReLU, ReLU6, "
+            "max-pool, Hardswish or Hardsigmoid call to the n-th ONNX node (tests/reference.py) and fell back to no "
+            "pinning where they did not line up (`unpinned`); every such row was exact all the same. The rows "
+            "without [a] pin each call to the ONNX node whose input it equals (LeakyReLU and Hiera's ReduceMax "
+            "too), so nodes the export dropped or reordered no longer unpin a model.", "",
             f"## The sample ({len(sampled)} of {len(names)} measured)", "", counts(sampled), ""]
     if left:
         text += [f"Not measured yet ({len(left)}): {', '.join(left)}.", ""]
