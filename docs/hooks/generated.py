@@ -1,11 +1,11 @@
 """MkDocs hook: the reference tables generated from the registries when the site is built.
 
-A page asks for a table with a marker line, ``<!-- cnnviz:methods -->``, ``<!-- cnnviz:metrics -->`` or
-``<!-- cnnviz:rules -->``: :func:`on_page_markdown` replaces it with the table read from
-:mod:`onnx_cnnviz.methods.registry`, :mod:`onnx_cnnviz.metrics.registry` or
-:mod:`onnx_cnnviz.graph.autodiff.rules` at that moment. The tables are never written by hand, so registering a method
-(a plugin's, say) changes the built site and nothing else has to. ``<!-- cnnviz:shadowed PACKAGE -->`` becomes the
-API blocks of the package's names that griffe cannot reach (:func:`shadowed_members`), and
+A page asks for a table with a marker line, ``<!-- cnnviz:methods -->``, ``<!-- cnnviz:metrics -->``,
+``<!-- cnnviz:rules -->`` or ``<!-- cnnviz:settings -->``: :func:`on_page_markdown` replaces it with the table read
+from :mod:`onnx_cnnviz.methods.registry`, :mod:`onnx_cnnviz.metrics.registry`, :mod:`onnx_cnnviz.graph.autodiff.rules`
+or :mod:`onnx_cnnviz.settings` at that moment. The tables are never written by hand, so registering a method (a
+plugin's, say) changes the built site and nothing else has to. ``<!-- cnnviz:shadowed PACKAGE -->`` becomes the API
+blocks of the package's names that griffe cannot reach (:func:`shadowed_members`), and
 ``<!-- cnnviz:modules methods -->`` (``metrics``) those of the modules whose functions the registry runs
 (:func:`registry_modules`), so that a method's module added to the registry gets its API section too.
 :func:`on_page_content` tidies the CLI reference that mkdocs-click renders, and :func:`on_config` makes mkdocs-click
@@ -17,7 +17,7 @@ import copy
 import inspect
 import re
 
-MARKER = re.compile(r"^<!-- cnnviz:(methods|metrics|rules) -->$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- cnnviz:(methods|metrics|rules|settings) -->$", re.MULTILINE)
 
 
 def _cell(value) -> str:
@@ -88,7 +88,18 @@ def rules_table() -> str:
     return "\n".join(rows)
 
 
-TABLES = {"methods": methods_table, "metrics": metrics_table, "rules": rules_table}
+def settings_table() -> str:
+    """One row per environment setting of :data:`onnx_cnnviz.settings.SETTINGS`: variable, kind, default, meaning."""
+    from onnx_cnnviz.settings import SETTINGS
+
+    rows = ["| variable | kind | default | what it does |", "|---|---|---|---|"]
+    for setting in SETTINGS.values():
+        default = int(setting.default) if setting.kind == "flag" else setting.default
+        rows.append(f"| `{setting.name}` | {setting.kind} | `{default}` | {_cell(setting.meaning)} |")
+    return "\n".join(rows)
+
+
+TABLES = {"methods": methods_table, "metrics": metrics_table, "rules": rules_table, "settings": settings_table}
 
 #: ``<!-- cnnviz:shadowed PACKAGE -->``: the API blocks of the package's public names that griffe cannot reach.
 SHADOWED = re.compile(r"^<!-- cnnviz:shadowed ([\w.]+) -->$", re.MULTILINE)

@@ -115,6 +115,16 @@ def test_every_backward_rule_is_in_the_built_table(site):
                    "run)."]
 
 
+def test_every_environment_setting_is_in_the_built_table(site):
+    from onnx_cnnviz.settings import SETTINGS
+
+    rows = _rows(site / "reference" / "settings" / "index.html")
+    assert len(rows) == len(SETTINGS) + 1  # the header
+    for name, setting in SETTINGS.items():
+        assert any(r.startswith(f"{name} {setting.kind} ") for r in rows), name
+    assert "CNNVIZ_SHARE_WEIGHTS flag 1 the sessions of one model share its weights" in " ".join(rows)
+
+
 def test_the_cli_reference_lists_every_command_and_option(site):
     from onnx_cnnviz.cli.main import cli
 
