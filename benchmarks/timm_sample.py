@@ -324,10 +324,10 @@ def pinned_grad(net, x, targets, decisions, dtype="float32"):
         dims = [dim] if isinstance(dim, int) else list(dim)
         if hit is None or len(dims) != 1:
             return tensor_amax(t, dim, keepdim)
-        d = dims[0] % t.dim()
-        winner = torch.from_numpy(np.ascontiguousarray(hit[0])).argmax(dim=d, keepdim=True)
-        y = t.gather(d, winner)
-        return y if keepdim else y.squeeze(d)
+        # the elements ONNX found maximal, shared evenly between exact ties as torch's own amax backward shares
+        # them (tests/architectures/test_hiera.py)
+        mask = (hit[0] == tensor_amax(hit[0], dims[0], True)).to(t.dtype)
+        return (t * mask).sum(dim=dims[0], keepdim=keepdim) / mask.sum(dim=dims[0], keepdim=keepdim)
 
     def relu_fn(t):
         return relu(t) if active[0] else torch_relu(t)

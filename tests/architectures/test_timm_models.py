@@ -190,3 +190,56 @@ def test_hiera_grad_cam_and_input_gradient_equal_torch(hiera):
     _compare_grad_cam(net, m, x, net.blocks[1], lambda t: net.reroll(t, 1).permute(0, 3, 1, 2),
                       "/blocks.1/Add_1_output_0")
     assert_input_gradient_matches(net, m, x)
+
+
+class _Kinks(torch.nn.Module):
+    """Every decision benchmarks/timm_sample.py pins, in an order and with a dead branch that call-order pinning
+    (tests/reference.py) cannot line up: a max-pool whose result is unused (dropped by the export, as DLA's
+    ``downsample``), ReLU6 (``F.relu6``, exported as Clip), LeakyReLU, Hardswish, and an ``amax`` over groups of
+    channels (Hiera's max over mask units, exported as ReduceMax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        f = torch.nn.functional
+        x = self.conv(x)
+        f.max_pool2d(x, 2)  # dead: not in the ONNX graph
+        x = f.leaky_relu(f.relu6(x) - 1.0, 0.1)
+        x = f.hardswish(self.conv2(x))
+        x = f.max_pool2d(x, 2)
+        x = x.reshape(x.size(0), 2, 4, -1).amax(dim=1)  # (N, 4, HW/4 * ...)
+        return self.fc(x.mean(dim=2))
+
+
+def test_the_sample_pins_every_decision_by_value(tmp_path):
+    """The timm sample's reference (benchmarks/timm_sample.py ``pinned_grad``) finds the ONNX node of every live
+    kink call, whatever the order, and then equals our input gradient; pinned in float64 too."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("timm_sample", REPO / "benchmarks" / "timm_sample.py")
+    sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample)
+    torch.manual_seed(0)
+    net = _Kinks().eval()
+    path = export_torchscript(net, torch.zeros(1, 3, 16, 16), tmp_path / "kinks.onnx")
+    m = cv.load(path, device="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    decisions = sample.onnx_decisions(m, x)
+    counts = {k: len(v) for k, v in decisions.items() if v}
+    assert counts == {"LeakyRelu": 1, "Clip": 1, "HardSwish": 1, "MaxPool": 1, "ReduceMax": 1}
+    ref, stats = sample.pinned_grad(net, x, TARGETS, decisions)
+    assert stats["unmatched"] == 0 and stats["pinned"] == 5, stats
+    ours = cv.gradients(m, x, targets=TARGETS)
+    assert np.abs(ref).max() > 0
+    for i in range(len(x)):
+        assert rel_err(ours[i], ref[i]) < 1e-4
+    ref64, stats64 = sample.pinned_grad(net.double(), x, TARGETS, decisions, "float64")
+    assert stats64["unmatched"] == 0
+    for i in range(len(x)):
+        assert rel_err(ours[i], ref64[i]) < 1e-4
