@@ -72,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cnnviz-memory-") as tmp:
         tmp = Path(tmp)
         folders = {}
-        for n in sorted({30, args.images}):
+        for n in sorted({8, 30, args.images}):
             folder = tmp / f"images{n}"
             folder.mkdir()
             for i in range(n):
@@ -82,12 +82,14 @@ def main() -> None:
         rows = [
             (f"explain {n} images", "gradcam + saliency, batch 8",
              ["explain", args.model, folders[n], "--method", "gradcam,saliency", "--out", tmp / f"explain{n}"])
-            for n in sorted(folders)]
+            for n in sorted({30, args.images})]
         rows += [
             (f"report {n} images", "gradcam + saliency", ["report", args.model, folders[n], "--method",
                                                           "gradcam,saliency", "--out", tmp / f"report{n}"])
-            for n in sorted(folders)]
+            for n in sorted({30, args.images})]
         rows += [
+            ("explain --top-k 100", "gradcam, 8 images", ["explain", args.model, folders[8], "--method", "gradcam",
+                                                         "--top-k", "100", "--out", tmp / "topk8"]),
             ("explain --top-k 100", "gradcam, 1 image", ["explain", args.model, one, "--method", "gradcam",
                                                         "--top-k", "100", "--out", tmp / "topk"]),
             ("explain smoothgrad --samples 2000", "1 image", ["explain", args.model, one, "--method", "smoothgrad",

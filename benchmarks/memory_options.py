@@ -1,7 +1,7 @@
 """Peak memory of the options whose work grows without bound: top-k, SmoothGrad samples, IG steps, occlusion stride.
 
     .venv/bin/python benchmarks/memory_options.py [--size 224] [--threads 2] [--batch-size N] [--only NAME,...]
-                                                  [--library PATH]
+                                                  [--library PATH] [--occlusion-windows N] [--write]
 
 Each row is one explain-like run on one ``--size``² image (random pixels) of torchvision's ResNet-18 with random
 weights (exported as tests/conftest.py does: TorchScript exporter, opset 17, dynamic batch), in a child process of
@@ -19,6 +19,10 @@ Occlusion at stride 1 runs a forward pass per window (43 681 windows of 16x16 at
 cores. ``--occlusion-windows N`` stops it after N windows (the row then says so): the windows' scores are streamed and
 reduced to one float64 per window as they come, so the peak is reached within the first runs; the rest of the run
 repeats them.
+
+Printed: a markdown table of run, batch size, peak RSS and seconds; ``--write`` also writes it, with the date, commit,
+machine (its load average included) and the command, as the page ``docs/validation/speed-memory-options.md``
+(``benchmarks/pages.py``).
 """
 from __future__ import annotations
 
@@ -30,8 +34,12 @@ import sys
 import time
 from pathlib import Path
 
+import pages  # benchmarks/pages.py (a script's own folder is first on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "benchmarks"
+#: The page ``--write`` writes (whole: this script owns it).
+PAGE = ROOT / "docs" / "validation" / "speed-memory-options.md"
 
 #: name -> (label, what the child runs)
 OPTIONS = {
@@ -138,15 +146,19 @@ def main() -> None:
     parser.add_argument("--occlusion-windows", type=int, default=None,
                         help="stop the occlusion run after this many windows (its peak is reached in the first runs: "
                              "the windows' scores are streamed); default: all of them")
+    parser.add_argument("--write", action="store_true",
+                        help=f"also write the table as {PAGE.relative_to(ROOT)} (date, commit, machine, command)")
     args = parser.parse_args()
     model = export_resnet18(args.size)
     import onnxruntime
 
-    print(f"ResNet-18 (random weights), one {args.size}x{args.size} image, {args.threads} threads, onnxruntime "
-          f"{onnxruntime.__version__}, CPU; peak RSS of the whole child process (ru_maxrss)")
+    title = (f"ResNet-18 (random weights), one {args.size}x{args.size} image, {args.threads} threads, onnxruntime "
+             f"{onnxruntime.__version__}, CPU; peak RSS of the whole child process (ru_maxrss)")
+    print(title)
     print()
-    print(f"| {'run':<50} | {'batch size':>10} | {'peak RSS':>9} | {'time':>8} |")
-    print(f"|{'-' * 52}|{'-' * 11}:|{'-' * 10}:|{'-' * 9}:|")
+    lines = [f"| {'run':<50} | {'batch size':>10} | {'peak RSS':>9} | {'time':>8} |",
+             f"|{'-' * 52}|{'-' * 11}:|{'-' * 10}:|{'-' * 9}:|"]
+    print("\n".join(lines), flush=True)
     for name in args.only.split(","):
         label, spec = OPTIONS[name]
         spec = dict(spec, model=str(model), size=args.size, threads=args.threads, batch_size=args.batch_size)
@@ -154,15 +166,39 @@ def main() -> None:
             spec["stop_after"] = args.occlusion_windows
         result = measure(spec, args.library, args.timeout)
         if "error" in result:
-            print(f"| {label:<50} | {'':>10} | {result['error']:>9} | {'':>8} |", flush=True)
-            continue
-        bs = "" if result["batch_size"] is None else str(result["batch_size"])
-        mib = result["peak_kib"] / 1024
-        peak = f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
-        if isinstance(result["shape"], dict):  # stopped early
-            label += f" (first {result['shape']['done']} of {result['shape']['total']})"
-        print(f"| {label:<50} | {bs:>10} | {peak:>9} | {result['seconds']:>7.1f}s |", flush=True)
+            lines.append(f"| {label:<50} | {'':>10} | {result['error']:>9} | {'':>8} |")
+        else:
+            bs = "" if result["batch_size"] is None else str(result["batch_size"])
+            mib = result["peak_kib"] / 1024
+            peak = f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+            if isinstance(result["shape"], dict):  # stopped early
+                label += f" (first {result['shape']['done']} of {result['shape']['total']})"
+            lines.append(f"| {label:<50} | {bs:>10} | {peak:>9} | {result['seconds']:>7.1f}s |")
+        print(lines[-1], flush=True)
+    if args.write:
+        pages.write_page(PAGE, page(title, lines, args))
+        print(f"wrote {PAGE.relative_to(ROOT)}")
 
+
+def page(title: str, lines: list, args) -> str:
+    """The page ``--write`` writes: what was measured, how, when and where, then the table."""
+    flags = [f"--size {args.size}", f"--threads {args.threads}"]
+    if args.batch_size:
+        flags.append(f"--batch-size {args.batch_size}")
+    if args.only != ",".join(OPTIONS):
+        flags.append(f"--only {args.only}")
+    if args.occlusion_windows:
+        flags.append(f"--occlusion-windows {args.occlusion_windows}")
+    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/memory_options.py " + " ".join(flags) + " --write"
+    intro = ("Peak memory of the options whose work grows with a parameter (top-k, SmoothGrad samples, IG steps, "
+             "occlusion stride): each row is one run through the library, as the CLI makes it, in a child process of "
+             "its own; the peak is that process's whole resident memory (model and onnxruntime included), the time "
+             "its run's wall-clock seconds (the machine is shared: see the load average). The batch size is the rows "
+             "run at once (the library's memory-budgeted choice unless `--batch-size` is given); the peak must not "
+             "grow with the parameter, only with the batch size.")
+    return "\n".join(["# Memory and time of the unbounded options", "",
+                      pages.header("benchmarks/memory_options.py", command), "", intro, "", title + ".", "",
+                      *lines])
 
 if __name__ == "__main__":
     main()
