@@ -624,6 +624,8 @@ def cases() -> list[Case]:
         c("ray-closed-port", "ray", RAY + "localhost:1", timeout=90),
         c("ray-not-an-address", "ray", RAY + "'not an address'", timeout=90),
         c("ray-client-scheme", "ray", RAY + "ray://127.0.0.1:1", timeout=90),
+        c("ray-unroutable", "ray", RAY + "203.0.113.1:6379", timeout=90, note="TEST-NET-3: nothing answers, not even "
+          "a refusal"),
         # -- other commands ----------------------------------------------------------------------------------------
         c("activations-layer-unknown", "command", "activations {tiny} {imgs} --out {out} --layer nosuch"),
         c("filters-mlp", "command", "filters {mlp} --out {out}/f.png", expect="either"),

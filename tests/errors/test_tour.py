@@ -2,7 +2,7 @@
 small models made on the spot, under the tour's memory watchdog (2 GB, the whole process group) and timeout. None
 may lose a user's file, print a traceback, hang, pass the memory limit or answer wrong input with exit 0.
 
-The whole tour (170 cases, docs/validation/bad-input-tour.md) is a benchmark: ``benchmarks/bad_input_tour.py
+The whole tour (171 cases, docs/validation/bad-input-tour.md) is a benchmark: ``benchmarks/bad_input_tour.py
 --write``.
 """
 from __future__ import annotations
