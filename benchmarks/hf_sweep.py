@@ -20,7 +20,8 @@ Models with BatchNorm get scales redrawn in [0.5, 1.5), shifts ~ N(0, 0.1), and 
 real photos (train-mode forward, cumulative average) before export; the two photos compared are not among those.
 
 ``--write`` writes docs/validation/huggingface.md (every model measured so far, from ``.cache/hf_sweep/results.json``)
-with the date, commit and machine (benchmarks/pages.py).
+with the date, commit and machine (benchmarks/pages.py), and the counts and table into docs/what_loads.md's
+``hf_sweep`` section (benchmarks/what_loads.py keeps it when it rewrites the page).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ for folder in (ROOT, HERE):  # tests/exporting.py and tests/reference.py; what_l
 CACHE = ROOT / ".cache" / "hf_sweep"
 RESULTS = CACHE / "results.json"
 PAGE = ROOT / "docs" / "validation" / "huggingface.md"
+WHAT_LOADS = ROOT / "docs" / "what_loads.md"
 PHOTOS = Path("/work/shared/images/imagenet-sample")
 SIZE = 224
 TARGETS = [1, 2]
@@ -226,6 +228,15 @@ def write(results: dict) -> None:
         "memory_phases.py).", "",
         table(results)])
     pages.write_page(PAGE, text)
+    # The What loads page carries the counts and the table too (benchmarks/what_loads.py keeps this section).
+    pages.write_section(WHAT_LOADS, "hf_sweep", "\n".join([
+        "## Hugging Face classifiers (issue 26)", "",
+        f"**{counts(results)}**" + (f" (not measured: {', '.join(missing)})" if missing else "") + ": each "
+        "`transformers` classifier at its default configuration (10 labels, 224x224), random weights, BatchNorm "
+        "calibrated on ImageNet photos, TorchScript export at opset 17; measured "
+        f"{pages.now()} at commit {pages.commit()} by `benchmarks/hf_sweep.py --write`, which writes the details "
+        "on [the Hugging Face page](validation/huggingface.md).", "",
+        table(results)]))
 
 
 def main(argv=None) -> int:

@@ -713,9 +713,10 @@ def document(results: dict, columns: list[str], meta: dict) -> str:
     ])
 
 
-#: Sections of docs/what_loads.md written by other sweeps (benchmarks/memory_phases.py), kept when this one rewrites
-#: the file.
-KEPT = [("<!-- memory_phases:begin -->", "<!-- memory_phases:end -->")]
+#: Sections of docs/what_loads.md written by other sweeps (benchmarks/hf_sweep.py, benchmarks/memory_phases.py), kept
+#: when this one rewrites the file.
+KEPT = [("<!-- memory_phases:begin -->", "<!-- memory_phases:end -->"),
+        ("<!-- hf_sweep:begin -->", "<!-- hf_sweep:end -->")]
 
 
 def kept_sections(doc: Path) -> str:
