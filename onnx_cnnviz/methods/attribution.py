@@ -34,6 +34,13 @@ INTEGRATION_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann
 #: Above this many Gauss-Legendre steps the nodes are found in O(steps) memory (see :func:`ig_steps`).
 DENSE_LEGGAUSS_MAX = 1024
 
+#: The most noisy copies per image SmoothGrad takes, and the most path points Integrated Gradients takes. Memory
+#: does not grow with either (the copies stream ``batch_size`` at a time), but time does, linearly: 10,000 is already
+#: hundreds of times the papers' settings (50 copies; 20 to 300 steps), so a larger value is taken for a typo and
+#: refused before any run, not left to run for days.
+MAX_SAMPLES = 10_000
+MAX_STEPS = 10_000
+
 #: Activation memory one run may use when the batch size is chosen automatically (bytes).
 MEMORY_BUDGET = 1 << 30
 
@@ -159,7 +166,7 @@ def smoothgrad(m: Model, x, targets=None, layer=None, *, samples: int = 25, nois
         targets: None (each image's top-1 class), a class index or name, a target object
             (:mod:`onnx_cnnviz.targets`), or one of these per image.
         layer: must be None: the gradient is taken at the input (accepted for the map functions' common signature).
-        samples: noisy copies per image, at least 1.
+        samples: noisy copies per image, 1 to :data:`MAX_SAMPLES`.
         noise: the noise's standard deviation as a fraction of each image's value range, at least 0.
         seed: an int, None, or a ``numpy.random.Generator`` (whose draws then continue).
         magnitude: average the squared gradients.
@@ -179,9 +186,10 @@ def smoothgrad(m: Model, x, targets=None, layer=None, *, samples: int = 25, nois
         NumericalError: the model produced NaN or Inf.
     """
     input_only("smoothgrad", layer)
+    if not 1 <= int(samples) <= MAX_SAMPLES:
+        raise InputError(f"samples must be between 1 and {MAX_SAMPLES} (noisy copies per image; the paper uses 50), "
+                         f"got {samples}.")
     x = m.check_input(x)
-    if int(samples) < 1:
-        raise InputError(f"samples must be >= 1, got {samples}.")
     if not noise >= 0:
         raise InputError(f"noise must be >= 0 (a fraction of each image's value range), got {noise}.")
     samples = int(samples)
@@ -225,14 +233,15 @@ def ig_steps(steps: int, integration: str = "gausslegendre") -> tuple[np.ndarray
     O(steps) memory; they agree with ``leggauss`` to 1e-16 in the nodes and 1e-10 relative in the weights).
 
     Args:
-        steps: the number of points (at least 1 for Gauss-Legendre, 2 for the Riemann rules).
+        steps: the number of points (at least 1 for Gauss-Legendre, 2 for the Riemann rules; at most
+            :data:`MAX_STEPS`).
         integration: one of :data:`INTEGRATION_RULES` (captum's ``method``).
 
     Returns:
         ``(alphas, weights)``, two (steps,) float64 arrays.
 
     Raises:
-        InputError: an unknown rule or too few steps.
+        InputError: an unknown rule, too few steps or more than :data:`MAX_STEPS`.
 
     Example:
         >>> ig_steps(1)[0].tolist(), ig_steps(1)[1].tolist()
@@ -241,6 +250,8 @@ def ig_steps(steps: int, integration: str = "gausslegendre") -> tuple[np.ndarray
         [0.16666666666666666, 0.3333333333333333, 0.16666666666666666]
     """
     steps = int(steps)
+    if steps > MAX_STEPS:
+        raise InputError(f"steps must be at most {MAX_STEPS} (points on the path; captum uses 50), got {steps}.")
     if integration not in INTEGRATION_RULES:
         raise InputError(f"integration must be one of {', '.join(INTEGRATION_RULES)}, not {integration!r}.")
     if integration == "gausslegendre":
@@ -326,7 +337,7 @@ def integrated_gradients(m: Model, x, targets=None, layer=None, *, baseline=0.0,
         layer: must be None: the gradient is taken at the input (accepted for the map functions' common signature).
         baseline: ``x'``: a float, per-channel values (C,), (N, C) values, ``"mean"`` (each image's channel means),
             or an array broadcastable to ``x``; see :func:`~onnx_cnnviz.methods.arguments.baseline_values`.
-        steps: points on the path (captum's default 50).
+        steps: points on the path (captum's default 50), at most :data:`MAX_STEPS`.
         integration: the quadrature, one of :data:`INTEGRATION_RULES` (captum's ``method``).
         upsample: accepted for the common signature; the result is at the input's size either way.
         normalize: divide each image by its largest absolute value.
