@@ -14,6 +14,7 @@ from .drise import drise, drise_masks
 from .picodet import PICODET_OUTPUT, PicoDetDecoder, picodet_head
 from .nms_head import NMS_OUTPUT, NmsDecoder, nms_head
 from .detr import DETR_OUTPUT, DETR_SIGMOID_OUTPUT, DetrDecoder, detr_head
+from .yolo_seg import YOLO_SEG_OUTPUT, YoloSegDecoder, mask_target, yolo_seg_head
 from .text import TextRegion, text_regions
 
 __all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder",
@@ -21,4 +22,5 @@ __all__ = ["TASKS", "NotAClassifierError", "Candidates", "Decoder", "Ultralytics
            "check_head", "head_output", "not_a_classifier",
            "PICODET_OUTPUT", "PicoDetDecoder", "picodet_head", "TextRegion", "text_regions",
            "drise", "drise_masks", "NMS_OUTPUT", "NmsDecoder", "nms_head",
-           "DETR_OUTPUT", "DETR_SIGMOID_OUTPUT", "DetrDecoder", "detr_head"]
+           "DETR_OUTPUT", "DETR_SIGMOID_OUTPUT", "DetrDecoder", "detr_head",
+           "YOLO_SEG_OUTPUT", "YoloSegDecoder", "mask_target", "yolo_seg_head"]
