@@ -743,8 +743,8 @@ def check_input_size(methods: list, params: dict, hw) -> None:
 
 
 def task_options(f):
-    """--task, --conf, --iou, --max-det, --class: what a run explains on a detector or a segmenter (read them with
-    :func:`task_options_from`; the library's side is :mod:`onnx_cnnviz.runs.detections`)."""
+    """--task, --conf, --iou, --max-det, --region-class: what a run explains on a detector or a segmenter (read them
+    with :func:`task_options_from`; the library's side is :mod:`onnx_cnnviz.runs.detections`)."""
     from onnx_cnnviz.runs.detections import TASK_CHOICES
 
     return apply(
@@ -760,7 +760,7 @@ def task_options(f):
                       help="A detector's NMS overlap threshold (class-aware)."),
         shared_option("--max-det", "max_det", type=count(1), default=300, show_default=True,
                       help="Detections (or a segmenter's regions) explained per image at most, best first."),
-        shared_option("--class", "region_class", type=TargetType(), default=None,
+        shared_option("--region-class", "region_class", type=TargetType(), default=None,
                       help="A segmenter's region: the class (index or name) summed over the pixels predicted as it "
                            "(pytorch-grad-cam's SemanticSegmentationTarget); default: every predicted class."))
 

@@ -100,7 +100,7 @@ def explain_cmd(ctx, methods, **kw):
     Per image NAME.detections.png (the boxes with number, class and score) and NAME.detections.json (the
     detections and their files), per method and detection NAME.METHOD.detNN.png|npy|json (01 the best; the record
     has the box, class, class name and score). A segmenter (--task segmenter) is explained per predicted class
-    region (--class C: that class only; pytorch-grad-cam's SemanticSegmentationTarget): NAME.regions.png|json and
+    region (--region-class C: that class only; pytorch-grad-cam's SemanticSegmentationTarget): NAME.regions.png|json and
     NAME.METHOD.cC.png|npy|json. An image where nothing is found gets no file; a run where nothing is found in any
     image is an error (exit code 1).
 

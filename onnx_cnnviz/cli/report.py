@@ -82,7 +82,7 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
 
     On a detector (recognised from its head, or --task detector) the page shows, per image, its detections drawn
     (number, class, score) and listed, and per detection each method's map; on a segmenter (--task segmenter), its
-    predicted-class regions (--class C: that class only)."""
+    predicted-class regions (--region-class C: that class only)."""
     from onnx_cnnviz.report import make_report, write_report
 
     model = kw["model"]
@@ -105,8 +105,8 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
         return _task_report(ctx, m, pre, names, paths, out, targets, methods, layer, title, rows_per_run,
                             overwrite, kw)
     if targets.region_class is not None:
-        raise click.BadParameter("--class chooses a segmenter's region; this model is a classifier.",
-                                 param_hint="--class")
+        raise click.BadParameter("--region-class chooses a segmenter's region; this model is a classifier.",
+                                 param_hint="--region-class")
     target = resolve_target(target, names)
     check_top_k(top_k, m.num_classes)
     chosen = flatten_lists(methods) or DEFAULT_METHODS

@@ -584,8 +584,8 @@ def explain(model, images, out, *, methods=("gradcam",), target=None, top_k=None
     ``actors`` / ``cpus_per_actor`` / ``gpus_per_actor``: the pool (default: one actor per machine, or per GPU).
     ``on_batch(rows)``: called on the driver with each batch's rows; raising KeyboardInterrupt there stops the run
     like Ctrl-C (what is finished stays, ``resume`` completes it). ``task``, ``conf``, ``iou``, ``max_det``,
-    ``region_class``: ``cnnviz explain``'s --task, --conf, --iou, --max-det, --class (a detector's results are per
-    detection, a segmenter's per region: :mod:`onnx_cnnviz.runs.detection_run`). Returns a :class:`Summary`;
+    ``region_class``: ``cnnviz explain``'s --task, --conf, --iou, --max-det, --region-class (a detector's results are
+    per detection, a segmenter's per region: :mod:`onnx_cnnviz.runs.detection_run`). Returns a :class:`Summary`;
     nothing per result is kept on the driver.
     """
     from ..image import MAX_PIXELS

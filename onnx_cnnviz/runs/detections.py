@@ -231,10 +231,10 @@ def segment_regions(m, x, options: TaskOptions, batch_size=None, labels=None) ->
     if options.region_class is not None:
         from .labels import resolve_target
 
-        wanted = resolve_target(options.region_class, labels, "--class")
+        wanted = resolve_target(options.region_class, labels, "--region-class")
         if not 0 <= wanted < channels:
-            raise option_error(f"--class {wanted} is not a class of this segmenter (classes 0 to {channels - 1}).",
-                               "--class")
+            raise option_error(f"--region-class {wanted} is not a class of this segmenter (classes 0 to "
+                               f"{channels - 1}).", "--region-class")
     sy, sx = x.shape[2] / h, x.shape[3] / w
     found = []
     for i, flat in enumerate(m.scores(x, batch_size=batch_size)):

@@ -43,12 +43,12 @@ def prepare(options: dict, methods: list, params: dict, reporter: Reporter) -> t
         for flag, key in (("--target", "target"), ("--top-k", "top_k")):
             if options.get(key) is not None:
                 hint = "--conf, --iou and --max-det choose its detections" if m.task == "detector" else \
-                    "--class chooses its region"
+                    "--region-class chooses its region"
                 raise option_error(f"{flag} chooses a classifier's classes; this model is a {m.task} ({hint}).",
                                    flag)
     elif targets.region_class is not None:
-        raise option_error("--class chooses a segmenter's region; this model is a classifier (--target chooses its "
-                           "class).", "--class")
+        raise option_error("--region-class chooses a segmenter's region; this model is a classifier (--target "
+                           "chooses its class).", "--region-class")
     job = RunSettings.build(m, pre, methods, params, options, reporter)
     keys = image_keys(paths)
     if m.task == "classifier":

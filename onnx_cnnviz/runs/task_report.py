@@ -80,7 +80,7 @@ def make_task_report(m, images, methods, preprocessing: Preprocessing, options, 
         images: picture paths (or anything :func:`~onnx_cnnviz.image.read_image` takes).
         methods: method registry names.
         preprocessing: how pictures become the model's input.
-        options: the :class:`onnx_cnnviz.runs.detections.TaskOptions` (--conf, --iou, --max-det, --class).
+        options: the :class:`onnx_cnnviz.runs.detections.TaskOptions` (--conf, --iou, --max-det, --region-class).
         labels: class names, or None.
         layer: the CAM family's feature map (default: the model's; a detector's last pyramid level).
         params: the methods' parameters, one dict for all (``KEY`` or ``METHOD.KEY``).

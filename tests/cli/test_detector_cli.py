@@ -141,7 +141,7 @@ def test_segmenter_regions_through_the_cli(pictures, tmp_path):
     x = preprocess([image], preset="none")
     predicted = m.scores(x).reshape(m.tensor_shape(m.score_name, (64, 64))[1:]).argmax(axis=0)
     c = int(np.bincount(predicted.ravel()).argmax())
-    result = invoke("--json", "explain", model, image, "--task", "segmenter", "--class", str(c), "--preprocess",
+    result = invoke("--json", "explain", model, image, "--task", "segmenter", "--region-class", str(c), "--preprocess",
                     "none", "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)["results"][0]

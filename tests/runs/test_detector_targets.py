@@ -82,7 +82,7 @@ def test_segmenter_regions_are_the_predicted_class_masks(segmenter_path):
     assert find_targets(m, x, TaskOptions(task="segmenter", region_class=absent)) == [[]]
     with pytest.raises(InputError) as err:
         find_targets(m, x, TaskOptions(task="segmenter", region_class=out.shape[0]))
-    assert err.value.option == "--class"
+    assert err.value.option == "--region-class"
 
 
 def test_library_run_explains_a_segmenters_regions_into_files(segmenter_path, tmp_path):
