@@ -15,14 +15,20 @@ a rewrite derives, such as the backward pass's flipped kernels) replaced by empt
 session gets them from the model's one copy through ``SessionOptions.add_external_initializers`` (what the graph
 optimisers read while the session is built, then dropped) and, on the CPU, ``SessionOptions.add_initializer`` (what the
 kernels read at run time, in place). Such sessions also run without weight pre-packing (a pre-packed weight is a private
-copy per session) and without a CPU memory arena (an arena keeps the peak of its session's largest run reserved until
-the session is dropped; without it the buffers of a run go back when it ends). The first session of a model costs its
-weights once, each further one only its own derived buffers: on VGG-16 (528 MB) five methods peak at 3.4 GB instead of
-11 GB (``benchmarks/memory_sessions.py``). The price: MatMul-heavy models (ConvNeXt) run up to ~20% slower at batch 1
-without pre-packing; convolutional ones about as fast; building a session is faster. ``CNNVIZ_SHARE_WEIGHTS=0`` (or
-``runtime.SHARE_WEIGHTS = False`` before the sessions are built) restores onnxruntime's defaults: one private copy of
-the weights per session. On CUDA the host copy is not kept, but each session still uploads its own device copy:
-onnxruntime's Python API takes shared initializers only over memory the caller owns, which it cannot allocate on a GPU.
+copy per session) and without a CPU memory arena of their own (an arena keeps the peak of its session's largest run
+reserved until the session is dropped: one per session adds up). They draw their buffers from one arena of the whole
+process instead (:data:`SHARED_ARENA`, registered once in onnxruntime's environment, ``session.use_env_allocators``):
+it holds the peak of the largest single run of any session, reused by every run after it. Without any arena every
+run's buffers were fresh pages from the system, faulted in on every run: ConvNeXt-tiny's saliency took 1.3-1.5x the
+unshared time at batch 1, its forward 1.1x; with the process's arena 1.0-1.1x, while five methods peak at 1.34 GB
+(1.08 GB without an arena, 3.0 GB unshared; 2 threads, a loaded machine: interleaved medians, issue 25). The first
+session of a model costs its weights once, each further one only its own derived buffers: on VGG-16 (528 MB) five
+methods peak at 3.4 GB instead of 11 GB (``benchmarks/memory_sessions.py``). The price left: without pre-packing,
+MatMul-heavy models (ConvNeXt) run a few percent slower at batch 1; building a session is faster.
+``CNNVIZ_SHARE_WEIGHTS=0`` (or ``runtime.SHARE_WEIGHTS = False`` before the sessions are built) restores onnxruntime's
+defaults: one private copy of the weights per session. On CUDA the host copy is not kept, but each session still
+uploads its own device copy: onnxruntime's Python API takes shared initializers only over memory the caller owns,
+which it cannot allocate on a GPU.
 """
 from __future__ import annotations
 
@@ -60,6 +66,34 @@ def share_weights() -> bool:
         InputError: the environment variable is not an on/off word.
     """
     return bool(settings.SHARE_WEIGHTS.read()) if SHARE_WEIGHTS is None else bool(SHARE_WEIGHTS)
+#: Lean sessions on the CPU (those sharing weights) draw their buffers from one process-wide CPU arena instead of none
+#: (see the module's notes); False: no arena at all, every run's buffers freed when it ends (the least memory between
+#: runs, slower).
+SHARED_ARENA = True
+_arena_lock = threading.Lock()
+_arena_registered = False
+
+
+def _register_shared_arena() -> bool:
+    """Register the process's one CPU arena in onnxruntime's environment (once); False where this onnxruntime cannot.
+
+    The arena grows by what each request asks (``arena_extend_strategy`` 1, kSameAsRequested: the default rounds each
+    extension up to a power of two) and is never shrunk: it keeps the largest run's peak for the next run."""
+    global _arena_registered
+    with _arena_lock:
+        if _arena_registered:
+            return True
+        import onnxruntime as ort
+
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+        except Exception:  # an onnxruntime without the API: lean sessions run without an arena
+            return False
+        _arena_registered = True
+        return True
+
+
 #: Initializers smaller than this stay inside each graph (biases, shape constants: nothing worth sharing).
 SHARED_MIN_BYTES = 16 * 1024
 #: The only places a shared initializer may be consumed: weight inputs of the ops below. onnxruntime's optimisers
@@ -488,9 +522,9 @@ class Session:
 
     @staticmethod
     def _options(threads: int | None, lean: bool = False):
-        """Session options; ``lean``: no CPU memory arena, so the buffers of a run go back to the system when it ends
-        instead of staying reserved by the session until it is dropped (with several sessions per model, each arena
-        would otherwise keep the peak of its own largest run)."""
+        """Session options; ``lean``: no CPU memory arena of the session's own (with several sessions per model, each
+        arena would keep the peak of its own largest run), but the process's one arena (:data:`SHARED_ARENA`), or none
+        (then the buffers of a run go back to the system when it ends)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -499,7 +533,11 @@ class Session:
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         if lean:
-            options.enable_cpu_mem_arena = False
+            if SHARED_ARENA and _register_shared_arena():
+                # the process's one arena (registered in onnxruntime's environment) instead of one per session
+                options.add_session_config_entry("session.use_env_allocators", "1")
+            else:
+                options.enable_cpu_mem_arena = False
         return options
 
     @property
