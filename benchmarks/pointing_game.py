@@ -175,6 +175,19 @@ def document(result: dict, command: str, args, total: float, ort_version: str) -
         NOTES, ""])
 
 
+def kept_sections(path: Path) -> str:
+    """The sections other scripts write into this page (``<!-- NAME:begin -->`` ... ``<!-- NAME:end -->``, as
+    ``benchmarks/detector_pointing_game.py``'s), kept when this script rewrites the page."""
+    if not path.is_file():
+        return ""
+    text, out = path.read_text(), []
+    for name in ("detector_pointing_game",):
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text and end in text:
+            out.append(text[text.index(begin):text.index(end) + len(end)])
+    return "".join("\n" + part + "\n" for part in out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "gap_cnn.onnx")
@@ -201,7 +214,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        args.out.write_text(text + kept_sections(args.out))
         print(f"# written to {args.out}", file=sys.stderr)
 
 
