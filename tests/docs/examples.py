@@ -23,7 +23,8 @@ How an example runs is chosen by an HTML comment on the line just above its fenc
                 suite would run the suite again)
 ``benchmark``   a benchmark's regeneration command: ``--help`` of each script runs and must list every flag used;
                 the full run is the benchmark's own (minutes to hours). A block made only of
-                ``.venv/bin/python benchmarks/NAME.py ...`` lines (environment variables before them allowed) gets
+                ``.venv/bin/python benchmarks/NAME.py ...`` lines (or ``python``, ``python3``; environment
+                variables before them allowed) gets
                 this mode without a marker: the validation pages are written by their scripts, which write no
                 markers
 ==============  ===================================================================================================
@@ -53,9 +54,10 @@ MODES = ("run", "slow", "continues", "installs", "ci", "benchmark")
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
 MARKER = re.compile(r"^\s*<!--\s*example:\s*(?P<mode>[\w-]+)\s*-->\s*$")
 INSTALLS = re.compile(r"(-m venv|pip install)")
-# A benchmark's command line, environment variables first allowed (``OMP_WAIT_POLICY=PASSIVE .venv/bin/python ...``).
+# A benchmark's command line: the venv's python, or python / python3 on PATH, environment variables first allowed
+# (``OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/NAME.py ...``).
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=\S*$")
-BENCHMARK_LINE = re.compile(r"^(?:[A-Za-z_]\w*=\S* +)*\.venv/bin/python benchmarks/[\w.-]+\.py\b")
+BENCHMARK_LINE = re.compile(r"^(?:[A-Za-z_]\w*=\S* +)*(?:\.venv/bin/)?python3? benchmarks/[\w.-]+\.py\b")
 
 # Pages written by benchmark scripts: path -> (mode for their examples, [(old, new), ...] replacements).
 PAGE_RULES: dict[str, tuple[str, list[tuple[str, str]]]] = {

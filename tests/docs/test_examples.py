@@ -204,16 +204,19 @@ def test_a_broken_shell_example_fails(tmp_path, example_dir):
         ex.run_in_order(ex.collect(page), example_dir)
 
 
-def test_a_benchmark_command_with_environment_variables_is_a_benchmark_command(tmp_path):
+def test_a_benchmark_command_with_environment_variables_or_any_python_is_a_benchmark_command(tmp_path):
     """A validation page's regeneration command is never run by the docs tests, environment variables before it or
     not (run as written it would rewrite the page); its script and flags are checked."""
     page = tmp_path / "page.md"
     page.write_text("```bash\nOMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 .venv/bin/python benchmarks/what_loads.py "
-                    "--only resnet --write\n.venv/bin/python benchmarks/pointing_game.py --write\n```\n")
+                    "--only resnet --write\n.venv/bin/python benchmarks/pointing_game.py --write\n"
+                    "python benchmarks/hf_sweep.py --write\npython3 benchmarks/ray_throughput.py\n```\n")
     (found,) = ex.collect(page)
     assert found.mode == "benchmark"
     assert ex.benchmark_calls(found.code) == [("benchmarks/what_loads.py", ["--only", "--write"]),
-                                              ("benchmarks/pointing_game.py", ["--write"])]
+                                              ("benchmarks/pointing_game.py", ["--write"]),
+                                              ("benchmarks/hf_sweep.py", ["--write"]),
+                                              ("benchmarks/ray_throughput.py", [])]
     page.write_text("```bash\nOMP_WAIT_POLICY=PASSIVE cnnviz inspect model.onnx\n```\n")
     assert [e.mode for e in ex.collect(page)] == ["run"]
 
