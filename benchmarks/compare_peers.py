@@ -83,13 +83,18 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="write the --openvino table as a page")
     parser.add_argument("--results", type=Path, default=ROOT / "out" / "speed-openvino.json",
                         help="every --openvino timing and score, as JSON")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a sentence shown as a note at the top of the --openvino page (repeatable; with "
+                             "--render-only, added to the notes the results already hold)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite --markdown from --results without measuring (--openvino)")
     parser.add_argument("--write", action="store_true",
                         help=f"write the table into {PAGE.relative_to(ROOT)} (its compare_peers section)")
     args = parser.parse_args()
     if args.openvino and args.render_only:
-        text = render(json.loads(args.results.read_text(encoding="utf-8")))
+        doc = json.loads(args.results.read_text(encoding="utf-8"))
+        doc["notes"] = doc.get("notes", []) + [n for n in args.note if n not in doc.get("notes", [])]
+        text = render(doc)
         if args.markdown:
             args.markdown.write_text(text, encoding="utf-8")
         print(text)
@@ -289,7 +294,7 @@ def openvino_main(args) -> None:
            "machine": f"{platform.machine()}, {_cores()} CPU cores ({_cpu_name()}), shared with other work",
            "threads": threads, "onnxruntime": ort.__version__, "batches": args.batches, "images": len(photos),
            "rise_masks": args.rise_masks, "command": " ".join(["benchmarks/compare_peers.py"] + sys.argv[1:]),
-           "load_before": list(os.getloadavg()), "models": {}}
+           "load_before": list(os.getloadavg()), "models": {}, "notes": list(args.note)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.ov_models:
