@@ -1,6 +1,9 @@
 """Tasks beyond classification: detectors and segmenters.
 
 A decoder (:mod:`.decoders`) turns a detector's head output into detections and the tensor elements behind them;
+heads spread over several outputs are joined into one in the graph first: :func:`picodet_head` (PicoDet),
+:func:`nms_head` (NMS inside the graph: torchvision SSD, RetinaNet), :func:`detr_head` (DETR-style queries),
+:func:`yolo_seg_head` (ultralytics segmentation: each anchor's mask mass, :func:`mask_target`);
 :class:`Detection` (:mod:`.detection`) is the target that explains one; a segmenter's targets are
 :class:`onnx_cnnviz.targets.Region` (a text detector's, :class:`TextRegion`). Methods and metrics see targets, never
 tasks.
