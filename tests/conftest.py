@@ -129,6 +129,7 @@ QUICK_MODULES = {
     "tests/errors/test_input_size_errors.py", "tests/runs/test_unreadable_records.py",
     "tests/methods/test_registry_params.py", "tests/tasks/test_decoder_vectors.py",
     "tests/errors/test_environment_settings.py", "tests/errors/test_package_list.py",
+    "tests/graph/test_selection_rules.py", "tests/tasks/test_data_sized.py",
 }
 #: Modules whose tests take gigabytes (a 2.15 GB model, peak-memory measurements of real models).
 MEMORY_MODULES = {"tests/graph/test_held.py", "tests/runs/test_memory.py", "tests/model/test_memory_sessions.py",
