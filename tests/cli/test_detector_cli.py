@@ -203,3 +203,24 @@ def test_picodet_layout_detector_through_the_cli(tmp_path):
     assert tables[0]["box"] == pytest.approx([x1, y1, x2, y2], abs=15)
     cam = np.load(tables[0]["outputs"]["array"])
     assert cam[y1:y2, x1:x2].sum() / cam.sum() > 0.8
+
+
+def test_report_on_a_segmenter_shows_each_predicted_region(tmp_path):
+    from tests.runs.detector_models import lraspp_path
+
+    model = lraspp_path()
+    image = write_png(tmp_path / "seg" / "s.png", size=64, seed=3)
+    m = cv.load(model, device="cpu", task="segmenter")
+    predicted = m.scores(preprocess([image], preset="none")).reshape(21, 64, 64).argmax(axis=0)
+    result = invoke("--json", "report", model, image, "--task", "segmenter", "--preprocess", "none", "-m", "saliency",
+                    "--out", tmp_path / "rep", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "rep" / "report.html").read_text()
+    classes = np.unique(predicted)
+    assert f"<b>{len(classes)} regions</b>" in page
+    areas = {int(c): int((predicted == c).sum()) for c in classes}
+    for n, c in enumerate(sorted(areas, key=lambda k: -areas[k]), 1):  # one region per class, largest first
+        assert f'alt="saliency #{n}"' in page and f"<b>#{n}</b> class {c} · score" in page
+    target = invoke("report", model, image, "--task", "segmenter", "--target", "3", "--out", tmp_path / "t",
+                    "--device", "cpu", "--preprocess", "none")
+    assert target.exit_code == 2 and "--target is for classifiers" in target.output
