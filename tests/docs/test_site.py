@@ -285,6 +285,7 @@ def served(site):
     ("guides/inside-the-network/index.html", {"img/class_model_tabby.png", "img/class_model_king_penguin.png",
                                               "img/class_model_tabby_before.png", "img/inversion_cat.png",
                                               "img/patches.png"}),
+    ("guides/detectors/index.html", {"img/detector_layout.png", "img/detector_text.png"}),
 ])
 def test_pages_render_with_their_pictures_in_chromium(site, served, browser, page, pictures, tmp_path,
                                                       record_property):
