@@ -118,16 +118,30 @@ def markdown(result: dict) -> str:
 
 
 def reading(result: dict) -> str:
+    """What the table says, computed from it: the methods level with the predicted-box reference (and why), and the
+    best deletion and insertion."""
     rows = {name: values for name, values, _ in result["rows"]}
     ref = rows.get("Gaussian at the predicted box (reference)")
-    best = max((name for name in rows if "(" not in name or name.startswith("drise")), key=lambda k: rows[k][2],
-               default=None)
+    methods = [name for name in rows if "(baseline)" not in name and "(reference)" not in name]
     out = []
-    if best is not None:
-        out.append(f"Inside the box, {best} points best ({rows[best][2]:.3f}).")
     if ref is not None:
+        level = [name for name in methods if rows[name][2] >= ref[2]]
         out.append(f"A Gaussian at the predicted box's centre, which reads the detector's box and nothing else, "
-                   f"points inside {ref[2]:.3f} of the time: a method below it localises worse than the box does.")
+                   f"points inside {ref[2]:.3f} of the time" + (f"; level with it: {', '.join(level)}" if level
+                                                                 else "") + ".")
+        out.append("Why the inside column saturates: a detection's score is one anchor's output and the head is a "
+                   "1x1 map of the last features, so the score's gradient at that layer is non-zero at the anchor's "
+                   "own cell only; maps made of gradient x activation there (HiResCAM, LayerCAM) are that cell, "
+                   "inside its box by construction, and input gradients stay within the cell's receptive field. "
+                   "The pointing game per detection mostly checks that the anchor lies in its object; the energy "
+                   "share and the curves separate the methods more.")
+    if methods:
+        dele = min(methods, key=lambda k: rows[k][4])
+        ins = max(methods, key=lambda k: rows[k][5])
+        out.append(f"Deletion (lower is better) is lowest for {dele} ({rows[dele][4]:.3f}), insertion (higher is "
+                   f"better) highest for {ins} ({rows[ins][5]:.3f})" + (
+                       f"; the predicted-box reference scores {ref[4]:.3f} and {ref[5]:.3f}." if ref is not None
+                       else "."))
     return " ".join(out)
 
 
