@@ -10,25 +10,26 @@ package, which replaces ``onnxruntime``/``onnxruntime-gpu`` in its environment) 
 session runs on, :func:`device_of` the device of a provider list.
 
 Sessions of one model share its weights (:class:`SharedWeights`, one per :class:`~onnx_cnnviz.Model`). Every rewritten
-graph reaches onnxruntime with its large float Conv / ConvTranspose / Gemm / MatMul weights (the original ones and those
-a rewrite derives, such as the backward pass's flipped kernels) replaced by empty external-data placeholders; the
-session gets them from the model's one copy through ``SessionOptions.add_external_initializers`` (what the graph
-optimisers read while the session is built, then dropped) and, on the CPU, ``SessionOptions.add_initializer`` (what the
-kernels read at run time, in place). Such sessions also run without weight pre-packing (a pre-packed weight is a private
-copy per session) and without a CPU memory arena of their own (an arena keeps the peak of its session's largest run
-reserved until the session is dropped: one per session adds up). They draw their buffers from one arena of the whole
-process instead (:data:`SHARED_ARENA`, registered once in onnxruntime's environment, ``session.use_env_allocators``):
-it holds the peak of the largest single run of any session, reused by every run after it. Without any arena every
-run's buffers were fresh pages from the system, faulted in on every run: ConvNeXt-tiny's saliency took 1.3-1.5x the
-unshared time at batch 1, its forward 1.1x; with the process's arena 1.0-1.1x, while five methods peak at 1.34 GB
-(1.08 GB without an arena, 3.0 GB unshared; 2 threads, a loaded machine: interleaved medians, issue 25). The first
-session of a model costs its weights once, each further one only its own derived buffers: on VGG-16 (528 MB) five
-methods peak at 3.4 GB instead of 11 GB (``benchmarks/memory_sessions.py``). The price left: without pre-packing,
-MatMul-heavy models (ConvNeXt) run a few percent slower at batch 1; building a session is faster.
-``CNNVIZ_SHARE_WEIGHTS=0`` (or ``runtime.SHARE_WEIGHTS = False`` before the sessions are built) restores onnxruntime's
-defaults: one private copy of the weights per session. On CUDA the host copy is not kept, but each session still
-uploads its own device copy: onnxruntime's Python API takes shared initializers only over memory the caller owns,
-which it cannot allocate on a GPU.
+graph reaches onnxruntime with its large float Conv / ConvTranspose / Gemm / MatMul weights (the original ones and
+those a rewrite derives, such as the backward pass's flipped kernels) replaced by empty external-data placeholders;
+the session gets them from the model's one copy through ``SessionOptions.add_external_initializers`` (what the graph
+optimisers read while the session is built, then dropped) and, on the CPU, ``SessionOptions.add_initializer`` (what
+the kernels read at run time, in place). Such sessions also run without weight pre-packing (a pre-packed weight is a
+private copy per session) and without a CPU memory arena of their own (an arena keeps the peak of its session's
+largest run reserved until the session is dropped: one per session adds up). They draw their buffers from one arena of
+the whole process instead (:data:`SHARED_ARENA`, registered once in onnxruntime's environment,
+``session.use_env_allocators``): it holds the peak of the largest single run of any session, reused by every run after
+it. Without any arena every run's buffers were fresh pages from the system, faulted in on every run: ConvNeXt-tiny's
+saliency at batch 1 took 1.05-1.5x the unshared time, with the process's arena 0.9-1.1x (six interleaved runs,
+medians, 2 threads at load average 10-28; issue 25), while five methods peak at 1.34 GB (1.08 GB without an arena, 3.0
+GB unshared). The first session of a model costs its weights once, each further one only its own derived buffers: on
+VGG-16 (528 MB) five methods peak at 3.4 GB instead of 11 GB (``benchmarks/memory_sessions.py``). The price left is
+pre-packing: MatMul-heavy models run their forward slower at batch 1 (ConvNeXt-tiny 1.1-1.3x, arena or not;
+convolutional ones about as fast); building a session is faster. ``CNNVIZ_SHARE_WEIGHTS=0`` (or
+``runtime.SHARE_WEIGHTS = False`` before the sessions are built) restores onnxruntime's defaults: one private copy of
+the weights per session. On CUDA the host copy is not kept, but each session still uploads its own device copy:
+onnxruntime's Python API takes shared initializers only over memory the caller owns, which it cannot allocate on a
+GPU.
 """
 from __future__ import annotations
 
