@@ -396,8 +396,7 @@ def render(doc: dict) -> str:
         f"SPEED preset: 4x4 cells), AISE with its SPEED preset; {doc['images']} photographs of "
         f"`shared/images/imagenet-sample`; occlusion: window 32, stride 16, baseline 0. Command: `{doc['command']}`.",
         "",
-        *[f"**Note.** {note}" for note in doc.get("notes", [])],
-        *([""] if doc.get("notes") else []),
+        *[line for note in doc.get("notes", []) for line in (f"**Note.** {note}", "")],  # a paragraph each
         "Columns: seconds per batch; **/ort fwd**: that time over onnxruntime's CPU forward of the same file and "
         "batch, measured in the same process shortly before or after (ours: onnxruntime "
         f"{doc['onnxruntime']} in the main venv; the OpenVINO rows: onnxruntime "
