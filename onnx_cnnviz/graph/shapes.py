@@ -166,6 +166,15 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw,
         deferred = {n for n, (t, shape) in types.items() if n not in floats
                     and not (shape is not None and all(isinstance(d, int) for d in shape))}
         valued = [n for n in valued if n not in floats and n not in deferred]
+        if floats or deferred:
+            # Undeclared as outputs, and the session built again: onnxruntime keeps every graph output of a run
+            # alive until the run ends, fetched or not (mvitv2_base_cls: 4.5 GB at batch 2, where its forward pass
+            # peaks at 1.4 GB). Their shapes come from the wrappers.
+            kept = [o for o in probe_model.graph.output if o.name not in floats and o.name not in deferred]
+            del probe_model.graph.output[:]
+            probe_model.graph.output.extend(kept)
+            del session
+            session = _quiet_session(probe_model)
     fetch = valued + [o for pair in wrapped.values() for o in pair]
     fetched = set(valued)
     runs = []
@@ -188,6 +197,8 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw,
     if deferred:
         index = {n: i for i, n in enumerate(names)}
         late = [n for n in deferred if runs[0][index[n]].shape == runs[-1][index[n]].shape]
+        del session
+        session = _quiet_session(pruned_to(model, late, input_name)) if late else None
         for batch, values in zip(batches, runs):
             if late:  # these already ran once per batch above: a failure here cannot be the model's
                 for n, value in zip(late, session.run(late, {input_name: np.zeros((batch, *chw), dtype=np.float32)})):
