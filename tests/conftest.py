@@ -133,7 +133,8 @@ QUICK_MODULES = {
 }
 #: Modules whose tests take gigabytes (a 2.15 GB model, peak-memory measurements of real models).
 MEMORY_MODULES = {"tests/graph/test_held.py", "tests/runs/test_memory.py", "tests/model/test_memory_sessions.py",
-                  "tests/architectures/test_hiera.py", "tests/architectures/test_hf_models.py"}
+                  "tests/architectures/test_hiera.py", "tests/architectures/test_hf_models.py",
+                  "tests/architectures/test_hf_efficientnet_memory.py"}
 #: Fixtures that read ../shared (the SqueezeNet, the kitten).
 SHARED_FIXTURES = {"squeezenet_path", "kitten_x"}
 #: Fixtures that export a torchvision model with torch (conftest's, and tests/model/test_targets.py's segmenter).
