@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from onnx_cnnviz.graph.autodiff.rules import RULE_SETS
+from onnx_cnnviz.errors import CnnvizError, ModelStructureError
 
 from .common import (
     abspath,
@@ -74,7 +75,13 @@ def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, 
     names = [m.layer(name).name for name in layers] if layers else ([m.default_layer] if m.default_layer else [])
     wrt = tuple(names) + (() if no_input_grad else (m.input_name,))
     graph = m.build_graph(outputs=tuple(names), wrt=wrt, rule=rule, target_mode=target_mode)
-    onnx.checker.check_model(graph)
+    _declare_shapes(graph, m)
+    try:
+        onnx.checker.check_model(graph)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelStructureError(f"the rewritten graph of {model} fails onnx's checker ({first}); check the model "
+                                  "file itself with onnx.checker.check_model, and report it if the file passes.") from e
     write_atomic(out_path, graph.SerializeToString(), overwrite=overwrite)
     info = {"model": abspath(model), "out": abspath(out_path), "rule": rule, "target_mode": target_mode,
             "inputs": [{"name": v.name, "shape": _shape(v)} for v in graph.graph.input],
@@ -82,6 +89,27 @@ def export_graph_cmd(model, layers, rule, no_input_grad, target_mode, out_path, 
     lines = [f"wrote {out_path} ({rule} rule, target mode {target_mode})"]
     lines += [f"  {kind[:-1]:<6} {v['name']}  {v['shape']}" for kind in ("inputs", "outputs") for v in info[kind]]
     finish(info, "\n".join(lines))
+
+
+def _declare_shapes(graph, m) -> None:
+    """Give every graph input and output that declares no shape the shape the model measured (the batch as "N"):
+    onnx's checker requires one on a main graph's inputs and outputs, and a file whose own output declares none runs
+    in onnxruntime all the same. A gradient output ``cnnviz/grad/T`` has the shape of ``T``."""
+    for v in list(graph.graph.input) + list(graph.graph.output):
+        tensor = v.type.tensor_type
+        if not v.type.HasField("tensor_type") or tensor.HasField("shape"):
+            continue
+        try:
+            shape = m.tensor_shape(v.name.rsplit("cnnviz/grad/", 1)[-1])
+        except CnnvizError:
+            continue
+        tensor.shape.SetInParent()
+        for size in shape:
+            dim = tensor.shape.dim.add()
+            if size is None:
+                dim.dim_param = "N"
+            else:
+                dim.dim_value = int(size)
 
 
 def _shape(v):
