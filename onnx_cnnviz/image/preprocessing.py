@@ -208,15 +208,17 @@ class Preprocessing:
                 ignored.
 
         Returns:
-            The spec, or ``None`` when the metadata holds no ``cnnviz.preprocess.*`` key.
+            The spec, or ``None`` when the metadata holds no ``cnnviz.preprocess.*`` key (a file exported by
+            ultralytics, which records ``imgsz`` only, gets its RGB / 255 at that size).
 
         Raises:
             InputError: a key's value cannot be read.
         """
-        items = props.items() if isinstance(props, Mapping) else ((p.key, p.value) for p in props)
-        ours = {k[len(METADATA_PREFIX):]: str(v).strip() for k, v in items if str(k).startswith(METADATA_PREFIX)}
+        items = dict(props.items() if isinstance(props, Mapping) else ((p.key, p.value) for p in props))
+        ours = {k[len(METADATA_PREFIX):]: str(v).strip() for k, v in items.items()
+                if str(k).startswith(METADATA_PREFIX)}
         if not ours:
-            return None
+            return _ultralytics(items)
         known = ("preset", "size", "mean", "std", "order", "scale", "resize", "crop_fraction")
         unknown = sorted(set(ours) - set(known))
         if unknown:
@@ -400,3 +402,21 @@ def deprocess(x, preset="imagenet", mean=None, std=None, order=None, scale=None)
     if spec.order == "BGR":
         pixels = pixels[..., ::-1]
     return np.ascontiguousarray(pixels)
+
+
+def _ultralytics(props: dict) -> Preprocessing | None:
+    """The preprocessing of a file ultralytics exported (``author`` "Ultralytics", ``imgsz`` "[640, 640]"): RGB
+    pixels / 255, no mean or std, at ``imgsz``. Ultralytics letterboxes (keeps the aspect ratio and pads with grey
+    114); a squash is the nearest of :data:`RESIZE_POLICIES`, equal to it on pictures of the model's own aspect ratio.
+    None when the metadata is not ultralytics' or its ``imgsz`` cannot be read."""
+    if str(props.get("author", "")).strip() != "Ultralytics" or "imgsz" not in props:
+        return None
+    import ast
+    try:
+        size = ast.literal_eval(str(props["imgsz"]).strip())
+    except (ValueError, SyntaxError):
+        return None
+    size = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else None
+    if size is None or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        return None
+    return Preprocessing(size=size, mean=None, std=None, order="RGB", scale=1 / 255, resize="squash")
