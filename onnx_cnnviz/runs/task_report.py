@@ -39,10 +39,11 @@ def targets_picture(view: np.ndarray, targets, labels=None) -> np.ndarray:
             mask = cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(canvas, contours, -1, color, 1)
+    from .detections import target_record
+
     texts = []
     for k, target in enumerate(targets):
-        c = int(target.cls)
-        name = labels[c] if labels and 0 <= c < len(labels) else str(c)
+        name = target_record(target, labels)["class_name"] or str(int(target.cls))
         texts.append(f"{k + 1} {name} {float(target.score):.2f}")
     boxes = [tuple(float(np.clip(v, 0, side)) for v, side in zip(target.box, (w, h, w, h))) for target in targets]
     canvas = draw_boxes(canvas, boxes, colors=colors)
@@ -99,7 +100,7 @@ def make_task_report(m, images, methods, preprocessing: Preprocessing, options, 
     """
     from ..image import preprocess
     from ..report import fit_preprocessing, picture, preprocessing_info
-    from .detections import find_targets, target_record
+    from .detections import find_targets, run_task, target_record
 
     if m.task == "classifier":
         raise InputError("make_task_report shows a detector's or a segmenter's targets; a classifier's report is "
@@ -142,9 +143,10 @@ def make_task_report(m, images, methods, preprocessing: Preprocessing, options, 
         entries.append(entry)
         if progress:
             progress(1)
-    info = {"model": model_name, "task": m.task, "input": f"{m.input_name} {tuple(m.input_shape)}",
+    task = run_task(m, options)
+    info = {"model": model_name, "task": task, "input": f"{m.input_name} {tuple(m.input_shape)}",
             "output": m.score_name, "classes": m.num_classes, "device": m.device,
-            "preprocessing": preprocessing_info(pre), "targets": options.settings(m.task)}
+            "preprocessing": preprocessing_info(pre), "targets": options.settings(task)}
     return render_task_report(entries, info, title=title)
 
 
@@ -158,7 +160,7 @@ def render_task_report(entries: list, info: dict, title: str | None = None) -> s
     """The HTML page for ``entries`` (:class:`TaskEntry`): one section per image with its input, the targets drawn,
     the table of targets and one row of method figures per target."""
     esc = html.escape
-    what = "detections" if info.get("task") == "detector" else "regions"
+    what = "detections" if info.get("task") in ("detector", "text") else "regions"
     title = title or f"cnnviz report ({info.get('task')})" + (f" — {info['model']}" if info.get("model") else "")
     out = page_head(title) + [f"<h1>{esc(title)}</h1>"]
     pre = info.get("preprocessing") or {}
