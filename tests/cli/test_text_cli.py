@@ -18,13 +18,12 @@ from onnx_cnnviz.tasks import explain
 from onnx_cnnviz.tasks.text import text_regions
 from tests.tasks.documents import layout_page
 
+from tests.tiny_models import make_model, save, write_png
+
 from . import invoke, one_line_error
 
 _spec = importlib.util.find_spec("rapidocr_onnxruntime")
-if _spec is None:
-    pytest.skip("the rapidocr-onnxruntime wheel (pip install --no-deps rapidocr-onnxruntime==1.4.4) ships "
-                "ch_PP-OCRv4_det_infer.onnx", allow_module_level=True)
-DBNET = Path(_spec.submodule_search_locations[0]) / "models" / "ch_PP-OCRv4_det_infer.onnx"
+DBNET = Path(_spec.submodule_search_locations[0]) / "models" / "ch_PP-OCRv4_det_infer.onnx" if _spec else None
 H, W = 800, 608
 PAD = 4  # half the 8-pixel gap between two drawn lines
 # PaddleOCR's DetNormalize, (pixels / 255 - 0.5) / 0.5: the "tf" preset, at the page's size
@@ -33,6 +32,9 @@ FLAGS = ["--preprocess", "tf", "--size", f"{H}x{W}", "--input-size", f"{H}x{W}",
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
+    if DBNET is None:
+        pytest.skip("the rapidocr-onnxruntime wheel (pip install --no-deps rapidocr-onnxruntime==1.4.4) ships "
+                    "ch_PP-OCRv4_det_infer.onnx")
     if not DBNET.exists():
         pytest.skip(f"rapidocr-onnxruntime is installed without its model ({DBNET})")
     image, regions = layout_page(seed=0, size=(H, W))
@@ -106,3 +108,73 @@ def test_text_lines_are_explained_as_detections(page, tmp_path):
                   tmp_path / "none")
     assert none.exit_code == 1 and "no text line scores at least --conf 1" in one_line_error(none)
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+
+
+def one_channel_map(path, sigmoid: bool = True, channels: int = 1):
+    """A tiny dense model on (1, 3, 32, 32): conv 3->4, ReLU, conv 4->``channels`` (bias 2: most of the map is text),
+    then a Sigmoid when ``sigmoid``: a DBNet-shaped probability map at the input's resolution."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (channels, 4, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.full(channels, 2.0, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["logits" if sigmoid else "prob"], pads=[1, 1, 1, 1])]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["prob"]))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                       [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, channels, 32, 32])], inits)
+    return save(model, path)
+
+
+def test_auto_recognises_a_sigmoid_map_and_the_report_shows_its_lines(tmp_path):
+    model = one_channel_map(tmp_path / "dbnet_like.onnx")
+    image = write_png(tmp_path / "in" / "p.png", size=32, seed=1)
+    out = tmp_path / "out"
+    result = invoke("--json", "explain", model, image, "--preprocess", "none", "-m", "saliency", "--out", out,
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "task: text detector" in result.stderr
+    document = json.loads(result.stdout)
+    m = cv.load(model, device="cpu", task="segmenter")
+    lines = text_regions(m, cv.image.preprocess([image], preset="none"), box_thresh=0.25)[0]
+    assert lines and document["task"] == "text"
+    assert [(r["number"], r["class_name"], r["box"]) for r in document["results"]] == [
+        (n + 1, "text", [float(v) for v in r.box]) for n, r in enumerate(lines)]
+    assert (out / "p.saliency.det01.npy").exists() and (out / "p.detections.png").exists()
+    # the same file declared a segmenter stays one: its class-0 region, KEY.METHOD.c0
+    seg = invoke("--json", "explain", model, image, "--task", "segmenter", "--preprocess", "none", "-m", "saliency",
+                 "--out", tmp_path / "seg", "--device", "cpu")
+    assert seg.exit_code == 0, seg.output
+    assert json.loads(seg.stdout)["task"] == "segmenter" and (tmp_path / "seg" / "p.saliency.c0.npy").exists()
+
+    report = invoke("--json", "report", model, image, "--preprocess", "none", "-m", "saliency", "--out",
+                    tmp_path / "rep", "--device", "cpu")
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"<b>{len(lines)} detections</b>" in page and 'alt="detections"' in page
+    assert f"<b>#1</b> 0 text · score {lines[0].score:.3f}" in page and 'alt="saliency #1"' in page
+
+
+def test_a_one_channel_map_without_sigmoid_needs_task_text(tmp_path):
+    model = one_channel_map(tmp_path / "plain.onnx", sigmoid=False)
+    image = write_png(tmp_path / "in" / "p.png", size=32, seed=1)
+    auto = invoke("explain", model, image, "--preprocess", "none", "--out", tmp_path / "a", "--device", "cpu")
+    assert auto.exit_code == 1 and "declare it with --task text" in one_line_error(auto)
+    declared = invoke("--json", "explain", model, image, "--task", "text", "--conf", "0.5", "--preprocess", "none",
+                      "-m", "saliency", "--out", tmp_path / "t", "--device", "cpu")
+    assert declared.exit_code == 0, declared.output
+    assert json.loads(declared.stdout)["task_options"] == {"task": "text", "conf": 0.5, "thresh": 0.3, "max_det": 300}
+
+
+def test_task_text_refuses_a_map_of_several_channels_and_a_region_class(tmp_path):
+    model = one_channel_map(tmp_path / "two.onnx", channels=2)
+    image = write_png(tmp_path / "in" / "p.png", size=32, seed=1)
+    result = invoke("explain", model, image, "--task", "text", "--preprocess", "none", "--out", tmp_path / "a",
+                    "--device", "cpu")
+    assert result.exit_code == 1 and "--task text explains a text detector's probability map" in one_line_error(result)
+    region = invoke("explain", one_channel_map(tmp_path / "one.onnx"), image, "--task", "text", "--region-class", "0",
+                    "--preprocess", "none", "--out", tmp_path / "b", "--device", "cpu")
+    assert region.exit_code == 2 and "a text detector's targets are its text lines" in region.output
