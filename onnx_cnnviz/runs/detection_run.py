@@ -227,7 +227,7 @@ def explain_targets_group(m, run: TaskRun, x: np.ndarray, items: list, paths: li
     from ..methods import registry
 
     job = run.job
-    per_image = find_targets(m, x, run.options, job.rows_per_run, job.labels)
+    per_image = find_targets(m, x, run.options, job.rows_per_run, job.labels, task=run.task)
     views = deprocess(x, preset=job.preprocessing)
     replace = job.overwrite or job.resume
     found = []

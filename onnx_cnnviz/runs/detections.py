@@ -284,7 +284,8 @@ def task_line(m) -> str:
     return "task: classifier"
 
 
-def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labels=None) -> list:
+def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labels=None,
+                 task: str | None = None) -> list:
     """The targets of each image of ``x`` for a detector or a segmenter ``m``.
 
     Args:
@@ -293,6 +294,9 @@ def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labe
         options: the run's :class:`TaskOptions`.
         batch_size: rows per onnxruntime run.
         labels: the class names (a segmenter's region class may be one).
+        task: the run's task ("text": a segmenter's map read as text lines), as its
+            :class:`~onnx_cnnviz.runs.detection_run.TaskRun` holds it (a Ray actor's model, loaded as a segmenter,
+            carries no mark); None: :func:`run_task`.
 
     Returns:
         One list per image: :class:`onnx_cnnviz.tasks.Detection` objects (best score first) for a detector,
@@ -306,7 +310,7 @@ def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labe
     from ..tasks import detect
 
     options.check()
-    if run_task(m, options) == "text":
+    if (task or run_task(m, options)) == "text":
         from ..tasks.text import text_regions
 
         if options.region_class is not None:

@@ -104,6 +104,12 @@ def test_text_lines_are_explained_as_detections(page, tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["results"] == []
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # --overwrite with fewer lines: the lines no longer found lose their files, the index lists the two left
+    fewer = invoke("--json", "explain", DBNET, image, *FLAGS, *run[2:], "--max-det", "2", "--overwrite")
+    assert fewer.exit_code == 0, fewer.output
+    assert [t["number"] for t in json.loads((out / "page.detections.json").read_text())["targets_found"]] == [1, 2]
+    assert sorted(p.name for p in out.glob("page.saliency.det*.npy")) == ["page.saliency.det01.npy",
+                                                                          "page.saliency.det02.npy"]
     none = invoke("explain", DBNET, image, *FLAGS, "--task", "text", "--conf", "1", "-m", "saliency", "--out",
                   tmp_path / "none")
     assert none.exit_code == 1 and "no text line scores at least --conf 1" in one_line_error(none)
@@ -167,6 +173,34 @@ def test_a_one_channel_map_without_sigmoid_needs_task_text(tmp_path):
                       "-m", "saliency", "--out", tmp_path / "t", "--device", "cpu")
     assert declared.exit_code == 0, declared.output
     assert json.loads(declared.stdout)["task_options"] == {"task": "text", "conf": 0.5, "thresh": 0.3, "max_det": 300}
+
+
+@pytest.mark.ray
+def test_ray_run_of_a_recognised_text_detector_equals_the_single_process_run(tmp_path):
+    """Under --ray each actor loads the map as a segmenter (as the driver did): the lines are still text lines, with
+    the single-process run's files and records."""
+    ray = pytest.importorskip("ray")
+    model = one_channel_map(tmp_path / "m.onnx")
+    for i in range(2):
+        write_png(tmp_path / "in" / f"p{i}.png", size=32, seed=i)
+    args = ["--json", "explain", model, tmp_path / "in", "--preprocess", "none", "-m", "saliency", "--device", "cpu"]
+    single = invoke(*args, "--out", tmp_path / "single")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        on_ray = invoke(*args, "--out", tmp_path / "ray", "--ray")
+    finally:
+        ray.shutdown()
+    assert single.exit_code == on_ray.exit_code == 0, on_ray.output
+    assert json.loads(single.stdout)["task"] == json.loads(on_ray.stdout)["task"] == "text"
+    names = sorted(p.name for p in (tmp_path / "single").iterdir())
+    assert "p0.saliency.det01.npy" in names
+    assert names == sorted(p.name for p in (tmp_path / "ray").iterdir() if p.name != "records.parquet")
+    for name in (n for n in names if n.endswith(".det01.json")):
+        a, b = (json.loads((tmp_path / side / name).read_text()) for side in ("single", "ray"))
+        assert (a["task"], a["class_name"], a["box"]) == (b["task"], b["class_name"], b["box"]) == \
+            ("text", "text", a["box"])
+        np.testing.assert_allclose(np.load(tmp_path / "ray" / name.replace(".json", ".npy")),
+                                   np.load(tmp_path / "single" / name.replace(".json", ".npy")), rtol=1e-5, atol=1e-7)
 
 
 def test_task_text_refuses_a_map_of_several_channels_and_a_region_class(tmp_path):
