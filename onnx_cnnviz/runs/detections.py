@@ -316,6 +316,12 @@ def find_targets(m, x, options: TaskOptions, batch_size: int | None = None, labe
         if options.region_class is not None:
             raise option_error("--region-class chooses a segmenter's region; a text detector's targets are its text "
                                "lines (--conf and --max-det choose them).", "--region-class")
+        hw, loaded = tuple(np.shape(x)[2:]), tuple(m.tensor_shape(m.input_name)[2:])
+        if hw != loaded:
+            # A line's mask is a map at the model's input size (its targets are seeded there), not the image's.
+            raise option_error(f"the images are {hw[0]}x{hw[1]} but the text detector is loaded at "
+                               f"{loaded[0]}x{loaded[1]}; give --input-size {hw[0]}x{hw[1]} with --size (sides "
+                               "multiples of 32).", "--input-size")
         found = text_regions(m, x, thresh=TEXT_THRESH, box_thresh=float(options.conf), batch_size=batch_size)
         return [lines[:int(options.max_det)] for lines in found]
     if m.task == "detector":

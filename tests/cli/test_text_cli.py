@@ -121,6 +121,11 @@ def test_text_lines_are_explained_as_detections(page, tmp_path):
                   tmp_path / "none")
     assert none.exit_code == 1 and "no text line scores at least --conf 1" in one_line_error(none)
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+    # images resized to --size, the model at its default size: the flag to give is named, before any work
+    unsized = invoke("explain", DBNET, image, "--preprocess", "tf", "--size", f"{H}x{W}", "-m", "saliency", "--out",
+                     tmp_path / "unsized", "--device", "cpu")
+    assert unsized.exit_code == 1 and f"give --input-size {H}x{W}" in one_line_error(unsized)
+    assert not (tmp_path / "unsized").exists() or not any((tmp_path / "unsized").iterdir())
 
 
 def one_channel_map(path, sigmoid: bool = True, channels: int = 1):
