@@ -97,11 +97,15 @@ def report_cmd(ctx, images, out_dir, name, methods, target, top_k, predictions, 
     m, pre = model_and_preprocessing(ctx, kw, rows_per_run, task=targets.task)
     names = resolve_labels(m, kw["labels"])
     if m.task != "classifier":
+        from onnx_cnnviz.runs.detections import run_task
+
+        task = run_task(m, targets)
+        shown = {"detector": "detections", "text": "text lines"}.get(task, "regions")
         for flag, value in (("--target", target), ("--top-k", top_k), ("--metric", flatten_lists(metrics) or None)):
             if value is not None:
-                raise click.BadParameter(f"this model is a {m.task}: the report shows each of its "
-                                         f"{'detections' if m.task == 'detector' else 'regions'}, not a "
-                                         f"classifier's classes ({flag} is for classifiers).", param_hint=flag)
+                raise click.BadParameter(f"this model is a {'text detector' if task == 'text' else task}: the "
+                                         f"report shows each of its {shown}, not a classifier's classes ({flag} is "
+                                         "for classifiers).", param_hint=flag)
         return _task_report(ctx, m, pre, names, paths, out, targets, methods, layer, title, rows_per_run,
                             overwrite, kw)
     if targets.region_class is not None:
@@ -139,7 +143,7 @@ def _task_report(ctx, m, pre, names, paths, out, targets, methods, layer, title,
     """The report of a detector or a segmenter (:func:`onnx_cnnviz.runs.task_report.make_task_report`): per image
     its targets drawn and listed, and per target each method's map."""
     from onnx_cnnviz.report import write_report
-    from onnx_cnnviz.runs.detections import task_line
+    from onnx_cnnviz.runs.detections import run_task, task_line
     from onnx_cnnviz.runs.task_report import make_task_report
 
     echo(task_line(m), err=True)
@@ -155,10 +159,12 @@ def _task_report(ctx, m, pre, names, paths, out, targets, methods, layer, title,
     write_report(out, page, overwrite=overwrite)
     for image, message in errors:
         warn(f"skipped: {message}")
-    finish({"model": abspath(kw["model"]), "report": abspath(out), "task": m.task,
-            "task_options": targets.settings(m.task), "images": [abspath(p) for p in paths], "methods": chosen,
+    task = run_task(m, targets)
+    finish({"model": abspath(kw["model"]), "report": abspath(out), "task": task,
+            "task_options": targets.settings(task), "images": [abspath(p) for p in paths], "methods": chosen,
             "bytes": out.stat().st_size, "failed": [{"image": abspath(i), "error": e} for i, e in errors]},
-           f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s), a {m.task}'s report)")
+           f"wrote {out} ({len(paths)} image(s), {len(chosen)} method(s), a "
+           f"{'text detector' if task == 'text' else task}'s report)")
     if errors:
         click.echo(f"cnnviz: error: {len(errors)} of {len(paths)} image(s) could not be read (listed above; the "
                    "report shows the others)", err=True)

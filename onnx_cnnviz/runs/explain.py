@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import InputError
 from .explain_plan import Plan, RunSettings, check_options, plan
 from .detection_run import TaskRun, explain_targets_all, task_plan, task_summary
-from .detections import open_task_run, task_line, task_options
+from .detections import open_task_run, run_task, task_line, task_options
 from .explain_run import Outcome, explain_all
 from .images import image_keys
 from .labels import option_error
@@ -42,10 +42,12 @@ def prepare(options: dict, methods: list, params: dict, reporter: Reporter) -> t
         reporter.info(task_line(m))
         for flag, key in (("--target", "target"), ("--top-k", "top_k")):
             if options.get(key) is not None:
-                hint = "--conf, --iou and --max-det choose its detections" if m.task == "detector" else \
-                    "--region-class chooses its region"
-                raise option_error(f"{flag} chooses a classifier's classes; this model is a {m.task} ({hint}).",
-                                   flag)
+                task = run_task(m, targets)
+                hint = {"detector": "--conf, --iou and --max-det choose its detections",
+                        "text": "--conf and --max-det choose its text lines"}.get(
+                    task, "--region-class chooses its region")
+                kind = "text detector" if task == "text" else task
+                raise option_error(f"{flag} chooses a classifier's classes; this model is a {kind} ({hint}).", flag)
     elif targets.region_class is not None:
         raise option_error("--region-class chooses a segmenter's region; this model is a classifier (--target "
                            "chooses its class).", "--region-class")

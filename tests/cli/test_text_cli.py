@@ -171,6 +171,8 @@ def test_auto_recognises_a_sigmoid_map_and_the_report_shows_its_lines(tmp_path):
     report = invoke("--json", "report", model, image, "--preprocess", "none", "-m", "saliency", "--out",
                     tmp_path / "rep", "--device", "cpu")
     assert report.exit_code == 0, report.output
+    said = json.loads(report.stdout)
+    assert said["task"] == "text" and said["task_options"]["task"] == "text"
     page = (tmp_path / "rep" / "report.html").read_text()
     assert f"<b>{len(lines)} detections</b>" in page and 'alt="detections"' in page
     assert f"<b>#1</b> 0 text · score {lines[0].score:.3f}" in page and 'alt="saliency #1"' in page
