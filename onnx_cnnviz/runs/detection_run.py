@@ -31,7 +31,7 @@ from .. import jsonio
 from ..errors import InputError
 from ..files import check_regular
 from .detections import TaskOptions, find_targets, target_record
-from .explain_plan import Plan, ResultFiles, RunSettings
+from .explain_plan import Plan, ResultFiles, RunSettings, refuse_conflicts
 from .explain_run import Outcome
 from .images import read_batch, same_size_groups
 from .outputs import abspath, broken_file, npy_bytes, protect_inputs, remove_stale_temps, save_json
@@ -138,12 +138,7 @@ def task_plan(run: TaskRun, paths: list, keys: list, reporter=None) -> Plan:
             work.todo.append((i, missing))
         else:
             work.skipped.append(abspath(path))
-    if conflicts:
-        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-        if job.resume:
-            raise InputError(f"{conflicts[0]}{more}; choose another --out, or pass --overwrite to replace it.")
-        raise InputError(f"{conflicts[0]} already exists{more}; pass --overwrite to replace results or --resume to "
-                         "skip finished ones.")
+    refuse_conflicts(conflicts, job.resume)
     work.changed = sorted(changed)
     if job.resume:
         names = {f.name for f in every} | {f.name for key in keys for f in run.image_files(key)}

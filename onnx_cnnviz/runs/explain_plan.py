@@ -209,12 +209,7 @@ def plan(job: RunSettings, paths: list, keys: list, reporter=None) -> Plan:
             work.todo.append((i, missing))
         else:
             work.skipped.append(abspath(path))
-    if conflicts:
-        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-        if job.resume:
-            raise InputError(f"{conflicts[0]}{more}; choose another --out, or pass --overwrite to replace it.")
-        raise InputError(f"{conflicts[0]} already exists{more}; pass --overwrite to replace results or --resume to "
-                         "skip finished ones.")
+    refuse_conflicts(conflicts, job.resume)
     work.changed = sorted(changed)
     if job.resume:
         work.removed = remove_stale_temps(job.out, {f.name for f in every}, reporter)
@@ -246,3 +241,19 @@ def record_state(job: RunSettings, name: str, image: Path, record_path: Path) ->
         else:
             changed.append(key)
     return ("stale", changed) if changed else ("done", None)
+
+
+def refuse_conflicts(conflicts: list, resume: bool) -> None:
+    """Refuse a run whose outputs would replace files it did not write (``conflicts``: one sentence each, the first
+    named), with what to do under ``--resume`` or without it; nothing to refuse when ``conflicts`` is empty.
+
+    Raises:
+        InputError: there is a conflict.
+    """
+    if not conflicts:
+        return
+    more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+    if resume:
+        raise InputError(f"{conflicts[0]}{more}; choose another --out, or pass --overwrite to replace it.")
+    raise InputError(f"{conflicts[0]} already exists{more}; pass --overwrite to replace results or --resume to "
+                     "skip finished ones.")
