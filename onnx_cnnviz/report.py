@@ -493,14 +493,9 @@ def render_report(entries: list[ImageEntry], info: dict, labels: list[str] | Non
         return f"{c} {name}" if name else f"class {c}"
 
     for entry in entries:
-        out.append(f'<section class="image"><h2>{esc(entry.path)}</h2>')
+        out.extend(image_opening(entry))
         if entry.error:
-            out.append(f'<div class="error">{esc(entry.error)}</div></section>')
             continue
-        out.append('<div class="row">')
-        out.append(f'<figure><img alt="input" src="{data_uri(entry.view)}"><figcaption><b>Input</b>'
-                   f'<div class="params">{entry.view.shape[1]}x{entry.view.shape[0]} model view</div>'
-                   "</figcaption></figure>")
         target = entry.target[0] if entry.target else None
 
         def prediction_row(rank, c, score, prob):
@@ -578,3 +573,21 @@ def write_report(path, html_text: str, overwrite: bool = False) -> Path:
 __all__ = ["picture", "probabilities", "describe", "make_report",
            "render_report", "write_report", "write_atomic", "read_labels", "labels_from_metadata", "ImageEntry",
            "fit_preprocessing", "LABELS_KEY", "preprocessing_info"]
+
+def image_opening(entry) -> list:
+    """The HTML that opens an image's section of a report: its heading, then its error (the section closed there) or
+    the row's first figure, the picture as the model saw it.
+
+    Args:
+        entry: a report entry (``path``, ``error``, ``view``).
+
+    Returns:
+        The HTML pieces, in order.
+    """
+    head = f'<section class="image"><h2>{html.escape(entry.path)}</h2>'
+    if entry.error:
+        return [head, f'<div class="error">{html.escape(entry.error)}</div></section>']
+    return [head, '<div class="row">',
+            f'<figure><img alt="input" src="{data_uri(entry.view)}"><figcaption><b>Input</b>'
+            f'<div class="params">{entry.view.shape[1]}x{entry.view.shape[0]} model view</div>'
+            "</figcaption></figure>"]

@@ -159,6 +159,8 @@ def _scale(name: str, result) -> float | None:
 def render_task_report(entries: list, info: dict, title: str | None = None) -> str:
     """The HTML page for ``entries`` (:class:`TaskEntry`): one section per image with its input, the targets drawn,
     the table of targets and one row of method figures per target."""
+    from ..report import image_opening
+
     esc = html.escape
     what = "detections" if info.get("task") in ("detector", "text") else "regions"
     title = title or f"cnnviz report ({info.get('task')})" + (f" — {info['model']}" if info.get("model") else "")
@@ -172,14 +174,9 @@ def render_task_report(entries: list, info: dict, title: str | None = None) -> s
             "preprocessing <code>" + esc(format_params({k: v for k, v in pre.items() if v is not None})) + "</code>"]
     out.append('<div class="meta">' + " · ".join(meta) + "</div>")
     for entry in entries:
-        out.append(f'<section class="image"><h2>{esc(entry.path)}</h2>')
+        out.extend(image_opening(entry))
         if entry.error:
-            out.append(f'<div class="error">{esc(entry.error)}</div></section>')
             continue
-        out.append('<div class="row">')
-        out.append(f'<figure><img alt="input" src="{data_uri(entry.view)}"><figcaption><b>Input</b>'
-                   f'<div class="params">{entry.view.shape[1]}x{entry.view.shape[0]} model view</div>'
-                   "</figcaption></figure>")
         out.append(f'<figure><img alt="{what}" src="{data_uri(entry.drawn)}"><figcaption><b>{len(entry.targets)} '
                    f"{what}</b></figcaption></figure>")
         rows = ["<table class=\"top\"><tr><th>#</th><th>class</th><th>score</th><th>box</th></tr>"]
