@@ -56,6 +56,8 @@ class ExampleRow:
         name: the class's name, when known.
         probability: the model's probability of it.
         pictures: each method's picture, ``[(method, uint8 RGB)]`` in the run's method order.
+        detection: a detector's example: the detection's number in its image (1: the best score); ``probability``
+            is then the detection's score, and ``view`` shows its box.
     """
     path: str
     view: np.ndarray
@@ -63,11 +65,12 @@ class ExampleRow:
     name: str | None
     probability: float
     pictures: list = field(default_factory=list)
+    detection: int | None = None
 
 
 def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, metrics: dict, curves: dict,
            examples: list, images: int, failed: list = (), interrupted: bool = False, ci_formula: str = "",
-           title: str = "cnnviz evaluate", overlays: dict | None = None) -> str:
+           title: str = "cnnviz evaluate", overlays: dict | None = None, detections: int | None = None) -> str:
     """The evaluation page, one self-contained HTML file.
 
     Args:
@@ -85,12 +88,13 @@ def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, me
         title: the page's title.
         overlays: metric -> uint8 RGB picture of every method's mean curve overlaid; shown first, each method's
             own picture then folded under it.
+        detections: a detector's run: how many detections were scored (the rows are per detection).
 
     Returns:
         The HTML text.
     """
     esc = html.escape
-    out = [_head(title), f"<h1>{esc(title)}</h1>", _meta(model, summary, images, metrics)]
+    out = [_head(title), f"<h1>{esc(title)}</h1>", _meta(model, summary, images, metrics, detections)]
     if interrupted:
         out.append('<div class="note">Interrupted: the numbers cover the rows finished before Ctrl-C; run again with '
                    "--resume to finish.</div>")
@@ -113,10 +117,11 @@ def _head(title: str) -> str:
     return "\n".join(page_head(title, _EXTRA_CSS))
 
 
-def _meta(model: dict, summary: list, images: int, metrics: dict) -> str:
+def _meta(model: dict, summary: list, images: int, metrics: dict, detections: int | None = None) -> str:
     esc = html.escape
     methods = list(dict.fromkeys(r["method"] for r in summary))
-    parts = [f"model <code>{esc(str(model.get('model') or ''))}</code>", f"{images} image(s)",
+    counted = f"{images} image(s)" if detections is None else f"{images} image(s), {detections} detection(s) scored"
+    parts = [f"model <code>{esc(str(model.get('model') or ''))}</code>", counted,
              f"methods <code>{esc(', '.join(methods))}</code>",
              f"metrics <code>{esc(', '.join(metrics))}</code>"]
     return '<div class="meta">' + " · ".join(parts) + "</div>"
@@ -205,8 +210,12 @@ def _examples(examples: list) -> str:
     out = ['<section class="image" id="examples"><h2>Examples: what is ranked</h2>']
     for ex in examples:
         label = f"{ex.cls} {ex.name}" if ex.name else f"class {ex.cls}"
+        if ex.detection is None:
+            label, value = label, f"p={ex.probability:.3f}"
+        else:
+            label, value = f"detection #{ex.detection} · {label}", f"score={ex.probability:.3f}"
         out.append(f'<div class="rowhead" style="word-break:break-all">{esc(ex.path)} · {esc(label)} · '
-                   f"p={ex.probability:.3f}</div>")
+                   f"{value}</div>")
         out.append('<div class="row" style="margin-top:12px">')
         out.append(f'<figure class="thumb"><img alt="input" src="{data_uri(ex.view)}"><figcaption><b>Input</b>'
                    "</figcaption></figure>")

@@ -34,7 +34,7 @@ import click
 from onnx_cnnviz.methods import registry
 from onnx_cnnviz.runs import evaluate as runs_evaluate
 from onnx_cnnviz.runs.evaluate_plan import DEFAULT_METRICS, JOURNAL, Journal, needs_boxes  # noqa: F401
-from onnx_cnnviz.runs.evaluate_run import evaluate_all
+from onnx_cnnviz.runs.detection_evaluate import DetectionJob
 from onnx_cnnviz.runs.evaluate_tables import ranking_text
 
 from .common import (
@@ -63,6 +63,7 @@ from .common import (
     settings,
     shared_option,
     target_option,
+    task_options,
     usage_errors,
     warn,
 )
@@ -93,6 +94,7 @@ RESUME_NOTE = (f"Here a result is an (image, method, metric) row of {JOURNAL}, a
 @recursive_option
 @overwrite_option
 @shared_option("--resume", is_flag=True, help=RESUME_HELP, note=RESUME_NOTE)
+@task_options
 @image_options
 @preprocessing_options
 @labels_option()
@@ -111,6 +113,15 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     curves, model and example maps on one page). Existing files are never replaced without --overwrite or
     --resume; input files never. With --ray the images are read and evaluated on Ray; the outputs are the same.
 
+    A detector (recognised from its head, or --task detector) is evaluated per detection: each image's detections
+    scoring --conf, after NMS at --iou, at most --max-det, all explained by each method in batched runs and scored
+    with deletion / insertion of the detection's D-RISE similarity (Petsiuk et al. 2021; deletion.score=element
+    follows its own head element) and pointing-game against the ground-truth box matched to it (same class, IoU >=
+    pointing-game.iou_threshold, 0.5); a detection matched to no box is written with an undefined value and why.
+    Rows are per image x detection x method x metric (results.csv adds detection, box, score), the summary
+    averages over detections and says how many were scored. Other metrics are refused on a detector; an image
+    with no detection is listed as skipped, and a run with none in any image is an error.
+
     A method that cannot run on the model (Grad-CAM on an MLP: no spatial layer) is left out with a warning and the
     others are measured. Exit codes: 0 all done; 1 an image could not be evaluated or a method could not run (the
     rest is written; "failed" and "unavailable" in --json say which); 2 a usage error; 130 interrupted.
@@ -118,7 +129,7 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     methods = flatten_lists(methods) or ["gradcam"]
     metrics = flatten_lists(metrics) or list(DEFAULT_METRICS)
     check_boxes_usage(metrics, boxes_file)
-    params = parse_metric_params(metric_params, metrics)
+    params = metric_parameters(metric_params, metrics)
     options["method_params"] = parse_method_params(options.get("method_params") or (), methods)
     run(ctx, methods, metrics, params, boxes_file, options)
 
@@ -138,6 +149,42 @@ def check_boxes_usage(metrics: list, boxes_file) -> None:
         warn(f"--boxes is ignored: none of {', '.join(metrics)} uses boxes.")
 
 
+def metric_parameters(items, metrics: list) -> dict:
+    """--metric-param's items as {metric: {key: value}} (:func:`parse_metric_params`), the keys that only a
+    detector's metric takes (deletion.score, pointing-game.iou_threshold) set apart first: the task is known only
+    once the model is loaded, and the library checks them then against the task's metric."""
+    from onnx_cnnviz.runs.detection_evaluate import split_params
+
+    detector_only: list = []
+    rest = []
+    for item in items or ():
+        name, _, _ = str(item).partition("=")
+        metric, _, key = name.partition(".")
+        if metric in metrics and key and split_params(metric, {key: None})[1]:
+            detector_only.append(item)
+        else:
+            rest.append(item)
+    params = parse_metric_params(rest, metrics)
+    for metric, given in parse_metric_params_loosely(detector_only).items():
+        params[metric].update(given)
+    return params
+
+
+def parse_metric_params_loosely(items) -> dict:
+    """``METRIC.KEY=VALUE`` items as {metric: {key: value}} (VALUE read as JSON, else as text), unchecked."""
+    import json
+
+    out: dict = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        metric, _, key = name.partition(".")
+        try:
+            out.setdefault(metric, {})[key] = json.loads(value)
+        except (ValueError, RecursionError):
+            out.setdefault(metric, {})[key] = value
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -152,6 +199,10 @@ def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_fi
     talk = reporter()
     with usage_errors():
         m, job, paths, outputs, work = runs_evaluate.prepare(options, methods, metrics, params, boxes_file, talk)
+    detector = isinstance(job, DetectionJob)
+    if detector and options.get("ray_address"):
+        raise click.BadParameter("a detector's evaluation runs in one process (its rows are per detection, which "
+                                 "the Ray pipeline does not yet send); leave out --ray.", param_hint="--ray")
     if options.get("ray_address"):
         # Imported only here: the core and the single-process run never import Ray.
         from onnx_cnnviz.dataset.pipeline import evaluate_on_ray
@@ -159,7 +210,7 @@ def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_fi
         s = settings()
         tally = evaluate_on_ray(job, paths, work, outputs[JOURNAL], options, talk, progress=not (s.quiet or s.json))
     else:
-        tally = evaluate_all(m, job, paths, work, outputs[JOURNAL], talk)
+        tally = runs_evaluate.run_work(m, job, paths, work, outputs[JOURNAL], talk)
     document, results = runs_evaluate.finish(m, job, outputs, paths, work, tally, Path(options["model"]).name, talk)
     if document is None:
         click.echo("cnnviz: interrupted before any image was evaluated; nothing written", err=True)
@@ -168,6 +219,11 @@ def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_fi
         emit_json(document)
     else:
         talk.result(ranking_text(document["summary"], job.metrics))
+    if detector:
+        counted = document["detections"]
+        talk.info(f"{counted['scored']} detection(s) of {counted['images']} image(s) scored"
+                  + (f"; {counted['nothing_found']} image(s) had no detection above --conf (skipped)"
+                     if counted["nothing_found"] else ""))
     exit_for_outcome(
         ctx,
         interrupted=(f"; the {len(results.rows)} row(s) measured are written in {job.out} (run again with --resume "

@@ -16,11 +16,15 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..errors import CnnvizError, InputError
+from ..errors import CnnvizError, InputError, ModelStructureError
 from ..metrics import registry as metric_registry
 from ..tasks.head import NotAClassifierError
+from . import detection_evaluate
+from .detection_evaluate import build_detection_job, evaluate_detections_all, split_params
+from .detections import open_task_run, task_line, task_options
 from .evaluate_plan import DEFAULT_METRICS, JOURNAL, Plan, build_job, needs_boxes, output_files, plan
 from .evaluate_run import Tally, complete_examples, evaluate_all
+from .labels import option_error
 from .evaluate_tables import (
     Results,
     curve_pictures,
@@ -54,7 +58,8 @@ def check_metrics(metrics: list, metric_params: dict | None, boxes_file, reporte
         raise InputError(f"metric_params names {unknown[0]!r}, which is not evaluated; evaluated: "
                          f"{', '.join(metrics)}.")
     for name in metrics:
-        metric_registry.parameters(name, params[name])
+        # A detector's own keys (deletion.score, pointing-game.iou_threshold) are checked once the task is known.
+        metric_registry.parameters(name, split_params(name, params[name])[0])
     return params
 
 
@@ -65,18 +70,24 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
     The metrics' parameters are checked against their caps first, before any image is read or the model loaded
     (:func:`onnx_cnnviz.metrics.registry.check_values`: ``samples=100000000`` costs nothing)."""
     for name in metrics:
-        metric_registry.check_values(name, params.get(name))
-    try:
-        out, paths, m, pre = open_run(options, reporter)
-    except NotAClassifierError as exc:
-        if "this is a detector" not in str(exc):
-            raise
-        # The run's rows are per image and class; a detector's metrics are per detection (library only so far).
-        raise NotAClassifierError(
-            f"{str(exc).split('. Load it with')[0]}. cnnviz evaluate measures a classifier's maps, one row per "
-            "image; a detector's are measured per detection with the library: onnx_cnnviz.metrics."
-            "detection_pointing_game, detection_deletion / detection_insertion and detection_randomisation "
-            "(benchmarks/detector_pointing_game.py runs them on generated images with ground truth).") from None
+        metric_registry.check_values(name, split_params(name, params.get(name))[0])
+    task = task_options(options)
+    if task.task in ("segmenter", "text"):
+        raise option_error(f"cnnviz evaluate measures a classifier's or a detector's maps; --task {task.task} is "
+                           "not evaluated (explain it with cnnviz explain).", "--task")
+    out, paths, m, pre = open_evaluated(options, task, reporter)
+    if m.task == "detector":
+        reporter.info(task_line(m))
+        job = build_detection_job(m, pre, paths, methods, metrics, params, boxes_file, options, task, reporter)
+        outputs = output_files(out, job.methods, metrics)
+        work = plan(job, outputs, paths, reporter, state=detection_evaluate.journal_state)
+        if work.done:
+            reporter.info(f"resume: {len(work.done)} image x method x metric group(s) of detections already done "
+                          "with the same settings, skipped")
+        if work.stale:
+            reporter.info(f"resume: {work.stale} group(s) were made with other settings ({', '.join(work.changed)}) "
+                          "and are recomputed")
+        return m, job, paths, outputs, work
     job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options, reporter)
     outputs = output_files(out, methods, metrics)
     work = plan(job, outputs, paths, reporter)
@@ -88,11 +99,44 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
     return m, job, paths, outputs, work
 
 
+def run_work(m, job, paths: list, work: Plan, journal, reporter: Reporter) -> Tally:
+    """The planned work in this process: a classifier's rows (:func:`~onnx_cnnviz.runs.evaluate_run.evaluate_all`)
+    or a detector's, per detection (:func:`~onnx_cnnviz.runs.detection_evaluate.evaluate_detections_all`)."""
+    if isinstance(job, detection_evaluate.DetectionJob):
+        return evaluate_detections_all(m, job, paths, work, journal, reporter)
+    return evaluate_all(m, job, paths, work, journal, reporter)
+
+
+def open_evaluated(options: dict, task, reporter: Reporter) -> tuple:
+    """The output folder, images, model and preprocessing of an evaluation (:func:`open_run`): a classifier, or a
+    detector when --task says so or, under ``auto``, when the classifier's loader refuses the model and
+    :func:`~onnx_cnnviz.runs.detections.load_for_task` recognises a detector head. Anything else keeps the
+    refusal (a segmenter or a text detector recognised under ``auto`` is refused: evaluate measures neither)."""
+    if task.task == "detector":
+        return open_task_run({**options, "task": "detector"}, reporter)
+    try:
+        return open_run(options, reporter)
+    except ModelStructureError as exc:
+        if task.task == "classifier":
+            if isinstance(exc, NotAClassifierError) and "this is a detector" in str(exc):
+                raise NotAClassifierError(f"{str(exc).split('. Load it with')[0]}. Evaluate it per detection with "
+                                          "--task detector (or auto).") from None
+            raise
+        refusal = exc
+    loaded = open_task_run({**options, "task": "auto"}, reporter)
+    if loaded[2].task != "detector":
+        raise refusal
+    return loaded
+
+
 def finish(m, job, outputs: dict, paths: list, work: Plan, tally: Tally, model_name: str,
            reporter: Reporter) -> tuple:
     """Write what the journal holds for this run (also after Ctrl-C): the tables, the curves and the page. Returns
-    (the run's document, the rows read back). Raises :class:`InputError` when no image could be evaluated; returns
-    (None, empty results) when the run was interrupted before any row."""
+    (the run's document, the rows read back). Raises :class:`InputError` when no image could be evaluated (for a
+    detector, also when no image had a detection); returns (None, empty results) when the run was interrupted
+    before any row."""
+    if isinstance(job, detection_evaluate.DetectionJob):
+        return detection_evaluate.finish(m, job, outputs, paths, work, tally, model_name, reporter)
     # Without resume the journal holds this run's rows only once it has written one (an old one is not read).
     ours = job.resume or tally.wrote
     results = read_results(job, outputs[JOURNAL], paths) if ours else Results()
@@ -128,7 +172,8 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
                     input_size=None, device: str = "auto", input_name: str | None = None,
                     output_name: str | None = None, max_nodes=LIBRARY_DEFAULT, max_pixels=LIBRARY_DEFAULT,
                     batch_size: int = 8, rows_per_run: int | None = None, recursive: bool = False,
-                    overwrite: bool = False, resume: bool = False, reporter: Reporter | None = None) -> dict:
+                    overwrite: bool = False, resume: bool = False, task: str = "auto", conf: float = 0.25,
+                    iou: float = 0.45, max_det: int = 300, reporter: Reporter | None = None) -> dict:
     """Score explanation ``methods`` on ``images`` with ``metrics`` and write into the folder ``out`` exactly what
     ``cnnviz evaluate`` writes: ``results.jsonl`` (one line per finished image x method x metric row),
     ``results.csv`` / ``.json``, ``summary.csv`` / ``.json`` (per method x metric: mean, sample std, n and the
@@ -165,6 +210,13 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
         recursive: as in :func:`onnx_cnnviz.runs.explain_images`.
         overwrite: replace existing results.
         resume: keep the journal's rows made with the same settings.
+        task: "auto" (a classifier, or a detector recognised from its head), "classifier" or "detector". A
+            detector is evaluated per detection (:mod:`onnx_cnnviz.runs.detection_evaluate`): metrics deletion,
+            insertion (of the detection's D-RISE similarity) and pointing-game (against its matched box), one
+            row per image x detection x method x metric.
+        conf: a detector's score threshold (:func:`onnx_cnnviz.tasks.detect`).
+        iou: a detector's NMS overlap threshold.
+        max_det: detections evaluated per image at most, best first.
         reporter: where lines, warnings and progress go (default: warnings through :func:`warnings.warn`).
 
     Returns:
@@ -173,7 +225,8 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
 
     Raises:
         InputError: a bad option, no images, an output that would replace an input or (without ``overwrite`` or
-            ``resume``) a result, or no image that could be evaluated.
+            ``resume``) a result, no image that could be evaluated, or (a detector) no image with a detection or a
+            metric with no per-detection meaning.
         ModelLoadError: the model cannot be loaded.
     """
     from ..image.reading import pixel_limit
@@ -187,10 +240,11 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
                "output_name": output_name, "input_size": input_size, "max_nodes": max_nodes,
                "preprocess": preprocess, "mean": mean, "std": std, "size": size, "order": order, "scale": scale,
                "labels": labels, "target": target, "layer": layer, "overwrite": overwrite, "resume": resume,
-               "batch_size": int(batch_size), "rows_per_run": rows_per_run, "method_params": method_params}
+               "batch_size": int(batch_size), "rows_per_run": rows_per_run, "method_params": method_params,
+               "task": task, "conf": conf, "iou": iou, "max_det": max_det}
     limit = contextlib.nullcontext() if max_pixels is LIBRARY_DEFAULT else pixel_limit(max_pixels)
     with limit:
         m, job, paths, outputs, work = prepare(options, methods, metrics, params, boxes, reporter)
-        tally = evaluate_all(m, job, paths, work, outputs[JOURNAL], reporter)
+        tally = run_work(m, job, paths, work, outputs[JOURNAL], reporter)
         document, _ = finish(m, job, outputs, paths, work, tally, Path(model).name, reporter)
     return document if document is not None else {"results": [], "interrupted": True}

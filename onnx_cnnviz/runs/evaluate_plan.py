@@ -183,7 +183,7 @@ class Plan:
     changed: list = field(default_factory=list)
     removed: list = field(default_factory=list)
 
-def plan(job: Job, outputs: dict, paths: list, reporter=None) -> Plan:
+def plan(job: Job, outputs: dict, paths: list, reporter=None, state=None) -> Plan:
     """Which rows are left to do.
 
     Refuses (:class:`InputError`, before any work) an output that would replace an input (whatever the flags) or is
@@ -191,6 +191,9 @@ def plan(job: Job, outputs: dict, paths: list, reporter=None) -> Plan:
     the journal made with this run's settings are kept and the others recomputed; the tables, curves and page are
     written again from the journal, so they may be replaced only when the journal is there (else they are not this
     tool's results, and --overwrite is needed).
+
+    ``state``: how the journal's rows are read (:func:`journal_state`'s signature and result; a detector's run reads
+    rows per detection, :func:`onnx_cnnviz.runs.detection_evaluate.journal_state`).
     """
     files = list(outputs.values())
     protect_inputs(files, [*job.inputs, *paths])
@@ -214,7 +217,7 @@ def plan(job: Job, outputs: dict, paths: list, reporter=None) -> Plan:
         work.removed = remove_stale_temps(job.out, {f.name for f in files}, reporter)
         drop_partial_line(journal)
         bad: list = []
-        work.done, work.stale, work.changed = journal_state(job, journal, paths, bad)
+        work.done, work.stale, work.changed = (state or journal_state)(job, journal, paths, bad)
         if bad and reporter is not None:
             lines = ", ".join(f"line {n} ({why})" for n, why in bad[:5]) + (f" and {len(bad) - 5} more"
                                                                              if len(bad) > 5 else "")
@@ -258,7 +261,8 @@ def journal_lines(path: Path, bad: list | None = None):
 def row_problem(row) -> str | None:
     """Why ``row`` (a parsed journal line) is not a journal row, or None when it is: an object with the image,
     method and metric as strings, the settings as an object, the value a number or null (undefined, with a
-    reason), the class an integer, the curve null or a list of numbers and nulls."""
+    reason), the class an integer, the curve null or a list of numbers and nulls; a detector's row also its
+    ``detection`` number, 1 to its image's ``detections``."""
     if not isinstance(row, dict):
         return "not a JSON object"
     missing = [k for k in ("image", "method", "metric", "settings", "value") if k not in row]
@@ -279,6 +283,13 @@ def row_problem(row) -> str | None:
                               or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
                                      for v in curve)):
         return "'curve' is not a list of numbers"
+    if "detection" in row:  # a detector's row (:mod:`.detection_evaluate`): its number among its image's detections
+        for key in ("detection", "detections"):
+            number = row.get(key)
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                return f"{key!r} is not a whole number >= 1"
+        if row["detection"] > row["detections"]:
+            return "'detection' is over 'detections'"
     return None
 
 

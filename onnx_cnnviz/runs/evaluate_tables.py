@@ -125,15 +125,17 @@ def summarise(results: Results, methods: list, metrics: list) -> list:
             for method in methods for metric in metrics if results.values.get((method, metric))]
 
 
-def undefined_lines(results: Results) -> list:
+def undefined_lines(results: Results, unit: str = "image") -> list:
     """One line per (method, metric) with rows whose value is undefined: how many of how many, which images (the
-    first few) and why, and what the mean is over; the tables keep each row's reason."""
+    first few) and why, and what the mean is over; the tables keep each row's reason. ``unit``: what a row is
+    ("image"; a detector's run: "detection", named ``NAME #N``)."""
     lines = []
     for (method, metric), rows in results.undefined.items():
         defined = len(results.values.get((method, metric), ()))
-        names = ", ".join(Path(r["image"]).name for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        names = ", ".join(Path(r["image"]).name + (f" #{r['detection']}" if r.get("detection") else "")
+                          for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
         mean = f"the mean is over the other {defined}" if defined else "no mean"
-        lines.append(f"{metric} of {method} is undefined for {len(rows)} of {len(rows) + defined} image(s) "
+        lines.append(f"{metric} of {method} is undefined for {len(rows)} of {len(rows) + defined} {unit}(s) "
                      f"({names}); {Path(rows[0]['image']).name}: {rows[0].get('reason') or 'undefined'}; {mean} "
                      "(results.csv gives each row's reason).")
     return lines
@@ -273,13 +275,13 @@ def overlay_pictures(results: Results, order: dict) -> dict:
     return pictures
 
 def write_outputs(outputs: dict, document: dict, results: Results, summary: list, pictures: dict, page: str,
-                  replace: bool) -> dict:
+                  replace: bool, fields: list = RESULT_FIELDS) -> dict:
     """Write the tables, the curves and the page, each atomically; returns what was written, by role (absolute
-    paths)."""
+    paths). ``fields``: the columns of results.csv (a detector's rows have more)."""
     from .. import report
 
     written = {}
-    report.write_atomic(outputs["results.csv"], csv_text(RESULT_FIELDS, results.rows), overwrite=replace)
+    report.write_atomic(outputs["results.csv"], csv_text(fields, results.rows), overwrite=replace)
     save_json(outputs["results.json"], {**document, "rows": results.rows}, replace)
     report.write_atomic(outputs["summary.csv"], csv_text(SUMMARY_FIELDS, summary, summary_header()),
                         overwrite=replace)
@@ -308,21 +310,24 @@ def run_document(m, job: Job) -> dict:
             "confidence_interval": CI_FORMULA}
 
 def page_text(m, job: Job, model_name: str, document: dict, summary: list, pictures: dict, tally: Tally,
-              paths: list, overlays: dict | None = None) -> str:
+              paths: list, overlays: dict | None = None, detections: int | None = None) -> str:
     """The HTML page of the run (:func:`onnx_cnnviz.evaluation_page.render`). ``pictures``: (method, metric) -> its
-    mean curve; ``overlays``: metric -> every method's curve in one plot (:func:`overlay_pictures`)."""
+    mean curve; ``overlays``: metric -> every method's curve in one plot (:func:`overlay_pictures`);
+    ``detections``: a detector's run, how many detections were scored (its examples are detections)."""
     from .. import evaluation_page, report
 
     examples = [tally.examples[i] for i in sorted(tally.examples)][:EXAMPLES]
     metrics = {}
     for name in job.metrics:
         meta = metric_registry.get(name)
-        metrics[name] = {**document["metrics"][name], "paper": meta.paper}
+        # A detector's metric names its own paper (deletion per detection: D-RISE's, not RISE's).
+        metrics[name] = {**document["metrics"][name], "paper": document["metrics"][name].get("paper", meta.paper)}
     return evaluation_page.render(
         model=report.describe(m, job.model_path), preprocessing=job.preprocessing_info, summary=summary,
         ranking=ranking(summary, job.metrics), metrics=metrics, curves=pictures,
         examples=[evaluation_page.ExampleRow(e.path, e.view, e.cls, job.labels[e.cls] if job.labels else None,
                                              e.probability, [(name, e.pictures[name]) for name in job.methods
-                                                             if name in e.pictures]) for e in examples],
+                                                             if name in e.pictures],
+                                             getattr(e, "detection", None)) for e in examples],
         images=len(paths), failed=tally.failed, interrupted=tally.interrupted, ci_formula=CI_FORMULA,
-        title=f"cnnviz evaluate — {model_name}", overlays=overlays)
+        title=f"cnnviz evaluate — {model_name}", overlays=overlays, detections=detections)
