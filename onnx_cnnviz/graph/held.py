@@ -238,6 +238,14 @@ def release(holding: str) -> None:
         _owners.pop(holding, None)
 
 
+def release_keys(keys) -> None:
+    """Free the held arrays of ``keys`` (:func:`key_of` of placeholders that no graph reads any more: the stored
+    weights a load-time fold replaced, graph/loading/weights.py); the rest of their holding stays."""
+    with _lock:
+        for key in keys:
+            _arrays.pop(key, None)
+
+
 def held_bytes() -> int:
     """Bytes held in the store now (all holdings)."""
     with _lock:

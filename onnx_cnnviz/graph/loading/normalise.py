@@ -2,7 +2,9 @@
 ``opset``, ``float32`` (:func:`normalise_passes`).
 
 * ``order``: the nodes are in topological order (:mod:`.order`);
-* ``constants``: weights are initializers, never ``Constant`` nodes or graph inputs (:mod:`.weights`);
+* ``constants``: weights are initializers, never ``Constant`` nodes or graph inputs, and a weight the graph computes
+  from the stored ones alone (timm's weight-standardised convolutions) is computed once and stored (:mod:`.weights`;
+  run after ``float32``, on the graph the sessions run);
 * ``ifs``: an ``If`` whose condition is a constant is replaced by the branch it takes
   (:func:`onnx_cnnviz.graph.subgraphs.fold_constant_ifs`; conditions computed from the input's shape are folded once
   the size is fixed, by the ``shapes`` step of ``Model``);
@@ -21,7 +23,8 @@ from ..subgraphs import fold_constant_ifs
 from .order import order_pass
 from .record import PassRecord, plural
 from .versions import MIN_OPSET, check_supported_versions, opset_pass
-from .weights import constants_pass, constants_to_initializers_inplace, float32_pass
+from .weights import (constants_pass, constants_to_initializers_inplace, float32_pass, fold_computed_weights_inplace,
+                      folded_record)
 
 __all__ = ["normalise", "normalise_passes", "ifs_pass", "MIN_OPSET"]
 
@@ -50,7 +53,11 @@ def normalise_passes(model: onnx.ModelProto, copy: bool = True) -> tuple[onnx.Mo
     constants = constants_pass(model)
     model, ifs = ifs_pass(model)
     model, opset = opset_pass(model)
-    return model, [order, constants, ifs, opset, float32_pass(model)]
+    float32 = float32_pass(model)
+    # Weights the graph computes from its stored ones are folded last, on the float32 graph the sessions run (their
+    # record joins the constants pass's: weights are initializers, computed ones included).
+    constants = folded_record(constants, fold_computed_weights_inplace(model, release=not copy))
+    return model, [order, constants, ifs, opset, float32]
 
 
 def ifs_pass(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassRecord]:
