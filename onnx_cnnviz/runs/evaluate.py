@@ -88,6 +88,11 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
             reporter.info(f"resume: {work.stale} group(s) were made with other settings ({', '.join(work.changed)}) "
                           "and are recomputed")
         return m, job, paths, outputs, work
+    for name in metrics:  # a detector's own key (deletion.score) given to a classifier: as any unknown key
+        try:
+            metric_registry.parameters(name, params.get(name))
+        except InputError as exc:
+            raise option_error(str(exc), "--metric-param") from None
     job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options, reporter)
     outputs = output_files(out, methods, metrics)
     work = plan(job, outputs, paths, reporter)
