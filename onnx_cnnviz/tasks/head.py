@@ -49,6 +49,14 @@ def head_output(model: onnx.ModelProto, task: str, wanted: str | None = None) ->
                 f"this detector's outputs ({', '.join(names)}) are a PicoDet head's, per-level class scores and DFL "
                 "box logits: decode them in the graph first, onnx_cnnviz.load(onnx_cnnviz.tasks.picodet_head(path), "
                 "task='detector').")
+        from .yolo_seg import is_yolo_seg
+
+        if is_yolo_seg(model):
+            raise ModelStructureError(
+                f"this detector's outputs ({', '.join(names)}) are an ultralytics segmentation head's, boxes, class "
+                "scores and mask coefficients beside the mask prototypes: join them in the graph first, "
+                "onnx_cnnviz.load(onnx_cnnviz.tasks.yolo_seg_head(path), task='detector') (cnnviz explain does it "
+                "by itself).")
         raise ModelStructureError(
             f"this detector has several outputs ({', '.join(names)}); choose the head output its targets read with "
             "output=NAME, or, for a head spread over several outputs, join them into one in the graph (as "
@@ -74,11 +82,11 @@ def not_a_classifier(name: str, shape) -> None:
 
 def check_outputs(model: onnx.ModelProto) -> None:
     """Refuse, before the class scores are looked for, a model loaded as a classifier whose outputs are a known
-    multi-output detector head (PicoDet's per-level scores and DFL box logits), which no ``output=`` makes a
-    classifier.
+    multi-output detector head (PicoDet's per-level scores and DFL box logits, an ultralytics segmentation head and
+    its prototypes), which no ``output=`` makes a classifier.
 
     Raises:
-        NotAClassifierError: the outputs are a PicoDet head's; the message says how to load it as a detector.
+        NotAClassifierError: the outputs are such a head's; the message says how to load it as a detector.
     """
     if len(model.graph.output) < 2:
         return
@@ -91,6 +99,15 @@ def check_outputs(model: onnx.ModelProto) -> None:
             "logits. Load it with task='detector' after decoding them in the graph: "
             "onnx_cnnviz.load(onnx_cnnviz.tasks.picodet_head(path), task='detector'), then explain its detections "
             "(onnx_cnnviz.tasks.detect).")
+    from .yolo_seg import is_yolo_seg
+
+    if is_yolo_seg(model):
+        names = ", ".join(o.name for o in model.graph.output)
+        raise NotAClassifierError(
+            f"this is a detector: its outputs ({names}) are an ultralytics segmentation head's (boxes, class scores "
+            "and mask coefficients) and its mask prototypes. Load it with task='detector' after joining them in the "
+            "graph: onnx_cnnviz.load(onnx_cnnviz.tasks.yolo_seg_head(path), task='detector'), then explain its "
+            "detections (onnx_cnnviz.tasks.detect) or their masks (onnx_cnnviz.tasks.mask_target).")
 
 
 def check_head(task: str, name: str, score) -> None:

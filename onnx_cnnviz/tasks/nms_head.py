@@ -23,7 +23,7 @@ from ..errors import InputError, ModelStructureError
 from ..graph.load import read_model
 from .decoders import Candidates, Decoder, register_decoder
 
-__all__ = ["NMS_OUTPUT", "nms_head", "NmsDecoder"]
+__all__ = ["NMS_OUTPUT", "nms_head", "is_nms_head", "NmsDecoder"]
 
 #: The head output :func:`nms_head` adds (the name :class:`NmsDecoder` recognises).
 NMS_OUTPUT = "nms/detections"
@@ -47,6 +47,18 @@ def _outputs(model: onnx.ModelProto) -> tuple[str, str, str]:
             "(D, 4) boxes output, one float (D,) scores output and one integer (D,) labels output (torchvision's "
             "detection exports). For another head write a decoder (subclass onnx_cnnviz.tasks.Decoder).")
     return boxes[0], scores[0], labels[0]
+
+
+def is_nms_head(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` takes one (C, H, W) image and returns boxes (D, 4), scores (D,) and labels (D,): a detector
+    with its NMS inside the graph, what :func:`nms_head` reads (torchvision's detection exports)."""
+    try:
+        _outputs(model)
+    except ModelStructureError:
+        return False
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    return len(inputs) == 1 and len(_shape(inputs[0])) == 3 and _shape(inputs[0])[0] is not None
 
 
 def nms_head(source, max_det: int = 300) -> onnx.ModelProto:

@@ -1,9 +1,10 @@
 """ultralytics instance segmentation heads (YOLOv8-seg, YOLO11-seg) exported without NMS.
 
-The export has two outputs: the head ``(N, 4 + C + M, A)`` (per anchor point ``a``: box ``cx, cy, w, h`` in input
-pixels, C sigmoid class scores, M mask coefficients ``k_a``) and the prototypes ``P`` ``(N, M, h, w)``. A detection's
-mask is ultralytics' ``process_mask``: ``sigmoid(k_a . P)`` at the prototypes' resolution, cropped to the detection's
-box (scaled to that resolution: pixel column ``j`` inside when ``x1 <= j < x2``, rows likewise).
+The export (ultralytics' own ``YOLO(model).export(format="onnx")``, static batch 1, or ``torch.onnx.export``) has
+two outputs: the head ``(N, 4 + C + M, A)`` (per anchor point ``a``: box ``cx, cy, w, h`` in input pixels, C sigmoid
+class scores, M mask coefficients ``k_a``) and the prototypes ``P`` ``(N, M, h, w)``. A detection's mask is
+ultralytics' ``process_mask``: ``sigmoid(k_a . P)`` at the prototypes' resolution, cropped to the detection's box
+(scaled to that resolution: pixel column ``j`` inside when ``x1 <= j < x2``, rows likewise).
 
 :func:`yolo_seg_head` appends, with standard operators, each anchor's **mask mass** to the graph::
 
@@ -30,7 +31,7 @@ from ..graph.shapes import infer
 from .decoders import Candidates, UltralyticsDecoder, register_decoder
 from .detection import Detection
 
-__all__ = ["YOLO_SEG_OUTPUT", "yolo_seg_head", "YoloSegDecoder", "mask_target"]
+__all__ = ["YOLO_SEG_OUTPUT", "yolo_seg_head", "is_yolo_seg", "YoloSegDecoder", "mask_target"]
 
 #: The head output :func:`yolo_seg_head` adds (the name :class:`YoloSegDecoder` recognises).
 YOLO_SEG_OUTPUT = "yoloseg/detections"
@@ -38,6 +39,46 @@ YOLO_SEG_OUTPUT = "yoloseg/detections"
 
 def _shape(value: onnx.ValueInfoProto) -> tuple:
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim)
+
+
+def _seg_outputs(model: onnx.ModelProto) -> tuple:
+    """``((head, shape), (prototypes, shape), (H, W))`` of an ultralytics segmentation model: one (N, 4 + C + M, A)
+    output and one (N, M, h, w) output, at a fixed input size.
+
+    Raises:
+        ModelStructureError: no such pair of outputs, or an input size that is not fixed.
+    """
+    g = model.graph
+    # torch.onnx.export leaves the head's rows open; shape inference tells them (the anchor count A may stay open:
+    # the loaded model measures it). ultralytics' own exporter declares every dimension (static batch 1).
+    inferred = infer(model)
+    outs = [(o.name, inferred[o.name].shape if o.name in inferred and inferred[o.name].shape is not None
+             and len(inferred[o.name].shape) == len(_shape(o)) else _shape(o)) for o in g.output]
+    heads = [(n, s) for n, s in outs if len(s) == 3 and s[1] is not None]
+    protos = [(n, s) for n, s in outs if len(s) == 4 and None not in s[1:]]
+    weights = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in weights]
+    hw = _shape(inputs[0])[2:] if len(inputs) == 1 and len(_shape(inputs[0])) == 4 else (None, None)
+    if len(heads) != 1 or len(protos) != 1 or heads[0][1][1] <= 4 + protos[0][1][1] or None in hw:
+        listed = ", ".join(f"'{n}' {s}" for n, s in outs)
+        raise ModelStructureError(
+            f"these outputs ({listed}) are not an ultralytics segmentation head at a fixed input size: yolo_seg_head "
+            "needs one (N, 4 + C + M, A) head and one (N, M, h, w) prototypes output (export at a fixed imgsz).")
+    return heads[0], protos[0], hw
+
+
+def is_yolo_seg(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s two outputs are an ultralytics segmentation head and its prototypes at a fixed input size
+    (what :func:`yolo_seg_head` joins), as ``YOLO(...).export(format="onnx")`` and ``torch.onnx.export`` write them:
+    what the runs (:func:`onnx_cnnviz.runs.detections.load_for_task`) load through :func:`yolo_seg_head` unasked."""
+    # The declared ranks first: shape inference (of the whole graph) only for a (3-D, 4-D) pair of outputs.
+    if sorted(len(_shape(o)) for o in model.graph.output) != [3, 4]:
+        return False
+    try:
+        _seg_outputs(model)
+    except ModelStructureError:
+        return False
+    return True
 
 
 def yolo_seg_head(source) -> onnx.ModelProto:
@@ -58,22 +99,7 @@ def yolo_seg_head(source) -> onnx.ModelProto:
     """
     model = read_model(source)
     g = model.graph
-    # The exporter may leave the head's rows open; shape inference tells them (the anchor count A may stay open: the
-    # loaded model measures it).
-    inferred = infer(model)
-    outs = [(o.name, inferred[o.name].shape if o.name in inferred and inferred[o.name].shape is not None
-             and len(inferred[o.name].shape) == len(_shape(o)) else _shape(o)) for o in g.output]
-    heads = [(n, s) for n, s in outs if len(s) == 3 and s[1] is not None]
-    protos = [(n, s) for n, s in outs if len(s) == 4 and None not in s[1:]]
-    weights = {t.name for t in g.initializer}
-    inputs = [i for i in g.input if i.name not in weights]
-    hw = _shape(inputs[0])[2:] if len(inputs) == 1 and len(_shape(inputs[0])) == 4 else (None, None)
-    if len(heads) != 1 or len(protos) != 1 or heads[0][1][1] <= 4 + protos[0][1][1] or None in hw:
-        listed = ", ".join(f"'{n}' {s}" for n, s in outs)
-        raise ModelStructureError(
-            f"these outputs ({listed}) are not an ultralytics segmentation head at a fixed input size: yolo_seg_head "
-            "needs one (N, 4 + C + M, A) head and one (N, M, h, w) prototypes output (export at a fixed imgsz).")
-    (head, (_, rows, anchors)), (proto, (_, masks, ph, pw)) = heads[0], protos[0]
+    (head, (_, rows, anchors)), (proto, (_, masks, ph, pw)), hw = _seg_outputs(model)
     classes = rows - 4 - masks
     p = "yoloseg/"
     cols, lines = np.meshgrid(np.arange(pw, dtype=np.float32), np.arange(ph, dtype=np.float32))
