@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import jsonio
-from ..errors import InputError
+from ..errors import CnnvizError, InputError
 from ..metrics import detections as det_metrics
 from ..metrics import registry as metric_registry
 from .detections import TaskOptions, find_targets
-from .evaluate_plan import EXAMPLES, RESULT_FIELDS, Job, Journal, Plan, boxes_setting, differences, journal_lines
+from .evaluate_plan import (CI_FORMULA, EXAMPLES, RESULT_FIELDS, Job, Journal, Plan, boxes_setting, differences,
+                            journal_lines)
 from .evaluate_run import Example, Tally, method_maps, thumbnail
 from .labels import option_error
 from .outputs import abspath
@@ -230,6 +231,13 @@ class DetectionTally(Tally):
     nothing_found: list = field(default_factory=list)
 
 
+@dataclass
+class DetectionExample(Example):
+    """An example of the page for a detector: the image's best detection (``cls``, ``probability``: its class and
+    score; ``view``: the picture with its box), ``detection`` its number."""
+    detection: int = 1
+
+
 def detections_line(task: TaskOptions) -> str:
     """What an image without a detection gets said."""
     return (f"no detection scores at least --conf {task.conf:g}; skipped (lower --conf to evaluate weaker "
@@ -368,11 +376,33 @@ def keep_examples(m, job: DetectionJob, tally, method: str, x: np.ndarray, items
             view = deprocess(x[j], preset=job.preprocessing)
             if i not in tally.examples:
                 boxed = task_report.targets_picture(view, [best], job.labels)
-                tally.examples[i] = Example(abspath(paths[i]), thumbnail(boxed), int(best.cls), float(best.score))
-                tally.examples[i].detection = 1
+                tally.examples[i] = DetectionExample(abspath(paths[i]), thumbnail(boxed), int(best.cls),
+                                                     float(best.score))
             pic = report.picture(method, maps[offset], view, job.preprocessing.order)
             tally.examples[i].pictures[method] = thumbnail(pic)
         offset += len(per_image[j])
+
+
+def complete_examples(m, job: DetectionJob, paths: list, results, tally: DetectionTally) -> None:
+    """Explain the best detection of the example images whose pictures this run did not make (rows kept by
+    --resume), so that the page shows every method on the first images with a detection."""
+    from ..image import preprocess
+
+    scored = sorted({row["image"] for row in results.rows})
+    index = {abspath(p): i for i, p in enumerate(paths)}
+    for i in sorted(index[image] for image in scored)[:EXAMPLES]:
+        example = tally.examples.get(i)
+        missing = [name for name in job.methods if example is None or name not in example.pictures]
+        if not missing:
+            continue
+        x = preprocess([paths[i]], preset=job.preprocessing)
+        found = find_targets(m, x, job.task, job.rows_per_run, job.labels, task="detector")
+        if not found[0]:
+            continue
+        for name in missing:
+            maps = method_maps(m, name, x, found[0][:1], job.layer, job.rows_per_run, [paths[i]],
+                               params=job.own_params(name))
+            keep_examples(m, job, tally, name, x, [(i, set())], paths, [found[0][:1]], [0], maps)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -439,7 +469,7 @@ def run_document(m, job: DetectionJob) -> dict:
                                "parameters": detection_parameters(name, job.params[name]),
                                "paper": DETECTION_METRICS[name].paper}
                         for name in job.metrics},
-            "confidence_interval": None}
+            "confidence_interval": CI_FORMULA}
 
 
 def finish(m, job: DetectionJob, outputs: dict, paths: list, work: Plan, tally: DetectionTally, model_name: str,
@@ -450,7 +480,7 @@ def finish(m, job: DetectionJob, outputs: dict, paths: list, work: Plan, tally: 
     Raises:
         InputError: no image had a detection, or no image could be evaluated.
     """
-    from .evaluate_plan import CI_FORMULA, JOURNAL
+    from .evaluate_plan import JOURNAL
     from .evaluate_tables import (Results, curve_pictures, overlay_pictures, page_text, ranking, summarise,
                                   undefined_lines, write_outputs)
 
@@ -463,12 +493,16 @@ def finish(m, job: DetectionJob, outputs: dict, paths: list, work: Plan, tally: 
             raise InputError(f"nothing to evaluate: {detections_line(job.task).split(';')[0]} in any of the "
                              f"{len(tally.nothing_found)} image(s) read; lower --conf, or check the preprocessing.")
         raise InputError("no image could be evaluated (all were skipped, listed above).")
+    if not tally.interrupted:
+        try:
+            complete_examples(m, job, paths, results, tally)
+        except CnnvizError as exc:  # the page's pictures are not worth the tables: they are written all the same
+            reporter.warn(f"the page shows fewer example maps: {exc}")
     summary = summarise(results, job.methods, job.metrics)
     for line in undefined_lines(results, unit="detection"):
         reporter.warn(line)
     scored = counts(results)
-    document = {**run_document(m, job), "confidence_interval": CI_FORMULA,
-                "detections": {**scored, "nothing_found": len(tally.nothing_found)}}
+    document = {**run_document(m, job), "detections": {**scored, "nothing_found": len(tally.nothing_found)}}
     pictures = curve_pictures(results)
     overlays = overlay_pictures(results, ranking(summary, job.metrics))
     page = page_text(m, job, model_name, document, summary, pictures, tally, paths, overlays,

@@ -123,6 +123,9 @@ def test_rows_per_detection_equal_the_library_and_resume_recomputes_nothing(scen
     assert redone["computed"] == 0 and redone["kept"] == 3 * len(METHODS) * 3
     assert (out / "results.jsonl").read_text() == lines
     assert redone["summary"] == document["summary"]
+    # The page's examples (each image's best detection, its box drawn, every method's map) are made again.
+    page = (out / "report.html").read_text()
+    assert page.count("detection #1") == 3 and page.count('alt="saliency"') == 3
 
 
 def test_element_score_and_a_classifier_metric(scene, tmp_path):
