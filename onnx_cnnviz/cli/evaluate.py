@@ -116,9 +116,11 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     A detector (recognised from its head, or --task detector) is evaluated per detection: each image's detections
     scoring --conf, after NMS at --iou, at most --max-det, all explained by each method in batched runs and scored
     with deletion / insertion of the detection's D-RISE similarity (Petsiuk et al. 2021; deletion.score=element
-    follows its own head element) and pointing-game against the ground-truth box matched to it (same class, IoU >=
-    pointing-game.iou_threshold, 0.5); a detection matched to no box is written with an undefined value and why.
-    Rows are per image x detection x method x metric (results.csv adds detection, box, score), the summary
+    follows its own head element), pointing-game against the ground-truth box matched to it (same class, IoU >=
+    pointing-game.iou_threshold, 0.5; a detection matched to no box is written with an undefined value and why)
+    and model-randomisation (Adebayo et al.'s sanity check, each map explaining its detection on the randomised
+    detectors). Rows are per image x detection x method x metric (results.csv adds detection, box and score, in
+    the model input's pixels), the summary
     averages over detections and says how many were scored. Other metrics are refused on a detector; an image
     with no detection is listed as skipped, and a run with none in any image is an error.
 

@@ -17,7 +17,11 @@ numbers them), explains all of them with each method in batched runs (one row pe
   per detection): 1 when the map's first maximum lies within ``tolerance`` pixels of the ground-truth box *matched*
   to the detection (same class, IoU >= ``iou_threshold``, the VOC rule of
   :func:`~onnx_cnnviz.metrics.match_detections`), else 0. A detection matched to no box (a false positive) has
-  nothing to point at: its row is written with an undefined value and that reason, never dropped.
+  nothing to point at: its row is written with an undefined value and that reason, never dropped;
+* ``model-randomisation``: the sanity check of Adebayo et al. (NeurIPS 2018) per detection
+  (:func:`~onnx_cnnviz.metrics.detection_randomisation`'s way): each detection's map on the trained detector and on
+  each randomised copy explains the same head element; the value is the ``measure`` (Spearman's rank correlation of
+  the absolute maps by default) after the last stage, lower is better.
 
 The other metrics measure a classifier's class probability and are refused on a detector, naming these. An image
 where nothing scores --conf is listed as skipped with the reason; a run where no image has a detection is an
@@ -40,10 +44,11 @@ from .. import jsonio
 from ..errors import CnnvizError, InputError
 from ..metrics import detections as det_metrics
 from ..metrics import registry as metric_registry
+from ..metrics import sanity
 from .detections import TaskOptions, find_targets
 from .evaluate_plan import (CI_FORMULA, EXAMPLES, RESULT_FIELDS, Job, Journal, Plan, boxes_setting, differences,
                             journal_lines)
-from .evaluate_run import Example, Tally, method_maps, thumbnail
+from .evaluate_run import Example, Tally, method_maps, thumbnail, undefined_reason
 from .labels import option_error
 from .outputs import abspath
 
@@ -83,6 +88,11 @@ DETECTION_METRICS = {
     "pointing-game": DetectionMetric("pointing-game", det_metrics.detection_pointing_game,
                                      ("iou_threshold", "tolerance", "channels"), "Zhang et al. 2016, per detection",
                                      needs_boxes=True),
+    # As detection_randomisation (Adebayo et al. 2018): each map explains its detection's element on the trained and
+    # on every randomised copy of the detector; one method at a time, as the classifier's metric.
+    "model-randomisation": DetectionMetric("model-randomisation", sanity.model_randomisation,
+                                           ("stages", "measure", "mode", "seed", "init"),
+                                           "Adebayo et al. 2018, per detection"),
 }
 
 
@@ -301,7 +311,8 @@ def evaluate_detection_group(m, job: DetectionJob, x: np.ndarray, items: list, p
             rows = np.asarray([k for k, d in enumerate(flat) if d.image in sub], np.int64)
             dets = [flat[k] for k in rows]
             values, result, extra = score(m, job, metric, method, x, maps[rows], dets, boxes, bar)
-            record(job, journal, tally, items, paths, per_image, method, metric, dets, values, result, extra)
+            record(job, journal, tally, items, paths, per_image, method, metric, dets, values, result, extra,
+                   maps[rows])
 
 
 def score(m, job: DetectionJob, metric: str, method: str, x: np.ndarray, maps: np.ndarray, dets: list, boxes,
@@ -329,15 +340,23 @@ def score(m, job: DetectionJob, metric: str, method: str, x: np.ndarray, maps: n
         result = own.func(m, x, maps, dets, boxes, progress=progress, **params)
         values[result.details["detection"]] = result.values
         return values, result, extra
+    if metric == "model-randomisation":
+        # The detections' rows of x, each seeded by its own Detection (as metrics.detection_randomisation does).
+        result = own.func(m, x[[d.image for d in dets]], method, dets, layer=job.layer,
+                          method_params=job.own_params(method) or None, batch_size=job.rows_per_run,
+                          progress=progress, **params)
+        return np.asarray(result.values, np.float64), result, extra
     result = own.func(m, x, maps, dets, conf=float(job.task.conf), iou=float(job.task.iou),
                       max_det=int(job.task.max_det), batch_size=job.rows_per_run, progress=progress, **params)
     return np.asarray(result.values, np.float64), result, extra
 
 
 def record(job: DetectionJob, journal, tally, items: list, paths: list, per_image: list, method: str, metric: str,
-           dets: list, values: np.ndarray, result, extra: list) -> None:
+           dets: list, values: np.ndarray, result, extra: list, maps: np.ndarray | None = None) -> None:
     """Append one journal line per detection of ``dets``: its image, number, box, class and score, the value (null
-    with its reason where undefined), the settings and the curve."""
+    with its reason where undefined: the pointing game's unmatched detection, or
+    :func:`~onnx_cnnviz.runs.evaluate_run.undefined_reason` given ``maps``, the detections' maps), the settings and
+    the curve."""
     ordered = result is not None and result.curve is not None and metric_registry.get(metric).ordered_curve
     axis = None if not ordered or result.axis is None else np.asarray(result.axis).tolist()
     output = None if result is None else result.output
@@ -347,7 +366,8 @@ def record(job: DetectionJob, journal, tally, items: list, paths: list, per_imag
         found = per_image[d.image]
         value = float(values[k])
         defined = bool(np.isfinite(value))
-        reason = None if defined else extra[k].get("reason") or f"{metric} is undefined (NaN) for this detection"
+        reason = None if defined else extra[k].get("reason") or undefined_reason(
+            metric, result, k, None if maps is None else maps[k]).replace("image's", "detection's")
         lines.append({"image": abspath(paths[i]), "detection": found.index(d) + 1, "detections": len(found),
                       "box": [float(v) for v in d.box], "score": float(d.score), "method": method, "metric": metric,
                       "value": value if defined else None, "class": int(d.cls), "output": output, "reason": reason,

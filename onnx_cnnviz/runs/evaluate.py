@@ -217,8 +217,8 @@ def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), me
         resume: keep the journal's rows made with the same settings.
         task: "auto" (a classifier, or a detector recognised from its head), "classifier" or "detector". A
             detector is evaluated per detection (:mod:`onnx_cnnviz.runs.detection_evaluate`): metrics deletion,
-            insertion (of the detection's D-RISE similarity) and pointing-game (against its matched box), one
-            row per image x detection x method x metric.
+            insertion (of the detection's D-RISE similarity), pointing-game (against its matched box) and
+            model-randomisation, one row per image x detection x method x metric.
         conf: a detector's score threshold (:func:`onnx_cnnviz.tasks.detect`).
         iou: a detector's NMS overlap threshold.
         max_det: detections evaluated per image at most, best first.

@@ -172,3 +172,21 @@ def test_a_detector_only_parameter_on_a_classifier_is_a_usage_error(scene, tmp_p
     assert result.exit_code == 2
     assert "metric 'deletion' takes no parameter 'score'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_model_randomisation_per_detection_equals_the_library(scene, tmp_path):
+    folder, _ = scene
+    out = tmp_path / "out"
+    result = invoke("--json", "evaluate", DETECTOR, folder / "im0.png", "-m", "saliency", "--metric",
+                    "model-randomisation", "--metric-param", "model-randomisation.stages=2", "--out", out,
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    m = cv.load(DETECTOR, task="detector", device="cpu")
+    x = preprocess([folder / "im0.png"], preset=Preprocessing.from_metadata(m.metadata))
+    found = detect(m, x)
+    sanity = metrics.detection_randomisation(m, x, found, methods=("saliency",), stages=2)
+    expected = sanity.values("spearman_abs")["saliency"][-1]  # after the last stage, one per detection
+    rows = sorted(journal(out), key=lambda r: r["detection"])
+    assert len(rows) == len(found[0]) == len(expected)
+    np.testing.assert_allclose([r["value"] for r in rows], expected, rtol=1e-5, atol=1e-6)
+    assert all(len(r["curve"]) == 2 for r in rows)
