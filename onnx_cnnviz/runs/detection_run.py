@@ -36,7 +36,7 @@ from .explain_run import Outcome
 from .images import read_batch, same_size_groups
 from .outputs import abspath, broken_file, npy_bytes, protect_inputs, remove_stale_temps, save_json
 
-__all__ = ["TaskRun", "task_plan", "explain_targets_all", "task_summary", "WORDS"]
+__all__ = ["TaskRun", "check_task_methods", "task_plan", "explain_targets_all", "task_summary", "WORDS"]
 
 #: The word of an image's own files per task: ``KEY.detections.png|json``, ``KEY.regions.png|json``.
 WORDS = {"detector": "detections", "segmenter": "regions", "text": "detections"}
@@ -95,6 +95,59 @@ class TaskRun:
             found += sorted(p for suffix in ResultFiles._fields
                             for p in self.job.out.glob(f"{stem}{pattern}.{suffix}"))
         return found
+
+
+def check_task_methods(m, methods: list, layer: str | None = None, task: str | None = None) -> None:
+    """Refuse, before any image is read or any file written, the asked methods that cannot explain a detector's
+    detections (a segmenter's regions, a text detector's lines) on ``m``, in one line that names the methods that
+    can.
+
+    A method is refused where the model's structure rules it out (a :class:`ModelStructureError` of its layer
+    rule): CAM (Zhou et al., CVPR 2016) weights a feature map by a classifier's head, ``L = sum_k w_{c,k} A^k``
+    with ``w`` the linear layer after global average pooling, which a detector's head is not. A wrong ``layer``
+    stays the user's error (the run's own :class:`InputError` about it). A classifier is not checked here.
+
+    Args:
+        m: the loaded model.
+        methods: the asked method names.
+        layer: the run's --layer, or None.
+        task: the run's task ("text" for a text detector; None: ``m.task``).
+
+    Raises:
+        InputError: about --methods (a usage error on the command line), naming the refused methods, why, and the
+            methods that apply to this model.
+    """
+    from ..errors import ModelStructureError, UnknownLayerError
+    from ..methods import registry
+    from .labels import option_error
+
+    if m.task == "classifier":
+        return
+
+    def why_not(name: str, wanted: str | None) -> str | None:
+        try:
+            registry.resolved_layer(m, name, wanted)
+        except ModelStructureError as exc:
+            return str(exc)
+        except (InputError, UnknownLayerError):
+            return None  # the layer asked for is wrong: the run says so about --layer
+        return None
+
+    refused = {}
+    for name in methods:
+        meth = registry.get(name)
+        why = why_not(meth.name, layer)
+        if why is not None:
+            refused[meth.name] = why
+    if not refused:
+        return
+    usable = [n for n in registry.names() if why_not(n, None) is None]
+    task = task or m.task
+    kind = {"detector": "detector's detections", "text": "text detector's lines"}.get(task, f"{task}'s regions")
+    first = next(iter(refused.values()))
+    reason = first.split(" (")[0].split(";")[0].rstrip(".")
+    raise option_error(f"{', '.join(refused)} cannot explain this {kind}: {reason}. The methods that apply to it: "
+                       f"{', '.join(usable)}.", "--methods")
 
 
 def task_plan(run: TaskRun, paths: list, keys: list, reporter=None) -> Plan:

@@ -95,7 +95,8 @@ def make_task_report(m, images, methods, preprocessing: Preprocessing, options, 
         The HTML text.
 
     Raises:
-        InputError: a bad method parameter or layer, or a classifier (whose report is
+        InputError: a bad method parameter or layer, a method that cannot explain this model's targets (CAM on a
+            detector: :func:`onnx_cnnviz.runs.detection_run.check_task_methods`), or a classifier (whose report is
             :func:`onnx_cnnviz.report.make_report`).
     """
     from ..image import preprocess
@@ -106,6 +107,9 @@ def make_task_report(m, images, methods, preprocessing: Preprocessing, options, 
         raise InputError("make_task_report shows a detector's or a segmenter's targets; a classifier's report is "
                          "onnx_cnnviz.report.make_report.")
     names = [registry.get(n).name for n in methods]
+    from .detection_run import check_task_methods
+
+    check_task_methods(m, names, layer, run_task(m, options))
     pre = fit_preprocessing(m, preprocessing)
     registry.check_parameters(names, params)
     for n in names:
@@ -156,6 +160,12 @@ def _scale(name: str, result) -> float | None:
     return color_scale(name, result)
 
 
+def _classes(count) -> str:
+    """The header's class count: a detector whose NMS is in the graph (torchvision's exports) gives labels, not
+    its class count."""
+    return f"{count} classes" if count is not None else "class count not in the output (labels only)"
+
+
 def render_task_report(entries: list, info: dict, title: str | None = None) -> str:
     """The HTML page for ``entries`` (:class:`TaskEntry`): one section per image with its input, the targets drawn,
     the table of targets and one row of method figures per target."""
@@ -167,7 +177,7 @@ def render_task_report(entries: list, info: dict, title: str | None = None) -> s
     out = page_head(title) + [f"<h1>{esc(title)}</h1>"]
     pre = info.get("preprocessing") or {}
     meta = [f"task <b>{esc(str(info.get('task')))}</b>", f"input <code>{esc(str(info.get('input', '')))}</code>",
-            f"output <code>{esc(str(info.get('output', '')))}</code>", f"{info.get('classes')} classes",
+            f"output <code>{esc(str(info.get('output', '')))}</code>", _classes(info.get("classes")),
             f"device {esc(str(info.get('device', '')))}",
             f"{what} <code>" + esc(format_params({k: v for k, v in (info.get('targets') or {}).items()
                                                    if k != 'task' and v is not None})) + "</code>",

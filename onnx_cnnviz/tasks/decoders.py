@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ModelStructureError
 
 __all__ = ["Candidates", "Decoder", "UltralyticsDecoder", "YoloV5Decoder", "register_decoder", "recognise",
-           "find_decoder", "DECODERS"]
+           "find_decoder", "gives_vectors", "DECODERS"]
 
 
 @dataclass
@@ -54,7 +54,9 @@ class Decoder:
     :meth:`matches`, ``__init__(shape)`` (setting ``num_classes``) and :meth:`candidates`."""
 
     description: str = ""
-    num_classes: int
+    #: The class count, or None where the head output does not say it (:class:`onnx_cnnviz.tasks.NmsDecoder`: the
+    #: graph's NMS gives each detection's label only); everything that reads it takes None as "not known".
+    num_classes: int | None
     #: Anchor points (one per location of every pyramid level), when the head has them: its levels are then found
     #: (:func:`onnx_cnnviz.tasks.levels.pyramid_levels`).
     anchors: int | None = None
@@ -73,9 +75,16 @@ class Decoder:
     def vectors(self, output: np.ndarray, elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """D-RISE's detection vectors (:mod:`onnx_cnnviz.tasks.drise`) of the candidates whose score elements are
         ``elements``: (M,) objectness (1 where the head has none) and (M, C) class scores of their anchors.
-        Optional: a decoder without it is refused by D-RISE only."""
-        raise NotImplementedError(f"{type(self).__name__} does not give D-RISE's class vectors; implement "
-                                  "Decoder.vectors(output, elements).")
+        Optional: without it, D-RISE and the metrics' similarity score refuse the head (:func:`gives_vectors`).
+
+        Raises:
+            ModelStructureError: the decoder does not give them.
+        """
+        raise ModelStructureError(
+            f"this detector's head ({self.description}) gives no class vectors, which D-RISE and the detection "
+            "metrics' similarity score compare: explain it with a gradient or CAM method, score the metrics by the "
+            "detection's own element (score='element'), or implement "
+            f"{type(self).__name__}.vectors(output, elements).")
 
 
 class UltralyticsDecoder(Decoder):
@@ -140,6 +149,13 @@ class YoloV5Decoder(Decoder):
         out = np.asarray(output, dtype=np.float32).reshape(self.shape)
         rows = np.asarray(elements, dtype=np.int64) // self.shape[1]
         return out[rows, 4], out[rows, 5:]
+
+
+def gives_vectors(decoder) -> bool:
+    """Whether ``decoder`` gives D-RISE's class vectors (implements :meth:`Decoder.vectors`), what D-RISE and the
+    detection metrics' similarity score need: a plan refuses them up front on a head that does not."""
+    own = getattr(type(decoder), "vectors", None)
+    return own is not None and own is not Decoder.vectors
 
 
 #: Known heads, tried in order by :func:`recognise`.
