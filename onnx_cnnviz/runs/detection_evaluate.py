@@ -477,6 +477,13 @@ def counts(results) -> dict:
     return {"scored": len(found), "images": len({image for image, _ in found})}
 
 
+def kept_rows(results, work: Plan, paths: list) -> int:
+    """How many of the results' rows --resume kept (``work.done`` holds image x method x metric groups; a row is
+    one detection of one)."""
+    index = {abspath(p): i for i, p in enumerate(paths)}
+    return sum((index[row["image"]], row["method"], row["metric"]) in work.done for row in results.rows)
+
+
 def run_document(m, job: DetectionJob) -> dict:
     """What every table's JSON repeats, for a detector: as the classifier's, with the task, its options and each
     metric's per-detection parameters and paper."""
@@ -531,6 +538,6 @@ def finish(m, job: DetectionJob, outputs: dict, paths: list, work: Plan, tally: 
                           fields=DETECTION_RESULT_FIELDS)
     return {**document, "out": abspath(job.out), "results": results.rows, "summary": summary,
             "ranking": ranking(summary, job.metrics), "files": files, "failed": tally.failed,
-            "nothing_found": tally.nothing_found, "computed": tally.computed, "kept": len(work.done),
+            "nothing_found": tally.nothing_found, "computed": tally.computed, "kept": kept_rows(results, work, paths),
             "stale": work.stale, "removed_temporary": [abspath(p) for p in work.removed],
             "interrupted": tally.interrupted, "unavailable": job.unavailable}, results

@@ -120,12 +120,27 @@ def test_rows_per_detection_equal_the_library_and_resume_recomputes_nothing(scen
     again = evaluate(folder, out, "--resume")
     assert again.exit_code == 0, again.output
     redone = json.loads(again.stdout)
-    assert redone["computed"] == 0 and redone["kept"] == 3 * len(METHODS) * 3
+    assert redone["computed"] == 0 and redone["kept"] == len(rows)
     assert (out / "results.jsonl").read_text() == lines
     assert redone["summary"] == document["summary"]
     # The page's examples (each image's best detection, its box drawn, every method's map) are made again.
     page = (out / "report.html").read_text()
     assert page.count("detection #1") == 3 and page.count('alt="saliency"') == 3
+
+    # One detection's line lost (a kill mid-append): its image x method x metric is recomputed, for all of that
+    # image's detections, and nothing else.
+    biggest = max(range(3), key=lambda k: len(found[k]))
+    image = str((folder / names[biggest]).resolve())
+    kept = [line for line in lines.splitlines()
+            if not (json.loads(line)["image"] == image and json.loads(line)["method"] == "saliency"
+                    and json.loads(line)["metric"] == "insertion" and json.loads(line)["detection"] == 2)]
+    assert len(kept) == len(lines.splitlines()) - 1
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")
+    third = evaluate(folder, out, "--resume")
+    assert third.exit_code == 0, third.output
+    assert json.loads(third.stdout)["computed"] == len(found[biggest]) > 1
+    means = [r["mean"] for r in json.loads(third.stdout)["summary"]]
+    assert means == pytest.approx([r["mean"] for r in document["summary"]], rel=1e-5)
 
 
 def test_element_score_and_a_classifier_metric(scene, tmp_path):
