@@ -282,7 +282,9 @@ def evaluate_detection_group(m, job: DetectionJob, x: np.ndarray, items: list, p
                              bar=None, reporter=None) -> None:
     """The missing (method, metric) rows of the same-size images ``x`` (one per plan item of ``items``): their
     detections found, explained with each method (--batch-size detections per batched run) and scored with each
-    metric, one journal line per detection."""
+    metric, one journal line per detection. The maps held at once are those of whole images totalling at most
+    --batch-size detections (or one image's, when it has more): an image's detections stay together, since the
+    pointing game matches them to its boxes jointly."""
     per_image = find_targets(m, x, job.task, job.rows_per_run, job.labels, task="detector")
     for j, (i, _) in enumerate(items):
         if not per_image[j]:
@@ -293,26 +295,47 @@ def evaluate_detection_group(m, job: DetectionJob, x: np.ndarray, items: list, p
     boxes = [job.boxes[i] for i, _ in items] if job.boxes is not None else None
     for method in job.methods:
         wanted = [j for j, (_, missing) in enumerate(items) if per_image[j] and any(k[0] == method for k in missing)]
-        if not wanted:
-            continue
-        flat = [d for j in wanted for d in per_image[j]]
         progress = bar.method_progress(method) if bar is not None else None
-        step = max(1, job.batch_size)
-        maps = np.concatenate([
-            method_maps(m, method, x[[d.image for d in flat[s:s + step]]], flat[s:s + step], job.layer,
-                        job.rows_per_run, [paths[items[d.image][0]] for d in flat[s:s + step]], progress,
-                        params=job.own_params(method))
-            for s in range(0, len(flat), step)])
-        keep_examples(m, job, tally, method, x, items, paths, per_image, wanted, maps)
-        for metric in job.metrics:
-            sub = [j for j in wanted if (method, metric) in items[j][1]]
-            if not sub:
-                continue
-            rows = np.asarray([k for k, d in enumerate(flat) if d.image in sub], np.int64)
-            dets = [flat[k] for k in rows]
-            values, result, extra = score(m, job, metric, method, x, maps[rows], dets, boxes, bar)
-            record(job, journal, tally, items, paths, per_image, method, metric, dets, values, result, extra,
-                   maps[rows])
+        for part in parts(wanted, per_image, max(1, job.batch_size)):
+            evaluate_method(m, job, method, x, items, paths, per_image, part, boxes, journal, tally, bar, progress)
+
+
+def parts(wanted: list, per_image: list, limit: int) -> list:
+    """``wanted`` (indices of images) cut into consecutive runs totalling at most ``limit`` detections each (an image
+    with more alone)."""
+    out: list = []
+    total = 0
+    for j in wanted:
+        if out and total + len(per_image[j]) <= limit:
+            out[-1].append(j)
+            total += len(per_image[j])
+        else:
+            out.append([j])
+            total = len(per_image[j])
+    return out
+
+
+def evaluate_method(m, job: DetectionJob, method: str, x: np.ndarray, items: list, paths: list, per_image: list,
+                    wanted: list, boxes, journal, tally, bar=None, progress=None) -> None:
+    """Method ``method``'s maps of every detection of the images ``wanted`` (indices into ``x``), in batched runs of
+    --batch-size detections, and each missing metric of them journaled."""
+    flat = [d for j in wanted for d in per_image[j]]
+    step = max(1, job.batch_size)
+    maps = np.concatenate([
+        method_maps(m, method, x[[d.image for d in flat[s:s + step]]], flat[s:s + step], job.layer,
+                    job.rows_per_run, [paths[items[d.image][0]] for d in flat[s:s + step]], progress,
+                    params=job.own_params(method))
+        for s in range(0, len(flat), step)])
+    keep_examples(m, job, tally, method, x, items, paths, per_image, wanted, maps)
+    for metric in job.metrics:
+        sub = [j for j in wanted if (method, metric) in items[j][1]]
+        if not sub:
+            continue
+        rows = np.asarray([k for k, d in enumerate(flat) if d.image in sub], np.int64)
+        dets = [flat[k] for k in rows]
+        values, result, extra = score(m, job, metric, method, x, maps[rows], dets, boxes, bar)
+        record(job, journal, tally, items, paths, per_image, method, metric, dets, values, result, extra,
+               maps[rows])
 
 
 def score(m, job: DetectionJob, metric: str, method: str, x: np.ndarray, maps: np.ndarray, dets: list, boxes,

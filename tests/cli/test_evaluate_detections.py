@@ -53,7 +53,9 @@ def evaluate(folder, out, *more):
     images = [folder / f"im{k}.png" for k in range(3)] + [folder / "blank.png"]
     return invoke("--json", "evaluate", DETECTOR, *images, "--boxes", folder / "boxes.csv", "-m", ",".join(METHODS),
                   "--metric", "deletion,insertion,pointing-game", "--metric-param", f"deletion.pixels_per_step={STEP}",
-                  "--metric-param", f"insertion.pixels_per_step={STEP}", "--out", out, "--device", "cpu", *more)
+                  "--metric-param", f"insertion.pixels_per_step={STEP}", "--out", out, "--device", "cpu",
+                  # 2: images read two at a time, explained two detections per run, an image of 3 detections alone
+                  "--batch-size", "2", *more)
 
 
 def journal(out) -> list:
