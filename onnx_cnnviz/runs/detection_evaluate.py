@@ -135,6 +135,13 @@ def detection_parameters(metric: str, given: dict | None) -> dict:
     if metric in ("deletion", "insertion") and values["score"] not in det_metrics.SCORES:
         raise option_error(f"{metric}.score is one of {', '.join(det_metrics.SCORES)}, not {values['score']!r}.",
                            "--metric-param")
+    if metric == "pointing-game":  # checked now, not after the first images are explained
+        iou, tolerance = values["iou_threshold"], values["tolerance"]
+        if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0 < iou <= 1:
+            raise option_error(f"pointing-game.iou_threshold is a number in (0, 1], not {iou!r}.", "--metric-param")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+            raise option_error(f"pointing-game.tolerance is a number of pixels >= 0, not {tolerance!r}.",
+                               "--metric-param")
     return values
 
 

@@ -171,6 +171,11 @@ def test_element_score_and_a_classifier_metric(scene, tmp_path):
     wrong = invoke("evaluate", DETECTOR, folder / "im0.png", "--metric", "deletion", "--metric-param",
                    "deletion.output=score", "--out", tmp_path / "third", "--device", "cpu")
     assert wrong.exit_code == 2 and "on a detector takes score, baseline, pixels_per_step, channels" in wrong.stderr
+    beyond = invoke("evaluate", DETECTOR, folder / "im0.png", "--metric", "pointing-game", "--boxes",
+                    folder / "boxes.csv", "--metric-param", "pointing-game.iou_threshold=2", "--out",
+                    tmp_path / "fourth", "--device", "cpu")
+    assert beyond.exit_code == 2 and "pointing-game.iou_threshold is a number in (0, 1], not 2" in beyond.stderr
+    assert not (tmp_path / "fourth").exists()
 
 
 def test_nothing_detected_anywhere_is_a_typed_error(scene, tmp_path):
