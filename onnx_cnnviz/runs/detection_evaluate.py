@@ -507,6 +507,20 @@ def counts(results) -> dict:
     return {"scored": len(found), "images": len({image for image, _ in found})}
 
 
+def similarity_bounds(job: DetectionJob, row: dict, results) -> dict:
+    """A summary row whose interval is clipped to [0, 1] where its values are AUCs of a D-RISE similarity (each
+    factor, IoU, objectness and the cosine of non-negative class vectors, lies in [0, 1]; the classifier's table
+    knows only probabilities and scores, so it would leave such an interval unclipped); other rows as they are."""
+    from ..metrics.intervals import mean_interval
+
+    metric = row["metric"]
+    if metric not in ("deletion", "insertion") or detection_parameters(metric, job.params[metric])["score"] != \
+            "similarity":
+        return row
+    stats = mean_interval(results.values[(row["method"], metric)], bounds=(0.0, 1.0))
+    return {**row, "ci95_low": stats["low"], "ci95_high": stats["high"], "ci95_clipped": stats["clipped"]}
+
+
 def kept_rows(results, work: Plan, paths: list) -> int:
     """How many of the results' rows --resume kept (``work.done`` holds image x method x metric groups; a row is
     one detection of one)."""
@@ -555,7 +569,7 @@ def finish(m, job: DetectionJob, outputs: dict, paths: list, work: Plan, tally: 
             complete_examples(m, job, paths, results, tally)
         except CnnvizError as exc:  # the page's pictures are not worth the tables: they are written all the same
             reporter.warn(f"the page shows fewer example maps: {exc}")
-    summary = summarise(results, job.methods, job.metrics)
+    summary = [similarity_bounds(job, row, results) for row in summarise(results, job.methods, job.metrics)]
     for line in undefined_lines(results, unit="detection"):
         reporter.warn(line)
     scored = counts(results)

@@ -212,3 +212,20 @@ def test_model_randomisation_per_detection_equals_the_library(scene, tmp_path):
     assert len(rows) == len(found[0]) == len(expected)
     np.testing.assert_allclose([r["value"] for r in rows], expected, rtol=1e-5, atol=1e-6)
     assert all(len(r["curve"]) == 2 for r in rows)
+
+
+def test_a_similarity_auc_interval_is_clipped_to_the_unit_range():
+    from types import SimpleNamespace
+
+    from onnx_cnnviz.runs.detection_evaluate import similarity_bounds
+    from onnx_cnnviz.runs.evaluate_tables import Results, summary_row
+
+    results = Results(values={("saliency", "deletion"): [0.0, 0.0, 0.9], ("saliency", "insertion"): [0.0, 0.0, 0.9]})
+    job = SimpleNamespace(params={"deletion": {}, "insertion": {"score": "element"}})
+    output = "the detection's D-RISE similarity"
+    row = summary_row("saliency", "deletion", results.values[("saliency", "deletion")], output)
+    assert row["ci95_low"] < 0 and not row["ci95_clipped"]  # the classifier's table reads it as an unbounded score
+    clipped = similarity_bounds(job, row, results)
+    assert clipped["ci95_low"] == 0.0 and clipped["ci95_clipped"] and clipped["mean"] == row["mean"]
+    element = summary_row("saliency", "insertion", results.values[("saliency", "insertion")], "score")
+    assert similarity_bounds(job, element, results) == element  # a head element's AUC has no such bound
