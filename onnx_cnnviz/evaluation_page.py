@@ -70,7 +70,8 @@ class ExampleRow:
 
 def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, metrics: dict, curves: dict,
            examples: list, images: int, failed: list = (), interrupted: bool = False, ci_formula: str = "",
-           title: str = "cnnviz evaluate", overlays: dict | None = None, detections: int | None = None) -> str:
+           title: str = "cnnviz evaluate", overlays: dict | None = None, detections: int | None = None,
+           skipped: list = ()) -> str:
     """The evaluation page, one self-contained HTML file.
 
     Args:
@@ -89,6 +90,8 @@ def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, me
         overlays: metric -> uint8 RGB picture of every method's mean curve overlaid; shown first, each method's
             own picture then folded under it.
         detections: a detector's run: how many detections were scored (the rows are per detection).
+        skipped: the images with nothing to score (``{"image", "reason"}`` each: a detector's image where no
+            detection scored the threshold).
 
     Returns:
         The HTML text.
@@ -100,6 +103,8 @@ def render(*, model: dict, preprocessing: dict, summary: list, ranking: dict, me
                    "--resume to finish.</div>")
     for item in failed:
         out.append(f'<div class="error">{esc(str(item.get("image")))}: {esc(str(item.get("error")))}</div>')
+    for item in skipped:
+        out.append(f'<div class="note">{esc(str(item.get("image")))}: {esc(str(item.get("reason")))}</div>')
     out.append(_ranking(summary, ranking, metrics, ci_formula))
     out.append(_curves(curves, ranking, metrics, overlays or {}))
     out.append(_examples(examples))

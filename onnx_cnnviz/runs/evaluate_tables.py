@@ -330,4 +330,5 @@ def page_text(m, job: Job, model_name: str, document: dict, summary: list, pictu
                                                              if name in e.pictures],
                                              getattr(e, "detection", None)) for e in examples],
         images=len(paths), failed=tally.failed, interrupted=tally.interrupted, ci_formula=CI_FORMULA,
-        title=f"cnnviz evaluate — {model_name}", overlays=overlays, detections=detections)
+        title=f"cnnviz evaluate — {model_name}", overlays=overlays, detections=detections,
+        skipped=getattr(tally, "nothing_found", ()))

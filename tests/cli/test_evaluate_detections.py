@@ -117,6 +117,7 @@ def test_rows_per_detection_equal_the_library_and_resume_recomputes_nothing(scen
     header = (out / "results.csv").read_text().splitlines()[0]
     assert header.startswith("image,detection,box,score,method,metric,value")
     assert f"{len(flat)} detection(s) scored" in (out / "report.html").read_text()
+    assert "blank.png: no detection scores at least --conf 0.25" in (out / "report.html").read_text()
 
     lines = (out / "results.jsonl").read_text()
     again = evaluate(folder, out, "--resume")
