@@ -37,3 +37,23 @@ def times_function_of_input(ctx, node, dys, op: str, hint: str) -> list:
     """The rule of every op whose derivative is one ONNX op of its input: ``dx = g * op(x)``."""
     b = ctx.b
     return [b.op("Mul", [dys[0], b.op(op, [node.input[0]])], hint=hint)]
+
+
+def blocked(ctx, g: str, like: str) -> str:
+    """``g`` unchanged, passed through a 1x1 ``AveragePool`` (an exact identity: each output is its one input
+    divided by 1) when ``like`` is a 4-D map whose channels a blocked layout can hold (a multiple of 8).
+
+    onnxruntime's CPU provider runs convolutions, pools and the element-wise ops between them in a blocked channel
+    layout (NCHWc), but a binary op joins it only when every input is already blocked, and only convolutions and
+    pools convert a plain input. A gradient that comes out of an op with no blocked kernel (the ``Expand`` of a
+    global pool's gradient, a ``ConvTranspose``) would otherwise keep every op downstream of it in plain NCHW: the
+    ReLU masks and residual sums of a whole ResNet stage then run unblocked, with two conversions around each
+    backward convolution, and the residual ``Sum`` cannot be fused into the convolution that produces one of its
+    inputs. The pool converts once and lets all of that stay blocked. (An ``AveragePool`` rather than a
+    ``MaxPool``: onnxruntime's max starts from the lowest finite float, so it would turn -inf and NaN into it.)
+    """
+    ti = ctx.info.get(like)
+    shape = ti.shape if ti is not None else None
+    if shape is None or len(shape) != 4 or shape[1] is None or int(shape[1]) % 8:
+        return g
+    return ctx.b.op("AveragePool", [g], hint="blocked", kernel_shape=[1, 1])

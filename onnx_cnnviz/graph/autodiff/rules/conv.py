@@ -33,6 +33,7 @@ import numpy as np
 
 from ...padding import split_padding, window_geometry
 from . import register
+from ._common import blocked
 
 _INT64_MIN = -(2 ** 63)
 
@@ -124,7 +125,9 @@ def _conv_input_grad(ctx, node, g, w_shape, geometry) -> str:
         return b.op("Conv", [g, flipped], hint="conv_grad", dilations=dilations, group=group, pads=pads,
                     kernel_shape=kernel)
     attrs = transpose_pads(in_spatial, out_spatial, kernel, strides, dilations, begins)
-    return b.op("ConvTranspose", [g, node.input[1]], hint="conv_grad", group=group, **attrs)
+    # No blocked (NCHWc) ConvTranspose kernel: its result is moved into that layout for the element-wise ops after it.
+    dx = b.op("ConvTranspose", [g, node.input[1]], hint="conv_grad", group=group, **attrs)
+    return blocked(ctx, dx, node.input[0])
 
 
 def _flipped_transposed_graph(ctx, w: str, w_shape, group: int) -> str:

@@ -18,6 +18,7 @@ from onnx import TensorProto
 
 from ...padding import window_geometry
 from . import register
+from ._common import blocked
 
 
 @register("MaxPool")
@@ -142,10 +143,12 @@ def average_pool(ctx, node, dys):
 
 @register("GlobalAveragePool")
 def global_average_pool(ctx, node, dys):
-    """dx = expand(g) / (H * W)."""
+    """dx = expand(g) / (H * W), in the blocked layout where it can be (:func:`blocked`: the ReLU masks and residual
+    sums after it stay in onnxruntime's NCHWc layout)."""
     b, x = ctx.b, node.input[0]
     area = float(np.prod(ctx.static_shape(x)[2:]))
-    return [b.op("Expand", [b.op("Mul", [dys[0], b.const(1.0 / area)]), b.shape(x)], hint="gap_grad")]
+    spread = b.op("Expand", [b.op("Mul", [dys[0], b.const(1.0 / area)]), b.shape(x)], hint="gap_grad")
+    return [blocked(ctx, spread, x)]
 
 
 @register("GlobalMaxPool")
