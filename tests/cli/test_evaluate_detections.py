@@ -230,3 +230,18 @@ def test_a_similarity_auc_interval_is_clipped_to_the_unit_range():
     assert clipped["ci95_low"] == 0.0 and clipped["ci95_clipped"] and clipped["mean"] == row["mean"]
     element = summary_row("saliency", "insertion", results.values[("saliency", "insertion")], "score")
     assert similarity_bounds(job, element, results) == element  # a head element's AUC has no such bound
+
+
+def test_the_library_run_evaluates_a_detector_as_the_command(scene, tmp_path):
+    from onnx_cnnviz import runs
+
+    folder, _ = scene
+    document = runs.evaluate_images(DETECTOR, [folder / "im0.png"], tmp_path / "lib", methods=["saliency"],
+                                    metrics=["deletion"], metric_params={"deletion": {"pixels_per_step": STEP}},
+                                    device="cpu", batch_size=2)
+    command = invoke("--json", "evaluate", DETECTOR, folder / "im0.png", "-m", "saliency", "--metric", "deletion",
+                     "--metric-param", f"deletion.pixels_per_step={STEP}", "--out", tmp_path / "cli", "--device",
+                     "cpu", "--batch-size", "2")
+    assert command.exit_code == 0, command.output
+    assert document["task"] == "detector" and document["detections"]["scored"] >= 1
+    assert [r["value"] for r in document["results"]] == [r["value"] for r in json.loads(command.stdout)["results"]]
