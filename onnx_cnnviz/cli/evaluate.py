@@ -20,6 +20,9 @@ and prints, per metric, the methods ranked best first (the direction is the metr
 ``higher_is_better``). Memory stays bounded: --batch-size images are read, explained and scored at a time; the
 journal is read back a line at a time, keeping the per-row values and the running sums of the curves.
 
+A detector's rows are per (image, detection, method, metric) (:mod:`onnx_cnnviz.runs.detection_evaluate`): each
+detection explained and scored on its own, the summary averaging over detections; --ray is not yet taken there.
+
 The run is the library's (:mod:`onnx_cnnviz.runs.evaluate`); this module parses the flags, prints the ranking and
 sets the exit code. With --ray [ADDRESS] the same plan runs on Ray
 (:func:`onnx_cnnviz.dataset.pipeline.evaluate_on_ray`): Ray tasks read the pictures, a pool of actors each holding

@@ -10,6 +10,8 @@ writes ``results.jsonl`` (the journal), ``results.csv`` / ``.json``, ``summary.c
 ``report.html`` exactly as the command does, and returns the document ``cnnviz evaluate --json`` prints. The steps
 are public for the command line and the Ray pipeline: :func:`prepare` (images, model, settings, plan),
 :func:`~onnx_cnnviz.runs.evaluate_run.evaluate_all` (the work) and :func:`finish` (tables, curves, page, document).
+A detector (recognised from its head, or ``task="detector"``) is evaluated per detection through the same steps
+(:mod:`onnx_cnnviz.runs.detection_evaluate`; :func:`run_work` does either run's work).
 """
 from __future__ import annotations
 
