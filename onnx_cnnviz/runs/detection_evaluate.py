@@ -171,6 +171,8 @@ def build_detection_job(m, pre, paths: list, methods: list, metrics: list, param
     labels, each method's layer (a method that cannot run is left out, told to ``reporter``) and the boxes."""
     from .. import report
     from ..methods import registry
+    from ..tasks.decoders import gives_vectors
+    from .detection_run import check_task_methods
     from .evaluate_plan import ground_truth_boxes
     from .labels import resolve_labels
     from .method_layers import method_layers
@@ -184,9 +186,18 @@ def build_detection_job(m, pre, paths: list, methods: list, metrics: list, param
     if task.region_class is not None:
         raise option_error("--region-class chooses a segmenter's region; this model is a detector.",
                            "--region-class")
+    similarity = [name for name in metrics if name in ("deletion", "insertion")
+                  and detection_parameters(name, params.get(name))["score"] == "similarity"]
+    if similarity and not gives_vectors(m.decoder):
+        raise option_error(f"{', '.join(similarity)} follow a detection's D-RISE similarity by default, which "
+                           f"compares class vectors, and this detector's head ({m.decoder.description}) gives none: "
+                           f"score them by the detection's own element (--metric-param {similarity[0]}.score="
+                           "element).", "--metric-param")
     labels = resolve_labels(m, options["labels"])
     method_params = dict(options.get("method_params") or {})
     registry.check_parameters(methods, method_params)
+    # CAM's head rule (a linear layer after global pooling) fits no detector: refused now, naming what applies.
+    check_task_methods(m, methods, options["layer"], "detector")
     layers, unavailable = method_layers(m, methods, options["layer"], reporter)
     wanting = [name for name in metrics if DETECTION_METRICS[name].needs_boxes]
     boxes = ground_truth_boxes(boxes_file, paths, pre, wanting, m.num_classes) if wanting else None
