@@ -131,8 +131,10 @@ def open_evaluated(options: dict, task, reporter: Reporter) -> tuple:
             raise
         refusal = exc
     loaded = open_task_run({**options, "task": "auto"}, reporter)
-    if loaded[2].task != "detector":
-        raise refusal
+    if loaded[2].task != "detector":  # auto loads a segmenter only for a DBNet text detector's map
+        raise ModelStructureError(f"{Path(options['model']).name} is a text detector (one probability map, DBNet); "
+                                  "cnnviz evaluate measures a classifier's or a detector's maps: explain its text "
+                                  "lines with cnnviz explain.") from refusal
     return loaded
 
 

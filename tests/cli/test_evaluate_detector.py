@@ -82,3 +82,16 @@ def test_a_head_without_class_vectors_is_scored_by_its_element(tmp_path):
     assert scored.exit_code == 0, scored.output
     rows = json.loads(scored.stdout)["results"]
     assert rows and all(r["value"] is not None for r in rows)
+
+
+def test_a_text_detector_recognised_under_auto_is_refused_in_one_line(tmp_path):
+    from tests.cli.test_text_cli import one_channel_map
+    from tests.tiny_models import write_png
+
+    model = one_channel_map(tmp_path / "dbnet_like.onnx")
+    image = write_png(tmp_path / "in" / "p.png", size=32, seed=1)
+    result = invoke("evaluate", model, image, "--preprocess", "none", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert "dbnet_like.onnx is a text detector" in line and "cnnviz evaluate measures a classifier's or a" in line
+    assert not (tmp_path / "out").exists()
