@@ -123,10 +123,9 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     pointing-game.iou_threshold, 0.5; a detection matched to no box is written with an undefined value and why)
     and model-randomisation (Adebayo et al.'s sanity check, each map explaining its detection on the randomised
     detectors). Rows are per image x detection x method x metric (results.csv adds detection, box and score, in
-    the model input's pixels), the summary
-    averages over detections and says how many were scored. Other metrics are refused on a detector; an image
-    with no detection is listed as skipped, and a run with none in any image is an error. A detector is evaluated
-    in one process (--ray is refused).
+    the model input's pixels), the summary averages over detections and says how many were scored. Other metrics
+    are refused on a detector; an image with no detection is listed as skipped, and a run with none in any image
+    is an error. A detector is evaluated in one process (--ray is refused).
 
     A method that cannot run on the model (Grad-CAM on an MLP: no spatial layer) is left out with a warning and the
     others are measured. Exit codes: 0 all done; 1 an image could not be evaluated or a method could not run (the
