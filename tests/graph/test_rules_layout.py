@@ -154,3 +154,20 @@ def test_blocked_identity_keeps_every_float():
     sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=DISABLED_OPTIMIZERS)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x)
+
+
+def test_no_layout_pool_where_weights_are_held(monkeypatch):
+    """A model whose weights are held (graph/held.py) runs without the NCHWc transformer, so its gradient graph gets
+    no layout pools (each would be one more pass for nothing), and its gradient is the same."""
+    from onnx_cnnviz.graph import held
+
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    plain = cv.load(residual_net(seed=4), device="cpu")
+    assert any(n.op_type == "AveragePool" for n in plain.build_graph(wrt=[plain.input_name]).graph.node)
+    want = cv.gradients(plain, x, targets=[1])
+    monkeypatch.setattr(held, "HOLD_ABOVE_BYTES", 0)
+    monkeypatch.setattr(held, "HOLD_MIN_BYTES", 1024)
+    m = cv.load(residual_net(seed=4), device="cpu")
+    assert any(held.is_held(t) for t in m.graph_proto.graph.initializer)
+    assert not any(n.op_type == "AveragePool" for n in m.build_graph(wrt=[m.input_name]).graph.node)
+    np.testing.assert_allclose(cv.gradients(m, x, targets=[1]), want, rtol=1e-4, atol=1e-6 * np.abs(want).max())

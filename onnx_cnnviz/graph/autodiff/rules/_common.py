@@ -51,7 +51,11 @@ def blocked(ctx, g: str, like: str) -> str:
     backward convolution, and the residual ``Sum`` cannot be fused into the convolution that produces one of its
     inputs. The pool converts once and lets all of that stay blocked. (An ``AveragePool`` rather than a
     ``MaxPool``: onnxruntime's max starts from the lowest finite float, so it would turn -inf and NaN into it.)
+    A model with held weights (graph/held.py) runs without the NCHWc transformer (runtime.HELD_DISABLED_OPTIMIZERS),
+    so there the pool would be one more pass for nothing: ``g`` is returned as it is.
     """
+    if ctx.held:
+        return g
     ti = ctx.info.get(like)
     shape = ti.shape if ti is not None else None
     if shape is None or len(shape) != 4 or shape[1] is None or int(shape[1]) % 8:
