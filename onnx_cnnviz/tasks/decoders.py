@@ -83,8 +83,8 @@ class Decoder:
         raise ModelStructureError(
             f"this detector's head ({self.description}) gives no class vectors, which D-RISE and the detection "
             "metrics' similarity score compare: explain it with a gradient or CAM method, score the metrics by the "
-            "detection's own element (score='element'), or implement "
-            f"{type(self).__name__}.vectors(output, elements).")
+            "detection's own element (score='element'; cnnviz evaluate: --metric-param deletion.score=element "
+            f"--metric-param insertion.score=element), or implement {type(self).__name__}.vectors(output, elements).")
 
 
 class UltralyticsDecoder(Decoder):
