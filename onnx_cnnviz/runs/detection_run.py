@@ -102,10 +102,13 @@ def check_task_methods(m, methods: list, layer: str | None = None, task: str | N
     detections (a segmenter's regions, a text detector's lines) on ``m``, in one line that names the methods that
     can.
 
-    A method is refused where the model's structure rules it out (a :class:`ModelStructureError` of its layer
-    rule): CAM (Zhou et al., CVPR 2016) weights a feature map by a classifier's head, ``L = sum_k w_{c,k} A^k``
-    with ``w`` the linear layer after global average pooling, which a detector's head is not. A wrong ``layer``
-    stays the user's error (the run's own :class:`InputError` about it). A classifier is not checked here.
+    A method is refused where the model's structure rules it out (a :class:`ModelStructureError`): CAM (Zhou et
+    al., CVPR 2016) weights a feature map by a classifier's head, ``L = sum_k w_{c,k} A^k`` with ``w`` the linear
+    layer after global average pooling, which a detector's head is not (its layer rule); Recipro-CAM (Byun & Lee
+    2022) scores ``S_c(head(A (.) M^(ij)))``, the network from its layer on run as a model of its own
+    (:func:`onnx_cnnviz.methods.reciprocam.head_graph`), which a head reading a batch-sized tensor from before the
+    layer (the anchor grid a YOLO export concatenates) cannot be. A wrong ``layer`` stays the user's error (the
+    run's own :class:`InputError` about it). A classifier is not checked here.
 
     Args:
         m: the loaded model.
@@ -119,6 +122,7 @@ def check_task_methods(m, methods: list, layer: str | None = None, task: str | N
     """
     from ..errors import ModelStructureError, UnknownLayerError
     from ..methods import registry
+    from ..methods.reciprocam import head_graph, reciprocam
     from .labels import option_error
 
     if m.task == "classifier":
@@ -126,7 +130,12 @@ def check_task_methods(m, methods: list, layer: str | None = None, task: str | N
 
     def why_not(name: str, wanted: str | None) -> str | None:
         try:
-            registry.resolved_layer(m, name, wanted)
+            chosen = registry.resolved_layer(m, name, wanted)
+            if chosen is not None and registry.get(name).func is reciprocam:
+                # Recipro-CAM runs the network from its layer on as a model of its own: a head that reads a tensor
+                # sized by the batch before the layer (YOLO's anchor Concat) cannot run h*w masked copies.
+                spec = m.spec()
+                head_graph(spec.model, chosen, m.score_name, m.input_name, spec.info, spec.constants)
         except ModelStructureError as exc:
             return str(exc)
         except (InputError, UnknownLayerError):
@@ -247,7 +256,11 @@ def _result_done(run: TaskRun, method: str, image: Path, record_path: Path) -> b
 def explain_targets_all(m, run: TaskRun, paths: list, keys: list, work: Plan, reporter) -> Outcome:
     """Do the planned work (see the module's text) under a progress display, --batch-size images read at a time;
     Ctrl-C stops it, what is finished stays written and listed. Images where nothing is found are listed in
-    ``Outcome.nothing_found``."""
+    ``Outcome.nothing_found``. A method the model's structure rules out is refused first
+    (:func:`check_task_methods`), before any file is written."""
+    # Before the first image: a method the model's structure rules out would otherwise fail after the first
+    # boxes picture is written.
+    check_task_methods(m, list(run.job.methods), run.job.layer, run.task)
     outcome = Outcome()
     todo = work.todo
     job = run.job

@@ -1,7 +1,8 @@
-"""Methods on a detector (the committed shapes detector, whose head is not a classifier's pooled linear layer): CAM
-is refused before the run starts and before any file is written, in one line; the detector's report names the
-methods that apply to it (:func:`onnx_cnnviz.runs.detection_run.check_task_methods`); Recipro-CAM, which reads
-the head from its layer on, applies and runs."""
+"""Methods on a detector whose structure rules them out, refused before any file is written in one line
+(:func:`onnx_cnnviz.runs.detection_run.check_task_methods`): CAM on the committed shapes detector (its head is not a
+classifier's pooled linear layer), and Recipro-CAM on yolov8n (its head reads the anchor grid, sized by the batch,
+from before the layer; random weights, exported by torch.onnx.export, cached), where it used to fail after the first
+boxes picture. On the shapes detector, whose head runs from its layer on, Recipro-CAM applies and runs."""
 from __future__ import annotations
 
 import json
@@ -52,6 +53,25 @@ def test_the_detectors_report_names_the_methods_that_apply(images, tmp_path):
     applying = set(text.split("The methods that apply to it: ")[1].split(".")[0].split(", "))
     assert {"gradcam", "eigencam", "reciprocam", "saliency", "occlusion"} <= applying and "cam" not in applying
     assert not out.exists()
+
+
+def test_reciprocam_on_yolo_is_refused_before_the_first_picture(tmp_path):
+    pytest.importorskip("ultralytics")
+    pytest.importorskip("torch")
+    from tests.runs.detector_models import yolo_path
+    from tests.tiny_models import write_png
+
+    picture = write_png(tmp_path / "in" / "im.png", size=320, seed=10)
+    out = tmp_path / "out"
+    result = invoke("explain", yolo_path(gain=3e6), picture, "--preprocess", "none", "--conf", "0.6", "--methods",
+                    "reciprocam", "--out", out, "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert line.startswith("cnnviz: error: reciprocam cannot explain this detector's detections: the network after "
+                           "layer ") and "computed before the layer from the batch size" in line
+    applying = set(line.split("The methods that apply to it: ")[1].split(".")[0].split(", "))
+    assert {"gradcam", "eigencam", "saliency"} <= applying and not applying & {"cam", "reciprocam"}
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_reciprocam_applies_to_a_detector(images, tmp_path):
