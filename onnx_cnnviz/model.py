@@ -26,6 +26,7 @@ from .graph.loading.batch import bakes_batch_one, batch_one_only, batches_correc
 from .graph.loading.choices import inputs_record, layout_record, score_record
 from .graph.loading.size import shapes_record
 from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
+from .graph.backward_split import IMAGES_PREFIX, ROWS_INPUT, split_backward
 from .graph.head import find_score
 from .graph.outputs import keep_outputs
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
@@ -38,7 +39,7 @@ from .tasks.decoders import find_decoder
 from .tasks.head import TASKS, NotAClassifierError, check_head, check_outputs, head_output
 from .tasks.levels import backbone_output, pyramid_levels
 
-__all__ = ["Model", "RunResult", "LRUCache", "check_finite", "DEFAULT_MAX_SESSIONS"]
+__all__ = ["Model", "RunResult", "LRUCache", "check_finite", "DEFAULT_MAX_SESSIONS", "repeated_images"]
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SPATIAL = 224
@@ -51,6 +52,9 @@ MAX_SIZES = 4
 #: Memory the load-time batching check (batch 2 against batch 1, see ``Model._batches_correctly``) may take. Past it
 #: the check is skipped and images run one at a time, which is always correct: at such sizes batching gains little.
 PROBE_BUDGET_BYTES = 256 * 2 ** 20
+#: Forward tensors gathered for one run of a split backward pass (``Model._run_shared_forward``) at most, past one
+#: row: a row of an input gradient's backward pass reads every activation of its image.
+FED_BUDGET_BYTES = 256 * 2 ** 20
 
 
 @dataclass
@@ -490,9 +494,13 @@ class Model:
         mode = "top1" if seeds is None or seeds.rows is None else "input"
         at = self.score_name if seeds is None else seeds.tensor
         hw = tuple(x.shape[2:])
-        session = self._session(hw, outputs, wrt, rule, mode, at)
-        merged = self._run_batches(session, x, batch_size, seeds.rows if wrt and mode == "input" else None,
-                                   self._spec(hw).info)
+        merged = None
+        if wrt and mode == "input":  # rows that repeat an image (its detections, its top-k classes) share a forward
+            merged = self._run_shared_forward(x, hw, outputs, wrt, rule, at, seeds.rows, batch_size)
+        if merged is None:
+            session = self._session(hw, outputs, wrt, rule, mode, at)
+            merged = self._run_batches(session, x, batch_size, seeds.rows if wrt and mode == "input" else None,
+                                       self._spec(hw).info)
         scores = merged[self.score_name].reshape(n, -1)
         check_finite(scores, f"class scores ('{self.score_name}')")
         result_targets = None
@@ -518,6 +526,69 @@ class Model:
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts], axis=batch_axis(info or {}, k)) for k in parts[0]}
+
+    def _run_shared_forward(self, x: np.ndarray, hw: tuple, outputs: tuple, wrt: tuple, rule: str, at: str,
+                            seed_rows: np.ndarray, batch_size) -> dict | None:
+        """:meth:`run` for a batch in which some images repeat: the forward pass once per distinct image, the
+        backward pass (:func:`~onnx_cnnviz.graph.backward_split.split_backward`) once per row, fed its image's
+        forward tensors. The same numbers as the whole graph on every row, for one forward pass per image instead of
+        one per row. None (the caller runs the whole graph) where no image repeats, the model runs one image at a
+        time, or the backward pass cannot be cut from the forward one."""
+        if self.static_batch or len(x) < 2:
+            return None
+        first, inverse = repeated_images(x)
+        if len(first) == len(x):
+            return None
+        spec = self._spec(hw)
+        shown = (self.score_name,) + tuple(o for o in outputs if o != self.score_name)
+        if self.input_name in shown or any(batch_axis(spec.info, o) != 0 for o in shown + wrt):
+            return None
+        plan = self.cached(("shared-forward", hw, shown, wrt, rule, at),
+                           lambda: self._split_sessions(hw, shown, wrt, rule, at))
+        if plan is None:
+            return None
+        forward, backward, fed, static = plan
+        step = check_batch_size(batch_size) or self.batch_size
+        merged: dict[str, np.ndarray] = {}
+
+        def place(name: str, rows: np.ndarray, value: np.ndarray) -> None:
+            if name not in merged:
+                merged[name] = np.empty((len(x),) + value.shape[1:], value.dtype)
+            merged[name][rows] = value
+
+        for c0 in range(0, len(first), step):  # distinct images, a batch at a time
+            images = x[first[c0:c0 + step]]
+            values = forward.run({self.input_name: images})
+            rows = np.flatnonzero((inverse >= c0) & (inverse < c0 + len(images)))
+            for name in shown:
+                place(name, rows, values[name][inverse[rows] - c0])
+            sources = {IMAGES_PREFIX + t: images if t == self.input_name else values[t] for t in fed}
+            # Rows per backward run: at most FED_BUDGET_BYTES of forward tensors gathered for them.
+            per_row = sum(v[0].nbytes for v in sources.values())
+            chunk = max(1, min(step, FED_BUDGET_BYTES // max(per_row, 1)))
+            for r0 in range(0, len(rows), chunk):  # their rows, a batch at a time
+                part = rows[r0:r0 + chunk]
+                feeds = dict(sources)
+                feeds[ROWS_INPUT] = inverse[part] - c0
+                feeds.update({t: values[t] for t in static})
+                feeds[SEED_INPUT] = seed_rows[part]
+                for name, value in backward.run(feeds).items():
+                    place(name, part, value)
+        return merged
+
+    def _split_sessions(self, hw: tuple, shown: tuple, wrt: tuple, rule: str, at: str):
+        """(forward session, backward session, fed tensors, static tensors) for :meth:`_run_shared_forward`, or
+        None where the gradient graph does not split."""
+        spec = self.spec(hw)
+        gg = append_gradients(spec.model, at, list(wrt), spec.info, rule_set=rule, seed="input",
+                              constants=spec.constants)
+        part = split_backward(gg.model, len(spec.model.graph.node), self.input_name, spec.info,
+                              [gg.gradients[w] for w in wrt], spec.constants)
+        if part is None:
+            return None
+        exposed = list(dict.fromkeys(shown + tuple(t for t in part.fed if t != self.input_name) + part.static))
+        forward = self.new_session(keep_outputs(part.forward, exposed, spec.info, private=True))
+        return forward, self.new_session(part.backward), part.fed, part.static
 
     def scores(self, x, batch_size: int | None = None) -> np.ndarray:
         """(N, K) float32 class scores before any final Softmax/LogSoftmax/Sigmoid."""
@@ -585,3 +656,26 @@ class Model:
         return batches_correctly(spec.model, spec.info, self.input_name, self.score_name, (self.channels, *hw),
                                  lambda: runtime.Session(self._graph(hw), ["CPUExecutionProvider"], self.threads,
                                                          weights=runtime.SharedWeights()), PROBE_BUDGET_BYTES)
+
+
+def repeated_images(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: the index of each distinct image of ``x`` (its first row), in order, and for every row
+    the position in ``first`` of its image, so that ``x[first][inverse]`` is ``x``. Images are equal when all their
+    bytes are: a sample of about 4,096 values finds the candidates, a full comparison confirms them (hashing every
+    byte of a 640x640 image costs more than comparing it)."""
+    flat = x.reshape(len(x), -1)
+    stride = max(1, flat.shape[1] // 4096)
+    seen: dict[bytes, list[int]] = {}
+    first: list[int] = []
+    inverse = np.empty(len(x), np.int64)
+    for i in range(len(x)):
+        candidates = seen.setdefault(flat[i, ::stride].tobytes(), [])
+        for slot in candidates:
+            if np.array_equal(flat[first[slot]], flat[i]):
+                inverse[i] = slot
+                break
+        else:
+            candidates.append(len(first))
+            inverse[i] = len(first)
+            first.append(i)
+    return np.asarray(first, np.int64), inverse

@@ -450,8 +450,13 @@ def batch_leading(model: onnx.ModelProto, image: str, info: dict) -> set[str]:
     # ``bn(x.flatten(0, 1)).reshape_as(x)``, BatchNorm1d over (N*T, C)): name -> elements per sample. A view back to
     # that many elements per sample has the batch in front again.
     merged: dict[str, int] = {}
+    # Tensors computed from the image: a float computed from the weights alone (a bias behind an Identity, a
+    # weight-standardised kernel) is a parameter of the op, not a sample-mixing input.
+    from_image = {image}
     for node in model.graph.node:
-        floats = [i for i in node_inputs(node) if i in info and info[i].is_float and i not in inits]
+        if any(i in from_image for i in node_inputs(node)):
+            from_image.update(o for o in node.output if o)
+        floats = [i for i in node_inputs(node) if i in info and info[i].is_float and i not in inits and i in from_image]
         tracked = [i for i in floats if i in lead]
         rows = [i for i in floats if i in merged]
         if rows and not tracked:
