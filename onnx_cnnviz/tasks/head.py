@@ -55,8 +55,8 @@ def head_output(model: onnx.ModelProto, task: str, wanted: str | None = None) ->
             raise ModelStructureError(
                 f"this detector's outputs ({', '.join(names)}) are an ultralytics segmentation head's, boxes, class "
                 "scores and mask coefficients beside the mask prototypes: join them in the graph first, "
-                "onnx_cnnviz.load(onnx_cnnviz.tasks.yolo_seg_head(path), task='detector') (cnnviz explain does it "
-                "by itself).")
+                "onnx_cnnviz.load(onnx_cnnviz.tasks.yolo_seg_head(path), task='detector') (the cnnviz commands do it "
+                "by themselves).")
         raise ModelStructureError(
             f"this detector has several outputs ({', '.join(names)}); choose the head output its targets read with "
             "output=NAME, or, for a head spread over several outputs, join them into one in the graph (as "
