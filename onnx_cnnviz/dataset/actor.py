@@ -142,8 +142,8 @@ def error_row(exc: CnnvizError) -> dict:
 
 #: The key of an error row.
 ERROR = "__cnnviz_error__"
-#: The ``status`` of an :class:`ExplainWork` row naming an image where a detector (segmenter) found nothing: no
-#: file and no table row is written for it.
+#: The ``status`` of an :class:`ExplainWork` (:class:`EvaluateWork`) row naming an image where a detector (segmenter)
+#: found nothing: no file, table row or journal row is written for it.
 STATUS_NOTHING = "nothing found"
 
 
@@ -258,22 +258,34 @@ class EvaluateWork:
 
     Each batch is evaluated with the single-process run's own
     :func:`~onnx_cnnviz.runs.evaluate_run.evaluate_group` (same
-    classes, maps, metric inputs and journal rows); the actor writes nothing. It returns ``{"status": "ok", "row":
-    journal row}`` per finished row, ``{"status": "failed", "image", "error"}`` per unreadable picture and
+    classes, maps, metric inputs and journal rows); the actor writes nothing. A detector's job
+    (:class:`~onnx_cnnviz.runs.detection_evaluate.DetectionJob`: the model loaded as a detector) is evaluated per
+    detection with :func:`~onnx_cnnviz.runs.detection_evaluate.evaluate_detection_group`. It returns ``{"status":
+    "ok", "row": journal row}`` per finished row, ``{"status": "failed", "image", "error"}`` per unreadable picture,
+    ``{"status": "nothing found", "image", "reason"}`` per picture where a detector found nothing above --conf and
     ``{"status": "warning", "key", "message"}`` per once-per-run warning met. The page's example pictures are made
     on the driver (:func:`~onnx_cnnviz.runs.evaluate_run.complete_examples`), not here."""
     job: object
 
     def __call__(self, m, read: list, failed: list) -> list:
+        from ..runs.detection_evaluate import DetectionJob, DetectionTally, evaluate_detection_group
         from ..runs.evaluate_run import Tally, evaluate_group
         from ..runs.images import same_size_groups
 
         rows = [{"status": records.STATUS_FAILED, "image": item["path"], "error": error} for item, error in failed]
         paths = {item["index"]: item["path"] for _, item in read}
         groups = [(x, (item["index"], [tuple(k) for k in json.loads(item["missing"])])) for x, item in read]
-        journal, tally = JournalRows(), Tally(make_examples=False)
+        detector = isinstance(self.job, DetectionJob)
+        journal = JournalRows()
+        tally = DetectionTally(make_examples=False) if detector else Tally(make_examples=False)
         for x, items in same_size_groups(groups):
-            evaluate_group(m, self.job, x, items, paths, journal, tally)
+            if detector:  # a detector's rows are per detection (runs.detection_evaluate)
+                evaluate_detection_group(m, self.job, x, items, paths, journal, tally)
+            else:
+                evaluate_group(m, self.job, x, items, paths, journal, tally)
         rows += [{"status": records.STATUS_OK, "row": row} for row in journal.rows]
+        if detector:
+            rows += [{"status": STATUS_NOTHING, "image": found["image"], "reason": found["reason"]}
+                     for found in tally.nothing_found]
         rows += [{"status": STATUS_WARNING, "key": key, "message": message} for key, message in tally.warnings.items()]
         return rows

@@ -6,8 +6,9 @@ the small record rows, streamed to the driver one batch at a time.
 explanations through it: :func:`explain` (the library: a dataset of paths or URIs, a summary back, nothing held per
 result on the driver) and :func:`explain_on_ray` (``cnnviz explain --ray``: the CLI's plan in, the CLI's outcome
 out, so that its summary, JSON document and exit codes are those of the single-process run). :func:`evaluate_on_ray`
-(``cnnviz evaluate --ray``) runs metrics through it the same way: evaluate's plan in, its tally out; there the actors
-write nothing and the driver appends their rows to evaluate's journal, which it alone writes.
+(``cnnviz evaluate --ray``) runs metrics through it the same way, a classifier's rows or a detector's (per detection):
+evaluate's plan in, its tally out; there the actors write nothing and the driver appends their rows to evaluate's
+journal, which it alone writes.
 
 What runs where, and why:
 
@@ -418,19 +419,30 @@ def evaluate_on_ray(job, paths: list, work, journal_path: Path, options: dict, r
     flushed and synced), so it is the journal's only writer and --resume reads exactly what a run without Ray leaves
     (a Ctrl-C or a kill loses only the batches not yet received). Unreadable pictures are warned about and listed as
     the single-process run lists them; the page's example maps are made here later, by ``finish_run``.
+
+    A detector's job (:class:`~onnx_cnnviz.runs.detection_evaluate.DetectionJob`) runs the same way, per detection:
+    the actors load the model as a detector and run
+    :func:`~onnx_cnnviz.runs.detection_evaluate.evaluate_detection_group`, the tally is a
+    :class:`~onnx_cnnviz.runs.detection_evaluate.DetectionTally` whose ``nothing_found`` lists, in the pictures'
+    order, the images where nothing scored --conf (each said through ``reporter`` as it arrives), so that
+    :func:`~onnx_cnnviz.runs.detection_evaluate.finish` writes what the single-process run writes.
     ``options``: the command's options (model loading, --max-pixels through the pixel limit in force, --ray
     ADDRESS)."""
     from ..image.reading import current_pixel_limit
+    from ..runs.detection_evaluate import DetectionJob, DetectionTally
     from ..runs.evaluate_plan import Journal
     from ..runs.evaluate_run import Tally
 
-    tally = Tally()
+    detector = isinstance(job, DetectionJob)
+    tally = DetectionTally() if detector else Tally()
     items = evaluate_items(paths, work.todo)
     if not items:  # --resume found every row done: no need to start Ray
         return tally
     load_kwargs = {"device": options["device"], "input": options["input_name"], "output": options["output_name"],
                    "input_size": options["input_size"], "batch_size": options["rows_per_run"],
                    "max_nodes": options["max_nodes"]}
+    if detector:  # the actors load it as the driver did (runs.evaluate.open_evaluated): through its detector head
+        load_kwargs["task"] = "detector"
     journal = Journal(journal_path, job.resume)
     try:
         tally.interrupted = run_work(options["model"], load_kwargs, items, job.preprocessing, EvaluateWork(job),
@@ -443,9 +455,12 @@ def evaluate_on_ray(job, paths: list, work, journal_path: Path, options: dict, r
     finally:
         tally.wrote = journal.handle is not None
         journal.close()
-        # Batches arrive in any order: the failures are listed in the pictures' order, as without Ray.
+        # Batches arrive in any order: the failures (and the images without a detection) are listed in the
+        # pictures' order, as without Ray.
         order = {item["path"]: item["index"] for item in items}
         tally.failed.sort(key=lambda f: order.get(f["image"], -1))
+        if detector:
+            tally.nothing_found.sort(key=lambda f: order.get(f["image"], -1))
     return tally
 
 
@@ -461,7 +476,9 @@ def evaluate_items(paths: list, todo: list) -> list:
 def evaluation_rows(journal, tally, paths: list, items: list, reporter) -> Callable[[list], None]:
     """The driver's handler of one batch of :class:`EvaluateWork` rows: the ``ok`` rows appended to ``journal`` at
     once (and counted), each unreadable picture warned about and added to ``tally.failed`` as
-    :func:`~onnx_cnnviz.runs.images.read_batch` adds it, each actor's warning given once (through ``reporter``)."""
+    :func:`~onnx_cnnviz.runs.images.read_batch` adds it, each picture where a detector found nothing said and added
+    to ``tally.nothing_found`` as :func:`~onnx_cnnviz.runs.detection_evaluate.evaluate_detection_group` adds it,
+    each actor's warning given once (through ``reporter``)."""
 
     given = {item["path"]: str(paths[item["index"]]) for item in items}
 
@@ -476,6 +493,9 @@ def evaluation_rows(journal, tally, paths: list, items: list, reporter) -> Calla
                 error = row["error"].replace(row["image"], given.get(row["image"], row["image"]))
                 tally.failed.append({"image": row["image"], "error": error})
                 reporter.warn(f"skipped: {error}")
+            elif row["status"] == STATUS_NOTHING:
+                tally.nothing_found.append({"image": row["image"], "reason": row["reason"]})
+                reporter.info(f"{given.get(row['image'], row['image'])}: {row['reason']}")
             elif row["status"] == STATUS_WARNING:
                 reporter.warn(row["message"], once=row["key"])
 
