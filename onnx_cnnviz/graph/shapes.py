@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from ..errors import ModelStructureError
 # batch_one_only and bakes_batch_one belong to the batch pass (graph/loading/batch.py); re-exported for callers.
 from .loading.batch import BATCH_DIM, bakes_batch_one, batch_one_only  # noqa: F401
-from .loading.probe import pruned_to
+from .loading.probe import lending, pruned_to
 from .loading.probe import quiet_session as _quiet_session
 from .loading.weightless import FLOAT_TYPES, weightless
 from .loading.weights import constants_to_initializers_inplace, float16_to_float32_inplace
@@ -85,11 +85,13 @@ class ProbedShape:
         return len(self.shape)
 
 
-def _outputs_shapes_only(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[str, str]]:
-    """Make ``model`` output, for each of ``names``, its ``Shape`` and an empty slice of it (which keeps its dtype)
-    instead of the tensor: name -> (shape output, empty output). A probe that returned the tensors themselves kept
-    every activation of the run alive at once (mvitv2_base_cls: 6.5 GB to load a 210 MB file, issue 26); these let
-    onnxruntime free each tensor after its last use, as in any forward pass."""
+def _outputs_shapes_only(model: onnx.ModelProto, names: list[str],
+                         dtypes: dict | None = None) -> dict[str, tuple[str, str | None]]:
+    """Make ``model`` output, for each of ``names``, its ``Shape`` and, unless ``dtypes`` has its dtype, an empty
+    slice of it (which keeps its dtype) instead of the tensor: name -> (shape output, empty output or None). A probe
+    that returned the tensors themselves kept every activation of the run alive at once (mvitv2_base_cls: 6.5 GB to
+    load a 210 MB file, issue 26); these let onnxruntime free each tensor after its last use, as in any forward
+    pass."""
     graph = model.graph
     taken = {o for n in graph.node for o in n.output} | {v.name for v in graph.input} | \
         {t.name for t in graph.initializer} | {n.name for n in graph.node}
@@ -107,16 +109,21 @@ def _outputs_shapes_only(model: onnx.ModelProto, names: list[str]) -> dict[str, 
     graph.initializer.extend([numpy_helper.from_array(np.array([-1], dtype=np.int64), flat_shape),
                               numpy_helper.from_array(np.array([0], dtype=np.int64), zero)])
     outputs, wrappers = {}, {}
+    dtypes = dtypes or {}
     for name in names:
-        shape, flat, empty = fresh("shape"), fresh("flat"), fresh("empty")
-        wrappers[name] = [helper.make_node("Shape", [name], [shape], name=fresh("node")),
-                          helper.make_node("Reshape", [name, flat_shape], [flat], name=fresh("node")),
-                          helper.make_node("Slice", [flat, zero, zero], [empty], name=fresh("node"))]
+        shape = fresh("shape")
+        wrappers[name] = [helper.make_node("Shape", [name], [shape], name=fresh("node"))]
+        if name in dtypes:  # a third of the nodes: a session over 20,000 nodes takes seconds to build
+            outputs[name] = (shape, None)
+            continue
+        flat, empty = fresh("flat"), fresh("empty")
+        wrappers[name] += [helper.make_node("Reshape", [name, flat_shape], [flat], name=fresh("node")),
+                           helper.make_node("Slice", [flat, zero, zero], [empty], name=fresh("node"))]
         outputs[name] = (shape, empty)
-    # Each right after its tensor's producer: onnxruntime runs nodes in about this order, and wrappers at the end
-    # would keep every tensor alive until then.
-    nodes = [n for name in names if name not in {o for node in graph.node for o in node.output}
-             for n in wrappers[name]]
+    # Each right after its tensor's producer, and the probe's session runs nodes in this order (quiet_session's
+    # PRIORITY_BASED): a wrapper run later would keep its tensor alive until then.
+    made = {o for node in graph.node for o in node.output}  # once: per name, it took mvitv2 100 s to load
+    nodes = [n for name in names if name not in made for n in wrappers[name]]
     for node in graph.node:
         nodes.append(node)
         for out in node.output:
@@ -124,7 +131,7 @@ def _outputs_shapes_only(model: onnx.ModelProto, names: list[str]) -> dict[str, 
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.output[:]
-    graph.output.extend(helper.make_empty_tensor_value_info(o) for pair in outputs.values() for o in pair)
+    graph.output.extend(helper.make_empty_tensor_value_info(o) for pair in outputs.values() for o in pair if o)
     return outputs
 
 
@@ -139,13 +146,41 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw,
     failure is a :class:`ModelStructureError` (onnxruntime's own log is silenced: loading never prints); when only
     batch 2 fails, its message says the export hard-codes a batch of 1 (:func:`batch_one_only` tells callers).
     """
-    names = list(names)
-    probe_model = pruned_to(model, names, input_name)
+    with lending() as lend:  # the weights the probe's sessions read, lent in place (see pruned_to)
+        return _probe_runs(model, list(names), input_name, chw, shapes_only, float_shapes_only, lend)
+
+
+def _probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw, shapes_only, float_shapes_only,
+                lend) -> list[list]:
+    probe_model = pruned_to(model, names, input_name, lend)
     wanted = set(names)
     float_shapes_only = [n for n in dict.fromkeys(float_shapes_only) if n in wanted]
     shapes_only = [n for n in dict.fromkeys(list(shapes_only) + float_shapes_only) if n in wanted]
     valued = [n for n in dict.fromkeys(names) if n not in set(shapes_only) or n in set(float_shapes_only)]
-    wrapped = _outputs_shapes_only(probe_model, shapes_only) if shapes_only else {}
+    # ONNX type inference (no weights: milliseconds) gives most tensors' types, often their shapes: a dtype known
+    # needs no empty-slice wrapper, and it says which candidates are floats (their shapes suffice) and which have a
+    # static shape (fetched whole). The other candidates are fetched only where both runs gave them one shape, in
+    # runs of their own: one whose shape follows the batch cannot be a batch-independent value, and mvitv2's
+    # relative-position indices, (N, heads, 784, 784, 4) int64 and more, were otherwise fetched whole. Floats are
+    # never declared outputs: onnxruntime keeps every graph output of a run alive until the run ends, fetched or not
+    # (mvitv2_base_cls: 4.5 GB at batch 2, where its forward pass peaks at 1.4 GB).
+    try:
+        inferred = infer(probe_model)
+    except ModelStructureError:
+        inferred = {}
+    dtypes = {}
+    for name in shapes_only:
+        ti = inferred.get(name)
+        try:
+            dtypes[name] = helper.tensor_dtype_to_np_dtype(ti.elem_type) if ti is not None and ti.elem_type else None
+        except (KeyError, ValueError, TypeError):
+            dtypes[name] = None
+    dtypes = {n: d for n, d in dtypes.items() if d is not None}
+    floats = {n for n in float_shapes_only if n in dtypes and np.issubdtype(dtypes[n], np.floating)}
+    deferred = {n for n in float_shapes_only if n not in floats and not (
+        n in inferred and inferred[n].shape is not None and all(d is not None for d in inferred[n].shape))}
+    valued = [n for n in valued if n not in floats and n not in deferred]
+    wrapped = _outputs_shapes_only(probe_model, shapes_only, dtypes) if shapes_only else {}
     probe_model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in valued)
     fixed = _fixed_batch(model, input_name)
     batches = (fixed,) if fixed else (1, 2)
@@ -154,28 +189,7 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw,
     except Exception as exc:
         raise ModelStructureError(f"a probe run of the model (to learn {len(names)} tensor shapes or values that "
                                   f"shape inference could not tell) could not start: {str(exc)[:300]}") from None
-    maybe_float = set(float_shapes_only)
-    deferred = set()
-    if maybe_float:
-        # The session's own inference says which are floats (their shapes suffice) and which have a static shape
-        # (fetched whole, as before). The rest are fetched only where both runs gave them one shape, in runs of
-        # their own: one whose shape follows the batch cannot be a batch-independent value, and mvitv2's
-        # relative-position indices, (N, heads, 784, 784, 4) int64 and more, were otherwise fetched whole.
-        types = {o.name: (o.type or "", o.shape) for o in session.get_outputs() if o.name in maybe_float}
-        floats = {n for n, (t, _) in types.items() if "float" in t or "double" in t}
-        deferred = {n for n, (t, shape) in types.items() if n not in floats
-                    and not (shape is not None and all(isinstance(d, int) for d in shape))}
-        valued = [n for n in valued if n not in floats and n not in deferred]
-        if floats or deferred:
-            # Undeclared as outputs, and the session built again: onnxruntime keeps every graph output of a run
-            # alive until the run ends, fetched or not (mvitv2_base_cls: 4.5 GB at batch 2, where its forward pass
-            # peaks at 1.4 GB). Their shapes come from the wrappers.
-            kept = [o for o in probe_model.graph.output if o.name not in floats and o.name not in deferred]
-            del probe_model.graph.output[:]
-            probe_model.graph.output.extend(kept)
-            del session
-            session = _quiet_session(probe_model)
-    fetch = valued + [o for pair in wrapped.values() for o in pair]
+    fetch = valued + [o for pair in wrapped.values() for o in pair if o]
     fetched = set(valued)
     runs = []
     for batch in batches:
@@ -183,7 +197,8 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw,
             got = dict(zip(fetch, session.run(fetch, {input_name: np.zeros((batch, *chw), dtype=np.float32)})))
             release_freed_memory()
             runs.append([got[n] if n in fetched else
-                         ProbedShape(tuple(int(d) for d in got[wrapped[n][0]]), got[wrapped[n][1]].dtype)
+                         ProbedShape(tuple(int(d) for d in got[wrapped[n][0]]),
+                                     dtypes[n] if wrapped[n][1] is None else got[wrapped[n][1]].dtype)
                          for n in names])
         except Exception as exc:
             if batch == 2:
@@ -198,7 +213,7 @@ def probe_runs(model: onnx.ModelProto, names: list[str], input_name: str, chw,
         index = {n: i for i, n in enumerate(names)}
         late = [n for n in deferred if runs[0][index[n]].shape == runs[-1][index[n]].shape]
         del session
-        session = _quiet_session(pruned_to(model, late, input_name)) if late else None
+        session = _quiet_session(pruned_to(model, late, input_name, lend)) if late else None
         for batch, values in zip(batches, runs):
             if late:  # these already ran once per batch above: a failure here cannot be the model's
                 for n, value in zip(late, session.run(late, {input_name: np.zeros((batch, *chw), dtype=np.float32)})):

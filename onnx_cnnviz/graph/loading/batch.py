@@ -32,7 +32,7 @@ from .. import held
 from ..ops import node_attr
 from ..subgraphs import node_inputs
 from .inference import infers_batch
-from .probe import pruned_to, quiet_session
+from .probe import lending, pruned_to, quiet_session
 from .record import PassRecord, plural
 from .unbake import apply_inplace, unbaked_graph, unbaked_places
 from .weightless import weightless
@@ -295,16 +295,17 @@ def batch_one_only(model: onnx.ModelProto, input_name: str, chw) -> bool:
     export that hard-codes the batch somewhere no rewrite reached (torch.export traced at batch 1, say). Such a model
     is correct run one image at a time. Runs the whole model twice on zeros, silently."""
     outputs = [o.name for o in model.graph.output]
-    try:
-        session = quiet_session(pruned_to(model, outputs, input_name))
-        session.run(outputs, {input_name: np.zeros((1, *chw), dtype=np.float32)})
-    except Exception:  # noqa: BLE001 - fails at batch 1 too: another problem
+    with lending() as lend:  # the weights read in place (see pruned_to)
+        try:
+            session = quiet_session(pruned_to(model, outputs, input_name, lend))
+            session.run(outputs, {input_name: np.zeros((1, *chw), dtype=np.float32)})
+        except Exception:  # noqa: BLE001 - fails at batch 1 too: another problem
+            return False
+        try:
+            session.run(outputs, {input_name: np.zeros((2, *chw), dtype=np.float32)})
+        except Exception:  # noqa: BLE001
+            return True
         return False
-    try:
-        session.run(outputs, {input_name: np.zeros((2, *chw), dtype=np.float32)})
-    except Exception:  # noqa: BLE001
-        return True
-    return False
 
 
 def bakes_batch_one(model: onnx.ModelProto, input_name: str, chw) -> bool:

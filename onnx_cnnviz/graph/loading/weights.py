@@ -16,7 +16,7 @@ from onnx import TensorProto, numpy_helper
 from .. import held
 from ..ops import node_attr
 from ..subgraphs import node_inputs
-from .probe import pruned_to, quiet_session
+from .probe import lending, pruned_to, quiet_session
 from .record import PassRecord, plural, size_text
 from .weightless import FLOAT_TYPES
 
@@ -285,10 +285,11 @@ def fold_computed_weights_inplace(model: onnx.ModelProto, release: bool = False)
     sizes = _target_sizes(model, nodes, targets)
     values: dict[str, np.ndarray] = {}
     try:
-        for chunk in _chunks(targets, sizes):
-            session = quiet_session(pruned_to(model, chunk, None))
-            values.update(zip(chunk, session.run(chunk, {})))
-            del session
+        with lending() as lend:
+            for chunk in _chunks(targets, sizes):
+                session = quiet_session(pruned_to(model, chunk, None, lend))
+                values.update(zip(chunk, session.run(chunk, {})))
+                del session
     except Exception:  # noqa: BLE001 - what onnxruntime cannot compute here, its sessions would not fold either
         return FoldedWeights(0, 0, before, before)
     count = len(graph.node)
