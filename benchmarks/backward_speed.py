@@ -1,7 +1,7 @@
 """Saliency and guided backpropagation against a forward pass, in one run.
 
     .venv/bin/python benchmarks/backward_speed.py [--model resnet50] [--batches 1 8] [--repeat 7] [--cpu-time]
-        [--profile]
+        [--profile] [--against REF]
 
 The model is a torchvision architecture with fixed random weights (timings do not depend on the weights), exported to
 ONNX once. Per batch size: a bare onnxruntime forward pass of that file (the session options our sessions use), then
@@ -11,8 +11,13 @@ change in the machine's load touches all three alike); the median of each is rep
 ``--cpu-time`` measures the process's CPU time instead of wall time, with onnxruntime's spinning threads turned off
 in every session: steadier on a machine other jobs share, but not what a user waits for. ``--profile`` adds, per
 batch size, the kernel time of the saliency graph summed by op type (onnxruntime's profiler), beside the forward's.
+``--against REF`` (a git commit, e.g. ``HEAD~3``) measures a change of the backward rules before and after in the same
+run: the input-gradient graphs (vanilla and guided) are built by this checkout and, in a subprocess, by the package as
+it was at REF (``git archive``), and the four sessions run interleaved with the forward (rows ``graph`` and
+``graph@REF``: session runs only, no map post-processing).
 
-Timings on a shared machine move with its load: compare the numbers of one run only.
+Each row gives the median and the best (min) of the rounds: on a machine other jobs share, the best is the steadier
+figure. Timings on a shared machine move with its load: compare the numbers of one run only.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import collections
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,12 +55,41 @@ def session(model, threads: int, spin: bool, profile_prefix: str | None = None):
 
     options = Session._options(threads)
     if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:  # set already where --cpu-time patched the library's options, which this reads
+            options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=DISABLED_OPTIMIZERS)
+
+
+_BUILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import onnx
+import onnx_cnnviz as cv
+assert cv.__file__.startswith(sys.argv[1]), cv.__file__
+m = cv.load(sys.argv[2], device="cpu")
+for rule in ("vanilla", "guided"):
+    onnx.save(m.build_graph(wrt=[m.input_name], target_mode="top1", rule=rule), f"{sys.argv[3]}_{rule}.onnx")
+"""
+
+
+def graphs_at(ref: str, model: Path, folder: Path) -> dict:
+    """The vanilla and guided input-gradient graphs of ``model`` built by the package at git commit ``ref``:
+    {rule: path}. The package is unpacked from git into ``folder`` and imported in a subprocess (by path, ahead of
+    the installed one)."""
+    tree = folder / "at_ref"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "onnx_cnnviz"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    prefix = folder / "graph_at_ref"
+    subprocess.run([sys.executable, "-c", _BUILD, str(tree), str(model), str(prefix)], check=True, cwd=folder)
+    return {rule: Path(f"{prefix}_{rule}.onnx") for rule in ("vanilla", "guided")}
 
 
 def by_op_type(sess, feed: dict, runs: int = 3) -> dict:
@@ -79,6 +114,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cpu-time", action="store_true", help="process CPU time, onnxruntime spinning off")
     parser.add_argument("--profile", action="store_true", help="kernel time by op type")
+    parser.add_argument("--against", metavar="REF", help="also time the gradient graphs built at this git commit")
     args = parser.parse_args()
 
     import onnx_cnnviz as cv
@@ -101,11 +137,19 @@ def main() -> None:
                 return options
             runtime.Session._options = staticmethod(quiet)
         m = cv.load(path, device="cpu", threads=threads)
+        graphs = {}
+        if args.against:
+            for rule, built in graphs_at(args.against, path, Path(tmp)).items():
+                graphs[f"{rule} graph@{args.against}"] = session(str(built), threads, not args.cpu_time)
+            for rule in ("vanilla", "guided"):
+                here = m.build_graph(wrt=[m.input_name], target_mode="top1", rule=rule).SerializeToString()
+                graphs[f"{rule} graph"] = session(here, threads, not args.cpu_time)
         for batch in args.batches:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             runs = {"forward": lambda: bare.run(None, {"input": x}),
                     "saliency": lambda: cv.saliency(m, x),
                     "guided": lambda: cv.gradients(m, x, rule="guided")}
+            runs.update({k: (lambda s=s: s.run(None, {"input": x})) for k, s in graphs.items()})
             times = {k: [] for k in runs}
             for fn in runs.values():
                 fn()
@@ -114,10 +158,10 @@ def main() -> None:
                     start = clock()
                     fn()
                     times[k].append(clock() - start)
-            forward = statistics.median(times["forward"])
+            forward, best = statistics.median(times["forward"]), min(times["forward"])
             print(f"batch {batch}: " + ", ".join(
-                f"{k} {statistics.median(v) * 1e3:.1f} ms ({statistics.median(v) / forward:.2f}x)"
-                for k, v in times.items()), flush=True)
+                f"{k} {statistics.median(v) * 1e3:.1f} ms ({statistics.median(v) / forward:.2f}x; best "
+                f"{min(v) * 1e3:.1f} ms, {min(v) / best:.2f}x)" for k, v in times.items()), flush=True)
             if args.profile:
                 graph = m.build_graph(wrt=[m.input_name], target_mode="top1").SerializeToString()
                 for label, model in (("forward", str(path)), ("saliency graph", graph)):
