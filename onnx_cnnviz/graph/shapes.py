@@ -105,11 +105,12 @@ def _outputs_shapes_only(model: onnx.ModelProto, names: list[str],
                 taken.add(name)
                 return name
 
-    flat_shape, zero = fresh("flat"), fresh("zero")
-    graph.initializer.extend([numpy_helper.from_array(np.array([-1], dtype=np.int64), flat_shape),
-                              numpy_helper.from_array(np.array([0], dtype=np.int64), zero)])
-    outputs, wrappers = {}, {}
     dtypes = dtypes or {}
+    flat_shape, zero = fresh("flat"), fresh("zero")
+    if any(name not in dtypes for name in names):
+        graph.initializer.extend([numpy_helper.from_array(np.array([-1], dtype=np.int64), flat_shape),
+                                  numpy_helper.from_array(np.array([0], dtype=np.int64), zero)])
+    outputs, wrappers = {}, {}
     for name in names:
         shape = fresh("shape")
         wrappers[name] = [helper.make_node("Shape", [name], [shape], name=fresh("node"))]

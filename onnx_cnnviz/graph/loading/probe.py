@@ -83,6 +83,28 @@ def pruned_to(model: onnx.ModelProto, names, input_name: str, lend: Lent | None 
     return out
 
 
+def quiet_options():
+    """:func:`quiet_session`'s session options: silent, unoptimised, no arena or memory pattern, nodes run in the
+    graph's own order.
+
+    The order: onnxruntime's default runs a node nothing reads (a probe's ``Shape`` of a tensor, whose output is a
+    graph output) after everything else, keeping the tensor it reads alive until then; a probe reads every tensor
+    that way, so all of them were alive at once (mvitv2_base_cls: 2.9 GB over the session at batch 2, 0.27 GB in
+    the graph's order, as much as its plain forward pass; issue 26). ``PRIORITY_BASED`` runs them in the graph's
+    order, where graph/shapes.py puts each wrapper right after its tensor's producer.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    if hasattr(ort, "ExecutionOrder"):
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    return options
+
+
 def quiet_session(model: onnx.ModelProto):
     """A CPU session whose failures are raised, never logged: onnxruntime prints errors (severity 3) to stderr in
     red unless its log level is 4 (fatal only).
@@ -93,17 +115,7 @@ def quiet_session(model: onnx.ModelProto):
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.enable_cpu_mem_arena = False
-    options.enable_mem_pattern = False
-    # Nodes in the graph's own order: onnxruntime's default order runs a node nothing reads (a probe's Shape of a
-    # tensor, whose output is a graph output) late, keeping the tensor it reads alive until then; a probe reads every
-    # tensor that way, so all of them were alive at once (mvitv2_base_cls: 2.9 GB over the session at batch 2, 0.27
-    # GB in the graph's order, as much as the plain forward pass; issue 26).
-    if hasattr(ort, "ExecutionOrder"):
-        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    options = quiet_options()
     # Held weights (graph/held.py) are read in place, as the model's own sessions read them (runtime.py), rather
     # than copied into the session: a second copy of every weight for a probe that runs twice.
     names, values = [], []
