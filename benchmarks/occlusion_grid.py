@@ -1,6 +1,6 @@
 """Incremental occlusion against the full occlusion graph over a window x stride grid, in one run.
 
-    .venv/bin/python benchmarks/occlusion_grid.py [--models resnet18 resnet50 mobilenet_v2] [--size 224]
+    .venv/bin/python benchmarks/occlusion_grid.py [--models resnet18 mobilenet_v3_large resnet50] [--size 224]
         [--windows 16 32] [--strides 1 2 4 8 16] [--positions 64] [--repeat 3] [--captum]
 
 Per model and (window, stride): the plan's estimated cost per window relative to a full forward
@@ -109,7 +109,7 @@ def captum_row(folder: Path, repeat: int, threads: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=["resnet18", "resnet50", "mobilenet_v2"])
+    parser.add_argument("--models", nargs="*", default=["resnet18", "mobilenet_v3_large", "resnet50"])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--windows", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4, 8, 16])
