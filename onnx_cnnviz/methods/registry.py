@@ -36,6 +36,8 @@ from ..model import Model
 from ..registries import Registry, check_name, check_params, describe_params, resolved, signature_params
 from . import attribution, cam, gradients, occlusion, reciprocam
 from .cam import cam_head
+from ..tasks.detection import per_own_level
+from ..tasks.levels import own_levels
 
 #: How a result is shown: an (N, H, W) heat map over the image, an (N, H, W) map in gray (white = most), an
 #: (N, C, H, W) input gradient as an image, or an (N, C, H, W) attribution as the gray |sum over channels|.
@@ -226,6 +228,10 @@ def explain(m: Model, method, x: np.ndarray, targets, layer: str | None = None, 
     """
     meth = get(method)
     kwargs = parameters(meth, params, shared)
+    if meth.uses_layer and layer is None and meth.layer_rule is None and own_levels(m, targets) is not None:
+        # a detector's detections, each at its own pyramid level (tasks.detection.per_own_level)
+        return per_own_level(m, list(targets), lambda idx, level: explain(
+            m, meth, x[idx], [targets[i] for i in idx], level, kwargs, batch_size, progress))
     if meth.uses_layer:
         kwargs["layer"] = resolved_layer(m, meth, layer)
     if progress is not None:

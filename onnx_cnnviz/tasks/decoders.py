@@ -63,6 +63,11 @@ class Decoder:
     #: Whether :func:`onnx_cnnviz.tasks.detect` clips the kept boxes to the image (after NMS, as PaddleDetection).
     clip_boxes: bool = False
 
+    def anchor_of(self, element: int) -> int | None:
+        """The anchor point (index over all pyramid levels, finest level first) of the head element ``element``, or
+        None where the layout has no one anchor per location (then no detection has its own level)."""
+        return None
+
     @classmethod
     def matches(cls, name: str, shape: tuple) -> bool:
         """Whether a head output called ``name`` of ``shape`` (None for unknown axes) is this head's."""
@@ -112,6 +117,9 @@ class UltralyticsDecoder(Decoder):
         cx, cy, w, h = out[0], out[1], out[2], out[3]
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         return Candidates(boxes, scores, classes, (4 + classes) * anchors + np.arange(anchors))
+
+    def anchor_of(self, element: int) -> int | None:
+        return int(element) % self.anchors  # (4 + C, A): one column per anchor
 
     def vectors(self, output: np.ndarray, elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = np.asarray(output, dtype=np.float32).reshape(self.shape)

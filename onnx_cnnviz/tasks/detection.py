@@ -14,8 +14,8 @@ rule), and perturbation methods (occlusion, the metrics) read the score's first-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..targets import Target
 from .nms import nms
 
-__all__ = ["Detection", "detect", "explain"]
+__all__ = ["Detection", "detect", "explain", "per_own_level"]
 
 
 @dataclass(frozen=True)
@@ -140,4 +140,47 @@ def explain(method: Callable, m, x, detections, **params) -> np.ndarray:
     rows = np.asarray([d.image for d in flat], dtype=np.int64)
     if rows.max() >= len(x):
         raise InputError(f"a detection belongs to image {int(rows.max())}, but x holds {len(x)} images.")
-    return method(m, x[rows], targets=flat, **params)
+    if params.get("layer") is not None or not _takes_layer(method):
+        return method(m, x[rows], targets=flat, **params)
+    params.pop("layer", None)
+    return per_own_level(m, flat, lambda idx, level: method(
+        m, x[rows[idx]], targets=[flat[i] for i in idx], **params, **({} if level is None else {"layer": level})))
+
+
+def _takes_layer(method: Callable) -> bool:
+    """Whether ``method`` is a registered method that explains at a feature layer it may be given (``uses_layer``,
+    without a fixed one as CAM's). A function outside the registry is called as it is."""
+    from ..methods import registry  # the registry's explain groups detections through this module
+
+    return any(meth.func is method and meth.uses_layer and meth.layer_rule is None
+               for meth in map(registry.get, registry.names()))
+
+
+def per_own_level(m, targets: list, run: Callable) -> np.ndarray:
+    """``run(indices, layer)`` for the targets at each pyramid level, the results put back in the targets' order.
+
+    A one-stage detector scores each anchor from its own level's branch (:func:`onnx_cnnviz.tasks.levels.own_levels`),
+    so a layer method left to its default layer explains each detection at its own level, where its gradient is;
+    at the coarsest level (the single default of pytorch-grad-cam's YOLO tutorials) a detection of a finer level has
+    none, and its map would be blank. ``run(indices, None)`` for all targets at once where the model has no levels.
+
+    Raises:
+        InputError: the levels' maps differ in size (``upsample=False``) and cannot be returned as one array.
+    """
+    from .levels import own_levels
+
+    levels = own_levels(m, targets)
+    if levels is None:
+        return run(np.arange(len(targets)), None)
+    out = None
+    for level in dict.fromkeys(levels):
+        idx = np.flatnonzero(np.asarray(levels) == level)
+        maps = np.asarray(run(idx, level))
+        if out is None:
+            out = np.empty((len(targets),) + maps.shape[1:], maps.dtype)
+        elif maps.shape[1:] != out.shape[1:]:
+            raise InputError(f"the detections read pyramid levels of different sizes ({out.shape[1:]} and "
+                             f"{maps.shape[1:]}), so their maps at each one's own level cannot form one array: keep "
+                             "upsample=True, or give one layer for all (layer=...).")
+        out[idx] = maps
+    return out

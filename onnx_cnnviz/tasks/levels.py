@@ -12,11 +12,12 @@ explain at.
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..graph.structure import Layer, consumers
 
-__all__ = ["pyramid_levels", "backbone_output"]
+__all__ = ["pyramid_levels", "backbone_output", "own_levels"]
 
 
 def pyramid_levels(model: onnx.ModelProto, layers: list[Layer], anchors: int | None) -> list[str]:
@@ -46,6 +47,37 @@ def pyramid_levels(model: onnx.ModelProto, layers: list[Layer], anchors: int | N
     if total != anchors:
         return []
     return [name for _, name in sorted(found.items(), key=lambda item: -item[0][0] * item[0][1])]
+
+
+def own_levels(m, targets) -> list[str] | None:
+    """The pyramid level each detection of ``targets`` reads: the level of its anchor point (the head's anchors run
+    over the levels finest first, ``h_k * w_k`` of each). A one-stage head scores an anchor from its own level's
+    branch only, so at another level a detection's gradient, and its Grad-CAM, is zero: its own level is where a
+    layer method explains it. None where the model has no levels, a target is not a :class:`Detection` of the head
+    output, or the head's layout gives no anchor (``Decoder.anchor_of``).
+
+    Args:
+        m: the detector.
+        targets: the detections.
+
+    Returns:
+        One level name per target, or None.
+    """
+    from .detection import Detection
+
+    decoder = getattr(m, "decoder", None)
+    if not getattr(m, "levels", None) or decoder is None or not isinstance(targets, (list, tuple)) or not targets:
+        return None
+    bounds = np.cumsum([int(np.prod(m.layer(name).shape[2:])) for name in m.levels])
+    found = []
+    for t in targets:
+        if not isinstance(t, Detection) or t.output not in (None, m.score_name):
+            return None
+        anchor = decoder.anchor_of(t.element)
+        if anchor is None or not 0 <= anchor < bounds[-1]:
+            return None
+        found.append(m.levels[int(np.searchsorted(bounds, anchor, side="right"))])
+    return found
 
 
 def _feeds_head(name: str, used_by: dict) -> bool:

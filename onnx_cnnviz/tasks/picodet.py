@@ -170,6 +170,9 @@ class PicoDetDecoder(Decoder):
         classes = np.tile(np.arange(c, dtype=np.int64), anchors)
         return Candidates(out[rows, :4], out[:, 4:].reshape(-1), classes, rows * width + 4 + classes)
 
+    def anchor_of(self, element: int) -> int | None:
+        return int(element) // self.shape[1]  # (A, 4 + C): one row per anchor
+
     def vectors(self, output: np.ndarray, elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = np.asarray(output, dtype=np.float32).reshape(self.shape)
         rows = np.asarray(elements, dtype=np.int64) // self.shape[1]

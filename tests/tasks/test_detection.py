@@ -90,9 +90,12 @@ def test_detection_target_seeds_its_score_element(yolov8n):
 
 def test_yolov8n_pyramid_levels_and_per_detection_grad_cam_equal_pytorch_grad_cam(yolov8n):
     """The three pyramid levels are the maps ultralytics' Detect reads (model.15, .18, .21); per-detection Grad-CAM
-    at the coarsest (the default layer) and over all three levels equals pytorch-grad-cam's GradCAM on the torch
-    model with the same target (the detection's score element)."""
+    at each detection's own level (the default for detections: its anchor's level, ``tasks.levels.own_levels``), at
+    the coarsest level and over all three levels equals pytorch-grad-cam's GradCAM on the torch model with the same
+    target (the detection's score element). At its own level no detection's map is blank."""
     from pytorch_grad_cam import GradCAM
+
+    from onnx_cnnviz.tasks.levels import own_levels
 
     module, m = yolov8n
     assert [m.layer(n).shape[2:] for n in m.levels] == [(40, 40), (20, 20), (10, 10)]
@@ -101,16 +104,22 @@ def test_yolov8n_pyramid_levels_and_per_detection_grad_cam_equal_pytorch_grad_ca
     x = images(1, seed=3)
     dets = detect(m, x, conf=0.25, max_det=2)[0]
     net = module.inner
+    blocks = dict(zip(m.levels, (net.model[15], net.model[18], net.model[21])))
+    own = own_levels(m, dets)
     for p in net.parameters():  # pytorch-grad-cam backpropagates from the output: it needs a graph
         p.requires_grad_(True)
-    for layers, ours in (([net.model[21]], explain(cv.grad_cam, m, x, dets)),
-                         ([net.model[15], net.model[18], net.model[21]],
-                          explain(cv.grad_cam, m, x, dets, layer=m.levels))):
-        with GradCAM(model=module, target_layers=layers) as peer:
-            for d, mine in zip(dets, ours):
-                row, anchor = divmod(d.element, m.decoder.anchors)
+    default = explain(cv.grad_cam, m, x, dets)
+    assert all(np.ptp(mine) > 0 for mine in default)
+    cases = [([[blocks[level]] for level in own], default),
+             ([[net.model[21]]] * len(dets), explain(cv.grad_cam, m, x, dets, layer=m.levels[-1])),
+             ([[net.model[15], net.model[18], net.model[21]]] * len(dets), explain(cv.grad_cam, m, x, dets,
+                                                                                    layer=m.levels))]
+    for layers, ours in cases:
+        for d, mine, layer in zip(dets, ours, layers):
+            row, anchor = divmod(d.element, m.decoder.anchors)
+            with GradCAM(model=module, target_layers=layer) as peer:
                 ref = peer(input_tensor=torch.from_numpy(x), targets=[lambda out, r=row, a=anchor: out[r, a]])[0]
-                np.testing.assert_allclose(mine, ref, atol=5e-4)  # min-max scaled maps: float32 rounding only
+            np.testing.assert_allclose(mine, ref, atol=5e-4)  # min-max scaled maps: float32 rounding only
     for p in net.parameters():
         p.requires_grad_(False)
 
