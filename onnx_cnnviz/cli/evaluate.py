@@ -21,7 +21,7 @@ and prints, per metric, the methods ranked best first (the direction is the metr
 journal is read back a line at a time, keeping the per-row values and the running sums of the curves.
 
 A detector's rows are per (image, detection, method, metric) (:mod:`onnx_cnnviz.runs.detection_evaluate`): each
-detection explained and scored on its own, the summary averaging over detections; --ray is not yet taken there.
+detection explained and scored on its own, the summary averaging over detections; --ray runs it the same way.
 
 The run is the library's (:mod:`onnx_cnnviz.runs.evaluate`); this module parses the flags, prints the ranking and
 sets the exit code. With --ray [ADDRESS] the same plan runs on Ray
@@ -125,7 +125,7 @@ def evaluate_cmd(ctx, methods, metrics, metric_params, boxes_file, **options):
     detectors). Rows are per image x detection x method x metric (results.csv adds detection, box and score, in
     the model input's pixels), the summary averages over detections and says how many were scored. Other metrics
     are refused on a detector; an image with no detection is listed as skipped, and a run with none in any image
-    is an error. A detector is evaluated in one process (--ray is refused).
+    is an error. With --ray a detector is evaluated per detection on Ray; the outputs are the same.
 
     A method that cannot run on the model (Grad-CAM on an MLP: no spatial layer) is left out with a warning and the
     others are measured. Exit codes: 0 all done; 1 an image could not be evaluated or a method could not run (the
@@ -205,9 +205,6 @@ def run(ctx: click.Context, methods: list, metrics: list, params: dict, boxes_fi
     with usage_errors():
         m, job, paths, outputs, work = runs_evaluate.prepare(options, methods, metrics, params, boxes_file, talk)
     detector = isinstance(job, DetectionJob)
-    if detector and options.get("ray_address"):
-        raise click.BadParameter("a detector's evaluation runs in one process (its rows are per detection, which "
-                                 "the Ray pipeline does not yet send); leave out --ray.", param_hint="--ray")
     if options.get("ray_address"):
         # Imported only here: the core and the single-process run never import Ray.
         from onnx_cnnviz.dataset.pipeline import evaluate_on_ray

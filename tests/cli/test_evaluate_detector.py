@@ -1,8 +1,9 @@
 """``cnnviz evaluate`` and a detector's task (the committed shapes detector): --task classifier keeps the classifier's
 refusal in one typed line that names --task detector, before any output is written; --task segmenter / text is
-refused (evaluate measures classifiers and detectors); --target and --ray, which have no per-detection meaning here,
-are refused naming why; a head without class vectors (NMS inside the graph) is refused the default D-RISE similarity
-before any work, and runs with score=element. The per-detection run itself: tests/cli/test_evaluate_detections.py."""
+refused (evaluate measures classifiers and detectors); --target and --region-class, which have no per-detection
+meaning here, are refused naming why; a head without class vectors (NMS inside the graph) is refused the default
+D-RISE similarity before any work, and runs with score=element. The per-detection run itself:
+tests/cli/test_evaluate_detections.py."""
 from __future__ import annotations
 
 import json
@@ -44,8 +45,7 @@ def test_a_dense_task_is_refused(image, tmp_path, task):
 
 
 @pytest.mark.parametrize("flags, words", [(["--target", "1"], "--target chooses a classifier's class"),
-                                          (["--region-class", "1"], "--region-class chooses a segmenter's region"),
-                                          (["--ray"], "a detector's evaluation runs in one process")])
+                                          (["--region-class", "1"], "--region-class chooses a segmenter's region")])
 def test_options_without_a_per_detection_meaning_are_refused(image, tmp_path, flags, words):
     result = invoke("evaluate", DETECTOR, image, *flags, "--out", tmp_path / "out", "--device", "cpu")
     assert result.exit_code == 2, result.output
