@@ -19,7 +19,8 @@ private copy per session) and without a CPU memory arena of their own (an arena 
 largest run reserved until the session is dropped: one per session adds up). They draw their buffers from one arena of
 the whole process instead (:data:`SHARED_ARENA`, registered once in onnxruntime's environment,
 ``session.use_env_allocators``): it holds the peak of the largest single run of any session, reused by every run after
-it. Without any arena every run's buffers were fresh pages from the system, faulted in on every run: ConvNeXt-tiny's
+it; graphs of 512 MiB of activations per image and more run without it (:data:`ARENA_MAX_ACTIVATION_BYTES`).
+Without any arena every run's buffers were fresh pages from the system, faulted in on every run: ConvNeXt-tiny's
 saliency at batch 1 took 1.05-1.5x the unshared time, with the process's arena 0.9-1.1x (six interleaved runs,
 medians, 2 threads at load average 10-28; issue 25), while five methods peak at 1.34 GB (1.08 GB without an arena, 3.0
 GB unshared). The first session of a model costs its weights once, each further one only its own derived buffers: on
@@ -71,6 +72,14 @@ def share_weights() -> bool:
 #: (see the module's notes); False: no arena at all, every run's buffers freed when it ends (the least memory between
 #: runs, slower).
 SHARED_ARENA = True
+#: Lean sessions over a graph whose float tensors hold this many bytes per image or more (as declared in its
+#: ``value_info``: :func:`activation_bytes_per_image`) run without the process's arena: their buffers go back to the
+#: system after each run. The arena grows by each request it cannot place in a free chunk and never shrinks, so runs
+#: of different graphs over large activations fragment it to about twice the largest run (mvitv2_base_cls, 1.2 GB
+#: of float tensors per image: 3.95 GB resident after five methods at batch 2, 2.27 GB without the arena, each
+#: method as fast on repeated calls; issue 26). Smaller models keep it: there it saves the page faults of fresh
+#: buffers every run (ConvNeXt-tiny, 0.3 GB per image, at batch 1: see the module's notes).
+ARENA_MAX_ACTIVATION_BYTES = 512 * 2 ** 20
 _arena_lock = threading.Lock()
 _arena_registered = False
 
@@ -331,6 +340,20 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def activation_bytes_per_image(model: onnx.ModelProto) -> int:
+    """Bytes of the float tensors ``model`` declares in its ``value_info`` at one image (every dimension without a
+    size counted as 1): what one run's buffers hold at most, per image, as far as the graph says."""
+    total = 0
+    for value in model.graph.value_info:
+        ttype = value.type.tensor_type
+        dtype = _SHARED_TYPES.get(ttype.elem_type)
+        if dtype is None or not ttype.HasField("shape"):
+            continue
+        total += int(np.prod([d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                              for d in ttype.shape.dim], dtype=np.int64)) * dtype.itemsize
+    return total
+
+
 class _Weight:
     """One shared tensor: its bytes, a read-only array over them and the OrtValue over that array (no copies)."""
     __slots__ = ("data", "array", "value", "__weakref__")
@@ -476,6 +499,10 @@ class Session:
         self.shared: tuple = ()  # the shared weights this session reads: kept alive as long as the session
         lean = weights is not None and share_weights()
         self.lean = lean
+        arena = not lean or activation_bytes_per_image(model) < ARENA_MAX_ACTIVATION_BYTES
+        #: Whether a lean session draws its buffers from the process's arena (False: from the system, each run's
+        #: returned when it ends).
+        self.process_arena = lean and arena and SHARED_ARENA
         disabled = HELD_DISABLED_OPTIMIZERS if held.any_held(model) else DISABLED_OPTIMIZERS
         if lean and hasattr(ort.SessionOptions, "add_external_initializers"):
             try:
@@ -483,7 +510,7 @@ class Session:
             except Exception:
                 payload, shared = None, {}
             if shared:
-                options = self._options(threads, lean)
+                options = self._options(threads, lean, arena)
                 names, values = list(shared), [w.value for w in shared.values()]
                 # What the optimisers read while the session is built (copied into its graph, then dropped) ...
                 options.add_external_initializers(names, values)
@@ -508,7 +535,7 @@ class Session:
             del payload
         if self._session is None:
             try:
-                self._session = held.session(model, self._options(threads, lean),
+                self._session = held.session(model, self._options(threads, lean, arena),
                                              session_providers(providers, threads), disabled_optimizers=disabled)
             except Exception as exc:
                 raise RuntimeFailure(f"onnxruntime could not load the rewritten graph: {str(exc)[:500]}") from None
@@ -522,10 +549,11 @@ class Session:
     lean = False  # set per session in __init__
 
     @staticmethod
-    def _options(threads: int | None, lean: bool = False):
+    def _options(threads: int | None, lean: bool = False, arena: bool = True):
         """Session options; ``lean``: no CPU memory arena of the session's own (with several sessions per model, each
-        arena would keep the peak of its own largest run), but the process's one arena (:data:`SHARED_ARENA`), or none
-        (then the buffers of a run go back to the system when it ends)."""
+        arena would keep the peak of its own largest run), but the process's one arena (:data:`SHARED_ARENA`, unless
+        ``arena`` is False: a graph of large activations, see :data:`ARENA_MAX_ACTIVATION_BYTES`), or none (then the
+        buffers of a run go back to the system when it ends)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -534,7 +562,7 @@ class Session:
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         if lean:
-            if SHARED_ARENA and _register_shared_arena():
+            if SHARED_ARENA and arena and _register_shared_arena():
                 # the process's one arena (registered in onnxruntime's environment) instead of one per session
                 options.add_session_config_entry("session.use_env_allocators", "1")
             else:
