@@ -131,8 +131,8 @@ def main() -> None:
         if args.cpu_time:  # the library's sessions, spinning off too
             original = runtime.Session._options
 
-            def quiet(threads=None, lean=False):
-                options = original(threads, lean)
+            def quiet(*args, **kwargs):
+                options = original(*args, **kwargs)
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 return options
             runtime.Session._options = staticmethod(quiet)

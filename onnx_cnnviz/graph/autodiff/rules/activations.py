@@ -166,10 +166,47 @@ def clip_is_rectifier(node, value: Callable) -> bool:
     return clip_lower_bound(node, value) == 0.0
 
 
+# Upper bounds that :func:`below_mask` handles exactly: the gap below such a bound (at least bound * 2**-24) times
+# _BELOW_GAIN is at least 1, and _BELOW_GAIN * bound stays far below float32's largest value.
+_BELOW_GAIN = 2.0 ** 100
+_BELOW_RANGE = (2.0 ** -60, 2.0 ** 20)
+
+
+def below_mask(ctx, y: str, bound: float) -> str:
+    """The float mask (y < bound) of a Clip output y <= bound, as ``HardSigmoid(y; alpha=-2**100,
+    beta=2**100 bound)``, that is ``min(max(2**100 (bound - y), 0), 1)``: exactly 0 at the bound and 1 below it
+    (the products by a power of two are exact, and any float below the bound lies at least ``bound * 2**-24``
+    under it). A blocked-layout (NCHWc) op in onnxruntime, as :func:`relu_mask` is, where Less and Where are not.
+    """
+    return ctx.b.op("HardSigmoid", [y], hint="clip_below_mask", alpha=-_BELOW_GAIN, beta=_BELOW_GAIN * bound)
+
+
+def _bound(ctx, node, index: int, attr: str):
+    """A Clip bound's constant value (input ``index`` from opset 11, attribute ``attr`` before), or None when it is
+    absent or computed at run time."""
+    if len(node.input) > index and node.input[index]:
+        value = ctx.value(node.input[index])
+        return None if value is None or np.asarray(value).size != 1 else float(np.asarray(value).reshape(-1)[0])
+    value = ctx.attr(attr)
+    return None if value is None else float(value)
+
+
 @register("Clip")
 def clip(ctx, node, dys):
-    """Clip (ReLU6 and friends): dx = g * (min < x < max), strict as torch's hardtanh backward."""
+    """Clip (ReLU6 and friends): dx = g * (min < x < max), strict as torch's hardtanh backward.
+
+    A rectifying Clip (constant lower bound 0, constant upper bound in a wide range or none: ReLU6, ReLU written as
+    Clip) multiplies ``g`` by :func:`relu_mask` and :func:`below_mask`, which onnxruntime keeps in its blocked layout
+    between the backward convolutions (MobileNetV2's ReLU6 everywhere); any other bounds take Greater/Less masks.
+    """
     b, g, y = ctx.b, dys[0], node.output[0]
+    has_hi = (len(node.input) > 2 and node.input[2]) or ctx.attr("max") is not None
+    lo, hi = _bound(ctx, node, 1, "min"), _bound(ctx, node, 2, "max")
+    if lo == 0.0 and (not has_hi or (hi is not None and _BELOW_RANGE[0] <= hi <= _BELOW_RANGE[1])):
+        dx = b.op("Mul", [g, relu_mask(ctx, y)], hint="clip_grad")
+        if has_hi:
+            dx = b.op("Mul", [dx, below_mask(ctx, y, hi)], hint="clip_grad")
+        return [dx, None, None]
     bounds = []
     lo = node.input[1] if len(node.input) > 1 and node.input[1] else None
     hi = node.input[2] if len(node.input) > 2 and node.input[2] else None
