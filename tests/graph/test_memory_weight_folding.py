@@ -217,3 +217,4 @@ def test_a_weight_passed_on_unchanged_keeps_its_name():
     assert computed_weights(model)[0] == ["k"]
     assert fold_computed_weights_inplace(model).weights == 1
     assert [n.op_type for n in model.graph.node] == ["Conv"] and [t.name for t in model.graph.initializer] == ["k"]
+

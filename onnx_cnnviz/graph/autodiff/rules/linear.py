@@ -62,10 +62,11 @@ def matmul(ctx, node, dys):
             full = b.op("Mul", [g_col, a_name])
             db = b.reduce_sum(full, list(range(a_rank - 1)), keepdims=False, hint="matmul_dB")
         return [da, db]
-    if ctx.wants(0) and b_rank == 2 and ctx.is_held(b_name):
-        # dA = G B^T as a Gemm with transB, which reads a held weight (graph/held.py) in place, where the
-        # Transpose would be folded into a copy of it in every session (2.5 GB for vit_h_14); a 2-D B broadcasts
-        # nothing, so A's leading axes are G's.
+    if ctx.wants(0) and b_rank == 2 and (ctx.is_held(b_name) or ctx.value(b_name) is not None):
+        # dA = G B^T as a Gemm with transB, which reads a 2-D weight in place (the one the forward MatMul reads,
+        # shared by every session: runtime.SharedWeights), where a transposed copy would be stored beside it: in
+        # the graph for a weight in it (0.2 GB for mvitv2_base_cls, issue 26), folded into every session for a held
+        # one (graph/held.py; 2.5 GB for vit_h_14). A 2-D B broadcasts nothing, so A's leading axes are G's.
         rows = b.op("Reshape", [g, b.ints([-1, int(ctx.shape(b_name)[1])])], hint="matmul_dA_rows")
         da = b.op("Gemm", [rows, b_name], hint="matmul_dA", transB=1)
         da = b.op("Reshape", [da, b.shape(a_name)], hint="matmul_dA")
