@@ -29,6 +29,7 @@ from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_na
 from .graph.backward_split import IMAGES_PREFIX, ROWS_INPUT, split_backward
 from .graph.head import find_score
 from .graph.outputs import keep_outputs
+from .graph.seed_narrowing import narrow_seed
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
                               upstream, without_other_inputs)
 from .input_checks import check_batch_size, check_images, size_pair
@@ -494,13 +495,16 @@ class Model:
         mode = "top1" if seeds is None or seeds.rows is None else "input"
         at = self.score_name if seeds is None else seeds.tensor
         hw = tuple(x.shape[2:])
+        seed_rows = seeds.rows if wrt and mode == "input" else None
+        if seed_rows is not None:  # a seed inside one part of a Concat (a detection's class score) starts there
+            spec = self._spec(hw)
+            at, seed_rows = narrow_seed(spec.model, spec.info, at, seed_rows)
         merged = None
-        if wrt and mode == "input":  # rows that repeat an image (its detections, its top-k classes) share a forward
-            merged = self._run_shared_forward(x, hw, outputs, wrt, rule, at, seeds.rows, batch_size)
+        if seed_rows is not None:  # rows that repeat an image (its detections, its top-k classes) share a forward
+            merged = self._run_shared_forward(x, hw, outputs, wrt, rule, at, seed_rows, batch_size)
         if merged is None:
             session = self._session(hw, outputs, wrt, rule, mode, at)
-            merged = self._run_batches(session, x, batch_size, seeds.rows if wrt and mode == "input" else None,
-                                       self._spec(hw).info)
+            merged = self._run_batches(session, x, batch_size, seed_rows, self._spec(hw).info)
         scores = merged[self.score_name].reshape(n, -1)
         check_finite(scores, f"class scores ('{self.score_name}')")
         result_targets = None
@@ -560,8 +564,13 @@ class Model:
             images = x[first[c0:c0 + step]]
             values = forward.run({self.input_name: images})
             rows = np.flatnonzero((inverse >= c0) & (inverse < c0 + len(images)))
-            for name in shown:
-                place(name, rows, values[name][inverse[rows] - c0])
+            for name in shown:  # gathered straight into the result: a 640x640 detector's head is MBs per row
+                place(name, rows[:1], values[name][:1])
+                if len(rows) == rows[-1] - rows[0] + 1:
+                    np.take(values[name], inverse[rows] - c0, axis=0, out=merged[name][rows[0]:rows[-1] + 1],
+                            mode="clip")
+                else:
+                    merged[name][rows] = values[name][inverse[rows] - c0]
             sources = {IMAGES_PREFIX + t: images if t == self.input_name else values[t] for t in fed}
             # Rows per backward run: at most FED_BUDGET_BYTES of forward tensors gathered for them.
             per_row = sum(v[0].nbytes for v in sources.values())
