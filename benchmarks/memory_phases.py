@@ -208,21 +208,34 @@ PHASES = ["load", "scores", "gradcam", "saliency", "occlusion", "gradients"]
 #: Why a model misses a target, as far as measured (printed under the table for models with an OVER cell).
 NOTES = {
     "timm:nfnet_f1": "every Conv of NFNet is weight-standardised (timm's ScaledStdConv2d computes each kernel from the "
-                     "stored one at run time); onnxruntime's constant folding stores the computed kernels in each "
-                     "session it builds, so the resident size grows by up to the weights' size per method's session "
-                     "(the *resident at the end* column) and each method peaks with that copy, the activations and "
-                     "the backward pass's buffers at once. Not fixed: folding the standardised kernels once at load "
-                     "into the held weights (or keeping constant folding off for held models) would remove the "
-                     "per-session copy.",
-    "timm:mvitv2_base_cls": "its forward pass at batch 2 holds about 3 GB of live activations (relative-position "
-                            "attention over 3136 tokens in stage 1: the shape probe's batch-1 run peaks 1.4 GB over "
-                            "the base, its batch-2 run 3.1 GB), and loading runs that forward (the shape probe: ONNX "
-                            "shape inference cannot size its attention), so load cannot meet 2.5x a 0.21 GB file + "
-                            "0.5 GB (the probe no longer keeps the tensors it only sizes as outputs of its run: "
-                            "4.49 -> 4.11 GB sampled after this table was measured).",
-    "timm:vgg16": "its weights are in memory once (held beside the graph and read in place, its fully-connected "
-                  "layers written as Convs read through ConvTranspose instead of a flipped copy); what passes the "
-                  "bound is the sessions each method caches (the *resident at the end* column), about 0.1 GB each.",
+                     "stored one at run time, and TorchScript stores each kernel twice); loading folds the computed "
+                     "kernels once into initializers (graph/loading/weights.py: 832 -> 505 MiB of weights), so no "
+                     "session folds a private copy any more (methods were 4.06-5.92 GB before).",
+    "timm:mvitv2_base_cls": "the shape probe runs at load (ONNX shape inference cannot size 2,193 of its tensors: "
+                            "relative-position attention) while the Model holds its graph twice in protobuf (the "
+                            "batch-dynamic graph and its copy at 224x224, 0.2 GB of weights each: 196 MiB is under "
+                            "the 256 MiB from which weights are held beside the graph); the probe adds the weights "
+                            "it reads in place (0.2 GB), its session over 12,000 nodes (0.25 GB) and a forward pass "
+                            "at batch 2 (0.3 GB): load peaks 1.11-1.18 GB in five runs, at its bound of "
+                            "1.12. It was 4.49 GB: onnxruntime's default node order ran every Shape node the probe "
+                            "reads a tensor's size with after the whole forward pass, keeping every activation "
+                            "alive (now run in the graph's order); methods were 2.87-3.95 GB before its sessions "
+                            "stopped using the process's arena (fragmented to twice the largest run) and the MatMul "
+                            "rule stopped storing transposed weights.",
+    "timm:vgg16": "its weights are in memory once (held beside the graph and read in place); what passes the bound is "
+                  "building each method's session: onnxruntime copies the weights handed over with "
+                  "add_external_initializers into the graph it optimises, 0.55 GB until the session is built "
+                  "(scores' session build peaks at 1.23 GB, its run at 0.75 GB), plus the sessions each method "
+                  "caches (the *resident at the end* column), about 0.1 GB each.",
+    "hf:resnet": "a 0.09 GB model: its first session (graph, kernels, planner, buffers at batch 2) already costs more "
+                 "than 1.5x its weights plus its activations, and each further method's cached session adds 0.1-0.4 "
+                 "GB (the *resident at the end* column), as for hf:efficientnet.",
+    "hf:convnext": "only the last method passes (by 0.14 GB), with the sessions of the four before it cached "
+                   "(0.1-0.2 GB each; *resident at the end*).",
+    "hf:swin": "the later methods pass by the sessions the methods before them cached (0.1-0.2 GB each; *resident at "
+               "the end*); load was 1.23 GB before the probe ran its nodes in the graph's order.",
+    "hf:mobilevit": "a 20 MB model: as hf:efficientnet, onnxruntime's own cost per session is larger than 1.5x its "
+                    "weights plus its activations.",
     "hf:efficientnet": "a 16 MB model: onnxruntime's own cost per session (graph, kernels, planner, about 0.1-0.2 GB "
                        "each) is larger than 1.5x its weights plus its activations; the issue's bound for it is "
                        "the 1.5 GB of tests/architectures/test_hf_efficientnet_memory.py, which it meets.",
