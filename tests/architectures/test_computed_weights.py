@@ -22,6 +22,7 @@ from onnx import helper
 import onnx_cnnviz as cv
 from onnx_cnnviz.errors import UnsupportedOpError
 from onnx_cnnviz.graph import occlusion_incremental as oi
+from onnx_cnnviz.graph.loading import weights
 from onnx_cnnviz.graph.occlusion import window_positions
 
 from tests.conftest import CACHE, rel_err
@@ -157,7 +158,11 @@ def timm_model():
             if not path.exists():
                 export_torchscript(model, torch.zeros(1, 3, SIZE, SIZE), path)
             x = np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
-            made[name] = (model, cv.load(path, device="cpu"), x)
+            # The kernels left computed in the graph (loading folds them: graph/loading/weights.py), so that the
+            # rules' run-time-weight paths stay tested on real models.
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(weights, "FOLD_COMPUTED_WEIGHTS", False)
+                made[name] = (model, cv.load(path, device="cpu"), x)
         return made[name]
 
     return get
