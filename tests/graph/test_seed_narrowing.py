@@ -40,7 +40,8 @@ def test_a_seed_in_one_part_starts_there_with_the_same_gradient(tmp_path):
     at, rows = narrow_seed(spec.model, spec.info, "cat", seed.reshape(2, -1))
     assert at == "cls" and rows.shape == (2, 3 * 36)
     np.testing.assert_array_equal(rows.reshape(2, 3, 36), seed[:, 2:])
-    narrowed = m.run(x, wrt=[m.input_name], targets=[cv.OutputWeights("cat", s.reshape(-1)) for s in seed]).grads[m.input_name]
+    targets = [cv.OutputWeights("cat", s.reshape(-1)) for s in seed]
+    narrowed = m.run(x, wrt=[m.input_name], targets=targets).grads[m.input_name]
     whole = m.vjp(x, "cat", seed.reshape(2, 5, 6, 6)).grads[m.input_name]
     assert np.abs(whole).max() > 0
     np.testing.assert_allclose(narrowed, whole, rtol=1e-6, atol=1e-7)
