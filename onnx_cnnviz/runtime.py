@@ -267,6 +267,11 @@ def for_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
       graph/autodiff/rules/normalization.py) is refused ("used for training"): it keeps its one output ``Y`` and the
       two statistics are computed beside it, ``Mean = ReduceMean(X)`` and ``InvStdDev = 1 / sqrt(ReduceMean((X -
       Mean)^2) + epsilon)`` over the normalised axes (``axis`` to the last), as the operator defines them.
+    * A ``Gemm`` with ``transB=1`` whose ``B`` is a weight another node (the forward ``MatMul``) also reads comes out
+      wrong, as if untransposed (the MatMul rule's ``dA = G B^T`` reads the weight in place so: rules/linear.py).
+      ``B`` goes through a ``Transpose`` node instead, into a ``MatMul`` (a Gemm without ``C``, ``alpha`` or
+      ``transA``, as that rule writes; a Gemm over the transposed weight is read wrong too) or a Gemm with
+      ``transB=0``.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
@@ -278,7 +283,11 @@ def for_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
         return (node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx")
                 and any(o for o in node.output[1:]))
 
-    if not any(misread(node) or statistics(node) for node in model.graph.node):
+    def transposed_gemm(node) -> bool:
+        return (node.op_type == "Gemm" and node.domain in ("", "ai.onnx")
+                and any(a.name == "transB" and a.i == 1 for a in node.attribute))
+
+    if not any(misread(node) or statistics(node) or transposed_gemm(node) for node in model.graph.node):
         return model
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(model.graph.value_info) + list(model.graph.input)
              + list(model.graph.output) if v.type.tensor_type.HasField("shape")}
@@ -292,6 +301,18 @@ def for_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
             for attr in copy.attribute:
                 if attr.name == "beta":
                     attr.f = -1e-30
+        elif transposed_gemm(copy):
+            transposed = f"cnnviz/ov_gemm{k}/b_t"
+            out.graph.node.append(onnx.helper.make_node("Transpose", [copy.input[1]], [transposed], perm=[1, 0]))
+            copy.input[1] = transposed
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in copy.attribute}
+            if len([i for i in copy.input if i]) == 2 and attrs.get("alpha", 1.0) == 1.0 and not attrs.get("transA"):
+                copy.op_type = "MatMul"  # a Gemm over the transposed weight is read wrong as well
+                del copy.attribute[:]
+            else:
+                for attr in copy.attribute:
+                    if attr.name == "transB":
+                        attr.i = 0
         elif statistics(copy):
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
