@@ -29,19 +29,9 @@ from .conftest import SIZE, export_ultralytics, images, ultralytics_net
 
 pytest.importorskip("ultralytics")
 torch = pytest.importorskip("torch")
+from .test_yolo_seg import HeadAndProtos  # noqa: E402  (after the skips: it imports torch at module level)
+
 pytestmark = pytest.mark.slow  # builds yolo11n-seg, calibrates and exports it: about half a minute on 2 cores
-
-
-class HeadAndProtos(torch.nn.Module):
-    """The segmentation model's head output and prototypes (eval mode returns ((y, protos), raw))."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        y, protos = self.inner(x)[0]
-        return y, protos
 
 
 def calibrated_net():
