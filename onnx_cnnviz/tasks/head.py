@@ -7,6 +7,8 @@ elements. A model loaded as a classifier whose output is a detector head or a de
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 
 from ..errors import ModelStructureError
@@ -18,6 +20,38 @@ TASKS = ("classifier", "detector", "segmenter")
 
 class NotAClassifierError(ModelStructureError):
     """A model loaded as a classifier whose output is not (N, K) class scores: a detector head or a dense map."""
+
+
+@dataclass(frozen=True)
+class JoinedHead:
+    """A known detector head spread over several outputs, which a function of :mod:`onnx_cnnviz.tasks` joins into
+    the one output a decoder reads, in the words of the refusals (:func:`head_output`, :func:`check_outputs`).
+
+    ``outputs``: what the outputs are; ``verb`` / ``verbing``: what the join does to them; ``function``: the join's
+    name in :mod:`onnx_cnnviz.tasks`; ``explain``: what to explain once it is joined."""
+    outputs: str
+    verb: str
+    verbing: str
+    function: str
+    explain: str
+
+
+def joined_head(model: onnx.ModelProto) -> JoinedHead | None:
+    """The known multi-output detector head ``model`` ends in (PicoDet's per-level scores and DFL box logits:
+    :func:`~onnx_cnnviz.tasks.picodet.is_picodet`; an ultralytics segmentation head and its prototypes:
+    :func:`~onnx_cnnviz.tasks.yolo_seg.is_yolo_seg`), or None."""
+    from .picodet import PICODET_STRIDES, is_picodet
+
+    if is_picodet(model, PICODET_STRIDES):
+        return JoinedHead("a PicoDet head's, per-level class scores and DFL box logits", "decode", "decoding",
+                          "picodet_head", "its detections (onnx_cnnviz.tasks.detect)")
+    from .yolo_seg import is_yolo_seg
+
+    if is_yolo_seg(model):
+        return JoinedHead("an ultralytics segmentation head's (boxes, class scores and mask coefficients) and its "
+                          "mask prototypes", "join", "joining", "yolo_seg_head",
+                          "its detections (onnx_cnnviz.tasks.detect) or their masks (onnx_cnnviz.tasks.mask_target)")
+    return None
 
 
 def head_output(model: onnx.ModelProto, task: str, wanted: str | None = None) -> str:
@@ -42,21 +76,12 @@ def head_output(model: onnx.ModelProto, task: str, wanted: str | None = None) ->
     if len(names) == 1:
         return names[0]
     if task == "detector":
-        from .picodet import PICODET_STRIDES, is_picodet
-
-        if is_picodet(model, PICODET_STRIDES):
+        joined = joined_head(model)
+        if joined is not None:
             raise ModelStructureError(
-                f"this detector's outputs ({', '.join(names)}) are a PicoDet head's, per-level class scores and DFL "
-                "box logits: decode them in the graph first, onnx_cnnviz.load(onnx_cnnviz.tasks.picodet_head(path), "
-                "task='detector').")
-        from .yolo_seg import is_yolo_seg
-
-        if is_yolo_seg(model):
-            raise ModelStructureError(
-                f"this detector's outputs ({', '.join(names)}) are an ultralytics segmentation head's, boxes, class "
-                "scores and mask coefficients beside the mask prototypes: join them in the graph first, "
-                "onnx_cnnviz.load(onnx_cnnviz.tasks.yolo_seg_head(path), task='detector') (the cnnviz commands do it "
-                "by themselves).")
+                f"this detector's outputs ({', '.join(names)}) are {joined.outputs}: {joined.verb} them in the graph "
+                f"first, onnx_cnnviz.load(onnx_cnnviz.tasks.{joined.function}(path), task='detector') (the cnnviz "
+                "commands do it by themselves).")
         raise ModelStructureError(
             f"this detector has several outputs ({', '.join(names)}); choose the head output its targets read with "
             "output=NAME, or, for a head spread over several outputs, join them into one in the graph (as "
@@ -88,26 +113,14 @@ def check_outputs(model: onnx.ModelProto) -> None:
     Raises:
         NotAClassifierError: the outputs are such a head's; the message says how to load it as a detector.
     """
-    if len(model.graph.output) < 2:
+    joined = joined_head(model) if len(model.graph.output) >= 2 else None
+    if joined is None:
         return
-    from .picodet import PICODET_STRIDES, is_picodet
-
-    if is_picodet(model, PICODET_STRIDES):
-        names = ", ".join(o.name for o in model.graph.output)
-        raise NotAClassifierError(
-            f"this is a detector: its outputs ({names}) are a PicoDet head's, per-level class scores and DFL box "
-            "logits. Load it with task='detector' after decoding them in the graph: "
-            "onnx_cnnviz.load(onnx_cnnviz.tasks.picodet_head(path), task='detector'), then explain its detections "
-            "(onnx_cnnviz.tasks.detect).")
-    from .yolo_seg import is_yolo_seg
-
-    if is_yolo_seg(model):
-        names = ", ".join(o.name for o in model.graph.output)
-        raise NotAClassifierError(
-            f"this is a detector: its outputs ({names}) are an ultralytics segmentation head's (boxes, class scores "
-            "and mask coefficients) and its mask prototypes. Load it with task='detector' after joining them in the "
-            "graph: onnx_cnnviz.load(onnx_cnnviz.tasks.yolo_seg_head(path), task='detector'), then explain its "
-            "detections (onnx_cnnviz.tasks.detect) or their masks (onnx_cnnviz.tasks.mask_target).")
+    names = ", ".join(o.name for o in model.graph.output)
+    raise NotAClassifierError(
+        f"this is a detector: its outputs ({names}) are {joined.outputs}. Load it with task='detector' after "
+        f"{joined.verbing} them in the graph: onnx_cnnviz.load(onnx_cnnviz.tasks.{joined.function}(path), "
+        f"task='detector'), then explain {joined.explain}.")
 
 
 def check_head(task: str, name: str, score) -> None:
