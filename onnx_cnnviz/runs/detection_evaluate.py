@@ -472,44 +472,12 @@ def complete_examples(m, job: DetectionJob, paths: list, results, tally: Detecti
 
 def read_detection_results(job: DetectionJob, journal: Path, paths: list):
     """The journal's rows for this run: per (image, detection, method, metric) its last line made with this run's
-    settings, in image, detection, method, metric order (:class:`~onnx_cnnviz.runs.evaluate_tables.Results`: the
-    summary then averages over detections)."""
-    from .evaluate_tables import Results, add_curve
+    settings, in image, detection, method, metric order
+    (:func:`~onnx_cnnviz.runs.evaluate_tables.read_results` keyed by the detection too, with a detector's columns;
+    the summary then averages over detections)."""
+    from .evaluate_tables import read_results
 
-    index = {abspath(p): i for i, p in enumerate(paths)}
-
-    def key_of(row):
-        i = index.get(row["image"])
-        if i is None or row["method"] not in job.layers or row["metric"] not in job.params:
-            return None
-        if row["settings"] != job.row_settings(row["method"], row["metric"], i):
-            return None
-        return i, row["detection"], row["method"], row["metric"]
-
-    chosen: dict = {}
-    for n, row in enumerate(_rows(journal)):
-        key = key_of(row)
-        if key is not None:
-            chosen[key] = n
-    lines = set(chosen.values())
-    picked: dict = {}
-    results = Results()
-    for n, row in enumerate(_rows(journal)):
-        if n in lines:
-            key = key_of(row)
-            picked[key] = {f: row.get(f) for f in DETECTION_RESULT_FIELDS}
-            add_curve(results, (key[2], key[3]), row)
-    methods = {name: k for k, name in enumerate(job.methods)}
-    metrics = {name: k for k, name in enumerate(job.metrics)}
-    for key in sorted(picked, key=lambda k: (k[0], k[1], methods[k[2]], metrics[k[3]])):
-        row = picked[key]
-        results.rows.append(row)
-        results.values.setdefault((key[2], key[3]), [])
-        if row["value"] is None:
-            results.undefined.setdefault((key[2], key[3]), []).append(row)
-        else:
-            results.values[(key[2], key[3])].append(float(row["value"]))
-    return results
+    return read_results(job, journal, paths, DETECTION_RESULT_FIELDS, within=("detection",))
 
 
 def counts(results) -> dict:

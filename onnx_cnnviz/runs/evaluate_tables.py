@@ -23,7 +23,6 @@ from .evaluate_plan import (
     TABLES,
     Job,
     journal_lines,
-    row_key,
 )
 from .evaluate_run import Tally
 from .outputs import abspath, save_json
@@ -41,33 +40,56 @@ class Results:
     curves: dict = field(default_factory=dict)
     mixed: set = field(default_factory=set)  # (method, metric) whose curves differ in length: no mean curve
 
-def read_results(job: Job, journal: Path, paths: list) -> Results:
-    """The journal's rows for this run: per (image, method, metric) its last line made with this run's settings.
-    Two passes over the file, so that only the chosen lines' curves are ever summed and none is kept."""
+def read_results(job: Job, journal: Path, paths: list, fields: list = RESULT_FIELDS, within: tuple = ()) -> Results:
+    """The journal's rows for this run: per (image, method, metric) its last line made with this run's settings, in
+    image, method, metric order. Two passes over the file, so that only the chosen lines' curves are ever summed and
+    none is kept.
+
+    Args:
+        job: the run's settings (its methods, metrics and each row's settings).
+        journal: the journal file.
+        paths: the run's images.
+        fields: the columns of a row kept (a detector's: ``DETECTION_RESULT_FIELDS``).
+        within: the names of the fields that tell an image's rows apart besides the method and metric (a
+            detector's: ``("detection",)``: one row per (image, detection, method, metric), in that order); a line
+            without them is not one of this run's.
+
+    Returns:
+        The :class:`Results`.
+    """
     index = {abspath(p): i for i, p in enumerate(paths)}
+
+    def key_of(row):
+        i = index.get(row["image"])
+        if i is None or any(name not in row for name in within) or row["method"] not in job.layers \
+                or row["metric"] not in job.params or row["settings"] != job.row_settings(row["method"],
+                                                                                          row["metric"], i):
+            return None
+        return (i, *(row[name] for name in within), row["method"], row["metric"])
+
     chosen: dict = {}
     for n, row in enumerate(journal_lines(journal)):
-        key = row_key(row, index)
-        if key is not None and row["method"] in job.layers and row["metric"] in job.params \
-                and row["settings"] == job.row_settings(key[1], key[2], key[0]):
+        key = key_of(row)
+        if key is not None:
             chosen[key] = n
     lines = set(chosen.values())
     picked: dict = {}
     results = Results()
     for n, row in enumerate(journal_lines(journal)):
         if n in lines:
-            key = row_key(row, index)
-            picked[key] = {f: row.get(f) for f in RESULT_FIELDS}
-            add_curve(results, (key[1], key[2]), row)
-    order = {name: k for k, name in enumerate(job.methods)}, {name: k for k, name in enumerate(job.metrics)}
-    for key in sorted(picked, key=lambda k: (k[0], order[0][k[1]], order[1][k[2]])):
+            key = key_of(row)
+            picked[key] = {f: row.get(f) for f in fields}
+            add_curve(results, key[-2:], row)
+    methods = {name: k for k, name in enumerate(job.methods)}
+    metrics = {name: k for k, name in enumerate(job.metrics)}
+    for key in sorted(picked, key=lambda k: (*k[:-2], methods[k[-2]], metrics[k[-1]])):
         row = picked[key]
         results.rows.append(row)
-        results.values.setdefault((key[1], key[2]), [])
+        results.values.setdefault(key[-2:], [])
         if row["value"] is None:
-            results.undefined.setdefault((key[1], key[2]), []).append(row)
+            results.undefined.setdefault(key[-2:], []).append(row)
         else:
-            results.values[(key[1], key[2])].append(float(row["value"]))
+            results.values[key[-2:]].append(float(row["value"]))
     return results
 
 def add_curve(results: Results, key: tuple, row: dict) -> None:
