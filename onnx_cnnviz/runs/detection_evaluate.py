@@ -46,9 +46,9 @@ from ..metrics import detections as det_metrics
 from ..metrics import registry as metric_registry
 from ..metrics import sanity
 from .detections import TaskOptions, find_targets
-from .evaluate_plan import (CI_FORMULA, EXAMPLES, RESULT_FIELDS, Job, Journal, Plan, boxes_setting, differences,
+from .evaluate_plan import (CI_FORMULA, EXAMPLES, RESULT_FIELDS, Job, Plan, boxes_setting, differences,
                             journal_lines)
-from .evaluate_run import Example, Tally, method_maps, thumbnail, undefined_reason
+from .evaluate_run import Example, Tally, evaluate_batches, method_maps, thumbnail, undefined_reason
 from .labels import option_error
 from .outputs import abspath
 
@@ -275,25 +275,14 @@ def detections_line(task: TaskOptions) -> str:
 def evaluate_detections_all(m, job: DetectionJob, paths: list, work: Plan, journal_path: Path,
                             reporter) -> DetectionTally:
     """Read --batch-size images at a time and evaluate each same-size group (:func:`evaluate_detection_group`),
-    each finished (method, metric) appended to the journal at once. Ctrl-C stops it, keeping what was measured."""
-    from .images import read_batch, same_size_groups
+    each finished (method, metric) appended to the journal at once
+    (:func:`~onnx_cnnviz.runs.evaluate_run.evaluate_batches`). Ctrl-C stops it, keeping what was measured."""
+    def group(x, items, journal, tally, bar):
+        evaluate_detection_group(m, job, x, items, paths, journal, tally, bar, reporter)
 
-    tally = DetectionTally()
-    journal = Journal(journal_path, job.resume)
-    try:
-        # Counted in images: how many rows an image has is known only once its detections are.
-        with reporter.progress(len(work.todo), "evaluating", unit="images") as bar:
-            for start in range(0, len(work.todo), job.batch_size):
-                chunk = work.todo[start:start + job.batch_size]
-                for x, items in same_size_groups(read_batch(paths, chunk, job.preprocessing, tally.failed, reporter)):
-                    evaluate_detection_group(m, job, x, items, paths, journal, tally, bar, reporter)
-                bar.update(len(chunk))
-    except KeyboardInterrupt:
-        tally.interrupted = True
-    finally:
-        tally.wrote = journal.handle is not None
-        journal.close()
-    return tally
+    # Counted in images: how many rows an image has is known only once its detections are.
+    return evaluate_batches(job, paths, work, journal_path, reporter, DetectionTally(), group, unit="images",
+                            units=lambda missing: 1)
 
 
 def evaluate_detection_group(m, job: DetectionJob, x: np.ndarray, items: list, paths: list, journal, tally,

@@ -44,27 +44,70 @@ class Example:
 
 def evaluate_all(m, job: Job, paths: list, work: Plan, journal_path: Path, reporter) -> Tally:
     """Read --batch-size images at a time, explain each same-size group with every method still missing for it and
-    score every missing metric on those maps, each finished (method, metric) appended to the journal at once.
-    Ctrl-C stops it, keeping what was measured. ``reporter``: warnings and progress."""
-    tally = Tally()
+    score every missing metric on those maps, each finished (method, metric) appended to the journal at once
+    (:func:`evaluate_batches`). Ctrl-C stops it, keeping what was measured. ``reporter``: warnings and progress."""
+    def group(x, items, journal, tally, bar):
+        evaluate_group(m, job, x, items, paths, journal, tally, bar, reporter)
+
+    # Counted in rows (image x method x metric), each as it is journaled: counted in images, a batch of 4 same-size
+    # pictures stayed at "0/4 images" until every method and metric of all 4 was done.
+    return evaluate_batches(job, paths, work, journal_path, reporter, Tally(), group, unit="rows", units=len)
+
+def evaluate_batches(job: Job, paths: list, work: Plan, journal_path: Path, reporter, tally: Tally, group,
+                     unit: str, units) -> Tally:
+    """The loop of both evaluate runs (a classifier's, :func:`evaluate_all`; a detector's,
+    :func:`~onnx_cnnviz.runs.detection_evaluate.evaluate_detections_all`): open the journal (kept under --resume),
+    read the planned images --batch-size at a time (a picture that cannot be read is listed in ``tally.failed``) and
+    hand each same-size group to ``group(x, items, journal, tally, bar)``, which appends its rows to the journal.
+    Ctrl-C stops it, keeping what was journaled (``tally.interrupted``); the journal is closed either way.
+
+    Args:
+        job: the run's settings.
+        paths: the run's images.
+        work: the plan (its ``todo``: (image index, missing (method, metric) keys) per image).
+        journal_path: the journal file.
+        reporter: warnings and progress.
+        tally: the run's tally, filled in and returned.
+        group: the work on one same-size group of images.
+        unit: what the progress counts ("rows", "images").
+        units: the progress units of a plan item, from its missing keys; whatever of a batch's units ``group`` did
+            not report itself (with ``bar.update``) is added once the batch is done.
+
+    Returns:
+        ``tally``.
+    """
     journal = Journal(journal_path, job.resume)
     try:
-        # Counted in rows (image x method x metric), each as it is journaled: counted in images, a batch of 4
-        # same-size pictures stayed at "0/4 images" until every method and metric of all 4 was done.
-        with reporter.progress(sum(len(missing) for _, missing in work.todo), "evaluating", unit="rows") as bar:
+        with reporter.progress(sum(units(missing) for _, missing in work.todo), "evaluating", unit=unit) as shown:
+            bar = CountingProgress(shown)
             for start in range(0, len(work.todo), job.batch_size):
                 chunk = work.todo[start:start + job.batch_size]
-                before = tally.computed
+                before = bar.done
                 for x, items in same_size_groups(read_batch(paths, chunk, job.preprocessing, tally.failed, reporter)):
-                    evaluate_group(m, job, x, items, paths, journal, tally, bar, reporter)
-                # The rows of the pictures that could not be read.
-                bar.update(sum(len(missing) for _, missing in chunk) - (tally.computed - before))
+                    group(x, items, journal, tally, bar)
+                # The units group did not report: the pictures that could not be read (or all, counted in images).
+                bar.update(sum(units(missing) for _, missing in chunk) - (bar.done - before))
     except KeyboardInterrupt:
         tally.interrupted = True
     finally:
         tally.wrote = journal.handle is not None
         journal.close()
     return tally
+
+class CountingProgress:
+    """A run's progress display (``update``, ``method_progress``, ...) that also counts the units reported to it
+    (``done``), so that :func:`evaluate_batches` can add those its work did not report."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.done = 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += int(n)
+        self.bar.update(n)
+
+    def __getattr__(self, name: str):
+        return getattr(self.bar, name)
 
 def evaluate_group(m, job: Job, x: np.ndarray, items: list, paths: list, journal: Journal, tally: Tally,
                    bar=None, reporter=None) -> None:
