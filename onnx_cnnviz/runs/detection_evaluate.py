@@ -520,8 +520,7 @@ def finish(m, job: DetectionJob, outputs: dict, paths: list, work: Plan, tally: 
         InputError: no image had a detection, or no image could be evaluated.
     """
     from .evaluate_plan import JOURNAL
-    from .evaluate_tables import (Results, curve_pictures, overlay_pictures, page_text, ranking, summarise,
-                                  undefined_lines, write_outputs)
+    from .evaluate_tables import Results, summarise, write_run
 
     ours = job.resume or tally.wrote
     results = read_detection_results(job, outputs[JOURNAL], paths) if ours else Results()
@@ -538,18 +537,8 @@ def finish(m, job: DetectionJob, outputs: dict, paths: list, work: Plan, tally: 
         except CnnvizError as exc:  # the page's pictures are not worth the tables: they are written all the same
             reporter.warn(f"the page shows fewer example maps: {exc}")
     summary = [similarity_bounds(job, row, results) for row in summarise(results, job.methods, job.metrics)]
-    for line in undefined_lines(results, unit="detection"):
-        reporter.warn(line)
     scored = counts(results)
     document = {**run_document(m, job), "detections": {**scored, "nothing_found": len(tally.nothing_found)}}
-    pictures = curve_pictures(results)
-    overlays = overlay_pictures(results, ranking(summary, job.metrics))
-    page = page_text(m, job, model_name, document, summary, pictures, tally, paths, overlays,
-                     detections=scored["scored"])
-    files = write_outputs(outputs, document, results, summary, pictures, page, job.overwrite or job.resume,
-                          fields=DETECTION_RESULT_FIELDS)
-    return {**document, "out": abspath(job.out), "results": results.rows, "summary": summary,
-            "ranking": ranking(summary, job.metrics), "files": files, "failed": tally.failed,
-            "nothing_found": tally.nothing_found, "computed": tally.computed, "kept": kept_rows(results, work, paths),
-            "stale": work.stale, "removed_temporary": [abspath(p) for p in work.removed],
-            "interrupted": tally.interrupted, "unavailable": job.unavailable}, results
+    return write_run(m, job, outputs, paths, work, tally, model_name, results, summary, document, reporter,
+                     kept=kept_rows(results, work, paths), unit="detection", fields=DETECTION_RESULT_FIELDS,
+                     detections=scored["scored"]), results

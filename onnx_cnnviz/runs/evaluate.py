@@ -27,19 +27,7 @@ from .detections import open_task_run, task_line, task_options
 from .evaluate_plan import DEFAULT_METRICS, JOURNAL, Plan, build_job, needs_boxes, output_files, plan
 from .evaluate_run import Tally, complete_examples, evaluate_all
 from .labels import option_error
-from .evaluate_tables import (
-    Results,
-    curve_pictures,
-    overlay_pictures,
-    page_text,
-    ranking,
-    read_results,
-    run_document,
-    summarise,
-    undefined_lines,
-    write_outputs,
-)
-from .outputs import abspath
+from .evaluate_tables import Results, read_results, run_document, summarise, write_run
 from .preprocessing import LIBRARY_DEFAULT, open_run
 from .reporting import Reporter
 
@@ -159,19 +147,8 @@ def finish(m, job, outputs: dict, paths: list, work: Plan, tally: Tally, model_n
         except CnnvizError as exc:  # the page's pictures are not worth the tables: they are written all the same
             reporter.warn(f"the page shows fewer example maps: {exc}")
     summary = summarise(results, job.methods, job.metrics)
-    for line in undefined_lines(results):
-        reporter.warn(line)
-    document = run_document(m, job)
-    pictures = curve_pictures(results)
-    # The page overlays every method's curve of a metric in one plot (one file per method and metric on disk).
-    overlays = overlay_pictures(results, ranking(summary, job.metrics))
-    page = page_text(m, job, model_name, document, summary, pictures, tally, paths, overlays)
-    files = write_outputs(outputs, document, results, summary, pictures, page, job.overwrite or job.resume)
-    return {**document, "out": abspath(job.out), "results": results.rows, "summary": summary,
-            "ranking": ranking(summary, job.metrics), "files": files, "failed": tally.failed,
-            "computed": tally.computed, "kept": len(work.done), "stale": work.stale,
-            "removed_temporary": [abspath(p) for p in work.removed], "interrupted": tally.interrupted,
-            "unavailable": job.unavailable}, results
+    return write_run(m, job, outputs, paths, work, tally, model_name, results, summary, run_document(m, job), reporter,
+                     kept=len(work.done)), results
 
 
 def evaluate_images(model, images, out="cnnviz-out", *, methods=("gradcam",), metrics=tuple(DEFAULT_METRICS),

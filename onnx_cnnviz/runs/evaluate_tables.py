@@ -320,6 +320,49 @@ def write_outputs(outputs: dict, document: dict, results: Results, summary: list
     written["page"] = abspath(outputs[PAGE])
     return written
 
+def write_run(m, job: Job, outputs: dict, paths: list, work, tally: Tally, model_name: str, results: Results,
+              summary: list, document: dict, reporter, kept: int, unit: str = "image", fields: list = RESULT_FIELDS,
+              detections: int | None = None) -> dict:
+    """The end both evaluate runs share (:func:`onnx_cnnviz.runs.evaluate.finish`, a detector's
+    :func:`onnx_cnnviz.runs.detection_evaluate.finish`), once the rows are read back and summarised: the undefined
+    values said, the curves drawn, the page and the tables written.
+
+    Args:
+        m: the model.
+        job: the run's settings.
+        outputs: the output files by role.
+        paths: the run's images.
+        work: the plan (what --resume kept, removed, found stale).
+        tally: what this run did (a detector's also lists ``nothing_found``, the images without a detection).
+        model_name: the model's file name, for the page's title.
+        results: the rows read back (:func:`read_results`).
+        summary: the summary rows.
+        document: what every table's JSON repeats (:func:`run_document`, or a detector's).
+        reporter: gets the warnings.
+        kept: how many rows --resume kept.
+        unit: what a row is, for the warnings ("image"; a detector's: "detection").
+        fields: the columns of results.csv.
+        detections: a detector's run, how many detections were scored.
+
+    Returns:
+        The run's document, as ``cnnviz evaluate --json`` prints it.
+    """
+    for line in undefined_lines(results, unit=unit):
+        reporter.warn(line)
+    pictures = curve_pictures(results)
+    # The page overlays every method's curve of a metric in one plot (one file per method and metric on disk).
+    overlays = overlay_pictures(results, ranking(summary, job.metrics))
+    page = page_text(m, job, model_name, document, summary, pictures, tally, paths, overlays, detections=detections)
+    files = write_outputs(outputs, document, results, summary, pictures, page, job.overwrite or job.resume,
+                          fields=fields)
+    nothing_found = getattr(tally, "nothing_found", None)
+    return {**document, "out": abspath(job.out), "results": results.rows, "summary": summary,
+            "ranking": ranking(summary, job.metrics), "files": files, "failed": tally.failed,
+            **({} if nothing_found is None else {"nothing_found": nothing_found}),
+            "computed": tally.computed, "kept": kept, "stale": work.stale,
+            "removed_temporary": [abspath(p) for p in work.removed], "interrupted": tally.interrupted,
+            "unavailable": job.unavailable}
+
 def run_document(m, job: Job) -> dict:
     """What every table's JSON repeats: the model, device, methods, metrics with their parameters, the interval."""
     return {"model": job.model_path, "device": m.device, "methods": job.methods,
