@@ -71,12 +71,7 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
         job = build_detection_job(m, pre, paths, methods, metrics, params, boxes_file, options, task, reporter)
         outputs = output_files(out, job.methods, metrics)
         work = plan(job, outputs, paths, reporter, state=detection_evaluate.journal_state)
-        if work.done:
-            reporter.info(f"resume: {len(work.done)} image x method x metric group(s) of detections already done "
-                          "with the same settings, skipped")
-        if work.stale:
-            reporter.info(f"resume: {work.stale} group(s) were made with other settings ({', '.join(work.changed)}) "
-                          "and are recomputed")
+        say_resumed(work, reporter, "image x method x metric group(s) of detections", "group(s)")
         return m, job, paths, outputs, work
     for name in metrics:  # a detector's own key (deletion.score) given to a classifier: as any unknown key
         try:
@@ -86,12 +81,19 @@ def prepare(options: dict, methods: list, metrics: list, params: dict, boxes_fil
     job = build_job(m, pre, paths, methods, metrics, params, boxes_file, options, reporter)
     outputs = output_files(out, methods, metrics)
     work = plan(job, outputs, paths, reporter)
-    if work.done:
-        reporter.info(f"resume: {len(work.done)} row(s) already done with the same settings, skipped")
-    if work.stale:
-        reporter.info(f"resume: {work.stale} row(s) were made with other settings ({', '.join(work.changed)}) and "
-                      "are recomputed")
+    say_resumed(work, reporter, "row(s)", "row(s)")
     return m, job, paths, outputs, work
+
+
+def say_resumed(work: Plan, reporter: Reporter, done: str, stale: str) -> None:
+    """Tell ``reporter`` what --resume found in the journal: how many ``done`` (what the plan counts: a classifier's
+    rows, a detector's groups of detections) are kept, and how many ``stale`` ones, made with other settings (named),
+    are recomputed."""
+    if work.done:
+        reporter.info(f"resume: {len(work.done)} {done} already done with the same settings, skipped")
+    if work.stale:
+        reporter.info(f"resume: {work.stale} {stale} were made with other settings ({', '.join(work.changed)}) and "
+                      "are recomputed")
 
 
 def run_work(m, job, paths: list, work: Plan, journal, reporter: Reporter) -> Tally:
