@@ -29,7 +29,7 @@ from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_na
 from .graph.backward_split import IMAGES_PREFIX, ROWS_INPUT, split_backward
 from .graph.head import find_score
 from .graph.outputs import keep_outputs
-from .graph.seed_narrowing import narrow_seed
+from .graph.seed_narrowing import SeedPaths
 from .graph.structure import (Layer, candidate_layers, default_layer, downstream, find_image_input, resolve_layer,
                               upstream, without_other_inputs)
 from .input_checks import check_batch_size, check_images, size_pair
@@ -377,11 +377,13 @@ class Model:
         layers = candidate_layers(model, self.input_name, self.score_name, info)
         return _Specialised(model, info, layers, constants, {la.name: la.view for la in layers if la.view}, stats)
 
-    def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str, at: str | None = None):
+    def _session(self, hw, outputs: tuple, wrt: tuple, rule: str, target_mode: str, at: str | None = None,
+                 dead: frozenset = frozenset()):
         at = at or self.score_name
         key = (tuple(hw), outputs, wrt, rule if wrt else None, target_mode if wrt else None) + \
-            ((at,) if wrt and at != self.score_name else ())
-        return self._cache.get(key, lambda: self.new_session(self._graph(hw, outputs, wrt, rule, target_mode, at)))
+            ((at,) if wrt and at != self.score_name else ()) + ((dead,) if wrt and dead else ())
+        return self._cache.get(key, lambda: self.new_session(self._graph(hw, outputs, wrt, rule, target_mode, at,
+                                                                         dead)))
 
     def new_session(self, graph: onnx.ModelProto) -> runtime.Session:
         """A new onnxruntime session over ``graph`` (a rewritten graph of this model) on the model's device and
@@ -435,9 +437,10 @@ class Model:
         return held.inlined(graph) if inline_weights else graph
 
     def _graph(self, hw=None, outputs=(), wrt=(), rule: str = "vanilla", target_mode: str = "input",
-               at: str | None = None) -> onnx.ModelProto:
+               at: str | None = None, dead: frozenset = frozenset()) -> onnx.ModelProto:
         """:meth:`build_graph` with the weights as the model holds them (held ones stay placeholders); ``at``: the
-        tensor the seed is fed to (default: the score)."""
+        tensor the seed is fed to (default: the score); ``dead``: tensors no seed fed to it reaches
+        (:meth:`~onnx_cnnviz.graph.seed_narrowing.SeedPaths.dead`)."""
         spec = self.spec(hw)
         for name in list(outputs) + list(wrt):
             if name not in spec.info and name != self.input_name:
@@ -446,7 +449,7 @@ class Model:
         extra = []
         if wrt:
             gg = append_gradients(model, at or self.score_name, list(wrt), spec.info, rule_set=rule,
-                                  seed=target_mode, constants=spec.constants)
+                                  seed=target_mode, constants=spec.constants, dead=dead)
             model = gg.model
             extra = [gg.gradients[w] for w in wrt] + ([gg.target_output] if gg.target_output else [])
         names = [self.score_name] + [o for o in outputs if o != self.score_name] + extra
@@ -496,14 +499,19 @@ class Model:
         at = self.score_name if seeds is None else seeds.tensor
         hw = tuple(x.shape[2:])
         seed_rows = seeds.rows if wrt and mode == "input" else None
-        if seed_rows is not None:  # a seed inside one part of a Concat (a detection's class score) starts there
+        dead = frozenset()
+        if seed_rows is not None:
             spec = self._spec(hw)
-            at, seed_rows = narrow_seed(spec.model, spec.info, at, seed_rows)
+            paths = self.cached(("seed-paths", hw), lambda: SeedPaths(spec.model, spec.info))
+            # A seed inside one part of a Concat (a detection's class score) starts there, and the branches no
+            # nonzero cotangent reaches (other pyramid levels, the box branch) are left out of the backward pass.
+            at, seed_rows = paths.narrow(at, seed_rows)
+            dead = paths.dead(at, seed_rows)
         merged = None
         if seed_rows is not None:  # rows that repeat an image (its detections, its top-k classes) share a forward
-            merged = self._run_shared_forward(x, hw, outputs, wrt, rule, at, seed_rows, batch_size)
+            merged = self._run_shared_forward(x, hw, outputs, wrt, rule, at, seed_rows, batch_size, dead)
         if merged is None:
-            session = self._session(hw, outputs, wrt, rule, mode, at)
+            session = self._session(hw, outputs, wrt, rule, mode, at, dead)
             merged = self._run_batches(session, x, batch_size, seed_rows, self._spec(hw).info)
         scores = merged[self.score_name].reshape(n, -1)
         check_finite(scores, f"class scores ('{self.score_name}')")
@@ -532,7 +540,7 @@ class Model:
         return {k: np.concatenate([p[k] for p in parts], axis=batch_axis(info or {}, k)) for k in parts[0]}
 
     def _run_shared_forward(self, x: np.ndarray, hw: tuple, outputs: tuple, wrt: tuple, rule: str, at: str,
-                            seed_rows: np.ndarray, batch_size) -> dict | None:
+                            seed_rows: np.ndarray, batch_size, dead: frozenset = frozenset()) -> dict | None:
         """:meth:`run` for a batch in which some images repeat: the forward pass once per distinct image, the
         backward pass (:func:`~onnx_cnnviz.graph.backward_split.split_backward`) once per row, fed its image's
         forward tensors. The same numbers as the whole graph on every row, for one forward pass per image instead of
@@ -547,8 +555,8 @@ class Model:
         shown = (self.score_name,) + tuple(o for o in outputs if o != self.score_name)
         if self.input_name in shown or any(batch_axis(spec.info, o) != 0 for o in shown + wrt):
             return None
-        plan = self.cached(("shared-forward", hw, shown, wrt, rule, at),
-                           lambda: self._split_sessions(hw, shown, wrt, rule, at))
+        plan = self.cached(("shared-forward", hw, shown, wrt, rule, at, dead),
+                           lambda: self._split_sessions(hw, shown, wrt, rule, at, dead))
         if plan is None:
             return None
         forward, backward, fed, static = plan
@@ -580,17 +588,18 @@ class Model:
                 feeds = dict(sources)
                 feeds[ROWS_INPUT] = inverse[part] - c0
                 feeds.update({t: values[t] for t in static})
-                feeds[SEED_INPUT] = seed_rows[part]
+                if SEED_INPUT in backward.input_names:  # not where every wanted gradient is known to be zero
+                    feeds[SEED_INPUT] = seed_rows[part]
                 for name, value in backward.run(feeds).items():
                     place(name, part, value)
         return merged
 
-    def _split_sessions(self, hw: tuple, shown: tuple, wrt: tuple, rule: str, at: str):
+    def _split_sessions(self, hw: tuple, shown: tuple, wrt: tuple, rule: str, at: str, dead: frozenset):
         """(forward session, backward session, fed tensors, static tensors) for :meth:`_run_shared_forward`, or
         None where the gradient graph does not split."""
         spec = self.spec(hw)
         gg = append_gradients(spec.model, at, list(wrt), spec.info, rule_set=rule, seed="input",
-                              constants=spec.constants)
+                              constants=spec.constants, dead=dead)
         part = split_backward(gg.model, len(spec.model.graph.node), self.input_name, spec.info,
                               [gg.gradients[w] for w in wrt], spec.constants)
         if part is None:

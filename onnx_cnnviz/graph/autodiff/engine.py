@@ -159,13 +159,16 @@ def _is_float(info: dict[str, TensorInfo], name: str) -> bool:
 
 
 def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, TensorInfo],
-                     rule_set: str = "vanilla", seed: str = "input", constants: dict | None = None) -> GradientGraph:
+                     rule_set: str = "vanilla", seed: str = "input", constants: dict | None = None,
+                     dead: frozenset = frozenset()) -> GradientGraph:
     """Return a copy of ``model`` with gradient outputs ``cnnviz/grad/<T>`` for every ``T`` in ``wrt``.
 
     ``seed="input"`` adds a graph input ``cnnviz/seed`` (N, K) of per-sample class weights; ``seed="top1"`` builds
     a one-hot seed on each sample's top-scoring class inside the graph and outputs that class as ``cnnviz/target``.
     ``constants`` gives values of run-time computed tensors known to be constant (shape arithmetic), which rules
-    read like initializers.
+    read like initializers. ``dead``: tensors whose gradient is known to be zero for every seed the graph will be fed
+    (:meth:`~onnx_cnnviz.graph.seed_narrowing.SeedPaths.dead`): no gradient is computed for them or through them,
+    and one of ``wrt`` among them gets zeros.
     """
     if seed not in ("input", "top1"):
         raise InputError(f"seed must be 'input' or 'top1', not {seed!r}.")
@@ -186,6 +189,9 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     existing |= {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
     b = GraphBuilder(existing, opset_of(model))
     nodes, reached = differentiable_path(graph, score, wrt, info)
+    if dead:  # a zero gradient: the nodes that would only carry it are left out, and no rule asks for it
+        reached -= dead
+        nodes = [n for n in nodes if any(o in reached for o in n.output if o)]
     needed = upstream(graph, [score])
     for name in wrt:
         if name not in needed:
@@ -237,6 +243,8 @@ def append_gradients(model: onnx.ModelProto, score: str, wrt, info: dict[str, Te
     outputs = {}
     for name in wrt:
         total = _total(b, grads, name)
+        if total is None and name in dead:
+            total = b.zeros_like(name, hint="dead_grad")
         if total is None:
             raise ModelStructureError(f"no gradient reached '{name}' from the score '{score}'.")
         out = grad_name(name)
