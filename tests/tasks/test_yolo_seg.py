@@ -87,14 +87,20 @@ def test_class_score_and_mask_gradients_equal_torch_autograd(yolo_seg):
     """Two detections, each by its class score and by its mask mass, four rows of one batched run."""
     module, m = yolo_seg
     x = images(1, seed=6)
-    found = detect(m, x, conf=0.25, max_det=2)[0]
+    assert_gradients_equal_torch(module, m, x, detect(m, x, conf=0.25, max_det=2)[0])
+
+
+def assert_gradients_equal_torch(module, m, x, found: list) -> None:
+    """The detections ``found`` of image ``x`` (batch 1), each by its class score and by its mask mass, explained in
+    one batched run: each row's input gradient equals torch autograd's of the same value on ``module`` (the head and
+    the prototypes, :class:`HeadAndProtos`)."""
     targets = found + [mask_target(m, d) for d in found]
     ours = explain(cv.gradients, m, x, targets)
-    for t, mine in zip(targets, ours):
+    for i, (t, mine) in enumerate(zip(targets, ours)):
         xt = torch.from_numpy(x.copy()).requires_grad_(True)
         y, protos = module(xt)
         anchor = t.element % m.decoder.anchors
-        value = y[0, 4 + t.cls, anchor] if t in found else torch_mask_mass(y, protos, 0, anchor)
+        value = y[0, 4 + t.cls, anchor] if i < len(found) else torch_mask_mass(y, protos, 0, anchor)
         value.backward()
         ref = xt.grad.numpy()[0]
         assert np.abs(ref).max() > 0

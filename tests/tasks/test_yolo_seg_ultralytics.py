@@ -21,7 +21,7 @@ import pytest
 import onnx_cnnviz as cv
 from onnx_cnnviz.errors import ModelStructureError
 from onnx_cnnviz.runs.detections import load_for_task
-from onnx_cnnviz.tasks import YOLO_SEG_OUTPUT, NotAClassifierError, detect, explain, mask_target
+from onnx_cnnviz.tasks import YOLO_SEG_OUTPUT, NotAClassifierError, detect, mask_target
 
 from tests.conftest import CACHE
 
@@ -29,7 +29,8 @@ from .conftest import SIZE, export_ultralytics, images, ultralytics_net
 
 pytest.importorskip("ultralytics")
 torch = pytest.importorskip("torch")
-from .test_yolo_seg import HeadAndProtos  # noqa: E402  (after the skips: it imports torch at module level)
+# After the skips: test_yolo_seg imports torch at module level.
+from .test_yolo_seg import HeadAndProtos, assert_gradients_equal_torch, torch_mask_mass  # noqa: E402
 
 pytestmark = pytest.mark.slow  # builds yolo11n-seg, calibrates and exports it: about half a minute on 2 cores
 
@@ -68,26 +69,6 @@ def exported(tmp_path_factory):
 def seg(exported):
     module, path = exported
     return module, load_for_task(path, "detector", device="cpu")
-
-
-def torch_mask_mass(y, protos, anchor: int) -> torch.Tensor:
-    """ultralytics' process_mask for one anchor of image 0, summed: sigmoid(k . P) cropped to the box scaled to the
-    prototypes' resolution (crop_mask: column j inside when x1 <= j < x2)."""
-    classes = y.shape[1] - 4 - protos.shape[1]
-    k = y[0, 4 + classes:, anchor]
-    _, h, w = protos.shape[1:]
-    mask = torch.sigmoid(k @ protos[0].reshape(protos.shape[1], -1)).reshape(h, w)
-    x1, y1, x2, y2 = proto_box(y[0, :4, anchor].detach().numpy(), h, w)
-    cols = torch.arange(w, dtype=torch.float32)[None, :]
-    rows = torch.arange(h, dtype=torch.float32)[:, None]
-    crop = ((cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)).float()
-    return (mask * crop).sum()
-
-
-def proto_box(cxcywh, h: int, w: int) -> tuple:
-    """The box's edges at the prototypes' resolution."""
-    cx, cy, bw, bh = (float(v) for v in cxcywh)
-    return (cx - bw / 2) * w / SIZE, (cy - bh / 2) * h / SIZE, (cx + bw / 2) * w / SIZE, (cy + bh / 2) * h / SIZE
 
 
 def clear_of_pixel_edges(d, h: int, w: int) -> bool:
@@ -131,7 +112,7 @@ def test_detections_and_mask_mass_equal_torch(seg):
         if clear_of_pixel_edges(d, *protos.shape[2:]):
             mass = head[mask_target(m, d).element]
             assert mass > 0
-            assert mass == pytest.approx(float(torch_mask_mass(y, protos, anchor)), rel=1e-3)
+            assert mass == pytest.approx(float(torch_mask_mass(y, protos, 0, anchor)), rel=1e-3)
     boxes = np.array([d.box for d in found])
     assert np.ptp(boxes[:, 2] - boxes[:, 0]) > 1.0, "the calibrated model's boxes should differ in size"
 
@@ -144,14 +125,4 @@ def test_class_score_and_mask_gradients_equal_torch_autograd(seg):
     h, w = module(torch.from_numpy(x))[1].shape[2:]
     found = [d for d in detect(m, x, conf=0.25, max_det=10)[0] if clear_of_pixel_edges(d, h, w)][:2]
     assert len(found) == 2
-    targets = found + [mask_target(m, d) for d in found]
-    ours = explain(cv.gradients, m, x, targets)
-    for i, (t, mine) in enumerate(zip(targets, ours)):
-        xt = torch.from_numpy(x.copy()).requires_grad_(True)
-        y, protos = module(xt)
-        anchor = t.element % m.decoder.anchors
-        value = y[0, 4 + t.cls, anchor] if i < len(found) else torch_mask_mass(y, protos, anchor)
-        value.backward()
-        ref = xt.grad.numpy()[0]
-        assert np.abs(ref).max() > 0
-        np.testing.assert_allclose(mine, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    assert_gradients_equal_torch(module, m, x, found)
