@@ -17,29 +17,17 @@ from onnx_cnnviz.tasks import YOLO_SEG_OUTPUT, detect, explain, mask_target, yol
 from tests.conftest import CACHE
 from tests.tiny_models import gap_classifier
 
-from .conftest import SIZE, images, ultralytics_net
+from .conftest import SIZE, HeadOutput, images, ultralytics_net
 
 pytest.importorskip("ultralytics")
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # builds and exports yolo11n-seg: about a minute on the shared machine
 
 
-class HeadAndProtos(torch.nn.Module):
-    """The segmentation model's head output and prototypes (eval mode returns ((y, protos), raw))."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        y, protos = self.inner(x)[0]
-        return y, protos
-
-
 @pytest.fixture(scope="module")
 def yolo_seg():
     _, net = ultralytics_net("yolo11n-seg.yaml")
-    module = HeadAndProtos(net).eval()
+    module = HeadOutput(net)  # a segmentation model's head output is the pair (head, prototypes)
     path = CACHE / f"yolo11n-seg_torchscript_{SIZE}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +81,7 @@ def test_class_score_and_mask_gradients_equal_torch_autograd(yolo_seg):
 def assert_gradients_equal_torch(module, m, x, found: list) -> None:
     """The detections ``found`` of image ``x`` (batch 1), each by its class score and by its mask mass, explained in
     one batched run: each row's input gradient equals torch autograd's of the same value on ``module`` (the head and
-    the prototypes, :class:`HeadAndProtos`)."""
+    the prototypes: ``tests/tasks/conftest.HeadOutput``)."""
     targets = found + [mask_target(m, d) for d in found]
     ours = explain(cv.gradients, m, x, targets)
     for i, (t, mine) in enumerate(zip(targets, ours)):

@@ -25,12 +25,12 @@ from onnx_cnnviz.tasks import YOLO_SEG_OUTPUT, NotAClassifierError, detect, mask
 
 from tests.conftest import CACHE
 
-from .conftest import SIZE, export_ultralytics, images, ultralytics_net
+from .conftest import SIZE, HeadOutput, export_ultralytics, images, ultralytics_net
 
 pytest.importorskip("ultralytics")
 torch = pytest.importorskip("torch")
 # After the skips: test_yolo_seg imports torch at module level.
-from .test_yolo_seg import HeadAndProtos, assert_gradients_equal_torch, torch_mask_mass  # noqa: E402
+from .test_yolo_seg import assert_gradients_equal_torch, torch_mask_mass  # noqa: E402
 
 pytestmark = pytest.mark.slow  # builds yolo11n-seg, calibrates and exports it: about half a minute on 2 cores
 
@@ -62,7 +62,7 @@ def exported(tmp_path_factory):
     if not path.exists():
         export_ultralytics(yolo, path, tmp_path_factory.mktemp("ultralytics"))
     net.eval()  # the exporter works on a copy; this one stays as calibrated
-    return HeadAndProtos(net).eval(), path
+    return HeadOutput(net), path
 
 
 @pytest.fixture(scope="module")
