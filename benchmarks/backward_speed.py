@@ -10,7 +10,13 @@ building, session creation), then ``--repeat`` rounds in which the three run one
 change in the machine's load touches all three alike); the median of each is reported with its ratio to the forward.
 ``--cpu-time`` measures the process's CPU time instead of wall time, with onnxruntime's spinning threads turned off
 in every session: steadier on a machine other jobs share, but not what a user waits for. ``--profile`` adds, per
-batch size, the kernel time of the saliency graph summed by op type (onnxruntime's profiler), beside the forward's.
+batch size, the kernel time of the forward and of the saliency graph from onnxruntime's profiler: each node's
+fastest run of ``--profile-runs`` (after one untimed run, which allocates and pre-packs), summed by op type. On a
+shared machine a node's fastest run is the one other jobs disturbed least, so the sum of those minima (and its ratio
+to the forward's) moves far less with the load than any whole-run timing; it leaves out what the runtime spends
+between kernels. The saliency graph's time is split into its forward part (the model's own nodes, some changed by the
+backward pass: a MaxPool that also returns its Indices leaves the blocked layout), its backward part (``cnnviz/``
+nodes) and the layout conversions onnxruntime inserts, with the costliest backward nodes listed.
 ``--against REF`` (a git commit, e.g. ``HEAD~3``) measures a change of the backward rules before and after in the same
 run: the input-gradient graphs (vanilla and guided) are built by this checkout and, in a subprocess, by the package as
 it was at REF (``git archive``), and the four sessions run interleaved with the forward (rows ``graph`` and
@@ -92,18 +98,59 @@ def graphs_at(ref: str, model: Path, folder: Path) -> dict:
     return {rule: Path(f"{prefix}_{rule}.onnx") for rule in ("vanilla", "guided")}
 
 
-def by_op_type(sess, feed: dict, runs: int = 3) -> dict:
-    """Mean kernel milliseconds per run, summed by op type (onnxruntime's profiler)."""
-    for _ in range(runs):
+def kernel_profile(sess, feed: dict, runs: int = 5) -> dict:
+    """Each node's fastest kernel time in milliseconds over ``runs`` profiled runs after one unprofiled warm-up
+    (onnxruntime's profiler; the session must have been made with profiling on): ``{node: (op_type, ms)}``."""
+    for _ in range(runs + 1):
         sess.run(None, feed)
     path = sess.end_profiling()
-    totals: collections.Counter = collections.Counter()
     with open(path) as f:
-        for event in json.load(f):
-            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-                totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+        events = json.load(f)
     os.remove(path)
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    first_timed = starts[1]  # the first run allocates its buffers and pre-packs weights: not timed
+    fastest: dict = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= first_timed:
+            name = event["name"][:-len("_kernel_time")]
+            ms = event["dur"] / 1000
+            if name not in fastest or ms < fastest[name][1]:
+                fastest[name] = (event["args"]["op_name"], ms)
+    return fastest
+
+
+def part_of(node: str) -> str:
+    """Which part of a gradient graph an (optimised) node belongs to: ``backward`` (the nodes this package adds,
+    named ``cnnviz/...``, and the blocked-layout nodes onnxruntime derives from them), ``layout`` (conversions
+    onnxruntime inserts between plain and blocked layouts) or ``forward``."""
+    if node.startswith("cnnviz/"):
+        return "backward"
+    if node.startswith(("ReorderInput", "ReorderOutput")):
+        return "layout"
+    return "forward"
+
+
+def by_op_type(fastest: dict, part: str | None = None) -> dict:
+    """Milliseconds summed by op type (of one part only, when given), largest first."""
+    totals: collections.Counter = collections.Counter()
+    for node, (op, ms) in fastest.items():
+        if part is None or part_of(node) == part:
+            totals[op] += ms
     return dict(totals.most_common())
+
+
+def print_profiles(forward: dict, graph: dict, top: int = 8) -> None:
+    """The forward's and the saliency graph's kernel times (:func:`kernel_profile`), the graph's split by part."""
+    fmt = lambda ops: ", ".join(f"{op} {ms:.1f}" for op, ms in ops.items() if ms >= 0.05)  # noqa: E731
+    f_total = sum(ms for _, ms in forward.values())
+    g_total = sum(ms for _, ms in graph.values())
+    print(f"  kernel time (each node's fastest run, summed): forward {f_total:.1f} ms ({fmt(by_op_type(forward))})")
+    parts = {p: sum(ms for n, (_, ms) in graph.items() if part_of(n) == p) for p in ("forward", "backward", "layout")}
+    print(f"  saliency graph {g_total:.1f} ms = {g_total / f_total:.2f}x the forward's: forward part "
+          f"{parts['forward']:.1f} ({fmt(by_op_type(graph, 'forward'))}), backward part {parts['backward']:.1f} "
+          f"({fmt(by_op_type(graph, 'backward'))}), layout conversions {parts['layout']:.1f} ms")
+    costly = sorted(((ms, op, n) for n, (op, ms) in graph.items() if part_of(n) == "backward"), reverse=True)[:top]
+    print("  costliest backward nodes: " + ", ".join(f"{n} ({op}) {ms:.2f}" for ms, op, n in costly))
 
 
 def main() -> None:
@@ -113,7 +160,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cpu-time", action="store_true", help="process CPU time, onnxruntime spinning off")
-    parser.add_argument("--profile", action="store_true", help="kernel time by op type")
+    parser.add_argument("--profile", action="store_true", help="kernel time by op type and part (load-robust)")
+    parser.add_argument("--profile-runs", type=int, default=5, help="profiled runs per graph (default 5)")
     parser.add_argument("--against", metavar="REF", help="also time the gradient graphs built at this git commit")
     args = parser.parse_args()
 
@@ -164,11 +212,10 @@ def main() -> None:
                 f"{min(v) * 1e3:.1f} ms, {min(v) / best:.2f}x)" for k, v in times.items()), flush=True)
             if args.profile:
                 graph = m.build_graph(wrt=[m.input_name], target_mode="top1").SerializeToString()
-                for label, model in (("forward", str(path)), ("saliency graph", graph)):
-                    ops = by_op_type(session(model, threads, not args.cpu_time, str(Path(tmp) / "profile")),
-                                     {"input": x})
-                    print(f"  {label}: " + ", ".join(f"{op} {ms:.1f}" for op, ms in ops.items() if ms >= 0.05)
-                          + " (ms per run)")
+                prefix = str(Path(tmp) / "profile")
+                profiles = [kernel_profile(session(model, threads, not args.cpu_time, prefix), {"input": x},
+                                           args.profile_runs) for model in (str(path), graph)]
+                print_profiles(*profiles)
 
 
 if __name__ == "__main__":
