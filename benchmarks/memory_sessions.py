@@ -8,7 +8,8 @@ methods on the same images, each building its own rewritten graph and onnxruntim
 layer, saliency, guided gradients, XGrad-CAM at another layer, and occlusion with a 112-pixel window (4 positions, to
 keep it quick). The child reports its peak resident memory (``ru_maxrss``) after loading, after the first method and
 after all five. "before" is ``CNNVIZ_SHARE_WEIGHTS=0`` (every session loads its own copy of the weights, onnxruntime's
-default), "after" the default (the model's sessions share one copy; see ``onnx_cnnviz.runtime``). ``--write`` puts
+default), "after" the default (the model's sessions share one copy; see ``onnx_cnnviz.runtime``); ``--settings`` also
+takes the variants of :data:`VARIANTS` (issue 25: pre-packing, the arena's threshold). ``--write`` puts
 the table, with the date, commit and machine, in ``docs/validation/reliability.md`` (between its ``memory_sessions``
 markers).
 """
@@ -43,6 +44,9 @@ def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 path, images = sys.argv[1], int(sys.argv[2])
+from onnx_cnnviz import runtime
+for key, value in json.loads(sys.argv[3]).items():  # the setting's runtime switches
+    setattr(runtime, key, value)
 report = {"import": peak()}
 start = time.perf_counter()
 m = cv.load(path, device="cpu")
@@ -80,13 +84,23 @@ def export(name: str, path: Path, size: int = 224) -> Path:
     return export_torchscript(torchvision_model(name, seed=0), torch.zeros(1, 3, size, size), path)
 
 
-def measure(path, share: bool = True, images: int = 1, timeout: float = 900) -> dict:
-    """Run the five methods on ``path`` in a child process; peak KiB after load / one method / five methods."""
+#: The settings: the runtime switches each sets in the child (attributes of onnx_cnnviz.runtime) besides
+#: ``CNNVIZ_SHARE_WEIGHTS`` (0 for "before", 1 otherwise). "prepack": shared weights with onnxruntime's pre-packing on
+#: (``runtime.PREPACK_SHARED``); "arena512": the process's arena denied to graphs of 512 MiB of declared activations
+#: per image (``runtime.ARENA_MAX_ACTIVATION_BYTES`` before issue 25).
+VARIANTS = {"before": {}, "after": {}, "prepack": {"PREPACK_SHARED": True},
+            "arena512": {"ARENA_MAX_ACTIVATION_BYTES": 512 * 2 ** 20}}
+
+
+def measure(path, share: bool = True, images: int = 1, timeout: float = 900, switches: dict | None = None) -> dict:
+    """Run the five methods on ``path`` in a child process; peak KiB after load / one method / five methods.
+    ``switches``: attributes of ``onnx_cnnviz.runtime`` the child sets before loading."""
     env = dict(os.environ, CNNVIZ_SHARE_WEIGHTS="1" if share else "0")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     # Linux carries a process's peak resident size across fork and exec: started straight from a caller holding
     # torch and an exported model, the child's ru_maxrss would begin at the caller's. A small wrapper starts it.
-    proc = subprocess.run([sys.executable, "-c", SPAWN, sys.executable, "-c", CHILD, str(path), str(images)],
+    proc = subprocess.run([sys.executable, "-c", SPAWN, sys.executable, "-c", CHILD, str(path), str(images),
+                           json.dumps(switches or {})],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the measuring child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -102,7 +116,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vgg16"], help="torchvision architectures")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=1, help="images per method call")
-    parser.add_argument("--settings", nargs="+", choices=("before", "after"), default=["before", "after"])
+    parser.add_argument("--settings", nargs="+", choices=tuple(VARIANTS), default=["before", "after"])
     parser.add_argument("--write", action="store_true",
                         help=f"write the table into {PAGE.relative_to(ROOT)} (section memory_sessions)")
     args = parser.parse_args()
@@ -119,7 +133,7 @@ def main() -> None:
             path = export(name, Path(tmp) / f"{name}.onnx", args.size)
             size_mb = path.stat().st_size / 1e6
             for setting in args.settings:
-                r = measure(path, share=setting == "after", images=args.images)
+                r = measure(path, share=setting != "before", images=args.images, switches=VARIANTS[setting])
                 table.append(f"| {name} | {size_mb:.0f} | {setting} | {gib(r['load'])} | {gib(r['one'])} | "
                              f"{gib(r['five'])} | {r['five'] / r['one']:.2f} | {gib(r['resident_now'])} | "
                              f"{r['shared_weights_mib']:.0f} | {r['held_mib']:.0f} |")

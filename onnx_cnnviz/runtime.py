@@ -10,27 +10,28 @@ package, which replaces ``onnxruntime``/``onnxruntime-gpu`` in its environment) 
 session runs on, :func:`device_of` the device of a provider list.
 
 Sessions of one model share its weights (:class:`SharedWeights`, one per :class:`~onnx_cnnviz.Model`). Every rewritten
-graph reaches onnxruntime with its large float Conv / ConvTranspose / Gemm / MatMul weights (the original ones and
-those a rewrite derives, such as the backward pass's flipped kernels) replaced by empty external-data placeholders;
-the session gets them from the model's one copy through ``SessionOptions.add_external_initializers`` (what the graph
-optimisers read while the session is built, then dropped) and, on the CPU, ``SessionOptions.add_initializer`` (what
-the kernels read at run time, in place). Such sessions also run without weight pre-packing (a pre-packed weight is a
-private copy per session) and without a CPU memory arena of their own (an arena keeps the peak of its session's
-largest run reserved until the session is dropped: one per session adds up). They draw their buffers from one arena of
-the whole process instead (:data:`SHARED_ARENA`, registered once in onnxruntime's environment,
+graph reaches onnxruntime with its large float Conv / ConvTranspose / Gemm / MatMul weights (the original ones and those
+a rewrite derives, such as the backward pass's flipped kernels) replaced by empty external-data placeholders; the
+session gets them from the model's one copy through ``SessionOptions.add_external_initializers`` (what the graph
+optimisers read while the session is built, then dropped) and, on the CPU, ``SessionOptions.add_initializer`` (what the
+kernels read at run time, in place). Such sessions also run without weight pre-packing (a pre-packed weight is a private
+copy per session: :data:`PREPACK_SHARED`) and without a CPU memory arena of their own (an arena keeps the peak of its
+session's largest run reserved until the session is dropped: one per session adds up). They draw their buffers from one
+arena of the whole process instead (:data:`SHARED_ARENA`, registered once in onnxruntime's environment,
 ``session.use_env_allocators``): it holds the peak of the largest single run of any session, reused by every run after
-it; graphs of 512 MiB of activations per image and more run without it (:data:`ARENA_MAX_ACTIVATION_BYTES`).
-Without any arena every run's buffers were fresh pages from the system, faulted in on every run: ConvNeXt-tiny's
-saliency at batch 1 took 1.05-1.5x the unshared time, with the process's arena 0.9-1.1x (six interleaved runs,
-medians, 2 threads at load average 10-28; issue 25), while five methods peak at 1.34 GB (1.08 GB without an arena, 3.0
-GB unshared). The first session of a model costs its weights once, each further one only its own derived buffers: on
-VGG-16 (528 MB) five methods peak at 3.4 GB instead of 11 GB (``benchmarks/memory_sessions.py``). The price left is
-pre-packing: MatMul-heavy models run their forward slower at batch 1 (ConvNeXt-tiny 1.1-1.3x, arena or not;
-convolutional ones about as fast); building a session is faster. ``CNNVIZ_SHARE_WEIGHTS=0`` (or
-``runtime.SHARE_WEIGHTS = False`` before the sessions are built) restores onnxruntime's defaults: one private copy of
-the weights per session. On CUDA the host copy is not kept, but each session still uploads its own device copy:
-onnxruntime's Python API takes shared initializers only over memory the caller owns, which it cannot allocate on a
-GPU.
+it; graphs of 1 GiB of activations per image and more run without it (:data:`ARENA_MAX_ACTIVATION_BYTES`). Without any
+arena every run's buffers are fresh pages from the system, faulted in on every run (ConvNeXt-tiny's saliency at batch 1:
+1.39x the unshared time without, 1.08x with the process's arena; see :data:`ARENA_MAX_ACTIVATION_BYTES`). The first
+session of a model costs its weights once, each further one only its own derived buffers: on VGG-16 (528 MB) five
+methods peak at 3.4 GB instead of 11 GB, on ConvNeXt-tiny at 0.90 GB instead of 2.30
+(``benchmarks/memory_sessions.py``). The price left is pre-packing (:data:`PREPACK_SHARED`): onnxruntime packs the
+constant B of every float MatMul/Gemm once per session, and a shared weight only as a private copy, so shared sessions
+run unpacked and MLAS packs B again on every call. MatMul-heavy models pay for it at small batches (ConvNeXt-tiny at
+batch 1: forward 1.15x, Grad-CAM 1.12x the unshared time); convolutional ones do not (ResNet-50 within 1-3%: fp32 Conv
+weights are not pre-packed on x86). Building a session is faster. ``CNNVIZ_SHARE_WEIGHTS=0`` (or ``runtime.SHARE_WEIGHTS
+= False`` before the sessions are built) restores onnxruntime's defaults: one private copy of the weights per session.
+On CUDA the host copy is not kept, but each session still uploads its own device copy: onnxruntime's Python API takes
+shared initializers only over memory the caller owns, which it cannot allocate on a GPU.
 """
 from __future__ import annotations
 
@@ -78,8 +79,22 @@ SHARED_ARENA = True
 #: of different graphs over large activations fragment it to about twice the largest run (mvitv2_base_cls, 1.2 GB
 #: of float tensors per image: 3.95 GB resident after five methods at batch 2, 2.27 GB without the arena, each
 #: method as fast on repeated calls; issue 26). Smaller models keep it: there it saves the page faults of fresh
-#: buffers every run (ConvNeXt-tiny, 0.3 GB per image, at batch 1: see the module's notes).
-ARENA_MAX_ACTIVATION_BYTES = 512 * 2 ** 20
+#: buffers every run. The declared tensors of a gradient graph are those of the forward pass and of the backward
+#: pass, about twice the forward's: at 512 MiB, ConvNeXt-tiny's forward (306 MiB) kept the arena but its input-gradient
+#: graph (531 MiB) lost it, and every saliency run faulted in 136 MiB of fresh pages (34,921 minor faults a run, none
+#: with an arena): 1.39x the unshared time at batch 1, against 1.08x at 1 GiB (one thread, CPU time, best of 10
+#: interleaved rounds; five methods then peak at 0.90 GB instead of 0.80, unshared 2.30; issue 25).
+ARENA_MAX_ACTIVATION_BYTES = 2 ** 30
+#: Lean sessions on the CPU let onnxruntime pre-pack the shared weights (MLAS packs the constant B of every float
+#: MatMul and Gemm once per session into its own layout; Conv weights are not pre-packed on x86). onnxruntime keeps a
+#: packed copy per session: its Python API (1.31) has no way to hand sessions a common pre-packed-weights container
+#: (the C API's ``CreateSessionWithPrepackedWeightsContainer``; in ``session_state.cc``
+#: ``PrepackConstantInitializedTensors`` packs a shared initializer into the session's own allocator unless a
+#: container was given), so off by default. On, the last cost of sharing goes: ConvNeXt-tiny (MatMul-heavy) at batch
+#: 1 ran its forward 1.02x, saliency 0.98x and Grad-CAM 0.99x the unshared time, against 1.15x, 1.08x and 1.12x off;
+#: five methods peaked at 1.48 GB instead of 0.90 (unshared 2.30). ResNet-50 (convolutions) is as fast either way,
+#: within 1-3% of unshared (``benchmarks/prepack_sharing.py``, ``benchmarks/memory_sessions.py``; issue 25).
+PREPACK_SHARED = False
 _arena_lock = threading.Lock()
 _arena_registered = False
 
@@ -503,6 +518,16 @@ def split_weights(model: onnx.ModelProto, weights: SharedWeights) -> tuple[bytes
     return shell.SerializeToString(), shared
 
 
+def read_in_place(options, names: list[str], values: list) -> None:
+    """Have a CPU session built with ``options`` read the initializers ``names`` from ``values`` (OrtValues over
+    memory the caller keeps alive as long as the session), in place; onnxruntime's pre-packing off unless
+    :data:`PREPACK_SHARED` (a packed copy would be private to the session)."""
+    if not PREPACK_SHARED:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    for name, value in zip(names, values):
+        options.add_initializer(name, value)
+
+
 class Session:
     """One onnxruntime session over a (rewritten) graph.
 
@@ -542,9 +567,7 @@ class Session:
                     # On CUDA the kernels read device memory: onnxruntime's Python API only accepts OrtValues over
                     # memory the caller owns, which it cannot allocate on a GPU, so each CUDA session uploads its own
                     # device copy, as before, and keeps no host copy.
-                    options.add_session_config_entry("session.disable_prepacking", "1")
-                    for name, value in zip(names, values):
-                        options.add_initializer(name, value)
+                    read_in_place(options, names, values)
                 try:
                     self._session = ort.InferenceSession(payload, options,
                                                          providers=session_providers(providers, threads),
