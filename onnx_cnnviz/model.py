@@ -26,6 +26,7 @@ from .graph.loading.batch import bakes_batch_one, batch_one_only, batches_correc
 from .graph.loading.choices import inputs_record, layout_record, score_record
 from .graph.loading.size import shapes_record
 from .graph.autodiff import SEED_INPUT, TARGET_OUTPUT, append_gradients, grad_name
+from .graph import local_backward
 from .graph.backward_split import IMAGES_PREFIX, ROWS_INPUT, split_backward
 from .graph.head import find_score
 from .graph.outputs import keep_outputs
@@ -507,12 +508,19 @@ class Model:
             # nonzero cotangent reaches (other pyramid levels, the box branch) are left out of the backward pass.
             at, seed_rows = paths.narrow(at, seed_rows)
             dead = paths.dead(at, seed_rows)
+        local = self._local_run(hw, at, wrt, dead) if seed_rows is not None else None
+        run_outputs, run_wrt = outputs, wrt
+        if local is not None:  # the layer's gradient from the frontier's, on windows (graph/local_backward.py)
+            run_outputs, run_wrt = outputs + ((local.layer,) if local.layer not in outputs else ()), (local.frontier,)
         merged = None
         if seed_rows is not None:  # rows that repeat an image (its detections, its top-k classes) share a forward
-            merged = self._run_shared_forward(x, hw, outputs, wrt, rule, at, seed_rows, batch_size, dead)
+            merged = self._run_shared_forward(x, hw, run_outputs, run_wrt, rule, at, seed_rows, batch_size, dead)
         if merged is None:
-            session = self._session(hw, outputs, wrt, rule, mode, at, dead)
+            session = self._session(hw, run_outputs, run_wrt, rule, mode, at, dead)
             merged = self._run_batches(session, x, batch_size, seed_rows, self._spec(hw).info)
+        if local is not None:
+            merged[grad_name(local.layer)] = self._windowed_gradient(
+                local, hw, rule, merged[local.layer], merged.pop(grad_name(local.frontier)), batch_size)
         scores = merged[self.score_name].reshape(n, -1)
         check_finite(scores, f"class scores ('{self.score_name}')")
         result_targets = None
@@ -522,6 +530,47 @@ class Model:
         return checked(RunResult(scores=scores, targets=result_targets,
                                  outputs={o: as_nchw(views, o, merged[o]) for o in outputs},
                                  grads={w: as_nchw(views, w, merged[grad_name(w)]) for w in wrt}))
+
+    def _local_run(self, hw: tuple, at: str, wrt: tuple, dead: frozenset) -> local_backward.LocalRun | None:
+        """The local run from the one wanted layer toward ``at`` (:func:`~onnx_cnnviz.graph.local_backward.plan`),
+        or None: several tensors wanted, the input, or a layer the model keeps in another layout than NCHW."""
+        if len(wrt) != 1 or wrt[0] in (self.input_name, self.score_name):
+            return None
+        spec = self._spec(hw)
+        run = self.cached(("local-run", hw, at, wrt[0], dead),
+                          lambda: local_backward.plan(spec.model, spec.info, at, wrt[0], dead))
+        if run is None or spec.views.get(run.layer) is not None or spec.views.get(run.frontier) is not None:
+            return None
+        return run
+
+    def _windowed_gradient(self, run: local_backward.LocalRun, hw: tuple, rule: str, values: np.ndarray,
+                           cotangent: np.ndarray, batch_size) -> np.ndarray:
+        """The gradient at ``run.layer`` (its forward ``values``, (N, C, H, W)) of the ``cotangent`` at
+        ``run.frontier``, from the run's backward pass on a window around each row's nonzero cotangent (see
+        :mod:`onnx_cnnviz.graph.local_backward`): exact, zero outside the windows."""
+        n = len(values)
+        size, origins = local_backward.windows(np.any(cotangent != 0, axis=1), run.span)
+        hc, wc = size
+        session = self.cached(("local-window", hw, run.layer, run.frontier, rule, size),
+                              lambda: self._window_session(run, hw, rule, size))
+        out = np.zeros(values.shape, np.float32)
+        step = check_batch_size(batch_size) or self.batch_size
+        for r0 in range(0, n, step):
+            part = range(r0, min(n, r0 + step))
+            boxes = [(slice(None), slice(y, y + hc), slice(x, x + wc)) for y, x in origins[r0:r0 + len(part)]]
+            feeds = {run.layer: np.stack([values[i][box] for i, box in zip(part, boxes)]),
+                     SEED_INPUT: np.stack([cotangent[i][box] for i, box in zip(part, boxes)]).reshape(len(part), -1)}
+            grads = session.run(feeds)[grad_name(run.layer)]
+            for i, box, g in zip(part, boxes, grads):
+                out[i][box] = g
+        return out
+
+    def _window_session(self, run: local_backward.LocalRun, hw: tuple, rule: str, size: tuple) -> runtime.Session:
+        spec = self._spec(hw)
+        window = local_backward.window_model(spec.model, spec.info, run, size)
+        info = graph_shapes.infer(window)
+        gg = append_gradients(window, run.frontier, [run.layer], info, rule_set=rule, seed="input")
+        return self.new_session(keep_outputs(gg.model, [gg.gradients[run.layer]], info, private=True))
 
     def _run_batches(self, session, x: np.ndarray, batch_size, seed_rows=None, info: dict | None = None) -> dict:
         """Run ``session`` over ``x`` in batches (one image at a time for a static-batch model), feeding
