@@ -123,6 +123,7 @@ QUICK_MODULES = {
     "tests/graph/test_rules.py", "tests/graph/test_rules_einsum.py", "tests/graph/test_rules_pad_scatter.py",
     "tests/graph/test_rules_pooling_large.py", "tests/graph/test_rules_reduce_ties.py", "tests/graph/test_padding.py",
     "tests/graph/test_rules_layout.py", "tests/graph/test_rules_clip_mask.py", "tests/graph/test_seed_narrowing.py",
+    "tests/graph/test_local_backward.py",
     "tests/graph/test_head.py", "tests/graph/test_load_limits.py", "tests/runs/test_jsonio.py",
     "tests/errors/test_errors.py", "tests/image/test_image.py", "tests/methods/test_registry.py",
     "tests/metrics/test_hand.py", "tests/model/test_model_cache.py", "tests/model/test_targets.py",
