@@ -14,7 +14,8 @@ __all__ = ["check_images", "size_pair", "check_batch_size"]
 def check_images(x, channels: int, static_hw: tuple | None, takes_pixels: bool,
                  check_pixels: Callable[[tuple], None]) -> np.ndarray:
     """``x`` checked as a batch of images for a model taking ``channels`` channels at ``static_hw`` (None: any size;
-    ``check_pixels(hw)`` then checks the size) and returned as a C-contiguous float32 array.
+    ``check_pixels(hw)`` then checks the size) and returned as a C-contiguous float32 array (one image repeated
+    along the batch axis without copies, ``np.broadcast_to``, stays such a view of one contiguous image).
 
     Args:
         x: the images, (N, C, H, W).
@@ -47,6 +48,11 @@ def check_images(x, channels: int, static_hw: tuple | None, takes_pixels: bool,
         raise InputError("x holds no images (batch of 0).")
     if not static_hw:
         check_pixels(x.shape[2:])
+    if len(x) > 1 and x.strides[0] == 0:  # one image repeated as a read-only view (np.broadcast_to): kept a view
+        if not np.all(np.isfinite(x[0])):
+            raise InputError("x contains NaN or Inf values; check the image loading and preprocessing.")
+        one = np.ascontiguousarray(x[:1], dtype=np.float32)
+        return np.broadcast_to(one, x.shape)
     if not np.all(np.isfinite(x)):
         raise InputError("x contains NaN or Inf values; check the image loading and preprocessing.")
     return np.ascontiguousarray(x, dtype=np.float32)

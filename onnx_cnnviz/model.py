@@ -612,17 +612,23 @@ class Model:
         step = check_batch_size(batch_size) or self.batch_size
         merged: dict[str, np.ndarray] = {}
 
-        def place(name: str, rows: np.ndarray, value: np.ndarray) -> None:
+        def allocate(name: str, value: np.ndarray) -> np.ndarray:
             if name not in merged:
                 merged[name] = np.empty((len(x),) + value.shape[1:], value.dtype)
-            merged[name][rows] = value
+            return merged[name]
+
+        def place(name: str, rows: np.ndarray, value: np.ndarray) -> None:
+            if name not in merged and len(rows) == len(x) and rows[0] == 0 and rows[-1] == len(x) - 1:
+                merged[name] = value  # one backward run gave every row, in order: kept as it is, not copied
+            else:
+                allocate(name, value)[rows] = value
 
         for c0 in range(0, len(first), step):  # distinct images, a batch at a time
             images = x[first[c0:c0 + step]]
             values = forward.run({self.input_name: images})
             rows = np.flatnonzero((inverse >= c0) & (inverse < c0 + len(images)))
             for name in shown:  # gathered straight into the result: a 640x640 detector's head is MBs per row
-                place(name, rows[:1], values[name][:1])
+                allocate(name, values[name])
                 if len(rows) == rows[-1] - rows[0] + 1:
                     np.take(values[name], inverse[rows] - c0, axis=0, out=merged[name][rows[0]:rows[-1] + 1],
                             mode="clip")
@@ -730,6 +736,8 @@ def repeated_images(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the position in ``first`` of its image, so that ``x[first][inverse]`` is ``x``. Images are equal when all their
     bytes are: a sample of about 4,096 values finds the candidates, a full comparison confirms them (hashing every
     byte of a 640x640 image costs more than comparing it)."""
+    if x.strides[0] == 0:  # one image broadcast along the batch (tasks.detection.explain): nothing to compare
+        return np.zeros(1, np.int64), np.zeros(len(x), np.int64)
     flat = x.reshape(len(x), -1)
     stride = max(1, flat.shape[1] // 4096)
     seen: dict[bytes, list[int]] = {}

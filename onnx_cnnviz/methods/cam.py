@@ -140,9 +140,9 @@ def _finish(raw_maps: list, hw: tuple, upsample: bool, normalize: bool, relu: bo
         raise InputError("the layers have different resolutions "
                          f"({', '.join(str(mp.shape[1:]) for mp in maps)}); averaging them needs upsample=True.")
     out = maps[0] if len(maps) == 1 else np.mean(np.stack(maps), axis=0)
-    if normalize:
+    if normalize:  # again after the resize, as pytorch-grad-cam (bilinear values miss the extremes)
         out = normalize_maps(out)
-    return out.astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def _per_layer(weighting: Callable) -> Callable:

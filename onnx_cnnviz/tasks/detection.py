@@ -141,10 +141,19 @@ def explain(method: Callable, m, x, detections, **params) -> np.ndarray:
     if rows.max() >= len(x):
         raise InputError(f"a detection belongs to image {int(rows.max())}, but x holds {len(x)} images.")
     if params.get("layer") is not None or not _takes_layer(method):
-        return method(m, x[rows], targets=flat, **params)
+        return method(m, _images(x, rows), targets=flat, **params)
     params.pop("layer", None)
     return per_own_level(m, flat, lambda idx, level: method(
-        m, x[rows[idx]], targets=[flat[i] for i in idx], **params, **({} if level is None else {"layer": level})))
+        m, _images(x, rows[idx]), targets=[flat[i] for i in idx], **params,
+        **({} if level is None else {"layer": level})))
+
+
+def _images(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]``, one row per detection; detections of one image as a read-only view of it, not copies (a 640x640
+    image is 4.9 MB a row, and the model runs its forward pass once per distinct image anyway)."""
+    if len(rows) > 1 and np.all(rows == rows[0]):
+        return np.broadcast_to(x[rows[0]:rows[0] + 1], (len(rows),) + x.shape[1:])
+    return x[rows]
 
 
 def _takes_layer(method: Callable) -> bool:

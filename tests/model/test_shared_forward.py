@@ -106,3 +106,22 @@ def test_a_backward_that_cannot_be_cut_runs_the_whole_graph(tmp_path):
     alone = one_row_at_a_time(m, xr, wrt=[m.input_name], targets=targets)
     np.testing.assert_allclose(shared.grads[m.input_name], np.concatenate([r.grads[m.input_name] for r in alone]),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_one_image_broadcast_along_the_batch_runs_as_its_copies(tmp_path):
+    """``np.broadcast_to`` of one image (what ``tasks.explain`` passes for the detections of one image) stays a view
+    through the input checks, shares one forward pass, and gives what its copies give; NaN in it is still refused."""
+    m = cv.load(REPO / "models" / "gap_cnn.onnx", device="cpu")
+    x = np.random.default_rng(3).random((1, 3, 64, 64), dtype=np.float32)
+    view = np.broadcast_to(x, (4, 3, 64, 64))
+    checked = m.check_input(view)
+    assert checked.strides[0] == 0 and checked.base is not None
+    first, inverse = repeated_images(checked)
+    assert first.tolist() == [0] and inverse.tolist() == [0, 0, 0, 0]
+    targets = [0, 1, 2, 3]
+    for method in (cv.grad_cam, cv.saliency, cv.guided_grad_cam):
+        np.testing.assert_array_equal(method(m, view, targets=targets), method(m, np.repeat(x, 4, 0), targets=targets))
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(cv.InputError, match="NaN"):
+        m.run(np.broadcast_to(bad, (3, 3, 64, 64)))
