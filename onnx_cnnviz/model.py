@@ -487,7 +487,9 @@ class Model:
         ``sum_k score_weights[n, k] S[n, k]``). ``scores``: (N, K) class scores, or for a detector or segmenter its
         head output flattened per image (N, :attr:`score_size`). Names in ``outputs``/``wrt`` are tensor names
         (``Model.layers`` lists the 4-D ones) or the input's name. ``RunResult.targets``: the (N,) class each row
-        explains (-1 for a target naming none).
+        explains (-1 for a target naming none). ``x`` given as one image broadcast along the batch
+        (``np.broadcast_to``, as :func:`onnx_cnnviz.tasks.explain` gives the detections of an image) runs its forward
+        pass once, and the scores and ``outputs`` come back as read-only broadcast views the same way.
         """
         x = self.check_input(x)
         n = x.shape[0]
@@ -628,6 +630,9 @@ class Model:
             values = forward.run({self.input_name: images})
             rows = np.flatnonzero((inverse >= c0) & (inverse < c0 + len(images)))
             for name in shown:  # gathered straight into the result: a 640x640 detector's head is MBs per row
+                if x.strides[0] == 0:  # one image given as a broadcast view: its values shown the same way
+                    merged[name] = np.broadcast_to(values[name][:1], (len(x),) + values[name].shape[1:])
+                    continue
                 allocate(name, values[name])
                 if len(rows) == rows[-1] - rows[0] + 1:
                     np.take(values[name], inverse[rows] - c0, axis=0, out=merged[name][rows[0]:rows[-1] + 1],

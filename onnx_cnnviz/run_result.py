@@ -38,6 +38,8 @@ def check_finite(values: np.ndarray, what: str, image: int | None = None) -> Non
         NumericalError: NaN or Inf, naming the first image that has one.
     """
     values = np.asarray(values)
+    if values.ndim and len(values) > 1 and values.strides[0] == 0:
+        values = values[:1]  # one row broadcast along the batch: the others are the same memory
     if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
         return
     if image is not None:

@@ -121,6 +121,14 @@ def test_one_image_broadcast_along_the_batch_runs_as_its_copies(tmp_path):
     targets = [0, 1, 2, 3]
     for method in (cv.grad_cam, cv.saliency, cv.guided_grad_cam):
         np.testing.assert_array_equal(method(m, view, targets=targets), method(m, np.repeat(x, 4, 0), targets=targets))
+    layer = m.default_layer
+    shared = m.run(view, outputs=[layer], wrt=[layer], targets=targets)
+    copies = m.run(np.repeat(x, 4, 0), outputs=[layer], wrt=[layer], targets=targets)
+    assert shared.scores.strides[0] == 0 and shared.outputs[layer].strides[0] == 0  # views of the one image's
+    for got, want in ((shared.scores, copies.scores), (shared.outputs[layer], copies.outputs[layer]),
+                      (shared.grads[layer], copies.grads[layer])):
+        np.testing.assert_array_equal(got, want)
+    assert shared.grads[layer].flags.writeable  # one gradient per row
     bad = x.copy()
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(cv.InputError, match="NaN"):
