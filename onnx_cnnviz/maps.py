@@ -67,8 +67,10 @@ def upsample_maps(maps, hw) -> np.ndarray:
     H, W = int(hw[0]), int(hw[1])
     if maps.shape[-2:] == (H, W):
         return maps
-    return np.stack([cv2.resize(np.ascontiguousarray(m_), (W, H), interpolation=cv2.INTER_LINEAR)
-                     for m_ in maps]).astype(np.float32)
+    out = np.empty((len(maps), H, W), np.float32)
+    for m_, o in zip(maps, out):
+        cv2.resize(np.ascontiguousarray(m_), (W, H), dst=o, interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def finish_maps(maps, hw, upsample: bool = True, normalize: bool = True) -> np.ndarray:

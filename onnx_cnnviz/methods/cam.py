@@ -171,7 +171,7 @@ def _family(m: Model, x, targets, layer, combine: Callable, uses_gradients: bool
     raw = []
     for name in names:
         A = run.outputs[name]
-        G = grad_sign * run.grads[name] if uses_gradients else None
+        G = None if not uses_gradients else run.grads[name] if grad_sign == 1.0 else grad_sign * run.grads[name]
         raw.append(combine(A, G, tgt))
     return _finish(raw, np.shape(x)[2:], upsample, normalize, relu), tgt
 
