@@ -40,6 +40,8 @@ from .subgraphs import node_inputs
 
 __all__ = ["LocalRun", "plan", "window_model", "windows"]
 
+#: Window sides are multiples of this (or the whole map): few distinct sizes, so few gradient graphs to build.
+WINDOW_STEP = 8
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"})
 
 
@@ -110,7 +112,8 @@ def windows(support: np.ndarray, span: int) -> tuple[tuple[int, int], np.ndarray
 
     Returns:
         ``((hc, wc), origins)``: every row's nonzero box grown by ``span`` on each side fits its window; windows lie
-        inside the map (the whole map where the boxes are that large).
+        inside the map (the whole map where the boxes are that large); sides are multiples of :data:`WINDOW_STEP`
+        or the map's own.
     """
     n, h, w = support.shape
     rows_any, cols_any = support.any(axis=2), support.any(axis=1)
@@ -119,8 +122,9 @@ def windows(support: np.ndarray, span: int) -> tuple[tuple[int, int], np.ndarray
         ys, xs = np.flatnonzero(rows_any[i]), np.flatnonzero(cols_any[i])
         if ys.size:
             boxes[i] = ys[0], ys[-1], xs[0], xs[-1]
-    hc = int(min(h, (boxes[:, 1] - boxes[:, 0]).max() + 1 + 2 * span))
-    wc = int(min(w, (boxes[:, 3] - boxes[:, 2]).max() + 1 + 2 * span))
+    # Sizes rounded up to a multiple of WINDOW_STEP: each size is a gradient graph of its own, built once
+    hc = int(min(h, -(-((boxes[:, 1] - boxes[:, 0]).max() + 1 + 2 * span) // WINDOW_STEP) * WINDOW_STEP))
+    wc = int(min(w, -(-((boxes[:, 3] - boxes[:, 2]).max() + 1 + 2 * span) // WINDOW_STEP) * WINDOW_STEP))
     origins = np.stack([np.clip(boxes[:, 0] - span, 0, h - hc), np.clip(boxes[:, 2] - span, 0, w - wc)], axis=1)
     return (hc, wc), origins
 
