@@ -308,7 +308,7 @@ def main(argv=None) -> None:
             "leaves out what no detection's seed reaches (`graph/seed_narrowing.py`: the box branches, the other "
             "levels' heads and the neck path that feeds only them), and at a detection's own level it stops at the "
             "end of the level's class branch, whose stride-1 convolutions it runs on a window around the anchor "
-            "(`graph/local_backward.py`: 16x16 cells instead of 80x80, exact). Over the 3 levels the backward part "
+            "(`graph/local_backward.py`: 9x9 cells instead of 80x80, exact). Over the 3 levels the backward part "
             "still crosses the stride-8 branch at 80x80 and the path down the pyramid for every detection. The "
             "D-RISE rows scale linearly with the masks on both sides (one forward pass per masked image), so their "
             "ratio at 4,000 masks is the ratio measured here.",

@@ -46,8 +46,9 @@ def normalize_maps(maps) -> np.ndarray:
     flat = maps.reshape(maps.shape[0], -1)
     lo = flat.min(axis=1, keepdims=True)
     span = flat.max(axis=1, keepdims=True) - lo
-    out = (flat - lo) / np.where(span > 0, span, np.float32(1.0))
-    return out.reshape(maps.shape).astype(np.float32, copy=False)
+    out = flat - lo
+    out /= np.where(span > 0, span, np.float32(1.0))
+    return out.reshape(maps.shape)
 
 
 def upsample_maps(maps, hw) -> np.ndarray:

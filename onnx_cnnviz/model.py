@@ -508,8 +508,8 @@ class Model:
             paths = self.cached(("seed-paths", hw), lambda: SeedPaths(spec.model, spec.info))
             # A seed inside one part of a Concat (a detection's class score) starts there, and the branches no
             # nonzero cotangent reaches (other pyramid levels, the box branch) are left out of the backward pass.
-            at, seed_rows = paths.narrow(at, seed_rows)
-            dead = paths.dead(at, seed_rows)
+            at, seed_rows, support = paths.narrow_with_support(at, seed_rows)
+            dead = paths.dead(at, seed_rows, support)
         local = self._local_run(hw, at, wrt, dead) if seed_rows is not None else None
         run_outputs, run_wrt = outputs, wrt
         if local is not None:  # the layer's gradient from the frontier's, on windows (graph/local_backward.py)
@@ -551,7 +551,7 @@ class Model:
         ``run.frontier``, from the run's backward pass on a window around each row's nonzero cotangent (see
         :mod:`onnx_cnnviz.graph.local_backward`): exact, zero outside the windows."""
         n = len(values)
-        size, origins = local_backward.windows(np.any(cotangent != 0, axis=1), run.span)
+        size, origins = local_backward.windows(np.any(cotangent, axis=1), run.span)
         hc, wc = size
         session = self.cached(("local-window", hw, run.layer, run.frontier, rule, size),
                               lambda: self._window_session(run, hw, rule, size))

@@ -112,8 +112,7 @@ def windows(support: np.ndarray, span: int) -> tuple[tuple[int, int], np.ndarray
 
     Returns:
         ``((hc, wc), origins)``: every row's nonzero box grown by ``span`` on each side fits its window; windows lie
-        inside the map (the whole map where the boxes are that large); sides are multiples of :data:`WINDOW_STEP`
-        or the map's own.
+        inside the map (the whole map where the boxes are that large); see :func:`_side` for the sides.
     """
     n, h, w = support.shape
     rows_any, cols_any = support.any(axis=2), support.any(axis=1)
@@ -122,11 +121,18 @@ def windows(support: np.ndarray, span: int) -> tuple[tuple[int, int], np.ndarray
         ys, xs = np.flatnonzero(rows_any[i]), np.flatnonzero(cols_any[i])
         if ys.size:
             boxes[i] = ys[0], ys[-1], xs[0], xs[-1]
-    # Sizes rounded up to a multiple of WINDOW_STEP: each size is a gradient graph of its own, built once
-    hc = int(min(h, -(-((boxes[:, 1] - boxes[:, 0]).max() + 1 + 2 * span) // WINDOW_STEP) * WINDOW_STEP))
-    wc = int(min(w, -(-((boxes[:, 3] - boxes[:, 2]).max() + 1 + 2 * span) // WINDOW_STEP) * WINDOW_STEP))
+    hc = _side(int((boxes[:, 1] - boxes[:, 0]).max()) + 1, span, h)
+    wc = _side(int((boxes[:, 3] - boxes[:, 2]).max()) + 1, span, w)
     origins = np.stack([np.clip(boxes[:, 0] - span, 0, h - hc), np.clip(boxes[:, 2] - span, 0, w - wc)], axis=1)
     return (hc, wc), origins
+
+
+def _side(extent: int, span: int, size: int) -> int:
+    """A window side for seeds ``extent`` wide: exactly ``1 + 2 span`` for point seeds (a detection's), otherwise
+    rounded up to a multiple of :data:`WINDOW_STEP` (each side is a gradient graph of its own, built once); at most
+    the map's ``size``."""
+    need = extent + 2 * span
+    return min(size, need if extent == 1 else -(-need // WINDOW_STEP) * WINDOW_STEP)
 
 
 def window_model(model: onnx.ModelProto, info: dict, run: LocalRun, hw: tuple) -> onnx.ModelProto:

@@ -75,52 +75,68 @@ class SeedPaths:
         Returns:
             The tensor to seed and its rows (``at`` and ``rows`` themselves where nothing narrows).
         """
+        return self.narrow_with_support(at, rows)[:2]
+
+    def narrow_with_support(self, at: str, rows: np.ndarray) -> tuple[str, np.ndarray, np.ndarray | None]:
+        """:meth:`narrow`, and the support of the rows it returns: where any row is nonzero, over the tensor's
+        per-sample elements (None where that tensor's shape is not static). The rows are read once; a narrowed seed
+        is written as zeros and its nonzero values (a detection's seed is one element: no copy of the rest)."""
+        shape = self._static(at)
+        if shape is None:
+            return at, rows, None
+        support = first = np.any(rows, axis=0).reshape(shape)
+        start_at = at
+        # The nonzero positions, followed through the Concats as multi-indices into each tensor's per-sample shape.
+        where = None
         while True:
             node = self.producer.get(at)
             if node is None or node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
-                return at, rows
-            shape = self._static(at)
+                break
             parts = [self._static(name) for name in node.input]
-            if shape is None or any(p is None or len(p) != len(shape) for p in parts) \
+            if any(p is None or len(p) != len(shape) for p in parts) \
                     or any(name in self.initializers for name in node.input):
-                return at, rows
+                break
             axis = int(node_attr(node, "axis", 0)) % (len(shape) + 1)
             if axis == 0:
-                return at, rows
-            seed = rows.reshape((len(rows),) + shape)
-            other = tuple(i for i in range(seed.ndim) if i != axis)
-            used = np.flatnonzero(np.any(seed != 0, axis=other))
+                break
+            other = tuple(i for i in range(len(shape)) if i != axis - 1)
+            used = np.flatnonzero(np.any(support, axis=other))
             if used.size == 0:
-                return at, rows
+                break
             ends = np.cumsum([p[axis - 1] for p in parts])
             k = int(np.searchsorted(ends, used[0], side="right"))
-            start = int(ends[k - 1]) if k else 0
+            begin = int(ends[k - 1]) if k else 0
             if used[-1] >= ends[k]:
-                return at, rows  # the seed spans several inputs
-            rows = np.ascontiguousarray(np.take(seed, np.arange(start, int(ends[k])), axis=axis)
-                                        .reshape(len(rows), -1))
-            at = node.input[k]
+                break  # the seed spans several inputs
+            if where is None:
+                where = list(np.nonzero(support))
+            where[axis - 1] = where[axis - 1] - begin
+            support = np.take(support, np.arange(begin, int(ends[k])), axis=axis - 1)
+            at, shape = node.input[k], parts[k]
+        if at == start_at:
+            return at, rows, support
+        narrowed = np.zeros((len(rows), int(np.prod(shape))), rows.dtype)
+        narrowed[:, np.ravel_multi_index(tuple(where), shape)] = rows[:, np.flatnonzero(first)]
+        return at, narrowed, support
 
-    def dead(self, at: str, rows: np.ndarray) -> frozenset:
+    def dead(self, at: str, rows: np.ndarray, support: np.ndarray | None = None) -> frozenset:
         """The tensors upstream of ``at`` whose gradient is zero for the seed ``rows`` at ``at`` (any row's nonzero
         elements count): produced by some node, float, and reached by no support (see the module).
 
         Args:
             at: the tensor the seed is given at.
             rows: the seed, one row per sample (N, elements of ``at`` per sample).
+            support: where any row is nonzero, over ``at``'s per-sample shape, when known already
+                (:meth:`narrow_with_support`).
 
         Returns:
             Their names (empty where every tensor may get a nonzero gradient).
         """
         shape = self._static(at)
-        support: dict[str, np.ndarray | bool] = {}
-        if shape is None:
-            support[at] = FULL
-        else:
-            mask = np.any(rows != 0, axis=0).reshape(shape)
-            if not mask.any():
-                return frozenset()  # a zero seed: nothing to prune that matters
-            support[at] = FULL if mask.all() else mask
+        mask = FULL if shape is None else np.any(rows, axis=0).reshape(shape) if support is None else support
+        if mask is not FULL and not mask.any():
+            return frozenset()  # a zero seed: nothing to prune that matters
+        support: dict[str, np.ndarray | bool] = {at: FULL if mask is FULL or mask.all() else mask}
         nodes = self._nodes_upstream(at)
         for node in reversed(nodes):
             outs = [support.get(o) if o else None for o in node.output]

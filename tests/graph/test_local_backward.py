@@ -110,7 +110,7 @@ def test_windowed_gradients_equal_the_whole_graph(tmp_path, monkeypatch, variant
         assert sizes == [(H, W)]  # 8 + 12 rounded up to a multiple of 8
         one = m.run(x[:1], outputs=["layer"], wrt=["layer"], targets=targets[:1], rule=rule).grads["layer"]
         np.testing.assert_allclose(one, want[:1], rtol=1e-5, atol=1e-6)
-        assert sizes[-1] == (16, 16)  # 1 + 12 rounded up
+        assert sizes[-1] == (13, 13)  # a point seed: 1 + 2 * 6
     else:
         assert (sizes == []) == (variant == "skip")
 
@@ -134,8 +134,10 @@ def test_windows_are_small_for_a_point_seed_and_lie_inside_the_map():
     support[1, 0, 39] = True
     support[2, 38, 1] = True
     (hc, wc), origins = local_backward.windows(support, 4)
-    assert (hc, wc) == (16, 16)  # 1 + 2 * 4, rounded up to a multiple of 8
-    np.testing.assert_array_equal(origins, [[16, 16], [0, 24], [24, 0]])
+    assert (hc, wc) == (9, 9)  # 1 + 2 * 4
+    np.testing.assert_array_equal(origins, [[16, 16], [0, 31], [31, 0]])
+    support[0, 20, 21] = True  # 2 wide: 2 + 8, rounded up to a multiple of 8; 1 high: 1 + 8
+    assert local_backward.windows(support, 4)[0] == (9, 16)
     assert local_backward.windows(support, 30)[0] == (40, 40)  # larger than the map: the whole map
 
 
@@ -148,7 +150,7 @@ def test_grad_cam_of_two_point_targets_uses_the_window(tmp_path, monkeypatch):
     seed[0, 0, 0] = seed[1, 2, H * W - 1] = 1.0
     targets = [cv.OutputWeights("out", s.reshape(-1)) for s in seed]
     maps = cv.grad_cam(m, np.repeat(x, 2, 0), targets=targets, layer="layer", upsample=False, normalize=False)
-    assert sizes == [(16, 16)]  # span 6 on each side of a point, rounded up, the windows clamped inside the map
+    assert sizes == [(13, 13)]  # span 6 on each side of a point, the windows clamped inside the map
     monkeypatch.setattr(cv.Model, "_local_run", lambda *args: None)
     whole = cv.grad_cam(m, np.repeat(x, 2, 0), targets=targets, layer="layer", upsample=False, normalize=False)
     assert np.abs(whole).max() > 0
