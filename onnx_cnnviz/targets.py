@@ -50,6 +50,12 @@ class Target:
         """
         raise NotImplementedError
 
+    def seed_entries(self, m) -> tuple[str, int, np.ndarray, np.ndarray] | None:
+        """``(tensor, size, indices, values)``: :meth:`seed` as its nonzero entries, for a target whose cotangent is a
+        few elements of a large tensor (a detection's one score in a 640x640 head output: 2.8 MB a row written
+        densely); ``values`` at repeated ``indices`` add up. None (the default): use :meth:`seed`."""
+        return None
+
 
 def _output_name(m, output) -> str:
     """``output`` (None: the model's head output, ``Model.score_name``) checked as a tensor of ``m``."""
@@ -279,15 +285,35 @@ def resolve(m, targets, n: int, score_weights=None) -> Seeds:
     for t in items:
         if not isinstance(t, Target):
             t = ClassScore(t)
-        tensor, row = t.seed(m)
+        entries = t.seed_entries(m)
+        if entries is None:
+            tensor, row = t.seed(m)
+            row = np.asarray(row, np.float32).reshape(-1)
+        else:
+            tensor, row = entries[0], entries[1:]
         tensors.append(tensor)
-        rows.append(np.asarray(row, np.float32).reshape(-1))
+        rows.append(row)
         classes.append(class_index(m, t.cls) if isinstance(t, (ClassScore, Region)) and isinstance(t.cls, str)
                        else int(t.class_index))
     if len(set(tensors)) > 1:
         raise InputError(f"the targets of one call seed different tensors ({', '.join(sorted(set(tensors)))}); "
                          "explain them in separate calls.")
-    return Seeds(tensors[0], np.stack(rows), np.asarray(classes, np.int64), tuple(items))
+    return Seeds(tensors[0], _stacked(rows), np.asarray(classes, np.int64), tuple(items))
+
+
+def _stacked(rows: list) -> np.ndarray:
+    """The (N, size) seed of rows given densely or as ``(size, indices, values)`` entries: zeros written only where
+    an entry is (the pages of the rest are never touched)."""
+    sizes = {r.size if isinstance(r, np.ndarray) else int(r[0]) for r in rows}
+    if len(sizes) != 1:
+        raise InputError(f"the targets of one call seed rows of different sizes ({sorted(sizes)}).")
+    out = np.zeros((len(rows), sizes.pop()), np.float32)
+    for row, target in zip(out, rows):
+        if isinstance(target, np.ndarray):
+            row[:] = target
+        else:
+            np.add.at(row, np.asarray(target[1], np.int64), np.asarray(target[2], np.float32))
+    return out
 
 
 def target_values(m, x: np.ndarray, targets, batch_size: int | None = None) -> np.ndarray:

@@ -47,17 +47,22 @@ class Detection(Target):
         return int(self.cls)
 
     def seed(self, m) -> tuple[str, np.ndarray]:
-        tensor = self.output or m.score_name
-        row = np.zeros(int(np.prod(m.tensor_shape(tensor)[1:])), np.float32)
-        if not 0 <= self.element < row.size:
-            raise InputError(f"detection element {self.element} is outside the head output '{tensor}' "
-                             f"({row.size} elements per image).")
-        if self.factor < 0:
-            row[self.element] = 1.0
-        else:  # d(T_e T_f) = T_f dT_e + T_e dT_f
-            row[self.element] = self.factor_value
-            row[self.factor] += self.element_value
+        tensor, size, indices, values = self.seed_entries(m)
+        row = np.zeros(size, np.float32)
+        np.add.at(row, indices, values)
         return tensor, row
+
+    def seed_entries(self, m) -> tuple[str, int, np.ndarray, np.ndarray]:
+        tensor = self.output or m.score_name
+        size = int(np.prod(m.tensor_shape(tensor)[1:]))
+        if not 0 <= self.element < size:
+            raise InputError(f"detection element {self.element} is outside the head output '{tensor}' "
+                             f"({size} elements per image).")
+        if self.factor < 0:
+            return tensor, size, np.array([self.element]), np.array([1.0], np.float32)
+        # d(T_e T_f) = T_f dT_e + T_e dT_f
+        return (tensor, size, np.array([self.element, self.factor]),
+                np.array([self.factor_value, self.element_value], np.float32))
 
 
 def detect(m, x, conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
