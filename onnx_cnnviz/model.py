@@ -68,6 +68,13 @@ class _Specialised:
     constants: dict  # run-time computed integer tensors whose value does not depend on the batch
     views: dict = field(default_factory=dict)  # layer name -> LayerView, for layers not kept NCHW by the model
     stats: dict = field(default_factory=dict)  # how the shapes were learnt (graph/loading/size.py's shapes_record)
+    # Plans read from the graph alone (no session), kept as long as the graph: where seeds reach, local runs.
+    plans: dict = field(default_factory=dict)
+
+    def seed_paths(self) -> SeedPaths:
+        if "seed-paths" not in self.plans:
+            self.plans["seed-paths"] = SeedPaths(self.model, self.info)
+        return self.plans["seed-paths"]
 
 
 class Model:
@@ -505,7 +512,7 @@ class Model:
         dead = frozenset()
         if seed_rows is not None:
             spec = self._spec(hw)
-            paths = self.cached(("seed-paths", hw), lambda: SeedPaths(spec.model, spec.info))
+            paths = spec.seed_paths()
             # A seed inside one part of a Concat (a detection's class score) starts there, and the branches no
             # nonzero cotangent reaches (other pyramid levels, the box branch) are left out of the backward pass.
             at, seed_rows, support = paths.narrow_with_support(at, seed_rows)
@@ -539,8 +546,10 @@ class Model:
         if len(wrt) != 1 or wrt[0] in (self.input_name, self.score_name):
             return None
         spec = self._spec(hw)
-        run = self.cached(("local-run", hw, at, wrt[0], dead),
-                          lambda: local_backward.plan(spec.model, spec.info, at, wrt[0], dead))
+        key = ("local-run", at, wrt[0], dead)
+        if key not in spec.plans:
+            spec.plans[key] = local_backward.plan(spec.model, spec.info, at, wrt[0], dead)
+        run = spec.plans[key]
         if run is None or spec.views.get(run.layer) is not None or spec.views.get(run.frontier) is not None:
             return None
         return run
