@@ -27,11 +27,11 @@ methods peak at 3.4 GB instead of 11 GB, on ConvNeXt-tiny at 0.90 GB instead of 
 (``benchmarks/memory_sessions.py``). The price left is pre-packing (:data:`PREPACK_SHARED`): onnxruntime packs the
 constant B of every float MatMul/Gemm once per session, and a shared weight only as a private copy, so shared sessions
 run unpacked and MLAS packs B again on every call. MatMul-heavy models pay for it at small batches (ConvNeXt-tiny at
-batch 1: forward 1.15x, Grad-CAM 1.12x the unshared time); convolutional ones do not (ResNet-50 within 1-3%: fp32 Conv
-weights are not pre-packed on x86). Building a session is faster. ``CNNVIZ_SHARE_WEIGHTS=0`` (or ``runtime.SHARE_WEIGHTS
-= False`` before the sessions are built) restores onnxruntime's defaults: one private copy of the weights per session.
-On CUDA the host copy is not kept, but each session still uploads its own device copy: onnxruntime's Python API takes
-shared initializers only over memory the caller owns, which it cannot allocate on a GPU.
+batch 1: forward 1.09-1.15x, Grad-CAM 1.10-1.12x the unshared time); convolutional ones do not (ResNet-50 within 1-4%:
+fp32 Conv weights are not pre-packed on x86). Building a session is faster. ``CNNVIZ_SHARE_WEIGHTS=0`` (or
+``runtime.SHARE_WEIGHTS = False`` before the sessions are built) restores onnxruntime's defaults: one private copy of
+the weights per session. On CUDA the host copy is not kept, but each session still uploads its own device copy:
+onnxruntime's Python API takes shared initializers only over memory the caller owns, which it cannot allocate on a GPU.
 """
 from __future__ import annotations
 
@@ -91,9 +91,11 @@ ARENA_MAX_ACTIVATION_BYTES = 2 ** 30
 #: (the C API's ``CreateSessionWithPrepackedWeightsContainer``; in ``session_state.cc``
 #: ``PrepackConstantInitializedTensors`` packs a shared initializer into the session's own allocator unless a
 #: container was given), so off by default. On, the last cost of sharing goes: ConvNeXt-tiny (MatMul-heavy) at batch
-#: 1 ran its forward 1.02x, saliency 0.98x and Grad-CAM 0.99x the unshared time, against 1.15x, 1.08x and 1.12x off;
-#: five methods peaked at 1.48 GB instead of 0.90 (unshared 2.30). ResNet-50 (convolutions) is as fast either way,
-#: within 1-3% of unshared (``benchmarks/prepack_sharing.py``, ``benchmarks/memory_sessions.py``; issue 25).
+#: 1 ran its forward 0.95-1.02x, saliency 0.98-1.02x and Grad-CAM 0.97-0.99x the unshared time, against 1.09-1.15x,
+#: 1.08-1.10x and 1.10-1.12x off (batch 8 off: 1.04x, 1.01x, 1.06x); five methods peaked at 1.48 GB instead of 0.90
+#: (unshared 2.30). ResNet-50 (convolutions) is as fast either way, within 1-4% of unshared (one thread, CPU time,
+#: best of 8-10 interleaved rounds, two runs; ``benchmarks/prepack_sharing.py``, ``benchmarks/memory_sessions.py``;
+#: issue 25).
 PREPACK_SHARED = False
 _arena_lock = threading.Lock()
 _arena_registered = False
