@@ -59,12 +59,9 @@ def session(model, threads: int, spin: bool, profile_prefix: str | None = None):
 
     from onnx_cnnviz.runtime import DISABLED_OPTIMIZERS, Session
 
-    options = Session._options(threads)
-    if not spin:
-        try:  # set already where --cpu-time patched the library's options, which this reads
-            options.get_session_config_entry("session.intra_op.allow_spinning")
-        except RuntimeError:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = Session._options(threads)  # spinning as the library's sessions (runtime.SPINNING)
+    if spin != (options.get_session_config_entry("session.intra_op.allow_spinning") == "1"):
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -177,13 +174,7 @@ def main() -> None:
         path = export(args.model, Path(tmp))
         bare = session(str(path), threads, spin=not args.cpu_time)
         if args.cpu_time:  # the library's sessions, spinning off too
-            original = runtime.Session._options
-
-            def quiet(*args, **kwargs):
-                options = original(*args, **kwargs)
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                return options
-            runtime.Session._options = staticmethod(quiet)
+            runtime.SPINNING = False
         m = cv.load(path, device="cpu", threads=threads)
         graphs = {}
         if args.against:
