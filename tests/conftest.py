@@ -47,6 +47,16 @@ CACHE = Path(os.environ.get("CNNVIZ_TEST_CACHE", REPO / ".cache" / "tests"))
 TORCHVISION_SIZES = {"vgg11_bn": 224, "vgg16_bn": 224}
 
 
+@pytest.fixture
+def share_everything(monkeypatch):
+    """Tiny models' weights are far below the sharing threshold: share every weight, through the process arena."""
+    from onnx_cnnviz import runtime
+
+    monkeypatch.setattr(runtime, "SHARED_MIN_BYTES", 0)
+    monkeypatch.setattr(runtime, "SHARE_WEIGHTS", True)
+    monkeypatch.setattr(runtime, "SHARED_ARENA", True)
+
+
 @pytest.fixture(scope="session")
 def torchvision_onnx():
     """Factory: name -> (torch model, onnx path, input size); each model exported once per test session."""

@@ -19,13 +19,6 @@ from tests.tiny_models import gap_classifier
 pytestmark = pytest.mark.quick
 
 
-@pytest.fixture
-def share_everything(monkeypatch):
-    monkeypatch.setattr(runtime, "SHARED_MIN_BYTES", 0)
-    monkeypatch.setattr(runtime, "SHARE_WEIGHTS", True)
-    monkeypatch.setattr(runtime, "SHARED_ARENA", True)
-
-
 def test_activation_bytes_count_declared_float_tensors_per_image():
     model = gap_classifier(size=8)
     model.graph.value_info.extend([

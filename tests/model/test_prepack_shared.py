@@ -22,14 +22,6 @@ from tests.tiny_models import gap_classifier
 pytestmark = pytest.mark.quick
 
 
-@pytest.fixture
-def share_everything(monkeypatch):
-    """The tiny model's weights are far below the sharing threshold: share every weight here."""
-    monkeypatch.setattr(runtime, "SHARED_MIN_BYTES", 0)
-    monkeypatch.setattr(runtime, "SHARE_WEIGHTS", True)
-    monkeypatch.setattr(runtime, "SHARED_ARENA", True)
-
-
 def pointwise_linear(last: str):
     """Mid nodes as in ConvNeXt's blocks: NCHW -> NHWC, a MatMul over channels (a constant 4x4 weight, which
     onnxruntime pre-packs), a ReLU, back to NCHW."""
