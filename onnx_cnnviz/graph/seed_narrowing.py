@@ -63,6 +63,7 @@ class SeedPaths:
         self.producer = {o: node for node in model.graph.node for o in node.output if o}
         self.initializers = {t.name for t in model.graph.initializer}
         self._upstream: dict[str, list] = {}
+        self._dead_if_full: dict[str, frozenset] = {}
 
     def narrow(self, at: str, rows: np.ndarray) -> tuple[str, np.ndarray]:
         """``(tensor, rows)`` of the seed ``rows`` (N, elements of ``at`` per sample) at ``at``, moved through every
@@ -136,7 +137,18 @@ class SeedPaths:
         mask = FULL if shape is None else np.any(rows, axis=0).reshape(shape) if support is None else support
         if mask is not FULL and not mask.any():
             return frozenset()  # a zero seed: nothing to prune that matters
-        support: dict[str, np.ndarray | bool] = {at: FULL if mask is FULL or mask.all() else mask}
+        node = self.producer.get(at)
+        if mask is not FULL and (mask.all() or node is not None and all(
+                part is FULL for part in self._input_support(node, [mask if o == at else None for o in node.output]))):
+            mask = FULL  # the same as a seed on every element (a classifier's Gemm): computed once per tensor
+        if mask is FULL:
+            if at not in self._dead_if_full:
+                self._dead_if_full[at] = self._propagate(at, FULL)
+            return self._dead_if_full[at]
+        return self._propagate(at, mask)
+
+    def _propagate(self, at: str, mask) -> frozenset:
+        support: dict[str, np.ndarray | bool] = {at: mask}
         nodes = self._nodes_upstream(at)
         for node in reversed(nodes):
             outs = [support.get(o) if o else None for o in node.output]
